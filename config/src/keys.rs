@@ -1,0 +1,266 @@
+//! The table of every configuration key: its name, help, what it accepts, and how it is set and shown.
+
+use std::time::Duration;
+
+use crate::value::{choice, duration, format_duration, int, text};
+use crate::{Config, OnRedisError, OnSlotTimeout, OrgSourceKind, QuerySourceKind};
+
+/// One configuration key.
+pub struct KeySpec {
+    /// Dotted name: `section.key`.
+    pub name: &'static str,
+    /// One line for `--help`, error messages and `config.example.toml`.
+    pub help: &'static str,
+    /// Parses a raw value into the config; the error says what is allowed.
+    pub set: fn(&mut Config, &str) -> Result<(), String>,
+    /// The current value, written as it would be in a file.
+    pub get: fn(&Config) -> String,
+}
+
+/// The environment variable for a key: `slots.lease_ttl` → `PROJECTOR_SLOTS_LEASE_TTL`.
+pub fn env_var_for(key: &str) -> String {
+    format!("PROJECTOR_{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+const MILLIS: fn(u64) -> Duration = Duration::from_millis;
+const DAY: Duration = Duration::from_secs(86_400);
+
+const TIMEOUT_CHOICES: &[(&str, OnSlotTimeout)] = &[
+    ("skip", OnSlotTimeout::Skip),
+    ("reschedule", OnSlotTimeout::Reschedule),
+];
+const REDIS_ERROR_CHOICES: &[(&str, OnRedisError)] = &[
+    ("fail_closed", OnRedisError::FailClosed),
+    ("fail_open", OnRedisError::FailOpen),
+];
+const ORG_SOURCE_CHOICES: &[(&str, OrgSourceKind)] = &[
+    ("synthetic", OrgSourceKind::Synthetic),
+    ("file", OrgSourceKind::File),
+];
+const QUERY_SOURCE_CHOICES: &[(&str, QuerySourceKind)] = &[
+    ("synthetic", QuerySourceKind::Synthetic),
+    ("snuba", QuerySourceKind::Snuba),
+];
+
+fn name_of<T: PartialEq + Copy>(options: &[(&'static str, T)], v: T) -> String {
+    options
+        .iter()
+        .find(|(_, o)| *o == v)
+        .map(|(n, _)| (*n).to_owned())
+        .unwrap_or_default()
+}
+
+/// Every key Projector understands, in the order `config.example.toml` lists them.
+pub static KEYS: &[KeySpec] = &[
+    KeySpec {
+        name: "redis.url",
+        help: "Redis holding jobs, slots, run records and flags (redis:// or rediss://)",
+        set: |c, v| {
+            let url = text(v)?;
+            if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
+                return Err("must be a URL starting with redis://, rediss:// or unix://".to_owned());
+            }
+            c.redis.url = url;
+            Ok(())
+        },
+        get: |c| c.redis.url.clone(),
+    },
+    KeySpec {
+        name: "slots.limit",
+        help: "slots held at once across the whole fleet (keep it below the query service's per-referrer limit of 100)",
+        set: |c, v| {
+            c.slots.limit = int(v, 1, 100_000)?;
+            Ok(())
+        },
+        get: |c| c.slots.limit.to_string(),
+    },
+    KeySpec {
+        name: "slots.lease_ttl",
+        help: "how long a slot lease lives without renewal; a crashed holder's slot is free again after this",
+        set: |c, v| {
+            // Renewal runs every lease_ttl / 3; shorter would hammer Redis.
+            c.slots.lease_ttl = duration(v, MILLIS(300), DAY)?;
+            Ok(())
+        },
+        get: |c| format_duration(c.slots.lease_ttl),
+    },
+    KeySpec {
+        name: "slots.max_wait",
+        help: "how long a job waits for a slot before slots.on_timeout applies",
+        set: |c, v| {
+            c.slots.max_wait = duration(v, Duration::ZERO, DAY)?;
+            Ok(())
+        },
+        get: |c| format_duration(c.slots.max_wait),
+    },
+    KeySpec {
+        name: "slots.on_timeout",
+        help: "\"skip\" (record skipped_no_slot) or \"reschedule\" (re-enqueue with backoff, then skip)",
+        set: |c, v| {
+            c.slots.on_timeout = choice(v, TIMEOUT_CHOICES)?;
+            Ok(())
+        },
+        get: |c| name_of(TIMEOUT_CHOICES, c.slots.on_timeout),
+    },
+    KeySpec {
+        name: "slots.on_redis_error",
+        help: "\"fail_closed\" (do not query, record slot_unavailable) or \"fail_open\" (query under a local fallback limit)",
+        set: |c, v| {
+            c.slots.on_redis_error = choice(v, REDIS_ERROR_CHOICES)?;
+            Ok(())
+        },
+        get: |c| name_of(REDIS_ERROR_CHOICES, c.slots.on_redis_error),
+    },
+    KeySpec {
+        name: "slots.max_reschedules",
+        help: "with on_timeout = \"reschedule\": how many times a job is re-enqueued before it is skipped",
+        set: |c, v| {
+            c.slots.max_reschedules = int(v, 0, 100)?;
+            Ok(())
+        },
+        get: |c| c.slots.max_reschedules.to_string(),
+    },
+    KeySpec {
+        name: "batch.size",
+        help: "organizations per batch",
+        set: |c, v| {
+            c.batch.size = int(v, 1, 1_000_000)?;
+            Ok(())
+        },
+        get: |c| c.batch.size.to_string(),
+    },
+    KeySpec {
+        name: "batch.delay",
+        help: "batch k becomes runnable at k x batch.delay after the tick (\"0s\" releases everything at once)",
+        set: |c, v| {
+            c.batch.delay = duration(v, Duration::ZERO, SECS(3600))?;
+            Ok(())
+        },
+        get: |c| format_duration(c.batch.delay),
+    },
+    KeySpec {
+        name: "schedule.cron",
+        help: "when the scheduler fans out, as a six-field cron expression with seconds first, in UTC",
+        set: |c, v| {
+            let expr = text(v)?;
+            <cron::Schedule as std::str::FromStr>::from_str(&expr).map_err(|e| {
+                format!("must be a cron expression with seconds first, like \"0 0 * * * *\" (hourly): {e}")
+            })?;
+            c.schedule.cron = expr;
+            Ok(())
+        },
+        get: |c| c.schedule.cron.clone(),
+    },
+    KeySpec {
+        name: "orgs.source",
+        help: "where organizations come from: \"synthetic\" (orgs.count of them) or \"file\" (JSON lines at orgs.path)",
+        set: |c, v| {
+            c.orgs.source = choice(v, ORG_SOURCE_CHOICES)?;
+            Ok(())
+        },
+        get: |c| name_of(ORG_SOURCE_CHOICES, c.orgs.source),
+    },
+    KeySpec {
+        name: "orgs.count",
+        help: "how many synthetic organizations",
+        set: |c, v| {
+            c.orgs.count = int(v, 0, 10_000_000)?;
+            Ok(())
+        },
+        get: |c| c.orgs.count.to_string(),
+    },
+    KeySpec {
+        name: "orgs.path",
+        help: "JSON-lines file of organizations, for orgs.source = \"file\"",
+        set: |c, v| {
+            c.orgs.path = Some(text(v)?.into());
+            Ok(())
+        },
+        get: |c| c.orgs.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+    },
+    KeySpec {
+        name: "query.source",
+        help: "where hourly counts come from: \"synthetic\" (built in) or \"snuba\" (HTTP at query.url)",
+        set: |c, v| {
+            c.query.source = choice(v, QUERY_SOURCE_CHOICES)?;
+            Ok(())
+        },
+        get: |c| name_of(QUERY_SOURCE_CHOICES, c.query.source),
+    },
+    KeySpec {
+        name: "query.url",
+        help: "base URL of the Snuba-compatible query service, for query.source = \"snuba\"",
+        set: |c, v| {
+            let url = text(v)?;
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err("must be a URL starting with http:// or https://".to_owned());
+            }
+            c.query.url = Some(url);
+            Ok(())
+        },
+        get: |c| c.query.url.clone().unwrap_or_default(),
+    },
+    KeySpec {
+        name: "query.referrer",
+        help: "referrer sent with every query; the query service limits concurrency per referrer",
+        set: |c, v| {
+            c.query.referrer = text(v)?;
+            Ok(())
+        },
+        get: |c| c.query.referrer.clone(),
+    },
+    KeySpec {
+        name: "query.timeout",
+        help: "give up on one query after this long (counted as a retryable timeout)",
+        set: |c, v| {
+            c.query.timeout = duration(v, MILLIS(1), SECS(3600))?;
+            Ok(())
+        },
+        get: |c| format_duration(c.query.timeout),
+    },
+    KeySpec {
+        name: "query.synthetic_latency",
+        help: "latency of one synthetic query, standing in for the analytics store",
+        set: |c, v| {
+            c.query.synthetic_latency = duration(v, Duration::ZERO, SECS(600))?;
+            Ok(())
+        },
+        get: |c| format_duration(c.query.synthetic_latency),
+    },
+    KeySpec {
+        name: "worker.concurrency",
+        help: "jobs in flight per worker process (slots bound the queries across the fleet, not this)",
+        set: |c, v| {
+            c.worker.concurrency = int(v, 1, 10_000)?;
+            Ok(())
+        },
+        get: |c| c.worker.concurrency.to_string(),
+    },
+    KeySpec {
+        name: "worker.metrics_addr",
+        help: "address serving /metrics (Prometheus text) and /healthz",
+        set: |c, v| {
+            c.worker.metrics_addr = v
+                .trim()
+                .parse()
+                .map_err(|_| "must be a socket address like \"127.0.0.1:9464\" or \"0.0.0.0:9464\"".to_owned())?;
+            Ok(())
+        },
+        get: |c| c.worker.metrics_addr.to_string(),
+    },
+    KeySpec {
+        name: "worker.shutdown_grace",
+        help: "on SIGTERM, how long in-flight jobs may run before the worker exits",
+        set: |c, v| {
+            c.worker.shutdown_grace = duration(v, Duration::ZERO, SECS(3600))?;
+            Ok(())
+        },
+        get: |c| format_duration(c.worker.shutdown_grace),
+    },
+];
+
+/// The spec of a key, if it exists.
+pub(crate) fn find(name: &str) -> Option<&'static KeySpec> {
+    KEYS.iter().find(|k| k.name == name)
+}

@@ -1,0 +1,160 @@
+//! Projector's one typed `Config`, loaded as defaults < file < environment < flags and validated all at once.
+//!
+//! Only this crate reads configuration files and `PROJECTOR_*` environment variables.
+//! Every key is described once, in [`keys`]; loading, error messages, the `--set`
+//! flag and `config.example.toml` all follow that table.
+
+mod args;
+mod error;
+mod keys;
+mod load;
+mod value;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use args::ConfigArgs;
+pub use error::{ConfigError, Problem};
+pub use keys::{KEYS, KeySpec, env_var_for};
+pub use load::{Env, FlagValue, Source, load};
+pub use value::format_duration;
+
+/// Everything a Projector process can be told, with the defaults below.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub redis: RedisConfig,
+    pub slots: SlotsConfig,
+    pub batch: BatchConfig,
+    pub schedule: ScheduleConfig,
+    pub orgs: OrgsConfig,
+    pub query: QueryConfig,
+    pub worker: WorkerConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisConfig {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlotsConfig {
+    /// Slots held at once across the whole fleet.
+    pub limit: u32,
+    /// How long a lease lives without renewal.
+    pub lease_ttl: Duration,
+    /// How long a job waits for a slot before it gives up.
+    pub max_wait: Duration,
+    pub on_timeout: OnSlotTimeout,
+    pub on_redis_error: OnRedisError,
+    pub max_reschedules: u32,
+}
+
+/// What a job does when its slot wait times out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnSlotTimeout {
+    /// Record `skipped_no_slot` and move on (the seed's behaviour).
+    Skip,
+    /// Re-enqueue with jittered backoff, at most `slots.max_reschedules` times.
+    Reschedule,
+}
+
+/// What a job does when Redis cannot be asked for a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRedisError {
+    /// Do not query; record `slot_unavailable`.
+    FailClosed,
+    /// Query under a local fallback limit.
+    FailOpen,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchConfig {
+    pub size: usize,
+    pub delay: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleConfig {
+    /// Six-field cron expression (seconds first), UTC.
+    pub cron: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrgsConfig {
+    pub source: OrgSourceKind,
+    pub count: u64,
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrgSourceKind {
+    Synthetic,
+    File,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryConfig {
+    pub source: QuerySourceKind,
+    pub url: Option<String>,
+    pub referrer: String,
+    pub timeout: Duration,
+    /// Latency of one synthetic query, standing in for the analytics store.
+    pub synthetic_latency: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuerySourceKind {
+    Synthetic,
+    Snuba,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerConfig {
+    /// Jobs in flight per worker process.
+    pub concurrency: usize,
+    pub metrics_addr: SocketAddr,
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            redis: RedisConfig {
+                url: "redis://127.0.0.1:6379".to_owned(),
+            },
+            slots: SlotsConfig {
+                limit: 50,
+                lease_ttl: Duration::from_secs(30),
+                max_wait: Duration::from_secs(60),
+                on_timeout: OnSlotTimeout::Skip,
+                on_redis_error: OnRedisError::FailClosed,
+                max_reschedules: 3,
+            },
+            batch: BatchConfig {
+                size: 25,
+                delay: Duration::from_secs(2),
+            },
+            schedule: ScheduleConfig {
+                cron: "0 0 * * * *".to_owned(),
+            },
+            orgs: OrgsConfig {
+                source: OrgSourceKind::Synthetic,
+                count: 200,
+                path: None,
+            },
+            query: QueryConfig {
+                source: QuerySourceKind::Synthetic,
+                url: None,
+                referrer: "getsentry.get_spike_projections".to_owned(),
+                timeout: Duration::from_secs(30),
+                synthetic_latency: Duration::from_millis(50),
+            },
+            worker: WorkerConfig {
+                concurrency: 64,
+                metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
+                shutdown_grace: Duration::from_secs(30),
+            },
+        }
+    }
+}

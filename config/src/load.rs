@@ -1,0 +1,319 @@
+//! Layering: defaults < TOML file < `PROJECTOR_*` environment < flags, merged in memory, validated in one pass.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{ConfigError, Problem};
+use crate::keys::{KEYS, env_var_for, find};
+use crate::{Config, OrgSourceKind, QuerySourceKind};
+
+/// Where a value came from; named in every error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File(PathBuf),
+    Env(String),
+    Flag(String),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => write!(f, "default"),
+            Source::File(p) => write!(f, "file {}", p.display()),
+            Source::Env(v) => write!(f, "environment variable {v}"),
+            Source::Flag(flag) => write!(f, "flag {flag}"),
+        }
+    }
+}
+
+/// The `PROJECTOR_*` environment, captured once so tests can supply their own.
+#[derive(Debug, Clone, Default)]
+pub struct Env(BTreeMap<String, String>);
+
+impl Env {
+    /// The process environment's `PROJECTOR_*` variables.
+    pub fn from_process() -> Self {
+        Env::from_pairs(std::env::vars())
+    }
+
+    /// Any set of variables; those without the `PROJECTOR_` prefix are ignored.
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
+        Env(pairs
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .filter(|(k, _)| k.starts_with("PROJECTOR_"))
+            .collect())
+    }
+}
+
+/// A value given on the command line for a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagValue {
+    pub key: String,
+    pub value: String,
+    /// The flag as the user typed it, for error messages (`--batch-delay`, `--set`).
+    pub flag: String,
+}
+
+/// Loads the configuration from all layers. Reports every problem at once.
+pub fn load(file: Option<&Path>, env: &Env, flags: &[FlagValue]) -> Result<Config, ConfigError> {
+    let mut problems = Vec::new();
+    // Later inserts win: that is the whole precedence rule.
+    let mut layered: BTreeMap<&'static str, (String, Source)> = BTreeMap::new();
+
+    if let Some(path) = file {
+        for (key, value) in read_file(path, &mut problems)? {
+            layered.insert(key, (value, Source::File(path.to_owned())));
+        }
+    }
+
+    for (var, value) in &env.0 {
+        match KEYS.iter().find(|k| env_var_for(k.name) == *var) {
+            Some(spec) => {
+                layered.insert(spec.name, (value.clone(), Source::Env(var.clone())));
+            }
+            None => problems.push(Problem {
+                key: var.clone(),
+                value: Some(value.clone()),
+                source: Source::Env(var.clone()),
+                allowed: format!("unknown variable; known ones are {}", known_env_vars()),
+            }),
+        }
+    }
+
+    for flag in flags {
+        match find(&flag.key) {
+            Some(spec) => {
+                layered.insert(spec.name, (flag.value.clone(), Source::Flag(flag.flag.clone())));
+            }
+            None => problems.push(Problem {
+                key: flag.key.clone(),
+                value: Some(flag.value.clone()),
+                source: Source::Flag(flag.flag.clone()),
+                allowed: format!("unknown key; known keys are {}", known_keys()),
+            }),
+        }
+    }
+
+    let mut config = Config::default();
+    let mut sources: BTreeMap<&'static str, Source> = BTreeMap::new();
+    for (key, (value, source)) in layered {
+        let Some(spec) = find(key) else { continue };
+        if let Err(allowed) = (spec.set)(&mut config, &value) {
+            problems.push(Problem {
+                key: key.to_owned(),
+                value: Some(value),
+                source,
+                allowed,
+            });
+        } else {
+            sources.insert(key, source);
+        }
+    }
+
+    check_combinations(&config, &sources, &mut problems);
+
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid(problems))
+    }
+}
+
+/// Rules that involve more than one key.
+fn check_combinations(config: &Config, sources: &BTreeMap<&'static str, Source>, problems: &mut Vec<Problem>) {
+    let source_of = |key: &str| sources.get(key).cloned().unwrap_or(Source::Default);
+    if config.orgs.source == OrgSourceKind::File && config.orgs.path.is_none() {
+        problems.push(Problem {
+            key: "orgs.path".to_owned(),
+            value: None,
+            source: source_of("orgs.source"),
+            allowed: "required when orgs.source = \"file\"; set it to a JSON-lines file of organizations".to_owned(),
+        });
+    }
+    if config.query.source == QuerySourceKind::Snuba && config.query.url.is_none() {
+        problems.push(Problem {
+            key: "query.url".to_owned(),
+            value: None,
+            source: source_of("query.source"),
+            allowed: "required when query.source = \"snuba\"; set it to the query service's base URL".to_owned(),
+        });
+    }
+}
+
+/// Reads a TOML file into (key, raw text) pairs; unknown sections and keys are problems.
+fn read_file(path: &Path, problems: &mut Vec<Problem>) -> Result<Vec<(&'static str, String)>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let source = Source::File(path.to_owned());
+    let mut out = Vec::new();
+    for (section, body) in &table {
+        let Some(body) = body.as_table() else {
+            problems.push(Problem {
+                key: section.clone(),
+                value: Some(body.to_string()),
+                source: source.clone(),
+                allowed: format!("top-level entries must be sections; known sections are {}", known_sections()),
+            });
+            continue;
+        };
+        for (name, value) in body {
+            let dotted = format!("{section}.{name}");
+            let Some(spec) = find(&dotted) else {
+                problems.push(Problem {
+                    key: dotted,
+                    value: Some(value.to_string()),
+                    source: source.clone(),
+                    allowed: format!("unknown key; known keys are {}", known_keys()),
+                });
+                continue;
+            };
+            match scalar_text(value) {
+                Some(raw) => out.push((spec.name, raw)),
+                None => problems.push(Problem {
+                    key: dotted,
+                    value: Some(value.to_string()),
+                    source: source.clone(),
+                    allowed: "must be a single value (string, number or boolean), not a table or list".to_owned(),
+                }),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// TOML scalars become the same text an environment variable would carry.
+fn scalar_text(value: &toml::Value) -> Option<String> {
+    match value {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn known_keys() -> String {
+    KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+}
+
+fn known_env_vars() -> String {
+    KEYS.iter().map(|k| env_var_for(k.name)).collect::<Vec<_>>().join(", ")
+}
+
+fn known_sections() -> String {
+    let mut sections: Vec<&str> = KEYS.iter().filter_map(|k| k.name.split('.').next()).collect();
+    sections.dedup();
+    sections.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::time::Duration;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(text.as_bytes()).expect("write temp file");
+        f
+    }
+
+    fn flag(key: &str, value: &str) -> FlagValue {
+        FlagValue {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            flag: format!("--{}", key.replace(['.', '_'], "-")),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_seed() {
+        let c = load(None, &Env::default(), &[]).expect("defaults load");
+        assert_eq!(c.slots.limit, 50);
+        assert_eq!(c.slots.lease_ttl, Duration::from_secs(30));
+        assert_eq!(c.slots.max_wait, Duration::from_secs(60));
+        assert_eq!(c.batch.size, 25);
+        assert_eq!(c.batch.delay, Duration::from_secs(2));
+        assert_eq!(c.query.referrer, "getsentry.get_spike_projections");
+    }
+
+    #[test]
+    fn each_layer_overrides_the_one_below() {
+        let f = file("[slots]\nlimit = 10\nmax_wait = \"5s\"\n[batch]\nsize = 7\ndelay = \"1s\"\n");
+        let from_file = load(Some(f.path()), &Env::default(), &[]).expect("file loads");
+        assert_eq!((from_file.slots.limit, from_file.batch.size), (10, 7));
+        assert_eq!(from_file.slots.max_wait, Duration::from_secs(5));
+
+        let env = Env::from_pairs([("PROJECTOR_SLOTS_LIMIT", "20"), ("PROJECTOR_BATCH_SIZE", "8")]);
+        let from_env = load(Some(f.path()), &env, &[]).expect("env loads");
+        assert_eq!((from_env.slots.limit, from_env.batch.size), (20, 8));
+        assert_eq!(from_env.slots.max_wait, Duration::from_secs(5), "file value kept where env is silent");
+
+        let from_flag = load(Some(f.path()), &env, &[flag("slots.limit", "30")]).expect("flags load");
+        assert_eq!(from_flag.slots.limit, 30);
+        assert_eq!(from_flag.batch.size, 8, "env value kept where flags are silent");
+        assert_eq!(from_flag.batch.delay, Duration::from_secs(1), "file value kept below");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_key_value_and_source() {
+        let f = file("[slots]\nlimt = 10\n[batch]\ndelay = \"later\"\n");
+        let env = Env::from_pairs([("PROJECTOR_SLOTS_LIMIT", "0")]);
+        let err = load(Some(f.path()), &env, &[flag("batch.size", "-1")]).expect_err("invalid");
+        let problems = err.problems();
+        assert_eq!(problems.len(), 4, "{err}");
+        let by_key = |k: &str| problems.iter().find(|p| p.key == k).unwrap_or_else(|| panic!("no problem for {k}: {err}"));
+        assert_eq!(by_key("slots.limt").source, Source::File(f.path().to_owned()));
+        assert_eq!(by_key("slots.limit").source, Source::Env("PROJECTOR_SLOTS_LIMIT".into()));
+        assert_eq!(by_key("slots.limit").value.as_deref(), Some("0"));
+        assert!(by_key("batch.delay").allowed.contains("duration"));
+        assert_eq!(by_key("batch.size").source, Source::Flag("--batch-size".into()));
+        let text = err.to_string();
+        assert!(text.contains("environment variable PROJECTOR_SLOTS_LIMIT"), "{text}");
+    }
+
+    #[test]
+    fn unknown_environment_variables_are_errors() {
+        let env = Env::from_pairs([("PROJECTOR_SLOT_LIMIT", "10"), ("HOME", "/root")]);
+        let err = load(None, &env, &[]).expect_err("typo is an error");
+        assert_eq!(err.problems().len(), 1);
+        assert_eq!(err.problems()[0].key, "PROJECTOR_SLOT_LIMIT");
+    }
+
+    #[test]
+    fn combinations_are_checked() {
+        let env = Env::from_pairs([("PROJECTOR_QUERY_SOURCE", "snuba"), ("PROJECTOR_ORGS_SOURCE", "file")]);
+        let err = load(None, &env, &[]).expect_err("missing url and path");
+        let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["orgs.path", "query.url"]);
+    }
+
+    #[test]
+    fn tables_and_lists_are_refused() {
+        let f = file("[slots]\nlimit = [1, 2]\n");
+        let err = load(Some(f.path()), &Env::default(), &[]).expect_err("list refused");
+        assert_eq!(err.problems()[0].key, "slots.limit");
+    }
+
+    #[test]
+    fn the_example_file_loads_and_lists_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.example.toml");
+        let config = load(Some(&path), &Env::default(), &[]).expect("config.example.toml loads");
+        assert_eq!(config, Config::default(), "the example documents the defaults");
+        let text = std::fs::read_to_string(&path).expect("read example");
+        for key in KEYS {
+            let (section, name) = key.name.split_once('.').expect("dotted");
+            assert!(text.contains(&format!("[{section}]")), "section {section} missing");
+            assert!(text.contains(&format!("{name} =")), "key {} missing from the example", key.name);
+        }
+    }
+}
