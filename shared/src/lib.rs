@@ -1,1 +1,17 @@
-//! placeholder
+//! Domain types and the pieces every Projector process uses: ids, the job wire format, batch plans,
+//! slots, projection math, run outcomes, metric names and the synthetic data source.
+
+pub mod batch;
+pub mod error;
+pub mod ids;
+pub mod job;
+pub mod metrics;
+pub mod org;
+pub mod projection;
+pub mod run;
+pub mod slots;
+pub mod synthetic;
+
+pub use error::Error;
+pub use ids::{OrgId, ProjectId, RunId};
+pub use job::SpikeProjectionJob;

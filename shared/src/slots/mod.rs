@@ -1,0 +1,160 @@
+//! The cluster-wide concurrency slot: the `SlotLimiter` trait, the permit a holder keeps while it
+//! queries, and the metrics every limiter records. Implementations live beside it.
+
+mod memory;
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+use crate::error::Error;
+use crate::ids::OrgId;
+use crate::metrics as m;
+
+pub use memory::MemorySlotLimiter;
+
+/// Who asks for a slot; stored with the lease so operators can see who holds what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotRequest {
+    /// The worker process (host, pid, random suffix).
+    pub holder: String,
+    pub org_id: OrgId,
+}
+
+/// The answer to a bounded wait for a slot.
+#[derive(Debug)]
+pub enum Acquire {
+    Granted(SlotPermit),
+    TimedOut(TimedOut),
+}
+
+/// Why a wait gave up, with what a person needs to tune `slots.*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimedOut {
+    pub waited: Duration,
+    /// Slots held when the wait gave up.
+    pub in_use: u32,
+    pub limit: u32,
+    /// Waiters in line when the wait gave up, this one included.
+    pub queue_position: u32,
+}
+
+/// Hands out at most `limit` slots at once; a wait for one is bounded by `max_wait`.
+pub trait SlotLimiter: Send + Sync {
+    /// Waits at most `max_wait` for a slot. `Err` means the limiter could not be asked at all.
+    fn acquire(&self, request: SlotRequest, max_wait: Duration) -> BoxFuture<'_, Result<Acquire, Error>>;
+
+    /// The limit in force now.
+    fn limit(&self) -> u32;
+}
+
+/// Gives a slot back; each limiter supplies its own.
+pub trait ReleaseSlot: Send + Sync {
+    /// Gives the slot back and reports whether that worked.
+    fn release(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>>;
+
+    /// Gives the slot back from `Drop`, where nothing can be awaited or returned.
+    fn release_on_drop(self: Box<Self>) {
+        let release = self.release();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    if let Err(e) = release.await {
+                        tracing::warn!(error = %e, "releasing a dropped slot permit failed; its lease expires on its own");
+                    }
+                });
+            }
+            Err(_) => tracing::warn!("slot permit dropped outside a runtime; its lease expires on its own"),
+        }
+    }
+}
+
+/// A held slot. Dropping it releases the slot; `release().await` does the same and reports errors.
+pub struct SlotPermit {
+    lease_id: String,
+    fencing_token: u64,
+    lost: CancellationToken,
+    release: Option<Box<dyn ReleaseSlot>>,
+}
+
+impl std::fmt::Debug for SlotPermit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotPermit")
+            .field("lease_id", &self.lease_id)
+            .field("fencing_token", &self.fencing_token)
+            .field("lost", &self.lost.is_cancelled())
+            .finish()
+    }
+}
+
+impl SlotPermit {
+    /// Builds a permit; `lost` is cancelled by the limiter if the lease is lost while held.
+    pub fn new(lease_id: String, fencing_token: u64, lost: CancellationToken, release: Box<dyn ReleaseSlot>) -> Self {
+        SlotPermit {
+            lease_id,
+            fencing_token,
+            lost,
+            release: Some(release),
+        }
+    }
+
+    pub fn lease_id(&self) -> &str {
+        &self.lease_id
+    }
+
+    /// Grows with every grant: a store can refuse writes carrying an older token than it has seen.
+    pub fn fencing_token(&self) -> u64 {
+        self.fencing_token
+    }
+
+    /// Resolves if the lease is lost while held; a job selects on it to abandon its query.
+    pub fn lost(&self) -> WaitForCancellationFuture<'_> {
+        self.lost.cancelled()
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.lost.is_cancelled()
+    }
+
+    /// Gives the slot back now and reports whether that worked.
+    pub async fn release(mut self) -> Result<(), Error> {
+        match self.release.take() {
+            Some(r) => r.release().await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for SlotPermit {
+    fn drop(&mut self) {
+        if let Some(r) = self.release.take() {
+            r.release_on_drop();
+        }
+    }
+}
+
+/// Records a grant: counters, wait histogram, occupancy gauges.
+pub(crate) fn record_granted(waited: Duration, in_use: u32, limit: u32) {
+    metrics::counter!(m::SLOT_ACQUIRED_TOTAL).increment(1);
+    metrics::histogram!(m::SLOT_WAIT_SECONDS).record(waited.as_secs_f64());
+    record_occupancy(in_use, limit);
+}
+
+/// Records a wait that gave up.
+pub(crate) fn record_timed_out(waited: Duration) {
+    metrics::counter!(m::SLOT_WAIT_TIMEOUT_TOTAL).increment(1);
+    metrics::histogram!(m::SLOT_WAIT_SECONDS).record(waited.as_secs_f64());
+}
+
+/// Records a release.
+pub(crate) fn record_released(in_use: u32, limit: u32) {
+    metrics::counter!(m::SLOT_RELEASED_TOTAL).increment(1);
+    record_occupancy(in_use, limit);
+}
+
+fn record_occupancy(in_use: u32, limit: u32) {
+    metrics::gauge!(m::CONCURRENT_QUERIES).set(f64::from(in_use));
+    let percent = if limit == 0 { 100.0 } else { f64::from(in_use) * 100.0 / f64::from(limit) };
+    metrics::gauge!(m::UTILIZATION_PERCENT).set(percent);
+}
