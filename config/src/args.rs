@@ -88,4 +88,16 @@ impl ConfigArgs {
     pub fn load(&self) -> Result<Config, ConfigError> {
         load(self.config.as_deref(), &Env::from_process(), &self.flag_values())
     }
+
+    /// Loads the configuration, or prints every problem and exits with code 2 (the documented
+    /// exit code for bad configuration in every Projector binary).
+    pub fn load_or_exit(&self) -> Config {
+        match self.load() {
+            Ok(config) => config,
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
 }

@@ -11,6 +11,7 @@ pub mod projection;
 pub mod run;
 pub mod slots;
 pub mod synthetic;
+pub mod telemetry;
 
 pub use error::Error;
 pub use ids::{OrgId, ProjectId, RunId};

@@ -1,1 +1,12 @@
-//! placeholder
+//! Runs spike-projection jobs: take a slot, query hourly counts, compute projections, store them,
+//! give the slot back, and say how the job ended. Hosted by `projector-worker` and by the embedded run.
+
+pub mod error;
+pub mod pipeline;
+pub mod probe;
+pub mod query;
+pub mod sink;
+
+pub use error::Error;
+pub use pipeline::{Pipeline, PipelineSettings};
+pub use probe::QueryProbe;

@@ -1,0 +1,213 @@
+//! The embedded run: a whole batch in one process with no Redis — apalis `MemoryStorage`, in-process
+//! workers, the in-memory slot limiter, batches released on their schedule, and a summary at the end.
+
+use std::io::IsTerminal;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apalis::prelude::{BoxDynError, Data, MemorySink, MemoryStorage, MemoryStorageError, Task, TaskBuilder, WorkerBuilder, WorkerBuilderExt};
+use chrono::Utc;
+use futures::channel::mpsc::UnboundedSender;
+use futures::{SinkExt, StreamExt};
+use projector_config::{Config, QuerySourceKind};
+use projector_shared::batch::plan_batches;
+use projector_shared::run::{MemoryRunLedger, RunSummary};
+use projector_shared::slots::MemorySlotLimiter;
+use projector_shared::{RunId, SpikeProjectionJob};
+use projector_worker::query::SyntheticQuery;
+use projector_worker::sink::{DiscardSink, JsonLinesSink, ProjectionSink};
+use projector_worker::{Pipeline, PipelineSettings, QueryProbe};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+use crate::orgs::list_orgs;
+
+/// What the embedded run does besides the run itself.
+#[derive(Debug, Clone, Default)]
+pub struct EmbeddedOptions {
+    /// Write projections here as JSON lines (one line per org and project).
+    pub output: Option<PathBuf>,
+}
+
+/// What each in-process job handler shares.
+struct RunContext {
+    pipeline: Pipeline,
+    ledger: Arc<MemoryRunLedger>,
+}
+
+/// Runs every organization through the pipeline in this process and returns the run's totals.
+/// `shutdown` (Ctrl-C) stops releasing batches and ends the run with [`Error::Interrupted`].
+pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: CancellationToken) -> Result<RunSummary, Error> {
+    if config.query.source != QuerySourceKind::Synthetic {
+        return Err(Error::QuerySourceUnavailable);
+    }
+    let started = Instant::now();
+    let tick = Utc::now();
+    let run_id = RunId::manual(tick);
+    let orgs = list_orgs(config)?;
+    let size = NonZeroUsize::new(config.batch.size).unwrap_or(NonZeroUsize::MIN);
+    let batches = plan_batches(&orgs.iter().map(|o| o.org_id).collect::<Vec<_>>(), size, config.batch.delay);
+    let projects: std::collections::HashMap<_, _> = orgs.iter().map(|o| (o.org_id, o.project_ids.clone())).collect();
+    tracing::info!(
+        run_id = %run_id, orgs = orgs.len(), batches = batches.len(), batch_size = config.batch.size,
+        batch_delay_ms = config.batch.delay.as_millis() as u64, slots_limit = config.slots.limit,
+        concurrency = config.worker.concurrency, "embedded run starting"
+    );
+
+    let sink: Arc<dyn ProjectionSink> = match &options.output {
+        Some(path) => Arc::new(JsonLinesSink::create(path)?),
+        None => Arc::new(DiscardSink),
+    };
+    let probe = QueryProbe::default();
+    let ledger = Arc::new(MemoryRunLedger::new(run_id.clone(), orgs.len() as u64));
+    let context = Arc::new(RunContext {
+        pipeline: Pipeline {
+            limiter: Arc::new(MemorySlotLimiter::new(config.slots.limit)),
+            query: Arc::new(SyntheticQuery {
+                latency: config.query.synthetic_latency,
+            }),
+            sink: sink.clone(),
+            probe: probe.clone(),
+            settings: PipelineSettings {
+                holder: format!("embedded-{}", std::process::id()),
+                max_wait: config.slots.max_wait,
+            },
+        },
+        ledger: ledger.clone(),
+    });
+
+    let (queue, storage) = memory_queue();
+    let workers_stop = CancellationToken::new();
+    let worker = WorkerBuilder::new(format!("projector-embedded-{}", std::process::id()))
+        .backend(storage)
+        .data(context)
+        .concurrency(config.worker.concurrency)
+        .build(handle_job);
+    let stop = workers_stop.clone();
+    let workers = tokio::spawn(async move {
+        worker
+            .run_until(async move {
+                stop.cancelled().await;
+                Ok::<(), std::io::Error>(())
+            })
+            .await
+    });
+
+    let progress = spawn_progress(ledger.clone(), workers_stop.clone());
+
+    // Release each batch at its time; jobs run as soon as they are released.
+    let release = async {
+        for batch in &batches {
+            tokio::time::sleep_until(started + batch.release_after).await;
+            for &org_id in &batch.orgs {
+                let job = SpikeProjectionJob {
+                    run_id: run_id.clone(),
+                    org_id,
+                    batch_index: batch.index,
+                    scheduled_at: tick,
+                    project_ids: projects.get(&org_id).cloned().unwrap_or_default(),
+                    reschedules: 0,
+                };
+                let key = job.idempotency_key();
+                let task = TaskBuilder::new(job).idempotency_key(key).build();
+                queue.unbounded_send(task).map_err(|e| Error::Enqueue {
+                    run_id: run_id.to_string(),
+                    detail: e.to_string(),
+                })?;
+            }
+            tracing::debug!(run_id = %run_id, batch = batch.index, orgs = batch.orgs.len(), "batch released");
+        }
+        ledger.all_accounted().await;
+        Ok::<(), Error>(())
+    };
+
+    let finished = tokio::select! {
+        r = release => r,
+        () = shutdown.cancelled() => Err(Error::Interrupted {
+            run_id: run_id.to_string(),
+            accounted: ledger.accounted(),
+            total: orgs.len() as u64,
+        }),
+    };
+    workers_stop.cancel();
+    let _ = progress.await;
+    match workers.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "in-process workers stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "in-process workers panicked"),
+    }
+    sink.flush()?;
+    finished?;
+
+    let mut summary = ledger.summary();
+    summary.max_concurrent_queries = probe.max();
+    summary.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(summary)
+}
+
+/// An apalis in-memory queue whose sending half stays with the run, so batches can be released later.
+///
+/// The run keeps its own clone of the channel sender rather than a clone of the storage's
+/// `MemorySink`: the sink's lock is also taken by the worker's `poll_ready`, and when the two
+/// contend the worker's waker is lost and it never polls again (seen with apalis-core 1.0.0).
+fn memory_queue() -> (UnboundedSender<Task<SpikeProjectionJob>>, MemoryStorage<SpikeProjectionJob>) {
+    let (sender, receiver) = futures::channel::mpsc::unbounded::<Task<SpikeProjectionJob>>();
+    let storage_sender = Box::new(sender.clone().sink_map_err(MemoryStorageError::from))
+        as Box<dyn futures::Sink<Task<SpikeProjectionJob>, Error = MemoryStorageError> + Send + Sync + Unpin>;
+    let storage_sink = MemorySink::new(Arc::new(futures::lock::Mutex::new(storage_sender)));
+    (sender, MemoryStorage::new_with(storage_sink, receiver.boxed()))
+}
+
+/// The apalis handler: one job to one recorded outcome. Always `Ok`, because every outcome,
+/// failures included, is recorded by us and retries are decided explicitly, not by the backend.
+async fn handle_job(job: SpikeProjectionJob, context: Data<Arc<RunContext>>) -> Result<(), BoxDynError> {
+    if context.ledger.outcome_of(job.org_id).is_some() {
+        tracing::info!(run_id = %job.run_id, org_id = %job.org_id, "duplicate delivery; already accounted for");
+        return Ok(());
+    }
+    let outcome = context.pipeline.process(&job).await;
+    context.ledger.record(job.org_id, outcome);
+    Ok(())
+}
+
+/// Shows progress: a bar on a terminal, a log line every few seconds otherwise.
+fn spawn_progress(ledger: Arc<MemoryRunLedger>, done: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let total = ledger.summary().orgs_total;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:40}] {pos}/{len} orgs  {msg}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar
+        });
+        let every = if bar.is_some() { Duration::from_millis(100) } else { Duration::from_secs(2) };
+        let mut ticker = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = done.cancelled() => break,
+            }
+            let s = ledger.summary();
+            match &bar {
+                Some(bar) => {
+                    bar.set_position(s.accounted());
+                    bar.set_message(format!("completed {} skipped {} failed {}", s.completed, s.skipped_no_slot, s.failed + s.rate_limited));
+                }
+                None => tracing::info!(
+                    run_id = %s.run_id, accounted = s.accounted(), total = s.orgs_total, completed = s.completed,
+                    skipped_no_slot = s.skipped_no_slot, failed = s.failed + s.rate_limited, "progress"
+                ),
+            }
+        }
+        if let Some(bar) = bar {
+            bar.set_position(ledger.accounted());
+            bar.finish_and_clear();
+        }
+    })
+}

@@ -1,0 +1,59 @@
+//! The one error type of `projector-worker`; each variant says whether retrying could help.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("query rate limited by the analytics store (policy {policy:?}, quota used {quota_used:?}, threshold {threshold:?}); lower slots.limit or check other referrers on the same storage")]
+    RateLimited {
+        policy: Option<String>,
+        quota_used: Option<u64>,
+        threshold: Option<u64>,
+    },
+
+    #[error("query service answered {status}: {detail}")]
+    QueryServer { status: u16, detail: String },
+
+    #[error("query timed out after {0:?} (raise query.timeout or check the query service)")]
+    QueryTimeout(std::time::Duration),
+
+    #[error("query service refused the query as bad ({status}): {detail}")]
+    QueryBadRequest { status: u16, detail: String },
+
+    #[error("query service returned a body that cannot be read ({reason}); starts with {sample:?}")]
+    QueryMalformed { reason: String, sample: String },
+
+    #[error("the slot lease was lost while querying; the query was abandoned")]
+    LeaseLost,
+
+    #[error("cannot write projections to {target}: {detail}")]
+    Sink { target: String, detail: String },
+
+    #[error(transparent)]
+    Shared(#[from] projector_shared::Error),
+}
+
+impl Error {
+    /// Whether the same job could succeed if tried again later.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::RateLimited { .. } | Error::QueryServer { .. } | Error::QueryTimeout(_) | Error::LeaseLost => true,
+            Error::Sink { .. } => true,
+            Error::QueryBadRequest { .. } | Error::QueryMalformed { .. } => false,
+            Error::Shared(e) => e.is_retryable(),
+        }
+    }
+
+    /// The bounded `reason` label for `run_spike_projection_error_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::RateLimited { .. } => "rate_limited",
+            Error::QueryServer { .. } => "server_error",
+            Error::QueryTimeout(_) => "timeout",
+            Error::QueryBadRequest { .. } => "bad_request",
+            Error::QueryMalformed { .. } => "malformed_body",
+            Error::LeaseLost => "lease_lost",
+            Error::Sink { .. } => "sink",
+            Error::Shared(projector_shared::Error::SlotBackendUnavailable { .. }) => "slot_unavailable",
+            Error::Shared(_) => "internal",
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! One job, start to end: slot (bounded wait) → query → projection → store → release → outcome.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DurationRound, TimeDelta};
+use projector_shared::metrics as m;
+use projector_shared::projection::{HISTORY_HOURS, project};
+use projector_shared::run::Outcome;
+use projector_shared::slots::{Acquire, SlotLimiter, SlotPermit, SlotRequest};
+use projector_shared::SpikeProjectionJob;
+
+use crate::error::Error;
+use crate::probe::QueryProbe;
+use crate::query::{HistoryRequest, QuerySource};
+use crate::sink::{ProjectionRecord, ProjectionSink};
+
+/// Settings of the pipeline, taken from `slots.*` and the process identity.
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    /// This worker's name, stored with every lease.
+    pub holder: String,
+    pub max_wait: Duration,
+}
+
+/// Everything a job needs, shared by all jobs of a process.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub limiter: Arc<dyn SlotLimiter>,
+    pub query: Arc<dyn QuerySource>,
+    pub sink: Arc<dyn ProjectionSink>,
+    pub probe: QueryProbe,
+    pub settings: PipelineSettings,
+}
+
+impl Pipeline {
+    /// Runs one job to its outcome. Never panics on bad input; every path is logged and counted.
+    pub async fn process(&self, job: &SpikeProjectionJob) -> Outcome {
+        metrics::counter!(m::TASK_STARTED_TOTAL).increment(1);
+        let request = SlotRequest {
+            holder: self.settings.holder.clone(),
+            org_id: job.org_id,
+        };
+        let permit = match self.limiter.acquire(request, self.settings.max_wait).await {
+            Ok(Acquire::Granted(permit)) => permit,
+            Ok(Acquire::TimedOut(t)) => {
+                tracing::warn!(
+                    run_id = %job.run_id, org_id = %job.org_id, waited_ms = t.waited.as_millis() as u64,
+                    in_use = t.in_use, limit = t.limit, queue_position = t.queue_position,
+                    "no slot within slots.max_wait; job skipped"
+                );
+                metrics::counter!(m::TASK_SKIPPED_NO_SLOT_TOTAL).increment(1);
+                return Outcome::SkippedNoSlot;
+            }
+            Err(e) => return self.failed(job, Error::from(e)),
+        };
+        let token = permit.fencing_token();
+        let result = self.query_and_store(job, &permit, token).await;
+        if let Err(e) = permit.release().await {
+            // The lease expires on its own; the job's work is already stored.
+            tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, error = %e, "slot release failed");
+        }
+        match result {
+            Ok(projects) => {
+                tracing::debug!(run_id = %job.run_id, org_id = %job.org_id, projects, "projections stored");
+                metrics::counter!(m::TASK_COMPLETED_TOTAL).increment(1);
+                Outcome::Completed
+            }
+            Err(e) => self.failed(job, e),
+        }
+    }
+
+    /// Queries under a held slot, abandoning the query if the lease is lost, then stores the projections.
+    async fn query_and_store(&self, job: &SpikeProjectionJob, permit: &SlotPermit, token: u64) -> Result<usize, Error> {
+        // Projections start at the tick's hour; history is the three weeks before it.
+        let first_hour = job
+            .scheduled_at
+            .duration_trunc(TimeDelta::hours(1))
+            .unwrap_or(job.scheduled_at);
+        let request = HistoryRequest {
+            org_id: job.org_id,
+            project_ids: job.project_ids.clone(),
+            end: first_hour,
+            hours: HISTORY_HOURS,
+        };
+        let history = {
+            let _in_flight = self.probe.enter();
+            let started = Instant::now();
+            let result = tokio::select! {
+                r = self.query.hourly_counts(&request) => r,
+                () = permit.lost() => Err(Error::LeaseLost),
+            };
+            metrics::histogram!(m::QUERY_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
+            result?
+        };
+        let records: Vec<ProjectionRecord> = history
+            .into_iter()
+            .map(|(project_id, counts)| {
+                ProjectionRecord::new(&job.run_id, job.org_id, project_id, first_hour, project(&counts), token)
+            })
+            .collect();
+        let projects = records.len();
+        self.sink.write(records).await?;
+        Ok(projects)
+    }
+
+    fn failed(&self, job: &SpikeProjectionJob, e: Error) -> Outcome {
+        let reason = e.reason();
+        metrics::counter!(m::TASK_ERROR_TOTAL, "reason" => reason).increment(1);
+        tracing::error!(
+            run_id = %job.run_id, org_id = %job.org_id, reason, retryable = e.is_retryable(), error = %e,
+            "spike projection failed"
+        );
+        match e {
+            Error::RateLimited { .. } => Outcome::RateLimited,
+            Error::Shared(projector_shared::Error::SlotBackendUnavailable { .. }) => Outcome::SlotUnavailable,
+            _ => Outcome::Failed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::{OrgHistory, SyntheticQuery};
+    use crate::sink::DiscardSink;
+    use chrono::{TimeZone, Utc};
+    use futures::future::BoxFuture;
+    use projector_shared::slots::MemorySlotLimiter;
+    use projector_shared::{OrgId, RunId};
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Recording(Mutex<Vec<ProjectionRecord>>);
+
+    impl ProjectionSink for Recording {
+        fn write(&self, records: Vec<ProjectionRecord>) -> BoxFuture<'_, Result<(), Error>> {
+            self.0.lock().expect("lock").extend(records);
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    struct RateLimitedQuery;
+
+    impl QuerySource for RateLimitedQuery {
+        fn hourly_counts(&self, _: &HistoryRequest) -> BoxFuture<'_, Result<OrgHistory, Error>> {
+            Box::pin(async {
+                Err(Error::RateLimited {
+                    policy: Some("ConcurrentRateLimitAllocationPolicy".into()),
+                    quota_used: Some(101),
+                    threshold: Some(100),
+                })
+            })
+        }
+    }
+
+    fn job(org: u64) -> SpikeProjectionJob {
+        SpikeProjectionJob {
+            run_id: RunId("run-test".into()),
+            org_id: OrgId(org),
+            batch_index: 0,
+            scheduled_at: Utc.with_ymd_and_hms(2026, 11, 22, 13, 17, 5).single().expect("valid"),
+            project_ids: vec![],
+            reschedules: 0,
+        }
+    }
+
+    fn pipeline(limiter: MemorySlotLimiter, query: Arc<dyn QuerySource>, sink: Arc<dyn ProjectionSink>) -> Pipeline {
+        Pipeline {
+            limiter: Arc::new(limiter),
+            query,
+            sink,
+            probe: QueryProbe::default(),
+            settings: PipelineSettings {
+                holder: "test".into(),
+                max_wait: Duration::from_millis(20),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_stores_one_record_per_project_from_the_tick_hour() {
+        let sink = Arc::new(Recording::default());
+        let limiter = MemorySlotLimiter::new(2);
+        let p = pipeline(limiter.clone(), Arc::new(SyntheticQuery { latency: Duration::ZERO }), sink.clone());
+        assert_eq!(p.process(&job(7)).await, Outcome::Completed);
+        let records = sink.0.lock().expect("lock").clone();
+        let projects = projector_shared::synthetic::synthetic_projects(OrgId(7));
+        assert_eq!(records.len(), projects.len());
+        assert_eq!(records[0].first_hour, Utc.with_ymd_and_hms(2026, 11, 22, 13, 0, 0).single().expect("valid"));
+        assert_eq!(records[0].hourly.len(), 24);
+        assert!(records[0].fencing_token > 0);
+        assert_eq!(limiter.in_use(), 0, "slot released");
+        assert_eq!(p.probe.max(), 1);
+    }
+
+    #[tokio::test]
+    async fn no_slot_means_skipped_without_a_query() {
+        let limiter = MemorySlotLimiter::new(1);
+        let held = limiter.acquire(SlotRequest { holder: "other".into(), org_id: OrgId(1) }, Duration::ZERO).await;
+        let p = pipeline(limiter.clone(), Arc::new(SyntheticQuery { latency: Duration::ZERO }), Arc::new(DiscardSink));
+        assert_eq!(p.process(&job(2)).await, Outcome::SkippedNoSlot);
+        assert_eq!(p.probe.max(), 0, "no query ran");
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn a_429_is_recorded_as_rate_limited_and_the_slot_comes_back() {
+        let limiter = MemorySlotLimiter::new(1);
+        let p = pipeline(limiter.clone(), Arc::new(RateLimitedQuery), Arc::new(DiscardSink));
+        assert_eq!(p.process(&job(3)).await, Outcome::RateLimited);
+        assert_eq!(limiter.in_use(), 0);
+    }
+}

@@ -1,0 +1,59 @@
+//! An independent count of queries in flight, and the most seen at once: the check on the slot limiter.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counts queries in flight across every job sharing it.
+#[derive(Debug, Clone, Default)]
+pub struct QueryProbe {
+    inner: Arc<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    in_flight: AtomicU64,
+    max: AtomicU64,
+}
+
+/// One query in flight; dropping it ends the count.
+pub struct InFlight(Arc<Counts>);
+
+impl QueryProbe {
+    /// Marks a query as started until the returned guard is dropped.
+    pub fn enter(&self) -> InFlight {
+        let now = self.inner.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.inner.max.fetch_max(now, Ordering::SeqCst);
+        InFlight(self.inner.clone())
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.inner.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The most queries seen in flight at once.
+    pub fn max(&self) -> u64 {
+        self.inner.max.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracks_the_peak() {
+        let p = QueryProbe::default();
+        let a = p.enter();
+        let b = p.enter();
+        drop(a);
+        let _c = p.enter();
+        drop(b);
+        assert_eq!((p.in_flight(), p.max()), (1, 2));
+    }
+}

@@ -1,0 +1,110 @@
+//! Where projections go: the `ProjectionSink` trait and the JSON-lines sink (one line per org and project).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use projector_shared::projection::Projection;
+use projector_shared::{OrgId, ProjectId, RunId};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// One project's projection as stored: keyed by (org, project, hour), stamped with run and fencing token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectionRecord {
+    pub run_id: RunId,
+    pub org_id: OrgId,
+    pub project_id: ProjectId,
+    /// The first projected hour; `hourly[i]` is for `first_hour + i` hours.
+    pub first_hour: DateTime<Utc>,
+    pub hourly: Vec<u64>,
+    pub spike_threshold: u64,
+    /// The slot lease's fencing token; a store may refuse a write older than one it has seen.
+    pub fencing_token: u64,
+}
+
+impl ProjectionRecord {
+    pub fn new(run_id: &RunId, org_id: OrgId, project_id: ProjectId, first_hour: DateTime<Utc>, projection: Projection, fencing_token: u64) -> Self {
+        ProjectionRecord {
+            run_id: run_id.clone(),
+            org_id,
+            project_id,
+            first_hour,
+            hourly: projection.hourly,
+            spike_threshold: projection.spike_threshold,
+            fencing_token,
+        }
+    }
+}
+
+/// Stores the projections of one organization.
+pub trait ProjectionSink: Send + Sync {
+    fn write(&self, records: Vec<ProjectionRecord>) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// Makes everything written so far durable.
+    fn flush(&self) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+/// Appends one JSON line per record to a file: for embedded runs and debugging.
+#[derive(Debug)]
+pub struct JsonLinesSink {
+    path: PathBuf,
+    file: Mutex<std::io::BufWriter<std::fs::File>>,
+}
+
+impl JsonLinesSink {
+    /// Creates (or truncates) the file.
+    pub fn create(path: &Path) -> Result<Self, Error> {
+        let file = std::fs::File::create(path).map_err(|e| Error::Sink {
+            target: path.display().to_string(),
+            detail: format!("{e} (check that the directory exists and is writable)"),
+        })?;
+        Ok(JsonLinesSink {
+            path: path.to_owned(),
+            file: Mutex::new(std::io::BufWriter::new(file)),
+        })
+    }
+
+    fn sink_error(&self, e: impl std::fmt::Display) -> Error {
+        Error::Sink {
+            target: self.path.display().to_string(),
+            detail: e.to_string(),
+        }
+    }
+}
+
+impl ProjectionSink for JsonLinesSink {
+    fn write(&self, records: Vec<ProjectionRecord>) -> BoxFuture<'_, Result<(), Error>> {
+        let result = (|| {
+            let mut lines = Vec::new();
+            for r in &records {
+                serde_json::to_writer(&mut lines, r).map_err(|e| self.sink_error(e))?;
+                lines.push(b'\n');
+            }
+            // One write per org keeps an org's lines together when many jobs write at once.
+            let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+            file.write_all(&lines).map_err(|e| self.sink_error(e))
+        })();
+        Box::pin(async move { result })
+    }
+
+    fn flush(&self) -> Result<(), Error> {
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        file.flush().map_err(|e| self.sink_error(e))
+    }
+}
+
+/// Keeps nothing: for runs that only want the summary.
+#[derive(Debug, Default)]
+pub struct DiscardSink;
+
+impl ProjectionSink for DiscardSink {
+    fn write(&self, _records: Vec<ProjectionRecord>) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
+}
