@@ -5,6 +5,7 @@ pub mod batch;
 pub mod error;
 pub mod ids;
 pub mod job;
+pub mod keys;
 pub mod metrics;
 pub mod org;
 pub mod projection;

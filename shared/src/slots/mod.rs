@@ -2,6 +2,8 @@
 //! queries, and the metrics every limiter records. Implementations live beside it.
 
 mod memory;
+mod redis;
+mod scripts;
 
 use std::time::Duration;
 
@@ -13,6 +15,7 @@ use crate::ids::OrgId;
 use crate::metrics as m;
 
 pub use memory::MemorySlotLimiter;
+pub use self::redis::{Holder, RedisSlotLimiter, RedisSlotSettings, SlotState};
 
 /// Who asks for a slot; stored with the lease so operators can see who holds what.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,84 @@
+//! The one place that spells Redis key names. Every key of one slot limiter shares a hash tag, so
+//! the limiter's scripts touch a single Redis Cluster slot.
+
+/// The keys of one slot limiter, all under the hash tag `{projector:slots:<name>}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotKeys {
+    tag: String,
+}
+
+impl SlotKeys {
+    /// Keys for the limiter called `name` (one per referrer or resource; "default" normally).
+    pub fn new(name: &str) -> Self {
+        SlotKeys {
+            tag: format!("{{projector:slots:{name}}}"),
+        }
+    }
+
+    /// The limit in force (string integer); initialised from `slots.limit`, changed by operators.
+    pub fn limit(&self) -> String {
+        format!("{}:limit", self.tag)
+    }
+    /// Sorted set: lease id → expiry (Redis time, ms).
+    pub fn leases(&self) -> String {
+        format!("{}:leases", self.tag)
+    }
+    /// Hash: lease id → `holder|org|acquired_ms|token`.
+    pub fn holders(&self) -> String {
+        format!("{}:holders", self.tag)
+    }
+    /// Counter behind fencing tokens.
+    pub fn fence(&self) -> String {
+        format!("{}:fence", self.tag)
+    }
+    /// Counter behind arrival order.
+    pub fn seq(&self) -> String {
+        format!("{}:seq", self.tag)
+    }
+    /// Sorted set: waiter id → arrival number (first come, first served).
+    pub fn queue(&self) -> String {
+        format!("{}:queue", self.tag)
+    }
+    /// Sorted set: waiter id → when the waiter gives up (Redis time, ms).
+    pub fn waiter_deadlines(&self) -> String {
+        format!("{}:waiter_deadlines", self.tag)
+    }
+    /// Hash: waiter id → `holder|org`.
+    pub fn waiting(&self) -> String {
+        format!("{}:waiting", self.tag)
+    }
+    /// Prefix of the per-waiter wake-up lists; a release pushes the handed-off fencing token there.
+    pub fn wake_prefix(&self) -> String {
+        format!("{}:wake:", self.tag)
+    }
+    pub fn wake(&self, waiter: &str) -> String {
+        format!("{}{waiter}", self.wake_prefix())
+    }
+
+    /// The keys every limiter script is given, in the order the scripts expect.
+    pub fn script_keys(&self) -> Vec<String> {
+        vec![
+            self.limit(),
+            self.leases(),
+            self.holders(),
+            self.fence(),
+            self.seq(),
+            self.queue(),
+            self.waiter_deadlines(),
+            self.waiting(),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_shares_one_hash_tag() {
+        let k = SlotKeys::new("default");
+        for key in k.script_keys().iter().chain([&k.wake("w1")]) {
+            assert!(key.starts_with("{projector:slots:default}:"), "{key}");
+        }
+    }
+}

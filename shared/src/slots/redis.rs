@@ -1,0 +1,435 @@
+//! The cluster-wide slot limiter on Redis: per-holder leases scored by Redis time, fencing tokens,
+//! first-come-first-served waiters woken directly on release, renewal while held, bounded waits.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use rand::Rng;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::scripts::{ACQUIRE, CANCEL, RELEASE, RENEW, RESET, SET_LIMIT};
+use super::{Acquire, ReleaseSlot, SlotLimiter, SlotPermit, SlotRequest, TimedOut, record_granted, record_released, record_timed_out};
+use crate::error::Error;
+use crate::keys::SlotKeys;
+use crate::metrics as m;
+
+/// How the Redis limiter behaves; `limit` and `lease_ttl` come from `slots.*`.
+#[derive(Debug, Clone)]
+pub struct RedisSlotSettings {
+    /// Name of the limiter (part of every key); "default" unless several resources are limited.
+    pub name: String,
+    /// Written to Redis only when no limit is set there yet; operators change it at runtime.
+    pub initial_limit: u32,
+    pub lease_ttl: Duration,
+    /// How long a slot handed to a waiter stays reserved for it before it must collect it.
+    pub handoff_reserve: Duration,
+    /// A waiter re-checks this often (jittered) in case a wake-up was missed.
+    pub recheck: Duration,
+    /// Budget for one round trip; waits return within `max_wait` plus this, even when Redis is down.
+    pub round_trip_budget: Duration,
+}
+
+impl RedisSlotSettings {
+    pub fn new(initial_limit: u32, lease_ttl: Duration) -> Self {
+        RedisSlotSettings {
+            name: "default".to_owned(),
+            initial_limit,
+            lease_ttl,
+            handoff_reserve: Duration::from_secs(2).min(lease_ttl),
+            recheck: Duration::from_secs(1),
+            round_trip_budget: Duration::from_millis(500),
+        }
+    }
+
+    fn renew_every(&self) -> Duration {
+        self.lease_ttl / 3
+    }
+}
+
+/// One holder of a slot, as `inspect` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub lease_id: String,
+    pub holder: String,
+    pub org_id: String,
+    pub fencing_token: u64,
+    pub age: Duration,
+    pub expires_in: Duration,
+}
+
+/// The state of the limiter, for operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotState {
+    pub limit: Option<u32>,
+    pub holders: Vec<Holder>,
+    /// Waiter ids with `holder|org`, in arrival order.
+    pub waiters: Vec<(String, String)>,
+}
+
+/// Slots shared by every process that points at the same Redis and limiter name.
+#[derive(Clone)]
+pub struct RedisSlotLimiter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    conn: ConnectionManager,
+    /// Dedicated connections for `BLPOP`, one per blocked waiter, reused afterwards.
+    blocking: Mutex<Vec<MultiplexedConnection>>,
+    keys: SlotKeys,
+    settings: RedisSlotSettings,
+    /// The limit last seen in Redis, for `limit()` and the utilization gauge.
+    limit_seen: AtomicU32,
+}
+
+impl RedisSlotLimiter {
+    /// Creates a limiter; no connection is made until the first call, so a worker starts even if Redis is down.
+    pub fn new(url: &str, settings: RedisSlotSettings) -> Result<Self, Error> {
+        let unavailable = |e: redis::RedisError| Error::SlotBackendUnavailable {
+            detail: format!("{url}: {e}"),
+        };
+        let client = Client::open(url).map_err(unavailable)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.round_trip_budget))
+            .set_response_timeout(Some(settings.round_trip_budget))
+            .set_number_of_retries(3)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
+        Ok(RedisSlotLimiter {
+            inner: Arc::new(Inner {
+                client,
+                conn,
+                blocking: Mutex::new(Vec::new()),
+                keys: SlotKeys::new(&settings.name),
+                limit_seen: AtomicU32::new(settings.initial_limit),
+                settings,
+            }),
+        })
+    }
+
+    /// Sets the limit for every process at once. Lowering it interrupts no holder; raising it serves waiters now.
+    pub async fn set_limit(&self, limit: u32) -> Result<(), Error> {
+        let inner = &self.inner;
+        let _: (u32, u32) = inner
+            .call(&SET_LIMIT.key(inner.keys.script_keys()).arg(limit).arg(ms(inner.settings.handoff_reserve)).arg(inner.keys.wake_prefix()))
+            .await?;
+        inner.limit_seen.store(limit, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Drops every lease and waiter (the seed's `reset_concurrent_count`); returns how many leases were dropped.
+    /// Holders learn at their next renewal that their lease is gone.
+    pub async fn reset(&self) -> Result<u64, Error> {
+        self.inner.call(&RESET.key(self.inner.keys.script_keys())).await
+    }
+
+    /// The limit, holders and waiters, as Redis has them now.
+    pub async fn inspect(&self) -> Result<SlotState, Error> {
+        let k = &self.inner.keys;
+        let mut conn = self.inner.conn.clone();
+        let (limit, leases, holders, queue, waiting, time): (
+            Option<u32>,
+            Vec<(String, u64)>,
+            std::collections::HashMap<String, String>,
+            Vec<String>,
+            std::collections::HashMap<String, String>,
+            (u64, u64),
+        ) = redis::pipe()
+            .get(k.limit())
+            .zrange_withscores(k.leases(), 0, -1)
+            .hgetall(k.holders())
+            .zrange(k.queue(), 0, -1)
+            .hgetall(k.waiting())
+            .cmd("TIME")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.inner.unavailable(e))?;
+        let now = time.0 * 1000 + time.1 / 1000;
+        let holders = leases
+            .into_iter()
+            .map(|(lease_id, expiry)| {
+                let info = holders.get(&lease_id).cloned().unwrap_or_default();
+                let mut parts = info.split('|');
+                let holder = parts.next().unwrap_or_default().to_owned();
+                let org_id = parts.next().unwrap_or_default().to_owned();
+                let acquired: u64 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(now);
+                let fencing_token = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+                Holder {
+                    lease_id,
+                    holder,
+                    org_id,
+                    fencing_token,
+                    age: Duration::from_millis(now.saturating_sub(acquired)),
+                    expires_in: Duration::from_millis(expiry.saturating_sub(now)),
+                }
+            })
+            .collect();
+        let waiters = queue
+            .into_iter()
+            .map(|id| {
+                let info = waiting.get(&id).cloned().unwrap_or_default();
+                (id, info)
+            })
+            .collect();
+        Ok(SlotState { limit, holders, waiters })
+    }
+
+    /// Every key of this limiter that exists now (for tests and `projectorctl`).
+    pub async fn existing_keys(&self) -> Result<Vec<String>, Error> {
+        let mut conn = self.inner.conn.clone();
+        let pattern = format!("{}*", self.inner.keys.limit().trim_end_matches("limit"));
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg(pattern)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.inner.unavailable(e))?;
+        keys.sort();
+        Ok(keys)
+    }
+
+    async fn acquire_inner(&self, request: SlotRequest, max_wait: Duration) -> Result<Acquire, Error> {
+        let inner = &self.inner;
+        let started = Instant::now();
+        let deadline = started + max_wait;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let info = format!("{}|{}", request.holder, request.org_id);
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            // The waiter's entry outlives its own deadline by a second so a live waiter is never dropped
+            // between its re-checks; a dead one is dropped from the queue a second after it would have given up.
+            let wait_ms = if remaining.is_zero() { 0 } else { ms(remaining) + 1_000 };
+            let (granted, value, in_use, limit, reclaimed): (u8, u64, u32, u32, u64) = inner
+                .call(&
+                    ACQUIRE
+                        .key(inner.keys.script_keys())
+                        .arg(&id)
+                        .arg(&info)
+                        .arg(ms(inner.settings.lease_ttl))
+                        .arg(wait_ms)
+                        .arg(inner.settings.initial_limit)
+                        .arg(ms(inner.settings.handoff_reserve))
+                        .arg(inner.keys.wake_prefix()),
+                )
+                .await?;
+            record_reclaimed(reclaimed);
+            inner.limit_seen.store(limit, Ordering::SeqCst);
+            if granted == 1 {
+                return Ok(self.granted(id, value, in_use, limit, started));
+            }
+            if remaining.is_zero() {
+                return self.give_up(id, started).await;
+            }
+            let nap = jitter(inner.settings.recheck).min(remaining);
+            if let Some(token) = self.wait_for_handoff(&id, nap).await? {
+                // The lease was made for us, reserved briefly; a renewal makes it a full lease.
+                let renewed: u8 = inner
+                    .call(&RENEW.key(inner.keys.script_keys()).arg(&id).arg(ms(inner.settings.lease_ttl)))
+                    .await?;
+                if renewed == 1 {
+                    let in_use = inner.limit_seen.load(Ordering::SeqCst).min(in_use.saturating_add(1));
+                    return Ok(self.granted(id, token, in_use, limit, started));
+                }
+            }
+        }
+    }
+
+    /// Blocks on this waiter's own wake-up list for at most `nap`. `Some(token)` when a slot was handed over.
+    async fn wait_for_handoff(&self, id: &str, nap: Duration) -> Result<Option<u64>, Error> {
+        let inner = &self.inner;
+        let mut conn = inner.blocking_connection().await?;
+        let seconds = nap.as_secs_f64().max(0.001);
+        let popped: Result<Option<(String, u64)>, _> = redis::cmd("BLPOP")
+            .arg(inner.keys.wake(id))
+            .arg(seconds)
+            .query_async(&mut conn)
+            .await;
+        match popped {
+            Ok(result) => {
+                inner.return_blocking(conn);
+                Ok(result.map(|(_, token)| token))
+            }
+            Err(e) => Err(inner.unavailable(e)),
+        }
+    }
+
+    /// Leaves the queue at the deadline; a slot handed over in the same instant is taken, not lost.
+    async fn give_up(&self, id: String, started: Instant) -> Result<Acquire, Error> {
+        let inner = &self.inner;
+        let (granted, token, in_use, limit): (u8, u64, u32, u32) = inner
+            .call(&CANCEL.key(inner.keys.script_keys()).arg(&id).arg(ms(inner.settings.lease_ttl)).arg(inner.keys.wake_prefix()))
+            .await?;
+        if granted == 1 {
+            return Ok(self.granted(id, token, in_use, limit, started));
+        }
+        let waited = started.elapsed();
+        record_timed_out(waited);
+        let state_waiters: u32 = {
+            let mut conn = inner.conn.clone();
+            redis::cmd("ZCARD").arg(inner.keys.queue()).query_async(&mut conn).await.unwrap_or(0)
+        };
+        Ok(Acquire::TimedOut(TimedOut {
+            waited,
+            in_use,
+            limit,
+            queue_position: state_waiters + 1,
+        }))
+    }
+
+    fn granted(&self, id: String, token: u64, in_use: u32, limit: u32, started: Instant) -> Acquire {
+        record_granted(started.elapsed(), in_use, limit);
+        let lost = CancellationToken::new();
+        let stop = CancellationToken::new();
+        tokio::spawn(renew_while_held(self.inner.clone(), id.clone(), lost.clone(), stop.clone()));
+        let release = RedisRelease {
+            inner: self.inner.clone(),
+            id: id.clone(),
+            stop,
+        };
+        Acquire::Granted(SlotPermit::new(id, token, lost, Box::new(release)))
+    }
+}
+
+impl Inner {
+    fn unavailable(&self, e: redis::RedisError) -> Error {
+        Error::SlotBackendUnavailable { detail: e.to_string() }
+    }
+
+    /// One script call, bounded by the round-trip budget whatever the connection is doing.
+    async fn call<T: redis::FromRedisValue>(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<T, Error> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.settings.round_trip_budget, invocation.invoke_async(&mut conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.unavailable(e)),
+            Err(_) => Err(Error::SlotBackendUnavailable {
+                detail: format!("no answer within {:?}", self.settings.round_trip_budget),
+            }),
+        }
+    }
+
+    async fn blocking_connection(&self) -> Result<MultiplexedConnection, Error> {
+        let pooled = self.blocking.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        if let Some(conn) = pooled {
+            return Ok(conn);
+        }
+        // BLPOP holds the connection for up to `recheck`; the response timeout must outlast it.
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.settings.round_trip_budget))
+            .set_response_timeout(Some(self.settings.recheck * 2 + self.settings.round_trip_budget));
+        match tokio::time::timeout(
+            self.settings.round_trip_budget,
+            self.client.get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(self.unavailable(e)),
+            Err(_) => Err(Error::SlotBackendUnavailable {
+                detail: "connecting for a slot wait timed out".to_owned(),
+            }),
+        }
+    }
+
+    fn return_blocking(&self, conn: MultiplexedConnection) {
+        self.blocking.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+    }
+}
+
+impl SlotLimiter for RedisSlotLimiter {
+    fn acquire(&self, request: SlotRequest, max_wait: Duration) -> BoxFuture<'_, Result<Acquire, Error>> {
+        Box::pin(async move {
+            // Whatever Redis does, the caller hears back within max_wait plus one round trip (plus the give-up call).
+            let bound = max_wait + self.inner.settings.round_trip_budget * 2;
+            match tokio::time::timeout(bound, self.acquire_inner(request, max_wait)).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::SlotBackendUnavailable {
+                    detail: format!("no slot decision within {bound:?}"),
+                }),
+            }
+        })
+    }
+
+    fn limit(&self) -> u32 {
+        self.inner.limit_seen.load(Ordering::SeqCst)
+    }
+}
+
+/// Renews the lease every `lease_ttl / 3` until released; tells the holder if the lease is lost.
+async fn renew_while_held(inner: Arc<Inner>, id: String, lost: CancellationToken, stop: CancellationToken) {
+    let every = inner.settings.renew_every();
+    let mut last_ok = Instant::now();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let result: Result<u8, Error> = inner
+            .call(&RENEW.key(inner.keys.script_keys()).arg(&id).arg(ms(inner.settings.lease_ttl)))
+            .await;
+        match result {
+            Ok(1) => last_ok = Instant::now(),
+            Ok(_) => {
+                tracing::warn!(lease_id = %id, "slot lease lost: it expired before renewal (holder paused or Redis reset)");
+                metrics::counter!(m::SLOT_LEASE_LOST_TOTAL).increment(1);
+                lost.cancel();
+                return;
+            }
+            Err(e) if last_ok.elapsed() >= inner.settings.lease_ttl => {
+                tracing::warn!(lease_id = %id, error = %e, "slot lease lost: renewals failed for a whole lease_ttl");
+                metrics::counter!(m::SLOT_LEASE_LOST_TOTAL).increment(1);
+                lost.cancel();
+                return;
+            }
+            Err(e) => tracing::debug!(lease_id = %id, error = %e, "slot lease renewal failed; retrying"),
+        }
+    }
+}
+
+struct RedisRelease {
+    inner: Arc<Inner>,
+    id: String,
+    stop: CancellationToken,
+}
+
+impl ReleaseSlot for RedisRelease {
+    fn release(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
+        Box::pin(async move {
+            self.stop.cancel();
+            let inner = &self.inner;
+            let (_removed, in_use, limit, reclaimed): (u8, u32, u32, u64) = inner
+                .call(&
+                    RELEASE
+                        .key(inner.keys.script_keys())
+                        .arg(&self.id)
+                        .arg(inner.settings.initial_limit)
+                        .arg(ms(inner.settings.handoff_reserve))
+                        .arg(inner.keys.wake_prefix()),
+                )
+                .await?;
+            record_reclaimed(reclaimed);
+            record_released(in_use, limit);
+            Ok(())
+        })
+    }
+}
+
+fn record_reclaimed(n: u64) {
+    if n > 0 {
+        metrics::counter!(m::SLOT_LEASE_RECLAIMED_TOTAL).increment(n);
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `d` ± 20%, so waiters that missed a wake-up do not re-check in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let factor = rand::rng().random_range(0.8..1.2);
+    d.mul_f64(factor)
+}
