@@ -1,0 +1,239 @@
+//! The Redis slot limiter against a real `redis-server`: exact bound across processes, crash,
+//! long holds, pauses, Redis restarts, timeouts, fairness and runtime limit changes.
+
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use projector_shared::OrgId;
+use projector_shared::slots::{Acquire, RedisSlotLimiter, RedisSlotSettings, SlotLimiter, SlotPermit, SlotRequest};
+use projector_tests::RedisServer;
+
+fn limiter(server: &RedisServer, limit: u32, lease_ttl: Duration) -> RedisSlotLimiter {
+    RedisSlotLimiter::new(&server.url(), RedisSlotSettings::new(limit, lease_ttl)).expect("limiter")
+}
+
+fn request(org: u64) -> SlotRequest {
+    SlotRequest {
+        holder: "test".into(),
+        org_id: OrgId(org),
+    }
+}
+
+async fn take(l: &RedisSlotLimiter, org: u64, max_wait: Duration) -> Option<SlotPermit> {
+    match l.acquire(request(org), max_wait).await.expect("redis answers") {
+        Acquire::Granted(p) => Some(p),
+        Acquire::TimedOut(_) => None,
+    }
+}
+
+fn holder(server: &RedisServer, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_projector-slot-holder"));
+    cmd.arg("--redis-url").arg(server.url()).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
+}
+
+fn last_json(stdout: &[u8]) -> serde_json::Value {
+    let text = String::from_utf8_lossy(stdout);
+    let line = text.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no summary in: {text}"));
+    serde_json::from_str(line).expect("summary JSON")
+}
+
+#[test]
+fn the_bound_is_exact_across_processes() {
+    let server = RedisServer::start();
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            holder(&server, &["--limit", "4", "--tasks", "12", "--iterations", "6", "--hold", "3ms"])
+                .spawn()
+                .expect("spawn holder")
+        })
+        .collect();
+    let mut granted = 0;
+    for child in children {
+        let out = child.wait_with_output().expect("holder exits");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let s = last_json(&out.stdout);
+        assert_eq!(s["violations"], 0, "observer saw more holders than the limit: {s}");
+        assert!(s["max_seen"].as_u64().unwrap_or(0) <= 4, "{s}");
+        granted += s["granted"].as_u64().unwrap_or(0);
+    }
+    assert_eq!(granted, 3 * 12 * 6, "every patient waiter was served");
+    let mut conn = server.connection();
+    let observer: i64 = redis::cmd("GET").arg("observer:holding").query(&mut conn).expect("get");
+    assert_eq!(observer, 0);
+}
+
+#[test]
+fn a_killed_holders_slots_come_back_within_the_lease_ttl() {
+    let server = RedisServer::start();
+    let mut victim = holder(&server, &["--limit", "3", "--tasks", "3", "--iterations", "1", "--hold", "60s", "--lease-ttl", "1s"])
+        .spawn()
+        .expect("spawn holder");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let l = limiter(&server, 3, Duration::from_secs(1));
+        // Wait until the victim holds all three.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while l.inspect().await.expect("inspect").holders.len() < 3 {
+            assert!(Instant::now() < deadline, "victim never took its slots");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(take(&l, 1, Duration::from_millis(200)).await.is_none(), "no over-admission while the victim lives");
+        victim.kill().expect("SIGKILL");
+        let _ = victim.wait();
+        // lease_ttl 1s + renew interval 333ms, plus slack for the test's own round trips.
+        let mut permits = Vec::new();
+        for org in 0..3 {
+            permits.push(take(&l, org, Duration::from_secs(3)).await.expect("slot reclaimed after the crash"));
+        }
+        assert!(take(&l, 9, Duration::from_millis(100)).await.is_none(), "still exactly three slots");
+    });
+}
+
+#[test]
+fn a_long_holder_keeps_its_slot_through_renewals() {
+    let server = RedisServer::start();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let ttl = Duration::from_millis(600);
+        let a = limiter(&server, 1, ttl);
+        let b = limiter(&server, 1, ttl);
+        let held = take(&a, 1, Duration::ZERO).await.expect("first holder");
+        // B waits 3x the lease: renewals must keep A's lease alive the whole time.
+        assert!(take(&b, 2, ttl * 3).await.is_none(), "nobody else got the slot");
+        assert!(!held.is_lost());
+        held.release().await.expect("release");
+        assert!(take(&b, 2, Duration::from_millis(500)).await.is_some());
+    });
+}
+
+#[test]
+fn a_paused_holder_loses_its_lease_and_learns_it() {
+    let server = RedisServer::start();
+    let paused = holder(&server, &["--limit", "1", "--tasks", "1", "--iterations", "1", "--hold", "4s", "--lease-ttl", "600ms"])
+        .spawn()
+        .expect("spawn holder");
+    let pid = paused.id().to_string();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (first_token, second_token) = rt.block_on(async {
+        let l = limiter(&server, 1, Duration::from_millis(600));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let first = loop {
+            if let Some(h) = l.inspect().await.expect("inspect").holders.first() {
+                break h.fencing_token;
+            }
+            assert!(Instant::now() < deadline, "holder never took its slot");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        Command::new("kill").args(["-STOP", &pid]).status().expect("SIGSTOP");
+        let taken = take(&l, 2, Duration::from_secs(3)).await.expect("the paused holder's lease was reclaimed");
+        let second = taken.fencing_token();
+        Command::new("kill").args(["-CONT", &pid]).status().expect("SIGCONT");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        taken.release().await.expect("release");
+        (first, second)
+    });
+    assert!(second_token > first_token, "the new holder's fencing token is newer");
+    let out = paused.wait_with_output().expect("holder exits");
+    let s = last_json(&out.stdout);
+    assert_eq!(s["lost"], 1, "after SIGCONT the holder learned its lease was lost: {s}");
+}
+
+#[test]
+fn a_redis_restart_gives_clear_errors_and_service_resumes() {
+    let mut server = RedisServer::start();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let l = limiter(&server, 1, Duration::from_secs(2));
+        let held = take(&l, 1, Duration::ZERO).await.expect("slot");
+        let waiter = tokio::spawn({
+            let l = l.clone();
+            async move { l.acquire(request(2), Duration::from_secs(2)).await.map(|a| matches!(a, Acquire::Granted(_))) }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        server.kill();
+        let started = Instant::now();
+        let err = l.acquire(request(3), Duration::from_millis(300)).await.expect_err("redis is down");
+        assert!(err.to_string().contains("slot backend unavailable"), "{err}");
+        assert!(started.elapsed() < Duration::from_millis(300) + Duration::from_secs(2), "bounded even when down");
+        let waited = waiter.await.expect("no panic");
+        assert!(!matches!(waited, Ok(true)), "the waiter was not granted a slot by a dead Redis");
+        drop(held);
+        server.restart();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match l.acquire(request(4), Duration::from_millis(200)).await {
+                Ok(Acquire::Granted(_)) => break,
+                _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+                other => panic!("service did not resume: {other:?}"),
+            }
+        }
+    });
+}
+
+#[test]
+fn waiters_are_served_in_arrival_order_and_timeouts_leave_nothing_behind() {
+    let server = RedisServer::start();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let l = limiter(&server, 1, Duration::from_secs(5));
+        let held = take(&l, 0, Duration::ZERO).await.expect("slot");
+
+        // A waiter that gives up leaves no key of its own behind.
+        assert!(take(&l, 99, Duration::from_millis(100)).await.is_none());
+        let state = l.inspect().await.expect("inspect");
+        assert!(state.waiters.is_empty(), "{state:?}");
+        let keys = l.existing_keys().await.expect("keys");
+        assert!(keys.iter().all(|k| !k.contains(":wake:")), "{keys:?}");
+
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for org in 1..=5u64 {
+            let (own, order) = (limiter(&server, 1, Duration::from_secs(5)), order.clone());
+            waiters.push(tokio::spawn(async move {
+                let p = take(&own, org, Duration::from_secs(10)).await.expect("served");
+                order.lock().expect("lock").push(org);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                p.release().await.expect("release");
+            }));
+            // Arrive one after another.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while l.inspect().await.expect("inspect").waiters.len() < org as usize {
+                assert!(Instant::now() < deadline);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        held.release().await.expect("release");
+        for w in waiters {
+            w.await.expect("waiter");
+        }
+        assert_eq!(*order.lock().expect("lock"), vec![1, 2, 3, 4, 5]);
+        let state = l.inspect().await.expect("inspect");
+        assert!(state.holders.is_empty() && state.waiters.is_empty(), "{state:?}");
+    });
+}
+
+#[test]
+fn a_runtime_limit_change_reaches_every_process() {
+    let server = RedisServer::start();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let ops = limiter(&server, 2, Duration::from_secs(5));
+        let a = take(&ops, 1, Duration::ZERO).await.expect("slot");
+        let _b = take(&ops, 2, Duration::ZERO).await.expect("slot");
+        ops.set_limit(1).await.expect("set limit");
+        assert!(!a.is_lost(), "lowering the limit interrupts no holder");
+        a.release().await.expect("release");
+        assert!(take(&ops, 3, Duration::from_millis(100)).await.is_none(), "the lower limit holds");
+    });
+    // Another process sees the raised limit without a restart.
+    let mut conn = server.connection();
+    let _: () = redis::cmd("DEL").arg("observer:holding").query(&mut conn).expect("del");
+    rt.block_on(async { limiter(&server, 2, Duration::from_secs(5)).set_limit(6).await.expect("raise") });
+    let out = holder(&server, &["--limit", "2", "--tasks", "12", "--iterations", "3", "--hold", "20ms"])
+        .output()
+        .expect("holder");
+    let s = last_json(&out.stdout);
+    assert!(s["max_seen"].as_u64().unwrap_or(0) > 2, "the process used the raised limit, not its own default: {s}");
+}
