@@ -232,7 +232,8 @@ impl RedisSlotLimiter {
                     .call(&RENEW.key(inner.keys.script_keys()).arg(&id).arg(ms(inner.settings.lease_ttl)))
                     .await?;
                 if renewed == 1 {
-                    let in_use = inner.limit_seen.load(Ordering::SeqCst).min(in_use.saturating_add(1));
+                    // The handed-over slot is ours now; `in_use` was read before the wait.
+                    let in_use = limit.min(in_use.saturating_add(1));
                     return Ok(self.granted(id, token, in_use, limit, started));
                 }
             }
@@ -261,7 +262,7 @@ impl RedisSlotLimiter {
     /// Leaves the queue at the deadline; a slot handed over in the same instant is taken, not lost.
     async fn give_up(&self, id: String, started: Instant) -> Result<Acquire, Error> {
         let inner = &self.inner;
-        let (granted, token, in_use, limit): (u8, u64, u32, u32) = inner
+        let (granted, token, in_use, limit, waiters): (u8, u64, u32, u32, u32) = inner
             .call(&CANCEL.key(inner.keys.script_keys()).arg(&id).arg(ms(inner.settings.lease_ttl)).arg(inner.keys.wake_prefix()))
             .await?;
         if granted == 1 {
@@ -269,15 +270,11 @@ impl RedisSlotLimiter {
         }
         let waited = started.elapsed();
         record_timed_out(waited);
-        let state_waiters: u32 = {
-            let mut conn = inner.conn.clone();
-            redis::cmd("ZCARD").arg(inner.keys.queue()).query_async(&mut conn).await.unwrap_or(0)
-        };
         Ok(Acquire::TimedOut(TimedOut {
             waited,
             in_use,
             limit,
-            queue_position: state_waiters + 1,
+            queue_position: waiters + 1,
         }))
     }
 

@@ -47,7 +47,7 @@ return {0, position, redis.call('ZCARD', KEYS[2]), limit, reclaimed}
 });
 
 /// ARGV: id, ttl_ms, wake_prefix. Leaves the queue; a slot handed over meanwhile is kept.
-/// Returns {granted(0|1), token, in_use, limit}.
+/// Returns {granted(0|1), token, in_use, limit, waiters_left}.
 pub(super) static CANCEL: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -59,7 +59,7 @@ redis.call('HDEL', KEYS[8], id)
 local token = collect(id, tonumber(ARGV[2]), now, ARGV[3])
 redis.call('DEL', ARGV[3] .. id)
 touch()
-return {token and 1 or 0, token or 0, redis.call('ZCARD', KEYS[2]), tonumber(redis.call('GET', KEYS[1]) or 0)}
+return {token and 1 or 0, token or 0, redis.call('ZCARD', KEYS[2]), tonumber(redis.call('GET', KEYS[1]) or 0), redis.call('ZCARD', KEYS[6])}
 "#,
     )
 });
