@@ -113,6 +113,15 @@ pub static KEYS: &[KeySpec] = &[
         get: |c| name_of(REDIS_ERROR_CHOICES, c.slots.on_redis_error),
     },
     KeySpec {
+        name: "slots.fallback_limit",
+        help: "with on_redis_error = \"fail_open\": slots per worker process while Redis is unreachable",
+        set: |c, v| {
+            c.slots.fallback_limit = int(v, 1, 10_000)?;
+            Ok(())
+        },
+        get: |c| c.slots.fallback_limit.to_string(),
+    },
+    KeySpec {
         name: "slots.max_reschedules",
         help: "with on_timeout = \"reschedule\": how many times a job is re-enqueued before it is skipped",
         set: |c, v| {

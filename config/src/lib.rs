@@ -47,6 +47,9 @@ pub struct SlotsConfig {
     pub max_wait: Duration,
     pub on_timeout: OnSlotTimeout,
     pub on_redis_error: OnRedisError,
+    /// Per-process slots under `fail_open` while Redis is unreachable: the fleet total is
+    /// this times the number of worker processes, so keep it small.
+    pub fallback_limit: u32,
     pub max_reschedules: u32,
 }
 
@@ -129,6 +132,7 @@ impl Default for Config {
                 max_wait: Duration::from_secs(60),
                 on_timeout: OnSlotTimeout::Skip,
                 on_redis_error: OnRedisError::FailClosed,
+                fallback_limit: 2,
                 max_reschedules: 3,
             },
             batch: BatchConfig {

@@ -16,6 +16,8 @@ pub const SLOT_WAIT_SECONDS: &str = "spike_projection_slot_wait_seconds";
 pub const SLOT_LEASE_RECLAIMED_TOTAL: &str = "spike_projection_slot_lease_reclaimed_total";
 /// Leases a live holder lost (renewal failed or came too late).
 pub const SLOT_LEASE_LOST_TOTAL: &str = "spike_projection_slot_lease_lost_total";
+/// Slots handed out by the local fallback limit because Redis was unreachable (`fail_open`).
+pub const SLOT_FALLBACK_TOTAL: &str = "spike_projection_slot_fallback_total";
 
 /// Jobs started.
 pub const TASK_STARTED_TOTAL: &str = "run_spike_projection_started_total";

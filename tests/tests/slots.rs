@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use projector_shared::OrgId;
-use projector_shared::slots::{Acquire, RedisSlotLimiter, RedisSlotSettings, SlotLimiter, SlotPermit, SlotRequest};
+use projector_shared::slots::{Acquire, FailOpenLimiter, RedisSlotLimiter, RedisSlotSettings, SlotLimiter, SlotPermit, SlotRequest};
 use projector_tests::RedisServer;
 
 fn limiter(server: &RedisServer, limit: u32, lease_ttl: Duration) -> RedisSlotLimiter {
@@ -204,6 +204,12 @@ fn waiters_are_served_in_arrival_order_and_timeouts_leave_nothing_behind() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
+        // With holders and waiters in place, every key the limiter wrote carries a TTL.
+        let mut conn = server.connection();
+        for key in l.existing_keys().await.expect("keys") {
+            let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn).expect("pttl");
+            assert!(ttl > 0, "{key} has no TTL ({ttl})");
+        }
         held.release().await.expect("release");
         for w in waiters {
             w.await.expect("waiter");
@@ -236,4 +242,54 @@ fn a_runtime_limit_change_reaches_every_process() {
         .expect("holder");
     let s = last_json(&out.stdout);
     assert!(s["max_seen"].as_u64().unwrap_or(0) > 2, "the process used the raised limit, not its own default: {s}");
+}
+
+#[test]
+fn fail_open_falls_back_to_the_local_limit_only_while_redis_is_unreachable() {
+    let mut server = RedisServer::start();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let primary = Arc::new(limiter(&server, 1, Duration::from_secs(5)));
+        let open = FailOpenLimiter::new(primary.clone(), 2);
+        // Redis up: a full cluster stays full; a timeout never falls back.
+        let held = match open.acquire(request(1), Duration::ZERO).await.expect("redis answers") {
+            Acquire::Granted(p) => p,
+            Acquire::TimedOut(t) => panic!("the first slot is free: {t:?}"),
+        };
+        assert!(matches!(open.acquire(request(2), Duration::from_millis(100)).await, Ok(Acquire::TimedOut(_))));
+        assert_eq!(open.fallback_in_use(), 0);
+        drop(held);
+
+        server.kill();
+        // Fail closed (the plain limiter): an error, so the job is recorded as slot_unavailable.
+        assert!(primary.acquire(request(3), Duration::from_millis(100)).await.is_err());
+        // Fail open: the local limit of 2 applies, and no more.
+        let mut granted = Vec::new();
+        let mut timed_out = 0;
+        for org in 10..13 {
+            match open.acquire(request(org), Duration::from_millis(200)).await.expect("fallback answers") {
+                Acquire::Granted(p) => granted.push(p),
+                Acquire::TimedOut(_) => timed_out += 1,
+            }
+        }
+        assert_eq!((granted.len(), timed_out), (2, 1), "the fallback limit bounds the process");
+        assert_eq!(open.fallback_in_use(), 2);
+        drop(granted);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(open.fallback_in_use(), 0, "fallback permits release on drop");
+
+        // Redis back: the cluster-wide limiter answers again and the fallback is left alone.
+        server.restart();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match open.acquire(request(20), Duration::from_millis(200)).await {
+                Ok(Acquire::Granted(p)) if open.fallback_in_use() == 0 && primary.inspect().await.map(|s| s.holders.len()).ok() == Some(1) => {
+                    drop(p);
+                    break;
+                }
+                _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+                other => panic!("the cluster-wide limiter did not take over again: {other:?}"),
+            }
+        }
+    });
 }

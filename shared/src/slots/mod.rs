@@ -1,6 +1,7 @@
 //! The cluster-wide concurrency slot: the `SlotLimiter` trait, the permit a holder keeps while it
 //! queries, and the metrics every limiter records. Implementations live beside it.
 
+mod fail_open;
 mod memory;
 mod redis;
 mod scripts;
@@ -14,6 +15,7 @@ use crate::error::Error;
 use crate::ids::OrgId;
 use crate::metrics as m;
 
+pub use fail_open::FailOpenLimiter;
 pub use memory::MemorySlotLimiter;
 pub use self::redis::{Holder, RedisSlotLimiter, RedisSlotSettings, SlotState};
 

@@ -26,7 +26,6 @@ if not token and redis.call('ZCARD', KEYS[6]) == 0 and redis.call('ZCARD', KEYS[
   token = grant(id, info, now + ttl, now)
 end
 if token then
-  touch()
   return {1, token, redis.call('ZCARD', KEYS[2]), limit, reclaimed}
 end
 local position
@@ -36,11 +35,11 @@ if wait > 0 then
     redis.call('HSET', KEYS[8], id, info)
   end
   redis.call('ZADD', KEYS[7], now + wait, id)
+  touch(5, 6, 7, 8)
   position = redis.call('ZRANK', KEYS[6], id) + 1
 else
   position = redis.call('ZCARD', KEYS[6]) + 1
 end
-touch()
 return {0, position, redis.call('ZCARD', KEYS[2]), limit, reclaimed}
 "#,
     )
@@ -58,7 +57,6 @@ redis.call('ZREM', KEYS[7], id)
 redis.call('HDEL', KEYS[8], id)
 local token = collect(id, tonumber(ARGV[2]), now, ARGV[3])
 redis.call('DEL', ARGV[3] .. id)
-touch()
 return {token and 1 or 0, token or 0, redis.call('ZCARD', KEYS[2]), tonumber(redis.call('GET', KEYS[1]) or 0), redis.call('ZCARD', KEYS[6])}
 "#,
     )
@@ -74,7 +72,6 @@ redis.call('HDEL', KEYS[3], ARGV[1])
 local reclaimed = reclaim(now)
 local limit = limit_of(ARGV[2])
 hand_off(now, limit, tonumber(ARGV[3]), ARGV[4])
-touch()
 return {removed, redis.call('ZCARD', KEYS[2]), limit, reclaimed}
 "#,
     )
@@ -92,7 +89,7 @@ if not expiry or tonumber(expiry) <= now then
   return 0
 end
 redis.call('ZADD', KEYS[2], 'XX', now + tonumber(ARGV[2]), ARGV[1])
-touch()
+touch(2, 3)
 return 1
 "#,
     )
@@ -106,7 +103,7 @@ local now = now_ms()
 redis.call('SET', KEYS[1], ARGV[1])
 reclaim(now)
 hand_off(now, tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3])
-touch()
+touch(1)
 return {redis.call('ZCARD', KEYS[2]), tonumber(ARGV[1])}
 "#,
     )

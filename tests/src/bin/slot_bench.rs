@@ -117,6 +117,9 @@ async fn main() -> anyhow::Result<()> {
         c.await?;
     }
     let throughput_ops = done.load(Ordering::Relaxed) / 3;
+    // The same server, right after, so machine noise hits both figures alike.
+    let reference_ops = redis_benchmark_eval(server.port);
+    let script_calls = throughput_ops * 2;
 
     let seed_handoff_p50 = seed_handoffs(&client).await?;
 
@@ -128,17 +131,41 @@ async fn main() -> anyhow::Result<()> {
         "handoff_p99_us": handoff_p99,
         "throughput_ops": throughput_ops,
         "seed_handoff_p50_us": seed_handoff_p50,
+        "redis_benchmark_eval_ops": reference_ops,
+        "throughput_share_of_redis_benchmark": reference_ops.map(|r| script_calls as f64 / r as f64),
     });
     println!("redis PING round trip p50           {ping_p50} us");
     println!("uncontended acquire p50 / p99       {acquire_p50} / {acquire_p99} us (each followed by a release)");
     println!("handoff p50 / p99 (limit 50, 200 waiters)  {handoff_p50} / {handoff_p99} us");
-    println!("acquire+release throughput, 50 clients  {throughput_ops} cycles/s");
+    println!("acquire+release throughput, 50 clients  {throughput_ops} cycles/s = {script_calls} script calls/s");
+    match reference_ops {
+        Some(r) => println!(
+            "redis-benchmark EVAL, 50 clients        {r} calls/s (ours: {:.0}% of it)",
+            script_calls as f64 * 100.0 / r as f64
+        ),
+        None => println!("redis-benchmark not found: no reference figure"),
+    }
     println!("seed design (INCR/DECR, 1 s polling) handoff p50  {seed_handoff_p50} us");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("slots.json"), serde_json::to_vec_pretty(&figures)?)?;
     println!("written to target/bench/slots.json");
     Ok(())
+}
+
+/// `redis-benchmark` running a comparable script (TIME + ZADD + ZREM) with 50 clients; None if
+/// the tool is missing or its output cannot be read.
+fn redis_benchmark_eval(port: u16) -> Option<u64> {
+    let script = "redis.call('TIME'); redis.call('ZADD', KEYS[1], 1, ARGV[1]); return redis.call('ZREM', KEYS[1], ARGV[1])";
+    let out = std::process::Command::new("redis-benchmark")
+        .args(["-p", &port.to_string(), "-c", "50", "-n", "150000", "-q", "EVAL", script, "1", "{b}:z", "x"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The last carriage-return-separated chunk holds "...: 45361.76 requests per second, ...".
+    let last = text.rsplit('\r').next()?;
+    let figure = last.split("requests per second").next()?.rsplit(' ').nth(1)?;
+    figure.parse::<f64>().ok().map(|f| f as u64)
 }
 
 /// The seed's design: a shared counter, INCR to take, DECR to give back, retry every second.
