@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::value::{choice, duration, format_duration, int, text};
-use crate::{Config, OnRedisError, OnSlotTimeout, OrgSourceKind, QuerySourceKind};
+use crate::{Config, OnRedisError, OnSlotTimeout, OrgSourceKind, QuerySourceKind, SinkKind};
 
 /// One configuration key.
 pub struct KeySpec {
@@ -37,6 +37,11 @@ const REDIS_ERROR_CHOICES: &[(&str, OnRedisError)] = &[
 const ORG_SOURCE_CHOICES: &[(&str, OrgSourceKind)] = &[
     ("synthetic", OrgSourceKind::Synthetic),
     ("file", OrgSourceKind::File),
+];
+const SINK_CHOICES: &[(&str, SinkKind)] = &[
+    ("redis", SinkKind::Redis),
+    ("jsonl", SinkKind::JsonLines),
+    ("discard", SinkKind::Discard),
 ];
 const QUERY_SOURCE_CHOICES: &[(&str, QuerySourceKind)] = &[
     ("synthetic", QuerySourceKind::Synthetic),
@@ -202,13 +207,29 @@ pub static KEYS: &[KeySpec] = &[
         help: "base URL of the Snuba-compatible query service, for query.source = \"snuba\"",
         set: |c, v| {
             let url = text(v)?;
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err("must be a URL starting with http:// or https://".to_owned());
+            if url.starts_with("https://") {
+                return Err("https is not supported by this build (plain HTTP inside the cluster); use an http:// URL".to_owned());
+            }
+            if !url.starts_with("http://") {
+                return Err("must be a URL starting with http://".to_owned());
             }
             c.query.url = Some(url);
             Ok(())
         },
         get: |c| c.query.url.clone().unwrap_or_default(),
+    },
+    KeySpec {
+        name: "query.dataset",
+        help: "dataset queried, as in {query.url}/{dataset}/snql",
+        set: |c, v| {
+            let dataset = text(v)?;
+            if !dataset.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') {
+                return Err("must be a dataset name such as \"events\" (letters, digits, _)".to_owned());
+            }
+            c.query.dataset = dataset;
+            Ok(())
+        },
+        get: |c| c.query.dataset.clone(),
     },
     KeySpec {
         name: "query.referrer",
@@ -236,6 +257,33 @@ pub static KEYS: &[KeySpec] = &[
             Ok(())
         },
         get: |c| format_duration(c.query.synthetic_latency),
+    },
+    KeySpec {
+        name: "sink.kind",
+        help: "where projections go: \"redis\" (a hash per org at redis.url), \"jsonl\" (file at sink.path) or \"discard\"",
+        set: |c, v| {
+            c.sink.kind = choice(v, SINK_CHOICES)?;
+            Ok(())
+        },
+        get: |c| name_of(SINK_CHOICES, c.sink.kind),
+    },
+    KeySpec {
+        name: "sink.path",
+        help: "JSON-lines file of projections, for sink.kind = \"jsonl\"",
+        set: |c, v| {
+            c.sink.path = Some(text(v)?.into());
+            Ok(())
+        },
+        get: |c| c.sink.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+    },
+    KeySpec {
+        name: "sink.ttl",
+        help: "how long an org's stored projections live after its last write (redis sink); projected hours older than this are pruned",
+        set: |c, v| {
+            c.sink.ttl = duration(v, SECS(60), SECS(90 * 24 * 3600))?;
+            Ok(())
+        },
+        get: |c| format_duration(c.sink.ttl),
     },
     KeySpec {
         name: "worker.concurrency",

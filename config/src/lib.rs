@@ -29,6 +29,7 @@ pub struct Config {
     pub schedule: ScheduleConfig,
     pub orgs: OrgsConfig,
     pub query: QueryConfig,
+    pub sink: SinkConfig,
     pub worker: WorkerConfig,
 }
 
@@ -100,6 +101,8 @@ pub enum OrgSourceKind {
 pub struct QueryConfig {
     pub source: QuerySourceKind,
     pub url: Option<String>,
+    /// Queries go to `{url}/{dataset}/snql`.
+    pub dataset: String,
     pub referrer: String,
     pub timeout: Duration,
     /// Latency of one synthetic query, standing in for the analytics store.
@@ -110,6 +113,25 @@ pub struct QueryConfig {
 pub enum QuerySourceKind {
     Synthetic,
     Snuba,
+}
+
+/// Where a worker stores projections.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkConfig {
+    pub kind: SinkKind,
+    pub path: Option<PathBuf>,
+    /// Lifetime of an org's stored projections after its last write.
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkKind {
+    /// One hash per org in Redis, readable by other services.
+    Redis,
+    /// One JSON line per org and project in a file.
+    JsonLines,
+    /// Keeps nothing (load tests).
+    Discard,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -150,9 +172,15 @@ impl Default for Config {
             query: QueryConfig {
                 source: QuerySourceKind::Synthetic,
                 url: None,
+                dataset: "events".to_owned(),
                 referrer: "getsentry.get_spike_projections".to_owned(),
                 timeout: Duration::from_secs(30),
                 synthetic_latency: Duration::from_millis(50),
+            },
+            sink: SinkConfig {
+                kind: SinkKind::Redis,
+                path: None,
+                ttl: Duration::from_secs(48 * 3600),
             },
             worker: WorkerConfig {
                 concurrency: 64,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{ConfigError, Problem};
 use crate::keys::{KEYS, env_var_for, find};
-use crate::{Config, OrgSourceKind, QuerySourceKind};
+use crate::{Config, OrgSourceKind, QuerySourceKind, SinkKind};
 
 /// Where a value came from; named in every error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +131,14 @@ fn check_combinations(config: &Config, sources: &BTreeMap<&'static str, Source>,
             value: None,
             source: source_of("orgs.source"),
             allowed: "required when orgs.source = \"file\"; set it to a JSON-lines file of organizations".to_owned(),
+        });
+    }
+    if config.sink.kind == SinkKind::JsonLines && config.sink.path.is_none() {
+        problems.push(Problem {
+            key: "sink.path".to_owned(),
+            value: None,
+            source: source_of("sink.kind"),
+            allowed: "required when sink.kind = \"jsonl\"; set it to the file projections are appended to".to_owned(),
         });
     }
     if config.query.source == QuerySourceKind::Snuba && config.query.url.is_none() {

@@ -11,13 +11,12 @@ use apalis::prelude::{BoxDynError, Data, MemorySink, MemoryStorage, MemoryStorag
 use chrono::Utc;
 use futures::channel::mpsc::UnboundedSender;
 use futures::{SinkExt, StreamExt};
-use projector_config::{Config, QuerySourceKind};
+use projector_config::Config;
 use projector_shared::batch::plan_batches;
 use projector_shared::run::{MemoryRunLedger, RunSummary};
 use projector_shared::slots::MemorySlotLimiter;
 use projector_shared::{RunId, SpikeProjectionJob};
-use projector_worker::query::SyntheticQuery;
-use projector_worker::sink::{DiscardSink, JsonLinesSink, ProjectionSink};
+use projector_worker::sink::{DiscardSink, ProjectionSink};
 use projector_worker::{Pipeline, PipelineSettings, QueryProbe};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -41,9 +40,6 @@ struct RunContext {
 /// Runs every organization through the pipeline in this process and returns the run's totals.
 /// `shutdown` (Ctrl-C) stops releasing batches and ends the run with [`Error::Interrupted`].
 pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: CancellationToken) -> Result<RunSummary, Error> {
-    if config.query.source != QuerySourceKind::Synthetic {
-        return Err(Error::QuerySourceUnavailable);
-    }
     let started = Instant::now();
     let tick = Utc::now();
     let run_id = RunId::manual(tick);
@@ -57,8 +53,9 @@ pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: C
         concurrency = config.worker.concurrency, "embedded run starting"
     );
 
+    // Embedded runs need no Redis: projections go to --output, or nowhere.
     let sink: Arc<dyn ProjectionSink> = match &options.output {
-        Some(path) => Arc::new(JsonLinesSink::create(path)?),
+        Some(path) => projector_worker::build::sink(config, Some(path))?,
         None => Arc::new(DiscardSink),
     };
     let probe = QueryProbe::default();
@@ -66,9 +63,7 @@ pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: C
     let context = Arc::new(RunContext {
         pipeline: Pipeline {
             limiter: Arc::new(MemorySlotLimiter::new(config.slots.limit)),
-            query: Arc::new(SyntheticQuery {
-                latency: config.query.synthetic_latency,
-            }),
+            query: projector_worker::build::query_source(config)?,
             sink: sink.clone(),
             probe: probe.clone(),
             settings: PipelineSettings {

@@ -16,7 +16,4 @@ pub enum Error {
 
     #[error("run {run_id} interrupted with {accounted} of {total} orgs accounted for; re-run to finish the rest")]
     Interrupted { run_id: String, accounted: u64, total: u64 },
-
-    #[error("query.source = \"snuba\" is not available in this build yet; use query.source = \"synthetic\"")]
-    QuerySourceUnavailable,
 }

@@ -82,3 +82,14 @@ mod tests {
         }
     }
 }
+
+/// Hash of one organization's stored projections (read by other services; layout in ARCHITECTURE.md).
+/// Field: [`projection_field`]; value: JSON `{"projected","spike_threshold","run_id","fencing_token","first_hour"}`.
+pub fn projections(org: crate::OrgId) -> String {
+    format!("projector:projections:{}", org.0)
+}
+
+/// Field of one project's projected hour in [`projections`]: `<project_id>:<hour start, unix seconds>`.
+pub fn projection_field(project: crate::ProjectId, hour_start_unix: i64) -> String {
+    format!("{}:{hour_start_unix}", project.0)
+}

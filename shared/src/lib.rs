@@ -9,6 +9,7 @@ pub mod keys;
 pub mod metrics;
 pub mod org;
 pub mod projection;
+pub mod redis_conn;
 pub mod run;
 pub mod slots;
 pub mod synthetic;

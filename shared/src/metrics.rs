@@ -34,3 +34,6 @@ pub const QUERY_DURATION_SECONDS: &str = "projector_query_duration_seconds";
 pub const QUERY_ERRORS_TOTAL: &str = "projector_query_errors_total";
 /// Queries refused with HTTP 429 by the analytics store.
 pub const QUERY_RATE_LIMITED_TOTAL: &str = "projector_query_rate_limited_total";
+
+/// Projection writes refused because a newer run or a newer lease already wrote those hours.
+pub const PROJECTION_STALE_REFUSED_TOTAL: &str = "projector_projection_stale_write_refused_total";

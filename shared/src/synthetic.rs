@@ -26,7 +26,7 @@ pub fn synthetic_projects(org: OrgId) -> Vec<ProjectId> {
 pub fn hourly_counts(org: OrgId, project: ProjectId, end_hour: i64, hours: usize) -> Vec<u64> {
     let seed = mix(org.0, project.0, 1);
     // About one project in ten is brand new: it started 1 to 100 hours ago.
-    let age = if seed % 10 == 0 { 1 + (seed >> 8) % 100 } else { u64::MAX };
+    let age = if seed.is_multiple_of(10) { 1 + (seed >> 8) % 100 } else { u64::MAX };
     let base = 20.0 + (seed % 5_000) as f64;
     let start = end_hour - hours as i64;
     (start..end_hour)
@@ -50,7 +50,7 @@ pub fn hourly_counts(org: OrgId, project: ProjectId, end_hour: i64, hours: usize
 }
 
 /// SplitMix64 over three words: cheap, stable across platforms and releases.
-fn mix(a: u64, b: u64, c: u64) -> u64 {
+pub fn mix(a: u64, b: u64, c: u64) -> u64 {
     let mut z = a
         .wrapping_mul(0x9E37_79B9_7F4A_7C15)
         .wrapping_add(b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F))

@@ -1,5 +1,7 @@
-//! Test support: a private `redis-server` per test on a free port, killable and restartable for fault tests.
+//! Test support: a private `redis-server` per test on a free port, killable and restartable for fault
+//! tests, and the fake query service (`projector-fake-snuba`) as a child process.
 
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -76,4 +78,51 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("bind a free port")
+}
+
+/// A `projector-fake-snuba` process owned by one test; killed when dropped.
+pub struct FakeSnuba {
+    child: Child,
+    /// `host:port` it listens on.
+    pub addr: String,
+}
+
+impl FakeSnuba {
+    /// Starts the fake with `args` (see `projector-fake-snuba --help`) on a free port.
+    pub fn start(binary: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(binary)
+            .args(["--addr", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start projector-fake-snuba");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped stdout");
+        BufReader::new(stdout).read_line(&mut line).expect("fake prints its address");
+        let addr = line.trim().to_owned();
+        assert!(!addr.is_empty(), "projector-fake-snuba printed no address");
+        FakeSnuba { child, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `GET /stats`.
+    pub async fn stats(&self) -> serde_json::Value {
+        reqwest::get(format!("{}/stats", self.url()))
+            .await
+            .expect("GET /stats")
+            .json()
+            .await
+            .expect("stats JSON")
+    }
+}
+
+impl Drop for FakeSnuba {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

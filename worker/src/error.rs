@@ -15,6 +15,9 @@ pub enum Error {
     #[error("query timed out after {0:?} (raise query.timeout or check the query service)")]
     QueryTimeout(std::time::Duration),
 
+    #[error("query service at {url} unreachable: {detail} (check query.url and that the service is up)")]
+    QueryUnreachable { url: String, detail: String },
+
     #[error("query service refused the query as bad ({status}): {detail}")]
     QueryBadRequest { status: u16, detail: String },
 
@@ -27,6 +30,15 @@ pub enum Error {
     #[error("cannot write projections to {target}: {detail}")]
     Sink { target: String, detail: String },
 
+    #[error("projections of org {org_id} refused as stale: this write (hour {first_hour}, fencing token {token}) is older than the stored one (hour {stored_first_hour}, token {stored_token}); a newer run or lease already wrote them")]
+    StaleWrite {
+        org_id: projector_shared::OrgId,
+        first_hour: i64,
+        token: u64,
+        stored_first_hour: i64,
+        stored_token: u64,
+    },
+
     #[error(transparent)]
     Shared(#[from] projector_shared::Error),
 }
@@ -35,9 +47,13 @@ impl Error {
     /// Whether the same job could succeed if tried again later.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::RateLimited { .. } | Error::QueryServer { .. } | Error::QueryTimeout(_) | Error::LeaseLost => true,
+            Error::RateLimited { .. }
+            | Error::QueryServer { .. }
+            | Error::QueryUnreachable { .. }
+            | Error::QueryTimeout(_)
+            | Error::LeaseLost => true,
             Error::Sink { .. } => true,
-            Error::QueryBadRequest { .. } | Error::QueryMalformed { .. } => false,
+            Error::QueryBadRequest { .. } | Error::QueryMalformed { .. } | Error::StaleWrite { .. } => false,
             Error::Shared(e) => e.is_retryable(),
         }
     }
@@ -48,10 +64,12 @@ impl Error {
             Error::RateLimited { .. } => "rate_limited",
             Error::QueryServer { .. } => "server_error",
             Error::QueryTimeout(_) => "timeout",
+            Error::QueryUnreachable { .. } => "unreachable",
             Error::QueryBadRequest { .. } => "bad_request",
             Error::QueryMalformed { .. } => "malformed_body",
             Error::LeaseLost => "lease_lost",
             Error::Sink { .. } => "sink",
+            Error::StaleWrite { .. } => "stale_write",
             Error::Shared(projector_shared::Error::SlotBackendUnavailable { .. }) => "slot_unavailable",
             Error::Shared(_) => "internal",
         }

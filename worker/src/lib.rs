@@ -1,11 +1,14 @@
 //! Runs spike-projection jobs: take a slot, query hourly counts, compute projections, store them,
 //! give the slot back, and say how the job ended. Hosted by `projector-worker` and by the embedded run.
 
+pub mod build;
 pub mod error;
 pub mod pipeline;
 pub mod probe;
 pub mod query;
+pub mod redis_sink;
 pub mod sink;
+pub mod snuba;
 
 pub use error::Error;
 pub use pipeline::{Pipeline, PipelineSettings};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use rand::Rng;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -94,13 +94,7 @@ impl RedisSlotLimiter {
         let unavailable = |e: redis::RedisError| Error::SlotBackendUnavailable {
             detail: format!("{url}: {e}"),
         };
-        let client = Client::open(url).map_err(unavailable)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.round_trip_budget))
-            .set_response_timeout(Some(settings.round_trip_budget))
-            .set_number_of_retries(3)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
+        let (client, conn) = crate::redis_conn::connection_manager(url, settings.round_trip_budget).map_err(unavailable)?;
         Ok(RedisSlotLimiter {
             inner: Arc::new(Inner {
                 client,
@@ -117,7 +111,7 @@ impl RedisSlotLimiter {
     pub async fn set_limit(&self, limit: u32) -> Result<(), Error> {
         let inner = &self.inner;
         let _: (u32, u32) = inner
-            .call(&SET_LIMIT.key(inner.keys.script_keys()).arg(limit).arg(ms(inner.settings.handoff_reserve)).arg(inner.keys.wake_prefix()))
+            .call(SET_LIMIT.key(inner.keys.script_keys()).arg(limit).arg(ms(inner.settings.handoff_reserve)).arg(inner.keys.wake_prefix()))
             .await?;
         inner.limit_seen.store(limit, Ordering::SeqCst);
         Ok(())
@@ -205,8 +199,7 @@ impl RedisSlotLimiter {
             // between its re-checks; a dead one is dropped from the queue a second after it would have given up.
             let wait_ms = if remaining.is_zero() { 0 } else { ms(remaining) + 1_000 };
             let (granted, value, in_use, limit, reclaimed): (u8, u64, u32, u32, u64) = inner
-                .call(&
-                    ACQUIRE
+                .call(ACQUIRE
                         .key(inner.keys.script_keys())
                         .arg(&id)
                         .arg(&info)
@@ -229,7 +222,7 @@ impl RedisSlotLimiter {
             if let Some(token) = self.wait_for_handoff(&id, nap).await? {
                 // The lease was made for us, reserved briefly; a renewal makes it a full lease.
                 let renewed: u8 = inner
-                    .call(&RENEW.key(inner.keys.script_keys()).arg(&id).arg(ms(inner.settings.lease_ttl)))
+                    .call(RENEW.key(inner.keys.script_keys()).arg(&id).arg(ms(inner.settings.lease_ttl)))
                     .await?;
                 if renewed == 1 {
                     // The handed-over slot is ours now; `in_use` was read before the wait.
@@ -263,7 +256,7 @@ impl RedisSlotLimiter {
     async fn give_up(&self, id: String, started: Instant) -> Result<Acquire, Error> {
         let inner = &self.inner;
         let (granted, token, in_use, limit, waiters): (u8, u64, u32, u32, u32) = inner
-            .call(&CANCEL.key(inner.keys.script_keys()).arg(&id).arg(ms(inner.settings.lease_ttl)).arg(inner.keys.wake_prefix()))
+            .call(CANCEL.key(inner.keys.script_keys()).arg(&id).arg(ms(inner.settings.lease_ttl)).arg(inner.keys.wake_prefix()))
             .await?;
         if granted == 1 {
             return Ok(self.granted(id, token, in_use, limit, started));
@@ -366,7 +359,7 @@ async fn renew_while_held(inner: Arc<Inner>, id: String, lost: CancellationToken
             () = tokio::time::sleep(every) => {}
         }
         let result: Result<u8, Error> = inner
-            .call(&RENEW.key(inner.keys.script_keys()).arg(&id).arg(ms(inner.settings.lease_ttl)))
+            .call(RENEW.key(inner.keys.script_keys()).arg(&id).arg(ms(inner.settings.lease_ttl)))
             .await;
         match result {
             Ok(1) => last_ok = Instant::now(),
@@ -399,8 +392,7 @@ impl ReleaseSlot for RedisRelease {
             self.stop.cancel();
             let inner = &self.inner;
             let (_removed, in_use, limit, reclaimed): (u8, u32, u32, u64) = inner
-                .call(&
-                    RELEASE
+                .call(RELEASE
                         .key(inner.keys.script_keys())
                         .arg(&self.id)
                         .arg(inner.settings.initial_limit)

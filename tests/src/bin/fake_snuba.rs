@@ -1,0 +1,292 @@
+//! A fake Snuba for tests and staging load tests: serves `POST /{dataset}/snql` with the same
+//! deterministic synthetic counts as the embedded source, refuses queries over a per-referrer
+//! concurrency limit with Snuba's 429 rate-limited body, and injects latency and faults on demand.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
+use clap::Parser;
+use projector_shared::synthetic::{hourly_counts, mix, synthetic_projects};
+use projector_shared::{OrgId, ProjectId};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// Serves a Snuba-compatible `POST /{dataset}/snql` with synthetic data, Snuba's per-referrer
+/// concurrency limit and injectable faults; `GET /stats` reports what it saw.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "projector-fake-snuba", version)]
+struct Args {
+    /// Address to listen on; port 0 picks a free one. The bound address is the first line of stdout.
+    #[arg(long, default_value = "127.0.0.1:1218")]
+    addr: SocketAddr,
+    /// Queries in flight per referrer; one more is refused with 429 rate-limited (Snuba's
+    /// ConcurrentRateLimitAllocationPolicy).
+    #[arg(long, default_value_t = 100)]
+    concurrency_limit: u64,
+    /// Fixed latency of every query.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    latency: Duration,
+    /// Extra latency, uniform in [0, jitter].
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    jitter: Duration,
+    /// Share of queries (0..=1) answered 500 with a ClickHouse error.
+    #[arg(long, default_value_t = 0.0)]
+    error_rate: f64,
+    /// Share of queries (0..=1) that take --slow-latency instead of --latency.
+    #[arg(long, default_value_t = 0.0)]
+    slow_rate: f64,
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    slow_latency: Duration,
+    /// Share of queries (0..=1) answered 200 with a truncated, unreadable body.
+    #[arg(long, default_value_t = 0.0)]
+    malformed_rate: f64,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+struct Counts {
+    requests: u64,
+    in_flight: u64,
+    max_in_flight: u64,
+    rejected_429: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Stats {
+    #[serde(flatten)]
+    total: Counts,
+    by_referrer: BTreeMap<String, Counts>,
+}
+
+struct Fake {
+    args: Args,
+    stats: Mutex<Stats>,
+    seq: AtomicU64,
+}
+
+impl Fake {
+    fn stats(&self) -> MutexGuard<'_, Stats> {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admits a query for `referrer`, or refuses it because the referrer is at its limit.
+    fn admit(self: &Arc<Self>, referrer: &str) -> Result<InFlight, (u64, u64)> {
+        let mut stats = self.stats();
+        stats.total.requests += 1;
+        let r = stats.by_referrer.entry(referrer.to_owned()).or_default();
+        r.requests += 1;
+        if r.in_flight >= self.args.concurrency_limit {
+            r.rejected_429 += 1;
+            let used = r.in_flight + 1;
+            stats.total.rejected_429 += 1;
+            return Err((used, self.args.concurrency_limit));
+        }
+        r.in_flight += 1;
+        r.max_in_flight = r.max_in_flight.max(r.in_flight);
+        stats.total.in_flight += 1;
+        stats.total.max_in_flight = stats.total.max_in_flight.max(stats.total.in_flight);
+        Ok(InFlight {
+            fake: self.clone(),
+            referrer: referrer.to_owned(),
+        })
+    }
+}
+
+/// One admitted query; dropping it (answered, or the client went away) ends it.
+struct InFlight {
+    fake: Arc<Fake>,
+    referrer: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut stats = self.fake.stats();
+        stats.total.in_flight = stats.total.in_flight.saturating_sub(1);
+        if let Some(r) = stats.by_referrer.get_mut(&self.referrer) {
+            r.in_flight = r.in_flight.saturating_sub(1);
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    for (name, rate) in [("--error-rate", args.error_rate), ("--slow-rate", args.slow_rate), ("--malformed-rate", args.malformed_rate)] {
+        anyhow::ensure!((0.0..=1.0).contains(&rate), "{name} {rate} must be between 0 and 1");
+    }
+    anyhow::ensure!(args.error_rate + args.slow_rate + args.malformed_rate <= 1.0, "the fault rates add up to more than 1");
+    let listener = tokio::net::TcpListener::bind(args.addr).await?;
+    let bound = listener.local_addr()?;
+    let fake = Arc::new(Fake {
+        args,
+        stats: Mutex::default(),
+        seq: AtomicU64::new(0),
+    });
+    let app = Router::new()
+        .route("/{dataset}/snql", post(query))
+        .route("/stats", get(stats))
+        .route("/stats/reset", post(reset))
+        .route("/health", get(|| async { "ok" }))
+        .with_state(fake);
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{bound}")?;
+    out.flush()?;
+    drop(out);
+    eprintln!("projector-fake-snuba: serving POST http://{bound}/{{dataset}}/snql, GET /stats, POST /stats/reset");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
+async fn stats(State(fake): State<Arc<Fake>>) -> Json<Value> {
+    Json(serde_json::to_value(&*fake.stats()).unwrap_or(Value::Null))
+}
+
+/// Zeroes the counters; queries still in flight stay counted as in flight.
+async fn reset(State(fake): State<Arc<Fake>>) -> StatusCode {
+    let mut stats = fake.stats();
+    let zero = |c: &mut Counts| *c = Counts { in_flight: c.in_flight, max_in_flight: c.in_flight, ..Counts::default() };
+    zero(&mut stats.total);
+    stats.by_referrer.values_mut().for_each(zero);
+    StatusCode::NO_CONTENT
+}
+
+async fn query(State(fake): State<Arc<Fake>>, Path(dataset): Path<String>, headers: HeaderMap, body: String) -> Response {
+    let body: Value = match serde_json::from_str(&body) {
+        Ok(v) => v,
+        Err(e) => return invalid(format!("request body is not JSON: {e}")),
+    };
+    let referrer = body["tenant_ids"]["referrer"]
+        .as_str()
+        .or_else(|| headers.get("referer").and_then(|h| h.to_str().ok()))
+        .unwrap_or("<unknown>")
+        .to_owned();
+    let _in_flight = match fake.admit(&referrer) {
+        Ok(guard) => guard,
+        Err((used, limit)) => return rate_limited(&referrer, used, limit),
+    };
+    let parsed = match body["query"].as_str().ok_or("missing \"query\"".to_owned()).and_then(|q| parse_snql(q, &dataset)) {
+        Ok(q) => q,
+        Err(e) => return invalid(e),
+    };
+    let n = fake.seq.fetch_add(1, Ordering::Relaxed);
+    let r = unit(mix(n, 1, 0));
+    let a = &fake.args;
+    let jitter = a.jitter.mul_f64(unit(mix(n, 2, 0)));
+    if r < a.error_rate {
+        tokio::time::sleep(a.latency + jitter).await;
+        let body = json!({"error": {"type": "clickhouse", "message": "DB::Exception: Memory limit (for query) exceeded (injected fault)", "code": 241}});
+        return (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response();
+    }
+    if r < a.error_rate + a.malformed_rate {
+        tokio::time::sleep(a.latency + jitter).await;
+        return (StatusCode::OK, "{\"data\": [{\"project_id\": 1, \"ti").into_response();
+    }
+    let latency = if r < a.error_rate + a.malformed_rate + a.slow_rate { a.slow_latency } else { a.latency };
+    tokio::time::sleep(latency + jitter).await;
+    (StatusCode::OK, Json(rows(&parsed))).into_response()
+}
+
+/// What the fake needs from a query: the org, its projects (none: all of them) and the window.
+struct HourlyQuery {
+    org: OrgId,
+    projects: Vec<ProjectId>,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+}
+
+fn parse_snql(q: &str, dataset: &str) -> Result<HourlyQuery, String> {
+    if !q.starts_with(&format!("MATCH ({dataset})")) {
+        return Err(format!("query must MATCH the entity of the dataset in the path ({dataset})"));
+    }
+    if !q.contains("GRANULARITY 3600") {
+        return Err("only hourly queries (GRANULARITY 3600) are served".to_owned());
+    }
+    let after = |marker: &str| q.split_once(marker).map(|(_, rest)| rest);
+    let org = after("org_id = ")
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|d| d.parse().ok())
+        .map(OrgId)
+        .ok_or("missing condition org_id = <id>")?;
+    let projects = match after("project_id IN tuple(") {
+        Some(r) => r
+            .split(')')
+            .next()
+            .unwrap_or_default()
+            .split(',')
+            .map(|p| p.trim().parse().map(ProjectId).map_err(|_| format!("bad project id {p:?}")))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => synthetic_projects(org),
+    };
+    let time = |marker: &str| -> Result<DateTime<Utc>, String> {
+        let text = after(marker).and_then(|r| r.split('\'').next()).ok_or(format!("missing condition {marker}'…')"))?;
+        NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S")
+            .map(|t| t.and_utc())
+            .map_err(|e| format!("bad time {text:?}: {e}"))
+    };
+    let (start, end) = (time("timestamp >= toDateTime('")?, time("timestamp < toDateTime('")?);
+    if end <= start || (end - start).num_hours() > 24 * 90 {
+        return Err(format!("window {start} .. {end} is empty or longer than 90 days"));
+    }
+    Ok(HourlyQuery { org, projects, start, end })
+}
+
+/// Snuba's answer: one row per project and hour that had events, oldest first.
+fn rows(q: &HourlyQuery) -> Value {
+    let hours = (q.end - q.start).num_hours() as usize;
+    let end_hour = q.end.timestamp().div_euclid(3600);
+    let mut data = Vec::new();
+    for p in &q.projects {
+        for (i, count) in hourly_counts(q.org, *p, end_hour, hours).into_iter().enumerate() {
+            if count > 0 {
+                let time = q.start + TimeDelta::hours(i as i64);
+                data.push(json!({"project_id": p.0, "time": time.to_rfc3339(), "count": count}));
+            }
+        }
+    }
+    json!({
+        "data": data,
+        "meta": [{"name": "project_id", "type": "UInt64"}, {"name": "time", "type": "DateTime"}, {"name": "count", "type": "UInt64"}],
+        "timing": {"timestamp": Utc::now().timestamp(), "duration_ms": 0},
+    })
+}
+
+fn rate_limited(referrer: &str, used: u64, limit: u64) -> Response {
+    let rejected_by = json!({
+        "policy": "ConcurrentRateLimitAllocationPolicy",
+        "quota_used": used,
+        "quota_unit": "concurrent_queries",
+        "rejection_threshold": limit,
+        "suggestion": "scan less concurrent queries",
+        "storage_key": "StorageKey.ERRORS",
+    });
+    let body = json!({
+        "error": {"type": "rate-limited", "message": format!("Query on referrer {referrer} could not be run due to allocation policies, info: {rejected_by}")},
+        "quota_allowance": {"summary": {
+            "threads_used": 0, "max_threads": 0, "is_successful": false, "is_rejected": true, "is_throttled": false,
+            "rejected_by": rejected_by, "throttled_by": {},
+        }},
+    });
+    (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response()
+}
+
+fn invalid(message: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({"error": {"type": "invalid_query", "message": message}}))).into_response()
+}
+
+/// Fault choice depends only on the request's sequence number, so a run repeats exactly.
+fn unit(x: u64) -> f64 {
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}

@@ -1,0 +1,193 @@
+//! The query path against real processes: the Snuba client against `projector-fake-snuba` (rows,
+//! every error class, the 159-query incident) and the Redis projection store against `redis-server`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use projector_shared::{OrgId, ProjectId, RunId};
+use projector_tests::{FakeSnuba, RedisServer};
+use projector_worker::Error;
+use projector_worker::query::{HistoryRequest, QuerySource, SyntheticQuery};
+use projector_worker::redis_sink::RedisSink;
+use projector_worker::sink::{ProjectionRecord, ProjectionSink};
+use projector_worker::snuba::{SnubaQuery, SnubaSettings};
+
+const FAKE: &str = env!("CARGO_BIN_EXE_projector-fake-snuba");
+const REFERRER: &str = "getsentry.get_spike_projections";
+
+fn client(url: &str, timeout: Duration) -> SnubaQuery {
+    SnubaQuery::new(SnubaSettings {
+        url: url.to_owned(),
+        dataset: "events".into(),
+        referrer: REFERRER.into(),
+        timeout,
+    })
+    .expect("client")
+}
+
+fn request(org: u64, hours: usize) -> HistoryRequest {
+    HistoryRequest {
+        org_id: OrgId(org),
+        project_ids: projector_shared::synthetic::synthetic_projects(OrgId(org)),
+        end: Utc.with_ymd_and_hms(2026, 11, 22, 13, 0, 0).single().expect("valid"),
+        hours,
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().expect("runtime")
+}
+
+#[test]
+fn the_client_reads_the_same_counts_the_embedded_source_computes() {
+    let fake = FakeSnuba::start(FAKE, &["--latency", "1ms"]);
+    runtime().block_on(async {
+        let snuba = client(&fake.url(), Duration::from_secs(5));
+        for org in [1, 7, 42] {
+            let req = request(org, 504);
+            let got = snuba.hourly_counts(&req).await.expect("rows");
+            let expected = SyntheticQuery { latency: Duration::ZERO }.hourly_counts(&req).await.expect("synthetic");
+            assert_eq!(got, expected, "org {org}");
+            assert!(got.values().all(|c| c.len() == 504));
+        }
+        let stats = fake.stats().await;
+        assert_eq!(stats["by_referrer"][REFERRER]["requests"], 3, "{stats}");
+    });
+}
+
+#[test]
+fn each_fault_mode_maps_to_its_error_class() {
+    let rt = runtime();
+    let server_errors = FakeSnuba::start(FAKE, &["--latency", "1ms", "--error-rate", "1"]);
+    let malformed = FakeSnuba::start(FAKE, &["--latency", "1ms", "--malformed-rate", "1"]);
+    let slow = FakeSnuba::start(FAKE, &["--latency", "1ms", "--slow-rate", "1", "--slow-latency", "10s"]);
+    let healthy = FakeSnuba::start(FAKE, &["--latency", "1ms"]);
+    let gone = format!("http://127.0.0.1:{}", projector_tests::free_port());
+    rt.block_on(async {
+        let fast = Duration::from_secs(5);
+        let r = client(&server_errors.url(), fast).hourly_counts(&request(1, 24)).await;
+        assert!(matches!(&r, Err(e @ Error::QueryServer { status: 500, .. }) if e.is_retryable()), "{r:?}");
+
+        let r = client(&malformed.url(), fast).hourly_counts(&request(1, 24)).await;
+        assert!(matches!(&r, Err(e @ Error::QueryMalformed { sample, .. }) if !e.is_retryable() && sample.starts_with("{\"data\"")), "{r:?}");
+
+        let r = client(&slow.url(), Duration::from_millis(200)).hourly_counts(&request(1, 24)).await;
+        assert!(matches!(&r, Err(e @ Error::QueryTimeout(_)) if e.is_retryable()), "{r:?}");
+
+        // An empty window is a query the service refuses as bad: permanent.
+        let r = client(&healthy.url(), fast).hourly_counts(&request(1, 0)).await;
+        assert!(matches!(&r, Err(e @ Error::QueryBadRequest { status: 400, detail }) if !e.is_retryable() && detail.contains("invalid_query")), "{r:?}");
+
+        let r = client(&gone, fast).hourly_counts(&request(1, 24)).await;
+        assert!(matches!(&r, Err(e @ Error::QueryUnreachable { .. }) if e.is_retryable()), "{r:?}");
+    });
+}
+
+/// The original incident: 159 concurrent queries for one referrer against Snuba's limit of 100.
+#[test]
+fn the_incident_reproduced_159_concurrent_queries_against_a_limit_of_100() {
+    let fake = FakeSnuba::start(FAKE, &["--latency", "2s", "--concurrency-limit", "100"]);
+    runtime().block_on(async {
+        let snuba = Arc::new(client(&fake.url(), Duration::from_secs(30)));
+        let queries: Vec<_> = (1..=159u64)
+            .map(|org| {
+                let snuba = snuba.clone();
+                tokio::spawn(async move { snuba.hourly_counts(&request(org, 24)).await })
+            })
+            .collect();
+        let (mut ok, mut rate_limited) = (0, 0);
+        for q in queries {
+            match q.await.expect("query task") {
+                Ok(_) => ok += 1,
+                Err(Error::RateLimited { policy, quota_used, threshold }) => {
+                    assert_eq!(policy.as_deref(), Some("ConcurrentRateLimitAllocationPolicy"));
+                    assert_eq!(threshold, Some(100));
+                    assert!(quota_used.unwrap_or(0) > 100);
+                    rate_limited += 1;
+                }
+                Err(e) => panic!("unexpected error class: {e}"),
+            }
+        }
+        let stats = fake.stats().await;
+        assert_eq!(stats["max_in_flight"], 100, "{stats}");
+        assert_eq!(stats["rejected_429"], 59, "{stats}");
+        assert_eq!((ok, rate_limited), (100, 59));
+    });
+}
+
+fn record(run: &str, org: u64, project: u64, hour: u32, token: u64, base: u64) -> ProjectionRecord {
+    ProjectionRecord {
+        run_id: RunId(run.into()),
+        org_id: OrgId(org),
+        project_id: ProjectId(project),
+        first_hour: Utc.with_ymd_and_hms(2026, 11, 22, hour, 0, 0).single().expect("valid"),
+        hourly: (0..24).map(|i| base + i).collect(),
+        spike_threshold: 3 * (base + 23),
+        fencing_token: token,
+    }
+}
+
+fn stored(server: &RedisServer, org: u64) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let mut conn = server.connection();
+    let raw: std::collections::BTreeMap<String, String> =
+        redis::cmd("HGETALL").arg(projector_shared::keys::projections(OrgId(org))).query(&mut conn).expect("hgetall");
+    raw.into_iter().map(|(k, v)| (k, serde_json::from_str(&v).expect("stored JSON"))).collect()
+}
+
+#[test]
+fn the_redis_store_is_idempotent_and_refuses_stale_writes() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let sink = RedisSink::new(&server.url(), Duration::from_secs(48 * 3600)).expect("sink");
+        let run = vec![record("run-13", 5, 501, 13, 10, 100), record("run-13", 5, 502, 13, 10, 200)];
+        sink.write(run.clone()).await.expect("first write");
+        let first = stored(&server, 5);
+        assert_eq!(first.len(), 48, "24 hours × 2 projects");
+        let hour13 = Utc.with_ymd_and_hms(2026, 11, 22, 13, 0, 0).single().expect("valid").timestamp();
+        let field = projector_shared::keys::projection_field(ProjectId(501), hour13 + 3600);
+        assert_eq!(first[&field]["projected"], 101);
+        assert_eq!(first[&field]["fencing_token"], 10);
+        assert_eq!(first[&field]["run_id"], "run-13");
+
+        // The same run written twice: harmless.
+        sink.write(run).await.expect("second write");
+        assert_eq!(stored(&server, 5), first);
+
+        // A stale lease of the same run (older fencing token) is refused and changes nothing.
+        let stale = sink.write(vec![record("run-13", 5, 501, 13, 7, 999)]).await;
+        assert!(matches!(stale, Err(Error::StaleWrite { token: 7, stored_token: 10, .. })), "{stale:?}");
+        assert_eq!(stored(&server, 5), first);
+
+        // An older run arriving late is refused too, even with a higher token.
+        let late = sink.write(vec![record("run-12", 5, 501, 12, 99, 999)]).await;
+        assert!(matches!(late, Err(Error::StaleWrite { .. })), "{late:?}");
+        assert_eq!(stored(&server, 5), first);
+
+        // The legacy path (no slot, token 0) of the same run is not fenced.
+        sink.write(vec![record("run-13", 5, 501, 13, 0, 300)]).await.expect("unfenced write");
+        assert_eq!(stored(&server, 5)[&field]["projected"], 301);
+
+        let mut conn = server.connection();
+        let ttl: i64 = redis::cmd("PTTL").arg(projector_shared::keys::projections(OrgId(5))).query(&mut conn).expect("pttl");
+        assert!(ttl > 47 * 3600 * 1000, "the org's hash carries the sink TTL: {ttl}");
+    });
+}
+
+#[test]
+fn a_newer_run_overwrites_and_hours_older_than_the_ttl_are_pruned() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let sink = RedisSink::new(&server.url(), Duration::from_secs(3 * 3600)).expect("sink");
+        sink.write(vec![record("run-10", 9, 901, 10, 50, 100)]).await.expect("run 10");
+        // Run 14 (a lower token: fencing tokens are compared within a run only) overwrites
+        // hours 14..33 and prunes hours before 14 - 3 = 11.
+        sink.write(vec![record("run-14", 9, 901, 14, 1, 500)]).await.expect("run 14");
+        let h = |hour: i64| Utc.with_ymd_and_hms(2026, 11, 22, 0, 0, 0).single().expect("valid").timestamp() + hour * 3600;
+        let fields = stored(&server, 9);
+        assert!(!fields.contains_key(&projector_shared::keys::projection_field(ProjectId(901), h(10))), "pruned");
+        assert_eq!(fields[&projector_shared::keys::projection_field(ProjectId(901), h(11))]["run_id"], "run-10", "kept");
+        assert_eq!(fields[&projector_shared::keys::projection_field(ProjectId(901), h(14))]["run_id"], "run-14");
+        assert_eq!(fields[&projector_shared::keys::projection_field(ProjectId(901), h(14))]["projected"], 500);
+    });
+}

@@ -1,0 +1,41 @@
+//! Turns configuration into the parts a pipeline is made of: the query source and the projection
+//! sink. Shared by the worker process and the embedded run so both read `query.*`/`sink.*` alike.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use projector_config::{Config, QuerySourceKind, SinkKind};
+
+use crate::error::Error;
+use crate::query::{QuerySource, SyntheticQuery};
+use crate::redis_sink::RedisSink;
+use crate::sink::{DiscardSink, JsonLinesSink, ProjectionSink};
+use crate::snuba::{SnubaQuery, SnubaSettings};
+
+/// The query source `query.source` names.
+pub fn query_source(config: &Config) -> Result<Arc<dyn QuerySource>, Error> {
+    Ok(match (config.query.source, &config.query.url) {
+        (QuerySourceKind::Snuba, Some(url)) => Arc::new(SnubaQuery::new(SnubaSettings {
+            url: url.clone(),
+            dataset: config.query.dataset.clone(),
+            referrer: config.query.referrer.clone(),
+            timeout: config.query.timeout,
+        })?),
+        // Config validation requires query.url with snuba; synthetic needs nothing.
+        _ => Arc::new(SyntheticQuery {
+            latency: config.query.synthetic_latency,
+        }),
+    })
+}
+
+/// The sink `sink.kind` names; `output` (a CLI flag) overrides it with a JSON-lines file.
+pub fn sink(config: &Config, output: Option<&Path>) -> Result<Arc<dyn ProjectionSink>, Error> {
+    if let Some(path) = output {
+        return Ok(Arc::new(JsonLinesSink::create(path)?));
+    }
+    Ok(match (config.sink.kind, &config.sink.path) {
+        (SinkKind::Redis, _) => Arc::new(RedisSink::new(&config.redis.url, config.sink.ttl)?),
+        (SinkKind::JsonLines, Some(path)) => Arc::new(JsonLinesSink::create(path)?),
+        (SinkKind::JsonLines, None) | (SinkKind::Discard, _) => Arc::new(DiscardSink),
+    })
+}

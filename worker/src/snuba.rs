@@ -1,0 +1,303 @@
+//! The Snuba-compatible query client: `POST {url}/{dataset}/snql` over pooled HTTP, the SnQL text of
+//! the hourly-counts query, and the mapping of every answer to rows or to a classified error.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use projector_shared::metrics as m;
+use projector_shared::ProjectId;
+use serde::Deserialize;
+
+use crate::error::Error;
+use crate::query::{HistoryRequest, OrgHistory, QuerySource};
+
+/// How much of an unreadable body goes into the error and the log.
+const SAMPLE_CHARS: usize = 200;
+
+/// Where and how to query.
+#[derive(Debug, Clone)]
+pub struct SnubaSettings {
+    /// Base URL, without the dataset path.
+    pub url: String,
+    pub dataset: String,
+    pub referrer: String,
+    pub timeout: Duration,
+}
+
+/// A pooled HTTP client for one query service; cheap to share across jobs.
+#[derive(Debug, Clone)]
+pub struct SnubaQuery {
+    http: reqwest::Client,
+    endpoint: String,
+    settings: SnubaSettings,
+}
+
+impl SnubaQuery {
+    pub fn new(settings: SnubaSettings) -> Result<Self, Error> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| Error::QueryUnreachable {
+                url: settings.url.clone(),
+                detail: format!("cannot build the HTTP client: {e}"),
+            })?;
+        let endpoint = format!("{}/{}/snql", settings.url.trim_end_matches('/'), settings.dataset);
+        Ok(SnubaQuery { http, endpoint, settings })
+    }
+
+    async fn send(&self, request: &HistoryRequest) -> Result<OrgHistory, Error> {
+        let body = serde_json::json!({
+            "query": snql(&self.settings.dataset, request),
+            "dataset": self.settings.dataset,
+            "app_id": "projector",
+            "tenant_ids": { "organization_id": request.org_id.0, "referrer": self.settings.referrer },
+            "parent_api": "projector.spike_projection",
+        });
+        let response = self
+            .http
+            .post(&self.endpoint)
+            .header("referer", &self.settings.referrer)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        let status = response.status().as_u16();
+        let text = response.text().await.map_err(|e| self.transport_error(e))?;
+        classify(status, &text, request)
+    }
+
+    fn transport_error(&self, e: reqwest::Error) -> Error {
+        if e.is_timeout() {
+            Error::QueryTimeout(self.settings.timeout)
+        } else {
+            Error::QueryUnreachable {
+                url: self.endpoint.clone(),
+                detail: error_chain(&e),
+            }
+        }
+    }
+}
+
+impl QuerySource for SnubaQuery {
+    fn hourly_counts(&self, request: &HistoryRequest) -> BoxFuture<'_, Result<OrgHistory, Error>> {
+        let request = request.clone();
+        Box::pin(async move {
+            // The pipeline times every query (any source); this counts what only HTTP can go wrong.
+            let result = self.send(&request).await;
+            if let Err(e) = &result {
+                metrics::counter!(m::QUERY_ERRORS_TOTAL, "kind" => e.reason()).increment(1);
+                if matches!(e, Error::RateLimited { .. }) {
+                    metrics::counter!(m::QUERY_RATE_LIMITED_TOTAL).increment(1);
+                }
+                tracing::warn!(org_id = %request.org_id, endpoint = %self.endpoint, kind = e.reason(), error = %e, "query failed");
+            }
+            result
+        })
+    }
+}
+
+/// The SnQL of one organization's hourly counts per project over the request's window.
+pub fn snql(dataset: &str, request: &HistoryRequest) -> String {
+    let start = request.end - chrono::TimeDelta::hours(request.hours as i64);
+    let projects = if request.project_ids.is_empty() {
+        String::new()
+    } else {
+        let ids: Vec<String> = request.project_ids.iter().map(|p| p.0.to_string()).collect();
+        format!(" AND project_id IN tuple({})", ids.join(", "))
+    };
+    format!(
+        "MATCH ({dataset}) SELECT count() AS count BY project_id, time \
+         WHERE org_id = {org}{projects} AND timestamp >= toDateTime('{start}') AND timestamp < toDateTime('{end}') \
+         ORDER BY time ASC GRANULARITY 3600",
+        org = request.org_id.0,
+        start = start.format("%Y-%m-%dT%H:%M:%S"),
+        end = request.end.format("%Y-%m-%dT%H:%M:%S"),
+    )
+}
+
+#[derive(Deserialize)]
+struct Rows {
+    data: Vec<Row>,
+}
+
+#[derive(Deserialize)]
+struct Row {
+    project_id: u64,
+    time: DateTime<Utc>,
+    count: u64,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    error: ErrorDetail,
+    #[serde(default)]
+    quota_allowance: Option<QuotaAllowance>,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorDetail {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct QuotaAllowance {
+    summary: Option<QuotaSummary>,
+}
+
+#[derive(Deserialize)]
+struct QuotaSummary {
+    rejected_by: Option<RejectedBy>,
+}
+
+#[derive(Deserialize)]
+struct RejectedBy {
+    policy: Option<String>,
+    quota_used: Option<u64>,
+    rejection_threshold: Option<u64>,
+}
+
+/// Maps one HTTP answer to the request's history or to the error class it belongs to.
+pub fn classify(status: u16, body: &str, request: &HistoryRequest) -> Result<OrgHistory, Error> {
+    match status {
+        200 => parse_rows(body, request),
+        429 => {
+            // A 429 is a rate limit whatever its body says; the body only adds the policy details.
+            let rejected = serde_json::from_str::<ErrorBody>(body)
+                .ok()
+                .and_then(|b| b.quota_allowance)
+                .and_then(|q| q.summary)
+                .and_then(|s| s.rejected_by);
+            Err(Error::RateLimited {
+                policy: rejected.as_ref().and_then(|r| r.policy.clone()),
+                quota_used: rejected.as_ref().and_then(|r| r.quota_used),
+                threshold: rejected.as_ref().and_then(|r| r.rejection_threshold),
+            })
+        }
+        500..=599 => Err(Error::QueryServer {
+            status,
+            detail: error_message(body),
+        }),
+        _ => Err(Error::QueryBadRequest {
+            status,
+            detail: error_message(body),
+        }),
+    }
+}
+
+fn parse_rows(body: &str, request: &HistoryRequest) -> Result<OrgHistory, Error> {
+    let rows: Rows = serde_json::from_str(body).map_err(|e| Error::QueryMalformed {
+        reason: e.to_string(),
+        sample: sample(body),
+    })?;
+    let start_hour = request.end.timestamp().div_euclid(3600) - request.hours as i64;
+    let mut history: OrgHistory = request.project_ids.iter().map(|p| (*p, vec![0; request.hours])).collect();
+    for row in rows.data {
+        let offset = row.time.timestamp().div_euclid(3600) - start_hour;
+        let Some(slot) = usize::try_from(offset).ok().filter(|o| *o < request.hours) else {
+            return Err(Error::QueryMalformed {
+                reason: format!("row for hour {} lies outside the queried window", row.time),
+                sample: sample(body),
+            });
+        };
+        // Snuba leaves out hours without events; they stay 0.
+        history.entry(ProjectId(row.project_id)).or_insert_with(|| vec![0; request.hours])[slot] += row.count;
+    }
+    Ok(history)
+}
+
+/// The `error.type: error.message` of an error body, or a sample of the body.
+fn error_message(body: &str) -> String {
+    match serde_json::from_str::<ErrorBody>(body) {
+        Ok(ErrorBody { error: ErrorDetail { kind, message }, .. }) if kind.is_some() || message.is_some() => {
+            format!("{}: {}", kind.unwrap_or_default(), message.unwrap_or_default())
+        }
+        _ => sample(body),
+    }
+}
+
+fn sample(body: &str) -> String {
+    body.chars().take(SAMPLE_CHARS).collect()
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use projector_shared::OrgId;
+
+    fn request() -> HistoryRequest {
+        HistoryRequest {
+            org_id: OrgId(7),
+            project_ids: vec![ProjectId(701), ProjectId(702)],
+            end: Utc.with_ymd_and_hms(2026, 11, 22, 13, 0, 0).single().expect("valid"),
+            hours: 3,
+        }
+    }
+
+    #[test]
+    fn rows_fill_their_hour_and_missing_hours_stay_zero() {
+        let body = r#"{"data":[{"project_id":701,"time":"2026-11-22T11:00:00+00:00","count":5},
+                               {"project_id":701,"time":"2026-11-22T12:00:00+00:00","count":9}]}"#;
+        let h = classify(200, body, &request()).expect("rows");
+        assert_eq!(h[&ProjectId(701)], vec![0, 5, 9]);
+        assert_eq!(h[&ProjectId(702)], vec![0, 0, 0], "a project with no events is still projected");
+    }
+
+    #[test]
+    fn a_row_outside_the_window_is_a_malformed_answer() {
+        let body = r#"{"data":[{"project_id":701,"time":"2026-11-22T13:00:00+00:00","count":5}]}"#;
+        assert!(matches!(classify(200, body, &request()), Err(Error::QueryMalformed { .. })));
+    }
+
+    #[test]
+    fn a_429_carries_the_policy_fields_and_a_bare_429_is_still_a_rate_limit() {
+        let body = r#"{"error":{"type":"rate-limited","message":"query on referrer x could not be run"},
+            "quota_allowance":{"summary":{"rejected_by":{"policy":"ConcurrentRateLimitAllocationPolicy","quota_used":101,"rejection_threshold":100,"quota_unit":"concurrent_queries"}}}}"#;
+        match classify(429, body, &request()) {
+            Err(Error::RateLimited { policy, quota_used, threshold }) => {
+                assert_eq!(policy.as_deref(), Some("ConcurrentRateLimitAllocationPolicy"));
+                assert_eq!((quota_used, threshold), (Some(101), Some(100)));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(classify(429, "busy", &request()), Err(Error::RateLimited { policy: None, .. })));
+    }
+
+    #[test]
+    fn statuses_map_to_their_error_class() {
+        let server = classify(503, r#"{"error":{"type":"clickhouse","message":"too many parts"}}"#, &request());
+        assert!(matches!(&server, Err(Error::QueryServer { status: 503, detail }) if detail == "clickhouse: too many parts"));
+        assert!(matches!(classify(400, "{}", &request()), Err(Error::QueryBadRequest { status: 400, .. })));
+        let long = "x".repeat(1_000);
+        match classify(200, &long, &request()) {
+            Err(Error::QueryMalformed { sample, .. }) => assert_eq!(sample.len(), SAMPLE_CHARS),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_query_names_org_projects_and_window() {
+        let q = snql("events", &request());
+        assert!(q.starts_with("MATCH (events) SELECT count() AS count BY project_id, time"), "{q}");
+        assert!(q.contains("org_id = 7 AND project_id IN tuple(701, 702)"), "{q}");
+        assert!(q.contains("timestamp >= toDateTime('2026-11-22T10:00:00') AND timestamp < toDateTime('2026-11-22T13:00:00')"), "{q}");
+    }
+}
