@@ -1,7 +1,9 @@
 //! The scheduler: lists organizations, plans batches and fans out one spike-projection job per
 //! organization. It also hosts the embedded run, where the worker pipeline runs in the same process.
 
+pub mod distributed;
 pub mod embedded;
+pub mod fanout;
 pub mod error;
 pub mod orgs;
 pub mod report;

@@ -4,8 +4,9 @@ use std::path::Path;
 
 use projector_shared::run::{Outcome, RunSummary};
 
-/// The summary as a plain-text table.
-pub fn summary_table(summary: &RunSummary, slots_limit: u32) -> String {
+/// The summary as a plain-text table. `probed` says whether `max_concurrent_queries` was measured
+/// (the embedded run's probe); a distributed run's queries happen in other processes.
+pub fn summary_table(summary: &RunSummary, slots_limit: u32, probed: bool) -> String {
     let mut out = format!(
         "run {}: {} orgs in {:.2}s\n",
         summary.run_id,
@@ -17,10 +18,16 @@ pub fn summary_table(summary: &RunSummary, slots_limit: u32) -> String {
         out.push_str(&format!("  {:<18}{:>8}\n", outcome.as_str(), summary.count(outcome)));
     }
     out.push_str(&format!("  {:<18}{:>8}\n", "accounted", summary.accounted()));
-    out.push_str(&format!(
-        "  max concurrent queries: {} (slots.limit {slots_limit})\n",
-        summary.max_concurrent_queries
-    ));
+    if probed {
+        out.push_str(&format!(
+            "  max concurrent queries: {} (slots.limit {slots_limit})\n",
+            summary.max_concurrent_queries
+        ));
+    } else {
+        out.push_str(&format!(
+            "  concurrent queries: bounded by slots.limit {slots_limit} across workers (see spike_projection_concurrent_queries)\n"
+        ));
+    }
     if !summary.skipped_org_ids.is_empty() {
         out.push_str(&format!("  not queried (skipped): {}\n", id_list(&summary.skipped_org_ids)));
     }
@@ -61,7 +68,7 @@ mod tests {
             skipped_org_ids: vec![projector_shared::OrgId(9)],
             ..RunSummary::default()
         };
-        let t = summary_table(&s, 50);
+        let t = summary_table(&s, 50, true);
         for o in Outcome::ALL {
             assert!(t.contains(o.as_str()), "{t}");
         }

@@ -10,6 +10,9 @@ pub enum Error {
     #[error("slot backend unavailable: {detail} (check that Redis is reachable; jobs are counted as slot_unavailable meanwhile)")]
     SlotBackendUnavailable { detail: String },
 
+    #[error("redis unavailable while {doing}: {detail} (check redis.url and that Redis is up)")]
+    Redis { doing: String, detail: String },
+
     #[error("slot wait gave up after {waited:?} because the limiter was closed")]
     LimiterClosed { waited: Duration },
 
@@ -23,6 +26,14 @@ pub enum Error {
 impl Error {
     /// A job that failed with this error could succeed if tried again.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::SlotBackendUnavailable { .. })
+        matches!(self, Error::SlotBackendUnavailable { .. } | Error::Redis { .. })
+    }
+}
+
+impl Error {
+    /// Wraps a Redis error with what was being done, for messages an operator can act on.
+    pub fn redis(doing: impl Into<String>) -> impl FnOnce(redis::RedisError) -> Error {
+        let doing = doing.into();
+        move |e| Error::Redis { doing, detail: e.to_string() }
     }
 }

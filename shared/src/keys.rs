@@ -93,3 +93,26 @@ pub fn projections(org: crate::OrgId) -> String {
 pub fn projection_field(project: crate::ProjectId, hour_start_unix: i64) -> String {
     format!("{}:{hour_start_unix}", project.0)
 }
+
+/// The apalis-redis queue of spike-projection jobs (apalis derives its own keys from it).
+pub const JOB_QUEUE: &str = "projector:spike-projection";
+
+/// Hash of one run: `run_id`, `tick`, `orgs_total`, `enqueued`, and a counter per outcome.
+pub fn run(run_id: &crate::RunId) -> String {
+    format!("projector:run:{}", run_id.0)
+}
+
+/// Hash of one run's organizations: org id → outcome (the first recorded wins).
+pub fn run_orgs(run_id: &crate::RunId) -> String {
+    format!("projector:run:{}:orgs", run_id.0)
+}
+
+/// Lock taken by the one scheduler replica that fans out a cron tick.
+pub fn tick_lock(run_id: &crate::RunId) -> String {
+    format!("projector:tick-lock:{}", run_id.0)
+}
+
+/// Hash of a rollout flag: `enabled`, `percentage`, `allow`, `deny` (comma-separated org ids).
+pub fn flag(name: &str) -> String {
+    format!("projector:flag:{name}")
+}

@@ -10,6 +10,8 @@ pub mod metrics;
 pub mod org;
 pub mod projection;
 pub mod redis_conn;
+pub mod rollout;
+pub mod run_record;
 pub mod run;
 pub mod slots;
 pub mod synthetic;

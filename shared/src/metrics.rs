@@ -37,3 +37,8 @@ pub const QUERY_RATE_LIMITED_TOTAL: &str = "projector_query_rate_limited_total";
 
 /// Projection writes refused because a newer run or a newer lease already wrote those hours.
 pub const PROJECTION_STALE_REFUSED_TOTAL: &str = "projector_projection_stale_write_refused_total";
+
+/// Jobs ready to run now (gauge; length of the apalis active list).
+pub const QUEUE_READY_JOBS: &str = "projector_queue_ready_jobs";
+/// Jobs waiting for their batch's release time (gauge; the apalis scheduled set).
+pub const QUEUE_SCHEDULED_JOBS: &str = "projector_queue_scheduled_jobs";

@@ -39,6 +39,9 @@ pub enum Error {
         stored_token: u64,
     },
 
+    #[error("cannot serve metrics on {addr}: {detail}")]
+    Metrics { addr: std::net::SocketAddr, detail: String },
+
     #[error(transparent)]
     Shared(#[from] projector_shared::Error),
 }
@@ -53,6 +56,7 @@ impl Error {
             | Error::QueryTimeout(_)
             | Error::LeaseLost => true,
             Error::Sink { .. } => true,
+            Error::Metrics { .. } => false,
             Error::QueryBadRequest { .. } | Error::QueryMalformed { .. } | Error::StaleWrite { .. } => false,
             Error::Shared(e) => e.is_retryable(),
         }
@@ -70,6 +74,7 @@ impl Error {
             Error::LeaseLost => "lease_lost",
             Error::Sink { .. } => "sink",
             Error::StaleWrite { .. } => "stale_write",
+            Error::Metrics { .. } => "internal",
             Error::Shared(projector_shared::Error::SlotBackendUnavailable { .. }) => "slot_unavailable",
             Error::Shared(_) => "internal",
         }

@@ -3,11 +3,13 @@
 
 pub mod build;
 pub mod error;
+pub mod metrics_http;
 pub mod pipeline;
 pub mod probe;
 pub mod query;
 pub mod redis_sink;
 pub mod sink;
+pub mod serve;
 pub mod snuba;
 
 pub use error::Error;

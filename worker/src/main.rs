@@ -1,12 +1,16 @@
-//! `projector-worker`: the distributed worker process (jobs from Redis). The embedded run hosts
-//! the same pipeline in-process today; this binary's Redis consumer is the distributed-pipeline work.
+//! `projector-worker`: load config, set up logging and metrics, run the worker until SIGTERM.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use projector_config::ConfigArgs;
+use projector_shared::telemetry::{self, LogFormat};
+use tokio_util::sync::CancellationToken;
 
 /// Takes spike-projection jobs from Redis, holds a cluster-wide slot for each query, and stores projections.
+///
+/// Configuration: defaults < --config FILE < PROJECTOR_<SECTION>_<KEY> environment < flags.
+/// See config.example.toml for every key.
 #[derive(Debug, Parser)]
 #[command(name = "projector-worker", version)]
 struct Cli {
@@ -15,11 +19,19 @@ struct Cli {
 
     #[command(flatten)]
     config: ConfigArgs,
+
+    /// Log format on stderr
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Consume jobs until SIGTERM (not in this build yet: use `projector-scheduler run-once --embedded`).
+    /// Consume jobs from redis.url until SIGTERM or Ctrl-C, worker.concurrency at a time.
+    ///
+    /// Serves /metrics (Prometheus text) and /healthz on worker.metrics_addr. On SIGTERM it stops
+    /// taking jobs, lets in-flight jobs finish within worker.shutdown_grace, releases every slot
+    /// and exits 0. A Redis outage is survived: the job loop restarts with backoff.
     Run,
     /// Print the effective configuration, after every layer, and exit.
     Config,
@@ -36,10 +48,51 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run => {
-            eprintln!(
-                "error: the Redis-backed worker is not in this build yet; run a whole batch in one process with `projector-scheduler run-once --embedded`"
-            );
-            ExitCode::FAILURE
+            telemetry::init(cli.log_format);
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
+    }
+}
+
+async fn run(config: projector_config::Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown requested; draining in-flight jobs");
+            shutdown.cancel();
+        }
+    });
+    projector_worker::metrics_http::serve(config.worker.metrics_addr, shutdown.clone()).await?;
+    projector_worker::serve::run(config, shutdown).await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
 }

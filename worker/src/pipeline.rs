@@ -34,6 +34,16 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// Runs one job on the legacy path: no slot, as before the rollout. Only for organizations an
+    /// operator excluded from the rate-limit flag; its writes carry fencing token 0 (unfenced).
+    pub async fn process_unlimited(&self, job: &SpikeProjectionJob) -> Outcome {
+        metrics::counter!(m::TASK_STARTED_TOTAL).increment(1);
+        match self.query_and_store(job, None, 0).await {
+            Ok(projects) => self.completed(job, projects),
+            Err(e) => self.failed(job, e),
+        }
+    }
+
     /// Runs one job to its outcome. Never panics on bad input; every path is logged and counted.
     pub async fn process(&self, job: &SpikeProjectionJob) -> Outcome {
         metrics::counter!(m::TASK_STARTED_TOTAL).increment(1);
@@ -55,23 +65,25 @@ impl Pipeline {
             Err(e) => return self.failed(job, Error::from(e)),
         };
         let token = permit.fencing_token();
-        let result = self.query_and_store(job, &permit, token).await;
+        let result = self.query_and_store(job, Some(&permit), token).await;
         if let Err(e) = permit.release().await {
             // The lease expires on its own; the job's work is already stored.
             tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, error = %e, "slot release failed");
         }
         match result {
-            Ok(projects) => {
-                tracing::debug!(run_id = %job.run_id, org_id = %job.org_id, projects, "projections stored");
-                metrics::counter!(m::TASK_COMPLETED_TOTAL).increment(1);
-                Outcome::Completed
-            }
+            Ok(projects) => self.completed(job, projects),
             Err(e) => self.failed(job, e),
         }
     }
 
+    fn completed(&self, job: &SpikeProjectionJob, projects: usize) -> Outcome {
+        tracing::debug!(run_id = %job.run_id, org_id = %job.org_id, projects, "projections stored");
+        metrics::counter!(m::TASK_COMPLETED_TOTAL).increment(1);
+        Outcome::Completed
+    }
+
     /// Queries under a held slot, abandoning the query if the lease is lost, then stores the projections.
-    async fn query_and_store(&self, job: &SpikeProjectionJob, permit: &SlotPermit, token: u64) -> Result<usize, Error> {
+    async fn query_and_store(&self, job: &SpikeProjectionJob, permit: Option<&SlotPermit>, token: u64) -> Result<usize, Error> {
         // Projections start at the tick's hour; history is the three weeks before it.
         let first_hour = job
             .scheduled_at
@@ -86,9 +98,15 @@ impl Pipeline {
         let history = {
             let _in_flight = self.probe.enter();
             let started = Instant::now();
+            let lease_lost = async {
+                match permit {
+                    Some(p) => p.lost().await,
+                    None => std::future::pending().await,
+                }
+            };
             let result = tokio::select! {
                 r = self.query.hourly_counts(&request) => r,
-                () = permit.lost() => Err(Error::LeaseLost),
+                () = lease_lost => Err(Error::LeaseLost),
             };
             metrics::histogram!(m::QUERY_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
             result?

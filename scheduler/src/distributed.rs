@@ -1,0 +1,128 @@
+//! The scheduler against Redis: `run-once` (one fan-out now, optionally followed to the end) and
+//! `serve` (a fan-out at every cron tick, by exactly one replica per tick).
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use projector_config::Config;
+use projector_shared::rollout::Rollout;
+use projector_shared::run::RunSummary;
+use projector_shared::RunId;
+use redis::aio::ConnectionManager;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+use crate::fanout::{Plan, enqueue, take_tick_lock, wait_for_run};
+use crate::orgs::list_orgs;
+
+/// What `run-once` was asked to do besides fanning out.
+#[derive(Debug, Clone, Default)]
+pub struct RunOnceOptions {
+    /// Print the plan; enqueue nothing.
+    pub dry_run: bool,
+    /// Re-run (or finish) the run of this cron tick instead of starting a manual run.
+    pub tick: Option<DateTime<Utc>>,
+    /// Follow the run until every org is accounted for, at most this long.
+    pub wait: Option<Duration>,
+    pub summary_json: Option<PathBuf>,
+}
+
+/// How a `run-once` ended.
+#[derive(Debug)]
+pub enum RunOnceResult {
+    DryRun(String),
+    Enqueued { run_id: RunId, new: u64, duplicates: u64 },
+    Finished { summary: RunSummary, complete: bool },
+}
+
+fn connect(config: &Config) -> Result<ConnectionManager, Error> {
+    projector_shared::redis_conn::connection_manager(&config.redis.url, Duration::from_secs(5))
+        .map(|(_, conn)| conn)
+        .map_err(|e| Error::Shared(projector_shared::Error::Redis { doing: "connecting".into(), detail: e.to_string() }))
+}
+
+async fn plan(config: &Config, conn: &ConnectionManager, run_id: RunId, tick: DateTime<Utc>) -> Result<Plan, Error> {
+    let orgs = list_orgs(config)?;
+    let rollout = match Rollout::load(&mut conn.clone()).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the rollout flag; the plan shows every org on the limited path (what workers do too)");
+            Rollout::default()
+        }
+    };
+    Ok(Plan::new(config, &orgs, run_id, tick, &rollout))
+}
+
+/// One fan-out now. With a tick, the run id is the tick's, so re-running finishes an interrupted
+/// fan-out without duplicates; without one, it is a fresh manual run.
+pub async fn run_once(config: &Config, options: RunOnceOptions) -> Result<RunOnceResult, Error> {
+    let conn = connect(config)?;
+    let (run_id, tick) = match options.tick {
+        Some(t) => (RunId::for_tick(t), t),
+        None => {
+            let now = Utc::now();
+            (RunId::manual(now), now)
+        }
+    };
+    let plan = plan(config, &conn, run_id.clone(), tick).await?;
+    if options.dry_run {
+        return Ok(RunOnceResult::DryRun(plan.describe()));
+    }
+    let started = std::time::Instant::now();
+    let enqueued = enqueue(&conn, &plan).await?;
+    tracing::info!(
+        run_id = %run_id, orgs = plan.jobs.len(), batches = plan.batches, new = enqueued.new,
+        duplicates = enqueued.duplicates, took_ms = started.elapsed().as_millis() as u64, "run fanned out"
+    );
+    match options.wait {
+        None => Ok(RunOnceResult::Enqueued { run_id, new: enqueued.new, duplicates: enqueued.duplicates }),
+        Some(timeout) => {
+            let (summary, complete) = wait_for_run(&conn, &run_id, timeout).await?;
+            Ok(RunOnceResult::Finished { summary, complete })
+        }
+    }
+}
+
+/// Fans out at every tick of `schedule.cron` until `shutdown`. Every replica wakes at the tick;
+/// the one that takes the tick's lock fans out, the others log and wait for the next tick.
+pub async fn serve(config: &Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let schedule = cron::Schedule::from_str(&config.schedule.cron).map_err(|e| Error::Enqueue {
+        run_id: "-".into(),
+        detail: format!("schedule.cron {:?}: {e}", config.schedule.cron),
+    })?;
+    let conn = connect(config)?;
+    let owner = format!("scheduler-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    tracing::info!(cron = %config.schedule.cron, owner = %owner, "scheduler serving");
+    for tick in schedule.upcoming(Utc) {
+        let wait = (tick - Utc::now()).to_std().unwrap_or_default();
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.cancelled() => return Ok(()),
+        }
+        let run_id = RunId::for_tick(tick);
+        // Held well past the fan-out so a slow replica waking late cannot fan out again.
+        match take_tick_lock(&conn, &run_id, &owner, Duration::from_secs(3600)).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(run_id = %run_id, "another scheduler replica fans out this tick");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(run_id = %run_id, error = %e, "cannot take the tick lock; tick skipped (re-run it with run-once --tick)");
+                continue;
+            }
+        }
+        let result = async {
+            let plan = plan(config, &conn, run_id.clone(), tick).await?;
+            enqueue(&conn, &plan).await.map(|e| (plan.jobs.len(), e))
+        }
+        .await;
+        match result {
+            Ok((orgs, e)) => tracing::info!(run_id = %run_id, orgs, new = e.new, duplicates = e.duplicates, "tick fanned out"),
+            Err(e) => tracing::error!(run_id = %run_id, error = %e, "fan-out failed; re-run it with run-once --tick {}", tick.to_rfc3339()),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! The distributed fan-out: plan a run (orgs → batches → release times, rollout routing), enqueue
+//! every job at once as a delayed apalis-redis job in bulk script calls, and follow the run record.
+
+use std::num::NonZeroUsize;
+use std::time::{Duration, Instant};
+
+use apalis::prelude::TaskBuilder;
+use chrono::{DateTime, TimeDelta, Utc};
+use projector_config::Config;
+use projector_shared::batch::plan_batches;
+use projector_shared::org::OrgInfo;
+use projector_shared::rollout::Rollout;
+use projector_shared::run::RunSummary;
+use projector_shared::run_record::RunRecords;
+use projector_shared::{RunId, SpikeProjectionJob};
+use projector_worker::serve::queue_config;
+use redis::aio::ConnectionManager;
+
+use crate::error::Error;
+
+/// Jobs per enqueue script call: big enough to make 100,000 orgs a few dozen round trips, small
+/// enough not to block Redis for long.
+const PUSH_CHUNK: usize = 2_000;
+/// At most this many jobs become due in the same second: apalis-redis promotes every due job in
+/// one `unpack(...)`, which fails past a few thousand values (seen with apalis-redis 1.0.0).
+const MAX_DUE_PER_SECOND: usize = 4_000;
+
+/// One job of a plan and when it becomes runnable.
+#[derive(Debug, Clone)]
+pub struct PlannedJob {
+    pub job: SpikeProjectionJob,
+    pub release_at: DateTime<Utc>,
+    /// Whether the rollout flag routes the org to the limited path (slot first).
+    pub limited: bool,
+}
+
+/// A run, planned: what `--dry-run` prints and what the fan-out enqueues.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub run_id: RunId,
+    pub tick: DateTime<Utc>,
+    pub batches: usize,
+    pub jobs: Vec<PlannedJob>,
+}
+
+impl Plan {
+    /// Batches of `batch.size` released at `tick + k × batch.delay`, routed by `rollout`.
+    pub fn new(config: &Config, orgs: &[OrgInfo], run_id: RunId, tick: DateTime<Utc>, rollout: &Rollout) -> Self {
+        let size = NonZeroUsize::new(config.batch.size).unwrap_or(NonZeroUsize::MIN);
+        let ids: Vec<_> = orgs.iter().map(|o| o.org_id).collect();
+        let batches = plan_batches(&ids, size, config.batch.delay);
+        let mut jobs = Vec::with_capacity(orgs.len());
+        let mut index = 0usize;
+        for batch in &batches {
+            for (org, info) in batch.orgs.iter().zip(&orgs[index..]) {
+                let spread = TimeDelta::seconds((jobs.len() / MAX_DUE_PER_SECOND) as i64);
+                let planned = TimeDelta::from_std(batch.release_after).unwrap_or(TimeDelta::MAX);
+                jobs.push(PlannedJob {
+                    job: SpikeProjectionJob {
+                        run_id: run_id.clone(),
+                        org_id: *org,
+                        batch_index: batch.index,
+                        scheduled_at: tick,
+                        project_ids: info.project_ids.clone(),
+                        reschedules: 0,
+                    },
+                    release_at: tick + planned.max(spread),
+                    limited: rollout.is_limited(*org),
+                });
+            }
+            index += batch.orgs.len();
+        }
+        Plan {
+            run_id,
+            tick,
+            batches: batches.len(),
+            jobs,
+        }
+    }
+
+    /// The `--dry-run` listing: one line per batch, then the routing totals.
+    pub fn describe(&self) -> String {
+        let mut out = format!("run {} at tick {}: {} orgs in {} batches\n", self.run_id, self.tick.to_rfc3339(), self.jobs.len(), self.batches);
+        let mut i = 0;
+        while i < self.jobs.len() {
+            let batch = self.jobs[i].job.batch_index;
+            let end = self.jobs[i..].iter().position(|j| j.job.batch_index != batch).map_or(self.jobs.len(), |p| i + p);
+            let jobs = &self.jobs[i..end];
+            let legacy: Vec<String> = jobs.iter().filter(|j| !j.limited).map(|j| j.job.org_id.to_string()).collect();
+            let orgs: Vec<String> = jobs.iter().map(|j| j.job.org_id.to_string()).collect();
+            out.push_str(&format!(
+                "batch {batch:>5}  release {}  orgs {}  legacy path: {}\n",
+                jobs[0].release_at.format("%H:%M:%S"),
+                orgs.join(","),
+                if legacy.is_empty() { "none".to_owned() } else { legacy.join(",") },
+            ));
+            i = end;
+        }
+        let limited = self.jobs.iter().filter(|j| j.limited).count();
+        out.push_str(&format!(
+            "rollout {}: {limited} orgs on the limited path (slot first), {} on the legacy path\n",
+            projector_shared::rollout::RATE_LIMIT_FLAG,
+            self.jobs.len() - limited
+        ));
+        out
+    }
+}
+
+/// What an enqueue did: jobs new to the queue, and jobs already there (same idempotency key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enqueued {
+    pub new: u64,
+    pub duplicates: u64,
+}
+
+/// Creates the run record and enqueues every job of the plan as a delayed job. Safe to repeat for
+/// the same run id: idempotency keys (`{run}:org-{id}`) drop the jobs already enqueued.
+pub async fn enqueue(conn: &ConnectionManager, plan: &Plan) -> Result<Enqueued, Error> {
+    let enqueue_error = |detail: String| Error::Enqueue {
+        run_id: plan.run_id.to_string(),
+        detail,
+    };
+    RunRecords::new(conn.clone())
+        .create(&plan.run_id, plan.tick, plan.jobs.len() as u64)
+        .await
+        .map_err(|e| enqueue_error(e.to_string()))?;
+    let config = queue_config();
+    let mut new = 0u64;
+    for chunk in plan.jobs.chunks(PUSH_CHUNK) {
+        let tasks: Vec<_> = chunk
+            .iter()
+            .map(|p| {
+                TaskBuilder::new(p.job.encode())
+                    .run_at_timestamp(p.release_at.timestamp().max(0) as u64)
+                    .idempotency_key(p.job.idempotency_key())
+                    .build()
+            })
+            .collect();
+        let (ready, scheduled) = apalis_redis::queries::push_tasks(&mut conn.clone(), &config, &tasks)
+            .await
+            .map_err(|e| enqueue_error(format!("{e} (jobs enqueued so far stay; re-run the same tick to finish without duplicates)")))?;
+        new += u64::from(ready) + u64::from(scheduled);
+    }
+    Ok(Enqueued {
+        new,
+        duplicates: plan.jobs.len() as u64 - new,
+    })
+}
+
+/// Follows the run record until every org is accounted for or `timeout` passes; returns the last
+/// summary seen and whether it is complete.
+pub async fn wait_for_run(conn: &ConnectionManager, run_id: &RunId, timeout: Duration) -> Result<(RunSummary, bool), Error> {
+    let records = RunRecords::new(conn.clone());
+    let started = Instant::now();
+    let mut last_log = Instant::now();
+    loop {
+        let summary = records.summary(run_id, false).await?.unwrap_or_default();
+        let done = summary.orgs_total > 0 && summary.accounted() >= summary.orgs_total;
+        if done || started.elapsed() >= timeout {
+            let mut full = records.summary(run_id, true).await?.unwrap_or(summary);
+            full.duration_ms = started.elapsed().as_millis() as u64;
+            return Ok((full, done));
+        }
+        if last_log.elapsed() >= Duration::from_secs(2) {
+            last_log = Instant::now();
+            tracing::info!(
+                run_id = %run_id, accounted = summary.accounted(), total = summary.orgs_total, completed = summary.completed,
+                skipped_no_slot = summary.skipped_no_slot, rate_limited = summary.rate_limited, failed = summary.failed,
+                "waiting for the run"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Takes the lock of a cron tick for `hold`; only the replica that gets it fans the tick out.
+pub async fn take_tick_lock(conn: &ConnectionManager, run_id: &RunId, owner: &str, hold: Duration) -> Result<bool, Error> {
+    let taken: Option<String> = redis::cmd("SET")
+        .arg(projector_shared::keys::tick_lock(run_id))
+        .arg(owner)
+        .arg("NX")
+        .arg("PX")
+        .arg(hold.as_millis() as u64)
+        .query_async(&mut conn.clone())
+        .await
+        .map_err(projector_shared::Error::redis(format!("taking the lock of {run_id}")))?;
+    Ok(taken.is_some())
+}

@@ -1,0 +1,119 @@
+//! The run record in Redis: one run's totals and each organization's outcome, written by the
+//! scheduler (totals) and by every worker (outcomes), read by `run-once --wait` and operators.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use redis::Script;
+use redis::aio::ConnectionManager;
+
+use crate::error::Error;
+use crate::ids::{OrgId, RunId};
+use crate::keys;
+use crate::run::{Outcome, RunSummary};
+
+/// How long a run record is kept after its last write.
+pub const RUN_RECORD_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// KEYS: run hash, run orgs hash. ARGV: org, outcome, ttl_ms. The first outcome of an org wins;
+/// returns 1 if this call recorded it.
+const RECORD: &str = r"
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return 1
+";
+
+/// Reads and writes run records over one shared connection.
+#[derive(Clone)]
+pub struct RunRecords {
+    conn: ConnectionManager,
+    record: Script,
+}
+
+impl RunRecords {
+    pub fn new(conn: ConnectionManager) -> Self {
+        RunRecords {
+            conn,
+            record: Script::new(RECORD),
+        }
+    }
+
+    /// Creates (or, for a re-run of the same tick, keeps) the record of a run of `orgs_total` orgs.
+    pub async fn create(&self, run_id: &RunId, tick: DateTime<Utc>, orgs_total: u64) -> Result<(), Error> {
+        let key = keys::run(run_id);
+        let ttl = RUN_RECORD_TTL.as_millis() as u64;
+        redis::pipe()
+            .atomic()
+            .hset(&key, "run_id", &run_id.0)
+            .hset(&key, "tick", tick.to_rfc3339())
+            .hset(&key, "orgs_total", orgs_total)
+            .pexpire(&key, ttl as i64)
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(Error::redis(format!("creating the record of run {run_id}")))
+    }
+
+    /// Records how an org ended; a second outcome for the same org (duplicate delivery) is ignored.
+    pub async fn record(&self, run_id: &RunId, org: OrgId, outcome: Outcome) -> Result<bool, Error> {
+        let recorded: u8 = self
+            .record
+            .key(keys::run(run_id))
+            .key(keys::run_orgs(run_id))
+            .arg(org.0)
+            .arg(outcome.as_str())
+            .arg(RUN_RECORD_TTL.as_millis() as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(Error::redis(format!("recording org {org} of run {run_id}")))?;
+        Ok(recorded == 1)
+    }
+
+    /// The outcome already recorded for an org, if any.
+    pub async fn outcome_of(&self, run_id: &RunId, org: OrgId) -> Result<Option<Outcome>, Error> {
+        let v: Option<String> = redis::cmd("HGET")
+            .arg(keys::run_orgs(run_id))
+            .arg(org.0)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(Error::redis(format!("reading org {org} of run {run_id}")))?;
+        Ok(v.and_then(|v| Outcome::ALL.into_iter().find(|o| o.as_str() == v)))
+    }
+
+    /// The run's totals, and the ids of skipped and failed orgs when `with_ids`.
+    pub async fn summary(&self, run_id: &RunId, with_ids: bool) -> Result<Option<RunSummary>, Error> {
+        let mut conn = self.conn.clone();
+        let doing = || format!("reading run {run_id}");
+        let fields: std::collections::HashMap<String, String> =
+            redis::cmd("HGETALL").arg(keys::run(run_id)).query_async(&mut conn).await.map_err(Error::redis(doing()))?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let n = |k: &str| fields.get(k).and_then(|v| v.parse().ok()).unwrap_or(0u64);
+        let mut summary = RunSummary {
+            run_id: run_id.0.clone(),
+            orgs_total: n("orgs_total"),
+            completed: n(Outcome::Completed.as_str()),
+            skipped_no_slot: n(Outcome::SkippedNoSlot.as_str()),
+            rate_limited: n(Outcome::RateLimited.as_str()),
+            failed: n(Outcome::Failed.as_str()),
+            slot_unavailable: n(Outcome::SlotUnavailable.as_str()),
+            ..RunSummary::default()
+        };
+        if with_ids {
+            let orgs: std::collections::HashMap<u64, String> =
+                redis::cmd("HGETALL").arg(keys::run_orgs(run_id)).query_async(&mut conn).await.map_err(Error::redis(doing()))?;
+            for (org, outcome) in orgs {
+                match outcome.as_str() {
+                    "skipped_no_slot" => summary.skipped_org_ids.push(OrgId(org)),
+                    "completed" => {}
+                    _ => summary.failed_org_ids.push(OrgId(org)),
+                }
+            }
+            summary.skipped_org_ids.sort();
+            summary.failed_org_ids.sort();
+        }
+        Ok(Some(summary))
+    }
+}

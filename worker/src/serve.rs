@@ -1,0 +1,264 @@
+//! The worker process: takes spike-projection jobs from apalis-redis, routes each org by the rollout
+//! flag, runs it through the pipeline, records its outcome in the run record, and serves metrics.
+//! Built around the apalis-redis 1.0 traps listed in APALIS_NOTES.md (see each mitigation below).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apalis::prelude::{BoxDynError, Data, TaskBuilder, WorkerBuilder, WorkerBuilderExt};
+use apalis_core::backend::Vacuum;
+use apalis_core::backend::ext::BackendExt;
+use apalis_redis::RedisStorage;
+use projector_config::{Config, OnRedisError, OnSlotTimeout};
+use projector_shared::keys;
+use projector_shared::metrics as m;
+use projector_shared::rollout::Rollout;
+use projector_shared::run::Outcome;
+use projector_shared::run_record::RunRecords;
+use projector_shared::slots::{FailOpenLimiter, RedisSlotLimiter, RedisSlotSettings, SlotLimiter};
+use projector_shared::SpikeProjectionJob;
+use rand::Rng;
+use redis::aio::ConnectionManager;
+use tokio::sync::RwLock;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+use crate::pipeline::{Pipeline, PipelineSettings};
+use crate::probe::QueryProbe;
+
+/// How often an idle worker looks for due jobs (apalis's default is its heartbeat: tens of seconds).
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How long the rollout flag read from Redis is trusted before it is read again.
+const ROLLOUT_REFRESH: Duration = Duration::from_secs(2);
+/// Finished jobs' data and metadata are deleted this often (apalis keeps them forever).
+const VACUUM_EVERY: Duration = Duration::from_secs(60);
+
+/// The apalis-redis settings every Projector process uses for the job queue.
+pub fn queue_config() -> apalis_redis::Config {
+    apalis_redis::Config::default()
+        .queue(keys::JOB_QUEUE)
+        // One job per fetch: prefetched jobs send no heartbeat and get run twice (trap 2).
+        .batch_size(1)
+        .heartbeat_interval(Duration::from_secs(2))
+        .missed_heartbeats(3)
+        .idempotency_ttl(Some(Duration::from_secs(7 * 24 * 3600)))
+}
+
+/// Everything a job handler shares within one worker process.
+struct WorkerState {
+    pipeline: Pipeline,
+    records: RunRecords,
+    conn: ConnectionManager,
+    rollout: RwLock<(Option<Instant>, Rollout)>,
+    on_timeout: OnSlotTimeout,
+    max_reschedules: u32,
+}
+
+impl WorkerState {
+    /// The rollout flag, re-read at most every ROLLOUT_REFRESH. Unreadable means the safe default.
+    async fn is_limited(&self, job: &SpikeProjectionJob) -> bool {
+        {
+            let cached = self.rollout.read().await;
+            if cached.0.is_some_and(|at| at.elapsed() < ROLLOUT_REFRESH) {
+                return cached.1.is_limited(job.org_id);
+            }
+        }
+        let mut cached = self.rollout.write().await;
+        match Rollout::load(&mut self.conn.clone()).await {
+            Ok(r) => *cached = (Some(Instant::now()), r),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the rollout flag; every org takes the limited path meanwhile");
+                *cached = (Some(Instant::now()), Rollout::default());
+            }
+        }
+        cached.1.is_limited(job.org_id)
+    }
+
+    /// Re-enqueues a job whose slot wait timed out, after a jittered backoff.
+    async fn reschedule(&self, job: &SpikeProjectionJob) -> Result<(), Error> {
+        let next = SpikeProjectionJob {
+            reschedules: job.reschedules + 1,
+            ..job.clone()
+        };
+        let backoff = 2u64.pow(next.reschedules.min(6)) + rand::rng().random_range(0..3);
+        let run_at = chrono::Utc::now().timestamp().max(0) as u64 + backoff;
+        let task = TaskBuilder::new(next.encode())
+            .run_at_timestamp(run_at)
+            .idempotency_key(format!("{}:r{}", job.idempotency_key(), next.reschedules))
+            .build();
+        apalis_redis::queries::push_tasks(&mut self.conn.clone(), &queue_config(), &[task])
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::Shared(projector_shared::Error::Redis { doing: format!("rescheduling org {}", job.org_id), detail: e.to_string() }))
+    }
+}
+
+/// Runs the worker until `shutdown`, then drains in-flight jobs for at most `worker.shutdown_grace`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let name = format!("projector-worker-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let redis_error = |doing: &str| {
+        let doing = doing.to_owned();
+        move |e: redis::RedisError| Error::Shared(projector_shared::Error::Redis { doing, detail: e.to_string() })
+    };
+    let (_, conn) = projector_shared::redis_conn::connection_manager(&config.redis.url, Duration::from_secs(2))
+        .map_err(redis_error("opening the job queue connection"))?;
+    let redis_limiter: Arc<dyn SlotLimiter> =
+        Arc::new(RedisSlotLimiter::new(&config.redis.url, RedisSlotSettings::new(config.slots.limit, config.slots.lease_ttl))?);
+    let limiter: Arc<dyn SlotLimiter> = match config.slots.on_redis_error {
+        OnRedisError::FailClosed => redis_limiter,
+        OnRedisError::FailOpen => Arc::new(FailOpenLimiter::new(redis_limiter, config.slots.fallback_limit)),
+    };
+    let state = Arc::new(WorkerState {
+        pipeline: Pipeline {
+            limiter,
+            query: crate::build::query_source(&config)?,
+            sink: crate::build::sink(&config, None)?,
+            probe: QueryProbe::default(),
+            settings: PipelineSettings {
+                holder: name.clone(),
+                max_wait: config.slots.max_wait,
+            },
+        },
+        records: RunRecords::new(conn.clone()),
+        conn: conn.clone(),
+        rollout: RwLock::new((None, Rollout::default())),
+        on_timeout: config.slots.on_timeout,
+        max_reschedules: config.slots.max_reschedules,
+    });
+    tokio::spawn(housekeeping(conn.clone(), shutdown.clone()));
+    tracing::info!(worker = %name, concurrency = config.worker.concurrency, slots_limit = config.slots.limit, "worker started");
+
+    // Any Redis error ends an apalis worker (trap 4): run it again under a fresh name (trap 3),
+    // with capped exponential backoff instead of apalis's tight restart loop.
+    let mut backoff = Duration::from_millis(500);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let storage = RedisStorage::<serde_json::Value>::new(conn.clone()).with_config(queue_config());
+        let worker = WorkerBuilder::new(format!("{name}-{attempt}"))
+            .backend(storage.poll_with_interval(POLL_INTERVAL))
+            .data(state.clone())
+            .concurrency(config.worker.concurrency)
+            .build(handle_job);
+        let started = Instant::now();
+        let stop = shutdown.clone();
+        let grace = config.worker.shutdown_grace;
+        let run = worker.run_until(async move {
+            stop.cancelled().await;
+            Ok::<(), std::io::Error>(())
+        });
+        tokio::pin!(run);
+        let result = tokio::select! {
+            r = &mut run => r,
+            () = shutdown.cancelled() => {
+                // Drain: apalis stops fetching and waits for running jobs; we bound that wait.
+                match tokio::time::timeout(grace, &mut run).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::warn!(grace_ms = grace.as_millis() as u64, "in-flight jobs did not finish within worker.shutdown_grace; their leases expire on their own");
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        if shutdown.is_cancelled() {
+            tracing::info!(worker = %name, "worker drained and stopped");
+            return Ok(());
+        }
+        match result {
+            Ok(()) => tracing::warn!(worker = %name, "job loop ended on its own; restarting"),
+            Err(e) => tracing::error!(worker = %name, error = %e, retry_in_ms = backoff.as_millis() as u64, "job loop failed (is Redis reachable?); restarting"),
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(500);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = shutdown.cancelled() => return Ok(()),
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// One job to one recorded outcome. Returns `Ok` except when the outcome could not be recorded,
+/// so apalis keeps the job and it is tried again (the duplicate check then avoids a re-query).
+async fn handle_job(payload: serde_json::Value, state: Data<Arc<WorkerState>>) -> Result<(), BoxDynError> {
+    let job: SpikeProjectionJob = match serde_json::from_value(payload.clone()) {
+        Ok(job) => job,
+        Err(e) => return malformed(&state, payload, e).await,
+    };
+    match state.records.outcome_of(&job.run_id, job.org_id).await {
+        Ok(Some(outcome)) => {
+            tracing::info!(run_id = %job.run_id, org_id = %job.org_id, outcome = outcome.as_str(), "duplicate delivery; already accounted for");
+            return Ok(());
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, error = %e, "cannot check for a duplicate delivery; running the job"),
+    }
+    let outcome = if state.is_limited(&job).await {
+        state.pipeline.process(&job).await
+    } else {
+        state.pipeline.process_unlimited(&job).await
+    };
+    if outcome == Outcome::SkippedNoSlot && state.on_timeout == OnSlotTimeout::Reschedule && job.reschedules < state.max_reschedules {
+        match state.reschedule(&job).await {
+            Ok(()) => {
+                tracing::info!(run_id = %job.run_id, org_id = %job.org_id, reschedules = job.reschedules + 1, "no slot; job rescheduled");
+                return Ok(());
+            }
+            Err(e) => tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, error = %e, "cannot reschedule; recording skipped_no_slot"),
+        }
+    }
+    if let Err(e) = state.records.record(&job.run_id, job.org_id, outcome).await {
+        tracing::error!(run_id = %job.run_id, org_id = %job.org_id, outcome = outcome.as_str(), error = %e, "cannot record the outcome; the job will be tried again");
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+/// A job that cannot be read: counted, logged with a sample, and recorded as failed when its run
+/// and org can still be made out, so the run accounts for it. It is never retried.
+async fn malformed(state: &WorkerState, payload: serde_json::Value, e: serde_json::Error) -> Result<(), BoxDynError> {
+    let sample: String = payload.to_string().chars().take(200).collect();
+    metrics::counter!(m::TASK_ERROR_TOTAL, "reason" => "malformed_job").increment(1);
+    tracing::error!(error = %e, payload = %sample, "malformed spike-projection job; dropped");
+    let run = payload.get("run_id").and_then(|v| v.as_str()).map(|r| projector_shared::RunId(r.to_owned()));
+    let org = payload.get("org_id").and_then(|v| v.as_u64()).map(projector_shared::OrgId);
+    if let (Some(run), Some(org)) = (run, org) {
+        if let Err(e) = state.records.record(&run, org, Outcome::Failed).await {
+            tracing::warn!(run_id = %run, org_id = %org, error = %e, "cannot record the malformed job as failed");
+        }
+    }
+    Ok(())
+}
+
+/// Queue depth gauges (apalis's own counts read the wrong keys, trap 8) and periodic vacuum of
+/// finished jobs (apalis keeps them forever, trap 7).
+async fn housekeeping(conn: ConnectionManager, shutdown: CancellationToken) {
+    let config = queue_config();
+    let mut storage = RedisStorage::<serde_json::Value>::new(conn.clone()).with_config(config.clone());
+    let mut ticker = tokio::time::interval(Duration::from_secs(5));
+    let mut last_vacuum = Instant::now();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let depth: Result<(u64, u64), _> = redis::pipe()
+            .llen(config.active_jobs_list())
+            .zcard(config.scheduled_jobs_set())
+            .query_async(&mut conn.clone())
+            .await;
+        if let Ok((ready, scheduled)) = depth {
+            metrics::gauge!(m::QUEUE_READY_JOBS).set(ready as f64);
+            metrics::gauge!(m::QUEUE_SCHEDULED_JOBS).set(scheduled as f64);
+        }
+        if last_vacuum.elapsed() >= VACUUM_EVERY {
+            last_vacuum = Instant::now();
+            match storage.vacuum().await {
+                Ok(n) => tracing::debug!(removed = n, "vacuumed finished jobs"),
+                Err(e) => tracing::warn!(error = %e, "vacuum of finished jobs failed; retried next minute"),
+            }
+        }
+    }
+}
