@@ -70,19 +70,6 @@ impl SlotKeys {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_key_shares_one_hash_tag() {
-        let k = SlotKeys::new("default");
-        for key in k.script_keys().iter().chain([&k.wake("w1")]) {
-            assert!(key.starts_with("{projector:slots:default}:"), "{key}");
-        }
-    }
-}
-
 /// Hash of one organization's stored projections (read by other services; layout in ARCHITECTURE.md).
 /// Field: [`projection_field`]; value: JSON `{"projected","spike_threshold","run_id","fencing_token","first_hour"}`.
 pub fn projections(org: crate::OrgId) -> String {
@@ -115,4 +102,17 @@ pub fn tick_lock(run_id: &crate::RunId) -> String {
 /// Hash of a rollout flag: `enabled`, `percentage`, `allow`, `deny` (comma-separated org ids).
 pub fn flag(name: &str) -> String {
     format!("projector:flag:{name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_shares_one_hash_tag() {
+        let k = SlotKeys::new("default");
+        for key in k.script_keys().iter().chain([&k.wake("w1")]) {
+            assert!(key.starts_with("{projector:slots:default}:"), "{key}");
+        }
+    }
 }

@@ -46,13 +46,11 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(client) = redis::Client::open(self.url()) {
-                if let Ok(mut conn) = client.get_connection() {
-                    if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
+            if let Ok(client) = redis::Client::open(self.url())
+                && let Ok(mut conn) = client.get_connection()
+                    && redis::cmd("PING").query::<String>(&mut conn).is_ok() {
                         return;
                     }
-                }
-            }
             assert!(Instant::now() < deadline, "redis-server on port {} did not start", self.port);
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -125,4 +123,15 @@ impl Drop for FakeSnuba {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A binary of another workspace package (`projector-worker`, `projector-scheduler`,
+/// `projectorctl`), built next to this test by `cargo build --workspace` (ops/test.sh does that first).
+pub fn workspace_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target directory");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace` first (ops/test.sh does)", path.display());
+    path
 }

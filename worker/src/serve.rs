@@ -52,6 +52,25 @@ struct WorkerState {
     rollout: RwLock<(Option<Instant>, Rollout)>,
     on_timeout: OnSlotTimeout,
     max_reschedules: u32,
+    /// Jobs being handled now; the drain on SIGTERM waits for this to reach 0. Counted here
+    /// because apalis-redis 1.0's `run_until` does not return after its stop (seen in trials).
+    in_flight: tokio::sync::watch::Sender<usize>,
+}
+
+/// Counts a job as in flight for as long as it lives.
+struct InFlight<'a>(&'a tokio::sync::watch::Sender<usize>);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a tokio::sync::watch::Sender<usize>) -> Self {
+        counter.send_modify(|n| *n += 1);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 impl WorkerState {
@@ -124,6 +143,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         rollout: RwLock::new((None, Rollout::default())),
         on_timeout: config.slots.on_timeout,
         max_reschedules: config.slots.max_reschedules,
+        in_flight: tokio::sync::watch::Sender::new(0),
     });
     tokio::spawn(housekeeping(conn.clone(), shutdown.clone()));
     tracing::info!(worker = %name, concurrency = config.worker.concurrency, slots_limit = config.slots.limit, "worker started");
@@ -151,14 +171,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         let result = tokio::select! {
             r = &mut run => r,
             () = shutdown.cancelled() => {
-                // Drain: apalis stops fetching and waits for running jobs; we bound that wait.
-                match tokio::time::timeout(grace, &mut run).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        tracing::warn!(grace_ms = grace.as_millis() as u64, "in-flight jobs did not finish within worker.shutdown_grace; their leases expire on their own");
-                        return Ok(());
+                // apalis stops fetching on the same signal; we wait for the jobs already running.
+                // The jobs run inside apalis's stream, so `run` must still be polled meanwhile.
+                let mut in_flight = state.in_flight.subscribe();
+                let drain = async {
+                    tokio::select! {
+                        _ = &mut run => {}
+                        _ = in_flight.wait_for(|n| *n == 0) => {}
                     }
+                };
+                let drained = tokio::time::timeout(grace, drain).await;
+                match drained {
+                    Ok(_) => tracing::info!(worker = %name, "in-flight jobs finished; slots released"),
+                    Err(_) => tracing::warn!(
+                        worker = %name, grace_ms = grace.as_millis() as u64, still_running = *state.in_flight.borrow(),
+                        "in-flight jobs did not finish within worker.shutdown_grace; other workers take them over once this one's heartbeat stops, and their slot leases expire on their own"
+                    ),
                 }
+                return Ok(());
             }
         };
         if shutdown.is_cancelled() {
@@ -183,6 +213,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 /// One job to one recorded outcome. Returns `Ok` except when the outcome could not be recorded,
 /// so apalis keeps the job and it is tried again (the duplicate check then avoids a re-query).
 async fn handle_job(payload: serde_json::Value, state: Data<Arc<WorkerState>>) -> Result<(), BoxDynError> {
+    let _in_flight = InFlight::enter(&state.in_flight);
     let job: SpikeProjectionJob = match serde_json::from_value(payload.clone()) {
         Ok(job) => job,
         Err(e) => return malformed(&state, payload, e).await,
@@ -224,11 +255,10 @@ async fn malformed(state: &WorkerState, payload: serde_json::Value, e: serde_jso
     tracing::error!(error = %e, payload = %sample, "malformed spike-projection job; dropped");
     let run = payload.get("run_id").and_then(|v| v.as_str()).map(|r| projector_shared::RunId(r.to_owned()));
     let org = payload.get("org_id").and_then(|v| v.as_u64()).map(projector_shared::OrgId);
-    if let (Some(run), Some(org)) = (run, org) {
-        if let Err(e) = state.records.record(&run, org, Outcome::Failed).await {
+    if let (Some(run), Some(org)) = (run, org)
+        && let Err(e) = state.records.record(&run, org, Outcome::Failed).await {
             tracing::warn!(run_id = %run, org_id = %org, error = %e, "cannot record the malformed job as failed");
         }
-    }
     Ok(())
 }
 

@@ -105,11 +105,10 @@ async fn main() -> anyhow::Result<()> {
         let (l, done) = (limiter.clone(), done.clone());
         clients.push(tokio::spawn(async move {
             while Instant::now() < stop_at {
-                if let Ok(p) = granted(&l, u64::from(c), Duration::from_secs(1)).await {
-                    if p.release().await.is_ok() {
+                if let Ok(p) = granted(&l, u64::from(c), Duration::from_secs(1)).await
+                    && p.release().await.is_ok() {
                         done.fetch_add(1, Ordering::Relaxed);
                     }
-                }
             }
         }));
     }

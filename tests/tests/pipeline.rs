@@ -1,0 +1,239 @@
+//! The distributed pipeline as it runs in production, with real processes only: `redis-server`,
+//! `projector-fake-snuba`, several `projector-worker`s and `projector-scheduler`.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use projector_shared::OrgId;
+use projector_shared::rollout::Rollout;
+use projector_tests::{FakeSnuba, RedisServer, workspace_bin};
+
+const FAKE: &str = env!("CARGO_BIN_EXE_projector-fake-snuba");
+
+/// Environment every Projector process of a test shares.
+fn env(redis: &RedisServer, fake: &FakeSnuba) -> Vec<(String, String)> {
+    vec![
+        ("PROJECTOR_REDIS_URL".into(), redis.url()),
+        ("PROJECTOR_QUERY_SOURCE".into(), "snuba".into()),
+        ("PROJECTOR_QUERY_URL".into(), fake.url()),
+        ("PROJECTOR_WORKER_METRICS_ADDR".into(), "127.0.0.1:0".into()),
+        ("RUST_LOG".into(), "warn".into()),
+    ]
+}
+
+fn worker(env: &[(String, String)], args: &[&str]) -> Child {
+    Command::new(workspace_bin("projector-worker"))
+        .arg("run")
+        .args(args)
+        .envs(env.iter().cloned())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start projector-worker")
+}
+
+fn scheduler(env: &[(String, String)], args: &[&str]) -> Output {
+    Command::new(workspace_bin("projector-scheduler"))
+        .args(args)
+        .envs(env.iter().cloned())
+        .output()
+        .expect("run projector-scheduler")
+}
+
+fn stop(children: Vec<Child>) {
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+fn summary(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).expect("summary written")).expect("summary JSON")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().expect("runtime")
+}
+
+fn run_500(env: &[(String, String)], dir: &std::path::Path, name: &str) -> serde_json::Value {
+    let path = dir.join(name);
+    let out = scheduler(
+        env,
+        &["run-once", "--wait", "--wait-timeout", "120s", "--orgs", "500", "--batch-delay", "0s", "--summary-json", path.to_str().expect("utf-8")],
+    );
+    assert!(out.status.success(), "run-once failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    summary(&path)
+}
+
+/// 3 workers × 64 jobs in flight = 192 would-be concurrent queries (the incident had 159) against
+/// a per-referrer limit of 100: with slots.limit 50 the fake never sees more than 50 at once.
+/// The same run with the rollout flag off for everyone reproduces the 429s.
+#[test]
+fn the_incident_prevented_and_reproduced_with_the_flag_off() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--concurrency-limit", "100", "--latency", "1s"]);
+    let env = env(&redis, &fake);
+    let workers: Vec<_> = (0..3).map(|_| worker(&env, &["--concurrency", "64", "--slots-limit", "50", "--slots-max-wait", "5m"])).collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime();
+
+    let limited = run_500(&env, dir.path(), "limited.json");
+    let stats = rt.block_on(fake.stats());
+    assert_eq!(limited["orgs_total"], 500, "{limited}");
+    assert_eq!(limited["completed"], 500, "every org completed: {limited}");
+    assert!(stats["max_in_flight"].as_u64().unwrap_or(u64::MAX) <= 50, "the slot bound held at the query service: {stats}");
+    assert!(stats["max_in_flight"].as_u64().unwrap_or(0) >= 40, "the slots were actually used: {stats}");
+    assert_eq!(stats["rejected_429"], 0, "{stats}");
+
+    // Control: the legacy path for everyone, as before the fix.
+    rt.block_on(async {
+        let mut conn = redis::Client::open(redis.url()).expect("client").get_multiplexed_async_connection().await.expect("conn");
+        Rollout { enabled: Some(false), ..Rollout::default() }.save(&mut conn).await.expect("flag off");
+        reqwest::Client::new().post(format!("{}/stats/reset", fake.url())).send().await.expect("reset");
+    });
+    // Workers re-read the flag within 2 s.
+    std::thread::sleep(Duration::from_secs(3));
+    let legacy = run_500(&env, dir.path(), "legacy.json");
+    let stats = rt.block_on(fake.stats());
+    assert_eq!(legacy["orgs_total"], 500, "{legacy}");
+    assert!(stats["rejected_429"].as_u64().unwrap_or(0) > 0, "without slots the query service refuses queries: {stats}");
+    assert!(legacy["rate_limited"].as_u64().unwrap_or(0) > 0, "and the run records them as rate_limited: {legacy}");
+    let accounted: u64 = ["completed", "skipped_no_slot", "rate_limited", "failed", "slot_unavailable"]
+        .iter()
+        .map(|k| legacy[*k].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(accounted, 500, "every org accounted for: {legacy}");
+    stop(workers);
+}
+
+#[test]
+fn a_killed_worker_loses_no_org_and_the_bound_still_holds() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "300ms"]);
+    let env = env(&redis, &fake);
+    let slot_args = ["--slots-limit", "20", "--set", "slots.lease_ttl=2s", "--concurrency", "32"];
+    let mut victim = worker(&env, &slot_args);
+    let survivor = worker(&env, &slot_args);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.json");
+    let run = Command::new(workspace_bin("projector-scheduler"))
+        .args(["run-once", "--wait", "--wait-timeout", "120s", "--orgs", "200", "--batch-delay", "0s", "--summary-json"])
+        .arg(&path)
+        .envs(env.iter().cloned())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run-once");
+    // Kill -9 one worker while it holds slots and jobs.
+    std::thread::sleep(Duration::from_millis(1500));
+    victim.kill().expect("kill -9");
+    let _ = victim.wait();
+    let out = run.wait_with_output().expect("run-once ends");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = summary(&path);
+    assert_eq!(s["completed"], 200, "the killed worker's jobs were taken over: {s}");
+    let stats = runtime().block_on(fake.stats());
+    assert!(stats["max_in_flight"].as_u64().unwrap_or(u64::MAX) <= 20, "{stats}");
+    stop(vec![survivor]);
+}
+
+#[test]
+fn two_schedulers_on_the_same_tick_fan_out_once() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &[]);
+    let env = env(&redis, &fake);
+    let serve = |env: &[(String, String)]| {
+        Command::new(workspace_bin("projector-scheduler"))
+            .args(["serve", "--orgs", "20", "--set", "schedule.cron=*/2 * * * * *"])
+            .envs(env.iter().cloned())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("serve")
+    };
+    let replicas = vec![serve(&env), serve(&env)];
+    std::thread::sleep(Duration::from_millis(4_500));
+    stop(replicas);
+    let mut conn = redis.connection();
+    let locks: Vec<String> = redis::cmd("KEYS").arg("projector:tick-lock:*").query(&mut conn).expect("keys");
+    let config = projector_worker::serve::queue_config();
+    let jobs: u64 = redis::cmd("HLEN").arg(config.job_data_hash()).query(&mut conn).expect("hlen");
+    assert!(!locks.is_empty(), "at least one tick passed");
+    assert_eq!(jobs, 20 * locks.len() as u64, "one fan-out of 20 jobs per tick, never two ({} ticks)", locks.len());
+}
+
+#[test]
+fn dry_run_prints_the_plan_with_rollout_routing_and_enqueues_nothing() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &[]);
+    let env = env(&redis, &fake);
+    let rollout = Rollout {
+        percentage: Some(50),
+        deny: [OrgId(3)].into(),
+        ..Rollout::default()
+    };
+    runtime().block_on(async {
+        let mut conn = redis::Client::open(redis.url()).expect("client").get_multiplexed_async_connection().await.expect("conn");
+        rollout.save(&mut conn).await.expect("flag");
+    });
+    // A file source with a bad line and an inactive org.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let orgs = dir.path().join("orgs.jsonl");
+    let mut lines: Vec<String> = (1..=30).map(|o| format!(r#"{{"org_id": {o}, "project_ids": [{o}01], "active": true}}"#)).collect();
+    lines.insert(4, "{not json".into());
+    lines.push(r#"{"org_id": 99, "project_ids": [9901], "active": false}"#.into());
+    std::fs::write(&orgs, lines.join("\n")).expect("write orgs");
+    let out = scheduler(
+        &env,
+        &["run-once", "--dry-run", "--batch-size", "10", "--set", "orgs.source=file", "--set", &format!("orgs.path={}", orgs.display())],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("line skipped") && log.contains("line=5"), "the bad line is reported by number: {log}");
+    assert!(text.contains("30 orgs in 3 batches"), "{text}");
+    assert!(!text.contains("99"), "inactive orgs are left out: {text}");
+    let legacy: Vec<u64> = (1..=30).filter(|o| !rollout.is_limited(OrgId(*o))).collect();
+    assert!(legacy.contains(&3));
+    let expected = format!("{} orgs on the limited path (slot first), {} on the legacy path", 30 - legacy.len(), legacy.len());
+    assert!(text.contains(&expected), "{text}");
+    let mut conn = redis.connection();
+    let jobs: u64 = redis::cmd("HLEN").arg(projector_worker::serve::queue_config().job_data_hash()).query(&mut conn).expect("hlen");
+    assert_eq!(jobs, 0, "a dry run enqueues nothing");
+}
+
+#[test]
+fn sigterm_drains_in_flight_jobs_releases_slots_and_exits_0() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "1500ms"]);
+    let env = env(&redis, &fake);
+    let w = worker(&env, &["--concurrency", "8", "--set", "worker.shutdown_grace=10s"]);
+    let out = scheduler(&env, &["run-once", "--orgs", "8", "--batch-delay", "0s"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Wait until queries are in flight, then SIGTERM.
+    let rt = runtime();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rt.block_on(fake.stats())["in_flight"].as_u64().unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "no query started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = w.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+    assert!(status.success());
+    let out = w.wait_with_output().expect("worker exits");
+    assert!(out.status.success(), "exit 0 after SIGTERM: {:?}", out.status);
+    let stats = rt.block_on(fake.stats());
+    assert_eq!(stats["in_flight"], 0, "in-flight queries finished before exit: {stats}");
+    let state = rt
+        .block_on(async {
+            let settings = projector_shared::slots::RedisSlotSettings::new(50, Duration::from_secs(30));
+            projector_shared::slots::RedisSlotLimiter::new(&redis.url(), settings).expect("limiter").inspect().await
+        })
+        .expect("inspect");
+    assert!(state.holders.is_empty(), "every slot released: {state:?}");
+    let mut conn = redis.connection();
+    let run_keys: Vec<String> = redis::cmd("KEYS").arg("projector:run:*:orgs").query(&mut conn).expect("keys");
+    let outcomes: std::collections::HashMap<u64, String> = redis::cmd("HGETALL").arg(&run_keys[0]).query(&mut conn).expect("hgetall");
+    assert_eq!(outcomes.len(), 8, "the drained jobs finished and recorded their outcomes: {outcomes:?}");
+    assert!(outcomes.values().all(|o| o == "completed"), "{outcomes:?}");
+}
