@@ -42,3 +42,5 @@ pub const PROJECTION_STALE_REFUSED_TOTAL: &str = "projector_projection_stale_wri
 pub const QUEUE_READY_JOBS: &str = "projector_queue_ready_jobs";
 /// Jobs waiting for their batch's release time (gauge; the apalis scheduled set).
 pub const QUEUE_SCHEDULED_JOBS: &str = "projector_queue_scheduled_jobs";
+/// Restarts of a worker's job loop after an error (usually Redis unreachable); backoff caps at 30 s.
+pub const WORKER_RESTARTS_TOTAL: &str = "projector_worker_restarts_total";

@@ -172,10 +172,14 @@ fn dry_run_prints_the_plan_with_rollout_routing_and_enqueues_nothing() {
         deny: [OrgId(3)].into(),
         ..Rollout::default()
     };
-    runtime().block_on(async {
-        let mut conn = redis::Client::open(redis.url()).expect("client").get_multiplexed_async_connection().await.expect("conn");
-        rollout.save(&mut conn).await.expect("flag");
-    });
+    // Set through the operator CLI, as on-call would.
+    let ctl = Command::new(workspace_bin("projectorctl"))
+        .args(["flag", "set", "--percentage", "50", "--deny", "3"])
+        .envs(env.iter().cloned())
+        .output()
+        .expect("projectorctl");
+    assert!(ctl.status.success(), "{}", String::from_utf8_lossy(&ctl.stderr));
+    assert!(String::from_utf8_lossy(&ctl.stdout).contains("percentage: 50"), "{}", String::from_utf8_lossy(&ctl.stdout));
     // A file source with a bad line and an inactive org.
     let dir = tempfile::tempdir().expect("tempdir");
     let orgs = dir.path().join("orgs.jsonl");
@@ -236,4 +240,47 @@ fn sigterm_drains_in_flight_jobs_releases_slots_and_exits_0() {
     let outcomes: std::collections::HashMap<u64, String> = redis::cmd("HGETALL").arg(&run_keys[0]).query(&mut conn).expect("hgetall");
     assert_eq!(outcomes.len(), 8, "the drained jobs finished and recorded their outcomes: {outcomes:?}");
     assert!(outcomes.values().all(|o| o == "completed"), "{outcomes:?}");
+}
+
+#[test]
+fn a_malformed_job_is_counted_as_failed_and_the_worker_goes_on() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "10ms"]);
+    let env = env(&redis, &fake);
+    let w = worker(&env, &[]);
+    // A job whose org id is readable but whose other fields are not.
+    runtime().block_on(async {
+        let (_, mut conn) = projector_shared::redis_conn::connection_manager(&redis.url(), Duration::from_secs(2)).expect("conn");
+        let bad = serde_json::json!({"run_id": "run-bad", "org_id": 7, "scheduled_at": "yesterday"});
+        let task = apalis::prelude::TaskBuilder::new(serde_json::to_vec(&bad).expect("json")).build();
+        apalis_redis::queries::push_tasks(&mut conn, &projector_worker::serve::queue_config(), &[task]).await.expect("push");
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.json");
+    let out = scheduler(&env, &["run-once", "--wait", "--wait-timeout", "60s", "--orgs", "5", "--batch-delay", "0s", "--summary-json", path.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "the worker went on after the bad job: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(summary(&path)["completed"], 5);
+    let mut conn = redis.connection();
+    let outcome: Option<String> = redis::cmd("HGET").arg("projector:run:run-bad:orgs").arg(7).query(&mut conn).expect("hget");
+    assert_eq!(outcome.as_deref(), Some("failed"), "the malformed job is accounted for in its run");
+    stop(vec![w]);
+}
+
+#[test]
+fn a_worker_survives_a_redis_restart() {
+    let mut redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "10ms"]);
+    let env = env(&redis, &fake);
+    let mut w = worker(&env, &[]);
+    std::thread::sleep(Duration::from_millis(500));
+    redis.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(w.try_wait().expect("status").is_none(), "the worker is still running while Redis is down");
+    redis.restart();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.json");
+    let out = scheduler(&env, &["run-once", "--wait", "--wait-timeout", "60s", "--orgs", "10", "--batch-delay", "0s", "--summary-json", path.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(summary(&path)["completed"], 10, "the same worker served the run after the restart");
+    stop(vec![w]);
 }

@@ -199,6 +199,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             Ok(()) => tracing::warn!(worker = %name, "job loop ended on its own; restarting"),
             Err(e) => tracing::error!(worker = %name, error = %e, retry_in_ms = backoff.as_millis() as u64, "job loop failed (is Redis reachable?); restarting"),
         }
+        metrics::counter!(m::WORKER_RESTARTS_TOTAL).increment(1);
         if started.elapsed() > Duration::from_secs(30) {
             backoff = Duration::from_millis(500);
         }
