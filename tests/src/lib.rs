@@ -129,8 +129,11 @@ impl Drop for FakeSnuba {
 /// `projectorctl`), built next to this test by `cargo build --workspace` (ops/test.sh does that first).
 pub fn workspace_bin(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target directory");
+    // Tests live in target/<profile>/deps/, support binaries in target/<profile>/ itself.
+    let mut dir = exe.parent().expect("target directory");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target directory");
+    }
     let path = dir.join(name);
     assert!(path.exists(), "{} is missing: run `cargo build --workspace` first (ops/test.sh does)", path.display());
     path

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DurationRound, TimeDelta};
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use projector_shared::metrics as m;
 use projector_shared::projection::{HISTORY_HOURS, project};
 use projector_shared::run::Outcome;
@@ -12,7 +12,7 @@ use projector_shared::SpikeProjectionJob;
 
 use crate::error::Error;
 use crate::probe::QueryProbe;
-use crate::query::{HistoryRequest, QuerySource};
+use crate::query::{HistoryRequest, OrgHistory, QuerySource};
 use crate::sink::{ProjectionRecord, ProjectionSink};
 
 /// Settings of the pipeline, taken from `slots.*` and the process identity.
@@ -38,7 +38,11 @@ impl Pipeline {
     /// operator excluded from the rate-limit flag; its writes carry fencing token 0 (unfenced).
     pub async fn process_unlimited(&self, job: &SpikeProjectionJob) -> Outcome {
         metrics::counter!(m::TASK_STARTED_TOTAL).increment(1);
-        match self.query_and_store(job, None, 0).await {
+        let stored = match self.query(job, None).await {
+            Ok((first_hour, history)) => self.store(job, first_hour, history, 0).await,
+            Err(e) => Err(e),
+        };
+        match stored {
             Ok(projects) => self.completed(job, projects),
             Err(e) => self.failed(job, e),
         }
@@ -65,12 +69,18 @@ impl Pipeline {
             Err(e) => return self.failed(job, Error::from(e)),
         };
         let token = permit.fencing_token();
-        let result = self.query_and_store(job, Some(&permit), token).await;
+        let queried = self.query(job, Some(&permit)).await;
+        // The slot guards the query service only: it goes back before the projection math and
+        // the store, so the next query starts sooner. The fencing token still stamps the write.
         if let Err(e) = permit.release().await {
-            // The lease expires on its own; the job's work is already stored.
+            // The lease expires on its own.
             tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, error = %e, "slot release failed");
         }
-        match result {
+        let stored = match queried {
+            Ok((first_hour, history)) => self.store(job, first_hour, history, token).await,
+            Err(e) => Err(e),
+        };
+        match stored {
             Ok(projects) => self.completed(job, projects),
             Err(e) => self.failed(job, e),
         }
@@ -82,8 +92,8 @@ impl Pipeline {
         Outcome::Completed
     }
 
-    /// Queries under a held slot, abandoning the query if the lease is lost, then stores the projections.
-    async fn query_and_store(&self, job: &SpikeProjectionJob, permit: Option<&SlotPermit>, token: u64) -> Result<usize, Error> {
+    /// Queries the history, abandoning the query if the permit's lease is lost.
+    async fn query(&self, job: &SpikeProjectionJob, permit: Option<&SlotPermit>) -> Result<(DateTime<Utc>, OrgHistory), Error> {
         // Projections start at the tick's hour; history is the three weeks before it.
         let first_hour = job
             .scheduled_at
@@ -111,6 +121,11 @@ impl Pipeline {
             metrics::histogram!(m::QUERY_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
             result?
         };
+        Ok((first_hour, history))
+    }
+
+    /// Computes the projections (pure) and stores them stamped with `token`.
+    async fn store(&self, job: &SpikeProjectionJob, first_hour: DateTime<Utc>, history: OrgHistory, token: u64) -> Result<usize, Error> {
         let records: Vec<ProjectionRecord> = history
             .into_iter()
             .map(|(project_id, counts)| {

@@ -1,0 +1,141 @@
+//! End-to-end pipeline benchmark with real processes (build them first: `cargo build --release
+//! --workspace`): fan-out time for 100,000 orgs, throughput against the ideal `limit / latency`,
+//! and average slot utilization while a backlog exists. Prints the figures and writes
+//! target/bench/pipeline.json.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use projector_shared::keys::SlotKeys;
+use projector_tests::{FakeSnuba, RedisServer, workspace_bin};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Organizations in the fan-out measurement
+    #[arg(long, default_value_t = 100_000)]
+    fanout_orgs: u64,
+    /// Organizations in the throughput measurement
+    #[arg(long, default_value_t = 2_000)]
+    orgs: u64,
+    /// Latency of one fake query
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+    latency: Duration,
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+    #[arg(long, default_value_t = 3)]
+    workers: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let redis = RedisServer::start();
+    let fake_bin = workspace_bin("projector-fake-snuba");
+    let latency = format!("{}ms", args.latency.as_millis());
+    let fake = FakeSnuba::start(fake_bin.to_str().unwrap_or_default(), &["--latency", &latency]);
+    let env = [
+        ("PROJECTOR_REDIS_URL", redis.url()),
+        ("PROJECTOR_QUERY_SOURCE", "snuba".into()),
+        ("PROJECTOR_QUERY_URL", fake.url()),
+        ("PROJECTOR_WORKER_METRICS_ADDR", "127.0.0.1:0".into()),
+        ("PROJECTOR_SLOTS_LIMIT", args.limit.to_string()),
+        ("PROJECTOR_SLOTS_MAX_WAIT", "10m".into()),
+        ("PROJECTOR_SINK_KIND", "redis".into()),
+        ("RUST_LOG", "warn".into()),
+    ];
+
+    // 1. Fan-out of 100,000 orgs (no workers): plan, run record, delayed bulk pushes.
+    let started = Instant::now();
+    let out = Command::new(workspace_bin("projector-scheduler"))
+        .args(["run-once", "--orgs", &args.fanout_orgs.to_string(), "--batch-delay", "2s"])
+        .envs(env.iter().cloned())
+        .output()?;
+    let fanout = started.elapsed();
+    anyhow::ensure!(out.status.success(), "fan-out failed: {}", String::from_utf8_lossy(&out.stderr));
+    let mut conn = redis.connection();
+    let scheduled: u64 = redis::cmd("ZCARD").arg(projector_worker::serve::queue_config().scheduled_jobs_set()).query(&mut conn)?;
+    anyhow::ensure!(scheduled == args.fanout_orgs, "expected {} scheduled jobs, found {scheduled}", args.fanout_orgs);
+    let _: () = redis::cmd("FLUSHALL").query(&mut conn)?;
+
+    // 2. Throughput and utilization: workers × 64 jobs in flight against `limit` slots.
+    let mut workers = Vec::new();
+    for _ in 0..args.workers {
+        workers.push(
+            Command::new(workspace_bin("projector-worker"))
+                .args(["run", "--concurrency", "64"])
+                .envs(env.iter().cloned())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let dir = tempfile::tempdir()?;
+    let summary_path = dir.path().join("s.json");
+    let run = Command::new(workspace_bin("projector-scheduler"))
+        .args(["run-once", "--wait", "--wait-timeout", "30m", "--orgs", &args.orgs.to_string(), "--batch-delay", "0s", "--summary-json"])
+        .arg(&summary_path)
+        .envs(env.iter().cloned())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let keys = SlotKeys::new("default");
+    let queue = projector_worker::serve::queue_config();
+    let (mut samples, mut busy) = (0u64, 0f64);
+    let mut run = run;
+    let started = Instant::now();
+    let mut first_grant: Option<Duration> = None;
+    while run.try_wait()?.is_none() {
+        let (in_use, waiting, ready): (u64, u64, u64) = redis::pipe()
+            .zcard(keys.leases())
+            .zcard(keys.queue())
+            .llen(queue.active_jobs_list())
+            .query(&mut conn)?;
+        if in_use > 0 && first_grant.is_none() {
+            first_grant = Some(started.elapsed());
+        }
+        // A backlog: jobs wait for a slot or for a worker.
+        if waiting + ready > 0 {
+            samples += 1;
+            busy += in_use as f64 / f64::from(args.limit);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary_path)?)?;
+    for mut w in workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    let completed = summary["completed"].as_u64().unwrap_or(0);
+    let wall = Duration::from_millis(summary["duration_ms"].as_u64().unwrap_or(0));
+    let throughput = completed as f64 / wall.as_secs_f64();
+    let ideal = f64::from(args.limit) / args.latency.as_secs_f64();
+    let utilization = if samples > 0 { busy / samples as f64 * 100.0 } else { 0.0 };
+    let stats = tokio::runtime::Runtime::new()?.block_on(fake.stats());
+
+    let figures = serde_json::json!({
+        "fanout_orgs": args.fanout_orgs,
+        "fanout_seconds": fanout.as_secs_f64(),
+        "orgs": args.orgs,
+        "completed": completed,
+        "latency_ms": args.latency.as_millis() as u64,
+        "limit": args.limit,
+        "workers": args.workers,
+        "throughput_per_s": throughput,
+        "ideal_per_s": ideal,
+        "share_of_ideal": throughput / ideal,
+        "utilization_percent": utilization,
+        "max_in_flight_at_query_service": stats["max_in_flight"],
+        "rejected_429": stats["rejected_429"],
+    });
+    println!("fan-out of {} orgs (process start to exit)   {:.2} s", args.fanout_orgs, fanout.as_secs_f64());
+    println!("run of {} orgs, {} workers x 64, limit {}, query latency {:?}", args.orgs, args.workers, args.limit, args.latency);
+    println!("  completed {completed} in {:.2} s = {throughput:.1} orgs/s; ideal {ideal:.1}/s -> {:.1}% of ideal", wall.as_secs_f64(), throughput / ideal * 100.0);
+    println!("  average slot utilization while a backlog existed: {utilization:.1}% ({samples} samples)");
+    println!("  query service: max in flight {}, 429s {}", stats["max_in_flight"], stats["rejected_429"]);
+    let out_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&out_dir)?;
+    std::fs::write(out_dir.join("pipeline.json"), serde_json::to_vec_pretty(&figures)?)?;
+    println!("written to target/bench/pipeline.json");
+    Ok(())
+}
