@@ -125,12 +125,14 @@ fn main() -> anyhow::Result<()> {
         "ideal_per_s": ideal,
         "share_of_ideal": throughput / ideal,
         "utilization_percent": utilization,
+        "first_grant_ms": first_grant.unwrap_or_default().as_millis() as u64,
         "max_in_flight_at_query_service": stats["max_in_flight"],
         "rejected_429": stats["rejected_429"],
     });
     println!("fan-out of {} orgs (process start to exit)   {:.2} s", args.fanout_orgs, fanout.as_secs_f64());
     println!("run of {} orgs, {} workers x 64, limit {}, query latency {:?}", args.orgs, args.workers, args.limit, args.latency);
     println!("  completed {completed} in {:.2} s = {throughput:.1} orgs/s; ideal {ideal:.1}/s -> {:.1}% of ideal", wall.as_secs_f64(), throughput / ideal * 100.0);
+    println!("  first slot granted {:.0} ms after the run was started", first_grant.unwrap_or_default().as_secs_f64() * 1000.0);
     println!("  average slot utilization while a backlog existed: {utilization:.1}% ({samples} samples)");
     println!("  query service: max in flight {}, 429s {}", stats["max_in_flight"], stats["rejected_429"]);
     let out_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
