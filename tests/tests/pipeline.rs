@@ -284,3 +284,48 @@ fn a_worker_survives_a_redis_restart() {
     assert_eq!(summary(&path)["completed"], 10, "the same worker served the run after the restart");
     stop(vec![w]);
 }
+
+/// After a worker outage during a big run, more jobs are due at once than apalis-redis's fetch can
+/// move in one script call; workers must still drain the backlog.
+#[test]
+fn a_backlog_of_10000_due_jobs_is_drained_after_a_worker_outage() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "1ms"]);
+    let env = env(&redis, &fake);
+    let out = scheduler(&env, &["run-once", "--orgs", "10000", "--batch-delay", "0s"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // No worker while every job becomes due (the fan-out spreads them over 3 s).
+    std::thread::sleep(Duration::from_secs(4));
+    let w = worker(&env, &["--concurrency", "64", "--set", "sink.kind=discard"]);
+    let mut conn = redis.connection();
+    let run_keys: Vec<String> = redis::cmd("KEYS").arg("projector:run:*").query(&mut conn).expect("keys");
+    let orgs_key = format!("{}:orgs", run_keys.first().expect("the run record exists"));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut accounted = 0;
+    while accounted < 500 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        accounted = redis::cmd("HLEN").arg(&orgs_key).query(&mut conn).expect("hlen");
+    }
+    stop(vec![w]);
+    assert!(accounted >= 500, "the worker is working through the backlog ({accounted} orgs accounted)");
+}
+
+#[test]
+fn reschedule_on_timeout_retries_a_job_that_got_no_slot() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "1s"]);
+    let env = env(&redis, &fake);
+    let w = worker(
+        &env,
+        &["--slots-limit", "1", "--slots-max-wait", "100ms", "--set", "slots.on_timeout=reschedule", "--set", "slots.max_reschedules=3"],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.json");
+    let out = scheduler(&env, &["run-once", "--wait", "--wait-timeout", "90s", "--orgs", "4", "--batch-delay", "0s", "--summary-json", path.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = summary(&path);
+    // With "skip", one slot and a 100 ms wait, exactly one of four would complete.
+    assert!(s["completed"].as_u64().unwrap_or(0) >= 2, "rescheduled jobs got a slot later: {s}");
+    assert_eq!(s["completed"].as_u64().unwrap_or(0) + s["skipped_no_slot"].as_u64().unwrap_or(0), 4, "{s}");
+    stop(vec![w]);
+}

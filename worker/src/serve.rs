@@ -33,6 +33,45 @@ const ROLLOUT_REFRESH: Duration = Duration::from_secs(2);
 /// Finished jobs' data and metadata are deleted this often (apalis keeps them forever).
 const VACUUM_EVERY: Duration = Duration::from_secs(60);
 
+/// At most this many due jobs are moved to the ready list per script call.
+const PROMOTE_CHUNK: usize = 1_000;
+
+/// KEYS: scheduled set, ready list, signal list. ARGV: max jobs. Moves due jobs (Redis time) to
+/// the ready list, as apalis's fetch does, but bounded: apalis moves every due job with one
+/// `unpack(...)`, which Redis's Lua refuses past ~8,000 values ("too many results to unpack"), so
+/// after a worker outage during a big run every fetch would fail, forever.
+const PROMOTE_DUE: &str = r"
+local now = tonumber(redis.call('TIME')[1])
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], 0, now, 'LIMIT', 0, tonumber(ARGV[1]))
+if #ids > 0 then
+  redis.call('RPUSH', KEYS[2], unpack(ids))
+  redis.call('ZREM', KEYS[1], unpack(ids))
+  redis.call('DEL', KEYS[3])
+  redis.call('LPUSH', KEYS[3], 1)
+end
+return #ids
+";
+
+/// Moves every due job to the ready list in bounded steps; returns how many were moved.
+pub async fn promote_due_jobs(conn: &ConnectionManager) -> Result<u64, redis::RedisError> {
+    let config = queue_config();
+    let script = redis::Script::new(PROMOTE_DUE);
+    let mut moved = 0u64;
+    loop {
+        let n: u64 = script
+            .key(config.scheduled_jobs_set())
+            .key(config.active_jobs_list())
+            .key(config.signal_list())
+            .arg(PROMOTE_CHUNK)
+            .invoke_async(&mut conn.clone())
+            .await?;
+        moved += n;
+        if n < PROMOTE_CHUNK as u64 {
+            return Ok(moved);
+        }
+    }
+}
+
 /// The apalis-redis settings every Projector process uses for the job queue.
 pub fn queue_config() -> apalis_redis::Config {
     apalis_redis::Config::default()
@@ -52,8 +91,8 @@ struct WorkerState {
     rollout: RwLock<(Option<Instant>, Rollout)>,
     on_timeout: OnSlotTimeout,
     max_reschedules: u32,
-    /// Jobs being handled now; the drain on SIGTERM waits for this to reach 0. Counted here
-    /// because apalis-redis 1.0's `run_until` does not return after its stop (seen in trials).
+    /// Jobs being handled now; the drain on SIGTERM waits for this to reach 0 (bounded by the
+    /// grace period) and reports how many were left if the grace period runs out.
     in_flight: tokio::sync::watch::Sender<usize>,
 }
 
@@ -154,6 +193,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let mut attempt = 0u32;
     loop {
         attempt += 1;
+        // Before apalis's first fetch: a backlog of due jobs larger than its fetch can move would
+        // make every fetch fail (see PROMOTE_DUE).
+        if let Err(e) = promote_due_jobs(&conn).await {
+            tracing::warn!(error = %e, "cannot move due jobs to the ready list; retried by the job loop");
+        }
         let storage = RedisStorage::<serde_json::Value>::new(conn.clone()).with_config(queue_config());
         let worker = WorkerBuilder::new(format!("{name}-{attempt}"))
             .backend(storage.poll_with_interval(POLL_INTERVAL))
@@ -263,17 +307,20 @@ async fn malformed(state: &WorkerState, payload: serde_json::Value, e: serde_jso
     Ok(())
 }
 
-/// Queue depth gauges (apalis's own counts read the wrong keys, trap 8) and periodic vacuum of
-/// finished jobs (apalis keeps them forever, trap 7).
+/// Bounded promotion of due jobs every second, queue depth gauges (apalis's own counts read the
+/// wrong keys, trap 8) and periodic vacuum of finished jobs (apalis keeps them forever, trap 7).
 async fn housekeeping(conn: ConnectionManager, shutdown: CancellationToken) {
     let config = queue_config();
     let mut storage = RedisStorage::<serde_json::Value>::new(conn.clone()).with_config(config.clone());
-    let mut ticker = tokio::time::interval(Duration::from_secs(5));
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let mut last_vacuum = Instant::now();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             () = shutdown.cancelled() => return,
+        }
+        if let Err(e) = promote_due_jobs(&conn).await {
+            tracing::debug!(error = %e, "cannot move due jobs to the ready list");
         }
         let depth: Result<(u64, u64), _> = redis::pipe()
             .llen(config.active_jobs_list())
