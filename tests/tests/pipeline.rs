@@ -329,3 +329,57 @@ fn reschedule_on_timeout_retries_a_job_that_got_no_slot() {
     assert_eq!(s["completed"].as_u64().unwrap_or(0) + s["skipped_no_slot"].as_u64().unwrap_or(0), 4, "{s}");
     stop(vec![w]);
 }
+
+#[test]
+fn a_duplicate_delivery_is_acknowledged_without_a_second_query_and_metrics_are_served() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "10ms"]);
+    let env = env(&redis, &fake);
+    let port = projector_tests::free_port();
+    let w = worker(&env, &["--set", &format!("worker.metrics_addr=127.0.0.1:{port}")]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.json");
+    let out = scheduler(&env, &["run-once", "--wait", "--wait-timeout", "60s", "--orgs", "3", "--batch-delay", "0s", "--summary-json", path.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run_id = summary(&path)["run_id"].as_str().expect("run id").to_owned();
+    let rt = runtime();
+    assert_eq!(rt.block_on(fake.stats())["requests"], 3);
+
+    // The same job delivered again (no idempotency key: as if the backend re-ran it).
+    rt.block_on(async {
+        let (_, mut conn) = projector_shared::redis_conn::connection_manager(&redis.url(), Duration::from_secs(2)).expect("conn");
+        let job = projector_shared::SpikeProjectionJob {
+            run_id: projector_shared::RunId(run_id.clone()),
+            org_id: OrgId(2),
+            batch_index: 0,
+            scheduled_at: chrono::Utc::now(),
+            project_ids: vec![],
+            reschedules: 0,
+        };
+        let task = apalis::prelude::TaskBuilder::new(job.encode()).build();
+        apalis_redis::queries::push_tasks(&mut conn, &projector_worker::serve::queue_config(), &[task]).await.expect("push");
+    });
+    let mut conn = redis.connection();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready: u64 = redis::cmd("LLEN").arg(projector_worker::serve::queue_config().active_jobs_list()).query(&mut conn).expect("llen");
+        let scheduled: u64 = redis::cmd("ZCARD").arg(projector_worker::serve::queue_config().scheduled_jobs_set()).query(&mut conn).expect("zcard");
+        if ready + scheduled == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the duplicate was never taken");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(rt.block_on(fake.stats())["requests"], 3, "the duplicate did not query again");
+
+    let (health, metrics) = rt.block_on(async {
+        let get = |p: &str| reqwest::get(format!("http://127.0.0.1:{port}{p}"));
+        (get("/healthz").await.expect("healthz").text().await.expect("body"), get("/metrics").await.expect("metrics").text().await.expect("body"))
+    });
+    assert_eq!(health, "ok");
+    for name in ["run_spike_projection_completed_total 3", "spike_projection_slot_acquired_total 3", "projector_query_duration_seconds_count 3"] {
+        assert!(metrics.contains(name), "/metrics lacks {name:?}:\n{metrics}");
+    }
+    stop(vec![w]);
+}
