@@ -42,8 +42,13 @@ fn main() -> ExitCode {
     let config = cli.config.load_or_exit();
     match cli.command {
         Command::Config => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
             for key in projector_config::KEYS {
-                println!("{} = {:?}", key.name, (key.get)(&config));
+                // A closed pipe (`| head`) ends the listing quietly instead of panicking.
+                if writeln!(out, "{} = {:?}", key.name, (key.get)(&config)).is_err() {
+                    break;
+                }
             }
             ExitCode::SUCCESS
         }
