@@ -253,7 +253,9 @@ fn a_malformed_job_is_counted_as_failed_and_the_worker_goes_on() {
         let (_, mut conn) = projector_shared::redis_conn::connection_manager(&redis.url(), Duration::from_secs(2)).expect("conn");
         let bad = serde_json::json!({"run_id": "run-bad", "org_id": 7, "scheduled_at": "yesterday"});
         let task = apalis::prelude::TaskBuilder::new(serde_json::to_vec(&bad).expect("json")).build();
-        apalis_redis::queries::push_tasks(&mut conn, &projector_worker::serve::queue_config(), &[task]).await.expect("push");
+        // And one that is not even JSON: apalis-redis fails the whole fetch on it.
+        let garbage = apalis::prelude::TaskBuilder::new(b"not json at all".to_vec()).build();
+        apalis_redis::queries::push_tasks(&mut conn, &projector_worker::serve::queue_config(), &[task, garbage]).await.expect("push");
     });
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("s.json");
@@ -263,6 +265,11 @@ fn a_malformed_job_is_counted_as_failed_and_the_worker_goes_on() {
     let mut conn = redis.connection();
     let outcome: Option<String> = redis::cmd("HGET").arg("projector:run:run-bad:orgs").arg(7).query(&mut conn).expect("hget");
     assert_eq!(outcome.as_deref(), Some("failed"), "the malformed job is accounted for in its run");
+    let config = projector_worker::serve::queue_config();
+    let dead: Vec<String> = redis::cmd("SMEMBERS").arg(config.dead_jobs_set()).query(&mut conn).expect("smembers");
+    assert_eq!(dead.len(), 1, "the non-JSON job was moved to the dead set: {dead:?}");
+    let data: String = redis::cmd("HGET").arg(config.job_data_hash()).arg(&dead[0]).query(&mut conn).expect("hget");
+    assert_eq!(data, "not json at all");
     stop(vec![w]);
 }
 

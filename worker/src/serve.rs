@@ -239,9 +239,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             tracing::info!(worker = %name, "worker drained and stopped");
             return Ok(());
         }
+        quarantine_undecodable(&conn, &format!("{name}-{attempt}")).await;
         match result {
             Ok(()) => tracing::warn!(worker = %name, "job loop ended on its own; restarting"),
-            Err(e) => tracing::error!(worker = %name, error = %e, retry_in_ms = backoff.as_millis() as u64, "job loop failed (is Redis reachable?); restarting"),
+            Err(e) => tracing::error!(worker = %name, error = %e, retry_in_ms = backoff.as_millis() as u64, "job loop failed (usually Redis unreachable; see error); restarting"),
         }
         metrics::counter!(m::WORKER_RESTARTS_TOTAL).increment(1);
         if started.elapsed() > Duration::from_secs(30) {
@@ -305,6 +306,37 @@ async fn malformed(state: &WorkerState, payload: serde_json::Value, e: serde_jso
             tracing::warn!(run_id = %run, org_id = %org, error = %e, "cannot record the malformed job as failed");
         }
     Ok(())
+}
+
+/// Moves jobs whose payload is not even JSON out of a failed job loop's in-flight set into the
+/// dead set. apalis-redis fails the whole fetch on such a payload ("Task decoding error"), and the
+/// job would come back from the orphan sweep and stop the loop again, forever.
+async fn quarantine_undecodable(conn: &ConnectionManager, worker: &str) {
+    let config = queue_config();
+    let inflight = format!("{}:{worker}", config.inflight_jobs_set());
+    let mut conn = conn.clone();
+    let Ok(ids) = redis::cmd("SMEMBERS").arg(&inflight).query_async::<Vec<String>>(&mut conn).await else { return };
+    for id in ids {
+        let Ok(Some(data)) = redis::cmd("HGET").arg(config.job_data_hash()).arg(&id).query_async::<Option<Vec<u8>>>(&mut conn).await else {
+            continue;
+        };
+        if serde_json::from_slice::<serde_json::Value>(&data).is_ok() {
+            continue;
+        }
+        let moved: Result<(), _> = redis::pipe()
+            .atomic()
+            .srem(&inflight, &id)
+            .sadd(config.dead_jobs_set(), &id)
+            .hset(format!("{}:{id}", config.job_meta_hash()), "status", "Killed")
+            .query_async(&mut conn)
+            .await;
+        let sample: String = String::from_utf8_lossy(&data).chars().take(200).collect();
+        metrics::counter!(m::TASK_ERROR_TOTAL, "reason" => "malformed_job").increment(1);
+        match moved {
+            Ok(()) => tracing::error!(task_id = %id, payload = %sample, "job payload is not JSON; moved to the dead set, never retried"),
+            Err(e) => tracing::error!(task_id = %id, payload = %sample, error = %e, "job payload is not JSON and could not be moved to the dead set"),
+        }
+    }
 }
 
 /// Bounded promotion of due jobs every second, queue depth gauges (apalis's own counts read the
