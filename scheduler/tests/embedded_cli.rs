@@ -89,7 +89,9 @@ fn a_tight_limit_skips_some_orgs_and_the_counts_still_add_up() {
 fn bad_configuration_exits_2_naming_key_value_and_source() {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("bad.toml"), "[slots]\nlimt = 3\n").expect("write config");
-    let cases: [(&[&str], &[(&str, &str)], &[&str]); 3] = [
+    // (arguments, environment, what the message must name)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: [Case; 3] = [
         (&["run-once", "--embedded"], &[("PROJECTOR_SLOTS_LIMIT", "0")], &["slots.limit", "\"0\"", "PROJECTOR_SLOTS_LIMIT", "from 1 to"]),
         (&["run-once", "--embedded"], &[("PROJECTOR_BATCH_DELAY", "soon")], &["batch.delay", "\"soon\"", "PROJECTOR_BATCH_DELAY", "duration"]),
         (&["run-once", "--embedded", "--config", "bad.toml"], &[], &["slots.limt", "\"3\"", "file bad.toml", "unknown key"]),

@@ -88,6 +88,17 @@ struct Inner {
     limit_seen: AtomicU32,
 }
 
+/// What `inspect` reads in one pipeline: limit, leases with expiry, holder info, queue, waiter
+/// info, Redis `TIME`.
+type RawSlotState = (
+    Option<u32>,
+    Vec<(String, u64)>,
+    std::collections::HashMap<String, String>,
+    Vec<String>,
+    std::collections::HashMap<String, String>,
+    (u64, u64),
+);
+
 impl RedisSlotLimiter {
     /// Creates a limiter; no connection is made until the first call, so a worker starts even if Redis is down.
     pub fn new(url: &str, settings: RedisSlotSettings) -> Result<Self, Error> {
@@ -127,14 +138,7 @@ impl RedisSlotLimiter {
     pub async fn inspect(&self) -> Result<SlotState, Error> {
         let k = &self.inner.keys;
         let mut conn = self.inner.conn.clone();
-        let (limit, leases, holders, queue, waiting, time): (
-            Option<u32>,
-            Vec<(String, u64)>,
-            std::collections::HashMap<String, String>,
-            Vec<String>,
-            std::collections::HashMap<String, String>,
-            (u64, u64),
-        ) = redis::pipe()
+        let (limit, leases, holders, queue, waiting, time): RawSlotState = redis::pipe()
             .get(k.limit())
             .zrange_withscores(k.leases(), 0, -1)
             .hgetall(k.holders())
