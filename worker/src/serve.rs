@@ -144,6 +144,7 @@ impl WorkerState {
             .run_at_timestamp(run_at)
             .idempotency_key(format!("{}:r{}", job.idempotency_key(), next.reschedules))
             .build();
+        // apalis_redis::Error is not a redis::RedisError, so Error::redis does not apply here.
         apalis_redis::queries::push_tasks(&mut self.conn.clone(), &queue_config(), &[task])
             .await
             .map(|_| ())
@@ -154,12 +155,8 @@ impl WorkerState {
 /// Runs the worker until `shutdown`, then drains in-flight jobs for at most `worker.shutdown_grace`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     let name = format!("projector-worker-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let redis_error = |doing: &str| {
-        let doing = doing.to_owned();
-        move |e: redis::RedisError| Error::Shared(projector_shared::Error::Redis { doing, detail: e.to_string() })
-    };
     let (_, conn) = projector_shared::redis_conn::connection_manager(&config.redis.url, Duration::from_secs(2))
-        .map_err(redis_error("opening the job queue connection"))?;
+        .map_err(projector_shared::Error::redis("opening the job queue connection"))?;
     let redis_limiter: Arc<dyn SlotLimiter> =
         Arc::new(RedisSlotLimiter::new(&config.redis.url, RedisSlotSettings::new(config.slots.limit, config.slots.lease_ttl))?);
     let limiter: Arc<dyn SlotLimiter> = match config.slots.on_redis_error {
