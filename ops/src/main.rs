@@ -94,14 +94,14 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn connection(redis: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
+fn connection(redis: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
     let (_, conn) = projector_shared::redis_conn::connection_manager(redis, std::time::Duration::from_secs(5))
         .with_context(|| format!("connecting to {redis}"))?;
     Ok(conn)
 }
 
 async fn flag(redis: &str, action: FlagAction) -> anyhow::Result<()> {
-    let mut conn = connection(redis).await?;
+    let mut conn = connection(redis)?;
     let mut rollout = Rollout::load(&mut conn).await?;
     let sample = match action {
         FlagAction::Show { sample } => sample,
@@ -135,7 +135,7 @@ async fn flag(redis: &str, action: FlagAction) -> anyhow::Result<()> {
 }
 
 async fn run(redis: &str, run_id: &str) -> anyhow::Result<()> {
-    let records = RunRecords::new(connection(redis).await?);
+    let records = RunRecords::new(connection(redis)?);
     let run_id = RunId(run_id.to_owned());
     let Some(s) = records.summary(&run_id, true).await? else {
         anyhow::bail!("no record of run {run_id} in {redis} (records are kept 7 days)");

@@ -40,7 +40,7 @@ pub enum RunOnceResult {
 fn connect(config: &Config) -> Result<ConnectionManager, Error> {
     projector_shared::redis_conn::connection_manager(&config.redis.url, Duration::from_secs(5))
         .map(|(_, conn)| conn)
-        .map_err(|e| Error::Shared(projector_shared::Error::redis("connecting")(e)))
+        .map_err(|e| projector_shared::Error::redis("connecting")(e).into())
 }
 
 async fn plan(config: &Config, conn: &ConnectionManager, run_id: RunId, tick: DateTime<Utc>) -> Result<Plan, Error> {

@@ -4,7 +4,6 @@
 use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
-use apalis::prelude::TaskBuilder;
 use chrono::{DateTime, TimeDelta, Utc};
 use projector_config::Config;
 use projector_shared::batch::plan_batches;
@@ -13,7 +12,7 @@ use projector_shared::rollout::Rollout;
 use projector_shared::run::RunSummary;
 use projector_shared::run_record::RunRecords;
 use projector_shared::{RunId, SpikeProjectionJob};
-use projector_worker::serve::queue_config;
+use projector_worker::queue;
 use redis::aio::ConnectionManager;
 
 use crate::error::Error;
@@ -50,27 +49,29 @@ impl Plan {
         let size = NonZeroUsize::new(config.batch.size).unwrap_or(NonZeroUsize::MIN);
         let ids: Vec<_> = orgs.iter().map(|o| o.org_id).collect();
         let batches = plan_batches(&ids, size, config.batch.delay);
-        let mut jobs = Vec::with_capacity(orgs.len());
-        let mut index = 0usize;
-        for batch in &batches {
-            for (org, info) in batch.orgs.iter().zip(&orgs[index..]) {
-                let spread = TimeDelta::seconds((jobs.len() / MAX_DUE_PER_SECOND) as i64);
+        // plan_batches keeps the order of `orgs`, so the n-th org belongs to the n-th batch slot.
+        let batch_of = batches.iter().flat_map(|b| std::iter::repeat_n(b, b.orgs.len()));
+        let jobs = orgs
+            .iter()
+            .zip(batch_of)
+            .enumerate()
+            .map(|(i, (info, batch))| {
+                let spread = TimeDelta::seconds((i / MAX_DUE_PER_SECOND) as i64);
                 let planned = TimeDelta::from_std(batch.release_after).unwrap_or(TimeDelta::MAX);
-                jobs.push(PlannedJob {
+                PlannedJob {
                     job: SpikeProjectionJob {
                         run_id: run_id.clone(),
-                        org_id: *org,
+                        org_id: info.org_id,
                         batch_index: batch.index,
                         scheduled_at: tick,
                         project_ids: info.project_ids.clone(),
                         reschedules: 0,
                     },
                     release_at: tick + planned.max(spread),
-                    limited: rollout.is_limited(*org),
-                });
-            }
-            index += batch.orgs.len();
-        }
+                    limited: rollout.is_limited(info.org_id),
+                }
+            })
+            .collect();
         Plan {
             run_id,
             tick,
@@ -125,22 +126,15 @@ pub async fn enqueue(conn: &ConnectionManager, plan: &Plan) -> Result<Enqueued, 
         .create(&plan.run_id, plan.tick, plan.jobs.len() as u64)
         .await
         .map_err(|e| enqueue_error(e.to_string()))?;
-    let config = queue_config();
     let mut new = 0u64;
     for chunk in plan.jobs.chunks(PUSH_CHUNK) {
         let tasks: Vec<_> = chunk
             .iter()
-            .map(|p| {
-                TaskBuilder::new(p.job.encode())
-                    .run_at_timestamp(p.release_at.timestamp().max(0) as u64)
-                    .idempotency_key(p.job.idempotency_key())
-                    .build()
-            })
+            .map(|p| queue::task(&p.job, p.release_at.timestamp().max(0) as u64, p.job.idempotency_key()))
             .collect();
-        let (ready, scheduled) = apalis_redis::queries::push_tasks(&mut conn.clone(), &config, &tasks)
+        new += queue::push(conn, &tasks)
             .await
             .map_err(|e| enqueue_error(format!("{e} (jobs enqueued so far stay; re-run the same tick to finish without duplicates)")))?;
-        new += u64::from(ready) + u64::from(scheduled);
     }
     Ok(Enqueued {
         new,

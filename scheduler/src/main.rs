@@ -11,7 +11,6 @@ use projector_scheduler::embedded::{EmbeddedOptions, run_embedded};
 use projector_shared::run::RunSummary;
 use projector_scheduler::report::{summary_table, write_summary_json};
 use projector_shared::telemetry::{self, LogFormat};
-use tokio_util::sync::CancellationToken;
 
 /// Fans out one spike-projection job per organization, in batches, to workers that share a
 /// cluster-wide limit of concurrent queries.
@@ -81,32 +80,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = cli.config.load_or_exit();
     telemetry::init(cli.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli.command, config)) {
-        Ok(code) => code,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    projector_shared::runtime::block_on_main(run(cli.command, config)).unwrap_or(ExitCode::FAILURE)
 }
 
 async fn run(command: Command, config: projector_config::Config) -> anyhow::Result<ExitCode> {
-    let shutdown = CancellationToken::new();
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            wait_for_signal().await;
-            shutdown.cancel();
-        }
-    });
+    let shutdown = projector_shared::shutdown::on_signal();
     match command {
         Command::Serve => {
             serve(&config, shutdown).await?;
@@ -147,18 +125,4 @@ fn finish(summary: &RunSummary, config: &projector_config::Config, summary_json:
         write_summary_json(summary, path).with_context(|| format!("cannot write the run summary to {}", path.display()))?;
     }
     Ok(())
-}
-
-async fn wait_for_signal() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -23,6 +23,14 @@ pub struct SpikeProjectionJob {
     pub reschedules: u32,
 }
 
+/// How much of an unreadable payload or body goes into an error or a log line.
+pub const SAMPLE_CHARS: usize = 200;
+
+/// The first `SAMPLE_CHARS` characters of a payload that could not be read, for errors and logs.
+pub fn sample(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).chars().take(SAMPLE_CHARS).collect()
+}
+
 impl SpikeProjectionJob {
     /// The key that makes enqueueing the same org twice in one run a no-op.
     pub fn idempotency_key(&self) -> String {
@@ -33,7 +41,7 @@ impl SpikeProjectionJob {
     pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
         serde_json::from_slice(bytes).map_err(|e| Error::MalformedJob {
             reason: e.to_string(),
-            sample: String::from_utf8_lossy(&bytes[..bytes.len().min(120)]).into_owned(),
+            sample: sample(bytes),
         })
     }
 

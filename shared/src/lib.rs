@@ -12,6 +12,8 @@ pub mod projection;
 pub mod redis_conn;
 pub mod rollout;
 pub mod run_record;
+pub mod runtime;
+pub mod shutdown;
 pub mod run;
 pub mod slots;
 pub mod synthetic;

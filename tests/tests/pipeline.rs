@@ -156,7 +156,7 @@ fn two_schedulers_on_the_same_tick_fan_out_once() {
     stop(replicas);
     let mut conn = redis.connection();
     let locks: Vec<String> = redis::cmd("KEYS").arg("projector:tick-lock:*").query(&mut conn).expect("keys");
-    let config = projector_worker::serve::queue_config();
+    let config = projector_worker::queue::config();
     let jobs: u64 = redis::cmd("HLEN").arg(config.job_data_hash()).query(&mut conn).expect("hlen");
     assert!(!locks.is_empty(), "at least one tick passed");
     assert_eq!(jobs, 20 * locks.len() as u64, "one fan-out of 20 jobs per tick, never two ({} ticks)", locks.len());
@@ -202,7 +202,7 @@ fn dry_run_prints_the_plan_with_rollout_routing_and_enqueues_nothing() {
     let expected = format!("{} orgs on the limited path (slot first), {} on the legacy path", 30 - legacy.len(), legacy.len());
     assert!(text.contains(&expected), "{text}");
     let mut conn = redis.connection();
-    let jobs: u64 = redis::cmd("HLEN").arg(projector_worker::serve::queue_config().job_data_hash()).query(&mut conn).expect("hlen");
+    let jobs: u64 = redis::cmd("HLEN").arg(projector_worker::queue::config().job_data_hash()).query(&mut conn).expect("hlen");
     assert_eq!(jobs, 0, "a dry run enqueues nothing");
 }
 
@@ -255,7 +255,7 @@ fn a_malformed_job_is_counted_as_failed_and_the_worker_goes_on() {
         let task = apalis::prelude::TaskBuilder::new(serde_json::to_vec(&bad).expect("json")).build();
         // And one that is not even JSON: apalis-redis fails the whole fetch on it.
         let garbage = apalis::prelude::TaskBuilder::new(b"not json at all".to_vec()).build();
-        apalis_redis::queries::push_tasks(&mut conn, &projector_worker::serve::queue_config(), &[task, garbage]).await.expect("push");
+        apalis_redis::queries::push_tasks(&mut conn, &projector_worker::queue::config(), &[task, garbage]).await.expect("push");
     });
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("s.json");
@@ -265,7 +265,7 @@ fn a_malformed_job_is_counted_as_failed_and_the_worker_goes_on() {
     let mut conn = redis.connection();
     let outcome: Option<String> = redis::cmd("HGET").arg("projector:run:run-bad:orgs").arg(7).query(&mut conn).expect("hget");
     assert_eq!(outcome.as_deref(), Some("failed"), "the malformed job is accounted for in its run");
-    let config = projector_worker::serve::queue_config();
+    let config = projector_worker::queue::config();
     let dead: Vec<String> = redis::cmd("SMEMBERS").arg(config.dead_jobs_set()).query(&mut conn).expect("smembers");
     assert_eq!(dead.len(), 1, "the non-JSON job was moved to the dead set: {dead:?}");
     let data: String = redis::cmd("HGET").arg(config.job_data_hash()).arg(&dead[0]).query(&mut conn).expect("hget");
@@ -364,13 +364,13 @@ fn a_duplicate_delivery_is_acknowledged_without_a_second_query_and_metrics_are_s
             reschedules: 0,
         };
         let task = apalis::prelude::TaskBuilder::new(job.encode()).build();
-        apalis_redis::queries::push_tasks(&mut conn, &projector_worker::serve::queue_config(), &[task]).await.expect("push");
+        apalis_redis::queries::push_tasks(&mut conn, &projector_worker::queue::config(), &[task]).await.expect("push");
     });
     let mut conn = redis.connection();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let ready: u64 = redis::cmd("LLEN").arg(projector_worker::serve::queue_config().active_jobs_list()).query(&mut conn).expect("llen");
-        let scheduled: u64 = redis::cmd("ZCARD").arg(projector_worker::serve::queue_config().scheduled_jobs_set()).query(&mut conn).expect("zcard");
+        let ready: u64 = redis::cmd("LLEN").arg(projector_worker::queue::config().active_jobs_list()).query(&mut conn).expect("llen");
+        let scheduled: u64 = redis::cmd("ZCARD").arg(projector_worker::queue::config().scheduled_jobs_set()).query(&mut conn).expect("zcard");
         if ready + scheduled == 0 {
             break;
         }

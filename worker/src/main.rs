@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use projector_config::ConfigArgs;
 use projector_shared::telemetry::{self, LogFormat};
-use tokio_util::sync::CancellationToken;
 
 /// Takes spike-projection jobs from Redis, holds a cluster-wide slot for each query, and stores projections.
 ///
@@ -54,50 +53,17 @@ fn main() -> ExitCode {
         }
         Command::Run => {
             telemetry::init(cli.log_format);
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(run(config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e:#}");
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
+            match projector_shared::runtime::block_on_main(run(config)) {
+                Some(()) => ExitCode::SUCCESS,
+                None => ExitCode::FAILURE,
             }
         }
     }
 }
 
 async fn run(config: projector_config::Config) -> anyhow::Result<()> {
-    let shutdown = CancellationToken::new();
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            wait_for_signal().await;
-            tracing::info!("shutdown requested; draining in-flight jobs");
-            shutdown.cancel();
-        }
-    });
+    let shutdown = projector_shared::shutdown::on_signal();
     projector_worker::metrics_http::serve(config.worker.metrics_addr, shutdown.clone()).await?;
     projector_worker::serve::run(config, shutdown).await?;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

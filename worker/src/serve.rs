@@ -5,12 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use apalis::prelude::{BoxDynError, Data, TaskBuilder, WorkerBuilder, WorkerBuilderExt};
+use apalis::prelude::{BoxDynError, Data, WorkerBuilder, WorkerBuilderExt};
 use apalis_core::backend::Vacuum;
 use apalis_core::backend::ext::BackendExt;
 use apalis_redis::RedisStorage;
 use projector_config::{Config, OnRedisError, OnSlotTimeout};
-use projector_shared::keys;
 use projector_shared::metrics as m;
 use projector_shared::rollout::Rollout;
 use projector_shared::run::Outcome;
@@ -25,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Error;
 use crate::pipeline::{Pipeline, PipelineSettings};
 use crate::probe::QueryProbe;
+use crate::queue;
 
 /// How often an idle worker looks for due jobs (apalis's default is its heartbeat: tens of seconds).
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -32,56 +32,6 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const ROLLOUT_REFRESH: Duration = Duration::from_secs(2);
 /// Finished jobs' data and metadata are deleted this often (apalis keeps them forever).
 const VACUUM_EVERY: Duration = Duration::from_secs(60);
-
-/// At most this many due jobs are moved to the ready list per script call.
-const PROMOTE_CHUNK: usize = 1_000;
-
-/// KEYS: scheduled set, ready list, signal list. ARGV: max jobs. Moves due jobs (Redis time) to
-/// the ready list, as apalis's fetch does, but bounded: apalis moves every due job with one
-/// `unpack(...)`, which Redis's Lua refuses past ~8,000 values ("too many results to unpack"), so
-/// after a worker outage during a big run every fetch would fail, forever.
-const PROMOTE_DUE: &str = r"
-local now = tonumber(redis.call('TIME')[1])
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], 0, now, 'LIMIT', 0, tonumber(ARGV[1]))
-if #ids > 0 then
-  redis.call('RPUSH', KEYS[2], unpack(ids))
-  redis.call('ZREM', KEYS[1], unpack(ids))
-  redis.call('DEL', KEYS[3])
-  redis.call('LPUSH', KEYS[3], 1)
-end
-return #ids
-";
-
-/// Moves every due job to the ready list in bounded steps; returns how many were moved.
-pub async fn promote_due_jobs(conn: &ConnectionManager) -> Result<u64, redis::RedisError> {
-    let config = queue_config();
-    let script = redis::Script::new(PROMOTE_DUE);
-    let mut moved = 0u64;
-    loop {
-        let n: u64 = script
-            .key(config.scheduled_jobs_set())
-            .key(config.active_jobs_list())
-            .key(config.signal_list())
-            .arg(PROMOTE_CHUNK)
-            .invoke_async(&mut conn.clone())
-            .await?;
-        moved += n;
-        if n < PROMOTE_CHUNK as u64 {
-            return Ok(moved);
-        }
-    }
-}
-
-/// The apalis-redis settings every Projector process uses for the job queue.
-pub fn queue_config() -> apalis_redis::Config {
-    apalis_redis::Config::default()
-        .queue(keys::JOB_QUEUE)
-        // One job per fetch: prefetched jobs send no heartbeat and get run twice (trap 2).
-        .batch_size(1)
-        .heartbeat_interval(Duration::from_secs(2))
-        .missed_heartbeats(3)
-        .idempotency_ttl(Some(Duration::from_secs(7 * 24 * 3600)))
-}
 
 /// Everything a job handler shares within one worker process.
 struct WorkerState {
@@ -115,13 +65,18 @@ impl Drop for InFlight<'_> {
 impl WorkerState {
     /// The rollout flag, re-read at most every ROLLOUT_REFRESH. Unreadable means the safe default.
     async fn is_limited(&self, job: &SpikeProjectionJob) -> bool {
+        let fresh = |cached: &(Option<Instant>, Rollout)| cached.0.is_some_and(|at| at.elapsed() < ROLLOUT_REFRESH);
         {
             let cached = self.rollout.read().await;
-            if cached.0.is_some_and(|at| at.elapsed() < ROLLOUT_REFRESH) {
+            if fresh(&cached) {
                 return cached.1.is_limited(job.org_id);
             }
         }
         let mut cached = self.rollout.write().await;
+        // Jobs that queued for the write lock find the flag already re-read by the first of them.
+        if fresh(&cached) {
+            return cached.1.is_limited(job.org_id);
+        }
         match Rollout::load(&mut self.conn.clone()).await {
             Ok(r) => *cached = (Some(Instant::now()), r),
             Err(e) => {
@@ -140,12 +95,9 @@ impl WorkerState {
         };
         let backoff = 2u64.pow(next.reschedules.min(6)) + rand::rng().random_range(0..3);
         let run_at = chrono::Utc::now().timestamp().max(0) as u64 + backoff;
-        let task = TaskBuilder::new(next.encode())
-            .run_at_timestamp(run_at)
-            .idempotency_key(format!("{}:r{}", job.idempotency_key(), next.reschedules))
-            .build();
+        let task = queue::task(&next, run_at, format!("{}:r{}", job.idempotency_key(), next.reschedules));
         // apalis_redis::Error is not a redis::RedisError, so Error::redis does not apply here.
-        apalis_redis::queries::push_tasks(&mut self.conn.clone(), &queue_config(), &[task])
+        queue::push(&self.conn, &[task])
             .await
             .map(|_| ())
             .map_err(|e| Error::Shared(projector_shared::Error::Redis { doing: format!("rescheduling org {}", job.org_id), detail: e.to_string() }))
@@ -191,11 +143,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     loop {
         attempt += 1;
         // Before apalis's first fetch: a backlog of due jobs larger than its fetch can move would
-        // make every fetch fail (see PROMOTE_DUE).
-        if let Err(e) = promote_due_jobs(&conn).await {
+        // make every fetch fail (see queue::promote_due).
+        if let Err(e) = queue::promote_due(&conn).await {
             tracing::warn!(error = %e, "cannot move due jobs to the ready list; retried by the job loop");
         }
-        let storage = RedisStorage::<serde_json::Value>::new(conn.clone()).with_config(queue_config());
+        let storage = RedisStorage::<serde_json::Value>::new(conn.clone()).with_config(queue::config());
         let worker = WorkerBuilder::new(format!("{name}-{attempt}"))
             .backend(storage.poll_with_interval(POLL_INTERVAL))
             .data(state.clone())
@@ -293,7 +245,7 @@ async fn handle_job(payload: serde_json::Value, state: Data<Arc<WorkerState>>) -
 /// A job that cannot be read: counted, logged with a sample, and recorded as failed when its run
 /// and org can still be made out, so the run accounts for it. It is never retried.
 async fn malformed(state: &WorkerState, payload: serde_json::Value, e: serde_json::Error) -> Result<(), BoxDynError> {
-    let sample: String = payload.to_string().chars().take(200).collect();
+    let sample = projector_shared::job::sample(payload.to_string().as_bytes());
     metrics::counter!(m::TASK_ERROR_TOTAL, "reason" => "malformed_job").increment(1);
     tracing::error!(error = %e, payload = %sample, "malformed spike-projection job; dropped");
     let run = payload.get("run_id").and_then(|v| v.as_str()).map(|r| projector_shared::RunId(r.to_owned()));
@@ -309,7 +261,7 @@ async fn malformed(state: &WorkerState, payload: serde_json::Value, e: serde_jso
 /// dead set. apalis-redis fails the whole fetch on such a payload ("Task decoding error"), and the
 /// job would come back from the orphan sweep and stop the loop again, forever.
 async fn quarantine_undecodable(conn: &ConnectionManager, worker: &str) {
-    let config = queue_config();
+    let config = queue::config();
     let inflight = format!("{}:{worker}", config.inflight_jobs_set());
     let mut conn = conn.clone();
     let Ok(ids) = redis::cmd("SMEMBERS").arg(&inflight).query_async::<Vec<String>>(&mut conn).await else { return };
@@ -327,7 +279,7 @@ async fn quarantine_undecodable(conn: &ConnectionManager, worker: &str) {
             .hset(format!("{}:{id}", config.job_meta_hash()), "status", "Killed")
             .query_async(&mut conn)
             .await;
-        let sample: String = String::from_utf8_lossy(&data).chars().take(200).collect();
+        let sample = projector_shared::job::sample(&data);
         metrics::counter!(m::TASK_ERROR_TOTAL, "reason" => "malformed_job").increment(1);
         match moved {
             Ok(()) => tracing::error!(task_id = %id, payload = %sample, "job payload is not JSON; moved to the dead set, never retried"),
@@ -339,7 +291,7 @@ async fn quarantine_undecodable(conn: &ConnectionManager, worker: &str) {
 /// Bounded promotion of due jobs every second, queue depth gauges (apalis's own counts read the
 /// wrong keys, trap 8) and periodic vacuum of finished jobs (apalis keeps them forever, trap 7).
 async fn housekeeping(conn: ConnectionManager, shutdown: CancellationToken) {
-    let config = queue_config();
+    let config = queue::config();
     let mut storage = RedisStorage::<serde_json::Value>::new(conn.clone()).with_config(config.clone());
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let mut last_vacuum = Instant::now();
@@ -348,7 +300,7 @@ async fn housekeeping(conn: ConnectionManager, shutdown: CancellationToken) {
             _ = ticker.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        if let Err(e) = promote_due_jobs(&conn).await {
+        if let Err(e) = queue::promote_due(&conn).await {
             tracing::debug!(error = %e, "cannot move due jobs to the ready list");
         }
         let depth: Result<(u64, u64), _> = redis::pipe()

@@ -12,9 +12,6 @@ use serde::Deserialize;
 use crate::error::Error;
 use crate::query::{HistoryRequest, OrgHistory, QuerySource};
 
-/// How much of an unreadable body goes into the error and the log.
-const SAMPLE_CHARS: usize = 200;
-
 /// Where and how to query.
 #[derive(Debug, Clone)]
 pub struct SnubaSettings {
@@ -223,7 +220,7 @@ fn error_message(body: &str) -> String {
 }
 
 fn sample(body: &str) -> String {
-    body.chars().take(SAMPLE_CHARS).collect()
+    projector_shared::job::sample(body.as_bytes())
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -288,7 +285,7 @@ mod tests {
         assert!(matches!(classify(400, "{}", &request()), Err(Error::QueryBadRequest { status: 400, .. })));
         let long = "x".repeat(1_000);
         match classify(200, &long, &request()) {
-            Err(Error::QueryMalformed { sample, .. }) => assert_eq!(sample.len(), SAMPLE_CHARS),
+            Err(Error::QueryMalformed { sample, .. }) => assert_eq!(sample.len(), projector_shared::job::SAMPLE_CHARS),
             other => panic!("{other:?}"),
         }
     }
