@@ -66,20 +66,12 @@ impl ConfigArgs {
             .iter()
             .map(|pair| {
                 let (key, value) = pair.split_once('=').unwrap_or((pair.as_str(), ""));
-                FlagValue {
-                    key: key.trim().to_owned(),
-                    value: value.to_owned(),
-                    flag: "--set".to_owned(),
-                }
+                FlagValue { key: key.trim().to_owned(), value: value.to_owned(), flag: "--set".to_owned() }
             })
             .collect();
         // Named flags come after --set so that the more specific spelling wins.
         out.extend(named.into_iter().filter_map(|(key, flag, value)| {
-            value.as_ref().map(|v| FlagValue {
-                key: key.to_owned(),
-                value: v.clone(),
-                flag: flag.to_owned(),
-            })
+            value.as_ref().map(|v| FlagValue { key: key.to_owned(), value: v.clone(), flag: flag.to_owned() })
         }));
         out
     }

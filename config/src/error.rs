@@ -30,15 +30,9 @@ pub enum ConfigError {
     #[error("invalid configuration ({} problem{}):\n{}", .0.len(), if .0.len() == 1 { "" } else { "s" }, list(.0))]
     Invalid(Vec<Problem>),
     #[error("cannot read config file {path}: {source} (check the --config path)")]
-    Read {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: std::path::PathBuf, source: std::io::Error },
     #[error("config file {path} is not valid TOML: {message}")]
-    Syntax {
-        path: std::path::PathBuf,
-        message: String,
-    },
+    Syntax { path: std::path::PathBuf, message: String },
 }
 
 impl ConfigError {
@@ -52,9 +46,5 @@ impl ConfigError {
 }
 
 fn list(problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(|p| format!("  - {p}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
 }

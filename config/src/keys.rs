@@ -26,34 +26,14 @@ const SECS: fn(u64) -> Duration = Duration::from_secs;
 const MILLIS: fn(u64) -> Duration = Duration::from_millis;
 const DAY: Duration = Duration::from_secs(86_400);
 
-const TIMEOUT_CHOICES: &[(&str, OnSlotTimeout)] = &[
-    ("skip", OnSlotTimeout::Skip),
-    ("reschedule", OnSlotTimeout::Reschedule),
-];
-const REDIS_ERROR_CHOICES: &[(&str, OnRedisError)] = &[
-    ("fail_closed", OnRedisError::FailClosed),
-    ("fail_open", OnRedisError::FailOpen),
-];
-const ORG_SOURCE_CHOICES: &[(&str, OrgSourceKind)] = &[
-    ("synthetic", OrgSourceKind::Synthetic),
-    ("file", OrgSourceKind::File),
-];
-const SINK_CHOICES: &[(&str, SinkKind)] = &[
-    ("redis", SinkKind::Redis),
-    ("jsonl", SinkKind::JsonLines),
-    ("discard", SinkKind::Discard),
-];
-const QUERY_SOURCE_CHOICES: &[(&str, QuerySourceKind)] = &[
-    ("synthetic", QuerySourceKind::Synthetic),
-    ("snuba", QuerySourceKind::Snuba),
-];
+const TIMEOUT_CHOICES: &[(&str, OnSlotTimeout)] = &[("skip", OnSlotTimeout::Skip), ("reschedule", OnSlotTimeout::Reschedule)];
+const REDIS_ERROR_CHOICES: &[(&str, OnRedisError)] = &[("fail_closed", OnRedisError::FailClosed), ("fail_open", OnRedisError::FailOpen)];
+const ORG_SOURCE_CHOICES: &[(&str, OrgSourceKind)] = &[("synthetic", OrgSourceKind::Synthetic), ("file", OrgSourceKind::File)];
+const SINK_CHOICES: &[(&str, SinkKind)] = &[("redis", SinkKind::Redis), ("jsonl", SinkKind::JsonLines), ("discard", SinkKind::Discard)];
+const QUERY_SOURCE_CHOICES: &[(&str, QuerySourceKind)] = &[("synthetic", QuerySourceKind::Synthetic), ("snuba", QuerySourceKind::Snuba)];
 
 fn name_of<T: PartialEq + Copy>(options: &[(&'static str, T)], v: T) -> String {
-    options
-        .iter()
-        .find(|(_, o)| *o == v)
-        .map(|(n, _)| (*n).to_owned())
-        .unwrap_or_default()
+    options.iter().find(|(_, o)| *o == v).map(|(n, _)| (*n).to_owned()).unwrap_or_default()
 }
 
 /// Every key Projector understands, in the order `config.example.toml` lists them.
@@ -158,9 +138,8 @@ pub static KEYS: &[KeySpec] = &[
         help: "when the scheduler fans out, as a six-field cron expression with seconds first, in UTC",
         set: |c, v| {
             let expr = text(v)?;
-            <cron::Schedule as std::str::FromStr>::from_str(&expr).map_err(|e| {
-                format!("must be a cron expression with seconds first, like \"0 0 * * * *\" (hourly): {e}")
-            })?;
+            <cron::Schedule as std::str::FromStr>::from_str(&expr)
+                .map_err(|e| format!("must be a cron expression with seconds first, like \"0 0 * * * *\" (hourly): {e}"))?;
             c.schedule.cron = expr;
             Ok(())
         },
@@ -298,10 +277,8 @@ pub static KEYS: &[KeySpec] = &[
         name: "worker.metrics_addr",
         help: "address serving /metrics (Prometheus text) and /healthz",
         set: |c, v| {
-            c.worker.metrics_addr = v
-                .trim()
-                .parse()
-                .map_err(|_| "must be a socket address like \"127.0.0.1:9464\" or \"0.0.0.0:9464\"".to_owned())?;
+            c.worker.metrics_addr =
+                v.trim().parse().map_err(|_| "must be a socket address like \"127.0.0.1:9464\" or \"0.0.0.0:9464\"".to_owned())?;
             Ok(())
         },
         get: |c| c.worker.metrics_addr.to_string(),

@@ -145,9 +145,7 @@ pub struct WorkerConfig {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            redis: RedisConfig {
-                url: "redis://127.0.0.1:6379".to_owned(),
-            },
+            redis: RedisConfig { url: "redis://127.0.0.1:6379".to_owned() },
             slots: SlotsConfig {
                 limit: 50,
                 lease_ttl: Duration::from_secs(30),
@@ -157,18 +155,9 @@ impl Default for Config {
                 fallback_limit: 2,
                 max_reschedules: 3,
             },
-            batch: BatchConfig {
-                size: 25,
-                delay: Duration::from_secs(2),
-            },
-            schedule: ScheduleConfig {
-                cron: "0 0 * * * *".to_owned(),
-            },
-            orgs: OrgsConfig {
-                source: OrgSourceKind::Synthetic,
-                count: 200,
-                path: None,
-            },
+            batch: BatchConfig { size: 25, delay: Duration::from_secs(2) },
+            schedule: ScheduleConfig { cron: "0 0 * * * *".to_owned() },
+            orgs: OrgsConfig { source: OrgSourceKind::Synthetic, count: 200, path: None },
             query: QueryConfig {
                 source: QuerySourceKind::Synthetic,
                 url: None,
@@ -177,11 +166,7 @@ impl Default for Config {
                 timeout: Duration::from_secs(30),
                 synthetic_latency: Duration::from_millis(50),
             },
-            sink: SinkConfig {
-                kind: SinkKind::Redis,
-                path: None,
-                ttl: Duration::from_secs(48 * 3600),
-            },
+            sink: SinkConfig { kind: SinkKind::Redis, path: None, ttl: Duration::from_secs(48 * 3600) },
             worker: WorkerConfig {
                 concurrency: 64,
                 metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),

@@ -40,11 +40,7 @@ impl Env {
 
     /// Any set of variables; those without the `PROJECTOR_` prefix are ignored.
     pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
-        Env(pairs
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.into()))
-            .filter(|(k, _)| k.starts_with("PROJECTOR_"))
-            .collect())
+        Env(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).filter(|(k, _)| k.starts_with("PROJECTOR_")).collect())
     }
 }
 
@@ -102,12 +98,7 @@ pub fn load(file: Option<&Path>, env: &Env, flags: &[FlagValue]) -> Result<Confi
     for (key, (value, source)) in layered {
         let Some(spec) = find(key) else { continue };
         if let Err(allowed) = (spec.set)(&mut config, &value) {
-            problems.push(Problem {
-                key: key.to_owned(),
-                value: Some(value),
-                source,
-                allowed,
-            });
+            problems.push(Problem { key: key.to_owned(), value: Some(value), source, allowed });
         } else {
             sources.insert(key, source);
         }
@@ -115,11 +106,7 @@ pub fn load(file: Option<&Path>, env: &Env, flags: &[FlagValue]) -> Result<Confi
 
     check_combinations(&config, &sources, &mut problems);
 
-    if problems.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigError::Invalid(problems))
-    }
+    if problems.is_empty() { Ok(config) } else { Err(ConfigError::Invalid(problems)) }
 }
 
 /// Rules that involve more than one key.
@@ -153,14 +140,9 @@ fn check_combinations(config: &Config, sources: &BTreeMap<&'static str, Source>,
 
 /// Reads a TOML file into (key, raw text) pairs; unknown sections and keys are problems.
 fn read_file(path: &Path, problems: &mut Vec<Problem>) -> Result<Vec<(&'static str, String)>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let table: toml::Table =
+        text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax { path: path.to_owned(), message: e.to_string() })?;
     let source = Source::File(path.to_owned());
     let mut out = Vec::new();
     for (section, body) in &table {
@@ -236,11 +218,7 @@ mod tests {
     }
 
     fn flag(key: &str, value: &str) -> FlagValue {
-        FlagValue {
-            key: key.to_owned(),
-            value: value.to_owned(),
-            flag: format!("--{}", key.replace(['.', '_'], "-")),
-        }
+        FlagValue { key: key.to_owned(), value: value.to_owned(), flag: format!("--{}", key.replace(['.', '_'], "-")) }
     }
 
     #[test]

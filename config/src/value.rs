@@ -15,13 +15,7 @@ where
 
 /// Parses a humane duration ("2s", "500ms", "1m 30s") in `min..=max`.
 pub(crate) fn duration(raw: &str, min: Duration, max: Duration) -> Result<Duration, String> {
-    let allowed = || {
-        format!(
-            "must be a duration like \"2s\" or \"500ms\", from {} to {}",
-            format_duration(min),
-            format_duration(max)
-        )
-    };
+    let allowed = || format!("must be a duration like \"2s\" or \"500ms\", from {} to {}", format_duration(min), format_duration(max));
     match humantime::parse_duration(raw.trim()) {
         Ok(d) if d >= min && d <= max => Ok(d),
         _ => Err(allowed()),
@@ -31,24 +25,16 @@ pub(crate) fn duration(raw: &str, min: Duration, max: Duration) -> Result<Durati
 /// Parses one of a fixed set of words.
 pub(crate) fn choice<T: Copy>(raw: &str, options: &[(&str, T)]) -> Result<T, String> {
     let word = raw.trim();
-    options
-        .iter()
-        .find(|(name, _)| *name == word)
-        .map(|(_, v)| *v)
-        .ok_or_else(|| {
-            let names: Vec<String> = options.iter().map(|(n, _)| format!("\"{n}\"")).collect();
-            format!("must be one of {}", names.join(", "))
-        })
+    options.iter().find(|(name, _)| *name == word).map(|(_, v)| *v).ok_or_else(|| {
+        let names: Vec<String> = options.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+        format!("must be one of {}", names.join(", "))
+    })
 }
 
 /// Parses a non-empty string.
 pub(crate) fn text(raw: &str) -> Result<String, String> {
     let s = raw.trim();
-    if s.is_empty() {
-        Err("must not be empty".to_owned())
-    } else {
-        Ok(s.to_owned())
-    }
+    if s.is_empty() { Err("must not be empty".to_owned()) } else { Ok(s.to_owned()) }
 }
 
 /// Formats a duration the way it is written in config ("2s", "500ms").

@@ -168,7 +168,12 @@ async fn slots(config: &projector_config::Config, action: SlotAction) -> anyhow:
             for h in &state.holders {
                 println!(
                     "  lease {}  worker {}  org {}  token {}  age {:.1}s  expires in {:.1}s",
-                    h.lease_id, h.holder, h.org_id, h.fencing_token, h.age.as_secs_f64(), h.expires_in.as_secs_f64()
+                    h.lease_id,
+                    h.holder,
+                    h.org_id,
+                    h.fencing_token,
+                    h.age.as_secs_f64(),
+                    h.expires_in.as_secs_f64()
                 );
             }
             println!("waiters: {}", state.waiters.len());

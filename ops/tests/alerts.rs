@@ -28,7 +28,8 @@ fn dashboard_names_only_metrics_that_exist_and_has_the_seed_panels() {
     let text = ops_file("dashboard.json");
     let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard is JSON");
     assert!(assert_known_metrics("ops/dashboard.json", &text) >= 10);
-    let titles: Vec<String> = dashboard["panels"].as_array().expect("panels").iter().map(|p| p["title"].as_str().unwrap_or_default().to_lowercase()).collect();
+    let titles: Vec<String> =
+        dashboard["panels"].as_array().expect("panels").iter().map(|p| p["title"].as_str().unwrap_or_default().to_lowercase()).collect();
     for seed in ["concurrent queries", "utilization", "skipped", "completed", "ratelimitexceeded"] {
         assert!(titles.iter().any(|t| t.contains(seed)), "no panel for {seed}: {titles:?}");
     }

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use projector_config::Config;
+use projector_shared::RunId;
 use projector_shared::rollout::Rollout;
 use projector_shared::run::RunSummary;
-use projector_shared::RunId;
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
@@ -88,10 +88,8 @@ pub async fn run_once(config: &Config, options: RunOnceOptions) -> Result<RunOnc
 /// Fans out at every tick of `schedule.cron` until `shutdown`. Every replica wakes at the tick;
 /// the one that takes the tick's lock fans out, the others log and wait for the next tick.
 pub async fn serve(config: &Config, shutdown: CancellationToken) -> Result<(), Error> {
-    let schedule = cron::Schedule::from_str(&config.schedule.cron).map_err(|e| Error::Enqueue {
-        run_id: "-".into(),
-        detail: format!("schedule.cron {:?}: {e}", config.schedule.cron),
-    })?;
+    let schedule = cron::Schedule::from_str(&config.schedule.cron)
+        .map_err(|e| Error::Enqueue { run_id: "-".into(), detail: format!("schedule.cron {:?}: {e}", config.schedule.cron) })?;
     let conn = connect(config)?;
     let owner = format!("scheduler-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
     tracing::info!(cron = %config.schedule.cron, owner = %owner, "scheduler serving");

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apalis::prelude::{BoxDynError, Data, MemorySink, MemoryStorage, MemoryStorageError, Task, TaskBuilder, WorkerBuilder, WorkerBuilderExt};
+use apalis::prelude::{
+    BoxDynError, Data, MemorySink, MemoryStorage, MemoryStorageError, Task, TaskBuilder, WorkerBuilder, WorkerBuilderExt,
+};
 use chrono::Utc;
 use futures::channel::mpsc::UnboundedSender;
 use futures::{SinkExt, StreamExt};
@@ -66,10 +68,7 @@ pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: C
             query: projector_worker::build::query_source(config)?,
             sink: sink.clone(),
             probe: probe.clone(),
-            settings: PipelineSettings {
-                holder: format!("embedded-{}", std::process::id()),
-                max_wait: config.slots.max_wait,
-            },
+            settings: PipelineSettings { holder: format!("embedded-{}", std::process::id()), max_wait: config.slots.max_wait },
         },
         ledger: ledger.clone(),
     });
@@ -108,10 +107,7 @@ pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: C
                 };
                 let key = job.idempotency_key();
                 let task = TaskBuilder::new(job).idempotency_key(key).build();
-                queue.unbounded_send(task).map_err(|e| Error::Enqueue {
-                    run_id: run_id.to_string(),
-                    detail: e.to_string(),
-                })?;
+                queue.unbounded_send(task).map_err(|e| Error::Enqueue { run_id: run_id.to_string(), detail: e.to_string() })?;
             }
             tracing::debug!(run_id = %run_id, batch = batch.index, orgs = batch.orgs.len(), "batch released");
         }
@@ -174,9 +170,7 @@ fn spawn_progress(ledger: Arc<MemoryRunLedger>, done: CancellationToken) -> toki
         let total = ledger.summary().orgs_total;
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = indicatif::ProgressBar::new(total);
-            if let Ok(style) = indicatif::ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:40}] {pos}/{len} orgs  {msg}",
-            ) {
+            if let Ok(style) = indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} orgs  {msg}") {
                 bar.set_style(style.progress_chars("=> "));
             }
             bar
@@ -192,7 +186,12 @@ fn spawn_progress(ledger: Arc<MemoryRunLedger>, done: CancellationToken) -> toki
             match &bar {
                 Some(bar) => {
                     bar.set_position(s.accounted());
-                    bar.set_message(format!("completed {} skipped {} failed {}", s.completed, s.skipped_no_slot, s.failed + s.rate_limited));
+                    bar.set_message(format!(
+                        "completed {} skipped {} failed {}",
+                        s.completed,
+                        s.skipped_no_slot,
+                        s.failed + s.rate_limited
+                    ));
                 }
                 None => tracing::info!(
                     run_id = %s.run_id, accounted = s.accounted(), total = s.orgs_total, completed = s.completed,

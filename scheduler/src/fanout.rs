@@ -72,17 +72,13 @@ impl Plan {
                 }
             })
             .collect();
-        Plan {
-            run_id,
-            tick,
-            batches: batches.len(),
-            jobs,
-        }
+        Plan { run_id, tick, batches: batches.len(), jobs }
     }
 
     /// The `--dry-run` listing: one line per batch, then the routing totals.
     pub fn describe(&self) -> String {
-        let mut out = format!("run {} at tick {}: {} orgs in {} batches\n", self.run_id, self.tick.to_rfc3339(), self.jobs.len(), self.batches);
+        let mut out =
+            format!("run {} at tick {}: {} orgs in {} batches\n", self.run_id, self.tick.to_rfc3339(), self.jobs.len(), self.batches);
         let mut i = 0;
         while i < self.jobs.len() {
             let batch = self.jobs[i].job.batch_index;
@@ -118,28 +114,20 @@ pub struct Enqueued {
 /// Creates the run record and enqueues every job of the plan as a delayed job. Safe to repeat for
 /// the same run id: idempotency keys (`{run}:org-{id}`) drop the jobs already enqueued.
 pub async fn enqueue(conn: &ConnectionManager, plan: &Plan) -> Result<Enqueued, Error> {
-    let enqueue_error = |detail: String| Error::Enqueue {
-        run_id: plan.run_id.to_string(),
-        detail,
-    };
+    let enqueue_error = |detail: String| Error::Enqueue { run_id: plan.run_id.to_string(), detail };
     RunRecords::new(conn.clone())
         .create(&plan.run_id, plan.tick, plan.jobs.len() as u64)
         .await
         .map_err(|e| enqueue_error(e.to_string()))?;
     let mut new = 0u64;
     for chunk in plan.jobs.chunks(PUSH_CHUNK) {
-        let tasks: Vec<_> = chunk
-            .iter()
-            .map(|p| queue::task(&p.job, p.release_at.timestamp().max(0) as u64, p.job.idempotency_key()))
-            .collect();
+        let tasks: Vec<_> =
+            chunk.iter().map(|p| queue::task(&p.job, p.release_at.timestamp().max(0) as u64, p.job.idempotency_key())).collect();
         new += queue::push(conn, &tasks)
             .await
             .map_err(|e| enqueue_error(format!("{e} (jobs enqueued so far stay; re-run the same tick to finish without duplicates)")))?;
     }
-    Ok(Enqueued {
-        new,
-        duplicates: plan.jobs.len() as u64 - new,
-    })
+    Ok(Enqueued { new, duplicates: plan.jobs.len() as u64 - new })
 }
 
 /// Follows the run record until every org is accounted for or `timeout` passes; returns the last

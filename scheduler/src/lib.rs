@@ -3,8 +3,8 @@
 
 pub mod distributed;
 pub mod embedded;
-pub mod fanout;
 pub mod error;
+pub mod fanout;
 pub mod orgs;
 pub mod report;
 

@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand};
 use projector_config::ConfigArgs;
 use projector_scheduler::distributed::{RunOnceOptions, RunOnceResult, run_once, serve};
 use projector_scheduler::embedded::{EmbeddedOptions, run_embedded};
-use projector_shared::run::RunSummary;
 use projector_scheduler::report::{summary_table, write_summary_json};
+use projector_shared::run::RunSummary;
 use projector_shared::telemetry::{self, LogFormat};
 
 /// Fans out one spike-projection job per organization, in batches, to workers that share a
@@ -119,7 +119,12 @@ async fn run(command: Command, config: projector_config::Config) -> anyhow::Resu
 }
 
 /// Prints the summary table and writes the summary JSON if asked.
-fn finish(summary: &RunSummary, config: &projector_config::Config, summary_json: Option<&std::path::Path>, probed: bool) -> anyhow::Result<()> {
+fn finish(
+    summary: &RunSummary,
+    config: &projector_config::Config,
+    summary_json: Option<&std::path::Path>,
+    probed: bool,
+) -> anyhow::Result<()> {
     print!("{}", summary_table(summary, config.slots.limit, probed));
     if let Some(path) = summary_json {
         write_summary_json(summary, path).with_context(|| format!("cannot write the run summary to {}", path.display()))?;

@@ -7,22 +7,14 @@ use projector_shared::run::{Outcome, RunSummary};
 /// The summary as a plain-text table. `probed` says whether `max_concurrent_queries` was measured
 /// (the embedded run's probe); a distributed run's queries happen in other processes.
 pub fn summary_table(summary: &RunSummary, slots_limit: u32, probed: bool) -> String {
-    let mut out = format!(
-        "run {}: {} orgs in {:.2}s\n",
-        summary.run_id,
-        summary.orgs_total,
-        summary.duration_ms as f64 / 1000.0
-    );
+    let mut out = format!("run {}: {} orgs in {:.2}s\n", summary.run_id, summary.orgs_total, summary.duration_ms as f64 / 1000.0);
     out.push_str(&format!("  {:<18}{:>8}\n", "outcome", "orgs"));
     for outcome in Outcome::ALL {
         out.push_str(&format!("  {:<18}{:>8}\n", outcome.as_str(), summary.count(outcome)));
     }
     out.push_str(&format!("  {:<18}{:>8}\n", "accounted", summary.accounted()));
     if probed {
-        out.push_str(&format!(
-            "  max concurrent queries: {} (slots.limit {slots_limit})\n",
-            summary.max_concurrent_queries
-        ));
+        out.push_str(&format!("  max concurrent queries: {} (slots.limit {slots_limit})\n", summary.max_concurrent_queries));
     } else {
         out.push_str(&format!(
             "  concurrent queries: bounded by slots.limit {slots_limit} across workers (see spike_projection_concurrent_queries)\n"

@@ -4,9 +4,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use projector_shared::OrgId;
 use projector_shared::run::RunSummary;
 use projector_shared::synthetic::synthetic_projects;
-use projector_shared::OrgId;
 
 fn scheduler(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_projector-scheduler"));
@@ -39,9 +39,8 @@ fn projected_orgs(dir: &Path) -> (BTreeSet<u64>, usize) {
     (orgs, lines)
 }
 
-const RUN: &[&str] = &[
-    "run-once", "--embedded", "--orgs", "60", "--batch-delay", "100ms", "--summary-json", "s.json", "--output", "p.jsonl",
-];
+const RUN: &[&str] =
+    &["run-once", "--embedded", "--orgs", "60", "--batch-delay", "100ms", "--summary-json", "s.json", "--output", "p.jsonl"];
 
 #[test]
 fn sixty_orgs_are_all_accounted_for_and_projected() {
@@ -67,11 +66,7 @@ fn a_tight_limit_skips_some_orgs_and_the_counts_still_add_up() {
     let out = scheduler(
         dir.path(),
         RUN,
-        &[
-            ("PROJECTOR_SLOTS_LIMIT", "3"),
-            ("PROJECTOR_SLOTS_MAX_WAIT", "10ms"),
-            ("PROJECTOR_QUERY_SYNTHETIC_LATENCY", "200ms"),
-        ],
+        &[("PROJECTOR_SLOTS_LIMIT", "3"), ("PROJECTOR_SLOTS_MAX_WAIT", "10ms"), ("PROJECTOR_QUERY_SYNTHETIC_LATENCY", "200ms")],
     );
     assert!(out.status.success(), "exit {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
     let s = summary(dir.path());
@@ -93,7 +88,11 @@ fn bad_configuration_exits_2_naming_key_value_and_source() {
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a [&'a str]);
     let cases: [Case; 3] = [
         (&["run-once", "--embedded"], &[("PROJECTOR_SLOTS_LIMIT", "0")], &["slots.limit", "\"0\"", "PROJECTOR_SLOTS_LIMIT", "from 1 to"]),
-        (&["run-once", "--embedded"], &[("PROJECTOR_BATCH_DELAY", "soon")], &["batch.delay", "\"soon\"", "PROJECTOR_BATCH_DELAY", "duration"]),
+        (
+            &["run-once", "--embedded"],
+            &[("PROJECTOR_BATCH_DELAY", "soon")],
+            &["batch.delay", "\"soon\"", "PROJECTOR_BATCH_DELAY", "duration"],
+        ),
         (&["run-once", "--embedded", "--config", "bad.toml"], &[], &["slots.limt", "\"3\"", "file bad.toml", "unknown key"]),
     ];
     for (args, env, needles) in cases {

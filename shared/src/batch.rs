@@ -19,11 +19,7 @@ pub fn plan_batches(orgs: &[OrgId], size: NonZeroUsize, delay: Duration) -> Vec<
         .enumerate()
         .map(|(k, chunk)| {
             let index = u32::try_from(k).unwrap_or(u32::MAX);
-            Batch {
-                index,
-                release_after: delay.saturating_mul(index),
-                orgs: chunk.to_vec(),
-            }
+            Batch { index, release_after: delay.saturating_mul(index), orgs: chunk.to_vec() }
         })
         .collect()
 }

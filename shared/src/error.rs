@@ -17,10 +17,7 @@ pub enum Error {
     LimiterClosed { waited: Duration },
 
     #[error("cannot read organizations file {path}: {source}")]
-    OrgFile {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    OrgFile { path: std::path::PathBuf, source: std::io::Error },
 }
 
 impl Error {

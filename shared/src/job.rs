@@ -39,10 +39,7 @@ impl SpikeProjectionJob {
 
     /// Decodes a job from its JSON wire form; the error carries a truncated sample for the log.
     pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        serde_json::from_slice(bytes).map_err(|e| Error::MalformedJob {
-            reason: e.to_string(),
-            sample: sample(bytes),
-        })
+        serde_json::from_slice(bytes).map_err(|e| Error::MalformedJob { reason: e.to_string(), sample: sample(bytes) })
     }
 
     pub fn encode(&self) -> Vec<u8> {

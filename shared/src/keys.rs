@@ -10,9 +10,7 @@ pub struct SlotKeys {
 impl SlotKeys {
     /// Keys for the limiter called `name` (one per referrer or resource; "default" normally).
     pub fn new(name: &str) -> Self {
-        SlotKeys {
-            tag: format!("{{projector:slots:{name}}}"),
-        }
+        SlotKeys { tag: format!("{{projector:slots:{name}}}") }
     }
 
     /// The limit in force (string integer); initialised from `slots.limit`, changed by operators.
@@ -57,16 +55,7 @@ impl SlotKeys {
 
     /// The keys every limiter script is given, in the order the scripts expect.
     pub fn script_keys(&self) -> Vec<String> {
-        vec![
-            self.limit(),
-            self.leases(),
-            self.holders(),
-            self.fence(),
-            self.seq(),
-            self.queue(),
-            self.waiter_deadlines(),
-            self.waiting(),
-        ]
+        vec![self.limit(), self.leases(), self.holders(), self.fence(), self.seq(), self.queue(), self.waiter_deadlines(), self.waiting()]
     }
 }
 

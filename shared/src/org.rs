@@ -47,16 +47,12 @@ pub fn parse_org_lines(text: &str) -> OrgFile {
             continue;
         }
         match serde_json::from_str::<OrgInfo>(line) {
-            Ok(org) if !seen.insert(org.org_id) => out.bad_lines.push(BadLine {
-                line: line_no,
-                reason: format!("org {} appears twice; the first line is used", org.org_id),
-            }),
+            Ok(org) if !seen.insert(org.org_id) => {
+                out.bad_lines.push(BadLine { line: line_no, reason: format!("org {} appears twice; the first line is used", org.org_id) })
+            }
             Ok(org) if !org.active => out.inactive += 1,
             Ok(org) => out.orgs.push(org),
-            Err(e) => out.bad_lines.push(BadLine {
-                line: line_no,
-                reason: e.to_string(),
-            }),
+            Err(e) => out.bad_lines.push(BadLine { line: line_no, reason: e.to_string() }),
         }
     }
     out
@@ -64,10 +60,7 @@ pub fn parse_org_lines(text: &str) -> OrgFile {
 
 /// Reads and parses an organizations file.
 pub fn read_org_file(path: &Path) -> Result<OrgFile, Error> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::OrgFile {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::OrgFile { path: path.to_owned(), source })?;
     Ok(parse_org_lines(&text))
 }
 

@@ -59,19 +59,13 @@ pub fn project(history: &[u64]) -> Projection {
     let level = mean_rounded(history);
     let hourly: Vec<u64> = (0..PROJECTED_HOURS)
         .map(|j| {
-            let mut samples: Vec<u64> = (1..=WEEKS)
-                .filter_map(|k| (n + j).checked_sub(HOURS_PER_WEEK * k))
-                .filter(|&i| i < n)
-                .map(|i| history[i])
-                .collect();
+            let mut samples: Vec<u64> =
+                (1..=WEEKS).filter_map(|k| (n + j).checked_sub(HOURS_PER_WEEK * k)).filter(|&i| i < n).map(|i| history[i]).collect();
             median(&mut samples).unwrap_or(level)
         })
         .collect();
     let peak = hourly.iter().copied().max().unwrap_or(0);
-    Projection {
-        spike_threshold: MIN_SPIKE_THRESHOLD.max(peak.saturating_mul(SPIKE_FACTOR)),
-        hourly,
-    }
+    Projection { spike_threshold: MIN_SPIKE_THRESHOLD.max(peak.saturating_mul(SPIKE_FACTOR)), hourly }
 }
 
 fn median(samples: &mut [u64]) -> Option<u64> {

@@ -49,10 +49,7 @@ impl Rollout {
             .await
             .map_err(Error::redis(format!("reading the rollout flag {RATE_LIMIT_FLAG}")))?;
         let ids = |name: &str| -> BTreeSet<OrgId> {
-            fields
-                .get(name)
-                .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).map(OrgId).collect())
-                .unwrap_or_default()
+            fields.get(name).map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).map(OrgId).collect()).unwrap_or_default()
         };
         Ok(Rollout {
             enabled: fields.get("enabled").map(|v| v == "true" || v == "1"),
@@ -116,12 +113,7 @@ mod tests {
 
     #[test]
     fn deny_beats_allow_and_allow_beats_disabled() {
-        let r = Rollout {
-            enabled: Some(false),
-            allow: [OrgId(1), OrgId(2)].into(),
-            deny: [OrgId(2)].into(),
-            ..Rollout::default()
-        };
+        let r = Rollout { enabled: Some(false), allow: [OrgId(1), OrgId(2)].into(), deny: [OrgId(2)].into(), ..Rollout::default() };
         assert!(r.is_limited(OrgId(1)));
         assert!(!r.is_limited(OrgId(2)));
         assert!(!r.is_limited(OrgId(3)));

@@ -24,13 +24,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 5] = [
-        Outcome::Completed,
-        Outcome::SkippedNoSlot,
-        Outcome::RateLimited,
-        Outcome::Failed,
-        Outcome::SlotUnavailable,
-    ];
+    pub const ALL: [Outcome; 5] =
+        [Outcome::Completed, Outcome::SkippedNoSlot, Outcome::RateLimited, Outcome::Failed, Outcome::SlotUnavailable];
 
     /// The name used in run records, summaries and metric labels.
     pub fn as_str(self) -> &'static str {
@@ -92,12 +87,7 @@ pub struct MemoryRunLedger {
 
 impl MemoryRunLedger {
     pub fn new(run_id: RunId, orgs_total: u64) -> Self {
-        MemoryRunLedger {
-            run_id,
-            orgs_total,
-            outcomes: Mutex::new(HashMap::new()),
-            changed: tokio::sync::Notify::new(),
-        }
+        MemoryRunLedger { run_id, orgs_total, outcomes: Mutex::new(HashMap::new()), changed: tokio::sync::Notify::new() }
     }
 
     /// Records `outcome` for `org`; returns false if the org already had one (a duplicate delivery).
@@ -144,11 +134,7 @@ impl MemoryRunLedger {
     /// Totals so far; `max_concurrent_queries` and `duration_ms` are the caller's to fill.
     pub fn summary(&self) -> RunSummary {
         let map = self.outcomes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut s = RunSummary {
-            run_id: self.run_id.0.clone(),
-            orgs_total: self.orgs_total,
-            ..RunSummary::default()
-        };
+        let mut s = RunSummary { run_id: self.run_id.0.clone(), orgs_total: self.orgs_total, ..RunSummary::default() };
         for (&org, &outcome) in map.iter() {
             match outcome {
                 Outcome::Completed => s.completed += 1,
@@ -205,9 +191,6 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
         ledger.record(OrgId(2), Outcome::Completed);
-        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
-            .await
-            .expect("woken")
-            .expect("joined");
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.expect("woken").expect("joined");
     }
 }

@@ -34,10 +34,7 @@ pub struct RunRecords {
 
 impl RunRecords {
     pub fn new(conn: ConnectionManager) -> Self {
-        RunRecords {
-            conn,
-            record: Script::new(RECORD),
-        }
+        RunRecords { conn, record: Script::new(RECORD) }
     }
 
     /// Creates (or, for a re-run of the same tick, keeps) the record of a run of `orgs_total` orgs.

@@ -6,13 +6,7 @@ use crate::org::OrgInfo;
 
 /// Organizations `1..=count`, each with 1 to 4 projects.
 pub fn synthetic_orgs(count: u64) -> Vec<OrgInfo> {
-    (1..=count)
-        .map(|id| OrgInfo {
-            org_id: OrgId(id),
-            project_ids: synthetic_projects(OrgId(id)),
-            active: true,
-        })
-        .collect()
+    (1..=count).map(|id| OrgInfo { org_id: OrgId(id), project_ids: synthetic_projects(OrgId(id)), active: true }).collect()
 }
 
 /// The projects of a synthetic organization: `org x 100 + 1 ..= org x 100 + k`, k in 1..=4.

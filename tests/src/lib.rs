@@ -48,9 +48,10 @@ impl RedisServer {
         loop {
             if let Ok(client) = redis::Client::open(self.url())
                 && let Ok(mut conn) = client.get_connection()
-                    && redis::cmd("PING").query::<String>(&mut conn).is_ok() {
-                        return;
-                    }
+                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
+            {
+                return;
+            }
             assert!(Instant::now() < deadline, "redis-server on port {} did not start", self.port);
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -58,9 +59,7 @@ impl RedisServer {
 
     /// A synchronous connection for test assertions.
     pub fn connection(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .and_then(|c| c.get_connection())
-            .expect("connect to test redis")
+        redis::Client::open(self.url()).and_then(|c| c.get_connection()).expect("connect to test redis")
     }
 }
 
@@ -72,10 +71,7 @@ impl Drop for RedisServer {
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind a free port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind a free port")
 }
 
 /// A `projector-fake-snuba` process owned by one test; killed when dropped.
@@ -109,12 +105,7 @@ impl FakeSnuba {
 
     /// `GET /stats`.
     pub async fn stats(&self) -> serde_json::Value {
-        reqwest::get(format!("{}/stats", self.url()))
-            .await
-            .expect("GET /stats")
-            .json()
-            .await
-            .expect("stats JSON")
+        reqwest::get(format!("{}/stats", self.url())).await.expect("GET /stats").json().await.expect("stats JSON")
     }
 }
 

@@ -33,11 +33,7 @@ fn worker(env: &[(String, String)], args: &[&str]) -> Child {
 }
 
 fn scheduler(env: &[(String, String)], args: &[&str]) -> Output {
-    Command::new(workspace_bin("projector-scheduler"))
-        .args(args)
-        .envs(env.iter().cloned())
-        .output()
-        .expect("run projector-scheduler")
+    Command::new(workspace_bin("projector-scheduler")).args(args).envs(env.iter().cloned()).output().expect("run projector-scheduler")
 }
 
 fn stop(children: Vec<Child>) {
@@ -59,7 +55,18 @@ fn run_500(env: &[(String, String)], dir: &std::path::Path, name: &str) -> serde
     let path = dir.join(name);
     let out = scheduler(
         env,
-        &["run-once", "--wait", "--wait-timeout", "120s", "--orgs", "500", "--batch-delay", "0s", "--summary-json", path.to_str().expect("utf-8")],
+        &[
+            "run-once",
+            "--wait",
+            "--wait-timeout",
+            "120s",
+            "--orgs",
+            "500",
+            "--batch-delay",
+            "0s",
+            "--summary-json",
+            path.to_str().expect("utf-8"),
+        ],
     );
     assert!(out.status.success(), "run-once failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     summary(&path)
@@ -167,11 +174,7 @@ fn dry_run_prints_the_plan_with_rollout_routing_and_enqueues_nothing() {
     let redis = RedisServer::start();
     let fake = FakeSnuba::start(FAKE, &[]);
     let env = env(&redis, &fake);
-    let rollout = Rollout {
-        percentage: Some(50),
-        deny: [OrgId(3)].into(),
-        ..Rollout::default()
-    };
+    let rollout = Rollout { percentage: Some(50), deny: [OrgId(3)].into(), ..Rollout::default() };
     // Set through the operator CLI, as on-call would.
     let ctl = Command::new(workspace_bin("projectorctl"))
         .args(["flag", "set", "--percentage", "50", "--deny", "3"])
@@ -259,7 +262,21 @@ fn a_malformed_job_is_counted_as_failed_and_the_worker_goes_on() {
     });
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("s.json");
-    let out = scheduler(&env, &["run-once", "--wait", "--wait-timeout", "60s", "--orgs", "5", "--batch-delay", "0s", "--summary-json", path.to_str().expect("utf-8")]);
+    let out = scheduler(
+        &env,
+        &[
+            "run-once",
+            "--wait",
+            "--wait-timeout",
+            "60s",
+            "--orgs",
+            "5",
+            "--batch-delay",
+            "0s",
+            "--summary-json",
+            path.to_str().expect("utf-8"),
+        ],
+    );
     assert!(out.status.success(), "the worker went on after the bad job: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(summary(&path)["completed"], 5);
     let mut conn = redis.connection();
@@ -286,7 +303,21 @@ fn a_worker_survives_a_redis_restart() {
     redis.restart();
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("s.json");
-    let out = scheduler(&env, &["run-once", "--wait", "--wait-timeout", "60s", "--orgs", "10", "--batch-delay", "0s", "--summary-json", path.to_str().expect("utf-8")]);
+    let out = scheduler(
+        &env,
+        &[
+            "run-once",
+            "--wait",
+            "--wait-timeout",
+            "60s",
+            "--orgs",
+            "10",
+            "--batch-delay",
+            "0s",
+            "--summary-json",
+            path.to_str().expect("utf-8"),
+        ],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(summary(&path)["completed"], 10, "the same worker served the run after the restart");
     stop(vec![w]);
@@ -328,7 +359,21 @@ fn reschedule_on_timeout_retries_a_job_that_got_no_slot() {
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("s.json");
-    let out = scheduler(&env, &["run-once", "--wait", "--wait-timeout", "90s", "--orgs", "4", "--batch-delay", "0s", "--summary-json", path.to_str().expect("utf-8")]);
+    let out = scheduler(
+        &env,
+        &[
+            "run-once",
+            "--wait",
+            "--wait-timeout",
+            "90s",
+            "--orgs",
+            "4",
+            "--batch-delay",
+            "0s",
+            "--summary-json",
+            path.to_str().expect("utf-8"),
+        ],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let s = summary(&path);
     // With "skip", one slot and a 100 ms wait, exactly one of four would complete.
@@ -346,7 +391,21 @@ fn a_duplicate_delivery_is_acknowledged_without_a_second_query_and_metrics_are_s
     let w = worker(&env, &["--set", &format!("worker.metrics_addr=127.0.0.1:{port}")]);
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("s.json");
-    let out = scheduler(&env, &["run-once", "--wait", "--wait-timeout", "60s", "--orgs", "3", "--batch-delay", "0s", "--summary-json", path.to_str().expect("utf-8")]);
+    let out = scheduler(
+        &env,
+        &[
+            "run-once",
+            "--wait",
+            "--wait-timeout",
+            "60s",
+            "--orgs",
+            "3",
+            "--batch-delay",
+            "0s",
+            "--summary-json",
+            path.to_str().expect("utf-8"),
+        ],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let run_id = summary(&path)["run_id"].as_str().expect("run id").to_owned();
     let rt = runtime();
@@ -370,7 +429,8 @@ fn a_duplicate_delivery_is_acknowledged_without_a_second_query_and_metrics_are_s
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let ready: u64 = redis::cmd("LLEN").arg(projector_worker::queue::config().active_jobs_list()).query(&mut conn).expect("llen");
-        let scheduled: u64 = redis::cmd("ZCARD").arg(projector_worker::queue::config().scheduled_jobs_set()).query(&mut conn).expect("zcard");
+        let scheduled: u64 =
+            redis::cmd("ZCARD").arg(projector_worker::queue::config().scheduled_jobs_set()).query(&mut conn).expect("zcard");
         if ready + scheduled == 0 {
             break;
         }
@@ -382,10 +442,15 @@ fn a_duplicate_delivery_is_acknowledged_without_a_second_query_and_metrics_are_s
 
     let (health, metrics) = rt.block_on(async {
         let get = |p: &str| reqwest::get(format!("http://127.0.0.1:{port}{p}"));
-        (get("/healthz").await.expect("healthz").text().await.expect("body"), get("/metrics").await.expect("metrics").text().await.expect("body"))
+        (
+            get("/healthz").await.expect("healthz").text().await.expect("body"),
+            get("/metrics").await.expect("metrics").text().await.expect("body"),
+        )
     });
     assert_eq!(health, "ok");
-    for name in ["run_spike_projection_completed_total 3", "spike_projection_slot_acquired_total 3", "projector_query_duration_seconds_count 3"] {
+    for name in
+        ["run_spike_projection_completed_total 3", "spike_projection_slot_acquired_total 3", "projector_query_duration_seconds_count 3"]
+    {
         assert!(metrics.contains(name), "/metrics lacks {name:?}:\n{metrics}");
     }
     stop(vec![w]);

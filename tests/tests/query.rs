@@ -17,13 +17,7 @@ const FAKE: &str = env!("CARGO_BIN_EXE_projector-fake-snuba");
 const REFERRER: &str = "getsentry.get_spike_projections";
 
 fn client(url: &str, timeout: Duration) -> SnubaQuery {
-    SnubaQuery::new(SnubaSettings {
-        url: url.to_owned(),
-        dataset: "events".into(),
-        referrer: REFERRER.into(),
-        timeout,
-    })
-    .expect("client")
+    SnubaQuery::new(SnubaSettings { url: url.to_owned(), dataset: "events".into(), referrer: REFERRER.into(), timeout }).expect("client")
 }
 
 fn request(org: u64, hours: usize) -> HistoryRequest {
@@ -70,14 +64,20 @@ fn each_fault_mode_maps_to_its_error_class() {
         assert!(matches!(&r, Err(e @ Error::QueryServer { status: 500, .. }) if e.is_retryable()), "{r:?}");
 
         let r = client(&malformed.url(), fast).hourly_counts(&request(1, 24)).await;
-        assert!(matches!(&r, Err(e @ Error::QueryMalformed { sample, .. }) if !e.is_retryable() && sample.starts_with("{\"data\"")), "{r:?}");
+        assert!(
+            matches!(&r, Err(e @ Error::QueryMalformed { sample, .. }) if !e.is_retryable() && sample.starts_with("{\"data\"")),
+            "{r:?}"
+        );
 
         let r = client(&slow.url(), Duration::from_millis(200)).hourly_counts(&request(1, 24)).await;
         assert!(matches!(&r, Err(e @ Error::QueryTimeout(_)) if e.is_retryable()), "{r:?}");
 
         // An empty window is a query the service refuses as bad: permanent.
         let r = client(&healthy.url(), fast).hourly_counts(&request(1, 0)).await;
-        assert!(matches!(&r, Err(e @ Error::QueryBadRequest { status: 400, detail }) if !e.is_retryable() && detail.contains("invalid_query")), "{r:?}");
+        assert!(
+            matches!(&r, Err(e @ Error::QueryBadRequest { status: 400, detail }) if !e.is_retryable() && detail.contains("invalid_query")),
+            "{r:?}"
+        );
 
         let r = client(&gone, fast).hourly_counts(&request(1, 24)).await;
         assert!(matches!(&r, Err(e @ Error::QueryUnreachable { .. }) if e.is_retryable()), "{r:?}");

@@ -14,10 +14,7 @@ fn limiter(server: &RedisServer, limit: u32, lease_ttl: Duration) -> RedisSlotLi
 }
 
 fn request(org: u64) -> SlotRequest {
-    SlotRequest {
-        holder: "test".into(),
-        org_id: OrgId(org),
-    }
+    SlotRequest { holder: "test".into(), org_id: OrgId(org) }
 }
 
 async fn take(l: &RedisSlotLimiter, org: u64, max_wait: Duration) -> Option<SlotPermit> {
@@ -43,11 +40,7 @@ fn last_json(stdout: &[u8]) -> serde_json::Value {
 fn the_bound_is_exact_across_processes() {
     let server = RedisServer::start();
     let children: Vec<_> = (0..3)
-        .map(|_| {
-            holder(&server, &["--limit", "4", "--tasks", "12", "--iterations", "6", "--hold", "3ms"])
-                .spawn()
-                .expect("spawn holder")
-        })
+        .map(|_| holder(&server, &["--limit", "4", "--tasks", "12", "--iterations", "6", "--hold", "3ms"]).spawn().expect("spawn holder"))
         .collect();
     let mut granted = 0;
     for child in children {
@@ -237,9 +230,7 @@ fn a_runtime_limit_change_reaches_every_process() {
     let mut conn = server.connection();
     let _: () = redis::cmd("DEL").arg("observer:holding").query(&mut conn).expect("del");
     rt.block_on(async { limiter(&server, 2, Duration::from_secs(5)).set_limit(6).await.expect("raise") });
-    let out = holder(&server, &["--limit", "2", "--tasks", "12", "--iterations", "3", "--hold", "20ms"])
-        .output()
-        .expect("holder");
+    let out = holder(&server, &["--limit", "2", "--tasks", "12", "--iterations", "3", "--hold", "20ms"]).output().expect("holder");
     let s = last_json(&out.stdout);
     assert!(s["max_seen"].as_u64().unwrap_or(0) > 2, "the process used the raised limit, not its own default: {s}");
 }
@@ -283,7 +274,9 @@ fn fail_open_falls_back_to_the_local_limit_only_while_redis_is_unreachable() {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match open.acquire(request(20), Duration::from_millis(200)).await {
-                Ok(Acquire::Granted(p)) if open.fallback_in_use() == 0 && primary.inspect().await.map(|s| s.holders.len()).ok() == Some(1) => {
+                Ok(Acquire::Granted(p))
+                    if open.fallback_in_use() == 0 && primary.inspect().await.map(|s| s.holders.len()).ok() == Some(1) =>
+                {
                     drop(p);
                     break;
                 }

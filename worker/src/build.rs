@@ -22,9 +22,7 @@ pub fn query_source(config: &Config) -> Result<Arc<dyn QuerySource>, Error> {
             timeout: config.query.timeout,
         })?),
         // Config validation requires query.url with snuba; synthetic needs nothing.
-        _ => Arc::new(SyntheticQuery {
-            latency: config.query.synthetic_latency,
-        }),
+        _ => Arc::new(SyntheticQuery { latency: config.query.synthetic_latency }),
     })
 }
 

@@ -2,12 +2,10 @@
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("query rate limited by the analytics store (policy {policy:?}, quota used {quota_used:?}, threshold {threshold:?}); lower slots.limit or check other referrers on the same storage")]
-    RateLimited {
-        policy: Option<String>,
-        quota_used: Option<u64>,
-        threshold: Option<u64>,
-    },
+    #[error(
+        "query rate limited by the analytics store (policy {policy:?}, quota used {quota_used:?}, threshold {threshold:?}); lower slots.limit or check other referrers on the same storage"
+    )]
+    RateLimited { policy: Option<String>, quota_used: Option<u64>, threshold: Option<u64> },
 
     #[error("query service answered {status}: {detail}")]
     QueryServer { status: u16, detail: String },
@@ -30,14 +28,10 @@ pub enum Error {
     #[error("cannot write projections to {target}: {detail}")]
     Sink { target: String, detail: String },
 
-    #[error("projections of org {org_id} refused as stale: this write (hour {first_hour}, fencing token {token}) is older than the stored one (hour {stored_first_hour}, token {stored_token}); a newer run or lease already wrote them")]
-    StaleWrite {
-        org_id: projector_shared::OrgId,
-        first_hour: i64,
-        token: u64,
-        stored_first_hour: i64,
-        stored_token: u64,
-    },
+    #[error(
+        "projections of org {org_id} refused as stale: this write (hour {first_hour}, fencing token {token}) is older than the stored one (hour {stored_first_hour}, token {stored_token}); a newer run or lease already wrote them"
+    )]
+    StaleWrite { org_id: projector_shared::OrgId, first_hour: i64, token: u64, stored_first_hour: i64, stored_token: u64 },
 
     #[error("cannot serve metrics on {addr}: {detail}")]
     Metrics { addr: std::net::SocketAddr, detail: String },

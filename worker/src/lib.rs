@@ -9,8 +9,8 @@ pub mod probe;
 pub mod query;
 pub mod queue;
 pub mod redis_sink;
-pub mod sink;
 pub mod serve;
+pub mod sink;
 pub mod snuba;
 
 pub use error::Error;

@@ -12,18 +12,12 @@ use crate::error::Error;
 /// Installs the Prometheus recorder and serves it on `addr` until `shutdown`. Fails (so the process
 /// exits with a clear message) if the address is taken.
 pub async fn serve(addr: SocketAddr, shutdown: CancellationToken) -> Result<(), Error> {
-    let handle = PrometheusBuilder::new().install_recorder().map_err(|e| Error::Metrics {
-        addr,
-        detail: e.to_string(),
-    })?;
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| Error::Metrics {
-        addr,
-        detail: format!("{e} (set worker.metrics_addr to a free address, e.g. 127.0.0.1:0)"),
-    })?;
+    let handle = PrometheusBuilder::new().install_recorder().map_err(|e| Error::Metrics { addr, detail: e.to_string() })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Metrics { addr, detail: format!("{e} (set worker.metrics_addr to a free address, e.g. 127.0.0.1:0)") })?;
     let bound = listener.local_addr().unwrap_or(addr);
-    let app = Router::new()
-        .route("/metrics", get(move || std::future::ready(handle.render())))
-        .route("/healthz", get(|| async { "ok" }));
+    let app = Router::new().route("/metrics", get(move || std::future::ready(handle.render()))).route("/healthz", get(|| async { "ok" }));
     tracing::info!(addr = %bound, "serving /metrics and /healthz");
     tokio::spawn(async move {
         let served = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;

@@ -4,11 +4,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use projector_shared::SpikeProjectionJob;
 use projector_shared::metrics as m;
 use projector_shared::projection::{HISTORY_HOURS, project};
 use projector_shared::run::Outcome;
 use projector_shared::slots::{Acquire, SlotLimiter, SlotPermit, SlotRequest};
-use projector_shared::SpikeProjectionJob;
 
 use crate::error::Error;
 use crate::probe::QueryProbe;
@@ -51,10 +51,7 @@ impl Pipeline {
     /// Runs one job to its outcome. Never panics on bad input; every path is logged and counted.
     pub async fn process(&self, job: &SpikeProjectionJob) -> Outcome {
         metrics::counter!(m::TASK_STARTED_TOTAL).increment(1);
-        let request = SlotRequest {
-            holder: self.settings.holder.clone(),
-            org_id: job.org_id,
-        };
+        let request = SlotRequest { holder: self.settings.holder.clone(), org_id: job.org_id };
         let permit = match self.limiter.acquire(request, self.settings.max_wait).await {
             Ok(Acquire::Granted(permit)) => permit,
             Ok(Acquire::TimedOut(t)) => {
@@ -95,16 +92,8 @@ impl Pipeline {
     /// Queries the history, abandoning the query if the permit's lease is lost.
     async fn query(&self, job: &SpikeProjectionJob, permit: Option<&SlotPermit>) -> Result<(DateTime<Utc>, OrgHistory), Error> {
         // Projections start at the tick's hour; history is the three weeks before it.
-        let first_hour = job
-            .scheduled_at
-            .duration_trunc(TimeDelta::hours(1))
-            .unwrap_or(job.scheduled_at);
-        let request = HistoryRequest {
-            org_id: job.org_id,
-            project_ids: job.project_ids.clone(),
-            end: first_hour,
-            hours: HISTORY_HOURS,
-        };
+        let first_hour = job.scheduled_at.duration_trunc(TimeDelta::hours(1)).unwrap_or(job.scheduled_at);
+        let request = HistoryRequest { org_id: job.org_id, project_ids: job.project_ids.clone(), end: first_hour, hours: HISTORY_HOURS };
         let history = {
             let _in_flight = self.probe.enter();
             let started = Instant::now();
@@ -128,9 +117,7 @@ impl Pipeline {
     async fn store(&self, job: &SpikeProjectionJob, first_hour: DateTime<Utc>, history: OrgHistory, token: u64) -> Result<usize, Error> {
         let records: Vec<ProjectionRecord> = history
             .into_iter()
-            .map(|(project_id, counts)| {
-                ProjectionRecord::new(&job.run_id, job.org_id, project_id, first_hour, project(&counts), token)
-            })
+            .map(|(project_id, counts)| ProjectionRecord::new(&job.run_id, job.org_id, project_id, first_hour, project(&counts), token))
             .collect();
         let projects = records.len();
         self.sink.write(records).await?;
@@ -204,10 +191,7 @@ mod tests {
             query,
             sink,
             probe: QueryProbe::default(),
-            settings: PipelineSettings {
-                holder: "test".into(),
-                max_wait: Duration::from_millis(20),
-            },
+            settings: PipelineSettings { holder: "test".into(), max_wait: Duration::from_millis(20) },
         }
     }
 

@@ -40,16 +40,9 @@ impl QuerySource for SyntheticQuery {
         let request = request.clone();
         Box::pin(async move {
             tokio::time::sleep(self.latency).await;
-            let projects = if request.project_ids.is_empty() {
-                synthetic_projects(request.org_id)
-            } else {
-                request.project_ids.clone()
-            };
+            let projects = if request.project_ids.is_empty() { synthetic_projects(request.org_id) } else { request.project_ids.clone() };
             let end_hour = request.end.timestamp().div_euclid(3600);
-            Ok(projects
-                .into_iter()
-                .map(|p| (p, hourly_counts(request.org_id, p, end_hour, request.hours)))
-                .collect())
+            Ok(projects.into_iter().map(|p| (p, hourly_counts(request.org_id, p, end_hour, request.hours))).collect())
         })
     }
 }

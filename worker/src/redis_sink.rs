@@ -52,16 +52,9 @@ pub struct RedisSink {
 impl RedisSink {
     /// Connects lazily: a worker starts while Redis is down, and writes fail (retryably) until it is back.
     pub fn new(url: &str, ttl: Duration) -> Result<Self, Error> {
-        let (_, conn) = projector_shared::redis_conn::connection_manager(url, Duration::from_secs(2)).map_err(|e| Error::Sink {
-            target: url.to_owned(),
-            detail: e.to_string(),
-        })?;
-        Ok(RedisSink {
-            conn,
-            url: url.to_owned(),
-            ttl,
-            script: Script::new(WRITE),
-        })
+        let (_, conn) = projector_shared::redis_conn::connection_manager(url, Duration::from_secs(2))
+            .map_err(|e| Error::Sink { target: url.to_owned(), detail: e.to_string() })?;
+        Ok(RedisSink { conn, url: url.to_owned(), ttl, script: Script::new(WRITE) })
     }
 
     async fn write_org(&self, records: Vec<ProjectionRecord>) -> Result<(), Error> {
@@ -88,22 +81,15 @@ impl RedisSink {
             }
         }
         let mut conn = self.conn.clone();
-        let (written, stored_first_hour, stored_token): (u8, i64, u64) =
-            invocation.invoke_async(&mut conn).await.map_err(|e| Error::Sink {
-                target: self.url.clone(),
-                detail: format!("{e} (the write is retried with the job)"),
-            })?;
+        let (written, stored_first_hour, stored_token): (u8, i64, u64) = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| Error::Sink { target: self.url.clone(), detail: format!("{e} (the write is retried with the job)") })?;
         if written == 1 {
             return Ok(());
         }
         metrics::counter!(m::PROJECTION_STALE_REFUSED_TOTAL).increment(1);
-        Err(Error::StaleWrite {
-            org_id: org,
-            first_hour,
-            token,
-            stored_first_hour,
-            stored_token,
-        })
+        Err(Error::StaleWrite { org_id: org, first_hour, token, stored_first_hour, stored_token })
     }
 }
 

@@ -10,12 +10,12 @@ use apalis_core::backend::Vacuum;
 use apalis_core::backend::ext::BackendExt;
 use apalis_redis::RedisStorage;
 use projector_config::{Config, OnRedisError, OnSlotTimeout};
+use projector_shared::SpikeProjectionJob;
 use projector_shared::metrics as m;
 use projector_shared::rollout::Rollout;
 use projector_shared::run::Outcome;
 use projector_shared::run_record::RunRecords;
 use projector_shared::slots::{FailOpenLimiter, RedisSlotLimiter, RedisSlotSettings, SlotLimiter};
-use projector_shared::SpikeProjectionJob;
 use rand::Rng;
 use redis::aio::ConnectionManager;
 use tokio::sync::RwLock;
@@ -89,18 +89,14 @@ impl WorkerState {
 
     /// Re-enqueues a job whose slot wait timed out, after a jittered backoff.
     async fn reschedule(&self, job: &SpikeProjectionJob) -> Result<(), Error> {
-        let next = SpikeProjectionJob {
-            reschedules: job.reschedules + 1,
-            ..job.clone()
-        };
+        let next = SpikeProjectionJob { reschedules: job.reschedules + 1, ..job.clone() };
         let backoff = 2u64.pow(next.reschedules.min(6)) + rand::rng().random_range(0..3);
         let run_at = chrono::Utc::now().timestamp().max(0) as u64 + backoff;
         let task = queue::task(&next, run_at, format!("{}:r{}", job.idempotency_key(), next.reschedules));
         // apalis_redis::Error is not a redis::RedisError, so Error::redis does not apply here.
-        queue::push(&self.conn, &[task])
-            .await
-            .map(|_| ())
-            .map_err(|e| Error::Shared(projector_shared::Error::Redis { doing: format!("rescheduling org {}", job.org_id), detail: e.to_string() }))
+        queue::push(&self.conn, &[task]).await.map(|_| ()).map_err(|e| {
+            Error::Shared(projector_shared::Error::Redis { doing: format!("rescheduling org {}", job.org_id), detail: e.to_string() })
+        })
     }
 }
 
@@ -121,10 +117,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             query: crate::build::query_source(&config)?,
             sink: crate::build::sink(&config, None)?,
             probe: QueryProbe::default(),
-            settings: PipelineSettings {
-                holder: name.clone(),
-                max_wait: config.slots.max_wait,
-            },
+            settings: PipelineSettings { holder: name.clone(), max_wait: config.slots.max_wait },
         },
         records: RunRecords::new(conn.clone()),
         conn: conn.clone(),
@@ -191,7 +184,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         quarantine_undecodable(&conn, &format!("{name}-{attempt}")).await;
         match result {
             Ok(()) => tracing::warn!(worker = %name, "job loop ended on its own; restarting"),
-            Err(e) => tracing::error!(worker = %name, error = %e, retry_in_ms = backoff.as_millis() as u64, "job loop failed (usually Redis unreachable; see error); restarting"),
+            Err(e) => {
+                tracing::error!(worker = %name, error = %e, retry_in_ms = backoff.as_millis() as u64, "job loop failed (usually Redis unreachable; see error); restarting")
+            }
         }
         metrics::counter!(m::WORKER_RESTARTS_TOTAL).increment(1);
         if started.elapsed() > Duration::from_secs(30) {
@@ -219,20 +214,21 @@ async fn handle_job(payload: serde_json::Value, state: Data<Arc<WorkerState>>) -
             return Ok(());
         }
         Ok(None) => {}
-        Err(e) => tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, error = %e, "cannot check for a duplicate delivery; running the job"),
+        Err(e) => {
+            tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, error = %e, "cannot check for a duplicate delivery; running the job")
+        }
     }
-    let outcome = if state.is_limited(&job).await {
-        state.pipeline.process(&job).await
-    } else {
-        state.pipeline.process_unlimited(&job).await
-    };
+    let outcome =
+        if state.is_limited(&job).await { state.pipeline.process(&job).await } else { state.pipeline.process_unlimited(&job).await };
     if outcome == Outcome::SkippedNoSlot && state.on_timeout == OnSlotTimeout::Reschedule && job.reschedules < state.max_reschedules {
         match state.reschedule(&job).await {
             Ok(()) => {
                 tracing::info!(run_id = %job.run_id, org_id = %job.org_id, reschedules = job.reschedules + 1, "no slot; job rescheduled");
                 return Ok(());
             }
-            Err(e) => tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, error = %e, "cannot reschedule; recording skipped_no_slot"),
+            Err(e) => {
+                tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, error = %e, "cannot reschedule; recording skipped_no_slot")
+            }
         }
     }
     if let Err(e) = state.records.record(&job.run_id, job.org_id, outcome).await {
@@ -251,9 +247,10 @@ async fn malformed(state: &WorkerState, payload: serde_json::Value, e: serde_jso
     let run = payload.get("run_id").and_then(|v| v.as_str()).map(|r| projector_shared::RunId(r.to_owned()));
     let org = payload.get("org_id").and_then(|v| v.as_u64()).map(projector_shared::OrgId);
     if let (Some(run), Some(org)) = (run, org)
-        && let Err(e) = state.records.record(&run, org, Outcome::Failed).await {
-            tracing::warn!(run_id = %run, org_id = %org, error = %e, "cannot record the malformed job as failed");
-        }
+        && let Err(e) = state.records.record(&run, org, Outcome::Failed).await
+    {
+        tracing::warn!(run_id = %run, org_id = %org, error = %e, "cannot record the malformed job as failed");
+    }
     Ok(())
 }
 
@@ -283,7 +280,9 @@ async fn quarantine_undecodable(conn: &ConnectionManager, worker: &str) {
         metrics::counter!(m::TASK_ERROR_TOTAL, "reason" => "malformed_job").increment(1);
         match moved {
             Ok(()) => tracing::error!(task_id = %id, payload = %sample, "job payload is not JSON; moved to the dead set, never retried"),
-            Err(e) => tracing::error!(task_id = %id, payload = %sample, error = %e, "job payload is not JSON and could not be moved to the dead set"),
+            Err(e) => {
+                tracing::error!(task_id = %id, payload = %sample, error = %e, "job payload is not JSON and could not be moved to the dead set")
+            }
         }
     }
 }
@@ -303,11 +302,8 @@ async fn housekeeping(conn: ConnectionManager, shutdown: CancellationToken) {
         if let Err(e) = queue::promote_due(&conn).await {
             tracing::debug!(error = %e, "cannot move due jobs to the ready list");
         }
-        let depth: Result<(u64, u64), _> = redis::pipe()
-            .llen(config.active_jobs_list())
-            .zcard(config.scheduled_jobs_set())
-            .query_async(&mut conn.clone())
-            .await;
+        let depth: Result<(u64, u64), _> =
+            redis::pipe().llen(config.active_jobs_list()).zcard(config.scheduled_jobs_set()).query_async(&mut conn.clone()).await;
         if let Ok((ready, scheduled)) = depth {
             metrics::gauge!(m::QUEUE_READY_JOBS).set(ready as f64);
             metrics::gauge!(m::QUEUE_SCHEDULED_JOBS).set(scheduled as f64);

@@ -27,7 +27,14 @@ pub struct ProjectionRecord {
 }
 
 impl ProjectionRecord {
-    pub fn new(run_id: &RunId, org_id: OrgId, project_id: ProjectId, first_hour: DateTime<Utc>, projection: Projection, fencing_token: u64) -> Self {
+    pub fn new(
+        run_id: &RunId,
+        org_id: OrgId,
+        project_id: ProjectId,
+        first_hour: DateTime<Utc>,
+        projection: Projection,
+        fencing_token: u64,
+    ) -> Self {
         ProjectionRecord {
             run_id: run_id.clone(),
             org_id,
@@ -64,17 +71,11 @@ impl JsonLinesSink {
             target: path.display().to_string(),
             detail: format!("{e} (check that the directory exists and is writable)"),
         })?;
-        Ok(JsonLinesSink {
-            path: path.to_owned(),
-            file: Mutex::new(std::io::BufWriter::new(file)),
-        })
+        Ok(JsonLinesSink { path: path.to_owned(), file: Mutex::new(std::io::BufWriter::new(file)) })
     }
 
     fn sink_error(&self, e: impl std::fmt::Display) -> Error {
-        Error::Sink {
-            target: self.path.display().to_string(),
-            detail: e.to_string(),
-        }
+        Error::Sink { target: self.path.display().to_string(), detail: e.to_string() }
     }
 }
 

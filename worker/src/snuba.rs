@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
-use projector_shared::metrics as m;
 use projector_shared::ProjectId;
+use projector_shared::metrics as m;
 use serde::Deserialize;
 
 use crate::error::Error;
@@ -37,10 +37,7 @@ impl SnubaQuery {
             .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
-            .map_err(|e| Error::QueryUnreachable {
-                url: settings.url.clone(),
-                detail: format!("cannot build the HTTP client: {e}"),
-            })?;
+            .map_err(|e| Error::QueryUnreachable { url: settings.url.clone(), detail: format!("cannot build the HTTP client: {e}") })?;
         let endpoint = format!("{}/{}/snql", settings.url.trim_end_matches('/'), settings.dataset);
         Ok(SnubaQuery { http, endpoint, settings })
     }
@@ -70,10 +67,7 @@ impl SnubaQuery {
         if e.is_timeout() {
             Error::QueryTimeout(self.settings.timeout)
         } else {
-            Error::QueryUnreachable {
-                url: self.endpoint.clone(),
-                detail: error_chain(&e),
-            }
+            Error::QueryUnreachable { url: self.endpoint.clone(), detail: error_chain(&e) }
         }
     }
 }
@@ -177,22 +171,13 @@ pub fn classify(status: u16, body: &str, request: &HistoryRequest) -> Result<Org
                 threshold: rejected.as_ref().and_then(|r| r.rejection_threshold),
             })
         }
-        500..=599 => Err(Error::QueryServer {
-            status,
-            detail: error_message(body),
-        }),
-        _ => Err(Error::QueryBadRequest {
-            status,
-            detail: error_message(body),
-        }),
+        500..=599 => Err(Error::QueryServer { status, detail: error_message(body) }),
+        _ => Err(Error::QueryBadRequest { status, detail: error_message(body) }),
     }
 }
 
 fn parse_rows(body: &str, request: &HistoryRequest) -> Result<OrgHistory, Error> {
-    let rows: Rows = serde_json::from_str(body).map_err(|e| Error::QueryMalformed {
-        reason: e.to_string(),
-        sample: sample(body),
-    })?;
+    let rows: Rows = serde_json::from_str(body).map_err(|e| Error::QueryMalformed { reason: e.to_string(), sample: sample(body) })?;
     let start_hour = request.end.timestamp().div_euclid(3600) - request.hours as i64;
     let mut history: OrgHistory = request.project_ids.iter().map(|p| (*p, vec![0; request.hours])).collect();
     for row in rows.data {

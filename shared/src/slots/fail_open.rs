@@ -19,10 +19,7 @@ pub struct FailOpenLimiter {
 
 impl FailOpenLimiter {
     pub fn new(primary: Arc<dyn SlotLimiter>, fallback_limit: u32) -> Self {
-        FailOpenLimiter {
-            primary,
-            fallback: MemorySlotLimiter::new(fallback_limit),
-        }
+        FailOpenLimiter { primary, fallback: MemorySlotLimiter::new(fallback_limit) }
     }
 
     /// Slots held under the fallback limit now.

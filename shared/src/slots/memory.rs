@@ -87,16 +87,8 @@ impl SlotLimiter for MemorySlotLimiter {
                 Ok(Ok(permit)) => {
                     record_granted(elapsed, inner.in_use(), inner.limit);
                     let token = inner.next_token.fetch_add(1, Ordering::SeqCst);
-                    let release = MemoryRelease {
-                        permit,
-                        inner: inner.clone(),
-                    };
-                    Ok(Acquire::Granted(SlotPermit::new(
-                        format!("mem-{token}"),
-                        token,
-                        CancellationToken::new(),
-                        Box::new(release),
-                    )))
+                    let release = MemoryRelease { permit, inner: inner.clone() };
+                    Ok(Acquire::Granted(SlotPermit::new(format!("mem-{token}"), token, CancellationToken::new(), Box::new(release))))
                 }
                 Ok(Err(_closed)) => Err(Error::LimiterClosed { waited: elapsed }),
                 Err(_elapsed) => {
@@ -149,10 +141,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     fn request(org: u64) -> SlotRequest {
-        SlotRequest {
-            holder: "test".into(),
-            org_id: OrgId(org),
-        }
+        SlotRequest { holder: "test".into(), org_id: OrgId(org) }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

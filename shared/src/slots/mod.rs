@@ -15,9 +15,9 @@ use crate::error::Error;
 use crate::ids::OrgId;
 use crate::metrics as m;
 
+pub use self::redis::{Holder, RedisSlotLimiter, RedisSlotSettings, SlotState};
 pub use fail_open::FailOpenLimiter;
 pub use memory::MemorySlotLimiter;
-pub use self::redis::{Holder, RedisSlotLimiter, RedisSlotSettings, SlotState};
 
 /// Who asks for a slot; stored with the lease so operators can see who holds what.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,12 +96,7 @@ impl std::fmt::Debug for SlotPermit {
 impl SlotPermit {
     /// Builds a permit; `lost` is cancelled by the limiter if the lease is lost while held.
     pub fn new(lease_id: String, fencing_token: u64, lost: CancellationToken, release: Box<dyn ReleaseSlot>) -> Self {
-        SlotPermit {
-            lease_id,
-            fencing_token,
-            lost,
-            release: Some(release),
-        }
+        SlotPermit { lease_id, fencing_token, lost, release: Some(release) }
     }
 
     pub fn lease_id(&self) -> &str {

@@ -102,9 +102,7 @@ type RawSlotState = (
 impl RedisSlotLimiter {
     /// Creates a limiter; no connection is made until the first call, so a worker starts even if Redis is down.
     pub fn new(url: &str, settings: RedisSlotSettings) -> Result<Self, Error> {
-        let unavailable = |e: redis::RedisError| Error::SlotBackendUnavailable {
-            detail: format!("{url}: {e}"),
-        };
+        let unavailable = |e: redis::RedisError| Error::SlotBackendUnavailable { detail: format!("{url}: {e}") };
         let (client, conn) = crate::redis_conn::connection_manager(url, settings.round_trip_budget).map_err(unavailable)?;
         Ok(RedisSlotLimiter {
             inner: Arc::new(Inner {
@@ -182,11 +180,7 @@ impl RedisSlotLimiter {
     pub async fn existing_keys(&self) -> Result<Vec<String>, Error> {
         let mut conn = self.inner.conn.clone();
         let pattern = format!("{}*", self.inner.keys.limit().trim_end_matches("limit"));
-        let mut keys: Vec<String> = redis::cmd("KEYS")
-            .arg(pattern)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.inner.unavailable(e))?;
+        let mut keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(&mut conn).await.map_err(|e| self.inner.unavailable(e))?;
         keys.sort();
         Ok(keys)
     }
@@ -203,7 +197,8 @@ impl RedisSlotLimiter {
             // between its re-checks; a dead one is dropped from the queue a second after it would have given up.
             let wait_ms = if remaining.is_zero() { 0 } else { ms(remaining) + 1_000 };
             let (granted, value, in_use, limit, reclaimed): (u8, u64, u32, u32, u64) = inner
-                .call(ACQUIRE
+                .call(
+                    ACQUIRE
                         .key(inner.keys.script_keys())
                         .arg(&id)
                         .arg(&info)
@@ -225,9 +220,7 @@ impl RedisSlotLimiter {
             let nap = jitter(inner.settings.recheck).min(remaining);
             if let Some(token) = self.wait_for_handoff(&id, nap).await? {
                 // The lease was made for us, reserved briefly; a renewal makes it a full lease.
-                let renewed: u8 = inner
-                    .call(RENEW.key(inner.keys.script_keys()).arg(&id).arg(ms(inner.settings.lease_ttl)))
-                    .await?;
+                let renewed: u8 = inner.call(RENEW.key(inner.keys.script_keys()).arg(&id).arg(ms(inner.settings.lease_ttl))).await?;
                 if renewed == 1 {
                     // The handed-over slot is ours now; `in_use` was read before the wait.
                     let in_use = limit.min(in_use.saturating_add(1));
@@ -242,11 +235,8 @@ impl RedisSlotLimiter {
         let inner = &self.inner;
         let mut conn = inner.blocking_connection().await?;
         let seconds = nap.as_secs_f64().max(0.001);
-        let popped: Result<Option<(String, u64)>, _> = redis::cmd("BLPOP")
-            .arg(inner.keys.wake(id))
-            .arg(seconds)
-            .query_async(&mut conn)
-            .await;
+        let popped: Result<Option<(String, u64)>, _> =
+            redis::cmd("BLPOP").arg(inner.keys.wake(id)).arg(seconds).query_async(&mut conn).await;
         match popped {
             Ok(result) => {
                 inner.return_blocking(conn);
@@ -267,12 +257,7 @@ impl RedisSlotLimiter {
         }
         let waited = started.elapsed();
         record_timed_out(waited);
-        Ok(Acquire::TimedOut(TimedOut {
-            waited,
-            in_use,
-            limit,
-            queue_position: waiters + 1,
-        }))
+        Ok(Acquire::TimedOut(TimedOut { waited, in_use, limit, queue_position: waiters + 1 }))
     }
 
     fn granted(&self, id: String, token: u64, in_use: u32, limit: u32, started: Instant) -> Acquire {
@@ -280,11 +265,7 @@ impl RedisSlotLimiter {
         let lost = CancellationToken::new();
         let stop = CancellationToken::new();
         tokio::spawn(renew_while_held(self.inner.clone(), id.clone(), lost.clone(), stop.clone()));
-        let release = RedisRelease {
-            inner: self.inner.clone(),
-            id: id.clone(),
-            stop,
-        };
+        let release = RedisRelease { inner: self.inner.clone(), id: id.clone(), stop };
         Acquire::Granted(SlotPermit::new(id, token, lost, Box::new(release)))
     }
 }
@@ -300,9 +281,7 @@ impl Inner {
         match tokio::time::timeout(self.settings.round_trip_budget, invocation.invoke_async(&mut conn)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(self.unavailable(e)),
-            Err(_) => Err(Error::SlotBackendUnavailable {
-                detail: format!("no answer within {:?}", self.settings.round_trip_budget),
-            }),
+            Err(_) => Err(Error::SlotBackendUnavailable { detail: format!("no answer within {:?}", self.settings.round_trip_budget) }),
         }
     }
 
@@ -315,17 +294,11 @@ impl Inner {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.settings.round_trip_budget))
             .set_response_timeout(Some(self.settings.recheck * 2 + self.settings.round_trip_budget));
-        match tokio::time::timeout(
-            self.settings.round_trip_budget,
-            self.client.get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
+        match tokio::time::timeout(self.settings.round_trip_budget, self.client.get_multiplexed_async_connection_with_config(&config)).await
         {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(self.unavailable(e)),
-            Err(_) => Err(Error::SlotBackendUnavailable {
-                detail: "connecting for a slot wait timed out".to_owned(),
-            }),
+            Err(_) => Err(Error::SlotBackendUnavailable { detail: "connecting for a slot wait timed out".to_owned() }),
         }
     }
 
@@ -341,9 +314,7 @@ impl SlotLimiter for RedisSlotLimiter {
             let bound = max_wait + self.inner.settings.round_trip_budget * 2;
             match tokio::time::timeout(bound, self.acquire_inner(request, max_wait)).await {
                 Ok(result) => result,
-                Err(_) => Err(Error::SlotBackendUnavailable {
-                    detail: format!("no slot decision within {bound:?}"),
-                }),
+                Err(_) => Err(Error::SlotBackendUnavailable { detail: format!("no slot decision within {bound:?}") }),
             }
         })
     }
@@ -362,9 +333,7 @@ async fn renew_while_held(inner: Arc<Inner>, id: String, lost: CancellationToken
             () = stop.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        let result: Result<u8, Error> = inner
-            .call(RENEW.key(inner.keys.script_keys()).arg(&id).arg(ms(inner.settings.lease_ttl)))
-            .await;
+        let result: Result<u8, Error> = inner.call(RENEW.key(inner.keys.script_keys()).arg(&id).arg(ms(inner.settings.lease_ttl))).await;
         match result {
             Ok(1) => last_ok = Instant::now(),
             Ok(_) => {
@@ -396,7 +365,8 @@ impl ReleaseSlot for RedisRelease {
             self.stop.cancel();
             let inner = &self.inner;
             let (_removed, in_use, limit, reclaimed): (u8, u32, u32, u64) = inner
-                .call(RELEASE
+                .call(
+                    RELEASE
                         .key(inner.keys.script_keys())
                         .arg(&self.id)
                         .arg(inner.settings.initial_limit)

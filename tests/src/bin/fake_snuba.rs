@@ -94,10 +94,7 @@ impl Fake {
         r.max_in_flight = r.max_in_flight.max(r.in_flight);
         stats.total.in_flight += 1;
         stats.total.max_in_flight = stats.total.max_in_flight.max(stats.total.in_flight);
-        Ok(InFlight {
-            fake: self.clone(),
-            referrer: referrer.to_owned(),
-        })
+        Ok(InFlight { fake: self.clone(), referrer: referrer.to_owned() })
     }
 }
 
@@ -126,11 +123,7 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(args.error_rate + args.slow_rate + args.malformed_rate <= 1.0, "the fault rates add up to more than 1");
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     let bound = listener.local_addr()?;
-    let fake = Arc::new(Fake {
-        args,
-        stats: Mutex::default(),
-        seq: AtomicU64::new(0),
-    });
+    let fake = Arc::new(Fake { args, stats: Mutex::default(), seq: AtomicU64::new(0) });
     let app = Router::new()
         .route("/{dataset}/snql", post(query))
         .route("/stats", get(stats))
@@ -232,9 +225,7 @@ fn parse_snql(q: &str, dataset: &str) -> Result<HourlyQuery, String> {
     };
     let time = |marker: &str| -> Result<DateTime<Utc>, String> {
         let text = after(marker).and_then(|r| r.split('\'').next()).ok_or(format!("missing condition {marker}'…')"))?;
-        NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S")
-            .map(|t| t.and_utc())
-            .map_err(|e| format!("bad time {text:?}: {e}"))
+        NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S").map(|t| t.and_utc()).map_err(|e| format!("bad time {text:?}: {e}"))
     };
     let (start, end) = (time("timestamp >= toDateTime('")?, time("timestamp < toDateTime('")?);
     if end <= start || (end - start).num_hours() > 24 * 90 {

@@ -86,11 +86,8 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut first_grant: Option<Duration> = None;
     while run.try_wait()?.is_none() {
-        let (in_use, waiting, ready): (u64, u64, u64) = redis::pipe()
-            .zcard(keys.leases())
-            .zcard(keys.queue())
-            .llen(queue.active_jobs_list())
-            .query(&mut conn)?;
+        let (in_use, waiting, ready): (u64, u64, u64) =
+            redis::pipe().zcard(keys.leases()).zcard(keys.queue()).llen(queue.active_jobs_list()).query(&mut conn)?;
         if in_use > 0 && first_grant.is_none() {
             first_grant = Some(started.elapsed());
         }
@@ -131,7 +128,11 @@ fn main() -> anyhow::Result<()> {
     });
     println!("fan-out of {} orgs (process start to exit)   {:.2} s", args.fanout_orgs, fanout.as_secs_f64());
     println!("run of {} orgs, {} workers x 64, limit {}, query latency {:?}", args.orgs, args.workers, args.limit, args.latency);
-    println!("  completed {completed} in {:.2} s = {throughput:.1} orgs/s; ideal {ideal:.1}/s -> {:.1}% of ideal", wall.as_secs_f64(), throughput / ideal * 100.0);
+    println!(
+        "  completed {completed} in {:.2} s = {throughput:.1} orgs/s; ideal {ideal:.1}/s -> {:.1}% of ideal",
+        wall.as_secs_f64(),
+        throughput / ideal * 100.0
+    );
     println!("  first slot granted {:.0} ms after the run was started", first_grant.unwrap_or_default().as_secs_f64() * 1000.0);
     println!("  average slot utilization while a backlog existed: {utilization:.1}% ({samples} samples)");
     println!("  query service: max in flight {}, 429s {}", stats["max_in_flight"], stats["rejected_429"]);

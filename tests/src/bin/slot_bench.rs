@@ -15,10 +15,7 @@ const LIMIT: u32 = 50;
 const WAITERS: usize = 200;
 
 fn request(org: u64) -> SlotRequest {
-    SlotRequest {
-        holder: "bench".into(),
-        org_id: OrgId(org),
-    }
+    SlotRequest { holder: "bench".into(), org_id: OrgId(org) }
 }
 
 fn percentile(samples: &mut [Duration], p: f64) -> u64 {
@@ -106,9 +103,10 @@ async fn main() -> anyhow::Result<()> {
         clients.push(tokio::spawn(async move {
             while Instant::now() < stop_at {
                 if let Ok(p) = granted(&l, u64::from(c), Duration::from_secs(1)).await
-                    && p.release().await.is_ok() {
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
+                    && p.release().await.is_ok()
+                {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }));
     }
@@ -138,10 +136,9 @@ async fn main() -> anyhow::Result<()> {
     println!("handoff p50 / p99 (limit 50, 200 waiters)  {handoff_p50} / {handoff_p99} us");
     println!("acquire+release throughput, 50 clients  {throughput_ops} cycles/s = {script_calls} script calls/s");
     match reference_ops {
-        Some(r) => println!(
-            "redis-benchmark EVAL, 50 clients        {r} calls/s (ours: {:.0}% of it)",
-            script_calls as f64 * 100.0 / r as f64
-        ),
+        Some(r) => {
+            println!("redis-benchmark EVAL, 50 clients        {r} calls/s (ours: {:.0}% of it)", script_calls as f64 * 100.0 / r as f64)
+        }
         None => println!("redis-benchmark not found: no reference figure"),
     }
     println!("seed design (INCR/DECR, 1 s polling) handoff p50  {seed_handoff_p50} us");

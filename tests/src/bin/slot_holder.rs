@@ -45,12 +45,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let limiter = RedisSlotLimiter::new(&args.redis_url, RedisSlotSettings::new(args.limit, args.lease_ttl))?;
     let observer = redis::Client::open(args.redis_url.as_str())?.get_multiplexed_async_connection().await?;
-    let (granted, timed_out, violations, lost) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-    );
+    let (granted, timed_out, violations, lost) =
+        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let max_seen = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for t in 0..args.tasks {
@@ -62,10 +58,7 @@ async fn main() -> anyhow::Result<()> {
         let (iterations, hold, max_wait, limit) = (args.iterations, args.hold, args.max_wait, args.limit);
         tasks.push(tokio::spawn(async move {
             for i in 0..iterations {
-                let request = SlotRequest {
-                    holder: format!("holder-{}", std::process::id()),
-                    org_id: OrgId(u64::from(t * 1000 + i)),
-                };
+                let request = SlotRequest { holder: format!("holder-{}", std::process::id()), org_id: OrgId(u64::from(t * 1000 + i)) };
                 match limiter.acquire(request, max_wait).await {
                     Ok(Acquire::Granted(permit)) => {
                         granted.fetch_add(1, Ordering::SeqCst);
