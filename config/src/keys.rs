@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::value::{choice, duration, format_duration, int, text};
+use crate::value::{boolean, choice, duration, format_duration, int, text, url};
 use crate::{Config, OnRedisError, OnSlotTimeout, OrgSourceKind, QuerySourceKind, SinkKind};
 
 /// One configuration key.
@@ -40,16 +40,30 @@ fn name_of<T: PartialEq + Copy>(options: &[(&'static str, T)], v: T) -> String {
 pub static KEYS: &[KeySpec] = &[
     KeySpec {
         name: "redis.url",
-        help: "Redis holding jobs, slots, run records and flags (redis:// or rediss://)",
+        help: "Redis holding jobs, slots, run records and flags (redis://, rediss:// for TLS, or unix:///path)",
         set: |c, v| {
-            let url = text(v)?;
-            if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
-                return Err("must be a URL starting with redis://, rediss:// or unix://".to_owned());
-            }
-            c.redis.url = url;
+            c.redis.url = url(v, &["redis", "rediss", "unix", "redis+unix"])?;
             Ok(())
         },
         get: |c| c.redis.url.clone(),
+    },
+    KeySpec {
+        name: "redis.tls_ca_file",
+        help: "with rediss://: PEM file of the CA that signed the server's certificate (default: the system's roots)",
+        set: |c, v| {
+            c.redis.tls_ca_file = Some(text(v)?.into());
+            Ok(())
+        },
+        get: |c| c.redis.tls_ca_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+    },
+    KeySpec {
+        name: "redis.tls_insecure",
+        help: "with rediss://: accept any server certificate (self-signed staging servers only; same as a #insecure URL)",
+        set: |c, v| {
+            c.redis.tls_insecure = boolean(v)?;
+            Ok(())
+        },
+        get: |c| c.redis.tls_insecure.to_string(),
     },
     KeySpec {
         name: "slots.limit",
@@ -183,19 +197,30 @@ pub static KEYS: &[KeySpec] = &[
     },
     KeySpec {
         name: "query.url",
-        help: "base URL of the Snuba-compatible query service, for query.source = \"snuba\"",
+        help: "base URL of the Snuba-compatible query service (http:// or https://), for query.source = \"snuba\"",
         set: |c, v| {
-            let url = text(v)?;
-            if url.starts_with("https://") {
-                return Err("https is not supported by this build (plain HTTP inside the cluster); use an http:// URL".to_owned());
-            }
-            if !url.starts_with("http://") {
-                return Err("must be a URL starting with http://".to_owned());
-            }
-            c.query.url = Some(url);
+            c.query.url = Some(url(v, &["http", "https"])?);
             Ok(())
         },
         get: |c| c.query.url.clone().unwrap_or_default(),
+    },
+    KeySpec {
+        name: "query.tls_ca_file",
+        help: "with an https:// query.url: PEM file of the CA that signed the service's certificate (default: the system's roots)",
+        set: |c, v| {
+            c.query.tls_ca_file = Some(text(v)?.into());
+            Ok(())
+        },
+        get: |c| c.query.tls_ca_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+    },
+    KeySpec {
+        name: "query.tls_insecure",
+        help: "with an https:// query.url: accept any certificate (staging only)",
+        set: |c, v| {
+            c.query.tls_insecure = boolean(v)?;
+            Ok(())
+        },
+        get: |c| c.query.tls_insecure.to_string(),
     },
     KeySpec {
         name: "query.dataset",
@@ -238,6 +263,15 @@ pub static KEYS: &[KeySpec] = &[
         get: |c| format_duration(c.query.synthetic_latency),
     },
     KeySpec {
+        name: "query.referrer_limit",
+        help: "the query service's own limit of concurrent queries for query.referrer; projectorctl refuses a slot limit above it",
+        set: |c, v| {
+            c.query.referrer_limit = int(v, 1, 100_000)?;
+            Ok(())
+        },
+        get: |c| c.query.referrer_limit.to_string(),
+    },
+    KeySpec {
         name: "sink.kind",
         help: "where projections go: \"redis\" (a hash per org at redis.url), \"jsonl\" (file at sink.path) or \"discard\"",
         set: |c, v| {
@@ -275,7 +309,7 @@ pub static KEYS: &[KeySpec] = &[
     },
     KeySpec {
         name: "worker.metrics_addr",
-        help: "address serving /metrics (Prometheus text) and /healthz",
+        help: "address serving /metrics, /healthz and /readyz; port 0 picks a free port (logged at start)",
         set: |c, v| {
             c.worker.metrics_addr =
                 v.trim().parse().map_err(|_| "must be a socket address like \"127.0.0.1:9464\" or \"0.0.0.0:9464\"".to_owned())?;
@@ -291,6 +325,24 @@ pub static KEYS: &[KeySpec] = &[
             Ok(())
         },
         get: |c| format_duration(c.worker.shutdown_grace),
+    },
+    KeySpec {
+        name: "worker.rollout_refresh",
+        help: "how long a worker trusts the rollout flag it read before reading it again",
+        set: |c, v| {
+            c.worker.rollout_refresh = duration(v, MILLIS(10), SECS(600))?;
+            Ok(())
+        },
+        get: |c| format_duration(c.worker.rollout_refresh),
+    },
+    KeySpec {
+        name: "worker.housekeeping_interval",
+        help: "how often a worker promotes due jobs, refreshes queue and slot gauges and writes its heartbeat",
+        set: |c, v| {
+            c.worker.housekeeping_interval = duration(v, MILLIS(10), SECS(60))?;
+            Ok(())
+        },
+        get: |c| format_duration(c.worker.housekeeping_interval),
     },
 ];
 

@@ -36,6 +36,10 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RedisConfig {
     pub url: String,
+    /// PEM file of the CA that signed the server's certificate (`rediss://` only).
+    pub tls_ca_file: Option<PathBuf>,
+    /// Accept any server certificate (`rediss://` only; self-signed staging servers).
+    pub tls_insecure: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -107,6 +111,12 @@ pub struct QueryConfig {
     pub timeout: Duration,
     /// Latency of one synthetic query, standing in for the analytics store.
     pub synthetic_latency: Duration,
+    /// The query service's own limit of concurrent queries per referrer; slots.limit stays below it.
+    pub referrer_limit: u32,
+    /// PEM file of the CA that signed the query service's certificate (`https://` only).
+    pub tls_ca_file: Option<PathBuf>,
+    /// Accept any certificate from the query service (`https://` only; staging).
+    pub tls_insecure: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,12 +150,16 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     pub metrics_addr: SocketAddr,
     pub shutdown_grace: Duration,
+    /// How long the rollout flag read from Redis is trusted before it is read again.
+    pub rollout_refresh: Duration,
+    /// How often due jobs are promoted, queue and slot gauges refreshed and the heartbeat written.
+    pub housekeeping_interval: Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            redis: RedisConfig { url: "redis://127.0.0.1:6379".to_owned() },
+            redis: RedisConfig { url: "redis://127.0.0.1:6379".to_owned(), tls_ca_file: None, tls_insecure: false },
             slots: SlotsConfig {
                 limit: 50,
                 lease_ttl: Duration::from_secs(30),
@@ -165,12 +179,17 @@ impl Default for Config {
                 referrer: "getsentry.get_spike_projections".to_owned(),
                 timeout: Duration::from_secs(30),
                 synthetic_latency: Duration::from_millis(50),
+                referrer_limit: 100,
+                tls_ca_file: None,
+                tls_insecure: false,
             },
             sink: SinkConfig { kind: SinkKind::Redis, path: None, ttl: Duration::from_secs(48 * 3600) },
             worker: WorkerConfig {
                 concurrency: 64,
                 metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
                 shutdown_grace: Duration::from_secs(30),
+                rollout_refresh: Duration::from_secs(2),
+                housekeeping_interval: Duration::from_secs(1),
             },
         }
     }

@@ -74,7 +74,7 @@ pub fn load(file: Option<&Path>, env: &Env, flags: &[FlagValue]) -> Result<Confi
                 key: var.clone(),
                 value: Some(value.clone()),
                 source: Source::Env(var.clone()),
-                allowed: format!("unknown variable; known ones are {}", known_env_vars()),
+                allowed: unknown("variable", var, KEYS.iter().map(|k| env_var_for(k.name))),
             }),
         }
     }
@@ -88,7 +88,7 @@ pub fn load(file: Option<&Path>, env: &Env, flags: &[FlagValue]) -> Result<Confi
                 key: flag.key.clone(),
                 value: Some(flag.value.clone()),
                 source: Source::Flag(flag.flag.clone()),
-                allowed: format!("unknown key; known keys are {}", known_keys()),
+                allowed: unknown("key", &flag.key, KEYS.iter().map(|k| k.name.to_owned())),
             }),
         }
     }
@@ -158,12 +158,8 @@ fn read_file(path: &Path, problems: &mut Vec<Problem>) -> Result<Vec<(&'static s
         for (name, value) in body {
             let dotted = format!("{section}.{name}");
             let Some(spec) = find(&dotted) else {
-                problems.push(Problem {
-                    key: dotted,
-                    value: Some(value.to_string()),
-                    source: source.clone(),
-                    allowed: format!("unknown key; known keys are {}", known_keys()),
-                });
+                let allowed = unknown("key", &dotted, KEYS.iter().map(|k| k.name.to_owned()));
+                problems.push(Problem { key: dotted, value: Some(value.to_string()), source: source.clone(), allowed });
                 continue;
             };
             match scalar_text(value) {
@@ -191,12 +187,16 @@ fn scalar_text(value: &toml::Value) -> Option<String> {
     }
 }
 
-fn known_keys() -> String {
-    KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
-}
-
-fn known_env_vars() -> String {
-    KEYS.iter().map(|k| env_var_for(k.name)).collect::<Vec<_>>().join(", ")
+/// "unknown key; did you mean slots.limit?" — the nearest known name, or where to find them all.
+fn unknown(what: &str, given: &str, known: impl Iterator<Item = String>) -> String {
+    let nearest = known
+        .map(|k| (strsim::jaro_winkler(&given.to_ascii_lowercase(), &k.to_ascii_lowercase()), k))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .filter(|(score, _)| *score >= 0.8);
+    match nearest {
+        Some((_, name)) => format!("unknown {what}; did you mean {name}?"),
+        None => format!("unknown {what}; config.example.toml lists every key (environment: PROJECTOR_<SECTION>_<KEY>)"),
+    }
 }
 
 fn known_sections() -> String {
@@ -273,6 +273,8 @@ mod tests {
         let err = load(None, &env, &[]).expect_err("typo is an error");
         assert_eq!(err.problems().len(), 1);
         assert_eq!(err.problems()[0].key, "PROJECTOR_SLOT_LIMIT");
+        assert_eq!(err.problems()[0].allowed, "unknown variable; did you mean PROJECTOR_SLOTS_LIMIT?");
+        assert!(!err.to_string().contains("PROJECTOR_WORKER_CONCURRENCY"), "one suggestion, not the whole list: {err}");
     }
 
     #[test]

@@ -37,6 +37,35 @@ pub(crate) fn text(raw: &str) -> Result<String, String> {
     if s.is_empty() { Err("must not be empty".to_owned()) } else { Ok(s.to_owned()) }
 }
 
+/// Parses `true` or `false`.
+pub(crate) fn boolean(raw: &str) -> Result<bool, String> {
+    match raw.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err("must be true or false".to_owned()),
+    }
+}
+
+/// Parses a URL whose scheme is one of `schemes` and that names a host (or, for `unix`, a path),
+/// with a numeric port when one is given. Credentials are never echoed back.
+pub(crate) fn url(raw: &str, schemes: &[&str]) -> Result<String, String> {
+    let text = text(raw)?;
+    let allowed = || schemes.iter().map(|s| format!("{s}://")).collect::<Vec<_>>().join(", ");
+    let parsed = url::Url::parse(&text).map_err(|e| format!("must be a URL starting with {} ({e})", allowed()))?;
+    if !schemes.contains(&parsed.scheme()) {
+        return Err(format!("must be a URL starting with {}", allowed()));
+    }
+    let is_socket = parsed.scheme().ends_with("unix");
+    if is_socket {
+        if parsed.path().is_empty() || parsed.path() == "/" {
+            return Err("a unix:// URL must name the socket path, like unix:///run/redis.sock".to_owned());
+        }
+    } else if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("must name a host, like {}127.0.0.1:6379", allowed().split(',').next().unwrap_or_default()));
+    }
+    Ok(text)
+}
+
 /// Formats a duration the way it is written in config ("2s", "500ms").
 pub fn format_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()
@@ -55,6 +84,21 @@ mod tests {
         assert!(duration("soon", Duration::ZERO, max).is_err());
         assert!(duration("2", Duration::ZERO, max).is_err(), "a bare number has no unit");
         assert!(duration("2h", Duration::ZERO, max).is_err(), "above the maximum");
+    }
+
+    #[test]
+    fn urls_are_checked_whole() {
+        let redis = ["redis", "rediss", "unix"];
+        assert!(url("redis://127.0.0.1:6379", &redis).is_ok());
+        assert!(url("redis://:secret@host:6379/2", &redis).is_ok());
+        assert!(url("unix:///run/redis.sock", &redis).is_ok());
+        let bad_port = url("redis://127.0.0.1:notaport", &redis).expect_err("port must be a number");
+        assert!(bad_port.contains("port"), "{bad_port}");
+        assert!(url("http://127.0.0.1:6379", &redis).is_err());
+        assert!(url("redis://", &redis).is_err());
+        assert!(url("unix://", &redis).is_err());
+        let leaked = url("redis://:hunter2@127.0.0.1:notaport", &redis).expect_err("bad port");
+        assert!(!leaked.contains("hunter2"), "{leaked}");
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub enum RunOnceResult {
 }
 
 fn connect(config: &Config) -> Result<ConnectionManager, Error> {
-    projector_shared::redis_conn::connection_manager(&config.redis.url, Duration::from_secs(5))
+    projector_shared::redis_conn::connection_manager(&config.redis, Duration::from_secs(5))
         .map(|(_, conn)| conn)
         .map_err(|e| projector_shared::Error::redis("connecting")(e).into())
 }

@@ -6,10 +6,13 @@ pub const SLOT_ACQUIRED_TOTAL: &str = "spike_projection_slot_acquired_total";
 pub const SLOT_RELEASED_TOTAL: &str = "spike_projection_slot_released_total";
 /// Slot waits that hit `slots.max_wait`.
 pub const SLOT_WAIT_TIMEOUT_TOTAL: &str = "spike_projection_slot_wait_timeout_total";
-/// Slots held now (gauge).
+/// Slots this process holds now (gauge; 0 whenever it holds none). `sum()` over workers is the fleet's.
 pub const CONCURRENT_QUERIES: &str = "spike_projection_concurrent_queries";
-/// Slots held as a percentage of the limit (gauge).
+/// The fleet's live leases as a percentage of the limit in force, read from the limiter's own
+/// state (gauge; every worker reports the same fleet-wide value: aggregate with `max()`).
 pub const UTILIZATION_PERCENT: &str = "spike_projection_utilization_percent";
+/// The slot limit in force (gauge; from Redis, where operators can change it; aggregate with `max()`).
+pub const SLOT_LIMIT: &str = "spike_projection_slot_limit";
 /// Time from asking for a slot to holding one or giving up (histogram).
 pub const SLOT_WAIT_SECONDS: &str = "spike_projection_slot_wait_seconds";
 /// Expired leases of dead or paused holders taken back.
@@ -38,9 +41,17 @@ pub const QUERY_RATE_LIMITED_TOTAL: &str = "projector_query_rate_limited_total";
 /// Projection writes refused because a newer run or a newer lease already wrote those hours.
 pub const PROJECTION_STALE_REFUSED_TOTAL: &str = "projector_projection_stale_write_refused_total";
 
-/// Jobs ready to run now (gauge; length of the apalis active list).
+/// Jobs ready to run now (gauge; length of the apalis active list). Every worker reports the same
+/// fleet-wide value: aggregate with `max()`, never `sum()`.
 pub const QUEUE_READY_JOBS: &str = "projector_queue_ready_jobs";
-/// Jobs waiting for their batch's release time (gauge; the apalis scheduled set).
+/// Jobs waiting for their batch's release time (gauge; the apalis scheduled set; aggregate with `max()`).
 pub const QUEUE_SCHEDULED_JOBS: &str = "projector_queue_scheduled_jobs";
 /// Restarts of a worker's job loop after an error (usually Redis unreachable); backoff caps at 30 s.
 pub const WORKER_RESTARTS_TOTAL: &str = "projector_worker_restarts_total";
+
+/// Histogram buckets (seconds) for slot waits: 1 ms to 60 s, the range of slots.max_wait.
+pub const SLOT_WAIT_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+/// Histogram buckets (seconds) for queries: 10 ms to 60 s, the query service's longest query.
+pub const QUERY_DURATION_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0];
+/// Histograms and their buckets; everything else is a counter or a gauge.
+pub const HISTOGRAMS: &[(&str, &[f64])] = &[(SLOT_WAIT_SECONDS, SLOT_WAIT_BUCKETS), (QUERY_DURATION_SECONDS, QUERY_DURATION_BUCKETS)];

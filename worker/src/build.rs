@@ -32,7 +32,7 @@ pub fn sink(config: &Config, output: Option<&Path>) -> Result<Arc<dyn Projection
         return Ok(Arc::new(JsonLinesSink::create(path)?));
     }
     Ok(match (config.sink.kind, &config.sink.path) {
-        (SinkKind::Redis, _) => Arc::new(RedisSink::new(&config.redis.url, config.sink.ttl)?),
+        (SinkKind::Redis, _) => Arc::new(RedisSink::new(&config.redis, config.sink.ttl)?),
         (SinkKind::JsonLines, Some(path)) => Arc::new(JsonLinesSink::create(path)?),
         (SinkKind::JsonLines, None) | (SinkKind::Discard, _) => Arc::new(DiscardSink),
     })

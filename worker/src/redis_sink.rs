@@ -7,6 +7,7 @@ use futures::future::BoxFuture;
 use projector_shared::keys;
 use projector_shared::metrics as m;
 use redis::Script;
+use projector_shared::redis_conn::{Endpoint, redact_text};
 use redis::aio::ConnectionManager;
 
 use crate::error::Error;
@@ -51,10 +52,11 @@ pub struct RedisSink {
 
 impl RedisSink {
     /// Connects lazily: a worker starts while Redis is down, and writes fail (retryably) until it is back.
-    pub fn new(url: &str, ttl: Duration) -> Result<Self, Error> {
-        let (_, conn) = projector_shared::redis_conn::connection_manager(url, Duration::from_secs(2))
-            .map_err(|e| Error::Sink { target: url.to_owned(), detail: e.to_string() })?;
-        Ok(RedisSink { conn, url: url.to_owned(), ttl, script: Script::new(WRITE) })
+    pub fn new(endpoint: impl Into<Endpoint>, ttl: Duration) -> Result<Self, Error> {
+        let endpoint = endpoint.into();
+        let (_, conn) = projector_shared::redis_conn::connection_manager(&endpoint, Duration::from_secs(2))
+            .map_err(|e| Error::Sink { target: endpoint.redacted(), detail: redact_text(&e.to_string(), &endpoint) })?;
+        Ok(RedisSink { conn, url: endpoint.redacted(), ttl, script: Script::new(WRITE) })
     }
 
     async fn write_org(&self, records: Vec<ProjectionRecord>) -> Result<(), Error> {

@@ -85,7 +85,8 @@ impl SlotLimiter for MemorySlotLimiter {
             let elapsed = started.elapsed();
             match waited {
                 Ok(Ok(permit)) => {
-                    record_granted(elapsed, inner.in_use(), inner.limit);
+                    record_granted(elapsed);
+                    super::record_occupancy(inner.in_use(), inner.limit);
                     let token = inner.next_token.fetch_add(1, Ordering::SeqCst);
                     let release = MemoryRelease { permit, inner: inner.clone() };
                     Ok(Acquire::Granted(SlotPermit::new(format!("mem-{token}"), token, CancellationToken::new(), Box::new(release))))
@@ -118,7 +119,8 @@ impl MemoryRelease {
     fn give_back(self) {
         let MemoryRelease { permit, inner } = self;
         drop(permit);
-        record_released(inner.in_use(), inner.limit);
+        record_released();
+        super::record_occupancy(inner.in_use(), inner.limit);
     }
 }
 

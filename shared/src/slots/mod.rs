@@ -93,9 +93,24 @@ impl std::fmt::Debug for SlotPermit {
     }
 }
 
+/// Slots this process holds now, whatever limiter granted them: the source of
+/// `spike_projection_concurrent_queries`, so the gauge is 0 whenever the process holds nothing.
+static HELD_BY_PROCESS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+fn held_by_process_changed(delta: i64) {
+    let now = HELD_BY_PROCESS.fetch_add(delta, std::sync::atomic::Ordering::SeqCst) + delta;
+    metrics::gauge!(m::CONCURRENT_QUERIES).set(now.max(0) as f64);
+}
+
+/// Slots this process holds now.
+pub fn held_by_process() -> u64 {
+    HELD_BY_PROCESS.load(std::sync::atomic::Ordering::SeqCst).max(0) as u64
+}
+
 impl SlotPermit {
     /// Builds a permit; `lost` is cancelled by the limiter if the lease is lost while held.
     pub fn new(lease_id: String, fencing_token: u64, lost: CancellationToken, release: Box<dyn ReleaseSlot>) -> Self {
+        held_by_process_changed(1);
         SlotPermit { lease_id, fencing_token, lost, release: Some(release) }
     }
 
@@ -120,7 +135,12 @@ impl SlotPermit {
     /// Gives the slot back now and reports whether that worked.
     pub async fn release(mut self) -> Result<(), Error> {
         match self.release.take() {
-            Some(r) => r.release().await,
+            Some(r) => {
+                // The process stops holding the slot now, whether or not Redis hears of it (an
+                // unreleased lease expires on its own).
+                held_by_process_changed(-1);
+                r.release().await
+            }
             None => Ok(()),
         }
     }
@@ -129,16 +149,16 @@ impl SlotPermit {
 impl Drop for SlotPermit {
     fn drop(&mut self) {
         if let Some(r) = self.release.take() {
+            held_by_process_changed(-1);
             r.release_on_drop();
         }
     }
 }
 
-/// Records a grant: counters, wait histogram, occupancy gauges.
-pub(crate) fn record_granted(waited: Duration, in_use: u32, limit: u32) {
+/// Records a grant: counter and wait histogram.
+pub(crate) fn record_granted(waited: Duration) {
     metrics::counter!(m::SLOT_ACQUIRED_TOTAL).increment(1);
     metrics::histogram!(m::SLOT_WAIT_SECONDS).record(waited.as_secs_f64());
-    record_occupancy(in_use, limit);
 }
 
 /// Records a wait that gave up.
@@ -148,13 +168,14 @@ pub(crate) fn record_timed_out(waited: Duration) {
 }
 
 /// Records a release.
-pub(crate) fn record_released(in_use: u32, limit: u32) {
+pub(crate) fn record_released() {
     metrics::counter!(m::SLOT_RELEASED_TOTAL).increment(1);
-    record_occupancy(in_use, limit);
 }
 
-fn record_occupancy(in_use: u32, limit: u32) {
-    metrics::gauge!(m::CONCURRENT_QUERIES).set(f64::from(in_use));
+/// Records the whole fleet's occupancy as the limiter's own state has it (Redis leases, or the
+/// in-memory count): the limit in force and the share of it in use.
+pub fn record_occupancy(in_use: u32, limit: u32) {
+    metrics::gauge!(m::SLOT_LIMIT).set(f64::from(limit));
     let percent = if limit == 0 { 100.0 } else { f64::from(in_use) * 100.0 / f64::from(limit) };
     metrics::gauge!(m::UTILIZATION_PERCENT).set(percent);
 }

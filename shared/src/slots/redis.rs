@@ -12,10 +12,11 @@ use redis::{AsyncConnectionConfig, Client};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::scripts::{ACQUIRE, CANCEL, RELEASE, RENEW, RESET, SET_LIMIT};
+use super::scripts::{ACQUIRE, CANCEL, OCCUPANCY, RELEASE, RENEW, RESET, SET_LIMIT};
 use super::{Acquire, ReleaseSlot, SlotLimiter, SlotPermit, SlotRequest, TimedOut, record_granted, record_released, record_timed_out};
 use crate::error::Error;
 use crate::keys::SlotKeys;
+use crate::redis_conn::{Endpoint, redact_text};
 use crate::metrics as m;
 
 /// How the Redis limiter behaves; `limit` and `lease_ttl` come from `slots.*`.
@@ -101,9 +102,12 @@ type RawSlotState = (
 
 impl RedisSlotLimiter {
     /// Creates a limiter; no connection is made until the first call, so a worker starts even if Redis is down.
-    pub fn new(url: &str, settings: RedisSlotSettings) -> Result<Self, Error> {
-        let unavailable = |e: redis::RedisError| Error::SlotBackendUnavailable { detail: format!("{url}: {e}") };
-        let (client, conn) = crate::redis_conn::connection_manager(url, settings.round_trip_budget).map_err(unavailable)?;
+    pub fn new(endpoint: impl Into<Endpoint>, settings: RedisSlotSettings) -> Result<Self, Error> {
+        let endpoint = endpoint.into();
+        let unavailable = |e: redis::RedisError| Error::SlotBackendUnavailable {
+            detail: redact_text(&format!("{}: {e}", endpoint.redacted()), &endpoint),
+        };
+        let (client, conn) = crate::redis_conn::connection_manager(&endpoint, settings.round_trip_budget).map_err(unavailable)?;
         Ok(RedisSlotLimiter {
             inner: Arc::new(Inner {
                 client,
@@ -176,6 +180,15 @@ impl RedisSlotLimiter {
         Ok(SlotState { limit, holders, waiters })
     }
 
+    /// Live leases (unexpired, on Redis time) and the limit stored in Redis (`None` before any
+    /// worker or operator set one): what the fleet-wide gauges report.
+    pub async fn occupancy(&self) -> Result<(u32, Option<u32>), Error> {
+        let k = &self.inner.keys;
+        let (in_use, limit): (u32, Option<u32>) =
+            self.inner.call(OCCUPANCY.key(k.limit()).key(k.leases())).await?;
+        Ok((in_use, limit))
+    }
+
     /// Every key of this limiter that exists now (for tests and `projectorctl`).
     pub async fn existing_keys(&self) -> Result<Vec<String>, Error> {
         let mut conn = self.inner.conn.clone();
@@ -196,7 +209,7 @@ impl RedisSlotLimiter {
             // The waiter's entry outlives its own deadline by a second so a live waiter is never dropped
             // between its re-checks; a dead one is dropped from the queue a second after it would have given up.
             let wait_ms = if remaining.is_zero() { 0 } else { ms(remaining) + 1_000 };
-            let (granted, value, in_use, limit, reclaimed): (u8, u64, u32, u32, u64) = inner
+            let (granted, value, _in_use, limit, reclaimed): (u8, u64, u32, u32, u64) = inner
                 .call(
                     ACQUIRE
                         .key(inner.keys.script_keys())
@@ -212,7 +225,7 @@ impl RedisSlotLimiter {
             record_reclaimed(reclaimed);
             inner.limit_seen.store(limit, Ordering::SeqCst);
             if granted == 1 {
-                return Ok(self.granted(id, value, in_use, limit, started));
+                return Ok(self.granted(id, value, started));
             }
             if remaining.is_zero() {
                 return self.give_up(id, started).await;
@@ -222,9 +235,7 @@ impl RedisSlotLimiter {
                 // The lease was made for us, reserved briefly; a renewal makes it a full lease.
                 let renewed: u8 = inner.call(RENEW.key(inner.keys.script_keys()).arg(&id).arg(ms(inner.settings.lease_ttl))).await?;
                 if renewed == 1 {
-                    // The handed-over slot is ours now; `in_use` was read before the wait.
-                    let in_use = limit.min(in_use.saturating_add(1));
-                    return Ok(self.granted(id, token, in_use, limit, started));
+                    return Ok(self.granted(id, token, started));
                 }
             }
         }
@@ -253,15 +264,15 @@ impl RedisSlotLimiter {
             .call(CANCEL.key(inner.keys.script_keys()).arg(&id).arg(ms(inner.settings.lease_ttl)).arg(inner.keys.wake_prefix()))
             .await?;
         if granted == 1 {
-            return Ok(self.granted(id, token, in_use, limit, started));
+            return Ok(self.granted(id, token, started));
         }
         let waited = started.elapsed();
         record_timed_out(waited);
         Ok(Acquire::TimedOut(TimedOut { waited, in_use, limit, queue_position: waiters + 1 }))
     }
 
-    fn granted(&self, id: String, token: u64, in_use: u32, limit: u32, started: Instant) -> Acquire {
-        record_granted(started.elapsed(), in_use, limit);
+    fn granted(&self, id: String, token: u64, started: Instant) -> Acquire {
+        record_granted(started.elapsed());
         let lost = CancellationToken::new();
         let stop = CancellationToken::new();
         tokio::spawn(renew_while_held(self.inner.clone(), id.clone(), lost.clone(), stop.clone()));
@@ -364,7 +375,7 @@ impl ReleaseSlot for RedisRelease {
         Box::pin(async move {
             self.stop.cancel();
             let inner = &self.inner;
-            let (_removed, in_use, limit, reclaimed): (u8, u32, u32, u64) = inner
+            let (_removed, _in_use, _limit, reclaimed): (u8, u32, u32, u64) = inner
                 .call(
                     RELEASE
                         .key(inner.keys.script_keys())
@@ -375,7 +386,7 @@ impl ReleaseSlot for RedisRelease {
                 )
                 .await?;
             record_reclaimed(reclaimed);
-            record_released(in_use, limit);
+            record_released();
             Ok(())
         })
     }

@@ -119,3 +119,15 @@ return n
 "#,
     )
 });
+
+/// KEYS: limit, leases. Returns {live leases on Redis time, limit or nil}. Read-only: the gauges
+/// report what Redis holds, never a count a process remembers.
+pub(super) static OCCUPANCY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return {redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf'), redis.call('GET', KEYS[1])}
+",
+    )
+});

@@ -115,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let throughput_ops = done.load(Ordering::Relaxed) / 3;
     // The same server, right after, so machine noise hits both figures alike.
-    let reference_ops = redis_benchmark_eval(server.port);
+    let reference_ops = redis_benchmark_eval(&server.socket());
     let script_calls = throughput_ops * 2;
 
     let seed_handoff_p50 = seed_handoffs(&client).await?;
@@ -151,10 +151,12 @@ async fn main() -> anyhow::Result<()> {
 
 /// `redis-benchmark` running a comparable script (TIME + ZADD + ZREM) with 50 clients; None if
 /// the tool is missing or its output cannot be read.
-fn redis_benchmark_eval(port: u16) -> Option<u64> {
+fn redis_benchmark_eval(socket: &std::path::Path) -> Option<u64> {
     let script = "redis.call('TIME'); redis.call('ZADD', KEYS[1], 1, ARGV[1]); return redis.call('ZREM', KEYS[1], ARGV[1])";
     let out = std::process::Command::new("redis-benchmark")
-        .args(["-p", &port.to_string(), "-c", "50", "-n", "150000", "-q", "EVAL", script, "1", "{b}:z", "x"])
+        .arg("-s")
+        .arg(socket)
+        .args(["-c", "50", "-n", "150000", "-q", "EVAL", script, "1", "{b}:z", "x"])
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
