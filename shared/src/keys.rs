@@ -88,6 +88,9 @@ pub fn tick_lock(run_id: &crate::RunId) -> String {
     format!("projector:tick-lock:{}", run_id.0)
 }
 
+/// Sorted set of live worker processes: worker name → last heartbeat (Redis time, ms).
+pub const WORKERS: &str = "projector:workers";
+
 /// Hash of a rollout flag: `enabled`, `percentage`, `allow`, `deny` (comma-separated org ids).
 pub fn flag(name: &str) -> String {
     format!("projector:flag:{name}")

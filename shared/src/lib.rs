@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod error;
+pub mod heartbeat;
 pub mod ids;
 pub mod job;
 pub mod keys;

@@ -1,12 +1,12 @@
 //! The distributed pipeline as it runs in production, with real processes only: `redis-server`,
 //! `projector-fake-snuba`, several `projector-worker`s and `projector-scheduler`.
 
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Output, Stdio};
+use std::time::Duration;
 
 use projector_shared::OrgId;
 use projector_shared::rollout::Rollout;
-use projector_tests::{FakeSnuba, RedisServer, workspace_bin};
+use projector_tests::{FakeSnuba, Proc, RedisServer, command, wait_until, workspace_bin};
 
 const FAKE: &str = env!("CARGO_BIN_EXE_projector-fake-snuba");
 
@@ -17,30 +17,43 @@ fn env(redis: &RedisServer, fake: &FakeSnuba) -> Vec<(String, String)> {
         ("PROJECTOR_QUERY_SOURCE".into(), "snuba".into()),
         ("PROJECTOR_QUERY_URL".into(), fake.url()),
         ("PROJECTOR_WORKER_METRICS_ADDR".into(), "127.0.0.1:0".into()),
-        ("RUST_LOG".into(), "warn".into()),
+        // Short periods so tests wait for conditions, not for defaults meant for production.
+        ("PROJECTOR_WORKER_ROLLOUT_REFRESH".into(), "100ms".into()),
+        ("PROJECTOR_WORKER_HOUSEKEEPING_INTERVAL".into(), "100ms".into()),
+        ("RUST_LOG".into(), "info".into()),
     ]
 }
 
-fn worker(env: &[(String, String)], args: &[&str]) -> Child {
-    Command::new(workspace_bin("projector-worker"))
-        .arg("run")
-        .args(args)
-        .envs(env.iter().cloned())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start projector-worker")
+/// A worker process, killed when the test ends; its log lines can be waited on.
+fn worker(env: &[(String, String)], args: &[&str]) -> Proc {
+    let mut cmd = command(workspace_bin("projector-worker"));
+    cmd.arg("run").args(args).envs(env.iter().cloned()).stdout(Stdio::null());
+    let w = Proc::spawn(cmd);
+    w.wait_for_line(&["worker started"], Duration::from_secs(30));
+    w
+}
+
+/// The `host:port` a worker serves /metrics, /healthz and /readyz on (it logs it at start).
+fn metrics_addr(w: &Proc) -> String {
+    let line = w.wait_for_line(&["serving /metrics"], Duration::from_secs(30));
+    line.split("addr=").nth(1).and_then(|rest| rest.split_whitespace().next()).expect("addr= in the log line").to_owned()
 }
 
 fn scheduler(env: &[(String, String)], args: &[&str]) -> Output {
-    Command::new(workspace_bin("projector-scheduler")).args(args).envs(env.iter().cloned()).output().expect("run projector-scheduler")
+    command(workspace_bin("projector-scheduler")).args(args).envs(env.iter().cloned()).output().expect("run projector-scheduler")
 }
 
-fn stop(children: Vec<Child>) {
-    for mut c in children {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+/// GET a path of a worker's HTTP endpoint: (status, body).
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let url = format!("http://{addr}{path}");
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(async {
+            let r = reqwest::get(url).await.expect("GET");
+            (r.status().as_u16(), r.text().await.expect("body"))
+        })
+    })
+    .join()
+    .expect("http thread")
 }
 
 fn summary(path: &std::path::Path) -> serde_json::Value {
@@ -80,7 +93,7 @@ fn the_incident_prevented_and_reproduced_with_the_flag_off() {
     let redis = RedisServer::start();
     let fake = FakeSnuba::start(FAKE, &["--concurrency-limit", "100", "--latency", "1s"]);
     let env = env(&redis, &fake);
-    let workers: Vec<_> = (0..3).map(|_| worker(&env, &["--concurrency", "64", "--slots-limit", "50", "--slots-max-wait", "5m"])).collect();
+    let _workers: Vec<_> = (0..3).map(|_| worker(&env, &["--concurrency", "64", "--slots-limit", "50", "--slots-max-wait", "5m"])).collect();
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = runtime();
 
@@ -98,8 +111,8 @@ fn the_incident_prevented_and_reproduced_with_the_flag_off() {
         Rollout { enabled: Some(false), ..Rollout::default() }.save(&mut conn).await.expect("flag off");
         reqwest::Client::new().post(format!("{}/stats/reset", fake.url())).send().await.expect("reset");
     });
-    // Workers re-read the flag within 2 s.
-    std::thread::sleep(Duration::from_secs(3));
+    // Workers re-read the flag every 100 ms here (worker.rollout_refresh): the run's first jobs
+    // may still take the limited path, which the assertions below allow.
     let legacy = run_500(&env, dir.path(), "legacy.json");
     let stats = rt.block_on(fake.stats());
     assert_eq!(legacy["orgs_total"], 500, "{legacy}");
@@ -110,7 +123,6 @@ fn the_incident_prevented_and_reproduced_with_the_flag_off() {
         .map(|k| legacy[*k].as_u64().unwrap_or(0))
         .sum();
     assert_eq!(accounted, 500, "every org accounted for: {legacy}");
-    stop(workers);
 }
 
 #[test]
@@ -119,29 +131,28 @@ fn a_killed_worker_loses_no_org_and_the_bound_still_holds() {
     let fake = FakeSnuba::start(FAKE, &["--latency", "300ms"]);
     let env = env(&redis, &fake);
     let slot_args = ["--slots-limit", "20", "--set", "slots.lease_ttl=2s", "--concurrency", "32"];
-    let mut victim = worker(&env, &slot_args);
-    let survivor = worker(&env, &slot_args);
+    let victim = worker(&env, &slot_args);
+    let _survivor = worker(&env, &slot_args);
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("s.json");
-    let run = Command::new(workspace_bin("projector-scheduler"))
-        .args(["run-once", "--wait", "--wait-timeout", "120s", "--orgs", "200", "--batch-delay", "0s", "--summary-json"])
+    let mut run = command(workspace_bin("projector-scheduler"));
+    run.args(["run-once", "--wait", "--wait-timeout", "120s", "--orgs", "200", "--batch-delay", "0s", "--summary-json"])
         .arg(&path)
         .envs(env.iter().cloned())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run-once");
-    // Kill -9 one worker while it holds slots and jobs.
-    std::thread::sleep(Duration::from_millis(1500));
-    victim.kill().expect("kill -9");
-    let _ = victim.wait();
-    let out = run.wait_with_output().expect("run-once ends");
+        .stdout(Stdio::null());
+    let run = Proc::spawn(run);
+    // Kill -9 one worker while it holds slots and jobs: once the victim has queries in flight.
+    wait_until(Duration::from_secs(60), "the victim holds slots", || {
+        let held = projector_tests::sample(&projector_tests::scrape(&metrics_addr(&victim)), "spike_projection_concurrent_queries");
+        held.unwrap_or(0.0) >= 1.0
+    });
+    drop(victim);
+    let out = run.wait_with_output(Duration::from_secs(150));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let s = summary(&path);
     assert_eq!(s["completed"], 200, "the killed worker's jobs were taken over: {s}");
     let stats = runtime().block_on(fake.stats());
     assert!(stats["max_in_flight"].as_u64().unwrap_or(u64::MAX) <= 20, "{stats}");
-    stop(vec![survivor]);
 }
 
 #[test]
@@ -150,23 +161,32 @@ fn two_schedulers_on_the_same_tick_fan_out_once() {
     let fake = FakeSnuba::start(FAKE, &[]);
     let env = env(&redis, &fake);
     let serve = |env: &[(String, String)]| {
-        Command::new(workspace_bin("projector-scheduler"))
-            .args(["serve", "--orgs", "20", "--set", "schedule.cron=*/2 * * * * *"])
-            .envs(env.iter().cloned())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("serve")
+        let mut cmd = command(workspace_bin("projector-scheduler"));
+        cmd.args(["serve", "--orgs", "20", "--set", "schedule.cron=*/2 * * * * *"]).envs(env.iter().cloned()).stdout(Stdio::null());
+        Proc::spawn(cmd)
     };
-    let replicas = vec![serve(&env), serve(&env)];
-    std::thread::sleep(Duration::from_millis(4_500));
-    stop(replicas);
+    let replicas = [serve(&env), serve(&env)];
+    // Two ticks, each seen by both replicas: one fans it out, the other stands aside.
+    replicas[0].wait_for_lines(&["run_id="], 2, Duration::from_secs(60));
+    replicas[1].wait_for_lines(&["run_id="], 2, Duration::from_secs(60));
+    let logs: Vec<String> = replicas.iter().map(Proc::stderr).collect();
+    drop(replicas);
+    let run_of = |line: &str| line.split("run_id=").nth(1).and_then(|r| r.split_whitespace().next()).map(str::to_owned);
+    let fanned: Vec<String> = logs.iter().flat_map(|l| l.lines()).filter(|l| l.contains("tick fanned out")).filter_map(run_of).collect();
+    let stood_aside: Vec<String> =
+        logs.iter().flat_map(|l| l.lines()).filter(|l| l.contains("another scheduler replica")).filter_map(run_of).collect();
+    // Both replicas logged the first two ticks: each was fanned out by exactly one of them.
+    let first_ticks: Vec<String> = logs[0].lines().filter_map(run_of).take(2).collect();
+    for run in &first_ticks {
+        let by = fanned.iter().filter(|r| *r == run).count();
+        assert_eq!(by, 1, "tick {run} fanned out by exactly one replica: {logs:?}");
+        assert!(stood_aside.contains(run), "the other replica stood aside for {run}: {logs:?}");
+    }
     let mut conn = redis.connection();
-    let locks: Vec<String> = redis::cmd("KEYS").arg("projector:tick-lock:*").query(&mut conn).expect("keys");
     let config = projector_worker::queue::config();
     let jobs: u64 = redis::cmd("HLEN").arg(config.job_data_hash()).query(&mut conn).expect("hlen");
-    assert!(!locks.is_empty(), "at least one tick passed");
-    assert_eq!(jobs, 20 * locks.len() as u64, "one fan-out of 20 jobs per tick, never two ({} ticks)", locks.len());
+    // A replica killed between its enqueue and its log line leaves 20 more jobs than lines.
+    assert!(jobs >= 20 * fanned.len() as u64 && jobs % 20 == 0, "one fan-out of 20 jobs per tick ({jobs} jobs, {} ticks)", fanned.len());
 }
 
 #[test]
@@ -176,7 +196,7 @@ fn dry_run_prints_the_plan_with_rollout_routing_and_enqueues_nothing() {
     let env = env(&redis, &fake);
     let rollout = Rollout { percentage: Some(50), deny: [OrgId(3)].into(), ..Rollout::default() };
     // Set through the operator CLI, as on-call would.
-    let ctl = Command::new(workspace_bin("projectorctl"))
+    let ctl = command(workspace_bin("projectorctl"))
         .args(["flag", "set", "--percentage", "50", "--deny", "3"])
         .envs(env.iter().cloned())
         .output()
@@ -199,7 +219,12 @@ fn dry_run_prints_the_plan_with_rollout_routing_and_enqueues_nothing() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("line skipped") && log.contains("line=5"), "the bad line is reported by number: {log}");
     assert!(text.contains("30 orgs in 3 batches"), "{text}");
-    assert!(!text.contains("99"), "inactive orgs are left out: {text}");
+    let planned: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.split("  orgs ").nth(1))
+        .flat_map(|rest| rest.split_whitespace().next().unwrap_or_default().split(',').map(|o| o.parse::<u64>().expect("org id")))
+        .collect();
+    assert_eq!(planned, (1..=30).collect::<Vec<_>>(), "every active org planned once, the inactive org 99 left out: {text}");
     let legacy: Vec<u64> = (1..=30).filter(|o| !rollout.is_limited(OrgId(*o))).collect();
     assert!(legacy.contains(&3));
     let expected = format!("{} orgs on the limited path (slot first), {} on the legacy path", 30 - legacy.len(), legacy.len());
@@ -212,22 +237,17 @@ fn dry_run_prints_the_plan_with_rollout_routing_and_enqueues_nothing() {
 #[test]
 fn sigterm_drains_in_flight_jobs_releases_slots_and_exits_0() {
     let redis = RedisServer::start();
-    let fake = FakeSnuba::start(FAKE, &["--latency", "1500ms"]);
+    let fake = FakeSnuba::start(FAKE, &["--latency", "3s"]);
     let env = env(&redis, &fake);
-    let w = worker(&env, &["--concurrency", "8", "--set", "worker.shutdown_grace=10s"]);
+    let w = worker(&env, &["--concurrency", "8", "--set", "worker.shutdown_grace=30s"]);
     let out = scheduler(&env, &["run-once", "--orgs", "8", "--batch-delay", "0s"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    // Wait until queries are in flight, then SIGTERM.
+    // SIGTERM once all 8 jobs have started their query (fetching 8 jobs can take longer than
+    // one query on a loaded machine, so "some query started" is not enough).
     let rt = runtime();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while rt.block_on(fake.stats())["in_flight"].as_u64().unwrap_or(0) == 0 {
-        assert!(Instant::now() < deadline, "no query started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let pid = w.id().to_string();
-    let status = Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
-    assert!(status.success());
-    let out = w.wait_with_output().expect("worker exits");
+    wait_until(Duration::from_secs(60), "all 8 queries started", || fake.stats_now()["requests"].as_u64().unwrap_or(0) >= 8);
+    w.signal("TERM");
+    let out = w.wait_with_output(Duration::from_secs(60));
     assert!(out.status.success(), "exit 0 after SIGTERM: {:?}", out.status);
     let stats = rt.block_on(fake.stats());
     assert_eq!(stats["in_flight"], 0, "in-flight queries finished before exit: {stats}");
@@ -287,7 +307,7 @@ fn a_malformed_job_is_counted_as_failed_and_the_worker_goes_on() {
     assert_eq!(dead.len(), 1, "the non-JSON job was moved to the dead set: {dead:?}");
     let data: String = redis::cmd("HGET").arg(config.job_data_hash()).arg(&dead[0]).query(&mut conn).expect("hget");
     assert_eq!(data, "not json at all");
-    stop(vec![w]);
+    drop(w);
 }
 
 #[test]
@@ -296,11 +316,16 @@ fn a_worker_survives_a_redis_restart() {
     let fake = FakeSnuba::start(FAKE, &["--latency", "10ms"]);
     let env = env(&redis, &fake);
     let mut w = worker(&env, &[]);
-    std::thread::sleep(Duration::from_millis(500));
+    let addr = metrics_addr(&w);
+    wait_until(Duration::from_secs(30), "the worker is ready", || get(&addr, "/readyz").0 == 200);
     redis.kill();
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(w.try_wait().expect("status").is_none(), "the worker is still running while Redis is down");
+    // Not ready while Redis is gone, but alive: the job loop restarts with backoff.
+    wait_until(Duration::from_secs(30), "/readyz reports Redis gone", || get(&addr, "/readyz").0 == 503);
+    w.wait_for_line(&["job loop failed"], Duration::from_secs(30));
+    assert_eq!(get(&addr, "/healthz"), (200, "ok".to_owned()), "liveness holds while Redis is down");
+    assert!(w.is_running(), "the worker is still running while Redis is down");
     redis.restart();
+    wait_until(Duration::from_secs(60), "the worker is ready again", || get(&addr, "/readyz").0 == 200);
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("s.json");
     let out = scheduler(
@@ -320,7 +345,7 @@ fn a_worker_survives_a_redis_restart() {
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(summary(&path)["completed"], 10, "the same worker served the run after the restart");
-    stop(vec![w]);
+    drop(w);
 }
 
 /// After a worker outage during a big run, more jobs are due at once than apalis-redis's fetch can
@@ -332,20 +357,20 @@ fn a_backlog_of_10000_due_jobs_is_drained_after_a_worker_outage() {
     let env = env(&redis, &fake);
     let out = scheduler(&env, &["run-once", "--orgs", "10000", "--batch-delay", "0s"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    // No worker while every job becomes due (the fan-out spreads them over 3 s).
-    std::thread::sleep(Duration::from_secs(4));
-    let w = worker(&env, &["--concurrency", "64", "--set", "sink.kind=discard"]);
+    // No worker until every job is due (the fan-out spreads them over 3 s), on Redis's clock.
     let mut conn = redis.connection();
+    let scheduled = projector_worker::queue::config().scheduled_jobs_set();
+    wait_until(Duration::from_secs(30), "every job is due", || {
+        let last: Vec<(String, f64)> = redis::cmd("ZRANGE").arg(&scheduled).arg(-1).arg(-1).arg("WITHSCORES").query(&mut conn).expect("zrange");
+        let (now, _): (u64, u64) = redis::cmd("TIME").query(&mut conn).expect("time");
+        last.first().is_some_and(|(_, due)| *due <= now as f64)
+    });
+    let _w = worker(&env, &["--concurrency", "64", "--set", "sink.kind=discard"]);
     let run_keys: Vec<String> = redis::cmd("KEYS").arg("projector:run:*").query(&mut conn).expect("keys");
     let orgs_key = format!("{}:orgs", run_keys.first().expect("the run record exists"));
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut accounted = 0;
-    while accounted < 500 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(500));
-        accounted = redis::cmd("HLEN").arg(&orgs_key).query(&mut conn).expect("hlen");
-    }
-    stop(vec![w]);
-    assert!(accounted >= 500, "the worker is working through the backlog ({accounted} orgs accounted)");
+    wait_until(Duration::from_secs(90), "the worker works through the backlog (500 orgs accounted)", || {
+        redis::cmd("HLEN").arg(&orgs_key).query::<u64>(&mut conn).expect("hlen") >= 500
+    });
 }
 
 #[test]
@@ -353,7 +378,7 @@ fn reschedule_on_timeout_retries_a_job_that_got_no_slot() {
     let redis = RedisServer::start();
     let fake = FakeSnuba::start(FAKE, &["--latency", "1s"]);
     let env = env(&redis, &fake);
-    let w = worker(
+    let _w = worker(
         &env,
         &["--slots-limit", "1", "--slots-max-wait", "100ms", "--set", "slots.on_timeout=reschedule", "--set", "slots.max_reschedules=3"],
     );
@@ -379,7 +404,6 @@ fn reschedule_on_timeout_retries_a_job_that_got_no_slot() {
     // With "skip", one slot and a 100 ms wait, exactly one of four would complete.
     assert!(s["completed"].as_u64().unwrap_or(0) >= 2, "rescheduled jobs got a slot later: {s}");
     assert_eq!(s["completed"].as_u64().unwrap_or(0) + s["skipped_no_slot"].as_u64().unwrap_or(0), 4, "{s}");
-    stop(vec![w]);
 }
 
 #[test]
@@ -387,8 +411,8 @@ fn a_duplicate_delivery_is_acknowledged_without_a_second_query_and_metrics_are_s
     let redis = RedisServer::start();
     let fake = FakeSnuba::start(FAKE, &["--latency", "10ms"]);
     let env = env(&redis, &fake);
-    let port = projector_tests::free_port();
-    let w = worker(&env, &["--set", &format!("worker.metrics_addr=127.0.0.1:{port}")]);
+    let w = worker(&env, &[]);
+    let addr = metrics_addr(&w);
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("s.json");
     let out = scheduler(
@@ -425,33 +449,22 @@ fn a_duplicate_delivery_is_acknowledged_without_a_second_query_and_metrics_are_s
         let task = apalis::prelude::TaskBuilder::new(job.encode()).build();
         apalis_redis::queries::push_tasks(&mut conn, &projector_worker::queue::config(), &[task]).await.expect("push");
     });
-    let mut conn = redis.connection();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let ready: u64 = redis::cmd("LLEN").arg(projector_worker::queue::config().active_jobs_list()).query(&mut conn).expect("llen");
-        let scheduled: u64 =
-            redis::cmd("ZCARD").arg(projector_worker::queue::config().scheduled_jobs_set()).query(&mut conn).expect("zcard");
-        if ready + scheduled == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the duplicate was never taken");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(rt.block_on(fake.stats())["requests"], 3, "the duplicate did not query again");
+    w.wait_for_line(&["duplicate delivery; already accounted for", "org_id=2"], Duration::from_secs(30));
+    assert_eq!(fake.stats_now()["requests"], 3, "the duplicate did not query again");
 
-    let (health, metrics) = rt.block_on(async {
-        let get = |p: &str| reqwest::get(format!("http://127.0.0.1:{port}{p}"));
-        (
-            get("/healthz").await.expect("healthz").text().await.expect("body"),
-            get("/metrics").await.expect("metrics").text().await.expect("body"),
-        )
-    });
-    assert_eq!(health, "ok");
-    for name in
-        ["run_spike_projection_completed_total 3", "spike_projection_slot_acquired_total 3", "projector_query_duration_seconds_count 3"]
-    {
+    assert_eq!(get(&addr, "/healthz"), (200, "ok".to_owned()));
+    let metrics = get(&addr, "/metrics").1;
+    for name in [
+        "run_spike_projection_completed_total 3",
+        "spike_projection_slot_acquired_total 3",
+        "projector_query_duration_seconds_count 3",
+        "spike_projection_slot_limit 50",
+        "spike_projection_concurrent_queries 0",
+    ] {
         assert!(metrics.contains(name), "/metrics lacks {name:?}:\n{metrics}");
     }
-    stop(vec![w]);
+    // The fleet gauge comes from the leases in Redis: nothing is held after the run.
+    wait_until(Duration::from_secs(10), "utilization returns to 0", || {
+        projector_tests::sample(&get(&addr, "/metrics").1, "spike_projection_utilization_percent") == Some(0.0)
+    });
 }

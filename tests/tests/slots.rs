@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use projector_shared::OrgId;
 use projector_shared::slots::{Acquire, FailOpenLimiter, RedisSlotLimiter, RedisSlotSettings, SlotLimiter, SlotPermit, SlotRequest};
-use projector_tests::RedisServer;
+use projector_tests::{Proc, RedisServer, command};
 
 fn limiter(server: &RedisServer, limit: u32, lease_ttl: Duration) -> RedisSlotLimiter {
     RedisSlotLimiter::new(&server.url(), RedisSlotSettings::new(limit, lease_ttl)).expect("limiter")
@@ -24,10 +24,11 @@ async fn take(l: &RedisSlotLimiter, org: u64, max_wait: Duration) -> Option<Slot
     }
 }
 
-fn holder(server: &RedisServer, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_projector-slot-holder"));
-    cmd.arg("--redis-url").arg(server.url()).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd
+/// A slot-holder process, killed when the test ends.
+fn holder(server: &RedisServer, args: &[&str]) -> Proc {
+    let mut cmd = command(env!("CARGO_BIN_EXE_projector-slot-holder"));
+    cmd.arg("--redis-url").arg(server.url()).args(args).stdout(Stdio::piped());
+    Proc::spawn(cmd)
 }
 
 fn last_json(stdout: &[u8]) -> serde_json::Value {
@@ -40,11 +41,11 @@ fn last_json(stdout: &[u8]) -> serde_json::Value {
 fn the_bound_is_exact_across_processes() {
     let server = RedisServer::start();
     let children: Vec<_> = (0..3)
-        .map(|_| holder(&server, &["--limit", "4", "--tasks", "12", "--iterations", "6", "--hold", "3ms"]).spawn().expect("spawn holder"))
+        .map(|_| holder(&server, &["--limit", "4", "--tasks", "12", "--iterations", "6", "--hold", "3ms"]))
         .collect();
     let mut granted = 0;
     for child in children {
-        let out = child.wait_with_output().expect("holder exits");
+        let out = child.wait_with_output(Duration::from_secs(60));
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let s = last_json(&out.stdout);
         assert_eq!(s["violations"], 0, "observer saw more holders than the limit: {s}");
@@ -60,9 +61,7 @@ fn the_bound_is_exact_across_processes() {
 #[test]
 fn a_killed_holders_slots_come_back_within_the_lease_ttl() {
     let server = RedisServer::start();
-    let mut victim = holder(&server, &["--limit", "3", "--tasks", "3", "--iterations", "1", "--hold", "60s", "--lease-ttl", "1s"])
-        .spawn()
-        .expect("spawn holder");
+    let victim = holder(&server, &["--limit", "3", "--tasks", "3", "--iterations", "1", "--hold", "60s", "--lease-ttl", "1s"]);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let l = limiter(&server, 3, Duration::from_secs(1));
@@ -73,8 +72,7 @@ fn a_killed_holders_slots_come_back_within_the_lease_ttl() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(take(&l, 1, Duration::from_millis(200)).await.is_none(), "no over-admission while the victim lives");
-        victim.kill().expect("SIGKILL");
-        let _ = victim.wait();
+        drop(victim);
         // lease_ttl 1s + renew interval 333ms, plus slack for the test's own round trips.
         let mut permits = Vec::new();
         for org in 0..3 {
@@ -104,10 +102,8 @@ fn a_long_holder_keeps_its_slot_through_renewals() {
 #[test]
 fn a_paused_holder_loses_its_lease_and_learns_it() {
     let server = RedisServer::start();
-    let paused = holder(&server, &["--limit", "1", "--tasks", "1", "--iterations", "1", "--hold", "4s", "--lease-ttl", "600ms"])
-        .spawn()
-        .expect("spawn holder");
-    let pid = paused.id().to_string();
+    let paused = holder(&server, &["--limit", "1", "--tasks", "1", "--iterations", "1", "--hold", "4s", "--lease-ttl", "600ms"]);
+    let pid = paused.pid().to_string();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (first_token, second_token) = rt.block_on(async {
         let l = limiter(&server, 1, Duration::from_millis(600));
@@ -123,12 +119,13 @@ fn a_paused_holder_loses_its_lease_and_learns_it() {
         let taken = take(&l, 2, Duration::from_secs(3)).await.expect("the paused holder's lease was reclaimed");
         let second = taken.fencing_token();
         Command::new("kill").args(["-CONT", &pid]).status().expect("SIGCONT");
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        // The lease is gone from Redis whatever this holder does now: the paused one learns it
+        // at its next renewal.
         taken.release().await.expect("release");
         (first, second)
     });
     assert!(second_token > first_token, "the new holder's fencing token is newer");
-    let out = paused.wait_with_output().expect("holder exits");
+    let out = paused.wait_with_output(Duration::from_secs(60));
     let s = last_json(&out.stdout);
     assert_eq!(s["lost"], 1, "after SIGCONT the holder learned its lease was lost: {s}");
 }
@@ -230,7 +227,7 @@ fn a_runtime_limit_change_reaches_every_process() {
     let mut conn = server.connection();
     let _: () = redis::cmd("DEL").arg("observer:holding").query(&mut conn).expect("del");
     rt.block_on(async { limiter(&server, 2, Duration::from_secs(5)).set_limit(6).await.expect("raise") });
-    let out = holder(&server, &["--limit", "2", "--tasks", "12", "--iterations", "3", "--hold", "20ms"]).output().expect("holder");
+    let out = holder(&server, &["--limit", "2", "--tasks", "12", "--iterations", "3", "--hold", "20ms"]).wait_with_output(Duration::from_secs(60));
     let s = last_json(&out.stdout);
     assert!(s["max_seen"].as_u64().unwrap_or(0) > 2, "the process used the raised limit, not its own default: {s}");
 }

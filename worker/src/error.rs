@@ -40,6 +40,26 @@ pub enum Error {
     Shared(#[from] projector_shared::Error),
 }
 
+/// Every `reason` label of `run_spike_projection_error_total`: [`Error::reason`]'s values plus
+/// `malformed_job` (a payload that is not a job). Registered at zero at start.
+pub const REASONS: &[&str] = &[
+    "rate_limited",
+    "server_error",
+    "timeout",
+    "unreachable",
+    "bad_request",
+    "malformed_body",
+    "lease_lost",
+    "sink",
+    "stale_write",
+    "slot_unavailable",
+    "internal",
+    "malformed_job",
+];
+
+/// Every `kind` label of `projector_query_errors_total`: the query errors' reasons.
+pub const QUERY_ERROR_KINDS: &[&str] = &["rate_limited", "server_error", "timeout", "unreachable", "bad_request", "malformed_body"];
+
 impl Error {
     /// Whether the same job could succeed if tried again later.
     pub fn is_retryable(&self) -> bool {
@@ -71,6 +91,34 @@ impl Error {
             Error::Metrics { .. } => "internal",
             Error::Shared(projector_shared::Error::SlotBackendUnavailable { .. }) => "slot_unavailable",
             Error::Shared(_) => "internal",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_is_registered() {
+        let samples = [
+            Error::RateLimited { policy: None, quota_used: None, threshold: None },
+            Error::QueryServer { status: 500, detail: String::new() },
+            Error::QueryTimeout(std::time::Duration::ZERO),
+            Error::QueryUnreachable { url: String::new(), detail: String::new() },
+            Error::QueryBadRequest { status: 400, detail: String::new() },
+            Error::QueryMalformed { reason: String::new(), sample: String::new() },
+            Error::LeaseLost,
+            Error::Sink { target: String::new(), detail: String::new() },
+            Error::StaleWrite { org_id: projector_shared::OrgId(1), first_hour: 0, token: 0, stored_first_hour: 0, stored_token: 0 },
+            Error::Metrics { addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)), detail: String::new() },
+            Error::Shared(projector_shared::Error::SlotBackendUnavailable { detail: String::new() }),
+        ];
+        for e in &samples {
+            assert!(REASONS.contains(&e.reason()), "{} is not in REASONS", e.reason());
+        }
+        for kind in QUERY_ERROR_KINDS {
+            assert!(REASONS.contains(kind), "{kind}");
         }
     }
 }

@@ -1,29 +1,128 @@
-//! The worker's HTTP endpoint: `/metrics` (Prometheus text from the process's recorder) and `/healthz`.
+//! The worker's HTTP endpoint: `/metrics` (Prometheus text from the process's recorder),
+//! `/healthz` (liveness: the process answers) and `/readyz` (readiness: the job loop runs and
+//! Redis answers).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
+use axum::http::StatusCode;
 use axum::routing::get;
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use projector_shared::metrics as m;
+use redis::aio::ConnectionManager;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 
-/// Installs the Prometheus recorder and serves it on `addr` until `shutdown`. Fails (so the process
-/// exits with a clear message) if the address is taken.
-pub async fn serve(addr: SocketAddr, shutdown: CancellationToken) -> Result<(), Error> {
-    let handle = PrometheusBuilder::new().install_recorder().map_err(|e| Error::Metrics { addr, detail: e.to_string() })?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::Metrics { addr, detail: format!("{e} (set worker.metrics_addr to a free address, e.g. 127.0.0.1:0)") })?;
+/// What `/readyz` reports: set by the supervisor while the job loop runs, checked against Redis.
+#[derive(Clone)]
+pub struct Readiness {
+    job_loop_running: Arc<AtomicBool>,
+    conn: ConnectionManager,
+}
+
+impl Readiness {
+    pub fn new(conn: ConnectionManager) -> Self {
+        Readiness { job_loop_running: Arc::new(AtomicBool::new(false)), conn }
+    }
+
+    /// The supervisor says whether the job loop is running.
+    pub fn set_job_loop_running(&self, running: bool) {
+        self.job_loop_running.store(running, Ordering::SeqCst);
+    }
+
+    /// `Ok` when the job loop runs and Redis answers a PING within a second; otherwise why not.
+    pub async fn check(&self) -> Result<(), String> {
+        if !self.job_loop_running.load(Ordering::SeqCst) {
+            return Err("job loop not running (starting, restarting after an error, or draining)".to_owned());
+        }
+        let mut conn = self.conn.clone();
+        let ping = redis::cmd("PING");
+        match tokio::time::timeout(Duration::from_secs(1), ping.query_async::<String>(&mut conn)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("redis does not answer: {e}")),
+            Err(_) => Err("redis does not answer within 1s".to_owned()),
+        }
+    }
+}
+
+/// Installs the Prometheus recorder (histograms with buckets that fit slot waits and queries),
+/// registers every series at zero so dashboards and alerts see them before the first event, and
+/// serves on `addr` until `shutdown`. Returns the bound address and the server task. Fails (so
+/// the process exits with a clear message) if the address is taken.
+pub async fn serve(addr: SocketAddr, readiness: Readiness, shutdown: CancellationToken) -> Result<(SocketAddr, JoinHandle<()>), Error> {
+    let mut builder = PrometheusBuilder::new();
+    for (name, buckets) in m::HISTOGRAMS {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full((*name).to_owned()), buckets)
+            .map_err(|e| Error::Metrics { addr, detail: e.to_string() })?;
+    }
+    let handle = builder.install_recorder().map_err(|e| Error::Metrics { addr, detail: e.to_string() })?;
+    register_every_series();
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| Error::Metrics {
+        addr,
+        detail: format!("{e} (another worker on this host? give each its own --metrics-addr, or port 0 for a free one)"),
+    })?;
     let bound = listener.local_addr().unwrap_or(addr);
-    let app = Router::new().route("/metrics", get(move || std::future::ready(handle.render()))).route("/healthz", get(|| async { "ok" }));
-    tracing::info!(addr = %bound, "serving /metrics and /healthz");
-    tokio::spawn(async move {
+    let app = Router::new()
+        .route("/metrics", get(move || std::future::ready(handle.render())))
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let readiness = readiness.clone();
+                async move {
+                    match readiness.check().await {
+                        Ok(()) => (StatusCode::OK, "ready".to_owned()),
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
+                    }
+                }
+            }),
+        );
+    tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+    let server = tokio::spawn(async move {
         let served = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
         if let Err(e) = served {
             tracing::error!(error = %e, "metrics endpoint stopped");
         }
     });
-    Ok(())
+    Ok((bound, server))
+}
+
+/// Every counter (with each of its bounded label values), gauge and histogram at zero.
+fn register_every_series() {
+    for name in [
+        m::SLOT_ACQUIRED_TOTAL,
+        m::SLOT_RELEASED_TOTAL,
+        m::SLOT_WAIT_TIMEOUT_TOTAL,
+        m::SLOT_LEASE_RECLAIMED_TOTAL,
+        m::SLOT_LEASE_LOST_TOTAL,
+        m::SLOT_FALLBACK_TOTAL,
+        m::TASK_STARTED_TOTAL,
+        m::TASK_COMPLETED_TOTAL,
+        m::TASK_SKIPPED_NO_SLOT_TOTAL,
+        m::QUERY_RATE_LIMITED_TOTAL,
+        m::PROJECTION_STALE_REFUSED_TOTAL,
+        m::WORKER_RESTARTS_TOTAL,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for reason in crate::error::REASONS {
+        metrics::counter!(m::TASK_ERROR_TOTAL, "reason" => *reason).increment(0);
+    }
+    for kind in crate::error::QUERY_ERROR_KINDS {
+        metrics::counter!(m::QUERY_ERRORS_TOTAL, "kind" => *kind).increment(0);
+    }
+    for name in [m::CONCURRENT_QUERIES, m::UTILIZATION_PERCENT, m::SLOT_LIMIT, m::QUEUE_READY_JOBS, m::QUEUE_SCHEDULED_JOBS] {
+        metrics::gauge!(name).increment(0.0);
+    }
+    // A histogram shows its buckets only once it has a sample; describing it is not enough, so
+    // the series appear at the first slot wait and the first query.
+    for (name, _) in m::HISTOGRAMS {
+        metrics::describe_histogram!(*name, metrics::Unit::Seconds, "see shared/src/metrics.rs");
+    }
 }

@@ -55,7 +55,9 @@ impl Pipeline {
         let permit = match self.limiter.acquire(request, self.settings.max_wait).await {
             Ok(Acquire::Granted(permit)) => permit,
             Ok(Acquire::TimedOut(t)) => {
-                tracing::warn!(
+                // One line per org would flood the log when the limit is too low; the run's summary
+                // and run_spike_projection_skipped_no_slot_total carry the count.
+                tracing::debug!(
                     run_id = %job.run_id, org_id = %job.org_id, waited_ms = t.waited.as_millis() as u64,
                     in_use = t.in_use, limit = t.limit, queue_position = t.queue_position,
                     "no slot within slots.max_wait; job skipped"

@@ -22,14 +22,13 @@ use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
+use crate::metrics_http::Readiness;
 use crate::pipeline::{Pipeline, PipelineSettings};
 use crate::probe::QueryProbe;
 use crate::queue;
 
 /// How often an idle worker looks for due jobs (apalis's default is its heartbeat: tens of seconds).
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
-/// How long the rollout flag read from Redis is trusted before it is read again.
-const ROLLOUT_REFRESH: Duration = Duration::from_secs(2);
 /// Finished jobs' data and metadata are deleted this often (apalis keeps them forever).
 const VACUUM_EVERY: Duration = Duration::from_secs(60);
 
@@ -39,6 +38,8 @@ struct WorkerState {
     records: RunRecords,
     conn: ConnectionManager,
     rollout: RwLock<(Option<Instant>, Rollout)>,
+    /// How long `rollout` is trusted (`worker.rollout_refresh`).
+    rollout_refresh: Duration,
     on_timeout: OnSlotTimeout,
     max_reschedules: u32,
     /// Jobs being handled now; the drain on SIGTERM waits for this to reach 0 (bounded by the
@@ -65,7 +66,8 @@ impl Drop for InFlight<'_> {
 impl WorkerState {
     /// The rollout flag, re-read at most every ROLLOUT_REFRESH. Unreadable means the safe default.
     async fn is_limited(&self, job: &SpikeProjectionJob) -> bool {
-        let fresh = |cached: &(Option<Instant>, Rollout)| cached.0.is_some_and(|at| at.elapsed() < ROLLOUT_REFRESH);
+        let refresh = self.rollout_refresh;
+        let fresh = |cached: &(Option<Instant>, Rollout)| cached.0.is_some_and(|at| at.elapsed() < refresh);
         {
             let cached = self.rollout.read().await;
             if fresh(&cached) {
@@ -78,7 +80,12 @@ impl WorkerState {
             return cached.1.is_limited(job.org_id);
         }
         match Rollout::load(&mut self.conn.clone()).await {
-            Ok(r) => *cached = (Some(Instant::now()), r),
+            Ok(r) => {
+                if cached.0.is_some() && r != cached.1 {
+                    tracing::info!(rollout = ?r, "rollout flag changed; new jobs follow it");
+                }
+                *cached = (Some(Instant::now()), r);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the rollout flag; every org takes the limited path meanwhile");
                 *cached = (Some(Instant::now()), Rollout::default());
@@ -101,12 +108,12 @@ impl WorkerState {
 }
 
 /// Runs the worker until `shutdown`, then drains in-flight jobs for at most `worker.shutdown_grace`.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+pub async fn run(config: Config, readiness: Readiness, shutdown: CancellationToken) -> Result<(), Error> {
     let name = format!("projector-worker-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let (_, conn) = projector_shared::redis_conn::connection_manager(&config.redis.url, Duration::from_secs(2))
+    let (_, conn) = projector_shared::redis_conn::connection_manager(&config.redis, Duration::from_secs(2))
         .map_err(projector_shared::Error::redis("opening the job queue connection"))?;
-    let redis_limiter: Arc<dyn SlotLimiter> =
-        Arc::new(RedisSlotLimiter::new(&config.redis.url, RedisSlotSettings::new(config.slots.limit, config.slots.lease_ttl))?);
+    let slots = RedisSlotLimiter::new(&config.redis, RedisSlotSettings::new(config.slots.limit, config.slots.lease_ttl))?;
+    let redis_limiter: Arc<dyn SlotLimiter> = Arc::new(slots.clone());
     let limiter: Arc<dyn SlotLimiter> = match config.slots.on_redis_error {
         OnRedisError::FailClosed => redis_limiter,
         OnRedisError::FailOpen => Arc::new(FailOpenLimiter::new(redis_limiter, config.slots.fallback_limit)),
@@ -122,12 +129,65 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         records: RunRecords::new(conn.clone()),
         conn: conn.clone(),
         rollout: RwLock::new((None, Rollout::default())),
+        rollout_refresh: config.worker.rollout_refresh,
         on_timeout: config.slots.on_timeout,
         max_reschedules: config.slots.max_reschedules,
         in_flight: tokio::sync::watch::Sender::new(0),
     });
-    tokio::spawn(housekeeping(conn.clone(), shutdown.clone()));
-    tracing::info!(worker = %name, concurrency = config.worker.concurrency, slots_limit = config.slots.limit, "worker started");
+    let endpoint = projector_shared::redis_conn::Endpoint::from(&config.redis);
+    let in_force = announce_limit(&slots, config.slots.limit).await;
+    tracing::info!(
+        worker = %name, redis = %endpoint.redacted(), query_source = ?config.query.source,
+        query_url = config.query.url.as_deref().unwrap_or("-"), concurrency = config.worker.concurrency,
+        slots_limit = %in_force, "worker started"
+    );
+    let housekeeper = Housekeeping { conn: conn.clone(), slots, name: name.clone(), every: config.worker.housekeeping_interval };
+    let housekeeping = tokio::spawn(housekeeper.run(shutdown.clone()));
+    let result = supervise(&config, &name, &conn, &state, &readiness, &shutdown).await;
+    readiness.set_job_loop_running(false);
+    // Housekeeping ends on the same shutdown signal; a panic there is reported, not lost.
+    if let Err(e) = housekeeping.await {
+        tracing::error!(worker = %name, error = %e, "housekeeping task panicked");
+    }
+    if let Err(e) = projector_shared::heartbeat::leave(&conn, &name).await {
+        tracing::debug!(worker = %name, error = %e, "cannot remove the heartbeat; it ages out on its own");
+    }
+    result
+}
+
+/// The limit in force, as text for the start-up log: Redis's value wins once set (operators change
+/// it at runtime with projectorctl); a configured value that differs is named in a warning.
+async fn announce_limit(slots: &RedisSlotLimiter, configured: u32) -> String {
+    match slots.occupancy().await {
+        Ok((in_use, Some(stored))) => {
+            projector_shared::slots::record_occupancy(in_use, stored);
+            if stored != configured {
+                tracing::warn!(
+                    in_force = stored, configured,
+                    "slots.limit differs from the limit stored in Redis; the stored limit is in force (set by projectorctl slots set-limit). Hand it back to config with `projectorctl slots reset-limit`"
+                );
+            }
+            format!("{stored} (in Redis)")
+        }
+        Ok((_, None)) => format!("{configured} (slots.limit; written to Redis at the first slot request)"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the slot limit from Redis yet");
+            format!("{configured} (slots.limit; Redis not reachable yet)")
+        }
+    }
+}
+
+/// Runs the apalis job loop until `shutdown`, restarting it with backoff when it fails, then
+/// drains the jobs in flight.
+async fn supervise(
+    config: &Config,
+    name: &str,
+    conn: &ConnectionManager,
+    state: &Arc<WorkerState>,
+    readiness: &Readiness,
+    shutdown: &CancellationToken,
+) -> Result<(), Error> {
+    let conn = conn.clone();
 
     // Any Redis error ends an apalis worker (trap 4): run it again under a fresh name (trap 3),
     // with capped exponential backoff instead of apalis's tight restart loop.
@@ -147,6 +207,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             .concurrency(config.worker.concurrency)
             .build(handle_job);
         let started = Instant::now();
+        readiness.set_job_loop_running(true);
         let stop = shutdown.clone();
         let grace = config.worker.shutdown_grace;
         let run = worker.run_until(async move {
@@ -157,6 +218,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         let result = tokio::select! {
             r = &mut run => r,
             () = shutdown.cancelled() => {
+                readiness.set_job_loop_running(false);
                 // apalis stops fetching on the same signal; we wait for the jobs already running.
                 // The jobs run inside apalis's stream, so `run` must still be polled meanwhile.
                 let mut in_flight = state.in_flight.subscribe();
@@ -177,6 +239,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                 return Ok(());
             }
         };
+        readiness.set_job_loop_running(false);
         if shutdown.is_cancelled() {
             tracing::info!(worker = %name, "worker drained and stopped");
             return Ok(());
@@ -287,33 +350,57 @@ async fn quarantine_undecodable(conn: &ConnectionManager, worker: &str) {
     }
 }
 
-/// Bounded promotion of due jobs every second, queue depth gauges (apalis's own counts read the
-/// wrong keys, trap 8) and periodic vacuum of finished jobs (apalis keeps them forever, trap 7).
-async fn housekeeping(conn: ConnectionManager, shutdown: CancellationToken) {
-    let config = queue::config();
-    let mut storage = RedisStorage::<serde_json::Value>::new(conn.clone()).with_config(config.clone());
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    let mut last_vacuum = Instant::now();
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            () = shutdown.cancelled() => return,
+/// The worker's periodic duties, once per `worker.housekeeping_interval`: bounded promotion of due
+/// jobs, queue depth gauges (apalis's own counts read the wrong keys), fleet slot gauges from the
+/// leases in Redis, the worker heartbeat, and a vacuum of finished jobs every minute (apalis keeps
+/// them forever). See docs/apalis-redis.md for the apalis-redis behaviour this works around.
+struct Housekeeping {
+    conn: ConnectionManager,
+    slots: RedisSlotLimiter,
+    name: String,
+    every: Duration,
+}
+
+impl Housekeeping {
+    async fn run(self, shutdown: CancellationToken) {
+        let mut storage = RedisStorage::<serde_json::Value>::new(self.conn.clone()).with_config(queue::config());
+        let mut ticker = tokio::time::interval(self.every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_vacuum = Instant::now();
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            self.run_once().await;
+            if last_vacuum.elapsed() >= VACUUM_EVERY {
+                last_vacuum = Instant::now();
+                match storage.vacuum().await {
+                    Ok(n) => tracing::debug!(removed = n, "vacuumed finished jobs"),
+                    Err(e) => tracing::warn!(error = %e, "vacuum of finished jobs failed; retried next minute"),
+                }
+            }
         }
-        if let Err(e) = queue::promote_due(&conn).await {
+    }
+
+    /// One round of every duty but the vacuum; each failure is logged and retried next round.
+    async fn run_once(&self) {
+        if let Err(e) = queue::promote_due(&self.conn).await {
             tracing::debug!(error = %e, "cannot move due jobs to the ready list");
         }
+        let config = queue::config();
         let depth: Result<(u64, u64), _> =
-            redis::pipe().llen(config.active_jobs_list()).zcard(config.scheduled_jobs_set()).query_async(&mut conn.clone()).await;
+            redis::pipe().llen(config.active_jobs_list()).zcard(config.scheduled_jobs_set()).query_async(&mut self.conn.clone()).await;
         if let Ok((ready, scheduled)) = depth {
             metrics::gauge!(m::QUEUE_READY_JOBS).set(ready as f64);
             metrics::gauge!(m::QUEUE_SCHEDULED_JOBS).set(scheduled as f64);
         }
-        if last_vacuum.elapsed() >= VACUUM_EVERY {
-            last_vacuum = Instant::now();
-            match storage.vacuum().await {
-                Ok(n) => tracing::debug!(removed = n, "vacuumed finished jobs"),
-                Err(e) => tracing::warn!(error = %e, "vacuum of finished jobs failed; retried next minute"),
-            }
+        match self.slots.occupancy().await {
+            Ok((in_use, limit)) => projector_shared::slots::record_occupancy(in_use, limit.unwrap_or(self.slots.limit())),
+            Err(e) => tracing::debug!(error = %e, "cannot read slot occupancy"),
+        }
+        if let Err(e) = projector_shared::heartbeat::beat(&self.conn, &self.name).await {
+            tracing::debug!(error = %e, "cannot write the worker heartbeat");
         }
     }
 }
