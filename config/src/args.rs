@@ -1,4 +1,6 @@
-//! The command-line layer: `--config`, `--set KEY=VALUE`, and named flags for the keys changed most often.
+//! The command-line layer: `--config`, `--set KEY=VALUE` and `--redis-url` for every command,
+//! plus named flags for the keys a command actually uses, grouped so that each subcommand's
+//! `--help` lists only the flags that apply to it.
 
 use std::path::PathBuf;
 
@@ -7,60 +9,103 @@ use clap::Args;
 use crate::load::{Env, FlagValue, load};
 use crate::{Config, ConfigError};
 
-/// Configuration flags shared by every Projector binary.
+/// Configuration flags every Projector command takes.
 ///
-/// Precedence: defaults < `--config` file < `PROJECTOR_<SECTION>_<KEY>` environment < these flags.
+/// Precedence: defaults < `--config` file < `PROJECTOR_<SECTION>_<KEY>` environment < flags.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ConfigArgs {
     /// TOML configuration file (see config.example.toml for every key)
-    #[arg(long, value_name = "PATH", global = true)]
+    #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
 
     /// Set any configuration key, e.g. --set slots.lease_ttl=10s (repeatable)
-    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
+    #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
 
-    /// Redis URL [key: redis.url]
-    #[arg(long, value_name = "URL", global = true)]
+    /// Redis URL: redis://, rediss:// (TLS) or unix:///path [key: redis.url]
+    #[arg(long, value_name = "URL")]
     pub redis_url: Option<String>,
+}
 
-    /// Slots held at once across the fleet [key: slots.limit, default 50]
-    #[arg(long, value_name = "N", global = true)]
-    pub slots_limit: Option<String>,
-
-    /// Longest wait for a slot before the job is skipped [key: slots.max_wait, default 60s]
-    #[arg(long, value_name = "DURATION", global = true)]
-    pub slots_max_wait: Option<String>,
+/// Flags of commands that plan a run (which orgs, in which batches).
+#[derive(Debug, Clone, Default, Args)]
+pub struct FanOutArgs {
+    /// Number of synthetic organizations [key: orgs.count, default 200]
+    #[arg(long, value_name = "N")]
+    pub orgs: Option<String>,
 
     /// Organizations per batch [key: batch.size, default 25]
-    #[arg(long, value_name = "N", global = true)]
+    #[arg(long, value_name = "N")]
     pub batch_size: Option<String>,
 
     /// Delay between batch releases, e.g. 2s or 100ms [key: batch.delay, default 2s]
-    #[arg(long, value_name = "DURATION", global = true)]
+    #[arg(long, value_name = "DURATION")]
     pub batch_delay: Option<String>,
+}
 
-    /// Number of synthetic organizations [key: orgs.count, default 200]
-    #[arg(long, value_name = "N", global = true)]
-    pub orgs: Option<String>,
+/// Flags of commands that run jobs (take slots, query).
+#[derive(Debug, Clone, Default, Args)]
+pub struct JobArgs {
+    /// Slots held at once across the fleet (Redis's stored limit wins once set) [key: slots.limit, default 50]
+    #[arg(long, value_name = "N")]
+    pub slots_limit: Option<String>,
+
+    /// Longest wait for a slot before slots.on_timeout applies [key: slots.max_wait, default 60s]
+    #[arg(long, value_name = "DURATION")]
+    pub slots_max_wait: Option<String>,
 
     /// Jobs in flight per worker process [key: worker.concurrency, default 64]
-    #[arg(long, value_name = "N", global = true)]
+    #[arg(long, value_name = "N")]
     pub concurrency: Option<String>,
 }
 
-impl ConfigArgs {
-    /// The flag layer as (key, value, flag) triples, in the order given.
+/// Flags only the worker process takes.
+#[derive(Debug, Clone, Default, Args)]
+pub struct WorkerArgs {
+    /// Address for /metrics, /healthz and /readyz; port 0 picks a free one [key: worker.metrics_addr, default 127.0.0.1:9464]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
+}
+
+fn named(pairs: &[(&str, &str, &Option<String>)]) -> Vec<FlagValue> {
+    pairs
+        .iter()
+        .filter_map(|(key, flag, value)| {
+            value.as_ref().map(|v| FlagValue { key: (*key).to_owned(), value: v.clone(), flag: (*flag).to_owned() })
+        })
+        .collect()
+}
+
+impl FanOutArgs {
     pub fn flag_values(&self) -> Vec<FlagValue> {
-        let named = [
-            ("redis.url", "--redis-url", &self.redis_url),
-            ("slots.limit", "--slots-limit", &self.slots_limit),
-            ("slots.max_wait", "--slots-max-wait", &self.slots_max_wait),
+        named(&[
+            ("orgs.count", "--orgs", &self.orgs),
             ("batch.size", "--batch-size", &self.batch_size),
             ("batch.delay", "--batch-delay", &self.batch_delay),
-            ("orgs.count", "--orgs", &self.orgs),
+        ])
+    }
+}
+
+impl JobArgs {
+    pub fn flag_values(&self) -> Vec<FlagValue> {
+        named(&[
+            ("slots.limit", "--slots-limit", &self.slots_limit),
+            ("slots.max_wait", "--slots-max-wait", &self.slots_max_wait),
             ("worker.concurrency", "--concurrency", &self.concurrency),
-        ];
+        ])
+    }
+}
+
+impl WorkerArgs {
+    pub fn flag_values(&self) -> Vec<FlagValue> {
+        named(&[("worker.metrics_addr", "--metrics-addr", &self.metrics_addr)])
+    }
+}
+
+impl ConfigArgs {
+    /// The flag layer as (key, value, flag) triples: `--set` first, then the named flags
+    /// (`extra` included), so that the more specific spelling wins.
+    pub fn flag_values(&self, extra: Vec<FlagValue>) -> Vec<FlagValue> {
         let mut out: Vec<FlagValue> = self
             .set
             .iter()
@@ -69,27 +114,14 @@ impl ConfigArgs {
                 FlagValue { key: key.trim().to_owned(), value: value.to_owned(), flag: "--set".to_owned() }
             })
             .collect();
-        // Named flags come after --set so that the more specific spelling wins.
-        out.extend(named.into_iter().filter_map(|(key, flag, value)| {
-            value.as_ref().map(|v| FlagValue { key: key.to_owned(), value: v.clone(), flag: flag.to_owned() })
-        }));
+        out.extend(named(&[("redis.url", "--redis-url", &self.redis_url)]));
+        out.extend(extra);
         out
     }
 
-    /// Loads the configuration from every layer, reading the process environment.
-    pub fn load(&self) -> Result<Config, ConfigError> {
-        load(self.config.as_deref(), &Env::from_process(), &self.flag_values())
-    }
-
-    /// Loads the configuration, or prints every problem and exits with code 2 (the documented
-    /// exit code for bad configuration in every Projector binary).
-    pub fn load_or_exit(&self) -> Config {
-        match self.load() {
-            Ok(config) => config,
-            Err(e) => {
-                eprintln!("error: {e}");
-                std::process::exit(2);
-            }
-        }
+    /// Loads the configuration from every layer, reading the process environment; `extra` are
+    /// the named flags of the command being run.
+    pub fn load(&self, extra: Vec<FlagValue>) -> Result<Config, ConfigError> {
+        load(self.config.as_deref(), &Env::from_process(), &self.flag_values(extra))
     }
 }

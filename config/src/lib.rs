@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use args::ConfigArgs;
+pub use args::{ConfigArgs, FanOutArgs, JobArgs, WorkerArgs};
 pub use error::{ConfigError, Problem};
 pub use keys::{KEYS, KeySpec, env_var_for};
 pub use load::{Env, FlagValue, Source, load};
@@ -193,4 +193,31 @@ impl Default for Config {
             },
         }
     }
+}
+
+/// The configuration as a TOML file that loads back to the same values: every key under its
+/// section, keys without a value commented out. Passwords in URLs are shown as `***` unless
+/// `show_secrets`.
+pub fn to_toml(config: &Config, show_secrets: bool) -> String {
+    let mut out = String::from("# Effective Projector configuration (every layer applied).\n");
+    let mut section = "";
+    for key in KEYS {
+        let (sec, name) = key.name.split_once('.').unwrap_or(("", key.name));
+        if sec != section {
+            out.push_str(&format!("\n[{sec}]\n"));
+            section = sec;
+        }
+        let mut value = (key.get)(config);
+        if !show_secrets {
+            value = value::redact_password(&value);
+        }
+        if value.is_empty() {
+            out.push_str(&format!("# {name} = (not set)\n"));
+        } else if value.parse::<i64>().is_ok() || value == "true" || value == "false" {
+            out.push_str(&format!("{name} = {value}\n"));
+        } else {
+            out.push_str(&format!("{name} = {}\n", toml::Value::String(value)));
+        }
+    }
+    out
 }

@@ -286,6 +286,26 @@ mod tests {
     }
 
     #[test]
+    fn the_printed_configuration_loads_back() {
+        let env = Env::from_pairs([
+            ("PROJECTOR_QUERY_SOURCE", "snuba"),
+            ("PROJECTOR_QUERY_URL", "https://snuba.internal:1218"),
+            ("PROJECTOR_SLOTS_LIMIT", "20"),
+            ("PROJECTOR_BATCH_DELAY", "1m 30s"),
+            ("PROJECTOR_REDIS_URL", "redis://:hunter2@cache:6379/1"),
+        ]);
+        let config = load(None, &env, &[]).expect("loads");
+        let printed = crate::to_toml(&config, false);
+        assert!(!printed.contains("hunter2"), "{printed}");
+        let secret = crate::to_toml(&config, true);
+        let f = file(&secret);
+        assert_eq!(load(Some(f.path()), &Env::default(), &[]).expect("printed config loads"), config, "{secret}");
+        let defaults = crate::to_toml(&Config::default(), false);
+        let f = file(&defaults);
+        assert_eq!(load(Some(f.path()), &Env::default(), &[]).expect("defaults load back"), Config::default(), "{defaults}");
+    }
+
+    #[test]
     fn tables_and_lists_are_refused() {
         let f = file("[slots]\nlimit = [1, 2]\n");
         let err = load(Some(f.path()), &Env::default(), &[]).expect_err("list refused");

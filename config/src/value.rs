@@ -66,6 +66,17 @@ pub(crate) fn url(raw: &str, schemes: &[&str]) -> Result<String, String> {
     Ok(text)
 }
 
+/// A URL with its password replaced by `***`; anything else unchanged.
+pub(crate) fn redact_password(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => text.to_owned(),
+    }
+}
+
 /// Formats a duration the way it is written in config ("2s", "500ms").
 pub fn format_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()

@@ -1,7 +1,6 @@
 //! The scheduler against Redis: `run-once` (one fan-out now, optionally followed to the end) and
 //! `serve` (a fan-out at every cron tick, by exactly one replica per tick).
 
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -14,19 +13,18 @@ use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
-use crate::fanout::{Plan, enqueue, take_tick_lock, wait_for_run};
+use crate::fanout::{Plan, WaitEnd, enqueue, take_tick_lock, wait_for_run};
 use crate::orgs::list_orgs;
 
 /// What `run-once` was asked to do besides fanning out.
-#[derive(Debug, Clone, Default)]
-pub struct RunOnceOptions {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOnceMode {
     /// Print the plan; enqueue nothing.
-    pub dry_run: bool,
-    /// Re-run (or finish) the run of this cron tick instead of starting a manual run.
-    pub tick: Option<DateTime<Utc>>,
-    /// Follow the run until every org is accounted for, at most this long.
-    pub wait: Option<Duration>,
-    pub summary_json: Option<PathBuf>,
+    DryRun,
+    /// Enqueue and return.
+    Enqueue,
+    /// Enqueue, then follow the run until every org is accounted for, at most this long.
+    Wait(Duration),
 }
 
 /// How a `run-once` ended.
@@ -34,7 +32,7 @@ pub struct RunOnceOptions {
 pub enum RunOnceResult {
     DryRun(String),
     Enqueued { run_id: RunId, new: u64, duplicates: u64 },
-    Finished { summary: RunSummary, complete: bool },
+    Finished { summary: RunSummary, end: WaitEnd, workers_alive: Option<u64> },
 }
 
 fn connect(config: &Config) -> Result<ConnectionManager, Error> {
@@ -57,9 +55,9 @@ async fn plan(config: &Config, conn: &ConnectionManager, run_id: RunId, tick: Da
 
 /// One fan-out now. With a tick, the run id is the tick's, so re-running finishes an interrupted
 /// fan-out without duplicates; without one, it is a fresh manual run.
-pub async fn run_once(config: &Config, options: RunOnceOptions) -> Result<RunOnceResult, Error> {
+pub async fn run_once(config: &Config, mode: RunOnceMode, tick: Option<DateTime<Utc>>) -> Result<RunOnceResult, Error> {
     let conn = connect(config)?;
-    let (run_id, tick) = match options.tick {
+    let (run_id, tick) = match tick {
         Some(t) => (RunId::for_tick(t), t),
         None => {
             let now = Utc::now();
@@ -67,7 +65,7 @@ pub async fn run_once(config: &Config, options: RunOnceOptions) -> Result<RunOnc
         }
     };
     let plan = plan(config, &conn, run_id.clone(), tick).await?;
-    if options.dry_run {
+    if mode == RunOnceMode::DryRun {
         return Ok(RunOnceResult::DryRun(plan.describe()));
     }
     let started = std::time::Instant::now();
@@ -76,12 +74,34 @@ pub async fn run_once(config: &Config, options: RunOnceOptions) -> Result<RunOnc
         run_id = %run_id, orgs = plan.jobs.len(), batches = plan.batches, new = enqueued.new,
         duplicates = enqueued.duplicates, took_ms = started.elapsed().as_millis() as u64, "run fanned out"
     );
-    match options.wait {
-        None => Ok(RunOnceResult::Enqueued { run_id, new: enqueued.new, duplicates: enqueued.duplicates }),
-        Some(timeout) => {
-            let (summary, complete) = wait_for_run(&conn, &run_id, timeout).await?;
-            Ok(RunOnceResult::Finished { summary, complete })
+    match mode {
+        RunOnceMode::DryRun | RunOnceMode::Enqueue => {
+            Ok(RunOnceResult::Enqueued { run_id, new: enqueued.new, duplicates: enqueued.duplicates })
         }
+        RunOnceMode::Wait(timeout) => {
+            let (mut summary, end) = wait_for_run(&conn, &run_id, timeout).await?;
+            summary.bad_lines = plan.bad_lines.clone();
+            // When nothing moved, whether any worker is alive is the first thing to know.
+            let workers_alive = match end {
+                WaitEnd::TimedOut => projector_shared::heartbeat::alive(&conn).await.ok(),
+                WaitEnd::Accounted => None,
+            };
+            Ok(RunOnceResult::Finished { summary, end, workers_alive })
+        }
+    }
+}
+
+/// The slot limit in force: Redis's value once set (operators change it at runtime), otherwise
+/// the configured one, with where it came from.
+pub async fn limit_in_force(config: &Config) -> (u32, &'static str) {
+    let settings = projector_shared::slots::RedisSlotSettings::new(config.slots.limit, config.slots.lease_ttl);
+    let stored = match projector_shared::slots::RedisSlotLimiter::new(&config.redis, settings) {
+        Ok(limiter) => limiter.occupancy().await.ok().and_then(|(_, limit)| limit),
+        Err(_) => None,
+    };
+    match stored {
+        Some(limit) => (limit, "in Redis"),
+        None => (config.slots.limit, "slots.limit"),
     }
 }
 
@@ -89,10 +109,11 @@ pub async fn run_once(config: &Config, options: RunOnceOptions) -> Result<RunOnc
 /// the one that takes the tick's lock fans out, the others log and wait for the next tick.
 pub async fn serve(config: &Config, shutdown: CancellationToken) -> Result<(), Error> {
     let schedule = cron::Schedule::from_str(&config.schedule.cron)
-        .map_err(|e| Error::Enqueue { run_id: "-".into(), detail: format!("schedule.cron {:?}: {e}", config.schedule.cron) })?;
+        .map_err(|e| Error::Schedule { expr: config.schedule.cron.clone(), detail: e.to_string() })?;
     let conn = connect(config)?;
     let owner = format!("scheduler-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    tracing::info!(cron = %config.schedule.cron, owner = %owner, "scheduler serving");
+    let endpoint = projector_shared::redis_conn::Endpoint::from(&config.redis);
+    tracing::info!(cron = %config.schedule.cron, owner = %owner, redis = %endpoint.redacted(), orgs_source = ?config.orgs.source, "scheduler serving");
     for tick in schedule.upcoming(Utc) {
         let wait = (tick - Utc::now()).to_std().unwrap_or_default();
         tokio::select! {

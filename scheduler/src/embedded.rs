@@ -40,12 +40,14 @@ struct RunContext {
 }
 
 /// Runs every organization through the pipeline in this process and returns the run's totals.
-/// `shutdown` (Ctrl-C) stops releasing batches and ends the run with [`Error::Interrupted`].
+/// `shutdown` (Ctrl-C) stops releasing batches and ends the run early: the summary then says
+/// `interrupted` and accounts only for the orgs that finished.
 pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: CancellationToken) -> Result<RunSummary, Error> {
     let started = Instant::now();
     let tick = Utc::now();
     let run_id = RunId::manual(tick);
-    let orgs = list_orgs(config)?;
+    let list = list_orgs(config)?;
+    let orgs = &list.orgs;
     let size = NonZeroUsize::new(config.batch.size).unwrap_or(NonZeroUsize::MIN);
     let batches = plan_batches(&orgs.iter().map(|o| o.org_id).collect::<Vec<_>>(), size, config.batch.delay);
     let projects: std::collections::HashMap<_, _> = orgs.iter().map(|o| (o.org_id, o.project_ids.clone())).collect();
@@ -115,13 +117,12 @@ pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: C
         Ok::<(), Error>(())
     };
 
-    let finished = tokio::select! {
-        r = release => r,
-        () = shutdown.cancelled() => Err(Error::Interrupted {
-            run_id: run_id.to_string(),
-            accounted: ledger.accounted(),
-            total: orgs.len() as u64,
-        }),
+    let interrupted = tokio::select! {
+        r = release => {
+            r?;
+            false
+        }
+        () = shutdown.cancelled() => true,
     };
     workers_stop.cancel();
     let _ = progress.await;
@@ -131,10 +132,11 @@ pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: C
         Err(e) => tracing::warn!(error = %e, "in-process workers panicked"),
     }
     sink.flush()?;
-    finished?;
 
     let mut summary = ledger.summary();
-    summary.max_concurrent_queries = probe.max();
+    summary.max_concurrent_queries = Some(probe.max());
+    summary.bad_lines = list.bad_lines;
+    summary.interrupted = interrupted;
     summary.duration_ms = started.elapsed().as_millis() as u64;
     Ok(summary)
 }

@@ -11,9 +11,9 @@ pub enum Error {
     #[error("cannot enqueue jobs of run {run_id}: {detail}")]
     Enqueue { run_id: String, detail: String },
 
-    #[error("the in-process workers stopped early: {0}")]
-    Workers(String),
+    #[error("schedule.cron {expr:?} cannot be read: {detail}")]
+    Schedule { expr: String, detail: String },
 
-    #[error("run {run_id} interrupted with {accounted} of {total} orgs accounted for; re-run to finish the rest")]
-    Interrupted { run_id: String, accounted: u64, total: u64 },
+    #[error("no organizations to run from {from}; nothing was enqueued (check orgs.source, orgs.path and orgs.count)")]
+    NoOrgs { from: String },
 }

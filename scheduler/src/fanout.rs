@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeDelta, Utc};
 use projector_config::Config;
 use projector_shared::batch::plan_batches;
-use projector_shared::org::OrgInfo;
+use projector_shared::run::BadLines;
+
+use crate::orgs::OrgList;
 use projector_shared::rollout::Rollout;
 use projector_shared::run::RunSummary;
-use projector_shared::run_record::RunRecords;
+use projector_shared::run_record::{OrgIds, RunRecords};
 use projector_shared::{RunId, SpikeProjectionJob};
 use projector_worker::queue;
 use redis::aio::ConnectionManager;
@@ -41,11 +43,14 @@ pub struct Plan {
     pub tick: DateTime<Utc>,
     pub batches: usize,
     pub jobs: Vec<PlannedJob>,
+    /// Lines of the organizations file that were skipped.
+    pub bad_lines: BadLines,
 }
 
 impl Plan {
     /// Batches of `batch.size` released at `tick + k × batch.delay`, routed by `rollout`.
-    pub fn new(config: &Config, orgs: &[OrgInfo], run_id: RunId, tick: DateTime<Utc>, rollout: &Rollout) -> Self {
+    pub fn new(config: &Config, list: &OrgList, run_id: RunId, tick: DateTime<Utc>, rollout: &Rollout) -> Self {
+        let orgs = &list.orgs;
         let size = NonZeroUsize::new(config.batch.size).unwrap_or(NonZeroUsize::MIN);
         let ids: Vec<_> = orgs.iter().map(|o| o.org_id).collect();
         let batches = plan_batches(&ids, size, config.batch.delay);
@@ -72,7 +77,7 @@ impl Plan {
                 }
             })
             .collect();
-        Plan { run_id, tick, batches: batches.len(), jobs }
+        Plan { run_id, tick, batches: batches.len(), jobs, bad_lines: list.bad_lines.clone() }
     }
 
     /// The `--dry-run` listing: one line per batch, then the routing totals.
@@ -100,6 +105,7 @@ impl Plan {
             projector_shared::rollout::RATE_LIMIT_FLAG,
             self.jobs.len() - limited
         ));
+        out.push_str(&crate::report::bad_lines_note(&self.bad_lines));
         out
     }
 }
@@ -130,29 +136,53 @@ pub async fn enqueue(conn: &ConnectionManager, plan: &Plan) -> Result<Enqueued, 
     Ok(Enqueued { new, duplicates: plan.jobs.len() as u64 - new })
 }
 
+/// How following a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitEnd {
+    /// Every org of the run has an outcome.
+    Accounted,
+    /// The timeout passed first.
+    TimedOut,
+}
+
 /// Follows the run record until every org is accounted for or `timeout` passes; returns the last
-/// summary seen and whether it is complete.
-pub async fn wait_for_run(conn: &ConnectionManager, run_id: &RunId, timeout: Duration) -> Result<(RunSummary, bool), Error> {
+/// summary seen and how the wait ended. A Redis error does not end the wait: the run goes on in
+/// the workers, so the record is read again with backoff until the timeout.
+pub async fn wait_for_run(conn: &ConnectionManager, run_id: &RunId, timeout: Duration) -> Result<(RunSummary, WaitEnd), Error> {
     let records = RunRecords::new(conn.clone());
     let started = Instant::now();
     let mut last_log = Instant::now();
+    let mut last_seen = RunSummary { run_id: run_id.0.clone(), ..RunSummary::default() };
+    let mut backoff = Duration::from_millis(200);
     loop {
-        let summary = records.summary(run_id, false).await?.unwrap_or_default();
-        let done = summary.orgs_total > 0 && summary.accounted() >= summary.orgs_total;
+        match records.summary(run_id, OrgIds::Leave).await {
+            Ok(summary) => {
+                backoff = Duration::from_millis(200);
+                last_seen = summary.unwrap_or(last_seen);
+            }
+            Err(e) => {
+                tracing::warn!(run_id = %run_id, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot read the run record; still following the run");
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+        let done = last_seen.orgs_total > 0 && last_seen.accounted() >= last_seen.orgs_total;
         if done || started.elapsed() >= timeout {
-            let mut full = records.summary(run_id, true).await?.unwrap_or(summary);
+            let mut full = match records.summary(run_id, OrgIds::List).await {
+                Ok(Some(full)) => full,
+                Ok(None) | Err(_) => last_seen,
+            };
             full.duration_ms = started.elapsed().as_millis() as u64;
-            return Ok((full, done));
+            return Ok((full, if done { WaitEnd::Accounted } else { WaitEnd::TimedOut }));
         }
         if last_log.elapsed() >= Duration::from_secs(2) {
             last_log = Instant::now();
             tracing::info!(
-                run_id = %run_id, accounted = summary.accounted(), total = summary.orgs_total, completed = summary.completed,
-                skipped_no_slot = summary.skipped_no_slot, rate_limited = summary.rate_limited, failed = summary.failed,
+                run_id = %run_id, accounted = last_seen.accounted(), total = last_seen.orgs_total, completed = last_seen.completed,
+                skipped_no_slot = last_seen.skipped_no_slot, rate_limited = last_seen.rate_limited, failed = last_seen.failed,
                 "waiting for the run"
             );
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(backoff.min(timeout.saturating_sub(started.elapsed()))).await;
     }
 }
 

@@ -5,10 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use projector_config::ConfigArgs;
-use projector_scheduler::distributed::{RunOnceOptions, RunOnceResult, run_once, serve};
+use projector_config::{ConfigArgs, FanOutArgs, JobArgs};
+use projector_scheduler::distributed::{RunOnceMode, RunOnceResult, limit_in_force, run_once, serve};
 use projector_scheduler::embedded::{EmbeddedOptions, run_embedded};
-use projector_scheduler::report::{summary_table, write_summary_json};
+use projector_scheduler::fanout::WaitEnd;
+use projector_scheduler::report::{FailOn, exit, summary_table, write_summary_json};
 use projector_shared::run::RunSummary;
 use projector_shared::telemetry::{self, LogFormat};
 
@@ -23,10 +24,7 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
 
-    #[command(flatten)]
-    config: ConfigArgs,
-
-    /// Log format on stderr
+    /// Log format on stderr (json: every stderr line is a JSON object, fatal errors included)
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
 }
@@ -39,93 +37,158 @@ enum Command {
     /// delayed job per organization in Redis (batch k runnable at tick + k × batch.delay) for
     /// projector-worker processes. With --embedded, the whole run happens in this process with no
     /// Redis: in-process workers and an in-memory slot limiter at slots.limit.
-    /// Exits 0 when the run is enqueued (or, with --wait/--embedded, when every organization is
-    /// accounted for: completed, skipped_no_slot, rate_limited, failed or slot_unavailable).
-    RunOnce {
-        /// Run scheduler, workers and slot limiter in this process; needs no Redis
-        #[arg(long)]
-        embedded: bool,
-
-        /// Print the plan (orgs, batches, release times, rollout routing) and enqueue nothing
-        #[arg(long, conflicts_with = "embedded")]
-        dry_run: bool,
-
-        /// Follow the run until every organization is accounted for, then print the summary
-        #[arg(long, conflicts_with = "embedded")]
-        wait: bool,
-
-        /// With --wait: give up after this long (exit 1, summary of what is accounted so far)
-        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
-        wait_timeout: std::time::Duration,
-
-        /// Fan out (or finish fanning out) the run of this cron tick, e.g. 2026-11-22T13:00:00Z;
-        /// jobs already enqueued for it are not enqueued again
-        #[arg(long, value_name = "RFC3339", conflicts_with = "embedded")]
-        tick: Option<chrono::DateTime<chrono::Utc>>,
-
-        /// Write the run summary as JSON to PATH
-        #[arg(long, value_name = "PATH")]
-        summary_json: Option<PathBuf>,
-
-        /// With --embedded: write projections as JSON lines to PATH (one line per org and project)
-        #[arg(long, value_name = "PATH")]
-        output: Option<PathBuf>,
-    },
+    ///
+    /// Exit codes: 0 every org completed (or, without --wait, the run was enqueued); 1 the run
+    /// could not start or be followed (e.g. Redis unreachable, no organizations); 2 bad
+    /// configuration; 3 the run finished and some org ended in an outcome named by --fail-on;
+    /// 4 --wait-timeout passed first; 130 interrupted (the partial summary is still written).
+    RunOnce(Box<RunOnceArgs>),
     /// Fan out at every tick of schedule.cron until SIGTERM. Several replicas may run: exactly one
     /// fans out each tick (a Redis lock keyed by the tick).
-    Serve,
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        fan_out: FanOutArgs,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunOnceArgs {
+    /// Run scheduler, workers and slot limiter in this process; needs no Redis
+    #[arg(long)]
+    embedded: bool,
+
+    /// Print the plan (orgs, batches, release times, rollout routing) and enqueue nothing
+    #[arg(long, conflicts_with = "embedded")]
+    dry_run: bool,
+
+    /// Follow the run until every organization is accounted for, then print the summary
+    #[arg(long, conflicts_with = "embedded")]
+    wait: bool,
+
+    /// With --wait: give up after this long (exit 4, with the summary of what is accounted so far)
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    wait_timeout: std::time::Duration,
+
+    /// Fan out (or finish fanning out) the run of this cron tick, e.g. 2026-11-22T13:00:00Z;
+    /// jobs already enqueued for it are not enqueued again
+    #[arg(long, value_name = "RFC3339", conflicts_with = "embedded")]
+    tick: Option<chrono::DateTime<chrono::Utc>>,
+
+    /// Outcomes that make a finished run exit 3: "any" (every outcome but completed), "none",
+    /// or a list such as failed,rate_limited to tolerate skips on purpose
+    #[arg(long, value_name = "OUTCOMES", default_value = "any")]
+    fail_on: FailOn,
+
+    /// Write the run summary as JSON to PATH
+    #[arg(long, value_name = "PATH")]
+    summary_json: Option<PathBuf>,
+
+    /// With --embedded: write projections as JSON lines to PATH (one line per org and project)
+    #[arg(long, value_name = "PATH")]
+    output: Option<PathBuf>,
+
+    #[command(flatten)]
+    config: ConfigArgs,
+
+    #[command(flatten)]
+    fan_out: FanOutArgs,
+
+    #[command(flatten)]
+    jobs: JobArgs,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = cli.config.load_or_exit();
     telemetry::init(cli.log_format);
-    projector_shared::runtime::block_on_main(run(cli.command, config)).unwrap_or(ExitCode::FAILURE)
+    let loaded = match &cli.command {
+        Command::Serve { config, fan_out } => config.load(fan_out.flag_values()),
+        Command::RunOnce(args) => args.config.load([args.fan_out.flag_values(), args.jobs.flag_values()].concat()),
+    };
+    let config = match projector_shared::runtime::config_or_exit(loaded) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    projector_shared::runtime::block_on_main(run(cli.command, config)).unwrap_or(ExitCode::from(exit::ERROR))
 }
 
 async fn run(command: Command, config: projector_config::Config) -> anyhow::Result<ExitCode> {
     let shutdown = projector_shared::shutdown::on_signal();
-    match command {
-        Command::Serve => {
+    let args = match command {
+        Command::Serve { .. } => {
             serve(&config, shutdown).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::RunOnce(args) => args,
+    };
+    if args.embedded {
+        let summary = run_embedded(&config, EmbeddedOptions { output: args.output.clone() }, shutdown).await?;
+        finish(&summary, (config.slots.limit, "slots.limit"), args.summary_json.as_deref())?;
+        if summary.interrupted {
+            eprintln!(
+                "interrupted: {} of {} orgs accounted for; the others were not run. An embedded run keeps no state: running it again is a new run of all {} orgs. The partial summary above{} lists what finished.",
+                summary.accounted(),
+                summary.orgs_total,
+                summary.orgs_total,
+                if args.summary_json.is_some() { " and in --summary-json" } else { "" }
+            );
+            return Ok(ExitCode::from(exit::INTERRUPTED));
+        }
+        return Ok(args.fail_on.judge(&summary));
+    }
+    let mode = match (args.dry_run, args.wait) {
+        (true, _) => RunOnceMode::DryRun,
+        (false, true) => RunOnceMode::Wait(args.wait_timeout),
+        (false, false) => RunOnceMode::Enqueue,
+    };
+    match run_once(&config, mode, args.tick).await? {
+        RunOnceResult::DryRun(plan) => {
+            telemetry::print(&plan);
             Ok(ExitCode::SUCCESS)
         }
-        Command::RunOnce { embedded: true, summary_json, output, .. } => {
-            let summary = run_embedded(&config, EmbeddedOptions { output }, shutdown).await?;
-            finish(&summary, &config, summary_json.as_deref(), true)?;
-            Ok(if summary.accounted() == summary.orgs_total { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        RunOnceResult::Enqueued { run_id, new, duplicates } => {
+            telemetry::print(&format!(
+                "run {run_id}: {new} jobs enqueued, {duplicates} already enqueued (follow it with: projectorctl run {run_id})\n"
+            ));
+            Ok(ExitCode::SUCCESS)
         }
-        Command::RunOnce { embedded: false, dry_run, wait, wait_timeout, tick, summary_json, .. } => {
-            let options = RunOnceOptions { dry_run, tick, wait: wait.then_some(wait_timeout), summary_json: summary_json.clone() };
-            match run_once(&config, options).await? {
-                RunOnceResult::DryRun(plan) => {
-                    print!("{plan}");
-                    Ok(ExitCode::SUCCESS)
-                }
-                RunOnceResult::Enqueued { run_id, new, duplicates } => {
-                    println!("run {run_id}: {new} jobs enqueued, {duplicates} already enqueued");
-                    Ok(ExitCode::SUCCESS)
-                }
-                RunOnceResult::Finished { summary, complete } => {
-                    finish(&summary, &config, summary_json.as_deref(), false)?;
-                    if !complete {
-                        eprintln!("error: --wait-timeout passed with {} of {} orgs accounted for", summary.accounted(), summary.orgs_total);
-                    }
-                    Ok(if complete { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        RunOnceResult::Finished { summary, end, workers_alive } => {
+            finish(&summary, limit_in_force(&config).await, args.summary_json.as_deref())?;
+            match end {
+                WaitEnd::Accounted => Ok(args.fail_on.judge(&summary)),
+                WaitEnd::TimedOut => {
+                    let workers = match workers_alive {
+                        Some(0) => {
+                            "; no worker is alive (no heartbeat in Redis within 15s): start projector-worker against the same redis.url"
+                                .to_owned()
+                        }
+                        Some(n) => format!(
+                            "; {n} worker(s) alive, so the run is still being worked on: follow it with projectorctl run {}",
+                            summary.run_id
+                        ),
+                        None => "; whether any worker is alive is unknown (Redis did not answer)".to_owned(),
+                    };
+                    eprintln!(
+                        "error: --wait-timeout passed with {} of {} orgs accounted for{workers}",
+                        summary.accounted(),
+                        summary.orgs_total
+                    );
+                    Ok(ExitCode::from(exit::WAIT_TIMED_OUT))
                 }
             }
         }
     }
 }
 
-/// Prints the summary table and writes the summary JSON if asked.
-fn finish(
-    summary: &RunSummary,
-    config: &projector_config::Config,
-    summary_json: Option<&std::path::Path>,
-    probed: bool,
-) -> anyhow::Result<()> {
-    print!("{}", summary_table(summary, config.slots.limit, probed));
+/// Prints the summary table, logs one line for the run, and writes the summary JSON if asked.
+fn finish(summary: &RunSummary, limit: (u32, &str), summary_json: Option<&std::path::Path>) -> anyhow::Result<()> {
+    tracing::info!(
+        run_id = %summary.run_id, orgs = summary.orgs_total, completed = summary.completed,
+        skipped_no_slot = summary.skipped_no_slot, rate_limited = summary.rate_limited, failed = summary.failed,
+        slot_unavailable = summary.slot_unavailable, "run summary"
+    );
+    telemetry::print(&summary_table(summary, limit));
     if let Some(path) = summary_json {
         write_summary_json(summary, path).with_context(|| format!("cannot write the run summary to {}", path.display()))?;
     }

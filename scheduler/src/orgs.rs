@@ -2,12 +2,21 @@
 
 use projector_config::{Config, OrgSourceKind};
 use projector_shared::org::{OrgInfo, read_org_file};
+use projector_shared::run::BadLines;
 use projector_shared::synthetic::synthetic_orgs;
 
 use crate::error::Error;
 
-/// The active organizations to fan out to. Bad file lines are logged with their number and skipped.
-pub fn list_orgs(config: &Config) -> Result<Vec<OrgInfo>, Error> {
+/// The active organizations of a run, and the file lines that were skipped.
+#[derive(Debug, Clone, Default)]
+pub struct OrgList {
+    pub orgs: Vec<OrgInfo>,
+    pub bad_lines: BadLines,
+}
+
+/// The active organizations to fan out to. Bad file lines are logged with their number, skipped
+/// and reported in the run summary; an empty list (nothing to run) is an error, never a run of 0.
+pub fn list_orgs(config: &Config) -> Result<OrgList, Error> {
     match (config.orgs.source, &config.orgs.path) {
         (OrgSourceKind::File, Some(path)) => {
             let file = read_org_file(path)?;
@@ -18,9 +27,21 @@ pub fn list_orgs(config: &Config) -> Result<Vec<OrgInfo>, Error> {
                 path = %path.display(), active = file.orgs.len(), inactive = file.inactive,
                 bad_lines = file.bad_lines.len(), "organizations read"
             );
-            Ok(file.orgs)
+            if file.orgs.is_empty() {
+                return Err(Error::NoOrgs {
+                    from: format!(
+                        "organizations file {} ({} bad lines{}, {} inactive)",
+                        path.display(),
+                        file.bad_lines.len(),
+                        file.bad_lines.first().map(|b| format!(", the first at line {}: {}", b.line, b.reason)).unwrap_or_default(),
+                        file.inactive
+                    ),
+                });
+            }
+            Ok(OrgList { bad_lines: BadLines::from_file(&file.bad_lines), orgs: file.orgs })
         }
         // Config validation guarantees a path for the file source.
-        _ => Ok(synthetic_orgs(config.orgs.count)),
+        _ if config.orgs.count == 0 => Err(Error::NoOrgs { from: "orgs.count = 0".to_owned() }),
+        _ => Ok(OrgList { orgs: synthetic_orgs(config.orgs.count), bad_lines: BadLines::default() }),
     }
 }

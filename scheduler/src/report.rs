@@ -1,30 +1,109 @@
-//! How a run's result reaches a person: the summary table, and the JSON written by `--summary-json`.
+//! How a run's result reaches a person and a cron job: the summary table, the JSON written by
+//! `--summary-json`, and the exit code that judges the run.
 
 use std::path::Path;
+use std::process::ExitCode;
 
-use projector_shared::run::{Outcome, RunSummary};
+use projector_shared::run::{BadLines, Outcome, RunSummary};
 
-/// The summary as a plain-text table. `probed` says whether `max_concurrent_queries` was measured
-/// (the embedded run's probe); a distributed run's queries happen in other processes.
-pub fn summary_table(summary: &RunSummary, slots_limit: u32, probed: bool) -> String {
+/// The documented exit codes of `projector-scheduler run-once`.
+pub mod exit {
+    /// Every org completed (or, without --wait, the run was enqueued; or the plan was printed).
+    pub const OK: u8 = 0;
+    /// The run could not be started or followed (Redis unreachable, no organizations, …).
+    pub const ERROR: u8 = 1;
+    /// Bad configuration or usage.
+    pub const CONFIG: u8 = 2;
+    /// The run finished, and some org ended in an outcome named by --fail-on.
+    pub const ORGS_NOT_COMPLETED: u8 = 3;
+    /// --wait-timeout passed before every org was accounted for.
+    pub const WAIT_TIMED_OUT: u8 = 4;
+    /// Interrupted (Ctrl-C / SIGTERM) before the run finished; the partial summary was written.
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// Which outcomes make a finished run exit non-zero (`--fail-on`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailOn(pub Vec<Outcome>);
+
+impl Default for FailOn {
+    /// Anything but completed.
+    fn default() -> Self {
+        FailOn(Outcome::ALL.into_iter().filter(|o| *o != Outcome::Completed).collect())
+    }
+}
+
+impl std::str::FromStr for FailOn {
+    type Err = String;
+
+    /// `none`, `any`, or a comma-separated list of outcomes.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "none" => Ok(FailOn(Vec::new())),
+            "any" => Ok(FailOn::default()),
+            list => list
+                .split(',')
+                .map(|name| {
+                    Outcome::parse(name.trim()).filter(|o| *o != Outcome::Completed).ok_or_else(|| {
+                        format!(
+                            "unknown outcome {name:?}: use none, any, or a list of skipped_no_slot, rate_limited, failed, slot_unavailable"
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(FailOn),
+        }
+    }
+}
+
+impl FailOn {
+    /// The outcomes of `summary` this policy fails on, with their counts.
+    pub fn failing(&self, summary: &RunSummary) -> Vec<(Outcome, u64)> {
+        self.0.iter().map(|o| (*o, summary.count(*o))).filter(|(_, n)| *n > 0).collect()
+    }
+
+    /// The exit code of a run that finished (every org accounted for).
+    pub fn judge(&self, summary: &RunSummary) -> ExitCode {
+        if self.failing(summary).is_empty() { ExitCode::from(exit::OK) } else { ExitCode::from(exit::ORGS_NOT_COMPLETED) }
+    }
+}
+
+/// The summary as a plain-text table; `limit` is the slot limit in force and where it came from.
+pub fn summary_table(summary: &RunSummary, limit: (u32, &str)) -> String {
     let mut out = format!("run {}: {} orgs in {:.2}s\n", summary.run_id, summary.orgs_total, summary.duration_ms as f64 / 1000.0);
     out.push_str(&format!("  {:<18}{:>8}\n", "outcome", "orgs"));
     for outcome in Outcome::ALL {
         out.push_str(&format!("  {:<18}{:>8}\n", outcome.as_str(), summary.count(outcome)));
     }
     out.push_str(&format!("  {:<18}{:>8}\n", "accounted", summary.accounted()));
-    if probed {
-        out.push_str(&format!("  max concurrent queries: {} (slots.limit {slots_limit})\n", summary.max_concurrent_queries));
-    } else {
-        out.push_str(&format!(
-            "  concurrent queries: bounded by slots.limit {slots_limit} across workers (see spike_projection_concurrent_queries)\n"
-        ));
+    let (limit, source) = limit;
+    match summary.max_concurrent_queries {
+        Some(max) => out.push_str(&format!("  max concurrent queries: {max} (slot limit {limit}, {source})\n")),
+        None => out.push_str(&format!(
+            "  concurrent queries: bounded by the slot limit {limit} ({source}) across workers (see spike_projection_concurrent_queries)\n"
+        )),
     }
     if !summary.skipped_org_ids.is_empty() {
-        out.push_str(&format!("  not queried (skipped): {}\n", id_list(&summary.skipped_org_ids)));
+        out.push_str(&format!("  not queried (skipped_no_slot, slot_unavailable): {}\n", id_list(&summary.skipped_org_ids)));
     }
     if !summary.failed_org_ids.is_empty() {
-        out.push_str(&format!("  failed: {}\n", id_list(&summary.failed_org_ids)));
+        out.push_str(&format!("  failed (rate_limited, failed): {}\n", id_list(&summary.failed_org_ids)));
+    }
+    out.push_str(&bad_lines_note(&summary.bad_lines));
+    out
+}
+
+/// "3 lines of the organizations file were skipped: line 5: …" (empty when none were).
+pub fn bad_lines_note(bad: &BadLines) -> String {
+    if bad.is_empty() {
+        return String::new();
+    }
+    let mut out = format!("  {} line(s) of the organizations file were skipped:\n", bad.count);
+    for b in &bad.first {
+        out.push_str(&format!("    line {}: {}\n", b.line, b.reason));
+    }
+    if bad.count > bad.first.len() as u64 {
+        out.push_str(&format!("    … and {} more (see the log)\n", bad.count - bad.first.len() as u64));
     }
     out
 }
@@ -47,25 +126,40 @@ pub fn write_summary_json(summary: &RunSummary, path: &Path) -> std::io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use projector_shared::OrgId;
 
     #[test]
     fn the_table_lists_every_outcome_and_the_peak() {
-        let s = RunSummary {
+        let mut s = RunSummary {
             run_id: "run-x".into(),
             orgs_total: 3,
-            completed: 2,
-            skipped_no_slot: 1,
-            max_concurrent_queries: 2,
+            max_concurrent_queries: Some(2),
             duration_ms: 1500,
-            skipped_org_ids: vec![projector_shared::OrgId(9)],
             ..RunSummary::default()
         };
-        let t = summary_table(&s, 50, true);
+        s.add(OrgId(1), Outcome::Completed);
+        s.add(OrgId(2), Outcome::Completed);
+        s.add(OrgId(9), Outcome::SkippedNoSlot);
+        let t = summary_table(&s, (3, "in Redis"));
         for o in Outcome::ALL {
             assert!(t.contains(o.as_str()), "{t}");
         }
-        assert!(t.contains("max concurrent queries: 2 (slots.limit 50)"), "{t}");
-        assert!(t.contains("not queried (skipped): 9"), "{t}");
+        assert!(t.contains("max concurrent queries: 2 (slot limit 3, in Redis)"), "{t}");
+        assert!(t.contains("not queried (skipped_no_slot, slot_unavailable): 9"), "{t}");
         assert!(t.contains("1.50s"), "{t}");
+    }
+
+    #[test]
+    fn fail_on_judges_a_finished_run() {
+        let mut s = RunSummary::default();
+        s.add(OrgId(1), Outcome::Completed);
+        assert_eq!(FailOn::default().judge(&s), ExitCode::from(exit::OK));
+        s.add(OrgId(2), Outcome::SkippedNoSlot);
+        assert_eq!(FailOn::default().judge(&s), ExitCode::from(exit::ORGS_NOT_COMPLETED));
+        let lenient: FailOn = "failed,rate_limited".parse().expect("parses");
+        assert_eq!(lenient.judge(&s), ExitCode::from(exit::OK), "skips tolerated on purpose");
+        assert_eq!("none".parse::<FailOn>().expect("parses").judge(&s), ExitCode::from(exit::OK));
+        assert!("completed".parse::<FailOn>().is_err());
+        assert!("faild".parse::<FailOn>().is_err());
     }
 }

@@ -3,20 +3,21 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use projector_shared::OrgId;
 use projector_shared::run::RunSummary;
 use projector_shared::synthetic::synthetic_projects;
 
-fn scheduler(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_projector-scheduler"));
-    cmd.current_dir(dir).args(args);
+fn scheduler_command(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
     // Only the variables a test sets: a developer's own PROJECTOR_* must not leak in.
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("PROJECTOR_")) {
-        cmd.env_remove(k);
-    }
-    cmd.envs(env.iter().copied());
-    cmd.output().expect("run projector-scheduler")
+    let mut cmd = projector_tests::command(env!("CARGO_BIN_EXE_projector-scheduler"));
+    cmd.current_dir(dir).args(args).envs(env.iter().copied());
+    cmd
+}
+
+fn scheduler(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    scheduler_command(dir, args, env).output().expect("run projector-scheduler")
 }
 
 fn summary(dir: &Path) -> RunSummary {
@@ -51,7 +52,7 @@ fn sixty_orgs_are_all_accounted_for_and_projected() {
     assert_eq!(s.orgs_total, 60);
     assert_eq!(s.accounted(), 60);
     assert_eq!(s.completed, 60, "{s:?}");
-    assert!(s.max_concurrent_queries >= 1 && s.max_concurrent_queries <= 50, "{s:?}");
+    assert!(s.max_concurrent_queries.is_some_and(|m| (1..=50).contains(&m)), "{s:?}");
     let (orgs, lines) = projected_orgs(dir.path());
     assert_eq!(orgs, (1..=60).collect::<BTreeSet<u64>>());
     let expected_lines: usize = (1..=60).map(|o| synthetic_projects(OrgId(o)).len()).sum();
@@ -68,12 +69,12 @@ fn a_tight_limit_skips_some_orgs_and_the_counts_still_add_up() {
         RUN,
         &[("PROJECTOR_SLOTS_LIMIT", "3"), ("PROJECTOR_SLOTS_MAX_WAIT", "10ms"), ("PROJECTOR_QUERY_SYNTHETIC_LATENCY", "200ms")],
     );
-    assert!(out.status.success(), "exit {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(3), "skipped orgs make the run exit 3: {}", String::from_utf8_lossy(&out.stderr));
     let s = summary(dir.path());
     assert_eq!(s.accounted(), 60, "{s:?}");
     assert!(s.skipped_no_slot > 0, "some orgs found no slot: {s:?}");
     assert!(s.completed >= 3, "the slots were used: {s:?}");
-    assert!(s.max_concurrent_queries <= 3, "bound held: {s:?}");
+    assert!(s.max_concurrent_queries.is_some_and(|m| m <= 3), "bound held: {s:?}");
     assert_eq!(s.skipped_org_ids.len() as u64, s.skipped_no_slot);
     let (orgs, _) = projected_orgs(dir.path());
     assert_eq!(orgs.len() as u64, s.completed, "projections for exactly the completed orgs");
@@ -133,4 +134,87 @@ fn json_logs_are_one_object_per_line() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         assert!(v.get("level").is_some(), "{line}");
     }
+}
+
+#[test]
+fn fail_on_judges_skips_leniently_when_asked() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let args = [RUN, &["--fail-on", "failed,rate_limited"]].concat();
+    let env = [("PROJECTOR_SLOTS_LIMIT", "3"), ("PROJECTOR_SLOTS_MAX_WAIT", "10ms"), ("PROJECTOR_QUERY_SYNTHETIC_LATENCY", "200ms")];
+    let out = scheduler(dir.path(), &args, &env);
+    assert_eq!(out.status.code(), Some(0), "skips tolerated on purpose: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(summary(dir.path()).skipped_no_slot > 0, "the run did skip orgs");
+    let bad = scheduler(dir.path(), &[RUN, &["--fail-on", "completed"]].concat(), &env);
+    assert_eq!(bad.status.code(), Some(2), "completed is not a failure outcome");
+}
+
+#[test]
+fn an_org_file_with_no_usable_line_is_an_error_and_bad_lines_reach_the_summary() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("bad.jsonl"), "{not json\n{\"org_id\": \"x\"}\n").expect("write");
+    let file_env = [("PROJECTOR_ORGS_SOURCE", "file"), ("PROJECTOR_ORGS_PATH", "bad.jsonl")];
+    let out = scheduler(dir.path(), &["run-once", "--embedded"], &file_env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no organizations to run") && stderr.contains("2 bad lines") && stderr.contains("line 1"), "{stderr}");
+    assert_eq!(stderr.matches("no organizations to run").count(), 1, "the fatal error is printed once: {stderr}");
+
+    let zero = scheduler(dir.path(), &["run-once", "--embedded", "--orgs", "0"], &[]);
+    assert_eq!(zero.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&zero.stderr).contains("orgs.count = 0"));
+
+    std::fs::write(dir.path().join("some.jsonl"), "{\"org_id\": 1}\nnope\n{\"org_id\": 2}\n").expect("write");
+    let some_env = [("PROJECTOR_ORGS_SOURCE", "file"), ("PROJECTOR_ORGS_PATH", "some.jsonl"), ("PROJECTOR_QUERY_SYNTHETIC_LATENCY", "1ms")];
+    let out = scheduler(dir.path(), &["run-once", "--embedded", "--batch-delay", "0s", "--summary-json", "s.json"], &some_env);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("s.json")).expect("read")).expect("json");
+    assert_eq!(json["bad_lines"]["count"], 1, "{json}");
+    assert_eq!(json["bad_lines"]["first"][0]["line"], 2, "{json}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("1 line(s) of the organizations file were skipped") && table.contains("line 2:"), "{table}");
+}
+
+#[test]
+fn ctrl_c_writes_the_partial_summary_and_says_how_to_finish() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cmd = scheduler_command(
+        dir.path(),
+        &["run-once", "--embedded", "--orgs", "100", "--batch-size", "10", "--batch-delay", "1s", "--summary-json", "s.json"],
+        &[("PROJECTOR_QUERY_SYNTHETIC_LATENCY", "1ms"), ("RUST_LOG", "debug")],
+    );
+    cmd.stdout(std::process::Stdio::piped());
+    let run = projector_tests::Proc::spawn(cmd);
+    run.wait_for_line(&["batch released", "batch=1"], Duration::from_secs(30));
+    run.signal("INT");
+    let out = run.wait_with_output(Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("a new run of all 100 orgs"), "{stderr}");
+    let s = summary(dir.path());
+    assert!(s.interrupted, "{s:?}");
+    assert!(s.accounted() >= 10 && s.accounted() < 100, "a partial run: {s:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("accounted"), "the table is printed too");
+}
+
+#[test]
+fn with_json_logs_every_stderr_line_is_json_config_errors_included() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = scheduler(dir.path(), &["run-once", "--embedded", "--log-format", "json"], &[("PROJECTOR_SLOT_LIMIT", "3")]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line for the whole error: {stderr}");
+    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("did you mean PROJECTOR_SLOTS_LIMIT?")), "{v}");
+}
+
+#[test]
+fn each_subcommand_lists_only_its_own_flags() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let help = |args: &[&str]| String::from_utf8_lossy(&scheduler(dir.path(), args, &[]).stdout).into_owned();
+    let serve = help(&["serve", "--help"]);
+    assert!(serve.contains("--batch-size") && serve.contains("--redis-url"), "{serve}");
+    assert!(!serve.contains("--concurrency") && !serve.contains("--slots-limit"), "serve runs no job: {serve}");
+    let run_once = help(&["run-once", "--help"]);
+    assert!(run_once.contains("--fail-on") && run_once.contains("--slots-limit") && run_once.contains("Exit codes"), "{run_once}");
 }

@@ -69,10 +69,5 @@ pub async fn leave(conn: &ConnectionManager, name: &str) -> Result<(), Error> {
 
 /// How many workers beat within [`ALIVE_WITHIN`].
 pub async fn alive(conn: &ConnectionManager) -> Result<u64, Error> {
-    ALIVE
-        .key(keys::WORKERS)
-        .arg(ms(ALIVE_WITHIN))
-        .invoke_async(&mut conn.clone())
-        .await
-        .map_err(Error::redis("counting live workers"))
+    ALIVE.key(keys::WORKERS).arg(ms(ALIVE_WITHIN)).invoke_async(&mut conn.clone()).await.map_err(Error::redis("counting live workers"))
 }

@@ -27,6 +27,17 @@ impl Outcome {
     pub const ALL: [Outcome; 5] =
         [Outcome::Completed, Outcome::SkippedNoSlot, Outcome::RateLimited, Outcome::Failed, Outcome::SlotUnavailable];
 
+    /// Parses the name used in run records (`completed`, `skipped_no_slot`, …).
+    pub fn parse(name: &str) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.as_str() == name)
+    }
+
+    /// Whether the org was never queried (no slot, or no slot backend): it can simply be run
+    /// again. The other non-completed outcomes queried and failed.
+    pub fn not_queried(self) -> bool {
+        matches!(self, Outcome::SkippedNoSlot | Outcome::SlotUnavailable)
+    }
+
     /// The name used in run records, summaries and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -49,20 +60,97 @@ pub struct RunSummary {
     pub rate_limited: u64,
     pub failed: u64,
     pub slot_unavailable: u64,
-    /// The most queries in flight at once during the run, as seen by an independent probe.
-    pub max_concurrent_queries: u64,
+    /// The most queries in flight at once during the run, as seen by an independent probe. Only
+    /// the embedded run measures it (its queries run in this process); a distributed run's
+    /// queries happen in worker processes, so the field is left out rather than reported as 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_queries: Option<u64>,
     pub duration_ms: u64,
-    /// Orgs that did not complete, by outcome, so a person can re-run them.
+    /// Orgs never queried (skipped_no_slot, slot_unavailable), so a person can re-run them.
     #[serde(default)]
     pub skipped_org_ids: Vec<OrgId>,
+    /// Orgs whose query or store failed (rate_limited, failed).
     #[serde(default)]
     pub failed_org_ids: Vec<OrgId>,
+    /// Lines of the organizations file that were skipped: how many, and the first few.
+    #[serde(default, skip_serializing_if = "BadLines::is_empty")]
+    pub bad_lines: BadLines,
+    /// True when the run was interrupted (Ctrl-C) before every org was accounted for.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
+}
+
+/// Bad lines of an organizations file, as a summary carries them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadLines {
+    pub count: u64,
+    /// The first [`BadLines::SHOWN`], with their 1-based line numbers.
+    pub first: Vec<BadLineNote>,
+}
+
+/// One bad line: where, and why it was skipped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadLineNote {
+    pub line: usize,
+    pub reason: String,
+}
+
+impl BadLines {
+    pub const SHOWN: usize = 5;
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn from_file(lines: &[crate::org::BadLine]) -> Self {
+        BadLines {
+            count: lines.len() as u64,
+            first: lines.iter().take(Self::SHOWN).map(|b| BadLineNote { line: b.line, reason: b.reason.clone() }).collect(),
+        }
+    }
 }
 
 impl RunSummary {
     /// Orgs with a recorded outcome.
     pub fn accounted(&self) -> u64 {
         self.completed + self.skipped_no_slot + self.rate_limited + self.failed + self.slot_unavailable
+    }
+
+    /// Files one org's outcome: its total, and its id under the list its outcome belongs to.
+    /// The one place both the embedded ledger and the Redis run record build a summary from.
+    pub fn add(&mut self, org: OrgId, outcome: Outcome) {
+        *self.count_mut(outcome) += 1;
+        if outcome.not_queried() {
+            self.skipped_org_ids.push(org);
+        } else if outcome != Outcome::Completed {
+            self.failed_org_ids.push(org);
+        }
+    }
+
+    /// Sorts the id lists (call after the last [`RunSummary::add`]).
+    pub fn sort_ids(&mut self) {
+        self.skipped_org_ids.sort();
+        self.failed_org_ids.sort();
+    }
+
+    /// Orgs that did not complete.
+    pub fn not_completed(&self) -> u64 {
+        self.accounted() - self.completed
+    }
+
+    fn count_mut(&mut self, outcome: Outcome) -> &mut u64 {
+        match outcome {
+            Outcome::Completed => &mut self.completed,
+            Outcome::SkippedNoSlot => &mut self.skipped_no_slot,
+            Outcome::RateLimited => &mut self.rate_limited,
+            Outcome::Failed => &mut self.failed,
+            Outcome::SlotUnavailable => &mut self.slot_unavailable,
+        }
+    }
+
+    /// Sets the total of one outcome (from a record that keeps totals, not ids).
+    pub fn set_count(&mut self, outcome: Outcome, n: u64) {
+        *self.count_mut(outcome) = n;
     }
 
     pub fn count(&self, outcome: Outcome) -> u64 {
@@ -136,28 +224,9 @@ impl MemoryRunLedger {
         let map = self.outcomes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut s = RunSummary { run_id: self.run_id.0.clone(), orgs_total: self.orgs_total, ..RunSummary::default() };
         for (&org, &outcome) in map.iter() {
-            match outcome {
-                Outcome::Completed => s.completed += 1,
-                Outcome::SkippedNoSlot => {
-                    s.skipped_no_slot += 1;
-                    s.skipped_org_ids.push(org);
-                }
-                Outcome::RateLimited => {
-                    s.rate_limited += 1;
-                    s.failed_org_ids.push(org);
-                }
-                Outcome::Failed => {
-                    s.failed += 1;
-                    s.failed_org_ids.push(org);
-                }
-                Outcome::SlotUnavailable => {
-                    s.slot_unavailable += 1;
-                    s.skipped_org_ids.push(org);
-                }
-            }
+            s.add(org, outcome);
         }
-        s.skipped_org_ids.sort();
-        s.failed_org_ids.sort();
+        s.sort_ids();
         s
     }
 }
@@ -178,6 +247,23 @@ mod tests {
         assert_eq!(s.accounted(), 3);
         assert_eq!(s.skipped_org_ids, [OrgId(2)]);
         assert_eq!(ledger.outcome_of(OrgId(1)), Some(Outcome::Completed));
+    }
+
+    #[test]
+    fn every_outcome_is_filed_under_one_list() {
+        let mut s = RunSummary::default();
+        for (org, outcome) in Outcome::ALL.into_iter().enumerate() {
+            s.add(OrgId(org as u64), outcome);
+        }
+        s.sort_ids();
+        // completed 0, skipped_no_slot 1, rate_limited 2, failed 3, slot_unavailable 4
+        assert_eq!(s.skipped_org_ids, [OrgId(1), OrgId(4)], "never queried");
+        assert_eq!(s.failed_org_ids, [OrgId(2), OrgId(3)], "queried and failed");
+        for o in Outcome::ALL {
+            assert_eq!(s.count(o), 1);
+            assert_eq!(Outcome::parse(o.as_str()), Some(o));
+        }
+        assert_eq!(s.not_completed(), 4);
     }
 
     #[tokio::test]

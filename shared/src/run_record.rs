@@ -25,6 +25,13 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return 1
 ";
 
+/// Whether a summary lists the ids of orgs that did not complete (one read per org) or only totals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrgIds {
+    Leave,
+    List,
+}
+
 /// Reads and writes run records over one shared connection.
 #[derive(Clone)]
 pub struct RunRecords {
@@ -75,11 +82,11 @@ impl RunRecords {
             .query_async(&mut self.conn.clone())
             .await
             .map_err(Error::redis(format!("reading org {org} of run {run_id}")))?;
-        Ok(v.and_then(|v| Outcome::ALL.into_iter().find(|o| o.as_str() == v)))
+        Ok(v.and_then(|v| Outcome::parse(&v)))
     }
 
-    /// The run's totals, and the ids of skipped and failed orgs when `with_ids`.
-    pub async fn summary(&self, run_id: &RunId, with_ids: bool) -> Result<Option<RunSummary>, Error> {
+    /// The run's totals, and with [`OrgIds::List`] the ids of the orgs that did not complete.
+    pub async fn summary(&self, run_id: &RunId, ids: OrgIds) -> Result<Option<RunSummary>, Error> {
         let mut conn = self.conn.clone();
         let doing = || format!("reading run {run_id}");
         let fields: std::collections::HashMap<String, String> =
@@ -88,28 +95,24 @@ impl RunRecords {
             return Ok(None);
         }
         let n = |k: &str| fields.get(k).and_then(|v| v.parse().ok()).unwrap_or(0u64);
-        let mut summary = RunSummary {
-            run_id: run_id.0.clone(),
-            orgs_total: n("orgs_total"),
-            completed: n(Outcome::Completed.as_str()),
-            skipped_no_slot: n(Outcome::SkippedNoSlot.as_str()),
-            rate_limited: n(Outcome::RateLimited.as_str()),
-            failed: n(Outcome::Failed.as_str()),
-            slot_unavailable: n(Outcome::SlotUnavailable.as_str()),
-            ..RunSummary::default()
-        };
-        if with_ids {
-            let orgs: std::collections::HashMap<u64, String> =
-                redis::cmd("HGETALL").arg(keys::run_orgs(run_id)).query_async(&mut conn).await.map_err(Error::redis(doing()))?;
-            for (org, outcome) in orgs {
-                match outcome.as_str() {
-                    "skipped_no_slot" => summary.skipped_org_ids.push(OrgId(org)),
-                    "completed" => {}
-                    _ => summary.failed_org_ids.push(OrgId(org)),
+        let mut summary = RunSummary { run_id: run_id.0.clone(), orgs_total: n("orgs_total"), ..RunSummary::default() };
+        match ids {
+            OrgIds::Leave => {
+                for outcome in Outcome::ALL {
+                    summary.set_count(outcome, n(outcome.as_str()));
                 }
             }
-            summary.skipped_org_ids.sort();
-            summary.failed_org_ids.sort();
+            OrgIds::List => {
+                // Totals and lists from the same per-org record, filed as the embedded ledger files them.
+                let orgs: std::collections::HashMap<u64, String> =
+                    redis::cmd("HGETALL").arg(keys::run_orgs(run_id)).query_async(&mut conn).await.map_err(Error::redis(doing()))?;
+                for (org, outcome) in orgs {
+                    if let Some(outcome) = Outcome::parse(&outcome) {
+                        summary.add(OrgId(org), outcome);
+                    }
+                }
+                summary.sort_ids();
+            }
         }
         Ok(Some(summary))
     }

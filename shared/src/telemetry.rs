@@ -1,4 +1,9 @@
-//! Structured logging for every binary: human-readable text or JSON lines on stderr, filtered by `RUST_LOG`.
+//! What a process says to people: structured logs (text or JSON lines on stderr, filtered by
+//! `RUST_LOG`), a fatal error reported exactly once in the chosen format, and stdout output that
+//! ends quietly when the reader has gone (`| head`).
+
+use std::io::Write;
+use std::sync::OnceLock;
 
 use tracing_subscriber::EnvFilter;
 
@@ -8,13 +13,16 @@ pub enum LogFormat {
     /// Human-readable lines.
     #[default]
     Text,
-    /// One JSON object per line, for log shippers.
+    /// One JSON object per line, for log shippers; fatal errors included.
     Json,
 }
+
+static FORMAT: OnceLock<LogFormat> = OnceLock::new();
 
 /// Installs the global subscriber. `RUST_LOG` (default `info`) picks what is logged; it is the one
 /// variable outside `projector-config` that a Projector process reads.
 pub fn init(format: LogFormat) {
+    let _ = FORMAT.set(format);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour only on a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -24,4 +32,28 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
     };
+}
+
+/// Reports the error that ends the process, once: a JSON log line under `--log-format json`,
+/// otherwise `error: …` on stderr (with the whole chain when `error` is an anyhow error printed
+/// with `{:#}` by the caller).
+pub fn report_fatal(error: &dyn std::fmt::Display) {
+    match FORMAT.get() {
+        Some(LogFormat::Json) => tracing::error!(error = %error, "fatal"),
+        _ => eprintln!("error: {error}"),
+    }
+}
+
+/// Writes `text` to stdout. A reader that went away (`| head -1`) ends the output quietly; it is
+/// not an error of the command. Returns false when the output was cut short.
+pub fn print(text: &str) -> bool {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => false,
+        Err(e) => {
+            report_fatal(&format!("cannot write to stdout: {e}"));
+            false
+        }
+    }
 }

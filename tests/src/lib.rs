@@ -180,7 +180,11 @@ impl Proc {
                 return matching[count - 1].clone();
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "timed out after {timeout:?} waiting for {count} stderr line(s) with {needles:?}:\n{}", lines.join("\n"));
+            assert!(
+                !left.is_zero(),
+                "timed out after {timeout:?} waiting for {count} stderr line(s) with {needles:?}:\n{}",
+                lines.join("\n")
+            );
             lines = self.stderr.grew.wait_timeout(lines, left).unwrap_or_else(|p| p.into_inner()).0;
         }
     }
@@ -270,9 +274,11 @@ impl FakeSnuba {
     pub fn stats_now(&self) -> serde_json::Value {
         let url = format!("{}/stats", self.url());
         std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(async {
-                reqwest::get(url).await.expect("GET /stats").json::<serde_json::Value>().await.expect("stats JSON")
-            })
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(async { reqwest::get(url).await.expect("GET /stats").json::<serde_json::Value>().await.expect("stats JSON") })
         })
         .join()
         .expect("stats thread")

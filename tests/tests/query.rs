@@ -139,7 +139,7 @@ fn stored(server: &RedisServer, org: u64) -> std::collections::BTreeMap<String, 
 fn the_redis_store_is_idempotent_and_refuses_stale_writes() {
     let server = RedisServer::start();
     runtime().block_on(async {
-        let sink = RedisSink::new(&server.url(), Duration::from_secs(48 * 3600)).expect("sink");
+        let sink = RedisSink::new(server.url(), Duration::from_secs(48 * 3600)).expect("sink");
         let run = vec![record("run-13", 5, 501, 13, 10, 100), record("run-13", 5, 502, 13, 10, 200)];
         sink.write(run.clone()).await.expect("first write");
         let first = stored(&server, 5);
@@ -178,7 +178,7 @@ fn the_redis_store_is_idempotent_and_refuses_stale_writes() {
 fn a_newer_run_overwrites_and_hours_older_than_the_ttl_are_pruned() {
     let server = RedisServer::start();
     runtime().block_on(async {
-        let sink = RedisSink::new(&server.url(), Duration::from_secs(3 * 3600)).expect("sink");
+        let sink = RedisSink::new(server.url(), Duration::from_secs(3 * 3600)).expect("sink");
         sink.write(vec![record("run-10", 9, 901, 10, 50, 100)]).await.expect("run 10");
         // Run 14 (a lower token: fencing tokens are compared within a run only) overwrites
         // hours 14..33 and prunes hours before 14 - 3 = 11.

@@ -10,7 +10,7 @@ use projector_shared::slots::{Acquire, FailOpenLimiter, RedisSlotLimiter, RedisS
 use projector_tests::{Proc, RedisServer, command};
 
 fn limiter(server: &RedisServer, limit: u32, lease_ttl: Duration) -> RedisSlotLimiter {
-    RedisSlotLimiter::new(&server.url(), RedisSlotSettings::new(limit, lease_ttl)).expect("limiter")
+    RedisSlotLimiter::new(server.url(), RedisSlotSettings::new(limit, lease_ttl)).expect("limiter")
 }
 
 fn request(org: u64) -> SlotRequest {
@@ -40,9 +40,8 @@ fn last_json(stdout: &[u8]) -> serde_json::Value {
 #[test]
 fn the_bound_is_exact_across_processes() {
     let server = RedisServer::start();
-    let children: Vec<_> = (0..3)
-        .map(|_| holder(&server, &["--limit", "4", "--tasks", "12", "--iterations", "6", "--hold", "3ms"]))
-        .collect();
+    let children: Vec<_> =
+        (0..3).map(|_| holder(&server, &["--limit", "4", "--tasks", "12", "--iterations", "6", "--hold", "3ms"])).collect();
     let mut granted = 0;
     for child in children {
         let out = child.wait_with_output(Duration::from_secs(60));
@@ -227,7 +226,8 @@ fn a_runtime_limit_change_reaches_every_process() {
     let mut conn = server.connection();
     let _: () = redis::cmd("DEL").arg("observer:holding").query(&mut conn).expect("del");
     rt.block_on(async { limiter(&server, 2, Duration::from_secs(5)).set_limit(6).await.expect("raise") });
-    let out = holder(&server, &["--limit", "2", "--tasks", "12", "--iterations", "3", "--hold", "20ms"]).wait_with_output(Duration::from_secs(60));
+    let out = holder(&server, &["--limit", "2", "--tasks", "12", "--iterations", "3", "--hold", "20ms"])
+        .wait_with_output(Duration::from_secs(60));
     let s = last_json(&out.stdout);
     assert!(s["max_seen"].as_u64().unwrap_or(0) > 2, "the process used the raised limit, not its own default: {s}");
 }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use projector_config::ConfigArgs;
+use projector_config::{ConfigArgs, JobArgs, WorkerArgs};
 use projector_shared::telemetry::{self, LogFormat};
 
 /// Takes spike-projection jobs from Redis, holds a cluster-wide slot for each query, and stores projections.
@@ -16,10 +16,7 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
 
-    #[command(flatten)]
-    config: ConfigArgs,
-
-    /// Log format on stderr
+    /// Log format on stderr (json: every stderr line is a JSON object, fatal errors included)
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
 }
@@ -28,31 +25,45 @@ struct Cli {
 enum Command {
     /// Consume jobs from redis.url until SIGTERM or Ctrl-C, worker.concurrency at a time.
     ///
-    /// Serves /metrics (Prometheus text) and /healthz on worker.metrics_addr. On SIGTERM it stops
-    /// taking jobs, lets in-flight jobs finish within worker.shutdown_grace, releases every slot
-    /// and exits 0. A Redis outage is survived: the job loop restarts with backoff.
-    Run,
-    /// Print the effective configuration, after every layer, and exit.
-    Config,
+    /// Serves /metrics (Prometheus text), /healthz (liveness) and /readyz (readiness: the job
+    /// loop runs and Redis answers) on worker.metrics_addr. On SIGTERM it stops taking jobs, lets
+    /// in-flight jobs finish within worker.shutdown_grace, releases every slot and exits 0. A
+    /// Redis outage is survived: the job loop restarts with backoff.
+    Run {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        jobs: JobArgs,
+        #[command(flatten)]
+        worker: WorkerArgs,
+    },
+    /// Print the effective configuration, after every layer, as a TOML file that loads back.
+    Config {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print passwords in URLs as they are (otherwise shown as ***)
+        #[arg(long)]
+        show_secrets: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = cli.config.load_or_exit();
+    telemetry::init(cli.log_format);
     match cli.command {
-        Command::Config => {
-            use std::io::Write;
-            let mut out = std::io::stdout().lock();
-            for key in projector_config::KEYS {
-                // A closed pipe (`| head`) ends the listing quietly instead of panicking.
-                if writeln!(out, "{} = {:?}", key.name, (key.get)(&config)).is_err() {
-                    break;
-                }
-            }
+        Command::Config { config, show_secrets } => {
+            let config = match projector_shared::runtime::config_or_exit(config.load(Vec::new())) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            telemetry::print(&projector_config::to_toml(&config, show_secrets));
             ExitCode::SUCCESS
         }
-        Command::Run => {
-            telemetry::init(cli.log_format);
+        Command::Run { config, jobs, worker } => {
+            let config = match projector_shared::runtime::config_or_exit(config.load([jobs.flag_values(), worker.flag_values()].concat())) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
             match projector_shared::runtime::block_on_main(run(config)) {
                 Some(()) => ExitCode::SUCCESS,
                 None => ExitCode::FAILURE,

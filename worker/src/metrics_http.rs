@@ -68,10 +68,8 @@ pub async fn serve(addr: SocketAddr, readiness: Readiness, shutdown: Cancellatio
         detail: format!("{e} (another worker on this host? give each its own --metrics-addr, or port 0 for a free one)"),
     })?;
     let bound = listener.local_addr().unwrap_or(addr);
-    let app = Router::new()
-        .route("/metrics", get(move || std::future::ready(handle.render())))
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
+    let app =
+        Router::new().route("/metrics", get(move || std::future::ready(handle.render()))).route("/healthz", get(|| async { "ok" })).route(
             "/readyz",
             get(move || {
                 let readiness = readiness.clone();

@@ -6,8 +6,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use projector_shared::keys;
 use projector_shared::metrics as m;
-use redis::Script;
 use projector_shared::redis_conn::{Endpoint, redact_text};
+use redis::Script;
 use redis::aio::ConnectionManager;
 
 use crate::error::Error;

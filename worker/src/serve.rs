@@ -163,7 +163,8 @@ async fn announce_limit(slots: &RedisSlotLimiter, configured: u32) -> String {
             projector_shared::slots::record_occupancy(in_use, stored);
             if stored != configured {
                 tracing::warn!(
-                    in_force = stored, configured,
+                    in_force = stored,
+                    configured,
                     "slots.limit differs from the limit stored in Redis; the stored limit is in force (set by projectorctl slots set-limit). Hand it back to config with `projectorctl slots reset-limit`"
                 );
             }

@@ -16,8 +16,8 @@ use super::scripts::{ACQUIRE, CANCEL, OCCUPANCY, RELEASE, RENEW, RESET, SET_LIMI
 use super::{Acquire, ReleaseSlot, SlotLimiter, SlotPermit, SlotRequest, TimedOut, record_granted, record_released, record_timed_out};
 use crate::error::Error;
 use crate::keys::SlotKeys;
-use crate::redis_conn::{Endpoint, redact_text};
 use crate::metrics as m;
+use crate::redis_conn::{Endpoint, redact_text};
 
 /// How the Redis limiter behaves; `limit` and `lease_ttl` come from `slots.*`.
 #[derive(Debug, Clone)]
@@ -130,6 +130,17 @@ impl RedisSlotLimiter {
         Ok(())
     }
 
+    /// Forgets the stored limit: the next slot request writes its process's configured
+    /// `slots.limit` again (the way to hand the limit back to configuration).
+    pub async fn clear_limit(&self) -> Result<bool, Error> {
+        let removed: u8 = redis::cmd("DEL")
+            .arg(self.inner.keys.limit())
+            .query_async(&mut self.inner.conn.clone())
+            .await
+            .map_err(|e| self.inner.unavailable(e))?;
+        Ok(removed == 1)
+    }
+
     /// Drops every lease and waiter (the seed's `reset_concurrent_count`); returns how many leases were dropped.
     /// Holders learn at their next renewal that their lease is gone.
     pub async fn reset(&self) -> Result<u64, Error> {
@@ -184,8 +195,7 @@ impl RedisSlotLimiter {
     /// worker or operator set one): what the fleet-wide gauges report.
     pub async fn occupancy(&self) -> Result<(u32, Option<u32>), Error> {
         let k = &self.inner.keys;
-        let (in_use, limit): (u32, Option<u32>) =
-            self.inner.call(OCCUPANCY.key(k.limit()).key(k.leases())).await?;
+        let (in_use, limit): (u32, Option<u32>) = self.inner.call(OCCUPANCY.key(k.limit()).key(k.leases())).await?;
         Ok((in_use, limit))
     }
 

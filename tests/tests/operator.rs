@@ -1,0 +1,183 @@
+//! What an operator and a cron job see: exit codes of a finished or abandoned run, the limit in
+//! force everywhere, secrets never echoed, output that survives a closed pipe, printed config
+//! that loads back, and a `--help` per command with only its own flags.
+
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use projector_tests::{FakeSnuba, Proc, RedisServer, command, free_port, workspace_bin};
+
+const FAKE: &str = env!("CARGO_BIN_EXE_projector-fake-snuba");
+
+fn base_env(redis: &RedisServer, query_url: &str) -> Vec<(String, String)> {
+    vec![
+        ("PROJECTOR_REDIS_URL".into(), redis.url()),
+        ("PROJECTOR_QUERY_SOURCE".into(), "snuba".into()),
+        ("PROJECTOR_QUERY_URL".into(), query_url.to_owned()),
+        ("PROJECTOR_WORKER_METRICS_ADDR".into(), "127.0.0.1:0".into()),
+        ("PROJECTOR_WORKER_HOUSEKEEPING_INTERVAL".into(), "100ms".into()),
+        ("RUST_LOG".into(), "info".into()),
+    ]
+}
+
+fn run(bin: &str, env: &[(String, String)], args: &[&str]) -> Output {
+    command(workspace_bin(bin)).args(args).envs(env.iter().cloned()).output().expect("run binary")
+}
+
+fn worker(env: &[(String, String)], args: &[&str]) -> Proc {
+    let mut cmd = command(workspace_bin("projector-worker"));
+    cmd.arg("run").args(args).envs(env.iter().cloned()).stdout(Stdio::null());
+    let w = Proc::spawn(cmd);
+    w.wait_for_line(&["worker started"], Duration::from_secs(30));
+    w
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn a_run_where_every_org_failed_exits_3_not_0() {
+    let redis = RedisServer::start();
+    // A query service that is not there: every query fails as unreachable.
+    let env = base_env(&redis, &format!("http://127.0.0.1:{}", free_port()));
+    let _w = worker(&env, &["--set", "query.timeout=2s"]);
+    let out = run("projector-scheduler", &env, &["run-once", "--wait", "--wait-timeout", "60s", "--orgs", "10", "--batch-delay", "0s"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("failed (rate_limited, failed): 1, 2, 3"), "{stdout}");
+    let lenient = run(
+        "projector-scheduler",
+        &env,
+        &["run-once", "--wait", "--wait-timeout", "60s", "--orgs", "10", "--batch-delay", "0s", "--fail-on", "none"],
+    );
+    assert_eq!(lenient.status.code(), Some(0), "--fail-on none judges leniently on purpose");
+}
+
+#[test]
+fn a_wait_that_times_out_exits_4_and_says_no_worker_is_alive() {
+    let redis = RedisServer::start();
+    let env = base_env(&redis, "http://127.0.0.1:1");
+    let out = run("projector-scheduler", &env, &["run-once", "--wait", "--wait-timeout", "1s", "--orgs", "3", "--batch-delay", "0s"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("0 of 3 orgs accounted for") && stderr.contains("no worker is alive"), "{stderr}");
+    // With a live worker whose slots are all taken, the message says the run is being worked on.
+    let _w = worker(&env, &["--slots-limit", "1"]);
+    let mut conn = redis.connection();
+    projector_tests::wait_until(Duration::from_secs(30), "the worker's heartbeat", || {
+        redis::cmd("ZCARD").arg(projector_shared::keys::WORKERS).query::<u64>(&mut conn).expect("zcard") >= 1
+    });
+    let out = run(
+        "projector-scheduler",
+        &[env.clone(), vec![("PROJECTOR_QUERY_URL".into(), format!("http://127.0.0.1:{}", free_port()))]].concat(),
+        &["run-once", "--wait", "--wait-timeout", "10ms", "--orgs", "3", "--batch-delay", "10s"],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("1 worker(s) alive"), "{stderr}");
+}
+
+#[test]
+fn the_limit_in_force_is_reported_and_a_limit_above_the_service_limit_is_refused() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "5ms"]);
+    let env = base_env(&redis, &fake.url());
+    let ctl = |args: &[&str]| run("projectorctl", &env, args);
+
+    let empty = ctl(&["slots", "inspect"]);
+    assert!(text(&empty.stdout).contains("none stored in Redis yet"), "{}", text(&empty.stdout));
+
+    let refused = ctl(&["slots", "set-limit", "100000"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(text(&refused.stderr).contains("above query.referrer_limit 100"), "{}", text(&refused.stderr));
+    let forced = ctl(&["slots", "set-limit", "150", "--force"]);
+    assert!(forced.status.success(), "{}", text(&forced.stderr));
+    assert!(ctl(&["slots", "set-limit", "3"]).status.success());
+
+    // A worker configured with 50 says that 3 is in force, and exports it.
+    let w = worker(&env, &["--slots-limit", "50"]);
+    w.wait_for_line(&["slots.limit differs from the limit stored in Redis", "in_force=3", "configured=50"], Duration::from_secs(30));
+    w.wait_for_line(&["worker started", "slots_limit=3 (in Redis)"], Duration::from_secs(30));
+    let addr = w.wait_for_line(&["serving /metrics"], Duration::from_secs(30));
+    let addr = addr.split("addr=").nth(1).and_then(|a| a.split_whitespace().next()).expect("addr").to_owned();
+    projector_tests::wait_until(Duration::from_secs(10), "spike_projection_slot_limit 3", || {
+        projector_tests::sample(&projector_tests::scrape(&addr), "spike_projection_slot_limit") == Some(3.0)
+    });
+    // The run summary names the limit in force too.
+    let out = run("projector-scheduler", &env, &["run-once", "--wait", "--wait-timeout", "60s", "--orgs", "3", "--batch-delay", "0s"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("slot limit 3 (in Redis)"), "{}", text(&out.stdout));
+
+    // Handing the limit back to config.
+    let reset = ctl(&["slots", "reset-limit"]);
+    assert!(text(&reset.stdout).contains("stored limit removed"), "{}", text(&reset.stdout));
+    assert!(text(&ctl(&["slots", "inspect"]).stdout).contains("none stored in Redis yet"));
+}
+
+#[test]
+fn passwords_are_never_echoed() {
+    let env = vec![("PROJECTOR_REDIS_URL".to_owned(), format!("redis://:hunter2@127.0.0.1:{}", free_port()))];
+    for args in [&["slots", "inspect"][..], &["flag", "show"], &["run", "run-x"]] {
+        let out = run("projectorctl", &env, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = text(&out.stderr);
+        assert!(!stderr.contains("hunter2"), "{args:?}: {stderr}");
+        assert_eq!(stderr.matches("error:").count(), 1, "printed once: {stderr}");
+    }
+    let printed = run("projector-worker", &env, &["config"]);
+    assert!(printed.status.success());
+    assert!(text(&printed.stdout).contains("url = \"redis://:***@127.0.0.1:"), "{}", text(&printed.stdout));
+    // A malformed URL is refused at load without echoing the password either.
+    let bad = vec![("PROJECTOR_REDIS_URL".to_owned(), "redis://:hunter2@127.0.0.1:notaport".to_owned())];
+    let out = run("projector-worker", &bad, &["config"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("redis.url") && text(&out.stderr).contains("port"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    let redis = RedisServer::start();
+    let env = base_env(&redis, "http://127.0.0.1:1");
+    for args in [&["flag", "show"][..], &["slots", "inspect"]] {
+        // The reader is gone before the command writes: every write gets EPIPE.
+        let mut child = command(workspace_bin("projectorctl"))
+            .args(args)
+            .envs(env.iter().cloned())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("exits");
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn printed_config_loads_back_and_help_is_per_command() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = vec![("PROJECTOR_SLOTS_LIMIT".to_owned(), "17".to_owned())];
+    let printed = run("projector-worker", &env, &["config"]);
+    assert!(printed.status.success(), "{}", text(&printed.stderr));
+    let path = dir.path().join("e.toml");
+    std::fs::write(&path, &printed.stdout).expect("write");
+    let again = run("projector-worker", &[], &["config", "--config", path.to_str().expect("utf-8")]);
+    assert!(again.status.success(), "printed config loads back: {}", text(&again.stderr));
+    assert_eq!(text(&again.stdout), text(&printed.stdout), "and prints the same");
+    assert!(text(&again.stdout).contains("limit = 17"));
+
+    let help = |bin: &str, args: &[&str]| text(&run(bin, &[], args).stdout);
+    for (bin, args) in [("projectorctl", &["flag", "set", "--help"][..]), ("projectorctl", &["run", "--help"])] {
+        let h = help(bin, args);
+        assert!(h.contains("--redis-url"), "{h}");
+        for other in ["--orgs", "--batch-size", "--concurrency", "--slots-limit"] {
+            assert!(!h.contains(other), "{args:?} lists {other}: {h}");
+        }
+    }
+    let worker_help = help("projector-worker", &["run", "--help"]);
+    assert!(worker_help.contains("--metrics-addr") && worker_help.contains("--concurrency"), "{worker_help}");
+    assert!(!worker_help.contains("--batch-size"), "{worker_help}");
+}
