@@ -17,7 +17,15 @@ const FAKE: &str = env!("CARGO_BIN_EXE_projector-fake-snuba");
 const REFERRER: &str = "getsentry.get_spike_projections";
 
 fn client(url: &str, timeout: Duration) -> SnubaQuery {
-    SnubaQuery::new(SnubaSettings { url: url.to_owned(), dataset: "events".into(), referrer: REFERRER.into(), timeout }).expect("client")
+    SnubaQuery::new(SnubaSettings {
+        url: url.to_owned(),
+        dataset: "events".into(),
+        referrer: REFERRER.into(),
+        timeout,
+        tls_ca_file: None,
+        tls_insecure: false,
+    })
+    .expect("client")
 }
 
 fn request(org: u64, hours: usize) -> HistoryRequest {

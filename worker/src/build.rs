@@ -20,6 +20,8 @@ pub fn query_source(config: &Config) -> Result<Arc<dyn QuerySource>, Error> {
             dataset: config.query.dataset.clone(),
             referrer: config.query.referrer.clone(),
             timeout: config.query.timeout,
+            tls_ca_file: config.query.tls_ca_file.clone(),
+            tls_insecure: config.query.tls_insecure,
         })?),
         // Config validation requires query.url with snuba; synthetic needs nothing.
         _ => Arc::new(SyntheticQuery { latency: config.query.synthetic_latency }),

@@ -20,6 +20,10 @@ pub struct SnubaSettings {
     pub dataset: String,
     pub referrer: String,
     pub timeout: Duration,
+    /// With https: PEM file of the CA to trust besides the system's roots.
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// With https: accept any certificate (staging only).
+    pub tls_insecure: bool,
 }
 
 /// A pooled HTTP client for one query service; cheap to share across jobs.
@@ -32,12 +36,20 @@ pub struct SnubaQuery {
 
 impl SnubaQuery {
     pub fn new(settings: SnubaSettings) -> Result<Self, Error> {
-        let http = reqwest::Client::builder()
+        let unusable = |detail: String| Error::QueryUnreachable { url: settings.url.clone(), detail };
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
             .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| Error::QueryUnreachable { url: settings.url.clone(), detail: format!("cannot build the HTTP client: {e}") })?;
+            .danger_accept_invalid_certs(settings.tls_insecure);
+        if let Some(path) = &settings.tls_ca_file {
+            let pem = std::fs::read(path).map_err(|e| unusable(format!("cannot read query.tls_ca_file {}: {e}", path.display())))?;
+            let ca = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| unusable(format!("query.tls_ca_file {} is not a PEM certificate: {e}", path.display())))?;
+            builder = builder.add_root_certificate(ca);
+        }
+        let http = builder.build().map_err(|e| unusable(format!("cannot build the HTTP client: {e}")))?;
         let endpoint = format!("{}/{}/snql", settings.url.trim_end_matches('/'), settings.dataset);
         Ok(SnubaQuery { http, endpoint, settings })
     }

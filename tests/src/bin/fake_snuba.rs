@@ -50,6 +50,12 @@ struct Args {
     /// Share of queries (0..=1) answered 200 with a truncated, unreadable body.
     #[arg(long, default_value_t = 0.0)]
     malformed_rate: f64,
+    /// Serve HTTPS with this PEM certificate (chain) instead of plain HTTP; needs --tls-key.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -121,8 +127,13 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!((0.0..=1.0).contains(&rate), "{name} {rate} must be between 0 and 1");
     }
     anyhow::ensure!(args.error_rate + args.slow_rate + args.malformed_rate <= 1.0, "the fault rates add up to more than 1");
-    let listener = tokio::net::TcpListener::bind(args.addr).await?;
+    let listener = std::net::TcpListener::bind(args.addr)?;
+    listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await?),
+        _ => None,
+    };
     let fake = Arc::new(Fake { args, stats: Mutex::default(), seq: AtomicU64::new(0) });
     let app = Router::new()
         .route("/{dataset}/snql", post(query))
@@ -134,12 +145,18 @@ async fn main() -> anyhow::Result<()> {
     writeln!(out, "{bound}")?;
     out.flush()?;
     drop(out);
-    eprintln!("projector-fake-snuba: serving POST http://{bound}/{{dataset}}/snql, GET /stats, POST /stats/reset");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    eprintln!("projector-fake-snuba: serving POST {scheme}://{bound}/{{dataset}}/snql, GET /stats, POST /stats/reset");
+    match tls {
+        Some(tls) => axum_server::from_tcp_rustls(listener, tls).serve(app.into_make_service()).await?,
+        None => {
+            axum::serve(tokio::net::TcpListener::from_std(listener)?, app)
+                .with_graceful_shutdown(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await?
+        }
+    }
     Ok(())
 }
 
