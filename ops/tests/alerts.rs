@@ -43,3 +43,34 @@ fn alert_rules_name_only_metrics_that_exist() {
         assert!(rules.contains(seed), "the seed's alert on {seed} is missing");
     }
 }
+
+fn promtool(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("promtool")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("promtool must be installed (Debian package prometheus; ops/test.sh installs it)")
+}
+
+#[test]
+fn promtool_accepts_the_rules() {
+    let out = promtool(&["check", "rules", "alerts.yml"]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+/// ops/alerts.test.yml has, for every alert, a case where it fires and one where it stays quiet,
+/// and promtool runs them all.
+#[test]
+fn every_alert_fires_when_it_should_and_only_then() {
+    let rules = ops_file("alerts.yml");
+    let tests = ops_file("alerts.test.yml");
+    let names: Vec<&str> = rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")).collect();
+    assert!(names.len() >= 6, "{names:?}");
+    for name in &names {
+        let cases: Vec<&str> = tests.split("alertname: ").skip(1).filter(|c| c.starts_with(&format!("{name}\n"))).collect();
+        assert!(cases.iter().any(|c| c.contains("exp_alerts: []")), "no quiet case for {name}");
+        assert!(cases.iter().any(|c| c.contains("- exp_labels:")), "no firing case for {name}");
+    }
+    let out = promtool(&["test", "rules", "alerts.test.yml"]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
