@@ -57,6 +57,8 @@ async fn plan(config: &Config, conn: &ConnectionManager, run_id: RunId, tick: Da
 /// fan-out without duplicates; without one, it is a fresh manual run.
 pub async fn run_once(config: &Config, mode: RunOnceMode, tick: Option<DateTime<Utc>>) -> Result<RunOnceResult, Error> {
     let conn = connect(config)?;
+    let endpoint = projector_shared::redis_conn::Endpoint::from(&config.redis);
+    tracing::info!(redis = %endpoint.redacted(), orgs_source = ?config.orgs.source, orgs_count = config.orgs.count, "run-once starting");
     let (run_id, tick) = match tick {
         Some(t) => (RunId::for_tick(t), t),
         None => {

@@ -140,7 +140,12 @@ fn a_redis_restart_gives_clear_errors_and_service_resumes() {
             let l = l.clone();
             async move { l.acquire(request(2), Duration::from_secs(2)).await.map(|a| matches!(a, Acquire::Granted(_))) }
         });
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Kill Redis once the waiter is in line.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while l.inspect().await.expect("inspect").waiters.is_empty() {
+            assert!(Instant::now() < deadline, "the waiter never queued");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         server.kill();
         let started = Instant::now();
         let err = l.acquire(request(3), Duration::from_millis(300)).await.expect_err("redis is down");
@@ -263,8 +268,11 @@ fn fail_open_falls_back_to_the_local_limit_only_while_redis_is_unreachable() {
         assert_eq!((granted.len(), timed_out), (2, 1), "the fallback limit bounds the process");
         assert_eq!(open.fallback_in_use(), 2);
         drop(granted);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(open.fallback_in_use(), 0, "fallback permits release on drop");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while open.fallback_in_use() != 0 {
+            assert!(Instant::now() < deadline, "fallback permits release on drop");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
 
         // Redis back: the cluster-wide limiter answers again and the fallback is left alone.
         server.restart();

@@ -52,7 +52,8 @@ pub async fn promote_due(conn: &ConnectionManager) -> Result<u64, redis::RedisEr
 pub fn config() -> apalis_redis::Config {
     apalis_redis::Config::default()
         .queue(keys::JOB_QUEUE)
-        // One job per fetch: prefetched jobs send no heartbeat and get run twice (trap 2).
+        // One job per fetch: prefetched jobs send no heartbeat and get run twice
+        // (docs/apalis-redis.md#prefetch-runs-twice).
         .batch_size(1)
         .heartbeat_interval(Duration::from_secs(2))
         .missed_heartbeats(3)

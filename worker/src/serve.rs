@@ -1,6 +1,6 @@
 //! The worker process: takes spike-projection jobs from apalis-redis, routes each org by the rollout
 //! flag, runs it through the pipeline, records its outcome in the run record, and serves metrics.
-//! Built around the apalis-redis 1.0 traps listed in APALIS_NOTES.md (see each mitigation below).
+//! Built around the apalis-redis 1.0 behaviours in docs/apalis-redis.md (each mitigation names its entry).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -190,7 +190,8 @@ async fn supervise(
 ) -> Result<(), Error> {
     let conn = conn.clone();
 
-    // Any Redis error ends an apalis worker (trap 4): run it again under a fresh name (trap 3),
+    // Any Redis error ends an apalis worker (docs/apalis-redis.md#redis-errors-end-the-loop): run it
+    // again under a fresh name (#unique-names),
     // with capped exponential backoff instead of apalis's tight restart loop.
     let mut backoff = Duration::from_millis(500);
     let mut attempt = 0u32;
