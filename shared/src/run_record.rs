@@ -15,15 +15,30 @@ use crate::run::{Outcome, RunSummary};
 /// How long a run record is kept after its last write.
 pub const RUN_RECORD_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// KEYS: run hash, run orgs hash. ARGV: org, outcome, ttl_ms. The first outcome of an org wins;
-/// returns 1 if this call recorded it.
+/// KEYS: run hash, run orgs hash. ARGV: org, outcome, ttl_ms. The first outcome of an org wins.
+/// Returns 0 if the org already had an outcome, 1 if this call recorded it, 2 if it recorded the
+/// run's last org (so exactly one worker sees the run finish).
 const RECORD: &str = r"
-if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
+local run, orgs = KEYS[1], KEYS[2]
+if redis.call('HSETNX', orgs, ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('HINCRBY', run, ARGV[2], 1)
+redis.call('PEXPIRE', run, ARGV[3])
+redis.call('PEXPIRE', orgs, ARGV[3])
+local total = tonumber(redis.call('HGET', run, 'orgs_total') or '0')
+if total > 0 and redis.call('HLEN', orgs) == total then return 2 end
 return 1
 ";
+
+/// What recording an outcome did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// The org already had an outcome (a duplicate delivery); nothing changed.
+    AlreadyAccounted,
+    /// The outcome is recorded.
+    Recorded,
+    /// The outcome is recorded and it was the run's last org.
+    FinishedTheRun,
+}
 
 /// Whether a summary lists the ids of orgs that did not complete (one read per org) or only totals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +75,7 @@ impl RunRecords {
     }
 
     /// Records how an org ended; a second outcome for the same org (duplicate delivery) is ignored.
-    pub async fn record(&self, run_id: &RunId, org: OrgId, outcome: Outcome) -> Result<bool, Error> {
+    pub async fn record(&self, run_id: &RunId, org: OrgId, outcome: Outcome) -> Result<Recorded, Error> {
         let recorded: u8 = self
             .record
             .key(keys::run(run_id))
@@ -71,7 +86,11 @@ impl RunRecords {
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(Error::redis(format!("recording org {org} of run {run_id}")))?;
-        Ok(recorded == 1)
+        Ok(match recorded {
+            0 => Recorded::AlreadyAccounted,
+            2 => Recorded::FinishedTheRun,
+            _ => Recorded::Recorded,
+        })
     }
 
     /// The outcome already recorded for an org, if any.

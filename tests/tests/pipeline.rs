@@ -442,6 +442,8 @@ fn a_duplicate_delivery_is_acknowledged_without_a_second_query_and_metrics_are_s
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let run_id = summary(&path)["run_id"].as_str().expect("run id").to_owned();
+    // The worker that recorded the run's last org says so, once, with the totals.
+    w.wait_for_line(&["run finished", &run_id, "completed=3"], Duration::from_secs(10));
     let rt = runtime();
     assert_eq!(rt.block_on(fake.stats())["requests"], 3);
 

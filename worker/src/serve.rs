@@ -14,7 +14,7 @@ use projector_shared::SpikeProjectionJob;
 use projector_shared::metrics as m;
 use projector_shared::rollout::Rollout;
 use projector_shared::run::Outcome;
-use projector_shared::run_record::RunRecords;
+use projector_shared::run_record::{OrgIds, Recorded, RunRecords};
 use projector_shared::slots::{FailOpenLimiter, RedisSlotLimiter, RedisSlotSettings, SlotLimiter};
 use rand::Rng;
 use redis::aio::ConnectionManager;
@@ -296,11 +296,27 @@ async fn handle_job(payload: serde_json::Value, state: Data<Arc<WorkerState>>) -
             }
         }
     }
-    if let Err(e) = state.records.record(&job.run_id, job.org_id, outcome).await {
-        tracing::error!(run_id = %job.run_id, org_id = %job.org_id, outcome = outcome.as_str(), error = %e, "cannot record the outcome; the job will be tried again");
-        return Err(e.into());
+    match state.records.record(&job.run_id, job.org_id, outcome).await {
+        Ok(Recorded::FinishedTheRun) => log_run_finished(&state.records, &job.run_id).await,
+        Ok(Recorded::Recorded | Recorded::AlreadyAccounted) => {}
+        Err(e) => {
+            tracing::error!(run_id = %job.run_id, org_id = %job.org_id, outcome = outcome.as_str(), error = %e, "cannot record the outcome; the job will be tried again");
+            return Err(e.into());
+        }
     }
     Ok(())
+}
+
+/// One info line per run, written by the worker that recorded its last org: per-org skips are
+/// logged at debug only, so this line is where a run's skips show up in the log.
+async fn log_run_finished(records: &RunRecords, run_id: &projector_shared::RunId) {
+    match records.summary(run_id, OrgIds::Leave).await {
+        Ok(Some(s)) => tracing::info!(
+            run_id = %run_id, orgs = s.orgs_total, completed = s.completed, skipped_no_slot = s.skipped_no_slot,
+            rate_limited = s.rate_limited, failed = s.failed, slot_unavailable = s.slot_unavailable, "run finished"
+        ),
+        Ok(None) | Err(_) => tracing::info!(run_id = %run_id, "run finished (totals: projectorctl run {run_id})"),
+    }
 }
 
 /// A job that cannot be read: counted, logged with a sample, and recorded as failed when its run
