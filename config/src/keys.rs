@@ -254,6 +254,15 @@ pub static KEYS: &[KeySpec] = &[
         get: |c| format_duration(c.query.timeout),
     },
     KeySpec {
+        name: "query.max_duration",
+        help: "how long the query service lets one query run (default: query.timeout); a slot taken for a query is not given to anyone else before its start + this, even if its worker pauses",
+        set: |c, v| {
+            c.query.max_duration = Some(duration(v, MILLIS(1), SECS(3600))?);
+            Ok(())
+        },
+        get: |c| c.query.max_duration.map(format_duration).unwrap_or_default(),
+    },
+    KeySpec {
         name: "query.synthetic_latency",
         help: "latency of one synthetic query, standing in for the analytics store",
         set: |c, v| {

@@ -109,6 +109,9 @@ pub struct QueryConfig {
     pub dataset: String,
     pub referrer: String,
     pub timeout: Duration,
+    /// How long the query service lets one query run after it starts; `None` means `timeout`.
+    /// A slot taken for a query is not handed to anyone else before the query must have ended.
+    pub max_duration: Option<Duration>,
     /// Latency of one synthetic query, standing in for the analytics store.
     pub synthetic_latency: Duration,
     /// The query service's own limit of concurrent queries per referrer; slots.limit stays below it.
@@ -117,6 +120,13 @@ pub struct QueryConfig {
     pub tls_ca_file: Option<PathBuf>,
     /// Accept any certificate from the query service (`https://` only; staging).
     pub tls_insecure: bool,
+}
+
+impl QueryConfig {
+    /// The longest a query may run at the service: `query.max_duration`, else `query.timeout`.
+    pub fn max_duration(&self) -> Duration {
+        self.max_duration.unwrap_or(self.timeout)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +188,7 @@ impl Default for Config {
                 dataset: "events".to_owned(),
                 referrer: "getsentry.get_spike_projections".to_owned(),
                 timeout: Duration::from_secs(30),
+                max_duration: None,
                 synthetic_latency: Duration::from_millis(50),
                 referrer_limit: 100,
                 tls_ca_file: None,

@@ -70,7 +70,11 @@ pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: C
             query: projector_worker::build::query_source(config)?,
             sink: sink.clone(),
             probe: probe.clone(),
-            settings: PipelineSettings { holder: format!("embedded-{}", std::process::id()), max_wait: config.slots.max_wait },
+            settings: PipelineSettings {
+                holder: format!("embedded-{}", std::process::id()),
+                max_wait: config.slots.max_wait,
+                query_max_duration: config.query.max_duration(),
+            },
         },
         ledger: ledger.clone(),
     });

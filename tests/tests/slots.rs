@@ -14,7 +14,7 @@ fn limiter(server: &RedisServer, limit: u32, lease_ttl: Duration) -> RedisSlotLi
 }
 
 fn request(org: u64) -> SlotRequest {
-    SlotRequest { holder: "test".into(), org_id: OrgId(org) }
+    SlotRequest::new("test", OrgId(org))
 }
 
 async fn take(l: &RedisSlotLimiter, org: u64, max_wait: Duration) -> Option<SlotPermit> {
@@ -127,6 +127,39 @@ fn a_paused_holder_loses_its_lease_and_learns_it() {
     let out = paused.wait_with_output(Duration::from_secs(60));
     let s = last_json(&out.stdout);
     assert_eq!(s["lost"], 1, "after SIGCONT the holder learned its lease was lost: {s}");
+}
+
+/// The failure class of a GC pause or VM stall: a holder whose query is still running at the
+/// service stops renewing. Its lease must not be granted again before the query must have ended
+/// (grant + query.max_duration), even though lease_ttl passed long ago.
+#[test]
+fn a_paused_holder_with_a_query_in_flight_keeps_its_slot_until_the_query_must_have_ended() {
+    let server = RedisServer::start();
+    let paused = holder(
+        &server,
+        &["--limit", "1", "--tasks", "1", "--iterations", "1", "--hold", "8s", "--lease-ttl", "600ms", "--query-max-duration", "6s"],
+    );
+    let pid = paused.pid().to_string();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let l = limiter(&server, 1, Duration::from_millis(600));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while l.inspect().await.expect("inspect").holders.is_empty() {
+            assert!(Instant::now() < deadline, "holder never took its slot");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Command::new("kill").args(["-STOP", &pid]).status().expect("SIGSTOP");
+        // More than three lease_ttls without a renewal: a plain lease would have been reclaimed.
+        assert!(take(&l, 2, Duration::from_secs(2)).await.is_none(), "the slot of a query still in flight was granted again");
+        let state = l.inspect().await.expect("inspect");
+        assert!(state.holders[0].age >= Duration::from_secs(2), "the paused holder's lease outlived its ttl: {state:?}");
+        // Once the query must have ended at the service, the slot comes back.
+        let taken = take(&l, 3, Duration::from_secs(10)).await.expect("the slot comes back after the query's longest run");
+        Command::new("kill").args(["-CONT", &pid]).status().expect("SIGCONT");
+        taken.release().await.expect("release");
+    });
+    let out = paused.wait_with_output(Duration::from_secs(60));
+    assert_eq!(last_json(&out.stdout)["lost"], 1, "after SIGCONT the holder learned its lease was gone");
 }
 
 #[test]

@@ -21,6 +21,8 @@ pub struct PipelineSettings {
     /// This worker's name, stored with every lease.
     pub holder: String,
     pub max_wait: Duration,
+    /// `query.max_duration`: how long a query may run at the service after it starts.
+    pub query_max_duration: Duration,
 }
 
 /// Everything a job needs, shared by all jobs of a process.
@@ -51,7 +53,13 @@ impl Pipeline {
     /// Runs one job to its outcome. Never panics on bad input; every path is logged and counted.
     pub async fn process(&self, job: &SpikeProjectionJob) -> Outcome {
         metrics::counter!(m::TASK_STARTED_TOTAL).increment(1);
-        let request = SlotRequest { holder: self.settings.holder.clone(), org_id: job.org_id };
+        // The query starts as soon as the slot is granted: its lease must outlive a paused
+        // holder until the query must have ended at the service.
+        let request = SlotRequest {
+            holder: self.settings.holder.clone(),
+            org_id: job.org_id,
+            query_max_duration: Some(self.settings.query_max_duration),
+        };
         let permit = match self.limiter.acquire(request, self.settings.max_wait).await {
             Ok(Acquire::Granted(permit)) => permit,
             Ok(Acquire::TimedOut(t)) => {
@@ -193,7 +201,11 @@ mod tests {
             query,
             sink,
             probe: QueryProbe::default(),
-            settings: PipelineSettings { holder: "test".into(), max_wait: Duration::from_millis(20) },
+            settings: PipelineSettings {
+                holder: "test".into(),
+                max_wait: Duration::from_millis(20),
+                query_max_duration: Duration::from_secs(1),
+            },
         }
     }
 
@@ -216,7 +228,7 @@ mod tests {
     #[tokio::test]
     async fn no_slot_means_skipped_without_a_query() {
         let limiter = MemorySlotLimiter::new(1);
-        let held = limiter.acquire(SlotRequest { holder: "other".into(), org_id: OrgId(1) }, Duration::ZERO).await;
+        let held = limiter.acquire(SlotRequest::new("other", OrgId(1)), Duration::ZERO).await;
         let p = pipeline(limiter.clone(), Arc::new(SyntheticQuery { latency: Duration::ZERO }), Arc::new(DiscardSink));
         assert_eq!(p.process(&job(2)).await, Outcome::SkippedNoSlot);
         assert_eq!(p.probe.max(), 0, "no query ran");

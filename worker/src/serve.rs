@@ -124,7 +124,11 @@ pub async fn run(config: Config, readiness: Readiness, shutdown: CancellationTok
             query: crate::build::query_source(&config)?,
             sink: crate::build::sink(&config, None)?,
             probe: QueryProbe::default(),
-            settings: PipelineSettings { holder: name.clone(), max_wait: config.slots.max_wait },
+            settings: PipelineSettings {
+                holder: name.clone(),
+                max_wait: config.slots.max_wait,
+                query_max_duration: config.query.max_duration(),
+            },
         },
         records: RunRecords::new(conn.clone()),
         conn: conn.clone(),

@@ -143,7 +143,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     fn request(org: u64) -> SlotRequest {
-        SlotRequest { holder: "test".into(), org_id: OrgId(org) }
+        SlotRequest::new("test", OrgId(org))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

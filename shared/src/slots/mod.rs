@@ -25,6 +25,18 @@ pub struct SlotRequest {
     /// The worker process (host, pid, random suffix).
     pub holder: String,
     pub org_id: OrgId,
+    /// Set when the slot is taken for a query that starts at the grant: the longest the query
+    /// service lets a query run (`query.max_duration`). The lease is then not reclaimed before
+    /// grant + this, even if its holder stops renewing (paused, stalled or killed), because the
+    /// query may still be running at the service until then. `None`: only `lease_ttl` applies.
+    pub query_max_duration: Option<Duration>,
+}
+
+impl SlotRequest {
+    /// A request for a slot held without a query in flight (only `lease_ttl` applies).
+    pub fn new(holder: impl Into<String>, org_id: OrgId) -> Self {
+        SlotRequest { holder: holder.into(), org_id, query_max_duration: None }
+    }
 }
 
 /// The answer to a bounded wait for a slot.

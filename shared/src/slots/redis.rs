@@ -214,6 +214,9 @@ impl RedisSlotLimiter {
         let deadline = started + max_wait;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let info = format!("{}|{}", request.holder, request.org_id);
+        // A slot taken for a query is first granted until the query must have ended at the
+        // service; renewals then never shorten it (ZADD GT), so a paused holder keeps it.
+        let first_lease = request.query_max_duration.map_or(inner.settings.lease_ttl, |q| q.max(inner.settings.lease_ttl));
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             // The waiter's entry outlives its own deadline by a second so a live waiter is never dropped
@@ -225,7 +228,7 @@ impl RedisSlotLimiter {
                         .key(inner.keys.script_keys())
                         .arg(&id)
                         .arg(&info)
-                        .arg(ms(inner.settings.lease_ttl))
+                        .arg(ms(first_lease))
                         .arg(wait_ms)
                         .arg(inner.settings.initial_limit)
                         .arg(ms(inner.settings.handoff_reserve))
@@ -235,17 +238,17 @@ impl RedisSlotLimiter {
             record_reclaimed(reclaimed);
             inner.limit_seen.store(limit, Ordering::SeqCst);
             if granted == 1 {
-                return Ok(self.granted(id, value, started));
+                return Ok(self.granted(id, value, first_lease, started));
             }
             if remaining.is_zero() {
-                return self.give_up(id, started).await;
+                return self.give_up(id, first_lease, started).await;
             }
             let nap = jitter(inner.settings.recheck).min(remaining);
             if let Some(token) = self.wait_for_handoff(&id, nap).await? {
                 // The lease was made for us, reserved briefly; a renewal makes it a full lease.
-                let renewed: u8 = inner.call(RENEW.key(inner.keys.script_keys()).arg(&id).arg(ms(inner.settings.lease_ttl))).await?;
+                let renewed: u8 = inner.call(RENEW.key(inner.keys.script_keys()).arg(&id).arg(ms(first_lease))).await?;
                 if renewed == 1 {
-                    return Ok(self.granted(id, token, started));
+                    return Ok(self.granted(id, token, first_lease, started));
                 }
             }
         }
@@ -254,39 +257,48 @@ impl RedisSlotLimiter {
     /// Blocks on this waiter's own wake-up list for at most `nap`. `Some(token)` when a slot was handed over.
     async fn wait_for_handoff(&self, id: &str, nap: Duration) -> Result<Option<u64>, Error> {
         let inner = &self.inner;
-        let mut conn = inner.blocking_connection().await?;
         let seconds = nap.as_secs_f64().max(0.001);
-        let popped: Result<Option<(String, u64)>, _> =
-            redis::cmd("BLPOP").arg(inner.keys.wake(id)).arg(seconds).query_async(&mut conn).await;
-        match popped {
-            Ok(result) => {
-                inner.return_blocking(conn);
-                Ok(result.map(|(_, token)| token))
+        // A pooled connection may have died with a Redis restart: on a transient error every
+        // pooled connection is dropped and the wait is tried once more on a fresh one.
+        let mut retried = false;
+        loop {
+            let mut conn = inner.blocking_connection().await?;
+            let popped: Result<Option<(String, u64)>, _> =
+                redis::cmd("BLPOP").arg(inner.keys.wake(id)).arg(seconds).query_async(&mut conn).await;
+            match popped {
+                Ok(result) => {
+                    inner.return_blocking(conn);
+                    return Ok(result.map(|(_, token)| token));
+                }
+                Err(e) if is_transient(&e) && !retried => {
+                    inner.blocking.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    retried = true;
+                }
+                Err(e) => return Err(inner.unavailable(e)),
             }
-            Err(e) => Err(inner.unavailable(e)),
         }
     }
 
     /// Leaves the queue at the deadline; a slot handed over in the same instant is taken, not lost.
-    async fn give_up(&self, id: String, started: Instant) -> Result<Acquire, Error> {
+    async fn give_up(&self, id: String, first_lease: Duration, started: Instant) -> Result<Acquire, Error> {
         let inner = &self.inner;
-        let (granted, token, in_use, limit, waiters): (u8, u64, u32, u32, u32) = inner
-            .call(CANCEL.key(inner.keys.script_keys()).arg(&id).arg(ms(inner.settings.lease_ttl)).arg(inner.keys.wake_prefix()))
-            .await?;
+        let (granted, token, in_use, limit, waiters): (u8, u64, u32, u32, u32) =
+            inner.call(CANCEL.key(inner.keys.script_keys()).arg(&id).arg(ms(first_lease)).arg(inner.keys.wake_prefix())).await?;
         if granted == 1 {
-            return Ok(self.granted(id, token, started));
+            return Ok(self.granted(id, token, first_lease, started));
         }
         let waited = started.elapsed();
         record_timed_out(waited);
         Ok(Acquire::TimedOut(TimedOut { waited, in_use, limit, queue_position: waiters + 1 }))
     }
 
-    fn granted(&self, id: String, token: u64, started: Instant) -> Acquire {
+    fn granted(&self, id: String, token: u64, first_lease: Duration, started: Instant) -> Acquire {
         record_granted(started.elapsed());
         let lost = CancellationToken::new();
         let stop = CancellationToken::new();
-        tokio::spawn(renew_while_held(self.inner.clone(), id.clone(), lost.clone(), stop.clone()));
-        let release = RedisRelease { inner: self.inner.clone(), id: id.clone(), stop };
+        let held_until = Instant::now() + first_lease;
+        tokio::spawn(renew_while_held(self.inner.clone(), id.clone(), held_until, lost.clone(), stop.clone()));
+        let release = RedisRelease { inner: self.inner.clone(), id: id.clone(), held_until, stop };
         Acquire::Granted(SlotPermit::new(id, token, lost, Box::new(release)))
     }
 }
@@ -296,13 +308,31 @@ impl Inner {
         Error::SlotBackendUnavailable { detail: e.to_string() }
     }
 
-    /// One script call, bounded by the round-trip budget whatever the connection is doing.
+    /// One script call, bounded by the round-trip budget whatever the connection is doing. A
+    /// connection error is retried (every script is idempotent: acquire by its waiter id): after
+    /// Redis comes back, a pooled connection fails its first call before it reconnects, and that
+    /// must not become an org's outcome.
     async fn call<T: redis::FromRedisValue>(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<T, Error> {
-        let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.settings.round_trip_budget, invocation.invoke_async(&mut conn)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(self.unavailable(e)),
-            Err(_) => Err(Error::SlotBackendUnavailable { detail: format!("no answer within {:?}", self.settings.round_trip_budget) }),
+        let deadline = Instant::now() + self.settings.round_trip_budget;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let mut conn = self.conn.clone();
+            let left = deadline.saturating_duration_since(Instant::now());
+            let error = match tokio::time::timeout(left, invocation.invoke_async(&mut conn)).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if is_transient(&e) => self.unavailable(e),
+                Ok(Err(e)) => return Err(self.unavailable(e)),
+                Err(_) => {
+                    return Err(Error::SlotBackendUnavailable {
+                        detail: format!("no answer within {:?}", self.settings.round_trip_budget),
+                    });
+                }
+            };
+            if Instant::now() + pause >= deadline {
+                return Err(error);
+            }
+            tokio::time::sleep(pause).await;
+            pause *= 2;
         }
     }
 
@@ -346,7 +376,8 @@ impl SlotLimiter for RedisSlotLimiter {
 }
 
 /// Renews the lease every `lease_ttl / 3` until released; tells the holder if the lease is lost.
-async fn renew_while_held(inner: Arc<Inner>, id: String, lost: CancellationToken, stop: CancellationToken) {
+/// `held_until` is when the first lease ends at the latest (its query floor included).
+async fn renew_while_held(inner: Arc<Inner>, id: String, held_until: Instant, lost: CancellationToken, stop: CancellationToken) {
     let every = inner.settings.renew_every();
     let mut last_ok = Instant::now();
     loop {
@@ -363,8 +394,8 @@ async fn renew_while_held(inner: Arc<Inner>, id: String, lost: CancellationToken
                 lost.cancel();
                 return;
             }
-            Err(e) if last_ok.elapsed() >= inner.settings.lease_ttl => {
-                tracing::warn!(lease_id = %id, error = %e, "slot lease lost: renewals failed for a whole lease_ttl");
+            Err(e) if last_ok.elapsed() >= inner.settings.lease_ttl && Instant::now() >= held_until => {
+                tracing::warn!(lease_id = %id, error = %e, "slot lease lost: renewals failed until the lease ran out");
                 metrics::counter!(m::SLOT_LEASE_LOST_TOTAL).increment(1);
                 lost.cancel();
                 return;
@@ -377,27 +408,58 @@ async fn renew_while_held(inner: Arc<Inner>, id: String, lost: CancellationToken
 struct RedisRelease {
     inner: Arc<Inner>,
     id: String,
+    /// When the first lease ends at the latest; a failed release is retried until then.
+    held_until: Instant,
     stop: CancellationToken,
+}
+
+impl RedisRelease {
+    async fn release_once(&self) -> Result<(), Error> {
+        let inner = &self.inner;
+        let (_removed, _in_use, _limit, reclaimed): (u8, u32, u32, u64) = inner
+            .call(
+                RELEASE
+                    .key(inner.keys.script_keys())
+                    .arg(&self.id)
+                    .arg(inner.settings.initial_limit)
+                    .arg(ms(inner.settings.handoff_reserve))
+                    .arg(inner.keys.wake_prefix()),
+            )
+            .await?;
+        record_reclaimed(reclaimed);
+        record_released();
+        Ok(())
+    }
 }
 
 impl ReleaseSlot for RedisRelease {
     fn release(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
         Box::pin(async move {
             self.stop.cancel();
-            let inner = &self.inner;
-            let (_removed, _in_use, _limit, reclaimed): (u8, u32, u32, u64) = inner
-                .call(
-                    RELEASE
-                        .key(inner.keys.script_keys())
-                        .arg(&self.id)
-                        .arg(inner.settings.initial_limit)
-                        .arg(ms(inner.settings.handoff_reserve))
-                        .arg(inner.keys.wake_prefix()),
-                )
-                .await?;
-            record_reclaimed(reclaimed);
-            record_released();
-            Ok(())
+            match self.release_once().await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    // A lease left behind would hold a slot for nothing until it expires (after an
+                    // outage, AOF even restores it): keep trying in the background until the
+                    // release succeeds or the lease has run out anyway.
+                    let give_up_at = Instant::now().max(self.held_until) + self.inner.settings.lease_ttl;
+                    tokio::spawn(async move {
+                        let mut pause = Duration::from_millis(200);
+                        while Instant::now() < give_up_at {
+                            tokio::time::sleep(pause).await;
+                            match self.release_once().await {
+                                Ok(()) => {
+                                    tracing::info!(lease_id = %self.id, "slot released after a failed attempt");
+                                    return;
+                                }
+                                Err(e) => tracing::debug!(lease_id = %self.id, error = %e, "slot release retry failed"),
+                            }
+                            pause = (pause * 2).min(Duration::from_secs(5));
+                        }
+                    });
+                    Err(e)
+                }
+            }
         })
     }
 }
@@ -406,6 +468,11 @@ fn record_reclaimed(n: u64) {
     if n > 0 {
         metrics::counter!(m::SLOT_LEASE_RECLAIMED_TOTAL).increment(n);
     }
+}
+
+/// A connection-level failure (dropped, refused, reset): the same call may work a moment later.
+fn is_transient(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
 }
 
 fn ms(d: Duration) -> u64 {

@@ -11,13 +11,20 @@ fn script(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}\n{body}"))
 }
 
-/// ARGV: id, info, ttl_ms, wait_ms, default_limit, reserve_ms, wake_prefix.
-/// Returns {granted(0|1), token_or_position, in_use, limit, reclaimed}.
+/// ARGV: id, info, lease_ms, wait_ms, default_limit, reserve_ms, wake_prefix.
+/// Returns {granted(0|1), token_or_position, in_use, limit, reclaimed}. Idempotent by waiter id: a
+/// retry after a lost reply finds the lease it was granted and returns it again.
 pub(super) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local id, info, ttl, wait = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
+local held = redis.call('ZSCORE', KEYS[2], id)
+if held and tonumber(held) > now then
+  local fields = redis.call('HGET', KEYS[3], id) or ''
+  local token = tonumber(string.match(fields, '|(%d+)$') or '0')
+  return {1, token, redis.call('ZCARD', KEYS[2]), tonumber(redis.call('GET', KEYS[1]) or ARGV[5]), 0}
+end
 local reclaimed = reclaim(now)
 local limit = limit_of(ARGV[5])
 hand_off(now, limit, tonumber(ARGV[6]), ARGV[7])
@@ -77,7 +84,8 @@ return {removed, redis.call('ZCARD', KEYS[2]), limit, reclaimed}
     )
 });
 
-/// ARGV: id, ttl_ms. Returns 1 if the lease was extended, 0 if it is gone (lost).
+/// ARGV: id, ttl_ms. Returns 1 if the lease runs at least ttl_ms from now, 0 if it is gone (lost).
+/// Never shortens a lease: one taken for a query keeps its floor (grant + query.max_duration).
 pub(super) static RENEW: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -88,7 +96,7 @@ if not expiry or tonumber(expiry) <= now then
   redis.call('HDEL', KEYS[3], ARGV[1])
   return 0
 end
-redis.call('ZADD', KEYS[2], 'XX', now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZADD', KEYS[2], 'XX', 'GT', now + tonumber(ARGV[2]), ARGV[1])
 touch(2, 3)
 return 1
 "#,

@@ -69,7 +69,7 @@ end
 local function collect(id, ttl_ms, now, wake_prefix)
   local token = redis.call('LPOP', wake_prefix .. id)
   if token and redis.call('ZSCORE', KEYS[2], id) then
-    redis.call('ZADD', KEYS[2], 'XX', now + ttl_ms, id)
+    redis.call('ZADD', KEYS[2], 'XX', 'GT', now + ttl_ms, id)
     return tonumber(token)
   end
   return nil

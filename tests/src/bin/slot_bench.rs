@@ -15,7 +15,7 @@ const LIMIT: u32 = 50;
 const WAITERS: usize = 200;
 
 fn request(org: u64) -> SlotRequest {
-    SlotRequest { holder: "bench".into(), org_id: OrgId(org) }
+    SlotRequest::new("bench", OrgId(org))
 }
 
 fn percentile(samples: &mut [Duration], p: f64) -> u64 {

@@ -19,25 +19,19 @@ struct Args {
     tasks: u32,
     #[arg(long, default_value_t = 5)]
     iterations: u32,
-    #[arg(long, default_value = "5ms", value_parser = humane)]
+    #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
     hold: Duration,
-    #[arg(long, default_value = "10s", value_parser = humane)]
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     max_wait: Duration,
-    #[arg(long, default_value = "3s", value_parser = humane)]
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     lease_ttl: Duration,
+    /// Take each slot for a query of at most this long (query.max_duration): the lease is not
+    /// reclaimed before grant + this, even while the process is stopped.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    query_max_duration: Option<Duration>,
     /// The observer counter: incremented while holding; its value must never exceed the limit.
     #[arg(long, default_value = "observer:holding")]
     observer: String,
-}
-
-fn humane(s: &str) -> Result<Duration, String> {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n.parse().map_err(|_| format!("bad duration {s}"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        _ => Err(format!("bad duration {s}: use ms or s")),
-    }
 }
 
 #[tokio::main]
@@ -55,10 +49,14 @@ async fn main() -> anyhow::Result<()> {
         let key = args.observer.clone();
         let (granted, timed_out, violations, lost, max_seen) =
             (granted.clone(), timed_out.clone(), violations.clone(), lost.clone(), max_seen.clone());
-        let (iterations, hold, max_wait, limit) = (args.iterations, args.hold, args.max_wait, args.limit);
+        let (iterations, hold, max_wait, limit, query) = (args.iterations, args.hold, args.max_wait, args.limit, args.query_max_duration);
         tasks.push(tokio::spawn(async move {
             for i in 0..iterations {
-                let request = SlotRequest { holder: format!("holder-{}", std::process::id()), org_id: OrgId(u64::from(t * 1000 + i)) };
+                let request = SlotRequest {
+                    holder: format!("holder-{}", std::process::id()),
+                    org_id: OrgId(u64::from(t * 1000 + i)),
+                    query_max_duration: query,
+                };
                 match limiter.acquire(request, max_wait).await {
                     Ok(Acquire::Granted(permit)) => {
                         granted.fetch_add(1, Ordering::SeqCst);
