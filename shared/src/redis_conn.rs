@@ -129,3 +129,31 @@ mod tests {
         assert_eq!(redact_text("connection to redis://:s3cret@host:1 refused", &e), "connection to redis://:***@host:1 refused");
     }
 }
+
+/// A connection-level failure (dropped, refused, reset, timed out): the same call may work a
+/// moment later, typically once the connection manager has reconnected after a Redis restart.
+pub fn is_transient(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+}
+
+/// Runs an idempotent Redis call, retrying transient failures a few times with short backoff
+/// (50 ms, 100 ms, 200 ms, 400 ms): a connection manager fails its first call after Redis comes
+/// back, and that must not become an org's outcome. Other errors return at once.
+pub async fn retry_transient<T, F, Fut>(mut call: F) -> Result<T, redis::RedisError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
+{
+    let mut pause = Duration::from_millis(50);
+    for _ in 0..4 {
+        match call().await {
+            Err(e) if is_transient(&e) => {
+                tracing::debug!(error = %e, retry_in_ms = pause.as_millis() as u64, "transient Redis error; retrying");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            other => return other,
+        }
+    }
+    call().await
+}

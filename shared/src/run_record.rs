@@ -10,6 +10,7 @@ use redis::aio::ConnectionManager;
 use crate::error::Error;
 use crate::ids::{OrgId, RunId};
 use crate::keys;
+use crate::redis_conn::retry_transient;
 use crate::run::{Outcome, RunSummary};
 
 /// How long a run record is kept after its last write.
@@ -76,16 +77,15 @@ impl RunRecords {
 
     /// Records how an org ended; a second outcome for the same org (duplicate delivery) is ignored.
     pub async fn record(&self, run_id: &RunId, org: OrgId, outcome: Outcome) -> Result<Recorded, Error> {
-        let recorded: u8 = self
-            .record
-            .key(keys::run(run_id))
-            .key(keys::run_orgs(run_id))
-            .arg(org.0)
-            .arg(outcome.as_str())
-            .arg(RUN_RECORD_TTL.as_millis() as u64)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(Error::redis(format!("recording org {org} of run {run_id}")))?;
+        // Idempotent (the first outcome wins), so a transient error is simply retried.
+        let recorded: u8 = retry_transient(|| {
+            let mut conn = self.conn.clone();
+            let mut invocation = self.record.key(keys::run(run_id));
+            invocation.key(keys::run_orgs(run_id)).arg(org.0).arg(outcome.as_str()).arg(RUN_RECORD_TTL.as_millis() as u64);
+            async move { invocation.invoke_async(&mut conn).await }
+        })
+        .await
+        .map_err(Error::redis(format!("recording org {org} of run {run_id}")))?;
         Ok(match recorded {
             0 => Recorded::AlreadyAccounted,
             2 => Recorded::FinishedTheRun,
@@ -95,12 +95,13 @@ impl RunRecords {
 
     /// The outcome already recorded for an org, if any.
     pub async fn outcome_of(&self, run_id: &RunId, org: OrgId) -> Result<Option<Outcome>, Error> {
-        let v: Option<String> = redis::cmd("HGET")
-            .arg(keys::run_orgs(run_id))
-            .arg(org.0)
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(Error::redis(format!("reading org {org} of run {run_id}")))?;
+        let v: Option<String> = retry_transient(|| {
+            let mut conn = self.conn.clone();
+            let cmd = redis::cmd("HGET").arg(keys::run_orgs(run_id)).arg(org.0).to_owned();
+            async move { cmd.query_async(&mut conn).await }
+        })
+        .await
+        .map_err(Error::redis(format!("reading org {org} of run {run_id}")))?;
         Ok(v.and_then(|v| Outcome::parse(&v)))
     }
 

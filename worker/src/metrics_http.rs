@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -22,12 +22,31 @@ use crate::error::Error;
 #[derive(Clone)]
 pub struct Readiness {
     job_loop_running: Arc<AtomicBool>,
+    /// Job-loop failures in a row; a loop that keeps failing is not ready even while it runs.
+    failures: Arc<AtomicU32>,
     conn: ConnectionManager,
 }
 
+/// Consecutive job-loop failures after which `/readyz` says not ready until a loop survives.
+const FAILING_AFTER: u32 = 3;
+
 impl Readiness {
     pub fn new(conn: ConnectionManager) -> Self {
-        Readiness { job_loop_running: Arc::new(AtomicBool::new(false)), conn }
+        Readiness { job_loop_running: Arc::new(AtomicBool::new(false)), failures: Arc::new(AtomicU32::new(0)), conn }
+    }
+
+    /// Counts a job-loop failure; returns how many in a row.
+    pub fn job_loop_failed(&self) -> u32 {
+        self.failures.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Forgets past failures once the loop now running has lasted `survive` (aborted when it ends).
+    pub fn reset_failures_after(&self, survive: Duration) -> tokio::task::JoinHandle<()> {
+        let failures = self.failures.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(survive).await;
+            failures.store(0, Ordering::SeqCst);
+        })
     }
 
     /// The supervisor says whether the job loop is running.
@@ -39,6 +58,10 @@ impl Readiness {
     pub async fn check(&self) -> Result<(), String> {
         if !self.job_loop_running.load(Ordering::SeqCst) {
             return Err("job loop not running (starting, restarting after an error, or draining)".to_owned());
+        }
+        let failures = self.failures.load(Ordering::SeqCst);
+        if failures >= FAILING_AFTER {
+            return Err(format!("job loop keeps failing ({failures} failures in a row; see the worker's log)"));
         }
         let mut conn = self.conn.clone();
         let ping = redis::cmd("PING");

@@ -71,3 +71,64 @@ pub async fn push(conn: &ConnectionManager, tasks: &[RedisTask]) -> Result<u64, 
     let (ready, scheduled) = apalis_redis::queries::push_tasks(&mut conn.clone(), &config(), tasks).await?;
     Ok(u64::from(ready) + u64::from(scheduled))
 }
+
+/// A queue entry apalis-redis cannot fetch, moved to the dead set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    pub id: String,
+    /// Why apalis cannot fetch it: no data, data that is not JSON, or no metadata.
+    pub reason: String,
+    /// The first 200 characters of the payload, if there is one.
+    pub sample: String,
+}
+
+/// Moves every entry of a failed job loop's in-flight set that apalis-redis cannot fetch to the
+/// dead set, with the reason in its metadata (`projector_reason`). apalis fails the whole fetch on
+/// such an entry ("Task decoding error", "Invalid job data format", "Missing attempts in
+/// metadata"), and the orphan sweep would put it back to stop the next loop too, forever
+/// (docs/apalis-redis.md#undecodable-payload). Entries that can be fetched stay for the sweep.
+pub async fn quarantine_unfetchable(conn: &ConnectionManager, loop_name: &str) -> Result<Vec<Quarantined>, redis::RedisError> {
+    let config = config();
+    let inflight = format!("{}:{loop_name}", config.inflight_jobs_set());
+    let mut conn = conn.clone();
+    let ids: Vec<String> = redis::cmd("SMEMBERS").arg(&inflight).query_async(&mut conn).await?;
+    let mut moved = Vec::new();
+    for id in ids {
+        let meta_key = format!("{}:{id}", config.job_meta_hash());
+        let (data, attempts): (Option<Vec<u8>>, Option<String>) =
+            redis::pipe().hget(config.job_data_hash(), &id).hget(&meta_key, "attempts").query_async(&mut conn).await?;
+        let reason = match (&data, &attempts) {
+            (None, _) => "the queue holds its id but no payload",
+            (Some(d), _) if serde_json::from_slice::<serde_json::Value>(d).is_err() => "the payload is not JSON",
+            (Some(_), None) => "the payload has no apalis metadata (attempts)",
+            (Some(_), Some(_)) => continue,
+        };
+        redis::pipe()
+            .atomic()
+            .srem(&inflight, &id)
+            .sadd(config.dead_jobs_set(), &id)
+            .hset(&meta_key, "status", "Killed")
+            .hset(&meta_key, "projector_reason", reason)
+            .query_async::<()>(&mut conn)
+            .await?;
+        moved.push(Quarantined {
+            sample: data.as_deref().map(projector_shared::job::sample).unwrap_or_default(),
+            id,
+            reason: reason.to_owned(),
+        });
+    }
+    Ok(moved)
+}
+
+/// Deletes a finished job loop's apalis worker metadata (`…:workers:metadata:<name>`), which
+/// apalis keeps forever and would grow by one key per worker start or loop restart.
+pub async fn forget_worker(conn: &ConnectionManager, loop_name: &str) -> Result<(), redis::RedisError> {
+    let key = format!("{}:workers:metadata:{loop_name}", keys::JOB_QUEUE);
+    redis::cmd("DEL").arg(key).query_async::<()>(&mut conn.clone()).await
+}
+
+/// Empties apalis's done set: it gains one member per finished job and never shrinks, and nothing
+/// reads it once the vacuum has deleted the jobs' data (apalis's own stats read it as a zset).
+pub async fn trim_done(conn: &ConnectionManager) -> Result<(), redis::RedisError> {
+    redis::cmd("DEL").arg(config().done_jobs_set()).query_async::<()>(&mut conn.clone()).await
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use projector_shared::keys;
 use projector_shared::metrics as m;
-use projector_shared::redis_conn::{Endpoint, redact_text};
+use projector_shared::redis_conn::{Endpoint, is_transient, redact_text};
 use redis::Script;
 use redis::aio::ConnectionManager;
 
@@ -40,6 +40,11 @@ end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {1, 0, 0}
 ";
+
+/// Attempts of one projection write when Redis fails transiently: 0.2 + 0.4 + 0.8 + 1.6 s of
+/// backoff, enough for a connection manager to reconnect after a Redis restart.
+const SINK_ATTEMPTS: u32 = 5;
+const SINK_RETRY_FIRST_PAUSE: Duration = Duration::from_millis(200);
 
 /// Writes projections to Redis for other services to read.
 #[derive(Clone)]
@@ -82,11 +87,25 @@ impl RedisSink {
                 invocation.arg(keys::projection_field(r.project_id, hour)).arg(value.to_string());
             }
         }
-        let mut conn = self.conn.clone();
-        let (written, stored_first_hour, stored_token): (u8, i64, u64) = invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| Error::Sink { target: self.url.clone(), detail: format!("{e} (the write is retried with the job)") })?;
+        // The write is idempotent (same run and token rewrite the same values), so a Redis blip is
+        // retried here, with backoff, rather than turning into the org's outcome.
+        let mut pause = SINK_RETRY_FIRST_PAUSE;
+        let mut attempt = 1;
+        let (written, stored_first_hour, stored_token): (u8, i64, u64) = loop {
+            let mut conn = self.conn.clone();
+            match invocation.invoke_async(&mut conn).await {
+                Ok(answer) => break answer,
+                Err(e) if is_transient(&e) && attempt < SINK_ATTEMPTS => {
+                    tracing::debug!(org_id = %org, attempt, error = %e, "projection write failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(Error::Sink { target: self.url.clone(), detail: format!("{e} (after {attempt} attempt(s))") });
+                }
+            }
+        };
         if written == 1 {
             return Ok(());
         }

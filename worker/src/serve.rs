@@ -29,8 +29,9 @@ use crate::queue;
 
 /// How often an idle worker looks for due jobs (apalis's default is its heartbeat: tens of seconds).
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
-/// Finished jobs' data and metadata are deleted this often (apalis keeps them forever).
-const VACUUM_EVERY: Duration = Duration::from_secs(60);
+/// Finished jobs' data and metadata are deleted every this many housekeeping rounds (apalis keeps
+/// them forever): once a minute at the default interval of 1 s.
+const VACUUM_EVERY_ROUNDS: u32 = 60;
 
 /// Everything a job handler shares within one worker process.
 struct WorkerState {
@@ -214,6 +215,7 @@ async fn supervise(
             .build(handle_job);
         let started = Instant::now();
         readiness.set_job_loop_running(true);
+        let survived = readiness.reset_failures_after(Duration::from_secs(30));
         let stop = shutdown.clone();
         let grace = config.worker.shutdown_grace;
         let run = worker.run_until(async move {
@@ -245,17 +247,39 @@ async fn supervise(
                 return Ok(());
             }
         };
+        survived.abort();
         readiness.set_job_loop_running(false);
         if shutdown.is_cancelled() {
             tracing::info!(worker = %name, "worker drained and stopped");
             return Ok(());
         }
-        quarantine_undecodable(&conn, &format!("{name}-{attempt}")).await;
+        let loop_name = format!("{name}-{attempt}");
+        // Entries apalis cannot fetch would stop every loop that takes them: move them out first.
+        let poison = match queue::quarantine_unfetchable(&conn, &loop_name).await {
+            Ok(poison) => poison,
+            Err(e) => {
+                tracing::warn!(worker = %name, error = %e, "cannot check the failed job loop's jobs for poison entries");
+                Vec::new()
+            }
+        };
+        for entry in &poison {
+            metrics::counter!(m::TASK_ERROR_TOTAL, "reason" => "malformed_job").increment(1);
+            tracing::error!(task_id = %entry.id, reason = %entry.reason, payload = %entry.sample, "queue entry cannot be fetched; moved to the dead set, never retried");
+        }
+        if let Err(e) = queue::forget_worker(&conn, &loop_name).await {
+            tracing::debug!(worker = %loop_name, error = %e, "cannot delete the job loop's apalis metadata; it expires on its own");
+        }
+        let consecutive = readiness.job_loop_failed();
         match result {
             Ok(()) => tracing::warn!(worker = %name, "job loop ended on its own; restarting"),
-            Err(e) => {
-                tracing::error!(worker = %name, error = %e, retry_in_ms = backoff.as_millis() as u64, "job loop failed (usually Redis unreachable; see error); restarting")
-            }
+            Err(e) if !poison.is_empty() => tracing::warn!(
+                worker = %name, error = %e, quarantined = poison.len(), retry_in_ms = backoff.as_millis() as u64,
+                "job loop stopped on a poison queue entry, now in the dead set; restarting"
+            ),
+            Err(e) => tracing::error!(
+                worker = %name, error = %e, consecutive_failures = consecutive, retry_in_ms = backoff.as_millis() as u64,
+                "job loop failed (check that Redis is reachable; see error); restarting"
+            ),
         }
         metrics::counter!(m::WORKER_RESTARTS_TOTAL).increment(1);
         if started.elapsed() > Duration::from_secs(30) {
@@ -339,39 +363,6 @@ async fn malformed(state: &WorkerState, payload: serde_json::Value, e: serde_jso
     Ok(())
 }
 
-/// Moves jobs whose payload is not even JSON out of a failed job loop's in-flight set into the
-/// dead set. apalis-redis fails the whole fetch on such a payload ("Task decoding error"), and the
-/// job would come back from the orphan sweep and stop the loop again, forever.
-async fn quarantine_undecodable(conn: &ConnectionManager, worker: &str) {
-    let config = queue::config();
-    let inflight = format!("{}:{worker}", config.inflight_jobs_set());
-    let mut conn = conn.clone();
-    let Ok(ids) = redis::cmd("SMEMBERS").arg(&inflight).query_async::<Vec<String>>(&mut conn).await else { return };
-    for id in ids {
-        let Ok(Some(data)) = redis::cmd("HGET").arg(config.job_data_hash()).arg(&id).query_async::<Option<Vec<u8>>>(&mut conn).await else {
-            continue;
-        };
-        if serde_json::from_slice::<serde_json::Value>(&data).is_ok() {
-            continue;
-        }
-        let moved: Result<(), _> = redis::pipe()
-            .atomic()
-            .srem(&inflight, &id)
-            .sadd(config.dead_jobs_set(), &id)
-            .hset(format!("{}:{id}", config.job_meta_hash()), "status", "Killed")
-            .query_async(&mut conn)
-            .await;
-        let sample = projector_shared::job::sample(&data);
-        metrics::counter!(m::TASK_ERROR_TOTAL, "reason" => "malformed_job").increment(1);
-        match moved {
-            Ok(()) => tracing::error!(task_id = %id, payload = %sample, "job payload is not JSON; moved to the dead set, never retried"),
-            Err(e) => {
-                tracing::error!(task_id = %id, payload = %sample, error = %e, "job payload is not JSON and could not be moved to the dead set")
-            }
-        }
-    }
-}
-
 /// The worker's periodic duties, once per `worker.housekeeping_interval`: bounded promotion of due
 /// jobs, queue depth gauges (apalis's own counts read the wrong keys), fleet slot gauges from the
 /// leases in Redis, the worker heartbeat, and a vacuum of finished jobs every minute (apalis keeps
@@ -388,18 +379,21 @@ impl Housekeeping {
         let mut storage = RedisStorage::<serde_json::Value>::new(self.conn.clone()).with_config(queue::config());
         let mut ticker = tokio::time::interval(self.every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_vacuum = Instant::now();
+        let mut rounds = 0u32;
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
                 () = shutdown.cancelled() => return,
             }
             self.run_once().await;
-            if last_vacuum.elapsed() >= VACUUM_EVERY {
-                last_vacuum = Instant::now();
+            rounds += 1;
+            if rounds.is_multiple_of(VACUUM_EVERY_ROUNDS) {
                 match storage.vacuum().await {
                     Ok(n) => tracing::debug!(removed = n, "vacuumed finished jobs"),
                     Err(e) => tracing::warn!(error = %e, "vacuum of finished jobs failed; retried next minute"),
+                }
+                if let Err(e) = queue::trim_done(&self.conn).await {
+                    tracing::debug!(error = %e, "cannot trim the done set; retried next minute");
                 }
             }
         }

@@ -17,7 +17,7 @@ use super::{Acquire, ReleaseSlot, SlotLimiter, SlotPermit, SlotRequest, TimedOut
 use crate::error::Error;
 use crate::keys::SlotKeys;
 use crate::metrics as m;
-use crate::redis_conn::{Endpoint, redact_text};
+use crate::redis_conn::{Endpoint, is_transient, redact_text};
 
 /// How the Redis limiter behaves; `limit` and `lease_ttl` come from `slots.*`.
 #[derive(Debug, Clone)]
@@ -468,11 +468,6 @@ fn record_reclaimed(n: u64) {
     if n > 0 {
         metrics::counter!(m::SLOT_LEASE_RECLAIMED_TOTAL).increment(n);
     }
-}
-
-/// A connection-level failure (dropped, refused, reset): the same call may work a moment later.
-fn is_transient(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
 }
 
 fn ms(d: Duration) -> u64 {

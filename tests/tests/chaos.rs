@@ -1,0 +1,195 @@
+//! The promise under fire, with real processes: the query service (a fake that observes instead
+//! of refusing: its concurrency limit is far above the slot limit) never sees more concurrent
+//! queries than the slot limit, and every org of a run ends in exactly one recorded outcome, none
+//! foreign, through worker pauses past their lease, Redis restarts and stalls, and poison queue
+//! entries. After each fault a follow-up run on the same processes completes every org.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use projector_shared::slots::{RedisSlotLimiter, RedisSlotSettings};
+use projector_tests::{FakeSnuba, Proc, RedisServer, command, wait_until, workspace_bin};
+
+const FAKE: &str = env!("CARGO_BIN_EXE_projector-fake-snuba");
+
+struct Cluster {
+    redis: RedisServer,
+    fake: FakeSnuba,
+    env: Vec<(String, String)>,
+}
+
+impl Cluster {
+    fn start(redis: RedisServer, fake_latency: &str, extra: &[(&str, &str)]) -> Self {
+        // Observe, never refuse: any concurrency above the slot limit shows in max_in_flight.
+        let fake = FakeSnuba::start(FAKE, &["--latency", fake_latency, "--concurrency-limit", "10000"]);
+        let mut env: Vec<(String, String)> = vec![
+            ("PROJECTOR_REDIS_URL".into(), redis.url()),
+            ("PROJECTOR_QUERY_SOURCE".into(), "snuba".into()),
+            ("PROJECTOR_QUERY_URL".into(), fake.url()),
+            ("PROJECTOR_WORKER_METRICS_ADDR".into(), "127.0.0.1:0".into()),
+            ("PROJECTOR_WORKER_HOUSEKEEPING_INTERVAL".into(), "100ms".into()),
+            ("RUST_LOG".into(), "info".into()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        Cluster { redis, fake, env }
+    }
+
+    fn worker(&self, args: &[&str]) -> Proc {
+        let mut cmd = command(workspace_bin("projector-worker"));
+        cmd.arg("run").args(args).envs(self.env.iter().cloned()).stdout(Stdio::null());
+        let w = Proc::spawn(cmd);
+        w.wait_for_line(&["worker started"], Duration::from_secs(30));
+        w
+    }
+
+    /// A run of `orgs` orgs followed to the end, judged leniently (the test judges it).
+    fn run(&self, orgs: u64) -> Proc {
+        let dir = std::env::temp_dir();
+        let _ = dir;
+        let mut cmd = command(workspace_bin("projector-scheduler"));
+        cmd.args(["run-once", "--wait", "--wait-timeout", "150s", "--fail-on", "none", "--batch-delay", "0s", "--orgs"])
+            .arg(orgs.to_string())
+            .envs(self.env.iter().cloned())
+            .stdout(Stdio::piped());
+        Proc::spawn(cmd)
+    }
+
+    /// Waits for a run to end and checks its record: every planned org (1..=orgs) has exactly
+    /// one outcome and there is no other. Returns outcome → count.
+    fn finish(&self, run: Proc, orgs: u64) -> HashMap<String, u64> {
+        let out = run.wait_with_output(Duration::from_secs(180));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(out.status.code(), Some(0), "run-once: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        let run_id = stdout.split_whitespace().nth(1).expect("run id in the summary").trim_end_matches(':').to_owned();
+        let mut conn = self.redis.connection();
+        let recorded: HashMap<u64, String> =
+            redis::cmd("HGETALL").arg(format!("projector:run:{run_id}:orgs")).query(&mut conn).expect("hgetall");
+        let mut planned: Vec<u64> = recorded.keys().copied().collect();
+        planned.sort_unstable();
+        assert_eq!(planned, (1..=orgs).collect::<Vec<_>>(), "every planned org has one outcome, none foreign: {recorded:?}");
+        let mut by_outcome = HashMap::new();
+        for outcome in recorded.values() {
+            *by_outcome.entry(outcome.clone()).or_insert(0) += 1;
+        }
+        by_outcome
+    }
+
+    fn max_in_flight(&self) -> u64 {
+        self.fake.stats_now()["max_in_flight"].as_u64().expect("max_in_flight")
+    }
+
+    fn holders(&self) -> Vec<projector_shared::slots::Holder> {
+        let url = self.redis.url();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(async {
+                RedisSlotLimiter::new(&url, RedisSlotSettings::new(1, Duration::from_secs(1))).expect("limiter").inspect().await
+            })
+        })
+        .join()
+        .expect("inspect thread")
+        .map(|s| s.holders)
+        .unwrap_or_default()
+    }
+}
+
+/// A GC pause or VM stall: a worker whose queries are running at the service is stopped for
+/// longer than its lease. Its slots must not be granted again before those queries have ended.
+#[test]
+fn a_worker_paused_past_its_lease_never_pushes_the_service_past_the_limit() {
+    let c = Cluster::start(RedisServer::start(), "2s", &[("PROJECTOR_SLOTS_LEASE_TTL", "1s"), ("PROJECTOR_QUERY_MAX_DURATION", "3s")]);
+    let paused = c.worker(&["--slots-limit", "3", "--concurrency", "8"]);
+    let _other = c.worker(&["--slots-limit", "3", "--concurrency", "8"]);
+    let run = c.run(12);
+    // Stop the worker once it holds slots, and keep it stopped until its leases are older than
+    // two lease_ttls on Redis's clock (a plain lease would have been reclaimed by then).
+    let pid = paused.pid().to_string();
+    wait_until(Duration::from_secs(60), "the paused worker holds a slot", || c.holders().iter().any(|h| h.holder.contains(&pid)));
+    paused.signal("STOP");
+    wait_until(Duration::from_secs(30), "its leases are 2 × lease_ttl old", || {
+        c.holders().iter().filter(|h| h.holder.contains(&pid)).all(|h| h.age >= Duration::from_secs(2))
+    });
+    paused.signal("CONT");
+    let outcomes = c.finish(run, 12);
+    assert!(c.max_in_flight() <= 3, "the service saw {} concurrent queries, limit 3", c.max_in_flight());
+    assert_eq!(outcomes.get("completed").copied().unwrap_or(0), 12, "{outcomes:?}");
+    let again = c.run(6);
+    assert_eq!(c.finish(again, 6).get("completed").copied(), Some(6), "the follow-up run completes");
+    assert!(c.max_in_flight() <= 3);
+}
+
+/// Redis killed and restarted (empty): the next run loses no org to a stale connection.
+#[test]
+fn a_redis_restart_loses_no_org_of_the_next_run() {
+    let c = Cluster::start(RedisServer::start(), "20ms", &[]);
+    let w = c.worker(&["--slots-limit", "5", "--concurrency", "16"]);
+    let first = c.run(10);
+    assert_eq!(c.finish(first, 10).get("completed").copied(), Some(10));
+    // Restart Redis underneath the worker, whose pooled connections all die.
+    let mut redis = c.redis;
+    redis.kill();
+    w.wait_for_line(&["job loop failed"], Duration::from_secs(30));
+    redis.restart();
+    let c = Cluster { redis, ..c };
+    let run = c.run(50);
+    let outcomes = c.finish(run, 50);
+    assert_eq!(outcomes.get("completed").copied(), Some(50), "no org lost to a dead connection: {outcomes:?}");
+    assert!(c.max_in_flight() <= 5);
+}
+
+/// Redis stalls (SIGSTOP) for 3 s while a run is in flight: the run still completes, within the
+/// limit, and every org is accounted for.
+#[test]
+fn a_redis_stall_mid_run_keeps_the_bound_and_accounts_for_every_org() {
+    let c = Cluster::start(RedisServer::start(), "300ms", &[]);
+    let _w = c.worker(&["--slots-limit", "4", "--concurrency", "16", "--slots-max-wait", "5m"]);
+    let run = c.run(40);
+    wait_until(Duration::from_secs(60), "queries are running", || c.fake.stats_now()["requests"].as_u64().unwrap_or(0) >= 4);
+    let pid = c.redis.pid().to_string();
+    let status = std::process::Command::new("kill").args(["-STOP", &pid]).status().expect("kill");
+    assert!(status.success());
+    // Redis is frozen: nothing of ours can move, so wait on the query service's side.
+    wait_until(Duration::from_secs(30), "the in-flight queries drained at the service", || {
+        c.fake.stats_now()["in_flight"].as_u64() == Some(0)
+    });
+    let frozen_at = std::time::Instant::now();
+    wait_until(Duration::from_secs(10), "3 s of stall", || frozen_at.elapsed() >= Duration::from_secs(3));
+    std::process::Command::new("kill").args(["-CONT", &pid]).status().expect("kill");
+    let outcomes = c.finish(run, 40);
+    assert!(c.max_in_flight() <= 4, "{}", c.max_in_flight());
+    assert_eq!(outcomes.values().sum::<u64>(), 40, "{outcomes:?}");
+    let again = c.run(10);
+    assert_eq!(c.finish(again, 10).get("completed").copied(), Some(10), "the follow-up run completes");
+}
+
+/// Poison queue entries (an id without data, data without apalis metadata, a payload that is
+/// not JSON) are moved to the dead set with their reason, and the job loop goes on.
+#[test]
+fn poison_queue_entries_are_quarantined_and_the_loop_goes_on() {
+    let c = Cluster::start(RedisServer::start(), "10ms", &[]);
+    let config = projector_worker::queue::config();
+    {
+        let mut conn = c.redis.connection();
+        let active = config.active_jobs_list();
+        let data = config.job_data_hash();
+        // An id with no data at all.
+        let _: () = redis::cmd("RPUSH").arg(&active).arg("poison-no-data").query(&mut conn).expect("rpush");
+        // Data, but no metadata.
+        let _: () =
+            redis::cmd("HSET").arg(&data).arg("poison-no-meta").arg("{\"run_id\":\"run-x\",\"org_id\":1}").query(&mut conn).expect("hset");
+        let _: () = redis::cmd("RPUSH").arg(&active).arg("poison-no-meta").query(&mut conn).expect("rpush");
+    }
+    let w = c.worker(&[]);
+    let run = c.run(5);
+    assert_eq!(c.finish(run, 5).get("completed").copied(), Some(5), "the loop went on past the poison");
+    let mut conn = c.redis.connection();
+    let dead: Vec<String> = redis::cmd("SMEMBERS").arg(config.dead_jobs_set()).query(&mut conn).expect("smembers");
+    for id in ["poison-no-data", "poison-no-meta"] {
+        assert!(dead.contains(&id.to_owned()), "{id} quarantined: {dead:?}");
+        let reason: Option<String> =
+            redis::cmd("HGET").arg(format!("{}:{id}", config.job_meta_hash())).arg("projector_reason").query(&mut conn).expect("hget");
+        assert!(reason.is_some_and(|r| !r.is_empty()), "{id} has its reason recorded");
+    }
+    let restarts = w.stderr().matches("job loop stopped on a poison queue entry").count();
+    assert!(restarts >= 1 && restarts <= 2, "one restart per poison entry at most, not a loop: {}", w.stderr());
+}
