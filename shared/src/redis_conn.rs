@@ -115,21 +115,6 @@ pub fn connection_manager(
     Ok((client, conn))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_never_show() {
-        assert_eq!(redact_url("redis://:secret@127.0.0.1:6379"), "redis://:***@127.0.0.1:6379");
-        assert_eq!(redact_url("rediss://user:secret@cache:6380/2"), "rediss://user:***@cache:6380/2");
-        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-        assert!(!redact_url("redis://:secret@host:notaport").contains("secret"));
-        let e = Endpoint::from("redis://:s3cret@host:1");
-        assert_eq!(redact_text("connection to redis://:s3cret@host:1 refused", &e), "connection to redis://:***@host:1 refused");
-    }
-}
-
 /// A connection-level failure (dropped, refused, reset, timed out): the same call may work a
 /// moment later, typically once the connection manager has reconnected after a Redis restart.
 pub fn is_transient(e: &redis::RedisError) -> bool {
@@ -156,4 +141,19 @@ where
         }
     }
     call().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(redact_url("redis://:secret@127.0.0.1:6379"), "redis://:***@127.0.0.1:6379");
+        assert_eq!(redact_url("rediss://user:secret@cache:6380/2"), "rediss://user:***@cache:6380/2");
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert!(!redact_url("redis://:secret@host:notaport").contains("secret"));
+        let e = Endpoint::from("redis://:s3cret@host:1");
+        assert_eq!(redact_text("connection to redis://:s3cret@host:1 refused", &e), "connection to redis://:***@host:1 refused");
+    }
 }
