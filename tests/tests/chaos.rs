@@ -45,8 +45,6 @@ impl Cluster {
 
     /// A run of `orgs` orgs followed to the end, judged leniently (the test judges it).
     fn run(&self, orgs: u64) -> Proc {
-        let dir = std::env::temp_dir();
-        let _ = dir;
         let mut cmd = command(workspace_bin("projector-scheduler"));
         cmd.args(["run-once", "--wait", "--wait-timeout", "150s", "--fail-on", "none", "--batch-delay", "0s", "--orgs"])
             .arg(orgs.to_string())
@@ -191,5 +189,5 @@ fn poison_queue_entries_are_quarantined_and_the_loop_goes_on() {
         assert!(reason.is_some_and(|r| !r.is_empty()), "{id} has its reason recorded");
     }
     let restarts = w.stderr().matches("job loop stopped on a poison queue entry").count();
-    assert!(restarts >= 1 && restarts <= 2, "one restart per poison entry at most, not a loop: {}", w.stderr());
+    assert!((1..=2).contains(&restarts), "one restart per poison entry at most, not a loop: {}", w.stderr());
 }
