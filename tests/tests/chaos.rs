@@ -95,25 +95,29 @@ impl Cluster {
 /// longer than its lease. Its slots must not be granted again before those queries have ended.
 #[test]
 fn a_worker_paused_past_its_lease_never_pushes_the_service_past_the_limit() {
-    let c = Cluster::start(RedisServer::start(), "2s", &[("PROJECTOR_SLOTS_LEASE_TTL", "1s"), ("PROJECTOR_QUERY_MAX_DURATION", "3s")]);
-    let paused = c.worker(&["--slots-limit", "3", "--concurrency", "8"]);
-    let _other = c.worker(&["--slots-limit", "3", "--concurrency", "8"]);
-    let run = c.run(12);
-    // Stop the worker once it holds slots, and keep it stopped until its leases are older than
-    // two lease_ttls on Redis's clock (a plain lease would have been reclaimed by then).
-    let pid = paused.pid().to_string();
-    wait_until(Duration::from_secs(60), "the paused worker holds a slot", || c.holders().iter().any(|h| h.holder.contains(&pid)));
-    paused.signal("STOP");
-    wait_until(Duration::from_secs(30), "its leases are 2 × lease_ttl old", || {
-        c.holders().iter().filter(|h| h.holder.contains(&pid)).all(|h| h.age >= Duration::from_secs(2))
+    // Queries of 4 s against a 1 s lease: a plain lease would be reclaimed mid-query.
+    let c = Cluster::start(RedisServer::start(), "4s", &[("PROJECTOR_SLOTS_LEASE_TTL", "1s"), ("PROJECTOR_QUERY_MAX_DURATION", "5s")]);
+    let victim = c.worker(&["--slots-limit", "3", "--concurrency", "3"]);
+    let first = c.run(3);
+    let pid = victim.pid().to_string();
+    // Its three queries are running at the service when it stops.
+    wait_until(Duration::from_secs(60), "the victim's 3 queries are in flight", || c.fake.stats_now()["in_flight"].as_u64() == Some(3));
+    victim.signal("STOP");
+    // Another worker, and a run whose jobs only it can take, wait for slots meanwhile.
+    let _other = c.worker(&["--slots-limit", "3", "--concurrency", "16"]);
+    let second = c.run(6);
+    // Keep the victim stopped until its leases are older than two lease_ttls on Redis's clock:
+    // plain leases would have been reclaimed and granted to the waiting jobs by then.
+    wait_until(Duration::from_secs(30), "the victim's leases are 2.5 × lease_ttl old", || {
+        let mine: Vec<_> = c.holders().into_iter().filter(|h| h.holder.contains(&pid)).collect();
+        mine.is_empty() || mine.iter().all(|h| h.age >= Duration::from_millis(2500))
     });
-    paused.signal("CONT");
-    let outcomes = c.finish(run, 12);
+    victim.signal("CONT");
+    let first = c.finish(first, 3);
+    let second = c.finish(second, 6);
     assert!(c.max_in_flight() <= 3, "the service saw {} concurrent queries, limit 3", c.max_in_flight());
-    assert_eq!(outcomes.get("completed").copied().unwrap_or(0), 12, "{outcomes:?}");
-    let again = c.run(6);
-    assert_eq!(c.finish(again, 6).get("completed").copied(), Some(6), "the follow-up run completes");
-    assert!(c.max_in_flight() <= 3);
+    assert_eq!(first.get("completed").copied().unwrap_or(0), 3, "{first:?}");
+    assert_eq!(second.get("completed").copied().unwrap_or(0), 6, "{second:?}");
 }
 
 /// Redis killed and restarted (empty): the next run loses no org to a stale connection.
