@@ -195,3 +195,49 @@ fn poison_queue_entries_are_quarantined_and_the_loop_goes_on() {
     let restarts = w.stderr().matches("job loop stopped on a poison queue entry").count();
     assert!((1..=2).contains(&restarts), "one restart per poison entry at most, not a loop: {}", w.stderr());
 }
+
+/// Nothing grows without bound: after many jobs and job-loop restarts, every key Projector or
+/// apalis wrote has a TTL, or is one of the few whose size is bounded by what is live.
+#[test]
+fn every_key_has_a_ttl_or_a_bounded_size_after_many_jobs_and_restarts() {
+    let c = Cluster::start(RedisServer::start(), "1ms", &[]);
+    let w = c.worker(&["--concurrency", "32"]);
+    for orgs in [200, 200] {
+        let run = c.run(orgs);
+        c.finish(run, orgs);
+    }
+    // Job-loop restarts: each leaves apalis worker metadata behind unless it is cleaned up.
+    let pid = c.redis.pid().to_string();
+    for _ in 0..2 {
+        std::process::Command::new("kill").args(["-STOP", &pid]).status().expect("kill");
+        let failures = w.stderr().matches("job loop failed").count();
+        wait_until(Duration::from_secs(30), "the job loop fails", || w.stderr().matches("job loop failed").count() > failures);
+        std::process::Command::new("kill").args(["-CONT", &pid]).status().expect("kill");
+    }
+    let run = c.run(50);
+    c.finish(run, 50);
+    // The vacuum runs every 60 housekeeping rounds (6 s here).
+    let config = projector_worker::queue::config();
+    let mut conn = c.redis.connection();
+    wait_until(Duration::from_secs(60), "finished jobs are vacuumed", || {
+        redis::cmd("HLEN").arg(config.job_data_hash()).query::<u64>(&mut conn).expect("hlen") == 0
+    });
+    // Live, bounded by what is in flight or configured, and named here on purpose.
+    let bounded = [
+        config.active_jobs_list(),
+        config.scheduled_jobs_set(),
+        config.dead_jobs_set(),
+        config.workers_set(),
+        config.signal_list(),
+        "core:apalis:queues:list".to_owned(),
+    ];
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).expect("keys");
+    let mut unbounded = Vec::new();
+    for key in keys {
+        let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn).expect("pttl");
+        if ttl < 0 && !bounded.contains(&key) {
+            unbounded.push(key);
+        }
+    }
+    assert!(unbounded.is_empty(), "keys with no TTL and no bound: {unbounded:?}");
+}

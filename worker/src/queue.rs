@@ -120,6 +120,13 @@ pub async fn quarantine_unfetchable(conn: &ConnectionManager, loop_name: &str) -
     Ok(moved)
 }
 
+/// Lets a running job loop's apalis worker metadata expire after `ttl` unless refreshed (by
+/// housekeeping, every round), so a worker killed with SIGKILL leaves nothing behind for good.
+pub async fn expire_worker(conn: &ConnectionManager, loop_name: &str, ttl: Duration) -> Result<(), redis::RedisError> {
+    let key = format!("{}:workers:metadata:{loop_name}", keys::JOB_QUEUE);
+    redis::cmd("PEXPIRE").arg(key).arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)).query_async::<()>(&mut conn.clone()).await
+}
+
 /// Deletes a finished job loop's apalis worker metadata (`…:workers:metadata:<name>`), which
 /// apalis keeps forever and would grow by one key per worker start or loop restart.
 pub async fn forget_worker(conn: &ConnectionManager, loop_name: &str) -> Result<(), redis::RedisError> {
@@ -127,8 +134,42 @@ pub async fn forget_worker(conn: &ConnectionManager, loop_name: &str) -> Result<
     redis::cmd("DEL").arg(key).query_async::<()>(&mut conn.clone()).await
 }
 
-/// Empties apalis's done set: it gains one member per finished job and never shrinks, and nothing
-/// reads it once the vacuum has deleted the jobs' data (apalis's own stats read it as a zset).
-pub async fn trim_done(conn: &ConnectionManager) -> Result<(), redis::RedisError> {
-    redis::cmd("DEL").arg(config().done_jobs_set()).query_async::<()>(&mut conn.clone()).await
+/// KEYS: done set, data hash, meta prefix. ARGV: max jobs. Deletes the data and metadata of up to
+/// ARGV[1] finished jobs and takes them out of the done set; returns how many.
+const VACUUM_DONE: &str = r"
+local done, data, meta = KEYS[1], KEYS[2], KEYS[3]
+local ids = redis.call('SPOP', done, tonumber(ARGV[1]))
+for _, id in ipairs(ids) do
+  redis.call('HDEL', data, id)
+  redis.call('DEL', meta .. ':' .. id)
+  redis.call('HDEL', meta .. ':result', id)
+end
+return #ids
+";
+
+static VACUUM_DONE_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(VACUUM_DONE));
+
+/// Deletes finished jobs (data, metadata, done-set entry) in bounded steps; returns how many.
+///
+/// apalis's own vacuum deletes every job whose status is Done, Failed or Killed, and a job that
+/// apalis put back for a retry carries status Failed while it waits in the scheduled set: its
+/// data would be deleted and the retry would become a poison entry, losing its org
+/// (docs/apalis-redis.md#vacuum-deletes-retries). This one deletes only jobs in the done set, and
+/// keeps the dead set for operators.
+pub async fn vacuum_done(conn: &ConnectionManager) -> Result<u64, redis::RedisError> {
+    let config = config();
+    let mut removed = 0u64;
+    loop {
+        let n: u64 = VACUUM_DONE_SCRIPT
+            .key(config.done_jobs_set())
+            .key(config.job_data_hash())
+            .key(config.job_meta_hash())
+            .arg(PROMOTE_CHUNK)
+            .invoke_async(&mut conn.clone())
+            .await?;
+        removed += n;
+        if n < PROMOTE_CHUNK as u64 {
+            return Ok(removed);
+        }
+    }
 }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apalis::prelude::{BoxDynError, Data, WorkerBuilder, WorkerBuilderExt};
-use apalis_core::backend::Vacuum;
 use apalis_core::backend::ext::BackendExt;
 use apalis_redis::RedisStorage;
 use projector_config::{Config, OnRedisError, OnSlotTimeout};
@@ -146,9 +145,11 @@ pub async fn run(config: Config, readiness: Readiness, shutdown: CancellationTok
         query_url = config.query.url.as_deref().unwrap_or("-"), concurrency = config.worker.concurrency,
         slots_limit = %in_force, "worker started"
     );
-    let housekeeper = Housekeeping { conn: conn.clone(), slots, name: name.clone(), every: config.worker.housekeeping_interval };
+    let (current_loop, loop_name) = tokio::sync::watch::channel(String::new());
+    let housekeeper =
+        Housekeeping { conn: conn.clone(), slots, name: name.clone(), every: config.worker.housekeeping_interval, current_loop: loop_name };
     let housekeeping = tokio::spawn(housekeeper.run(shutdown.clone()));
-    let result = supervise(&config, &name, &conn, &state, &readiness, &shutdown).await;
+    let result = supervise(&config, &name, &conn, &state, &readiness, &current_loop, &shutdown).await;
     readiness.set_job_loop_running(false);
     // Housekeeping ends on the same shutdown signal; a panic there is reported, not lost.
     if let Err(e) = housekeeping.await {
@@ -191,6 +192,7 @@ async fn supervise(
     conn: &ConnectionManager,
     state: &Arc<WorkerState>,
     readiness: &Readiness,
+    current_loop: &tokio::sync::watch::Sender<String>,
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
     let conn = conn.clone();
@@ -208,6 +210,7 @@ async fn supervise(
             tracing::warn!(error = %e, "cannot move due jobs to the ready list; retried by the job loop");
         }
         let storage = RedisStorage::<serde_json::Value>::new(conn.clone()).with_config(queue::config());
+        current_loop.send_replace(format!("{name}-{attempt}"));
         let worker = WorkerBuilder::new(format!("{name}-{attempt}"))
             .backend(storage.poll_with_interval(POLL_INTERVAL))
             .data(state.clone())
@@ -368,6 +371,8 @@ async fn malformed(state: &WorkerState, payload: serde_json::Value, e: serde_jso
 /// leases in Redis, the worker heartbeat, and a vacuum of finished jobs every minute (apalis keeps
 /// them forever). See docs/apalis-redis.md for the apalis-redis behaviour this works around.
 struct Housekeeping {
+    /// The apalis name of the job loop running now, whose metadata must expire if we die.
+    current_loop: tokio::sync::watch::Receiver<String>,
     conn: ConnectionManager,
     slots: RedisSlotLimiter,
     name: String,
@@ -376,7 +381,6 @@ struct Housekeeping {
 
 impl Housekeeping {
     async fn run(self, shutdown: CancellationToken) {
-        let mut storage = RedisStorage::<serde_json::Value>::new(self.conn.clone()).with_config(queue::config());
         let mut ticker = tokio::time::interval(self.every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut rounds = 0u32;
@@ -388,12 +392,9 @@ impl Housekeeping {
             self.run_once().await;
             rounds += 1;
             if rounds.is_multiple_of(VACUUM_EVERY_ROUNDS) {
-                match storage.vacuum().await {
+                match queue::vacuum_done(&self.conn).await {
                     Ok(n) => tracing::debug!(removed = n, "vacuumed finished jobs"),
                     Err(e) => tracing::warn!(error = %e, "vacuum of finished jobs failed; retried next minute"),
-                }
-                if let Err(e) = queue::trim_done(&self.conn).await {
-                    tracing::debug!(error = %e, "cannot trim the done set; retried next minute");
                 }
             }
         }
@@ -417,6 +418,10 @@ impl Housekeeping {
         }
         if let Err(e) = projector_shared::heartbeat::beat(&self.conn, &self.name).await {
             tracing::debug!(error = %e, "cannot write the worker heartbeat");
+        }
+        let current = self.current_loop.borrow().clone();
+        if let Err(e) = queue::expire_worker(&self.conn, &current, projector_shared::heartbeat::ALIVE_WITHIN * 4).await {
+            tracing::debug!(error = %e, "cannot refresh the job loop's metadata expiry");
         }
     }
 }
