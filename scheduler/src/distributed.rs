@@ -53,10 +53,29 @@ async fn plan(config: &Config, conn: &ConnectionManager, run_id: RunId, tick: Da
     Ok(Plan::new(config, &orgs, run_id, tick, &rollout))
 }
 
-/// One fan-out now. With a tick, the run id is the tick's, so re-running finishes an interrupted
-/// fan-out without duplicates; without one, it is a fresh manual run.
-pub async fn run_once(config: &Config, mode: RunOnceMode, tick: Option<DateTime<Utc>>) -> Result<RunOnceResult, Error> {
+/// Which run `run-once` fans out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Which {
+    /// A fresh manual run.
+    New,
+    /// The run of this cron tick: re-running finishes an interrupted fan-out without duplicates.
+    Tick(DateTime<Utc>),
+    /// An existing run, finished from the plan stored with it.
+    Resume(RunId),
+}
+
+/// One fan-out now (or the rest of one, with [`Which::Resume`]).
+pub async fn run_once(config: &Config, mode: RunOnceMode, which: Which) -> Result<RunOnceResult, Error> {
     let conn = connect(config)?;
+    if let Which::Resume(run_id) = which {
+        let enqueued = crate::fanout::resume(&conn, &run_id).await?;
+        tracing::info!(run_id = %run_id, new = enqueued.new, duplicates = enqueued.duplicates, "run resumed from its stored plan");
+        return follow(&conn, run_id, mode, enqueued, projector_shared::run::BadLines::default()).await;
+    }
+    let tick = match which {
+        Which::Tick(t) => Some(t),
+        _ => None,
+    };
     let endpoint = projector_shared::redis_conn::Endpoint::from(&config.redis);
     tracing::info!(redis = %endpoint.redacted(), orgs_source = ?config.orgs.source, orgs_count = config.orgs.count, "run-once starting");
     let (run_id, tick) = match tick {
@@ -76,16 +95,27 @@ pub async fn run_once(config: &Config, mode: RunOnceMode, tick: Option<DateTime<
         run_id = %run_id, orgs = plan.jobs.len(), batches = plan.batches, new = enqueued.new,
         duplicates = enqueued.duplicates, took_ms = started.elapsed().as_millis() as u64, "run fanned out"
     );
+    follow(&conn, run_id, mode, enqueued, plan.bad_lines.clone()).await
+}
+
+/// After the fan-out: return, or follow the run to its end.
+async fn follow(
+    conn: &ConnectionManager,
+    run_id: RunId,
+    mode: RunOnceMode,
+    enqueued: crate::fanout::Enqueued,
+    bad_lines: projector_shared::run::BadLines,
+) -> Result<RunOnceResult, Error> {
     match mode {
         RunOnceMode::DryRun | RunOnceMode::Enqueue => {
             Ok(RunOnceResult::Enqueued { run_id, new: enqueued.new, duplicates: enqueued.duplicates })
         }
         RunOnceMode::Wait(timeout) => {
-            let (mut summary, end) = wait_for_run(&conn, &run_id, timeout).await?;
-            summary.bad_lines = plan.bad_lines.clone();
+            let (mut summary, end) = wait_for_run(conn, &run_id, timeout).await?;
+            summary.bad_lines = bad_lines;
             // When nothing moved, whether any worker is alive is the first thing to know.
             let workers_alive = match end {
-                WaitEnd::TimedOut => projector_shared::heartbeat::alive(&conn).await.ok(),
+                WaitEnd::TimedOut => projector_shared::heartbeat::alive(conn).await.ok(),
                 WaitEnd::Accounted => None,
             };
             Ok(RunOnceResult::Finished { summary, end, workers_alive })

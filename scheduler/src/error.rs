@@ -11,6 +11,9 @@ pub enum Error {
     #[error("cannot enqueue jobs of run {run_id}: {detail}")]
     Enqueue { run_id: String, detail: String },
 
+    #[error("cannot resume run {run_id}: {detail}")]
+    Resume { run_id: String, detail: String },
+
     #[error("schedule.cron {expr:?} cannot be read: {detail}")]
     Schedule { expr: String, detail: String },
 

@@ -121,19 +121,69 @@ pub struct Enqueued {
 /// the same run id: idempotency keys (`{run}:org-{id}`) drop the jobs already enqueued.
 pub async fn enqueue(conn: &ConnectionManager, plan: &Plan) -> Result<Enqueued, Error> {
     let enqueue_error = |detail: String| Error::Enqueue { run_id: plan.run_id.to_string(), detail };
-    RunRecords::new(conn.clone())
-        .create(&plan.run_id, plan.tick, plan.jobs.len() as u64)
-        .await
-        .map_err(|e| enqueue_error(e.to_string()))?;
+    let records = RunRecords::new(conn.clone());
+    records.create(&plan.run_id, plan.tick, plan.jobs.len() as u64).await.map_err(|e| enqueue_error(e.to_string()))?;
+    // The whole plan is stored before the first job: the run then accounts only for its own orgs,
+    // and a fan-out cut short can be finished by run id (`run-once --resume`).
+    let orgs: Vec<_> = plan.jobs.iter().map(|p| (p.job.org_id, p.job.project_ids.clone())).collect();
+    records.store_plan(&plan.run_id, &orgs).await.map_err(|e| enqueue_error(e.to_string()))?;
+    tracing::info!(run_id = %plan.run_id, orgs = orgs.len(), "run planned; enqueuing");
+    push_jobs(conn, &plan.run_id, &plan.jobs).await
+}
+
+/// Pushes jobs in bulk script calls; jobs already enqueued (same idempotency key) are skipped.
+async fn push_jobs(conn: &ConnectionManager, run_id: &RunId, jobs: &[PlannedJob]) -> Result<Enqueued, Error> {
     let mut new = 0u64;
-    for chunk in plan.jobs.chunks(PUSH_CHUNK) {
+    for chunk in jobs.chunks(PUSH_CHUNK) {
         let tasks: Vec<_> =
             chunk.iter().map(|p| queue::task(&p.job, p.release_at.timestamp().max(0) as u64, p.job.idempotency_key())).collect();
-        new += queue::push(conn, &tasks)
-            .await
-            .map_err(|e| enqueue_error(format!("{e} (jobs enqueued so far stay; re-run the same tick to finish without duplicates)")))?;
+        new += queue::push(conn, &tasks).await.map_err(|e| Error::Enqueue {
+            run_id: run_id.to_string(),
+            detail: format!("{e} (jobs enqueued so far stay; finish the run with run-once --resume {run_id})"),
+        })?;
+        tracing::debug!(run_id = %run_id, jobs = chunk.len(), enqueued_so_far = new, "jobs enqueued");
     }
-    Ok(Enqueued { new, duplicates: plan.jobs.len() as u64 - new })
+    Ok(Enqueued { new, duplicates: jobs.len() as u64 - new })
+}
+
+/// Finishes the fan-out of a run that was cut short, from the plan stored with it: every planned
+/// org's job is enqueued again under its idempotency key, so only the missing ones are new. They
+/// are released now (spread as the fan-out spreads them), not at their batch's original time.
+pub async fn resume(conn: &ConnectionManager, run_id: &RunId) -> Result<Enqueued, Error> {
+    let records = RunRecords::new(conn.clone());
+    let Some(stored) = records.plan(run_id).await? else {
+        return Err(Error::Resume { run_id: run_id.to_string(), detail: "no record of it (records are kept 7 days)".to_owned() });
+    };
+    if (stored.orgs.len() as u64) < stored.orgs_total {
+        return Err(Error::Resume {
+            run_id: run_id.to_string(),
+            detail: format!(
+                "its plan was stored for {} of {} orgs before the fan-out stopped, and no job was enqueued yet; start it again (for a cron tick: run-once --tick {})",
+                stored.orgs.len(),
+                stored.orgs_total,
+                stored.tick.to_rfc3339()
+            ),
+        });
+    }
+    let now = Utc::now();
+    let jobs: Vec<PlannedJob> = stored
+        .orgs
+        .into_iter()
+        .enumerate()
+        .map(|(i, (org_id, project_ids))| PlannedJob {
+            job: SpikeProjectionJob {
+                run_id: run_id.clone(),
+                org_id,
+                batch_index: 0,
+                scheduled_at: stored.tick,
+                project_ids,
+                reschedules: 0,
+            },
+            release_at: now + TimeDelta::seconds((i / MAX_DUE_PER_SECOND) as i64),
+            limited: true,
+        })
+        .collect();
+    push_jobs(conn, run_id, &jobs).await
 }
 
 /// How following a run ended.

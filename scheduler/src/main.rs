@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use projector_config::{ConfigArgs, FanOutArgs, JobArgs};
-use projector_scheduler::distributed::{RunOnceMode, RunOnceResult, limit_in_force, run_once, serve};
+use projector_scheduler::distributed::{RunOnceMode, RunOnceResult, Which, limit_in_force, run_once, serve};
 use projector_scheduler::embedded::{EmbeddedOptions, run_embedded};
 use projector_scheduler::fanout::WaitEnd;
 use projector_scheduler::report::{FailOn, exit, summary_table, write_summary_json};
@@ -76,6 +76,11 @@ struct RunOnceArgs {
     #[arg(long, value_name = "RFC3339", conflicts_with = "embedded")]
     tick: Option<chrono::DateTime<chrono::Utc>>,
 
+    /// Finish the fan-out of an existing run (e.g. one whose scheduler was killed mid-fan-out)
+    /// from the plan stored with it: only its orgs whose jobs are missing are enqueued
+    #[arg(long, value_name = "RUN_ID", conflicts_with_all = ["embedded", "tick", "dry_run"])]
+    resume: Option<String>,
+
     /// Outcomes that make a finished run exit 3: "any" (every outcome but completed), "none",
     /// or a list such as failed,rate_limited to tolerate skips on purpose
     #[arg(long, value_name = "OUTCOMES", default_value = "any")]
@@ -142,7 +147,12 @@ async fn run(command: Command, config: projector_config::Config) -> anyhow::Resu
         (false, true) => RunOnceMode::Wait(args.wait_timeout),
         (false, false) => RunOnceMode::Enqueue,
     };
-    match run_once(&config, mode, args.tick).await? {
+    let which = match (&args.resume, args.tick) {
+        (Some(run_id), _) => Which::Resume(projector_shared::RunId(run_id.clone())),
+        (None, Some(tick)) => Which::Tick(tick),
+        (None, None) => Which::New,
+    };
+    match run_once(&config, mode, which).await? {
         RunOnceResult::DryRun(plan) => {
             telemetry::print(&plan);
             Ok(ExitCode::SUCCESS)

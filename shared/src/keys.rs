@@ -78,6 +78,13 @@ pub fn run(run_id: &crate::RunId) -> String {
     format!("projector:run:{}", run_id.0)
 }
 
+/// Hash of one run's plan: org id → its project ids, comma-separated. Written before any job is
+/// enqueued; the run records outcomes only for these orgs, and `run-once --resume` rebuilds the
+/// run's jobs from it.
+pub fn run_plan(run_id: &crate::RunId) -> String {
+    format!("projector:run:{}:plan", run_id.0)
+}
+
 /// Hash of one run's organizations: org id → outcome (the first recorded wins).
 pub fn run_orgs(run_id: &crate::RunId) -> String {
     format!("projector:run:{}:orgs", run_id.0)

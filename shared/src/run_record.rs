@@ -17,10 +17,13 @@ use crate::run::{Outcome, RunSummary};
 pub const RUN_RECORD_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// KEYS: run hash, run orgs hash. ARGV: org, outcome, ttl_ms. The first outcome of an org wins.
-/// Returns 0 if the org already had an outcome, 1 if this call recorded it, 2 if it recorded the
-/// run's last org (so exactly one worker sees the run finish).
+/// Returns -1 if the run does not exist, -2 if the org is not in the run's plan, 0 if the org
+/// already had an outcome, 1 if this call recorded it, 2 if it recorded the run's last org (so
+/// exactly one worker sees the run finish).
 const RECORD: &str = r"
-local run, orgs = KEYS[1], KEYS[2]
+local run, orgs, plan = KEYS[1], KEYS[2], KEYS[3]
+if redis.call('EXISTS', run) == 0 then return -1 end
+if redis.call('HEXISTS', plan, ARGV[1]) == 0 then return -2 end
 if redis.call('HSETNX', orgs, ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('HINCRBY', run, ARGV[2], 1)
 redis.call('PEXPIRE', run, ARGV[3])
@@ -33,12 +36,38 @@ return 1
 /// What recording an outcome did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
+    /// No such run (expired, or a job naming a run that never existed): nothing recorded.
+    UnknownRun,
+    /// The org is not in the run's plan: nothing recorded, the run's totals stay true.
+    NotPlanned,
     /// The org already had an outcome (a duplicate delivery); nothing changed.
     AlreadyAccounted,
     /// The outcome is recorded.
     Recorded,
     /// The outcome is recorded and it was the run's last org.
     FinishedTheRun,
+}
+
+/// Whether a job may run, by its run record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The org of a planned run has no outcome yet: run the job.
+    Open,
+    /// Already accounted for (a duplicate delivery): acknowledge without querying.
+    Accounted(Outcome),
+    /// No such run: refuse without querying.
+    UnknownRun,
+    /// The org is not in the run's plan: refuse without querying.
+    NotPlanned,
+}
+
+/// A run's plan as stored in Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPlan {
+    pub tick: DateTime<Utc>,
+    /// How many orgs the run was planned with; more than `orgs.len()` means the plan was cut short.
+    pub orgs_total: u64,
+    pub orgs: Vec<(OrgId, Vec<crate::ProjectId>)>,
 }
 
 /// Whether a summary lists the ids of orgs that did not complete (one read per org) or only totals.
@@ -78,18 +107,106 @@ impl RunRecords {
     /// Records how an org ended; a second outcome for the same org (duplicate delivery) is ignored.
     pub async fn record(&self, run_id: &RunId, org: OrgId, outcome: Outcome) -> Result<Recorded, Error> {
         // Idempotent (the first outcome wins), so a transient error is simply retried.
-        let recorded: u8 = retry_transient(|| {
+        let recorded: i8 = retry_transient(|| {
             let mut conn = self.conn.clone();
             let mut invocation = self.record.key(keys::run(run_id));
-            invocation.key(keys::run_orgs(run_id)).arg(org.0).arg(outcome.as_str()).arg(RUN_RECORD_TTL.as_millis() as u64);
+            invocation
+                .key(keys::run_orgs(run_id))
+                .key(keys::run_plan(run_id))
+                .arg(org.0)
+                .arg(outcome.as_str())
+                .arg(RUN_RECORD_TTL.as_millis() as u64);
             async move { invocation.invoke_async(&mut conn).await }
         })
         .await
         .map_err(Error::redis(format!("recording org {org} of run {run_id}")))?;
         Ok(match recorded {
+            -1 => Recorded::UnknownRun,
+            -2 => Recorded::NotPlanned,
             0 => Recorded::AlreadyAccounted,
             2 => Recorded::FinishedTheRun,
             _ => Recorded::Recorded,
+        })
+    }
+
+    /// Stores the run's plan (org → project ids), in bounded steps; call before enqueuing any job.
+    pub async fn store_plan(&self, run_id: &RunId, orgs: &[(OrgId, Vec<crate::ProjectId>)]) -> Result<(), Error> {
+        let key = keys::run_plan(run_id);
+        for chunk in orgs.chunks(2_000) {
+            let mut pipe = redis::pipe();
+            for (org, projects) in chunk {
+                let list = projects.iter().map(|p| p.0.to_string()).collect::<Vec<_>>().join(",");
+                pipe.hset(&key, org.0, list).ignore();
+            }
+            pipe.pexpire(&key, RUN_RECORD_TTL.as_millis() as i64).ignore();
+            retry_transient(|| {
+                let mut conn = self.conn.clone();
+                let pipe = pipe.clone();
+                async move { pipe.query_async::<()>(&mut conn).await }
+            })
+            .await
+            .map_err(Error::redis(format!("storing the plan of run {run_id}")))?;
+        }
+        Ok(())
+    }
+
+    /// The run's plan and tick, as `store_plan` and `create` left them: `None` if the run is unknown.
+    pub async fn plan(&self, run_id: &RunId) -> Result<Option<StoredPlan>, Error> {
+        let mut conn = self.conn.clone();
+        let doing = || format!("reading the plan of run {run_id}");
+        let (tick, total): (Option<String>, Option<u64>) = redis::pipe()
+            .hget(keys::run(run_id), "tick")
+            .hget(keys::run(run_id), "orgs_total")
+            .query_async(&mut conn)
+            .await
+            .map_err(Error::redis(doing()))?;
+        let (Some(tick), Some(orgs_total)) = (tick, total) else { return Ok(None) };
+        let tick = DateTime::parse_from_rfc3339(&tick)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| Error::Redis { doing: doing(), detail: format!("bad tick {tick:?}: {e}") })?;
+        let mut orgs = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, page): (u64, Vec<(u64, String)>) = redis::cmd("HSCAN")
+                .arg(keys::run_plan(run_id))
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(2_000)
+                .query_async(&mut conn)
+                .await
+                .map_err(Error::redis(doing()))?;
+            for (org, list) in page {
+                let projects = list.split(',').filter_map(|p| p.parse().ok()).map(crate::ProjectId).collect();
+                orgs.push((OrgId(org), projects));
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        orgs.sort_by_key(|(org, _)| *org);
+        Ok(Some(StoredPlan { tick, orgs_total, orgs }))
+    }
+
+    /// Whether a job for (run, org) may run: its run exists, the org is in the run's plan and has
+    /// no outcome yet. One round trip.
+    pub async fn admit(&self, run_id: &RunId, org: OrgId) -> Result<Admission, Error> {
+        let (run_exists, planned, outcome): (bool, bool, Option<String>) = retry_transient(|| {
+            let mut conn = self.conn.clone();
+            let pipe = redis::pipe()
+                .exists(keys::run(run_id))
+                .hexists(keys::run_plan(run_id), org.0)
+                .hget(keys::run_orgs(run_id), org.0)
+                .to_owned();
+            async move { pipe.query_async(&mut conn).await }
+        })
+        .await
+        .map_err(Error::redis(format!("checking org {org} of run {run_id}")))?;
+        Ok(match (run_exists, planned, outcome.as_deref().and_then(Outcome::parse)) {
+            (false, _, _) => Admission::UnknownRun,
+            (true, false, _) => Admission::NotPlanned,
+            (true, true, Some(outcome)) => Admission::Accounted(outcome),
+            (true, true, None) => Admission::Open,
         })
     }
 

@@ -241,3 +241,40 @@ fn every_key_has_a_ttl_or_a_bounded_size_after_many_jobs_and_restarts() {
     }
     assert!(unbounded.is_empty(), "keys with no TTL and no bound: {unbounded:?}");
 }
+
+/// The scheduler is killed (SIGKILL) in the middle of a fan-out; `run-once --resume <run_id>`
+/// finishes that same run from its stored plan: every org planned once, queried once.
+#[test]
+fn a_fan_out_killed_half_way_is_finished_by_run_id_without_querying_any_org_twice() {
+    let c = Cluster::start(RedisServer::start(), "1ms", &[("PROJECTOR_SINK_KIND", "discard")]);
+    let orgs = 2_100u64;
+    let mut cmd = command(workspace_bin("projector-scheduler"));
+    cmd.args(["run-once", "--batch-delay", "0s", "--orgs", &orgs.to_string()])
+        .envs(c.env.iter().cloned())
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null());
+    let fan_out = Proc::spawn(cmd);
+    let planned = fan_out.wait_for_line(&["run planned"], Duration::from_secs(60));
+    let run_id = planned.split("run_id=").nth(1).and_then(|r| r.split_whitespace().next()).expect("run id").to_owned();
+    fan_out.wait_for_line(&["jobs enqueued"], Duration::from_secs(60));
+    let log = fan_out.stderr();
+    drop(fan_out); // SIGKILL, mid-way through the chunks in most runs
+    let chunks_before_kill = log.matches("jobs enqueued").count();
+    let _w = c.worker(&["--concurrency", "64"]);
+    let mut resume = command(workspace_bin("projector-scheduler"));
+    resume.args(["run-once", "--resume", &run_id, "--wait", "--wait-timeout", "150s"]).envs(c.env.iter().cloned()).stdout(Stdio::piped());
+    let outcomes = c.finish(Proc::spawn(resume), orgs);
+    assert_eq!(outcomes.get("completed").copied(), Some(orgs), "{outcomes:?} (the kill came after {chunks_before_kill} of 2 chunks)");
+    assert_eq!(c.fake.stats_now()["requests"].as_u64(), Some(orgs), "each org queried exactly once");
+    // Resuming again enqueues nothing new.
+    let again = command(workspace_bin("projector-scheduler"))
+        .args(["run-once", "--resume", &run_id])
+        .envs(c.env.iter().cloned())
+        .output()
+        .expect("resume again");
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains(&format!("0 jobs enqueued, {orgs} already enqueued")),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+}

@@ -170,8 +170,9 @@ fn two_schedulers_on_the_same_tick_fan_out_once() {
     };
     let replicas = [serve(&env), serve(&env)];
     // Two ticks, each seen by both replicas: one fans it out, the other stands aside.
-    replicas[0].wait_for_lines(&["run_id="], 2, Duration::from_secs(60));
-    replicas[1].wait_for_lines(&["run_id="], 2, Duration::from_secs(60));
+    // Per tick, each replica logs either "tick fanned out" or "another … fans out this tick".
+    replicas[0].wait_for_lines(&["tick", "run_id="], 2, Duration::from_secs(60));
+    replicas[1].wait_for_lines(&["tick", "run_id="], 2, Duration::from_secs(60));
     let logs: Vec<String> = replicas.iter().map(Proc::stderr).collect();
     drop(replicas);
     let run_of = |line: &str| line.split("run_id=").nth(1).and_then(|r| r.split_whitespace().next()).map(str::to_owned);
@@ -179,7 +180,7 @@ fn two_schedulers_on_the_same_tick_fan_out_once() {
     let stood_aside: Vec<String> =
         logs.iter().flat_map(|l| l.lines()).filter(|l| l.contains("another scheduler replica")).filter_map(run_of).collect();
     // Both replicas logged the first two ticks: each was fanned out by exactly one of them.
-    let first_ticks: Vec<String> = logs[0].lines().filter_map(run_of).take(2).collect();
+    let first_ticks: Vec<String> = logs[0].lines().filter(|l| l.contains("tick")).filter_map(run_of).take(2).collect();
     for run in &first_ticks {
         let by = fanned.iter().filter(|r| *r == run).count();
         assert_eq!(by, 1, "tick {run} fanned out by exactly one replica: {logs:?}");
@@ -281,6 +282,11 @@ fn a_malformed_job_is_counted_as_failed_and_the_worker_goes_on() {
     // A job whose org id is readable but whose other fields are not.
     runtime().block_on(async {
         let (_, mut conn) = projector_shared::redis_conn::connection_manager(redis.url(), Duration::from_secs(2)).expect("conn");
+        // Its run exists and plans org 7: the run must account for the malformed job.
+        let records = projector_shared::run_record::RunRecords::new(conn.clone());
+        let run = projector_shared::RunId("run-bad".into());
+        records.create(&run, chrono::Utc::now(), 1).await.expect("create");
+        records.store_plan(&run, &[(OrgId(7), vec![])]).await.expect("plan");
         let bad = serde_json::json!({"run_id": "run-bad", "org_id": 7, "scheduled_at": "yesterday"});
         let task = apalis::prelude::TaskBuilder::new(serde_json::to_vec(&bad).expect("json")).build();
         // And one that is not even JSON: apalis-redis fails the whole fetch on it.
@@ -479,4 +485,56 @@ fn a_duplicate_delivery_is_acknowledged_without_a_second_query_and_metrics_are_s
     wait_until(Duration::from_secs(10), "utilization returns to 0", || {
         projector_tests::sample(&get(&addr, "/metrics").1, "spike_projection_utilization_percent") == Some(0.0)
     });
+}
+
+/// Run accounting accepts no strangers: a job for an org the run did not plan, or for a run that
+/// does not exist, is refused without a query and leaves the run's totals true.
+#[test]
+fn jobs_for_unplanned_orgs_or_unknown_runs_are_refused_without_a_query() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "10ms"]);
+    let env = env(&redis, &fake);
+    let w = worker(&env, &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.json");
+    let out = scheduler(
+        &env,
+        &[
+            "run-once",
+            "--wait",
+            "--wait-timeout",
+            "60s",
+            "--orgs",
+            "3",
+            "--batch-delay",
+            "0s",
+            "--summary-json",
+            path.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run_id = summary(&path)["run_id"].as_str().expect("run id").to_owned();
+    runtime().block_on(async {
+        let (_, mut conn) = projector_shared::redis_conn::connection_manager(redis.url(), Duration::from_secs(2)).expect("conn");
+        let job = |run: &str, org: u64| projector_shared::SpikeProjectionJob {
+            run_id: projector_shared::RunId(run.to_owned()),
+            org_id: OrgId(org),
+            batch_index: 0,
+            scheduled_at: chrono::Utc::now(),
+            project_ids: vec![],
+            reschedules: 0,
+        };
+        let tasks: Vec<_> =
+            [job(&run_id, 99_999), job("run-bogus", 1)].iter().map(|j| apalis::prelude::TaskBuilder::new(j.encode()).build()).collect();
+        apalis_redis::queries::push_tasks(&mut conn, &projector_worker::queue::config(), &tasks).await.expect("push");
+    });
+    w.wait_for_line(&["job refused without a query", "org_id=99999", "reason=\"not_planned\""], Duration::from_secs(30));
+    w.wait_for_line(&["job refused without a query", "run-bogus", "reason=\"unknown_run\""], Duration::from_secs(30));
+    assert_eq!(fake.stats_now()["requests"], 3, "neither stranger was queried");
+    let mut conn = redis.connection();
+    let recorded: std::collections::HashMap<u64, String> =
+        redis::cmd("HGETALL").arg(format!("projector:run:{run_id}:orgs")).query(&mut conn).expect("hgetall");
+    assert_eq!(recorded.len(), 3, "the run still accounts for exactly its 3 orgs: {recorded:?}");
+    let exists: bool = redis::cmd("EXISTS").arg("projector:run:run-bogus:orgs").query(&mut conn).expect("exists");
+    assert!(!exists, "no record was made up for a run that never existed");
 }

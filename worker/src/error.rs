@@ -41,7 +41,8 @@ pub enum Error {
 }
 
 /// Every `reason` label of `run_spike_projection_error_total`: [`Error::reason`]'s values plus
-/// `malformed_job` (a payload that is not a job). Registered at zero at start.
+/// `malformed_job` (a payload that is not a job), `unknown_run` and `not_planned` (a job refused
+/// because its run or its org is not in the run record). Registered at zero at start.
 pub const REASONS: &[&str] = &[
     "rate_limited",
     "server_error",
@@ -55,6 +56,8 @@ pub const REASONS: &[&str] = &[
     "slot_unavailable",
     "internal",
     "malformed_job",
+    "unknown_run",
+    "not_planned",
 ];
 
 /// Every `kind` label of `projector_query_errors_total`: the query errors' reasons.

@@ -13,7 +13,7 @@ use projector_shared::SpikeProjectionJob;
 use projector_shared::metrics as m;
 use projector_shared::rollout::Rollout;
 use projector_shared::run::Outcome;
-use projector_shared::run_record::{OrgIds, Recorded, RunRecords};
+use projector_shared::run_record::{Admission, OrgIds, Recorded, RunRecords};
 use projector_shared::slots::{FailOpenLimiter, RedisSlotLimiter, RedisSlotSettings, SlotLimiter};
 use rand::Rng;
 use redis::aio::ConnectionManager;
@@ -304,15 +304,22 @@ async fn handle_job(payload: serde_json::Value, state: Data<Arc<WorkerState>>) -
         Ok(job) => job,
         Err(e) => return malformed(&state, payload, e).await,
     };
-    match state.records.outcome_of(&job.run_id, job.org_id).await {
-        Ok(Some(outcome)) => {
+    match state.records.admit(&job.run_id, job.org_id).await {
+        Ok(Admission::Open) => {}
+        Ok(Admission::Accounted(outcome)) => {
             tracing::info!(run_id = %job.run_id, org_id = %job.org_id, outcome = outcome.as_str(), "duplicate delivery; already accounted for");
             return Ok(());
         }
-        Ok(None) => {}
-        Err(e) => {
-            tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, error = %e, "cannot check for a duplicate delivery; running the job")
+        Ok(refused @ (Admission::UnknownRun | Admission::NotPlanned)) => {
+            let (reason, why) = match refused {
+                Admission::UnknownRun => ("unknown_run", "its run does not exist (expired, or never created)"),
+                _ => ("not_planned", "its org is not in the run's plan"),
+            };
+            metrics::counter!(m::TASK_ERROR_TOTAL, "reason" => reason).increment(1);
+            tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, reason, "job refused without a query: {why}");
+            return Ok(());
         }
+        Err(e) => tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, error = %e, "cannot check the run record; running the job"),
     }
     let outcome =
         if state.is_limited(&job).await { state.pipeline.process(&job).await } else { state.pipeline.process_unlimited(&job).await };
@@ -330,6 +337,9 @@ async fn handle_job(payload: serde_json::Value, state: Data<Arc<WorkerState>>) -
     match state.records.record(&job.run_id, job.org_id, outcome).await {
         Ok(Recorded::FinishedTheRun) => log_run_finished(&state.records, &job.run_id).await,
         Ok(Recorded::Recorded | Recorded::AlreadyAccounted) => {}
+        Ok(Recorded::UnknownRun | Recorded::NotPlanned) => {
+            tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, "outcome not recorded: the run or its plan is gone (expired or reset)");
+        }
         Err(e) => {
             tracing::error!(run_id = %job.run_id, org_id = %job.org_id, outcome = outcome.as_str(), error = %e, "cannot record the outcome; the job will be tried again");
             return Err(e.into());
@@ -358,10 +368,14 @@ async fn malformed(state: &WorkerState, payload: serde_json::Value, e: serde_jso
     tracing::error!(error = %e, payload = %sample, "malformed spike-projection job; dropped");
     let run = payload.get("run_id").and_then(|v| v.as_str()).map(|r| projector_shared::RunId(r.to_owned()));
     let org = payload.get("org_id").and_then(|v| v.as_u64()).map(projector_shared::OrgId);
-    if let (Some(run), Some(org)) = (run, org)
-        && let Err(e) = state.records.record(&run, org, Outcome::Failed).await
-    {
-        tracing::warn!(run_id = %run, org_id = %org, error = %e, "cannot record the malformed job as failed");
+    if let (Some(run), Some(org)) = (run, org) {
+        match state.records.record(&run, org, Outcome::Failed).await {
+            Ok(Recorded::UnknownRun | Recorded::NotPlanned) => {
+                tracing::warn!(run_id = %run, org_id = %org, "the malformed job names a run or org that was never planned; not recorded");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(run_id = %run, org_id = %org, error = %e, "cannot record the malformed job as failed"),
+        }
     }
     Ok(())
 }
