@@ -39,29 +39,72 @@ pub struct OrgFile {
 
 /// Parses JSON lines `{"org_id":…, "project_ids":[…], "active":true}`; bad lines are reported, not fatal.
 pub fn parse_org_lines(text: &str) -> OrgFile {
-    let mut out = OrgFile::default();
-    let mut seen = std::collections::HashSet::new();
-    for (i, line) in text.lines().enumerate() {
-        let line_no = i + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<OrgInfo>(line) {
-            Ok(org) if !seen.insert(org.org_id) => {
-                out.bad_lines.push(BadLine { line: line_no, reason: format!("org {} appears twice; the first line is used", org.org_id) })
-            }
-            Ok(org) if !org.active => out.inactive += 1,
-            Ok(org) => out.orgs.push(org),
-            Err(e) => out.bad_lines.push(BadLine { line: line_no, reason: e.to_string() }),
-        }
+    let mut parser = OrgLines::default();
+    for line in text.lines() {
+        parser.line(Ok(line));
     }
-    out
+    parser.out
 }
 
-/// Reads and parses an organizations file.
+/// Reads and parses an organizations file line by line (a large file is never held whole). A
+/// UTF-8 byte-order mark is skipped; a line that is not UTF-8 is reported with its number, like
+/// any other bad line, and the rest of the file is still read.
 pub fn read_org_file(path: &Path) -> Result<OrgFile, Error> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::OrgFile { path: path.to_owned(), source })?;
-    Ok(parse_org_lines(&text))
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).map_err(|source| Error::OrgFile { path: path.to_owned(), source })?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut parser = OrgLines::default();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).map_err(|source| Error::OrgFile { path: path.to_owned(), source })?;
+        if n == 0 {
+            break;
+        }
+        let mut bytes = buf.as_slice();
+        if parser.line_no == 0 {
+            bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+        }
+        let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        parser.line(std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 (invalid byte at column {})", e.valid_up_to() + 1)));
+    }
+    Ok(parser.out)
+}
+
+/// Line-by-line parsing state: line numbers, duplicates, and what was read so far.
+#[derive(Default)]
+struct OrgLines {
+    out: OrgFile,
+    seen: std::collections::HashSet<OrgId>,
+    line_no: usize,
+}
+
+impl OrgLines {
+    /// One line of the file, or why it cannot be read as text.
+    fn line(&mut self, line: Result<&str, String>) {
+        self.line_no += 1;
+        let line_no = self.line_no;
+        let line = match line {
+            Ok(line) => line.trim_start_matches('\u{feff}'),
+            Err(reason) => {
+                self.out.bad_lines.push(BadLine { line: line_no, reason });
+                return;
+            }
+        };
+        if line.trim().is_empty() {
+            return;
+        }
+        match serde_json::from_str::<OrgInfo>(line) {
+            Ok(org) if !self.seen.insert(org.org_id) => self
+                .out
+                .bad_lines
+                .push(BadLine { line: line_no, reason: format!("org {} appears twice; the first line is used", org.org_id) }),
+            Ok(org) if !org.active => self.out.inactive += 1,
+            Ok(org) => self.out.orgs.push(org),
+            Err(e) => self.out.bad_lines.push(BadLine { line: line_no, reason: e.to_string() }),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -85,5 +128,21 @@ not json
         assert_eq!(f.inactive, 1);
         let lines: Vec<usize> = f.bad_lines.iter().map(|b| b.line).collect();
         assert_eq!(lines, [2, 5, 7]);
+    }
+
+    #[test]
+    fn a_bom_is_skipped_and_bad_bytes_are_reported_per_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("orgs.jsonl");
+        let mut bytes = b"\xEF\xBB\xBF{\"org_id\": 1}\r\n".to_vec();
+        bytes.extend_from_slice(b"{\"org_id\": 2, \"name\": \"caf\xE9\"}\n");
+        bytes.extend_from_slice(b"{\"org_id\": 3}\n");
+        std::fs::write(&path, bytes).expect("write");
+        let f = read_org_file(&path).expect("reads");
+        let ids: Vec<u64> = f.orgs.iter().map(|o| o.org_id.0).collect();
+        assert_eq!(ids, [1, 3], "the first org survives the BOM, the rest of the file survives the bad byte");
+        assert_eq!(f.bad_lines.len(), 1);
+        assert_eq!(f.bad_lines[0].line, 2);
+        assert!(f.bad_lines[0].reason.contains("not UTF-8"), "{:?}", f.bad_lines);
     }
 }

@@ -208,11 +208,10 @@ impl RedisSlotLimiter {
         Ok(keys)
     }
 
-    async fn acquire_inner(&self, request: SlotRequest, max_wait: Duration) -> Result<Acquire, Error> {
+    async fn acquire_inner(&self, id: String, request: SlotRequest, max_wait: Duration) -> Result<Acquire, Error> {
         let inner = &self.inner;
         let started = Instant::now();
         let deadline = started + max_wait;
-        let id = uuid::Uuid::new_v4().simple().to_string();
         let info = format!("{}|{}", request.holder, request.org_id);
         // A slot taken for a query is first granted until the query must have ended at the
         // service; renewals then never shorten it (ZADD GT), so a paused holder keeps it.
@@ -363,9 +362,33 @@ impl SlotLimiter for RedisSlotLimiter {
         Box::pin(async move {
             // Whatever Redis does, the caller hears back within max_wait plus one round trip (plus the give-up call).
             let bound = max_wait + self.inner.settings.round_trip_budget * 2;
-            match tokio::time::timeout(bound, self.acquire_inner(request, max_wait)).await {
+            let started = Instant::now();
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            // If this wait ends without an answer (dropped with its job, timed out, or Redis
+            // failed), its place in the queue, or a slot handed to it, must not be left behind
+            // for a waiter that is gone: every later release would hand slots to the ghost.
+            let mut guard =
+                AbandonOnDrop { inner: Some(self.inner.clone()), id: id.clone(), until: started + max_wait + Duration::from_secs(2) };
+            let result = tokio::time::timeout(bound, self.acquire_inner(id, request, max_wait)).await;
+            if matches!(result, Ok(Ok(_))) {
+                guard.inner = None;
+            }
+            match result {
                 Ok(result) => result,
-                Err(_) => Err(Error::SlotBackendUnavailable { detail: format!("no slot decision within {bound:?}") }),
+                // The timer fired far later than asked: this process was stopped or starved (a
+                // pause, a VM stall), not Redis. The job got no slot within max_wait: say so.
+                Err(_) if started.elapsed() > bound + Duration::from_secs(1) => {
+                    tracing::warn!(
+                        waited_ms = started.elapsed().as_millis() as u64,
+                        bound_ms = bound.as_millis() as u64,
+                        "slot wait overran its bound: this process was paused or starved of CPU, not Redis"
+                    );
+                    record_timed_out(started.elapsed());
+                    Ok(Acquire::TimedOut(TimedOut { waited: started.elapsed(), in_use: 0, limit: self.limit(), queue_position: 0 }))
+                }
+                Err(_) => Err(Error::SlotBackendUnavailable {
+                    detail: format!("the slot limiter gave no answer within {bound:?} (Redis slow or unreachable)"),
+                }),
             }
         })
     }
@@ -402,6 +425,57 @@ async fn renew_while_held(inner: Arc<Inner>, id: String, held_until: Instant, lo
             }
             Err(e) => tracing::debug!(lease_id = %id, error = %e, "slot lease renewal failed; retrying"),
         }
+    }
+}
+
+/// Leaves the queue for a wait that ended without an answer: cancels the waiter and gives back a
+/// slot handed to it meanwhile, retrying in the background until the waiter would have expired.
+struct AbandonOnDrop {
+    /// `None` once the wait ended with an answer (granted, or given up cleanly).
+    inner: Option<Arc<Inner>>,
+    id: String,
+    until: Instant,
+}
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.take() else { return };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        let (id, until) = (std::mem::take(&mut self.id), self.until);
+        handle.spawn(async move {
+            let mut pause = Duration::from_millis(100);
+            loop {
+                let cancelled: Result<(u8, u64, u32, u32, u32), Error> = inner
+                    .call(CANCEL.key(inner.keys.script_keys()).arg(&id).arg(ms(inner.settings.lease_ttl)).arg(inner.keys.wake_prefix()))
+                    .await;
+                let released = match cancelled {
+                    Ok((1, ..)) => inner
+                        .call::<(u8, u32, u32, u64)>(
+                            RELEASE
+                                .key(inner.keys.script_keys())
+                                .arg(&id)
+                                .arg(inner.settings.initial_limit)
+                                .arg(ms(inner.settings.handoff_reserve))
+                                .arg(inner.keys.wake_prefix()),
+                        )
+                        .await
+                        .map(|_| ()),
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                match released {
+                    Ok(()) => return,
+                    Err(e) if Instant::now() + pause >= until => {
+                        tracing::debug!(waiter = %id, error = %e, "cannot leave the slot queue; the entry expires on its own");
+                        return;
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+        });
     }
 }
 
