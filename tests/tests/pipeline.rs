@@ -379,12 +379,23 @@ fn a_backlog_of_10000_due_jobs_is_drained_after_a_worker_outage() {
         let (now, _): (u64, u64) = redis::cmd("TIME").query(&mut conn).expect("time");
         last.first().is_some_and(|(_, due)| *due <= now as f64)
     });
-    let _w = worker(&env, &["--concurrency", "64", "--set", "sink.kind=discard"]);
+    let w = worker(&env, &["--concurrency", "64", "--set", "sink.kind=discard"]);
     let run_keys: Vec<String> = redis::cmd("KEYS").arg("projector:run:*").query(&mut conn).expect("keys");
     let orgs_key = format!("{}:orgs", run_keys.first().expect("the run record exists"));
-    wait_until(Duration::from_secs(90), "the worker works through the backlog (500 orgs accounted)", || {
-        redis::cmd("HLEN").arg(&orgs_key).query::<u64>(&mut conn).expect("hlen") >= 500
-    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let accounted: u64 = redis::cmd("HLEN").arg(&orgs_key).query(&mut conn).expect("hlen");
+        if accounted >= 500 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker did not work through the backlog: {accounted} orgs accounted after 90 s; queries: {}; worker log:\n{}",
+            fake.stats_now(),
+            w.stderr().lines().rev().take(30).collect::<Vec<_>>().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
