@@ -380,8 +380,10 @@ fn a_backlog_of_10000_due_jobs_is_drained_after_a_worker_outage() {
         last.first().is_some_and(|(_, due)| *due <= now as f64)
     });
     let w = worker(&env, &["--concurrency", "64", "--set", "sink.kind=discard"]);
-    let run_keys: Vec<String> = redis::cmd("KEYS").arg("projector:run:*").query(&mut conn).expect("keys");
-    let orgs_key = format!("{}:orgs", run_keys.first().expect("the run record exists"));
+    // "run <run_id>: 10000 jobs enqueued, …"
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let run_id = stdout.split_whitespace().nth(1).map(|r| r.trim_end_matches(':')).expect("run id on stdout");
+    let orgs_key = format!("projector:run:{run_id}:orgs");
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
         let accounted: u64 = redis::cmd("HLEN").arg(&orgs_key).query(&mut conn).expect("hlen");
