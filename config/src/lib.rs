@@ -18,7 +18,7 @@ pub use args::{ConfigArgs, FanOutArgs, JobArgs, WorkerArgs};
 pub use error::{ConfigError, Problem};
 pub use keys::{KEYS, KeySpec, env_var_for};
 pub use load::{Env, FlagValue, Source, load};
-pub use value::format_duration;
+pub use value::{format_duration, redact_url};
 
 /// Everything a Projector process can be told, with the defaults below.
 #[derive(Debug, Clone, PartialEq)]
@@ -220,7 +220,7 @@ pub fn to_toml(config: &Config, show_secrets: bool) -> String {
         }
         let mut value = (key.get)(config);
         if !show_secrets {
-            value = value::redact_password(&value);
+            value = value::redact_url(&value);
         }
         if value.is_empty() {
             out.push_str(&format!("# {name} = (not set)\n"));

@@ -66,14 +66,19 @@ pub(crate) fn url(raw: &str, schemes: &[&str]) -> Result<String, String> {
     Ok(text)
 }
 
-/// A URL with its password replaced by `***`; anything else unchanged.
-pub(crate) fn redact_password(text: &str) -> String {
+/// `redis://user:secret@host:6379/0` → `redis://user:***@host:6379/0`. Text that is not a URL is
+/// returned with everything between `://` and `@` masked, so a malformed URL cannot leak either.
+pub fn redact_url(text: &str) -> String {
     match url::Url::parse(text) {
         Ok(mut u) if u.password().is_some() => {
             let _ = u.set_password(Some("***"));
             u.to_string()
         }
-        _ => text.to_owned(),
+        Ok(_) => text.to_owned(),
+        Err(_) => match (text.find("://"), text.rfind('@')) {
+            (Some(start), Some(at)) if at > start => format!("{}://***{}", &text[..start], &text[at..]),
+            _ => text.to_owned(),
+        },
     }
 }
 

@@ -76,21 +76,7 @@ impl From<&Endpoint> for Endpoint {
     }
 }
 
-/// `redis://user:secret@host:6379/0` → `redis://user:***@host:6379/0`. Text that is not a URL is
-/// returned with everything between `://` and `@` masked, so a malformed URL cannot leak either.
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        Ok(_) => url.to_owned(),
-        Err(_) => match (url.find("://"), url.rfind('@')) {
-            (Some(start), Some(at)) if at > start => format!("{}://***{}", &url[..start], &url[at..]),
-            _ => url.to_owned(),
-        },
-    }
-}
+pub use projector_config::redact_url;
 
 /// Masks every URL password that appears in `text` (error messages from libraries quote URLs).
 pub fn redact_text(text: &str, endpoint: &Endpoint) -> String {

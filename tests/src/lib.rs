@@ -97,10 +97,18 @@ pub fn free_port() -> u16 {
 }
 
 /// Polls `condition` until it holds; fails the test with `what` after `timeout`.
-pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+pub fn wait_until(timeout: Duration, what: &str, condition: impl FnMut() -> bool) {
+    wait_until_or(timeout, condition, || format!("timed out after {timeout:?} waiting until {what}"));
+}
+
+/// Polls `condition` until it holds; after `timeout`, fails the test with what `report` says
+/// (called only then, so it can gather logs and stats).
+pub fn wait_until_or(timeout: Duration, mut condition: impl FnMut() -> bool, report: impl FnOnce() -> String) {
     let deadline = Instant::now() + timeout;
     while !condition() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting until {what}");
+        if Instant::now() >= deadline {
+            panic!("{}", report());
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -197,8 +205,7 @@ impl Proc {
     /// Waits for the process to exit within `timeout` (killing it if it does not) and returns its
     /// status, stdout (if piped) and stderr.
     pub fn wait_with_output(mut self, timeout: Duration) -> Output {
-        let mut child = self.child.take().expect("process not yet reaped");
-        let mut stdout = child.stdout.take();
+        let mut stdout = self.child.as_mut().expect("process not yet reaped").stdout.take();
         let out_reader = std::thread::spawn(move || {
             let mut buf = Vec::new();
             if let Some(s) = stdout.as_mut() {
@@ -206,21 +213,25 @@ impl Proc {
             }
             buf
         });
-        let deadline = Instant::now() + timeout;
-        let status: ExitStatus = loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("process {} did not exit within {timeout:?}; stderr:\n{}", child.id(), self.stderr());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let (pid, lines) = (self.pid(), self.stderr.clone());
+        let mut status: Option<ExitStatus> = None;
+        // On timeout the panic drops `self`, which kills the process.
+        wait_until_or(
+            timeout,
+            || {
+                status = self.child.as_mut().and_then(|c| c.try_wait().expect("try_wait"));
+                status.is_some()
+            },
+            || {
+                let lines = lines.lines.lock().unwrap_or_else(|p| p.into_inner()).join("\n");
+                format!("process {pid} did not exit within {timeout:?}; stderr:\n{lines}")
+            },
+        );
+        self.child = None;
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }
+        let status = status.expect("the process exited");
         Output { status, stdout: out_reader.join().unwrap_or_default(), stderr: self.stderr().into_bytes() }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use projector_shared::OrgId;
 use projector_shared::rollout::Rollout;
-use projector_tests::{FakeSnuba, Proc, RedisServer, command, wait_until, workspace_bin};
+use projector_tests::{FakeSnuba, Proc, RedisServer, command, wait_until, wait_until_or, workspace_bin};
 
 const FAKE: &str = env!("CARGO_BIN_EXE_projector-fake-snuba");
 
@@ -384,20 +384,20 @@ fn a_backlog_of_10000_due_jobs_is_drained_after_a_worker_outage() {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let run_id = stdout.split_whitespace().nth(1).map(|r| r.trim_end_matches(':')).expect("run id on stdout");
     let orgs_key = format!("projector:run:{run_id}:orgs");
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let accounted: u64 = redis::cmd("HLEN").arg(&orgs_key).query(&mut conn).expect("hlen");
-        if accounted >= 500 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the worker did not work through the backlog: {accounted} orgs accounted after 90 s; queries: {}; worker log:\n{}",
-            fake.stats_now(),
-            w.stderr().lines().rev().take(30).collect::<Vec<_>>().join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let accounted = |conn: &mut redis::Connection| redis::cmd("HLEN").arg(&orgs_key).query::<u64>(conn).expect("hlen");
+    let mut report_conn = redis.connection();
+    wait_until_or(
+        Duration::from_secs(90),
+        || accounted(&mut conn) >= 500,
+        || {
+            format!(
+                "the worker did not work through the backlog: {} orgs accounted after 90 s; queries: {}; worker log:\n{}",
+                accounted(&mut report_conn),
+                fake.stats_now(),
+                w.stderr().lines().rev().take(30).collect::<Vec<_>>().join("\n")
+            )
+        },
+    );
 }
 
 #[test]
