@@ -276,3 +276,27 @@ fn a_fan_out_killed_half_way_is_finished_by_run_id_without_querying_any_org_twic
         String::from_utf8_lossy(&again.stdout)
     );
 }
+
+/// Redis with AOF killed (SIGKILL) while slots are held and restarted from its log: the restored
+/// leases of queries that finished meanwhile are released by the retries, `run-once --wait`
+/// follows the run through the outage, and a follow-up run is not stalled by dead leases.
+#[test]
+fn a_redis_restart_from_aof_loses_no_org_and_leaves_no_dead_lease() {
+    let c = Cluster::start(RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]), "1s", &[]);
+    // A short max_wait: slots held by dead leases would show as skipped_no_slot.
+    let w = c.worker(&["--slots-limit", "5", "--concurrency", "16", "--slots-max-wait", "5s"]);
+    let run = c.run(20);
+    wait_until(Duration::from_secs(60), "5 queries in flight", || c.fake.stats_now()["in_flight"].as_u64() == Some(5));
+    let mut redis = c.redis;
+    redis.kill();
+    w.wait_for_line(&["job loop failed"], Duration::from_secs(30));
+    redis.restart();
+    let c = Cluster { redis, ..c };
+    let first = c.finish(run, 20);
+    assert_eq!(first.get("completed").copied(), Some(20), "no org lost to the outage: {first:?} holders {:?}\n{}", c.holders(), w.stderr());
+    wait_until(Duration::from_secs(30), "no lease outlives its query", || c.holders().is_empty());
+    let again = c.run(10);
+    let second = c.finish(again, 10);
+    assert_eq!(second.get("completed").copied(), Some(10), "the follow-up run is not stalled: {second:?}");
+    assert!(c.max_in_flight() <= 5, "{}", c.max_in_flight());
+}

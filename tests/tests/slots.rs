@@ -199,6 +199,36 @@ fn a_redis_restart_gives_clear_errors_and_service_resumes() {
     });
 }
 
+/// A job loop that fails during an outage drops its jobs mid-release. The release must still
+/// reach Redis once it is back: with AOF the lease is restored, and a release lost with its
+/// caller would hold the slot until its query floor ran out, stalling every later job.
+#[test]
+fn a_release_cut_short_by_an_outage_still_frees_the_slot_once_redis_is_back() {
+    let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        // A lease far longer than the test: only a release frees the slot in time.
+        let l = limiter(&server, 1, Duration::from_secs(60));
+        let held = take(&l, 1, Duration::ZERO).await.expect("slot");
+        server.kill();
+        // The caller gives up on the release while Redis is down, as a dropped job does.
+        let cut_short = tokio::time::timeout(Duration::from_millis(100), held.release()).await;
+        assert!(cut_short.is_err(), "the release cannot finish while Redis is down: {cut_short:?}");
+        server.restart();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match l.inspect().await {
+                Ok(state) if state.holders.is_empty() => break,
+                state => {
+                    assert!(Instant::now() < deadline, "the restored lease was never released: {state:?}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        assert!(take(&l, 2, Duration::from_secs(1)).await.is_some(), "the slot is free for the next job");
+    });
+}
+
 #[test]
 fn waiters_are_served_in_arrival_order_and_timeouts_leave_nothing_behind() {
     let server = RedisServer::start();

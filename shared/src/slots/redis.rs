@@ -504,36 +504,51 @@ impl RedisRelease {
         record_released();
         Ok(())
     }
+
+    /// After a failed release: a lease left behind would hold a slot for nothing until it expires
+    /// (after an outage, AOF even restores it), so keep trying until the release succeeds or the
+    /// lease has run out anyway.
+    async fn retry_until_expired(&self) {
+        let give_up_at = Instant::now().max(self.held_until) + self.inner.settings.lease_ttl;
+        let mut pause = Duration::from_millis(200);
+        while Instant::now() < give_up_at {
+            tokio::time::sleep(pause).await;
+            match self.release_once().await {
+                Ok(()) => {
+                    tracing::info!(lease_id = %self.id, "slot released after a failed attempt");
+                    return;
+                }
+                Err(e) => tracing::debug!(lease_id = %self.id, error = %e, "slot release retry failed"),
+            }
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    }
 }
 
 impl ReleaseSlot for RedisRelease {
     fn release(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
+        // Renewals stop now, whether or not the caller waits for the answer.
+        self.stop.cancel();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // Nowhere to retry from: one attempt, when the caller polls it.
+            return Box::pin(async move { self.release_once().await });
+        };
+        // The release runs in its own task, started now: a caller dropped mid-release (its job
+        // loop failed during an outage) must not leave the lease behind with renewals stopped,
+        // where it would hold a slot for nothing until its query floor ran out.
+        let (first_attempt, answer) = tokio::sync::oneshot::channel();
+        runtime.spawn(async move {
+            let Err(e) = self.release_once().await else {
+                let _ = first_attempt.send(Ok(()));
+                return;
+            };
+            let _ = first_attempt.send(Err(e));
+            self.retry_until_expired().await;
+        });
         Box::pin(async move {
-            self.stop.cancel();
-            match self.release_once().await {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    // A lease left behind would hold a slot for nothing until it expires (after an
-                    // outage, AOF even restores it): keep trying in the background until the
-                    // release succeeds or the lease has run out anyway.
-                    let give_up_at = Instant::now().max(self.held_until) + self.inner.settings.lease_ttl;
-                    tokio::spawn(async move {
-                        let mut pause = Duration::from_millis(200);
-                        while Instant::now() < give_up_at {
-                            tokio::time::sleep(pause).await;
-                            match self.release_once().await {
-                                Ok(()) => {
-                                    tracing::info!(lease_id = %self.id, "slot released after a failed attempt");
-                                    return;
-                                }
-                                Err(e) => tracing::debug!(lease_id = %self.id, error = %e, "slot release retry failed"),
-                            }
-                            pause = (pause * 2).min(Duration::from_secs(5));
-                        }
-                    });
-                    Err(e)
-                }
-            }
+            answer.await.unwrap_or_else(|_| {
+                Err(Error::SlotBackendUnavailable { detail: "the runtime stopped before the slot was released".to_owned() })
+            })
         })
     }
 }
