@@ -10,11 +10,11 @@ use projector_shared::batch::plan_batches;
 use projector_shared::run::BadLines;
 
 use crate::orgs::OrgList;
+use projector_queue as queue;
 use projector_shared::rollout::Rollout;
 use projector_shared::run::RunSummary;
 use projector_shared::run_record::{OrgIds, RunRecords};
 use projector_shared::{RunId, SpikeProjectionJob};
-use projector_worker::queue;
 use redis::aio::ConnectionManager;
 
 use crate::error::Error;

@@ -13,32 +13,8 @@ use crate::keys;
 /// A worker whose last heartbeat is older than this is counted as gone.
 pub const ALIVE_WITHIN: Duration = Duration::from_secs(15);
 
-/// KEYS: workers zset. ARGV: name, stale_ms. Stamps `name` with Redis time, drops entries older
-/// than stale_ms (dead workers) and keeps the set itself from outliving the fleet.
-static BEAT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local workers = KEYS[1]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', workers, now, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', workers, '-inf', now - tonumber(ARGV[2]))
-redis.call('PEXPIRE', workers, tonumber(ARGV[2]))
-return 1
-",
-    )
-});
-
-/// KEYS: workers zset. ARGV: within_ms. Returns how many workers beat within `within_ms`.
-static ALIVE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[1]), '+inf')
-",
-    )
-});
+static BEAT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../../lua/heartbeat_beat.lua")));
+static ALIVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../../lua/heartbeat_alive.lua")));
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)

@@ -16,22 +16,8 @@ use crate::run::{Outcome, RunSummary};
 /// How long a run record is kept after its last write.
 pub const RUN_RECORD_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// KEYS: run hash, run orgs hash. ARGV: org, outcome, ttl_ms. The first outcome of an org wins.
-/// Returns -1 if the run does not exist, -2 if the org is not in the run's plan, 0 if the org
-/// already had an outcome, 1 if this call recorded it, 2 if it recorded the run's last org (so
-/// exactly one worker sees the run finish).
-const RECORD: &str = r"
-local run, orgs, plan = KEYS[1], KEYS[2], KEYS[3]
-if redis.call('EXISTS', run) == 0 then return -1 end
-if redis.call('HEXISTS', plan, ARGV[1]) == 0 then return -2 end
-if redis.call('HSETNX', orgs, ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('HINCRBY', run, ARGV[2], 1)
-redis.call('PEXPIRE', run, ARGV[3])
-redis.call('PEXPIRE', orgs, ARGV[3])
-local total = tonumber(redis.call('HGET', run, 'orgs_total') or '0')
-if total > 0 and redis.call('HLEN', orgs) == total then return 2 end
-return 1
-";
+/// Records one org's outcome; its contract is in the file's header.
+static RECORD: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(include_str!("../../lua/run_record.lua")));
 
 /// What recording an outcome did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +32,19 @@ pub enum Recorded {
     Recorded,
     /// The outcome is recorded and it was the run's last org.
     FinishedTheRun,
+}
+
+impl redis::FromRedisValue for Recorded {
+    fn from_redis_value(v: redis::Value) -> Result<Self, redis::ParsingError> {
+        let code: i8 = redis::FromRedisValue::from_redis_value(v)?;
+        Ok(match code {
+            -1 => Recorded::UnknownRun,
+            -2 => Recorded::NotPlanned,
+            0 => Recorded::AlreadyAccounted,
+            2 => Recorded::FinishedTheRun,
+            _ => Recorded::Recorded,
+        })
+    }
 }
 
 /// Whether a job may run, by its run record.
@@ -81,12 +80,11 @@ pub enum OrgIds {
 #[derive(Clone)]
 pub struct RunRecords {
     conn: ConnectionManager,
-    record: Script,
 }
 
 impl RunRecords {
     pub fn new(conn: ConnectionManager) -> Self {
-        RunRecords { conn, record: Script::new(RECORD) }
+        RunRecords { conn }
     }
 
     /// Creates (or, for a re-run of the same tick, keeps) the record of a run of `orgs_total` orgs.
@@ -107,9 +105,9 @@ impl RunRecords {
     /// Records how an org ended; a second outcome for the same org (duplicate delivery) is ignored.
     pub async fn record(&self, run_id: &RunId, org: OrgId, outcome: Outcome) -> Result<Recorded, Error> {
         // Idempotent (the first outcome wins), so a transient error is simply retried.
-        let recorded: i8 = retry_transient(|| {
+        retry_transient(|| {
             let mut conn = self.conn.clone();
-            let mut invocation = self.record.key(keys::run(run_id));
+            let mut invocation = RECORD.key(keys::run(run_id));
             invocation
                 .key(keys::run_orgs(run_id))
                 .key(keys::run_plan(run_id))
@@ -119,14 +117,7 @@ impl RunRecords {
             async move { invocation.invoke_async(&mut conn).await }
         })
         .await
-        .map_err(Error::redis(format!("recording org {org} of run {run_id}")))?;
-        Ok(match recorded {
-            -1 => Recorded::UnknownRun,
-            -2 => Recorded::NotPlanned,
-            0 => Recorded::AlreadyAccounted,
-            2 => Recorded::FinishedTheRun,
-            _ => Recorded::Recorded,
-        })
+        .map_err(Error::redis(format!("recording org {org} of run {run_id}")))
     }
 
     /// Stores the run's plan (org → project ids), in bounded steps; call before enqueuing any job.

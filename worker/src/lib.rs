@@ -7,7 +7,6 @@ pub mod metrics_http;
 pub mod pipeline;
 pub mod probe;
 pub mod query;
-pub mod queue;
 pub mod redis_sink;
 pub mod serve;
 pub mod sink;

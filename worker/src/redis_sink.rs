@@ -13,33 +13,8 @@ use redis::aio::ConnectionManager;
 use crate::error::Error;
 use crate::sink::{ProjectionRecord, ProjectionSink};
 
-/// KEYS: the org's hash. ARGV: first_hour (unix s), fencing token, ttl (ms), prune_before (unix s),
-/// then field/value pairs. A write is refused whole if any of its hours holds a projection from a
-/// later run (first_hour), or from the same run under a newer lease (fencing token; 0 = no slot,
-/// the legacy path, which cannot be fenced). Returns {written(0|1), stored_first_hour, stored_token}.
-const WRITE: &str = r"
-local first_hour, token = tonumber(ARGV[1]), tonumber(ARGV[2])
-for i = 5, #ARGV, 2 do
-  local old = redis.call('HGET', KEYS[1], ARGV[i])
-  if old then
-    local ok, stored = pcall(cjson.decode, old)
-    if ok and type(stored) == 'table' then
-      local h, t = tonumber(stored.first_hour) or 0, tonumber(stored.fencing_token) or 0
-      if h > first_hour or (h == first_hour and token > 0 and t > token) then
-        return {0, h, t}
-      end
-    end
-  end
-end
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-local prune_before = tonumber(ARGV[4])
-for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
-  local hour = tonumber(string.match(f, ':(%d+)$'))
-  if hour and hour < prune_before then redis.call('HDEL', KEYS[1], f) end
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {1, 0, 0}
-";
+/// Writes one org's projections, fenced; its contract is in the file's header.
+static WRITE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(include_str!("../../lua/projection_write.lua")));
 
 /// Attempts of one projection write when Redis fails transiently: 0.2 + 0.4 + 0.8 + 1.6 s of
 /// backoff, enough for a connection manager to reconnect after a Redis restart.
@@ -52,7 +27,21 @@ pub struct RedisSink {
     conn: ConnectionManager,
     url: String,
     ttl: Duration,
-    script: Script,
+}
+
+/// `projection_write`'s reply.
+struct WriteReply {
+    written: bool,
+    /// The newer write that refused this one: its first hour and fencing token.
+    stored_first_hour: i64,
+    stored_token: u64,
+}
+
+impl redis::FromRedisValue for WriteReply {
+    fn from_redis_value(v: redis::Value) -> Result<Self, redis::ParsingError> {
+        let (written, stored_first_hour, stored_token): (u8, i64, u64) = redis::FromRedisValue::from_redis_value(v)?;
+        Ok(WriteReply { written: written == 1, stored_first_hour, stored_token })
+    }
 }
 
 impl RedisSink {
@@ -61,13 +50,13 @@ impl RedisSink {
         let endpoint = endpoint.into();
         let (_, conn) = projector_shared::redis_conn::connection_manager(&endpoint, Duration::from_secs(2))
             .map_err(|e| Error::Sink { target: endpoint.redacted(), detail: redact_text(&e.to_string(), &endpoint) })?;
-        Ok(RedisSink { conn, url: endpoint.redacted(), ttl, script: Script::new(WRITE) })
+        Ok(RedisSink { conn, url: endpoint.redacted(), ttl })
     }
 
     async fn write_org(&self, records: Vec<ProjectionRecord>) -> Result<(), Error> {
         let Some(first) = records.first() else { return Ok(()) };
         let (org, token, first_hour) = (first.org_id, first.fencing_token, first.first_hour.timestamp());
-        let mut invocation = self.script.key(keys::projections(org));
+        let mut invocation = WRITE.key(keys::projections(org));
         let ttl_secs = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX);
         invocation
             .arg(first_hour)
@@ -91,7 +80,7 @@ impl RedisSink {
         // retried here, with backoff, rather than turning into the org's outcome.
         let mut pause = SINK_RETRY_FIRST_PAUSE;
         let mut attempt = 1;
-        let (written, stored_first_hour, stored_token): (u8, i64, u64) = loop {
+        let reply: WriteReply = loop {
             let mut conn = self.conn.clone();
             match invocation.invoke_async(&mut conn).await {
                 Ok(answer) => break answer,
@@ -106,11 +95,17 @@ impl RedisSink {
                 }
             }
         };
-        if written == 1 {
+        if reply.written {
             return Ok(());
         }
         metrics::counter!(m::PROJECTION_STALE_REFUSED_TOTAL).increment(1);
-        Err(Error::StaleWrite { org_id: org, first_hour, token, stored_first_hour, stored_token })
+        Err(Error::StaleWrite {
+            org_id: org,
+            first_hour,
+            token,
+            stored_first_hour: reply.stored_first_hour,
+            stored_token: reply.stored_token,
+        })
     }
 }
 

@@ -24,7 +24,7 @@ use crate::error::Error;
 use crate::metrics_http::Readiness;
 use crate::pipeline::{Pipeline, PipelineSettings};
 use crate::probe::QueryProbe;
-use crate::queue;
+use projector_queue as queue;
 
 /// How often an idle worker looks for due jobs (apalis's default is its heartbeat: tens of seconds).
 const POLL_INTERVAL: Duration = Duration::from_millis(100);

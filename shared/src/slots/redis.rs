@@ -12,7 +12,7 @@ use redis::{AsyncConnectionConfig, Client};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::scripts::{ACQUIRE, CANCEL, OCCUPANCY, RELEASE, RENEW, RESET, SET_LIMIT};
+use super::scripts::{ACQUIRE, Acquired, CANCEL, Cancelled, OCCUPANCY, Occupancy, RELEASE, RENEW, RESET, Released, SET_LIMIT};
 use super::{Acquire, ReleaseSlot, SlotLimiter, SlotPermit, SlotRequest, TimedOut, record_granted, record_released, record_timed_out};
 use crate::error::Error;
 use crate::keys::SlotKeys;
@@ -123,7 +123,7 @@ impl RedisSlotLimiter {
     /// Sets the limit for every process at once. Lowering it interrupts no holder; raising it serves waiters now.
     pub async fn set_limit(&self, limit: u32) -> Result<(), Error> {
         let inner = &self.inner;
-        let _: (u32, u32) = inner
+        let _in_use_and_limit: (u32, u32) = inner
             .call(SET_LIMIT.key(inner.keys.script_keys()).arg(limit).arg(ms(inner.settings.handoff_reserve)).arg(inner.keys.wake_prefix()))
             .await?;
         inner.limit_seen.store(limit, Ordering::SeqCst);
@@ -194,9 +194,8 @@ impl RedisSlotLimiter {
     /// Live leases (unexpired, on Redis time) and the limit stored in Redis (`None` before any
     /// worker or operator set one): what the fleet-wide gauges report.
     pub async fn occupancy(&self) -> Result<(u32, Option<u32>), Error> {
-        let k = &self.inner.keys;
-        let (in_use, limit): (u32, Option<u32>) = self.inner.call(OCCUPANCY.key(k.limit()).key(k.leases())).await?;
-        Ok((in_use, limit))
+        let now: Occupancy = self.inner.call(&OCCUPANCY.key(self.inner.keys.script_keys())).await?;
+        Ok((now.in_use, now.limit))
     }
 
     /// Every key of this limiter that exists now (for tests and `projectorctl`).
@@ -221,7 +220,7 @@ impl RedisSlotLimiter {
             // The waiter's entry outlives its own deadline by a second so a live waiter is never dropped
             // between its re-checks; a dead one is dropped from the queue a second after it would have given up.
             let wait_ms = if remaining.is_zero() { 0 } else { ms(remaining) + 1_000 };
-            let (granted, value, _in_use, limit, reclaimed): (u8, u64, u32, u32, u64) = inner
+            let reply: Acquired = inner
                 .call(
                     ACQUIRE
                         .key(inner.keys.script_keys())
@@ -234,10 +233,10 @@ impl RedisSlotLimiter {
                         .arg(inner.keys.wake_prefix()),
                 )
                 .await?;
-            record_reclaimed(reclaimed);
-            inner.limit_seen.store(limit, Ordering::SeqCst);
-            if granted == 1 {
-                return Ok(self.granted(id, value, first_lease, started));
+            record_reclaimed(reply.reclaimed);
+            inner.limit_seen.store(reply.limit, Ordering::SeqCst);
+            if let Some(token) = reply.granted {
+                return Ok(self.granted(id, token, first_lease, started));
             }
             if remaining.is_zero() {
                 return self.give_up(id, first_lease, started).await;
@@ -281,14 +280,14 @@ impl RedisSlotLimiter {
     /// Leaves the queue at the deadline; a slot handed over in the same instant is taken, not lost.
     async fn give_up(&self, id: String, first_lease: Duration, started: Instant) -> Result<Acquire, Error> {
         let inner = &self.inner;
-        let (granted, token, in_use, limit, waiters): (u8, u64, u32, u32, u32) =
+        let left: Cancelled =
             inner.call(CANCEL.key(inner.keys.script_keys()).arg(&id).arg(ms(first_lease)).arg(inner.keys.wake_prefix())).await?;
-        if granted == 1 {
+        if let Some(token) = left.granted {
             return Ok(self.granted(id, token, first_lease, started));
         }
         let waited = started.elapsed();
         record_timed_out(waited);
-        Ok(Acquire::TimedOut(TimedOut { waited, in_use, limit, queue_position: waiters + 1 }))
+        Ok(Acquire::TimedOut(TimedOut { waited, in_use: left.in_use, limit: left.limit, queue_position: left.waiters_left + 1 }))
     }
 
     fn granted(&self, id: String, token: u64, first_lease: Duration, started: Instant) -> Acquire {
@@ -445,12 +444,12 @@ impl Drop for AbandonOnDrop {
         handle.spawn(async move {
             let mut pause = Duration::from_millis(100);
             loop {
-                let cancelled: Result<(u8, u64, u32, u32, u32), Error> = inner
+                let cancelled: Result<Cancelled, Error> = inner
                     .call(CANCEL.key(inner.keys.script_keys()).arg(&id).arg(ms(inner.settings.lease_ttl)).arg(inner.keys.wake_prefix()))
                     .await;
                 let released = match cancelled {
-                    Ok((1, ..)) => inner
-                        .call::<(u8, u32, u32, u64)>(
+                    Ok(Cancelled { granted: Some(_), .. }) => inner
+                        .call::<Released>(
                             RELEASE
                                 .key(inner.keys.script_keys())
                                 .arg(&id)
@@ -490,7 +489,7 @@ struct RedisRelease {
 impl RedisRelease {
     async fn release_once(&self) -> Result<(), Error> {
         let inner = &self.inner;
-        let (_removed, _in_use, _limit, reclaimed): (u8, u32, u32, u64) = inner
+        let released: Released = inner
             .call(
                 RELEASE
                     .key(inner.keys.script_keys())
@@ -500,7 +499,7 @@ impl RedisRelease {
                     .arg(inner.keys.wake_prefix()),
             )
             .await?;
-        record_reclaimed(reclaimed);
+        record_reclaimed(released.reclaimed);
         record_released();
         Ok(())
     }

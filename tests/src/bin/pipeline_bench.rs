@@ -53,7 +53,7 @@ fn main() -> anyhow::Result<()> {
     let fanout = started.elapsed();
     anyhow::ensure!(out.status.success(), "fan-out failed: {}", String::from_utf8_lossy(&out.stderr));
     let mut conn = redis.connection();
-    let scheduled: u64 = redis::cmd("ZCARD").arg(projector_worker::queue::config().scheduled_jobs_set()).query(&mut conn)?;
+    let scheduled: u64 = redis::cmd("ZCARD").arg(projector_queue::config().scheduled_jobs_set()).query(&mut conn)?;
     anyhow::ensure!(scheduled == args.fanout_orgs, "expected {} scheduled jobs, found {scheduled}", args.fanout_orgs);
     let _: () = redis::cmd("FLUSHALL").query(&mut conn)?;
 
@@ -80,7 +80,7 @@ fn main() -> anyhow::Result<()> {
         .stderr(Stdio::null())
         .spawn()?;
     let keys = SlotKeys::new("default");
-    let queue = projector_worker::queue::config();
+    let queue = projector_queue::config();
     let (mut samples, mut busy) = (0u64, 0f64);
     let mut run = run;
     let started = Instant::now();

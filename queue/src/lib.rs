@@ -1,10 +1,13 @@
-//! The apalis-redis job queue as Projector uses it: its settings, pushing jobs (delayed, with
-//! idempotency keys) and moving due jobs to the ready list in bounded steps. Shared by the
-//! scheduler's fan-out and the worker (reschedules, housekeeping).
+//! The job queue: everything that knows apalis-redis's keys, status strings and Lua — its
+//! settings, building and pushing tasks (delayed, with idempotency keys), moving due jobs to the
+//! ready list in bounded steps, quarantining entries apalis cannot fetch, the vacuum of finished
+//! jobs and the queue depth. Used by the scheduler's fan-out and by the worker. It relies on
+//! apalis-redis 1.0.0's internal layout (docs/apalis-redis.md), hence the exact version pin.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use apalis::prelude::TaskBuilder;
+use apalis_core::task::builder::TaskBuilder;
 use apalis_redis::RedisTask;
 use projector_shared::{SpikeProjectionJob, keys};
 use redis::aio::ConnectionManager;
@@ -12,29 +15,15 @@ use redis::aio::ConnectionManager;
 /// At most this many due jobs are moved to the ready list per script call.
 const PROMOTE_CHUNK: usize = 1_000;
 
-/// KEYS: scheduled set, ready list, signal list. ARGV: max jobs. Moves due jobs (Redis time) to
-/// the ready list, as apalis's fetch does, but bounded: apalis moves every due job with one
-/// `unpack(...)`, which Redis's Lua refuses past ~8,000 values ("too many results to unpack"), so
-/// after a worker outage during a big run every fetch would fail, forever.
-const PROMOTE_DUE: &str = r"
-local now = tonumber(redis.call('TIME')[1])
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], 0, now, 'LIMIT', 0, tonumber(ARGV[1]))
-if #ids > 0 then
-  redis.call('RPUSH', KEYS[2], unpack(ids))
-  redis.call('ZREM', KEYS[1], unpack(ids))
-  redis.call('DEL', KEYS[3])
-  redis.call('LPUSH', KEYS[3], 1)
-end
-return #ids
-";
+/// Moves due jobs to the ready list, bounded; its contract is in the file's header.
+static PROMOTE_DUE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("../../lua/promote_due.lua")));
 
 /// Moves every due job to the ready list in bounded steps; returns how many were moved.
 pub async fn promote_due(conn: &ConnectionManager) -> Result<u64, redis::RedisError> {
     let config = config();
-    let script = redis::Script::new(PROMOTE_DUE);
     let mut moved = 0u64;
     loop {
-        let n: u64 = script
+        let n: u64 = PROMOTE_DUE
             .key(config.scheduled_jobs_set())
             .key(config.active_jobs_list())
             .key(config.signal_list())
@@ -134,20 +123,8 @@ pub async fn forget_worker(conn: &ConnectionManager, loop_name: &str) -> Result<
     redis::cmd("DEL").arg(key).query_async::<()>(&mut conn.clone()).await
 }
 
-/// KEYS: done set, data hash, meta prefix. ARGV: max jobs. Deletes the data and metadata of up to
-/// ARGV[1] finished jobs and takes them out of the done set; returns how many.
-const VACUUM_DONE: &str = r"
-local done, data, meta = KEYS[1], KEYS[2], KEYS[3]
-local ids = redis.call('SPOP', done, tonumber(ARGV[1]))
-for _, id in ipairs(ids) do
-  redis.call('HDEL', data, id)
-  redis.call('DEL', meta .. ':' .. id)
-  redis.call('HDEL', meta .. ':result', id)
-end
-return #ids
-";
-
-static VACUUM_DONE_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(VACUUM_DONE));
+/// Deletes finished jobs, bounded; its contract is in the file's header.
+static VACUUM_DONE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("../../lua/vacuum_done.lua")));
 
 /// Deletes finished jobs (data, metadata, done-set entry) in bounded steps; returns how many.
 ///
@@ -160,7 +137,7 @@ pub async fn vacuum_done(conn: &ConnectionManager) -> Result<u64, redis::RedisEr
     let config = config();
     let mut removed = 0u64;
     loop {
-        let n: u64 = VACUUM_DONE_SCRIPT
+        let n: u64 = VACUUM_DONE
             .key(config.done_jobs_set())
             .key(config.job_data_hash())
             .key(config.job_meta_hash())
@@ -172,4 +149,21 @@ pub async fn vacuum_done(conn: &ConnectionManager) -> Result<u64, redis::RedisEr
             return Ok(removed);
         }
     }
+}
+
+/// How many jobs wait in the queue now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Depth {
+    /// Runnable now (the ready list).
+    pub ready: u64,
+    /// Waiting for their release time (the scheduled set).
+    pub scheduled: u64,
+}
+
+/// The queue's depth, read from apalis-redis's keys (its own counts read the wrong ones).
+pub async fn depth(conn: &ConnectionManager) -> Result<Depth, redis::RedisError> {
+    let config = config();
+    let (ready, scheduled): (u64, u64) =
+        redis::pipe().llen(config.active_jobs_list()).zcard(config.scheduled_jobs_set()).query_async(&mut conn.clone()).await?;
+    Ok(Depth { ready, scheduled })
 }

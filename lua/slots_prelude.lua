@@ -1,0 +1,82 @@
+-- slots_prelude: shared by every slot-limiter script, and prepended to each one.
+-- KEYS (the same eight for every slot script, one hash tag per limiter):
+--   1 limit (string), 2 leases (zset lease id -> expiry ms), 3 holders (hash lease id ->
+--   "info|granted_ms|token"), 4 fence (counter of fencing tokens), 5 seq (arrival counter),
+--   6 queue (zset waiter id -> arrival), 7 waiter deadlines (zset waiter id -> deadline ms),
+--   8 waiting (hash waiter id -> info)
+-- Time is Redis's own (TIME), never a worker's clock.
+local limit_key, leases, holders, fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local seq, queue, deadlines, waiting = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local KEY_TTL_MS = 604800000
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Refreshes the TTL of the keys a script has just written, so nothing leaks and nothing in use
+-- expires; keys a call only reads or shrinks are left alone (hot-path cost).
+local function touch(...)
+  for _, key in ipairs({...}) do redis.call('PEXPIRE', key, KEY_TTL_MS) end
+end
+
+local function limit_of(default)
+  local l = redis.call('GET', limit_key)
+  if not l then
+    redis.call('SET', limit_key, default, 'PX', KEY_TTL_MS)
+    return tonumber(default)
+  end
+  return tonumber(l)
+end
+
+-- Drops expired leases (dead or paused holders) and waiters past their deadline.
+local function reclaim(now)
+  local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now)
+  for _, id in ipairs(expired) do
+    redis.call('ZREM', leases, id)
+    redis.call('HDEL', holders, id)
+  end
+  local gone = redis.call('ZRANGEBYSCORE', deadlines, '-inf', now)
+  for _, id in ipairs(gone) do
+    redis.call('ZREM', queue, id)
+    redis.call('ZREM', deadlines, id)
+    redis.call('HDEL', waiting, id)
+  end
+  return #expired
+end
+
+local function grant(id, info, expiry, now)
+  local token = redis.call('INCR', fence)
+  redis.call('ZADD', leases, expiry, id)
+  redis.call('HSET', holders, id, info .. '|' .. now .. '|' .. token)
+  -- The limit is refreshed with every grant, so an operator's runtime limit outlives a quiet week only if used.
+  touch(limit_key, leases, holders, fence)
+  return token
+end
+
+-- Hands free slots to waiters in arrival order: each gets a lease reserved for reserve_ms and
+-- its fencing token pushed to its own wake-up list, which it is blocked on.
+local function hand_off(now, limit, reserve_ms, wake_prefix)
+  while redis.call('ZCARD', leases) < limit do
+    local head = redis.call('ZPOPMIN', queue)
+    if #head == 0 then break end
+    local w = head[1]
+    redis.call('ZREM', deadlines, w)
+    local info = redis.call('HGET', waiting, w) or ''
+    redis.call('HDEL', waiting, w)
+    local token = grant(w, info, now + reserve_ms, now)
+    local wake = wake_prefix .. w
+    redis.call('RPUSH', wake, token)
+    redis.call('PEXPIRE', wake, reserve_ms)
+  end
+end
+
+-- A waiter collects a handed-off slot: the lease is extended to a full ttl.
+local function collect(id, ttl_ms, now, wake_prefix)
+  local token = redis.call('LPOP', wake_prefix .. id)
+  if token and redis.call('ZSCORE', leases, id) then
+    redis.call('ZADD', leases, 'XX', 'GT', now + ttl_ms, id)
+    return tonumber(token)
+  end
+  return nil
+end

@@ -1,0 +1,12 @@
+-- slots_release: gives a lease back and hands free slots to waiters in arrival order.
+-- KEYS: the eight slot keys (see slots_prelude)
+-- ARGV: 1 id (lease id), 2 default_limit, 3 reserve_ms, 4 wake_prefix
+-- Returns: {removed (0|1; 0 if the lease had already gone), in_use, limit, reclaimed}
+local id, default_limit, reserve_ms, wake_prefix = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local now = now_ms()
+local removed = redis.call('ZREM', leases, id)
+redis.call('HDEL', holders, id)
+local reclaimed = reclaim(now)
+local limit = limit_of(default_limit)
+hand_off(now, limit, reserve_ms, wake_prefix)
+return {removed, redis.call('ZCARD', leases), limit, reclaimed}

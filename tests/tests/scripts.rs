@@ -1,0 +1,237 @@
+//! Each Redis script in `lua/` against a real redis-server, through the Rust function that calls
+//! it: the contract in the script's header (keys, arguments, reply) is what is checked.
+//! `projection_write` is checked in `query.rs` (idempotent, stale writes refused, pruning).
+
+use std::time::Duration;
+
+use chrono::Utc;
+use projector_shared::run::Outcome;
+use projector_shared::run_record::{Recorded, RunRecords};
+use projector_shared::slots::{Acquire, RedisSlotLimiter, RedisSlotSettings, SlotLimiter, SlotRequest};
+use projector_shared::{OrgId, RunId};
+use projector_tests::RedisServer;
+use redis::aio::ConnectionManager;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().expect("runtime")
+}
+
+fn manager(server: &RedisServer) -> ConnectionManager {
+    projector_shared::redis_conn::connection_manager(server.url(), Duration::from_secs(2)).expect("connection manager").1
+}
+
+fn limiter(server: &RedisServer, limit: u32) -> RedisSlotLimiter {
+    RedisSlotLimiter::new(server.url(), RedisSlotSettings::new(limit, Duration::from_secs(30))).expect("limiter")
+}
+
+async fn acquire(l: &RedisSlotLimiter, org: u64, max_wait: Duration) -> Acquire {
+    l.acquire(SlotRequest::new("scripts-test", OrgId(org)), max_wait).await.expect("redis answers")
+}
+
+#[test]
+fn slots_acquire_grants_up_to_the_limit_with_growing_tokens_then_answers_a_position() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let l = limiter(&server, 2);
+        let (Acquire::Granted(a), Acquire::Granted(b)) = (acquire(&l, 1, Duration::ZERO).await, acquire(&l, 2, Duration::ZERO).await)
+        else {
+            panic!("two slots under limit 2");
+        };
+        assert!(b.fencing_token() > a.fencing_token(), "tokens grow: {a:?} {b:?}");
+        match acquire(&l, 3, Duration::ZERO).await {
+            Acquire::TimedOut(t) => assert_eq!((t.in_use, t.limit, t.queue_position), (2, 2, 1)),
+            Acquire::Granted(p) => panic!("a third slot under limit 2: {p:?}"),
+        }
+        let state = l.inspect().await.expect("inspect");
+        assert_eq!(state.holders.len(), 2);
+        let mut orgs: Vec<_> = state.holders.iter().map(|h| h.org_id.as_str()).collect();
+        orgs.sort_unstable();
+        assert_eq!(orgs, vec!["1", "2"]);
+    });
+}
+
+#[test]
+fn slots_cancel_takes_the_waiter_out_of_the_queue() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let l = limiter(&server, 1);
+        let _held = acquire(&l, 1, Duration::ZERO).await;
+        let gave_up = acquire(&l, 2, Duration::from_millis(200)).await;
+        assert!(matches!(gave_up, Acquire::TimedOut(_)), "{gave_up:?}");
+        let state = l.inspect().await.expect("inspect");
+        assert!(state.waiters.is_empty(), "a waiter that gave up leaves the queue: {state:?}");
+    });
+}
+
+#[test]
+fn slots_release_frees_the_slot_and_hands_it_to_the_first_waiter() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let l = limiter(&server, 1);
+        let Acquire::Granted(held) = acquire(&l, 1, Duration::ZERO).await else { panic!("first slot") };
+        let waiter = tokio::spawn({
+            let l = l.clone();
+            async move { acquire(&l, 2, Duration::from_secs(10)).await }
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while l.inspect().await.expect("inspect").waiters.is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "the waiter never queued");
+            tokio::task::yield_now().await;
+        }
+        held.release().await.expect("release");
+        let Acquire::Granted(next) = waiter.await.expect("waiter") else { panic!("the waiter was handed the slot") };
+        let state = l.inspect().await.expect("inspect");
+        assert_eq!(state.holders.len(), 1);
+        assert_eq!(state.holders[0].lease_id, next.lease_id());
+        assert_eq!(state.holders[0].org_id, "2");
+    });
+}
+
+#[test]
+fn slots_renew_keeps_a_lease_past_its_ttl_and_reports_a_lost_one() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let ttl = Duration::from_millis(300);
+        let l = RedisSlotLimiter::new(server.url(), RedisSlotSettings::new(1, ttl)).expect("limiter");
+        let Acquire::Granted(held) = acquire(&l, 1, Duration::ZERO).await else { panic!("slot") };
+        // Three lease lengths on: only renewals keep it.
+        let other = RedisSlotLimiter::new(server.url(), RedisSlotSettings::new(1, ttl)).expect("limiter");
+        assert!(matches!(acquire(&other, 2, ttl * 3).await, Acquire::TimedOut(_)), "renewed lease still holds the slot");
+        assert!(!held.is_lost());
+        // Dropped by an operator: the next renewal finds it gone and tells the holder.
+        assert_eq!(l.reset().await.expect("reset"), 1);
+        tokio::time::timeout(Duration::from_secs(5), held.lost()).await.expect("the holder learns its lease is gone");
+    });
+}
+
+#[test]
+fn slots_set_limit_stores_the_limit_and_serves_waiters_at_once() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let l = limiter(&server, 1);
+        let _held = acquire(&l, 1, Duration::ZERO).await;
+        let waiter = tokio::spawn({
+            let l = l.clone();
+            async move { acquire(&l, 2, Duration::from_secs(10)).await }
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while l.inspect().await.expect("inspect").waiters.is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "the waiter never queued");
+            tokio::task::yield_now().await;
+        }
+        l.set_limit(2).await.expect("set limit");
+        let served = waiter.await.expect("waiter");
+        assert!(matches!(served, Acquire::Granted(_)), "raising the limit serves the waiter: {served:?}");
+        assert_eq!(l.occupancy().await.expect("occupancy"), (2, Some(2)));
+    });
+}
+
+#[test]
+fn slots_reset_drops_every_lease_and_waiter_and_counts_the_leases() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let l = limiter(&server, 2);
+        let _a = acquire(&l, 1, Duration::ZERO).await;
+        let _b = acquire(&l, 2, Duration::ZERO).await;
+        assert_eq!(l.reset().await.expect("reset"), 2);
+        let state = l.inspect().await.expect("inspect");
+        assert!(state.holders.is_empty() && state.waiters.is_empty(), "{state:?}");
+        assert_eq!(state.limit, Some(2), "the limit is kept");
+    });
+}
+
+#[test]
+fn slots_occupancy_counts_live_leases_on_redis_time_and_the_stored_limit() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let l = limiter(&server, 3);
+        assert_eq!(l.occupancy().await.expect("occupancy"), (0, None), "nothing stored before the first request");
+        let _held = acquire(&l, 1, Duration::ZERO).await;
+        assert_eq!(l.occupancy().await.expect("occupancy"), (1, Some(3)));
+    });
+}
+
+#[test]
+fn promote_due_moves_only_due_jobs_in_order_past_one_chunk_and_wakes_fetchers() {
+    let server = RedisServer::start();
+    let config = projector_queue::config();
+    let mut conn = server.connection();
+    let now = Utc::now().timestamp();
+    // More due jobs than one script call moves (1,000), so the loop must call again.
+    let due: Vec<String> = (0..2_500).map(|i| format!("due-{i:05}")).collect();
+    for (i, id) in due.iter().enumerate() {
+        let _: () =
+            redis::cmd("ZADD").arg(config.scheduled_jobs_set()).arg(now - 10_000 + i as i64).arg(id).query(&mut conn).expect("zadd");
+    }
+    let _: () = redis::cmd("ZADD").arg(config.scheduled_jobs_set()).arg(now + 3_600).arg("later").query(&mut conn).expect("zadd");
+    let moved = runtime().block_on(async { projector_queue::promote_due(&manager(&server)).await.expect("promote") });
+    assert_eq!(moved, 2_500);
+    let ready: Vec<String> = redis::cmd("LRANGE").arg(config.active_jobs_list()).arg(0).arg(-1).query(&mut conn).expect("lrange");
+    assert_eq!(ready, due, "every due job, in release order");
+    let left: Vec<String> = redis::cmd("ZRANGE").arg(config.scheduled_jobs_set()).arg(0).arg(-1).query(&mut conn).expect("zrange");
+    assert_eq!(left, vec!["later".to_owned()], "a job not yet due stays scheduled");
+    let signal: u64 = redis::cmd("LLEN").arg(config.signal_list()).query(&mut conn).expect("llen");
+    assert_eq!(signal, 1, "one wake-up for fetchers, however many jobs moved");
+}
+
+#[test]
+fn vacuum_done_deletes_finished_jobs_only_and_keeps_the_rest() {
+    let server = RedisServer::start();
+    let config = projector_queue::config();
+    let mut conn = server.connection();
+    let meta = config.job_meta_hash();
+    for id in ["done-1", "done-2", "retrying"] {
+        let _: () = redis::cmd("HSET").arg(config.job_data_hash()).arg(id).arg("{}").query(&mut conn).expect("hset");
+        let _: () = redis::cmd("HSET").arg(format!("{meta}:{id}")).arg("attempts").arg(1).query(&mut conn).expect("hset");
+    }
+    let _: () = redis::cmd("SADD").arg(config.done_jobs_set()).arg("done-1").arg("done-2").query(&mut conn).expect("sadd");
+    let removed = runtime().block_on(async { projector_queue::vacuum_done(&manager(&server)).await.expect("vacuum") });
+    assert_eq!(removed, 2);
+    let data: Vec<String> = redis::cmd("HKEYS").arg(config.job_data_hash()).query(&mut conn).expect("hkeys");
+    assert_eq!(data, vec!["retrying".to_owned()], "a job waiting for a retry keeps its data");
+    let metas: u64 = redis::cmd("EXISTS").arg(format!("{meta}:done-1")).arg(format!("{meta}:done-2")).query(&mut conn).expect("exists");
+    assert_eq!(metas, 0);
+    let done: u64 = redis::cmd("SCARD").arg(config.done_jobs_set()).query(&mut conn).expect("scard");
+    assert_eq!(done, 0);
+}
+
+#[test]
+fn run_record_keeps_the_first_outcome_refuses_strangers_and_names_the_last_org() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let records = RunRecords::new(manager(&server));
+        let run = RunId("run-scripts".into());
+        records.create(&run, Utc::now(), 2).await.expect("create");
+        records.store_plan(&run, &[(OrgId(1), vec![]), (OrgId(2), vec![])]).await.expect("plan");
+        assert_eq!(records.record(&run, OrgId(1), Outcome::Completed).await.expect("record"), Recorded::Recorded);
+        assert_eq!(records.record(&run, OrgId(1), Outcome::Failed).await.expect("record"), Recorded::AlreadyAccounted);
+        assert_eq!(records.record(&run, OrgId(99), Outcome::Completed).await.expect("record"), Recorded::NotPlanned);
+        let ghost = RunId("run-never".into());
+        assert_eq!(records.record(&ghost, OrgId(1), Outcome::Completed).await.expect("record"), Recorded::UnknownRun);
+        assert_eq!(records.record(&run, OrgId(2), Outcome::SkippedNoSlot).await.expect("record"), Recorded::FinishedTheRun);
+        assert_eq!(records.outcome_of(&run, OrgId(1)).await.expect("outcome"), Some(Outcome::Completed), "the first outcome wins");
+        let summary = records.summary(&run, projector_shared::run_record::OrgIds::Leave).await.expect("summary").expect("run");
+        assert_eq!((summary.completed, summary.skipped_no_slot, summary.failed), (1, 1, 0));
+        let mut conn = server.connection();
+        let ghost_keys: Vec<String> = redis::cmd("KEYS").arg("projector:run:run-never*").query(&mut conn).expect("keys");
+        assert!(ghost_keys.is_empty(), "a refused record writes nothing: {ghost_keys:?}");
+    });
+}
+
+#[test]
+fn heartbeat_beat_and_alive_count_workers_on_redis_time() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let conn = manager(&server);
+        assert_eq!(projector_shared::heartbeat::alive(&conn).await.expect("alive"), 0);
+        projector_shared::heartbeat::beat(&conn, "worker-a").await.expect("beat");
+        projector_shared::heartbeat::beat(&conn, "worker-b").await.expect("beat");
+        projector_shared::heartbeat::beat(&conn, "worker-a").await.expect("beat again");
+        assert_eq!(projector_shared::heartbeat::alive(&conn).await.expect("alive"), 2, "one entry per worker");
+        projector_shared::heartbeat::leave(&conn, "worker-b").await.expect("leave");
+        assert_eq!(projector_shared::heartbeat::alive(&conn).await.expect("alive"), 1);
+        let mut sync = server.connection();
+        let ttl: i64 = redis::cmd("PTTL").arg(projector_shared::keys::WORKERS).query(&mut sync).expect("pttl");
+        assert!(ttl > 0, "the set expires with the fleet: {ttl}");
+    });
+}
