@@ -254,7 +254,7 @@ async fn slots(config: &Config, action: SlotAction) -> anyhow::Result<String> {
                     out,
                     "  lease {}  worker {}  org {}  token {}  age {:.1}s  expires in {:.1}s",
                     h.lease_id,
-                    h.holder,
+                    h.process,
                     h.org_id,
                     h.fencing_token,
                     h.age.as_secs_f64(),

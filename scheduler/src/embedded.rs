@@ -7,9 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apalis::prelude::{
-    BoxDynError, Data, MemorySink, MemoryStorage, MemoryStorageError, Task, TaskBuilder, WorkerBuilder, WorkerBuilderExt,
-};
+use apalis::prelude::{MemorySink, MemoryStorage, MemoryStorageError, Task, TaskBuilder, WorkerBuilder, WorkerBuilderExt};
 use chrono::Utc;
 use futures::channel::mpsc::UnboundedSender;
 use futures::{SinkExt, StreamExt};
@@ -18,6 +16,7 @@ use projector_shared::batch::plan_batches;
 use projector_shared::run::{MemoryRunLedger, RunSummary};
 use projector_shared::slots::MemorySlotLimiter;
 use projector_shared::{RunId, SpikeProjectionJob};
+use projector_worker::handler::{JobHandler, Routing, run_job};
 use projector_worker::sink::{DiscardSink, ProjectionSink};
 use projector_worker::{Pipeline, PipelineSettings, QueryProbe};
 use tokio::time::Instant;
@@ -31,12 +30,6 @@ use crate::orgs::list_orgs;
 pub struct EmbeddedOptions {
     /// Write projections here as JSON lines (one line per org and project).
     pub output: Option<PathBuf>,
-}
-
-/// What each in-process job handler shares.
-struct RunContext {
-    pipeline: Pipeline,
-    ledger: Arc<MemoryRunLedger>,
 }
 
 /// Runs every organization through the pipeline in this process and returns the run's totals.
@@ -63,9 +56,11 @@ pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: C
         None => Arc::new(DiscardSink),
     };
     let probe = QueryProbe::default();
-    let ledger = Arc::new(MemoryRunLedger::new(run_id.clone(), orgs.len() as u64));
-    let context = Arc::new(RunContext {
-        pipeline: Pipeline {
+    let ledger = Arc::new(MemoryRunLedger::new(run_id.clone(), orgs.iter().map(|o| o.org_id)));
+    // The same handler as the worker process's: the memory ledger instead of the run record, no
+    // flag store (every org takes a slot first) and no queue to reschedule into.
+    let handler = Arc::new(JobHandler::new(
+        Pipeline {
             limiter: Arc::new(MemorySlotLimiter::new(config.slots.limit)),
             query: projector_worker::build::query_source(config)?,
             sink: sink.clone(),
@@ -76,16 +71,18 @@ pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: C
                 query_max_duration: config.query.max_duration(),
             },
         },
-        ledger: ledger.clone(),
-    });
+        ledger.clone(),
+        Routing::AllLimited,
+        None,
+    ));
 
     let (queue, storage) = memory_queue();
     let workers_stop = CancellationToken::new();
     let worker = WorkerBuilder::new(format!("projector-embedded-{}", std::process::id()))
         .backend(storage)
-        .data(context)
+        .data(handler)
         .concurrency(config.worker.concurrency)
-        .build(handle_job);
+        .build(run_job);
     let stop = workers_stop.clone();
     let workers = tokio::spawn(async move {
         worker
@@ -103,16 +100,17 @@ pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: C
         for batch in &batches {
             tokio::time::sleep_until(started + batch.release_after).await;
             for &org_id in &batch.orgs {
-                let job = SpikeProjectionJob {
-                    run_id: run_id.clone(),
+                let job = SpikeProjectionJob::planned(
+                    run_id.clone(),
                     org_id,
-                    batch_index: batch.index,
-                    scheduled_at: tick,
-                    project_ids: projects.get(&org_id).cloned().unwrap_or_default(),
-                    reschedules: 0,
-                };
+                    batch.index,
+                    tick,
+                    projects.get(&org_id).cloned().unwrap_or_default(),
+                );
                 let key = job.idempotency_key();
-                let task = TaskBuilder::new(job).idempotency_key(key).build();
+                let payload =
+                    serde_json::to_value(&job).map_err(|e| Error::Enqueue { run_id: run_id.to_string(), detail: e.to_string() })?;
+                let task = TaskBuilder::new(payload).idempotency_key(key).build();
                 queue.unbounded_send(task).map_err(|e| Error::Enqueue { run_id: run_id.to_string(), detail: e.to_string() })?;
             }
             tracing::debug!(run_id = %run_id, batch = batch.index, orgs = batch.orgs.len(), "batch released");
@@ -137,7 +135,7 @@ pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: C
     }
     sink.flush()?;
 
-    let mut summary = ledger.summary();
+    let mut summary = ledger.totals();
     summary.max_concurrent_queries = Some(probe.max());
     summary.bad_lines = list.bad_lines;
     summary.interrupted = interrupted;
@@ -150,30 +148,18 @@ pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: C
 /// The run keeps its own clone of the channel sender rather than a clone of the storage's
 /// `MemorySink`: the sink's lock is also taken by the worker's `poll_ready`, and when the two
 /// contend the worker's waker is lost and it never polls again (seen with apalis-core 1.0.0).
-fn memory_queue() -> (UnboundedSender<Task<SpikeProjectionJob>>, MemoryStorage<SpikeProjectionJob>) {
-    let (sender, receiver) = futures::channel::mpsc::unbounded::<Task<SpikeProjectionJob>>();
+fn memory_queue() -> (UnboundedSender<Task<serde_json::Value>>, MemoryStorage<serde_json::Value>) {
+    let (sender, receiver) = futures::channel::mpsc::unbounded::<Task<serde_json::Value>>();
     let storage_sender = Box::new(sender.clone().sink_map_err(MemoryStorageError::from))
-        as Box<dyn futures::Sink<Task<SpikeProjectionJob>, Error = MemoryStorageError> + Send + Sync + Unpin>;
+        as Box<dyn futures::Sink<Task<serde_json::Value>, Error = MemoryStorageError> + Send + Sync + Unpin>;
     let storage_sink = MemorySink::new(Arc::new(futures::lock::Mutex::new(storage_sender)));
     (sender, MemoryStorage::new_with(storage_sink, receiver.boxed()))
-}
-
-/// The apalis handler: one job to one recorded outcome. Always `Ok`, because every outcome,
-/// failures included, is recorded by us and retries are decided explicitly, not by the backend.
-async fn handle_job(job: SpikeProjectionJob, context: Data<Arc<RunContext>>) -> Result<(), BoxDynError> {
-    if context.ledger.outcome_of(job.org_id).is_some() {
-        tracing::info!(run_id = %job.run_id, org_id = %job.org_id, "duplicate delivery; already accounted for");
-        return Ok(());
-    }
-    let outcome = context.pipeline.process(&job).await;
-    context.ledger.record(job.org_id, outcome);
-    Ok(())
 }
 
 /// Shows progress: a bar on a terminal, a log line every few seconds otherwise.
 fn spawn_progress(ledger: Arc<MemoryRunLedger>, done: CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let total = ledger.summary().orgs_total;
+        let total = ledger.totals().orgs_total;
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = indicatif::ProgressBar::new(total);
             if let Ok(style) = indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} orgs  {msg}") {
@@ -188,7 +174,7 @@ fn spawn_progress(ledger: Arc<MemoryRunLedger>, done: CancellationToken) -> toki
                 _ = ticker.tick() => {}
                 () = done.cancelled() => break,
             }
-            let s = ledger.summary();
+            let s = ledger.totals();
             match &bar {
                 Some(bar) => {
                     bar.set_position(s.accounted());

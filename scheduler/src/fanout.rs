@@ -64,14 +64,7 @@ impl Plan {
                 let spread = TimeDelta::seconds((i / MAX_DUE_PER_SECOND) as i64);
                 let planned = TimeDelta::from_std(batch.release_after).unwrap_or(TimeDelta::MAX);
                 PlannedJob {
-                    job: SpikeProjectionJob {
-                        run_id: run_id.clone(),
-                        org_id: info.org_id,
-                        batch_index: batch.index,
-                        scheduled_at: tick,
-                        project_ids: info.project_ids.clone(),
-                        reschedules: 0,
-                    },
+                    job: SpikeProjectionJob::planned(run_id.clone(), info.org_id, batch.index, tick, info.project_ids.clone()),
                     release_at: tick + planned.max(spread),
                     limited: rollout.is_limited(info.org_id),
                 }
@@ -171,14 +164,7 @@ pub async fn resume(conn: &ConnectionManager, run_id: &RunId) -> Result<Enqueued
         .into_iter()
         .enumerate()
         .map(|(i, (org_id, project_ids))| PlannedJob {
-            job: SpikeProjectionJob {
-                run_id: run_id.clone(),
-                org_id,
-                batch_index: 0,
-                scheduled_at: stored.tick,
-                project_ids,
-                reschedules: 0,
-            },
+            job: SpikeProjectionJob::planned(run_id.clone(), org_id, 0, stored.tick, project_ids),
             release_at: now + TimeDelta::seconds((i / MAX_DUE_PER_SECOND) as i64),
             limited: true,
         })

@@ -37,9 +37,16 @@ impl SpikeProjectionJob {
         format!("{}:org-{}", self.run_id, self.org_id)
     }
 
-    /// Decodes a job from its JSON wire form; the error carries a truncated sample for the log.
-    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        serde_json::from_slice(bytes).map_err(|e| Error::MalformedJob { reason: e.to_string(), sample: sample(bytes) })
+    /// The job for one planned org of a run: the one way a run's jobs are built, by the fan-out,
+    /// its resume and the embedded run alike.
+    pub fn planned(run_id: RunId, org_id: OrgId, batch_index: u32, scheduled_at: DateTime<Utc>, project_ids: Vec<ProjectId>) -> Self {
+        SpikeProjectionJob { run_id, org_id, batch_index, scheduled_at, project_ids, reschedules: 0 }
+    }
+
+    /// Decodes a job from the queue's JSON payload; the error carries a truncated sample for the log.
+    pub fn decode(payload: &serde_json::Value) -> Result<Self, Error> {
+        Self::deserialize(payload)
+            .map_err(|e| Error::MalformedJob { reason: e.to_string(), sample: sample(payload.to_string().as_bytes()) })
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -67,14 +74,15 @@ mod tests {
     #[test]
     fn round_trips_and_accepts_older_payloads() {
         let j = job();
-        assert_eq!(SpikeProjectionJob::decode(&j.encode()).expect("decodes"), j);
-        let old = br#"{"run_id":"run-x","org_id":42,"batch_index":3,"scheduled_at":"2026-11-22T13:00:00Z"}"#;
-        assert_eq!(SpikeProjectionJob::decode(old).expect("older payload decodes"), j);
+        let wire: serde_json::Value = serde_json::from_slice(&j.encode()).expect("JSON");
+        assert_eq!(SpikeProjectionJob::decode(&wire).expect("decodes"), j);
+        let old = serde_json::json!({"run_id":"run-x","org_id":42,"batch_index":3,"scheduled_at":"2026-11-22T13:00:00Z"});
+        assert_eq!(SpikeProjectionJob::decode(&old).expect("older payload decodes"), j);
     }
 
     #[test]
     fn malformed_payloads_are_named_errors() {
-        let err = SpikeProjectionJob::decode(br#"{"org_id":"forty-two"}"#).expect_err("malformed");
+        let err = SpikeProjectionJob::decode(&serde_json::json!({"org_id":"forty-two"})).expect_err("malformed");
         let text = err.to_string();
         assert!(text.contains("malformed spike-projection job"), "{text}");
         assert!(text.contains("forty-two"), "sample included: {text}");

@@ -49,6 +49,9 @@ pub const QUEUE_SCHEDULED_JOBS: &str = "projector_queue_scheduled_jobs";
 /// Restarts of a worker's job loop after an error (usually Redis unreachable); backoff caps at 30 s.
 pub const WORKER_RESTARTS_TOTAL: &str = "projector_worker_restarts_total";
 
+/// Panics in a worker service (housekeeping duties, the metrics server), labelled `service`: a bug.
+pub const SERVICE_PANICS_TOTAL: &str = "projector_service_panics_total";
+
 /// Histogram buckets (seconds) for slot waits: 1 ms to 60 s, the range of slots.max_wait.
 pub const SLOT_WAIT_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 /// Histogram buckets (seconds) for queries: 10 ms to 60 s, the query service's longest query.

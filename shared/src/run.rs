@@ -1,10 +1,13 @@
 //! A run's outcomes: every org of a run ends in exactly one recorded outcome, and the summary totals them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use futures::future::BoxFuture;
+
+use crate::error::Error;
 use crate::ids::{OrgId, RunId};
 
 /// How one organization's job ended.
@@ -164,66 +167,126 @@ impl RunSummary {
     }
 }
 
-/// Records the outcome of each org of one run in memory; the first outcome recorded for an org wins.
+/// What recording an outcome did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// No such run (expired, or a job naming a run that never existed): nothing recorded.
+    UnknownRun,
+    /// The org is not in the run's plan: nothing recorded, the run's totals stay true.
+    NotPlanned,
+    /// The org already had an outcome (a duplicate delivery); nothing changed.
+    AlreadyAccounted,
+    /// The outcome is recorded.
+    Recorded,
+    /// The outcome is recorded and it was the run's last org.
+    FinishedTheRun,
+}
+
+/// Whether a job may run, by its run record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The org of a planned run has no outcome yet: run the job.
+    Open,
+    /// Already accounted for (a duplicate delivery): acknowledge without querying.
+    Accounted(Outcome),
+    /// No such run: refuse without querying.
+    UnknownRun,
+    /// The org is not in the run's plan: refuse without querying.
+    NotPlanned,
+}
+
+/// Where a run's outcomes are kept: in Redis for distributed runs (`run_record::RunRecords`), in
+/// memory for the embedded run (`MemoryRunLedger`). The job handler uses only this, so both
+/// modes admit, record and total the same way.
+pub trait RunLedger: Send + Sync {
+    /// Whether a job for (run, org) may run: its run exists, the org is planned and has no outcome yet.
+    fn outcome_of<'a>(&'a self, run_id: &'a RunId, org: OrgId) -> BoxFuture<'a, Result<Admission, Error>>;
+
+    /// Records how an org ended; the first outcome of an org wins.
+    fn record<'a>(&'a self, run_id: &'a RunId, org: OrgId, outcome: Outcome) -> BoxFuture<'a, Result<Recorded, Error>>;
+
+    /// The run's totals so far; `None` if there is no such run.
+    fn summary<'a>(&'a self, run_id: &'a RunId) -> BoxFuture<'a, Result<Option<RunSummary>, Error>>;
+}
+
+/// One run's outcomes in memory, for the embedded run; the first outcome recorded for an org wins.
 #[derive(Debug)]
 pub struct MemoryRunLedger {
     run_id: RunId,
-    orgs_total: u64,
+    planned: HashSet<OrgId>,
     outcomes: Mutex<HashMap<OrgId, Outcome>>,
     changed: tokio::sync::Notify,
 }
 
 impl MemoryRunLedger {
-    pub fn new(run_id: RunId, orgs_total: u64) -> Self {
-        MemoryRunLedger { run_id, orgs_total, outcomes: Mutex::new(HashMap::new()), changed: tokio::sync::Notify::new() }
+    /// A ledger for the run `run_id` of the orgs `planned`.
+    pub fn new(run_id: RunId, planned: impl IntoIterator<Item = OrgId>) -> Self {
+        MemoryRunLedger {
+            run_id,
+            planned: planned.into_iter().collect(),
+            outcomes: Mutex::new(HashMap::new()),
+            changed: tokio::sync::Notify::new(),
+        }
     }
 
-    /// Records `outcome` for `org`; returns false if the org already had one (a duplicate delivery).
-    pub fn record(&self, org: OrgId, outcome: Outcome) -> bool {
-        let inserted = {
-            let mut map = self.outcomes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            match map.entry(org) {
-                std::collections::hash_map::Entry::Occupied(_) => false,
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(outcome);
-                    true
+    fn outcomes(&self) -> std::sync::MutexGuard<'_, HashMap<OrgId, Outcome>> {
+        self.outcomes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn admission(&self, run_id: &RunId, org: OrgId) -> Admission {
+        if *run_id != self.run_id {
+            return Admission::UnknownRun;
+        }
+        if !self.planned.contains(&org) {
+            return Admission::NotPlanned;
+        }
+        match self.outcomes().get(&org) {
+            Some(&outcome) => Admission::Accounted(outcome),
+            None => Admission::Open,
+        }
+    }
+
+    fn insert(&self, run_id: &RunId, org: OrgId, outcome: Outcome) -> Recorded {
+        let recorded = match self.admission(run_id, org) {
+            Admission::UnknownRun => return Recorded::UnknownRun,
+            Admission::NotPlanned => return Recorded::NotPlanned,
+            Admission::Accounted(_) => return Recorded::AlreadyAccounted,
+            Admission::Open => {
+                let mut map = self.outcomes();
+                match map.entry(org) {
+                    std::collections::hash_map::Entry::Occupied(_) => Recorded::AlreadyAccounted,
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(outcome);
+                        if map.len() == self.planned.len() { Recorded::FinishedTheRun } else { Recorded::Recorded }
+                    }
                 }
             }
         };
-        if inserted {
-            self.changed.notify_waiters();
-        }
-        inserted
-    }
-
-    /// The outcome recorded for `org`, if any.
-    pub fn outcome_of(&self, org: OrgId) -> Option<Outcome> {
-        let map = self.outcomes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        map.get(&org).copied()
+        self.changed.notify_waiters();
+        recorded
     }
 
     /// Orgs with an outcome so far.
     pub fn accounted(&self) -> u64 {
-        let map = self.outcomes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        map.len() as u64
+        self.outcomes().len() as u64
     }
 
     /// Resolves once every org of the run has an outcome.
     pub async fn all_accounted(&self) {
         loop {
             let notified = self.changed.notified();
-            if self.accounted() >= self.orgs_total {
+            if self.accounted() >= self.planned.len() as u64 {
                 return;
             }
             notified.await;
         }
     }
 
-    /// Totals so far; `max_concurrent_queries` and `duration_ms` are the caller's to fill.
-    pub fn summary(&self) -> RunSummary {
-        let map = self.outcomes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut s = RunSummary { run_id: self.run_id.0.clone(), orgs_total: self.orgs_total, ..RunSummary::default() };
-        for (&org, &outcome) in map.iter() {
+    /// Totals so far, with the ids of the orgs that did not complete; `max_concurrent_queries`
+    /// and `duration_ms` are the caller's to fill.
+    pub fn totals(&self) -> RunSummary {
+        let mut s = RunSummary { run_id: self.run_id.0.clone(), orgs_total: self.planned.len() as u64, ..RunSummary::default() };
+        for (&org, &outcome) in self.outcomes().iter() {
             s.add(org, outcome);
         }
         s.sort_ids();
@@ -231,22 +294,43 @@ impl MemoryRunLedger {
     }
 }
 
+impl RunLedger for MemoryRunLedger {
+    fn outcome_of<'a>(&'a self, run_id: &'a RunId, org: OrgId) -> BoxFuture<'a, Result<Admission, Error>> {
+        Box::pin(std::future::ready(Ok(self.admission(run_id, org))))
+    }
+
+    fn record<'a>(&'a self, run_id: &'a RunId, org: OrgId, outcome: Outcome) -> BoxFuture<'a, Result<Recorded, Error>> {
+        Box::pin(std::future::ready(Ok(self.insert(run_id, org, outcome))))
+    }
+
+    fn summary<'a>(&'a self, run_id: &'a RunId) -> BoxFuture<'a, Result<Option<RunSummary>, Error>> {
+        Box::pin(std::future::ready(Ok((*run_id == self.run_id).then(|| self.totals()))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_first_outcome_wins_and_totals_add_up() {
-        let ledger = MemoryRunLedger::new(RunId("run-t".into()), 4);
-        assert!(ledger.record(OrgId(1), Outcome::Completed));
-        assert!(!ledger.record(OrgId(1), Outcome::Failed), "duplicate delivery ignored");
-        assert!(ledger.record(OrgId(2), Outcome::SkippedNoSlot));
-        assert!(ledger.record(OrgId(3), Outcome::Failed));
-        let s = ledger.summary();
+    #[tokio::test]
+    async fn the_first_outcome_wins_strangers_are_refused_and_totals_add_up() {
+        let run = RunId("run-t".into());
+        let ledger = MemoryRunLedger::new(run.clone(), (1..=4).map(OrgId));
+        assert_eq!(ledger.record(&run, OrgId(1), Outcome::Completed).await.expect("memory"), Recorded::Recorded);
+        assert_eq!(ledger.record(&run, OrgId(1), Outcome::Failed).await.expect("memory"), Recorded::AlreadyAccounted);
+        assert_eq!(ledger.record(&run, OrgId(2), Outcome::SkippedNoSlot).await.expect("memory"), Recorded::Recorded);
+        assert_eq!(ledger.record(&run, OrgId(3), Outcome::Failed).await.expect("memory"), Recorded::Recorded);
+        assert_eq!(ledger.record(&run, OrgId(99), Outcome::Completed).await.expect("memory"), Recorded::NotPlanned);
+        let other = RunId("run-other".into());
+        assert_eq!(ledger.record(&other, OrgId(4), Outcome::Completed).await.expect("memory"), Recorded::UnknownRun);
+        assert_eq!(ledger.outcome_of(&other, OrgId(4)).await.expect("memory"), Admission::UnknownRun);
+        let s = ledger.summary(&run).await.expect("memory").expect("this run");
         assert_eq!((s.completed, s.skipped_no_slot, s.failed), (1, 1, 1));
         assert_eq!(s.accounted(), 3);
         assert_eq!(s.skipped_org_ids, [OrgId(2)]);
-        assert_eq!(ledger.outcome_of(OrgId(1)), Some(Outcome::Completed));
+        assert_eq!(ledger.outcome_of(&run, OrgId(1)).await.expect("memory"), Admission::Accounted(Outcome::Completed));
+        assert_eq!(ledger.outcome_of(&run, OrgId(4)).await.expect("memory"), Admission::Open);
+        assert_eq!(ledger.record(&run, OrgId(4), Outcome::Completed).await.expect("memory"), Recorded::FinishedTheRun);
     }
 
     #[test]
@@ -268,15 +352,16 @@ mod tests {
 
     #[tokio::test]
     async fn all_accounted_wakes_on_the_last_org() {
-        let ledger = std::sync::Arc::new(MemoryRunLedger::new(RunId("run-t".into()), 2));
+        let run = RunId("run-t".into());
+        let ledger = std::sync::Arc::new(MemoryRunLedger::new(run.clone(), [OrgId(1), OrgId(2)]));
         let waiter = tokio::spawn({
             let ledger = ledger.clone();
             async move { ledger.all_accounted().await }
         });
-        ledger.record(OrgId(1), Outcome::Completed);
+        ledger.record(&run, OrgId(1), Outcome::Completed).await.expect("memory");
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
-        ledger.record(OrgId(2), Outcome::Completed);
+        ledger.record(&run, OrgId(2), Outcome::Completed).await.expect("memory");
         tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.expect("woken").expect("joined");
     }
 }

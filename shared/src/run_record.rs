@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use redis::Script;
 use redis::aio::ConnectionManager;
 
@@ -11,28 +12,13 @@ use crate::error::Error;
 use crate::ids::{OrgId, RunId};
 use crate::keys;
 use crate::redis_conn::retry_transient;
-use crate::run::{Outcome, RunSummary};
+use crate::run::{Admission, Outcome, Recorded, RunLedger, RunSummary};
 
 /// How long a run record is kept after its last write.
 pub const RUN_RECORD_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Records one org's outcome; its contract is in the file's header.
 static RECORD: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(include_str!("../../lua/run_record.lua")));
-
-/// What recording an outcome did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recorded {
-    /// No such run (expired, or a job naming a run that never existed): nothing recorded.
-    UnknownRun,
-    /// The org is not in the run's plan: nothing recorded, the run's totals stay true.
-    NotPlanned,
-    /// The org already had an outcome (a duplicate delivery); nothing changed.
-    AlreadyAccounted,
-    /// The outcome is recorded.
-    Recorded,
-    /// The outcome is recorded and it was the run's last org.
-    FinishedTheRun,
-}
 
 impl redis::FromRedisValue for Recorded {
     fn from_redis_value(v: redis::Value) -> Result<Self, redis::ParsingError> {
@@ -45,19 +31,6 @@ impl redis::FromRedisValue for Recorded {
             _ => Recorded::Recorded,
         })
     }
-}
-
-/// Whether a job may run, by its run record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
-    /// The org of a planned run has no outcome yet: run the job.
-    Open,
-    /// Already accounted for (a duplicate delivery): acknowledge without querying.
-    Accounted(Outcome),
-    /// No such run: refuse without querying.
-    UnknownRun,
-    /// The org is not in the run's plan: refuse without querying.
-    NotPlanned,
 }
 
 /// A run's plan as stored in Redis.
@@ -243,5 +216,19 @@ impl RunRecords {
             }
         }
         Ok(Some(summary))
+    }
+}
+
+impl RunLedger for RunRecords {
+    fn outcome_of<'a>(&'a self, run_id: &'a RunId, org: OrgId) -> BoxFuture<'a, Result<Admission, Error>> {
+        Box::pin(self.admit(run_id, org))
+    }
+
+    fn record<'a>(&'a self, run_id: &'a RunId, org: OrgId, outcome: Outcome) -> BoxFuture<'a, Result<Recorded, Error>> {
+        Box::pin(RunRecords::record(self, run_id, org, outcome))
+    }
+
+    fn summary<'a>(&'a self, run_id: &'a RunId) -> BoxFuture<'a, Result<Option<RunSummary>, Error>> {
+        Box::pin(RunRecords::summary(self, run_id, OrgIds::Leave))
     }
 }

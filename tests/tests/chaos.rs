@@ -109,7 +109,7 @@ fn a_worker_paused_past_its_lease_never_pushes_the_service_past_the_limit() {
     // Keep the victim stopped until its leases are older than two lease_ttls on Redis's clock:
     // plain leases would have been reclaimed and granted to the waiting jobs by then.
     wait_until(Duration::from_secs(30), "the victim's leases are 2.5 × lease_ttl old", || {
-        let mine: Vec<_> = c.holders().into_iter().filter(|h| h.holder.contains(&pid)).collect();
+        let mine: Vec<_> = c.holders().into_iter().filter(|h| h.process.contains(&pid)).collect();
         mine.is_empty() || mine.iter().all(|h| h.age >= Duration::from_millis(2500))
     });
     victim.signal("CONT");

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use projector_shared::run::Outcome;
-use projector_shared::run_record::{Recorded, RunRecords};
+use projector_shared::run::Recorded;
+use projector_shared::run_record::RunRecords;
 use projector_shared::slots::{Acquire, RedisSlotLimiter, RedisSlotSettings, SlotLimiter, SlotRequest};
 use projector_shared::{OrgId, RunId};
 use projector_tests::RedisServer;

@@ -3,15 +3,20 @@
 
 pub mod build;
 pub mod error;
+pub mod handler;
+pub mod maintenance;
 pub mod metrics_http;
 pub mod pipeline;
 pub mod probe;
 pub mod query;
 pub mod redis_sink;
 pub mod serve;
+pub mod services;
 pub mod sink;
 pub mod snuba;
+pub mod supervisor;
 
 pub use error::Error;
+pub use handler::JobHandler;
 pub use pipeline::{Pipeline, PipelineSettings};
 pub use probe::QueryProbe;

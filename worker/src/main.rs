@@ -76,11 +76,12 @@ async fn run(config: projector_config::Config) -> anyhow::Result<()> {
     let shutdown = projector_shared::shutdown::on_signal();
     let (_, health_conn) = projector_shared::redis_conn::connection_manager(&config.redis, std::time::Duration::from_secs(1))?;
     let readiness = projector_worker::metrics_http::Readiness::new(health_conn);
+    let services = projector_worker::services::Services::new(shutdown.clone());
     let (_, server) = projector_worker::metrics_http::serve(config.worker.metrics_addr, readiness.clone(), shutdown.clone()).await?;
-    let result = projector_worker::serve::run(config, readiness, shutdown.clone()).await;
+    services.spawn("metrics_server", server);
+    let result = projector_worker::serve::run(config, readiness, &services, shutdown.clone()).await;
     shutdown.cancel();
-    if let Err(e) = server.await {
-        tracing::error!(error = %e, "metrics endpoint task panicked");
-    }
+    // No service outlives the process's run.
+    services.wait().await;
     Ok(result?)
 }

@@ -13,7 +13,6 @@ use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use projector_shared::metrics as m;
 use redis::aio::ConnectionManager;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
@@ -77,7 +76,11 @@ impl Readiness {
 /// registers every series at zero so dashboards and alerts see them before the first event, and
 /// serves on `addr` until `shutdown`. Returns the bound address and the server task. Fails (so
 /// the process exits with a clear message) if the address is taken.
-pub async fn serve(addr: SocketAddr, readiness: Readiness, shutdown: CancellationToken) -> Result<(SocketAddr, JoinHandle<()>), Error> {
+pub async fn serve(
+    addr: SocketAddr,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> Result<(SocketAddr, impl Future<Output = ()> + Send + 'static), Error> {
     let mut builder = PrometheusBuilder::new();
     for (name, buckets) in m::HISTOGRAMS {
         builder = builder
@@ -105,12 +108,12 @@ pub async fn serve(addr: SocketAddr, readiness: Readiness, shutdown: Cancellatio
             }),
         );
     tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
-    let server = tokio::spawn(async move {
+    let server = async move {
         let served = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
         if let Err(e) = served {
             tracing::error!(error = %e, "metrics endpoint stopped");
         }
-    });
+    };
     Ok((bound, server))
 }
 

@@ -16,14 +16,14 @@ struct Counts {
 }
 
 /// One query in flight; dropping it ends the count.
-pub struct InFlight(Arc<Counts>);
+pub struct QueryInFlight(Arc<Counts>);
 
 impl QueryProbe {
     /// Marks a query as started until the returned guard is dropped.
-    pub fn enter(&self) -> InFlight {
+    pub fn enter(&self) -> QueryInFlight {
         let now = self.inner.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.inner.max.fetch_max(now, Ordering::SeqCst);
-        InFlight(self.inner.clone())
+        QueryInFlight(self.inner.clone())
     }
 
     pub fn in_flight(&self) -> u64 {
@@ -36,7 +36,7 @@ impl QueryProbe {
     }
 }
 
-impl Drop for InFlight {
+impl Drop for QueryInFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }

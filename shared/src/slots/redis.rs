@@ -56,7 +56,8 @@ impl RedisSlotSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {
     pub lease_id: String,
-    pub holder: String,
+    /// The process holding it (a worker's name, or the embedded run's).
+    pub process: String,
     pub org_id: String,
     pub fencing_token: u64,
     pub age: Duration,
@@ -87,6 +88,8 @@ struct Inner {
     settings: RedisSlotSettings,
     /// The limit last seen in Redis, for `limit()` and the utilization gauge.
     limit_seen: AtomicU32,
+    /// Renewals, release retries and abandoned waits: tracked so a process can wait for them at exit.
+    background: tokio_util::task::TaskTracker,
 }
 
 /// What `inspect` reads in one pipeline: limit, leases with expiry, holder info, queue, waiter
@@ -116,6 +119,7 @@ impl RedisSlotLimiter {
                 keys: SlotKeys::new(&settings.name),
                 limit_seen: AtomicU32::new(settings.initial_limit),
                 settings,
+                background: tokio_util::task::TaskTracker::new(),
             }),
         })
     }
@@ -167,13 +171,13 @@ impl RedisSlotLimiter {
             .map(|(lease_id, expiry)| {
                 let info = holders.get(&lease_id).cloned().unwrap_or_default();
                 let mut parts = info.split('|');
-                let holder = parts.next().unwrap_or_default().to_owned();
+                let process = parts.next().unwrap_or_default().to_owned();
                 let org_id = parts.next().unwrap_or_default().to_owned();
                 let acquired: u64 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(now);
                 let fencing_token = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
                 Holder {
                     lease_id,
-                    holder,
+                    process,
                     org_id,
                     fencing_token,
                     age: Duration::from_millis(now.saturating_sub(acquired)),
@@ -205,6 +209,16 @@ impl RedisSlotLimiter {
         let mut keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(&mut conn).await.map_err(|e| self.inner.unavailable(e))?;
         keys.sort();
         Ok(keys)
+    }
+
+    /// Waits at most `within` for this limiter's background work (renewals, release retries,
+    /// abandoned waits) to end; false if some is still running. Call once nothing holds a slot.
+    pub async fn wait_for_background(&self, within: Duration) -> bool {
+        let background = &self.inner.background;
+        background.close();
+        let ended = tokio::time::timeout(within, background.wait()).await.is_ok();
+        background.reopen();
+        ended
     }
 
     async fn acquire_inner(&self, id: String, request: SlotRequest, max_wait: Duration) -> Result<Acquire, Error> {
@@ -295,7 +309,7 @@ impl RedisSlotLimiter {
         let lost = CancellationToken::new();
         let stop = CancellationToken::new();
         let held_until = Instant::now() + first_lease;
-        tokio::spawn(renew_while_held(self.inner.clone(), id.clone(), held_until, lost.clone(), stop.clone()));
+        self.inner.background.spawn(renew_while_held(self.inner.clone(), id.clone(), held_until, lost.clone(), stop.clone()));
         let release = RedisRelease { inner: self.inner.clone(), id: id.clone(), held_until, stop };
         Acquire::Granted(SlotPermit::new(id, token, lost, Box::new(release)))
     }
@@ -441,40 +455,44 @@ impl Drop for AbandonOnDrop {
         let Some(inner) = self.inner.take() else { return };
         let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
         let (id, until) = (std::mem::take(&mut self.id), self.until);
-        handle.spawn(async move {
-            let mut pause = Duration::from_millis(100);
-            loop {
-                let cancelled: Result<Cancelled, Error> = inner
-                    .call(CANCEL.key(inner.keys.script_keys()).arg(&id).arg(ms(inner.settings.lease_ttl)).arg(inner.keys.wake_prefix()))
-                    .await;
-                let released = match cancelled {
-                    Ok(Cancelled { granted: Some(_), .. }) => inner
-                        .call::<Released>(
-                            RELEASE
-                                .key(inner.keys.script_keys())
-                                .arg(&id)
-                                .arg(inner.settings.initial_limit)
-                                .arg(ms(inner.settings.handoff_reserve))
-                                .arg(inner.keys.wake_prefix()),
-                        )
-                        .await
-                        .map(|_| ()),
-                    Ok(_) => Ok(()),
-                    Err(e) => Err(e),
-                };
-                match released {
-                    Ok(()) => return,
-                    Err(e) if Instant::now() + pause >= until => {
-                        tracing::debug!(waiter = %id, error = %e, "cannot leave the slot queue; the entry expires on its own");
-                        return;
-                    }
-                    Err(_) => {
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_secs(2));
+        let background = inner.background.clone();
+        background.spawn_on(
+            async move {
+                let mut pause = Duration::from_millis(100);
+                loop {
+                    let cancelled: Result<Cancelled, Error> = inner
+                        .call(CANCEL.key(inner.keys.script_keys()).arg(&id).arg(ms(inner.settings.lease_ttl)).arg(inner.keys.wake_prefix()))
+                        .await;
+                    let released = match cancelled {
+                        Ok(Cancelled { granted: Some(_), .. }) => inner
+                            .call::<Released>(
+                                RELEASE
+                                    .key(inner.keys.script_keys())
+                                    .arg(&id)
+                                    .arg(inner.settings.initial_limit)
+                                    .arg(ms(inner.settings.handoff_reserve))
+                                    .arg(inner.keys.wake_prefix()),
+                            )
+                            .await
+                            .map(|_| ()),
+                        Ok(_) => Ok(()),
+                        Err(e) => Err(e),
+                    };
+                    match released {
+                        Ok(()) => return,
+                        Err(e) if Instant::now() + pause >= until => {
+                            tracing::debug!(waiter = %id, error = %e, "cannot leave the slot queue; the entry expires on its own");
+                            return;
+                        }
+                        Err(_) => {
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_secs(2));
+                        }
                     }
                 }
-            }
-        });
+            },
+            &handle,
+        );
     }
 }
 
@@ -536,14 +554,18 @@ impl ReleaseSlot for RedisRelease {
         // loop failed during an outage) must not leave the lease behind with renewals stopped,
         // where it would hold a slot for nothing until its query floor ran out.
         let (first_attempt, answer) = tokio::sync::oneshot::channel();
-        runtime.spawn(async move {
-            let Err(e) = self.release_once().await else {
-                let _ = first_attempt.send(Ok(()));
-                return;
-            };
-            let _ = first_attempt.send(Err(e));
-            self.retry_until_expired().await;
-        });
+        let background = self.inner.background.clone();
+        background.spawn_on(
+            async move {
+                let Err(e) = self.release_once().await else {
+                    let _ = first_attempt.send(Ok(()));
+                    return;
+                };
+                let _ = first_attempt.send(Err(e));
+                self.retry_until_expired().await;
+            },
+            &runtime,
+        );
         Box::pin(async move {
             answer.await.unwrap_or_else(|_| {
                 Err(Error::SlotBackendUnavailable { detail: "the runtime stopped before the slot was released".to_owned() })

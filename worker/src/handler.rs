@@ -1,0 +1,247 @@
+//! One job to one recorded outcome, the same in both modes (the worker process and the embedded
+//! run): decode, admit by the run ledger, route by the rollout flag, run the pipeline, reschedule
+//! a slot timeout if configured, record the outcome.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apalis::prelude::{BoxDynError, Data};
+use projector_config::{Config, OnSlotTimeout};
+use projector_queue as queue;
+use projector_shared::SpikeProjectionJob;
+use projector_shared::metrics as m;
+use projector_shared::rollout::Rollout;
+use projector_shared::run::{Admission, Outcome, Recorded, RunLedger};
+use rand::Rng;
+use redis::aio::ConnectionManager;
+use tokio::sync::RwLock;
+
+use crate::error::Error;
+use crate::pipeline::Pipeline;
+
+/// Which path an org takes: the limited one (a slot first) or the legacy unlimited one.
+pub enum Routing {
+    /// Every org takes a slot first (the embedded run, which has no flag store).
+    AllLimited,
+    /// The rollout flag in Redis decides per org; unset or unreadable means limited.
+    Flag(RolloutFlag),
+}
+
+impl Routing {
+    async fn is_limited(&self, job: &SpikeProjectionJob) -> bool {
+        match self {
+            Routing::AllLimited => true,
+            Routing::Flag(flag) => flag.is_limited(job).await,
+        }
+    }
+}
+
+/// The rollout flag, re-read from Redis at most every `refresh`.
+pub struct RolloutFlag {
+    conn: ConnectionManager,
+    cached: RwLock<(Option<Instant>, Rollout)>,
+    refresh: Duration,
+}
+
+impl RolloutFlag {
+    pub fn new(conn: ConnectionManager, refresh: Duration) -> Self {
+        RolloutFlag { conn, cached: RwLock::new((None, Rollout::default())), refresh }
+    }
+
+    async fn is_limited(&self, job: &SpikeProjectionJob) -> bool {
+        let fresh = |cached: &(Option<Instant>, Rollout)| cached.0.is_some_and(|at| at.elapsed() < self.refresh);
+        {
+            let cached = self.cached.read().await;
+            if fresh(&cached) {
+                return cached.1.is_limited(job.org_id);
+            }
+        }
+        let mut cached = self.cached.write().await;
+        // Jobs that queued for the write lock find the flag already re-read by the first of them.
+        if fresh(&cached) {
+            return cached.1.is_limited(job.org_id);
+        }
+        match Rollout::load(&mut self.conn.clone()).await {
+            Ok(r) => {
+                if cached.0.is_some() && r != cached.1 {
+                    tracing::info!(rollout = ?r, "rollout flag changed; new jobs follow it");
+                }
+                *cached = (Some(Instant::now()), r);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the rollout flag; every org takes the limited path meanwhile");
+                *cached = (Some(Instant::now()), Rollout::default());
+            }
+        }
+        cached.1.is_limited(job.org_id)
+    }
+}
+
+/// `slots.on_timeout = "reschedule"`: a job whose slot wait timed out goes back to the queue after
+/// a jittered backoff, at most `max_reschedules` times. Only where there is a queue to go back to.
+pub struct Rescheduler {
+    pub conn: ConnectionManager,
+    pub max_reschedules: u32,
+}
+
+impl Rescheduler {
+    /// From config: `None` unless `slots.on_timeout = "reschedule"`.
+    pub fn from_config(config: &Config, conn: &ConnectionManager) -> Option<Self> {
+        (config.slots.on_timeout == OnSlotTimeout::Reschedule)
+            .then(|| Rescheduler { conn: conn.clone(), max_reschedules: config.slots.max_reschedules })
+    }
+
+    async fn reschedule(&self, job: &SpikeProjectionJob) -> Result<(), Error> {
+        let next = SpikeProjectionJob { reschedules: job.reschedules + 1, ..job.clone() };
+        let backoff = 2u64.pow(next.reschedules.min(6)) + rand::rng().random_range(0..3);
+        let run_at = chrono::Utc::now().timestamp().max(0) as u64 + backoff;
+        let task = queue::task(&next, run_at, format!("{}:r{}", job.idempotency_key(), next.reschedules));
+        // apalis_redis::Error is not a redis::RedisError, so Error::redis does not apply here.
+        queue::push(&self.conn, &[task]).await.map(|_| ()).map_err(|e| {
+            Error::Shared(projector_shared::Error::Redis { doing: format!("rescheduling org {}", job.org_id), detail: e.to_string() })
+        })
+    }
+}
+
+/// Jobs being handled now; the drain on SIGTERM waits for this to reach 0.
+#[derive(Clone)]
+pub struct RunningJobs(tokio::sync::watch::Sender<usize>);
+
+/// One job being handled; dropping it ends the count.
+struct RunningJob(tokio::sync::watch::Sender<usize>);
+
+impl RunningJobs {
+    fn enter(&self) -> RunningJob {
+        self.0.send_modify(|n| *n += 1);
+        RunningJob(self.0.clone())
+    }
+
+    pub fn now(&self) -> usize {
+        *self.0.borrow()
+    }
+
+    /// Resolves when no job is being handled.
+    pub async fn none(&self) {
+        let mut running = self.0.subscribe();
+        let _ = running.wait_for(|n| *n == 0).await;
+    }
+}
+
+impl Drop for RunningJob {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Everything a job needs, shared by every job of one process.
+pub struct JobHandler {
+    pub pipeline: Pipeline,
+    pub ledger: Arc<dyn RunLedger>,
+    pub routing: Routing,
+    pub rescheduler: Option<Rescheduler>,
+    pub running: RunningJobs,
+}
+
+impl JobHandler {
+    pub fn new(pipeline: Pipeline, ledger: Arc<dyn RunLedger>, routing: Routing, rescheduler: Option<Rescheduler>) -> Self {
+        JobHandler { pipeline, ledger, routing, rescheduler, running: RunningJobs(tokio::sync::watch::Sender::new(0)) }
+    }
+
+    /// One queue payload to one recorded outcome. `Err` only when the outcome could not be
+    /// recorded, so the queue keeps the job and it is tried again (the ledger then avoids a re-query).
+    pub async fn handle_payload(&self, payload: serde_json::Value) -> Result<(), Error> {
+        let _running = self.running.enter();
+        match SpikeProjectionJob::decode(&payload) {
+            Ok(job) => self.handle(&job).await,
+            Err(e) => {
+                self.malformed(&payload, e).await;
+                Ok(())
+            }
+        }
+    }
+
+    async fn handle(&self, job: &SpikeProjectionJob) -> Result<(), Error> {
+        match self.ledger.outcome_of(&job.run_id, job.org_id).await {
+            Ok(Admission::Open) => {}
+            Ok(Admission::Accounted(outcome)) => {
+                tracing::info!(run_id = %job.run_id, org_id = %job.org_id, outcome = outcome.as_str(), "duplicate delivery; already accounted for");
+                return Ok(());
+            }
+            Ok(refused @ (Admission::UnknownRun | Admission::NotPlanned)) => {
+                let (reason, why) = match refused {
+                    Admission::UnknownRun => ("unknown_run", "its run does not exist (expired, or never created)"),
+                    _ => ("not_planned", "its org is not in the run's plan"),
+                };
+                metrics::counter!(m::TASK_ERROR_TOTAL, "reason" => reason).increment(1);
+                tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, reason, "job refused without a query: {why}");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, error = %e, "cannot check the run record; running the job")
+            }
+        }
+        let outcome =
+            if self.routing.is_limited(job).await { self.pipeline.process(job).await } else { self.pipeline.process_unlimited(job).await };
+        if outcome == Outcome::SkippedNoSlot
+            && let Some(rescheduler) = &self.rescheduler
+            && job.reschedules < rescheduler.max_reschedules
+        {
+            match rescheduler.reschedule(job).await {
+                Ok(()) => {
+                    tracing::info!(run_id = %job.run_id, org_id = %job.org_id, reschedules = job.reschedules + 1, "no slot; job rescheduled");
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, error = %e, "cannot reschedule; recording skipped_no_slot")
+                }
+            }
+        }
+        match self.ledger.record(&job.run_id, job.org_id, outcome).await {
+            Ok(Recorded::FinishedTheRun) => self.log_run_finished(&job.run_id).await,
+            Ok(Recorded::Recorded | Recorded::AlreadyAccounted) => {}
+            Ok(Recorded::UnknownRun | Recorded::NotPlanned) => {
+                tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, "outcome not recorded: the run or its plan is gone (expired or reset)");
+            }
+            Err(e) => {
+                tracing::error!(run_id = %job.run_id, org_id = %job.org_id, outcome = outcome.as_str(), error = %e, "cannot record the outcome; the job will be tried again");
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// One info line per run, written by whoever recorded its last org: per-org skips are logged
+    /// at debug only, so this line is where a run's skips show up in the log.
+    async fn log_run_finished(&self, run_id: &projector_shared::RunId) {
+        match self.ledger.summary(run_id).await {
+            Ok(Some(s)) => tracing::info!(
+                run_id = %run_id, orgs = s.orgs_total, completed = s.completed, skipped_no_slot = s.skipped_no_slot,
+                rate_limited = s.rate_limited, failed = s.failed, slot_unavailable = s.slot_unavailable, "run finished"
+            ),
+            Ok(None) | Err(_) => tracing::info!(run_id = %run_id, "run finished (totals: projectorctl run {run_id})"),
+        }
+    }
+
+    /// A job that cannot be read: counted, logged with a sample, and recorded as failed when its
+    /// run and org can still be made out, so the run accounts for it. It is never retried.
+    async fn malformed(&self, payload: &serde_json::Value, e: projector_shared::Error) {
+        metrics::counter!(m::TASK_ERROR_TOTAL, "reason" => "malformed_job").increment(1);
+        tracing::error!(error = %e, "malformed spike-projection job; dropped");
+        let run = payload.get("run_id").and_then(|v| v.as_str()).map(|r| projector_shared::RunId(r.to_owned()));
+        let org = payload.get("org_id").and_then(|v| v.as_u64()).map(projector_shared::OrgId);
+        if let (Some(run), Some(org)) = (run, org) {
+            match self.ledger.record(&run, org, Outcome::Failed).await {
+                Ok(Recorded::UnknownRun | Recorded::NotPlanned) => {
+                    tracing::warn!(run_id = %run, org_id = %org, "the malformed job names a run or org that was never planned; not recorded");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(run_id = %run, org_id = %org, error = %e, "cannot record the malformed job as failed"),
+            }
+        }
+    }
+}
+
+/// The apalis handler both modes register: the job loop hands each payload to the `JobHandler`.
+pub async fn run_job(payload: serde_json::Value, handler: Data<Arc<JobHandler>>) -> Result<(), BoxDynError> {
+    handler.handle_payload(payload).await.map_err(|e| Box::new(e) as BoxDynError)
+}

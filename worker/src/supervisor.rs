@@ -1,0 +1,159 @@
+//! The job loop's supervisor: runs the apalis job loop, restarts it with capped backoff when it
+//! fails (quarantining entries it cannot fetch first), and on shutdown drains the jobs in flight.
+//! Built around the apalis-redis 1.0 behaviours in docs/apalis-redis.md (each mitigation names its entry).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apalis::prelude::{WorkerBuilder, WorkerBuilderExt};
+use apalis_core::backend::ext::BackendExt;
+use apalis_redis::RedisStorage;
+use projector_queue as queue;
+use projector_shared::metrics as m;
+use redis::aio::ConnectionManager;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+use crate::handler::{JobHandler, run_job};
+use crate::metrics_http::Readiness;
+
+/// How often an idle worker looks for due jobs (apalis's default is its heartbeat: tens of seconds).
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Keeps one apalis job loop running for this worker.
+pub struct Supervisor {
+    pub name: String,
+    pub conn: ConnectionManager,
+    pub handler: Arc<JobHandler>,
+    pub readiness: Readiness,
+    pub concurrency: usize,
+    pub shutdown_grace: Duration,
+    /// The apalis name of the job loop running now, for the heartbeat service.
+    pub current_loop: tokio::sync::watch::Sender<String>,
+}
+
+impl Supervisor {
+    /// Runs the job loop until `shutdown`, restarting it with backoff when it fails, then drains
+    /// the jobs in flight for at most `shutdown_grace`.
+    pub async fn run(&self, shutdown: &CancellationToken) -> Result<(), Error> {
+        // Any Redis error ends an apalis worker (docs/apalis-redis.md#redis-errors-end-the-loop): run it
+        // again under a fresh name (#unique-names), with capped exponential backoff instead of
+        // apalis's tight restart loop.
+        let mut backoff = Duration::from_millis(500);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let loop_name = format!("{}-{attempt}", self.name);
+            let started = Instant::now();
+            let result = match self.run_loop(&loop_name, shutdown).await {
+                LoopEnd::Drained => return Ok(()),
+                LoopEnd::Ended(result) => result,
+            };
+            self.readiness.set_job_loop_running(false);
+            if shutdown.is_cancelled() {
+                tracing::info!(worker = %self.name, "worker drained and stopped");
+                return Ok(());
+            }
+            self.after_failure(&loop_name, result, backoff).await;
+            metrics::counter!(m::WORKER_RESTARTS_TOTAL).increment(1);
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff = Duration::from_millis(500);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = shutdown.cancelled() => return Ok(()),
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// One apalis job loop, to its failure or through the drain.
+    async fn run_loop(&self, loop_name: &str, shutdown: &CancellationToken) -> LoopEnd {
+        // Before apalis's first fetch: a backlog of due jobs larger than its fetch can move would
+        // make every fetch fail (see queue::promote_due).
+        if let Err(e) = queue::promote_due(&self.conn).await {
+            tracing::warn!(error = %e, "cannot move due jobs to the ready list; retried by the job loop");
+        }
+        let storage = RedisStorage::<serde_json::Value>::new(self.conn.clone()).with_config(queue::config());
+        self.current_loop.send_replace(loop_name.to_owned());
+        let worker = WorkerBuilder::new(loop_name)
+            .backend(storage.poll_with_interval(POLL_INTERVAL))
+            .data(self.handler.clone())
+            .concurrency(self.concurrency)
+            .build(run_job);
+        self.readiness.set_job_loop_running(true);
+        let survived = self.readiness.reset_failures_after(Duration::from_secs(30));
+        let stop = shutdown.clone();
+        let run = worker.run_until(async move {
+            stop.cancelled().await;
+            Ok::<(), std::io::Error>(())
+        });
+        tokio::pin!(run);
+        let result = tokio::select! {
+            r = &mut run => r,
+            () = shutdown.cancelled() => {
+                self.readiness.set_job_loop_running(false);
+                // apalis stops fetching on the same signal; we wait for the jobs already running.
+                // The jobs run inside apalis's stream, so `run` must still be polled meanwhile.
+                let drain = async {
+                    tokio::select! {
+                        _ = &mut run => {}
+                        () = self.handler.running.none() => {}
+                    }
+                };
+                match tokio::time::timeout(self.shutdown_grace, drain).await {
+                    Ok(()) => tracing::info!(worker = %self.name, "in-flight jobs finished; slots released"),
+                    Err(_) => tracing::warn!(
+                        worker = %self.name, grace_ms = self.shutdown_grace.as_millis() as u64, still_running = self.handler.running.now(),
+                        "in-flight jobs did not finish within worker.shutdown_grace; other workers take them over once this one's heartbeat stops, and their slot leases expire on their own"
+                    ),
+                }
+                survived.abort();
+                return LoopEnd::Drained;
+            }
+        };
+        survived.abort();
+        LoopEnd::Ended(result.map_err(|e| e.to_string()))
+    }
+
+    /// After a job loop ended: quarantine what it could not fetch, forget its apalis metadata,
+    /// count the failure and say why.
+    async fn after_failure(&self, loop_name: &str, result: Result<(), String>, backoff: Duration) {
+        let name = &self.name;
+        // Entries apalis cannot fetch would stop every loop that takes them: move them out first.
+        let poison = match queue::quarantine_unfetchable(&self.conn, loop_name).await {
+            Ok(poison) => poison,
+            Err(e) => {
+                tracing::warn!(worker = %name, error = %e, "cannot check the failed job loop's jobs for poison entries");
+                Vec::new()
+            }
+        };
+        for entry in &poison {
+            metrics::counter!(m::TASK_ERROR_TOTAL, "reason" => "malformed_job").increment(1);
+            tracing::error!(task_id = %entry.id, reason = %entry.reason, payload = %entry.sample, "queue entry cannot be fetched; moved to the dead set, never retried");
+        }
+        if let Err(e) = queue::forget_worker(&self.conn, loop_name).await {
+            tracing::debug!(worker = %loop_name, error = %e, "cannot delete the job loop's apalis metadata; it expires on its own");
+        }
+        let consecutive = self.readiness.job_loop_failed();
+        match result {
+            Ok(()) => tracing::warn!(worker = %name, "job loop ended on its own; restarting"),
+            Err(e) if !poison.is_empty() => tracing::warn!(
+                worker = %name, error = %e, quarantined = poison.len(), retry_in_ms = backoff.as_millis() as u64,
+                "job loop stopped on a poison queue entry, now in the dead set; restarting"
+            ),
+            Err(e) => tracing::error!(
+                worker = %name, error = %e, consecutive_failures = consecutive, retry_in_ms = backoff.as_millis() as u64,
+                "job loop failed (check that Redis is reachable; see error); restarting"
+            ),
+        }
+    }
+}
+
+/// How one job loop ended.
+enum LoopEnd {
+    /// Shutdown: the jobs in flight were drained (or the grace period ran out).
+    Drained,
+    /// The loop stopped on its own, usually on a Redis error.
+    Ended(Result<(), String>),
+}
