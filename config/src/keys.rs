@@ -152,12 +152,11 @@ pub static KEYS: &[KeySpec] = &[
         help: "when the scheduler fans out, as a six-field cron expression with seconds first, in UTC",
         set: |c, v| {
             let expr = text(v)?;
-            <cron::Schedule as std::str::FromStr>::from_str(&expr)
+            c.schedule.cron = <cron::Schedule as std::str::FromStr>::from_str(&expr)
                 .map_err(|e| format!("must be a cron expression with seconds first, like \"0 0 * * * *\" (hourly): {e}"))?;
-            c.schedule.cron = expr;
             Ok(())
         },
-        get: |c| c.schedule.cron.clone(),
+        get: |c| c.schedule.cron.source().to_owned(),
     },
     KeySpec {
         name: "orgs.source",

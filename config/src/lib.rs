@@ -61,7 +61,7 @@ pub struct SlotsConfig {
 /// What a job does when its slot wait times out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnSlotTimeout {
-    /// Record `skipped_no_slot` and move on (the seed's behaviour).
+    /// Record `skipped_no_slot` and move on (the default: a skipped org is counted and the next run covers it).
     Skip,
     /// Re-enqueue with jittered backoff, at most `slots.max_reschedules` times.
     Reschedule,
@@ -82,10 +82,14 @@ pub struct BatchConfig {
     pub delay: Duration,
 }
 
+/// The default schedule: at the top of every hour.
+static HOURLY: std::sync::LazyLock<cron::Schedule> =
+    std::sync::LazyLock::new(|| "0 0 * * * *".parse().expect("the default cron expression is valid"));
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScheduleConfig {
-    /// Six-field cron expression (seconds first), UTC.
-    pub cron: String,
+    /// Six-field cron expression (seconds first), UTC; parsed once, when the config is loaded.
+    pub cron: cron::Schedule,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -180,7 +184,7 @@ impl Default for Config {
                 max_reschedules: 3,
             },
             batch: BatchConfig { size: 25, delay: Duration::from_secs(2) },
-            schedule: ScheduleConfig { cron: "0 0 * * * *".to_owned() },
+            schedule: ScheduleConfig { cron: HOURLY.clone() },
             orgs: OrgsConfig { source: OrgSourceKind::Synthetic, count: 200, path: None },
             query: QueryConfig {
                 source: QuerySourceKind::Synthetic,

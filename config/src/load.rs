@@ -222,7 +222,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_match_the_seed() {
+    fn defaults_match_the_documented_design() {
         let c = load(None, &Env::default(), &[]).expect("defaults load");
         assert_eq!(c.slots.limit, 50);
         assert_eq!(c.slots.lease_ttl, Duration::from_secs(30));

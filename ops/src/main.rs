@@ -7,12 +7,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use projector_config::{Config, ConfigArgs};
+use projector_process::telemetry::{self, LogFormat};
 use projector_shared::redis_conn::Endpoint;
 use projector_shared::rollout::{RATE_LIMIT_FLAG, Rollout};
 use projector_shared::run::Outcome;
 use projector_shared::run_record::{OrgIds, RunRecords};
 use projector_shared::slots::{RedisSlotLimiter, RedisSlotSettings};
-use projector_shared::telemetry::{self, LogFormat};
 use projector_shared::{OrgId, RunId};
 
 /// Inspect and steer a running Projector fleet through Redis (redis.url, or --redis-url).
@@ -115,7 +115,7 @@ enum SlotAction {
         #[command(flatten)]
         config: ConfigArgs,
     },
-    /// Drop every lease and waiter (the seed's reset_concurrent_count). Holders learn at their next
+    /// Drop every lease and waiter (what reset_concurrent_count did in earlier designs). Holders learn at their next
     /// renewal that their lease is gone. Use only when the slots are known to be stuck.
     Reset {
         #[command(flatten)]
@@ -142,11 +142,11 @@ impl Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
-    let config = match projector_shared::runtime::config_or_exit(cli.command.config_args().load(Vec::new())) {
+    let config = match projector_process::runtime::config_or_exit(cli.command.config_args().load(Vec::new())) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match projector_shared::runtime::block_on_main(run(cli.command, config)) {
+    match projector_process::runtime::block_on_main(run(cli.command, config)) {
         Some(text) => {
             telemetry::print(&text);
             ExitCode::SUCCESS

@@ -1,7 +1,6 @@
 //! The scheduler against Redis: `run-once` (one fan-out now, optionally followed to the end) and
 //! `serve` (a fan-out at every cron tick, by exactly one replica per tick).
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -140,12 +139,11 @@ pub async fn limit_in_force(config: &Config) -> (u32, &'static str) {
 /// Fans out at every tick of `schedule.cron` until `shutdown`. Every replica wakes at the tick;
 /// the one that takes the tick's lock fans out, the others log and wait for the next tick.
 pub async fn serve(config: &Config, shutdown: CancellationToken) -> Result<(), Error> {
-    let schedule = cron::Schedule::from_str(&config.schedule.cron)
-        .map_err(|e| Error::Schedule { expr: config.schedule.cron.clone(), detail: e.to_string() })?;
+    let schedule = &config.schedule.cron;
     let conn = connect(config)?;
     let owner = format!("scheduler-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let endpoint = projector_shared::redis_conn::Endpoint::from(&config.redis);
-    tracing::info!(cron = %config.schedule.cron, owner = %owner, redis = %endpoint.redacted(), orgs_source = ?config.orgs.source, "scheduler serving");
+    tracing::info!(cron = %config.schedule.cron.source(), owner = %owner, redis = %endpoint.redacted(), orgs_source = ?config.orgs.source, "scheduler serving");
     for tick in schedule.upcoming(Utc) {
         let wait = (tick - Utc::now()).to_std().unwrap_or_default();
         tokio::select! {

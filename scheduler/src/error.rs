@@ -14,9 +14,6 @@ pub enum Error {
     #[error("cannot resume run {run_id}: {detail}")]
     Resume { run_id: String, detail: String },
 
-    #[error("schedule.cron {expr:?} cannot be read: {detail}")]
-    Schedule { expr: String, detail: String },
-
     #[error("no organizations to run from {from}; nothing was enqueued (check orgs.source, orgs.path and orgs.count)")]
     NoOrgs { from: String },
 }

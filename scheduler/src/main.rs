@@ -6,12 +6,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use projector_config::{ConfigArgs, FanOutArgs, JobArgs};
+use projector_process::telemetry::{self, LogFormat};
 use projector_scheduler::distributed::{RunOnceMode, RunOnceResult, Which, limit_in_force, run_once, serve};
 use projector_scheduler::embedded::{EmbeddedOptions, run_embedded};
 use projector_scheduler::fanout::WaitEnd;
 use projector_scheduler::report::{FailOn, exit, summary_table, write_summary_json};
 use projector_shared::run::RunSummary;
-use projector_shared::telemetry::{self, LogFormat};
 
 /// Fans out one spike-projection job per organization, in batches, to workers that share a
 /// cluster-wide limit of concurrent queries.
@@ -111,15 +111,15 @@ fn main() -> ExitCode {
         Command::Serve { config, fan_out } => config.load(fan_out.flag_values()),
         Command::RunOnce(args) => args.config.load([args.fan_out.flag_values(), args.jobs.flag_values()].concat()),
     };
-    let config = match projector_shared::runtime::config_or_exit(loaded) {
+    let config = match projector_process::runtime::config_or_exit(loaded) {
         Ok(config) => config,
         Err(code) => return code,
     };
-    projector_shared::runtime::block_on_main(run(cli.command, config)).unwrap_or(ExitCode::from(exit::ERROR))
+    projector_process::runtime::block_on_main(run(cli.command, config)).unwrap_or(ExitCode::from(exit::ERROR))
 }
 
 async fn run(command: Command, config: projector_config::Config) -> anyhow::Result<ExitCode> {
-    let shutdown = projector_shared::shutdown::on_signal();
+    let shutdown = projector_process::shutdown::on_signal();
     let args = match command {
         Command::Serve { .. } => {
             serve(&config, shutdown).await?;

@@ -14,11 +14,8 @@ pub mod redis_conn;
 pub mod rollout;
 pub mod run;
 pub mod run_record;
-pub mod runtime;
-pub mod shutdown;
 pub mod slots;
 pub mod synthetic;
-pub mod telemetry;
 
 pub use error::Error;
 pub use ids::{OrgId, ProjectId, RunId};

@@ -1,6 +1,6 @@
 //! Every metric name Projector emits, in Prometheus form; labels are bounded (never an org id).
 
-/// Slots granted (`spike_projection.slot.acquired` in the seed).
+/// Slots granted (`spike_projection.slot.acquired` in statsd form).
 pub const SLOT_ACQUIRED_TOTAL: &str = "spike_projection_slot_acquired_total";
 /// Slots given back.
 pub const SLOT_RELEASED_TOTAL: &str = "spike_projection_slot_released_total";

@@ -10,7 +10,7 @@ use crate::error::Error;
 use crate::ids::OrgId;
 use crate::keys;
 
-/// The flag's name, as in the seed's rollout plan.
+/// The flag's name, as the billing service's rollout plan calls it.
 pub const RATE_LIMIT_FLAG: &str = "organizations:spike-projection-rate-limit";
 
 /// The flag as operators set it. Every field unset means the safe default: everyone limited.

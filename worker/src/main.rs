@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use projector_config::{ConfigArgs, JobArgs, WorkerArgs};
-use projector_shared::telemetry::{self, LogFormat};
+use projector_process::telemetry::{self, LogFormat};
 
 /// Takes spike-projection jobs from Redis, holds a cluster-wide slot for each query, and stores projections.
 ///
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
     telemetry::init(cli.log_format);
     match cli.command {
         Command::Config { config, show_secrets } => {
-            let config = match projector_shared::runtime::config_or_exit(config.load(Vec::new())) {
+            let config = match projector_process::runtime::config_or_exit(config.load(Vec::new())) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -60,11 +60,12 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run { config, jobs, worker } => {
-            let config = match projector_shared::runtime::config_or_exit(config.load([jobs.flag_values(), worker.flag_values()].concat())) {
+            let config = match projector_process::runtime::config_or_exit(config.load([jobs.flag_values(), worker.flag_values()].concat()))
+            {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match projector_shared::runtime::block_on_main(run(config)) {
+            match projector_process::runtime::block_on_main(run(config)) {
                 Some(()) => ExitCode::SUCCESS,
                 None => ExitCode::FAILURE,
             }
@@ -73,7 +74,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: projector_config::Config) -> anyhow::Result<()> {
-    let shutdown = projector_shared::shutdown::on_signal();
+    let shutdown = projector_process::shutdown::on_signal();
     let (_, health_conn) = projector_shared::redis_conn::connection_manager(&config.redis, std::time::Duration::from_secs(1))?;
     let readiness = projector_worker::metrics_http::Readiness::new(health_conn);
     let services = projector_worker::services::Services::new(shutdown.clone());

@@ -145,7 +145,7 @@ impl RedisSlotLimiter {
         Ok(removed == 1)
     }
 
-    /// Drops every lease and waiter (the seed's `reset_concurrent_count`); returns how many leases were dropped.
+    /// Drops every lease and waiter (after an incident: the `reset_concurrent_count` of earlier designs); returns how many leases were dropped.
     /// Holders learn at their next renewal that their lease is gone.
     pub async fn reset(&self) -> Result<u64, Error> {
         self.inner.call(&RESET.key(self.inner.keys.script_keys())).await

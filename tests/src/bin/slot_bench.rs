@@ -1,5 +1,5 @@
 //! Slot limiter benchmark against a private local `redis-server`: round trip, acquire+release,
-//! handoff latency (limit 50, 200 waiters), throughput, and the seed's INCR/DECR + 1 s polling design.
+//! handoff latency (limit 50, 200 waiters), throughput, and the shared-counter design (INCR/DECR, retry every second) it replaced.
 //! Prints the figures and writes them to target/bench/slots.json.
 
 use std::sync::Arc;
@@ -166,7 +166,7 @@ fn redis_benchmark_eval(socket: &std::path::Path) -> Option<u64> {
     figure.parse::<f64>().ok().map(|f| f as u64)
 }
 
-/// The seed's design: a shared counter, INCR to take, DECR to give back, retry every second.
+/// The design the limiter replaced: a shared counter, INCR to take, DECR to give back, retry every second.
 async fn seed_handoffs(client: &redis::Client) -> anyhow::Result<u64> {
     const KEY: &str = "seed:concurrent";
     let mut conn = client.get_multiplexed_async_connection().await?;
