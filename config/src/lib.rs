@@ -33,7 +33,7 @@ pub struct Config {
     pub worker: WorkerConfig,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct RedisConfig {
     pub url: String,
     /// PEM file of the CA that signed the server's certificate (`rediss://` only).
@@ -42,7 +42,7 @@ pub struct RedisConfig {
     pub tls_insecure: bool,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct SlotsConfig {
     /// Slots held at once across the whole fleet.
     pub limit: u32,
@@ -59,24 +59,26 @@ pub struct SlotsConfig {
 }
 
 /// What a job does when its slot wait times out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnSlotTimeout {
     /// Record `skipped_no_slot` and move on (the default: a skipped org is counted and the next run covers it).
+    #[default]
     Skip,
     /// Re-enqueue with jittered backoff, at most `slots.max_reschedules` times.
     Reschedule,
 }
 
 /// What a job does when Redis cannot be asked for a slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnRedisError {
     /// Do not query; record `slot_unavailable`.
+    #[default]
     FailClosed,
     /// Query under a local fallback limit.
     FailOpen,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct BatchConfig {
     pub size: usize,
     pub delay: Duration,
@@ -92,20 +94,21 @@ pub struct ScheduleConfig {
     pub cron: cron::Schedule,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct OrgsConfig {
     pub source: OrgSourceKind,
     pub count: u64,
     pub path: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OrgSourceKind {
+    #[default]
     Synthetic,
     File,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct QueryConfig {
     pub source: QuerySourceKind,
     pub url: Option<String>,
@@ -133,14 +136,15 @@ impl QueryConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum QuerySourceKind {
+    #[default]
     Synthetic,
     Snuba,
 }
 
 /// Where a worker stores projections.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct SinkConfig {
     pub kind: SinkKind,
     pub path: Option<PathBuf>,
@@ -148,9 +152,10 @@ pub struct SinkConfig {
     pub ttl: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SinkKind {
     /// One hash per org in Redis, readable by other services.
+    #[default]
     Redis,
     /// One JSON line per org and project in a file.
     JsonLines,
@@ -170,43 +175,41 @@ pub struct WorkerConfig {
     pub housekeeping_interval: Duration,
 }
 
-impl Default for Config {
+/// Placeholders only: the defaults are the key table's (`Config::default`).
+impl Default for WorkerConfig {
     fn default() -> Self {
-        Config {
-            redis: RedisConfig { url: "redis://127.0.0.1:6379".to_owned(), tls_ca_file: None, tls_insecure: false },
-            slots: SlotsConfig {
-                limit: 50,
-                lease_ttl: Duration::from_secs(30),
-                max_wait: Duration::from_secs(60),
-                on_timeout: OnSlotTimeout::Skip,
-                on_redis_error: OnRedisError::FailClosed,
-                fallback_limit: 2,
-                max_reschedules: 3,
-            },
-            batch: BatchConfig { size: 25, delay: Duration::from_secs(2) },
-            schedule: ScheduleConfig { cron: HOURLY.clone() },
-            orgs: OrgsConfig { source: OrgSourceKind::Synthetic, count: 200, path: None },
-            query: QueryConfig {
-                source: QuerySourceKind::Synthetic,
-                url: None,
-                dataset: "events".to_owned(),
-                referrer: "getsentry.get_spike_projections".to_owned(),
-                timeout: Duration::from_secs(30),
-                max_duration: None,
-                synthetic_latency: Duration::from_millis(50),
-                referrer_limit: 100,
-                tls_ca_file: None,
-                tls_insecure: false,
-            },
-            sink: SinkConfig { kind: SinkKind::Redis, path: None, ttl: Duration::from_secs(48 * 3600) },
-            worker: WorkerConfig {
-                concurrency: 64,
-                metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
-                shutdown_grace: Duration::from_secs(30),
-                rollout_refresh: Duration::from_secs(2),
-                housekeeping_interval: Duration::from_secs(1),
-            },
+        WorkerConfig {
+            concurrency: 1,
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            shutdown_grace: Duration::ZERO,
+            rollout_refresh: Duration::ZERO,
+            housekeeping_interval: Duration::ZERO,
         }
+    }
+}
+
+impl Default for Config {
+    /// Every key's default, from the key table (`keys.rs`), where each is written once.
+    fn default() -> Self {
+        let mut config = Config {
+            redis: RedisConfig::default(),
+            slots: SlotsConfig::default(),
+            batch: BatchConfig::default(),
+            schedule: ScheduleConfig { cron: HOURLY.clone() },
+            orgs: OrgsConfig::default(),
+            query: QueryConfig::default(),
+            sink: SinkConfig::default(),
+            worker: WorkerConfig::default(),
+        };
+        for key in KEYS {
+            if let Some(default) = key.default
+                && let Err(e) = (key.set)(&mut config, default)
+            {
+                // A fault in the key table itself; the config tests catch it before any release.
+                panic!("the default of {} ({default:?}) does not parse: {e}", key.name);
+            }
+        }
+        config
     }
 }
 
