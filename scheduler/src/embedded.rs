@@ -13,7 +13,7 @@ use futures::channel::mpsc::UnboundedSender;
 use futures::{SinkExt, StreamExt};
 use projector_config::Config;
 use projector_shared::batch::plan_batches;
-use projector_shared::run::{MemoryRunLedger, RunSummary};
+use projector_shared::run::{MemoryRunLedger, Outcome, RunSummary};
 use projector_shared::slots::MemorySlotLimiter;
 use projector_shared::{RunId, SpikeProjectionJob};
 use projector_worker::handler::{JobHandler, Routing, run_job};
@@ -180,14 +180,13 @@ fn spawn_progress(ledger: Arc<MemoryRunLedger>, done: CancellationToken) -> toki
                     bar.set_position(s.accounted());
                     bar.set_message(format!(
                         "completed {} skipped {} failed {}",
-                        s.completed,
-                        s.skipped_no_slot,
-                        s.failed + s.rate_limited
+                        s.count(Outcome::Completed),
+                        s.count(Outcome::SkippedNoSlot),
+                        s.count(Outcome::Failed) + s.count(Outcome::RateLimited)
                     ));
                 }
                 None => tracing::info!(
-                    run_id = %s.run_id, accounted = s.accounted(), total = s.orgs_total, completed = s.completed,
-                    skipped_no_slot = s.skipped_no_slot, failed = s.failed + s.rate_limited, "progress"
+                    run_id = %s.run_id, accounted = s.accounted(), total = s.orgs_total, outcomes = %s.outcomes, "progress"
                 ),
             }
         }

@@ -213,8 +213,7 @@ pub async fn wait_for_run(conn: &ConnectionManager, run_id: &RunId, timeout: Dur
         if last_log.elapsed() >= Duration::from_secs(2) {
             last_log = Instant::now();
             tracing::info!(
-                run_id = %run_id, accounted = last_seen.accounted(), total = last_seen.orgs_total, completed = last_seen.completed,
-                skipped_no_slot = last_seen.skipped_no_slot, rate_limited = last_seen.rate_limited, failed = last_seen.failed,
+                run_id = %run_id, accounted = last_seen.accounted(), total = last_seen.orgs_total, outcomes = %last_seen.outcomes,
                 "waiting for the run"
             );
         }

@@ -194,9 +194,7 @@ async fn run(command: Command, config: projector_config::Config) -> anyhow::Resu
 /// Prints the summary table, logs one line for the run, and writes the summary JSON if asked.
 fn finish(summary: &RunSummary, limit: (u32, &str), summary_json: Option<&std::path::Path>) -> anyhow::Result<()> {
     tracing::info!(
-        run_id = %summary.run_id, orgs = summary.orgs_total, completed = summary.completed,
-        skipped_no_slot = summary.skipped_no_slot, rate_limited = summary.rate_limited, failed = summary.failed,
-        slot_unavailable = summary.slot_unavailable, "run summary"
+        run_id = %summary.run_id, orgs = summary.orgs_total, outcomes = %summary.outcomes, "run summary"
     );
     telemetry::print(&summary_table(summary, limit));
     if let Some(path) = summary_json {

@@ -45,9 +45,9 @@ impl std::str::FromStr for FailOn {
                 .split(',')
                 .map(|name| {
                     Outcome::parse(name.trim()).filter(|o| *o != Outcome::Completed).ok_or_else(|| {
-                        format!(
-                            "unknown outcome {name:?}: use none, any, or a list of skipped_no_slot, rate_limited, failed, slot_unavailable"
-                        )
+                        let others: Vec<&str> =
+                            Outcome::ALL.into_iter().filter(|o| *o != Outcome::Completed).map(Outcome::as_str).collect();
+                        format!("unknown outcome {name:?}: use none, any, or a list of {}", others.join(", "))
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()

@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use projector_shared::OrgId;
-use projector_shared::run::RunSummary;
+use projector_shared::run::{Outcome, RunSummary};
 use projector_shared::synthetic::synthetic_projects;
 
 fn scheduler_command(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
@@ -51,7 +51,7 @@ fn sixty_orgs_are_all_accounted_for_and_projected() {
     let s = summary(dir.path());
     assert_eq!(s.orgs_total, 60);
     assert_eq!(s.accounted(), 60);
-    assert_eq!(s.completed, 60, "{s:?}");
+    assert_eq!(s.count(Outcome::Completed), 60, "{s:?}");
     assert!(s.max_concurrent_queries.is_some_and(|m| (1..=50).contains(&m)), "{s:?}");
     let (orgs, lines) = projected_orgs(dir.path());
     assert_eq!(orgs, (1..=60).collect::<BTreeSet<u64>>());
@@ -72,12 +72,12 @@ fn a_tight_limit_skips_some_orgs_and_the_counts_still_add_up() {
     assert_eq!(out.status.code(), Some(3), "skipped orgs make the run exit 3: {}", String::from_utf8_lossy(&out.stderr));
     let s = summary(dir.path());
     assert_eq!(s.accounted(), 60, "{s:?}");
-    assert!(s.skipped_no_slot > 0, "some orgs found no slot: {s:?}");
-    assert!(s.completed >= 3, "the slots were used: {s:?}");
+    assert!(s.count(Outcome::SkippedNoSlot) > 0, "some orgs found no slot: {s:?}");
+    assert!(s.count(Outcome::Completed) >= 3, "the slots were used: {s:?}");
     assert!(s.max_concurrent_queries.is_some_and(|m| m <= 3), "bound held: {s:?}");
-    assert_eq!(s.skipped_org_ids.len() as u64, s.skipped_no_slot);
+    assert_eq!(s.skipped_org_ids.len() as u64, s.count(Outcome::SkippedNoSlot));
     let (orgs, _) = projected_orgs(dir.path());
-    assert_eq!(orgs.len() as u64, s.completed, "projections for exactly the completed orgs");
+    assert_eq!(orgs.len() as u64, s.count(Outcome::Completed), "projections for exactly the completed orgs");
     assert!(s.skipped_org_ids.iter().all(|o| !orgs.contains(&o.0)), "skipped orgs were not queried");
 }
 
@@ -143,7 +143,7 @@ fn fail_on_judges_skips_leniently_when_asked() {
     let env = [("PROJECTOR_SLOTS_LIMIT", "3"), ("PROJECTOR_SLOTS_MAX_WAIT", "10ms"), ("PROJECTOR_QUERY_SYNTHETIC_LATENCY", "200ms")];
     let out = scheduler(dir.path(), &args, &env);
     assert_eq!(out.status.code(), Some(0), "skips tolerated on purpose: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(summary(dir.path()).skipped_no_slot > 0, "the run did skip orgs");
+    assert!(summary(dir.path()).count(Outcome::SkippedNoSlot) > 0, "the run did skip orgs");
     let bad = scheduler(dir.path(), &[RUN, &["--fail-on", "completed"]].concat(), &env);
     assert_eq!(bad.status.code(), Some(2), "completed is not a failure outcome");
 }

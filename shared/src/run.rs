@@ -53,16 +53,89 @@ impl Outcome {
     }
 }
 
+/// How many orgs ended in each outcome. Shown as `completed=3 skipped_no_slot=0 …`, serialized
+/// as one field per outcome, in `Outcome::ALL`'s order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutcomeCounts([u64; Outcome::ALL.len()]);
+
+impl OutcomeCounts {
+    pub fn get(&self, outcome: Outcome) -> u64 {
+        self.0[outcome as usize]
+    }
+
+    pub fn set(&mut self, outcome: Outcome, n: u64) {
+        self.0[outcome as usize] = n;
+    }
+
+    pub fn add(&mut self, outcome: Outcome) {
+        self.0[outcome as usize] += 1;
+    }
+
+    /// Orgs with an outcome.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// Every outcome with its count, in `Outcome::ALL`'s order.
+    pub fn iter(&self) -> impl Iterator<Item = (Outcome, u64)> + '_ {
+        Outcome::ALL.into_iter().map(|o| (o, self.get(o)))
+    }
+}
+
+impl std::fmt::Display for OutcomeCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (outcome, n)) in self.iter().enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            write!(f, "{sep}{}={n}", outcome.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for OutcomeCounts {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(Outcome::ALL.len()))?;
+        for (outcome, n) in self.iter() {
+            map.serialize_entry(outcome.as_str(), &n)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for OutcomeCounts {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Counts;
+        impl<'de> serde::de::Visitor<'de> for Counts {
+            type Value = OutcomeCounts;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a count per outcome")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<OutcomeCounts, A::Error> {
+                let mut counts = OutcomeCounts::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    match Outcome::parse(&key) {
+                        Some(outcome) => counts.set(outcome, map.next_value()?),
+                        None => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(counts)
+            }
+        }
+        deserializer.deserialize_map(Counts)
+    }
+}
+
 /// The totals of one run, as printed and written by `--summary-json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunSummary {
     pub run_id: String,
     pub orgs_total: u64,
-    pub completed: u64,
-    pub skipped_no_slot: u64,
-    pub rate_limited: u64,
-    pub failed: u64,
-    pub slot_unavailable: u64,
+    /// How many orgs ended in each outcome: one JSON field per outcome (`"completed": 3`, …).
+    #[serde(flatten)]
+    pub outcomes: OutcomeCounts,
     /// The most queries in flight at once during the run, as seen by an independent probe. Only
     /// the embedded run measures it (its queries run in this process); a distributed run's
     /// queries happen in worker processes, so the field is left out rather than reported as 0.
@@ -116,13 +189,13 @@ impl BadLines {
 impl RunSummary {
     /// Orgs with a recorded outcome.
     pub fn accounted(&self) -> u64 {
-        self.completed + self.skipped_no_slot + self.rate_limited + self.failed + self.slot_unavailable
+        self.outcomes.total()
     }
 
     /// Files one org's outcome: its total, and its id under the list its outcome belongs to.
     /// The one place both the embedded ledger and the Redis run record build a summary from.
     pub fn add(&mut self, org: OrgId, outcome: Outcome) {
-        *self.count_mut(outcome) += 1;
+        self.outcomes.add(outcome);
         if outcome.not_queried() {
             self.skipped_org_ids.push(org);
         } else if outcome != Outcome::Completed {
@@ -138,32 +211,16 @@ impl RunSummary {
 
     /// Orgs that did not complete.
     pub fn not_completed(&self) -> u64 {
-        self.accounted() - self.completed
-    }
-
-    fn count_mut(&mut self, outcome: Outcome) -> &mut u64 {
-        match outcome {
-            Outcome::Completed => &mut self.completed,
-            Outcome::SkippedNoSlot => &mut self.skipped_no_slot,
-            Outcome::RateLimited => &mut self.rate_limited,
-            Outcome::Failed => &mut self.failed,
-            Outcome::SlotUnavailable => &mut self.slot_unavailable,
-        }
+        self.accounted() - self.count(Outcome::Completed)
     }
 
     /// Sets the total of one outcome (from a record that keeps totals, not ids).
     pub fn set_count(&mut self, outcome: Outcome, n: u64) {
-        *self.count_mut(outcome) = n;
+        self.outcomes.set(outcome, n);
     }
 
     pub fn count(&self, outcome: Outcome) -> u64 {
-        match outcome {
-            Outcome::Completed => self.completed,
-            Outcome::SkippedNoSlot => self.skipped_no_slot,
-            Outcome::RateLimited => self.rate_limited,
-            Outcome::Failed => self.failed,
-            Outcome::SlotUnavailable => self.slot_unavailable,
-        }
+        self.outcomes.get(outcome)
     }
 }
 
@@ -325,7 +382,11 @@ mod tests {
         assert_eq!(ledger.record(&other, OrgId(4), Outcome::Completed).await.expect("memory"), Recorded::UnknownRun);
         assert_eq!(ledger.outcome_of(&other, OrgId(4)).await.expect("memory"), Admission::UnknownRun);
         let s = ledger.summary(&run).await.expect("memory").expect("this run");
-        assert_eq!((s.completed, s.skipped_no_slot, s.failed), (1, 1, 1));
+        assert_eq!((s.count(Outcome::Completed), s.count(Outcome::SkippedNoSlot), s.count(Outcome::Failed)), (1, 1, 1));
+        assert_eq!(s.outcomes.to_string(), "completed=1 skipped_no_slot=1 rate_limited=0 failed=1 slot_unavailable=0");
+        let json = serde_json::to_value(&s).expect("json");
+        assert_eq!((json["completed"].as_u64(), json["slot_unavailable"].as_u64()), (Some(1), Some(0)), "one field per outcome: {json}");
+        assert_eq!(serde_json::from_value::<RunSummary>(json).expect("loads back"), s);
         assert_eq!(s.accounted(), 3);
         assert_eq!(s.skipped_org_ids, [OrgId(2)]);
         assert_eq!(ledger.outcome_of(&run, OrgId(1)).await.expect("memory"), Admission::Accounted(Outcome::Completed));

@@ -215,8 +215,7 @@ impl JobHandler {
     async fn log_run_finished(&self, run_id: &projector_shared::RunId) {
         match self.ledger.summary(run_id).await {
             Ok(Some(s)) => tracing::info!(
-                run_id = %run_id, orgs = s.orgs_total, completed = s.completed, skipped_no_slot = s.skipped_no_slot,
-                rate_limited = s.rate_limited, failed = s.failed, slot_unavailable = s.slot_unavailable, "run finished"
+                run_id = %run_id, orgs = s.orgs_total, outcomes = %s.outcomes, "run finished"
             ),
             Ok(None) | Err(_) => tracing::info!(run_id = %run_id, "run finished (totals: projectorctl run {run_id})"),
         }
