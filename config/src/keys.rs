@@ -259,6 +259,10 @@ keys! {
         "how long a worker trusts the rollout flag it read before reading it again";
     "worker.housekeeping_interval" => worker.housekeeping_interval: Dur(MILLIS(10), SECS(60)), default Some("1s"),
         "how often a worker promotes due jobs, refreshes queue and slot gauges and writes its heartbeat";
+    "runs.retention" => runs.retention: Dur(SECS(60), SECS(90 * 86_400)), default Some("7days"),
+        "how long a run's record, per-org outcomes and plan stay in Redis after their last write (run-once --resume and projectorctl run need them)";
+    "runs.dedup_window" => runs.dedup_window: Dur(SECS(60), SECS(30 * 86_400)), default Some("2h"),
+        "how long after a fan-out its jobs stay deduplicated: a re-fan-out of the tick or --resume within it enqueues no job twice (each idempotency key costs ~150 B of Redis per org)";
 }
 
 /// The spec of a key, if it exists.

@@ -31,6 +31,7 @@ pub struct Config {
     pub query: QueryConfig,
     pub sink: SinkConfig,
     pub worker: WorkerConfig,
+    pub runs: RunsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -175,6 +176,16 @@ pub struct WorkerConfig {
     pub housekeeping_interval: Duration,
 }
 
+/// How long a run's traces are kept in Redis.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunsConfig {
+    /// The run record, its per-org outcomes and its plan live this long after their last write.
+    pub retention: Duration,
+    /// How long after a fan-out its jobs stay deduplicated by idempotency key: a re-fan-out of
+    /// the same tick, or `--resume`, within this window enqueues no job twice.
+    pub dedup_window: Duration,
+}
+
 /// Placeholders only: the defaults are the key table's (`Config::default`).
 impl Default for WorkerConfig {
     fn default() -> Self {
@@ -200,6 +211,7 @@ impl Default for Config {
             query: QueryConfig::default(),
             sink: SinkConfig::default(),
             worker: WorkerConfig::default(),
+            runs: RunsConfig::default(),
         };
         for key in KEYS {
             if let Some(default) = key.default

@@ -207,7 +207,7 @@ async fn flag(config: &Config, action: FlagAction) -> anyhow::Result<String> {
 }
 
 async fn run_record(config: &Config, run_id: &str) -> anyhow::Result<String> {
-    let records = RunRecords::new(connection(config)?);
+    let records = RunRecords::new(connection(config)?, config.runs.retention);
     let run_id = RunId(run_id.to_owned());
     let Some(s) = records.summary(&run_id, OrgIds::List).await? else {
         anyhow::bail!("no record of run {run_id} in {} (records are kept 7 days)", Endpoint::from(&config.redis).redacted());

@@ -46,7 +46,6 @@ pub fn config() -> apalis_redis::Config {
         .batch_size(1)
         .heartbeat_interval(Duration::from_secs(2))
         .missed_heartbeats(3)
-        .idempotency_ttl(Some(Duration::from_secs(7 * 24 * 3600)))
 }
 
 /// A job as a queue task: runnable from `run_at` (unix seconds), dropped on push if a task with
@@ -55,9 +54,11 @@ pub fn task(job: &SpikeProjectionJob, run_at: u64, idempotency_key: String) -> R
     TaskBuilder::new(job.encode()).run_at_timestamp(run_at).idempotency_key(idempotency_key).build()
 }
 
-/// Pushes tasks in one script call; returns how many were new (the rest were duplicates).
-pub async fn push(conn: &ConnectionManager, tasks: &[RedisTask]) -> Result<u64, apalis_redis::Error> {
-    let (ready, scheduled) = apalis_redis::queries::push_tasks(&mut conn.clone(), &config(), tasks).await?;
+/// Pushes tasks in one script call; returns how many were new (the rest were duplicates). Each
+/// task's idempotency key is kept `dedup_window` (`runs.dedup_window`).
+pub async fn push(conn: &ConnectionManager, tasks: &[RedisTask], dedup_window: Duration) -> Result<u64, apalis_redis::Error> {
+    let config = config().idempotency_ttl(Some(dedup_window));
+    let (ready, scheduled) = apalis_redis::queries::push_tasks(&mut conn.clone(), &config, tasks).await?;
     Ok(u64::from(ready) + u64::from(scheduled))
 }
 

@@ -67,9 +67,9 @@ pub enum Which {
 pub async fn run_once(config: &Config, mode: RunOnceMode, which: Which) -> Result<RunOnceResult, Error> {
     let conn = connect(config)?;
     if let Which::Resume(run_id) = which {
-        let enqueued = crate::fanout::resume(&conn, &run_id).await?;
+        let enqueued = crate::fanout::resume(&conn, &run_id, &config.runs).await?;
         tracing::info!(run_id = %run_id, new = enqueued.new, duplicates = enqueued.duplicates, "run resumed from its stored plan");
-        return follow(&conn, run_id, mode, enqueued, projector_shared::run::BadLines::default()).await;
+        return follow(&conn, &config.runs, run_id, mode, enqueued, projector_shared::run::BadLines::default()).await;
     }
     let tick = match which {
         Which::Tick(t) => Some(t),
@@ -94,12 +94,13 @@ pub async fn run_once(config: &Config, mode: RunOnceMode, which: Which) -> Resul
         run_id = %run_id, orgs = plan.jobs.len(), batches = plan.batches, new = enqueued.new,
         duplicates = enqueued.duplicates, took_ms = started.elapsed().as_millis() as u64, "run fanned out"
     );
-    follow(&conn, run_id, mode, enqueued, plan.bad_lines.clone()).await
+    follow(&conn, &config.runs, run_id, mode, enqueued, plan.bad_lines.clone()).await
 }
 
 /// After the fan-out: return, or follow the run to its end.
 async fn follow(
     conn: &ConnectionManager,
+    runs: &projector_config::RunsConfig,
     run_id: RunId,
     mode: RunOnceMode,
     enqueued: crate::fanout::Enqueued,
@@ -110,7 +111,7 @@ async fn follow(
             Ok(RunOnceResult::Enqueued { run_id, new: enqueued.new, duplicates: enqueued.duplicates })
         }
         RunOnceMode::Wait(timeout) => {
-            let (mut summary, end) = wait_for_run(conn, &run_id, timeout).await?;
+            let (mut summary, end) = wait_for_run(conn, &run_id, runs, timeout).await?;
             summary.bad_lines = bad_lines;
             // When nothing moved, whether any worker is alive is the first thing to know.
             let workers_alive = match end {

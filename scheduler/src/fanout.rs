@@ -5,7 +5,7 @@ use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use projector_config::Config;
+use projector_config::{Config, RunsConfig};
 use projector_shared::batch::plan_batches;
 use projector_shared::run::BadLines;
 
@@ -45,6 +45,8 @@ pub struct Plan {
     pub jobs: Vec<PlannedJob>,
     /// Lines of the organizations file that were skipped.
     pub bad_lines: BadLines,
+    /// How long the run's record and its jobs' idempotency keys are kept.
+    pub runs: RunsConfig,
 }
 
 impl Plan {
@@ -70,7 +72,7 @@ impl Plan {
                 }
             })
             .collect();
-        Plan { run_id, tick, batches: batches.len(), jobs, bad_lines: list.bad_lines.clone() }
+        Plan { run_id, tick, batches: batches.len(), jobs, bad_lines: list.bad_lines.clone(), runs: config.runs.clone() }
     }
 
     /// The `--dry-run` listing: one line per batch, then the routing totals.
@@ -114,23 +116,23 @@ pub struct Enqueued {
 /// the same run id: idempotency keys (`{run}:org-{id}`) drop the jobs already enqueued.
 pub async fn enqueue(conn: &ConnectionManager, plan: &Plan) -> Result<Enqueued, Error> {
     let enqueue_error = |detail: String| Error::Enqueue { run_id: plan.run_id.to_string(), detail };
-    let records = RunRecords::new(conn.clone());
+    let records = RunRecords::new(conn.clone(), plan.runs.retention);
     records.create(&plan.run_id, plan.tick, plan.jobs.len() as u64).await.map_err(|e| enqueue_error(e.to_string()))?;
     // The whole plan is stored before the first job: the run then accounts only for its own orgs,
     // and a fan-out cut short can be finished by run id (`run-once --resume`).
     let orgs: Vec<_> = plan.jobs.iter().map(|p| (p.job.org_id, p.job.project_ids.clone())).collect();
     records.store_plan(&plan.run_id, &orgs).await.map_err(|e| enqueue_error(e.to_string()))?;
     tracing::info!(run_id = %plan.run_id, orgs = orgs.len(), "run planned; enqueuing");
-    push_jobs(conn, &plan.run_id, &plan.jobs).await
+    push_jobs(conn, &plan.run_id, &plan.jobs, plan.runs.dedup_window).await
 }
 
 /// Pushes jobs in bulk script calls; jobs already enqueued (same idempotency key) are skipped.
-async fn push_jobs(conn: &ConnectionManager, run_id: &RunId, jobs: &[PlannedJob]) -> Result<Enqueued, Error> {
+async fn push_jobs(conn: &ConnectionManager, run_id: &RunId, jobs: &[PlannedJob], dedup_window: Duration) -> Result<Enqueued, Error> {
     let mut new = 0u64;
     for chunk in jobs.chunks(PUSH_CHUNK) {
         let tasks: Vec<_> =
             chunk.iter().map(|p| queue::task(&p.job, p.release_at.timestamp().max(0) as u64, p.job.idempotency_key())).collect();
-        new += queue::push(conn, &tasks).await.map_err(|e| Error::Enqueue {
+        new += queue::push(conn, &tasks, dedup_window).await.map_err(|e| Error::Enqueue {
             run_id: run_id.to_string(),
             detail: format!("{e} (jobs enqueued so far stay; finish the run with run-once --resume {run_id})"),
         })?;
@@ -142,10 +144,13 @@ async fn push_jobs(conn: &ConnectionManager, run_id: &RunId, jobs: &[PlannedJob]
 /// Finishes the fan-out of a run that was cut short, from the plan stored with it: every planned
 /// org's job is enqueued again under its idempotency key, so only the missing ones are new. They
 /// are released now (spread as the fan-out spreads them), not at their batch's original time.
-pub async fn resume(conn: &ConnectionManager, run_id: &RunId) -> Result<Enqueued, Error> {
-    let records = RunRecords::new(conn.clone());
+pub async fn resume(conn: &ConnectionManager, run_id: &RunId, runs: &RunsConfig) -> Result<Enqueued, Error> {
+    let records = RunRecords::new(conn.clone(), runs.retention);
     let Some(stored) = records.plan(run_id).await? else {
-        return Err(Error::Resume { run_id: run_id.to_string(), detail: "no record of it (records are kept 7 days)".to_owned() });
+        return Err(Error::Resume {
+            run_id: run_id.to_string(),
+            detail: format!("no record of it (records are kept runs.retention = {})", projector_config::format_duration(runs.retention)),
+        });
     };
     if (stored.orgs.len() as u64) < stored.orgs_total {
         return Err(Error::Resume {
@@ -169,7 +174,7 @@ pub async fn resume(conn: &ConnectionManager, run_id: &RunId) -> Result<Enqueued
             limited: true,
         })
         .collect();
-    push_jobs(conn, run_id, &jobs).await
+    push_jobs(conn, run_id, &jobs, runs.dedup_window).await
 }
 
 /// How following a run ended.
@@ -184,8 +189,13 @@ pub enum WaitEnd {
 /// Follows the run record until every org is accounted for or `timeout` passes; returns the last
 /// summary seen and how the wait ended. A Redis error does not end the wait: the run goes on in
 /// the workers, so the record is read again with backoff until the timeout.
-pub async fn wait_for_run(conn: &ConnectionManager, run_id: &RunId, timeout: Duration) -> Result<(RunSummary, WaitEnd), Error> {
-    let records = RunRecords::new(conn.clone());
+pub async fn wait_for_run(
+    conn: &ConnectionManager,
+    run_id: &RunId,
+    runs: &RunsConfig,
+    timeout: Duration,
+) -> Result<(RunSummary, WaitEnd), Error> {
+    let records = RunRecords::new(conn.clone(), runs.retention);
     let started = Instant::now();
     let mut last_log = Instant::now();
     let mut last_seen = RunSummary { run_id: run_id.0.clone(), ..RunSummary::default() };

@@ -14,9 +14,6 @@ use crate::keys;
 use crate::redis_conn::retry_transient;
 use crate::run::{Admission, Outcome, Recorded, RunLedger, RunSummary};
 
-/// How long a run record is kept after its last write.
-pub const RUN_RECORD_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-
 /// Records one org's outcome; its contract is in the file's header.
 static RECORD: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(include_str!("../../lua/run_record.lua")));
 
@@ -53,17 +50,24 @@ pub enum OrgIds {
 #[derive(Clone)]
 pub struct RunRecords {
     conn: ConnectionManager,
+    /// How long a record lives after its last write (`runs.retention`).
+    retention: Duration,
 }
 
 impl RunRecords {
-    pub fn new(conn: ConnectionManager) -> Self {
-        RunRecords { conn }
+    /// Records written through this one live `retention` after their last write (`runs.retention`).
+    pub fn new(conn: ConnectionManager, retention: Duration) -> Self {
+        RunRecords { conn, retention }
+    }
+
+    fn retention_ms(&self) -> u64 {
+        u64::try_from(self.retention.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Creates (or, for a re-run of the same tick, keeps) the record of a run of `orgs_total` orgs.
     pub async fn create(&self, run_id: &RunId, tick: DateTime<Utc>, orgs_total: u64) -> Result<(), Error> {
         let key = keys::run(run_id);
-        let ttl = RUN_RECORD_TTL.as_millis() as u64;
+        let ttl = self.retention_ms();
         redis::pipe()
             .atomic()
             .hset(&key, "run_id", &run_id.0)
@@ -81,12 +85,7 @@ impl RunRecords {
         retry_transient(|| {
             let mut conn = self.conn.clone();
             let mut invocation = RECORD.key(keys::run(run_id));
-            invocation
-                .key(keys::run_orgs(run_id))
-                .key(keys::run_plan(run_id))
-                .arg(org.0)
-                .arg(outcome.as_str())
-                .arg(RUN_RECORD_TTL.as_millis() as u64);
+            invocation.key(keys::run_orgs(run_id)).key(keys::run_plan(run_id)).arg(org.0).arg(outcome.as_str()).arg(self.retention_ms());
             async move { invocation.invoke_async(&mut conn).await }
         })
         .await
@@ -102,7 +101,7 @@ impl RunRecords {
                 let list = projects.iter().map(|p| p.0.to_string()).collect::<Vec<_>>().join(",");
                 pipe.hset(&key, org.0, list).ignore();
             }
-            pipe.pexpire(&key, RUN_RECORD_TTL.as_millis() as i64).ignore();
+            pipe.pexpire(&key, i64::try_from(self.retention_ms()).unwrap_or(i64::MAX)).ignore();
             retry_transient(|| {
                 let mut conn = self.conn.clone();
                 let pipe = pipe.clone();

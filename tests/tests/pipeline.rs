@@ -283,7 +283,7 @@ fn a_malformed_job_is_counted_as_failed_and_the_worker_goes_on() {
     runtime().block_on(async {
         let (_, mut conn) = projector_shared::redis_conn::connection_manager(redis.url(), Duration::from_secs(2)).expect("conn");
         // Its run exists and plans org 7: the run must account for the malformed job.
-        let records = projector_shared::run_record::RunRecords::new(conn.clone());
+        let records = projector_shared::run_record::RunRecords::new(conn.clone(), Duration::from_secs(7 * 86_400));
         let run = projector_shared::RunId("run-bad".into());
         records.create(&run, chrono::Utc::now(), 1).await.expect("create");
         records.store_plan(&run, &[(OrgId(7), vec![])]).await.expect("plan");

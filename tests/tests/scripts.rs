@@ -199,7 +199,8 @@ fn vacuum_done_deletes_finished_jobs_only_and_keeps_the_rest() {
 fn run_record_keeps_the_first_outcome_refuses_strangers_and_names_the_last_org() {
     let server = RedisServer::start();
     runtime().block_on(async {
-        let records = RunRecords::new(manager(&server));
+        let retention = Duration::from_secs(600);
+        let records = RunRecords::new(manager(&server), retention);
         let run = RunId("run-scripts".into());
         records.create(&run, Utc::now(), 2).await.expect("create");
         records.store_plan(&run, &[(OrgId(1), vec![]), (OrgId(2), vec![])]).await.expect("plan");
@@ -213,6 +214,10 @@ fn run_record_keeps_the_first_outcome_refuses_strangers_and_names_the_last_org()
         let summary = records.summary(&run, projector_shared::run_record::OrgIds::Leave).await.expect("summary").expect("run");
         assert_eq!((summary.count(Outcome::Completed), summary.count(Outcome::SkippedNoSlot), summary.count(Outcome::Failed)), (1, 1, 0));
         let mut conn = server.connection();
+        for key in [format!("projector:run:{}", run.0), format!("projector:run:{}:orgs", run.0), format!("projector:run:{}:plan", run.0)] {
+            let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn).expect("pttl");
+            assert!(ttl > 0 && ttl <= retention.as_millis() as i64, "{key} lives runs.retention: {ttl} ms");
+        }
         let ghost_keys: Vec<String> = redis::cmd("KEYS").arg("projector:run:run-never*").query(&mut conn).expect("keys");
         assert!(ghost_keys.is_empty(), "a refused record writes nothing: {ghost_keys:?}");
     });
@@ -234,4 +239,26 @@ fn heartbeat_beat_and_alive_count_workers_on_redis_time() {
         let ttl: i64 = redis::cmd("PTTL").arg(projector_shared::keys::WORKERS).query(&mut sync).expect("pttl");
         assert!(ttl > 0, "the set expires with the fleet: {ttl}");
     });
+}
+
+#[test]
+fn push_drops_a_duplicate_and_keeps_its_idempotency_key_for_the_dedup_window() {
+    let server = RedisServer::start();
+    let window = Duration::from_secs(120);
+    let job = projector_shared::SpikeProjectionJob::planned(RunId("run-dedup".into()), OrgId(7), 0, Utc::now(), vec![]);
+    let run_at = Utc::now().timestamp() as u64 + 3_600;
+    let (first, again) = runtime().block_on(async {
+        let conn = manager(&server);
+        let first =
+            projector_queue::push(&conn, &[projector_queue::task(&job, run_at, job.idempotency_key())], window).await.expect("push");
+        let again =
+            projector_queue::push(&conn, &[projector_queue::task(&job, run_at, job.idempotency_key())], window).await.expect("push");
+        (first, again)
+    });
+    assert_eq!((first, again), (1, 0), "the second push of the same (run, org) is dropped");
+    let mut conn = server.connection();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*idempotency*").query(&mut conn).expect("keys");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let ttl: i64 = redis::cmd("PTTL").arg(&keys[0]).query(&mut conn).expect("pttl");
+    assert!(ttl > 0 && ttl <= window.as_millis() as i64, "the key lives runs.dedup_window, not forever: {ttl} ms");
 }

@@ -82,13 +82,18 @@ impl RolloutFlag {
 pub struct Rescheduler {
     pub conn: ConnectionManager,
     pub max_reschedules: u32,
+    /// `runs.dedup_window`: how long the rescheduled job's idempotency key is kept.
+    pub dedup_window: Duration,
 }
 
 impl Rescheduler {
     /// From config: `None` unless `slots.on_timeout = "reschedule"`.
     pub fn from_config(config: &Config, conn: &ConnectionManager) -> Option<Self> {
-        (config.slots.on_timeout == OnSlotTimeout::Reschedule)
-            .then(|| Rescheduler { conn: conn.clone(), max_reschedules: config.slots.max_reschedules })
+        (config.slots.on_timeout == OnSlotTimeout::Reschedule).then(|| Rescheduler {
+            conn: conn.clone(),
+            max_reschedules: config.slots.max_reschedules,
+            dedup_window: config.runs.dedup_window,
+        })
     }
 
     async fn reschedule(&self, job: &SpikeProjectionJob) -> Result<(), Error> {
@@ -97,7 +102,7 @@ impl Rescheduler {
         let run_at = chrono::Utc::now().timestamp().max(0) as u64 + backoff;
         let task = queue::task(&next, run_at, format!("{}:r{}", job.idempotency_key(), next.reschedules));
         // apalis_redis::Error is not a redis::RedisError, so Error::redis does not apply here.
-        queue::push(&self.conn, &[task]).await.map(|_| ()).map_err(|e| {
+        queue::push(&self.conn, &[task], self.dedup_window).await.map(|_| ()).map_err(|e| {
             Error::Shared(projector_shared::Error::Redis { doing: format!("rescheduling org {}", job.org_id), detail: e.to_string() })
         })
     }

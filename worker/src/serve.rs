@@ -47,7 +47,7 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
     };
     let handler = Arc::new(JobHandler::new(
         pipeline,
-        Arc::new(RunRecords::new(conn.clone())),
+        Arc::new(RunRecords::new(conn.clone(), config.runs.retention)),
         Routing::Flag(RolloutFlag::new(conn.clone(), config.worker.rollout_refresh)),
         Rescheduler::from_config(&config, &conn),
     ));
