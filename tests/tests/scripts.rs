@@ -28,6 +28,20 @@ async fn acquire(l: &RedisSlotLimiter, org: u64, max_wait: Duration) -> Acquire 
     l.acquire(SlotRequest::new("scripts-test", OrgId(org)), max_wait).await.expect("redis answers")
 }
 
+/// A task waiting (up to 10 s) for a slot for `org`, returned once it is in the queue.
+async fn queued_waiter(l: &RedisSlotLimiter, org: u64) -> tokio::task::JoinHandle<Acquire> {
+    let waiter = tokio::spawn({
+        let l = l.clone();
+        async move { acquire(&l, org, Duration::from_secs(10)).await }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while l.inspect().await.expect("inspect").waiters.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the waiter never queued");
+        tokio::task::yield_now().await;
+    }
+    waiter
+}
+
 #[test]
 fn slots_acquire_grants_up_to_the_limit_with_growing_tokens_then_answers_a_position() {
     let server = RedisServer::start();
@@ -69,15 +83,7 @@ fn slots_release_frees_the_slot_and_hands_it_to_the_first_waiter() {
     runtime().block_on(async {
         let l = limiter(&server, 1);
         let Acquire::Granted(held) = acquire(&l, 1, Duration::ZERO).await else { panic!("first slot") };
-        let waiter = tokio::spawn({
-            let l = l.clone();
-            async move { acquire(&l, 2, Duration::from_secs(10)).await }
-        });
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while l.inspect().await.expect("inspect").waiters.is_empty() {
-            assert!(tokio::time::Instant::now() < deadline, "the waiter never queued");
-            tokio::task::yield_now().await;
-        }
+        let waiter = queued_waiter(&l, 2).await;
         held.release().await.expect("release");
         let Acquire::Granted(next) = waiter.await.expect("waiter") else { panic!("the waiter was handed the slot") };
         let state = l.inspect().await.expect("inspect");
@@ -110,15 +116,7 @@ fn slots_set_limit_stores_the_limit_and_serves_waiters_at_once() {
     runtime().block_on(async {
         let l = limiter(&server, 1);
         let _held = acquire(&l, 1, Duration::ZERO).await;
-        let waiter = tokio::spawn({
-            let l = l.clone();
-            async move { acquire(&l, 2, Duration::from_secs(10)).await }
-        });
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while l.inspect().await.expect("inspect").waiters.is_empty() {
-            assert!(tokio::time::Instant::now() < deadline, "the waiter never queued");
-            tokio::task::yield_now().await;
-        }
+        let waiter = queued_waiter(&l, 2).await;
         l.set_limit(2).await.expect("set limit");
         let served = waiter.await.expect("waiter");
         assert!(matches!(served, Acquire::Granted(_)), "raising the limit serves the waiter: {served:?}");
