@@ -173,18 +173,6 @@ impl RunRecords {
         })
     }
 
-    /// The outcome already recorded for an org, if any.
-    pub async fn outcome_of(&self, run_id: &RunId, org: OrgId) -> Result<Option<Outcome>, Error> {
-        let v: Option<String> = retry_transient(|| {
-            let mut conn = self.conn.clone();
-            let cmd = redis::cmd("HGET").arg(keys::run_orgs(run_id)).arg(org.0).to_owned();
-            async move { cmd.query_async(&mut conn).await }
-        })
-        .await
-        .map_err(Error::redis(format!("reading org {org} of run {run_id}")))?;
-        Ok(v.and_then(|v| Outcome::parse(&v)))
-    }
-
     /// The run's totals, and with [`OrgIds::List`] the ids of the orgs that did not complete.
     pub async fn summary(&self, run_id: &RunId, ids: OrgIds) -> Result<Option<RunSummary>, Error> {
         let mut conn = self.conn.clone();

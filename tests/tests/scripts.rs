@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use projector_shared::run::{Outcome, Recorded};
+use projector_shared::run::{Admission, Outcome, Recorded};
 use projector_shared::run_record::RunRecords;
 use projector_shared::slots::{Acquire, RedisSlotLimiter, RedisSlotSettings, SlotLimiter, SlotRequest};
 use projector_shared::{OrgId, RunId};
@@ -208,7 +208,11 @@ fn run_record_keeps_the_first_outcome_refuses_strangers_and_names_the_last_org()
         let ghost = RunId("run-never".into());
         assert_eq!(records.record(&ghost, OrgId(1), Outcome::Completed).await.expect("record"), Recorded::UnknownRun);
         assert_eq!(records.record(&run, OrgId(2), Outcome::SkippedNoSlot).await.expect("record"), Recorded::FinishedTheRun);
-        assert_eq!(records.outcome_of(&run, OrgId(1)).await.expect("outcome"), Some(Outcome::Completed), "the first outcome wins");
+        assert_eq!(
+            records.admit(&run, OrgId(1)).await.expect("admission"),
+            Admission::Accounted(Outcome::Completed),
+            "the first outcome wins"
+        );
         let summary = records.summary(&run, projector_shared::run_record::OrgIds::Leave).await.expect("summary").expect("run");
         assert_eq!((summary.count(Outcome::Completed), summary.count(Outcome::SkippedNoSlot), summary.count(Outcome::Failed)), (1, 1, 0));
         let mut conn = server.connection();
