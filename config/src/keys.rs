@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::value::{boolean, choice, duration, format_duration, int, text, url};
-use crate::{Config, OnRedisError, OnSlotTimeout, OrgSourceKind, QuerySourceKind, SinkKind};
+use crate::value::{RateWindow, boolean, choice, duration, format_duration, int, rates, text, url};
+use crate::{Config, OnRedisError, OnSlotTimeout, OrgSourceKind, QuerySourceKind, RateMode, SinkKind};
 
 /// One configuration key.
 pub struct KeySpec {
@@ -54,6 +54,8 @@ struct FilePath;
 struct Cron;
 /// A socket address.
 struct Addr;
+/// A rate policy: windows, shortest first.
+struct Rates;
 /// An optional value: unset shows as empty.
 struct Opt<K>(K);
 
@@ -152,6 +154,15 @@ impl Kind<SocketAddr> for Addr {
     }
 }
 
+impl Kind<Vec<RateWindow>> for Rates {
+    fn parse(&self, raw: &str) -> Result<Vec<RateWindow>, String> {
+        rates(raw)
+    }
+    fn show(&self, value: &Vec<RateWindow>) -> String {
+        value.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+    }
+}
+
 impl<T, K: Kind<T>> Kind<Option<T>> for Opt<K> {
     fn parse(&self, raw: &str) -> Result<Option<T>, String> {
         self.0.parse(raw).map(Some)
@@ -169,6 +180,7 @@ const TIMEOUT_CHOICES: &[(&str, OnSlotTimeout)] = &[("skip", OnSlotTimeout::Skip
 const REDIS_ERROR_CHOICES: &[(&str, OnRedisError)] = &[("fail_closed", OnRedisError::FailClosed), ("fail_open", OnRedisError::FailOpen)];
 const ORG_SOURCE_CHOICES: &[(&str, OrgSourceKind)] = &[("synthetic", OrgSourceKind::Synthetic), ("file", OrgSourceKind::File)];
 const SINK_CHOICES: &[(&str, SinkKind)] = &[("redis", SinkKind::Redis), ("jsonl", SinkKind::JsonLines), ("discard", SinkKind::Discard)];
+const RATE_MODE_CHOICES: &[(&str, RateMode)] = &[("strict", RateMode::Strict), ("smooth", RateMode::Smooth)];
 const QUERY_SOURCE_CHOICES: &[(&str, QuerySourceKind)] = &[("synthetic", QuerySourceKind::Synthetic), ("snuba", QuerySourceKind::Snuba)];
 
 /// Declares the key table: `"section.key" => section.field: kind, default ..., help;`.
@@ -263,6 +275,18 @@ keys! {
         "how long a run's record, per-org outcomes and plan stay in Redis after their last write (run-once --resume and projectorctl run need them)";
     "runs.dedup_window" => runs.dedup_window: Dur(SECS(60), SECS(30 * 86_400)), default Some("2h"),
         "how long after a fan-out its jobs stay deduplicated: a re-fan-out of the tick or --resume within it enqueues no job twice (each idempotency key costs ~150 B of Redis per org)";
+    "rate.rates" => rate.rates: Rates, default None,
+        "rate policy on query starts across the fleet, shortest window first, e.g. \"20/s, 5000/h\" (also 20/SECOND, 50/10s); unset: none";
+    "rate.max_delay" => rate.max_delay: Dur(Duration::ZERO, SECS(3600)), default Some("2s"),
+        "the longest a query start is delayed to fit rate.rates; a job that would wait longer ends skipped_rate_policy";
+    "rate.mode" => rate.mode: Choice(RATE_MODE_CHOICES), default Some("strict"),
+        "\"strict\" (never more than N starts in any interval W) or \"smooth\" (starts spaced W/N apart after rate.burst)";
+    "rate.burst" => rate.burst: Int(1, 1_000_000), default Some("1"),
+        "with mode = \"smooth\": starts allowed back to back before spacing applies";
+    "rate.enforce" => rate.enforce: Bool, default Some("true"),
+        "false: shadow mode; nothing is delayed or refused, what would have been is logged and counted";
+    "rate.cooldown_after_429" => rate.cooldown_after_429: Dur(Duration::ZERO, SECS(3600)), default Some("0s"),
+        "after a 429 from the query service, no query starts anywhere in the fleet for this long (\"0s\": no cooldown)";
 }
 
 /// The spec of a key, if it exists.

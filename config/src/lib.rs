@@ -18,7 +18,7 @@ pub use args::{ConfigArgs, FanOutArgs, JobArgs, WorkerArgs};
 pub use error::{ConfigError, Problem};
 pub use keys::{KEYS, KeySpec, env_var_for};
 pub use load::{Env, FlagValue, Source, load};
-pub use value::{format_duration, redact_url};
+pub use value::{RateWindow, format_duration, redact_url};
 
 /// Everything a Projector process can be told, with the defaults below.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +32,7 @@ pub struct Config {
     pub sink: SinkConfig,
     pub worker: WorkerConfig,
     pub runs: RunsConfig,
+    pub rate: RateConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -186,6 +187,55 @@ pub struct RunsConfig {
     pub dedup_window: Duration,
 }
 
+/// The rate policy on query starts (`[rate]`), with per-referrer overrides.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RateConfig {
+    /// Windows, shortest first; empty means no rate policy.
+    pub rates: Vec<RateWindow>,
+    /// The longest a query start may be delayed to fit the policy; beyond it the job is refused.
+    pub max_delay: Duration,
+    pub mode: RateMode,
+    /// Smooth mode: how many admissions may start back to back before spacing applies.
+    pub burst: u32,
+    /// `false`: shadow mode; nothing is delayed or refused, what would have been is logged and counted.
+    pub enforce: bool,
+    /// After a 429 from the query service, no query starts anywhere in the fleet for this long.
+    pub cooldown_after_429: Duration,
+    /// `[rate.referrers."<referrer>"]`: keys of this section that differ for one referrer, as
+    /// (key, raw value), checked at load; [`Config::rate_policy`] applies them.
+    pub referrers: std::collections::BTreeMap<String, Vec<(String, String)>>,
+}
+
+impl RateConfig {
+    /// Whether any rate policy or cooldown applies.
+    pub fn is_active(&self) -> bool {
+        !self.rates.is_empty() || !self.cooldown_after_429.is_zero()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RateMode {
+    /// Sliding window: never more than N starts in any interval W.
+    #[default]
+    Strict,
+    /// GCRA: starts spaced W/N apart after a burst, exact long-run rate.
+    Smooth,
+}
+
+impl Config {
+    /// The rate policy for `referrer`: `[rate]` with that referrer's overrides applied.
+    pub fn rate_policy(&self, referrer: &str) -> RateConfig {
+        let mut scratch = Config { rate: RateConfig { referrers: Default::default(), ..self.rate.clone() }, ..Config::default() };
+        for (key, raw) in self.rate.referrers.get(referrer).into_iter().flatten() {
+            // Checked at load (load::apply_referrer_overrides), so none fails here.
+            if let Some(spec) = keys::find(&format!("rate.{key}")) {
+                let _ = (spec.set)(&mut scratch, raw);
+            }
+        }
+        scratch.rate
+    }
+}
+
 /// Placeholders only: the defaults are the key table's (`Config::default`).
 impl Default for WorkerConfig {
     fn default() -> Self {
@@ -212,6 +262,7 @@ impl Default for Config {
             sink: SinkConfig::default(),
             worker: WorkerConfig::default(),
             runs: RunsConfig::default(),
+            rate: RateConfig::default(),
         };
         for key in KEYS {
             if let Some(default) = key.default
@@ -247,6 +298,12 @@ pub fn to_toml(config: &Config, show_secrets: bool) -> String {
             out.push_str(&format!("{name} = {value}\n"));
         } else {
             out.push_str(&format!("{name} = {}\n", toml::Value::String(value)));
+        }
+    }
+    for (referrer, overrides) in &config.rate.referrers {
+        out.push_str(&format!("\n[rate.referrers.{}]\n", toml::Value::String(referrer.clone())));
+        for (key, raw) in overrides {
+            out.push_str(&format!("{key} = {}\n", toml::Value::String(raw.clone())));
         }
     }
     out

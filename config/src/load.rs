@@ -58,9 +58,10 @@ pub fn load(file: Option<&Path>, env: &Env, flags: &[FlagValue]) -> Result<Confi
     let mut problems = Vec::new();
     // Later inserts win: that is the whole precedence rule.
     let mut layered: BTreeMap<&'static str, (String, Source)> = BTreeMap::new();
+    let mut referrers = BTreeMap::new();
 
     if let Some(path) = file {
-        for (key, value) in read_file(path, &mut problems)? {
+        for (key, value) in read_file(path, &mut referrers, &mut problems)? {
             layered.insert(key, (value, Source::File(path.to_owned())));
         }
     }
@@ -104,6 +105,9 @@ pub fn load(file: Option<&Path>, env: &Env, flags: &[FlagValue]) -> Result<Confi
         }
     }
 
+    if let Some(path) = file {
+        apply_referrer_overrides(&mut config, referrers, path, &mut problems);
+    }
     check_combinations(&config, &sources, &mut problems);
 
     if problems.is_empty() { Ok(config) } else { Err(ConfigError::Invalid(problems)) }
@@ -138,8 +142,80 @@ fn check_combinations(config: &Config, sources: &BTreeMap<&'static str, Source>,
     }
 }
 
+/// The `[rate]` keys a `[rate.referrers."<referrer>"]` table may override.
+const REFERRER_KEYS: &[&str] = &["rates", "max_delay", "mode", "burst", "enforce", "cooldown_after_429"];
+
+/// Checks each referrer's overrides against `[rate]` as finally layered, and keeps those that load.
+fn apply_referrer_overrides(
+    config: &mut Config,
+    referrers: BTreeMap<String, Vec<(String, String)>>,
+    path: &Path,
+    problems: &mut Vec<Problem>,
+) {
+    for (referrer, overrides) in referrers {
+        let mut scratch = config.clone();
+        for (key, raw) in &overrides {
+            let dotted = format!("rate.referrers.{referrer:?}.{key}");
+            let spec = REFERRER_KEYS.contains(&key.as_str()).then(|| find(&format!("rate.{key}"))).flatten();
+            let outcome = match spec {
+                Some(spec) => (spec.set)(&mut scratch, raw),
+                None => Err(format!("unknown key; a referrer may override {}", REFERRER_KEYS.join(", "))),
+            };
+            if let Err(allowed) = outcome {
+                problems.push(Problem { key: dotted, value: Some(raw.clone()), source: Source::File(path.to_owned()), allowed });
+            }
+        }
+        config.rate.referrers.insert(referrer, overrides);
+    }
+}
+
+/// Reads `[rate.referrers."<referrer>"]` tables into (key, raw text) overrides.
+fn read_referrers(
+    value: &toml::Value,
+    source: &Source,
+    referrers: &mut BTreeMap<String, Vec<(String, String)>>,
+    problems: &mut Vec<Problem>,
+) {
+    let not_a_table = |key: String, value: &toml::Value| Problem {
+        key,
+        value: Some(value.to_string()),
+        source: source.clone(),
+        allowed: "must be a table per referrer, like [rate.referrers.\"getsentry.get_spike_projections\"]".to_owned(),
+    };
+    let Some(tables) = value.as_table() else {
+        problems.push(not_a_table("rate.referrers".to_owned(), value));
+        return;
+    };
+    for (referrer, body) in tables {
+        let Some(body) = body.as_table() else {
+            problems.push(not_a_table(format!("rate.referrers.{referrer:?}"), body));
+            continue;
+        };
+        let overrides = body
+            .iter()
+            .filter_map(|(key, v)| match scalar_text(v) {
+                Some(raw) => Some((key.clone(), raw)),
+                None => {
+                    problems.push(Problem {
+                        key: format!("rate.referrers.{referrer:?}.{key}"),
+                        value: Some(v.to_string()),
+                        source: source.clone(),
+                        allowed: "must be a single value (string, number or boolean), or a list of rates".to_owned(),
+                    });
+                    None
+                }
+            })
+            .collect();
+        referrers.insert(referrer.clone(), overrides);
+    }
+}
+
 /// Reads a TOML file into (key, raw text) pairs; unknown sections and keys are problems.
-fn read_file(path: &Path, problems: &mut Vec<Problem>) -> Result<Vec<(&'static str, String)>, ConfigError> {
+fn read_file(
+    path: &Path,
+    referrers: &mut BTreeMap<String, Vec<(String, String)>>,
+    problems: &mut Vec<Problem>,
+) -> Result<Vec<(&'static str, String)>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
     let table: toml::Table =
         text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax { path: path.to_owned(), message: e.to_string() })?;
@@ -157,6 +233,10 @@ fn read_file(path: &Path, problems: &mut Vec<Problem>) -> Result<Vec<(&'static s
         };
         for (name, value) in body {
             let dotted = format!("{section}.{name}");
+            if dotted == "rate.referrers" {
+                read_referrers(value, &source, referrers, problems);
+                continue;
+            }
             let Some(spec) = find(&dotted) else {
                 let allowed = unknown("key", &dotted, KEYS.iter().map(|k| k.name.to_owned()));
                 problems.push(Problem { key: dotted, value: Some(value.to_string()), source: source.clone(), allowed });
@@ -176,9 +256,11 @@ fn read_file(path: &Path, problems: &mut Vec<Problem>) -> Result<Vec<(&'static s
     Ok(out)
 }
 
-/// TOML scalars become the same text an environment variable would carry.
+/// TOML scalars become the same text an environment variable would carry; a list of strings
+/// (`rates = ["20/s", "5000/h"]`) becomes the comma-separated form.
 fn scalar_text(value: &toml::Value) -> Option<String> {
     match value {
+        toml::Value::Array(items) => items.iter().map(|i| i.as_str().map(str::to_owned)).collect::<Option<Vec<_>>>().map(|v| v.join(",")),
         toml::Value::String(s) => Some(s.clone()),
         toml::Value::Integer(i) => Some(i.to_string()),
         toml::Value::Float(f) => Some(f.to_string()),
@@ -303,6 +385,41 @@ mod tests {
         let defaults = crate::to_toml(&Config::default(), false);
         let f = file(&defaults);
         assert_eq!(load(Some(f.path()), &Env::default(), &[]).expect("defaults load back"), Config::default(), "{defaults}");
+    }
+
+    #[test]
+    fn a_rate_policy_loads_from_a_list_an_env_string_and_per_referrer_overrides() {
+        let f = file(concat!(
+            "[rate]\nrates = [\"10/SECOND\", \"5000/HOUR\"]\nmax_delay = \"500ms\"\n",
+            "[rate.referrers.\"getsentry.other\"]\nrates = [\"2/s\"]\nmode = \"smooth\"\n",
+        ));
+        let c = load(Some(f.path()), &Env::default(), &[]).expect("loads");
+        assert_eq!(c.rate.rates.iter().map(ToString::to_string).collect::<Vec<_>>(), ["10/s", "5000/h"]);
+        let other = c.rate_policy("getsentry.other");
+        assert_eq!(other.rates.iter().map(ToString::to_string).collect::<Vec<_>>(), ["2/s"]);
+        assert_eq!(other.mode, crate::RateMode::Smooth);
+        assert_eq!(other.max_delay, Duration::from_millis(500), "keys a referrer does not override come from [rate]");
+        assert_eq!(c.rate_policy("getsentry.get_spike_projections").rates, c.rate.rates);
+
+        let env = Env::from_pairs([("PROJECTOR_RATE_RATES", "20/s,5000/h")]);
+        let from_env = load(Some(f.path()), &env, &[]).expect("env loads");
+        assert_eq!(from_env.rate.rates.iter().map(ToString::to_string).collect::<Vec<_>>(), ["20/s", "5000/h"]);
+        assert_eq!(from_env.rate_policy("getsentry.other").rates.len(), 1, "the override still wins for its referrer");
+
+        let printed = crate::to_toml(&c, true);
+        let again = file(&printed);
+        assert_eq!(load(Some(again.path()), &Env::default(), &[]).expect("printed config loads"), c, "{printed}");
+    }
+
+    #[test]
+    fn a_bad_rate_policy_names_its_key() {
+        let f = file("[rate]\nrates = [\"10/h\", \"20/s\"]\n[rate.referrers.\"x\"]\nrates = \"0/s\"\nlimit = 3\n");
+        let err = load(Some(f.path()), &Env::default(), &[]).expect_err("invalid");
+        let mut keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["rate.rates", "rate.referrers.\"x\".limit", "rate.referrers.\"x\".rates"], "{err}");
+        assert!(err.to_string().contains("strictly increasing"), "{err}");
+        assert!(err.to_string().contains("zero rate"), "{err}");
     }
 
     #[test]

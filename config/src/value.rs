@@ -82,6 +82,65 @@ pub fn redact_url(text: &str) -> String {
     }
 }
 
+/// One window of a rate policy: at most `limit` admissions in any interval of `span`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateWindow {
+    pub limit: u32,
+    pub span: Duration,
+}
+
+impl std::fmt::Display for RateWindow {
+    /// Short form that loads back: `20/s`, `5000/h`, `50/10s`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match self.span.as_millis() {
+            1_000 => "s".to_owned(),
+            60_000 => "m".to_owned(),
+            3_600_000 => "h".to_owned(),
+            86_400_000 => "d".to_owned(),
+            _ => format_duration(self.span).replace(' ', ""),
+        };
+        write!(f, "{}/{unit}", self.limit)
+    }
+}
+
+/// Parses a rate policy: `"20/SECOND, 5000/HOUR"`, `"20/s,5000/h"`, `"50/10s"`; empty means none.
+/// Windows must grow strictly, and a longer window may not allow fewer than a shorter one.
+pub(crate) fn rates(raw: &str) -> Result<Vec<RateWindow>, String> {
+    const FORMS: &str = "a comma-separated list like \"20/s, 5000/h\" (units SECOND, MINUTE, HOUR, DAY or s, m, h, d, or any duration as in \"50/10s\"), or empty for no rate policy";
+    let mut windows: Vec<RateWindow> = Vec::new();
+    for item in raw.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let Some((limit, per)) = item.split_once('/') else {
+            return Err(format!("\"{item}\" is not a rate; must be {FORMS}"));
+        };
+        let limit: u32 = limit.trim().parse().map_err(|_| format!("\"{item}\": the count must be a whole number; must be {FORMS}"))?;
+        if limit == 0 {
+            return Err(format!("\"{item}\" is a zero rate, which would admit nothing; remove the policy instead (empty list)"));
+        }
+        let span = match per.trim().to_ascii_uppercase().as_str() {
+            "SECOND" | "S" => Duration::from_secs(1),
+            "MINUTE" | "M" => Duration::from_secs(60),
+            "HOUR" | "H" => Duration::from_secs(3_600),
+            "DAY" | "D" => Duration::from_secs(86_400),
+            _ => humantime::parse_duration(per.trim()).map_err(|_| format!("\"{item}\": unknown window \"{per}\"; must be {FORMS}"))?,
+        };
+        if span < Duration::from_millis(1) {
+            return Err(format!("\"{item}\": the window must be at least 1ms"));
+        }
+        if let Some(previous) = windows.last() {
+            if span <= previous.span {
+                return Err(format!("windows must be listed shortest first and strictly increasing: \"{item}\" comes after {previous}"));
+            }
+            if limit < previous.limit {
+                return Err(format!(
+                    "\"{item}\" allows fewer than the shorter window {previous}; a longer window must allow at least as many"
+                ));
+            }
+        }
+        windows.push(RateWindow { limit, span });
+    }
+    Ok(windows)
+}
+
 /// Formats a duration the way it is written in config ("2s", "500ms").
 pub fn format_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()
@@ -115,6 +174,28 @@ mod tests {
         assert!(url("unix://", &redis).is_err());
         let leaked = url("redis://:hunter2@127.0.0.1:notaport", &redis).expect_err("bad port");
         assert!(!leaked.contains("hunter2"), "{leaked}");
+    }
+
+    #[test]
+    fn rates_accept_long_short_and_any_duration_forms() {
+        let w = |limit, secs| RateWindow { limit, span: Duration::from_secs(secs) };
+        assert_eq!(rates("10/SECOND, 5000/HOUR"), Ok(vec![w(10, 1), w(5000, 3600)]));
+        assert_eq!(rates("20/s,5000/h"), Ok(vec![w(20, 1), w(5000, 3600)]));
+        assert_eq!(rates("10/s, 50/10s, 100/minute, 1000/d"), Ok(vec![w(10, 1), w(50, 10), w(100, 60), w(1000, 86_400)]));
+        assert_eq!(rates(""), Ok(vec![]), "empty: no policy");
+        let shown: Vec<String> = rates("10/s,50/10s,5000/h").expect("valid").iter().map(ToString::to_string).collect();
+        assert_eq!(shown.join(","), "10/s,50/10s,5000/h");
+    }
+
+    #[test]
+    fn rates_refuse_zero_unordered_and_shrinking_windows() {
+        assert!(rates("0/s").expect_err("zero").contains("zero rate"));
+        assert!(rates("10/h, 20/s").expect_err("unordered").contains("strictly increasing"));
+        assert!(rates("10/s, 20/s").expect_err("same window twice").contains("strictly increasing"));
+        assert!(rates("10/s, 5/m").expect_err("longer window allows less").contains("at least as many"));
+        assert!(rates("10/fortnight").expect_err("unknown unit").contains("unknown window"));
+        assert!(rates("ten/s").expect_err("count").contains("whole number"));
+        assert!(rates("10").expect_err("no window").contains("not a rate"));
     }
 
     #[test]

@@ -218,7 +218,7 @@ async fn run_record(config: &Config, run_id: &str) -> anyhow::Result<String> {
     }
     let ids = |v: &[OrgId]| v.iter().map(|o| o.0.to_string()).collect::<Vec<_>>().join(",");
     if !s.skipped_org_ids.is_empty() {
-        let _ = writeln!(out, "  not queried (skipped_no_slot, slot_unavailable): {}", ids(&s.skipped_org_ids));
+        let _ = writeln!(out, "  not queried (skipped_no_slot, slot_unavailable, skipped_rate_policy): {}", ids(&s.skipped_org_ids));
     }
     if !s.failed_org_ids.is_empty() {
         let _ = writeln!(out, "  failed (rate_limited, failed): {}", ids(&s.failed_org_ids));

@@ -84,7 +84,10 @@ pub fn summary_table(summary: &RunSummary, limit: (u32, &str)) -> String {
         )),
     }
     if !summary.skipped_org_ids.is_empty() {
-        out.push_str(&format!("  not queried (skipped_no_slot, slot_unavailable): {}\n", id_list(&summary.skipped_org_ids)));
+        out.push_str(&format!(
+            "  not queried (skipped_no_slot, slot_unavailable, skipped_rate_policy): {}\n",
+            id_list(&summary.skipped_org_ids)
+        ));
     }
     if !summary.failed_org_ids.is_empty() {
         out.push_str(&format!("  failed (rate_limited, failed): {}\n", id_list(&summary.failed_org_ids)));
@@ -145,7 +148,7 @@ mod tests {
             assert!(t.contains(o.as_str()), "{t}");
         }
         assert!(t.contains("max concurrent queries: 2 (slot limit 3, in Redis)"), "{t}");
-        assert!(t.contains("not queried (skipped_no_slot, slot_unavailable): 9"), "{t}");
+        assert!(t.contains("not queried (skipped_no_slot, slot_unavailable, skipped_rate_policy): 9"), "{t}");
         assert!(t.contains("1.50s"), "{t}");
     }
 

@@ -59,6 +59,29 @@ impl SlotKeys {
     }
 }
 
+/// The keys of one referrer's rate policy, all under the hash tag `{projector:rate:<referrer>}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateKeys {
+    tag: String,
+}
+
+impl RateKeys {
+    pub fn new(referrer: &str) -> Self {
+        RateKeys { tag: format!("{{projector:rate:{referrer}}}") }
+    }
+
+    /// String whose PTTL is the cooldown left after a 429 (no key: no cooldown).
+    pub fn cooldown(&self) -> String {
+        format!("{}:cooldown", self.tag)
+    }
+
+    /// State of one window: strict, a sorted set of admission times (us); smooth, the theoretical
+    /// arrival time. Named by mode, limit and span, so a changed policy starts from a clean window.
+    pub fn window(&self, mode: &str, limit: u32, span_ms: u128) -> String {
+        format!("{}:{mode}:{limit}/{span_ms}ms", self.tag)
+    }
+}
+
 /// Hash of one organization's stored projections (read by other services; layout in ARCHITECTURE.md).
 /// Field: [`projection_field`]; value: JSON `{"projected","spike_threshold","run_id","fencing_token","first_hour"}`.
 pub fn projections(org: crate::OrgId) -> String {

@@ -10,6 +10,7 @@ pub mod keys;
 pub mod metrics;
 pub mod org;
 pub mod projection;
+pub mod rate;
 pub mod redis_conn;
 pub mod rollout;
 pub mod run;

@@ -52,9 +52,25 @@ pub const WORKER_RESTARTS_TOTAL: &str = "projector_worker_restarts_total";
 /// Panics in a worker service (housekeeping duties, the metrics server), labelled `service`: a bug.
 pub const SERVICE_PANICS_TOTAL: &str = "projector_service_panics_total";
 
+/// Query starts admitted by the rate policy (`[rate]`), at once or after a delay.
+pub const RATE_ADMITTED_TOTAL: &str = "projector_rate_admitted_total";
+/// Jobs the rate policy refused (no admission within `rate.max_delay`, or a cooldown), labelled
+/// `reason` (`window`, `cooldown`); each ends `skipped_rate_policy`.
+pub const RATE_BLOCKED_TOTAL: &str = "projector_rate_blocked_total";
+/// Shadow mode (`rate.enforce = false`): what the policy would have done, labelled `would`
+/// (`delay`, `refuse`) and `reason`; nothing was delayed or refused.
+pub const RATE_SHADOW_TOTAL: &str = "projector_rate_shadow_total";
+/// Admission requests that could not be asked (Redis unreachable): the seed's limiter errors.
+pub const RATE_LIMITER_ERRORS_TOTAL: &str = "projector_rate_limiter_errors_total";
+/// Cooldowns started after a 429 (`rate.cooldown_after_429`).
+pub const RATE_COOLDOWNS_TOTAL: &str = "projector_rate_cooldowns_total";
+/// How long a query start was held to fit the rate policy (histogram; 0 when admitted at once).
+pub const RATE_DELAY_SECONDS: &str = "projector_rate_delay_seconds";
+
 /// Histogram buckets (seconds) for slot waits: 1 ms to 60 s, the range of slots.max_wait.
 pub const SLOT_WAIT_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 /// Histogram buckets (seconds) for queries: 10 ms to 60 s, the query service's longest query.
 pub const QUERY_DURATION_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0];
 /// Histograms and their buckets; everything else is a counter or a gauge.
-pub const HISTOGRAMS: &[(&str, &[f64])] = &[(SLOT_WAIT_SECONDS, SLOT_WAIT_BUCKETS), (QUERY_DURATION_SECONDS, QUERY_DURATION_BUCKETS)];
+pub const HISTOGRAMS: &[(&str, &[f64])] =
+    &[(SLOT_WAIT_SECONDS, SLOT_WAIT_BUCKETS), (QUERY_DURATION_SECONDS, QUERY_DURATION_BUCKETS), (RATE_DELAY_SECONDS, SLOT_WAIT_BUCKETS)];

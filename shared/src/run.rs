@@ -24,21 +24,30 @@ pub enum Outcome {
     Failed,
     /// The slot backend (Redis) could not be asked; not queried (fail closed).
     SlotUnavailable,
+    /// The rate policy (`[rate]`) admitted no start within `rate.max_delay`, or a cooldown after a
+    /// 429 was in force; not queried.
+    SkippedRatePolicy,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 5] =
-        [Outcome::Completed, Outcome::SkippedNoSlot, Outcome::RateLimited, Outcome::Failed, Outcome::SlotUnavailable];
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Completed,
+        Outcome::SkippedNoSlot,
+        Outcome::RateLimited,
+        Outcome::Failed,
+        Outcome::SlotUnavailable,
+        Outcome::SkippedRatePolicy,
+    ];
 
     /// Parses the name used in run records (`completed`, `skipped_no_slot`, …).
     pub fn parse(name: &str) -> Option<Outcome> {
         Outcome::ALL.into_iter().find(|o| o.as_str() == name)
     }
 
-    /// Whether the org was never queried (no slot, or no slot backend): it can simply be run
-    /// again. The other non-completed outcomes queried and failed.
+    /// Whether the org was never queried (no slot, no slot backend, or no rate admission): it
+    /// can simply be run again. The other non-completed outcomes queried and failed.
     pub fn not_queried(self) -> bool {
-        matches!(self, Outcome::SkippedNoSlot | Outcome::SlotUnavailable)
+        matches!(self, Outcome::SkippedNoSlot | Outcome::SlotUnavailable | Outcome::SkippedRatePolicy)
     }
 
     /// The name used in run records, summaries and metric labels.
@@ -49,6 +58,7 @@ impl Outcome {
             Outcome::RateLimited => "rate_limited",
             Outcome::Failed => "failed",
             Outcome::SlotUnavailable => "slot_unavailable",
+            Outcome::SkippedRatePolicy => "skipped_rate_policy",
         }
     }
 }
@@ -142,7 +152,7 @@ pub struct RunSummary {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent_queries: Option<u64>,
     pub duration_ms: u64,
-    /// Orgs never queried (skipped_no_slot, slot_unavailable), so a person can re-run them.
+    /// Orgs never queried (skipped_no_slot, slot_unavailable, skipped_rate_policy), so a person can re-run them.
     #[serde(default)]
     pub skipped_org_ids: Vec<OrgId>,
     /// Orgs whose query or store failed (rate_limited, failed).

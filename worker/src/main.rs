@@ -78,7 +78,8 @@ async fn run(config: projector_config::Config) -> anyhow::Result<()> {
     let (_, health_conn) = projector_shared::redis_conn::connection_manager(&config.redis, std::time::Duration::from_secs(1))?;
     let readiness = projector_worker::metrics_http::Readiness::new(health_conn);
     let services = projector_worker::services::Services::new(shutdown.clone());
-    let (_, server, upkeep) = projector_worker::metrics_http::serve(config.worker.metrics_addr, readiness.clone(), shutdown.clone()).await?;
+    let (_, server, upkeep) =
+        projector_worker::metrics_http::serve(config.worker.metrics_addr, readiness.clone(), shutdown.clone()).await?;
     services.spawn("metrics_server", server);
     services.spawn_every(std::sync::Arc::new(upkeep), projector_worker::metrics_http::METRICS_UPKEEP_EVERY);
     let result = projector_worker::serve::run(config, readiness, &services, shutdown.clone()).await;

@@ -155,8 +155,17 @@ fn register_every_series() {
         m::QUERY_RATE_LIMITED_TOTAL,
         m::PROJECTION_STALE_REFUSED_TOTAL,
         m::WORKER_RESTARTS_TOTAL,
+        m::RATE_ADMITTED_TOTAL,
+        m::RATE_LIMITER_ERRORS_TOTAL,
+        m::RATE_COOLDOWNS_TOTAL,
     ] {
         metrics::counter!(name).increment(0);
+    }
+    for reason in ["window", "cooldown"] {
+        metrics::counter!(m::RATE_BLOCKED_TOTAL, "reason" => reason).increment(0);
+        for would in ["delay", "refuse"] {
+            metrics::counter!(m::RATE_SHADOW_TOTAL, "would" => would, "reason" => reason).increment(0);
+        }
     }
     for reason in crate::error::REASONS {
         metrics::counter!(m::TASK_ERROR_TOTAL, "reason" => *reason).increment(0);

@@ -1,0 +1,112 @@
+//! The rate gate a job passes just before its query starts: asks the limiter once, holds the start
+//! for the reserved wait (or, in shadow mode, only says what it would have done), starts the
+//! fleet-wide cooldown after a 429, and logs (`stage="rate-limiter"`) and counts every decision.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Admission, BlockReason, RateLimiter};
+use crate::error::Error;
+use crate::metrics as m;
+
+/// Whether the query may start now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    Go,
+    /// Refused by an enforced policy: the job ends `skipped_rate_policy`, or is rescheduled at
+    /// `retry_after`.
+    Refused {
+        retry_after: Duration,
+        reason: BlockReason,
+    },
+}
+
+/// One referrer's policy as a job meets it.
+#[derive(Clone)]
+pub struct RateGate {
+    limiter: Arc<dyn RateLimiter>,
+    referrer: String,
+    /// `false`: shadow mode.
+    enforce: bool,
+    cooldown_after_429: Duration,
+}
+
+impl RateGate {
+    pub fn new(limiter: Arc<dyn RateLimiter>, referrer: impl Into<String>, enforce: bool, cooldown_after_429: Duration) -> Self {
+        RateGate { limiter, referrer: referrer.into(), enforce, cooldown_after_429 }
+    }
+
+    /// The longest [`RateGate::pass`] may hold a start: a slot taken before it must outlive it.
+    pub fn max_delay(&self) -> Duration {
+        if self.enforce { self.limiter.policy().max_delay } else { Duration::ZERO }
+    }
+
+    /// Asks for an admission and, when enforced, waits for it. `Err`: the limiter could not be asked.
+    pub async fn pass(&self) -> Result<Pass, Error> {
+        let policy = self.limiter.policy();
+        let max_delay_ms = policy.max_delay.as_millis() as u64;
+        let admission = match self.limiter.admit().await {
+            Ok(a) => a,
+            Err(e) => {
+                metrics::counter!(m::RATE_LIMITER_ERRORS_TOTAL).increment(1);
+                tracing::warn!(stage = "rate-limiter", event_type = "error", referrer = %self.referrer, error = %e, "rate policy could not be asked");
+                return Err(e);
+            }
+        };
+        match admission {
+            Admission::Admitted { wait, delayed_by, .. } => {
+                metrics::counter!(m::RATE_ADMITTED_TOTAL).increment(1);
+                let delay_ms = wait.as_millis() as u64;
+                if let (Some(reason), false) = (delayed_by, self.enforce) {
+                    metrics::counter!(m::RATE_SHADOW_TOTAL, "would" => "delay", "reason" => reason.as_str()).increment(1);
+                }
+                let applied = if self.enforce { wait } else { Duration::ZERO };
+                metrics::histogram!(m::RATE_DELAY_SECONDS).record(applied.as_secs_f64());
+                tracing::debug!(
+                    stage = "rate-limiter", event_type = "acquire", referrer = %self.referrer, delay_ms,
+                    policy_max_delay_ms = max_delay_ms, acquired = true, enforced = self.enforce,
+                    reason = delayed_by.map_or("none", BlockReason::as_str), "rate admission"
+                );
+                if !applied.is_zero() {
+                    tokio::time::sleep(applied).await;
+                }
+                Ok(Pass::Go)
+            }
+            Admission::Refused { retry_after, reason } => {
+                let retry_after_ms = retry_after.as_millis() as u64;
+                if self.enforce {
+                    metrics::counter!(m::RATE_BLOCKED_TOTAL, "reason" => reason.as_str()).increment(1);
+                } else {
+                    metrics::counter!(m::RATE_SHADOW_TOTAL, "would" => "refuse", "reason" => reason.as_str()).increment(1);
+                }
+                tracing::debug!(
+                    stage = "rate-limiter", event_type = if self.enforce { "refused" } else { "shadow_refused" },
+                    referrer = %self.referrer, delay_ms = retry_after_ms, policy_max_delay_ms = max_delay_ms,
+                    acquired = !self.enforce, reason = reason.as_str(), "rate admission refused"
+                );
+                Ok(if self.enforce { Pass::Refused { retry_after, reason } } else { Pass::Go })
+            }
+        }
+    }
+
+    /// A query got a 429: with `rate.cooldown_after_429` set, no query starts anywhere in the fleet
+    /// until it ends. A cooldown that cannot be written is logged; the 429 is already counted.
+    pub async fn saw_429(&self) {
+        if self.cooldown_after_429.is_zero() {
+            return;
+        }
+        match self.limiter.cool_down(self.cooldown_after_429).await {
+            Ok(()) => {
+                metrics::counter!(m::RATE_COOLDOWNS_TOTAL).increment(1);
+                tracing::warn!(
+                    stage = "rate-limiter", event_type = "cooldown", referrer = %self.referrer,
+                    cooldown_ms = self.cooldown_after_429.as_millis() as u64, "429 from the query service; fleet-wide cooldown started"
+                );
+            }
+            Err(e) => {
+                metrics::counter!(m::RATE_LIMITER_ERRORS_TOTAL).increment(1);
+                tracing::warn!(stage = "rate-limiter", event_type = "error", referrer = %self.referrer, error = %e, "cooldown could not be started");
+            }
+        }
+    }
+}
