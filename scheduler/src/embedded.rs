@@ -65,6 +65,7 @@ pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: C
             query: projector_worker::build::query_source(config)?,
             sink: sink.clone(),
             probe: probe.clone(),
+            rate: projector_worker::build::rate_gate(config, None),
             settings: PipelineSettings {
                 holder: format!("embedded-{}", std::process::id()),
                 max_wait: config.slots.max_wait,

@@ -393,7 +393,10 @@ mod tests {
         assert_eq!(ledger.outcome_of(&other, OrgId(4)).await.expect("memory"), Admission::UnknownRun);
         let s = ledger.summary(&run).await.expect("memory").expect("this run");
         assert_eq!((s.count(Outcome::Completed), s.count(Outcome::SkippedNoSlot), s.count(Outcome::Failed)), (1, 1, 1));
-        assert_eq!(s.outcomes.to_string(), "completed=1 skipped_no_slot=1 rate_limited=0 failed=1 slot_unavailable=0");
+        assert_eq!(
+            s.outcomes.to_string(),
+            "completed=1 skipped_no_slot=1 rate_limited=0 failed=1 slot_unavailable=0 skipped_rate_policy=0"
+        );
         let json = serde_json::to_value(&s).expect("json");
         assert_eq!((json["completed"].as_u64(), json["slot_unavailable"].as_u64()), (Some(1), Some(0)), "one field per outcome: {json}");
         assert_eq!(serde_json::from_value::<RunSummary>(json).expect("loads back"), s);
@@ -411,14 +414,14 @@ mod tests {
             s.add(OrgId(org as u64), outcome);
         }
         s.sort_ids();
-        // completed 0, skipped_no_slot 1, rate_limited 2, failed 3, slot_unavailable 4
-        assert_eq!(s.skipped_org_ids, [OrgId(1), OrgId(4)], "never queried");
+        // completed 0, skipped_no_slot 1, rate_limited 2, failed 3, slot_unavailable 4, skipped_rate_policy 5
+        assert_eq!(s.skipped_org_ids, [OrgId(1), OrgId(4), OrgId(5)], "never queried");
         assert_eq!(s.failed_org_ids, [OrgId(2), OrgId(3)], "queried and failed");
         for o in Outcome::ALL {
             assert_eq!(s.count(o), 1);
             assert_eq!(Outcome::parse(o.as_str()), Some(o));
         }
-        assert_eq!(s.not_completed(), 4);
+        assert_eq!(s.not_completed(), 5);
     }
 
     #[tokio::test]

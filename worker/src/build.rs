@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use projector_config::{Config, QuerySourceKind, SinkKind};
 
+use projector_shared::rate::{MemoryRateLimiter, RateGate, RateLimiter, RatePolicy, RedisRateLimiter};
+
 use crate::error::Error;
 use crate::query::{QuerySource, SyntheticQuery};
 use crate::redis_sink::RedisSink;
@@ -26,6 +28,23 @@ pub fn query_source(config: &Config) -> Result<Arc<dyn QuerySource>, Error> {
         // Config validation requires query.url with snuba; synthetic needs nothing.
         _ => Arc::new(SyntheticQuery { latency: config.query.synthetic_latency }),
     })
+}
+
+/// The rate gate of `query.referrer`'s policy (`[rate]` with its overrides), fleet-wide in the
+/// Redis at `conn`, or in this process without one (the embedded run); `None` without a policy.
+pub fn rate_gate(config: &Config, conn: Option<&redis::aio::ConnectionManager>) -> Option<RateGate> {
+    let referrer = &config.query.referrer;
+    let rate = config.rate_policy(referrer);
+    if !rate.is_active() {
+        return None;
+    }
+    let policy = RatePolicy::from_config(&rate);
+    let limiter: Arc<dyn RateLimiter> = match conn {
+        Some(conn) => Arc::new(RedisRateLimiter::new(conn.clone(), referrer, policy)),
+        None => Arc::new(MemoryRateLimiter::new(policy)),
+    };
+    let fail_open = config.slots.on_redis_error == projector_config::OnRedisError::FailOpen;
+    Some(RateGate::new(limiter, referrer.clone(), rate.enforce, rate.cooldown_after_429).fail_open(fail_open))
 }
 
 /// The sink `sink.kind` names; `output` (a CLI flag) overrides it with a JSON-lines file.

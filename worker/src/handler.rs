@@ -96,9 +96,14 @@ impl Rescheduler {
         })
     }
 
-    async fn reschedule(&self, job: &SpikeProjectionJob) -> Result<(), Error> {
+    /// Puts the job back: at `retry_after` (rounded up to the second) when the rate policy named
+    /// one, else after a jittered exponential backoff.
+    async fn reschedule(&self, job: &SpikeProjectionJob, retry_after: Option<Duration>) -> Result<(), Error> {
         let next = SpikeProjectionJob { reschedules: job.reschedules + 1, ..job.clone() };
-        let backoff = 2u64.pow(next.reschedules.min(6)) + rand::rng().random_range(0..3);
+        let backoff = match retry_after {
+            Some(after) => after.as_secs() + u64::from(after.subsec_nanos() > 0),
+            None => 2u64.pow(next.reschedules.min(6)) + rand::rng().random_range(0..3),
+        };
         let run_at = chrono::Utc::now().timestamp().max(0) as u64 + backoff;
         let task = queue::task(&next, run_at, format!("{}:r{}", job.idempotency_key(), next.reschedules));
         // apalis_redis::Error is not a redis::RedisError, so Error::redis does not apply here.
@@ -185,19 +190,26 @@ impl JobHandler {
                 tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, error = %e, "cannot check the run record; running the job")
             }
         }
-        let outcome =
-            if self.routing.is_limited(job).await { self.pipeline.process(job).await } else { self.pipeline.process_unlimited(job).await };
-        if outcome == Outcome::SkippedNoSlot
+        let ended = if self.routing.is_limited(job).await {
+            self.pipeline.run(job).await
+        } else {
+            self.pipeline.process_unlimited(job).await.into()
+        };
+        let outcome = ended.outcome;
+        if matches!(outcome, Outcome::SkippedNoSlot | Outcome::SkippedRatePolicy)
             && let Some(rescheduler) = &self.rescheduler
             && job.reschedules < rescheduler.max_reschedules
         {
-            match rescheduler.reschedule(job).await {
+            match rescheduler.reschedule(job, ended.retry_after).await {
                 Ok(()) => {
-                    tracing::info!(run_id = %job.run_id, org_id = %job.org_id, reschedules = job.reschedules + 1, "no slot; job rescheduled");
+                    tracing::info!(
+                        run_id = %job.run_id, org_id = %job.org_id, reschedules = job.reschedules + 1, skipped = outcome.as_str(),
+                        "job rescheduled"
+                    );
                     return Ok(());
                 }
                 Err(e) => {
-                    tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, error = %e, "cannot reschedule; recording skipped_no_slot")
+                    tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, error = %e, outcome = outcome.as_str(), "cannot reschedule; recording the skip")
                 }
             }
         }

@@ -1,4 +1,5 @@
-//! One job, start to end: slot (bounded wait) → query → projection → store → release → outcome.
+//! One job, start to end: slot (bounded wait) → rate admission (bounded delay) → query →
+//! release → projection → store → outcome.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -7,6 +8,7 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use projector_shared::SpikeProjectionJob;
 use projector_shared::metrics as m;
 use projector_shared::projection::{HISTORY_HOURS, project};
+use projector_shared::rate::{Pass, RateGate};
 use projector_shared::run::Outcome;
 use projector_shared::slots::{Acquire, SlotLimiter, SlotPermit, SlotRequest};
 
@@ -32,7 +34,22 @@ pub struct Pipeline {
     pub query: Arc<dyn QuerySource>,
     pub sink: Arc<dyn ProjectionSink>,
     pub probe: QueryProbe,
+    /// The rate policy on query starts (`[rate]`), when one is configured.
+    pub rate: Option<RateGate>,
     pub settings: PipelineSettings,
+}
+
+/// How a job ended: its outcome, and when a retry could be admitted (rate policy refusals).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    pub outcome: Outcome,
+    pub retry_after: Option<Duration>,
+}
+
+impl From<Outcome> for Ended {
+    fn from(outcome: Outcome) -> Self {
+        Ended { outcome, retry_after: None }
+    }
 }
 
 impl Pipeline {
@@ -52,13 +69,19 @@ impl Pipeline {
 
     /// Runs one job to its outcome. Never panics on bad input; every path is logged and counted.
     pub async fn process(&self, job: &SpikeProjectionJob) -> Outcome {
+        self.run(job).await.outcome
+    }
+
+    /// Runs one job to its end: the outcome, and for a rate refusal when to try again.
+    pub async fn run(&self, job: &SpikeProjectionJob) -> Ended {
         metrics::counter!(m::TASK_STARTED_TOTAL).increment(1);
-        // The query starts as soon as the slot is granted: its lease must outlive a paused
-        // holder until the query must have ended at the service.
+        // The query starts at most rate.max_delay after the grant: the lease must outlive a
+        // paused holder until the query must have ended at the service.
+        let rate_delay = self.rate.as_ref().map_or(Duration::ZERO, RateGate::max_delay);
         let request = SlotRequest {
             holder: self.settings.holder.clone(),
             org_id: job.org_id,
-            query_max_duration: Some(self.settings.query_max_duration),
+            query_max_duration: Some(self.settings.query_max_duration + rate_delay),
         };
         let permit = match self.limiter.acquire(request, self.settings.max_wait).await {
             Ok(Acquire::Granted(permit)) => permit,
@@ -71,12 +94,33 @@ impl Pipeline {
                     "no slot within slots.max_wait; job skipped"
                 );
                 metrics::counter!(m::TASK_SKIPPED_NO_SLOT_TOTAL).increment(1);
-                return Outcome::SkippedNoSlot;
+                return Outcome::SkippedNoSlot.into();
             }
-            Err(e) => return self.failed(job, Error::from(e)),
+            Err(e) => return self.failed(job, Error::from(e)).into(),
         };
+        // The rate admission comes after the slot, so a query starts the moment its admission is
+        // due: admitted starts cannot bunch up behind a slot wait (ARCHITECTURE.md, "Rate policies").
+        if let Some(rate) = &self.rate {
+            match rate.pass().await {
+                Ok(Pass::Go) => {}
+                Ok(Pass::Refused { retry_after, reason }) => {
+                    tracing::debug!(
+                        run_id = %job.run_id, org_id = %job.org_id, reason = reason.as_str(),
+                        retry_after_ms = retry_after.as_millis() as u64, "no rate admission within rate.max_delay; job skipped"
+                    );
+                    return Ended { outcome: Outcome::SkippedRatePolicy, retry_after: Some(retry_after) };
+                }
+                Err(e) => {
+                    let unavailable = projector_shared::Error::SlotBackendUnavailable { detail: format!("rate policy: {e}") };
+                    return self.failed(job, Error::from(unavailable)).into();
+                }
+            }
+        }
         let token = permit.fencing_token();
         let queried = self.query(job, Some(&permit)).await;
+        if let (Err(Error::RateLimited { .. }), Some(rate)) = (&queried, &self.rate) {
+            rate.saw_429().await;
+        }
         // The slot guards the query service only: it goes back before the projection math and
         // the store, so the next query starts sooner. The fencing token still stamps the write.
         if let Err(e) = permit.release().await {
@@ -91,6 +135,7 @@ impl Pipeline {
             Ok(projects) => self.completed(job, projects),
             Err(e) => self.failed(job, e),
         }
+        .into()
     }
 
     fn completed(&self, job: &SpikeProjectionJob, projects: usize) -> Outcome {
@@ -201,6 +246,7 @@ mod tests {
             query,
             sink,
             probe: QueryProbe::default(),
+            rate: None,
             settings: PipelineSettings {
                 holder: "test".into(),
                 max_wait: Duration::from_millis(20),
@@ -233,6 +279,56 @@ mod tests {
         assert_eq!(p.process(&job(2)).await, Outcome::SkippedNoSlot);
         assert_eq!(p.probe.max(), 0, "no query ran");
         drop(held);
+    }
+
+    fn rate_gate(windows: &[(u32, u64)], max_delay_ms: u64, enforce: bool, cooldown: Duration) -> RateGate {
+        use projector_shared::rate::{MemoryRateLimiter, RateMode, RatePolicy, RateWindow};
+        let policy = RatePolicy {
+            windows: windows.iter().map(|&(limit, ms)| RateWindow { limit, span: Duration::from_millis(ms) }).collect(),
+            mode: RateMode::Strict,
+            burst: 1,
+            max_delay: Duration::from_millis(max_delay_ms),
+        };
+        RateGate::new(Arc::new(MemoryRateLimiter::new(policy)), "test", enforce, cooldown)
+    }
+
+    #[tokio::test]
+    async fn a_job_the_rate_policy_refuses_is_skipped_without_a_query_and_gives_its_slot_back() {
+        let limiter = MemorySlotLimiter::new(4);
+        let mut p = pipeline(limiter.clone(), Arc::new(SyntheticQuery { latency: Duration::ZERO }), Arc::new(DiscardSink));
+        p.rate = Some(rate_gate(&[(1, 60_000)], 100, true, Duration::ZERO));
+        assert_eq!(p.run(&job(1)).await, Ended { outcome: Outcome::Completed, retry_after: None });
+        let refused = p.run(&job(2)).await;
+        assert_eq!(refused.outcome, Outcome::SkippedRatePolicy);
+        let retry_after = refused.retry_after.expect("a refusal says when to retry");
+        assert!(retry_after > Duration::from_secs(59) && retry_after <= Duration::from_secs(60), "{retry_after:?}");
+        assert_eq!(p.probe.max(), 1, "only the admitted job queried");
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while limiter.in_use() > 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the refused job's slot comes back");
+    }
+
+    #[tokio::test]
+    async fn in_shadow_mode_nothing_is_refused() {
+        let mut p = pipeline(MemorySlotLimiter::new(4), Arc::new(SyntheticQuery { latency: Duration::ZERO }), Arc::new(DiscardSink));
+        p.rate = Some(rate_gate(&[(1, 60_000)], 100, false, Duration::ZERO));
+        for org in 1..=3 {
+            assert_eq!(p.process(&job(org)).await, Outcome::Completed);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_429_starts_the_cooldown_and_the_next_job_meets_it() {
+        let mut p = pipeline(MemorySlotLimiter::new(4), Arc::new(RateLimitedQuery), Arc::new(DiscardSink));
+        p.rate = Some(rate_gate(&[], 100, true, Duration::from_secs(30)));
+        assert_eq!(p.process(&job(1)).await, Outcome::RateLimited);
+        let next = p.run(&job(2)).await;
+        assert_eq!(next.outcome, Outcome::SkippedRatePolicy);
+        assert!(next.retry_after.is_some_and(|r| r > Duration::from_secs(29)), "{next:?}");
     }
 
     #[tokio::test]

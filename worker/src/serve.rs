@@ -39,6 +39,7 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
         query: crate::build::query_source(&config)?,
         sink: crate::build::sink(&config, None)?,
         probe: QueryProbe::default(),
+        rate: crate::build::rate_gate(&config, Some(&conn)),
         settings: PipelineSettings {
             holder: name.clone(),
             max_wait: config.slots.max_wait,

@@ -29,11 +29,19 @@ pub struct RateGate {
     /// `false`: shadow mode.
     enforce: bool,
     cooldown_after_429: Duration,
+    /// `slots.on_redis_error = "fail_open"`: a limiter that cannot be asked lets the start through.
+    fail_open: bool,
 }
 
 impl RateGate {
     pub fn new(limiter: Arc<dyn RateLimiter>, referrer: impl Into<String>, enforce: bool, cooldown_after_429: Duration) -> Self {
-        RateGate { limiter, referrer: referrer.into(), enforce, cooldown_after_429 }
+        RateGate { limiter, referrer: referrer.into(), enforce, cooldown_after_429, fail_open: false }
+    }
+
+    /// With `true`, a limiter that cannot be asked (Redis unreachable) lets the start through,
+    /// as `slots.on_redis_error = "fail_open"` does for slots; the error is still logged and counted.
+    pub fn fail_open(self, fail_open: bool) -> Self {
+        RateGate { fail_open, ..self }
     }
 
     /// The longest [`RateGate::pass`] may hold a start: a slot taken before it must outlive it.
@@ -49,8 +57,11 @@ impl RateGate {
             Ok(a) => a,
             Err(e) => {
                 metrics::counter!(m::RATE_LIMITER_ERRORS_TOTAL).increment(1);
-                tracing::warn!(stage = "rate-limiter", event_type = "error", referrer = %self.referrer, error = %e, "rate policy could not be asked");
-                return Err(e);
+                tracing::warn!(
+                    stage = "rate-limiter", event_type = "error", referrer = %self.referrer, error = %e, fail_open = self.fail_open,
+                    "rate policy could not be asked"
+                );
+                return if self.fail_open { Ok(Pass::Go) } else { Err(e) };
             }
         };
         match admission {
