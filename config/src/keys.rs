@@ -283,6 +283,8 @@ keys! {
         "\"strict\" (never more than N starts in any interval W) or \"smooth\" (starts spaced W/N apart after rate.burst)";
     "rate.burst" => rate.burst: Int(1, 1_000_000), default Some("1"),
         "with mode = \"smooth\": starts allowed back to back before spacing applies";
+    "rate.start_jitter" => rate.start_jitter: Dur(Duration::ZERO, SECS(10)), default Some("50ms"),
+        "with mode = \"strict\": how far out of order two admitted starts may reach the query service (scheduling, network); each window is kept this much wider, so the service never counts more than N in W";
     "rate.enforce" => rate.enforce: Bool, default Some("true"),
         "false: shadow mode; nothing is delayed or refused, what would have been is logged and counted";
     "rate.cooldown_after_429" => rate.cooldown_after_429: Dur(Duration::ZERO, SECS(3600)), default Some("0s"),

@@ -18,7 +18,7 @@ pub use args::{ConfigArgs, FanOutArgs, JobArgs, WorkerArgs};
 pub use error::{ConfigError, Problem};
 pub use keys::{KEYS, KeySpec, env_var_for};
 pub use load::{Env, FlagValue, Source, load};
-pub use value::{RateWindow, format_duration, redact_url};
+pub use value::{RateWindow, format_duration, rates as parse_rates, redact_url};
 
 /// Everything a Projector process can be told, with the defaults below.
 #[derive(Debug, Clone, PartialEq)]
@@ -197,6 +197,9 @@ pub struct RateConfig {
     pub mode: RateMode,
     /// Smooth mode: how many admissions may start back to back before spacing applies.
     pub burst: u32,
+    /// Strict mode: how far out of order admitted starts may reach the query service; windows
+    /// are kept this much wider so the service's own count stays within the policy.
+    pub start_jitter: Duration,
     /// `false`: shadow mode; nothing is delayed or refused, what would have been is logged and counted.
     pub enforce: bool,
     /// After a 429 from the query service, no query starts anywhere in the fleet for this long.

@@ -143,7 +143,7 @@ fn check_combinations(config: &Config, sources: &BTreeMap<&'static str, Source>,
 }
 
 /// The `[rate]` keys a `[rate.referrers."<referrer>"]` table may override.
-const REFERRER_KEYS: &[&str] = &["rates", "max_delay", "mode", "burst", "enforce", "cooldown_after_429"];
+const REFERRER_KEYS: &[&str] = &["rates", "max_delay", "mode", "burst", "start_jitter", "enforce", "cooldown_after_429"];
 
 /// Checks each referrer's overrides against `[rate]` as finally layered, and keeps those that load.
 fn apply_referrer_overrides(

@@ -105,7 +105,7 @@ impl std::fmt::Display for RateWindow {
 
 /// Parses a rate policy: `"20/SECOND, 5000/HOUR"`, `"20/s,5000/h"`, `"50/10s"`; empty means none.
 /// Windows must grow strictly, and a longer window may not allow fewer than a shorter one.
-pub(crate) fn rates(raw: &str) -> Result<Vec<RateWindow>, String> {
+pub fn rates(raw: &str) -> Result<Vec<RateWindow>, String> {
     const FORMS: &str = "a comma-separated list like \"20/s, 5000/h\" (units SECOND, MINUTE, HOUR, DAY or s, m, h, d, or any duration as in \"50/10s\"), or empty for no rate policy";
     let mut windows: Vec<RateWindow> = Vec::new();
     for item in raw.split(',').map(str::trim).filter(|i| !i.is_empty()) {

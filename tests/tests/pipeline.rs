@@ -404,6 +404,65 @@ fn a_backlog_of_10000_due_jobs_is_drained_after_a_worker_outage() {
     );
 }
 
+/// Runs `orgs` orgs through run-once and returns the summary.
+fn run_orgs(env: &[(String, String)], dir: &std::path::Path, orgs: u32) -> serde_json::Value {
+    let path = dir.join("s.json");
+    let orgs = orgs.to_string();
+    let out = scheduler(
+        env,
+        &["run-once", "--wait", "--wait-timeout", "120s", "--fail-on", "none", "--orgs", &orgs, "--batch-delay", "0s", "--summary-json"]
+            .into_iter()
+            .chain([path.to_str().expect("utf-8")])
+            .collect::<Vec<_>>(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    summary(&path)
+}
+
+/// Two workers, 128 jobs in flight and 50 slots against a strict 10/s policy: the query
+/// service itself (which refuses the 11th start of any second with a 429) never sees more than
+/// 10 starts in any sliding second, and every org completes.
+#[test]
+fn the_query_service_never_sees_more_starts_in_a_second_than_the_rate_policy_allows() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "50ms", "--rate-limit", "10/s"]);
+    let env = env(&redis, &fake);
+    // start_jitter 150ms: this machine is loaded by the rest of the suite.
+    let rate = ["--set", "rate.rates=10/s", "--set", "rate.max_delay=15s", "--set", "rate.start_jitter=150ms"];
+    let _workers: Vec<_> = (0..2).map(|_| worker(&env, &[&["--concurrency", "64"][..], &rate[..]].concat())).collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = run_orgs(&env, dir.path(), 60);
+    let stats = runtime().block_on(fake.stats());
+    assert_eq!(s["completed"], 60, "{s}\n{stats}");
+    assert_eq!(stats["rejected_429"], 0, "{stats}");
+    let most = stats["max_started_in_1s"].as_u64().unwrap_or(u64::MAX);
+    assert!((8..=10).contains(&most), "at most 10 starts in any second at the service, and the policy's budget used: {stats}");
+}
+
+#[test]
+fn a_job_the_rate_policy_refuses_ends_skipped_rate_policy_or_is_rescheduled_at_retry_after() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "10ms"]);
+    let env = env(&redis, &fake);
+    // 2 per 2 s with no delay allowed: of 6 orgs offered at once, 2 start and 4 are refused.
+    let rate = ["--set", "rate.rates=2/2s", "--set", "rate.max_delay=0s"];
+    let skip = worker(&env, &[&["--concurrency", "8"][..], &rate[..]].concat());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = run_orgs(&env, dir.path(), 6);
+    assert_eq!((s["completed"].as_u64(), s["skipped_rate_policy"].as_u64()), (Some(2), Some(4)), "{s}");
+    let metrics = projector_tests::scrape(&metrics_addr(&skip));
+    assert_eq!(projector_tests::sample(&metrics, "projector_rate_blocked_total{reason=\"window\"}"), Some(4.0), "{metrics}");
+    drop(skip);
+
+    // With reschedule, each refused job comes back at its retry_after and completes.
+    let _w = worker(
+        &env,
+        &[&["--concurrency", "8", "--set", "slots.on_timeout=reschedule", "--set", "slots.max_reschedules=10"][..], &rate[..]].concat(),
+    );
+    let s = run_orgs(&env, dir.path(), 6);
+    assert_eq!(s["completed"], 6, "{s}");
+}
+
 #[test]
 fn reschedule_on_timeout_retries_a_job_that_got_no_slot() {
     let redis = RedisServer::start();

@@ -18,6 +18,7 @@ fn policy(mode: RateMode, windows: &[(u32, u64)], burst: u32, max_delay: Duratio
         mode,
         burst,
         max_delay,
+        start_jitter: Duration::ZERO,
     }
 }
 

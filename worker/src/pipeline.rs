@@ -288,6 +288,7 @@ mod tests {
             mode: RateMode::Strict,
             burst: 1,
             max_delay: Duration::from_millis(max_delay_ms),
+            start_jitter: Duration::ZERO,
         };
         RateGate::new(Arc::new(MemoryRateLimiter::new(policy)), "test", enforce, cooldown)
     }

@@ -65,7 +65,7 @@ impl MemoryRateLimiter {
         match policy.mode {
             RateMode::Strict => {
                 for (w, admitted) in policy.windows.iter().zip(state.admitted.iter_mut()) {
-                    let span = span_us(w.span);
+                    let span = span_us(policy.enforced_span(w));
                     while admitted.front().is_some_and(|&t| t + span <= now) {
                         admitted.pop_front();
                     }
@@ -136,6 +136,7 @@ mod tests {
             mode,
             burst,
             max_delay: Duration::from_millis(max_delay_ms),
+            start_jitter: Duration::ZERO,
         }
     }
 

@@ -27,11 +27,20 @@ pub struct RatePolicy {
     /// Smooth mode: starts allowed back to back before spacing applies.
     pub burst: u32,
     pub max_delay: Duration,
+    /// Strict mode: each window is kept this much wider (`rate.start_jitter`), so starts that
+    /// reach the service slightly out of order still fit N in W there.
+    pub start_jitter: Duration,
 }
 
 impl RatePolicy {
     pub fn from_config(config: &RateConfig) -> Self {
-        RatePolicy { windows: config.rates.clone(), mode: config.mode, burst: config.burst.max(1), max_delay: config.max_delay }
+        RatePolicy {
+            windows: config.rates.clone(),
+            mode: config.mode,
+            burst: config.burst.max(1),
+            max_delay: config.max_delay,
+            start_jitter: config.start_jitter,
+        }
     }
 
     /// `strict` or `smooth`, as in config, logs and key names.
@@ -39,6 +48,14 @@ impl RatePolicy {
         match self.mode {
             RateMode::Strict => "strict",
             RateMode::Smooth => "smooth",
+        }
+    }
+
+    /// The span a window is enforced over: strict windows are widened by `start_jitter`.
+    pub fn enforced_span(&self, window: &RateWindow) -> Duration {
+        match self.mode {
+            RateMode::Strict => window.span + self.start_jitter,
+            RateMode::Smooth => window.span,
         }
     }
 

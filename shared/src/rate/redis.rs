@@ -69,7 +69,7 @@ impl RateLimiter for RedisRateLimiter {
                 .arg(self.policy.burst)
                 .arg(1.0_f64);
             for w in &self.policy.windows {
-                call.arg(w.limit).arg(us(w.span));
+                call.arg(w.limit).arg(us(self.policy.enforced_span(w)));
             }
             let decision: Decision =
                 call.invoke_async(&mut self.conn.clone()).await.map_err(Error::redis("asking the rate policy for an admission"))?;

@@ -1,13 +1,15 @@
 //! A fake Snuba for tests and staging load tests: serves `POST /{dataset}/snql` with the same
 //! deterministic synthetic counts as the embedded source, refuses queries over a per-referrer
-//! concurrency limit with Snuba's 429 rate-limited body, and injects latency and faults on demand.
+//! concurrency limit (and, with `--rate-limit`, a per-referrer sliding-window rate limit) with
+//! Snuba's 429 rate-limited body, counts query starts per sliding second, and injects latency and
+//! faults on demand.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -33,6 +35,10 @@ struct Args {
     /// ConcurrentRateLimitAllocationPolicy).
     #[arg(long, default_value_t = 100)]
     concurrency_limit: u64,
+    /// Query starts allowed per referrer in any sliding window, like "40/s" or "50/10s"; one more
+    /// is refused with 429 (ReferrerRateLimitPolicy). Unset: no rate limit.
+    #[arg(long, value_parser = rate_limit)]
+    rate_limit: Option<projector_config::RateWindow>,
     /// Fixed latency of every query.
     #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
     latency: Duration,
@@ -58,12 +64,35 @@ struct Args {
     tls_key: Option<std::path::PathBuf>,
 }
 
+fn rate_limit(raw: &str) -> Result<projector_config::RateWindow, String> {
+    match projector_config::parse_rates(raw)?.as_slice() {
+        [one] => Ok(*one),
+        _ => Err("one rate, like 40/s".to_owned()),
+    }
+}
+
 #[derive(Debug, Default, Clone, Serialize)]
 struct Counts {
     requests: u64,
     in_flight: u64,
     max_in_flight: u64,
     rejected_429: u64,
+    /// The most query starts (admitted requests) seen in any sliding 1 s window.
+    max_started_in_1s: u64,
+}
+
+/// Query starts of the last `span`, oldest first, and the most ever held at once.
+#[derive(Debug, Default)]
+struct StartLog(VecDeque<Instant>);
+
+impl StartLog {
+    /// Starts within `span` before `now`.
+    fn within(&mut self, now: Instant, span: Duration) -> u64 {
+        while self.0.front().is_some_and(|&t| now.duration_since(t) >= span) {
+            self.0.pop_front();
+        }
+        self.0.len() as u64
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -79,13 +108,23 @@ struct Fake {
     seq: AtomicU64,
 }
 
+/// Per-referrer start logs: the last second (for `max_started_in_1s`), and the rate limit's window.
+#[derive(Default)]
+struct Starts {
+    last_second: HashMap<String, StartLog>,
+    all_last_second: StartLog,
+    rate_window: HashMap<String, StartLog>,
+}
+
+static STARTS: std::sync::LazyLock<Mutex<Starts>> = std::sync::LazyLock::new(Mutex::default);
+
 impl Fake {
     fn stats(&self) -> MutexGuard<'_, Stats> {
         self.stats.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Admits a query for `referrer`, or refuses it because the referrer is at its limit.
-    fn admit(self: &Arc<Self>, referrer: &str) -> Result<InFlight, (u64, u64)> {
+    fn admit(self: &Arc<Self>, referrer: &str) -> Result<InFlight, Refusal> {
         let mut stats = self.stats();
         stats.total.requests += 1;
         let r = stats.by_referrer.entry(referrer.to_owned()).or_default();
@@ -94,14 +133,38 @@ impl Fake {
             r.rejected_429 += 1;
             let used = r.in_flight + 1;
             stats.total.rejected_429 += 1;
-            return Err((used, self.args.concurrency_limit));
+            return Err(Refusal::Concurrency { used, limit: self.args.concurrency_limit });
         }
+        let now = Instant::now();
+        let mut starts = STARTS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rate) = self.args.rate_limit {
+            let log = starts.rate_window.entry(referrer.to_owned()).or_default();
+            let used = log.within(now, rate.span);
+            if used >= u64::from(rate.limit) {
+                r.rejected_429 += 1;
+                stats.total.rejected_429 += 1;
+                return Err(Refusal::Rate { used: used + 1, rate });
+            }
+            log.0.push_back(now);
+        }
+        let log = starts.last_second.entry(referrer.to_owned()).or_default();
+        log.0.push_back(now);
+        r.max_started_in_1s = r.max_started_in_1s.max(log.within(now, Duration::from_secs(1)));
+        starts.all_last_second.0.push_back(now);
+        let all = starts.all_last_second.within(now, Duration::from_secs(1));
         r.in_flight += 1;
         r.max_in_flight = r.max_in_flight.max(r.in_flight);
         stats.total.in_flight += 1;
+        stats.total.max_started_in_1s = stats.total.max_started_in_1s.max(all);
         stats.total.max_in_flight = stats.total.max_in_flight.max(stats.total.in_flight);
         Ok(InFlight { fake: self.clone(), referrer: referrer.to_owned() })
     }
+}
+
+/// Why a query was refused with 429.
+enum Refusal {
+    Concurrency { used: u64, limit: u64 },
+    Rate { used: u64, rate: projector_config::RateWindow },
 }
 
 /// One admitted query; dropping it (answered, or the client went away) ends it.
@@ -168,6 +231,7 @@ async fn stats(State(fake): State<Arc<Fake>>) -> Json<Value> {
 async fn reset(State(fake): State<Arc<Fake>>) -> StatusCode {
     let mut stats = fake.stats();
     let zero = |c: &mut Counts| *c = Counts { in_flight: c.in_flight, max_in_flight: c.in_flight, ..Counts::default() };
+    *STARTS.lock().unwrap_or_else(|p| p.into_inner()) = Starts::default();
     zero(&mut stats.total);
     stats.by_referrer.values_mut().for_each(zero);
     StatusCode::NO_CONTENT
@@ -185,7 +249,7 @@ async fn query(State(fake): State<Arc<Fake>>, Path(dataset): Path<String>, heade
         .to_owned();
     let _in_flight = match fake.admit(&referrer) {
         Ok(guard) => guard,
-        Err((used, limit)) => return rate_limited(&referrer, used, limit),
+        Err(refusal) => return rate_limited(&referrer, refusal),
     };
     let parsed = match body["query"].as_str().ok_or("missing \"query\"".to_owned()).and_then(|q| parse_snql(q, &dataset)) {
         Ok(q) => q,
@@ -287,15 +351,25 @@ fn rows(q: &HourlyQuery) -> Vec<u8> {
     serde_json::to_vec(&answer).unwrap_or_default()
 }
 
-fn rate_limited(referrer: &str, used: u64, limit: u64) -> Response {
-    let rejected_by = json!({
-        "policy": "ConcurrentRateLimitAllocationPolicy",
-        "quota_used": used,
-        "quota_unit": "concurrent_queries",
-        "rejection_threshold": limit,
-        "suggestion": "scan less concurrent queries",
-        "storage_key": "StorageKey.ERRORS",
-    });
+fn rate_limited(referrer: &str, refusal: Refusal) -> Response {
+    let rejected_by = match refusal {
+        Refusal::Concurrency { used, limit } => json!({
+            "policy": "ConcurrentRateLimitAllocationPolicy",
+            "quota_used": used,
+            "quota_unit": "concurrent_queries",
+            "rejection_threshold": limit,
+            "suggestion": "scan less concurrent queries",
+            "storage_key": "StorageKey.ERRORS",
+        }),
+        Refusal::Rate { used, rate } => json!({
+            "policy": "ReferrerRateLimitPolicy",
+            "quota_used": used,
+            "quota_unit": format!("queries per {}", projector_config::format_duration(rate.span)),
+            "rejection_threshold": rate.limit,
+            "suggestion": "send fewer queries per second",
+            "storage_key": "StorageKey.ERRORS",
+        }),
+    };
     let body = json!({
         "error": {"type": "rate-limited", "message": format!("Query on referrer {referrer} could not be run due to allocation policies, info: {rejected_by}")},
         "quota_allowance": {"summary": {
