@@ -1,6 +1,7 @@
 //! Domain types and the pieces every Projector process uses: ids, the job wire format, batch plans,
 //! slots, projection math, run outcomes, metric names and the synthetic data source.
 
+pub mod adaptive;
 pub mod batch;
 pub mod error;
 pub mod heartbeat;

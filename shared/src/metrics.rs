@@ -38,6 +38,10 @@ pub const QUERY_ERRORS_TOTAL: &str = "projector_query_errors_total";
 /// Queries refused with HTTP 429 by the analytics store.
 pub const QUERY_RATE_LIMITED_TOTAL: &str = "projector_query_rate_limited_total";
 
+/// 200 answers the query service marked throttled (`quota_allowance.summary.is_throttled`): its
+/// early warning, below the limit where it starts refusing.
+pub const QUERY_THROTTLED_TOTAL: &str = "projector_query_throttled_total";
+
 /// Projection writes refused because a newer run or a newer lease already wrote those hours.
 pub const PROJECTION_STALE_REFUSED_TOTAL: &str = "projector_projection_stale_write_refused_total";
 

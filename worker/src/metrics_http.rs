@@ -153,6 +153,7 @@ fn register_every_series() {
         m::TASK_COMPLETED_TOTAL,
         m::TASK_SKIPPED_NO_SLOT_TOTAL,
         m::QUERY_RATE_LIMITED_TOTAL,
+        m::QUERY_THROTTLED_TOTAL,
         m::PROJECTION_STALE_REFUSED_TOTAL,
         m::WORKER_RESTARTS_TOTAL,
         m::RATE_ADMITTED_TOTAL,

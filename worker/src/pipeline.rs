@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use projector_shared::SpikeProjectionJob;
+use projector_shared::adaptive::SIGNALS;
 use projector_shared::metrics as m;
 use projector_shared::projection::{HISTORY_HOURS, project};
 use projector_shared::rate::{Pass, RateGate};
@@ -163,6 +164,11 @@ impl Pipeline {
                 () = lease_lost => Err(Error::LeaseLost),
             };
             metrics::histogram!(m::QUERY_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
+            match &result {
+                Ok(_) => SIGNALS.ok(),
+                Err(Error::RateLimited { .. }) => SIGNALS.rate_limited(),
+                Err(_) => {}
+            }
             result?
         };
         Ok((first_hour, history))

@@ -72,7 +72,16 @@ impl SnubaQuery {
             .map_err(|e| self.transport_error(e))?;
         let status = response.status().as_u16();
         let text = response.text().await.map_err(|e| self.transport_error(e))?;
-        classify(status, &text, request)
+        let (history, throttled) = classify_answer(status, &text, request)?;
+        if let Some(t) = throttled {
+            metrics::counter!(m::QUERY_THROTTLED_TOTAL).increment(1);
+            projector_shared::adaptive::SIGNALS.throttled();
+            tracing::debug!(
+                org_id = %request.org_id, policy = t.policy.as_deref().unwrap_or("-"), quota_used = t.quota_used,
+                throttle_threshold = t.threshold, "query throttled by the query service (early warning)"
+            );
+        }
+        Ok(history)
     }
 
     fn transport_error(&self, e: reqwest::Error) -> Error {
@@ -124,6 +133,18 @@ pub fn snql(dataset: &str, request: &HistoryRequest) -> String {
 #[derive(Deserialize)]
 struct Rows {
     data: Vec<Row>,
+    #[serde(default)]
+    quota_allowance: Option<QuotaAllowance>,
+}
+
+/// Snuba's early warning on a 200 answer (`quota_allowance.summary.is_throttled`): the referrer is
+/// above a policy's throttle threshold (`ReferrerGuardRailPolicy`: limit / 1.5 concurrent queries)
+/// and its queries get fewer ClickHouse threads. It rejects only above the limit.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Throttled {
+    pub policy: Option<String>,
+    pub quota_used: Option<u64>,
+    pub threshold: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -157,6 +178,17 @@ struct QuotaAllowance {
 #[derive(Deserialize)]
 struct QuotaSummary {
     rejected_by: Option<RejectedBy>,
+    #[serde(default)]
+    is_throttled: bool,
+    #[serde(default)]
+    throttled_by: Option<ThrottledBy>,
+}
+
+#[derive(Deserialize)]
+struct ThrottledBy {
+    policy: Option<String>,
+    quota_used: Option<u64>,
+    throttle_threshold: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -168,6 +200,11 @@ struct RejectedBy {
 
 /// Maps one HTTP answer to the request's history or to the error class it belongs to.
 pub fn classify(status: u16, body: &str, request: &HistoryRequest) -> Result<OrgHistory, Error> {
+    classify_answer(status, body, request).map(|(history, _)| history)
+}
+
+/// [`classify`], plus Snuba's throttle warning when a 200 answer carries one.
+pub fn classify_answer(status: u16, body: &str, request: &HistoryRequest) -> Result<(OrgHistory, Option<Throttled>), Error> {
     match status {
         200 => parse_rows(body, request),
         429 => {
@@ -188,8 +225,16 @@ pub fn classify(status: u16, body: &str, request: &HistoryRequest) -> Result<Org
     }
 }
 
-fn parse_rows(body: &str, request: &HistoryRequest) -> Result<OrgHistory, Error> {
+fn parse_rows(body: &str, request: &HistoryRequest) -> Result<(OrgHistory, Option<Throttled>), Error> {
     let rows: Rows = serde_json::from_str(body).map_err(|e| Error::QueryMalformed { reason: e.to_string(), sample: sample(body) })?;
+    let throttled = rows.quota_allowance.and_then(|q| q.summary).filter(|s| s.is_throttled).map(|s| {
+        let by = s.throttled_by;
+        Throttled {
+            policy: by.as_ref().and_then(|b| b.policy.clone()),
+            quota_used: by.as_ref().and_then(|b| b.quota_used),
+            threshold: by.as_ref().and_then(|b| b.throttle_threshold),
+        }
+    });
     let start_hour = request.end.timestamp().div_euclid(3600) - request.hours as i64;
     let mut history: OrgHistory = request.project_ids.iter().map(|p| (*p, vec![0; request.hours])).collect();
     for row in rows.data {
@@ -203,7 +248,7 @@ fn parse_rows(body: &str, request: &HistoryRequest) -> Result<OrgHistory, Error>
         // Snuba leaves out hours without events; they stay 0.
         history.entry(ProjectId(row.project_id)).or_insert_with(|| vec![0; request.hours])[slot] += row.count;
     }
-    Ok(history)
+    Ok((history, throttled))
 }
 
 /// The `error.type: error.message` of an error body, or a sample of the body.
@@ -244,6 +289,20 @@ mod tests {
             end: Utc.with_ymd_and_hms(2026, 11, 22, 13, 0, 0).single().expect("valid"),
             hours: 3,
         }
+    }
+
+    #[test]
+    fn a_throttled_200_answer_is_read_as_the_early_warning_and_still_gives_rows() {
+        let body = r#"{"data":[{"project_id":701,"time":"2026-11-22T12:00:00+00:00","count":4}],
+            "quota_allowance":{"summary":{"is_successful":true,"is_rejected":false,"is_throttled":true,
+              "throttled_by":{"policy":"ReferrerGuardRailPolicy","quota_used":70,"throttle_threshold":66},"rejected_by":{}}}}"#;
+        let (h, throttled) = classify_answer(200, body, &request()).expect("rows");
+        assert_eq!(h[&ProjectId(701)], vec![0, 0, 4]);
+        let t = throttled.expect("throttled");
+        assert_eq!((t.policy.as_deref(), t.quota_used, t.threshold), (Some("ReferrerGuardRailPolicy"), Some(70), Some(66)));
+        let calm = r#"{"data":[],"quota_allowance":{"summary":{"is_throttled":false,"throttled_by":{}}}}"#;
+        assert_eq!(classify_answer(200, calm, &request()).expect("rows").1, None);
+        assert_eq!(classify_answer(200, r#"{"data":[]}"#, &request()).expect("rows").1, None, "no quota_allowance at all");
     }
 
     #[test]
