@@ -124,6 +124,58 @@ fn the_incident_reproduced_159_concurrent_queries_against_a_limit_of_100() {
     });
 }
 
+/// Concurrent queries against the fake; (ok, rate limited) counts.
+async fn concurrent(snuba: &Arc<SnubaQuery>, orgs: std::ops::RangeInclusive<u64>) -> (u64, u64) {
+    let queries: Vec<_> = orgs
+        .map(|org| {
+            let snuba = snuba.clone();
+            tokio::spawn(async move { snuba.hourly_counts(&request(org, 24)).await })
+        })
+        .collect();
+    let (mut ok, mut rate_limited) = (0, 0);
+    for q in queries {
+        match q.await.expect("query task") {
+            Ok(_) => ok += 1,
+            Err(Error::RateLimited { .. }) => rate_limited += 1,
+            Err(e) => panic!("unexpected error class: {e}"),
+        }
+    }
+    (ok, rate_limited)
+}
+
+/// The fake's throttle (Snuba's early warning above limit x throttle-at), its rate limit, and
+/// capacity changed mid-run with `POST /config`.
+#[test]
+fn the_fake_throttles_above_its_threshold_rate_limits_and_takes_new_capacity_mid_run() {
+    let fake = FakeSnuba::start(FAKE, &["--latency", "1s", "--concurrency-limit", "9", "--throttle-at", "0.66"]);
+    runtime().block_on(async {
+        let snuba = Arc::new(client(&fake.url(), Duration::from_secs(30)));
+        assert_eq!(concurrent(&snuba, 1..=9).await, (9, 0));
+        let stats = fake.stats().await;
+        // floor(9 x 0.66) = 5: the 6th to 9th concurrent queries are throttled, not refused.
+        assert_eq!((stats["throttled"].as_u64(), stats["rejected_429"].as_u64()), (Some(4), Some(0)), "{stats}");
+
+        let http = reqwest::Client::new();
+        let set =
+            http.post(format!("{}/config", fake.url())).json(&serde_json::json!({"concurrency_limit": 4})).send().await.expect("post");
+        assert_eq!(set.status(), 200);
+        assert_eq!(concurrent(&snuba, 1..=9).await, (4, 5), "the halved capacity holds at once");
+        let shown: serde_json::Value = http.get(format!("{}/config", fake.url())).send().await.expect("get").json().await.expect("json");
+        assert_eq!(shown["concurrency_limit"], 4, "{shown}");
+        let bad = http.post(format!("{}/config", fake.url())).json(&serde_json::json!({"capacity": 3})).send().await.expect("post");
+        assert_eq!(bad.status(), 400, "an unknown setting is refused");
+
+        http.post(format!("{}/config", fake.url()))
+            .json(&serde_json::json!({"concurrency_limit": 100, "rate_limit": "3/10s", "latency": "1ms"}))
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(concurrent(&snuba, 1..=5).await, (3, 2), "3 starts per 10 s");
+        let stats = fake.stats().await;
+        assert_eq!(stats["max_started_in_1s"], 9, "the first round started 9 at once: {stats}");
+    });
+}
+
 fn record(run: &str, org: u64, project: u64, hour: u32, token: u64, base: u64) -> ProjectionRecord {
     ProjectionRecord {
         run_id: RunId(run.into()),

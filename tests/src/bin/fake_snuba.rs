@@ -42,6 +42,14 @@ struct Args {
     /// Fixed latency of every query.
     #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
     latency: Duration,
+    /// Fraction of --concurrency-limit above which 200 answers are marked throttled
+    /// (`is_throttled`, `throttled_by`), like Snuba's ReferrerGuardRailPolicy (1/1.5 = 0.66).
+    /// Unset: never throttled.
+    #[arg(long)]
+    throttle_at: Option<f64>,
+    /// Throttled queries take this many times the latency (fewer ClickHouse threads).
+    #[arg(long, default_value_t = 2.0)]
+    throttle_slowdown: f64,
     /// Extra latency, uniform in [0, jitter].
     #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
     jitter: Duration,
@@ -77,6 +85,8 @@ struct Counts {
     in_flight: u64,
     max_in_flight: u64,
     rejected_429: u64,
+    /// 200 answers marked throttled.
+    throttled: u64,
     /// The most query starts (admitted requests) seen in any sliding 1 s window.
     max_started_in_1s: u64,
 }
@@ -104,8 +114,57 @@ struct Stats {
 
 struct Fake {
     args: Args,
+    /// What `POST /config` can change while the fake runs.
+    live: Mutex<Live>,
     stats: Mutex<Stats>,
     seq: AtomicU64,
+}
+
+/// Capacity and latency, changeable mid-run (`GET`/`POST /config`).
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]
+struct Live {
+    concurrency_limit: u64,
+    /// "40/s" in JSON; null for none.
+    #[serde(with = "rate_text")]
+    rate_limit: Option<projector_config::RateWindow>,
+    /// "50ms" in JSON.
+    #[serde(with = "latency_text")]
+    latency: Duration,
+}
+
+mod rate_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(rate: &Option<projector_config::RateWindow>, s: S) -> Result<S::Ok, S::Error> {
+        match rate {
+            Some(r) => s.serialize_str(&r.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<projector_config::RateWindow>, D::Error> {
+        Option::<String>::deserialize(d)?.map(|t| super::rate_limit(&t).map_err(serde::de::Error::custom)).transpose()
+    }
+}
+
+mod latency_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        humantime::parse_duration(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An admitted query: its guard, and whether the service is throttling it.
+struct Admitted {
+    _in_flight: InFlight,
+    throttled: Option<(u64, u64)>,
+    latency: Duration,
 }
 
 /// Per-referrer start logs: the last second (for `max_started_in_1s`), and the rate limit's window.
@@ -124,20 +183,25 @@ impl Fake {
     }
 
     /// Admits a query for `referrer`, or refuses it because the referrer is at its limit.
-    fn admit(self: &Arc<Self>, referrer: &str) -> Result<InFlight, Refusal> {
+    fn live(&self) -> Live {
+        *self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn admit(self: &Arc<Self>, referrer: &str) -> Result<Admitted, Refusal> {
+        let live = self.live();
         let mut stats = self.stats();
         stats.total.requests += 1;
         let r = stats.by_referrer.entry(referrer.to_owned()).or_default();
         r.requests += 1;
-        if r.in_flight >= self.args.concurrency_limit {
+        if r.in_flight >= live.concurrency_limit {
             r.rejected_429 += 1;
             let used = r.in_flight + 1;
             stats.total.rejected_429 += 1;
-            return Err(Refusal::Concurrency { used, limit: self.args.concurrency_limit });
+            return Err(Refusal::Concurrency { used, limit: live.concurrency_limit });
         }
         let now = Instant::now();
         let mut starts = STARTS.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(rate) = self.args.rate_limit {
+        if let Some(rate) = live.rate_limit {
             let log = starts.rate_window.entry(referrer.to_owned()).or_default();
             let used = log.within(now, rate.span);
             if used >= u64::from(rate.limit) {
@@ -154,10 +218,17 @@ impl Fake {
         let all = starts.all_last_second.within(now, Duration::from_secs(1));
         r.in_flight += 1;
         r.max_in_flight = r.max_in_flight.max(r.in_flight);
+        let threshold = self.args.throttle_at.map(|f| (live.concurrency_limit as f64 * f).floor() as u64);
+        let throttled = threshold.filter(|t| r.in_flight > *t).map(|t| (r.in_flight, t));
+        if throttled.is_some() {
+            r.throttled += 1;
+            stats.total.throttled += 1;
+        }
         stats.total.in_flight += 1;
         stats.total.max_started_in_1s = stats.total.max_started_in_1s.max(all);
         stats.total.max_in_flight = stats.total.max_in_flight.max(stats.total.in_flight);
-        Ok(InFlight { fake: self.clone(), referrer: referrer.to_owned() })
+        let latency = if throttled.is_some() { live.latency.mul_f64(self.args.throttle_slowdown) } else { live.latency };
+        Ok(Admitted { _in_flight: InFlight { fake: self.clone(), referrer: referrer.to_owned() }, throttled, latency })
     }
 }
 
@@ -190,6 +261,10 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!((0.0..=1.0).contains(&rate), "{name} {rate} must be between 0 and 1");
     }
     anyhow::ensure!(args.error_rate + args.slow_rate + args.malformed_rate <= 1.0, "the fault rates add up to more than 1");
+    if let Some(at) = args.throttle_at {
+        anyhow::ensure!(at > 0.0 && at <= 1.0, "--throttle-at {at} must be in (0, 1]");
+    }
+    anyhow::ensure!(args.throttle_slowdown >= 1.0, "--throttle-slowdown must be at least 1");
     let listener = std::net::TcpListener::bind(args.addr)?;
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
@@ -197,11 +272,13 @@ async fn main() -> anyhow::Result<()> {
         (Some(cert), Some(key)) => Some(axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await?),
         _ => None,
     };
-    let fake = Arc::new(Fake { args, stats: Mutex::default(), seq: AtomicU64::new(0) });
+    let live = Live { concurrency_limit: args.concurrency_limit, rate_limit: args.rate_limit, latency: args.latency };
+    let fake = Arc::new(Fake { args, live: Mutex::new(live), stats: Mutex::default(), seq: AtomicU64::new(0) });
     let app = Router::new()
         .route("/{dataset}/snql", post(query))
         .route("/stats", get(stats))
         .route("/stats/reset", post(reset))
+        .route("/config", get(show_config).post(set_config))
         .route("/health", get(|| async { "ok" }))
         .with_state(fake);
     let mut out = std::io::stdout().lock();
@@ -209,7 +286,7 @@ async fn main() -> anyhow::Result<()> {
     out.flush()?;
     drop(out);
     let scheme = if tls.is_some() { "https" } else { "http" };
-    eprintln!("projector-fake-snuba: serving POST {scheme}://{bound}/{{dataset}}/snql, GET /stats, POST /stats/reset");
+    eprintln!("projector-fake-snuba: serving POST {scheme}://{bound}/{{dataset}}/snql, GET /stats, POST /stats/reset, GET|POST /config");
     match tls {
         Some(tls) => axum_server::from_tcp_rustls(listener, tls).serve(app.into_make_service()).await?,
         None => {
@@ -225,6 +302,33 @@ async fn main() -> anyhow::Result<()> {
 
 async fn stats(State(fake): State<Arc<Fake>>) -> Json<Value> {
     Json(serde_json::to_value(&*fake.stats()).unwrap_or(Value::Null))
+}
+
+async fn show_config(State(fake): State<Arc<Fake>>) -> Json<Live> {
+    Json(fake.live())
+}
+
+/// Changes capacity mid-run: any of `concurrency_limit`, `rate_limit` ("40/s" or null), `latency`
+/// ("50ms"); answers the configuration now in force.
+async fn set_config(State(fake): State<Arc<Fake>>, Json(change): Json<Value>) -> Response {
+    let mut merged = serde_json::to_value(fake.live()).unwrap_or(Value::Null);
+    if let (Some(target), Some(changes)) = (merged.as_object_mut(), change.as_object()) {
+        for (k, v) in changes {
+            if !target.contains_key(k) {
+                return invalid(format!("unknown setting {k:?}; known: concurrency_limit, rate_limit, latency"));
+            }
+            target.insert(k.clone(), v.clone());
+        }
+    }
+    match serde_json::from_value::<Live>(merged) {
+        Ok(live) if live.concurrency_limit > 0 => {
+            *fake.live.lock().unwrap_or_else(|p| p.into_inner()) = live;
+            eprintln!("projector-fake-snuba: configuration now {}", serde_json::to_string(&live).unwrap_or_default());
+            Json(live).into_response()
+        }
+        Ok(_) => invalid("concurrency_limit must be at least 1".to_owned()),
+        Err(e) => invalid(format!("bad configuration: {e}")),
+    }
 }
 
 /// Zeroes the counters; queries still in flight stay counted as in flight.
@@ -247,8 +351,8 @@ async fn query(State(fake): State<Arc<Fake>>, Path(dataset): Path<String>, heade
         .or_else(|| headers.get("referer").and_then(|h| h.to_str().ok()))
         .unwrap_or("<unknown>")
         .to_owned();
-    let _in_flight = match fake.admit(&referrer) {
-        Ok(guard) => guard,
+    let admitted = match fake.admit(&referrer) {
+        Ok(admitted) => admitted,
         Err(refusal) => return rate_limited(&referrer, refusal),
     };
     let parsed = match body["query"].as_str().ok_or("missing \"query\"".to_owned()).and_then(|q| parse_snql(q, &dataset)) {
@@ -260,17 +364,17 @@ async fn query(State(fake): State<Arc<Fake>>, Path(dataset): Path<String>, heade
     let a = &fake.args;
     let jitter = a.jitter.mul_f64(unit(mix(n, 2, 0)));
     if r < a.error_rate {
-        tokio::time::sleep(a.latency + jitter).await;
+        tokio::time::sleep(admitted.latency + jitter).await;
         let body = json!({"error": {"type": "clickhouse", "message": "DB::Exception: Memory limit (for query) exceeded (injected fault)", "code": 241}});
         return (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response();
     }
     if r < a.error_rate + a.malformed_rate {
-        tokio::time::sleep(a.latency + jitter).await;
+        tokio::time::sleep(admitted.latency + jitter).await;
         return (StatusCode::OK, "{\"data\": [{\"project_id\": 1, \"ti").into_response();
     }
-    let latency = if r < a.error_rate + a.malformed_rate + a.slow_rate { a.slow_latency } else { a.latency };
+    let latency = if r < a.error_rate + a.malformed_rate + a.slow_rate { a.slow_latency } else { admitted.latency };
     tokio::time::sleep(latency + jitter).await;
-    (StatusCode::OK, [(axum::http::header::CONTENT_TYPE, "application/json")], rows(&parsed)).into_response()
+    (StatusCode::OK, [(axum::http::header::CONTENT_TYPE, "application/json")], rows(&parsed, admitted.throttled)).into_response()
 }
 
 /// What the fake needs from a query: the org, its projects (none: all of them) and the window.
@@ -327,11 +431,13 @@ struct Answer<'a> {
     data: Vec<Row<'a>>,
     meta: Value,
     timing: Value,
+    quota_allowance: Value,
 }
 
 /// Snuba's answer: one row per project and hour that had events, oldest first. Built with typed
 /// rows and one time string per hour: the fake shares the cores of the processes it measures.
-fn rows(q: &HourlyQuery) -> Vec<u8> {
+/// `throttled`: (concurrent queries now, throttle threshold) when above the threshold.
+fn rows(q: &HourlyQuery, throttled: Option<(u64, u64)>) -> Vec<u8> {
     let hours = (q.end - q.start).num_hours() as usize;
     let end_hour = q.end.timestamp().div_euclid(3600);
     let times: Vec<String> = (0..hours).map(|i| (q.start + TimeDelta::hours(i as i64)).to_rfc3339()).collect();
@@ -347,6 +453,13 @@ fn rows(q: &HourlyQuery) -> Vec<u8> {
         data,
         meta: json!([{"name": "project_id", "type": "UInt64"}, {"name": "time", "type": "DateTime"}, {"name": "count", "type": "UInt64"}]),
         timing: json!({"timestamp": Utc::now().timestamp(), "duration_ms": 0}),
+        quota_allowance: json!({"summary": {
+            "is_successful": true, "is_rejected": false, "is_throttled": throttled.is_some(), "rejected_by": {},
+            "throttled_by": throttled.map_or(json!({}), |(used, threshold)| json!({
+                "policy": "ReferrerGuardRailPolicy", "quota_used": used, "quota_unit": "concurrent_queries",
+                "throttle_threshold": threshold, "storage_key": "StorageKey.ERRORS",
+            })),
+        }}),
     };
     serde_json::to_vec(&answer).unwrap_or_default()
 }
