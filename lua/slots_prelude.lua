@@ -1,12 +1,13 @@
 -- slots_prelude: shared by every slot-limiter script, and prepended to each one.
--- KEYS (the same eight for every slot script, one hash tag per limiter):
+-- KEYS (the same nine for every slot script, one hash tag per limiter):
 --   1 limit (string), 2 leases (zset lease id -> expiry ms), 3 holders (hash lease id ->
 --   "info|granted_ms|token"), 4 fence (counter of fencing tokens), 5 seq (arrival counter),
 --   6 queue (zset waiter id -> arrival), 7 waiter deadlines (zset waiter id -> deadline ms),
---   8 waiting (hash waiter id -> info)
+--   8 waiting (hash waiter id -> info), 9 adaptive (hash: the fleet's multiplier and its window)
 -- Time is Redis's own (TIME), never a worker's clock.
 local limit_key, leases, holders, fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local seq, queue, deadlines, waiting = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local adaptive = KEYS[9]
 local KEY_TTL_MS = 604800000
 
 local function now_ms()
@@ -20,13 +21,19 @@ local function touch(...)
   for _, key in ipairs({...}) do redis.call('PEXPIRE', key, KEY_TTL_MS) end
 end
 
+-- The limit in force: the stored limit times the adaptive multiplier (1 when none), at least 1.
+local function effective(limit)
+  local m = tonumber(redis.call('HGET', adaptive, 'multiplier') or '1')
+  return math.max(1, math.floor(limit * m + 1e-9))
+end
+
 local function limit_of(default)
   local l = redis.call('GET', limit_key)
   if not l then
     redis.call('SET', limit_key, default, 'PX', KEY_TTL_MS)
-    return tonumber(default)
+    return effective(tonumber(default))
   end
-  return tonumber(l)
+  return effective(tonumber(l))
 end
 
 -- Drops expired leases (dead or paused holders) and waiters past their deadline.

@@ -1,6 +1,6 @@
 -- slots_reset: drops every lease and waiter (after an incident); keeps the limit and the fence,
 -- so fencing tokens keep growing.
--- KEYS: the eight slot keys (see slots_prelude)
+-- KEYS: the nine slot keys (see slots_prelude)
 -- ARGV: none
 -- Returns: how many leases were dropped.
 local dropped = redis.call('ZCARD', leases)

@@ -1,12 +1,12 @@
 -- slots_set_limit: sets the limit for every process at once. Lowering it interrupts no holder;
 -- raising it hands free slots to waiters now.
--- KEYS: the eight slot keys (see slots_prelude)
+-- KEYS: the nine slot keys (see slots_prelude)
 -- ARGV: 1 new_limit, 2 reserve_ms, 3 wake_prefix
 -- Returns: {in_use, limit}
 local new_limit, reserve_ms, wake_prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local now = now_ms()
 redis.call('SET', limit_key, new_limit)
 reclaim(now)
-hand_off(now, new_limit, reserve_ms, wake_prefix)
+hand_off(now, effective(new_limit), reserve_ms, wake_prefix)
 touch(limit_key)
 return {redis.call('ZCARD', leases), new_limit}

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::value::{RateWindow, boolean, choice, duration, format_duration, int, rates, text, url};
+use crate::value::{RateWindow, boolean, choice, duration, float, format_duration, int, rates, text, url};
 use crate::{Config, OnRedisError, OnSlotTimeout, OrgSourceKind, QuerySourceKind, RateMode, SinkKind};
 
 /// One configuration key.
@@ -36,6 +36,8 @@ trait Kind<T> {
 
 /// An integer within bounds.
 struct Int<T>(T, T);
+/// A number within bounds.
+struct Float(f64, f64);
 /// A duration within bounds ("2s", "500ms").
 struct Dur(Duration, Duration);
 /// One of a fixed set of words.
@@ -64,6 +66,15 @@ impl<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy> Kind<T> for I
         int(raw, self.0, self.1)
     }
     fn show(&self, value: &T) -> String {
+        value.to_string()
+    }
+}
+
+impl Kind<f64> for Float {
+    fn parse(&self, raw: &str) -> Result<f64, String> {
+        float(raw, self.0, self.1)
+    }
+    fn show(&self, value: &f64) -> String {
         value.to_string()
     }
 }
@@ -289,6 +300,22 @@ keys! {
         "false: shadow mode; nothing is delayed or refused, what would have been is logged and counted";
     "rate.cooldown_after_429" => rate.cooldown_after_429: Dur(Duration::ZERO, SECS(3600)), default Some("0s"),
         "after a 429 from the query service, no query starts anywhere in the fleet for this long (\"0s\": no cooldown)";
+    "adaptive.enabled" => adaptive.enabled: Bool, default Some("false"),
+        "adapt one multiplier for the whole fleet (on the slot limit and every rate) from the query service's 429s and throttle warnings";
+    "adaptive.window" => adaptive.window: Dur(MILLIS(100), SECS(3600)), default Some("10s"),
+        "the fleet decides once per window, from at least 10 answers";
+    "adaptive.high_429_ratio" => adaptive.high_429_ratio: Float(0.0, 1.0), default Some("0.05"),
+        "share of 429 answers in a window above which the multiplier drops by decrease_step_pct";
+    "adaptive.increase_step_pct" => adaptive.increase_step_pct: Float(0.0, 100.0), default Some("5"),
+        "growth per window while demand fills the limit and nothing warns";
+    "adaptive.decrease_step_pct" => adaptive.decrease_step_pct: Float(0.0, 100.0), default Some("20"),
+        "cut after a window above high_429_ratio (a quarter of it for throttle warnings)";
+    "adaptive.min_multiplier" => adaptive.min_multiplier: Float(0.01, 1.0), default Some("0.3"),
+        "the multiplier never goes below this";
+    "adaptive.max_multiplier" => adaptive.max_multiplier: Float(0.01, 10.0), default Some("1.0"),
+        "the multiplier never goes above this (1.0: never above the configured limit and rates)";
+    "adaptive.use_throttle_signal" => adaptive.use_throttle_signal: Bool, default Some("true"),
+        "treat the query service's throttled answers (is_throttled) as an early warning: hold growth, or cut gently above high_429_ratio";
 }
 
 /// The spec of a key, if it exists.

@@ -33,6 +33,20 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub runs: RunsConfig,
     pub rate: RateConfig,
+    pub adaptive: AdaptiveConfig,
+}
+
+/// `[adaptive]`: one multiplier for the fleet, steered by the query service's answers.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AdaptiveConfig {
+    pub enabled: bool,
+    pub window: Duration,
+    pub high_429_ratio: f64,
+    pub increase_step_pct: f64,
+    pub decrease_step_pct: f64,
+    pub min_multiplier: f64,
+    pub max_multiplier: f64,
+    pub use_throttle_signal: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -266,6 +280,7 @@ impl Default for Config {
             worker: WorkerConfig::default(),
             runs: RunsConfig::default(),
             rate: RateConfig::default(),
+            adaptive: AdaptiveConfig::default(),
         };
         for key in KEYS {
             if let Some(default) = key.default

@@ -132,6 +132,14 @@ fn check_combinations(config: &Config, sources: &BTreeMap<&'static str, Source>,
             allowed: "required when sink.kind = \"jsonl\"; set it to the file projections are appended to".to_owned(),
         });
     }
+    if config.adaptive.min_multiplier > config.adaptive.max_multiplier {
+        problems.push(Problem {
+            key: "adaptive.min_multiplier".to_owned(),
+            value: Some(config.adaptive.min_multiplier.to_string()),
+            source: source_of("adaptive.min_multiplier"),
+            allowed: format!("must not exceed adaptive.max_multiplier ({})", config.adaptive.max_multiplier),
+        });
+    }
     if config.query.source == QuerySourceKind::Snuba && config.query.url.is_none() {
         problems.push(Problem {
             key: "query.url".to_owned(),

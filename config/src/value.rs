@@ -13,6 +13,14 @@ where
     }
 }
 
+/// Parses a number in `min..=max`.
+pub(crate) fn float(raw: &str, min: f64, max: f64) -> Result<f64, String> {
+    match raw.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= min && v <= max => Ok(v),
+        _ => Err(format!("must be a number from {min} to {max}")),
+    }
+}
+
 /// Parses a humane duration ("2s", "500ms", "1m 30s") in `min..=max`.
 pub(crate) fn duration(raw: &str, min: Duration, max: Duration) -> Result<Duration, String> {
     let allowed = || format!("must be a duration like \"2s\" or \"500ms\", from {} to {}", format_duration(min), format_duration(max));

@@ -1,7 +1,61 @@
-//! The query service's answers as the adaptive limit sees them: this process's counts of ok,
-//! 429 and throttled answers since they were last reported to the fleet.
+//! One adaptive limit for the whole fleet: its settings, this process's counts of ok, 429 and
+//! throttled answers since they were last reported, and the multiplier last heard from Redis
+//! (which scales the slot limit there, and every rate here). The decision itself is
+//! `lua/slots_adaptive.lua`, called through `RedisSlotLimiter::report_answers`.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A window with fewer answers than this decides nothing.
+pub const ADAPTIVE_MIN_SAMPLES: u64 = 10;
+
+/// `[adaptive]`, as the script takes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdaptiveSettings {
+    pub window: Duration,
+    pub high_429_ratio: f64,
+    pub increase_step_pct: f64,
+    pub decrease_step_pct: f64,
+    pub min_multiplier: f64,
+    pub max_multiplier: f64,
+    pub use_throttle_signal: bool,
+}
+
+impl AdaptiveSettings {
+    pub fn from_config(c: &projector_config::AdaptiveConfig) -> Self {
+        AdaptiveSettings {
+            window: c.window,
+            high_429_ratio: c.high_429_ratio,
+            increase_step_pct: c.increase_step_pct,
+            decrease_step_pct: c.decrease_step_pct,
+            min_multiplier: c.min_multiplier,
+            max_multiplier: c.max_multiplier,
+            use_throttle_signal: c.use_throttle_signal,
+        }
+    }
+}
+
+/// The fleet's multiplier as this process last heard it; shared by the reporter (writes) and the
+/// rate limiter (reads, to scale every rate). 1 until the first report.
+#[derive(Debug, Clone)]
+pub struct Multiplier(Arc<AtomicU64>);
+
+impl Default for Multiplier {
+    fn default() -> Self {
+        Multiplier(Arc::new(AtomicU64::new(1.0_f64.to_bits())))
+    }
+}
+
+impl Multiplier {
+    pub fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+
+    pub fn set(&self, m: f64) {
+        self.0.store(m.to_bits(), Ordering::Relaxed);
+    }
+}
 
 /// Counts of one process, drained by whoever reports them.
 #[derive(Debug, Default)]

@@ -53,9 +53,25 @@ impl SlotKeys {
         format!("{}{waiter}", self.wake_prefix())
     }
 
+    /// Hash: the fleet's adaptive multiplier on the limit (and on every rate), and the window of
+    /// query answers it is decided from (`lua/slots_adaptive.lua`).
+    pub fn adaptive(&self) -> String {
+        format!("{}:adaptive", self.tag)
+    }
+
     /// The keys every limiter script is given, in the order the scripts expect.
     pub fn script_keys(&self) -> Vec<String> {
-        vec![self.limit(), self.leases(), self.holders(), self.fence(), self.seq(), self.queue(), self.waiter_deadlines(), self.waiting()]
+        vec![
+            self.limit(),
+            self.leases(),
+            self.holders(),
+            self.fence(),
+            self.seq(),
+            self.queue(),
+            self.waiter_deadlines(),
+            self.waiting(),
+            self.adaptive(),
+        ]
     }
 }
 

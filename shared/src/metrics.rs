@@ -71,6 +71,13 @@ pub const RATE_COOLDOWNS_TOTAL: &str = "projector_rate_cooldowns_total";
 /// How long a query start was held to fit the rate policy (histogram; 0 when admitted at once).
 pub const RATE_DELAY_SECONDS: &str = "projector_rate_delay_seconds";
 
+/// The fleet's adaptive multiplier on the slot limit and every rate (gauge; 1 without adaptation;
+/// every worker reports the same value: aggregate with `max()`).
+pub const ADAPTIVE_MULTIPLIER: &str = "projector_adaptive_multiplier";
+/// Adaptive windows that moved or held the multiplier, labelled `direction` (`up`, `down`,
+/// `hold`) and `signal` (`429`, `throttle`, `demand`, `none`); counted by the worker that closed the window.
+pub const ADAPTIVE_ADJUSTMENTS_TOTAL: &str = "projector_adaptive_adjustments_total";
+
 /// Histogram buckets (seconds) for slot waits: 1 ms to 60 s, the range of slots.max_wait.
 pub const SLOT_WAIT_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 /// Histogram buckets (seconds) for queries: 10 ms to 60 s, the query service's longest query.

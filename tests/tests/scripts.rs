@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use projector_shared::adaptive::{AdaptiveSettings, SignalCounts};
+use projector_shared::keys::SlotKeys;
 use projector_shared::run::{Admission, Outcome, Recorded};
 use projector_shared::run_record::RunRecords;
 use projector_shared::slots::{Acquire, RedisSlotLimiter, RedisSlotSettings, SlotLimiter, SlotRequest};
@@ -146,6 +148,95 @@ fn slots_occupancy_counts_live_leases_on_redis_time_and_the_stored_limit() {
         assert_eq!(l.occupancy().await.expect("occupancy"), (0, None), "nothing stored before the first request");
         let _held = acquire(&l, 1, Duration::ZERO).await;
         assert_eq!(l.occupancy().await.expect("occupancy"), (1, Some(3)));
+    });
+}
+
+fn adaptive(window_ms: u64) -> AdaptiveSettings {
+    AdaptiveSettings {
+        window: Duration::from_millis(window_ms),
+        high_429_ratio: 0.05,
+        increase_step_pct: 5.0,
+        decrease_step_pct: 20.0,
+        min_multiplier: 0.3,
+        max_multiplier: 1.0,
+        use_throttle_signal: true,
+    }
+}
+
+fn answers(ok: u64, rate_limited: u64, throttled: u64) -> SignalCounts {
+    SignalCounts { ok, rate_limited, throttled }
+}
+
+/// Waits (polling Redis time through the script) until the window opened by the first report ends.
+async fn next_window(conn: &ConnectionManager, settings: &AdaptiveSettings) {
+    let mut conn = conn.clone();
+    let started: u64 =
+        redis::cmd("HGET").arg(SlotKeys::new("default").adaptive()).arg("window_start_ms").query_async(&mut conn).await.expect("hget");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.expect("time");
+        if secs * 1000 + micros / 1000 >= started + settings.window.as_millis() as u64 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the window never ended");
+        tokio::task::yield_now().await;
+    }
+}
+
+#[test]
+fn slots_adaptive_closes_each_window_once_for_the_fleet_and_scales_the_limit_in_force() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let settings = adaptive(300);
+        let (a, b) = (limiter(&server, 50), limiter(&server, 50));
+        let admin = manager(&server);
+        // Two workers report into one window: 18 ok and 2 429s, a 10 % ratio.
+        let first = a.report_answers(answers(9, 1, 0), &settings).await.expect("report");
+        assert!(!first.closed && first.multiplier == 1.0, "{first:?}");
+        b.report_answers(answers(9, 1, 0), &settings).await.expect("report");
+        next_window(&admin, &settings).await;
+        // Both report after the window ended, at once: exactly one closes it.
+        let (ra, rb) = tokio::join!(a.report_answers(answers(0, 0, 0), &settings), b.report_answers(answers(0, 0, 0), &settings));
+        let (ra, rb) = (ra.expect("report"), rb.expect("report"));
+        assert_eq!(u8::from(ra.closed) + u8::from(rb.closed), 1, "{ra:?} {rb:?}");
+        let closer = if ra.closed { &ra } else { &rb };
+        assert_eq!((closer.direction, closer.signal.as_str(), closer.window), (Some("down"), "429", (18, 2, 0)), "{closer:?}");
+        assert!(
+            (ra.multiplier - 0.8).abs() < 1e-9 && (rb.multiplier - 0.8).abs() < 1e-9,
+            "one cut of 20 % for the fleet, not one per worker"
+        );
+        let o = a.occupancy_now().await.expect("occupancy");
+        assert_eq!((o.limit, o.in_force), (Some(50), Some(40)), "the stored limit is kept; 40 is in force");
+        // The limit in force is what acquire grants.
+        let mut held = Vec::new();
+        for org in 0..40 {
+            held.push(acquire(&a, org, Duration::ZERO).await);
+        }
+        assert!(held.iter().all(|h| matches!(h, Acquire::Granted(_))));
+        assert!(matches!(acquire(&b, 99, Duration::ZERO).await, Acquire::TimedOut(_)), "the 41st waits");
+
+        // Next window: throttle warnings above the ratio cut gently (a quarter of 20 %).
+        a.report_answers(answers(10, 0, 4), &settings).await.expect("report");
+        next_window(&admin, &settings).await;
+        let gentle = a.report_answers(answers(0, 0, 0), &settings).await.expect("report");
+        assert_eq!((gentle.direction, gentle.signal.as_str()), (Some("down"), "throttle"), "{gentle:?}");
+        assert!((gentle.multiplier - 0.76).abs() < 1e-9, "{gentle:?}");
+
+        // Next window: nothing warns and every slot is held (demand fills the limit): up 5 %.
+        a.report_answers(answers(20, 0, 0), &settings).await.expect("report");
+        next_window(&admin, &settings).await;
+        let up = a.report_answers(answers(0, 0, 0), &settings).await.expect("report");
+        assert_eq!((up.direction, up.signal.as_str()), (Some("up"), "demand"), "{up:?}");
+        assert!((up.multiplier - 0.798).abs() < 1e-9, "{up:?}");
+
+        // Too few answers decide nothing.
+        a.report_answers(answers(3, 3, 0), &settings).await.expect("report");
+        next_window(&admin, &settings).await;
+        let quiet = a.report_answers(answers(0, 0, 0), &settings).await.expect("report");
+        assert!(quiet.closed && quiet.direction.is_none(), "{quiet:?}");
+
+        a.reset_multiplier().await.expect("reset");
+        assert_eq!(a.occupancy_now().await.expect("occupancy").in_force, Some(50));
     });
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use projector_config::{Config, QuerySourceKind, SinkKind};
 
+use projector_shared::adaptive::Multiplier;
 use projector_shared::rate::{MemoryRateLimiter, RateGate, RateLimiter, RatePolicy, RedisRateLimiter};
 
 use crate::error::Error;
@@ -31,16 +32,17 @@ pub fn query_source(config: &Config) -> Result<Arc<dyn QuerySource>, Error> {
 }
 
 /// The rate gate of `query.referrer`'s policy (`[rate]` with its overrides), fleet-wide in the
-/// Redis at `conn`, or in this process without one (the embedded run); `None` without a policy.
-pub fn rate_gate(config: &Config, conn: Option<&redis::aio::ConnectionManager>) -> Option<RateGate> {
+/// Redis at `conn` (scaled by the fleet's adaptive multiplier), or in this process without one
+/// (the embedded run); `None` without a policy.
+pub fn rate_gate(config: &Config, fleet: Option<(&redis::aio::ConnectionManager, Multiplier)>) -> Option<RateGate> {
     let referrer = &config.query.referrer;
     let rate = config.rate_policy(referrer);
     if !rate.is_active() {
         return None;
     }
     let policy = RatePolicy::from_config(&rate);
-    let limiter: Arc<dyn RateLimiter> = match conn {
-        Some(conn) => Arc::new(RedisRateLimiter::new(conn.clone(), referrer, policy)),
+    let limiter: Arc<dyn RateLimiter> = match fleet {
+        Some((conn, multiplier)) => Arc::new(RedisRateLimiter::new(conn.clone(), referrer, policy).with_multiplier(multiplier)),
         None => Arc::new(MemoryRateLimiter::new(policy)),
     };
     let fail_open = config.slots.on_redis_error == projector_config::OnRedisError::FailOpen;

@@ -56,8 +56,11 @@ impl Periodic for QueueGauges {
                 }
                 Err(e) => tracing::debug!(error = %e, "cannot read the queue depth"),
             }
-            match self.slots.occupancy().await {
-                Ok((in_use, limit)) => projector_shared::slots::record_occupancy(in_use, limit.unwrap_or(self.slots.limit())),
+            match self.slots.occupancy_now().await {
+                Ok(o) => {
+                    projector_shared::slots::record_occupancy(o.in_use, o.in_force.unwrap_or(self.slots.limit()));
+                    metrics::gauge!(m::ADAPTIVE_MULTIPLIER).set(o.multiplier);
+                }
                 Err(e) => tracing::debug!(error = %e, "cannot read slot occupancy"),
             }
         })
@@ -88,6 +91,60 @@ impl Periodic for Heartbeat {
                 tracing::debug!(error = %e, "cannot refresh the job loop's metadata expiry");
             }
         })
+    }
+}
+
+/// Reports this worker's query answers to the fleet's adaptive window every round and takes
+/// back the multiplier in force (`[adaptive]`); the report that closes a window logs the change
+/// with its inputs and counts it.
+pub struct AdaptiveReporter {
+    pub slots: RedisSlotLimiter,
+    pub settings: projector_shared::adaptive::AdaptiveSettings,
+    /// Where the rate limiter reads the multiplier from.
+    pub multiplier: projector_shared::adaptive::Multiplier,
+}
+
+impl Periodic for AdaptiveReporter {
+    fn name(&self) -> &'static str {
+        "adaptive_reporter"
+    }
+
+    fn run_once(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let answers = projector_shared::adaptive::SIGNALS.drain();
+            match self.slots.report_answers(answers, &self.settings).await {
+                Ok(report) => {
+                    self.multiplier.set(report.multiplier);
+                    metrics::gauge!(m::ADAPTIVE_MULTIPLIER).set(report.multiplier);
+                    metrics::gauge!(m::SLOT_LIMIT).set(f64::from(report.limit_in_force));
+                    if let (true, Some(direction)) = (report.closed, report.direction) {
+                        let (ok, r429, throttled) = report.window;
+                        metrics::counter!(m::ADAPTIVE_ADJUSTMENTS_TOTAL, "direction" => direction, "signal" => signal_label(&report.signal))
+                            .increment(1);
+                        let ratio = if ok + r429 == 0 { 0.0 } else { r429 as f64 / (ok + r429) as f64 };
+                        tracing::info!(
+                            stage = "adaptive", direction, signal = %report.signal, multiplier = report.multiplier,
+                            limit_in_force = report.limit_in_force, window_ok = ok, window_429 = r429, window_throttled = throttled,
+                            ratio_429 = ratio, high_429_ratio = self.settings.high_429_ratio, "adaptive window closed"
+                        );
+                    }
+                }
+                Err(e) => {
+                    // The answers of this round are lost to the adaptive window, not to the run.
+                    tracing::debug!(error = %e, "cannot report query answers to the adaptive window");
+                }
+            }
+        })
+    }
+}
+
+/// The bounded `signal` label: what moved the multiplier, or `none`.
+fn signal_label(signal: &str) -> &'static str {
+    match signal {
+        "429" => "429",
+        "throttle" => "throttle",
+        "demand" => "demand",
+        _ => "none",
     }
 }
 

@@ -177,6 +177,10 @@ fn register_every_series() {
     for name in [m::CONCURRENT_QUERIES, m::UTILIZATION_PERCENT, m::SLOT_LIMIT, m::QUEUE_READY_JOBS, m::QUEUE_SCHEDULED_JOBS] {
         metrics::gauge!(name).increment(0.0);
     }
+    metrics::gauge!(m::ADAPTIVE_MULTIPLIER).set(1.0);
+    for (direction, signal) in [("down", "429"), ("down", "throttle"), ("hold", "throttle"), ("up", "demand"), ("hold", "none")] {
+        metrics::counter!(m::ADAPTIVE_ADJUSTMENTS_TOTAL, "direction" => direction, "signal" => signal).increment(0);
+    }
     // A histogram shows its buckets only once it has a sample; describing it is not enough, so
     // the series appear at the first slot wait and the first query.
     for (name, _) in m::HISTOGRAMS {

@@ -33,6 +33,8 @@ pub struct RedisRateLimiter {
     keys: RateKeys,
     policy: RatePolicy,
     window_keys: Vec<String>,
+    /// The fleet's adaptive multiplier, scaling every window's limit (1 without adaptation).
+    multiplier: crate::adaptive::Multiplier,
 }
 
 impl RedisRateLimiter {
@@ -40,7 +42,12 @@ impl RedisRateLimiter {
     pub fn new(conn: ConnectionManager, referrer: &str, policy: RatePolicy) -> Self {
         let keys = RateKeys::new(referrer);
         let window_keys = policy.windows.iter().map(|w| keys.window(policy.mode_name(), w.limit, w.span.as_millis())).collect();
-        RedisRateLimiter { conn, keys, policy, window_keys }
+        RedisRateLimiter { conn, keys, policy, window_keys, multiplier: Default::default() }
+    }
+
+    /// Scales every window's limit by the fleet's adaptive multiplier, as last heard.
+    pub fn with_multiplier(self, multiplier: crate::adaptive::Multiplier) -> Self {
+        RedisRateLimiter { multiplier, ..self }
     }
 
     /// The cooldown left now, if any (Redis time).
@@ -67,7 +74,7 @@ impl RateLimiter for RedisRateLimiter {
                 .arg(uuid::Uuid::new_v4().simple().to_string())
                 .arg(us(self.policy.max_delay))
                 .arg(self.policy.burst)
-                .arg(1.0_f64);
+                .arg(self.multiplier.get());
             for w in &self.policy.windows {
                 call.arg(w.limit).arg(us(self.policy.enforced_span(w)));
             }

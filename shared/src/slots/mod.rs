@@ -16,6 +16,7 @@ use crate::ids::OrgId;
 use crate::metrics as m;
 
 pub use self::redis::{Holder, RedisSlotLimiter, RedisSlotSettings, SlotState};
+pub use self::scripts::{AdaptiveReport, Occupancy};
 pub use fail_open::FailOpenLimiter;
 pub use memory::MemorySlotLimiter;
 

@@ -12,8 +12,11 @@ use redis::{AsyncConnectionConfig, Client};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::scripts::{ACQUIRE, Acquired, CANCEL, Cancelled, OCCUPANCY, Occupancy, RELEASE, RENEW, RESET, Released, SET_LIMIT};
+use super::scripts::{
+    ACQUIRE, ADAPTIVE, Acquired, AdaptiveReport, CANCEL, Cancelled, OCCUPANCY, Occupancy, RELEASE, RENEW, RESET, Released, SET_LIMIT,
+};
 use super::{Acquire, ReleaseSlot, SlotLimiter, SlotPermit, SlotRequest, TimedOut, record_granted, record_released, record_timed_out};
+use crate::adaptive::{ADAPTIVE_MIN_SAMPLES, AdaptiveSettings, SignalCounts};
 use crate::error::Error;
 use crate::keys::SlotKeys;
 use crate::metrics as m;
@@ -196,10 +199,61 @@ impl RedisSlotLimiter {
     }
 
     /// Live leases (unexpired, on Redis time) and the limit stored in Redis (`None` before any
-    /// worker or operator set one): what the fleet-wide gauges report.
+    /// worker or operator set one).
     pub async fn occupancy(&self) -> Result<(u32, Option<u32>), Error> {
-        let now: Occupancy = self.inner.call(&OCCUPANCY.key(self.inner.keys.script_keys())).await?;
+        let now = self.occupancy_now().await?;
         Ok((now.in_use, now.limit))
+    }
+
+    /// Live leases, the stored limit, the limit in force (stored x adaptive multiplier) and the
+    /// multiplier: what the fleet-wide gauges report.
+    pub async fn occupancy_now(&self) -> Result<Occupancy, Error> {
+        self.inner.call(&OCCUPANCY.key(self.inner.keys.script_keys())).await
+    }
+
+    /// Adds one worker's query answers to the fleet's adaptive window; the first report after the
+    /// window ends closes it and moves the multiplier (`lua/slots_adaptive.lua`).
+    pub async fn report_answers(&self, answers: SignalCounts, settings: &AdaptiveSettings) -> Result<AdaptiveReport, Error> {
+        let inner = &self.inner;
+        let mut call = ADAPTIVE.key(inner.keys.script_keys());
+        call.arg(answers.ok + answers.throttled)
+            .arg(answers.rate_limited)
+            .arg(answers.throttled)
+            .arg(ms(settings.window))
+            .arg(settings.high_429_ratio)
+            .arg(settings.increase_step_pct)
+            .arg(settings.decrease_step_pct)
+            .arg(settings.min_multiplier)
+            .arg(settings.max_multiplier)
+            .arg(u8::from(settings.use_throttle_signal))
+            .arg(ADAPTIVE_MIN_SAMPLES)
+            .arg(inner.settings.initial_limit);
+        let report: AdaptiveReport = inner.call(&call).await?;
+        inner.limit_seen.store(report.limit_in_force, Ordering::SeqCst);
+        Ok(report)
+    }
+
+    /// Sets the fleet's multiplier by hand (`projectorctl adaptive set`); adaptation, if enabled,
+    /// moves on from it at the next window.
+    pub async fn set_multiplier(&self, multiplier: f64) -> Result<(), Error> {
+        let _: () = redis::cmd("HSET")
+            .arg(self.inner.keys.adaptive())
+            .arg("multiplier")
+            .arg(format!("{multiplier:.6}"))
+            .query_async(&mut self.inner.conn.clone())
+            .await
+            .map_err(|e| self.inner.unavailable(e))?;
+        Ok(())
+    }
+
+    /// Forgets the multiplier and its window: the limit in force is the stored limit again.
+    pub async fn reset_multiplier(&self) -> Result<bool, Error> {
+        let removed: u8 = redis::cmd("DEL")
+            .arg(self.inner.keys.adaptive())
+            .query_async(&mut self.inner.conn.clone())
+            .await
+            .map_err(|e| self.inner.unavailable(e))?;
+        Ok(removed == 1)
     }
 
     /// Every key of this limiter that exists now (for tests and `projectorctl`).

@@ -1,6 +1,6 @@
 //! The slot limiter's Redis scripts (`lua/slots_*.lua`), each built once, and their replies as
 //! small structs. Every script is `lua/slots_prelude.lua` (named keys and shared helpers) followed
-//! by its own body, and takes the same eight keys (`SlotKeys::script_keys`).
+//! by its own body, and takes the same nine keys (`SlotKeys::script_keys`).
 
 use std::sync::LazyLock;
 
@@ -19,6 +19,7 @@ pub(super) static RENEW: LazyLock<Script> = LazyLock::new(|| script(include_str!
 pub(super) static SET_LIMIT: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_set_limit.lua")));
 pub(super) static RESET: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_reset.lua")));
 pub(super) static OCCUPANCY: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_occupancy.lua")));
+pub(super) static ADAPTIVE: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_adaptive.lua")));
 
 /// `slots_acquire`'s reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,17 +74,58 @@ impl FromRedisValue for Released {
 }
 
 /// `slots_occupancy`'s reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Occupancy {
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Occupancy {
     /// Live leases on Redis time.
     pub in_use: u32,
-    /// `None` before any worker or operator stored a limit.
+    /// The stored limit; `None` before any worker or operator stored one.
     pub limit: Option<u32>,
+    /// The limit in force: the stored limit times the adaptive multiplier.
+    pub in_force: Option<u32>,
+    /// The fleet's adaptive multiplier (1 when adaptation never ran or was reset).
+    pub multiplier: f64,
 }
 
 impl FromRedisValue for Occupancy {
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
-        let (in_use, limit): (u32, Option<u32>) = FromRedisValue::from_redis_value(v)?;
-        Ok(Occupancy { in_use, limit })
+        let (in_use, limit, in_force, multiplier): (u32, Option<u32>, Option<u32>, String) = FromRedisValue::from_redis_value(v)?;
+        Ok(Occupancy { in_use, limit, in_force, multiplier: multiplier.parse().unwrap_or(1.0) })
+    }
+}
+
+/// `slots_adaptive`'s reply: the multiplier after this report, and the window it closed if any.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdaptiveReport {
+    pub multiplier: f64,
+    /// This report closed the fleet's window (exactly one report per window does).
+    pub closed: bool,
+    /// `up`, `down`, `hold`; `None` when no window closed or it had too few answers to decide.
+    pub direction: Option<&'static str>,
+    /// What moved it: `429`, `throttle`, `demand`; empty when nothing did.
+    pub signal: String,
+    /// The closed window's answers: ok (throttled included), 429, throttled.
+    pub window: (u64, u64, u64),
+    /// The slot limit in force after this report.
+    pub limit_in_force: u32,
+}
+
+impl FromRedisValue for AdaptiveReport {
+    fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
+        let (multiplier, closed, direction, signal, ok, r429, throttled, limit_in_force): (String, u8, i8, String, u64, u64, u64, u32) =
+            FromRedisValue::from_redis_value(v)?;
+        let direction = match direction {
+            1 => Some("up"),
+            -1 => Some("down"),
+            2 => Some("hold"),
+            _ => None,
+        };
+        Ok(AdaptiveReport {
+            multiplier: multiplier.parse().unwrap_or(1.0),
+            closed: closed == 1,
+            direction,
+            signal,
+            window: (ok, r429, throttled),
+            limit_in_force,
+        })
     }
 }
