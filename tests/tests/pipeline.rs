@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use projector_shared::OrgId;
 use projector_shared::rollout::Rollout;
+use projector_shared::slots::{RedisSlotLimiter, RedisSlotSettings};
 use projector_tests::{FakeSnuba, Proc, RedisServer, command, wait_until, wait_until_or, workspace_bin};
 
 const FAKE: &str = env!("CARGO_BIN_EXE_projector-fake-snuba");
@@ -613,4 +614,133 @@ fn jobs_for_unplanned_orgs_or_unknown_runs_are_refused_without_a_query() {
     assert_eq!(recorded.len(), 3, "the run still accounts for exactly its 3 orgs: {recorded:?}");
     let exists: bool = redis::cmd("EXISTS").arg("projector:run:run-bogus:orgs").query(&mut conn).expect("exists");
     assert!(!exists, "no record was made up for a run that never existed");
+}
+
+/// One sample of an adaptive run: seconds since the load started, the slot limit in force (from
+/// Redis), and the fake's queries in flight, 429s and throttled answers so far.
+#[derive(Debug, Clone, Copy)]
+struct AdaptiveSample {
+    t: f64,
+    limit: u32,
+    in_flight: u64,
+    rejected_429: u64,
+    throttled: u64,
+}
+
+/// Two workers with `[adaptive]` on (1 s windows) and 50 slots against the fake, under more load
+/// than it can take; `phases` are (how long, capacity change to POST to the fake at the start).
+/// Returns a sample every 250 ms, and writes them as CSV to `target/adaptive-<name>.csv`.
+fn adaptive_run(
+    name: &str,
+    fake_args: &[&str],
+    use_throttle: bool,
+    phases: &[(Duration, Option<serde_json::Value>)],
+) -> Vec<AdaptiveSample> {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, fake_args);
+    let env = env(&redis, &fake);
+    let throttle = format!("adaptive.use_throttle_signal={use_throttle}");
+    let args = [
+        "--concurrency",
+        "64",
+        "--slots-limit",
+        "50",
+        "--slots-max-wait",
+        "10m",
+        "--set",
+        "adaptive.enabled=true",
+        "--set",
+        "adaptive.window=1s",
+        "--set",
+        &throttle,
+    ];
+    let _workers: Vec<_> = (0..2).map(|_| worker(&env, &args)).collect();
+    let mut load = command(workspace_bin("projector-scheduler"));
+    load.args(["run-once", "--orgs", "20000", "--batch-delay", "0s"]).envs(env.iter().cloned()).stdout(Stdio::null());
+    let _load = Proc::spawn(load);
+    let samples = runtime().block_on(async {
+        let slots = RedisSlotLimiter::new(redis.url(), RedisSlotSettings::new(50, Duration::from_secs(30))).expect("limiter");
+        let http = reqwest::Client::new();
+        let started = tokio::time::Instant::now();
+        // The measurement's sampling period, not a wait for a condition.
+        let mut every = tokio::time::interval(Duration::from_millis(250));
+        let mut samples = Vec::new();
+        for (length, change) in phases {
+            if let Some(change) = change {
+                let r = http.post(format!("{}/config", fake.url())).json(change).send().await.expect("POST /config");
+                assert!(r.status().is_success(), "{change}");
+            }
+            let until = tokio::time::Instant::now() + *length;
+            while tokio::time::Instant::now() < until {
+                every.tick().await;
+                let limit = slots.occupancy_now().await.expect("occupancy").in_force.unwrap_or(50);
+                let stats = fake.stats().await;
+                let n = |k: &str| stats[k].as_u64().unwrap_or(0);
+                samples.push(AdaptiveSample {
+                    t: started.elapsed().as_secs_f64(),
+                    limit,
+                    in_flight: n("in_flight"),
+                    rejected_429: n("rejected_429"),
+                    throttled: n("throttled"),
+                });
+            }
+        }
+        samples
+    });
+    let csv: String = std::iter::once("t_s,limit_in_force,in_flight,rejected_429_total,throttled_total\n".to_owned())
+        .chain(samples.iter().map(|s| format!("{:.2},{},{},{},{}\n", s.t, s.limit, s.in_flight, s.rejected_429, s.throttled)))
+        .collect();
+    let dir = projector_tests::manifest_path("../target");
+    std::fs::create_dir_all(&dir).expect("target dir");
+    std::fs::write(dir.join(format!("adaptive-{name}.csv")), csv).expect("write csv");
+    samples
+}
+
+fn mean_limit(samples: &[AdaptiveSample], from_s: f64, to_s: f64) -> f64 {
+    let window: Vec<f64> = samples.iter().filter(|s| s.t >= from_s && s.t < to_s).map(|s| f64::from(s.limit)).collect();
+    window.iter().sum::<f64>() / window.len().max(1) as f64
+}
+
+/// Capacity C = 30 against a configured limit of 50, 429s as the only signal: the limit comes
+/// down and settles around C (a sawtooth: 20 % cuts after a window above 5 % 429s, 5 % growth
+/// while demand fills it). Capacity halved mid-run: the limit is at or below the new C within 7
+/// windows. Capacity restored: it climbs back.
+#[test]
+fn the_adaptive_limit_finds_the_capacity_and_follows_it_down_and_up() {
+    let c = 30.0;
+    let samples = adaptive_run(
+        "429",
+        &["--latency", "300ms", "--concurrency-limit", "30"],
+        false,
+        &[
+            (Duration::from_secs(20), None),
+            (Duration::from_secs(10), Some(serde_json::json!({"concurrency_limit": 15}))),
+            (Duration::from_secs(15), Some(serde_json::json!({"concurrency_limit": 30}))),
+        ],
+    );
+    let settled = mean_limit(&samples, 10.0, 20.0);
+    assert!((0.8 * c..=c).contains(&settled), "mean limit in force over 10-20 s: {settled:.1}; {samples:?}");
+    let halved_at = 20.0;
+    let below = samples.iter().find(|s| s.t >= halved_at && s.limit <= 15);
+    assert!(below.is_some_and(|s| s.t - halved_at <= 7.0), "at or below the halved capacity within 7 windows: {below:?}");
+    let restored = mean_limit(&samples, 38.0, 45.0);
+    assert!(restored > 18.0, "the limit climbs back after capacity returns: mean {restored:.1} over 38-45 s");
+}
+
+/// The same capacity with Snuba's throttle warning (at 0.66 x C = 19 in flight) as a signal:
+/// the limit settles below the throttle point, where the service answers no 429 at all; the
+/// 429s it took to get there are compared with the 429-only run in BENCHMARKS.md.
+#[test]
+fn with_the_throttle_signal_the_limit_settles_below_the_throttle_point_without_429s() {
+    let samples = adaptive_run(
+        "throttle",
+        &["--latency", "300ms", "--concurrency-limit", "30", "--throttle-at", "0.66"],
+        true,
+        &[(Duration::from_secs(25), None)],
+    );
+    let at = |t: f64| samples.iter().find(|s| s.t >= t).copied().expect("sampled");
+    let (from, to) = (at(15.0), at(25.0 - 0.3));
+    assert_eq!(to.rejected_429 - from.rejected_429, 0, "no 429 once settled: {samples:?}");
+    let settled = mean_limit(&samples, 15.0, 25.0);
+    assert!(settled <= 21.0 && settled >= 12.0, "settled at or below the throttle point (19): mean {settled:.1}");
 }
