@@ -8,15 +8,18 @@
 --   smooth: GCRA per window; admissions are spaced W/N apart after a burst of `burst`, and the
 --           long-run rate is exactly N/W.
 -- A cooldown (set after a 429 from the query service) holds every admission until it ends.
--- KEYS: 1 cooldown (string; its PTTL is the cooldown left), 2.. one state key per window
---       (strict: zset admission id -> admission time in us; smooth: string, the theoretical
---       arrival time in us)
+-- In shadow mode (enforce = 0) the decision and its state are the same; what enforcement would
+-- have done is also counted in the shadow hash, for `projectorctl rate show`.
+-- KEYS: 1 cooldown (string; its PTTL is the cooldown left), 2 shadow (hash: would_delay,
+--       would_refuse), 3.. one state key per window (strict: zset admission id -> admission time
+--       in us; smooth: string, the theoretical arrival time in us)
 -- ARGV: 1 mode ("strict" | "smooth"), 2 admission id (unique), 3 max_delay_us, 4 burst (smooth),
---       5 multiplier (scales every limit, at least 1 per window), then per window: limit, window_us
+--       5 multiplier (scales every limit, at least 1 per window), 6 enforce (0|1), then per
+--       window: limit, window_us
 -- Returns: {admitted (0|1), wait_us, reason (0 none, 1 window, 2 cooldown),
 --           binding window (1-based; 0 when none), admission time (us, Redis time)}
 local mode, id, max_delay = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local burst, multiplier = tonumber(ARGV[4]), tonumber(ARGV[5])
+local burst, multiplier, enforce = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == '1'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local at, reason, binding = now, 0, 0
@@ -27,8 +30,8 @@ if cooldown_ms > 0 then
 end
 
 local windows = {}
-for i = 2, #KEYS do
-  local arg = 6 + (i - 2) * 2
+for i = 3, #KEYS do
+  local arg = 7 + (i - 3) * 2
   local limit = math.max(1, math.floor(tonumber(ARGV[arg]) * multiplier + 1e-9))
   windows[#windows + 1] = {key = KEYS[i], limit = limit, span = tonumber(ARGV[arg + 1])}
 end
@@ -59,9 +62,17 @@ else
 end
 
 local wait = at - now
+local function shadow(field)
+  if not enforce then
+    redis.call('HINCRBY', KEYS[2], field, 1)
+    redis.call('PEXPIRE', KEYS[2], 604800000)
+  end
+end
 if wait > max_delay then
+  shadow('would_refuse')
   return {0, wait, reason, binding, at}
 end
+if wait > 0 then shadow('would_delay') end
 for _, w in ipairs(windows) do
   if mode == 'strict' then
     redis.call('ZADD', w.key, string.format('%d', at), id)

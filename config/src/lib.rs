@@ -242,16 +242,32 @@ pub enum RateMode {
 impl Config {
     /// The rate policy for `referrer`: `[rate]` with that referrer's overrides applied.
     pub fn rate_policy(&self, referrer: &str) -> RateConfig {
+        // The file's overrides were checked at load, so none fails here.
+        self.rate_policy_with(referrer, &[]).unwrap_or_else(|_| self.rate.clone())
+    }
+
+    /// [`Config::rate_policy`] with `changes` (key, raw value) applied on top: a runtime policy
+    /// set by an operator. Every change that does not parse is named in the error.
+    pub fn rate_policy_with(&self, referrer: &str, changes: &[(String, String)]) -> Result<RateConfig, Vec<String>> {
         let mut scratch = Config { rate: RateConfig { referrers: Default::default(), ..self.rate.clone() }, ..Config::default() };
-        for (key, raw) in self.rate.referrers.get(referrer).into_iter().flatten() {
-            // Checked at load (load::apply_referrer_overrides), so none fails here.
-            if let Some(spec) = keys::find(&format!("rate.{key}")) {
-                let _ = (spec.set)(&mut scratch, raw);
+        let mut errors = Vec::new();
+        for (key, raw) in self.rate.referrers.get(referrer).into_iter().flatten().chain(changes) {
+            let spec = RATE_POLICY_KEYS.contains(&key.as_str()).then(|| keys::find(&format!("rate.{key}"))).flatten();
+            match spec {
+                Some(spec) => {
+                    if let Err(allowed) = (spec.set)(&mut scratch, raw) {
+                        errors.push(format!("rate.{key} = {raw:?}: {allowed}"));
+                    }
+                }
+                None => errors.push(format!("{key}: not a rate policy key; one of {}", RATE_POLICY_KEYS.join(", "))),
             }
         }
-        scratch.rate
+        if errors.is_empty() { Ok(scratch.rate) } else { Err(errors) }
     }
 }
+
+/// The `[rate]` keys a referrer table, or a runtime policy in Redis, may set.
+pub const RATE_POLICY_KEYS: &[&str] = &["rates", "max_delay", "mode", "burst", "start_jitter", "enforce", "cooldown_after_429"];
 
 /// Placeholders only: the defaults are the key table's (`Config::default`).
 impl Default for WorkerConfig {

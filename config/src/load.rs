@@ -150,9 +150,6 @@ fn check_combinations(config: &Config, sources: &BTreeMap<&'static str, Source>,
     }
 }
 
-/// The `[rate]` keys a `[rate.referrers."<referrer>"]` table may override.
-const REFERRER_KEYS: &[&str] = &["rates", "max_delay", "mode", "burst", "start_jitter", "enforce", "cooldown_after_429"];
-
 /// Checks each referrer's overrides against `[rate]` as finally layered, and keeps those that load.
 fn apply_referrer_overrides(
     config: &mut Config,
@@ -164,10 +161,10 @@ fn apply_referrer_overrides(
         let mut scratch = config.clone();
         for (key, raw) in &overrides {
             let dotted = format!("rate.referrers.{referrer:?}.{key}");
-            let spec = REFERRER_KEYS.contains(&key.as_str()).then(|| find(&format!("rate.{key}"))).flatten();
+            let spec = crate::RATE_POLICY_KEYS.contains(&key.as_str()).then(|| find(&format!("rate.{key}"))).flatten();
             let outcome = match spec {
                 Some(spec) => (spec.set)(&mut scratch, raw),
-                None => Err(format!("unknown key; a referrer may override {}", REFERRER_KEYS.join(", "))),
+                None => Err(format!("unknown key; a referrer may override {}", crate::RATE_POLICY_KEYS.join(", "))),
             };
             if let Err(allowed) = outcome {
                 problems.push(Problem { key: dotted, value: Some(raw.clone()), source: Source::File(path.to_owned()), allowed });

@@ -86,6 +86,17 @@ impl RateKeys {
         RateKeys { tag: format!("{{projector:rate:{referrer}}}") }
     }
 
+    /// Hash: the policy an operator set at runtime (`projectorctl rate set`), as `[rate]` key →
+    /// raw value; it wins over the workers' configuration until `projectorctl rate reset`.
+    pub fn runtime_policy(&self) -> String {
+        format!("{}:policy", self.tag)
+    }
+
+    /// Hash: what a policy in shadow mode would have done (`would_delay`, `would_refuse`).
+    pub fn shadow(&self) -> String {
+        format!("{}:shadow", self.tag)
+    }
+
     /// String whose PTTL is the cooldown left after a 429 (no key: no cooldown).
     pub fn cooldown(&self) -> String {
         format!("{}:cooldown", self.tag)

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use projector_config::{Config, QuerySourceKind, SinkKind};
+use projector_config::{Config, QuerySourceKind, RateConfig, SinkKind};
 
 use projector_shared::adaptive::Multiplier;
 use projector_shared::rate::{MemoryRateLimiter, RateGate, RateLimiter, RatePolicy, RedisRateLimiter};
@@ -31,22 +31,33 @@ pub fn query_source(config: &Config) -> Result<Arc<dyn QuerySource>, Error> {
     })
 }
 
-/// The rate gate of `query.referrer`'s policy (`[rate]` with its overrides), fleet-wide in the
-/// Redis at `conn` (scaled by the fleet's adaptive multiplier), or in this process without one
-/// (the embedded run); `None` without a policy.
+/// The rate gate of `query.referrer`'s policy (`[rate]` with its overrides). In a worker
+/// (`fleet`: Redis and the adaptive multiplier) there is always one, so that a policy set at
+/// runtime applies; with no policy it passes every start without a Redis call. The embedded run
+/// gets one, in memory, only when configured.
 pub fn rate_gate(config: &Config, fleet: Option<(&redis::aio::ConnectionManager, Multiplier)>) -> Option<RateGate> {
-    let referrer = &config.query.referrer;
-    let rate = config.rate_policy(referrer);
-    if !rate.is_active() {
+    let rate = config.rate_policy(&config.query.referrer);
+    if fleet.is_none() && !rate.is_active() {
         return None;
     }
-    let policy = RatePolicy::from_config(&rate);
-    let limiter: Arc<dyn RateLimiter> = match fleet {
-        Some((conn, multiplier)) => Arc::new(RedisRateLimiter::new(conn.clone(), referrer, policy).with_multiplier(multiplier)),
-        None => Arc::new(MemoryRateLimiter::new(policy)),
-    };
     let fail_open = config.slots.on_redis_error == projector_config::OnRedisError::FailOpen;
-    Some(RateGate::new(limiter, referrer.clone(), rate.enforce, rate.cooldown_after_429).fail_open(fail_open))
+    let limiter = rate_limiter(config, &rate, fleet);
+    Some(RateGate::new(limiter, config.query.referrer.clone(), rate.enforce, rate.cooldown_after_429).fail_open(fail_open))
+}
+
+/// The limiter of one rate policy: fleet-wide in Redis, or in this process.
+pub fn rate_limiter(
+    config: &Config,
+    rate: &RateConfig,
+    fleet: Option<(&redis::aio::ConnectionManager, Multiplier)>,
+) -> Arc<dyn RateLimiter> {
+    let policy = RatePolicy::from_config(rate);
+    match fleet {
+        Some((conn, multiplier)) => {
+            Arc::new(RedisRateLimiter::new(conn.clone(), &config.query.referrer, policy).with_multiplier(multiplier).enforced(rate.enforce))
+        }
+        None => Arc::new(MemoryRateLimiter::new(policy)),
+    }
 }
 
 /// The sink `sink.kind` names; `output` (a CLI flag) overrides it with a JSON-lines file.

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 use crate::handler::{JobHandler, Rescheduler, RolloutFlag, Routing};
-use crate::maintenance::{AdaptiveReporter, DuePromoter, Heartbeat, QueueGauges, Vacuum, vacuum_every};
+use crate::maintenance::{AdaptiveReporter, DuePromoter, Heartbeat, QueueGauges, RatePolicyRefresh, Vacuum, vacuum_every};
 use crate::metrics_http::Readiness;
 use crate::pipeline::{Pipeline, PipelineSettings};
 use crate::probe::QueryProbe;
@@ -35,12 +35,13 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
         OnRedisError::FailOpen => Arc::new(FailOpenLimiter::new(redis_limiter, config.slots.fallback_limit)),
     };
     let multiplier = projector_shared::adaptive::Multiplier::default();
+    let rate = crate::build::rate_gate(&config, Some((&conn, multiplier.clone())));
     let pipeline = Pipeline {
         limiter,
         query: crate::build::query_source(&config)?,
         sink: crate::build::sink(&config, None)?,
         probe: QueryProbe::default(),
-        rate: crate::build::rate_gate(&config, Some((&conn, multiplier.clone()))),
+        rate: rate.clone(),
         settings: PipelineSettings {
             holder: name.clone(),
             max_wait: config.slots.max_wait,
@@ -66,6 +67,16 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
     services.spawn_every(Arc::new(QueueGauges { conn: conn.clone(), slots: slots.clone() }), every);
     services.spawn_every(Arc::new(Heartbeat { conn: conn.clone(), name: name.clone(), current_loop: loop_name }), every);
     services.spawn_every(Arc::new(Vacuum { conn: conn.clone() }), vacuum_every(every));
+    if let Some(gate) = rate {
+        let refresh = RatePolicyRefresh {
+            conn: conn.clone(),
+            config: config.clone(),
+            gate,
+            multiplier: multiplier.clone(),
+            applied: std::sync::Mutex::new(Vec::new()),
+        };
+        services.spawn_every(Arc::new(refresh), config.worker.rollout_refresh);
+    }
     if config.adaptive.enabled {
         let settings = projector_shared::adaptive::AdaptiveSettings::from_config(&config.adaptive);
         services.spawn_every(Arc::new(AdaptiveReporter { slots: slots.clone(), settings, multiplier }), every);

@@ -6,6 +6,7 @@
 mod gate;
 mod memory;
 mod redis;
+pub mod store;
 
 use std::time::Duration;
 

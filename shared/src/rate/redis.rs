@@ -35,6 +35,8 @@ pub struct RedisRateLimiter {
     window_keys: Vec<String>,
     /// The fleet's adaptive multiplier, scaling every window's limit (1 without adaptation).
     multiplier: crate::adaptive::Multiplier,
+    /// Shadow mode: the script also counts what enforcement would have done.
+    enforce: bool,
 }
 
 impl RedisRateLimiter {
@@ -42,7 +44,12 @@ impl RedisRateLimiter {
     pub fn new(conn: ConnectionManager, referrer: &str, policy: RatePolicy) -> Self {
         let keys = RateKeys::new(referrer);
         let window_keys = policy.windows.iter().map(|w| keys.window(policy.mode_name(), w.limit, w.span.as_millis())).collect();
-        RedisRateLimiter { conn, keys, policy, window_keys, multiplier: Default::default() }
+        RedisRateLimiter { conn, keys, policy, window_keys, multiplier: Default::default(), enforce: true }
+    }
+
+    /// `false`: the policy runs in shadow mode, and the script counts what it would have done.
+    pub fn enforced(self, enforce: bool) -> Self {
+        RedisRateLimiter { enforce, ..self }
     }
 
     /// Scales every window's limit by the fleet's adaptive multiplier, as last heard.
@@ -69,12 +76,14 @@ impl RateLimiter for RedisRateLimiter {
     fn admit(&self) -> BoxFuture<'_, Result<Admission, Error>> {
         Box::pin(async move {
             let mut call = ACQUIRE.key(self.keys.cooldown());
-            call.key(&self.window_keys)
+            call.key(self.keys.shadow())
+                .key(&self.window_keys)
                 .arg(self.policy.mode_name())
                 .arg(uuid::Uuid::new_v4().simple().to_string())
                 .arg(us(self.policy.max_delay))
                 .arg(self.policy.burst)
-                .arg(self.multiplier.get());
+                .arg(self.multiplier.get())
+                .arg(u8::from(self.enforce));
             for w in &self.policy.windows {
                 call.arg(w.limit).arg(us(self.policy.enforced_span(w)));
             }
