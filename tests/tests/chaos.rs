@@ -297,6 +297,6 @@ fn a_redis_restart_from_aof_loses_no_org_and_leaves_no_dead_lease() {
     wait_until(Duration::from_secs(30), "no lease outlives its query", || c.holders().is_empty());
     let again = c.run(10);
     let second = c.finish(again, 10);
-    assert_eq!(second.get("completed").copied(), Some(10), "the follow-up run is not stalled: {second:?}");
+    assert_eq!(second.get("completed").copied(), Some(10), "the follow-up run is not stalled: {second:?}\n{}", w.stderr());
     assert!(c.max_in_flight() <= 5, "{}", c.max_in_flight());
 }

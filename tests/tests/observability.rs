@@ -102,6 +102,8 @@ fn every_dashboard_and_alert_expression_reads_a_real_series_of_the_right_type() 
         ("PROJECTOR_QUERY_SOURCE", "snuba".to_owned()),
         ("PROJECTOR_QUERY_URL", fake.url()),
         ("PROJECTOR_WORKER_METRICS_ADDR", "127.0.0.1:0".to_owned()),
+        // A rate policy loose enough to admit at once, so its delay histogram has a sample.
+        ("PROJECTOR_RATE_RATES", "1000/s".to_owned()),
         ("RUST_LOG", "info".to_owned()),
     ];
     let mut cmd = command(workspace_bin("projector-worker"));
@@ -138,10 +140,19 @@ fn every_dashboard_and_alert_expression_reads_a_real_series_of_the_right_type() 
             }
             checked += 1;
             let before = &expr[..start];
+            // A histogram's _count and _sum are counters of its own family.
+            let histogram_total = ["_count", "_sum"]
+                .iter()
+                .filter_map(|suffix| word.strip_suffix(suffix))
+                .find(|base| families.get(*base).is_some_and(|f| f.kind == "histogram"));
             let (family, expected) = match word.strip_suffix("_bucket") {
                 Some(base) => {
                     assert!(before.contains("histogram_quantile("), "{origin}: {word} outside histogram_quantile");
                     (base, "histogram")
+                }
+                None if histogram_total.is_some() => {
+                    assert!(before.ends_with("rate(") || before.ends_with("increase("), "{origin}: {word} read without rate()/increase()");
+                    (histogram_total.unwrap_or(word), "histogram")
                 }
                 None if before.ends_with("rate(") || before.ends_with("increase(") => (word, "counter"),
                 None => (word, "gauge"),
