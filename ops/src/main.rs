@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use projector_config::{Config, ConfigArgs};
 use projector_process::telemetry::{self, LogFormat};
+use projector_shared::rate::{RatePolicy, RedisRateLimiter, store};
 use projector_shared::redis_conn::Endpoint;
 use projector_shared::rollout::{RATE_LIMIT_FLAG, Rollout};
 use projector_shared::run::Outcome;
@@ -42,6 +43,17 @@ enum Command {
     Flag {
         #[command(subcommand)]
         action: FlagAction,
+    },
+    /// The rate policy on query starts (`[rate]`) for query.referrer: show it live, or change it
+    /// for every worker at once, at runtime (workers apply it within worker.rollout_refresh).
+    Rate {
+        #[command(subcommand)]
+        action: RateAction,
+    },
+    /// The fleet's adaptive multiplier on the slot limit and every rate (`[adaptive]`).
+    Adaptive {
+        #[command(subcommand)]
+        action: AdaptiveAction,
     },
     /// A run's record: totals per outcome, and the orgs that did not complete.
     Run {
@@ -80,6 +92,82 @@ enum FlagAction {
     },
     /// Forget the flag: back to the safe default, every org limited.
     Clear {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RateAction {
+    /// The policy in force (configuration plus any runtime change), the live window counts, the
+    /// adaptive multiplier, any cooldown in force and the shadow counters.
+    Show {
+        /// Print one JSON object instead of text
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Change the policy for every worker at once, without a restart; it wins over the workers'
+    /// [rate] configuration until `rate reset`. Only the given keys change; each is checked as
+    /// it would be in a config file.
+    Set {
+        /// Windows, shortest first: "20/s,5000/h" (empty string: no windows)
+        #[arg(long)]
+        rates: Option<String>,
+        /// Longest delay before a start is refused, e.g. "2s"
+        #[arg(long)]
+        max_delay: Option<String>,
+        /// "strict" or "smooth"
+        #[arg(long)]
+        mode: Option<String>,
+        #[arg(long)]
+        burst: Option<String>,
+        #[arg(long)]
+        start_jitter: Option<String>,
+        /// false: shadow mode (nothing delayed or refused; counted)
+        #[arg(long)]
+        enforce: Option<String>,
+        /// Fleet-wide pause after a 429, e.g. "5s" ("0s": none)
+        #[arg(long)]
+        cooldown_after_429: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Forget the runtime policy: workers go back to their [rate] configuration.
+    Reset {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdaptiveAction {
+    /// The multiplier, the slot limit it puts in force, and the last window closed.
+    Show {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Set the multiplier by hand (between adaptive.min_multiplier and max_multiplier); with
+    /// adaptation enabled, the fleet moves on from it at the next window.
+    Set {
+        multiplier: f64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Forget the multiplier and its window: the stored slot limit and the configured rates
+    /// apply as they are.
+    Reset {
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -127,6 +215,12 @@ impl Command {
     fn config_args(&self) -> &ConfigArgs {
         match self {
             Command::Run { config, .. }
+            | Command::Rate {
+                action: RateAction::Show { config, .. } | RateAction::Set { config, .. } | RateAction::Reset { config, .. },
+            }
+            | Command::Adaptive {
+                action: AdaptiveAction::Show { config, .. } | AdaptiveAction::Set { config, .. } | AdaptiveAction::Reset { config, .. },
+            }
             | Command::Flag { action: FlagAction::Show { config, .. } | FlagAction::Set { config, .. } | FlagAction::Clear { config } }
             | Command::Slots {
                 action:
@@ -161,7 +255,182 @@ async fn run(command: Command, config: Config) -> anyhow::Result<String> {
         Command::Slots { action } => slots(&config, action).await,
         Command::Flag { action } => flag(&config, action).await,
         Command::Run { run_id, .. } => run_record(&config, &run_id).await,
+        Command::Rate { action } => rate(&config, action).await,
+        Command::Adaptive { action } => adaptive(&config, action).await,
     }
+}
+
+/// The policy in force now for query.referrer, with its live state, as text or one JSON object.
+async fn rate_report(config: &Config, conn: &redis::aio::ConnectionManager, json: bool) -> anyhow::Result<String> {
+    let referrer = &config.query.referrer;
+    let changes = store::runtime_changes(conn, referrer).await?;
+    let rate = config
+        .rate_policy_with(referrer, &changes)
+        .map_err(|problems| anyhow::anyhow!("the runtime policy in Redis does not load: {}", problems.join("; ")))?;
+    let policy = RatePolicy::from_config(&rate);
+    let live = RedisRateLimiter::new(conn.clone(), referrer, policy.clone()).now().await?;
+    let slots = RedisSlotLimiter::new(&config.redis, RedisSlotSettings::new(config.slots.limit, config.slots.lease_ttl))?;
+    let multiplier = slots.occupancy_now().await?.multiplier;
+    if json {
+        let value = serde_json::json!({
+            "referrer": referrer,
+            "rates": policy.describe(),
+            "mode": policy.mode_name(),
+            "burst": policy.burst,
+            "max_delay_ms": policy.max_delay.as_millis() as u64,
+            "start_jitter_ms": policy.start_jitter.as_millis() as u64,
+            "enforce": rate.enforce,
+            "cooldown_after_429_ms": rate.cooldown_after_429.as_millis() as u64,
+            "runtime_changes": changes.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+            "adaptive_multiplier": multiplier,
+            "live": live,
+        });
+        return Ok(format!("{value}\n"));
+    }
+    let mut out = String::new();
+    let source = if changes.is_empty() { "configuration" } else { "runtime change in Redis (`projectorctl rate reset` hands it back)" };
+    let rates = if policy.windows.is_empty() { "none".to_owned() } else { policy.describe() };
+    let _ = writeln!(out, "rate policy for {referrer} (from {source})");
+    let _ = writeln!(
+        out,
+        "  rates: {rates}  mode: {}  burst: {}  max_delay: {}  start_jitter: {}",
+        policy.mode_name(),
+        policy.burst,
+        projector_config::format_duration(policy.max_delay),
+        projector_config::format_duration(policy.start_jitter)
+    );
+    let _ = writeln!(
+        out,
+        "  enforce: {}{}  cooldown_after_429: {}",
+        rate.enforce,
+        if rate.enforce { "" } else { " (shadow mode)" },
+        projector_config::format_duration(rate.cooldown_after_429)
+    );
+    for (key, value) in &changes {
+        let _ = writeln!(out, "  runtime change: {key} = {value}");
+    }
+    let _ = writeln!(out, "  adaptive multiplier: {multiplier}");
+    for w in &live.windows {
+        let scaled = ((f64::from(w.limit) * multiplier + 1e-9).floor() as u64).max(1);
+        let _ = writeln!(out, "  window {}: {} of {scaled} used now", w.window, w.used);
+    }
+    match live.cooldown_left_ms {
+        0 => {
+            let _ = writeln!(out, "  cooldown: none");
+        }
+        ms => {
+            let _ = writeln!(out, "  cooldown: {ms} ms left (after a 429)");
+        }
+    }
+    let _ = writeln!(out, "  shadow: would have delayed {}, would have refused {}", live.shadow_would_delay, live.shadow_would_refuse);
+    Ok(out)
+}
+
+async fn rate(config: &Config, action: RateAction) -> anyhow::Result<String> {
+    let conn = connection(config)?;
+    let referrer = &config.query.referrer;
+    match action {
+        RateAction::Show { json, .. } => rate_report(config, &conn, json).await,
+        RateAction::Set { rates, max_delay, mode, burst, start_jitter, enforce, cooldown_after_429, json, .. } => {
+            let given = [
+                ("rates", rates),
+                ("max_delay", max_delay),
+                ("mode", mode),
+                ("burst", burst),
+                ("start_jitter", start_jitter),
+                ("enforce", enforce),
+                ("cooldown_after_429", cooldown_after_429),
+            ];
+            let changes: Vec<(String, String)> = given.into_iter().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v))).collect();
+            anyhow::ensure!(
+                !changes.is_empty(),
+                "nothing to change; give at least one of --rates, --max-delay, --mode, --burst, --start-jitter, --enforce, --cooldown-after-429"
+            );
+            let mut all = store::runtime_changes(&conn, referrer).await?;
+            all.retain(|(k, _)| !changes.iter().any(|(c, _)| c == k));
+            all.extend(changes.iter().cloned());
+            config.rate_policy_with(referrer, &all).map_err(|problems| anyhow::anyhow!("refused: {}", problems.join("; ")))?;
+            store::set_runtime_changes(&conn, referrer, &changes).await?;
+            let report = rate_report(config, &conn, json).await?;
+            Ok(if json { report } else { format!("{report}every worker applies it within worker.rollout_refresh\n") })
+        }
+        RateAction::Reset { json, .. } => {
+            let removed = store::clear_runtime_changes(&conn, referrer).await?;
+            let report = rate_report(config, &conn, json).await?;
+            Ok(if json {
+                report
+            } else {
+                format!(
+                    "{}\n{report}",
+                    if removed {
+                        "runtime policy removed; workers go back to their [rate] configuration"
+                    } else {
+                        "no runtime policy was stored"
+                    }
+                )
+            })
+        }
+    }
+}
+
+async fn adaptive(config: &Config, action: AdaptiveAction) -> anyhow::Result<String> {
+    let slots = RedisSlotLimiter::new(&config.redis, RedisSlotSettings::new(config.slots.limit, config.slots.lease_ttl))?;
+    let redis = Endpoint::from(&config.redis).redacted();
+    let (json, note) = match action {
+        AdaptiveAction::Show { json, .. } => (json, String::new()),
+        AdaptiveAction::Set { multiplier, json, .. } => {
+            let (min, max) = (config.adaptive.min_multiplier, config.adaptive.max_multiplier);
+            anyhow::ensure!(
+                (min..=max).contains(&multiplier),
+                "refusing multiplier {multiplier}: outside [adaptive.min_multiplier {min}, adaptive.max_multiplier {max}]"
+            );
+            slots.set_multiplier(multiplier).await.with_context(|| format!("setting the multiplier in {redis}"))?;
+            (json, format!("multiplier set to {multiplier} for every worker\n"))
+        }
+        AdaptiveAction::Reset { json, .. } => {
+            let removed = slots.reset_multiplier().await.with_context(|| format!("resetting the multiplier in {redis}"))?;
+            (json, format!("{}\n", if removed { "multiplier and window removed" } else { "no multiplier was stored" }))
+        }
+    };
+    let now = slots.occupancy_now().await.with_context(|| format!("reading the slots in {redis}"))?;
+    let last = slots.last_adaptive_window().await?;
+    if json {
+        let value = serde_json::json!({
+            "multiplier": now.multiplier,
+            "stored_limit": now.limit,
+            "limit_in_force": now.in_force,
+            "in_use": now.in_use,
+            "enabled_here": config.adaptive.enabled,
+            "last_window": last,
+        });
+        return Ok(format!("{value}\n"));
+    }
+    let mut out = note;
+    let _ = writeln!(out, "adaptive multiplier: {}", now.multiplier);
+    let _ = writeln!(
+        out,
+        "slot limit: {} stored, {} in force, {} in use",
+        now.limit.map_or("none".to_owned(), |l| l.to_string()),
+        now.in_force.map_or("none".to_owned(), |l| l.to_string()),
+        now.in_use
+    );
+    match last {
+        Some(w) => {
+            let _ = writeln!(
+                out,
+                "last window closed {} ms ago: {} ok, {} 429, {} throttled; signal {}",
+                w.closed_ms_ago,
+                w.ok,
+                w.rate_limited,
+                w.throttled,
+                if w.signal.is_empty() { "none" } else { &w.signal }
+            );
+        }
+        None => {
+            let _ = writeln!(out, "no window closed yet (adaptive.enabled on the workers: is it on?)");
+        }
+    }
+    Ok(out)
 }
 
 fn connection(config: &Config) -> anyhow::Result<redis::aio::ConnectionManager> {

@@ -115,6 +115,59 @@ fn the_limit_in_force_is_reported_and_a_limit_above_the_service_limit_is_refused
     assert!(text(&ctl(&["slots", "inspect"]).stdout).contains("none stored in Redis yet"));
 }
 
+/// `projectorctl rate set` changes the policy of a running worker (no restart), `rate show --json`
+/// reports it with its live state, `rate reset` hands it back; a bad value is refused, naming
+/// the key. `adaptive set|show|reset` steer the multiplier on the limit in force.
+#[test]
+fn the_rate_policy_and_the_multiplier_change_at_runtime_for_the_whole_fleet() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "5ms"]);
+    let mut env = base_env(&redis, &fake.url());
+    env.push(("PROJECTOR_WORKER_ROLLOUT_REFRESH".into(), "100ms".into()));
+    let ctl = |args: &[&str]| run("projectorctl", &env, args);
+    let json = |out: &Output| -> serde_json::Value {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
+    };
+
+    let w = worker(&env, &[]);
+    let before = json(&ctl(&["rate", "show", "--json"]));
+    assert_eq!(before["rates"], "", "no policy configured: {before}");
+
+    let bad = ctl(&["rate", "set", "--rates", "10/h,20/s"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(text(&bad.stderr).contains("rate.rates") && text(&bad.stderr).contains("strictly increasing"), "{}", text(&bad.stderr));
+
+    // One start per minute and no delay: of 3 orgs, 1 completes and 2 are refused.
+    let set = json(&ctl(&["rate", "set", "--rates", "1/m", "--max-delay", "0s", "--json"]));
+    assert_eq!((set["rates"].as_str(), set["runtime_changes"]["max_delay"].as_str()), (Some("1/m"), Some("0s")), "{set}");
+    w.wait_for_line(&["rate policy now in force", "rates=1/m"], Duration::from_secs(30));
+    let out = run(
+        "projector-scheduler",
+        &env,
+        &["run-once", "--wait", "--wait-timeout", "60s", "--fail-on", "none", "--orgs", "3", "--batch-delay", "0s"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let count = |outcome: &str| -> Option<u64> {
+        text(&out.stdout).lines().find_map(|l| l.trim().strip_prefix(outcome).and_then(|rest| rest.trim().parse().ok()))
+    };
+    assert_eq!((count("completed"), count("skipped_rate_policy")), (Some(1), Some(2)), "{}", text(&out.stdout));
+    let live = json(&ctl(&["rate", "show", "--json"]));
+    assert_eq!(live["live"]["windows"][0]["used"], 1, "the one admission is in the window: {live}");
+
+    let reset = ctl(&["rate", "reset"]);
+    assert!(text(&reset.stdout).contains("runtime policy removed"), "{}", text(&reset.stdout));
+    w.wait_for_line(&["rate policy now in force", "runtime=false"], Duration::from_secs(30));
+
+    // The multiplier scales the limit in force; out-of-range values are refused.
+    assert!(ctl(&["slots", "set-limit", "40"]).status.success());
+    assert_eq!(ctl(&["adaptive", "set", "5"]).status.code(), Some(1), "above adaptive.max_multiplier");
+    let scaled = json(&ctl(&["adaptive", "set", "0.5", "--json"]));
+    assert_eq!((scaled["stored_limit"].as_u64(), scaled["limit_in_force"].as_u64()), (Some(40), Some(20)), "{scaled}");
+    let back = json(&ctl(&["adaptive", "reset", "--json"]));
+    assert_eq!(back["limit_in_force"], 40, "{back}");
+}
+
 #[test]
 fn passwords_are_never_echoed() {
     let env = vec![("PROJECTOR_REDIS_URL".to_owned(), format!("redis://:hunter2@127.0.0.1:{}", free_port()))];

@@ -18,7 +18,7 @@ use crate::error::Error;
 
 pub use gate::{Pass, RateGate};
 pub use memory::MemoryRateLimiter;
-pub use redis::RedisRateLimiter;
+pub use redis::{RateNow, RedisRateLimiter, WindowNow};
 
 /// What one limiter enforces: its windows (shortest first), mode and bounded wait.
 #[derive(Debug, Clone, PartialEq)]

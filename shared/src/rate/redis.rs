@@ -68,6 +68,70 @@ impl RedisRateLimiter {
     }
 }
 
+/// A policy's state in Redis now, for operators.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RateNow {
+    /// Per window (as configured): admissions counted in it now (strict: in the last W, reserved
+    /// ones included; smooth: how many starts' worth the theoretical arrival time is ahead of now).
+    pub windows: Vec<WindowNow>,
+    pub cooldown_left_ms: u64,
+    /// Shadow mode: what enforcement would have done, since the counters were created.
+    pub shadow_would_delay: u64,
+    pub shadow_would_refuse: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct WindowNow {
+    pub window: String,
+    pub limit: u32,
+    pub used: u64,
+}
+
+impl RedisRateLimiter {
+    /// The live window counts, the cooldown left and the shadow counters, on Redis time.
+    pub async fn now(&self) -> Result<RateNow, Error> {
+        let mut conn = self.conn.clone();
+        let doing = "reading the rate policy's state";
+        let ((secs, micros), cooldown, shadow): ((u64, u64), i64, std::collections::HashMap<String, u64>) = redis::pipe()
+            .cmd("TIME")
+            .cmd("PTTL")
+            .arg(self.keys.cooldown())
+            .cmd("HGETALL")
+            .arg(self.keys.shadow())
+            .query_async(&mut conn)
+            .await
+            .map_err(Error::redis(doing))?;
+        let now = secs * 1_000_000 + micros;
+        let mut windows = Vec::new();
+        for (w, key) in self.policy.windows.iter().zip(&self.window_keys) {
+            let used = match self.policy.mode {
+                super::RateMode::Strict => {
+                    let from = now.saturating_sub(us(self.policy.enforced_span(w)));
+                    redis::cmd("ZCOUNT")
+                        .arg(key)
+                        .arg(format!("({from}"))
+                        .arg("+inf")
+                        .query_async::<u64>(&mut conn)
+                        .await
+                        .map_err(Error::redis(doing))?
+                }
+                super::RateMode::Smooth => {
+                    let tat: Option<f64> = redis::cmd("GET").arg(key).query_async(&mut conn).await.map_err(Error::redis(doing))?;
+                    let interval = us(w.span) as f64 / f64::from(w.limit);
+                    tat.map_or(0, |t| ((t - now as f64).max(0.0) / interval).ceil() as u64)
+                }
+            };
+            windows.push(WindowNow { window: w.to_string(), limit: w.limit, used });
+        }
+        Ok(RateNow {
+            windows,
+            cooldown_left_ms: cooldown.max(0).unsigned_abs(),
+            shadow_would_delay: shadow.get("would_delay").copied().unwrap_or(0),
+            shadow_would_refuse: shadow.get("would_refuse").copied().unwrap_or(0),
+        })
+    }
+}
+
 fn us(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }

@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::ids::OrgId;
 use crate::metrics as m;
 
-pub use self::redis::{Holder, RedisSlotLimiter, RedisSlotSettings, SlotState};
+pub use self::redis::{AdaptiveWindow, Holder, RedisSlotLimiter, RedisSlotSettings, SlotState};
 pub use self::scripts::{AdaptiveReport, Occupancy};
 pub use fail_open::FailOpenLimiter;
 pub use memory::MemorySlotLimiter;

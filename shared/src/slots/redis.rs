@@ -95,6 +95,17 @@ struct Inner {
     background: tokio_util::task::TaskTracker,
 }
 
+/// The last window the fleet's adaptive limit closed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AdaptiveWindow {
+    pub closed_ms_ago: u64,
+    pub ok: u64,
+    pub rate_limited: u64,
+    pub throttled: u64,
+    /// What moved the multiplier: `429`, `throttle`, `demand`, or empty.
+    pub signal: String,
+}
+
 /// What `inspect` reads in one pipeline: limit, leases with expiry, holder info, queue, waiter
 /// info, Redis `TIME`.
 type RawSlotState = (
@@ -244,6 +255,25 @@ impl RedisSlotLimiter {
             .await
             .map_err(|e| self.inner.unavailable(e))?;
         Ok(())
+    }
+
+    /// The last adaptive window the fleet closed, if any.
+    pub async fn last_adaptive_window(&self) -> Result<Option<AdaptiveWindow>, Error> {
+        let mut conn = self.inner.conn.clone();
+        let (fields, (secs, micros)): (std::collections::HashMap<String, String>, (u64, u64)) = redis::pipe()
+            .hgetall(self.inner.keys.adaptive())
+            .cmd("TIME")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.inner.unavailable(e))?;
+        let num = |k: &str| fields.get(k).and_then(|v| v.parse::<u64>().ok());
+        Ok(num("last_closed_ms").map(|closed| AdaptiveWindow {
+            closed_ms_ago: (secs * 1000 + micros / 1000).saturating_sub(closed),
+            ok: num("last_ok").unwrap_or(0),
+            rate_limited: num("last_r429").unwrap_or(0),
+            throttled: num("last_throttled").unwrap_or(0),
+            signal: fields.get("last_signal").cloned().unwrap_or_default(),
+        }))
     }
 
     /// Forgets the multiplier and its window: the limit in force is the stored limit again.
