@@ -7,7 +7,8 @@
 --           only has to clear the N-th latest admission of each window by W.
 --   smooth: GCRA per window; admissions are spaced W/N apart after a burst of `burst`, and the
 --           long-run rate is exactly N/W.
--- A cooldown (set after a 429 from the query service) holds every admission until it ends.
+-- A cooldown (set after a 429 from the query service) refuses every admission until it ends,
+-- whatever max_delay says: a start held through it could land in a cooldown renewed meanwhile.
 -- In shadow mode (enforce = 0) the decision and its state are the same; what enforcement would
 -- have done is also counted in the shadow hash, for `projectorctl rate show`.
 -- KEYS: 1 cooldown (string; its PTTL is the cooldown left), 2 shadow (hash: would_delay,
@@ -68,7 +69,7 @@ local function shadow(field)
     redis.call('PEXPIRE', KEYS[2], 604800000)
   end
 end
-if wait > max_delay then
+if wait > max_delay or reason == 2 then
   shadow('would_refuse')
   return {0, wait, reason, binding, at}
 end

@@ -464,6 +464,50 @@ fn a_job_the_rate_policy_refuses_ends_skipped_rate_policy_or_is_rescheduled_at_r
     assert_eq!(s["completed"], 6, "{s}");
 }
 
+/// A fake that takes 2 queries at once against 6 slots: the third gets a 429. With
+/// `rate.cooldown_after_429 = 1s`, no query starts at the service, from any worker, until the
+/// cooldown ends: checked from the fake's own request timestamps. Every org ends in one outcome.
+#[test]
+fn after_a_429_no_query_starts_anywhere_in_the_fleet_until_the_cooldown_ends() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "200ms", "--concurrency-limit", "2"]);
+    let env = env(&redis, &fake);
+    // Refused jobs come back at the cooldown's end: several cooldowns in one run.
+    let args = [
+        "--concurrency",
+        "8",
+        "--slots-limit",
+        "6",
+        "--set",
+        "rate.cooldown_after_429=1s",
+        "--set",
+        "slots.on_timeout=reschedule",
+        "--set",
+        "slots.max_reschedules=3",
+    ];
+    let _workers: Vec<_> = (0..2).map(|_| worker(&env, &args)).collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = run_orgs(&env, dir.path(), 40);
+    let accounted: u64 = ["completed", "rate_limited", "skipped_rate_policy"].iter().map(|k| s[*k].as_u64().unwrap_or(0)).sum();
+    assert_eq!(accounted, 40, "{s}");
+    assert!(s["rate_limited"].as_u64().unwrap_or(0) > 0, "{s}");
+    let timeline: serde_json::Value = runtime()
+        .block_on(async { reqwest::get(format!("{}/timeline", fake.url())).await.expect("GET /timeline").json().await.expect("json") });
+    let list = |k: &str| -> Vec<u64> { timeline[k].as_array().expect("list").iter().filter_map(serde_json::Value::as_u64).collect() };
+    let (starts, rejected) = (list("starts_ms"), list("rejected_ms"));
+    let span = starts.iter().max().copied().unwrap_or(0) - starts.iter().min().copied().unwrap_or(0);
+    assert!(span >= 2_000, "queries kept starting after cooldowns, over {span} ms");
+    // A start already on its way when the 429 was answered may land just after it: 150 ms of
+    // grace for the 429 to reach its worker and the cooldown to be written.
+    for r in &rejected {
+        let inside: Vec<&u64> = starts.iter().filter(|t| **t > r + 150 && **t < r + 1_000).collect();
+        assert!(
+            inside.is_empty(),
+            "starts at {inside:?} ms inside the cooldown after the 429 at {r} ms\nstarts {starts:?}\n429s {rejected:?}"
+        );
+    }
+}
+
 #[test]
 fn reschedule_on_timeout_retries_a_job_that_got_no_slot() {
     let redis = RedisServer::start();

@@ -176,3 +176,33 @@ fn a_cooldown_holds_every_admission_of_the_referrer_until_it_ends() {
         assert!(left <= Duration::from_secs(3));
     });
 }
+
+/// The same deterministic load (12 back-to-back passes against 5 per 10 s, no delay allowed)
+/// through an enforced gate and through a gate in shadow mode: the enforced one refuses 7, the
+/// shadow one lets all 12 through at once and counts exactly those 7 as "would refuse".
+#[test]
+fn shadow_mode_delays_nothing_and_counts_what_enforcement_would_have_done() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let (_, conn) = projector_shared::redis_conn::connection_manager(server.url(), Duration::from_secs(2)).expect("connection manager");
+        let policy = policy(RateMode::Strict, &[(5, 10_000)], 1, Duration::ZERO);
+        let enforced =
+            RateGate::new(Arc::new(RedisRateLimiter::new(conn.clone(), "enforced", policy.clone())), "enforced", true, Duration::ZERO);
+        let shadow_limiter = Arc::new(RedisRateLimiter::new(conn.clone(), "shadow", policy).enforced(false));
+        let shadow = RateGate::new(shadow_limiter.clone(), "shadow", false, Duration::ZERO);
+        let mut refused = 0;
+        for _ in 0..12 {
+            if matches!(enforced.pass().await.expect("redis answers"), Pass::Refused { .. }) {
+                refused += 1;
+            }
+        }
+        let started = Instant::now();
+        for _ in 0..12 {
+            assert_eq!(shadow.pass().await.expect("redis answers"), Pass::Go, "shadow mode refuses nothing");
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "and delays nothing: {:?}", started.elapsed());
+        let counted = shadow_limiter.now().await.expect("redis answers");
+        assert_eq!(refused, 7);
+        assert_eq!((counted.shadow_would_refuse, counted.shadow_would_delay), (7, 0), "{counted:?}");
+    });
+}

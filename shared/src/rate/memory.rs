@@ -88,7 +88,8 @@ impl MemoryRateLimiter {
             }
         }
         let wait_us = at - now;
-        if wait_us > span_us(policy.max_delay) {
+        // A cooldown refuses whatever max_delay says (lua/rate_acquire.lua).
+        if wait_us > span_us(policy.max_delay) || reason == Some(BlockReason::Cooldown) {
             return Decision { admitted: false, wait_us, reason, at_us: at };
         }
         match policy.mode {
@@ -208,16 +209,16 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_cooldown_holds_every_admission_until_it_ends() {
-        let limiter = MemoryRateLimiter::new(policy(RateMode::Strict, &[], 1, 1_000));
+    async fn a_cooldown_refuses_every_admission_until_it_ends_whatever_max_delay_says() {
+        let limiter = MemoryRateLimiter::new(policy(RateMode::Strict, &[], 1, 10_000));
         limiter.cool_down(Duration::from_secs(5)).await.expect("memory");
         let refused = limiter.admit().await.expect("memory");
-        assert!(matches!(refused, Admission::Refused { reason: BlockReason::Cooldown, .. }), "{refused:?}");
+        assert_eq!(refused, Admission::Refused { retry_after: Duration::from_secs(5), reason: BlockReason::Cooldown });
         tokio::time::advance(Duration::from_millis(4_500)).await;
+        let still = limiter.admit().await.expect("memory");
+        assert!(matches!(still, Admission::Refused { reason: BlockReason::Cooldown, .. }), "{still:?}");
+        tokio::time::advance(Duration::from_millis(500)).await;
         let admitted = limiter.admit().await.expect("memory");
-        assert!(
-            matches!(admitted, Admission::Admitted { delayed_by: Some(BlockReason::Cooldown), wait, .. } if wait == Duration::from_millis(500)),
-            "{admitted:?}"
-        );
+        assert_eq!(admitted, Admission::Admitted { wait: Duration::ZERO, delayed_by: None, at_us: 5_000_000 });
     }
 }

@@ -167,6 +167,29 @@ struct Admitted {
     latency: Duration,
 }
 
+/// When queries started and when 429s were answered, in ms since the fake started (`GET
+/// /timeline`), so a test can check what happened between them; the latest 100,000 of each.
+#[derive(Default, Serialize)]
+struct Timeline {
+    starts_ms: VecDeque<u64>,
+    rejected_ms: VecDeque<u64>,
+}
+
+const TIMELINE_KEPT: usize = 100_000;
+
+static TIMELINE: std::sync::LazyLock<Mutex<Timeline>> = std::sync::LazyLock::new(Mutex::default);
+static STARTED: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+fn stamp(list: fn(&mut Timeline) -> &mut VecDeque<u64>) {
+    let ms = STARTED.elapsed().as_millis() as u64;
+    let mut t = TIMELINE.lock().unwrap_or_else(|p| p.into_inner());
+    let l = list(&mut t);
+    if l.len() == TIMELINE_KEPT {
+        l.pop_front();
+    }
+    l.push_back(ms);
+}
+
 /// Per-referrer start logs: the last second (for `max_started_in_1s`), and the rate limit's window.
 #[derive(Default)]
 struct Starts {
@@ -265,6 +288,7 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(at > 0.0 && at <= 1.0, "--throttle-at {at} must be in (0, 1]");
     }
     anyhow::ensure!(args.throttle_slowdown >= 1.0, "--throttle-slowdown must be at least 1");
+    std::sync::LazyLock::force(&STARTED);
     let listener = std::net::TcpListener::bind(args.addr)?;
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
@@ -279,6 +303,7 @@ async fn main() -> anyhow::Result<()> {
         .route("/stats", get(stats))
         .route("/stats/reset", post(reset))
         .route("/config", get(show_config).post(set_config))
+        .route("/timeline", get(timeline))
         .route("/health", get(|| async { "ok" }))
         .with_state(fake);
     let mut out = std::io::stdout().lock();
@@ -286,7 +311,9 @@ async fn main() -> anyhow::Result<()> {
     out.flush()?;
     drop(out);
     let scheme = if tls.is_some() { "https" } else { "http" };
-    eprintln!("projector-fake-snuba: serving POST {scheme}://{bound}/{{dataset}}/snql, GET /stats, POST /stats/reset, GET|POST /config");
+    eprintln!(
+        "projector-fake-snuba: serving POST {scheme}://{bound}/{{dataset}}/snql, GET /stats, POST /stats/reset, GET|POST /config, GET /timeline"
+    );
     match tls {
         Some(tls) => axum_server::from_tcp_rustls(listener, tls).serve(app.into_make_service()).await?,
         None => {
@@ -302,6 +329,10 @@ async fn main() -> anyhow::Result<()> {
 
 async fn stats(State(fake): State<Arc<Fake>>) -> Json<Value> {
     Json(serde_json::to_value(&*fake.stats()).unwrap_or(Value::Null))
+}
+
+async fn timeline() -> Json<Value> {
+    Json(serde_json::to_value(&*TIMELINE.lock().unwrap_or_else(|p| p.into_inner())).unwrap_or(Value::Null))
 }
 
 async fn show_config(State(fake): State<Arc<Fake>>) -> Json<Live> {
@@ -336,6 +367,7 @@ async fn reset(State(fake): State<Arc<Fake>>) -> StatusCode {
     let mut stats = fake.stats();
     let zero = |c: &mut Counts| *c = Counts { in_flight: c.in_flight, max_in_flight: c.in_flight, ..Counts::default() };
     *STARTS.lock().unwrap_or_else(|p| p.into_inner()) = Starts::default();
+    *TIMELINE.lock().unwrap_or_else(|p| p.into_inner()) = Timeline::default();
     zero(&mut stats.total);
     stats.by_referrer.values_mut().for_each(zero);
     StatusCode::NO_CONTENT
@@ -353,8 +385,12 @@ async fn query(State(fake): State<Arc<Fake>>, Path(dataset): Path<String>, heade
         .to_owned();
     let admitted = match fake.admit(&referrer) {
         Ok(admitted) => admitted,
-        Err(refusal) => return rate_limited(&referrer, refusal),
+        Err(refusal) => {
+            stamp(|t| &mut t.rejected_ms);
+            return rate_limited(&referrer, refusal);
+        }
     };
+    stamp(|t| &mut t.starts_ms);
     let parsed = match body["query"].as_str().ok_or("missing \"query\"".to_owned()).and_then(|q| parse_snql(q, &dataset)) {
         Ok(q) => q,
         Err(e) => return invalid(e),
