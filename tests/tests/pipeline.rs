@@ -786,5 +786,5 @@ fn with_the_throttle_signal_the_limit_settles_below_the_throttle_point_without_4
     let (from, to) = (at(15.0), at(25.0 - 0.3));
     assert_eq!(to.rejected_429 - from.rejected_429, 0, "no 429 once settled: {samples:?}");
     let settled = mean_limit(&samples, 15.0, 25.0);
-    assert!(settled <= 21.0 && settled >= 12.0, "settled at or below the throttle point (19): mean {settled:.1}");
+    assert!((12.0..=21.0).contains(&settled), "settled at or below the throttle point (19): mean {settled:.1}");
 }

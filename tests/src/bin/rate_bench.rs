@@ -61,7 +61,11 @@ async fn main() -> anyhow::Result<()> {
     let ping = (percentile(&mut pings, 0.5), percentile(&mut pings, 0.99));
 
     // Limits far above the sample count: every admission is granted at once (the hot path).
-    let strict = RedisRateLimiter::new(conn.clone(), "bench-strict", policy(RateMode::Strict, &[(1_000_000, 1), (10_000_000, 3600)], Duration::ZERO));
+    let strict = RedisRateLimiter::new(
+        conn.clone(),
+        "bench-strict",
+        policy(RateMode::Strict, &[(1_000_000, 1), (10_000_000, 3600)], Duration::ZERO),
+    );
     let smooth = RedisRateLimiter::new(conn.clone(), "bench-smooth", policy(RateMode::Smooth, &[(1_000_000, 1)], Duration::ZERO));
     // One per hour and no delay: every admission after the first is refused with its wait.
     let refusing = RedisRateLimiter::new(conn.clone(), "bench-refuse", policy(RateMode::Strict, &[(1, 3600)], Duration::ZERO));
