@@ -5,36 +5,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 /// A window with fewer answers than this decides nothing.
 pub const ADAPTIVE_MIN_SAMPLES: u64 = 10;
 
-/// `[adaptive]`, as the script takes it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AdaptiveSettings {
-    pub window: Duration,
-    pub high_429_ratio: f64,
-    pub increase_step_pct: f64,
-    pub decrease_step_pct: f64,
-    pub min_multiplier: f64,
-    pub max_multiplier: f64,
-    pub use_throttle_signal: bool,
-}
-
-impl AdaptiveSettings {
-    pub fn from_config(c: &projector_config::AdaptiveConfig) -> Self {
-        AdaptiveSettings {
-            window: c.window,
-            high_429_ratio: c.high_429_ratio,
-            increase_step_pct: c.increase_step_pct,
-            decrease_step_pct: c.decrease_step_pct,
-            min_multiplier: c.min_multiplier,
-            max_multiplier: c.max_multiplier,
-            use_throttle_signal: c.use_throttle_signal,
-        }
-    }
-}
+/// `[adaptive]`, as the script takes it (`enabled` is the worker's to read).
+pub type AdaptiveSettings = projector_config::AdaptiveConfig;
 
 /// The fleet's multiplier as this process last heard it; shared by the reporter (writes) and the
 /// rate limiter (reads, to scale every rate). 1 until the first report.

@@ -65,8 +65,11 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().expect("runtime")
 }
 
-fn run_500(env: &[(String, String)], dir: &std::path::Path, name: &str) -> serde_json::Value {
+/// Runs `orgs` orgs through `run-once --wait` (no batch delay, every outcome accepted) and returns
+/// the summary, written to `dir/name`.
+fn run_orgs(env: &[(String, String)], dir: &std::path::Path, name: &str, orgs: u32) -> serde_json::Value {
     let path = dir.join(name);
+    let orgs = orgs.to_string();
     let out = scheduler(
         env,
         &[
@@ -77,7 +80,7 @@ fn run_500(env: &[(String, String)], dir: &std::path::Path, name: &str) -> serde
             "--fail-on",
             "none",
             "--orgs",
-            "500",
+            &orgs,
             "--batch-delay",
             "0s",
             "--summary-json",
@@ -101,7 +104,7 @@ fn the_incident_prevented_and_reproduced_with_the_flag_off() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = runtime();
 
-    let limited = run_500(&env, dir.path(), "limited.json");
+    let limited = run_orgs(&env, dir.path(), "limited.json", 500);
     let stats = rt.block_on(fake.stats());
     assert_eq!(limited["orgs_total"], 500, "{limited}");
     assert_eq!(limited["completed"], 500, "every org completed: {limited}");
@@ -117,7 +120,7 @@ fn the_incident_prevented_and_reproduced_with_the_flag_off() {
     });
     // Workers re-read the flag every 100 ms here (worker.rollout_refresh): the run's first jobs
     // may still take the limited path, which the assertions below allow.
-    let legacy = run_500(&env, dir.path(), "legacy.json");
+    let legacy = run_orgs(&env, dir.path(), "legacy.json", 500);
     let stats = rt.block_on(fake.stats());
     assert_eq!(legacy["orgs_total"], 500, "{legacy}");
     assert!(stats["rejected_429"].as_u64().unwrap_or(0) > 0, "without slots the query service refuses queries: {stats}");
@@ -405,21 +408,6 @@ fn a_backlog_of_10000_due_jobs_is_drained_after_a_worker_outage() {
     );
 }
 
-/// Runs `orgs` orgs through run-once and returns the summary.
-fn run_orgs(env: &[(String, String)], dir: &std::path::Path, orgs: u32) -> serde_json::Value {
-    let path = dir.join("s.json");
-    let orgs = orgs.to_string();
-    let out = scheduler(
-        env,
-        &["run-once", "--wait", "--wait-timeout", "120s", "--fail-on", "none", "--orgs", &orgs, "--batch-delay", "0s", "--summary-json"]
-            .into_iter()
-            .chain([path.to_str().expect("utf-8")])
-            .collect::<Vec<_>>(),
-    );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    summary(&path)
-}
-
 /// Two workers, 128 jobs in flight and 50 slots against a strict 10/s policy: the query
 /// service itself (which refuses the 11th start of any second with a 429) never sees more than
 /// 10 starts in any sliding second, and every org completes.
@@ -432,7 +420,7 @@ fn the_query_service_never_sees_more_starts_in_a_second_than_the_rate_policy_all
     let rate = ["--set", "rate.rates=10/s", "--set", "rate.max_delay=15s", "--set", "rate.start_jitter=150ms"];
     let _workers: Vec<_> = (0..2).map(|_| worker(&env, &[&["--concurrency", "64"][..], &rate[..]].concat())).collect();
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = run_orgs(&env, dir.path(), 60);
+    let s = run_orgs(&env, dir.path(), "s.json", 60);
     let stats = runtime().block_on(fake.stats());
     assert_eq!(s["completed"], 60, "{s}\n{stats}");
     assert_eq!(stats["rejected_429"], 0, "{stats}");
@@ -449,7 +437,7 @@ fn a_job_the_rate_policy_refuses_ends_skipped_rate_policy_or_is_rescheduled_at_r
     let rate = ["--set", "rate.rates=2/2s", "--set", "rate.max_delay=0s"];
     let skip = worker(&env, &[&["--concurrency", "8"][..], &rate[..]].concat());
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = run_orgs(&env, dir.path(), 6);
+    let s = run_orgs(&env, dir.path(), "s.json", 6);
     assert_eq!((s["completed"].as_u64(), s["skipped_rate_policy"].as_u64()), (Some(2), Some(4)), "{s}");
     let metrics = projector_tests::scrape(&metrics_addr(&skip));
     assert_eq!(projector_tests::sample(&metrics, "projector_rate_blocked_total{reason=\"window\"}"), Some(4.0), "{metrics}");
@@ -460,7 +448,7 @@ fn a_job_the_rate_policy_refuses_ends_skipped_rate_policy_or_is_rescheduled_at_r
         &env,
         &[&["--concurrency", "8", "--set", "slots.on_timeout=reschedule", "--set", "slots.max_reschedules=10"][..], &rate[..]].concat(),
     );
-    let s = run_orgs(&env, dir.path(), 6);
+    let s = run_orgs(&env, dir.path(), "s.json", 6);
     assert_eq!(s["completed"], 6, "{s}");
 }
 
@@ -487,7 +475,7 @@ fn after_a_429_no_query_starts_anywhere_in_the_fleet_until_the_cooldown_ends() {
     ];
     let _workers: Vec<_> = (0..2).map(|_| worker(&env, &args)).collect();
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = run_orgs(&env, dir.path(), 40);
+    let s = run_orgs(&env, dir.path(), "s.json", 40);
     let accounted: u64 = ["completed", "rate_limited", "skipped_rate_policy"].iter().map(|k| s[*k].as_u64().unwrap_or(0)).sum();
     assert_eq!(accounted, 40, "{s}");
     assert!(s["rate_limited"].as_u64().unwrap_or(0) > 0, "{s}");

@@ -98,15 +98,9 @@ fn the_incident_reproduced_159_concurrent_queries_against_a_limit_of_100() {
     let fake = FakeSnuba::start(FAKE, &["--latency", "2s", "--concurrency-limit", "100"]);
     runtime().block_on(async {
         let snuba = Arc::new(client(&fake.url(), Duration::from_secs(30)));
-        let queries: Vec<_> = (1..=159u64)
-            .map(|org| {
-                let snuba = snuba.clone();
-                tokio::spawn(async move { snuba.hourly_counts(&request(org, 24)).await })
-            })
-            .collect();
         let (mut ok, mut rate_limited) = (0, 0);
-        for q in queries {
-            match q.await.expect("query task") {
+        for answer in answers(&snuba, 1..=159).await {
+            match answer {
                 Ok(_) => ok += 1,
                 Err(Error::RateLimited { policy, quota_used, threshold }) => {
                     assert_eq!(policy.as_deref(), Some("ConcurrentRateLimitAllocationPolicy"));
@@ -126,21 +120,30 @@ fn the_incident_reproduced_159_concurrent_queries_against_a_limit_of_100() {
 
 /// Concurrent queries against the fake; (ok, rate limited) counts.
 async fn concurrent(snuba: &Arc<SnubaQuery>, orgs: std::ops::RangeInclusive<u64>) -> (u64, u64) {
-    let queries: Vec<_> = orgs
-        .map(|org| {
-            let snuba = snuba.clone();
-            tokio::spawn(async move { snuba.hourly_counts(&request(org, 24)).await })
-        })
-        .collect();
     let (mut ok, mut rate_limited) = (0, 0);
-    for q in queries {
-        match q.await.expect("query task") {
+    for answer in answers(snuba, orgs).await {
+        match answer {
             Ok(_) => ok += 1,
             Err(Error::RateLimited { .. }) => rate_limited += 1,
             Err(e) => panic!("unexpected error class: {e}"),
         }
     }
     (ok, rate_limited)
+}
+
+/// Every org's query sent at once; the answers in org order.
+async fn answers(snuba: &Arc<SnubaQuery>, orgs: std::ops::RangeInclusive<u64>) -> Vec<Result<projector_worker::query::OrgHistory, Error>> {
+    let queries: Vec<_> = orgs
+        .map(|org| {
+            let snuba = snuba.clone();
+            tokio::spawn(async move { snuba.hourly_counts(&request(org, 24)).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for q in queries {
+        answers.push(q.await.expect("query task"));
+    }
+    answers
 }
 
 /// The fake's throttle (Snuba's early warning above limit x throttle-at), its rate limit, and

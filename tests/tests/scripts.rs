@@ -153,6 +153,7 @@ fn slots_occupancy_counts_live_leases_on_redis_time_and_the_stored_limit() {
 
 fn adaptive(window_ms: u64) -> AdaptiveSettings {
     AdaptiveSettings {
+        enabled: true,
         window: Duration::from_millis(window_ms),
         high_429_ratio: 0.05,
         increase_step_pct: 5.0,

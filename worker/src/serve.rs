@@ -78,7 +78,7 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
         services.spawn_every(Arc::new(refresh), config.worker.rollout_refresh);
     }
     if config.adaptive.enabled {
-        let settings = projector_shared::adaptive::AdaptiveSettings::from_config(&config.adaptive);
+        let settings = config.adaptive.clone();
         services.spawn_every(Arc::new(AdaptiveReporter { slots: slots.clone(), settings, multiplier }), every);
     }
     let supervisor = Supervisor {
