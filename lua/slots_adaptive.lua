@@ -9,7 +9,8 @@
 --                                         -> up by increase_pct            (signal "demand")
 --   else hold. Fewer than min_samples answers in the window: no decision. Clamped to [min, max].
 -- KEYS: the nine slot keys (see slots_prelude); the state lives in 9 (adaptive hash: multiplier,
---       window_start_ms, ok, r429, throttled, full, last_* of the latest closed window)
+--       window_start_ms, ok, r429, throttled, full, windows (closed so far), last_* of the
+--       latest closed window)
 -- ARGV: 1 ok, 2 r429, 3 throttled (answers since this worker's last report; ok includes
 --       throttled), 4 window_ms, 5 high_ratio, 6 increase_pct, 7 decrease_pct, 8 min_multiplier,
 --       9 max_multiplier, 10 use_throttle (0|1), 11 min_samples, 12 default_limit
@@ -65,6 +66,7 @@ if samples >= min_samples then
 end
 m = math.min(max_m, math.max(min_m, m))
 if (direction == 1 or direction == -1) and math.abs(m - before) < 1e-9 then direction = 2 end
+redis.call('HINCRBY', adaptive, 'windows', 1)
 redis.call('HSET', adaptive, 'multiplier', string.format('%.6f', m), 'window_start_ms', now,
   'ok', ok, 'r429', r429, 'throttled', throttled, 'full', full,
   'last_ok', w_ok, 'last_r429', w_429, 'last_throttled', w_thr, 'last_signal', signal, 'last_closed_ms', now)

@@ -648,11 +648,13 @@ fn jobs_for_unplanned_orgs_or_unknown_runs_are_refused_without_a_query() {
     assert!(!exists, "no record was made up for a run that never existed");
 }
 
-/// One sample of an adaptive run: seconds since the load started, the slot limit in force (from
-/// Redis), and the fake's queries in flight, 429s and throttled answers so far.
+/// One sample of an adaptive run: seconds since the load started, the windows the fleet has
+/// closed, the slot limit in force (from Redis), and the fake's queries in flight, 429s and
+/// throttled answers so far.
 #[derive(Debug, Clone, Copy)]
 struct AdaptiveSample {
     t: f64,
+    windows: u64,
     limit: u32,
     in_flight: u64,
     rejected_429: u64,
@@ -660,119 +662,163 @@ struct AdaptiveSample {
 }
 
 /// Two workers with `[adaptive]` on (1 s windows) and 50 slots against the fake, under more load
-/// than it can take; `phases` are (how long, capacity change to POST to the fake at the start).
-/// Returns a sample every 250 ms, and writes them as CSV to `target/adaptive-<name>.csv`.
-fn adaptive_run(
-    name: &str,
-    fake_args: &[&str],
-    use_throttle: bool,
-    phases: &[(Duration, Option<serde_json::Value>)],
-) -> Vec<AdaptiveSample> {
-    let redis = RedisServer::start();
-    let fake = FakeSnuba::start(FAKE, fake_args);
-    let env = env(&redis, &fake);
-    let throttle = format!("adaptive.use_throttle_signal={use_throttle}");
-    let args = [
-        "--concurrency",
-        "64",
-        "--slots-limit",
-        "50",
-        "--slots-max-wait",
-        "10m",
-        "--set",
-        "adaptive.enabled=true",
-        "--set",
-        "adaptive.window=1s",
-        "--set",
-        &throttle,
-    ];
-    let _workers: Vec<_> = (0..2).map(|_| worker(&env, &args)).collect();
-    let mut load = command(workspace_bin("projector-scheduler"));
-    load.args(["run-once", "--orgs", "20000", "--batch-delay", "0s"]).envs(env.iter().cloned()).stdout(Stdio::null());
-    let _load = Proc::spawn(load);
-    let samples = runtime().block_on(async {
-        let slots = RedisSlotLimiter::new(redis.url(), RedisSlotSettings::new(50, Duration::from_secs(30))).expect("limiter");
-        let http = reqwest::Client::new();
-        let started = tokio::time::Instant::now();
-        // The measurement's sampling period, not a wait for a condition.
-        let mut every = tokio::time::interval(Duration::from_millis(250));
-        let mut samples = Vec::new();
-        for (length, change) in phases {
-            if let Some(change) = change {
-                let r = http.post(format!("{}/config", fake.url())).json(change).send().await.expect("POST /config");
-                assert!(r.status().is_success(), "{change}");
-            }
-            let until = tokio::time::Instant::now() + *length;
-            while tokio::time::Instant::now() < until {
+/// than it can take, sampled every 250 ms by a background task. Steps wait for conditions and
+/// count windows, never wall time, so a loaded machine only makes them slower.
+struct AdaptiveRun {
+    _redis: RedisServer,
+    fake: FakeSnuba,
+    _workers: Vec<Proc>,
+    _load: Proc,
+    samples: std::sync::Arc<std::sync::Mutex<Vec<AdaptiveSample>>>,
+    rt: tokio::runtime::Runtime,
+    name: &'static str,
+}
+
+impl AdaptiveRun {
+    fn start(name: &'static str, fake_args: &[&str], use_throttle: bool) -> Self {
+        let redis = RedisServer::start();
+        let fake = FakeSnuba::start(FAKE, fake_args);
+        let env = env(&redis, &fake);
+        let throttle = format!("adaptive.use_throttle_signal={use_throttle}");
+        let args = [
+            "--concurrency",
+            "64",
+            "--slots-limit",
+            "50",
+            "--slots-max-wait",
+            "10m",
+            "--set",
+            "adaptive.enabled=true",
+            "--set",
+            "adaptive.window=1s",
+            "--set",
+            &throttle,
+        ];
+        let workers: Vec<_> = (0..2).map(|_| worker(&env, &args)).collect();
+        let mut load = command(workspace_bin("projector-scheduler"));
+        load.args(["run-once", "--orgs", "50000", "--batch-delay", "0s"]).envs(env.iter().cloned()).stdout(Stdio::null());
+        let load = Proc::spawn(load);
+        let rt = runtime();
+        let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (url, fake_url, into) = (redis.url(), fake.url(), samples.clone());
+        rt.spawn(async move {
+            let slots = RedisSlotLimiter::new(url, RedisSlotSettings::new(50, Duration::from_secs(30))).expect("limiter");
+            let started = tokio::time::Instant::now();
+            // The measurement's sampling period, not a wait for a condition.
+            let mut every = tokio::time::interval(Duration::from_millis(250));
+            loop {
                 every.tick().await;
-                let limit = slots.occupancy_now().await.expect("occupancy").in_force.unwrap_or(50);
-                let stats = fake.stats().await;
+                let (Ok(now), Ok(last), Ok(stats)) = (
+                    slots.occupancy_now().await,
+                    slots.last_adaptive_window().await,
+                    async { reqwest::get(format!("{fake_url}/stats")).await?.json::<serde_json::Value>().await }.await,
+                ) else {
+                    continue;
+                };
                 let n = |k: &str| stats[k].as_u64().unwrap_or(0);
-                samples.push(AdaptiveSample {
+                let sample = AdaptiveSample {
                     t: started.elapsed().as_secs_f64(),
-                    limit,
+                    windows: last.map_or(0, |w| w.windows_closed),
+                    limit: now.in_force.unwrap_or(50),
                     in_flight: n("in_flight"),
                     rejected_429: n("rejected_429"),
                     throttled: n("throttled"),
-                });
+                };
+                into.lock().expect("samples").push(sample);
             }
-        }
-        samples
-    });
-    let csv: String = std::iter::once("t_s,limit_in_force,in_flight,rejected_429_total,throttled_total\n".to_owned())
-        .chain(samples.iter().map(|s| format!("{:.2},{},{},{},{}\n", s.t, s.limit, s.in_flight, s.rejected_429, s.throttled)))
-        .collect();
-    let dir = projector_tests::manifest_path("../target");
-    std::fs::create_dir_all(&dir).expect("target dir");
-    std::fs::write(dir.join(format!("adaptive-{name}.csv")), csv).expect("write csv");
-    samples
+        });
+        AdaptiveRun { _redis: redis, fake, _workers: workers, _load: load, samples, rt, name }
+    }
+
+    fn latest(&self) -> Option<AdaptiveSample> {
+        self.samples.lock().expect("samples").last().copied()
+    }
+
+    /// Waits (deadline `within`, for a loaded machine) for a sample that meets `condition`.
+    fn until(&self, what: &str, within: Duration, condition: impl Fn(&AdaptiveSample) -> bool) -> AdaptiveSample {
+        let mut found = None;
+        projector_tests::wait_until_or(
+            within,
+            || {
+                found = self.latest().filter(|s| condition(s));
+                found.is_some()
+            },
+            || format!("{what}: not within {within:?}; {}", self.csv()),
+        );
+        found.expect("the condition held")
+    }
+
+    /// The samples of the next `windows` closed windows.
+    fn over_windows(&self, windows: u64) -> Vec<AdaptiveSample> {
+        let from = self.latest().map_or(0, |s| s.windows);
+        let last = self.until(&format!("{windows} more windows closed"), Duration::from_secs(120), |s| s.windows >= from + windows);
+        self.samples.lock().expect("samples").iter().filter(|s| s.windows > from && s.windows <= last.windows).copied().collect()
+    }
+
+    fn post_config(&self, change: serde_json::Value) {
+        let url = format!("{}/config", self.fake.url());
+        let status =
+            self.rt.block_on(async { reqwest::Client::new().post(url).json(&change).send().await.expect("POST /config").status() });
+        assert!(status.is_success(), "{change}");
+    }
+
+    fn csv(&self) -> String {
+        let samples = self.samples.lock().expect("samples");
+        std::iter::once("t_s,windows_closed,limit_in_force,in_flight,rejected_429_total,throttled_total\n".to_owned())
+            .chain(
+                samples
+                    .iter()
+                    .map(|s| format!("{:.2},{},{},{},{},{}\n", s.t, s.windows, s.limit, s.in_flight, s.rejected_429, s.throttled)),
+            )
+            .collect()
+    }
 }
 
-fn mean_limit(samples: &[AdaptiveSample], from_s: f64, to_s: f64) -> f64 {
-    let window: Vec<f64> = samples.iter().filter(|s| s.t >= from_s && s.t < to_s).map(|s| f64::from(s.limit)).collect();
-    window.iter().sum::<f64>() / window.len().max(1) as f64
+impl Drop for AdaptiveRun {
+    /// Keeps the curve for BENCHMARKS.md and for whoever reads a failure: target/adaptive-<name>.csv.
+    fn drop(&mut self) {
+        let dir = projector_tests::manifest_path("../target");
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(dir.join(format!("adaptive-{}.csv", self.name)), self.csv());
+    }
+}
+
+fn mean_limit(samples: &[AdaptiveSample]) -> f64 {
+    samples.iter().map(|s| f64::from(s.limit)).sum::<f64>() / samples.len().max(1) as f64
 }
 
 /// Capacity C = 30 against a configured limit of 50, 429s as the only signal: the limit comes
-/// down and settles around C (a sawtooth: 20 % cuts after a window above 5 % 429s, 5 % growth
-/// while demand fills it). Capacity halved mid-run: the limit is at or below the new C within 7
-/// windows. Capacity restored: it climbs back.
+/// down and settles around C, a sawtooth of 20 % cuts after a window above 5 % 429s and 5 % growth
+/// while demand fills it; over 10 windows its mean lies in [0.8·C, C]. Capacity halved: the limit
+/// is at or below the new C within 7 windows. Capacity restored: it climbs back.
 #[test]
 fn the_adaptive_limit_finds_the_capacity_and_follows_it_down_and_up() {
     let c = 30.0;
-    let samples = adaptive_run(
-        "429",
-        &["--latency", "300ms", "--concurrency-limit", "30"],
-        false,
-        &[
-            (Duration::from_secs(20), None),
-            (Duration::from_secs(10), Some(serde_json::json!({"concurrency_limit": 15}))),
-            (Duration::from_secs(15), Some(serde_json::json!({"concurrency_limit": 30}))),
-        ],
-    );
-    let settled = mean_limit(&samples, 10.0, 20.0);
-    assert!((0.8 * c..=c).contains(&settled), "mean limit in force over 10-20 s: {settled:.1}; {samples:?}");
-    let halved_at = 20.0;
-    let below = samples.iter().find(|s| s.t >= halved_at && s.limit <= 15);
-    assert!(below.is_some_and(|s| s.t - halved_at <= 7.0), "at or below the halved capacity within 7 windows: {below:?}");
-    let restored = mean_limit(&samples, 38.0, 45.0);
-    assert!(restored > 18.0, "the limit climbs back after capacity returns: mean {restored:.1} over 38-45 s");
+    let run = AdaptiveRun::start("429", &["--latency", "600ms", "--concurrency-limit", "30"], false);
+    run.until("the limit comes down to the capacity", Duration::from_secs(90), |s| f64::from(s.limit) <= c);
+    let settled = run.over_windows(10);
+    let mean = mean_limit(&settled);
+    assert!((0.8 * c..=c).contains(&mean), "mean limit in force over 10 windows: {mean:.1}\n{}", run.csv());
+
+    run.post_config(serde_json::json!({"concurrency_limit": 15}));
+    let halved = run.latest().expect("sampled").windows;
+    let below = run.until("at or below the halved capacity", Duration::from_secs(90), |s| s.limit <= 15);
+    assert!(below.windows - halved <= 7, "{} windows to get under the halved capacity\n{}", below.windows - halved, run.csv());
+
+    run.post_config(serde_json::json!({"concurrency_limit": 30}));
+    run.until("the limit climbs back after capacity returns", Duration::from_secs(120), |s| s.limit >= 22);
 }
 
 /// The same capacity with Snuba's throttle warning (at 0.66 x C = 19 in flight) as a signal:
-/// the limit settles below the throttle point, where the service answers no 429 at all; the
-/// 429s it took to get there are compared with the 429-only run in BENCHMARKS.md.
+/// the limit settles at the throttle point, where the service answers no 429 at all; the 429s it
+/// took to get there are compared with the 429-only run in BENCHMARKS.md.
 #[test]
 fn with_the_throttle_signal_the_limit_settles_below_the_throttle_point_without_429s() {
-    let samples = adaptive_run(
-        "throttle",
-        &["--latency", "300ms", "--concurrency-limit", "30", "--throttle-at", "0.66"],
-        true,
-        &[(Duration::from_secs(25), None)],
-    );
-    let at = |t: f64| samples.iter().find(|s| s.t >= t).copied().expect("sampled");
-    let (from, to) = (at(15.0), at(25.0 - 0.3));
-    assert_eq!(to.rejected_429 - from.rejected_429, 0, "no 429 once settled: {samples:?}");
-    let settled = mean_limit(&samples, 15.0, 25.0);
-    assert!((12.0..=21.0).contains(&settled), "settled at or below the throttle point (19): mean {settled:.1}");
+    let run = AdaptiveRun::start("throttle", &["--latency", "600ms", "--concurrency-limit", "30", "--throttle-at", "0.66"], true);
+    run.until("the limit comes down to the throttle point", Duration::from_secs(90), |s| s.limit <= 20);
+    let settled = run.over_windows(10);
+    let (first, last) = (settled.first().expect("sampled"), settled.last().expect("sampled"));
+    assert_eq!(last.rejected_429 - first.rejected_429, 0, "no 429 once settled\n{}", run.csv());
+    let mean = mean_limit(&settled);
+    assert!((12.0..=21.0).contains(&mean), "settled at or below the throttle point (19): mean {mean:.1}\n{}", run.csv());
 }

@@ -99,6 +99,8 @@ struct Inner {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AdaptiveWindow {
     pub closed_ms_ago: u64,
+    /// Windows the fleet has closed since the multiplier was last reset.
+    pub windows_closed: u64,
     pub ok: u64,
     pub rate_limited: u64,
     pub throttled: u64,
@@ -269,6 +271,7 @@ impl RedisSlotLimiter {
         let num = |k: &str| fields.get(k).and_then(|v| v.parse::<u64>().ok());
         Ok(num("last_closed_ms").map(|closed| AdaptiveWindow {
             closed_ms_ago: (secs * 1000 + micros / 1000).saturating_sub(closed),
+            windows_closed: num("windows").unwrap_or(0),
             ok: num("last_ok").unwrap_or(0),
             rate_limited: num("last_r429").unwrap_or(0),
             throttled: num("last_throttled").unwrap_or(0),
