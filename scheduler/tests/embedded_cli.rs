@@ -81,6 +81,20 @@ fn a_tight_limit_skips_some_orgs_and_the_counts_still_add_up() {
     assert!(s.skipped_org_ids.iter().all(|o| !orgs.contains(&o.0)), "skipped orgs were not queried");
 }
 
+/// The embedded run applies `[rate]` in memory: 60 orgs offered at once against 10 per minute
+/// with no delay allowed start exactly 10 queries; the other 50 end skipped_rate_policy, unqueried.
+#[test]
+fn the_embedded_run_applies_the_rate_policy_in_memory() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = scheduler(dir.path(), RUN, &[("PROJECTOR_RATE_RATES", "10/m"), ("PROJECTOR_RATE_MAX_DELAY", "0s")]);
+    assert_eq!(out.status.code(), Some(3), "skipped orgs make the run exit 3: {}", String::from_utf8_lossy(&out.stderr));
+    let s = summary(dir.path());
+    assert_eq!((s.count(Outcome::Completed), s.count(Outcome::SkippedRatePolicy)), (10, 50), "{s:?}");
+    let (orgs, _) = projected_orgs(dir.path());
+    assert_eq!(orgs.len(), 10, "projections for exactly the admitted orgs");
+    assert!(s.skipped_org_ids.iter().all(|o| !orgs.contains(&o.0)), "refused orgs were not queried");
+}
+
 #[test]
 fn bad_configuration_exits_2_naming_key_value_and_source() {
     let dir = tempfile::tempdir().expect("temp dir");
