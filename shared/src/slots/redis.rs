@@ -357,11 +357,12 @@ impl RedisSlotLimiter {
     async fn wait_for_handoff(&self, id: &str, nap: Duration) -> Result<Option<u64>, Error> {
         let inner = &self.inner;
         let seconds = nap.as_secs_f64().max(0.001);
-        // A pooled connection may have died with a Redis restart: on a transient error every
-        // pooled connection is dropped and the wait is tried once more on a fresh one.
+        // A pooled connection may have died with a Redis restart: when one fails, whatever the
+        // error, every pooled connection is dropped and the wait is tried once more on a fresh one
+        // (as after a transient error on a fresh one); a stale connection is never an outcome.
         let mut retried = false;
         loop {
-            let mut conn = inner.blocking_connection().await?;
+            let (mut conn, pooled) = inner.blocking_connection().await?;
             let popped: Result<Option<(String, u64)>, _> =
                 redis::cmd("BLPOP").arg(inner.keys.wake(id)).arg(seconds).query_async(&mut conn).await;
             match popped {
@@ -369,7 +370,8 @@ impl RedisSlotLimiter {
                     inner.return_blocking(conn);
                     return Ok(result.map(|(_, token)| token));
                 }
-                Err(e) if is_transient(&e) && !retried => {
+                Err(e) if (pooled || is_transient(&e)) && !retried => {
+                    tracing::debug!(error = %e, pooled, "slot wait connection failed; retrying on a fresh one");
                     inner.blocking.lock().unwrap_or_else(|p| p.into_inner()).clear();
                     retried = true;
                 }
@@ -435,10 +437,11 @@ impl Inner {
         }
     }
 
-    async fn blocking_connection(&self) -> Result<MultiplexedConnection, Error> {
+    /// A connection for one `BLPOP`, and whether it came from the pool (it may have gone stale).
+    async fn blocking_connection(&self) -> Result<(MultiplexedConnection, bool), Error> {
         let pooled = self.blocking.lock().unwrap_or_else(|p| p.into_inner()).pop();
         if let Some(conn) = pooled {
-            return Ok(conn);
+            return Ok((conn, true));
         }
         // BLPOP holds the connection for up to `recheck`; the response timeout must outlast it.
         let config = AsyncConnectionConfig::new()
@@ -446,7 +449,7 @@ impl Inner {
             .set_response_timeout(Some(self.settings.recheck * 2 + self.settings.round_trip_budget));
         match tokio::time::timeout(self.settings.round_trip_budget, self.client.get_multiplexed_async_connection_with_config(&config)).await
         {
-            Ok(Ok(conn)) => Ok(conn),
+            Ok(Ok(conn)) => Ok((conn, false)),
             Ok(Err(e)) => Err(self.unavailable(e)),
             Err(_) => Err(Error::SlotBackendUnavailable { detail: "connecting for a slot wait timed out".to_owned() }),
         }
