@@ -110,14 +110,15 @@ impl RateKeys {
 }
 
 /// Hash of one organization's stored projections (read by other services; layout in ARCHITECTURE.md).
-/// Field: [`projection_field`]; value: JSON `{"projected","spike_threshold","run_id","fencing_token","first_hour"}`.
+/// Field: [`projection_field`]; value: JSON `{"run_id","fencing_token","first_hour","spike_threshold","hourly":[…]}`,
+/// `hourly[i]` being the projection for `first_hour + i` hours.
 pub fn projections(org: crate::OrgId) -> String {
     format!("projector:projections:{}", org.0)
 }
 
-/// Field of one project's projected hour in [`projections`]: `<project_id>:<hour start, unix seconds>`.
-pub fn projection_field(project: crate::ProjectId, hour_start_unix: i64) -> String {
-    format!("{}:{hour_start_unix}", project.0)
+/// Field of one project's projections in [`projections`]: the project id.
+pub fn projection_field(project: crate::ProjectId) -> String {
+    project.0.to_string()
 }
 
 /// The apalis-redis queue of spike-projection jobs (apalis derives its own keys from it).

@@ -206,11 +206,12 @@ fn the_redis_store_is_idempotent_and_refuses_stale_writes() {
         let run = vec![record("run-13", 5, 501, 13, 10, 100), record("run-13", 5, 502, 13, 10, 200)];
         sink.write(run.clone()).await.expect("first write");
         let first = stored(&server, 5);
-        assert_eq!(first.len(), 48, "24 hours × 2 projects");
+        assert_eq!(first.len(), 2, "one field per project: {first:?}");
         let hour13 = Utc.with_ymd_and_hms(2026, 11, 22, 13, 0, 0).single().expect("valid").timestamp();
-        let field = projector_shared::keys::projection_field(ProjectId(501), hour13 + 3600);
-        assert_eq!(first[&field]["projected"], 101);
-        assert_eq!(first[&field]["fencing_token"], 10);
+        let field = projector_shared::keys::projection_field(ProjectId(501));
+        assert_eq!(first[&field]["hourly"][1], 101, "hour 14 is hourly[1]");
+        assert_eq!(first[&field]["hourly"].as_array().map(Vec::len), Some(24));
+        assert_eq!((first[&field]["fencing_token"].as_u64(), first[&field]["first_hour"].as_i64()), (Some(10), Some(hour13)));
         assert_eq!(first[&field]["run_id"], "run-13");
 
         // The same run written twice: harmless.
@@ -229,7 +230,7 @@ fn the_redis_store_is_idempotent_and_refuses_stale_writes() {
 
         // The legacy path (no slot, token 0) of the same run is not fenced.
         sink.write(vec![record("run-13", 5, 501, 13, 0, 300)]).await.expect("unfenced write");
-        assert_eq!(stored(&server, 5)[&field]["projected"], 301);
+        assert_eq!(stored(&server, 5)[&field]["hourly"][1], 301);
 
         let mut conn = server.connection();
         let ttl: i64 = redis::cmd("PTTL").arg(projector_shared::keys::projections(OrgId(5))).query(&mut conn).expect("pttl");
@@ -238,19 +239,57 @@ fn the_redis_store_is_idempotent_and_refuses_stale_writes() {
 }
 
 #[test]
-fn a_newer_run_overwrites_and_hours_older_than_the_ttl_are_pruned() {
+fn a_newer_run_overwrites_and_projects_gone_longer_than_the_ttl_are_dropped() {
     let server = RedisServer::start();
     runtime().block_on(async {
         let sink = RedisSink::new(server.url(), Duration::from_secs(3 * 3600)).expect("sink");
-        sink.write(vec![record("run-10", 9, 901, 10, 50, 100)]).await.expect("run 10");
-        // Run 14 (a lower token: fencing tokens are compared within a run only) overwrites
-        // hours 14..33 and prunes hours before 14 - 3 = 11.
-        sink.write(vec![record("run-14", 9, 901, 14, 1, 500)]).await.expect("run 14");
-        let h = |hour: i64| Utc.with_ymd_and_hms(2026, 11, 22, 0, 0, 0).single().expect("valid").timestamp() + hour * 3600;
+        // Before an upgrade, the store kept one field per project and hour.
+        let mut conn = server.connection();
+        let _: () = redis::cmd("HSET")
+            .arg(projector_shared::keys::projections(OrgId(9)))
+            .arg("901:1795352400")
+            .arg(r#"{"projected":1,"first_hour":1795352400,"fencing_token":1}"#)
+            .query(&mut conn)
+            .expect("old layout field");
+        sink.write(vec![record("run-10", 9, 901, 10, 50, 100), record("run-10", 9, 902, 10, 50, 100)]).await.expect("run 10");
+        assert_eq!(stored(&server, 9).len(), 2, "the per-hour field is gone with the first write");
+        // Run 12 (a lower token: fencing tokens are compared within a run only) overwrites 901;
+        // 902, which it does not carry, is kept: its projection (hour 10) is within the 3 h TTL.
+        sink.write(vec![record("run-12", 9, 901, 12, 1, 500)]).await.expect("run 12");
         let fields = stored(&server, 9);
-        assert!(!fields.contains_key(&projector_shared::keys::projection_field(ProjectId(901), h(10))), "pruned");
-        assert_eq!(fields[&projector_shared::keys::projection_field(ProjectId(901), h(11))]["run_id"], "run-10", "kept");
-        assert_eq!(fields[&projector_shared::keys::projection_field(ProjectId(901), h(14))]["run_id"], "run-14");
-        assert_eq!(fields[&projector_shared::keys::projection_field(ProjectId(901), h(14))]["projected"], 500);
+        assert_eq!((fields["901"]["run_id"].as_str(), fields["901"]["hourly"][0].as_u64()), (Some("run-12"), Some(500)));
+        assert_eq!(fields["902"]["run_id"], "run-10", "kept");
+        // Run 14: 902's projection is now older than 14 - 3 = 11, and it is dropped.
+        sink.write(vec![record("run-14", 9, 901, 14, 1, 700)]).await.expect("run 14");
+        let fields = stored(&server, 9);
+        assert!(!fields.contains_key("902"), "dropped: {fields:?}");
+        assert_eq!(fields["901"]["run_id"], "run-14");
+    });
+}
+
+/// The cost of one org's write in Redis: one script call, and inside it one read per project,
+/// one multi-field write and two bookkeeping commands, however many hours are projected.
+#[test]
+fn one_org_write_costs_one_script_call_and_a_few_commands_per_project() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let sink = RedisSink::new(server.url(), Duration::from_secs(48 * 3600)).expect("sink");
+        sink.write(vec![record("run-13", 4, 401, 13, 1, 100)]).await.expect("warm-up: loads the script");
+        let mut conn = server.connection();
+        let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut conn).expect("resetstat");
+        let projects: Vec<_> = (0..5).map(|p| record("run-14", 4, 400 + p, 14, 1, 100)).collect();
+        sink.write(projects).await.expect("write");
+        let info: String = redis::cmd("INFO").arg("commandstats").query(&mut conn).expect("info");
+        let calls = |cmd: &str| -> u64 {
+            info.lines()
+                .find(|l| l.starts_with(&format!("cmdstat_{cmd}:")))
+                .and_then(|l| l.split("calls=").nth(1))
+                .and_then(|v| v.split(',').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        assert_eq!(calls("evalsha"), 1, "{info}");
+        // 5 HGET + 1 HSET + HLEN + PEXPIRE.
+        assert_eq!((calls("hget"), calls("hset"), calls("hlen"), calls("pexpire")), (5, 1, 1, 1), "{info}");
     });
 }

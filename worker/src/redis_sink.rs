@@ -1,5 +1,6 @@
-//! The Redis projection store: one hash per organization, a field per (project, projected hour),
-//! written idempotently in one script call that refuses writes from a stale run or lease.
+//! The Redis projection store: one hash per organization, one compact field per project (the
+//! projected hours as an array under one header), written idempotently in one script call that
+//! refuses writes from a stale run or lease.
 
 use std::time::Duration;
 
@@ -64,17 +65,14 @@ impl RedisSink {
             .arg(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX))
             .arg(first_hour.saturating_sub(ttl_secs));
         for r in &records {
-            for (i, projected) in r.hourly.iter().enumerate() {
-                let hour = first_hour + 3600 * i as i64;
-                let value = serde_json::json!({
-                    "projected": projected,
-                    "spike_threshold": r.spike_threshold,
-                    "run_id": r.run_id.0,
-                    "fencing_token": r.fencing_token,
-                    "first_hour": first_hour,
-                });
-                invocation.arg(keys::projection_field(r.project_id, hour)).arg(value.to_string());
-            }
+            let value = serde_json::json!({
+                "run_id": r.run_id.0,
+                "fencing_token": r.fencing_token,
+                "first_hour": first_hour,
+                "spike_threshold": r.spike_threshold,
+                "hourly": r.hourly,
+            });
+            invocation.arg(keys::projection_field(r.project_id)).arg(value.to_string());
         }
         // The write is idempotent (same run and token rewrite the same values), so a Redis blip is
         // retried here, with backoff, rather than turning into the org's outcome.
