@@ -75,7 +75,7 @@ while [ $(( $(date +%s) - started )) -lt "$seconds" ]; do
     "$bin/projector-scheduler" run-once --wait --wait-timeout 10m --fail-on none --orgs "$orgs" --batch-delay 0s \
         --summary-json "$work/s.json" >/dev/null 2>>"$work/scheduler.log"
     runs=$((runs + 1))
-    for o in completed skipped_no_slot rate_limited failed slot_unavailable; do
+    for o in completed skipped_no_slot rate_limited failed slot_unavailable skipped_rate_policy; do
         n=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1])).get(sys.argv[2],0))" "$work/s.json" "$o")
         outcome_total[$o]=$(( ${outcome_total[$o]:-0} + n ))
     done
@@ -84,7 +84,7 @@ done
 stats=$(curl -s "$fake/stats")
 echo
 echo "runs: $runs of $orgs orgs in $(( $(date +%s) - started ))s (slot limit $limit)"
-for o in completed skipped_no_slot rate_limited failed slot_unavailable; do echo "  $o: ${outcome_total[$o]:-0}"; done
+for o in completed skipped_no_slot rate_limited failed slot_unavailable skipped_rate_policy; do echo "  $o: ${outcome_total[$o]:-0}"; done
 echo "query service: $stats"
 echo "keys without a TTL at the end:"
 while read -r key; do
