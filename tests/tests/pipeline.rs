@@ -483,8 +483,8 @@ fn after_a_429_no_query_starts_anywhere_in_the_fleet_until_the_cooldown_ends() {
         .block_on(async { reqwest::get(format!("{}/timeline", fake.url())).await.expect("GET /timeline").json().await.expect("json") });
     let list = |k: &str| -> Vec<u64> { timeline[k].as_array().expect("list").iter().filter_map(serde_json::Value::as_u64).collect() };
     let (starts, rejected) = (list("starts_ms"), list("rejected_ms"));
-    let span = starts.iter().max().copied().unwrap_or(0) - starts.iter().min().copied().unwrap_or(0);
-    assert!(span >= 2_000, "queries kept starting after cooldowns, over {span} ms");
+    let first_429 = rejected.iter().min().copied().expect("a 429 was answered");
+    assert!(starts.iter().any(|t| *t >= first_429 + 1_000), "queries started again once the first cooldown ended: {starts:?}");
     // A start already on its way when the 429 was answered may land just after it: 150 ms of
     // grace for the 429 to reach its worker and the cooldown to be written.
     for r in &rejected {
@@ -797,8 +797,11 @@ fn the_adaptive_limit_finds_the_capacity_and_follows_it_down_and_up() {
     let run = AdaptiveRun::start("429", &["--latency", "600ms", "--concurrency-limit", "30"], false);
     run.until("the limit comes down to the capacity", Duration::from_secs(90), |s| f64::from(s.limit) <= c);
     let settled = run.over_windows(10);
+    // With 429s as the only signal the limit has to probe above C to find it (up to C / (1 -
+    // high_429_ratio) before a window's ratio trips the cut), so it saws around C; its mean lies
+    // in [0.8·C, C] up to the one step of the integer limit (measured means: BENCHMARKS.md).
     let mean = mean_limit(&settled);
-    assert!((0.8 * c..=c).contains(&mean), "mean limit in force over 10 windows: {mean:.1}\n{}", run.csv());
+    assert!((0.8 * c..=c + 1.0).contains(&mean), "mean limit in force over 10 windows: {mean:.1}\n{}", run.csv());
 
     run.post_config(serde_json::json!({"concurrency_limit": 15}));
     let halved = run.latest().expect("sampled").windows;
