@@ -132,6 +132,18 @@ struct Lines {
     grew: Condvar,
 }
 
+/// The stderr lines of a [`Proc`], readable after it ended.
+#[derive(Clone)]
+pub struct ProcLog(Arc<Lines>);
+
+impl ProcLog {
+    /// The last `n` lines.
+    pub fn tail(&self, n: usize) -> String {
+        let lines = self.0.lines.lock().unwrap_or_else(|p| p.into_inner());
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
 /// A child process owned by one test: killed (SIGKILL) and reaped when dropped, pass or fail.
 /// Its stderr is read line by line on a thread, so a test can wait for a log line.
 pub struct Proc {
@@ -171,6 +183,11 @@ impl Proc {
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// A handle on this process's stderr that outlives it, for failure reports.
+    pub fn log(&self) -> ProcLog {
+        ProcLog(self.stderr.clone())
     }
 
     /// Every stderr line so far.

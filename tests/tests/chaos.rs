@@ -17,6 +17,8 @@ struct Cluster {
     redis: RedisServer,
     fake: FakeSnuba,
     env: Vec<(String, String)>,
+    /// Every worker's log, shown when a run does not finish.
+    worker_logs: std::sync::Mutex<Vec<projector_tests::ProcLog>>,
 }
 
 impl Cluster {
@@ -32,7 +34,7 @@ impl Cluster {
             ("RUST_LOG".into(), "info".into()),
         ];
         env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-        Cluster { redis, fake, env }
+        Cluster { redis, fake, env, worker_logs: Default::default() }
     }
 
     fn worker(&self, args: &[&str]) -> Proc {
@@ -40,7 +42,14 @@ impl Cluster {
         cmd.arg("run").args(args).envs(self.env.iter().cloned()).stdout(Stdio::null());
         let w = Proc::spawn(cmd);
         w.wait_for_line(&["worker started"], Duration::from_secs(30));
+        self.worker_logs.lock().unwrap_or_else(|p| p.into_inner()).push(w.log());
         w
+    }
+
+    /// The last lines of every worker's log, for a failure report.
+    fn worker_tails(&self) -> String {
+        let logs = self.worker_logs.lock().unwrap_or_else(|p| p.into_inner());
+        logs.iter().enumerate().map(|(i, l)| format!("--- worker {i}:\n{}", l.tail(40))).collect::<Vec<_>>().join("\n")
     }
 
     /// A run of `orgs` orgs followed to the end, judged leniently (the test judges it).
@@ -58,7 +67,7 @@ impl Cluster {
     fn finish(&self, run: Proc, orgs: u64) -> HashMap<String, u64> {
         let out = run.wait_with_output(Duration::from_secs(180));
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert_eq!(out.status.code(), Some(0), "run-once: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(0), "run-once: {stdout}\n{}\n{}", String::from_utf8_lossy(&out.stderr), self.worker_tails());
         let run_id = stdout.split_whitespace().nth(1).expect("run id in the summary").trim_end_matches(':').to_owned();
         let mut conn = self.redis.connection();
         let recorded: HashMap<u64, String> =
