@@ -1,8 +1,11 @@
 //! End-to-end pipeline benchmark with real processes (build them first: `cargo build --release
 //! --workspace`): fan-out time for 100,000 orgs, throughput against the ideal `limit / latency`,
-//! and average slot utilization while a backlog exists. Prints the figures and writes
+//! and average slot utilization while a backlog exists, and the run's cost per org: Redis commands
+//! (script calls and the commands inside them apart), Redis CPU, Redis memory during the run and
+//! what of it would still be there an hour later, and worker CPU. Prints the figures and writes
 //! target/bench/pipeline.json.
 
+use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,6 +28,63 @@ struct Args {
     limit: u32,
     #[arg(long, default_value_t = 3)]
     workers: usize,
+}
+
+/// One `INFO` section as key → value.
+fn info(conn: &mut redis::Connection, section: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let text: String = redis::cmd("INFO").arg(section).query(conn)?;
+    Ok(text.lines().filter_map(|l| l.split_once(':')).map(|(k, v)| (k.to_owned(), v.trim().to_owned())).collect())
+}
+
+/// Redis's own CPU so far (user + system), in µs.
+fn redis_cpu_us(conn: &mut redis::Connection) -> anyhow::Result<f64> {
+    let cpu = info(conn, "cpu")?;
+    let secs = |k: &str| cpu.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    Ok((secs("used_cpu_user") + secs("used_cpu_sys")) * 1e6)
+}
+
+/// `INFO commandstats` as command → (calls, µs); commands run inside scripts are counted too.
+fn command_stats(conn: &mut redis::Connection) -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
+    let mut stats = BTreeMap::new();
+    for (key, value) in info(conn, "commandstats")? {
+        let Some(cmd) = key.strip_prefix("cmdstat_") else { continue };
+        let field = |name: &str| {
+            value.split(',').find_map(|kv| kv.strip_prefix(&format!("{name}="))).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        };
+        stats.insert(cmd.to_owned(), (field("calls"), field("usec")));
+    }
+    Ok(stats)
+}
+
+/// Bytes of the keys that would still exist an hour from now (no TTL, or a TTL beyond an hour).
+fn bytes_left_after_an_hour(conn: &mut redis::Connection) -> anyhow::Result<u64> {
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(conn)?;
+    let mut bytes = 0;
+    for key in keys {
+        let ttl: i64 = redis::cmd("PTTL").arg(&key).query(conn)?;
+        if ttl == -1 || ttl > 3_600_000 {
+            let usage: Option<u64> = redis::cmd("MEMORY").arg("USAGE").arg(&key).query(conn)?;
+            bytes += usage.unwrap_or(0);
+        }
+    }
+    Ok(bytes)
+}
+
+/// A process's CPU so far (user + system), in µs, from /proc.
+fn process_cpu_us(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at field 3; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let per_second: f64 = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0);
+    Ok(ticks / per_second * 1e6)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,6 +130,10 @@ fn main() -> anyhow::Result<()> {
         );
     }
     std::thread::sleep(Duration::from_millis(500));
+    let memory_before: u64 = info(&mut conn, "memory")?.get("used_memory").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let cpu_before = redis_cpu_us(&mut conn)?;
+    let workers_cpu_before: f64 = workers.iter().map(|w| process_cpu_us(w.id()).unwrap_or(0.0)).sum();
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut conn)?;
     let dir = tempfile::tempdir()?;
     let summary_path = dir.path().join("s.json");
     let run = Command::new(workspace_bin("projector-scheduler"))
@@ -99,6 +163,12 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary_path)?)?;
+    // The cost ledger, read before the workers' housekeeping (vacuum) changes what the run left.
+    let commands = command_stats(&mut conn)?;
+    let redis_cpu = redis_cpu_us(&mut conn)? - cpu_before;
+    let memory_after: u64 = info(&mut conn, "memory")?.get("used_memory").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let workers_cpu: f64 = workers.iter().map(|w| process_cpu_us(w.id()).unwrap_or(0.0)).sum::<f64>() - workers_cpu_before;
+    let left_after_an_hour = bytes_left_after_an_hour(&mut conn)?;
     for mut w in workers {
         let _ = w.kill();
         let _ = w.wait();
@@ -110,6 +180,13 @@ fn main() -> anyhow::Result<()> {
     let utilization = if samples > 0 { busy / samples as f64 * 100.0 } else { 0.0 };
     let stats = tokio::runtime::Runtime::new()?.block_on(fake.stats());
 
+    let per_org = |x: f64| x / completed.max(1) as f64;
+    let is_script = |c: &str| matches!(c, "evalsha" | "eval" | "evalsha_ro" | "eval_ro" | "fcall" | "script|load");
+    let script_calls: u64 = commands.iter().filter(|(c, _)| is_script(c)).map(|(_, (n, _))| n).sum();
+    let inner_or_direct: u64 = commands.iter().filter(|(c, _)| !is_script(c)).map(|(_, (n, _))| n).sum();
+    let mut by_calls: Vec<(&String, &(u64, u64))> = commands.iter().filter(|(c, _)| !is_script(c)).collect();
+    by_calls.sort_by(|a, b| b.1.0.cmp(&a.1.0));
+    let top: Vec<String> = by_calls.iter().take(8).map(|(c, (n, _))| format!("{c} {:.1}", per_org(*n as f64))).collect();
     let figures = serde_json::json!({
         "fanout_orgs": args.fanout_orgs,
         "fanout_seconds": fanout.as_secs_f64(),
@@ -125,6 +202,16 @@ fn main() -> anyhow::Result<()> {
         "first_grant_ms": first_grant.unwrap_or_default().as_millis() as u64,
         "max_in_flight_at_query_service": stats["max_in_flight"],
         "rejected_429": stats["rejected_429"],
+        "cost_per_org": {
+            "redis_script_calls": per_org(script_calls as f64),
+            "redis_other_commands": per_org(inner_or_direct as f64),
+            "redis_commands_total": per_org((script_calls + inner_or_direct) as f64),
+            "redis_cpu_us": per_org(redis_cpu),
+            "redis_memory_bytes_during_run": per_org(memory_after.saturating_sub(memory_before) as f64),
+            "redis_memory_bytes_after_an_hour": per_org(left_after_an_hour as f64),
+            "worker_cpu_us": per_org(workers_cpu),
+            "top_commands": top,
+        },
     });
     println!("fan-out of {} orgs (process start to exit)   {:.2} s", args.fanout_orgs, fanout.as_secs_f64());
     println!("run of {} orgs, {} workers x 64, limit {}, query latency {:?}", args.orgs, args.workers, args.limit, args.latency);
@@ -136,6 +223,20 @@ fn main() -> anyhow::Result<()> {
     println!("  first slot granted {:.0} ms after the run was started", first_grant.unwrap_or_default().as_secs_f64() * 1000.0);
     println!("  average slot utilization while a backlog existed: {utilization:.1}% ({samples} samples)");
     println!("  query service: max in flight {}, 429s {}", stats["max_in_flight"], stats["rejected_429"]);
+    println!("cost per org:");
+    println!(
+        "  Redis commands {:.1}: {:.1} script calls + {:.1} other (inside scripts or direct); most: {}",
+        per_org((script_calls + inner_or_direct) as f64),
+        per_org(script_calls as f64),
+        per_org(inner_or_direct as f64),
+        top.join(", ")
+    );
+    println!("  Redis CPU {:.0} µs; worker CPU {:.0} µs (all workers)", per_org(redis_cpu), per_org(workers_cpu));
+    println!(
+        "  Redis memory {:.0} B during the run, {:.0} B of it still there an hour later (no TTL, or a TTL beyond an hour)",
+        per_org(memory_after.saturating_sub(memory_before) as f64),
+        per_org(left_after_an_hour as f64)
+    );
     let out_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&out_dir)?;
     std::fs::write(out_dir.join("pipeline.json"), serde_json::to_vec_pretty(&figures)?)?;
