@@ -185,7 +185,7 @@ fn main() -> anyhow::Result<()> {
     let script_calls: u64 = commands.iter().filter(|(c, _)| is_script(c)).map(|(_, (n, _))| n).sum();
     let inner_or_direct: u64 = commands.iter().filter(|(c, _)| !is_script(c)).map(|(_, (n, _))| n).sum();
     let mut by_calls: Vec<(&String, &(u64, u64))> = commands.iter().filter(|(c, _)| !is_script(c)).collect();
-    by_calls.sort_by(|a, b| b.1.0.cmp(&a.1.0));
+    by_calls.sort_by_key(|(_, (calls, _))| std::cmp::Reverse(*calls));
     let top: Vec<String> = by_calls.iter().take(8).map(|(c, (n, _))| format!("{c} {:.1}", per_org(*n as f64))).collect();
     let figures = serde_json::json!({
         "fanout_orgs": args.fanout_orgs,
