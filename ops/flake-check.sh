@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 runs="${1:-20}"
 cpus="$(nproc)"
 
+ops/install-test-tools.sh
 if ! command -v stress-ng >/dev/null 2>&1; then
     sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
     ($sudo apt-get install -y -qq stress-ng >/dev/null 2>&1) || true

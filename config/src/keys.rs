@@ -190,7 +190,8 @@ const DAY: Duration = Duration::from_secs(86_400);
 const TIMEOUT_CHOICES: &[(&str, OnSlotTimeout)] = &[("skip", OnSlotTimeout::Skip), ("reschedule", OnSlotTimeout::Reschedule)];
 const REDIS_ERROR_CHOICES: &[(&str, OnRedisError)] = &[("fail_closed", OnRedisError::FailClosed), ("fail_open", OnRedisError::FailOpen)];
 const ORG_SOURCE_CHOICES: &[(&str, OrgSourceKind)] = &[("synthetic", OrgSourceKind::Synthetic), ("file", OrgSourceKind::File)];
-const SINK_CHOICES: &[(&str, SinkKind)] = &[("redis", SinkKind::Redis), ("jsonl", SinkKind::JsonLines), ("discard", SinkKind::Discard)];
+const SINK_CHOICES: &[(&str, SinkKind)] =
+    &[("redis", SinkKind::Redis), ("jsonl", SinkKind::JsonLines), ("discard", SinkKind::Discard), ("postgres", SinkKind::Postgres)];
 const RATE_MODE_CHOICES: &[(&str, RateMode)] = &[("strict", RateMode::Strict), ("smooth", RateMode::Smooth)];
 const QUERY_SOURCE_CHOICES: &[(&str, QuerySourceKind)] = &[("synthetic", QuerySourceKind::Synthetic), ("snuba", QuerySourceKind::Snuba)];
 
@@ -267,11 +268,17 @@ keys! {
     "query.referrer_limit" => query.referrer_limit: Int(1, 100_000), default Some("100"),
         "the query service's own limit of concurrent queries for query.referrer; projectorctl refuses a slot limit above it";
     "sink.kind" => sink.kind: Choice(SINK_CHOICES), default Some("redis"),
-        "where projections go: \"redis\" (a hash per org at redis.url), \"jsonl\" (file at sink.path) or \"discard\"";
+        "where projections go: \"redis\" (a hash per org at redis.url), \"postgres\" (table spike_projections at sink.postgres_url), \"jsonl\" (file at sink.path) or \"discard\"";
     "sink.path" => sink.path: Opt(FilePath), default None,
         "JSON-lines file of projections, for sink.kind = \"jsonl\"";
     "sink.ttl" => sink.ttl: Dur(SECS(60), SECS(90 * 24 * 3600)), default Some("48h"),
         "how long an org's stored projections live after its last write (redis sink); projected hours older than this are pruned";
+    "sink.postgres_url" => sink.postgres_url: Opt(Url(&["postgresql", "postgres"])), default None,
+        "PostgreSQL database for sink.kind = \"postgres\", like postgresql://user:password@host:5432/billing (a unix socket directory goes percent-encoded in the host: %2Frun%2Fpostgresql)";
+    "sink.postgres_pool" => sink.postgres_pool: Int(1, 1_000), default Some("16"),
+        "connections each process keeps to sink.postgres_url (one write per org holds one for a round trip)";
+    "sink.migrate" => sink.migrate: Bool, default Some("true"),
+        "apply the PostgreSQL store's schema migrations at start; false: an operator runs `projectorctl db migrate` before deploying";
     "worker.concurrency" => worker.concurrency: Int(1, 10_000), default Some("64"),
         "jobs in flight per worker process (slots bound the queries across the fleet, not this)";
     "worker.metrics_addr" => worker.metrics_addr: Addr, default Some("127.0.0.1:9464"),

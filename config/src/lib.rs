@@ -166,6 +166,12 @@ pub struct SinkConfig {
     pub path: Option<PathBuf>,
     /// Lifetime of an org's stored projections after its last write.
     pub ttl: Duration,
+    /// The PostgreSQL database of `sink.kind = "postgres"`.
+    pub postgres_url: Option<String>,
+    /// Connections per process to that database.
+    pub postgres_pool: usize,
+    /// Apply the store's schema migrations at start.
+    pub migrate: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -177,6 +183,8 @@ pub enum SinkKind {
     JsonLines,
     /// Keeps nothing (load tests).
     Discard,
+    /// One row per (org, project, hour) in PostgreSQL's `spike_projections`.
+    Postgres,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -132,6 +132,14 @@ fn check_combinations(config: &Config, sources: &BTreeMap<&'static str, Source>,
             allowed: "required when sink.kind = \"jsonl\"; set it to the file projections are appended to".to_owned(),
         });
     }
+    if config.sink.kind == SinkKind::Postgres && config.sink.postgres_url.is_none() {
+        problems.push(Problem {
+            key: "sink.postgres_url".to_owned(),
+            value: None,
+            source: source_of("sink.kind"),
+            allowed: "required when sink.kind = \"postgres\"; set it to the database, like postgresql://user@host:5432/billing".to_owned(),
+        });
+    }
     if config.adaptive.min_multiplier > config.adaptive.max_multiplier {
         problems.push(Problem {
             key: "adaptive.min_multiplier".to_owned(),

@@ -55,6 +55,11 @@ enum Command {
         #[command(subcommand)]
         action: AdaptiveAction,
     },
+    /// The PostgreSQL projection store (sink.postgres_url): its schema migrations.
+    Db {
+        #[command(subcommand)]
+        action: DbAction,
+    },
     /// A run's record: totals per outcome, and the orgs that did not complete.
     Run {
         /// Run id, as printed by projector-scheduler (e.g. run-20261122T130000Z)
@@ -146,6 +151,27 @@ enum RateAction {
 }
 
 #[derive(Debug, Subcommand)]
+enum DbAction {
+    /// Apply every schema migration the database lacks, in order, under a lock (safe while workers
+    /// start). Workers do this themselves at start unless sink.migrate = false.
+    Migrate {
+        /// Print {"store", "applied": [{version, name}], "migrations": [{version, name, applied_at}]}
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Every migration this build knows, and when the database applied it (pending if not).
+    Status {
+        /// Print {"store", "migrations": [{version, name, applied_at (RFC 3339 or null)}], "pending"}
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum AdaptiveAction {
     /// The multiplier, the slot limit it puts in force, and the last window closed.
     Show {
@@ -222,6 +248,7 @@ impl Command {
                 action: AdaptiveAction::Show { config, .. } | AdaptiveAction::Set { config, .. } | AdaptiveAction::Reset { config, .. },
             }
             | Command::Flag { action: FlagAction::Show { config, .. } | FlagAction::Set { config, .. } | FlagAction::Clear { config } }
+            | Command::Db { action: DbAction::Migrate { config, .. } | DbAction::Status { config, .. } }
             | Command::Slots {
                 action:
                     SlotAction::Inspect { config }
@@ -257,7 +284,49 @@ async fn run(command: Command, config: Config) -> anyhow::Result<String> {
         Command::Run { run_id, .. } => run_record(&config, &run_id).await,
         Command::Rate { action } => rate(&config, action).await,
         Command::Adaptive { action } => adaptive(&config, action).await,
+        Command::Db { action } => db(&config, action).await,
     }
+}
+
+/// `projectorctl db migrate|status`.
+async fn db(config: &Config, action: DbAction) -> anyhow::Result<String> {
+    let url = config.sink.postgres_url.as_deref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "sink.postgres_url is not set: pass --set sink.postgres_url=postgresql://user@host/db or PROJECTOR_SINK_POSTGRES_URL"
+        )
+    })?;
+    let store = projector_postgres::Store::new(url, 1)?;
+    let (applied, json) = match action {
+        DbAction::Migrate { json, .. } => (Some(store.migrate().await?), json),
+        DbAction::Status { json, .. } => (None, json),
+    };
+    let states = store.migration_states().await?;
+    let pending = states.iter().filter(|m| m.applied_at.is_none()).count();
+    if json {
+        let mut value = serde_json::json!({
+            "store": store.target(),
+            "migrations": states.iter().map(|m| serde_json::json!({
+                "version": m.version, "name": m.name, "applied_at": m.applied_at.map(|t| t.to_rfc3339()),
+            })).collect::<Vec<_>>(),
+            "pending": pending,
+        });
+        if let Some(applied) = &applied {
+            value["applied"] = applied.iter().map(|m| serde_json::json!({"version": m.version, "name": m.name})).collect();
+        }
+        return Ok(format!("{value}\n"));
+    }
+    let mut out = format!("store: {}\n", store.target());
+    for m in &states {
+        let when = m.applied_at.map_or_else(|| "pending".to_owned(), |t| format!("applied {}", t.to_rfc3339()));
+        out.push_str(&format!("  {:>4}  {:<28} {when}\n", m.version, m.name));
+    }
+    match applied {
+        Some(applied) if applied.is_empty() => out.push_str("nothing to apply: the schema is current\n"),
+        Some(applied) => out.push_str(&format!("applied {} migration(s) now\n", applied.len())),
+        None if pending > 0 => out.push_str(&format!("{pending} pending: run `projectorctl db migrate`\n")),
+        None => out.push_str("the schema is current\n"),
+    }
+    Ok(out)
 }
 
 /// The policy in force now for query.referrer, with its live state, as text or one JSON object.

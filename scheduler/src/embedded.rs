@@ -11,7 +11,7 @@ use apalis::prelude::{MemorySink, MemoryStorage, MemoryStorageError, Task, TaskB
 use chrono::Utc;
 use futures::channel::mpsc::UnboundedSender;
 use futures::{SinkExt, StreamExt};
-use projector_config::Config;
+use projector_config::{Config, SinkKind};
 use projector_shared::batch::plan_batches;
 use projector_shared::run::{MemoryRunLedger, Outcome, RunSummary};
 use projector_shared::slots::MemorySlotLimiter;
@@ -50,10 +50,12 @@ pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: C
         concurrency = config.worker.concurrency, "embedded run starting"
     );
 
-    // Embedded runs need no Redis: projections go to --output, or nowhere.
-    let sink: Arc<dyn ProjectionSink> = match &options.output {
-        Some(path) => projector_worker::build::sink(config, Some(path))?,
-        None => Arc::new(DiscardSink),
+    // Embedded runs need no Redis: projections go to --output, to PostgreSQL when sink.kind says
+    // so, or nowhere.
+    let sink: Arc<dyn ProjectionSink> = match (&options.output, config.sink.kind) {
+        (Some(path), _) => projector_worker::build::sink(config, Some(path)).await?,
+        (None, SinkKind::Postgres) => projector_worker::build::sink(config, None).await?,
+        (None, _) => Arc::new(DiscardSink),
     };
     let probe = QueryProbe::default();
     let ledger = Arc::new(MemoryRunLedger::new(run_id.clone(), orgs.iter().map(|o| o.org_id)));

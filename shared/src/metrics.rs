@@ -45,6 +45,9 @@ pub const QUERY_THROTTLED_TOTAL: &str = "projector_query_throttled_total";
 /// Projection writes refused because a newer run or a newer lease already wrote those hours.
 pub const PROJECTION_STALE_REFUSED_TOTAL: &str = "projector_projection_stale_write_refused_total";
 
+/// Time of one org's projection write to its store (refused and failed writes included).
+pub const SINK_WRITE_SECONDS: &str = "projector_sink_write_seconds";
+
 /// Jobs ready to run now (gauge; length of the apalis active list). Every worker reports the same
 /// fleet-wide value: aggregate with `max()`, never `sum()`.
 pub const QUEUE_READY_JOBS: &str = "projector_queue_ready_jobs";
@@ -82,6 +85,12 @@ pub const ADAPTIVE_ADJUSTMENTS_TOTAL: &str = "projector_adaptive_adjustments_tot
 pub const SLOT_WAIT_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 /// Histogram buckets (seconds) for queries: 10 ms to 60 s, the query service's longest query.
 pub const QUERY_DURATION_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0];
+/// Histogram buckets (seconds) for store writes: 0.5 ms to 10 s.
+pub const SINK_WRITE_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 /// Histograms and their buckets; everything else is a counter or a gauge.
-pub const HISTOGRAMS: &[(&str, &[f64])] =
-    &[(SLOT_WAIT_SECONDS, SLOT_WAIT_BUCKETS), (QUERY_DURATION_SECONDS, QUERY_DURATION_BUCKETS), (RATE_DELAY_SECONDS, SLOT_WAIT_BUCKETS)];
+pub const HISTOGRAMS: &[(&str, &[f64])] = &[
+    (SLOT_WAIT_SECONDS, SLOT_WAIT_BUCKETS),
+    (QUERY_DURATION_SECONDS, QUERY_DURATION_BUCKETS),
+    (RATE_DELAY_SECONDS, SLOT_WAIT_BUCKETS),
+    (SINK_WRITE_SECONDS, SINK_WRITE_BUCKETS),
+];

@@ -1,6 +1,7 @@
 //! Test support: a private `redis-server` per test on its own unix socket, killable and restartable
 //! for fault tests; child processes that are killed when their test ends, whose stderr can be
-//! waited on line by line; the fake query service; and waiting for a condition with a deadline.
+//! waited on line by line; the fake query service; a private PostgreSQL; and waiting for a
+//! condition with a deadline.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
@@ -8,6 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+mod postgres;
+pub use postgres::PostgresServer;
 
 /// A `redis-server` owned by one test, listening only on a unix socket in its own directory (no
 /// port to race for); killed when dropped.

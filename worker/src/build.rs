@@ -10,6 +10,7 @@ use projector_shared::adaptive::Multiplier;
 use projector_shared::rate::{MemoryRateLimiter, RateGate, RateLimiter, RatePolicy, RedisRateLimiter};
 
 use crate::error::Error;
+use crate::postgres_sink::PostgresSink;
 use crate::query::{QuerySource, SyntheticQuery};
 use crate::redis_sink::RedisSink;
 use crate::sink::{DiscardSink, JsonLinesSink, ProjectionSink};
@@ -60,14 +61,22 @@ pub fn rate_limiter(
     }
 }
 
-/// The sink `sink.kind` names; `output` (a CLI flag) overrides it with a JSON-lines file.
-pub fn sink(config: &Config, output: Option<&Path>) -> Result<Arc<dyn ProjectionSink>, Error> {
+/// The sink `sink.kind` names; `output` (a CLI flag) overrides it with a JSON-lines file. A
+/// PostgreSQL sink migrates its schema here when `sink.migrate` says so.
+pub async fn sink(config: &Config, output: Option<&Path>) -> Result<Arc<dyn ProjectionSink>, Error> {
     if let Some(path) = output {
         return Ok(Arc::new(JsonLinesSink::create(path)?));
     }
     Ok(match (config.sink.kind, &config.sink.path) {
         (SinkKind::Redis, _) => Arc::new(RedisSink::new(&config.redis, config.sink.ttl)?),
         (SinkKind::JsonLines, Some(path)) => Arc::new(JsonLinesSink::create(path)?),
+        (SinkKind::Postgres, _) => {
+            let url = config.sink.postgres_url.as_deref().ok_or_else(|| Error::Sink {
+                target: "sink.postgres_url".to_owned(),
+                detail: "not set; sink.kind = \"postgres\" needs it".to_owned(),
+            })?;
+            Arc::new(PostgresSink::open(url, config.sink.postgres_pool, config.sink.ttl, config.sink.migrate).await?)
+        }
         (SinkKind::JsonLines, None) | (SinkKind::Discard, _) => Arc::new(DiscardSink),
     })
 }

@@ -7,6 +7,7 @@ pub mod handler;
 pub mod maintenance;
 pub mod metrics_http;
 pub mod pipeline;
+pub mod postgres_sink;
 pub mod probe;
 pub mod query;
 pub mod redis_sink;

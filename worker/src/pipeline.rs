@@ -181,7 +181,10 @@ impl Pipeline {
             .map(|(project_id, counts)| ProjectionRecord::new(&job.run_id, job.org_id, project_id, first_hour, project(&counts), token))
             .collect();
         let projects = records.len();
-        self.sink.write(records).await?;
+        let writing = Instant::now();
+        let written = self.sink.write(records).await;
+        metrics::histogram!(m::SINK_WRITE_SECONDS).record(writing.elapsed().as_secs_f64());
+        written?;
         Ok(projects)
     }
 

@@ -17,11 +17,6 @@ use crate::sink::{ProjectionRecord, ProjectionSink};
 /// Writes one org's projections, fenced; its contract is in the file's header.
 static WRITE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(include_str!("../../lua/projection_write.lua")));
 
-/// Attempts of one projection write when Redis fails transiently: 0.2 + 0.4 + 0.8 + 1.6 s of
-/// backoff, enough for a connection manager to reconnect after a Redis restart.
-const SINK_ATTEMPTS: u32 = 5;
-const SINK_RETRY_FIRST_PAUSE: Duration = Duration::from_millis(200);
-
 /// Writes projections to Redis for other services to read.
 #[derive(Clone)]
 pub struct RedisSink {
@@ -74,25 +69,18 @@ impl RedisSink {
             });
             invocation.arg(keys::projection_field(r.project_id)).arg(value.to_string());
         }
-        // The write is idempotent (same run and token rewrite the same values), so a Redis blip is
-        // retried here, with backoff, rather than turning into the org's outcome.
-        let mut pause = SINK_RETRY_FIRST_PAUSE;
-        let mut attempt = 1;
-        let reply: WriteReply = loop {
-            let mut conn = self.conn.clone();
-            match invocation.invoke_async(&mut conn).await {
-                Ok(answer) => break answer,
-                Err(e) if is_transient(&e) && attempt < SINK_ATTEMPTS => {
-                    tracing::debug!(org_id = %org, attempt, error = %e, "projection write failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                    attempt += 1;
-                }
-                Err(e) => {
-                    return Err(Error::Sink { target: self.url.clone(), detail: format!("{e} (after {attempt} attempt(s))") });
-                }
-            }
-        };
+        // The write is idempotent (same run and token rewrite the same values), so a blip is retried.
+        let reply: WriteReply = crate::sink::write_with_retries(
+            org,
+            || {
+                let mut conn = self.conn.clone();
+                let invocation = &invocation;
+                async move { invocation.invoke_async(&mut conn).await }
+            },
+            is_transient,
+        )
+        .await
+        .map_err(|(e, attempts)| Error::Sink { target: self.url.clone(), detail: format!("{e} (after {attempts} attempt(s))") })?;
         if reply.written {
             return Ok(());
         }

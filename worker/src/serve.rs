@@ -39,7 +39,7 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
     let pipeline = Pipeline {
         limiter,
         query: crate::build::query_source(&config)?,
-        sink: crate::build::sink(&config, None)?,
+        sink: crate::build::sink(&config, None).await?,
         probe: QueryProbe::default(),
         rate: rate.clone(),
         settings: PipelineSettings {

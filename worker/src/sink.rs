@@ -57,6 +57,36 @@ pub trait ProjectionSink: Send + Sync {
     }
 }
 
+/// Attempts of one projection write when its store fails transiently: 0.2 + 0.4 + 0.8 + 1.6 s of
+/// backoff, enough for a connection to be re-made after a store restart.
+const WRITE_ATTEMPTS: u32 = 5;
+const WRITE_RETRY_FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Runs an idempotent write, retrying with backoff while `transient` says the failure may pass
+/// (a store restart), rather than turning a blip into the org's outcome. On failure returns the
+/// last error and the number of attempts made.
+pub(crate) async fn write_with_retries<T, E, F, Fut>(org_id: OrgId, mut write: F, transient: impl Fn(&E) -> bool) -> Result<T, (E, u32)>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut pause = WRITE_RETRY_FIRST_PAUSE;
+    let mut attempt = 1;
+    loop {
+        match write().await {
+            Ok(answer) => return Ok(answer),
+            Err(e) if transient(&e) && attempt < WRITE_ATTEMPTS => {
+                tracing::debug!(org_id = %org_id, attempt, error = %e, "projection write failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                attempt += 1;
+            }
+            Err(e) => return Err((e, attempt)),
+        }
+    }
+}
+
 /// Appends one JSON line per record to a file: for embedded runs and debugging.
 #[derive(Debug)]
 pub struct JsonLinesSink {
