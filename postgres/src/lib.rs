@@ -166,6 +166,14 @@ impl Store {
         Ok(WriteOutcome::Stale { stored_first_hour, stored_token: u64::try_from(stored_token).unwrap_or(0) })
     }
 
+    /// Rows in `spike_projections`, all orgs.
+    pub async fn count_rows(&self) -> Result<u64, Error> {
+        let client = self.client().await?;
+        let row =
+            client.query_one("SELECT count(*) FROM spike_projections", &[]).await.map_err(self.statement_error("counting projections"))?;
+        Ok(unsigned(row.get(0)))
+    }
+
     /// Every stored row of one org, by project and hour.
     pub async fn org_rows(&self, org_id: u64) -> Result<Vec<StoredRow>, Error> {
         let client = self.client().await?;

@@ -89,6 +89,16 @@ struct Counts {
     throttled: u64,
     /// The most query starts (admitted requests) seen in any sliding 1 s window.
     max_started_in_1s: u64,
+    /// Summed duration of admitted queries (ms): divided by the span from the first start to the
+    /// last end, the mean number in flight.
+    busy_ms: f64,
+    /// Wall-clock (Unix ms) of the first admitted start and the last end.
+    first_start_unix_ms: u64,
+    last_end_unix_ms: u64,
+}
+
+fn unix_ms() -> u64 {
+    u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0)
 }
 
 /// Query starts of the last `span`, oldest first, and the most ever held at once.
@@ -248,10 +258,13 @@ impl Fake {
             stats.total.throttled += 1;
         }
         stats.total.in_flight += 1;
+        if stats.total.first_start_unix_ms == 0 {
+            stats.total.first_start_unix_ms = unix_ms();
+        }
         stats.total.max_started_in_1s = stats.total.max_started_in_1s.max(all);
         stats.total.max_in_flight = stats.total.max_in_flight.max(stats.total.in_flight);
         let latency = if throttled.is_some() { live.latency.mul_f64(self.args.throttle_slowdown) } else { live.latency };
-        Ok(Admitted { _in_flight: InFlight { fake: self.clone(), referrer: referrer.to_owned() }, throttled, latency })
+        Ok(Admitted { _in_flight: InFlight { fake: self.clone(), referrer: referrer.to_owned(), started: now }, throttled, latency })
     }
 }
 
@@ -265,12 +278,15 @@ enum Refusal {
 struct InFlight {
     fake: Arc<Fake>,
     referrer: String,
+    started: Instant,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         let mut stats = self.fake.stats();
         stats.total.in_flight = stats.total.in_flight.saturating_sub(1);
+        stats.total.busy_ms += self.started.elapsed().as_secs_f64() * 1000.0;
+        stats.total.last_end_unix_ms = unix_ms();
         if let Some(r) = stats.by_referrer.get_mut(&self.referrer) {
             r.in_flight = r.in_flight.saturating_sub(1);
         }

@@ -10,8 +10,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use projector_shared::keys::SlotKeys;
-use projector_tests::{FakeSnuba, RedisServer, workspace_bin};
+use projector_postgres::Store;
+use projector_shared::RunId;
+use projector_shared::keys::{self, SlotKeys};
+use projector_tests::{FakeSnuba, PostgresServer, RedisServer, free_port, workspace_bin};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -28,6 +30,17 @@ struct Args {
     limit: u32,
     #[arg(long, default_value_t = 3)]
     workers: usize,
+    /// Jobs in flight per worker
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Where projections go: redis, postgres (a private PostgreSQL started by the bench) or discard
+    #[arg(long, default_value = "redis", value_parser = ["redis", "postgres", "discard"])]
+    sink: String,
+}
+
+/// Sum over workers of one sample of their /metrics.
+fn summed(metrics: &[String], series: &str) -> f64 {
+    metrics.iter().filter_map(|m| projector_tests::sample(m, series)).sum()
 }
 
 /// One `INFO` section as key → value.
@@ -93,16 +106,20 @@ fn main() -> anyhow::Result<()> {
     let fake_bin = workspace_bin("projector-fake-snuba");
     let latency = format!("{}ms", args.latency.as_millis());
     let fake = FakeSnuba::start(fake_bin.to_str().unwrap_or_default(), &["--latency", &latency]);
-    let env = [
+    let postgres = (args.sink == "postgres").then(PostgresServer::start);
+    let mut env = vec![
         ("PROJECTOR_REDIS_URL", redis.url()),
         ("PROJECTOR_QUERY_SOURCE", "snuba".into()),
         ("PROJECTOR_QUERY_URL", fake.url()),
         ("PROJECTOR_WORKER_METRICS_ADDR", "127.0.0.1:0".into()),
         ("PROJECTOR_SLOTS_LIMIT", args.limit.to_string()),
         ("PROJECTOR_SLOTS_MAX_WAIT", "10m".into()),
-        ("PROJECTOR_SINK_KIND", "redis".into()),
+        ("PROJECTOR_SINK_KIND", args.sink.clone()),
         ("RUST_LOG", "warn".into()),
     ];
+    if let Some(pg) = &postgres {
+        env.push(("PROJECTOR_SINK_POSTGRES_URL", pg.url()));
+    }
 
     // 1. Fan-out of 100,000 orgs (no workers): plan, run record, delayed bulk pushes.
     let started = Instant::now();
@@ -119,10 +136,11 @@ fn main() -> anyhow::Result<()> {
 
     // 2. Throughput and utilization: workers × 64 jobs in flight against `limit` slots.
     let mut workers = Vec::new();
-    for _ in 0..args.workers {
+    let metrics_addrs: Vec<String> = (0..args.workers).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    for addr in &metrics_addrs {
         workers.push(
             Command::new(workspace_bin("projector-worker"))
-                .args(["run", "--concurrency", "64"])
+                .args(["run", "--concurrency", &args.concurrency.to_string(), "--metrics-addr", addr])
                 .envs(env.iter().cloned())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -169,6 +187,19 @@ fn main() -> anyhow::Result<()> {
     let memory_after: u64 = info(&mut conn, "memory")?.get("used_memory").and_then(|v| v.parse().ok()).unwrap_or(0);
     let workers_cpu: f64 = workers.iter().map(|w| process_cpu_us(w.id()).unwrap_or(0.0)).sum::<f64>() - workers_cpu_before;
     let left_after_an_hour = bytes_left_after_an_hour(&mut conn)?;
+    let tick: Option<String> = redis::cmd("HGET")
+        .arg(keys::run(&RunId(summary["run_id"].as_str().unwrap_or_default().to_owned())))
+        .arg("tick")
+        .query(&mut conn)?;
+    let tick_ms = tick.and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.timestamp_millis());
+    let metrics: Vec<String> = metrics_addrs.iter().map(|a| projector_tests::scrape(a)).collect();
+    let (store_s, stores) = (summed(&metrics, "projector_sink_write_seconds_sum"), summed(&metrics, "projector_sink_write_seconds_count"));
+    let (query_s, queries) =
+        (summed(&metrics, "projector_query_duration_seconds_sum"), summed(&metrics, "projector_query_duration_seconds_count"));
+    let rows = match &postgres {
+        Some(pg) => Some(tokio::runtime::Runtime::new()?.block_on(Store::new(&pg.url(), 1)?.count_rows())?),
+        None => None,
+    };
     for mut w in workers {
         let _ = w.kill();
         let _ = w.wait();
@@ -179,6 +210,12 @@ fn main() -> anyhow::Result<()> {
     let ideal = f64::from(args.limit) / args.latency.as_secs_f64();
     let utilization = if samples > 0 { busy / samples as f64 * 100.0 } else { 0.0 };
     let stats = tokio::runtime::Runtime::new()?.block_on(fake.stats());
+    let number = |k: &str| stats[k].as_f64().unwrap_or(0.0);
+    let service_span_ms = number("last_end_unix_ms") - number("first_start_unix_ms");
+    let mean_in_flight = if service_span_ms > 0.0 { number("busy_ms") / service_span_ms } else { 0.0 };
+    let tick_to_first_query_ms = tick_ms.map(|t| number("first_start_unix_ms") - t as f64);
+    let (mean_store_ms, mean_query_ms) = (store_s / stores.max(1.0) * 1000.0, query_s / queries.max(1.0) * 1000.0);
+    let store_share = if store_s + query_s > 0.0 { store_s / (store_s + query_s) } else { 0.0 };
 
     let per_org = |x: f64| x / completed.max(1) as f64;
     let is_script = |c: &str| matches!(c, "evalsha" | "eval" | "evalsha_ro" | "eval_ro" | "fcall" | "script|load");
@@ -202,6 +239,15 @@ fn main() -> anyhow::Result<()> {
         "first_grant_ms": first_grant.unwrap_or_default().as_millis() as u64,
         "max_in_flight_at_query_service": stats["max_in_flight"],
         "rejected_429": stats["rejected_429"],
+        "mean_in_flight_at_query_service": mean_in_flight,
+        "tick_to_first_query_ms": tick_to_first_query_ms,
+        "sink": args.sink,
+        "concurrency": args.concurrency,
+        "mean_store_write_ms": mean_store_ms,
+        "mean_query_ms": mean_query_ms,
+        "store_share_of_query_plus_store": store_share,
+        "rows_written": rows,
+        "rows_per_s": rows.map(|r| r as f64 / wall.as_secs_f64()),
         "cost_per_org": {
             "redis_script_calls": per_org(script_calls as f64),
             "redis_other_commands": per_org(inner_or_direct as f64),
@@ -214,7 +260,10 @@ fn main() -> anyhow::Result<()> {
         },
     });
     println!("fan-out of {} orgs (process start to exit)   {:.2} s", args.fanout_orgs, fanout.as_secs_f64());
-    println!("run of {} orgs, {} workers x 64, limit {}, query latency {:?}", args.orgs, args.workers, args.limit, args.latency);
+    println!(
+        "run of {} orgs, {} workers x {}, limit {}, query latency {:?}, sink {}",
+        args.orgs, args.workers, args.concurrency, args.limit, args.latency, args.sink
+    );
     println!(
         "  completed {completed} in {:.2} s = {throughput:.1} orgs/s; ideal {ideal:.1}/s -> {:.1}% of ideal",
         wall.as_secs_f64(),
@@ -222,7 +271,22 @@ fn main() -> anyhow::Result<()> {
     );
     println!("  first slot granted {:.0} ms after the run was started", first_grant.unwrap_or_default().as_secs_f64() * 1000.0);
     println!("  average slot utilization while a backlog existed: {utilization:.1}% ({samples} samples)");
-    println!("  query service: max in flight {}, 429s {}", stats["max_in_flight"], stats["rejected_429"]);
+    println!(
+        "  query service: max in flight {}, mean in flight {mean_in_flight:.1}, 429s {}",
+        stats["max_in_flight"], stats["rejected_429"]
+    );
+    match tick_to_first_query_ms {
+        Some(ms) => println!("  first query at the service {ms:.0} ms after the run's tick (its first batch's release time)"),
+        None => println!("  first query: the run record has no tick"),
+    }
+    println!(
+        "  store ({}): mean write {mean_store_ms:.2} ms against a mean query of {mean_query_ms:.1} ms = {:.1}% of query + store",
+        args.sink,
+        store_share * 100.0
+    );
+    if let Some(rows) = rows {
+        println!("  PostgreSQL: {rows} rows = {:.0} rows/s over the run", rows as f64 / wall.as_secs_f64());
+    }
     println!("cost per org:");
     println!(
         "  Redis commands {:.1}: {:.1} script calls + {:.1} other (inside scripts or direct); most: {}",
