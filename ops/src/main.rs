@@ -4,6 +4,8 @@
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
+mod views;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use projector_config::{Config, ConfigArgs};
@@ -11,10 +13,9 @@ use projector_process::telemetry::{self, LogFormat};
 use projector_shared::rate::{RatePolicy, RedisRateLimiter, store};
 use projector_shared::redis_conn::Endpoint;
 use projector_shared::rollout::{RATE_LIMIT_FLAG, Rollout};
-use projector_shared::run::Outcome;
-use projector_shared::run_record::{OrgIds, RunRecords};
+
+use projector_shared::OrgId;
 use projector_shared::slots::{RedisSlotLimiter, RedisSlotSettings};
-use projector_shared::{OrgId, RunId};
 
 /// Inspect and steer a running Projector fleet through Redis (redis.url, or --redis-url).
 ///
@@ -60,10 +61,69 @@ enum Command {
         #[command(subcommand)]
         action: DbAction,
     },
-    /// A run's record: totals per outcome, and the orgs that did not complete.
+    /// A run's record: totals per outcome, and the orgs that did not complete (same as `runs show`).
     Run {
         /// Run id, as printed by projector-scheduler (e.g. run-20261122T130000Z)
         run_id: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Recent runs, and one run in detail.
+    Runs {
+        #[command(subcommand)]
+        action: RunsAction,
+    },
+    /// The workers alive now: host, pid, version, start time, jobs in flight, slots held, last
+    /// error. A worker leaves the list 15 s after its last heartbeat.
+    Workers {
+        /// Print {"alive", "workers": [{name, host, pid, version, started, jobs_in_flight,
+        /// slots_held, last_error, beat_ms_ago, registered}]}
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// One screen: the limit in force and its source, slots in use and waiters, the queue (ready,
+    /// scheduled, in flight, dead), workers alive, the latest run's progress with an ETA, and the
+    /// rollout flag.
+    Status {
+        /// Print {"redis", "limit": {in_force, source, stored, configured, adaptive_multiplier},
+        /// "slots": {in_use, waiters}, "queue": {ready, scheduled, in_flight, dead},
+        /// "workers": {alive, jobs_in_flight}, "run": (as in `runs list`) or null,
+        /// "rollout": {enabled, percentage, allow, deny}}
+        #[arg(long)]
+        json: bool,
+        /// Redraw every this often (e.g. 2s) until Ctrl-C
+        #[arg(long, value_name = "INTERVAL", value_parser = humantime::parse_duration)]
+        watch: Option<std::time::Duration>,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RunsAction {
+    /// Recent runs, newest first: tick, orgs, completed, other outcomes, duration and state
+    /// (running or done).
+    List {
+        /// How many runs
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print {"runs": [{run_id, tick, orgs_total, accounted, state, duration_ms, finished,
+        /// eta_s, outcomes: {<outcome>: n}}]}
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// One run: the count per outcome and the orgs that did not complete.
+    Show {
+        /// Run id, as printed by projector-scheduler or `runs list`
+        run_id: String,
+        /// Print {run_id, orgs_total, accounted, state, outcomes: {<outcome>: n},
+        /// not_queried_org_ids, failed_org_ids}
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -241,6 +301,9 @@ impl Command {
     fn config_args(&self) -> &ConfigArgs {
         match self {
             Command::Run { config, .. }
+            | Command::Workers { config, .. }
+            | Command::Status { config, .. }
+            | Command::Runs { action: RunsAction::List { config, .. } | RunsAction::Show { config, .. } }
             | Command::Rate {
                 action: RateAction::Show { config, .. } | RateAction::Set { config, .. } | RateAction::Reset { config, .. },
             }
@@ -281,7 +344,17 @@ async fn run(command: Command, config: Config) -> anyhow::Result<String> {
     match command {
         Command::Slots { action } => slots(&config, action).await,
         Command::Flag { action } => flag(&config, action).await,
-        Command::Run { run_id, .. } => run_record(&config, &run_id).await,
+        Command::Run { run_id, .. } => views::runs_show(&config, &run_id, false).await,
+        Command::Runs { action: RunsAction::List { limit, json, .. } } => views::runs_list(&config, limit, json).await,
+        Command::Runs { action: RunsAction::Show { run_id, json, .. } } => views::runs_show(&config, &run_id, json).await,
+        Command::Workers { json, .. } => views::workers(&config, json).await,
+        Command::Status { json, watch: None, .. } => views::status(&config, json).await,
+        Command::Status { json, watch: Some(every), .. } => loop {
+            let screen = views::status(&config, json).await?;
+            // Clear the screen and home the cursor, then draw; Ctrl-C ends it.
+            telemetry::print(&if json { screen } else { format!("\x1b[2J\x1b[H{screen}") });
+            tokio::time::sleep(every).await;
+        },
         Command::Rate { action } => rate(&config, action).await,
         Command::Adaptive { action } => adaptive(&config, action).await,
         Command::Db { action } => db(&config, action).await,
@@ -502,7 +575,7 @@ async fn adaptive(config: &Config, action: AdaptiveAction) -> anyhow::Result<Str
     Ok(out)
 }
 
-fn connection(config: &Config) -> anyhow::Result<redis::aio::ConnectionManager> {
+pub(crate) fn connection(config: &Config) -> anyhow::Result<redis::aio::ConnectionManager> {
     let endpoint = Endpoint::from(&config.redis);
     let (_, conn) = projector_shared::redis_conn::connection_manager(&endpoint, std::time::Duration::from_secs(5))
         .with_context(|| format!("connecting to {}", endpoint.redacted()))?;
@@ -541,26 +614,6 @@ async fn flag(config: &Config, action: FlagAction) -> anyhow::Result<String> {
     let _ = writeln!(out, "  deny: {:?}", rollout.deny.iter().map(|o| o.0).collect::<Vec<_>>());
     let limited = (1..=sample).filter(|o| rollout.is_limited(OrgId(*o))).count();
     let _ = writeln!(out, "  of orgs 1..={sample}: {limited} limited (slot first), {} legacy", sample as usize - limited);
-    Ok(out)
-}
-
-async fn run_record(config: &Config, run_id: &str) -> anyhow::Result<String> {
-    let records = RunRecords::new(connection(config)?, config.runs.retention);
-    let run_id = RunId(run_id.to_owned());
-    let Some(s) = records.summary(&run_id, OrgIds::List).await? else {
-        anyhow::bail!("no record of run {run_id} in {} (records are kept 7 days)", Endpoint::from(&config.redis).redacted());
-    };
-    let mut out = format!("run {}: {} of {} orgs accounted for\n", s.run_id, s.accounted(), s.orgs_total);
-    for outcome in Outcome::ALL {
-        let _ = writeln!(out, "  {:<18}{:>8}", outcome.as_str(), s.count(outcome));
-    }
-    let ids = |v: &[OrgId]| v.iter().map(|o| o.0.to_string()).collect::<Vec<_>>().join(",");
-    if !s.skipped_org_ids.is_empty() {
-        let _ = writeln!(out, "  not queried (skipped_no_slot, slot_unavailable, skipped_rate_policy): {}", ids(&s.skipped_org_ids));
-    }
-    if !s.failed_org_ids.is_empty() {
-        let _ = writeln!(out, "  failed (rate_limited, failed): {}", ids(&s.failed_org_ids));
-    }
     Ok(out)
 }
 

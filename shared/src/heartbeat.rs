@@ -1,5 +1,7 @@
-//! Worker heartbeats in Redis: each worker process stamps its name with Redis time every
-//! housekeeping tick; anyone can count the workers alive without trusting a worker's clock.
+//! Worker heartbeats and registrations in Redis: each worker process stamps its name with Redis
+//! time every housekeeping tick and refreshes what it says about itself (host, pid, version, jobs
+//! in flight, slots held, last error); anyone can list the workers alive without trusting a
+//! worker's clock, and a dead worker's registration expires.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -20,23 +22,99 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Records that worker `name` is alive now.
-pub async fn beat(conn: &ConnectionManager, name: &str) -> Result<(), Error> {
-    let _: u8 = BEAT
-        .key(keys::WORKERS)
-        .arg(name)
-        .arg(ms(ALIVE_WITHIN * 4))
-        .invoke_async(&mut conn.clone())
-        .await
-        .map_err(Error::redis("writing the worker heartbeat"))?;
+/// What a worker says about itself at every beat.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Registration {
+    pub host: String,
+    pub pid: u32,
+    pub version: String,
+    /// When the process started (RFC 3339).
+    pub started: String,
+    pub jobs_in_flight: u64,
+    pub slots_held: u64,
+    /// The last job error, with its time, or empty.
+    pub last_error: String,
+}
+
+/// A worker alive now, as listed by [`workers`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerEntry {
+    pub name: String,
+    /// Milliseconds since its last beat (Redis time).
+    pub beat_ms_ago: u64,
+    /// `None` for a worker that beats without registering (an older build).
+    pub registration: Option<Registration>,
+}
+
+/// Records that worker `name` is alive now, with what it says about itself.
+pub async fn beat(conn: &ConnectionManager, name: &str, registration: &Registration) -> Result<(), Error> {
+    let mut invocation = BEAT.key(keys::WORKERS);
+    invocation.key(keys::worker(name)).arg(name).arg(ms(ALIVE_WITHIN * 4)).arg(ms(ALIVE_WITHIN));
+    let r = registration;
+    for (field, value) in [
+        ("host", r.host.clone()),
+        ("pid", r.pid.to_string()),
+        ("version", r.version.clone()),
+        ("started", r.started.clone()),
+        ("jobs_in_flight", r.jobs_in_flight.to_string()),
+        ("slots_held", r.slots_held.to_string()),
+        ("last_error", r.last_error.clone()),
+    ] {
+        invocation.arg(field).arg(value);
+    }
+    let _: u8 = invocation.invoke_async(&mut conn.clone()).await.map_err(Error::redis("writing the worker heartbeat"))?;
     Ok(())
+}
+
+/// The workers that beat within [`ALIVE_WITHIN`], most recent beat first, with their registrations.
+pub async fn workers(conn: &ConnectionManager) -> Result<Vec<WorkerEntry>, Error> {
+    let mut conn = conn.clone();
+    let (beats, time): (Vec<(String, u64)>, (u64, u64)) = redis::pipe()
+        .cmd("ZRANGE")
+        .arg(keys::WORKERS)
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .cmd("TIME")
+        .query_async(&mut conn)
+        .await
+        .map_err(Error::redis("listing workers"))?;
+    let now = time.0 * 1000 + time.1 / 1000;
+    let alive: Vec<(String, u64)> = beats.into_iter().filter(|(_, at)| now.saturating_sub(*at) <= ms(ALIVE_WITHIN)).rev().collect();
+    let mut pipe = redis::pipe();
+    for (name, _) in &alive {
+        pipe.hgetall(keys::worker(name));
+    }
+    let registrations: Vec<std::collections::HashMap<String, String>> =
+        pipe.query_async(&mut conn).await.map_err(Error::redis("reading worker registrations"))?;
+    Ok(alive
+        .into_iter()
+        .zip(registrations)
+        .map(|((name, at), fields)| {
+            let text = |k: &str| fields.get(k).cloned().unwrap_or_default();
+            let number = |k: &str| fields.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+            WorkerEntry {
+                name,
+                beat_ms_ago: now.saturating_sub(at),
+                registration: (!fields.is_empty()).then(|| Registration {
+                    host: text("host"),
+                    pid: u32::try_from(number("pid")).unwrap_or(0),
+                    version: text("version"),
+                    started: text("started"),
+                    jobs_in_flight: number("jobs_in_flight"),
+                    slots_held: number("slots_held"),
+                    last_error: text("last_error"),
+                }),
+            }
+        })
+        .collect())
 }
 
 /// Removes worker `name` at a clean exit, so it stops counting as alive at once.
 pub async fn leave(conn: &ConnectionManager, name: &str) -> Result<(), Error> {
-    let _: u8 = redis::cmd("ZREM")
-        .arg(keys::WORKERS)
-        .arg(name)
+    let _: () = redis::pipe()
+        .zrem(keys::WORKERS, name)
+        .del(keys::worker(name))
         .query_async(&mut conn.clone())
         .await
         .map_err(Error::redis("removing the worker heartbeat"))?;

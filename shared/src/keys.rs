@@ -149,6 +149,15 @@ pub fn tick_lock(run_id: &crate::RunId) -> String {
 /// Sorted set of live worker processes: worker name → last heartbeat (Redis time, ms).
 pub const WORKERS: &str = "projector:workers";
 
+/// Hash of one worker's registration (host, pid, version, started, jobs in flight, slots held,
+/// last error); it expires when the worker stops beating.
+pub fn worker(name: &str) -> String {
+    format!("projector:worker:{name}")
+}
+
+/// Zset of recent runs: run id -> tick (unix ms); entries older than `runs.retention` are dropped.
+pub const RUNS: &str = "projector:runs";
+
 /// Hash of a rollout flag: `enabled`, `percentage`, `allow`, `deny` (comma-separated org ids).
 pub fn flag(name: &str) -> String {
     format!("projector:flag:{name}")

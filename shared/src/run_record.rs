@@ -64,16 +64,21 @@ impl RunRecords {
         u64::try_from(self.retention.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Creates (or, for a re-run of the same tick, keeps) the record of a run of `orgs_total` orgs.
+    /// Creates (or, for a re-run of the same tick, keeps) the record of a run of `orgs_total` orgs,
+    /// and lists it among the recent runs (`projectorctl runs list`).
     pub async fn create(&self, run_id: &RunId, tick: DateTime<Utc>, orgs_total: u64) -> Result<(), Error> {
         let key = keys::run(run_id);
         let ttl = self.retention_ms();
+        let ttl_ms = i64::try_from(ttl).unwrap_or(i64::MAX);
         redis::pipe()
             .atomic()
             .hset(&key, "run_id", &run_id.0)
             .hset(&key, "tick", tick.to_rfc3339())
             .hset(&key, "orgs_total", orgs_total)
             .pexpire(&key, ttl as i64)
+            .zadd(keys::RUNS, &run_id.0, tick.timestamp_millis())
+            .zrembyscore(keys::RUNS, "-inf", tick.timestamp_millis().saturating_sub(ttl_ms))
+            .pexpire(keys::RUNS, ttl as i64)
             .query_async::<()>(&mut self.conn.clone())
             .await
             .map_err(Error::redis(format!("creating the record of run {run_id}")))
@@ -203,6 +208,64 @@ impl RunRecords {
             }
         }
         Ok(Some(summary))
+    }
+}
+
+/// One recent run as `projectorctl runs list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOverview {
+    pub run_id: String,
+    pub tick: Option<DateTime<Utc>>,
+    pub orgs_total: u64,
+    /// Count per outcome, in [`Outcome::ALL`] order.
+    pub counts: Vec<(Outcome, u64)>,
+    /// When its last org was recorded (Redis time), if it finished.
+    pub finished: Option<DateTime<Utc>>,
+}
+
+impl RunOverview {
+    pub fn accounted(&self) -> u64 {
+        self.counts.iter().map(|(_, n)| n).sum()
+    }
+
+    /// `done` once every org has an outcome, else `running`.
+    pub fn state(&self) -> &'static str {
+        if self.orgs_total > 0 && self.accounted() >= self.orgs_total { "done" } else { "running" }
+    }
+}
+
+impl RunRecords {
+    /// The most recent runs (by tick), newest first, at most `limit`; runs whose record has
+    /// expired are left out.
+    pub async fn recent(&self, limit: usize) -> Result<Vec<RunOverview>, Error> {
+        let mut conn = self.conn.clone();
+        let stop = isize::try_from(limit.max(1)).unwrap_or(isize::MAX) - 1;
+        let ids: Vec<String> =
+            redis::cmd("ZREVRANGE").arg(keys::RUNS).arg(0).arg(stop).query_async(&mut conn).await.map_err(Error::redis("listing runs"))?;
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.hgetall(keys::run(&RunId(id.clone())));
+        }
+        let records: Vec<std::collections::HashMap<String, String>> =
+            pipe.query_async(&mut conn).await.map_err(Error::redis("reading recent runs"))?;
+        Ok(ids
+            .into_iter()
+            .zip(records)
+            .filter(|(_, fields)| !fields.is_empty())
+            .map(|(run_id, fields)| {
+                let n = |k: &str| fields.get(k).and_then(|v| v.parse().ok()).unwrap_or(0u64);
+                RunOverview {
+                    tick: fields.get("tick").and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc)),
+                    orgs_total: n("orgs_total"),
+                    counts: Outcome::ALL.iter().map(|o| (*o, n(o.as_str()))).collect(),
+                    finished: fields
+                        .get("finished_ms")
+                        .and_then(|v| v.parse::<i64>().ok())
+                        .and_then(DateTime::<Utc>::from_timestamp_millis),
+                    run_id,
+                }
+            })
+            .collect())
     }
 }
 

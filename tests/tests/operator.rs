@@ -5,7 +5,7 @@
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use projector_tests::{FakeSnuba, Proc, RedisServer, command, free_port, workspace_bin};
+use projector_tests::{FakeSnuba, Proc, RedisServer, command, free_port, wait_until, workspace_bin};
 
 const FAKE: &str = env!("CARGO_BIN_EXE_projector-fake-snuba");
 
@@ -52,6 +52,82 @@ fn a_run_where_every_org_failed_exits_3_not_0() {
         &["run-once", "--wait", "--wait-timeout", "60s", "--orgs", "10", "--batch-delay", "0s", "--fail-on", "none"],
     );
     assert_eq!(lenient.status.code(), Some(0), "--fail-on none judges leniently on purpose");
+    // The worker publishes its last error with its registration.
+    wait_until(Duration::from_secs(10), "the worker's registration shows its last error", || {
+        let listed = json_of(&run("projectorctl", &env, &["workers", "--json"]));
+        listed["workers"][0]["last_error"].as_str().is_some_and(|e| e.contains("unreachable"))
+    });
+}
+
+fn json_of(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)))
+}
+
+/// `workers`, `runs list`, `runs show` and `status`, as JSON, against a real run: every number
+/// is checked against Redis itself or against the processes.
+#[test]
+fn workers_runs_and_status_show_the_fleet_and_their_json_matches_redis() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "20ms"]);
+    let env = base_env(&redis, &fake.url());
+    let workers = [worker(&env, &["--concurrency", "8"]), worker(&env, &["--concurrency", "8"])];
+    let pids: std::collections::BTreeSet<u64> = workers.iter().map(|w| u64::from(w.pid())).collect();
+    wait_until(Duration::from_secs(10), "both workers registered", || {
+        json_of(&run("projectorctl", &env, &["workers", "--json"]))["alive"] == 2
+    });
+    let listed = json_of(&run("projectorctl", &env, &["workers", "--json"]));
+    let listed_pids: std::collections::BTreeSet<u64> =
+        listed["workers"].as_array().expect("workers").iter().filter_map(|w| w["pid"].as_u64()).collect();
+    assert_eq!(listed_pids, pids, "{listed}");
+    assert!(listed["workers"].as_array().expect("workers").iter().all(|w| w["version"] == env!("CARGO_PKG_VERSION") && w["host"] != ""));
+
+    let out = run("projector-scheduler", &env, &["run-once", "--wait", "--wait-timeout", "60s", "--orgs", "30", "--batch-delay", "0s"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", text(&out.stderr));
+    let run_id = stdout.split_whitespace().nth(1).map(|r| r.trim_end_matches(':').to_owned()).expect("run id");
+    let mut conn = redis.connection();
+    let record: std::collections::HashMap<String, u64> = redis::cmd("HGETALL")
+        .arg(format!("projector:run:{run_id}"))
+        .query::<std::collections::HashMap<String, String>>(&mut conn)
+        .expect("run record")
+        .into_iter()
+        .filter_map(|(k, v)| v.parse().ok().map(|v| (k, v)))
+        .collect();
+
+    let runs = json_of(&run("projectorctl", &env, &["runs", "list", "--json"]));
+    let latest = &runs["runs"][0];
+    assert_eq!(latest["run_id"], run_id.as_str(), "{runs}");
+    assert_eq!((latest["state"].as_str(), latest["accounted"].as_u64(), latest["orgs_total"].as_u64()), (Some("done"), Some(30), Some(30)));
+    assert_eq!(latest["outcomes"]["completed"].as_u64(), record.get("completed").copied(), "{latest}");
+    assert!(latest["duration_ms"].as_u64().is_some() && latest["finished"].is_string(), "{latest}");
+    let human = text(&run("projectorctl", &env, &["runs", "list"]).stdout);
+    assert!(human.lines().any(|l| l.starts_with(&run_id) && l.ends_with("done")), "{human}");
+
+    let shown = json_of(&run("projectorctl", &env, &["runs", "show", &run_id, "--json"]));
+    for (outcome, n) in shown["outcomes"].as_object().expect("outcomes") {
+        assert_eq!(n.as_u64(), Some(record.get(outcome).copied().unwrap_or(0)), "{outcome}: {shown}");
+    }
+    let missing = run("projectorctl", &env, &["runs", "show", "run-nope"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(text(&missing.stderr).contains("runs list"), "{}", text(&missing.stderr));
+
+    let status = json_of(&run("projectorctl", &env, &["status", "--json"]));
+    let queue = projector_queue::config();
+    let (ready, scheduled, stored): (u64, u64, Option<u64>) = redis::pipe()
+        .llen(queue.active_jobs_list())
+        .zcard(queue.scheduled_jobs_set())
+        .get(projector_shared::keys::SlotKeys::new("default").limit())
+        .query(&mut conn)
+        .expect("queue and limit");
+    assert_eq!((status["queue"]["ready"].as_u64(), status["queue"]["scheduled"].as_u64()), (Some(ready), Some(scheduled)), "{status}");
+    assert_eq!(status["limit"]["stored"].as_u64(), stored, "{status}");
+    assert_eq!((status["limit"]["in_force"].as_u64(), status["limit"]["source"].as_str()), (stored, Some("redis")), "{status}");
+    assert_eq!(status["workers"]["alive"], 2, "{status}");
+    assert_eq!((status["run"]["run_id"].as_str(), status["run"]["state"].as_str()), (Some(run_id.as_str()), Some("done")), "{status}");
+    assert_eq!(status["rollout"]["enabled"], serde_json::Value::Null, "the flag was never set: {status}");
+    let screen = text(&run("projectorctl", &env, &["status"]).stdout);
+    assert!(screen.contains("2 alive") && screen.contains(&run_id) && screen.contains("never set"), "{screen}");
 }
 
 #[test]

@@ -314,6 +314,20 @@ fn run_record_keeps_the_first_outcome_refuses_strangers_and_names_the_last_org()
         }
         let ghost_keys: Vec<String> = redis::cmd("KEYS").arg("projector:run:run-never*").query(&mut conn).expect("keys");
         assert!(ghost_keys.is_empty(), "a refused record writes nothing: {ghost_keys:?}");
+
+        // The runs index: newest tick first, a finished run stamped with its end, an open one not.
+        let later = RunId("run-later".into());
+        records.create(&later, Utc::now() + chrono::TimeDelta::minutes(1), 5).await.expect("create");
+        let recent = records.recent(10).await.expect("recent");
+        assert_eq!(recent.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["run-later", "run-scripts"]);
+        assert_eq!((recent[0].state(), recent[0].accounted(), recent[0].orgs_total, recent[0].finished), ("running", 0, 5, None));
+        assert_eq!((recent[1].state(), recent[1].accounted()), ("done", 2));
+        assert!(recent[1].finished.is_some(), "the last org's record stamps the run's end");
+        assert_eq!(records.recent(1).await.expect("recent").len(), 1);
+        // A run more than runs.retention after the others trims them from the index.
+        records.create(&RunId("run-much-later".into()), Utc::now() + chrono::TimeDelta::minutes(30), 1).await.expect("create");
+        let recent = records.recent(10).await.expect("recent");
+        assert_eq!(recent.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["run-much-later"]);
     });
 }
 
@@ -323,15 +337,32 @@ fn heartbeat_beat_and_alive_count_workers_on_redis_time() {
     runtime().block_on(async {
         let conn = manager(&server);
         assert_eq!(projector_shared::heartbeat::alive(&conn).await.expect("alive"), 0);
-        projector_shared::heartbeat::beat(&conn, "worker-a").await.expect("beat");
-        projector_shared::heartbeat::beat(&conn, "worker-b").await.expect("beat");
-        projector_shared::heartbeat::beat(&conn, "worker-a").await.expect("beat again");
+        projector_shared::heartbeat::beat(&conn, "worker-a", &Default::default()).await.expect("beat");
+        projector_shared::heartbeat::beat(&conn, "worker-b", &Default::default()).await.expect("beat");
+        let registration = projector_shared::heartbeat::Registration {
+            host: "host-1".into(),
+            pid: 42,
+            version: "0.1.0".into(),
+            started: "2026-12-01T13:00:00Z".into(),
+            jobs_in_flight: 3,
+            slots_held: 2,
+            last_error: "2026-12-01T13:05:00Z timeout: no answer".into(),
+        };
+        projector_shared::heartbeat::beat(&conn, "worker-a", &registration).await.expect("beat again");
         assert_eq!(projector_shared::heartbeat::alive(&conn).await.expect("alive"), 2, "one entry per worker");
+        let listed = projector_shared::heartbeat::workers(&conn).await.expect("workers");
+        assert_eq!(listed.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(), ["worker-a", "worker-b"], "latest beat first");
+        assert_eq!(listed[0].registration.as_ref(), Some(&registration), "the registration reads back whole");
         projector_shared::heartbeat::leave(&conn, "worker-b").await.expect("leave");
         assert_eq!(projector_shared::heartbeat::alive(&conn).await.expect("alive"), 1);
         let mut sync = server.connection();
         let ttl: i64 = redis::cmd("PTTL").arg(projector_shared::keys::WORKERS).query(&mut sync).expect("pttl");
         assert!(ttl > 0, "the set expires with the fleet: {ttl}");
+        let ttl: i64 = redis::cmd("PTTL").arg(projector_shared::keys::worker("worker-a")).query(&mut sync).expect("pttl");
+        let alive_ms = projector_shared::heartbeat::ALIVE_WITHIN.as_millis() as i64;
+        assert!(ttl > 0 && ttl <= alive_ms, "a registration expires when its worker stops beating: {ttl}");
+        let left: bool = redis::cmd("EXISTS").arg(projector_shared::keys::worker("worker-b")).query(&mut sync).expect("exists");
+        assert!(!left, "leaving removes the registration");
     });
 }
 

@@ -72,6 +72,10 @@ impl Periodic for QueueGauges {
 pub struct Heartbeat {
     pub conn: ConnectionManager,
     pub name: String,
+    /// What this worker publishes about itself; jobs, slots and the last error are refreshed
+    /// at every beat.
+    pub registration: projector_shared::heartbeat::Registration,
+    pub running: crate::handler::RunningJobs,
     /// The apalis name of the job loop running now.
     pub current_loop: tokio::sync::watch::Receiver<String>,
 }
@@ -83,7 +87,13 @@ impl Periodic for Heartbeat {
 
     fn run_once(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            if let Err(e) = projector_shared::heartbeat::beat(&self.conn, &self.name).await {
+            let registration = projector_shared::heartbeat::Registration {
+                jobs_in_flight: self.running.now() as u64,
+                slots_held: projector_shared::slots::held_by_process(),
+                last_error: crate::probe::last_error(),
+                ..self.registration.clone()
+            };
+            if let Err(e) = projector_shared::heartbeat::beat(&self.conn, &self.name, &registration).await {
                 tracing::debug!(error = %e, "cannot write the worker heartbeat");
             }
             let current = self.current_loop.borrow().clone();

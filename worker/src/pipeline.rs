@@ -191,6 +191,7 @@ impl Pipeline {
     fn failed(&self, job: &SpikeProjectionJob, e: Error) -> Outcome {
         let reason = e.reason();
         metrics::counter!(m::TASK_ERROR_TOTAL, "reason" => reason).increment(1);
+        crate::probe::note_error(reason, &e);
         tracing::error!(
             run_id = %job.run_id, org_id = %job.org_id, reason, retryable = e.is_retryable(), error = %e,
             "spike projection failed"

@@ -1,4 +1,5 @@
-//! An independent count of queries in flight, and the most seen at once: the check on the slot limiter.
+//! An independent count of queries in flight, and the most seen at once (the check on the slot
+//! limiter); and the last job error, which the worker publishes with its registration.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +41,23 @@ impl Drop for QueryInFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// The last job error of this process, with its time, for the worker's registration.
+static LAST_ERROR: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+/// Notes a job error; the worker's next heartbeat publishes it (bounded to 300 characters).
+pub fn note_error(reason: &str, error: &dyn std::fmt::Display) {
+    let mut text = format!("{} {reason}: {error}", chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    if let Some((cut, _)) = text.char_indices().nth(300) {
+        text.truncate(cut);
+    }
+    *LAST_ERROR.lock().unwrap_or_else(|p| p.into_inner()) = text;
+}
+
+/// The last job error noted, or empty.
+pub fn last_error() -> String {
+    LAST_ERROR.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 #[cfg(test)]

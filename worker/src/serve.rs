@@ -65,7 +65,16 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
     let every = config.worker.housekeeping_interval;
     services.spawn_every(Arc::new(DuePromoter { conn: conn.clone() }), every);
     services.spawn_every(Arc::new(QueueGauges { conn: conn.clone(), slots: slots.clone() }), every);
-    services.spawn_every(Arc::new(Heartbeat { conn: conn.clone(), name: name.clone(), current_loop: loop_name }), every);
+    let registration = projector_shared::heartbeat::Registration {
+        host: host_name(),
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ..Default::default()
+    };
+    let running = handler.running.clone();
+    services
+        .spawn_every(Arc::new(Heartbeat { conn: conn.clone(), name: name.clone(), registration, running, current_loop: loop_name }), every);
     services.spawn_every(Arc::new(Vacuum { conn: conn.clone() }), vacuum_every(every));
     if let Some(gate) = rate {
         let refresh = RatePolicyRefresh {
@@ -122,4 +131,13 @@ async fn announce_limit(slots: &RedisSlotLimiter, configured: u32) -> String {
             format!("{configured} (slots.limit; Redis not reachable yet)")
         }
     }
+}
+
+/// This machine's name, for the worker's registration.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned()))
+        .unwrap_or_else(|| "unknown".to_owned())
 }
