@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::value::{RateWindow, boolean, choice, duration, float, format_duration, int, rates, text, url};
-use crate::{Config, OnRedisError, OnSlotTimeout, OrgSourceKind, QuerySourceKind, RateMode, SinkKind};
+use crate::{Config, OnRedisError, OnSlotTimeout, OrgSourceKind, QuerySourceKind, RateMode, SinkKind, WhenPaused};
 
 /// One configuration key.
 pub struct KeySpec {
@@ -187,6 +187,7 @@ const SECS: fn(u64) -> Duration = Duration::from_secs;
 const MILLIS: fn(u64) -> Duration = Duration::from_millis;
 const DAY: Duration = Duration::from_secs(86_400);
 
+const WHEN_PAUSED_CHOICES: &[(&str, WhenPaused)] = &[("enqueue", WhenPaused::Enqueue), ("skip", WhenPaused::Skip)];
 const TIMEOUT_CHOICES: &[(&str, OnSlotTimeout)] = &[("skip", OnSlotTimeout::Skip), ("reschedule", OnSlotTimeout::Reschedule)];
 const REDIS_ERROR_CHOICES: &[(&str, OnRedisError)] = &[("fail_closed", OnRedisError::FailClosed), ("fail_open", OnRedisError::FailOpen)];
 const ORG_SOURCE_CHOICES: &[(&str, OrgSourceKind)] = &[("synthetic", OrgSourceKind::Synthetic), ("file", OrgSourceKind::File)];
@@ -241,6 +242,8 @@ keys! {
         "batch k becomes runnable at k x batch.delay after the tick (\"0s\" releases everything at once)";
     "schedule.cron" => schedule.cron: Cron, default Some("0 0 * * * *"),
         "when the scheduler fans out, as a six-field cron expression with seconds first, in UTC";
+    "schedule.when_paused" => schedule.when_paused: Choice(WHEN_PAUSED_CHOICES), default Some("enqueue"),
+        "what a tick does while the fleet is paused (projectorctl pause): \"enqueue\" (jobs wait in the queue until resume) or \"skip\" (logged; re-run with run-once --tick)";
     "orgs.source" => orgs.source: Choice(ORG_SOURCE_CHOICES), default Some("synthetic"),
         "where organizations come from: \"synthetic\" (orgs.count of them) or \"file\" (JSON lines at orgs.path)";
     "orgs.count" => orgs.count: Int(0, 10_000_000), default Some("200"),

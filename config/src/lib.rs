@@ -108,6 +108,18 @@ static HOURLY: std::sync::LazyLock<cron::Schedule> =
 pub struct ScheduleConfig {
     /// Six-field cron expression (seconds first), UTC; parsed once, when the config is loaded.
     pub cron: cron::Schedule,
+    /// What a tick does while the fleet is paused.
+    pub when_paused: WhenPaused,
+}
+
+/// What a scheduler tick does while the fleet is paused (`projectorctl pause`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhenPaused {
+    /// Fan out as usual: the jobs wait in the queue until `projectorctl resume`.
+    #[default]
+    Enqueue,
+    /// Skip the tick (logged and counted); re-run it later with `run-once --tick`.
+    Skip,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -297,7 +309,7 @@ impl Default for Config {
             redis: RedisConfig::default(),
             slots: SlotsConfig::default(),
             batch: BatchConfig::default(),
-            schedule: ScheduleConfig { cron: HOURLY.clone() },
+            schedule: ScheduleConfig { cron: HOURLY.clone(), when_paused: WhenPaused::Enqueue },
             orgs: OrgsConfig::default(),
             query: QueryConfig::default(),
             sink: SinkConfig::default(),

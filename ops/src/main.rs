@@ -68,6 +68,26 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Pause the fleet: every worker stops taking jobs within a second and finishes the ones
+    /// running. Scheduler ticks meanwhile are enqueued or skipped as schedule.when_paused says.
+    Pause {
+        /// Why, for whoever looks next (shown by `status`)
+        #[arg(long, default_value = "paused by an operator")]
+        reason: String,
+        /// Print {"paused": true, "reason", "since_ms"}
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// End a pause: workers take jobs again within a second.
+    Resume {
+        /// Print {"paused": false, "was_paused"}
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
     /// Recent runs, and one run in detail.
     Runs {
         #[command(subcommand)]
@@ -89,7 +109,7 @@ enum Command {
     Status {
         /// Print {"redis", "limit": {in_force, source, stored, configured, adaptive_multiplier},
         /// "slots": {in_use, waiters}, "queue": {ready, scheduled, in_flight, dead},
-        /// "workers": {alive, jobs_in_flight}, "run": (as in `runs list`) or null,
+        /// "workers": {alive, jobs_in_flight}, "run": (as in `runs list`) or null, "paused": null or {reason, since_ms},
         /// "rollout": {enabled, percentage, allow, deny}}
         #[arg(long)]
         json: bool,
@@ -302,6 +322,8 @@ impl Command {
         match self {
             Command::Run { config, .. }
             | Command::Workers { config, .. }
+            | Command::Pause { config, .. }
+            | Command::Resume { config, .. }
             | Command::Status { config, .. }
             | Command::Runs { action: RunsAction::List { config, .. } | RunsAction::Show { config, .. } }
             | Command::Rate {
@@ -348,6 +370,26 @@ async fn run(command: Command, config: Config) -> anyhow::Result<String> {
         Command::Runs { action: RunsAction::List { limit, json, .. } } => views::runs_list(&config, limit, json).await,
         Command::Runs { action: RunsAction::Show { run_id, json, .. } } => views::runs_show(&config, &run_id, json).await,
         Command::Workers { json, .. } => views::workers(&config, json).await,
+        Command::Pause { reason, json, .. } => {
+            let pause = projector_shared::pause::pause(&connection(&config)?, &reason).await?;
+            tracing::warn!(reason = %pause.reason, "fleet paused");
+            Ok(if json {
+                format!("{}\n", serde_json::json!({"paused": true, "reason": pause.reason, "since_ms": pause.since_ms}))
+            } else {
+                format!("fleet paused ({}): workers take no new jobs within a second; `projectorctl resume` ends it\n", pause.reason)
+            })
+        }
+        Command::Resume { json, .. } => {
+            let was = projector_shared::pause::resume(&connection(&config)?).await?;
+            tracing::info!(was_paused = was, "fleet resumed");
+            Ok(if json {
+                format!("{}\n", serde_json::json!({"paused": false, "was_paused": was}))
+            } else if was {
+                "fleet resumed: workers take jobs again within a second\n".to_owned()
+            } else {
+                "the fleet was not paused\n".to_owned()
+            })
+        }
         Command::Status { json, watch: None, .. } => views::status(&config, json).await,
         Command::Status { json, watch: Some(every), .. } => loop {
             let screen = views::status(&config, json).await?;

@@ -158,6 +158,7 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<String> {
     let workers = heartbeat::workers(&conn).await?;
     let latest = RunRecords::new(conn.clone(), config.runs.retention).recent(1).await?.into_iter().next();
     let rollout = Rollout::load(&mut conn.clone()).await?;
+    let pause = projector_shared::pause::paused(&conn).await?;
     let now = Utc::now();
     let (in_force, source) = match (occupancy.in_force, occupancy.limit) {
         (Some(limit), Some(_)) => (limit, "redis"),
@@ -173,6 +174,7 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<String> {
         "queue": {"ready": queue.ready, "scheduled": queue.scheduled, "in_flight": queue.in_flight, "dead": queue.dead},
         "workers": {"alive": workers.len(), "jobs_in_flight": workers.iter().filter_map(|w| w.registration.as_ref()).map(|r| r.jobs_in_flight).sum::<u64>()},
         "run": latest.as_ref().map(|r| run_json(r, now)),
+        "paused": pause.as_ref().map(|p| json!({"reason": p.reason, "since_ms": p.since_ms})),
         "rollout": {
             "enabled": rollout.enabled, "percentage": rollout.percentage,
             "allow": rollout.allow.iter().map(|o| o.0).collect::<Vec<_>>(), "deny": rollout.deny.iter().map(|o| o.0).collect::<Vec<_>>(),
@@ -183,6 +185,9 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<String> {
     }
     let mut out = String::new();
     let _ = writeln!(out, "redis        {redis}");
+    if let Some(p) = &pause {
+        let _ = writeln!(out, "PAUSED       {} (workers take no jobs; `projectorctl resume` ends it)", p.reason);
+    }
     let _ = writeln!(out, "limit        {in_force} in force (source: {source}; adaptive multiplier {:.2})", occupancy.multiplier);
     let _ = writeln!(out, "slots        {} in use, {} waiting", occupancy.in_use, slots.waiters.len());
     let _ = writeln!(

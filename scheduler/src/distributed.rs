@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use projector_config::Config;
+use projector_config::{Config, WhenPaused};
 use projector_shared::RunId;
 use projector_shared::rollout::Rollout;
 use projector_shared::run::RunSummary;
@@ -152,6 +152,20 @@ pub async fn serve(config: &Config, shutdown: CancellationToken) -> Result<(), E
             () = shutdown.cancelled() => return Ok(()),
         }
         let run_id = RunId::for_tick(tick);
+        if config.schedule.when_paused == WhenPaused::Skip {
+            match projector_shared::pause::paused(&conn).await {
+                Ok(Some(pause)) => {
+                    tracing::warn!(
+                        run_id = %run_id, reason = %pause.reason,
+                        "fleet paused and schedule.when_paused = \"skip\": tick skipped; after resume, re-run it with run-once --tick {}",
+                        tick.to_rfc3339()
+                    );
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(run_id = %run_id, error = %e, "cannot read the fleet pause; fanning out"),
+            }
+        }
         // Held well past the fan-out so a slow replica waking late cannot fan out again.
         match take_tick_lock(&conn, &run_id, &owner, Duration::from_secs(3600)).await {
             Ok(true) => {}

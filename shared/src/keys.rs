@@ -155,6 +155,9 @@ pub fn worker(name: &str) -> String {
     format!("projector:worker:{name}")
 }
 
+/// Hash of the fleet-wide pause (`reason`, `since_ms`); absent when not paused.
+pub const PAUSED: &str = "projector:paused";
+
 /// Zset of recent runs: run id -> tick (unix ms); entries older than `runs.retention` are dropped.
 pub const RUNS: &str = "projector:runs";
 

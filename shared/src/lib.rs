@@ -10,6 +10,7 @@ pub mod job;
 pub mod keys;
 pub mod metrics;
 pub mod org;
+pub mod pause;
 pub mod projection;
 pub mod rate;
 pub mod redis_conn;

@@ -310,3 +310,48 @@ fn printed_config_loads_back_and_help_is_per_command() {
     assert!(worker_help.contains("--metrics-addr") && worker_help.contains("--concurrency"), "{worker_help}");
     assert!(!worker_help.contains("--batch-size"), "{worker_help}");
 }
+
+/// A pause holds at the query service: once the worker has drained, the fake sees no new query
+/// while the worker keeps beating for 1.5 s of Redis time; after resume, every org is accounted.
+#[test]
+fn a_pause_stops_new_queries_and_resume_finishes_the_run() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "300ms"]);
+    let env = base_env(&redis, &fake.url());
+    let w = worker(&env, &["--concurrency", "4"]);
+    let out = run("projector-scheduler", &env, &["run-once", "--orgs", "40", "--batch-delay", "0s"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let run_id = stdout.split_whitespace().nth(1).map(|r| r.trim_end_matches(':').to_owned()).expect("run id");
+    let requests = || fake.stats_now()["requests"].as_u64().unwrap_or(0);
+    wait_until(Duration::from_secs(30), "the first queries started", || requests() >= 4);
+
+    let paused = json_of(&run("projectorctl", &env, &["pause", "--reason", "incident 42", "--json"]));
+    assert_eq!((paused["paused"].as_bool(), paused["reason"].as_str()), (Some(true), Some("incident 42")), "{paused}");
+    w.wait_for_line(&["fleet paused"], Duration::from_secs(10));
+    // The running jobs finish; after the drain, nothing of this worker is running.
+    w.wait_for_line(&["in-flight jobs finished"], Duration::from_secs(30));
+    let at_pause = requests();
+    let name = json_of(&run("projectorctl", &env, &["workers", "--json"]))["workers"][0]["name"].as_str().expect("worker name").to_owned();
+    let mut conn = redis.connection();
+    let mut last_beat = || -> u64 {
+        redis::cmd("HGET").arg(projector_shared::keys::worker(&name)).arg("last_beat_ms").query::<Option<u64>>(&mut conn).expect("hget").unwrap_or(0)
+    };
+    let first = last_beat();
+    wait_until(Duration::from_secs(30), "the paused worker beat for 1.5 s more", || last_beat() >= first + 1_500);
+    assert_eq!(requests(), at_pause, "no query started while the fleet was paused");
+    let status = json_of(&run("projectorctl", &env, &["status", "--json"]));
+    assert_eq!(status["paused"]["reason"], "incident 42", "{status}");
+    assert!(status["run"]["accounted"].as_u64().unwrap_or(40) < 40, "the run waits: {status}");
+    assert!(text(&run("projectorctl", &env, &["status"]).stdout).contains("PAUSED"));
+
+    let resumed = json_of(&run("projectorctl", &env, &["resume", "--json"]));
+    assert_eq!(resumed["was_paused"], true, "{resumed}");
+    wait_until(Duration::from_secs(60), "every org of the run is accounted", || {
+        json_of(&run("projectorctl", &env, &["runs", "show", &run_id, "--json"]))["accounted"] == 40
+    });
+    let shown = json_of(&run("projectorctl", &env, &["runs", "show", &run_id, "--json"]));
+    assert_eq!(shown["outcomes"]["completed"], 40, "{shown}");
+    assert_eq!(fake.stats_now()["requests"], 40, "each org queried once, none lost to the pause");
+    assert_eq!(json_of(&run("projectorctl", &env, &["resume", "--json"]))["was_paused"], false);
+}

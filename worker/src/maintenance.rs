@@ -232,3 +232,27 @@ impl Periodic for Vacuum {
 pub fn vacuum_every(housekeeping: Duration) -> Duration {
     housekeeping * VACUUM_EVERY_INTERVALS
 }
+
+/// Reads the fleet-wide pause (`projectorctl pause`) every round and tells the supervisor when it
+/// changes. A read that fails keeps the last state: a Redis blip neither pauses nor resumes.
+pub struct PauseWatch {
+    pub conn: ConnectionManager,
+    pub paused: tokio::sync::watch::Sender<bool>,
+}
+
+impl Periodic for PauseWatch {
+    fn name(&self) -> &'static str {
+        "pause_watch"
+    }
+
+    fn run_once(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            match projector_shared::pause::paused(&self.conn).await {
+                Ok(pause) => {
+                    self.paused.send_if_modified(|p| std::mem::replace(p, pause.is_some()) != pause.is_some());
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot read the fleet pause; keeping the last state"),
+            }
+        })
+    }
+}

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 use crate::handler::{JobHandler, Rescheduler, RolloutFlag, Routing};
-use crate::maintenance::{AdaptiveReporter, DuePromoter, Heartbeat, QueueGauges, RatePolicyRefresh, Vacuum, vacuum_every};
+use crate::maintenance::{AdaptiveReporter, DuePromoter, Heartbeat, PauseWatch, QueueGauges, RatePolicyRefresh, Vacuum, vacuum_every};
 use crate::metrics_http::Readiness;
 use crate::pipeline::{Pipeline, PipelineSettings};
 use crate::probe::QueryProbe;
@@ -22,6 +22,8 @@ use crate::supervisor::Supervisor;
 /// How long, after the drain, slot releases still retrying (Redis unreachable) may delay the exit;
 /// a lease they could not release expires on its own.
 const SLOT_TASKS_GRACE: Duration = Duration::from_secs(5);
+/// How often a worker reads the fleet-wide pause.
+const PAUSE_CHECK: Duration = Duration::from_millis(250);
 
 /// Runs the worker until `shutdown`, then drains in-flight jobs for at most `worker.shutdown_grace`.
 pub async fn run(config: Config, readiness: Readiness, services: &Services, shutdown: CancellationToken) -> Result<(), Error> {
@@ -76,6 +78,9 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
     services
         .spawn_every(Arc::new(Heartbeat { conn: conn.clone(), name: name.clone(), registration, running, current_loop: loop_name }), every);
     services.spawn_every(Arc::new(Vacuum { conn: conn.clone() }), vacuum_every(every));
+    // Operators expect a pause to hold within a second.
+    let (pause_tx, paused) = tokio::sync::watch::channel(false);
+    services.spawn_every(Arc::new(PauseWatch { conn: conn.clone(), paused: pause_tx }), PAUSE_CHECK);
     if let Some(gate) = rate {
         let refresh = RatePolicyRefresh {
             conn: conn.clone(),
@@ -98,6 +103,7 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
         concurrency: config.worker.concurrency,
         shutdown_grace: config.worker.shutdown_grace,
         current_loop,
+        paused,
     };
     let result = supervisor.run(&shutdown).await;
     readiness.set_job_loop_running(false);

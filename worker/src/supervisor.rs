@@ -30,6 +30,8 @@ pub struct Supervisor {
     pub shutdown_grace: Duration,
     /// The apalis name of the job loop running now, for the heartbeat service.
     pub current_loop: tokio::sync::watch::Sender<String>,
+    /// Whether the fleet is paused (`projectorctl pause`), kept current by `PauseWatch`.
+    pub paused: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Supervisor {
@@ -42,11 +44,33 @@ impl Supervisor {
         let mut backoff = Duration::from_millis(500);
         let mut attempt = 0u32;
         loop {
+            if self.wait_while_paused(shutdown).await {
+                return Ok(());
+            }
             attempt += 1;
             let loop_name = format!("{}-{attempt}", self.name);
             let started = Instant::now();
-            let result = match self.run_loop(&loop_name, shutdown).await {
-                LoopEnd::Drained => return Ok(()),
+            // The loop stops (and drains) on shutdown or on a pause, whichever comes first.
+            let stop = shutdown.child_token();
+            let mut paused = self.paused.clone();
+            let on_pause = stop.clone();
+            let pause_watch = tokio::spawn(async move {
+                if paused.wait_for(|p| *p).await.is_ok() {
+                    tracing::warn!("fleet paused (projectorctl pause): finishing the running jobs, taking no new ones");
+                    on_pause.cancel();
+                }
+            });
+            let end = self.run_loop(&loop_name, &stop).await;
+            pause_watch.abort();
+            let result = match end {
+                LoopEnd::Drained if shutdown.is_cancelled() => return Ok(()),
+                LoopEnd::Drained => {
+                    // Paused: this loop's name is done with; the next one starts after resume.
+                    if let Err(e) = queue::forget_worker(&self.conn, &loop_name).await {
+                        tracing::debug!(worker = %loop_name, error = %e, "cannot delete the job loop's apalis metadata; it expires on its own");
+                    }
+                    continue;
+                }
                 LoopEnd::Ended(result) => result,
             };
             self.readiness.set_job_loop_running(false);
@@ -64,6 +88,22 @@ impl Supervisor {
                 () = shutdown.cancelled() => return Ok(()),
             }
             backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// While the fleet is paused, waits for resume; `true` if shutdown came first.
+    async fn wait_while_paused(&self, shutdown: &CancellationToken) -> bool {
+        let mut paused = self.paused.clone();
+        if !*paused.borrow_and_update() {
+            return false;
+        }
+        tracing::warn!(worker = %self.name, "fleet paused: taking no jobs until `projectorctl resume`");
+        tokio::select! {
+            _ = paused.wait_for(|p| !*p) => {
+                tracing::info!(worker = %self.name, "fleet resumed: taking jobs again");
+                false
+            }
+            () = shutdown.cancelled() => true,
         }
     }
 
