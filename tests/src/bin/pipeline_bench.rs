@@ -122,6 +122,11 @@ fn main() -> anyhow::Result<()> {
     }
 
     // 1. Fan-out of 100,000 orgs (no workers): plan, run record, delayed bulk pushes.
+    let mut conn = redis.connection();
+    let used_memory = |conn: &mut redis::Connection| -> anyhow::Result<u64> {
+        Ok(info(conn, "memory")?.get("used_memory").and_then(|v| v.parse().ok()).unwrap_or(0))
+    };
+    let fanout_memory_before = used_memory(&mut conn)?;
     let started = Instant::now();
     let out = Command::new(workspace_bin("projector-scheduler"))
         .args(["run-once", "--orgs", &args.fanout_orgs.to_string(), "--batch-delay", "2s"])
@@ -129,7 +134,7 @@ fn main() -> anyhow::Result<()> {
         .output()?;
     let fanout = started.elapsed();
     anyhow::ensure!(out.status.success(), "fan-out failed: {}", String::from_utf8_lossy(&out.stderr));
-    let mut conn = redis.connection();
+    let fanout_memory = used_memory(&mut conn)?.saturating_sub(fanout_memory_before);
     let scheduled: u64 = redis::cmd("ZCARD").arg(projector_queue::config().scheduled_jobs_set()).query(&mut conn)?;
     anyhow::ensure!(scheduled == args.fanout_orgs, "expected {} scheduled jobs, found {scheduled}", args.fanout_orgs);
     let _: () = redis::cmd("FLUSHALL").query(&mut conn)?;
@@ -227,6 +232,7 @@ fn main() -> anyhow::Result<()> {
     let figures = serde_json::json!({
         "fanout_orgs": args.fanout_orgs,
         "fanout_seconds": fanout.as_secs_f64(),
+        "fanout_redis_memory_bytes": fanout_memory,
         "orgs": args.orgs,
         "completed": completed,
         "latency_ms": args.latency.as_millis() as u64,
@@ -259,7 +265,13 @@ fn main() -> anyhow::Result<()> {
             "top_commands": top,
         },
     });
-    println!("fan-out of {} orgs (process start to exit)   {:.2} s", args.fanout_orgs, fanout.as_secs_f64());
+    println!(
+        "fan-out of {} orgs (process start to exit)   {:.2} s; Redis memory {:.1} MB = {:.0} B per queued org",
+        args.fanout_orgs,
+        fanout.as_secs_f64(),
+        fanout_memory as f64 / 1e6,
+        fanout_memory as f64 / args.fanout_orgs.max(1) as f64
+    );
     println!(
         "run of {} orgs, {} workers x {}, limit {}, query latency {:?}, sink {}",
         args.orgs, args.workers, args.concurrency, args.limit, args.latency, args.sink
