@@ -155,6 +155,10 @@ enum FlagAction {
     Show {
         #[arg(long, default_value_t = 1000)]
         sample: u64,
+        /// Print {"flag", "enabled", "percentage", "allow", "deny", "sample", "limited", "legacy"}
+        /// (unset fields are null)
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -281,8 +285,17 @@ enum AdaptiveAction {
 
 #[derive(Debug, Subcommand)]
 enum SlotAction {
-    /// Show the limit in force, every holder (worker, org, age, expiry, fencing token) and every waiter.
+    /// Show the limit, how many slots are held and how many wait (with the oldest lease); --all
+    /// lists every holder (worker, org, age, expiry, fencing token) and every waiter.
     Inspect {
+        /// Every holder and every waiter, not only the counts
+        #[arg(long)]
+        all: bool,
+        /// Print {"limit" (stored, or null), "configured", "holders", "waiters",
+        /// "oldest_lease_age_ms"}; with --all also "holder_list": [{lease_id, worker, org_id,
+        /// fencing_token, age_ms, expires_in_ms}] and "waiter_list": [{id, info}] in arrival order
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -336,7 +349,7 @@ impl Command {
             | Command::Db { action: DbAction::Migrate { config, .. } | DbAction::Status { config, .. } }
             | Command::Slots {
                 action:
-                    SlotAction::Inspect { config }
+                    SlotAction::Inspect { config, .. }
                     | SlotAction::SetLimit { config, .. }
                     | SlotAction::ResetLimit { config }
                     | SlotAction::Reset { config },
@@ -627,8 +640,8 @@ pub(crate) fn connection(config: &Config) -> anyhow::Result<redis::aio::Connecti
 async fn flag(config: &Config, action: FlagAction) -> anyhow::Result<String> {
     let mut conn = connection(config)?;
     let mut rollout = Rollout::load(&mut conn).await?;
-    let sample = match action {
-        FlagAction::Show { sample, .. } => sample,
+    let (sample, json) = match action {
+        FlagAction::Show { sample, json, .. } => (sample, json),
         FlagAction::Set { enabled, percentage, allow, deny, .. } => {
             rollout.enabled = enabled.or(rollout.enabled);
             rollout.percentage = percentage.or(rollout.percentage);
@@ -639,14 +652,23 @@ async fn flag(config: &Config, action: FlagAction) -> anyhow::Result<String> {
                 rollout.deny = ids.into_iter().map(OrgId).collect();
             }
             rollout.save(&mut conn).await?;
-            1000
+            (1000, false)
         }
         FlagAction::Clear { .. } => {
             rollout = Rollout::default();
             let _: () = redis::cmd("DEL").arg(projector_shared::keys::flag(RATE_LIMIT_FLAG)).query_async(&mut conn).await?;
-            1000
+            (1000, false)
         }
     };
+    let limited = (1..=sample).filter(|o| rollout.is_limited(OrgId(*o))).count();
+    if json {
+        let value = serde_json::json!({
+            "flag": RATE_LIMIT_FLAG, "enabled": rollout.enabled, "percentage": rollout.percentage,
+            "allow": rollout.allow.iter().map(|o| o.0).collect::<Vec<_>>(), "deny": rollout.deny.iter().map(|o| o.0).collect::<Vec<_>>(),
+            "sample": sample, "limited": limited, "legacy": sample as usize - limited,
+        });
+        return Ok(format!("{value}\n"));
+    }
     let show = |v: Option<String>| v.unwrap_or_else(|| "unset".to_owned());
     let mut out = String::new();
     let _ = writeln!(out, "{RATE_LIMIT_FLAG}");
@@ -654,7 +676,6 @@ async fn flag(config: &Config, action: FlagAction) -> anyhow::Result<String> {
     let _ = writeln!(out, "  percentage: {}", show(rollout.percentage.map(|p| p.to_string())));
     let _ = writeln!(out, "  allow: {:?}", rollout.allow.iter().map(|o| o.0).collect::<Vec<_>>());
     let _ = writeln!(out, "  deny: {:?}", rollout.deny.iter().map(|o| o.0).collect::<Vec<_>>());
-    let limited = (1..=sample).filter(|o| rollout.is_limited(OrgId(*o))).count();
     let _ = writeln!(out, "  of orgs 1..={sample}: {limited} limited (slot first), {} legacy", sample as usize - limited);
     Ok(out)
 }
@@ -664,8 +685,29 @@ async fn slots(config: &Config, action: SlotAction) -> anyhow::Result<String> {
     let redis = Endpoint::from(&config.redis).redacted();
     let mut out = String::new();
     match action {
-        SlotAction::Inspect { .. } => {
+        SlotAction::Inspect { all, json, .. } => {
             let state = limiter.inspect().await.with_context(|| format!("reading slots from {redis}"))?;
+            let oldest = state.holders.iter().map(|h| h.age).max();
+            if json {
+                let mut value = serde_json::json!({
+                    "limit": state.limit, "configured": config.slots.limit, "holders": state.holders.len(),
+                    "waiters": state.waiters.len(), "oldest_lease_age_ms": oldest.map(|a| a.as_millis() as u64),
+                });
+                if all {
+                    value["holder_list"] = state
+                        .holders
+                        .iter()
+                        .map(|h| {
+                            serde_json::json!({
+                                "lease_id": h.lease_id, "worker": h.process, "org_id": h.org_id, "fencing_token": h.fencing_token,
+                                "age_ms": h.age.as_millis() as u64, "expires_in_ms": h.expires_in.as_millis() as u64,
+                            })
+                        })
+                        .collect();
+                    value["waiter_list"] = state.waiters.iter().map(|(id, info)| serde_json::json!({"id": id, "info": info})).collect();
+                }
+                return Ok(format!("{value}\n"));
+            }
             match state.limit {
                 Some(limit) => {
                     let _ = writeln!(
@@ -681,8 +723,9 @@ async fn slots(config: &Config, action: SlotAction) -> anyhow::Result<String> {
                     );
                 }
             }
-            let _ = writeln!(out, "holders: {}", state.holders.len());
-            for h in &state.holders {
+            let oldest = oldest.map(|a| format!(" (oldest lease {:.1}s)", a.as_secs_f64())).unwrap_or_default();
+            let _ = writeln!(out, "holders: {}{oldest}", state.holders.len());
+            for h in state.holders.iter().filter(|_| all) {
                 let _ = writeln!(
                     out,
                     "  lease {}  worker {}  org {}  token {}  age {:.1}s  expires in {:.1}s",
@@ -695,7 +738,11 @@ async fn slots(config: &Config, action: SlotAction) -> anyhow::Result<String> {
                 );
             }
             let _ = writeln!(out, "waiters: {}", state.waiters.len());
-            for (position, (id, info)) in state.waiters.iter().enumerate() {
+            let anyone = !state.holders.is_empty() || !state.waiters.is_empty();
+            if anyone && !all {
+                let _ = writeln!(out, "(`slots inspect --all` lists every holder and waiter)");
+            }
+            for (position, (id, info)) in state.waiters.iter().enumerate().filter(|_| all) {
                 let _ = writeln!(out, "  #{} {id}  {info}", position + 1);
             }
         }

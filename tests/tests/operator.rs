@@ -163,6 +163,14 @@ fn the_limit_in_force_is_reported_and_a_limit_above_the_service_limit_is_refused
 
     let empty = ctl(&["slots", "inspect"]);
     assert!(text(&empty.stdout).contains("none stored in Redis yet"), "{}", text(&empty.stdout));
+    let summary: serde_json::Value = serde_json::from_slice(&ctl(&["slots", "inspect", "--json"]).stdout).expect("inspect JSON");
+    assert_eq!(
+        (summary["limit"].clone(), summary["holders"].as_u64(), summary["waiters"].as_u64()),
+        (serde_json::Value::Null, Some(0), Some(0))
+    );
+    assert!(summary.get("holder_list").is_none(), "the list only with --all: {summary}");
+    let flag: serde_json::Value = serde_json::from_slice(&ctl(&["flag", "show", "--json", "--sample", "10"]).stdout).expect("flag JSON");
+    assert_eq!((flag["enabled"].clone(), flag["limited"].as_u64()), (serde_json::Value::Null, Some(10)), "never set: everyone limited");
 
     let refused = ctl(&["slots", "set-limit", "100000"]);
     assert_eq!(refused.status.code(), Some(1));
@@ -335,7 +343,12 @@ fn a_pause_stops_new_queries_and_resume_finishes_the_run() {
     let name = json_of(&run("projectorctl", &env, &["workers", "--json"]))["workers"][0]["name"].as_str().expect("worker name").to_owned();
     let mut conn = redis.connection();
     let mut last_beat = || -> u64 {
-        redis::cmd("HGET").arg(projector_shared::keys::worker(&name)).arg("last_beat_ms").query::<Option<u64>>(&mut conn).expect("hget").unwrap_or(0)
+        redis::cmd("HGET")
+            .arg(projector_shared::keys::worker(&name))
+            .arg("last_beat_ms")
+            .query::<Option<u64>>(&mut conn)
+            .expect("hget")
+            .unwrap_or(0)
     };
     let first = last_beat();
     wait_until(Duration::from_secs(30), "the paused worker beat for 1.5 s more", || last_beat() >= first + 1_500);
