@@ -193,3 +193,72 @@ pub async fn overview(conn: &ConnectionManager) -> Result<Overview, redis::Redis
     let at = |i: usize| counts.get(i).copied().unwrap_or(0);
     Ok(Overview { ready: at(0), scheduled: at(1), dead: at(2), in_flight: counts.iter().skip(3).sum() })
 }
+
+/// A dead-lettered job, as `projectorctl jobs dead` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadJob {
+    pub id: String,
+    /// Why it is dead: Projector's quarantine reason, or apalis's status when it killed the job.
+    pub reason: String,
+    /// The first 200 characters of the payload, or empty when there is none.
+    pub sample: String,
+}
+
+/// Every dead-lettered job, sorted by id, at most `limit`.
+pub async fn dead_jobs(conn: &ConnectionManager, limit: usize) -> Result<Vec<DeadJob>, redis::RedisError> {
+    let config = config();
+    let mut conn = conn.clone();
+    let mut ids: Vec<String> = redis::cmd("SMEMBERS").arg(config.dead_jobs_set()).query_async(&mut conn).await?;
+    ids.sort();
+    ids.truncate(limit);
+    let mut pipe = redis::pipe();
+    for id in &ids {
+        let meta = format!("{}:{id}", config.job_meta_hash());
+        pipe.hget(config.job_data_hash(), id).hget(&meta, "projector_reason").hget(&meta, "status");
+    }
+    let fields: Vec<Option<Vec<u8>>> = pipe.query_async(&mut conn).await?;
+    Ok(ids
+        .into_iter()
+        .zip(fields.chunks(3))
+        .map(|(id, f)| {
+            let text = |i: usize| f.get(i).cloned().flatten().map(|b| String::from_utf8_lossy(&b).into_owned());
+            let reason =
+                text(1).or_else(|| text(2).map(|s| format!("status {s} (killed by apalis)"))).unwrap_or_else(|| "unknown".to_owned());
+            DeadJob { sample: f.first().cloned().flatten().as_deref().map(projector_shared::job::sample).unwrap_or_default(), id, reason }
+        })
+        .collect())
+}
+
+/// Requeues or purges dead jobs; its contract is in the file's header.
+static DEAD_JOBS: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("../../lua/dead_jobs.lua")));
+
+/// What [`requeue_dead`] or [`purge_dead`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadJobsChanged {
+    /// Jobs requeued (or purged).
+    pub done: u64,
+    /// Jobs left dead because their payload cannot run (requeue only).
+    pub left: u64,
+}
+
+async fn change_dead(conn: &ConnectionManager, action: &str, ids: &[String]) -> Result<DeadJobsChanged, redis::RedisError> {
+    let config = config();
+    let mut invocation = DEAD_JOBS.key(config.dead_jobs_set());
+    invocation.key(config.job_data_hash()).key(config.active_jobs_list()).key(config.signal_list()).key(config.job_meta_hash()).arg(action);
+    for id in ids {
+        invocation.arg(id);
+    }
+    let (done, left): (u64, u64) = invocation.invoke_async(&mut conn.clone()).await?;
+    Ok(DeadJobsChanged { done, left })
+}
+
+/// Puts dead jobs (`ids`, or every one when empty) back on the ready list with fresh metadata;
+/// a payload that is not JSON stays dead.
+pub async fn requeue_dead(conn: &ConnectionManager, ids: &[String]) -> Result<DeadJobsChanged, redis::RedisError> {
+    change_dead(conn, "requeue", ids).await
+}
+
+/// Deletes dead jobs (`ids`, or every one when empty): their data and metadata.
+pub async fn purge_dead(conn: &ConnectionManager, ids: &[String]) -> Result<DeadJobsChanged, redis::RedisError> {
+    change_dead(conn, "purge", ids).await
+}

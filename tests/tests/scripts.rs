@@ -387,3 +387,56 @@ fn push_drops_a_duplicate_and_keeps_its_idempotency_key_for_the_dedup_window() {
     let ttl: i64 = redis::cmd("PTTL").arg(&keys[0]).query(&mut conn).expect("pttl");
     assert!(ttl > 0 && ttl <= window.as_millis() as i64, "the key lives runs.dedup_window, not forever: {ttl} ms");
 }
+
+#[test]
+fn dead_jobs_are_listed_with_their_reason_requeued_when_runnable_and_purged() {
+    let server = RedisServer::start();
+    let queue = projector_queue::config();
+    let job = projector_shared::SpikeProjectionJob::planned(RunId("run-dead".into()), OrgId(9), 0, Utc::now(), vec![]);
+    let mut sync = server.connection();
+    let id = runtime().block_on(async {
+        let conn = manager(&server);
+        let task = projector_queue::task(&job, Utc::now().timestamp() as u64, job.idempotency_key());
+        projector_queue::push(&conn, &[task], Duration::from_secs(60)).await.expect("push");
+        projector_queue::promote_due(&conn).await.expect("promote");
+        let ids: Vec<String> = redis::cmd("LRANGE").arg(queue.active_jobs_list()).arg(0).arg(-1).query(&mut sync).expect("lrange");
+        ids.into_iter().next().expect("the job is ready")
+    });
+    // The runnable job killed by apalis, and a poison payload quarantined by a worker.
+    let meta = |id: &str| format!("{}:{id}", queue.job_meta_hash());
+    let _: () = redis::pipe()
+        .lrem(queue.active_jobs_list(), 0, &id)
+        .sadd(queue.dead_jobs_set(), &id)
+        .hset(meta(&id), "status", "Killed")
+        .hset(queue.job_data_hash(), "poison-1", "{not json")
+        .sadd(queue.dead_jobs_set(), "poison-1")
+        .hset(meta("poison-1"), "projector_reason", "the payload is not JSON")
+        .query(&mut sync)
+        .expect("dead-letter both");
+
+    let listed = projector_tests::command(projector_tests::workspace_bin("projectorctl"))
+        .args(["jobs", "dead", "--json"])
+        .env("PROJECTOR_REDIS_URL", server.url())
+        .output()
+        .expect("projectorctl");
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("JSON");
+    assert_eq!(listed["dead"], 2, "{listed}");
+    let reasons: Vec<&str> = listed["jobs"].as_array().expect("jobs").iter().filter_map(|j| j["reason"].as_str()).collect();
+    assert!(reasons.contains(&"the payload is not JSON") && reasons.iter().any(|r| r.contains("Killed")), "{listed}");
+
+    runtime().block_on(async {
+        let conn = manager(&server);
+        let requeued = projector_queue::requeue_dead(&conn, &[]).await.expect("requeue");
+        assert_eq!((requeued.done, requeued.left), (1, 1), "the poison payload stays dead");
+        let purged = projector_queue::purge_dead(&conn, &["poison-1".to_owned()]).await.expect("purge");
+        assert_eq!(purged.done, 1);
+    });
+    let (ready, dead, status, poison): (Vec<String>, u64, String, bool) = redis::pipe()
+        .lrange(queue.active_jobs_list(), 0, -1)
+        .scard(queue.dead_jobs_set())
+        .hget(meta(&id), "status")
+        .hexists(queue.job_data_hash(), "poison-1")
+        .query(&mut sync)
+        .expect("state");
+    assert_eq!((ready, dead, status.as_str(), poison), (vec![id], 0, "Pending", false));
+}
