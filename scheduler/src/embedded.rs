@@ -1,7 +1,6 @@
 //! The embedded run: a whole batch in one process with no Redis — apalis `MemoryStorage`, in-process
 //! workers, the in-memory slot limiter, batches released on their schedule, and a summary at the end.
 
-use std::io::IsTerminal;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +12,7 @@ use futures::channel::mpsc::UnboundedSender;
 use futures::{SinkExt, StreamExt};
 use projector_config::{Config, SinkKind};
 use projector_shared::batch::plan_batches;
-use projector_shared::run::{MemoryRunLedger, Outcome, RunSummary};
+use projector_shared::run::{MemoryRunLedger, RunSummary};
 use projector_shared::slots::MemorySlotLimiter;
 use projector_shared::{RunId, SpikeProjectionJob};
 use projector_worker::handler::{JobHandler, Routing, run_job};
@@ -159,43 +158,18 @@ fn memory_queue() -> (UnboundedSender<Task<serde_json::Value>>, MemoryStorage<se
     (sender, MemoryStorage::new_with(storage_sink, receiver.boxed()))
 }
 
-/// Shows progress: a bar on a terminal, a log line every few seconds otherwise.
+/// Shows progress (`crate::progress`) until `done`.
 fn spawn_progress(ledger: Arc<MemoryRunLedger>, done: CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let total = ledger.totals().orgs_total;
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::new(total);
-            if let Ok(style) = indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} orgs  {msg}") {
-                bar.set_style(style.progress_chars("=> "));
-            }
-            bar
-        });
-        let every = if bar.is_some() { Duration::from_millis(100) } else { Duration::from_secs(2) };
-        let mut ticker = tokio::time::interval(every);
+        let mut progress = crate::progress::Progress::new(ledger.totals().orgs_total, Duration::from_secs(2));
+        let mut ticker = tokio::time::interval(progress.interval());
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
                 () = done.cancelled() => break,
             }
-            let s = ledger.totals();
-            match &bar {
-                Some(bar) => {
-                    bar.set_position(s.accounted());
-                    bar.set_message(format!(
-                        "completed {} skipped {} failed {}",
-                        s.count(Outcome::Completed),
-                        s.count(Outcome::SkippedNoSlot),
-                        s.count(Outcome::Failed) + s.count(Outcome::RateLimited)
-                    ));
-                }
-                None => tracing::info!(
-                    run_id = %s.run_id, accounted = s.accounted(), total = s.orgs_total, outcomes = %s.outcomes, "progress"
-                ),
-            }
+            progress.show(&ledger.totals());
         }
-        if let Some(bar) = bar {
-            bar.set_position(ledger.accounted());
-            bar.finish_and_clear();
-        }
+        progress.finish(&ledger.totals());
     })
 }

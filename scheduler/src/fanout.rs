@@ -197,8 +197,8 @@ pub async fn wait_for_run(
 ) -> Result<(RunSummary, WaitEnd), Error> {
     let records = RunRecords::new(conn.clone(), runs.retention);
     let started = Instant::now();
-    let mut last_log = Instant::now();
     let mut last_seen = RunSummary { run_id: run_id.0.clone(), ..RunSummary::default() };
+    let mut progress = crate::progress::Progress::new(0, Duration::from_secs(2));
     let mut backoff = Duration::from_millis(200);
     loop {
         match records.summary(run_id, OrgIds::Leave).await {
@@ -218,16 +218,11 @@ pub async fn wait_for_run(
                 Ok(None) | Err(_) => last_seen,
             };
             full.duration_ms = started.elapsed().as_millis() as u64;
+            progress.finish(&full);
             return Ok((full, if done { WaitEnd::Accounted } else { WaitEnd::TimedOut }));
         }
-        if last_log.elapsed() >= Duration::from_secs(2) {
-            last_log = Instant::now();
-            tracing::info!(
-                run_id = %run_id, accounted = last_seen.accounted(), total = last_seen.orgs_total, outcomes = %last_seen.outcomes,
-                "waiting for the run"
-            );
-        }
-        tokio::time::sleep(backoff.min(timeout.saturating_sub(started.elapsed()))).await;
+        progress.show(&last_seen);
+        tokio::time::sleep(backoff.min(progress.interval()).min(timeout.saturating_sub(started.elapsed()))).await;
     }
 }
 

@@ -6,6 +6,7 @@ pub mod embedded;
 pub mod error;
 pub mod fanout;
 pub mod orgs;
+pub mod progress;
 pub mod report;
 
 pub use error::Error;

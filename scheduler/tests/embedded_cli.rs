@@ -232,3 +232,20 @@ fn each_subcommand_lists_only_its_own_flags() {
     let run_once = help(&["run-once", "--help"]);
     assert!(run_once.contains("--fail-on") && run_once.contains("--slots-limit") && run_once.contains("Exit codes"), "{run_once}");
 }
+
+/// On a terminal (a pty from `script`), the embedded run draws a bar with an ETA, and its last
+/// frame keeps the final count.
+#[test]
+fn on_a_terminal_the_bar_shows_an_eta_and_its_last_frame_the_final_count() {
+    let command = format!(
+        "{} run-once --embedded --orgs 500 --batch-delay 0s --set query.synthetic_latency=20ms",
+        env!("CARGO_BIN_EXE_projector-scheduler")
+    );
+    let out = projector_tests::command("script").args(["-qec", &command, "/dev/null"]).output().expect("script (util-linux) runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let screen = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    let frames: Vec<&str> = screen.lines().filter(|l| l.contains(" orgs  eta ")).collect();
+    assert!(!frames.is_empty(), "no progress bar on the terminal:\n{screen}");
+    let last = frames.last().expect("a frame");
+    assert!(last.contains("500/500 orgs") && last.contains("completed 500") && last.contains("done"), "last frame: {last}");
+}

@@ -1,0 +1,69 @@
+//! How a run's progress is shown while someone waits for it: a bar with an ETA on a terminal,
+//! whose last frame stays with the final count; a log line every few seconds otherwise. Shared by
+//! the embedded run and `run-once --wait`.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use projector_shared::run::{Outcome, RunSummary};
+
+/// The progress display of one run.
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    every: Duration,
+    last: Instant,
+}
+
+impl Progress {
+    /// A bar when stderr is a terminal, else log lines every `log_every`.
+    pub fn new(total: u64, log_every: Duration) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            if let Ok(style) = indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} orgs  eta {eta}  {msg}") {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar
+        });
+        Progress { bar, every: log_every, last: Instant::now() }
+    }
+
+    /// How often the caller should call [`Progress::show`].
+    pub fn interval(&self) -> Duration {
+        if self.bar.is_some() { Duration::from_millis(100) } else { self.every }
+    }
+
+    /// Shows where the run is.
+    pub fn show(&mut self, s: &RunSummary) {
+        match &self.bar {
+            Some(bar) => {
+                if bar.length() != Some(s.orgs_total) && s.orgs_total > 0 {
+                    bar.set_length(s.orgs_total);
+                }
+                bar.set_position(s.accounted());
+                bar.set_message(counts(s));
+            }
+            None if self.last.elapsed() >= self.every => {
+                self.last = Instant::now();
+                tracing::info!(run_id = %s.run_id, accounted = s.accounted(), total = s.orgs_total, outcomes = %s.outcomes, "progress");
+            }
+            None => {}
+        }
+    }
+
+    /// The last frame: the final count stays on the terminal.
+    pub fn finish(self, s: &RunSummary) {
+        if let Some(bar) = self.bar {
+            bar.set_position(s.accounted());
+            bar.finish_with_message(format!("{}  done", counts(s)));
+        }
+    }
+}
+
+fn counts(s: &RunSummary) -> String {
+    format!(
+        "completed {} skipped {} failed {}",
+        s.count(Outcome::Completed),
+        s.count(Outcome::SkippedNoSlot) + s.count(Outcome::SlotUnavailable) + s.count(Outcome::SkippedRatePolicy),
+        s.count(Outcome::Failed) + s.count(Outcome::RateLimited)
+    )
+}
