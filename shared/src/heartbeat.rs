@@ -66,7 +66,8 @@ pub async fn beat(conn: &ConnectionManager, name: &str, registration: &Registrat
     Ok(())
 }
 
-/// The workers that beat within [`ALIVE_WITHIN`], most recent beat first, with their registrations.
+/// The workers that beat within [`ALIVE_WITHIN`], most recent beat first (ties in no set order),
+/// with their registrations.
 pub async fn workers(conn: &ConnectionManager) -> Result<Vec<WorkerEntry>, Error> {
     let mut conn = conn.clone();
     let (beats, time): (Vec<(String, u64)>, (u64, u64)) = redis::pipe()
