@@ -65,6 +65,9 @@ enum Command {
     Run {
         /// Run id, as printed by projector-scheduler (e.g. run-20261122T130000Z)
         run_id: String,
+        /// Print the same object as `runs show --json`
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -224,11 +227,17 @@ enum FlagAction {
         /// Comma-separated org ids always on the legacy path (beats --allow)
         #[arg(long, value_delimiter = ',')]
         deny: Option<Vec<u64>>,
+        /// Print the flag as `flag show --json` does, after the change
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         config: ConfigArgs,
     },
     /// Forget the flag: back to the safe default, every org limited.
     Clear {
+        /// Print the flag as `flag show --json` does, after the change
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -361,18 +370,27 @@ enum SlotAction {
         /// Accept a limit above query.referrer_limit (the query service will answer 429s)
         #[arg(long)]
         force: bool,
+        /// Print {"limit"}
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         config: ConfigArgs,
     },
     /// Forget the limit stored in Redis: the next slot request writes that worker's configured
     /// slots.limit again. This hands the limit back to configuration.
     ResetLimit {
+        /// Print {"removed": true|false}
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         config: ConfigArgs,
     },
     /// Drop every lease and waiter (what reset_concurrent_count did in earlier designs). Holders learn at their next
     /// renewal that their lease is gone. Use only when the slots are known to be stuck.
     Reset {
+        /// Print {"leases_dropped"}
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -396,14 +414,16 @@ impl Command {
             | Command::Adaptive {
                 action: AdaptiveAction::Show { config, .. } | AdaptiveAction::Set { config, .. } | AdaptiveAction::Reset { config, .. },
             }
-            | Command::Flag { action: FlagAction::Show { config, .. } | FlagAction::Set { config, .. } | FlagAction::Clear { config } }
+            | Command::Flag {
+                action: FlagAction::Show { config, .. } | FlagAction::Set { config, .. } | FlagAction::Clear { config, .. },
+            }
             | Command::Db { action: DbAction::Migrate { config, .. } | DbAction::Status { config, .. } }
             | Command::Slots {
                 action:
                     SlotAction::Inspect { config, .. }
                     | SlotAction::SetLimit { config, .. }
-                    | SlotAction::ResetLimit { config }
-                    | SlotAction::Reset { config },
+                    | SlotAction::ResetLimit { config, .. }
+                    | SlotAction::Reset { config, .. },
             } => config,
         }
     }
@@ -430,7 +450,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<String> {
     match command {
         Command::Slots { action } => slots(&config, action).await,
         Command::Flag { action } => flag(&config, action).await,
-        Command::Run { run_id, .. } => views::runs_show(&config, &run_id, false).await,
+        Command::Run { run_id, json, .. } => views::runs_show(&config, &run_id, json).await,
         Command::Runs { action: RunsAction::List { limit, json, .. } } => views::runs_list(&config, limit, json).await,
         Command::Runs { action: RunsAction::Show { run_id, json, .. } } => views::runs_show(&config, &run_id, json).await,
         Command::Workers { json, .. } => views::workers(&config, json).await,
@@ -729,7 +749,7 @@ async fn flag(config: &Config, action: FlagAction) -> anyhow::Result<String> {
     let mut rollout = Rollout::load(&mut conn).await?;
     let (sample, json) = match action {
         FlagAction::Show { sample, json, .. } => (sample, json),
-        FlagAction::Set { enabled, percentage, allow, deny, .. } => {
+        FlagAction::Set { enabled, percentage, allow, deny, json, .. } => {
             rollout.enabled = enabled.or(rollout.enabled);
             rollout.percentage = percentage.or(rollout.percentage);
             if let Some(ids) = allow {
@@ -739,12 +759,12 @@ async fn flag(config: &Config, action: FlagAction) -> anyhow::Result<String> {
                 rollout.deny = ids.into_iter().map(OrgId).collect();
             }
             rollout.save(&mut conn).await?;
-            (1000, false)
+            (1000, json)
         }
-        FlagAction::Clear { .. } => {
+        FlagAction::Clear { json, .. } => {
             rollout = Rollout::default();
             let _: () = redis::cmd("DEL").arg(projector_shared::keys::flag(RATE_LIMIT_FLAG)).query_async(&mut conn).await?;
-            (1000, false)
+            (1000, json)
         }
     };
     let limited = (1..=sample).filter(|o| rollout.is_limited(OrgId(*o))).count();
@@ -833,7 +853,7 @@ async fn slots(config: &Config, action: SlotAction) -> anyhow::Result<String> {
                 let _ = writeln!(out, "  #{} {id}  {info}", position + 1);
             }
         }
-        SlotAction::SetLimit { limit, from_config, force, .. } => {
+        SlotAction::SetLimit { limit, from_config, force, json, .. } => {
             let limit = if from_config { config.slots.limit } else { limit.unwrap_or(config.slots.limit) };
             anyhow::ensure!(limit >= 1, "a limit of 0 would stop every query; use 1 or more");
             let ceiling = config.query.referrer_limit;
@@ -846,21 +866,30 @@ async fn slots(config: &Config, action: SlotAction) -> anyhow::Result<String> {
                 tracing::warn!(limit, referrer_limit = ceiling, "slot limit set above the query service's per-referrer limit (--force)");
             }
             limiter.set_limit(limit).await.with_context(|| format!("setting the limit in {redis}"))?;
+            if json {
+                return Ok(format!("{}\n", serde_json::json!({"limit": limit})));
+            }
             let _ = writeln!(
                 out,
                 "limit set to {limit} for every worker (stored in Redis; `projectorctl slots reset-limit` hands it back to config)"
             );
         }
-        SlotAction::ResetLimit { .. } => {
+        SlotAction::ResetLimit { json, .. } => {
             let removed = limiter.clear_limit().await.with_context(|| format!("resetting the limit in {redis}"))?;
+            if json {
+                return Ok(format!("{}\n", serde_json::json!({"removed": removed})));
+            }
             let _ = writeln!(
                 out,
                 "{}; the next slot request stores its worker's slots.limit",
                 if removed { "stored limit removed" } else { "no limit was stored" }
             );
         }
-        SlotAction::Reset { .. } => {
+        SlotAction::Reset { json, .. } => {
             let dropped = limiter.reset().await.with_context(|| format!("resetting slots in {redis}"))?;
+            if json {
+                return Ok(format!("{}\n", serde_json::json!({"leases_dropped": dropped})));
+            }
             let _ = writeln!(out, "dropped {dropped} leases and every waiter");
         }
     }

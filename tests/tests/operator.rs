@@ -177,7 +177,8 @@ fn the_limit_in_force_is_reported_and_a_limit_above_the_service_limit_is_refused
     assert!(text(&refused.stderr).contains("above query.referrer_limit 100"), "{}", text(&refused.stderr));
     let forced = ctl(&["slots", "set-limit", "150", "--force"]);
     assert!(forced.status.success(), "{}", text(&forced.stderr));
-    assert!(ctl(&["slots", "set-limit", "3"]).status.success());
+    let set: serde_json::Value = serde_json::from_slice(&ctl(&["slots", "set-limit", "3", "--json"]).stdout).expect("set-limit JSON");
+    assert_eq!(set["limit"], 3, "{set}");
 
     // A worker configured with 50 says that 3 is in force, and exports it.
     let w = worker(&env, &["--slots-limit", "50"]);
@@ -197,6 +198,12 @@ fn the_limit_in_force_is_reported_and_a_limit_above_the_service_limit_is_refused
     let reset = ctl(&["slots", "reset-limit"]);
     assert!(text(&reset.stdout).contains("stored limit removed"), "{}", text(&reset.stdout));
     assert!(text(&ctl(&["slots", "inspect"]).stdout).contains("none stored in Redis yet"));
+    let again: serde_json::Value = serde_json::from_slice(&ctl(&["slots", "reset-limit", "--json"]).stdout).expect("reset JSON");
+    assert_eq!(again["removed"], false, "nothing left to remove: {again}");
+    let flag: serde_json::Value = serde_json::from_slice(&ctl(&["flag", "set", "--percentage", "40", "--json"]).stdout).expect("flag JSON");
+    assert_eq!((flag["percentage"].as_u64(), flag["enabled"].clone()), (Some(40), serde_json::Value::Null), "{flag}");
+    let cleared: serde_json::Value = serde_json::from_slice(&ctl(&["flag", "clear", "--json"]).stdout).expect("flag JSON");
+    assert_eq!(cleared["percentage"], serde_json::Value::Null, "{cleared}");
 }
 
 /// `projectorctl rate set` changes the policy of a running worker (no restart), `rate show --json`
