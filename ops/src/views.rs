@@ -125,7 +125,7 @@ pub async fn runs_show(config: &Config, run_id: &str, as_json: bool) -> anyhow::
     let ids = |v: &[OrgId]| v.iter().map(|o| o.0).collect::<Vec<_>>();
     if as_json {
         let counts: Vec<(Outcome, u64)> = Outcome::ALL.iter().map(|o| (*o, s.count(*o))).collect();
-        let state = if s.orgs_total > 0 && s.accounted() >= s.orgs_total { "done" } else { "running" };
+        let state = if s.is_finished() { "done" } else { "running" };
         let value = json!({
             "run_id": s.run_id, "orgs_total": s.orgs_total, "accounted": s.accounted(), "state": state,
             "outcomes": outcomes_json(&counts),

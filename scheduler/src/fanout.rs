@@ -211,7 +211,7 @@ pub async fn wait_for_run(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
-        let done = last_seen.orgs_total > 0 && last_seen.accounted() >= last_seen.orgs_total;
+        let done = last_seen.is_finished();
         if done || started.elapsed() >= timeout {
             let mut full = match records.summary(run_id, OrgIds::List).await {
                 Ok(Some(full)) => full,

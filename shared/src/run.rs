@@ -196,10 +196,20 @@ impl BadLines {
     }
 }
 
+/// A run is finished once every one of its orgs (there is at least one) has an outcome.
+pub fn is_finished(accounted: u64, orgs_total: u64) -> bool {
+    orgs_total > 0 && accounted >= orgs_total
+}
+
 impl RunSummary {
     /// Orgs with a recorded outcome.
     pub fn accounted(&self) -> u64 {
         self.outcomes.total()
+    }
+
+    /// Every org has an outcome.
+    pub fn is_finished(&self) -> bool {
+        is_finished(self.accounted(), self.orgs_total)
     }
 
     /// Files one org's outcome: its total, and its id under the list its outcome belongs to.

@@ -230,7 +230,7 @@ impl RunOverview {
 
     /// `done` once every org has an outcome, else `running`.
     pub fn state(&self) -> &'static str {
-        if self.orgs_total > 0 && self.accounted() >= self.orgs_total { "done" } else { "running" }
+        if crate::run::is_finished(self.accounted(), self.orgs_total) { "done" } else { "running" }
     }
 }
 

@@ -107,14 +107,23 @@ pub fn wait_until(timeout: Duration, what: &str, condition: impl FnMut() -> bool
 
 /// Polls `condition` until it holds; after `timeout`, fails the test with what `report` says
 /// (called only then, so it can gather logs and stats).
-pub fn wait_until_or(timeout: Duration, mut condition: impl FnMut() -> bool, report: impl FnOnce() -> String) {
+pub fn wait_until_or(timeout: Duration, condition: impl FnMut() -> bool, report: impl FnOnce() -> String) {
+    if !holds_within(timeout, condition) {
+        panic!("{}", report());
+    }
+}
+
+/// Polls `condition` until it holds or `timeout` passes; whether it held. For clean-up code that
+/// must not panic (a `Drop`).
+pub fn holds_within(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while !condition() {
         if Instant::now() >= deadline {
-            panic!("{}", report());
+            return false;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    true
 }
 
 /// A command for a Projector binary with none of the caller's `PROJECTOR_*` variables, so a

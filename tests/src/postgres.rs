@@ -4,7 +4,7 @@
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::Proc;
 
@@ -68,10 +68,7 @@ impl Drop for PostgresServer {
             // SIGQUIT: immediate shutdown, which also removes the shared memory; Proc's own drop
             // kills whatever is left after a few seconds.
             let _ = Command::new("kill").arg("-QUIT").arg(proc.pid().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while proc.is_running() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            crate::holds_within(Duration::from_secs(5), || !proc.is_running());
         }
     }
 }

@@ -89,12 +89,6 @@ struct Counts {
     throttled: u64,
     /// The most query starts (admitted requests) seen in any sliding 1 s window.
     max_started_in_1s: u64,
-    /// Summed duration of admitted queries (ms): divided by the span from the first start to the
-    /// last end, the mean number in flight.
-    busy_ms: f64,
-    /// Wall-clock (Unix ms) of the first admitted start and the last end.
-    first_start_unix_ms: u64,
-    last_end_unix_ms: u64,
 }
 
 fn unix_ms() -> u64 {
@@ -120,6 +114,12 @@ struct Stats {
     #[serde(flatten)]
     total: Counts,
     by_referrer: BTreeMap<String, Counts>,
+    /// Summed duration of admitted queries (ms): divided by the span from the first start to the
+    /// last end, the mean number in flight.
+    busy_ms: f64,
+    /// Wall-clock (Unix ms) of the first admitted start and the last end.
+    first_start_unix_ms: u64,
+    last_end_unix_ms: u64,
 }
 
 struct Fake {
@@ -258,8 +258,8 @@ impl Fake {
             stats.total.throttled += 1;
         }
         stats.total.in_flight += 1;
-        if stats.total.first_start_unix_ms == 0 {
-            stats.total.first_start_unix_ms = unix_ms();
+        if stats.first_start_unix_ms == 0 {
+            stats.first_start_unix_ms = unix_ms();
         }
         stats.total.max_started_in_1s = stats.total.max_started_in_1s.max(all);
         stats.total.max_in_flight = stats.total.max_in_flight.max(stats.total.in_flight);
@@ -285,8 +285,8 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let mut stats = self.fake.stats();
         stats.total.in_flight = stats.total.in_flight.saturating_sub(1);
-        stats.total.busy_ms += self.started.elapsed().as_secs_f64() * 1000.0;
-        stats.total.last_end_unix_ms = unix_ms();
+        stats.busy_ms += self.started.elapsed().as_secs_f64() * 1000.0;
+        stats.last_end_unix_ms = unix_ms();
         if let Some(r) = stats.by_referrer.get_mut(&self.referrer) {
             r.in_flight = r.in_flight.saturating_sub(1);
         }
@@ -386,6 +386,7 @@ async fn reset(State(fake): State<Arc<Fake>>) -> StatusCode {
     *TIMELINE.lock().unwrap_or_else(|p| p.into_inner()) = Timeline::default();
     zero(&mut stats.total);
     stats.by_referrer.values_mut().for_each(zero);
+    (stats.busy_ms, stats.first_start_unix_ms, stats.last_end_unix_ms) = (0.0, 0, 0);
     StatusCode::NO_CONTENT
 }
 

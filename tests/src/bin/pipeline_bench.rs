@@ -153,7 +153,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
     std::thread::sleep(Duration::from_millis(500));
-    let memory_before: u64 = info(&mut conn, "memory")?.get("used_memory").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let memory_before = used_memory(&mut conn)?;
     let cpu_before = redis_cpu_us(&mut conn)?;
     let workers_cpu_before: f64 = workers.iter().map(|w| process_cpu_us(w.id()).unwrap_or(0.0)).sum();
     let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut conn)?;
@@ -189,7 +189,7 @@ fn main() -> anyhow::Result<()> {
     // The cost ledger, read before the workers' housekeeping (vacuum) changes what the run left.
     let commands = command_stats(&mut conn)?;
     let redis_cpu = redis_cpu_us(&mut conn)? - cpu_before;
-    let memory_after: u64 = info(&mut conn, "memory")?.get("used_memory").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let memory_after = used_memory(&mut conn)?;
     let workers_cpu: f64 = workers.iter().map(|w| process_cpu_us(w.id()).unwrap_or(0.0)).sum::<f64>() - workers_cpu_before;
     let left_after_an_hour = bytes_left_after_an_hour(&mut conn)?;
     let tick: Option<String> = redis::cmd("HGET")
