@@ -1,23 +1,28 @@
--- run_record: records one org's outcome in its run. The first outcome of an org wins; an org the
--- run did not plan, or a run that does not exist, is refused.
+-- run_record: records one org's outcome in its run, with its trail line. The first outcome of an
+-- attempt wins; an org the run did not plan, a run that does not exist, or an attempt that a
+-- later one (`projectorctl runs retry`) superseded, is refused.
 -- KEYS: 1 run (hash: orgs_total and a count per outcome), 2 orgs (hash org -> outcome),
---       3 plan (hash org -> projects)
--- ARGV: 1 org, 2 outcome, 3 ttl_ms (the record is kept this long after its last write)
--- Returns: -1 no such run, -2 org not planned, 0 the org already had an outcome, 1 recorded,
---          2 recorded the run's last org (exactly one caller sees the run finish; the run's
---          `finished_ms` is set then, on Redis time).
-local run, orgs, plan = KEYS[1], KEYS[2], KEYS[3]
+--       3 plan (hash org -> projects), 4 trail (hash org -> lines), 5 attempts (hash org -> n)
+-- ARGV: 1 org, 2 outcome, 3 ttl_ms (the record is kept this long after its last write),
+--       4 attempt, 5 trail line (JSON), 6 attempts kept in the trail
+-- Returns: -1 no such run, -2 org not planned, 0 the org already had an outcome (or the attempt
+--          is stale), 1 recorded, 2 recorded the run's last org (exactly one caller sees the run
+--          finish; the run's `finished_ms` is set then, on Redis time).
+local run, orgs, plan, trail, attempts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local org, outcome, ttl_ms = ARGV[1], ARGV[2], ARGV[3]
+local attempt, line, kept = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
 if redis.call('EXISTS', run) == 0 then return -1 end
 if redis.call('HEXISTS', plan, org) == 0 then return -2 end
+if attempt < tonumber(redis.call('HGET', attempts, org) or '0') then return 0 end
 if redis.call('HSETNX', orgs, org, outcome) == 0 then return 0 end
 redis.call('HINCRBY', run, outcome, 1)
-redis.call('PEXPIRE', run, ttl_ms)
-redis.call('PEXPIRE', orgs, ttl_ms)
+local now_ms = redis_now_ms()
+append_trail(trail, org, now_ms, line, kept)
+for _, key in ipairs({run, orgs, trail}) do redis.call('PEXPIRE', key, ttl_ms) end
+if redis.call('EXISTS', attempts) == 1 then redis.call('PEXPIRE', attempts, ttl_ms) end
 local total = tonumber(redis.call('HGET', run, 'orgs_total') or '0')
 if total > 0 and redis.call('HLEN', orgs) == total then
-  local t = redis.call('TIME')
-  redis.call('HSET', run, 'finished_ms', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  redis.call('HSET', run, 'finished_ms', now_ms)
   return 2
 end
 return 1

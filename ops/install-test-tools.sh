@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs, with apt-get, what the tests need and this machine lacks: redis-server, PostgreSQL's
 # server binaries (initdb, postgres), promtool (alert rule tests) and systemd-analyze (deploy unit
-# checks). Used by ops/test.sh and ops/flake-check.sh.
+# checks) and chromium (the status page's headless browser test). Used by ops/test.sh and
+# ops/flake-check.sh.
 set -euo pipefail
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # initdb is not on PATH in Debian's package: look where it installs the server.
 { command -v initdb || ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1 || missing+=(postgresql)
 if [ "${#missing[@]}" -gt 0 ]; then

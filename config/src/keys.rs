@@ -296,6 +296,8 @@ keys! {
         "how long a run's record, per-org outcomes and plan stay in Redis after their last write (run-once --resume and projectorctl run need them)";
     "runs.dedup_window" => runs.dedup_window: Dur(SECS(60), SECS(30 * 86_400)), default Some("2h"),
         "how long after a fan-out its jobs stay deduplicated: a re-fan-out of the tick or --resume within it enqueues no job twice (each idempotency key costs ~150 B of Redis per org)";
+    "ops.action_token" => ops.action_token: Opt(Text), default None,
+        "token the status page (projectorctl serve --allow-actions) requires for pause, resume, retry and cancel; a secret: `config show` prints it as ***";
     "rate.rates" => rate.rates: Rates, default None,
         "rate policy on query starts across the fleet, shortest window first, e.g. \"20/s, 5000/h\" (also 20/SECOND, 50/10s); unset: none";
     "rate.max_delay" => rate.max_delay: Dur(Duration::ZERO, SECS(3600)), default Some("2s"),

@@ -34,6 +34,14 @@ pub struct Config {
     pub runs: RunsConfig,
     pub rate: RateConfig,
     pub adaptive: AdaptiveConfig,
+    pub ops: OpsConfig,
+}
+
+/// `[ops]`: the operator's tools (`projectorctl serve`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct OpsConfig {
+    /// The token the status page's state-changing actions require (with `--allow-actions`).
+    pub action_token: Option<String>,
 }
 
 /// `[adaptive]`: one multiplier for the fleet, steered by the query service's answers.
@@ -317,6 +325,7 @@ impl Default for Config {
             runs: RunsConfig::default(),
             rate: RateConfig::default(),
             adaptive: AdaptiveConfig::default(),
+            ops: OpsConfig::default(),
         };
         for key in KEYS {
             if let Some(default) = key.default
@@ -345,6 +354,9 @@ pub fn to_toml(config: &Config, show_secrets: bool) -> String {
         let mut value = (key.get)(config);
         if !show_secrets {
             value = value::redact_url(&value);
+            if key.name == "ops.action_token" && !value.is_empty() {
+                value = "***".to_owned();
+            }
         }
         if value.is_empty() {
             out.push_str(&format!("# {name} = (not set)\n"));

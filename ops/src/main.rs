@@ -4,7 +4,9 @@
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
+mod actions;
 mod views;
+mod web;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -14,7 +16,7 @@ use projector_shared::rate::{RatePolicy, RedisRateLimiter, store};
 use projector_shared::redis_conn::Endpoint;
 use projector_shared::rollout::{RATE_LIMIT_FLAG, Rollout};
 
-use projector_shared::OrgId;
+use projector_shared::{OrgId, RunId};
 use projector_shared::slots::{RedisSlotLimiter, RedisSlotSettings};
 
 /// Inspect and steer a running Projector fleet through Redis (redis.url, or --redis-url).
@@ -111,12 +113,40 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Everything recorded about one org in one run, in order: how the flag routed it, its slot
+    /// wait, rate admission, query answer, store write (fencing token) and outcome, per attempt.
+    Explain {
+        /// Run id, as printed by projector-scheduler or `runs list`
+        run_id: String,
+        /// Organization id
+        org_id: u64,
+        /// Print {run_id, org_id, outcome, attempt, attempts: [{at_ms, attempt, outcome, worker,
+        /// why: {kind, message}, steps: [{step: routed|slot|rate|query|store|cancelled, …}]}]}
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// A status page: live status, run history, run detail with per-org reasons, and workers, as
+    /// HTML at / and as JSON under /api/ (the same objects as `--json`). Read-only unless
+    /// --allow-actions.
+    Serve {
+        /// Address to listen on
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        addr: std::net::SocketAddr,
+        /// Offer pause, resume, retry and cancel, each requiring ops.action_token (set in config
+        /// or PROJECTOR_OPS_ACTION_TOKEN); every action is logged
+        #[arg(long)]
+        allow_actions: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
     /// One screen: the limit in force and its source, slots in use and waiters, the queue (ready,
     /// scheduled, in flight, dead), workers alive, the latest run's progress with an ETA, and the
     /// rollout flag.
     Status {
         /// Print {"redis", "limit": {in_force, source, stored, configured, adaptive_multiplier},
-        /// "slots": {in_use, waiters}, "queue": {ready, scheduled, in_flight, dead},
+        /// "slots": {in_use, waiters, oldest_wait_ms}, "queue": {ready, scheduled, in_flight, dead},
         /// "workers": {alive, jobs_in_flight}, "run": (as in `runs list`) or null, "paused": null or {reason, since_ms},
         /// "rollout": {enabled, percentage, allow, deny}}
         #[arg(long)]
@@ -187,12 +217,38 @@ enum RunsAction {
         #[command(flatten)]
         config: ConfigArgs,
     },
-    /// One run: the count per outcome and the orgs that did not complete.
+    /// One run: the count per outcome, every org that did not complete with its reason (error
+    /// kind and message, slot wait, retry_after), and progress over time.
     Show {
         /// Run id, as printed by projector-scheduler or `runs list`
         run_id: String,
-        /// Print {run_id, orgs_total, accounted, state, outcomes: {<outcome>: n},
-        /// not_queried_org_ids, failed_org_ids}
+        /// Print the `runs list` object plus "not_completed": [{org_id, outcome, attempt, at_ms,
+        /// worker, reason: {kind, message}, slot_wait_ms, retry_after_ms, attempts}],
+        /// "open_org_ids" and "progress": [{after_ms, accounted}]
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Run a run's orgs again that ended in the given outcomes, as a follow-up attempt linked to
+    /// the run (new idempotency keys {run}:org-{id}:a<n>); orgs that completed are never re-run.
+    /// The run's record then shows each org's latest outcome and keeps earlier attempts.
+    Retry {
+        run_id: String,
+        /// Comma-separated outcomes to retry [default: every one but completed and cancelled]
+        #[arg(long, value_name = "OUTCOMES")]
+        outcomes: Option<String>,
+        /// Print {run_id, reopened: [[org_id, attempt]], enqueued}
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Cancel a run: its orgs without an outcome end as `cancelled` (accounted), and its waiting
+    /// jobs are removed from the queue. Jobs already running finish; none starts a query after.
+    Cancel {
+        run_id: String,
+        /// Print {orgs_cancelled, jobs_removed}
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -407,7 +463,15 @@ impl Command {
             }
             | Command::Resume { config, .. }
             | Command::Status { config, .. }
-            | Command::Runs { action: RunsAction::List { config, .. } | RunsAction::Show { config, .. } }
+            | Command::Explain { config, .. }
+            | Command::Serve { config, .. }
+            | Command::Runs {
+                action:
+                    RunsAction::List { config, .. }
+                    | RunsAction::Show { config, .. }
+                    | RunsAction::Retry { config, .. }
+                    | RunsAction::Cancel { config, .. },
+            }
             | Command::Rate {
                 action: RateAction::Show { config, .. } | RateAction::Set { config, .. } | RateAction::Reset { config, .. },
             }
@@ -453,6 +517,37 @@ async fn run(command: Command, config: Config) -> anyhow::Result<String> {
         Command::Run { run_id, json, .. } => views::runs_show(&config, &run_id, json).await,
         Command::Runs { action: RunsAction::List { limit, json, .. } } => views::runs_list(&config, limit, json).await,
         Command::Runs { action: RunsAction::Show { run_id, json, .. } } => views::runs_show(&config, &run_id, json).await,
+        Command::Runs { action: RunsAction::Retry { run_id, outcomes, json, .. } } => {
+            let outcomes = match outcomes {
+                Some(list) => actions::parse_outcomes(&list)?,
+                None => actions::RETRY_BY_DEFAULT.to_vec(),
+            };
+            let done = actions::retry(&connection(&config)?, &config, &RunId(run_id), &outcomes).await?;
+            Ok(if json {
+                format!("{}\n", serde_json::to_value(&done)?)
+            } else {
+                format!(
+                    "run {}: {} org(s) reopened for a follow-up attempt, {} job(s) enqueued; follow it with `projectorctl runs show {}`\n",
+                    done.run_id,
+                    done.reopened.len(),
+                    done.enqueued,
+                    done.run_id
+                )
+            })
+        }
+        Command::Runs { action: RunsAction::Cancel { run_id, json, .. } } => {
+            let done = actions::cancel(&connection(&config)?, &config, &RunId(run_id.clone())).await?;
+            Ok(if json {
+                format!("{}\n", serde_json::to_value(done)?)
+            } else {
+                format!(
+                    "run {run_id} cancelled: {} org(s) end as cancelled, {} job(s) removed from the queue; jobs already running finish\n",
+                    done.orgs_cancelled, done.jobs_removed
+                )
+            })
+        }
+        Command::Explain { run_id, org_id, json, .. } => views::explain(&config, &run_id, org_id, json).await,
+        Command::Serve { addr, allow_actions, .. } => web::serve(config, addr, allow_actions).await.map(|()| String::new()),
         Command::Workers { json, .. } => views::workers(&config, json).await,
         Command::Jobs { action } => jobs(&config, action).await,
         Command::Pause { reason, json, .. } => {

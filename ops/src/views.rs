@@ -10,7 +10,8 @@ use projector_shared::heartbeat::{self, WorkerEntry};
 use projector_shared::redis_conn::Endpoint;
 use projector_shared::rollout::Rollout;
 use projector_shared::run::Outcome;
-use projector_shared::run_record::{OrgIds, RunOverview, RunRecords};
+use projector_shared::run_record::{OrgRecord, RunOverview, RunRecords, RunState};
+use projector_shared::trail::Step;
 use projector_shared::slots::{RedisSlotLimiter, RedisSlotSettings};
 use projector_shared::{OrgId, RunId};
 use serde_json::{Value, json};
@@ -67,7 +68,7 @@ fn duration_ms(run: &RunOverview, now: DateTime<Utc>) -> Option<i64> {
 
 /// Seconds left at the pace so far, for a running run that has made progress.
 fn eta_s(run: &RunOverview, now: DateTime<Utc>) -> Option<f64> {
-    if run.state() != "running" || run.accounted() == 0 {
+    if run.state() != RunState::Running || run.accounted() == 0 {
         return None;
     }
     let elapsed = duration_ms(run, now)? as f64 / 1000.0;
@@ -75,11 +76,12 @@ fn eta_s(run: &RunOverview, now: DateTime<Utc>) -> Option<f64> {
     Some(run.orgs_total.saturating_sub(run.accounted()) as f64 / pace)
 }
 
-fn run_json(run: &RunOverview, now: DateTime<Utc>) -> Value {
+pub(crate) fn run_json(run: &RunOverview, now: DateTime<Utc>) -> Value {
     json!({
         "run_id": run.run_id, "tick": run.tick.map(|t| t.to_rfc3339()), "orgs_total": run.orgs_total,
-        "accounted": run.accounted(), "state": run.state(), "duration_ms": duration_ms(run, now),
-        "finished": run.finished.map(|t| t.to_rfc3339()), "eta_s": eta_s(run, now), "outcomes": outcomes_json(&run.counts),
+        "accounted": run.accounted(), "state": run.state().as_str(), "duration_ms": duration_ms(run, now),
+        "finished": run.finished.map(|t| t.to_rfc3339()), "cancelled": run.cancelled.map(|t| t.to_rfc3339()),
+        "retried": run.retried, "eta_s": eta_s(run, now), "outcomes": outcomes_json(&run.counts),
     })
 }
 
@@ -106,43 +108,161 @@ pub async fn runs_list(config: &Config, limit: usize, as_json: bool) -> anyhow::
             completed,
             r.accounted() - completed,
             duration_ms(r, now).unwrap_or(0) as f64 / 1000.0,
-            r.state()
+            r.state().as_str()
         );
     }
     Ok(out)
+}
+
+/// The run's record, or an error saying where to look.
+async fn run_record(config: &Config, records: &RunRecords, run_id: &RunId) -> anyhow::Result<RunOverview> {
+    records.overview(run_id).await?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no record of run {run_id} in {} (records are kept runs.retention; `projectorctl runs list` shows the recent ones)",
+            Endpoint::from(&config.redis).redacted()
+        )
+    })
+}
+
+/// Accounted orgs over time: the cumulative count at each of `steps` even points from the tick
+/// to the last outcome, from the times in the orgs' trails.
+fn progress(run: &RunOverview, orgs: &[OrgRecord], steps: usize) -> Vec<(i64, u64)> {
+    let mut times: Vec<i64> = orgs.iter().filter(|o| o.outcome.is_some()).filter_map(|o| o.trail.last().map(|t| t.at_ms)).collect();
+    times.sort_unstable();
+    let (Some(start), Some(&end)) = (run.tick.map(|t| t.timestamp_millis()), times.last()) else { return Vec::new() };
+    let span = (end - start).max(1);
+    (1..=steps as i64)
+        .map(|k| {
+            let at = start + span * k / steps as i64;
+            (at - start, times.partition_point(|&t| t <= at) as u64)
+        })
+        .collect()
+}
+
+fn org_json(o: &OrgRecord) -> Value {
+    let last = o.trail.last();
+    json!({
+        "org_id": o.org.0, "outcome": o.outcome.map(Outcome::as_str), "attempt": o.attempt,
+        "at_ms": last.map(|t| t.at_ms), "worker": last.map(|t| t.attempt.worker.clone()),
+        "reason": last.and_then(|t| t.attempt.why.as_ref()).map(|w| json!({"kind": w.kind, "message": w.message})),
+        "slot_wait_ms": last.and_then(|t| slot_wait(&t.attempt.steps)),
+        "retry_after_ms": last.and_then(|t| retry_after(&t.attempt.steps)),
+        "attempts": o.trail.len(),
+    })
+}
+
+fn slot_wait(steps: &[Step]) -> Option<u64> {
+    steps.iter().find_map(|s| match s {
+        Step::Slot { waited_ms, .. } => Some(*waited_ms),
+        _ => None,
+    })
+}
+
+fn retry_after(steps: &[Step]) -> Option<u64> {
+    steps.iter().find_map(|s| match s {
+        Step::Rate { retry_after_ms, .. } => *retry_after_ms,
+        _ => None,
+    })
+}
+
+/// The JSON of `runs show --json` (and of `/api/runs/<id>`).
+pub(crate) async fn run_detail(config: &Config, records: &RunRecords, run_id: &RunId) -> anyhow::Result<(RunOverview, Vec<OrgRecord>)> {
+    let run = run_record(config, records, run_id).await?;
+    let orgs = records.orgs(run_id).await?;
+    Ok((run, orgs))
+}
+
+pub(crate) fn run_detail_json(run: &RunOverview, orgs: &[OrgRecord], now: DateTime<Utc>) -> Value {
+    let mut value = run_json(run, now);
+    let not_completed: Vec<Value> = orgs.iter().filter(|o| o.outcome.is_some_and(|x| x != Outcome::Completed)).map(org_json).collect();
+    value["not_completed"] = json!(not_completed);
+    value["open_org_ids"] = json!(orgs.iter().filter(|o| o.outcome.is_none()).map(|o| o.org.0).collect::<Vec<_>>());
+    value["progress"] = json!(progress(run, orgs, 10).iter().map(|(ms, n)| json!({"after_ms": ms, "accounted": n})).collect::<Vec<_>>());
+    value
 }
 
 /// `projectorctl runs show <id>` (and its older spelling `projectorctl run <id>`).
 pub async fn runs_show(config: &Config, run_id: &str, as_json: bool) -> anyhow::Result<String> {
     let records = RunRecords::new(connection(config)?, config.runs.retention);
     let run_id = RunId(run_id.to_owned());
-    let Some(s) = records.summary(&run_id, OrgIds::List).await? else {
-        anyhow::bail!(
-            "no record of run {run_id} in {} (records are kept runs.retention; `projectorctl runs list` shows the recent ones)",
-            Endpoint::from(&config.redis).redacted()
-        );
-    };
-    let ids = |v: &[OrgId]| v.iter().map(|o| o.0).collect::<Vec<_>>();
+    let (run, orgs) = run_detail(config, &records, &run_id).await?;
+    let now = Utc::now();
     if as_json {
-        let counts: Vec<(Outcome, u64)> = Outcome::ALL.iter().map(|o| (*o, s.count(*o))).collect();
-        let state = if s.is_finished() { "done" } else { "running" };
+        return Ok(format!("{}\n", run_detail_json(&run, &orgs, now)));
+    }
+    let mut out = format!("run {} ({}): {} of {} orgs accounted for", run.run_id, run.state().as_str(), run.accounted(), run.orgs_total);
+    if run.retried > 0 {
+        let _ = write!(out, "; {} org attempts retried", run.retried);
+    }
+    out.push('\n');
+    for (outcome, n) in &run.counts {
+        let _ = writeln!(out, "  {:<20}{:>8}", outcome.as_str(), n);
+    }
+    let not_completed: Vec<&OrgRecord> = orgs.iter().filter(|o| o.outcome.is_some_and(|x| x != Outcome::Completed)).collect();
+    if !not_completed.is_empty() {
+        let _ = writeln!(out, "orgs that did not complete (`projectorctl explain {} <org>` tells the whole story):", run.run_id);
+        for o in not_completed {
+            let last = o.trail.last();
+            let why = last.and_then(|t| t.attempt.why.as_ref()).map_or_else(String::new, |w| format!("{}: {}", w.kind, w.message));
+            let mut extra = String::new();
+            if let Some(w) = last.and_then(|t| slot_wait(&t.attempt.steps)) {
+                let _ = write!(extra, " slot wait {w} ms");
+            }
+            if let Some(r) = last.and_then(|t| retry_after(&t.attempt.steps)) {
+                let _ = write!(extra, " retry_after {r} ms");
+            }
+            let outcome = o.outcome.map_or("-", Outcome::as_str);
+            let _ = writeln!(out, "  org {:<10} {:<20} {why}{extra}", o.org.0, outcome);
+        }
+    }
+    let open = orgs.iter().filter(|o| o.outcome.is_none()).count();
+    if open > 0 {
+        let _ = writeln!(out, "{open} org(s) without an outcome yet");
+    }
+    let points = progress(&run, &orgs, 10);
+    if !points.is_empty() {
+        let line = points.iter().map(|(ms, n)| format!("{:.1}s:{n}", *ms as f64 / 1000.0)).collect::<Vec<_>>().join(" ");
+        let _ = writeln!(out, "progress (accounted after the tick): {line}");
+    }
+    Ok(out)
+}
+
+/// `projectorctl explain <run> <org>`: everything recorded about one org in one run, in order.
+pub async fn explain(config: &Config, run_id: &str, org: u64, as_json: bool) -> anyhow::Result<String> {
+    let records = RunRecords::new(connection(config)?, config.runs.retention);
+    let run_id = RunId(run_id.to_owned());
+    let run = run_record(config, &records, &run_id).await?;
+    let Some(record) = records.org(&run_id, OrgId(org)).await? else {
+        anyhow::bail!("org {org} is not in the plan of run {run_id} ({} orgs planned)", run.orgs_total);
+    };
+    if as_json {
         let value = json!({
-            "run_id": s.run_id, "orgs_total": s.orgs_total, "accounted": s.accounted(), "state": state,
-            "outcomes": outcomes_json(&counts),
-            "not_queried_org_ids": ids(&s.skipped_org_ids), "failed_org_ids": ids(&s.failed_org_ids),
+            "run_id": run_id.0, "org_id": org, "outcome": record.outcome.map(Outcome::as_str), "attempt": record.attempt,
+            "attempts": record.trail,
         });
         return Ok(format!("{value}\n"));
     }
-    let mut out = format!("run {}: {} of {} orgs accounted for\n", s.run_id, s.accounted(), s.orgs_total);
-    for outcome in Outcome::ALL {
-        let _ = writeln!(out, "  {:<18}{:>8}", outcome.as_str(), s.count(outcome));
+    let mut out = format!("org {org} in run {run_id}");
+    if let Some(tick) = run.tick {
+        let _ = write!(out, " (tick {})", tick.to_rfc3339());
     }
-    let text = |v: &[OrgId]| v.iter().map(|o| o.0.to_string()).collect::<Vec<_>>().join(",");
-    if !s.skipped_org_ids.is_empty() {
-        let _ = writeln!(out, "  not queried (skipped_no_slot, slot_unavailable, skipped_rate_policy): {}", text(&s.skipped_org_ids));
+    let _ = writeln!(out, ": {}", record.outcome.map_or("no outcome yet", Outcome::as_str));
+    if record.trail.is_empty() {
+        let _ = writeln!(out, "  nothing recorded yet: its job has not ended (see `projectorctl status` for the queue)");
     }
-    if !s.failed_org_ids.is_empty() {
-        let _ = writeln!(out, "  failed (rate_limited, failed): {}", text(&s.failed_org_ids));
+    for entry in &record.trail {
+        let at = DateTime::<Utc>::from_timestamp_millis(entry.at_ms).map(|t| t.format("%H:%M:%S%.3f").to_string()).unwrap_or_default();
+        let a = &entry.attempt;
+        let by = if a.worker.is_empty() { String::new() } else { format!(" on {}", a.worker) };
+        let _ = writeln!(out, "attempt {}{by}, recorded {at}:", a.attempt);
+        for (i, step) in a.steps.iter().enumerate() {
+            let _ = writeln!(out, "  {}. {}", i + 1, step.describe());
+        }
+        let why = a.why.as_ref().map_or_else(String::new, |w| format!(" ({}: {})", w.kind, w.message));
+        let _ = writeln!(out, "  {}. outcome: {}{why}", a.steps.len() + 1, a.outcome.as_str());
+    }
+    if record.outcome.is_none() && record.attempt > 0 {
+        let _ = writeln!(out, "attempt {} is queued (runs retry) and has not ended yet", record.attempt);
     }
     Ok(out)
 }
@@ -160,6 +280,8 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<String> {
     let rollout = Rollout::load(&mut conn.clone()).await?;
     let pause = projector_shared::pause::paused(&conn).await?;
     let now = Utc::now();
+    // Waiters give up slots.max_wait after they arrive: the first deadline dates the oldest.
+    let oldest_wait_ms = slots.first_gives_up_in.map(|left| config.slots.max_wait.saturating_sub(left).as_millis() as u64);
     let (in_force, source) = match (occupancy.in_force, occupancy.limit) {
         (Some(limit), Some(_)) => (limit, "redis"),
         _ => (config.slots.limit, "config (no limit stored in Redis yet)"),
@@ -170,7 +292,7 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<String> {
             "in_force": in_force, "source": source, "stored": occupancy.limit, "configured": config.slots.limit,
             "adaptive_multiplier": occupancy.multiplier,
         },
-        "slots": {"in_use": occupancy.in_use, "waiters": slots.waiters.len()},
+        "slots": {"in_use": occupancy.in_use, "waiters": slots.waiters.len(), "oldest_wait_ms": oldest_wait_ms},
         "queue": {"ready": queue.ready, "scheduled": queue.scheduled, "in_flight": queue.in_flight, "dead": queue.dead},
         "workers": {"alive": workers.len(), "jobs_in_flight": workers.iter().filter_map(|w| w.registration.as_ref()).map(|r| r.jobs_in_flight).sum::<u64>()},
         "run": latest.as_ref().map(|r| run_json(r, now)),
@@ -189,7 +311,8 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<String> {
         let _ = writeln!(out, "PAUSED       {} (workers take no jobs; `projectorctl resume` ends it)", p.reason);
     }
     let _ = writeln!(out, "limit        {in_force} in force (source: {source}; adaptive multiplier {:.2})", occupancy.multiplier);
-    let _ = writeln!(out, "slots        {} in use, {} waiting", occupancy.in_use, slots.waiters.len());
+    let oldest = oldest_wait_ms.map(|ms| format!(" (oldest for {:.1} s)", ms as f64 / 1000.0)).unwrap_or_default();
+    let _ = writeln!(out, "slots        {} in use, {} waiting{oldest}", occupancy.in_use, slots.waiters.len());
     let _ = writeln!(
         out,
         "queue        {} ready, {} scheduled, {} in flight, {} dead",
@@ -199,7 +322,7 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<String> {
     match &latest {
         Some(r) => {
             let eta = eta_s(r, now).map(|s| format!(", about {s:.0} s left")).unwrap_or_default();
-            let _ = writeln!(out, "latest run   {} {}: {} of {} orgs accounted{eta}", r.run_id, r.state(), r.accounted(), r.orgs_total);
+            let _ = writeln!(out, "latest run   {} {}: {} of {} orgs accounted{eta}", r.run_id, r.state().as_str(), r.accounted(), r.orgs_total);
         }
         None => {
             let _ = writeln!(out, "latest run   none recorded");

@@ -123,7 +123,16 @@ pub async fn enqueue(conn: &ConnectionManager, plan: &Plan) -> Result<Enqueued, 
     let orgs: Vec<_> = plan.jobs.iter().map(|p| (p.job.org_id, p.job.project_ids.clone())).collect();
     records.store_plan(&plan.run_id, &orgs).await.map_err(|e| enqueue_error(e.to_string()))?;
     tracing::info!(run_id = %plan.run_id, orgs = orgs.len(), "run planned; enqueuing");
-    push_jobs(conn, &plan.run_id, &plan.jobs, plan.runs.dedup_window).await
+    let enqueued = push_jobs(conn, &plan.run_id, &plan.jobs, plan.runs.dedup_window).await?;
+    mark_fanned_out(&records, &plan.run_id).await;
+    Ok(enqueued)
+}
+
+/// The run leaves `fanning out` in `projectorctl runs list`; a failure only leaves that label.
+async fn mark_fanned_out(records: &RunRecords, run_id: &RunId) {
+    if let Err(e) = records.mark_fanned_out(run_id).await {
+        tracing::warn!(run_id = %run_id, error = %e, "cannot mark the run fanned out; runs list shows it fanning out");
+    }
 }
 
 /// Pushes jobs in bulk script calls; jobs already enqueued (same idempotency key) are skipped.
@@ -174,7 +183,9 @@ pub async fn resume(conn: &ConnectionManager, run_id: &RunId, runs: &RunsConfig)
             limited: true,
         })
         .collect();
-    push_jobs(conn, run_id, &jobs, runs.dedup_window).await
+    let enqueued = push_jobs(conn, run_id, &jobs, runs.dedup_window).await?;
+    mark_fanned_out(&records, run_id).await;
+    Ok(enqueued)
 }
 
 /// How following a run ended.

@@ -21,6 +21,13 @@ pub struct SpikeProjectionJob {
     /// How many times a slot timeout re-enqueued this job (`slots.on_timeout = "reschedule"`).
     #[serde(default)]
     pub reschedules: u32,
+    /// 0 for the run's own job; n for the n-th follow-up attempt (`projectorctl runs retry`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// How much of an unreadable payload or body goes into an error or a log line.
@@ -33,14 +40,19 @@ pub fn sample(bytes: &[u8]) -> String {
 
 impl SpikeProjectionJob {
     /// The key that makes enqueueing the same org twice in one run a no-op.
+    /// A follow-up attempt has its own (`{run}:org-{id}:a<n>`), so a retry is not taken for a
+    /// duplicate of the job it follows.
     pub fn idempotency_key(&self) -> String {
-        format!("{}:org-{}", self.run_id, self.org_id)
+        match self.attempt {
+            0 => format!("{}:org-{}", self.run_id, self.org_id),
+            n => format!("{}:org-{}:a{n}", self.run_id, self.org_id),
+        }
     }
 
     /// The job for one planned org of a run: the one way a run's jobs are built, by the fan-out,
     /// its resume and the embedded run alike.
     pub fn planned(run_id: RunId, org_id: OrgId, batch_index: u32, scheduled_at: DateTime<Utc>, project_ids: Vec<ProjectId>) -> Self {
-        SpikeProjectionJob { run_id, org_id, batch_index, scheduled_at, project_ids, reschedules: 0 }
+        SpikeProjectionJob { run_id, org_id, batch_index, scheduled_at, project_ids, reschedules: 0, attempt: 0 }
     }
 
     /// Decodes a job from the queue's JSON payload; the error carries a truncated sample for the log.
@@ -68,6 +80,7 @@ mod tests {
             scheduled_at: Utc.with_ymd_and_hms(2026, 11, 22, 13, 0, 0).single().expect("valid"),
             project_ids: vec![],
             reschedules: 0,
+            attempt: 0,
         }
     }
 
@@ -92,5 +105,10 @@ mod tests {
     #[test]
     fn idempotency_key_names_run_and_org() {
         assert_eq!(job().idempotency_key(), "run-x:org-42");
+        let retry = SpikeProjectionJob { attempt: 2, ..job() };
+        assert_eq!(retry.idempotency_key(), "run-x:org-42:a2");
+        let wire: serde_json::Value = serde_json::from_slice(&retry.encode()).expect("JSON");
+        assert_eq!(wire["attempt"], 2);
+        assert!(serde_json::from_slice::<serde_json::Value>(&job().encode()).expect("JSON").get("attempt").is_none());
     }
 }

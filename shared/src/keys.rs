@@ -141,6 +141,17 @@ pub fn run_orgs(run_id: &crate::RunId) -> String {
     format!("projector:run:{}:orgs", run_id.0)
 }
 
+/// Hash: org → its trail in the run, one line per attempt (`<redis ms> <JSON>`, the last
+/// `trail::KEPT_ATTEMPTS`): what `projectorctl explain` and `runs show` read.
+pub fn run_trail(run_id: &crate::RunId) -> String {
+    format!("projector:run:{}:trail", run_id.0)
+}
+
+/// Hash: org → the attempt now open for it (absent: the first, 0). Written by `runs retry` only.
+pub fn run_attempts(run_id: &crate::RunId) -> String {
+    format!("projector:run:{}:attempts", run_id.0)
+}
+
 /// Lock taken by the one scheduler replica that fans out a cron tick.
 pub fn tick_lock(run_id: &crate::RunId) -> String {
     format!("projector:tick-lock:{}", run_id.0)

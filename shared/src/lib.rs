@@ -19,6 +19,7 @@ pub mod run;
 pub mod run_record;
 pub mod slots;
 pub mod synthetic;
+pub mod trail;
 
 pub use error::Error;
 pub use ids::{OrgId, ProjectId, RunId};

@@ -29,16 +29,27 @@ pub struct Rollout {
 impl Rollout {
     /// Whether `org` takes the limited path. Deny beats allow; allow beats everything else.
     pub fn is_limited(&self, org: OrgId) -> bool {
+        self.route(org).0
+    }
+
+    /// Whether `org` takes the limited path, and why (for the org's trail: `projectorctl explain`).
+    pub fn route(&self, org: OrgId) -> (bool, String) {
         if self.deny.contains(&org) {
-            return false;
+            return (false, "on the flag's deny list (excluded by an operator)".to_owned());
         }
         if self.allow.contains(&org) {
-            return true;
+            return (true, "on the flag's allow list".to_owned());
         }
         if self.enabled == Some(false) {
-            return false;
+            return (false, "the flag is off (enabled = false) and the org is not on its allow list".to_owned());
         }
-        bucket(RATE_LIMIT_FLAG, org) < u32::from(self.percentage.unwrap_or(100))
+        let bucket = bucket(RATE_LIMIT_FLAG, org);
+        match self.percentage {
+            None if *self == Rollout::default() => (true, "the flag was never set: every org is limited".to_owned()),
+            None => (true, "no rollout percentage set (100%)".to_owned()),
+            Some(p) if bucket < u32::from(p) => (true, format!("bucket {bucket} is inside the rollout percentage {p}%")),
+            Some(p) => (false, format!("bucket {bucket} is outside the rollout percentage {p}%")),
+        }
     }
 
     /// Reads the flag; a missing key is the default (everyone limited).

@@ -9,6 +9,7 @@ use futures::future::BoxFuture;
 
 use crate::error::Error;
 use crate::ids::{OrgId, RunId};
+use crate::trail::Attempt;
 
 /// How one organization's job ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -27,16 +28,19 @@ pub enum Outcome {
     /// The rate policy (`[rate]`) admitted no start within `rate.max_delay`, or a cooldown after a
     /// 429 was in force; not queried.
     SkippedRatePolicy,
+    /// An operator cancelled the run (`projectorctl runs cancel`) before the org ran; not queried.
+    Cancelled,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Completed,
         Outcome::SkippedNoSlot,
         Outcome::RateLimited,
         Outcome::Failed,
         Outcome::SlotUnavailable,
         Outcome::SkippedRatePolicy,
+        Outcome::Cancelled,
     ];
 
     /// Parses the name used in run records (`completed`, `skipped_no_slot`, …).
@@ -44,10 +48,10 @@ impl Outcome {
         Outcome::ALL.into_iter().find(|o| o.as_str() == name)
     }
 
-    /// Whether the org was never queried (no slot, no slot backend, or no rate admission): it
-    /// can simply be run again. The other non-completed outcomes queried and failed.
+    /// Whether the org was never queried (no slot, no slot backend, no rate admission, or a
+    /// cancelled run): it can simply be run again. The other non-completed outcomes queried and failed.
     pub fn not_queried(self) -> bool {
-        matches!(self, Outcome::SkippedNoSlot | Outcome::SlotUnavailable | Outcome::SkippedRatePolicy)
+        matches!(self, Outcome::SkippedNoSlot | Outcome::SlotUnavailable | Outcome::SkippedRatePolicy | Outcome::Cancelled)
     }
 
     /// The name used in run records, summaries and metric labels.
@@ -59,6 +63,7 @@ impl Outcome {
             Outcome::Failed => "failed",
             Outcome::SlotUnavailable => "slot_unavailable",
             Outcome::SkippedRatePolicy => "skipped_rate_policy",
+            Outcome::Cancelled => "cancelled",
         }
     }
 }
@@ -152,7 +157,7 @@ pub struct RunSummary {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent_queries: Option<u64>,
     pub duration_ms: u64,
-    /// Orgs never queried (skipped_no_slot, slot_unavailable, skipped_rate_policy), so a person can re-run them.
+    /// Orgs never queried (skipped_no_slot, slot_unavailable, skipped_rate_policy, cancelled), so a person can re-run them.
     #[serde(default)]
     pub skipped_org_ids: Vec<OrgId>,
     /// Orgs whose query or store failed (rate_limited, failed).
@@ -270,17 +275,21 @@ pub enum Admission {
     UnknownRun,
     /// The org is not in the run's plan: refuse without querying.
     NotPlanned,
+    /// A later attempt (`projectorctl runs retry`) owns the org now: this job is stale.
+    Superseded,
 }
 
 /// Where a run's outcomes are kept: in Redis for distributed runs (`run_record::RunRecords`), in
 /// memory for the embedded run (`MemoryRunLedger`). The job handler uses only this, so both
 /// modes admit, record and total the same way.
 pub trait RunLedger: Send + Sync {
-    /// Whether a job for (run, org) may run: its run exists, the org is planned and has no outcome yet.
-    fn outcome_of<'a>(&'a self, run_id: &'a RunId, org: OrgId) -> BoxFuture<'a, Result<Admission, Error>>;
+    /// Whether attempt `attempt` of (run, org) may run: its run exists, the org is planned, has no
+    /// outcome yet, and no later attempt owns it.
+    fn outcome_of<'a>(&'a self, run_id: &'a RunId, org: OrgId, attempt: u32) -> BoxFuture<'a, Result<Admission, Error>>;
 
-    /// Records how an org ended; the first outcome of an org wins.
-    fn record<'a>(&'a self, run_id: &'a RunId, org: OrgId, outcome: Outcome) -> BoxFuture<'a, Result<Recorded, Error>>;
+    /// Records how an org ended, with its trail; the first outcome of an attempt wins, and a stale
+    /// attempt records nothing.
+    fn record<'a>(&'a self, run_id: &'a RunId, org: OrgId, attempt: &'a Attempt) -> BoxFuture<'a, Result<Recorded, Error>>;
 
     /// The run's totals so far; `None` if there is no such run.
     fn summary<'a>(&'a self, run_id: &'a RunId) -> BoxFuture<'a, Result<Option<RunSummary>, Error>>;
@@ -327,7 +336,7 @@ impl MemoryRunLedger {
         let recorded = match self.admission(run_id, org) {
             Admission::UnknownRun => return Recorded::UnknownRun,
             Admission::NotPlanned => return Recorded::NotPlanned,
-            Admission::Accounted(_) => return Recorded::AlreadyAccounted,
+            Admission::Accounted(_) | Admission::Superseded => return Recorded::AlreadyAccounted,
             Admission::Open => {
                 let mut map = self.outcomes();
                 match map.entry(org) {
@@ -372,12 +381,13 @@ impl MemoryRunLedger {
 }
 
 impl RunLedger for MemoryRunLedger {
-    fn outcome_of<'a>(&'a self, run_id: &'a RunId, org: OrgId) -> BoxFuture<'a, Result<Admission, Error>> {
+    // The embedded run has no retries: every job is attempt 0, and trails are not kept.
+    fn outcome_of<'a>(&'a self, run_id: &'a RunId, org: OrgId, _attempt: u32) -> BoxFuture<'a, Result<Admission, Error>> {
         Box::pin(std::future::ready(Ok(self.admission(run_id, org))))
     }
 
-    fn record<'a>(&'a self, run_id: &'a RunId, org: OrgId, outcome: Outcome) -> BoxFuture<'a, Result<Recorded, Error>> {
-        Box::pin(std::future::ready(Ok(self.insert(run_id, org, outcome))))
+    fn record<'a>(&'a self, run_id: &'a RunId, org: OrgId, attempt: &'a Attempt) -> BoxFuture<'a, Result<Recorded, Error>> {
+        Box::pin(std::future::ready(Ok(self.insert(run_id, org, attempt.outcome))))
     }
 
     fn summary<'a>(&'a self, run_id: &'a RunId) -> BoxFuture<'a, Result<Option<RunSummary>, Error>> {
@@ -393,28 +403,28 @@ mod tests {
     async fn the_first_outcome_wins_strangers_are_refused_and_totals_add_up() {
         let run = RunId("run-t".into());
         let ledger = MemoryRunLedger::new(run.clone(), (1..=4).map(OrgId));
-        assert_eq!(ledger.record(&run, OrgId(1), Outcome::Completed).await.expect("memory"), Recorded::Recorded);
-        assert_eq!(ledger.record(&run, OrgId(1), Outcome::Failed).await.expect("memory"), Recorded::AlreadyAccounted);
-        assert_eq!(ledger.record(&run, OrgId(2), Outcome::SkippedNoSlot).await.expect("memory"), Recorded::Recorded);
-        assert_eq!(ledger.record(&run, OrgId(3), Outcome::Failed).await.expect("memory"), Recorded::Recorded);
-        assert_eq!(ledger.record(&run, OrgId(99), Outcome::Completed).await.expect("memory"), Recorded::NotPlanned);
+        assert_eq!(ledger.record(&run, OrgId(1), &Attempt::bare(Outcome::Completed)).await.expect("memory"), Recorded::Recorded);
+        assert_eq!(ledger.record(&run, OrgId(1), &Attempt::bare(Outcome::Failed)).await.expect("memory"), Recorded::AlreadyAccounted);
+        assert_eq!(ledger.record(&run, OrgId(2), &Attempt::bare(Outcome::SkippedNoSlot)).await.expect("memory"), Recorded::Recorded);
+        assert_eq!(ledger.record(&run, OrgId(3), &Attempt::bare(Outcome::Failed)).await.expect("memory"), Recorded::Recorded);
+        assert_eq!(ledger.record(&run, OrgId(99), &Attempt::bare(Outcome::Completed)).await.expect("memory"), Recorded::NotPlanned);
         let other = RunId("run-other".into());
-        assert_eq!(ledger.record(&other, OrgId(4), Outcome::Completed).await.expect("memory"), Recorded::UnknownRun);
-        assert_eq!(ledger.outcome_of(&other, OrgId(4)).await.expect("memory"), Admission::UnknownRun);
+        assert_eq!(ledger.record(&other, OrgId(4), &Attempt::bare(Outcome::Completed)).await.expect("memory"), Recorded::UnknownRun);
+        assert_eq!(ledger.outcome_of(&other, OrgId(4), 0).await.expect("memory"), Admission::UnknownRun);
         let s = ledger.summary(&run).await.expect("memory").expect("this run");
         assert_eq!((s.count(Outcome::Completed), s.count(Outcome::SkippedNoSlot), s.count(Outcome::Failed)), (1, 1, 1));
         assert_eq!(
             s.outcomes.to_string(),
-            "completed=1 skipped_no_slot=1 rate_limited=0 failed=1 slot_unavailable=0 skipped_rate_policy=0"
+            "completed=1 skipped_no_slot=1 rate_limited=0 failed=1 slot_unavailable=0 skipped_rate_policy=0 cancelled=0"
         );
         let json = serde_json::to_value(&s).expect("json");
         assert_eq!((json["completed"].as_u64(), json["slot_unavailable"].as_u64()), (Some(1), Some(0)), "one field per outcome: {json}");
         assert_eq!(serde_json::from_value::<RunSummary>(json).expect("loads back"), s);
         assert_eq!(s.accounted(), 3);
         assert_eq!(s.skipped_org_ids, [OrgId(2)]);
-        assert_eq!(ledger.outcome_of(&run, OrgId(1)).await.expect("memory"), Admission::Accounted(Outcome::Completed));
-        assert_eq!(ledger.outcome_of(&run, OrgId(4)).await.expect("memory"), Admission::Open);
-        assert_eq!(ledger.record(&run, OrgId(4), Outcome::Completed).await.expect("memory"), Recorded::FinishedTheRun);
+        assert_eq!(ledger.outcome_of(&run, OrgId(1), 0).await.expect("memory"), Admission::Accounted(Outcome::Completed));
+        assert_eq!(ledger.outcome_of(&run, OrgId(4), 0).await.expect("memory"), Admission::Open);
+        assert_eq!(ledger.record(&run, OrgId(4), &Attempt::bare(Outcome::Completed)).await.expect("memory"), Recorded::FinishedTheRun);
     }
 
     #[test]
@@ -424,14 +434,14 @@ mod tests {
             s.add(OrgId(org as u64), outcome);
         }
         s.sort_ids();
-        // completed 0, skipped_no_slot 1, rate_limited 2, failed 3, slot_unavailable 4, skipped_rate_policy 5
-        assert_eq!(s.skipped_org_ids, [OrgId(1), OrgId(4), OrgId(5)], "never queried");
+        // completed 0, skipped_no_slot 1, rate_limited 2, failed 3, slot_unavailable 4, skipped_rate_policy 5, cancelled 6
+        assert_eq!(s.skipped_org_ids, [OrgId(1), OrgId(4), OrgId(5), OrgId(6)], "never queried");
         assert_eq!(s.failed_org_ids, [OrgId(2), OrgId(3)], "queried and failed");
         for o in Outcome::ALL {
             assert_eq!(s.count(o), 1);
             assert_eq!(Outcome::parse(o.as_str()), Some(o));
         }
-        assert_eq!(s.not_completed(), 5);
+        assert_eq!(s.not_completed(), 6);
     }
 
     #[tokio::test]
@@ -442,10 +452,10 @@ mod tests {
             let ledger = ledger.clone();
             async move { ledger.all_accounted().await }
         });
-        ledger.record(&run, OrgId(1), Outcome::Completed).await.expect("memory");
+        ledger.record(&run, OrgId(1), &Attempt::bare(Outcome::Completed)).await.expect("memory");
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
-        ledger.record(&run, OrgId(2), Outcome::Completed).await.expect("memory");
+        ledger.record(&run, OrgId(2), &Attempt::bare(Outcome::Completed)).await.expect("memory");
         tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.expect("woken").expect("joined");
     }
 }

@@ -13,9 +13,26 @@ use crate::ids::{OrgId, RunId};
 use crate::keys;
 use crate::redis_conn::retry_transient;
 use crate::run::{Admission, Outcome, Recorded, RunLedger, RunSummary};
+use crate::trail::{self, Attempt};
 
-/// Records one org's outcome; its contract is in the file's header.
-static RECORD: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(include_str!("../../lua/run_record.lua")));
+/// Helpers every run-record script starts with (`lua/run_prelude.lua`).
+const PRELUDE: &str = include_str!("../../lua/run_prelude.lua");
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}\n{body}"))
+}
+
+/// Records one org's outcome and trail; its contract is in the file's header.
+static RECORD: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| script(include_str!("../../lua/run_record.lua")));
+
+/// Reopens orgs for a follow-up attempt; its contract is in the file's header.
+static RETRY: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| script(include_str!("../../lua/run_retry.lua")));
+
+/// Ends a run's open orgs as cancelled; its contract is in the file's header.
+static CANCEL: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| script(include_str!("../../lua/run_cancel.lua")));
+
+/// Orgs per retry or cancel script call: bounded, so Redis is never blocked for long.
+const ORGS_PER_CALL: usize = 1_000;
 
 impl redis::FromRedisValue for Recorded {
     fn from_redis_value(v: redis::Value) -> Result<Self, redis::ParsingError> {
@@ -84,13 +101,25 @@ impl RunRecords {
             .map_err(Error::redis(format!("creating the record of run {run_id}")))
     }
 
-    /// Records how an org ended; a second outcome for the same org (duplicate delivery) is ignored.
-    pub async fn record(&self, run_id: &RunId, org: OrgId, outcome: Outcome) -> Result<Recorded, Error> {
+    /// Records how an org ended, with its trail; a second outcome for the same attempt (duplicate
+    /// delivery) or an outcome of a superseded attempt is ignored.
+    pub async fn record(&self, run_id: &RunId, org: OrgId, attempt: &Attempt) -> Result<Recorded, Error> {
+        let line = attempt.to_line();
         // Idempotent (the first outcome wins), so a transient error is simply retried.
         retry_transient(|| {
             let mut conn = self.conn.clone();
             let mut invocation = RECORD.key(keys::run(run_id));
-            invocation.key(keys::run_orgs(run_id)).key(keys::run_plan(run_id)).arg(org.0).arg(outcome.as_str()).arg(self.retention_ms());
+            invocation
+                .key(keys::run_orgs(run_id))
+                .key(keys::run_plan(run_id))
+                .key(keys::run_trail(run_id))
+                .key(keys::run_attempts(run_id))
+                .arg(org.0)
+                .arg(attempt.outcome.as_str())
+                .arg(self.retention_ms())
+                .arg(attempt.attempt)
+                .arg(&line)
+                .arg(trail::KEPT_ATTEMPTS);
             async move { invocation.invoke_async(&mut conn).await }
         })
         .await
@@ -156,15 +185,16 @@ impl RunRecords {
         Ok(Some(StoredPlan { tick, orgs_total, orgs }))
     }
 
-    /// Whether a job for (run, org) may run: its run exists, the org is in the run's plan and has
-    /// no outcome yet. One round trip.
-    pub async fn admit(&self, run_id: &RunId, org: OrgId) -> Result<Admission, Error> {
-        let (run_exists, planned, outcome): (bool, bool, Option<String>) = retry_transient(|| {
+    /// Whether attempt `attempt` of (run, org) may run: its run exists, the org is in the run's
+    /// plan, has no outcome yet and no later attempt owns it. One round trip.
+    pub async fn admit(&self, run_id: &RunId, org: OrgId, attempt: u32) -> Result<Admission, Error> {
+        let (run_exists, planned, outcome, current): (bool, bool, Option<String>, Option<u32>) = retry_transient(|| {
             let mut conn = self.conn.clone();
             let pipe = redis::pipe()
                 .exists(keys::run(run_id))
                 .hexists(keys::run_plan(run_id), org.0)
                 .hget(keys::run_orgs(run_id), org.0)
+                .hget(keys::run_attempts(run_id), org.0)
                 .to_owned();
             async move { pipe.query_async(&mut conn).await }
         })
@@ -173,6 +203,7 @@ impl RunRecords {
         Ok(match (run_exists, planned, outcome.as_deref().and_then(Outcome::parse)) {
             (false, _, _) => Admission::UnknownRun,
             (true, false, _) => Admission::NotPlanned,
+            _ if attempt < current.unwrap_or(0) => Admission::Superseded,
             (true, true, Some(outcome)) => Admission::Accounted(outcome),
             (true, true, None) => Admission::Open,
         })
@@ -219,8 +250,35 @@ pub struct RunOverview {
     pub orgs_total: u64,
     /// Count per outcome, in [`Outcome::ALL`] order.
     pub counts: Vec<(Outcome, u64)>,
+    /// When every job of the run was in the queue (Redis time); `None` while fanning out.
+    pub fanned_out: Option<DateTime<Utc>>,
     /// When its last org was recorded (Redis time), if it finished.
     pub finished: Option<DateTime<Utc>>,
+    /// When an operator cancelled it (Redis time), if one did.
+    pub cancelled: Option<DateTime<Utc>>,
+    /// Orgs reopened by `runs retry`, over every retry of the run.
+    pub retried: u64,
+}
+
+/// Where a run is: `fanning out`, `running`, `done` or `cancelled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    FanningOut,
+    Running,
+    Done,
+    Cancelled,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::FanningOut => "fanning out",
+            RunState::Running => "running",
+            RunState::Done => "done",
+            RunState::Cancelled => "cancelled",
+        }
+    }
 }
 
 impl RunOverview {
@@ -228,10 +286,44 @@ impl RunOverview {
         self.counts.iter().map(|(_, n)| n).sum()
     }
 
-    /// `done` once every org has an outcome, else `running`.
-    pub fn state(&self) -> &'static str {
-        if crate::run::is_finished(self.accounted(), self.orgs_total) { "done" } else { "running" }
+    pub fn state(&self) -> RunState {
+        if self.cancelled.is_some() {
+            RunState::Cancelled
+        } else if crate::run::is_finished(self.accounted(), self.orgs_total) {
+            RunState::Done
+        } else if self.fanned_out.is_none() {
+            RunState::FanningOut
+        } else {
+            RunState::Running
+        }
     }
+
+    fn from_fields(run_id: String, fields: &std::collections::HashMap<String, String>) -> Self {
+        let n = |k: &str| fields.get(k).and_then(|v| v.parse().ok()).unwrap_or(0u64);
+        let at = |k: &str| fields.get(k).and_then(|v| v.parse::<i64>().ok()).and_then(DateTime::<Utc>::from_timestamp_millis);
+        RunOverview {
+            tick: fields.get("tick").and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc)),
+            orgs_total: n("orgs_total"),
+            counts: Outcome::ALL.iter().map(|o| (*o, n(o.as_str()))).collect(),
+            fanned_out: at("fanned_out_ms"),
+            finished: at("finished_ms"),
+            cancelled: at("cancelled_ms"),
+            retried: n("retried"),
+            run_id,
+        }
+    }
+}
+
+/// One org of a run as the record keeps it: its latest outcome and the trail of its attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgRecord {
+    pub org: OrgId,
+    /// `None` while it has no outcome (not run yet, or reopened by a retry).
+    pub outcome: Option<Outcome>,
+    /// The attempt open now (0 until a retry).
+    pub attempt: u32,
+    /// Its attempts, oldest first (the last [`trail::KEPT_ATTEMPTS`]).
+    pub trail: Vec<trail::Recorded>,
 }
 
 impl RunRecords {
@@ -252,30 +344,131 @@ impl RunRecords {
             .into_iter()
             .zip(records)
             .filter(|(_, fields)| !fields.is_empty())
-            .map(|(run_id, fields)| {
-                let n = |k: &str| fields.get(k).and_then(|v| v.parse().ok()).unwrap_or(0u64);
-                RunOverview {
-                    tick: fields.get("tick").and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc)),
-                    orgs_total: n("orgs_total"),
-                    counts: Outcome::ALL.iter().map(|o| (*o, n(o.as_str()))).collect(),
-                    finished: fields
-                        .get("finished_ms")
-                        .and_then(|v| v.parse::<i64>().ok())
-                        .and_then(DateTime::<Utc>::from_timestamp_millis),
-                    run_id,
-                }
-            })
+            .map(|(run_id, fields)| RunOverview::from_fields(run_id, &fields))
             .collect())
+    }
+
+    /// One run's overview; `None` if there is no such run.
+    pub async fn overview(&self, run_id: &RunId) -> Result<Option<RunOverview>, Error> {
+        let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(keys::run(run_id))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(Error::redis(format!("reading run {run_id}")))?;
+        Ok((!fields.is_empty()).then(|| RunOverview::from_fields(run_id.0.clone(), &fields)))
+    }
+
+    /// Notes that every job of the run is in the queue (the run leaves `fanning out`).
+    pub async fn mark_fanned_out(&self, run_id: &RunId) -> Result<(), Error> {
+        let now: (u64, u64) = redis::cmd("TIME").query_async(&mut self.conn.clone()).await.map_err(Error::redis("reading Redis time"))?;
+        let ms = now.0 * 1_000 + now.1 / 1_000;
+        redis::cmd("HSET")
+            .arg(keys::run(run_id))
+            .arg("fanned_out_ms")
+            .arg(ms)
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(Error::redis(format!("marking run {run_id} fanned out")))
+    }
+
+    /// Every org of the run that has an outcome, the open attempts, and their trails; orgs in the
+    /// plan without an outcome are listed with `None`. Sorted by org.
+    pub async fn orgs(&self, run_id: &RunId) -> Result<Vec<OrgRecord>, Error> {
+        use std::collections::HashMap;
+        let mut conn = self.conn.clone();
+        let doing = || format!("reading the orgs of run {run_id}");
+        let (outcomes, attempts, trails): (HashMap<u64, String>, HashMap<u64, u32>, HashMap<u64, String>) = redis::pipe()
+            .hgetall(keys::run_orgs(run_id))
+            .hgetall(keys::run_attempts(run_id))
+            .hgetall(keys::run_trail(run_id))
+            .query_async(&mut conn)
+            .await
+            .map_err(Error::redis(doing()))?;
+        let planned: Vec<u64> = redis::cmd("HKEYS").arg(keys::run_plan(run_id)).query_async(&mut conn).await.map_err(Error::redis(doing()))?;
+        let mut orgs: Vec<OrgRecord> = planned
+            .into_iter()
+            .map(|org| OrgRecord {
+                org: OrgId(org),
+                outcome: outcomes.get(&org).and_then(|o| Outcome::parse(o)),
+                attempt: attempts.get(&org).copied().unwrap_or(0),
+                trail: trails.get(&org).map(|t| trail::parse(t)).unwrap_or_default(),
+            })
+            .collect();
+        orgs.sort_by_key(|o| o.org);
+        Ok(orgs)
+    }
+
+    /// One org of a run; `None` if the run does not exist or did not plan it.
+    pub async fn org(&self, run_id: &RunId, org: OrgId) -> Result<Option<OrgRecord>, Error> {
+        let (planned, outcome, attempt, trail): (bool, Option<String>, Option<u32>, Option<String>) = redis::pipe()
+            .hexists(keys::run_plan(run_id), org.0)
+            .hget(keys::run_orgs(run_id), org.0)
+            .hget(keys::run_attempts(run_id), org.0)
+            .hget(keys::run_trail(run_id), org.0)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(Error::redis(format!("reading org {org} of run {run_id}")))?;
+        Ok(planned.then(|| OrgRecord {
+            org,
+            outcome: outcome.as_deref().and_then(Outcome::parse),
+            attempt: attempt.unwrap_or(0),
+            trail: trail.as_deref().map(trail::parse).unwrap_or_default(),
+        }))
+    }
+
+    /// Reopens the run's orgs whose outcome is in `outcomes` for a follow-up attempt; returns
+    /// each reopened org with its new attempt number. Orgs whose outcome changed meanwhile are
+    /// left alone.
+    pub async fn reopen(&self, run_id: &RunId, outcomes: &[Outcome]) -> Result<Vec<(OrgId, u32)>, Error> {
+        let chosen: Vec<(OrgId, Outcome)> =
+            self.orgs(run_id).await?.into_iter().filter_map(|o| o.outcome.filter(|x| outcomes.contains(x)).map(|x| (o.org, x))).collect();
+        let mut reopened = Vec::new();
+        for chunk in chosen.chunks(ORGS_PER_CALL) {
+            let mut invocation = RETRY.key(keys::run(run_id));
+            invocation.key(keys::run_orgs(run_id)).key(keys::run_attempts(run_id)).arg(self.retention_ms());
+            for (org, had) in chunk {
+                invocation.arg(org.0).arg(had.as_str());
+            }
+            let flat: Vec<u64> =
+                invocation.invoke_async(&mut self.conn.clone()).await.map_err(Error::redis(format!("reopening orgs of run {run_id}")))?;
+            reopened.extend(flat.chunks(2).filter_map(|p| Some((OrgId(*p.first()?), u32::try_from(*p.get(1)?).ok()?))));
+        }
+        Ok(reopened)
+    }
+
+    /// Ends every open org of the run as `cancelled` and marks the run cancelled; returns how
+    /// many orgs this cancelled. Orgs that already ended keep their outcome.
+    pub async fn cancel(&self, run_id: &RunId) -> Result<u64, Error> {
+        let planned: Vec<u64> = redis::cmd("HKEYS")
+            .arg(keys::run_plan(run_id))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(Error::redis(format!("reading the plan of run {run_id}")))?;
+        let line = Attempt { steps: vec![trail::Step::Cancelled], ..Attempt::bare(Outcome::Cancelled) }.to_line();
+        let mut cancelled = 0;
+        // An empty plan still marks the run cancelled (one call with no orgs).
+        let chunks: Vec<&[u64]> = if planned.is_empty() { vec![&[]] } else { planned.chunks(ORGS_PER_CALL).collect() };
+        for chunk in chunks {
+            let mut invocation = CANCEL.key(keys::run(run_id));
+            invocation.key(keys::run_orgs(run_id)).key(keys::run_trail(run_id)).arg(self.retention_ms()).arg(&line).arg(trail::KEPT_ATTEMPTS);
+            for org in chunk {
+                invocation.arg(*org);
+            }
+            let (n, _finished): (u64, u64) =
+                invocation.invoke_async(&mut self.conn.clone()).await.map_err(Error::redis(format!("cancelling run {run_id}")))?;
+            cancelled += n;
+        }
+        Ok(cancelled)
     }
 }
 
 impl RunLedger for RunRecords {
-    fn outcome_of<'a>(&'a self, run_id: &'a RunId, org: OrgId) -> BoxFuture<'a, Result<Admission, Error>> {
-        Box::pin(self.admit(run_id, org))
+    fn outcome_of<'a>(&'a self, run_id: &'a RunId, org: OrgId, attempt: u32) -> BoxFuture<'a, Result<Admission, Error>> {
+        Box::pin(self.admit(run_id, org, attempt))
     }
 
-    fn record<'a>(&'a self, run_id: &'a RunId, org: OrgId, outcome: Outcome) -> BoxFuture<'a, Result<Recorded, Error>> {
-        Box::pin(RunRecords::record(self, run_id, org, outcome))
+    fn record<'a>(&'a self, run_id: &'a RunId, org: OrgId, attempt: &'a Attempt) -> BoxFuture<'a, Result<Recorded, Error>> {
+        Box::pin(RunRecords::record(self, run_id, org, attempt))
     }
 
     fn summary<'a>(&'a self, run_id: &'a RunId) -> BoxFuture<'a, Result<Option<RunSummary>, Error>> {

@@ -572,6 +572,7 @@ fn a_duplicate_delivery_is_acknowledged_without_a_second_query_and_metrics_are_s
             scheduled_at: chrono::Utc::now(),
             project_ids: vec![],
             reschedules: 0,
+            attempt: 0,
         };
         let task = apalis::prelude::TaskBuilder::new(job.encode()).build();
         apalis_redis::queries::push_tasks(&mut conn, &projector_queue::config(), &[task]).await.expect("push");
@@ -632,6 +633,7 @@ fn jobs_for_unplanned_orgs_or_unknown_runs_are_refused_without_a_query() {
             scheduled_at: chrono::Utc::now(),
             project_ids: vec![],
             reschedules: 0,
+            attempt: 0,
         };
         let tasks: Vec<_> =
             [job(&run_id, 99_999), job("run-bogus", 1)].iter().map(|j| apalis::prelude::TaskBuilder::new(j.encode()).build()).collect();

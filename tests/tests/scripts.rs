@@ -8,7 +8,8 @@ use chrono::Utc;
 use projector_shared::adaptive::{AdaptiveSettings, SignalCounts};
 use projector_shared::keys::SlotKeys;
 use projector_shared::run::{Admission, Outcome, Recorded};
-use projector_shared::run_record::RunRecords;
+use projector_shared::run_record::{RunRecords, RunState};
+use projector_shared::trail::{Attempt, Step, Why};
 use projector_shared::slots::{Acquire, RedisSlotLimiter, RedisSlotSettings, SlotLimiter, SlotRequest};
 use projector_shared::{OrgId, RunId};
 use projector_tests::RedisServer;
@@ -294,14 +295,14 @@ fn run_record_keeps_the_first_outcome_refuses_strangers_and_names_the_last_org()
         let run = RunId("run-scripts".into());
         records.create(&run, Utc::now(), 2).await.expect("create");
         records.store_plan(&run, &[(OrgId(1), vec![]), (OrgId(2), vec![])]).await.expect("plan");
-        assert_eq!(records.record(&run, OrgId(1), Outcome::Completed).await.expect("record"), Recorded::Recorded);
-        assert_eq!(records.record(&run, OrgId(1), Outcome::Failed).await.expect("record"), Recorded::AlreadyAccounted);
-        assert_eq!(records.record(&run, OrgId(99), Outcome::Completed).await.expect("record"), Recorded::NotPlanned);
+        assert_eq!(records.record(&run, OrgId(1), &Attempt::bare(Outcome::Completed)).await.expect("record"), Recorded::Recorded);
+        assert_eq!(records.record(&run, OrgId(1), &Attempt::bare(Outcome::Failed)).await.expect("record"), Recorded::AlreadyAccounted);
+        assert_eq!(records.record(&run, OrgId(99), &Attempt::bare(Outcome::Completed)).await.expect("record"), Recorded::NotPlanned);
         let ghost = RunId("run-never".into());
-        assert_eq!(records.record(&ghost, OrgId(1), Outcome::Completed).await.expect("record"), Recorded::UnknownRun);
-        assert_eq!(records.record(&run, OrgId(2), Outcome::SkippedNoSlot).await.expect("record"), Recorded::FinishedTheRun);
+        assert_eq!(records.record(&ghost, OrgId(1), &Attempt::bare(Outcome::Completed)).await.expect("record"), Recorded::UnknownRun);
+        assert_eq!(records.record(&run, OrgId(2), &Attempt::bare(Outcome::SkippedNoSlot)).await.expect("record"), Recorded::FinishedTheRun);
         assert_eq!(
-            records.admit(&run, OrgId(1)).await.expect("admission"),
+            records.admit(&run, OrgId(1), 0).await.expect("admission"),
             Admission::Accounted(Outcome::Completed),
             "the first outcome wins"
         );
@@ -320,8 +321,10 @@ fn run_record_keeps_the_first_outcome_refuses_strangers_and_names_the_last_org()
         records.create(&later, Utc::now() + chrono::TimeDelta::minutes(1), 5).await.expect("create");
         let recent = records.recent(10).await.expect("recent");
         assert_eq!(recent.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["run-later", "run-scripts"]);
-        assert_eq!((recent[0].state(), recent[0].accounted(), recent[0].orgs_total, recent[0].finished), ("running", 0, 5, None));
-        assert_eq!((recent[1].state(), recent[1].accounted()), ("done", 2));
+        assert_eq!((recent[0].state(), recent[0].accounted(), recent[0].orgs_total, recent[0].finished), (RunState::FanningOut, 0, 5, None));
+        records.mark_fanned_out(&later).await.expect("mark");
+        assert_eq!(records.overview(&later).await.expect("overview").expect("run").state(), RunState::Running);
+        assert_eq!((recent[1].state(), recent[1].accounted()), (RunState::Done, 2));
         assert!(recent[1].finished.is_some(), "the last org's record stamps the run's end");
         assert_eq!(records.recent(1).await.expect("recent").len(), 1);
         // A run more than runs.retention after the others trims them from the index.
@@ -443,4 +446,55 @@ fn dead_jobs_are_listed_with_their_reason_requeued_when_runnable_and_purged() {
         .query(&mut sync)
         .expect("state");
     assert_eq!((ready, dead, status.as_str(), poison), (vec![id], 0, "Pending", false));
+}
+
+#[test]
+fn a_retry_reopens_only_what_it_names_a_stale_attempt_records_nothing_and_cancel_accounts_the_rest() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let records = RunRecords::new(manager(&server), Duration::from_secs(600));
+        let run = RunId("run-retry".into());
+        records.create(&run, Utc::now(), 4).await.expect("create");
+        records.store_plan(&run, &[(OrgId(1), vec![]), (OrgId(2), vec![]), (OrgId(3), vec![]), (OrgId(4), vec![])]).await.expect("plan");
+        let failed = Attempt {
+            worker: "w-a".into(),
+            why: Some(Why::new("server_error", "the query service answered 500")),
+            steps: vec![Step::Query { status: "server_error".into(), ms: 12, throttled: false }],
+            ..Attempt::bare(Outcome::Failed)
+        };
+        records.record(&run, OrgId(1), &Attempt::bare(Outcome::Completed)).await.expect("record");
+        records.record(&run, OrgId(2), &failed).await.expect("record");
+        records.record(&run, OrgId(3), &Attempt::bare(Outcome::SkippedNoSlot)).await.expect("record");
+
+        // Only failed orgs are named: org 3 (skipped) and org 1 (completed) stay as they are.
+        let reopened = records.reopen(&run, &[Outcome::Failed]).await.expect("reopen");
+        assert_eq!(reopened, [(OrgId(2), 1)]);
+        let overview = records.overview(&run).await.expect("overview").expect("run");
+        assert_eq!((overview.accounted(), overview.retried), (2, 1), "org 2 no longer counts until its retry ends");
+        assert_eq!(records.admit(&run, OrgId(2), 0).await.expect("admit"), Admission::Superseded, "the first job is stale now");
+        assert_eq!(records.admit(&run, OrgId(2), 1).await.expect("admit"), Admission::Open);
+        // A late delivery of attempt 0 records nothing; attempt 1 does.
+        let late = records.record(&run, OrgId(2), &Attempt::bare(Outcome::Completed)).await.expect("record");
+        assert_eq!(late, Recorded::AlreadyAccounted);
+        let retried = Attempt { attempt: 1, ..Attempt::bare(Outcome::Completed) };
+        assert_eq!(records.record(&run, OrgId(2), &retried).await.expect("record"), Recorded::Recorded);
+        let org2 = records.org(&run, OrgId(2)).await.expect("org").expect("planned");
+        assert_eq!((org2.outcome, org2.attempt), (Some(Outcome::Completed), 1));
+        assert_eq!(org2.trail.len(), 2, "the trail keeps both attempts: {:?}", org2.trail);
+        assert_eq!(org2.trail[0].attempt, failed, "the first attempt as the worker recorded it");
+        assert!(org2.trail[0].at_ms <= org2.trail[1].at_ms && org2.trail[0].at_ms > 0);
+        // Reopening an org whose outcome changed since it was read does nothing.
+        assert_eq!(records.reopen(&run, &[Outcome::Failed]).await.expect("reopen"), []);
+
+        // Cancel: the open org 4 ends cancelled; the others keep theirs; the run is cancelled.
+        assert_eq!(records.cancel(&run).await.expect("cancel"), 1);
+        let orgs = records.orgs(&run).await.expect("orgs");
+        let outcomes: Vec<_> = orgs.iter().map(|o| o.outcome).collect();
+        assert_eq!(outcomes, [Some(Outcome::Completed), Some(Outcome::Completed), Some(Outcome::SkippedNoSlot), Some(Outcome::Cancelled)]);
+        assert!(matches!(orgs[3].trail[..], [ref t] if t.attempt.steps == [Step::Cancelled]), "{:?}", orgs[3].trail);
+        let overview = records.overview(&run).await.expect("overview").expect("run");
+        assert_eq!((overview.state(), overview.accounted()), (RunState::Cancelled, 4));
+        assert!(overview.finished.is_some(), "every org is accounted: the run is finished too");
+        assert_eq!(records.cancel(&run).await.expect("cancel again"), 0, "cancelling twice changes nothing");
+    });
 }

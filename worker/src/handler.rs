@@ -12,6 +12,7 @@ use projector_shared::SpikeProjectionJob;
 use projector_shared::metrics as m;
 use projector_shared::rollout::Rollout;
 use projector_shared::run::{Admission, Outcome, Recorded, RunLedger};
+use projector_shared::trail::{Attempt, Step, Why};
 use rand::Rng;
 use redis::aio::ConnectionManager;
 use tokio::sync::RwLock;
@@ -28,10 +29,11 @@ pub enum Routing {
 }
 
 impl Routing {
-    async fn is_limited(&self, job: &SpikeProjectionJob) -> bool {
+    /// The path `job` takes, and why.
+    async fn route(&self, job: &SpikeProjectionJob) -> (bool, String) {
         match self {
-            Routing::AllLimited => true,
-            Routing::Flag(flag) => flag.is_limited(job).await,
+            Routing::AllLimited => (true, "embedded run: every org is limited".to_owned()),
+            Routing::Flag(flag) => flag.route(job).await,
         }
     }
 }
@@ -48,18 +50,18 @@ impl RolloutFlag {
         RolloutFlag { conn, cached: RwLock::new((None, Rollout::default())), refresh }
     }
 
-    async fn is_limited(&self, job: &SpikeProjectionJob) -> bool {
+    async fn route(&self, job: &SpikeProjectionJob) -> (bool, String) {
         let fresh = |cached: &(Option<Instant>, Rollout)| cached.0.is_some_and(|at| at.elapsed() < self.refresh);
         {
             let cached = self.cached.read().await;
             if fresh(&cached) {
-                return cached.1.is_limited(job.org_id);
+                return cached.1.route(job.org_id);
             }
         }
         let mut cached = self.cached.write().await;
         // Jobs that queued for the write lock find the flag already re-read by the first of them.
         if fresh(&cached) {
-            return cached.1.is_limited(job.org_id);
+            return cached.1.route(job.org_id);
         }
         match Rollout::load(&mut self.conn.clone()).await {
             Ok(r) => {
@@ -73,7 +75,7 @@ impl RolloutFlag {
                 *cached = (Some(Instant::now()), Rollout::default());
             }
         }
-        cached.1.is_limited(job.org_id)
+        cached.1.route(job.org_id)
     }
 }
 
@@ -171,10 +173,14 @@ impl JobHandler {
     }
 
     async fn handle(&self, job: &SpikeProjectionJob) -> Result<(), Error> {
-        match self.ledger.outcome_of(&job.run_id, job.org_id).await {
+        match self.ledger.outcome_of(&job.run_id, job.org_id, job.attempt).await {
             Ok(Admission::Open) => {}
             Ok(Admission::Accounted(outcome)) => {
                 tracing::info!(run_id = %job.run_id, org_id = %job.org_id, outcome = outcome.as_str(), "duplicate delivery; already accounted for");
+                return Ok(());
+            }
+            Ok(Admission::Superseded) => {
+                tracing::info!(run_id = %job.run_id, org_id = %job.org_id, attempt = job.attempt, "a later attempt owns this org (runs retry); dropped");
                 return Ok(());
             }
             Ok(refused @ (Admission::UnknownRun | Admission::NotPlanned)) => {
@@ -190,11 +196,13 @@ impl JobHandler {
                 tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, error = %e, "cannot check the run record; running the job")
             }
         }
-        let ended = if self.routing.is_limited(job).await {
-            self.pipeline.run(job).await
-        } else {
-            self.pipeline.process_unlimited(job).await.into()
-        };
+        let (limited, why) = self.routing.route(job).await;
+        let mut ended =
+            if limited { self.pipeline.run_checked(job, Some(&*self.ledger)).await } else { self.pipeline.process_unlimited(job).await };
+        ended.steps.insert(0, Step::Routed { limited, why });
+        if ended.stale {
+            return Ok(());
+        }
         let outcome = ended.outcome;
         if matches!(outcome, Outcome::SkippedNoSlot | Outcome::SkippedRatePolicy)
             && let Some(rescheduler) = &self.rescheduler
@@ -213,7 +221,8 @@ impl JobHandler {
                 }
             }
         }
-        match self.ledger.record(&job.run_id, job.org_id, outcome).await {
+        let attempt = ended.attempt(job, &self.pipeline.settings.holder);
+        match self.ledger.record(&job.run_id, job.org_id, &attempt).await {
             Ok(Recorded::FinishedTheRun) => self.log_run_finished(&job.run_id).await,
             Ok(Recorded::Recorded | Recorded::AlreadyAccounted) => {}
             Ok(Recorded::UnknownRun | Recorded::NotPlanned) => {
@@ -246,7 +255,10 @@ impl JobHandler {
         let run = payload.get("run_id").and_then(|v| v.as_str()).map(|r| projector_shared::RunId(r.to_owned()));
         let org = payload.get("org_id").and_then(|v| v.as_u64()).map(projector_shared::OrgId);
         if let (Some(run), Some(org)) = (run, org) {
-            match self.ledger.record(&run, org, Outcome::Failed).await {
+            let mut attempt = Attempt::bare(Outcome::Failed);
+            attempt.why = Some(Why::new("malformed_job", e.to_string()));
+            attempt.attempt = payload.get("attempt").and_then(|v| v.as_u64()).and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+            match self.ledger.record(&run, org, &attempt).await {
                 Ok(Recorded::UnknownRun | Recorded::NotPlanned) => {
                     tracing::warn!(run_id = %run, org_id = %org, "the malformed job names a run or org that was never planned; not recorded");
                 }

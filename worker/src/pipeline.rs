@@ -10,7 +10,8 @@ use projector_shared::adaptive::SIGNALS;
 use projector_shared::metrics as m;
 use projector_shared::projection::{HISTORY_HOURS, project};
 use projector_shared::rate::{Pass, RateGate};
-use projector_shared::run::Outcome;
+use projector_shared::run::{Admission, Outcome, RunLedger};
+use projector_shared::trail::{Attempt, Step, Why};
 use projector_shared::slots::{Acquire, SlotLimiter, SlotPermit, SlotRequest};
 
 use crate::error::Error;
@@ -40,32 +41,47 @@ pub struct Pipeline {
     pub settings: PipelineSettings,
 }
 
-/// How a job ended: its outcome, and when a retry could be admitted (rate policy refusals).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a job ended: its outcome, when a retry could be admitted (rate policy refusals), why it
+/// did not complete, and the steps on the way (the org's trail in the run record).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ended {
     pub outcome: Outcome,
     pub retry_after: Option<Duration>,
+    pub why: Option<Why>,
+    pub steps: Vec<Step>,
+    /// The org was accounted for (a cancelled run, a later attempt) while this job waited for its
+    /// slot: nothing was queried and there is nothing to record.
+    pub stale: bool,
 }
 
 impl From<Outcome> for Ended {
     fn from(outcome: Outcome) -> Self {
-        Ended { outcome, retry_after: None }
+        Ended { outcome, retry_after: None, why: None, steps: Vec::new(), stale: false }
     }
+}
+
+impl Ended {
+    /// The attempt to record: this outcome, its reason and steps, run by `worker`.
+    pub fn attempt(&self, job: &SpikeProjectionJob, worker: &str) -> Attempt {
+        Attempt { attempt: job.attempt, outcome: self.outcome, worker: worker.to_owned(), why: self.why.clone(), steps: self.steps.clone() }
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Pipeline {
     /// Runs one job on the legacy path: no slot, as before the rollout. Only for organizations an
     /// operator excluded from the rate-limit flag; its writes carry fencing token 0 (unfenced).
-    pub async fn process_unlimited(&self, job: &SpikeProjectionJob) -> Outcome {
+    pub async fn process_unlimited(&self, job: &SpikeProjectionJob) -> Ended {
         metrics::counter!(m::TASK_STARTED_TOTAL).increment(1);
-        let stored = match self.query(job, None).await {
-            Ok((first_hour, history)) => self.store(job, first_hour, history, 0).await,
+        let mut steps = Vec::new();
+        let stored = match self.query(job, None, &mut steps).await {
+            Ok((first_hour, history)) => self.store(job, first_hour, history, 0, &mut steps).await,
             Err(e) => Err(e),
         };
-        match stored {
-            Ok(projects) => self.completed(job, projects),
-            Err(e) => self.failed(job, e),
-        }
+        self.finish(job, stored, steps)
     }
 
     /// Runs one job to its outcome. Never panics on bad input; every path is logged and counted.
@@ -75,7 +91,14 @@ impl Pipeline {
 
     /// Runs one job to its end: the outcome, and for a rate refusal when to try again.
     pub async fn run(&self, job: &SpikeProjectionJob) -> Ended {
+        self.run_checked(job, None).await
+    }
+
+    /// [`Pipeline::run`], asking `ledger` once the slot is granted whether the org is still open:
+    /// a run cancelled (or an org retried) during the slot wait sends no query.
+    pub async fn run_checked(&self, job: &SpikeProjectionJob, ledger: Option<&dyn RunLedger>) -> Ended {
         metrics::counter!(m::TASK_STARTED_TOTAL).increment(1);
+        let mut steps = Vec::new();
         // The query starts at most rate.max_delay after the grant: the lease must outlive a
         // paused holder until the query must have ended at the service.
         let rate_delay = self.rate.as_ref().map_or(Duration::ZERO, RateGate::max_delay);
@@ -84,6 +107,7 @@ impl Pipeline {
             org_id: job.org_id,
             query_max_duration: Some(self.settings.query_max_duration + rate_delay),
         };
+        let waiting = Instant::now();
         let permit = match self.limiter.acquire(request, self.settings.max_wait).await {
             Ok(Acquire::Granted(permit)) => permit,
             Ok(Acquire::TimedOut(t)) => {
@@ -95,30 +119,59 @@ impl Pipeline {
                     "no slot within slots.max_wait; job skipped"
                 );
                 metrics::counter!(m::TASK_SKIPPED_NO_SLOT_TOTAL).increment(1);
-                return Outcome::SkippedNoSlot.into();
+                steps.push(Step::Slot {
+                    granted: false,
+                    waited_ms: ms(t.waited),
+                    token: None,
+                    in_use: Some(t.in_use),
+                    limit: Some(t.limit),
+                    queue_position: Some(t.queue_position),
+                });
+                let why = Why::new("no_slot", format!("no slot within slots.max_wait ({} of {} held)", t.in_use, t.limit));
+                return Ended { why: Some(why), steps, ..Outcome::SkippedNoSlot.into() };
             }
-            Err(e) => return self.failed(job, Error::from(e)).into(),
+            Err(e) => return self.finish(job, Err(Error::from(e)), steps),
         };
+        let token = permit.fencing_token();
+        steps.push(Step::Slot {
+            granted: true,
+            waited_ms: ms(waiting.elapsed()),
+            token: Some(token),
+            in_use: None,
+            limit: None,
+            queue_position: None,
+        });
+        if let Some(ledger) = ledger
+            && let Ok(admission) = ledger.outcome_of(&job.run_id, job.org_id, job.attempt).await
+            && admission != Admission::Open
+        {
+            tracing::info!(run_id = %job.run_id, org_id = %job.org_id, ?admission, "org accounted for during the slot wait (cancelled or retried); no query");
+            if let Err(e) = permit.release().await {
+                tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, error = %e, "slot release failed");
+            }
+            return Ended { stale: true, steps, ..Outcome::Cancelled.into() };
+        }
         // The rate admission comes after the slot, so a query starts the moment its admission is
         // due: admitted starts cannot bunch up behind a slot wait (ARCHITECTURE.md, "Rate policies").
         if let Some(rate) = &self.rate {
             match rate.pass().await {
-                Ok(Pass::Go) => {}
+                Ok(Pass::Go) => steps.push(Step::Rate { admitted: true, reason: None, retry_after_ms: None }),
                 Ok(Pass::Refused { retry_after, reason }) => {
                     tracing::debug!(
                         run_id = %job.run_id, org_id = %job.org_id, reason = reason.as_str(),
                         retry_after_ms = retry_after.as_millis() as u64, "no rate admission within rate.max_delay; job skipped"
                     );
-                    return Ended { outcome: Outcome::SkippedRatePolicy, retry_after: Some(retry_after) };
+                    steps.push(Step::Rate { admitted: false, reason: Some(reason.as_str().to_owned()), retry_after_ms: Some(ms(retry_after)) });
+                    let why = Why::new(reason.as_str(), format!("no rate admission within rate.max_delay; retry after {} ms", ms(retry_after)));
+                    return Ended { retry_after: Some(retry_after), why: Some(why), steps, ..Outcome::SkippedRatePolicy.into() };
                 }
                 Err(e) => {
                     let unavailable = projector_shared::Error::SlotBackendUnavailable { detail: format!("rate policy: {e}") };
-                    return self.failed(job, Error::from(unavailable)).into();
+                    return self.finish(job, Err(Error::from(unavailable)), steps);
                 }
             }
         }
-        let token = permit.fencing_token();
-        let queried = self.query(job, Some(&permit)).await;
+        let queried = self.query(job, Some(&permit), &mut steps).await;
         if let (Err(Error::RateLimited { .. }), Some(rate)) = (&queried, &self.rate) {
             rate.saw_429().await;
         }
@@ -129,24 +182,35 @@ impl Pipeline {
             tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, error = %e, "slot release failed");
         }
         let stored = match queried {
-            Ok((first_hour, history)) => self.store(job, first_hour, history, token).await,
+            Ok((first_hour, history)) => self.store(job, first_hour, history, token, &mut steps).await,
             Err(e) => Err(e),
         };
-        match stored {
-            Ok(projects) => self.completed(job, projects),
-            Err(e) => self.failed(job, e),
-        }
-        .into()
+        self.finish(job, stored, steps)
     }
 
-    fn completed(&self, job: &SpikeProjectionJob, projects: usize) -> Outcome {
-        tracing::debug!(run_id = %job.run_id, org_id = %job.org_id, projects, "projections stored");
-        metrics::counter!(m::TASK_COMPLETED_TOTAL).increment(1);
-        Outcome::Completed
+    /// The end of a job that got as far as its query (or failed before it): completed, or the
+    /// error's outcome with its reason.
+    fn finish(&self, job: &SpikeProjectionJob, stored: Result<usize, Error>, steps: Vec<Step>) -> Ended {
+        match stored {
+            Ok(projects) => {
+                tracing::debug!(run_id = %job.run_id, org_id = %job.org_id, projects, "projections stored");
+                metrics::counter!(m::TASK_COMPLETED_TOTAL).increment(1);
+                Ended { steps, ..Outcome::Completed.into() }
+            }
+            Err(e) => {
+                let why = Why::new(e.reason(), e.to_string());
+                Ended { why: Some(why), steps, ..self.failed(job, e).into() }
+            }
+        }
     }
 
     /// Queries the history, abandoning the query if the permit's lease is lost.
-    async fn query(&self, job: &SpikeProjectionJob, permit: Option<&SlotPermit>) -> Result<(DateTime<Utc>, OrgHistory), Error> {
+    async fn query(
+        &self,
+        job: &SpikeProjectionJob,
+        permit: Option<&SlotPermit>,
+        steps: &mut Vec<Step>,
+    ) -> Result<(DateTime<Utc>, OrgHistory), Error> {
         // Projections start at the tick's hour; history is the three weeks before it.
         let first_hour = job.scheduled_at.duration_trunc(TimeDelta::hours(1)).unwrap_or(job.scheduled_at);
         let request = HistoryRequest { org_id: job.org_id, project_ids: job.project_ids.clone(), end: first_hour, hours: HISTORY_HOURS };
@@ -160,22 +224,34 @@ impl Pipeline {
                 }
             };
             let result = tokio::select! {
-                r = self.query.hourly_counts(&request) => r,
+                r = self.query.answer(&request) => r,
                 () = lease_lost => Err(Error::LeaseLost),
             };
             metrics::histogram!(m::QUERY_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
+            let (status, throttled) = match &result {
+                Ok(answer) => ("ok", answer.throttled),
+                Err(e) => (e.reason(), false),
+            };
+            steps.push(Step::Query { status: status.to_owned(), ms: ms(started.elapsed()), throttled });
             match &result {
                 Ok(_) => SIGNALS.ok(),
                 Err(Error::RateLimited { .. }) => SIGNALS.rate_limited(),
                 Err(_) => {}
             }
-            result?
+            result?.history
         };
         Ok((first_hour, history))
     }
 
     /// Computes the projections (pure) and stores them stamped with `token`.
-    async fn store(&self, job: &SpikeProjectionJob, first_hour: DateTime<Utc>, history: OrgHistory, token: u64) -> Result<usize, Error> {
+    async fn store(
+        &self,
+        job: &SpikeProjectionJob,
+        first_hour: DateTime<Utc>,
+        history: OrgHistory,
+        token: u64,
+        steps: &mut Vec<Step>,
+    ) -> Result<usize, Error> {
         let records: Vec<ProjectionRecord> = history
             .into_iter()
             .map(|(project_id, counts)| ProjectionRecord::new(&job.run_id, job.org_id, project_id, first_hour, project(&counts), token))
@@ -184,6 +260,7 @@ impl Pipeline {
         let writing = Instant::now();
         let written = self.sink.write(records).await;
         metrics::histogram!(m::SINK_WRITE_SECONDS).record(writing.elapsed().as_secs_f64());
+        steps.push(Step::Store { ok: written.is_ok(), token, projects, ms: ms(writing.elapsed()) });
         written?;
         Ok(projects)
     }
@@ -247,6 +324,7 @@ mod tests {
             scheduled_at: Utc.with_ymd_and_hms(2026, 11, 22, 13, 17, 5).single().expect("valid"),
             project_ids: vec![],
             reschedules: 0,
+            attempt: 0,
         }
     }
 
@@ -308,7 +386,9 @@ mod tests {
         let limiter = MemorySlotLimiter::new(4);
         let mut p = pipeline(limiter.clone(), Arc::new(SyntheticQuery { latency: Duration::ZERO }), Arc::new(DiscardSink));
         p.rate = Some(rate_gate(&[(1, 60_000)], 100, true, Duration::ZERO));
-        assert_eq!(p.run(&job(1)).await, Ended { outcome: Outcome::Completed, retry_after: None });
+        let first = p.run(&job(1)).await;
+        assert_eq!((first.outcome, first.retry_after), (Outcome::Completed, None));
+        assert!(matches!(first.steps[..], [Step::Slot { granted: true, .. }, Step::Rate { admitted: true, .. }, Step::Query { .. }, Step::Store { ok: true, .. }]), "{:?}", first.steps);
         let refused = p.run(&job(2)).await;
         assert_eq!(refused.outcome, Outcome::SkippedRatePolicy);
         let retry_after = refused.retry_after.expect("a refusal says when to retry");

@@ -24,9 +24,21 @@ pub struct HistoryRequest {
 /// Hourly counts per project, oldest hour first.
 pub type OrgHistory = BTreeMap<ProjectId, Vec<u64>>;
 
+/// A query's answer: the history, and whether the service flagged the referrer as throttled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub history: OrgHistory,
+    pub throttled: bool,
+}
+
 /// The analytics store, as a job sees it.
 pub trait QuerySource: Send + Sync {
     fn hourly_counts(&self, request: &HistoryRequest) -> BoxFuture<'_, Result<OrgHistory, Error>>;
+
+    /// The history with what the service said about it; sources that cannot throttle keep this.
+    fn answer<'a>(&'a self, request: &'a HistoryRequest) -> BoxFuture<'a, Result<Answer, Error>> {
+        Box::pin(async move { Ok(Answer { history: self.hourly_counts(request).await?, throttled: false }) })
+    }
 }
 
 /// Deterministic synthetic counts after a fixed latency; stands in for the analytics store.

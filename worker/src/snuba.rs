@@ -10,7 +10,7 @@ use projector_shared::metrics as m;
 use serde::Deserialize;
 
 use crate::error::Error;
-use crate::query::{HistoryRequest, OrgHistory, QuerySource};
+use crate::query::{Answer, HistoryRequest, OrgHistory, QuerySource};
 
 /// Where and how to query.
 #[derive(Debug, Clone)]
@@ -54,7 +54,7 @@ impl SnubaQuery {
         Ok(SnubaQuery { http, endpoint, settings })
     }
 
-    async fn send(&self, request: &HistoryRequest) -> Result<OrgHistory, Error> {
+    async fn send(&self, request: &HistoryRequest) -> Result<Answer, Error> {
         let body = serde_json::json!({
             "query": snql(&self.settings.dataset, request),
             "dataset": self.settings.dataset,
@@ -73,7 +73,7 @@ impl SnubaQuery {
         let status = response.status().as_u16();
         let text = response.text().await.map_err(|e| self.transport_error(e))?;
         let (history, throttled) = classify_answer(status, &text, request)?;
-        if let Some(t) = throttled {
+        if let Some(t) = &throttled {
             metrics::counter!(m::QUERY_THROTTLED_TOTAL).increment(1);
             projector_shared::adaptive::SIGNALS.throttled();
             tracing::debug!(
@@ -81,7 +81,7 @@ impl SnubaQuery {
                 throttle_threshold = t.threshold, "query throttled by the query service (early warning)"
             );
         }
-        Ok(history)
+        Ok(Answer { history, throttled: throttled.is_some() })
     }
 
     fn transport_error(&self, e: reqwest::Error) -> Error {
@@ -96,9 +96,13 @@ impl SnubaQuery {
 impl QuerySource for SnubaQuery {
     fn hourly_counts(&self, request: &HistoryRequest) -> BoxFuture<'_, Result<OrgHistory, Error>> {
         let request = request.clone();
+        Box::pin(async move { Ok(self.answer(&request).await?.history) })
+    }
+
+    fn answer<'a>(&'a self, request: &'a HistoryRequest) -> BoxFuture<'a, Result<Answer, Error>> {
         Box::pin(async move {
             // The pipeline times every query (any source); this counts what only HTTP can go wrong.
-            let result = self.send(&request).await;
+            let result = self.send(request).await;
             if let Err(e) = &result {
                 metrics::counter!(m::QUERY_ERRORS_TOTAL, "kind" => e.reason()).increment(1);
                 if matches!(e, Error::RateLimited { .. }) {

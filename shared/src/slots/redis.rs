@@ -74,6 +74,9 @@ pub struct SlotState {
     pub holders: Vec<Holder>,
     /// Waiter ids with `holder|org`, in arrival order.
     pub waiters: Vec<(String, String)>,
+    /// How soon the first waiter to give up does (its deadline, on Redis time); with the
+    /// waiters' `slots.max_wait` this tells how long the oldest has waited.
+    pub first_gives_up_in: Option<Duration>,
 }
 
 /// Slots shared by every process that points at the same Redis and limiter name.
@@ -109,13 +112,14 @@ pub struct AdaptiveWindow {
 }
 
 /// What `inspect` reads in one pipeline: limit, leases with expiry, holder info, queue, waiter
-/// info, Redis `TIME`.
+/// info, the earliest waiter deadline, Redis `TIME`.
 type RawSlotState = (
     Option<u32>,
     Vec<(String, u64)>,
     std::collections::HashMap<String, String>,
     Vec<String>,
     std::collections::HashMap<String, String>,
+    Vec<(String, u64)>,
     (u64, u64),
 );
 
@@ -171,12 +175,13 @@ impl RedisSlotLimiter {
     pub async fn inspect(&self) -> Result<SlotState, Error> {
         let k = &self.inner.keys;
         let mut conn = self.inner.conn.clone();
-        let (limit, leases, holders, queue, waiting, time): RawSlotState = redis::pipe()
+        let (limit, leases, holders, queue, waiting, first_deadline, time): RawSlotState = redis::pipe()
             .get(k.limit())
             .zrange_withscores(k.leases(), 0, -1)
             .hgetall(k.holders())
             .zrange(k.queue(), 0, -1)
             .hgetall(k.waiting())
+            .zrange_withscores(k.waiter_deadlines(), 0, 0)
             .cmd("TIME")
             .query_async(&mut conn)
             .await
@@ -208,7 +213,8 @@ impl RedisSlotLimiter {
                 (id, info)
             })
             .collect();
-        Ok(SlotState { limit, holders, waiters })
+        let first_gives_up_in = first_deadline.first().map(|(_, at)| Duration::from_millis(at.saturating_sub(now)));
+        Ok(SlotState { limit, holders, waiters, first_gives_up_in })
     }
 
     /// Live leases (unexpired, on Redis time) and the limit stored in Redis (`None` before any

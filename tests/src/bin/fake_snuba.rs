@@ -61,6 +61,10 @@ struct Args {
     slow_rate: f64,
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     slow_latency: Duration,
+    /// Orgs whose first query is answered 500 (a transient fault); their later queries succeed.
+    /// Comma-separated org ids, e.g. "3,5,7".
+    #[arg(long, value_delimiter = ',')]
+    fail_first_for: Vec<u64>,
     /// Share of queries (0..=1) answered 200 with a truncated, unreadable body.
     #[arg(long, default_value_t = 0.0)]
     malformed_rate: f64,
@@ -120,6 +124,10 @@ struct Stats {
     /// Wall-clock (Unix ms) of the first admitted start and the last end.
     first_start_unix_ms: u64,
     last_end_unix_ms: u64,
+    /// Wall-clock (Unix ms) of the last admitted start.
+    last_start_unix_ms: u64,
+    /// Admitted queries per org id: a second query of one org shows here.
+    queries_by_org: BTreeMap<u64, u64>,
 }
 
 struct Fake {
@@ -386,7 +394,8 @@ async fn reset(State(fake): State<Arc<Fake>>) -> StatusCode {
     *TIMELINE.lock().unwrap_or_else(|p| p.into_inner()) = Timeline::default();
     zero(&mut stats.total);
     stats.by_referrer.values_mut().for_each(zero);
-    (stats.busy_ms, stats.first_start_unix_ms, stats.last_end_unix_ms) = (0.0, 0, 0);
+    (stats.busy_ms, stats.first_start_unix_ms, stats.last_end_unix_ms, stats.last_start_unix_ms) = (0.0, 0, 0, 0);
+    stats.queries_by_org.clear();
     StatusCode::NO_CONTENT
 }
 
@@ -412,11 +421,19 @@ async fn query(State(fake): State<Arc<Fake>>, Path(dataset): Path<String>, heade
         Ok(q) => q,
         Err(e) => return invalid(e),
     };
+    let queries_of_org = {
+        let mut stats = fake.stats();
+        stats.last_start_unix_ms = unix_ms();
+        let n = stats.queries_by_org.entry(parsed.org.0).or_default();
+        *n += 1;
+        *n
+    };
     let n = fake.seq.fetch_add(1, Ordering::Relaxed);
     let r = unit(mix(n, 1, 0));
     let a = &fake.args;
     let jitter = a.jitter.mul_f64(unit(mix(n, 2, 0)));
-    if r < a.error_rate {
+    let first_fails = queries_of_org == 1 && a.fail_first_for.contains(&parsed.org.0);
+    if first_fails || r < a.error_rate {
         tokio::time::sleep(admitted.latency + jitter).await;
         let body = json!({"error": {"type": "clickhouse", "message": "DB::Exception: Memory limit (for query) exceeded (injected fault)", "code": 241}});
         return (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response();

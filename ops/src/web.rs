@@ -1,0 +1,388 @@
+//! The status page (`projectorctl serve`): server-rendered HTML of the fleet's status, recent
+//! runs, one run with per-org reasons, one org's trail and the workers; the same data as JSON
+//! under `/api/` (the objects `--json` prints); and, only with `--allow-actions` and the token
+//! `ops.action_token`, pause, resume, retry and cancel, each logged.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Form, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+use projector_config::Config;
+use projector_shared::RunId;
+use serde_json::Value;
+
+use crate::{actions, connection, views};
+
+/// Seconds between refreshes of a page (by its script; without JavaScript the page stays as served).
+const REFRESH_SECONDS: u32 = 2;
+
+struct Site {
+    config: Config,
+    allow_actions: bool,
+}
+
+type Shared = State<Arc<Site>>;
+
+/// Serves the page until SIGINT or SIGTERM. Prints `serving http://<addr>` on stdout once
+/// listening (port 0 picks a free port).
+pub async fn serve(config: Config, addr: SocketAddr, allow_actions: bool) -> anyhow::Result<()> {
+    if allow_actions && config.ops.action_token.as_deref().is_none_or(str::is_empty) {
+        anyhow::bail!(
+            "--allow-actions needs a token: set ops.action_token in the config file or PROJECTOR_OPS_ACTION_TOKEN (actions change the fleet; the page asks for the token with each one)"
+        );
+    }
+    let mut app = Router::new()
+        .route("/", get(home))
+        .route("/runs/{run}", get(run_page))
+        .route("/runs/{run}/orgs/{org}", get(org_page))
+        .route("/api/status", get(api_status))
+        .route("/api/runs", get(api_runs))
+        .route("/api/runs/{run}", get(api_run))
+        .route("/api/runs/{run}/orgs/{org}", get(api_org))
+        .route("/api/workers", get(api_workers));
+    if allow_actions {
+        app = app
+            .route("/actions/pause", post(pause))
+            .route("/actions/resume", post(resume))
+            .route("/actions/runs/{run}/retry", post(retry))
+            .route("/actions/runs/{run}/cancel", post(cancel));
+    }
+    let app = app.with_state(Arc::new(Site { config, allow_actions }));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e} (in use? pick another --addr, or port 0 for a free one)"))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(addr = %bound, allow_actions, "status page serving");
+    projector_process::telemetry::print(&format!("serving http://{bound}\n"));
+    let shutdown = projector_process::shutdown::on_signal();
+    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
+    Ok(())
+}
+
+/// A failed read, shown as a page or a JSON error: 404 for an unknown run or org, else 503
+/// (Redis cannot be read).
+struct Failure(anyhow::Error);
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure(e)
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let text = format!("{:#}", self.0);
+        let status = if text.starts_with("no record of run") || text.contains("is not in the plan") {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        (status, layout("error", false, html! { p.error { (text) } })).into_response()
+    }
+}
+
+fn parse(text: &str) -> Result<Value, Failure> {
+    serde_json::from_str(text).map_err(|e| Failure(anyhow::anyhow!("unreadable view: {e}")))
+}
+
+fn json_response(text: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], text).into_response()
+}
+
+async fn api_status(State(site): Shared) -> Result<Response, Failure> {
+    Ok(json_response(views::status(&site.config, true).await?))
+}
+
+async fn api_runs(State(site): Shared) -> Result<Response, Failure> {
+    Ok(json_response(views::runs_list(&site.config, 20, true).await?))
+}
+
+async fn api_run(State(site): Shared, Path(run): Path<String>) -> Result<Response, Failure> {
+    Ok(json_response(views::runs_show(&site.config, &run, true).await?))
+}
+
+async fn api_org(State(site): Shared, Path((run, org)): Path<(String, u64)>) -> Result<Response, Failure> {
+    Ok(json_response(views::explain(&site.config, &run, org, true).await?))
+}
+
+async fn api_workers(State(site): Shared) -> Result<Response, Failure> {
+    Ok(json_response(views::workers(&site.config, true).await?))
+}
+
+/// The page around every view: title, navigation, style and the refresh script.
+fn layout(title: &str, refresh: bool, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { "Projector · " (title) }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                nav { a href="/" { "Projector" } " · " span { (title) } }
+                main { (body) }
+                @if refresh {
+                    script { (PreEscaped(format!("setTimeout(function () {{ location.reload(); }}, {});", REFRESH_SECONDS * 1000))) }
+                }
+            }
+        }
+    }
+}
+
+const STYLE: &str = "body{font-family:sans-serif;margin:1.5em;color:#222}nav{margin-bottom:1em;font-weight:bold}\
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}\
+th{background:#f3f3f3}td.n{text-align:right;font-variant-numeric:tabular-nums}.paused{background:#fde2e2;padding:.5em;border:1px solid #e99}\
+.error{color:#a00}pre{background:#f6f6f6;padding:.8em}form{display:inline-block;margin:0 1em .5em 0}progress{width:20em}";
+
+/// A number (or text) the page shows, tagged with where it comes from in `status --json`.
+fn field(path: &str, value: &Value) -> Markup {
+    let text = match value {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    html! { span data-field=(path) { (text) } }
+}
+
+fn at<'a>(value: &'a Value, path: &str) -> &'a Value {
+    path.split('.').fold(value, |v, key| &v[key])
+}
+
+fn token_form(action: &str, label: &str, extra: Markup) -> Markup {
+    html! {
+        form method="post" action=(action) {
+            (extra)
+            input type="password" name="token" placeholder="ops.action_token" required;
+            " "
+            button type="submit" { (label) }
+        }
+    }
+}
+
+async fn home(State(site): Shared) -> Result<Markup, Failure> {
+    let status = parse(&views::status(&site.config, true).await?)?;
+    let runs = parse(&views::runs_list(&site.config, 20, true).await?)?;
+    let workers = parse(&views::workers(&site.config, true).await?)?;
+    let f = |path: &str| field(path, at(&status, path));
+    let run = &status["run"];
+    let body = html! {
+        @if !status["paused"].is_null() {
+            p.paused { "PAUSED: " (f("paused.reason")) " — workers take no new jobs." }
+        }
+        h2 { "Status" }
+        table {
+            tr { th { "limit in force" } td { (f("limit.in_force")) " (source: " (f("limit.source")) ", adaptive ×" (f("limit.adaptive_multiplier")) ")" } }
+            tr { th { "slots" } td { (f("slots.in_use")) " in use, " (f("slots.waiters")) " waiting (oldest " (f("slots.oldest_wait_ms")) " ms)" } }
+            tr { th { "queue" } td { (f("queue.ready")) " ready, " (f("queue.scheduled")) " scheduled, " (f("queue.in_flight")) " in flight, " (f("queue.dead")) " dead" } }
+            tr { th { "workers" } td { (f("workers.alive")) " alive, " (f("workers.jobs_in_flight")) " jobs in flight" } }
+            tr { th { "latest run" } td {
+                @if run.is_null() { "none recorded" } @else {
+                    a href={ "/runs/" (run["run_id"].as_str().unwrap_or_default()) } { (f("run.run_id")) } " "
+                    (f("run.state")) ": " (f("run.accounted")) " of " (f("run.orgs_total")) " orgs accounted"
+                    " (ETA " (f("run.eta_s")) " s) "
+                    progress max=(run["orgs_total"].as_u64().unwrap_or(0)) value=(run["accounted"].as_u64().unwrap_or(0)) {}
+                }
+            } }
+            tr { th { "rollout flag" } td { "enabled " (f("rollout.enabled")) ", percentage " (f("rollout.percentage")) } }
+        }
+        @if site.allow_actions {
+            h3 { "Actions" }
+            @if status["paused"].is_null() {
+                (token_form("/actions/pause", "Pause the fleet", html! { input type="text" name="reason" placeholder="reason" required; " " }))
+            } @else {
+                (token_form("/actions/resume", "Resume", html! {}))
+            }
+        }
+        h2 { "Runs" }
+        (runs_table(&runs))
+        h2 { "Workers" }
+        (workers_table(&workers))
+    };
+    Ok(layout("status", true, body))
+}
+
+fn runs_table(runs: &Value) -> Markup {
+    let outcomes: Vec<String> = runs["runs"]
+        .as_array()
+        .and_then(|r| r.first())
+        .and_then(|r| r["outcomes"].as_object())
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    html! {
+        table #runs {
+            tr { th { "run" } th { "tick" } th { "state" } th { "orgs" } th { "accounted" }
+                 @for o in &outcomes { th { (o) } } th { "seconds" } }
+            @for r in runs["runs"].as_array().into_iter().flatten() {
+                tr {
+                    td { a href={ "/runs/" (r["run_id"].as_str().unwrap_or_default()) } { (r["run_id"].as_str().unwrap_or_default()) } }
+                    td { (r["tick"].as_str().unwrap_or("-")) }
+                    td { (r["state"].as_str().unwrap_or("-")) }
+                    td.n { (r["orgs_total"]) }
+                    td.n { (r["accounted"]) }
+                    @for o in &outcomes { td.n { (r["outcomes"][o]) } }
+                    td.n { (format!("{:.1}", r["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0)) }
+                }
+            }
+        }
+    }
+}
+
+fn workers_table(workers: &Value) -> Markup {
+    html! {
+        table #workers {
+            tr { th { "worker" } th { "host" } th { "pid" } th { "version" } th { "started" } th { "jobs" } th { "slots" } th { "beat" } th { "last error" } }
+            @for w in workers["workers"].as_array().into_iter().flatten() {
+                tr {
+                    td { (w["name"].as_str().unwrap_or_default()) }
+                    td { (w["host"].as_str().unwrap_or_default()) }
+                    td.n { (w["pid"]) }
+                    td { (w["version"].as_str().unwrap_or_default()) }
+                    td { (w["started"].as_str().unwrap_or_default()) }
+                    td.n { (w["jobs_in_flight"]) }
+                    td.n { (w["slots_held"]) }
+                    td.n { (w["beat_ms_ago"]) " ms ago" }
+                    td { (w["last_error"].as_str().unwrap_or_default()) }
+                }
+            }
+        }
+    }
+}
+
+async fn run_page(State(site): Shared, Path(run): Path<String>) -> Result<Markup, Failure> {
+    let detail = parse(&views::runs_show(&site.config, &run, true).await?)?;
+    let running = detail["state"].as_str().is_some_and(|s| s == "running" || s == "fanning out");
+    let body = html! {
+        h2 { "Run " span data-field="run_id" { (run) } }
+        p { (field("state", &detail["state"])) ": " (field("accounted", &detail["accounted"])) " of " (field("orgs_total", &detail["orgs_total"]))
+            " orgs accounted; tick " (field("tick", &detail["tick"])) "; retried " (field("retried", &detail["retried"])) }
+        table #outcomes {
+            tr { th { "outcome" } th { "orgs" } }
+            @for (outcome, n) in detail["outcomes"].as_object().into_iter().flatten() {
+                tr { td { (outcome) } td.n data-outcome=(outcome) { (n) } }
+            }
+        }
+        h3 { "Orgs that did not complete" }
+        table #not-completed {
+            tr { th { "org" } th { "outcome" } th { "reason" } th { "slot wait (ms)" } th { "retry after (ms)" } th { "attempts" } th { "worker" } }
+            @for o in detail["not_completed"].as_array().into_iter().flatten() {
+                tr data-org=(o["org_id"]) {
+                    td { a href={ "/runs/" (run) "/orgs/" (o["org_id"]) } { (o["org_id"]) } }
+                    td.outcome { (o["outcome"].as_str().unwrap_or("-")) }
+                    td.reason { (o["reason"]["kind"].as_str().unwrap_or("-")) ": " (o["reason"]["message"].as_str().unwrap_or("")) }
+                    td.n { (o["slot_wait_ms"]) }
+                    td.n { (o["retry_after_ms"]) }
+                    td.n { (o["attempts"]) }
+                    td { (o["worker"].as_str().unwrap_or("")) }
+                }
+            }
+        }
+        h3 { "Progress" }
+        table #progress {
+            tr { th { "after the tick (s)" } th { "accounted" } }
+            @for p in detail["progress"].as_array().into_iter().flatten() {
+                tr { td.n { (format!("{:.1}", p["after_ms"].as_f64().unwrap_or(0.0) / 1000.0)) } td.n { (p["accounted"]) } }
+            }
+        }
+        @if site.allow_actions {
+            h3 { "Actions" }
+            (token_form(&format!("/actions/runs/{run}/retry"), "Retry orgs that did not complete", html! {
+                input type="text" name="outcomes" placeholder="outcomes (default: all but cancelled)"; " "
+            }))
+            @if running { (token_form(&format!("/actions/runs/{run}/cancel"), "Cancel this run", html! {})) }
+        }
+        p { a href={ "/api/runs/" (run) } { "as JSON" } }
+    };
+    Ok(layout(&format!("run {run}"), running, body))
+}
+
+async fn org_page(State(site): Shared, Path((run, org)): Path<(String, u64)>) -> Result<Markup, Failure> {
+    let text = views::explain(&site.config, &run, org, false).await?;
+    let body = html! {
+        h2 { "Org " (org) " in run " a href={ "/runs/" (run) } { (run) } }
+        pre #explain { (text) }
+        p { a href={ "/api/runs/" (run) "/orgs/" (org) } { "as JSON" } }
+    };
+    Ok(layout(&format!("org {org}"), false, body))
+}
+
+#[derive(serde::Deserialize)]
+struct ActionForm {
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    outcomes: String,
+}
+
+/// Whether the request carries the token, in the form or as `Authorization: Bearer <token>`.
+/// Compared in constant time, so the token cannot be guessed a byte at a time.
+fn authorized(site: &Site, headers: &HeaderMap, form: &ActionForm) -> bool {
+    let Some(expected) = site.config.ops.action_token.as_deref() else { return false };
+    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let given = bearer.unwrap_or(&form.token);
+    given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+/// Runs an action when authorized, logging it either way; then back to `back`.
+async fn act<F: Future<Output = anyhow::Result<String>>>(
+    site: &Site,
+    headers: &HeaderMap,
+    form: &ActionForm,
+    name: &str,
+    back: String,
+    action: F,
+) -> Response {
+    if !authorized(site, headers, form) {
+        tracing::warn!(action = name, "status page action refused: wrong or missing ops.action_token");
+        return (StatusCode::FORBIDDEN, layout("refused", false, html! { p.error { "Refused: wrong or missing token." } })).into_response();
+    }
+    match action.await {
+        Ok(done) => {
+            tracing::warn!(action = name, result = %done, "status page action done");
+            Redirect::to(&back).into_response()
+        }
+        Err(e) => Failure(e).into_response(),
+    }
+}
+
+async fn pause(State(site): Shared, headers: HeaderMap, Form(form): Form<ActionForm>) -> Response {
+    let reason = if form.reason.is_empty() { "paused from the status page".to_owned() } else { form.reason.clone() };
+    act(&site, &headers, &form, "pause", "/".into(), async {
+        let p = projector_shared::pause::pause(&connection(&site.config)?, &reason).await?;
+        Ok(format!("paused: {}", p.reason))
+    })
+    .await
+}
+
+async fn resume(State(site): Shared, headers: HeaderMap, Form(form): Form<ActionForm>) -> Response {
+    act(&site, &headers, &form, "resume", "/".into(), async {
+        let was = projector_shared::pause::resume(&connection(&site.config)?).await?;
+        Ok(format!("resumed (was paused: {was})"))
+    })
+    .await
+}
+
+async fn retry(State(site): Shared, Path(run): Path<String>, headers: HeaderMap, Form(form): Form<ActionForm>) -> Response {
+    act(&site, &headers, &form, "retry", format!("/runs/{run}"), async {
+        let outcomes =
+            if form.outcomes.trim().is_empty() { actions::RETRY_BY_DEFAULT.to_vec() } else { actions::parse_outcomes(&form.outcomes)? };
+        let done = actions::retry(&connection(&site.config)?, &site.config, &RunId(run.clone()), &outcomes).await?;
+        Ok(format!("run {run}: {} orgs reopened, {} jobs enqueued", done.reopened.len(), done.enqueued))
+    })
+    .await
+}
+
+async fn cancel(State(site): Shared, Path(run): Path<String>, headers: HeaderMap, Form(form): Form<ActionForm>) -> Response {
+    act(&site, &headers, &form, "cancel", format!("/runs/{run}"), async {
+        let done = actions::cancel(&connection(&site.config)?, &site.config, &RunId(run.clone())).await?;
+        Ok(format!("run {run}: {} orgs cancelled, {} jobs removed", done.orgs_cancelled, done.jobs_removed))
+    })
+    .await
+}
