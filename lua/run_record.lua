@@ -1,6 +1,9 @@
 -- run_record: records one org's outcome in its run, with its trail line. The first outcome of an
 -- attempt wins; an org the run did not plan, a run that does not exist, or an attempt that a
--- later one (`projectorctl runs retry`) superseded, is refused.
+-- later one (`projectorctl runs retry`) superseded, is refused. One exception to the first
+-- outcome winning: an org a cancel marked `cancelled` while its job was already querying takes
+-- that job's outcome if it queried (completed, failed, rate_limited), so the record says what
+-- reached the query service.
 -- KEYS: 1 run (hash: orgs_total and a count per outcome), 2 orgs (hash org -> outcome),
 --       3 plan (hash org -> projects), 4 trail (hash org -> lines), 5 attempts (hash org -> n)
 -- ARGV: 1 org, 2 outcome, 3 ttl_ms (the record is kept this long after its last write),
@@ -14,14 +17,21 @@ local attempt, line, kept = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
 if redis.call('EXISTS', run) == 0 then return -1 end
 if redis.call('HEXISTS', plan, org) == 0 then return -2 end
 if attempt < tonumber(redis.call('HGET', attempts, org) or '0') then return 0 end
-if redis.call('HSETNX', orgs, org, outcome) == 0 then return 0 end
+local replaced = false
+if redis.call('HSETNX', orgs, org, outcome) == 0 then
+  local queried = outcome == 'completed' or outcome == 'failed' or outcome == 'rate_limited'
+  if not queried or redis.call('HGET', orgs, org) ~= 'cancelled' then return 0 end
+  redis.call('HSET', orgs, org, outcome)
+  redis.call('HINCRBY', run, 'cancelled', -1)
+  replaced = true
+end
 redis.call('HINCRBY', run, outcome, 1)
 local now_ms = redis_now_ms()
 append_trail(trail, org, now_ms, line, kept)
 for _, key in ipairs({run, orgs, trail}) do redis.call('PEXPIRE', key, ttl_ms) end
 if redis.call('EXISTS', attempts) == 1 then redis.call('PEXPIRE', attempts, ttl_ms) end
 local total = tonumber(redis.call('HGET', run, 'orgs_total') or '0')
-if total > 0 and redis.call('HLEN', orgs) == total then
+if not replaced and total > 0 and redis.call('HLEN', orgs) == total then
   redis.call('HSET', run, 'finished_ms', now_ms)
   return 2
 end

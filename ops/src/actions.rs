@@ -33,7 +33,9 @@ pub async fn retry(conn: &ConnectionManager, config: &Config, run_id: &RunId, ou
     let records = RunRecords::new(conn.clone(), config.runs.retention);
     let redis = Endpoint::from(&config.redis).redacted();
     let Some(plan) = records.plan(run_id).await? else {
-        anyhow::bail!("no record of run {run_id} in {redis} (records are kept runs.retention; `projectorctl runs list` shows the recent ones)");
+        anyhow::bail!(
+            "no record of run {run_id} in {redis} (records are kept runs.retention; `projectorctl runs list` shows the recent ones)"
+        );
     };
     let reopened = records.reopen(run_id, outcomes).await.with_context(|| format!("reopening orgs of run {run_id}"))?;
     let open: Vec<(OrgId, u32)> =

@@ -16,8 +16,8 @@ use projector_shared::rate::{RatePolicy, RedisRateLimiter, store};
 use projector_shared::redis_conn::Endpoint;
 use projector_shared::rollout::{RATE_LIMIT_FLAG, Rollout};
 
-use projector_shared::{OrgId, RunId};
 use projector_shared::slots::{RedisSlotLimiter, RedisSlotSettings};
+use projector_shared::{OrgId, RunId};
 
 /// Inspect and steer a running Projector fleet through Redis (redis.url, or --redis-url).
 ///

@@ -11,8 +11,8 @@ use projector_shared::redis_conn::Endpoint;
 use projector_shared::rollout::Rollout;
 use projector_shared::run::Outcome;
 use projector_shared::run_record::{OrgRecord, RunOverview, RunRecords, RunState};
-use projector_shared::trail::Step;
 use projector_shared::slots::{RedisSlotLimiter, RedisSlotSettings};
+use projector_shared::trail::Step;
 use projector_shared::{OrgId, RunId};
 use serde_json::{Value, json};
 
@@ -322,7 +322,14 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<String> {
     match &latest {
         Some(r) => {
             let eta = eta_s(r, now).map(|s| format!(", about {s:.0} s left")).unwrap_or_default();
-            let _ = writeln!(out, "latest run   {} {}: {} of {} orgs accounted{eta}", r.run_id, r.state().as_str(), r.accounted(), r.orgs_total);
+            let _ = writeln!(
+                out,
+                "latest run   {} {}: {} of {} orgs accounted{eta}",
+                r.run_id,
+                r.state().as_str(),
+                r.accounted(),
+                r.orgs_total
+            );
         }
         None => {
             let _ = writeln!(out, "latest run   none recorded");

@@ -14,6 +14,7 @@ use axum::routing::{get, post};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use projector_config::Config;
 use projector_shared::RunId;
+use projector_shared::run::Outcome;
 use serde_json::Value;
 
 use crate::{actions, connection, views};
@@ -140,14 +141,18 @@ table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;p
 th{background:#f3f3f3}td.n{text-align:right;font-variant-numeric:tabular-nums}.paused{background:#fde2e2;padding:.5em;border:1px solid #e99}\
 .error{color:#a00}pre{background:#f6f6f6;padding:.8em}form{display:inline-block;margin:0 1em .5em 0}progress{width:20em}";
 
-/// A number (or text) the page shows, tagged with where it comes from in `status --json`.
-fn field(path: &str, value: &Value) -> Markup {
-    let text = match value {
+/// A JSON value as a table shows it: text as is, `-` for null.
+fn show(value: &Value) -> String {
+    match value {
         Value::Null => "-".to_owned(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
-    };
-    html! { span data-field=(path) { (text) } }
+    }
+}
+
+/// A number (or text) the page shows, tagged with where it comes from in `status --json`.
+fn field(path: &str, value: &Value) -> Markup {
+    html! { span data-field=(path) { (show(value)) } }
 }
 
 fn at<'a>(value: &'a Value, path: &str) -> &'a Value {
@@ -185,11 +190,17 @@ async fn home(State(site): Shared) -> Result<Markup, Failure> {
                 @if run.is_null() { "none recorded" } @else {
                     a href={ "/runs/" (run["run_id"].as_str().unwrap_or_default()) } { (f("run.run_id")) } " "
                     (f("run.state")) ": " (f("run.accounted")) " of " (f("run.orgs_total")) " orgs accounted"
-                    " (ETA " (f("run.eta_s")) " s) "
+                    @if let Some(eta) = run["eta_s"].as_f64() { " (about " span data-field="run.eta_s" { (format!("{eta:.0}")) } " s left) " }
                     progress max=(run["orgs_total"].as_u64().unwrap_or(0)) value=(run["accounted"].as_u64().unwrap_or(0)) {}
                 }
             } }
-            tr { th { "rollout flag" } td { "enabled " (f("rollout.enabled")) ", percentage " (f("rollout.percentage")) } }
+            tr { th { "rollout flag" } td {
+                @if status["rollout"]["enabled"].is_null() && status["rollout"]["percentage"].is_null() {
+                    "never set: every org takes the limited path (slot first)"
+                } @else {
+                    "enabled " (f("rollout.enabled")) ", percentage " (f("rollout.percentage"))
+                }
+            } }
         }
         @if site.allow_actions {
             h3 { "Actions" }
@@ -207,25 +218,24 @@ async fn home(State(site): Shared) -> Result<Markup, Failure> {
     Ok(layout("status", true, body))
 }
 
+/// An RFC 3339 time as `YYYY-MM-DD HH:MM:SS`, for tables.
+fn short_time(value: &Value) -> String {
+    value.as_str().map_or_else(|| "-".to_owned(), |t| t.get(..19).unwrap_or(t).replace('T', " "))
+}
+
 fn runs_table(runs: &Value) -> Markup {
-    let outcomes: Vec<String> = runs["runs"]
-        .as_array()
-        .and_then(|r| r.first())
-        .and_then(|r| r["outcomes"].as_object())
-        .map(|o| o.keys().cloned().collect())
-        .unwrap_or_default();
     html! {
         table #runs {
             tr { th { "run" } th { "tick" } th { "state" } th { "orgs" } th { "accounted" }
-                 @for o in &outcomes { th { (o) } } th { "seconds" } }
+                 @for o in Outcome::ALL { th { (o.as_str().replace('_', " ")) } } th { "seconds" } }
             @for r in runs["runs"].as_array().into_iter().flatten() {
                 tr {
                     td { a href={ "/runs/" (r["run_id"].as_str().unwrap_or_default()) } { (r["run_id"].as_str().unwrap_or_default()) } }
-                    td { (r["tick"].as_str().unwrap_or("-")) }
+                    td { (short_time(&r["tick"])) }
                     td { (r["state"].as_str().unwrap_or("-")) }
-                    td.n { (r["orgs_total"]) }
-                    td.n { (r["accounted"]) }
-                    @for o in &outcomes { td.n { (r["outcomes"][o]) } }
+                    td.n { (show(&r["orgs_total"])) }
+                    td.n { (show(&r["accounted"])) }
+                    @for o in Outcome::ALL { td.n { (show(&r["outcomes"][o.as_str()])) } }
                     td.n { (format!("{:.1}", r["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0)) }
                 }
             }
@@ -241,11 +251,11 @@ fn workers_table(workers: &Value) -> Markup {
                 tr {
                     td { (w["name"].as_str().unwrap_or_default()) }
                     td { (w["host"].as_str().unwrap_or_default()) }
-                    td.n { (w["pid"]) }
+                    td.n { (show(&w["pid"])) }
                     td { (w["version"].as_str().unwrap_or_default()) }
-                    td { (w["started"].as_str().unwrap_or_default()) }
-                    td.n { (w["jobs_in_flight"]) }
-                    td.n { (w["slots_held"]) }
+                    td { (short_time(&w["started"])) }
+                    td.n { (show(&w["jobs_in_flight"])) }
+                    td.n { (show(&w["slots_held"])) }
                     td.n { (w["beat_ms_ago"]) " ms ago" }
                     td { (w["last_error"].as_str().unwrap_or_default()) }
                 }
@@ -260,11 +270,11 @@ async fn run_page(State(site): Shared, Path(run): Path<String>) -> Result<Markup
     let body = html! {
         h2 { "Run " span data-field="run_id" { (run) } }
         p { (field("state", &detail["state"])) ": " (field("accounted", &detail["accounted"])) " of " (field("orgs_total", &detail["orgs_total"]))
-            " orgs accounted; tick " (field("tick", &detail["tick"])) "; retried " (field("retried", &detail["retried"])) }
+            " orgs accounted; tick " (short_time(&detail["tick"])) "; retried " (field("retried", &detail["retried"])) }
         table #outcomes {
             tr { th { "outcome" } th { "orgs" } }
-            @for (outcome, n) in detail["outcomes"].as_object().into_iter().flatten() {
-                tr { td { (outcome) } td.n data-outcome=(outcome) { (n) } }
+            @for o in Outcome::ALL {
+                tr { td { (o.as_str()) } td.n data-outcome=(o.as_str()) { (detail["outcomes"][o.as_str()]) } }
             }
         }
         h3 { "Orgs that did not complete" }
@@ -275,9 +285,9 @@ async fn run_page(State(site): Shared, Path(run): Path<String>) -> Result<Markup
                     td { a href={ "/runs/" (run) "/orgs/" (o["org_id"]) } { (o["org_id"]) } }
                     td.outcome { (o["outcome"].as_str().unwrap_or("-")) }
                     td.reason { (o["reason"]["kind"].as_str().unwrap_or("-")) ": " (o["reason"]["message"].as_str().unwrap_or("")) }
-                    td.n { (o["slot_wait_ms"]) }
-                    td.n { (o["retry_after_ms"]) }
-                    td.n { (o["attempts"]) }
+                    td.n { (show(&o["slot_wait_ms"])) }
+                    td.n { (show(&o["retry_after_ms"])) }
+                    td.n { (show(&o["attempts"])) }
                     td { (o["worker"].as_str().unwrap_or("")) }
                 }
             }
@@ -286,7 +296,7 @@ async fn run_page(State(site): Shared, Path(run): Path<String>) -> Result<Markup
         table #progress {
             tr { th { "after the tick (s)" } th { "accounted" } }
             @for p in detail["progress"].as_array().into_iter().flatten() {
-                tr { td.n { (format!("{:.1}", p["after_ms"].as_f64().unwrap_or(0.0) / 1000.0)) } td.n { (p["accounted"]) } }
+                tr { td.n { (format!("{:.1}", p["after_ms"].as_f64().unwrap_or(0.0) / 1000.0)) } td.n { (show(&p["accounted"])) } }
             }
         }
         @if site.allow_actions {

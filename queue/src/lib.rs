@@ -211,6 +211,10 @@ pub async fn dead_jobs(conn: &ConnectionManager, limit: usize) -> Result<Vec<Dea
     let mut ids: Vec<String> = redis::cmd("SMEMBERS").arg(config.dead_jobs_set()).query_async(&mut conn).await?;
     ids.sort();
     ids.truncate(limit);
+    if ids.is_empty() {
+        // The client refuses to send an empty pipeline.
+        return Ok(Vec::new());
+    }
     let mut pipe = redis::pipe();
     for id in &ids {
         let meta = format!("{}:{id}", config.job_meta_hash());

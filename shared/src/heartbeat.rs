@@ -82,6 +82,10 @@ pub async fn workers(conn: &ConnectionManager) -> Result<Vec<WorkerEntry>, Error
         .map_err(Error::redis("listing workers"))?;
     let now = time.0 * 1000 + time.1 / 1000;
     let alive: Vec<(String, u64)> = beats.into_iter().filter(|(_, at)| now.saturating_sub(*at) <= ms(ALIVE_WITHIN)).rev().collect();
+    if alive.is_empty() {
+        // The client refuses to send an empty pipeline.
+        return Ok(Vec::new());
+    }
     let mut pipe = redis::pipe();
     for (name, _) in &alive {
         pipe.hgetall(keys::worker(name));

@@ -334,6 +334,10 @@ impl RunRecords {
         let stop = isize::try_from(limit.max(1)).unwrap_or(isize::MAX) - 1;
         let ids: Vec<String> =
             redis::cmd("ZREVRANGE").arg(keys::RUNS).arg(0).arg(stop).query_async(&mut conn).await.map_err(Error::redis("listing runs"))?;
+        if ids.is_empty() {
+            // The client refuses to send an empty pipeline.
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for id in &ids {
             pipe.hgetall(keys::run(&RunId(id.clone())));
@@ -384,7 +388,8 @@ impl RunRecords {
             .query_async(&mut conn)
             .await
             .map_err(Error::redis(doing()))?;
-        let planned: Vec<u64> = redis::cmd("HKEYS").arg(keys::run_plan(run_id)).query_async(&mut conn).await.map_err(Error::redis(doing()))?;
+        let planned: Vec<u64> =
+            redis::cmd("HKEYS").arg(keys::run_plan(run_id)).query_async(&mut conn).await.map_err(Error::redis(doing()))?;
         let mut orgs: Vec<OrgRecord> = planned
             .into_iter()
             .map(|org| OrgRecord {
@@ -450,7 +455,12 @@ impl RunRecords {
         let chunks: Vec<&[u64]> = if planned.is_empty() { vec![&[]] } else { planned.chunks(ORGS_PER_CALL).collect() };
         for chunk in chunks {
             let mut invocation = CANCEL.key(keys::run(run_id));
-            invocation.key(keys::run_orgs(run_id)).key(keys::run_trail(run_id)).arg(self.retention_ms()).arg(&line).arg(trail::KEPT_ATTEMPTS);
+            invocation
+                .key(keys::run_orgs(run_id))
+                .key(keys::run_trail(run_id))
+                .arg(self.retention_ms())
+                .arg(&line)
+                .arg(trail::KEPT_ATTEMPTS);
             for org in chunk {
                 invocation.arg(*org);
             }

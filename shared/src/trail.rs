@@ -66,11 +66,9 @@ impl Step {
                 queue_position.unwrap_or(0)
             ),
             Step::Rate { admitted: true, .. } => "rate: start admitted".to_owned(),
-            Step::Rate { admitted: false, reason, retry_after_ms } => format!(
-                "rate: refused ({}), next admission in {} ms",
-                reason.as_deref().unwrap_or("policy"),
-                retry_after_ms.unwrap_or(0)
-            ),
+            Step::Rate { admitted: false, reason, retry_after_ms } => {
+                format!("rate: refused ({}), next admission in {} ms", reason.as_deref().unwrap_or("policy"), retry_after_ms.unwrap_or(0))
+            }
             Step::Query { status, ms, throttled } => {
                 let throttled = if *throttled { ", throttled by the query service" } else { "" };
                 format!("query: {status} after {ms} ms{throttled}")

@@ -9,8 +9,8 @@ use projector_shared::adaptive::{AdaptiveSettings, SignalCounts};
 use projector_shared::keys::SlotKeys;
 use projector_shared::run::{Admission, Outcome, Recorded};
 use projector_shared::run_record::{RunRecords, RunState};
-use projector_shared::trail::{Attempt, Step, Why};
 use projector_shared::slots::{Acquire, RedisSlotLimiter, RedisSlotSettings, SlotLimiter, SlotRequest};
+use projector_shared::trail::{Attempt, Step, Why};
 use projector_shared::{OrgId, RunId};
 use projector_tests::RedisServer;
 use redis::aio::ConnectionManager;
@@ -321,7 +321,10 @@ fn run_record_keeps_the_first_outcome_refuses_strangers_and_names_the_last_org()
         records.create(&later, Utc::now() + chrono::TimeDelta::minutes(1), 5).await.expect("create");
         let recent = records.recent(10).await.expect("recent");
         assert_eq!(recent.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["run-later", "run-scripts"]);
-        assert_eq!((recent[0].state(), recent[0].accounted(), recent[0].orgs_total, recent[0].finished), (RunState::FanningOut, 0, 5, None));
+        assert_eq!(
+            (recent[0].state(), recent[0].accounted(), recent[0].orgs_total, recent[0].finished),
+            (RunState::FanningOut, 0, 5, None)
+        );
         records.mark_fanned_out(&later).await.expect("mark");
         assert_eq!(records.overview(&later).await.expect("overview").expect("run").state(), RunState::Running);
         assert_eq!((recent[1].state(), recent[1].accounted()), (RunState::Done, 2));
@@ -496,5 +499,13 @@ fn a_retry_reopens_only_what_it_names_a_stale_attempt_records_nothing_and_cancel
         assert_eq!((overview.state(), overview.accounted()), (RunState::Cancelled, 4));
         assert!(overview.finished.is_some(), "every org is accounted: the run is finished too");
         assert_eq!(records.cancel(&run).await.expect("cancel again"), 0, "cancelling twice changes nothing");
+        // A job that was querying at the cancel: its real outcome replaces `cancelled`; a job
+        // that never queried (its slot wait timed out) does not.
+        let skipped = records.record(&run, OrgId(4), &Attempt::bare(Outcome::SkippedNoSlot)).await.expect("record");
+        assert_eq!(skipped, Recorded::AlreadyAccounted);
+        assert_eq!(records.record(&run, OrgId(4), &Attempt::bare(Outcome::Completed)).await.expect("record"), Recorded::Recorded);
+        let overview = records.overview(&run).await.expect("overview").expect("run");
+        let count = |o: Outcome| overview.counts.iter().find(|(x, _)| *x == o).map(|(_, n)| *n);
+        assert_eq!((count(Outcome::Cancelled), count(Outcome::Completed), overview.accounted()), (Some(0), Some(3), 4));
     });
 }

@@ -11,8 +11,8 @@ use projector_shared::metrics as m;
 use projector_shared::projection::{HISTORY_HOURS, project};
 use projector_shared::rate::{Pass, RateGate};
 use projector_shared::run::{Admission, Outcome, RunLedger};
-use projector_shared::trail::{Attempt, Step, Why};
 use projector_shared::slots::{Acquire, SlotLimiter, SlotPermit, SlotRequest};
+use projector_shared::trail::{Attempt, Step, Why};
 
 use crate::error::Error;
 use crate::probe::QueryProbe;
@@ -161,8 +161,13 @@ impl Pipeline {
                         run_id = %job.run_id, org_id = %job.org_id, reason = reason.as_str(),
                         retry_after_ms = retry_after.as_millis() as u64, "no rate admission within rate.max_delay; job skipped"
                     );
-                    steps.push(Step::Rate { admitted: false, reason: Some(reason.as_str().to_owned()), retry_after_ms: Some(ms(retry_after)) });
-                    let why = Why::new(reason.as_str(), format!("no rate admission within rate.max_delay; retry after {} ms", ms(retry_after)));
+                    steps.push(Step::Rate {
+                        admitted: false,
+                        reason: Some(reason.as_str().to_owned()),
+                        retry_after_ms: Some(ms(retry_after)),
+                    });
+                    let why =
+                        Why::new(reason.as_str(), format!("no rate admission within rate.max_delay; retry after {} ms", ms(retry_after)));
                     return Ended { retry_after: Some(retry_after), why: Some(why), steps, ..Outcome::SkippedRatePolicy.into() };
                 }
                 Err(e) => {
@@ -388,7 +393,14 @@ mod tests {
         p.rate = Some(rate_gate(&[(1, 60_000)], 100, true, Duration::ZERO));
         let first = p.run(&job(1)).await;
         assert_eq!((first.outcome, first.retry_after), (Outcome::Completed, None));
-        assert!(matches!(first.steps[..], [Step::Slot { granted: true, .. }, Step::Rate { admitted: true, .. }, Step::Query { .. }, Step::Store { ok: true, .. }]), "{:?}", first.steps);
+        assert!(
+            matches!(
+                first.steps[..],
+                [Step::Slot { granted: true, .. }, Step::Rate { admitted: true, .. }, Step::Query { .. }, Step::Store { ok: true, .. }]
+            ),
+            "{:?}",
+            first.steps
+        );
         let refused = p.run(&job(2)).await;
         assert_eq!(refused.outcome, Outcome::SkippedRatePolicy);
         let retry_after = refused.retry_after.expect("a refusal says when to retry");
