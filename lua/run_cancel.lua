@@ -1,14 +1,14 @@
 -- run_cancel: ends every given org of a run that has no outcome yet as `cancelled`, with a trail
 -- line, and marks the run cancelled (Redis time). Orgs that already ended keep their outcome.
 -- KEYS: 1 run, 2 orgs (hash org -> outcome), 3 trail (hash org -> lines)
--- ARGV: 1 ttl_ms, 2 trail line (JSON), 3 attempts kept in the trail, 4.. orgs
+-- ARGV: 1 ttl_ms, 2 trail line (JSON), 3 attempts kept in the trail, 4 the trail's ttl_ms, 5.. orgs
 -- Returns: {cancelled, finished}: orgs cancelled by this call, and 1 if the run is now finished.
 local run, orgs, trail = KEYS[1], KEYS[2], KEYS[3]
-local ttl_ms, line, kept = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local ttl_ms, line, kept, trail_ttl_ms = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 if redis.call('EXISTS', run) == 0 then return {0, 0} end
 local now_ms = redis_now_ms()
 local cancelled = 0
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   local org = ARGV[i]
   if redis.call('HSETNX', orgs, org, 'cancelled') == 1 then
     cancelled = cancelled + 1
@@ -17,7 +17,8 @@ for i = 4, #ARGV do
 end
 redis.call('HINCRBY', run, 'cancelled', cancelled)
 if redis.call('HEXISTS', run, 'cancelled_ms') == 0 then redis.call('HSET', run, 'cancelled_ms', now_ms) end
-for _, key in ipairs({run, orgs, trail}) do redis.call('PEXPIRE', key, ttl_ms) end
+for _, key in ipairs({run, orgs}) do redis.call('PEXPIRE', key, ttl_ms) end
+redis.call('PEXPIRE', trail, trail_ttl_ms)
 local total = tonumber(redis.call('HGET', run, 'orgs_total') or '0')
 local finished = 0
 if total > 0 and redis.call('HLEN', orgs) == total then

@@ -7,13 +7,13 @@
 -- KEYS: 1 run (hash: orgs_total and a count per outcome), 2 orgs (hash org -> outcome),
 --       3 plan (hash org -> projects), 4 trail (hash org -> lines), 5 attempts (hash org -> n)
 -- ARGV: 1 org, 2 outcome, 3 ttl_ms (the record is kept this long after its last write),
---       4 attempt, 5 trail line (JSON), 6 attempts kept in the trail
+--       4 attempt, 5 trail line (JSON), 6 attempts kept in the trail, 7 the trail's ttl_ms
 -- Returns: -1 no such run, -2 org not planned, 0 the org already had an outcome (or the attempt
 --          is stale), 1 recorded, 2 recorded the run's last org (exactly one caller sees the run
 --          finish; the run's `finished_ms` is set then, on Redis time).
 local run, orgs, plan, trail, attempts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local org, outcome, ttl_ms = ARGV[1], ARGV[2], ARGV[3]
-local attempt, line, kept = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+local attempt, line, kept, trail_ttl_ms = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), ARGV[7]
 if redis.call('EXISTS', run) == 0 then return -1 end
 if redis.call('HEXISTS', plan, org) == 0 then return -2 end
 if attempt < tonumber(redis.call('HGET', attempts, org) or '0') then return 0 end
@@ -28,7 +28,8 @@ end
 redis.call('HINCRBY', run, outcome, 1)
 local now_ms = redis_now_ms()
 append_trail(trail, org, now_ms, line, kept)
-for _, key in ipairs({run, orgs, trail}) do redis.call('PEXPIRE', key, ttl_ms) end
+for _, key in ipairs({run, orgs}) do redis.call('PEXPIRE', key, ttl_ms) end
+redis.call('PEXPIRE', trail, trail_ttl_ms)
 if redis.call('EXISTS', attempts) == 1 then redis.call('PEXPIRE', attempts, ttl_ms) end
 local total = tonumber(redis.call('HGET', run, 'orgs_total') or '0')
 if not replaced and total > 0 and redis.call('HLEN', orgs) == total then

@@ -224,6 +224,8 @@ pub struct WorkerConfig {
 pub struct RunsConfig {
     /// The run record, its per-org outcomes and its plan live this long after their last write.
     pub retention: Duration,
+    /// Each org's trail in a run (what `explain` prints) lives this long after the run's last write.
+    pub trail_retention: Duration,
     /// How long after a fan-out its jobs stay deduplicated by idempotency key: a re-fan-out of
     /// the same tick, or `--resume`, within this window enqueues no job twice.
     pub dedup_window: Duration,

@@ -30,7 +30,7 @@ pub struct Retried {
 /// that still have no outcome are pushed again too: their key makes that a no-op unless the
 /// earlier push was lost, so repeating a retry that failed half-way finishes it.
 pub async fn retry(conn: &ConnectionManager, config: &Config, run_id: &RunId, outcomes: &[Outcome]) -> anyhow::Result<Retried> {
-    let records = RunRecords::new(conn.clone(), config.runs.retention);
+    let records = RunRecords::for_config(conn.clone(), &config.runs);
     let redis = Endpoint::from(&config.redis).redacted();
     let Some(plan) = records.plan(run_id).await? else {
         anyhow::bail!(
@@ -74,7 +74,7 @@ pub struct Cancelled {
 /// Cancels a run: its open orgs end as `cancelled` first (so a job fetched meanwhile is refused
 /// before it queries), then its waiting jobs are removed from the queue.
 pub async fn cancel(conn: &ConnectionManager, config: &Config, run_id: &RunId) -> anyhow::Result<Cancelled> {
-    let records = RunRecords::new(conn.clone(), config.runs.retention);
+    let records = RunRecords::for_config(conn.clone(), &config.runs);
     if records.overview(run_id).await?.is_none() {
         anyhow::bail!(
             "no record of run {run_id} in {} (records are kept runs.retention; `projectorctl runs list` shows the recent ones)",

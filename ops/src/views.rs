@@ -87,7 +87,7 @@ pub(crate) fn run_json(run: &RunOverview, now: DateTime<Utc>) -> Value {
 
 /// `projectorctl runs list`.
 pub async fn runs_list(config: &Config, limit: usize, as_json: bool) -> anyhow::Result<String> {
-    let records = RunRecords::new(connection(config)?, config.runs.retention);
+    let records = RunRecords::for_config(connection(config)?, &config.runs);
     let runs = records.recent(limit).await?;
     let now = Utc::now();
     if as_json {
@@ -183,7 +183,7 @@ pub(crate) fn run_detail_json(run: &RunOverview, orgs: &[OrgRecord], now: DateTi
 
 /// `projectorctl runs show <id>` (and its older spelling `projectorctl run <id>`).
 pub async fn runs_show(config: &Config, run_id: &str, as_json: bool) -> anyhow::Result<String> {
-    let records = RunRecords::new(connection(config)?, config.runs.retention);
+    let records = RunRecords::for_config(connection(config)?, &config.runs);
     let run_id = RunId(run_id.to_owned());
     let (run, orgs) = run_detail(config, &records, &run_id).await?;
     let now = Utc::now();
@@ -229,7 +229,7 @@ pub async fn runs_show(config: &Config, run_id: &str, as_json: bool) -> anyhow::
 
 /// `projectorctl explain <run> <org>`: everything recorded about one org in one run, in order.
 pub async fn explain(config: &Config, run_id: &str, org: u64, as_json: bool) -> anyhow::Result<String> {
-    let records = RunRecords::new(connection(config)?, config.runs.retention);
+    let records = RunRecords::for_config(connection(config)?, &config.runs);
     let run_id = RunId(run_id.to_owned());
     let run = run_record(config, &records, &run_id).await?;
     let Some(record) = records.org(&run_id, OrgId(org)).await? else {
@@ -276,7 +276,7 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<String> {
     let slots = limiter.inspect().await.with_context(|| format!("reading slots from {redis}"))?;
     let queue = projector_queue::overview(&conn).await.with_context(|| format!("reading the queue from {redis}"))?;
     let workers = heartbeat::workers(&conn).await?;
-    let latest = RunRecords::new(conn.clone(), config.runs.retention).recent(1).await?.into_iter().next();
+    let latest = RunRecords::for_config(conn.clone(), &config.runs).recent(1).await?.into_iter().next();
     let rollout = Rollout::load(&mut conn.clone()).await?;
     let pause = projector_shared::pause::paused(&conn).await?;
     let now = Utc::now();

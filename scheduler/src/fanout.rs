@@ -116,7 +116,7 @@ pub struct Enqueued {
 /// the same run id: idempotency keys (`{run}:org-{id}`) drop the jobs already enqueued.
 pub async fn enqueue(conn: &ConnectionManager, plan: &Plan) -> Result<Enqueued, Error> {
     let enqueue_error = |detail: String| Error::Enqueue { run_id: plan.run_id.to_string(), detail };
-    let records = RunRecords::new(conn.clone(), plan.runs.retention);
+    let records = RunRecords::for_config(conn.clone(), &plan.runs);
     records.create(&plan.run_id, plan.tick, plan.jobs.len() as u64).await.map_err(|e| enqueue_error(e.to_string()))?;
     // The whole plan is stored before the first job: the run then accounts only for its own orgs,
     // and a fan-out cut short can be finished by run id (`run-once --resume`).
@@ -154,7 +154,7 @@ async fn push_jobs(conn: &ConnectionManager, run_id: &RunId, jobs: &[PlannedJob]
 /// org's job is enqueued again under its idempotency key, so only the missing ones are new. They
 /// are released now (spread as the fan-out spreads them), not at their batch's original time.
 pub async fn resume(conn: &ConnectionManager, run_id: &RunId, runs: &RunsConfig) -> Result<Enqueued, Error> {
-    let records = RunRecords::new(conn.clone(), runs.retention);
+    let records = RunRecords::for_config(conn.clone(), runs);
     let Some(stored) = records.plan(run_id).await? else {
         return Err(Error::Resume {
             run_id: run_id.to_string(),
@@ -206,7 +206,7 @@ pub async fn wait_for_run(
     runs: &RunsConfig,
     timeout: Duration,
 ) -> Result<(RunSummary, WaitEnd), Error> {
-    let records = RunRecords::new(conn.clone(), runs.retention);
+    let records = RunRecords::for_config(conn.clone(), runs);
     let started = Instant::now();
     let mut last_seen = RunSummary { run_id: run_id.0.clone(), ..RunSummary::default() };
     let mut progress = crate::progress::Progress::new(0, Duration::from_secs(2));

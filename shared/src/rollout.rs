@@ -35,20 +35,21 @@ impl Rollout {
     /// Whether `org` takes the limited path, and why (for the org's trail: `projectorctl explain`).
     pub fn route(&self, org: OrgId) -> (bool, String) {
         if self.deny.contains(&org) {
-            return (false, "on the flag's deny list (excluded by an operator)".to_owned());
+            return (false, "deny list".to_owned());
         }
         if self.allow.contains(&org) {
-            return (true, "on the flag's allow list".to_owned());
+            return (true, "allow list".to_owned());
         }
         if self.enabled == Some(false) {
-            return (false, "the flag is off (enabled = false) and the org is not on its allow list".to_owned());
+            return (false, "flag off".to_owned());
         }
+        // Short: this lands in every org's trail, kept per run.
         let bucket = bucket(RATE_LIMIT_FLAG, org);
         match self.percentage {
-            None if *self == Rollout::default() => (true, "the flag was never set: every org is limited".to_owned()),
-            None => (true, "no rollout percentage set (100%)".to_owned()),
-            Some(p) if bucket < u32::from(p) => (true, format!("bucket {bucket} is inside the rollout percentage {p}%")),
-            Some(p) => (false, format!("bucket {bucket} is outside the rollout percentage {p}%")),
+            None if *self == Rollout::default() => (true, "flag never set".to_owned()),
+            None => (true, "percentage 100".to_owned()),
+            Some(p) if bucket < u32::from(p) => (true, format!("bucket {bucket} < {p}%")),
+            Some(p) => (false, format!("bucket {bucket} >= {p}%")),
         }
     }
 
@@ -128,5 +129,12 @@ mod tests {
         assert!(r.is_limited(OrgId(1)));
         assert!(!r.is_limited(OrgId(2)));
         assert!(!r.is_limited(OrgId(3)));
+        assert_eq!(r.route(OrgId(2)), (false, "deny list".to_owned()), "the trail names the rule that decided");
+        assert_eq!(r.route(OrgId(1)).1, "allow list");
+        assert_eq!(r.route(OrgId(3)).1, "flag off");
+        assert_eq!(Rollout::default().route(OrgId(3)), (true, "flag never set".to_owned()));
+        let half = Rollout { percentage: Some(50), ..Rollout::default() };
+        let (limited, why) = half.route(OrgId(3));
+        assert_eq!(why.contains('<'), limited, "{why}");
     }
 }

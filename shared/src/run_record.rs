@@ -69,16 +69,27 @@ pub struct RunRecords {
     conn: ConnectionManager,
     /// How long a record lives after its last write (`runs.retention`).
     retention: Duration,
+    /// How long the orgs' trails live after the run's last write (`runs.trail_retention`).
+    trail_retention: Duration,
 }
 
 impl RunRecords {
-    /// Records written through this one live `retention` after their last write (`runs.retention`).
+    /// Records written through this one live `retention` after their last write, trails included.
     pub fn new(conn: ConnectionManager, retention: Duration) -> Self {
-        RunRecords { conn, retention }
+        RunRecords { conn, retention, trail_retention: retention }
+    }
+
+    /// Records kept as `[runs]` says: `runs.retention`, and `runs.trail_retention` for trails.
+    pub fn for_config(conn: ConnectionManager, runs: &projector_config::RunsConfig) -> Self {
+        RunRecords { conn, retention: runs.retention, trail_retention: runs.trail_retention }
     }
 
     fn retention_ms(&self) -> u64 {
         u64::try_from(self.retention.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn trail_retention_ms(&self) -> u64 {
+        u64::try_from(self.trail_retention.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Creates (or, for a re-run of the same tick, keeps) the record of a run of `orgs_total` orgs,
@@ -119,7 +130,8 @@ impl RunRecords {
                 .arg(self.retention_ms())
                 .arg(attempt.attempt)
                 .arg(&line)
-                .arg(trail::KEPT_ATTEMPTS);
+                .arg(trail::KEPT_ATTEMPTS)
+                .arg(self.trail_retention_ms());
             async move { invocation.invoke_async(&mut conn).await }
         })
         .await
@@ -460,7 +472,8 @@ impl RunRecords {
                 .key(keys::run_trail(run_id))
                 .arg(self.retention_ms())
                 .arg(&line)
-                .arg(trail::KEPT_ATTEMPTS);
+                .arg(trail::KEPT_ATTEMPTS)
+                .arg(self.trail_retention_ms());
             for org in chunk {
                 invocation.arg(*org);
             }

@@ -41,7 +41,12 @@ pub enum Step {
     },
     /// The query's answer: `ok`, or the error kind (`rate_limited`, `timeout`, …), and whether the
     /// service flagged the referrer as throttled.
-    Query { status: String, ms: u64, throttled: bool },
+    Query {
+        status: String,
+        ms: u64,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        throttled: bool,
+    },
     /// The store write, stamped with the slot's fencing token (0 on the legacy path).
     Store { ok: bool, token: u64, projects: usize, ms: u64 },
     /// The job went back to the queue (`slots.on_timeout = "reschedule"`) instead of ending.
@@ -54,8 +59,8 @@ impl Step {
     /// One line for a person: what happened and the figures behind it.
     pub fn describe(&self) -> String {
         match self {
-            Step::Routed { limited: true, why } => format!("routed: limited path (slot first): {why}"),
-            Step::Routed { limited: false, why } => format!("routed: legacy path (no slot): {why}"),
+            Step::Routed { limited: true, why } => format!("routed: limited path (slot first) by the rollout flag: {why}"),
+            Step::Routed { limited: false, why } => format!("routed: legacy path (no slot) by the rollout flag: {why}"),
             Step::Slot { granted: true, waited_ms, token, .. } => {
                 format!("slot: granted after {waited_ms} ms, fencing token {}", token.unwrap_or(0))
             }
@@ -97,11 +102,15 @@ impl Why {
     }
 }
 
+fn is_first(attempt: &u32) -> bool {
+    *attempt == 0
+}
+
 /// One attempt at one org, as the worker that ran it records it with the outcome.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
     /// 0 for the run's own job, n for the n-th `runs retry`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_first")]
     pub attempt: u32,
     pub outcome: Outcome,
     /// The worker that ran it (empty for the embedded run and operator actions).

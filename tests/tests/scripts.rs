@@ -455,7 +455,12 @@ fn dead_jobs_are_listed_with_their_reason_requeued_when_runnable_and_purged() {
 fn a_retry_reopens_only_what_it_names_a_stale_attempt_records_nothing_and_cancel_accounts_the_rest() {
     let server = RedisServer::start();
     runtime().block_on(async {
-        let records = RunRecords::new(manager(&server), Duration::from_secs(600));
+        let runs = projector_config::RunsConfig {
+            retention: Duration::from_secs(600),
+            trail_retention: Duration::from_secs(120),
+            ..projector_config::RunsConfig::default()
+        };
+        let records = RunRecords::for_config(manager(&server), &runs);
         let run = RunId("run-retry".into());
         records.create(&run, Utc::now(), 4).await.expect("create");
         records.store_plan(&run, &[(OrgId(1), vec![]), (OrgId(2), vec![]), (OrgId(3), vec![]), (OrgId(4), vec![])]).await.expect("plan");
@@ -486,6 +491,11 @@ fn a_retry_reopens_only_what_it_names_a_stale_attempt_records_nothing_and_cancel
         assert_eq!(org2.trail.len(), 2, "the trail keeps both attempts: {:?}", org2.trail);
         assert_eq!(org2.trail[0].attempt, failed, "the first attempt as the worker recorded it");
         assert!(org2.trail[0].at_ms <= org2.trail[1].at_ms && org2.trail[0].at_ms > 0);
+        let mut conn = server.connection();
+        let ttl = |key: String, conn: &mut redis::Connection| -> i64 { redis::cmd("PTTL").arg(key).query(conn).expect("pttl") };
+        let trail_ttl = ttl(format!("projector:run:{}:trail", run.0), &mut conn);
+        assert!(trail_ttl > 0 && trail_ttl <= 120_000, "trails live runs.trail_retention: {trail_ttl}");
+        assert!(ttl(format!("projector:run:{}:orgs", run.0), &mut conn) > 120_000, "outcomes live runs.retention");
         // Reopening an org whose outcome changed since it was read does nothing.
         assert_eq!(records.reopen(&run, &[Outcome::Failed]).await.expect("reopen"), []);
 

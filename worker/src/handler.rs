@@ -32,7 +32,7 @@ impl Routing {
     /// The path `job` takes, and why.
     async fn route(&self, job: &SpikeProjectionJob) -> (bool, String) {
         match self {
-            Routing::AllLimited => (true, "embedded run: every org is limited".to_owned()),
+            Routing::AllLimited => (true, "embedded run".to_owned()),
             Routing::Flag(flag) => flag.route(job).await,
         }
     }

@@ -52,7 +52,7 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
     };
     let handler = Arc::new(JobHandler::new(
         pipeline,
-        Arc::new(RunRecords::new(conn.clone(), config.runs.retention)),
+        Arc::new(RunRecords::for_config(conn.clone(), &config.runs)),
         Routing::Flag(RolloutFlag::new(conn.clone(), config.worker.rollout_refresh)),
         Rescheduler::from_config(&config, &conn),
     ));
