@@ -238,7 +238,12 @@ pub async fn explain(config: &Config, run_id: &str, org: u64, as_json: bool) -> 
     if as_json {
         let value = json!({
             "run_id": run_id.0, "org_id": org, "outcome": record.outcome.map(Outcome::as_str), "attempt": record.attempt,
-            "attempts": record.trail,
+            // The stored lines leave out attempt 0; the JSON always names it.
+            "attempts": record.trail.iter().map(|t| {
+                let mut v = serde_json::to_value(t).unwrap_or(Value::Null);
+                v["attempt"] = json!(t.attempt.attempt);
+                v
+            }).collect::<Vec<_>>(),
         });
         return Ok(format!("{value}\n"));
     }

@@ -10,6 +10,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod fleet;
 mod postgres;
 pub use postgres::PostgresServer;
 
@@ -347,18 +348,23 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     path
 }
 
-/// Scrapes a Prometheus text endpoint.
-pub fn scrape(addr: &str) -> String {
-    let url = format!("http://{addr}/metrics");
+/// `GET url`, from a synchronous test: the body.
+pub fn http_get(url: &str) -> String {
+    let url = url.to_owned();
     std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime")
-            .block_on(async { reqwest::get(url).await.expect("GET /metrics").text().await.expect("body") })
+            .block_on(async { reqwest::get(url).await.expect("GET").text().await.expect("body") })
     })
     .join()
-    .expect("scrape thread")
+    .expect("http thread")
+}
+
+/// Scrapes a Prometheus text endpoint.
+pub fn scrape(addr: &str) -> String {
+    http_get(&format!("http://{addr}/metrics"))
 }
 
 /// The value of one sample (`name` or `name{labels}` exactly as exposed), if present.

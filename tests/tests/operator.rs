@@ -5,36 +5,10 @@
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use projector_tests::{FakeSnuba, Proc, RedisServer, command, free_port, wait_until, workspace_bin};
+use projector_tests::fleet::{base_env, json_of, run, text, worker};
+use projector_tests::{FakeSnuba, RedisServer, command, free_port, wait_until, workspace_bin};
 
 const FAKE: &str = env!("CARGO_BIN_EXE_projector-fake-snuba");
-
-fn base_env(redis: &RedisServer, query_url: &str) -> Vec<(String, String)> {
-    vec![
-        ("PROJECTOR_REDIS_URL".into(), redis.url()),
-        ("PROJECTOR_QUERY_SOURCE".into(), "snuba".into()),
-        ("PROJECTOR_QUERY_URL".into(), query_url.to_owned()),
-        ("PROJECTOR_WORKER_METRICS_ADDR".into(), "127.0.0.1:0".into()),
-        ("PROJECTOR_WORKER_HOUSEKEEPING_INTERVAL".into(), "100ms".into()),
-        ("RUST_LOG".into(), "info".into()),
-    ]
-}
-
-fn run(bin: &str, env: &[(String, String)], args: &[&str]) -> Output {
-    command(workspace_bin(bin)).args(args).envs(env.iter().cloned()).output().expect("run binary")
-}
-
-fn worker(env: &[(String, String)], args: &[&str]) -> Proc {
-    let mut cmd = command(workspace_bin("projector-worker"));
-    cmd.arg("run").args(args).envs(env.iter().cloned()).stdout(Stdio::null());
-    let w = Proc::spawn(cmd);
-    w.wait_for_line(&["worker started"], Duration::from_secs(30));
-    w
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 #[test]
 fn a_run_where_every_org_failed_exits_3_not_0() {
@@ -57,11 +31,6 @@ fn a_run_where_every_org_failed_exits_3_not_0() {
         let listed = json_of(&run("projectorctl", &env, &["workers", "--json"]));
         listed["workers"][0]["last_error"].as_str().is_some_and(|e| e.contains("unreachable"))
     });
-}
-
-fn json_of(out: &Output) -> serde_json::Value {
-    assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)))
 }
 
 /// `workers`, `runs list`, `runs show` and `status`, as JSON, against a real run: every number
@@ -348,6 +317,8 @@ fn a_pause_stops_new_queries_and_resume_finishes_the_run() {
     // The running jobs finish; after the drain, nothing of this worker is running.
     w.wait_for_line(&["in-flight jobs finished"], Duration::from_secs(30));
     let at_pause = requests();
+    let last_start = || fake.stats_now()["last_start_unix_ms"].as_u64().expect("last start");
+    let last_start_at_pause = last_start();
     let name = json_of(&run("projectorctl", &env, &["workers", "--json"]))["workers"][0]["name"].as_str().expect("worker name").to_owned();
     let mut conn = redis.connection();
     let mut last_beat = || -> u64 {
@@ -361,6 +332,7 @@ fn a_pause_stops_new_queries_and_resume_finishes_the_run() {
     let first = last_beat();
     wait_until(Duration::from_secs(30), "the paused worker beat for 1.5 s more", || last_beat() >= first + 1_500);
     assert_eq!(requests(), at_pause, "no query started while the fleet was paused");
+    assert_eq!(last_start(), last_start_at_pause, "the fake's start timestamps agree: nothing started while paused");
     let status = json_of(&run("projectorctl", &env, &["status", "--json"]));
     assert_eq!(status["paused"]["reason"], "incident 42", "{status}");
     assert!(status["run"]["accounted"].as_u64().unwrap_or(100) < 100, "the run waits: {status}");

@@ -3,50 +3,19 @@
 //! page in a real (headless) browser.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use projector_tests::{FakeSnuba, Proc, RedisServer, command, holds_within, wait_until, workspace_bin};
+use projector_tests::fleet::{base_env, json_of, run, text, worker};
+use projector_tests::{FakeSnuba, Proc, RedisServer, command, holds_within, http_get, wait_until, workspace_bin};
 use serde_json::Value;
 
 const FAKE: &str = env!("CARGO_BIN_EXE_projector-fake-snuba");
-
-fn base_env(redis: &RedisServer, query_url: &str) -> Vec<(String, String)> {
-    vec![
-        ("PROJECTOR_REDIS_URL".into(), redis.url()),
-        ("PROJECTOR_QUERY_SOURCE".into(), "snuba".into()),
-        ("PROJECTOR_QUERY_URL".into(), query_url.to_owned()),
-        ("PROJECTOR_WORKER_METRICS_ADDR".into(), "127.0.0.1:0".into()),
-        ("PROJECTOR_WORKER_HOUSEKEEPING_INTERVAL".into(), "100ms".into()),
-        ("RUST_LOG".into(), "info".into()),
-    ]
-}
-
-fn run(bin: &str, env: &[(String, String)], args: &[&str]) -> Output {
-    command(workspace_bin(bin)).args(args).envs(env.iter().cloned()).output().expect("run binary")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn json_of(out: &Output) -> Value {
-    assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)))
-}
 
 fn ctl(env: &[(String, String)], args: &[&str]) -> Value {
     let mut all = args.to_vec();
     all.push("--json");
     json_of(&run("projectorctl", env, &all))
-}
-
-fn worker(env: &[(String, String)], args: &[&str]) -> Proc {
-    let mut cmd = command(workspace_bin("projector-worker"));
-    cmd.arg("run").args(args).envs(env.iter().cloned()).stdout(Stdio::null());
-    let w = Proc::spawn(cmd);
-    w.wait_for_line(&["worker started"], Duration::from_secs(30));
-    w
 }
 
 /// Starts a run without waiting for it; returns its id.
@@ -308,19 +277,6 @@ fn the_status_page_shows_what_status_json_says_in_a_real_browser() {
     let cli = ctl(&env, &["runs", "show", &run_id]);
     assert_eq!((api["outcomes"].clone(), api["not_completed"].clone()), (cli["outcomes"].clone(), cli["not_completed"].clone()));
     assert_eq!(http_post(&format!("{base}/actions/pause"), "token=x"), 404, "no action route without --allow-actions");
-}
-
-fn http_get(url: &str) -> String {
-    let url = url.to_owned();
-    std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(async { reqwest::get(url).await.expect("GET").text().await.expect("body") })
-    })
-    .join()
-    .expect("http thread")
 }
 
 fn http_post(url: &str, form: &str) -> u16 {
