@@ -9,7 +9,8 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
-command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# A font too: without one, screenshots show boxes.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium fonts-dejavu-core)
 # initdb is not on PATH in Debian's package: look where it installs the server.
 { command -v initdb || ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1 || missing+=(postgresql)
 if [ "${#missing[@]}" -gt 0 ]; then
