@@ -49,8 +49,9 @@ pub enum Step {
     },
     /// The store write, stamped with the slot's fencing token (0 on the legacy path).
     Store { ok: bool, token: u64, projects: usize, ms: u64 },
-    /// The job went back to the queue (`slots.on_timeout = "reschedule"`) instead of ending.
-    Rescheduled { count: u32, after_ms: u64 },
+    /// Before this try, the job went back to the queue this many times after a slot timeout or
+    /// a rate refusal (`slots.on_timeout = "reschedule"`).
+    Rescheduled { times: u32 },
     /// An operator cancelled the run before this org ran.
     Cancelled,
 }
@@ -82,7 +83,9 @@ impl Step {
                 let result = if *ok { "stored" } else { "failed" };
                 format!("store: {result} {projects} projections in {ms} ms, fencing token {token}")
             }
-            Step::Rescheduled { count, after_ms } => format!("rescheduled (#{count}) to run again in {after_ms} ms"),
+            Step::Rescheduled { times } => {
+                format!("rescheduled {times} time(s) before this try (no slot or no rate admission in time; slots.on_timeout = reschedule)")
+            }
             Step::Cancelled => "cancelled by an operator before it ran".to_owned(),
         }
     }

@@ -529,6 +529,15 @@ fn reschedule_on_timeout_retries_a_job_that_got_no_slot() {
     // With "skip", one slot and a 100 ms wait, exactly one of four would complete.
     assert!(s["completed"].as_u64().unwrap_or(0) >= 2, "rescheduled jobs got a slot later: {s}");
     assert_eq!(s["completed"].as_u64().unwrap_or(0) + s["skipped_no_slot"].as_u64().unwrap_or(0), 4, "{s}");
+    // Some org was rescheduled before it ended, and its trail says so first.
+    let run_id = s["run_id"].as_str().expect("run id");
+    let told: Vec<String> = (1..=4)
+        .map(|org| {
+            let out = projector_tests::fleet::run("projectorctl", &env, &["explain", run_id, &org.to_string()]);
+            projector_tests::fleet::text(&out.stdout)
+        })
+        .collect();
+    assert!(told.iter().any(|t| t.contains("1. rescheduled")), "{told:?}");
 }
 
 #[test]

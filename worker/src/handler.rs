@@ -200,6 +200,9 @@ impl JobHandler {
         let mut ended =
             if limited { self.pipeline.run_checked(job, Some(&*self.ledger)).await } else { self.pipeline.process_unlimited(job).await };
         ended.steps.insert(0, Step::Routed { limited, why });
+        if job.reschedules > 0 {
+            ended.steps.insert(0, Step::Rescheduled { times: job.reschedules });
+        }
         if ended.stale {
             return Ok(());
         }
