@@ -172,6 +172,13 @@ pub const PAUSED: &str = "projector:paused";
 /// Zset of recent runs: run id -> tick (unix ms); entries older than `runs.retention` are dropped.
 pub const RUNS: &str = "projector:runs";
 
+/// Sorted set: cancelled run id → when (Redis ms), trimmed to `runs.retention`; workers load it
+/// into their mirror (`cancels::CancelWatch`) when they subscribe.
+pub const CANCELLED_RUNS: &str = "projector:cancelled";
+
+/// Pub/sub channel on which `runs cancel` announces a cancelled run id.
+pub const CANCELS_CHANNEL: &str = "projector:cancels";
+
 /// Hash of a rollout flag: `enabled`, `percentage`, `allow`, `deny` (comma-separated org ids).
 pub fn flag(name: &str) -> String {
     format!("projector:flag:{name}")

@@ -3,6 +3,7 @@
 
 pub mod adaptive;
 pub mod batch;
+pub mod cancels;
 pub mod error;
 pub mod heartbeat;
 pub mod ids;

@@ -470,10 +470,13 @@ impl RunRecords {
             invocation
                 .key(keys::run_orgs(run_id))
                 .key(keys::run_trail(run_id))
+                .key(keys::CANCELLED_RUNS)
                 .arg(self.retention_ms())
                 .arg(&line)
                 .arg(trail::KEPT_ATTEMPTS)
-                .arg(self.trail_retention_ms());
+                .arg(self.trail_retention_ms())
+                .arg(&run_id.0)
+                .arg(keys::CANCELS_CHANNEL);
             for org in chunk {
                 invocation.arg(*org);
             }

@@ -140,10 +140,12 @@ fn a_cancelled_run_sends_no_more_queries_and_every_org_is_accounted() {
     });
     let cancelled = ctl(&env, &["runs", "cancel", &run_id]);
     let at_cancel = requests();
+    // The worker heard of it on the cancel channel: its slot grants ask its own mirror.
+    w.wait_for_line(&["run cancelled; its jobs that get a slot send no query", &run_id], Duration::from_secs(10));
     assert!(cancelled["orgs_cancelled"].as_u64().is_some_and(|n| n >= 50), "{cancelled}");
     assert!(cancelled["jobs_removed"].as_u64().is_some_and(|n| n >= 40), "{cancelled}");
     wait_until(Duration::from_secs(30), "the waiting jobs saw the cancel", || {
-        w.stderr().matches("no query").count() >= 2 && fake.stats_now()["in_flight"] == 0
+        w.stderr().matches("run cancelled during the slot wait; no query").count() >= 2 && fake.stats_now()["in_flight"] == 0
     });
     // One job may have passed its check just before the cancel, its query not yet arrived.
     let after = requests();

@@ -9,6 +9,7 @@ use apalis::prelude::{BoxDynError, Data};
 use projector_config::{Config, OnSlotTimeout};
 use projector_queue as queue;
 use projector_shared::SpikeProjectionJob;
+use projector_shared::cancels::CancelWatch;
 use projector_shared::metrics as m;
 use projector_shared::rollout::Rollout;
 use projector_shared::run::{Admission, Outcome, Recorded, RunLedger};
@@ -152,11 +153,18 @@ pub struct JobHandler {
     pub routing: Routing,
     pub rescheduler: Option<Rescheduler>,
     pub running: RunningJobs,
+    /// The fleet's cancelled runs, mirrored (worker only); without it, the ledger is asked.
+    pub cancels: Option<CancelWatch>,
 }
 
 impl JobHandler {
     pub fn new(pipeline: Pipeline, ledger: Arc<dyn RunLedger>, routing: Routing, rescheduler: Option<Rescheduler>) -> Self {
-        JobHandler { pipeline, ledger, routing, rescheduler, running: RunningJobs(tokio::sync::watch::Sender::new(0)) }
+        JobHandler { pipeline, ledger, routing, rescheduler, running: RunningJobs(tokio::sync::watch::Sender::new(0)), cancels: None }
+    }
+
+    /// Answers "cancelled?" from `cancels` while it is live, without a round trip to Redis.
+    pub fn with_cancel_watch(self, cancels: CancelWatch) -> Self {
+        JobHandler { cancels: Some(cancels), ..self }
     }
 
     /// One queue payload to one recorded outcome. `Err` only when the outcome could not be
@@ -197,8 +205,7 @@ impl JobHandler {
             }
         }
         let (limited, why) = self.routing.route(job).await;
-        let mut ended =
-            if limited { self.pipeline.run_checked(job, Some(&*self.ledger)).await } else { self.pipeline.process_unlimited(job).await };
+        let mut ended = if limited { self.pipeline.run_checked(job, Some(self)).await } else { self.pipeline.process_unlimited(job).await };
         ended.steps.insert(0, Step::Routed { limited, why });
         if job.reschedules > 0 {
             ended.steps.insert(0, Step::Rescheduled { times: job.reschedules });
@@ -269,6 +276,18 @@ impl JobHandler {
                 Err(e) => tracing::warn!(run_id = %run, org_id = %org, error = %e, "cannot record the malformed job as failed"),
             }
         }
+    }
+}
+
+impl crate::pipeline::StillOpen for JobHandler {
+    fn still_open<'a>(&'a self, job: &'a SpikeProjectionJob) -> futures::future::BoxFuture<'a, bool> {
+        Box::pin(async move {
+            if let Some(cancelled) = self.cancels.as_ref().and_then(|c| c.is_cancelled(&job.run_id)) {
+                return !cancelled;
+            }
+            // Unsure (the record cannot be read): the admission already let it in; let it run.
+            !matches!(self.ledger.outcome_of(&job.run_id, job.org_id, job.attempt).await, Ok(a) if a != Admission::Open)
+        })
     }
 }
 

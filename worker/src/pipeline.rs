@@ -10,7 +10,7 @@ use projector_shared::adaptive::SIGNALS;
 use projector_shared::metrics as m;
 use projector_shared::projection::{HISTORY_HOURS, project};
 use projector_shared::rate::{Pass, RateGate};
-use projector_shared::run::{Admission, Outcome, RunLedger};
+use projector_shared::run::Outcome;
 use projector_shared::slots::{Acquire, SlotLimiter, SlotPermit, SlotRequest};
 use projector_shared::trail::{Attempt, Step, Why};
 
@@ -67,6 +67,12 @@ impl Ended {
     }
 }
 
+/// Asked once a job's slot is granted: whether its org may still be queried (its run was not
+/// cancelled meanwhile). The job handler answers from the workers' cancel mirror, or the run record.
+pub trait StillOpen: Send + Sync {
+    fn still_open<'a>(&'a self, job: &'a SpikeProjectionJob) -> futures::future::BoxFuture<'a, bool>;
+}
+
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -94,9 +100,9 @@ impl Pipeline {
         self.run_checked(job, None).await
     }
 
-    /// [`Pipeline::run`], asking `ledger` once the slot is granted whether the org is still open:
-    /// a run cancelled (or an org retried) during the slot wait sends no query.
-    pub async fn run_checked(&self, job: &SpikeProjectionJob, ledger: Option<&dyn RunLedger>) -> Ended {
+    /// [`Pipeline::run`], asking `gate` once the slot is granted whether the org may still be
+    /// queried: a run cancelled during the slot wait sends no query.
+    pub async fn run_checked(&self, job: &SpikeProjectionJob, gate: Option<&dyn StillOpen>) -> Ended {
         metrics::counter!(m::TASK_STARTED_TOTAL).increment(1);
         let mut steps = Vec::new();
         // The query starts at most rate.max_delay after the grant: the lease must outlive a
@@ -141,11 +147,10 @@ impl Pipeline {
             limit: None,
             queue_position: None,
         });
-        if let Some(ledger) = ledger
-            && let Ok(admission) = ledger.outcome_of(&job.run_id, job.org_id, job.attempt).await
-            && admission != Admission::Open
+        if let Some(gate) = gate
+            && !gate.still_open(job).await
         {
-            tracing::info!(run_id = %job.run_id, org_id = %job.org_id, ?admission, "org accounted for during the slot wait (cancelled or retried); no query");
+            tracing::info!(run_id = %job.run_id, org_id = %job.org_id, "run cancelled during the slot wait; no query");
             if let Err(e) = permit.release().await {
                 tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, error = %e, "slot release failed");
             }
@@ -155,6 +160,8 @@ impl Pipeline {
         // due: admitted starts cannot bunch up behind a slot wait (ARCHITECTURE.md, "Rate policies").
         if let Some(rate) = &self.rate {
             match rate.pass().await {
+                // Without a policy or a cooldown nothing was asked: no step to tell.
+                Ok(Pass::Go) if !rate.is_in_force() => {}
                 Ok(Pass::Go) => steps.push(Step::Rate { admitted: true, reason: None, retry_after_ms: None }),
                 Ok(Pass::Refused { retry_after, reason }) => {
                     tracing::debug!(

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use projector_config::{Config, OnRedisError};
+use projector_shared::cancels::CancelWatch;
 use projector_shared::run_record::RunRecords;
 use projector_shared::slots::{FailOpenLimiter, RedisSlotLimiter, RedisSlotSettings, SlotLimiter};
 use tokio_util::sync::CancellationToken;
@@ -50,13 +51,25 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
             query_max_duration: config.query.max_duration(),
         },
     };
-    let handler = Arc::new(JobHandler::new(
-        pipeline,
-        Arc::new(RunRecords::for_config(conn.clone(), &config.runs)),
-        Routing::Flag(RolloutFlag::new(conn.clone(), config.worker.rollout_refresh)),
-        Rescheduler::from_config(&config, &conn),
-    ));
+    let cancels = CancelWatch::default();
+    let handler = Arc::new(
+        JobHandler::new(
+            pipeline,
+            Arc::new(RunRecords::for_config(conn.clone(), &config.runs)),
+            Routing::Flag(RolloutFlag::new(conn.clone(), config.worker.rollout_refresh)),
+            Rescheduler::from_config(&config, &conn),
+        )
+        .with_cancel_watch(cancels.clone()),
+    );
     let endpoint = projector_shared::redis_conn::Endpoint::from(&config.redis);
+    match endpoint.client() {
+        Ok(client) => {
+            let (conn, shutdown) = (conn.clone(), shutdown.clone());
+            services.spawn("cancel_watch", async move { cancels.follow(client, conn, shutdown).await });
+        }
+        // Every slot grant then asks the run record instead: correct, one round trip slower.
+        Err(e) => tracing::warn!(error = %e, "cannot follow cancelled runs; each job asks the run record after its slot wait"),
+    }
     let in_force = announce_limit(&slots, config.slots.limit).await;
     tracing::info!(
         worker = %name, redis = %endpoint.redacted(), query_source = ?config.query.source,

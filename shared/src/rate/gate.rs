@@ -74,6 +74,11 @@ impl RateGate {
         (policy.describe(), policy.mode_name(), current.enforce)
     }
 
+    /// Whether a policy or a cooldown is in force, so that [`RateGate::pass`] asks the limiter.
+    pub fn is_in_force(&self) -> bool {
+        self.current().is_active()
+    }
+
     /// The longest [`RateGate::pass`] may hold a start: a slot taken before it must outlive it.
     pub fn max_delay(&self) -> Duration {
         let current = self.current();

@@ -1,0 +1,103 @@
+//! Cancelled runs as every worker knows them: `runs cancel` adds the run to a Redis set and
+//! announces it on a channel (both inside `lua/run_cancel.lua`); each worker mirrors the set in
+//! memory, so a job that gets its slot asks the mirror, not Redis, whether its run was cancelled.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use redis::aio::ConnectionManager;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+use crate::ids::RunId;
+use crate::keys;
+
+/// Waits between attempts to (re)subscribe after the channel was lost.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(500);
+
+/// The in-memory mirror of the cancelled runs.
+#[derive(Clone, Default)]
+pub struct CancelWatch {
+    inner: Arc<Mirror>,
+}
+
+#[derive(Default)]
+struct Mirror {
+    runs: RwLock<HashSet<String>>,
+    /// Subscribed and loaded: the mirror misses no cancel from then on.
+    live: AtomicBool,
+}
+
+impl CancelWatch {
+    /// `Some(cancelled)` while the mirror is live; `None` when it is not (not yet subscribed, or the
+    /// channel was lost): then ask the run record.
+    pub fn is_cancelled(&self, run: &RunId) -> Option<bool> {
+        if !self.inner.live.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(self.inner.runs.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&run.0))
+    }
+
+    /// Whether the mirror is live now.
+    pub fn is_live(&self) -> bool {
+        self.inner.live.load(Ordering::Acquire)
+    }
+
+    fn note(&self, runs: impl IntoIterator<Item = String>) {
+        self.inner.runs.write().unwrap_or_else(std::sync::PoisonError::into_inner).extend(runs);
+    }
+
+    /// Keeps the mirror until `shutdown`: subscribes to the channel, then loads the set (a cancel
+    /// in between is seen twice, never missed), then follows the channel; when the channel is
+    /// lost the mirror stops being live until it is subscribed and loaded again.
+    pub async fn follow(&self, client: redis::Client, conn: ConnectionManager, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            match self.subscribe_and_load(&client, &conn).await {
+                Ok(mut pubsub) => {
+                    self.inner.live.store(true, Ordering::Release);
+                    tracing::debug!("following cancelled runs");
+                    let mut messages = pubsub.on_message();
+                    loop {
+                        tokio::select! {
+                            message = messages.next() => match message {
+                                Some(m) => match m.get_payload::<String>() {
+                                    Ok(run) => {
+                                        tracing::info!(run_id = %run, "run cancelled; its jobs that get a slot send no query");
+                                        self.note([run]);
+                                    }
+                                    Err(e) => tracing::warn!(error = %e, "unreadable cancel announcement"),
+                                },
+                                None => break,
+                            },
+                            () = shutdown.cancelled() => return,
+                        }
+                    }
+                    self.inner.live.store(false, Ordering::Release);
+                    tracing::warn!("lost the cancel channel; jobs ask the run record until it is back");
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot follow cancelled runs yet; jobs ask the run record"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(RESUBSCRIBE_AFTER) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn subscribe_and_load(&self, client: &redis::Client, conn: &ConnectionManager) -> Result<redis::aio::PubSub, Error> {
+        let mut pubsub = client.get_async_pubsub().await.map_err(Error::redis("opening the cancel channel"))?;
+        pubsub.subscribe(keys::CANCELS_CHANNEL).await.map_err(Error::redis("subscribing to the cancel channel"))?;
+        let runs: Vec<String> = redis::cmd("ZRANGE")
+            .arg(keys::CANCELLED_RUNS)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn.clone())
+            .await
+            .map_err(Error::redis("reading the cancelled runs"))?;
+        self.note(runs);
+        Ok(pubsub)
+    }
+}
