@@ -2,7 +2,7 @@
 -- `max` per call. apalis's own fetch moves every due job with one unpack(), which Redis's Lua
 -- refuses past ~8,000 values, so after a worker outage during a big run every fetch would fail.
 -- KEYS: 1 scheduled (zset id -> run_at unix s), 2 ready (list), 3 signal (list, wakes fetchers)
--- ARGV: 1 max (jobs per call)
+-- ARGV: 1 max (jobs per call), 2 the jobs-ready channel (idle job loops fetch at once)
 -- Returns: how many jobs were moved (fewer than max means none is left due).
 local scheduled, ready, signal = KEYS[1], KEYS[2], KEYS[3]
 local max = tonumber(ARGV[1])
@@ -13,5 +13,6 @@ if #ids > 0 then
   redis.call('ZREM', scheduled, unpack(ids))
   redis.call('DEL', signal)
   redis.call('LPUSH', signal, 1)
+  redis.call('PUBLISH', ARGV[2], 1)
 end
 return #ids

@@ -290,6 +290,8 @@ keys! {
         "on SIGTERM, how long in-flight jobs may run before the worker exits";
     "worker.rollout_refresh" => worker.rollout_refresh: Dur(MILLIS(10), SECS(600)), default Some("2s"),
         "how long a worker trusts the rollout flag it read before reading it again";
+    "worker.poll_interval" => worker.poll_interval: Dur(MILLIS(10), SECS(3600)), default Some("100ms"),
+        "how often an idle job loop looks for jobs; jobs announced ready (a fan-out, a promotion of due jobs, a retry) are fetched at once regardless";
     "worker.housekeeping_interval" => worker.housekeeping_interval: Dur(MILLIS(10), SECS(60)), default Some("1s"),
         "how often a worker promotes due jobs, refreshes queue and slot gauges and writes its heartbeat";
     "runs.retention" => runs.retention: Dur(SECS(60), SECS(90 * 86_400)), default Some("7days"),

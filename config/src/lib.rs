@@ -217,6 +217,8 @@ pub struct WorkerConfig {
     pub rollout_refresh: Duration,
     /// How often due jobs are promoted, queue and slot gauges refreshed and the heartbeat written.
     pub housekeeping_interval: Duration,
+    /// How often an idle job loop polls; announced jobs are fetched at once.
+    pub poll_interval: Duration,
 }
 
 /// How long a run's traces are kept in Redis.
@@ -308,6 +310,7 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::ZERO,
             rollout_refresh: Duration::ZERO,
             housekeeping_interval: Duration::ZERO,
+            poll_interval: Duration::ZERO,
         }
     }
 }

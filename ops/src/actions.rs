@@ -58,6 +58,10 @@ pub async fn retry(conn: &ConnectionManager, config: &Config, run_id: &RunId, ou
             )
         })?;
     }
+    if enqueued > 0 {
+        // Workers find the jobs at their next poll anyway; this only saves them the wait.
+        let _ = projector_shared::events::announce_jobs_ready(conn).await;
+    }
     tracing::warn!(run_id = %run_id, reopened = reopened.len(), enqueued, outcomes = ?outcomes.iter().map(|o| o.as_str()).collect::<Vec<_>>(), "run retried by an operator");
     Ok(Retried { run_id: run_id.0.clone(), reopened: reopened.into_iter().map(|(o, n)| (o.0, n)).collect(), enqueued })
 }

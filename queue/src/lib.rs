@@ -28,6 +28,7 @@ pub async fn promote_due(conn: &ConnectionManager) -> Result<u64, redis::RedisEr
             .key(config.active_jobs_list())
             .key(config.signal_list())
             .arg(PROMOTE_CHUNK)
+            .arg(keys::JOBS_READY_CHANNEL)
             .invoke_async(&mut conn.clone())
             .await?;
         moved += n;

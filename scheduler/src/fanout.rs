@@ -145,6 +145,12 @@ async fn push_jobs(conn: &ConnectionManager, run_id: &RunId, jobs: &[PlannedJob]
             run_id: run_id.to_string(),
             detail: format!("{e} (jobs enqueued so far stay; finish the run with run-once --resume {run_id})"),
         })?;
+        // Jobs due now: idle workers fetch at once rather than at their next poll.
+        if chunk.first().is_some_and(|p| p.release_at <= Utc::now())
+            && let Err(e) = projector_shared::events::announce_jobs_ready(conn).await
+        {
+            tracing::debug!(run_id = %run_id, error = %e, "cannot announce ready jobs; workers find them at their next poll");
+        }
         tracing::debug!(run_id = %run_id, jobs = chunk.len(), enqueued_so_far = new, "jobs enqueued");
     }
     Ok(Enqueued { new, duplicates: jobs.len() as u64 - new })

@@ -179,6 +179,10 @@ pub const CANCELLED_RUNS: &str = "projector:cancelled";
 /// Pub/sub channel on which `runs cancel` announces a cancelled run id.
 pub const CANCELS_CHANNEL: &str = "projector:cancels";
 
+/// Pub/sub channel on which a fan-out, a promotion of due jobs or a retry says jobs are ready,
+/// so that idle job loops fetch at once.
+pub const JOBS_READY_CHANNEL: &str = "projector:jobs-ready";
+
 /// Hash of a rollout flag: `enabled`, `percentage`, `allow`, `deny` (comma-separated org ids).
 pub fn flag(name: &str) -> String {
     format!("projector:flag:{name}")

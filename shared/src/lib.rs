@@ -3,8 +3,8 @@
 
 pub mod adaptive;
 pub mod batch;
-pub mod cancels;
 pub mod error;
+pub mod events;
 pub mod heartbeat;
 pub mod ids;
 pub mod job;

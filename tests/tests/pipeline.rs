@@ -836,3 +836,42 @@ fn with_the_throttle_signal_the_limit_settles_below_the_throttle_point_without_4
     let mean = mean_limit(&settled);
     assert!((12.0..=21.0).contains(&mean), "settled at or below the throttle point (19): mean {mean:.1}\n{}", run.csv());
 }
+
+/// Jobs-ready announcements: a worker follows the channel and a fan-out of jobs due now announces
+/// on it, so idle job loops fetch at once instead of at their next poll (here an hour away). How
+/// much sooner is measured by the pipeline bench; promotions announce too (`scripts.rs`).
+#[test]
+fn a_fan_out_announces_ready_jobs_to_the_workers() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "5ms"]);
+    let env = env(&redis, &fake);
+    let _w = worker(&env, &["--concurrency", "4", "--set", "worker.poll_interval=1h"]);
+    let mut conn = redis.connection();
+    wait_until(Duration::from_secs(10), "the worker follows the jobs-ready channel", || {
+        let (_, n): (String, u64) =
+            redis::cmd("PUBSUB").arg("NUMSUB").arg(projector_shared::keys::JOBS_READY_CHANNEL).query(&mut conn).expect("numsub");
+        n == 1
+    });
+    // Listen as a second subscriber, on its own connection and thread.
+    let url = redis.url();
+    let (heard_tx, heard) = std::sync::mpsc::channel::<()>();
+    let listener = std::thread::spawn(move || {
+        let client = redis::Client::open(url).expect("client");
+        let mut conn = client.get_connection().expect("connection");
+        conn.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        let mut pubsub = conn.as_pubsub();
+        pubsub.subscribe(projector_shared::keys::JOBS_READY_CHANNEL).expect("subscribe");
+        heard_tx.send(()).expect("subscribed");
+        while pubsub.get_message().is_ok() {
+            if heard_tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    heard.recv_timeout(Duration::from_secs(10)).expect("the listener subscribed");
+    let out = scheduler(&env, &["run-once", "--wait", "--wait-timeout", "60s", "--orgs", "30", "--batch-delay", "0s"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(heard.try_iter().count() >= 1, "the fan-out announced its ready jobs");
+    drop(heard);
+    drop(listener);
+}

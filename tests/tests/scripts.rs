@@ -255,14 +255,25 @@ fn promote_due_moves_only_due_jobs_in_order_past_one_chunk_and_wakes_fetchers() 
             redis::cmd("ZADD").arg(config.scheduled_jobs_set()).arg(now - 10_000 + i as i64).arg(id).query(&mut conn).expect("zadd");
     }
     let _: () = redis::cmd("ZADD").arg(config.scheduled_jobs_set()).arg(now + 3_600).arg("later").query(&mut conn).expect("zadd");
+    let mut listening = server.connection();
+    listening.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut pubsub = listening.as_pubsub();
+    pubsub.subscribe(projector_shared::keys::JOBS_READY_CHANNEL).expect("subscribe");
     let moved = runtime().block_on(async { projector_queue::promote_due(&manager(&server)).await.expect("promote") });
     assert_eq!(moved, 2_500);
+    pubsub.get_message().expect("a promotion announces ready jobs to idle job loops");
+    pubsub.set_read_timeout(Some(Duration::from_millis(1))).expect("timeout");
+    let again = runtime().block_on(async { projector_queue::promote_due(&manager(&server)).await.expect("promote") });
+    assert_eq!(again, 0);
     let ready: Vec<String> = redis::cmd("LRANGE").arg(config.active_jobs_list()).arg(0).arg(-1).query(&mut conn).expect("lrange");
     assert_eq!(ready, due, "every due job, in release order");
     let left: Vec<String> = redis::cmd("ZRANGE").arg(config.scheduled_jobs_set()).arg(0).arg(-1).query(&mut conn).expect("zrange");
     assert_eq!(left, vec!["later".to_owned()], "a job not yet due stays scheduled");
     let signal: u64 = redis::cmd("LLEN").arg(config.signal_list()).query(&mut conn).expect("llen");
     assert_eq!(signal, 1, "one wake-up for fetchers, however many jobs moved");
+    // Three calls moved jobs (1,000, 1,000, 500): three announcements, then none for the empty one.
+    let more: Vec<bool> = (0..3).map(|_| pubsub.get_message().is_ok()).collect();
+    assert_eq!(more, [true, true, false], "an announcement per call that moved jobs, none for a call that moved none");
 }
 
 #[test]

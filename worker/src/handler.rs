@@ -9,7 +9,7 @@ use apalis::prelude::{BoxDynError, Data};
 use projector_config::{Config, OnSlotTimeout};
 use projector_queue as queue;
 use projector_shared::SpikeProjectionJob;
-use projector_shared::cancels::CancelWatch;
+use projector_shared::events::CancelWatch;
 use projector_shared::metrics as m;
 use projector_shared::rollout::Rollout;
 use projector_shared::run::{Admission, Outcome, Recorded, RunLedger};

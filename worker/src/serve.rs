@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use projector_config::{Config, OnRedisError};
-use projector_shared::cancels::CancelWatch;
+use projector_shared::events::{CancelWatch, JobsReady};
 use projector_shared::run_record::RunRecords;
 use projector_shared::slots::{FailOpenLimiter, RedisSlotLimiter, RedisSlotSettings, SlotLimiter};
 use tokio_util::sync::CancellationToken;
@@ -62,13 +62,14 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
         .with_cancel_watch(cancels.clone()),
     );
     let endpoint = projector_shared::redis_conn::Endpoint::from(&config.redis);
+    let jobs_ready = JobsReady::default();
     match endpoint.client() {
         Ok(client) => {
-            let (conn, shutdown) = (conn.clone(), shutdown.clone());
-            services.spawn("cancel_watch", async move { cancels.follow(client, conn, shutdown).await });
+            let (conn, shutdown, ready) = (conn.clone(), shutdown.clone(), jobs_ready.clone());
+            services.spawn("fleet_events", async move { cancels.follow(client, conn, ready, shutdown).await });
         }
-        // Every slot grant then asks the run record instead: correct, one round trip slower.
-        Err(e) => tracing::warn!(error = %e, "cannot follow cancelled runs; each job asks the run record after its slot wait"),
+        // Every slot grant then asks the run record, and the job loop only polls: correct, slower.
+        Err(e) => tracing::warn!(error = %e, "cannot follow the fleet's events; each job asks the run record after its slot wait"),
     }
     let in_force = announce_limit(&slots, config.slots.limit).await;
     tracing::info!(
@@ -117,6 +118,8 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
         shutdown_grace: config.worker.shutdown_grace,
         current_loop,
         paused,
+        jobs_ready,
+        poll_interval: config.worker.poll_interval,
     };
     let result = supervisor.run(&shutdown).await;
     readiness.set_job_loop_running(false);

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use apalis::prelude::{WorkerBuilder, WorkerBuilderExt};
 use apalis_core::backend::ext::BackendExt;
+use apalis_core::backend::ext::poll_strategy::Strategy;
 use apalis_redis::RedisStorage;
 use projector_queue as queue;
 use projector_shared::metrics as m;
@@ -16,9 +17,6 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Error;
 use crate::handler::{JobHandler, run_job};
 use crate::metrics_http::Readiness;
-
-/// How often an idle worker looks for due jobs (apalis's default is its heartbeat: tens of seconds).
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Keeps one apalis job loop running for this worker.
 pub struct Supervisor {
@@ -32,6 +30,10 @@ pub struct Supervisor {
     pub current_loop: tokio::sync::watch::Sender<String>,
     /// Whether the fleet is paused (`projectorctl pause`), kept current by `PauseWatch`.
     pub paused: tokio::sync::watch::Receiver<bool>,
+    /// Announcements that jobs are ready (`events::JobsReady`): the job loop fetches at once.
+    pub jobs_ready: projector_shared::events::JobsReady,
+    /// `worker.poll_interval`: how often the idle job loop polls besides the announcements.
+    pub poll_interval: Duration,
 }
 
 impl Supervisor {
@@ -117,7 +119,8 @@ impl Supervisor {
         let storage = RedisStorage::<serde_json::Value>::new(self.conn.clone()).with_config(queue::config());
         self.current_loop.send_replace(loop_name.to_owned());
         let worker = WorkerBuilder::new(loop_name)
-            .backend(storage.poll_with_interval(POLL_INTERVAL))
+            // Fetch at once when jobs are announced ready; poll anyway, for jobs that become due.
+            .backend(storage.poll_with_strategy(Strategy::new().stream(self.jobs_ready.stream()).interval(self.poll_interval)))
             .data(self.handler.clone())
             .concurrency(self.concurrency)
             .build(run_job);

@@ -1,6 +1,9 @@
-//! Cancelled runs as every worker knows them: `runs cancel` adds the run to a Redis set and
-//! announces it on a channel (both inside `lua/run_cancel.lua`); each worker mirrors the set in
-//! memory, so a job that gets its slot asks the mirror, not Redis, whether its run was cancelled.
+//! Fleet events over Redis pub/sub, followed by every worker on one connection:
+//! - cancelled runs: `runs cancel` adds the run to a Redis set and announces it (both inside
+//!   `lua/run_cancel.lua`); each worker mirrors the set in memory, so a job that gets its slot
+//!   asks the mirror, not Redis, whether its run was cancelled;
+//! - jobs ready: whoever makes jobs runnable (a fan-out, a promotion of due jobs, a retry)
+//!   announces it, and idle job loops fetch at once instead of at their next poll.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,10 +53,11 @@ impl CancelWatch {
         self.inner.runs.write().unwrap_or_else(std::sync::PoisonError::into_inner).extend(runs);
     }
 
-    /// Keeps the mirror until `shutdown`: subscribes to the channel, then loads the set (a cancel
-    /// in between is seen twice, never missed), then follows the channel; when the channel is
-    /// lost the mirror stops being live until it is subscribed and loaded again.
-    pub async fn follow(&self, client: redis::Client, conn: ConnectionManager, shutdown: CancellationToken) {
+    /// Keeps the mirror, and relays jobs-ready announcements to `ready`, until `shutdown`:
+    /// subscribes to both channels, then loads the cancelled set (a cancel in between is seen
+    /// twice, never missed), then follows; when the connection is lost the mirror stops being
+    /// live until it is subscribed and loaded again (job loops still poll meanwhile).
+    pub async fn follow(&self, client: redis::Client, conn: ConnectionManager, ready: JobsReady, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
             match self.subscribe_and_load(&client, &conn).await {
                 Ok(mut pubsub) => {
@@ -63,6 +67,7 @@ impl CancelWatch {
                     loop {
                         tokio::select! {
                             message = messages.next() => match message {
+                                Some(m) if m.get_channel_name() == keys::JOBS_READY_CHANNEL => ready.announce(),
                                 Some(m) => match m.get_payload::<String>() {
                                     Ok(run) => {
                                         tracing::info!(run_id = %run, "run cancelled; its jobs that get a slot send no query");
@@ -89,7 +94,10 @@ impl CancelWatch {
 
     async fn subscribe_and_load(&self, client: &redis::Client, conn: &ConnectionManager) -> Result<redis::aio::PubSub, Error> {
         let mut pubsub = client.get_async_pubsub().await.map_err(Error::redis("opening the cancel channel"))?;
-        pubsub.subscribe(keys::CANCELS_CHANNEL).await.map_err(Error::redis("subscribing to the cancel channel"))?;
+        pubsub
+            .subscribe(&[keys::CANCELS_CHANNEL, keys::JOBS_READY_CHANNEL])
+            .await
+            .map_err(Error::redis("subscribing to the fleet's channels"))?;
         let runs: Vec<String> = redis::cmd("ZRANGE")
             .arg(keys::CANCELLED_RUNS)
             .arg(0)
@@ -100,4 +108,37 @@ impl CancelWatch {
         self.note(runs);
         Ok(pubsub)
     }
+}
+
+/// "Jobs are ready": a wake-up for this process's job loop, as a stream its poll strategy reads.
+#[derive(Clone)]
+pub struct JobsReady(tokio::sync::watch::Sender<u64>);
+
+impl Default for JobsReady {
+    fn default() -> Self {
+        JobsReady(tokio::sync::watch::Sender::new(0))
+    }
+}
+
+impl JobsReady {
+    /// Wakes every job loop of this process that waits.
+    pub fn announce(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// One item per announcement (announcements while nobody reads collapse into one).
+    pub fn stream(&self) -> std::pin::Pin<Box<dyn futures::Stream<Item = ()> + Send + Sync>> {
+        let rx = self.0.subscribe();
+        Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.changed().await.ok().map(|()| ((), rx)) }))
+    }
+}
+
+/// Tells every worker that jobs are ready now: one PUBLISH (nobody listening is fine).
+pub async fn announce_jobs_ready(conn: &ConnectionManager) -> Result<(), Error> {
+    redis::cmd("PUBLISH")
+        .arg(keys::JOBS_READY_CHANNEL)
+        .arg(1)
+        .query_async::<()>(&mut conn.clone())
+        .await
+        .map_err(Error::redis("announcing ready jobs"))
 }
