@@ -2,7 +2,8 @@
 -- line, and marks the run cancelled (Redis time). Orgs that already ended keep their outcome.
 -- The run joins the cancelled set and is announced on the cancel channel, so every worker's
 -- mirror knows it before this call returns.
--- KEYS: 1 run, 2 orgs (hash org -> outcome), 3 trail (hash org -> lines), 4 cancelled runs (zset)
+-- KEYS: 1 run, 2 orgs (hash org -> outcome), 3 trail (hash org -> lines), 4 cancelled runs (zset),
+--       5 finished (list: an item is pushed when the run finishes, for `run-once --wait`)
 -- ARGV: 1 ttl_ms, 2 trail line (JSON), 3 attempts kept in the trail, 4 the trail's ttl_ms,
 --       5 run id, 6 cancel channel, 7.. orgs
 -- Returns: {cancelled, finished}: orgs cancelled by this call, and 1 if the run is now finished.
@@ -30,7 +31,11 @@ redis.call('PEXPIRE', trail, trail_ttl_ms)
 local total = tonumber(redis.call('HGET', run, 'orgs_total') or '0')
 local finished = 0
 if total > 0 and redis.call('HLEN', orgs) == total then
-  if redis.call('HEXISTS', run, 'finished_ms') == 0 then redis.call('HSET', run, 'finished_ms', now_ms) end
+  if redis.call('HEXISTS', run, 'finished_ms') == 0 then
+    redis.call('HSET', run, 'finished_ms', now_ms)
+    redis.call('RPUSH', KEYS[5], 1)
+    redis.call('PEXPIRE', KEYS[5], ttl_ms)
+  end
   finished = 1
 end
 return {cancelled, finished}

@@ -5,7 +5,8 @@
 -- that job's outcome if it queried (completed, failed, rate_limited), so the record says what
 -- reached the query service.
 -- KEYS: 1 run (hash: orgs_total and a count per outcome), 2 orgs (hash org -> outcome),
---       3 plan (hash org -> projects), 4 trail (hash org -> lines), 5 attempts (hash org -> n)
+--       3 plan (hash org -> projects), 4 trail (hash org -> lines), 5 attempts (hash org -> n),
+--       6 finished (list: an item is pushed when the run finishes, for `run-once --wait`)
 -- ARGV: 1 org, 2 outcome, 3 ttl_ms (the record is kept this long after its last write),
 --       4 attempt, 5 trail line (JSON), 6 attempts kept in the trail, 7 the trail's ttl_ms
 -- Returns: -1 no such run, -2 org not planned, 0 the org already had an outcome (or the attempt
@@ -34,6 +35,8 @@ if redis.call('EXISTS', attempts) == 1 then redis.call('PEXPIRE', attempts, ttl_
 local total = tonumber(redis.call('HGET', run, 'orgs_total') or '0')
 if not replaced and total > 0 and redis.call('HLEN', orgs) == total then
   redis.call('HSET', run, 'finished_ms', now_ms)
+  redis.call('RPUSH', KEYS[6], 1)
+  redis.call('PEXPIRE', KEYS[6], ttl_ms)
   return 2
 end
 return 1

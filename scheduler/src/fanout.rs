@@ -203,6 +203,10 @@ pub enum WaitEnd {
     TimedOut,
 }
 
+/// The longest one blocking wait for a run's finish signal: well inside the connection's 5 s
+/// round-trip budget.
+const FINISH_WAIT: Duration = Duration::from_secs(1);
+
 /// Follows the run record until every org is accounted for or `timeout` passes; returns the last
 /// summary seen and how the wait ended. A Redis error does not end the wait: the run goes on in
 /// the workers, so the record is read again with backoff until the timeout.
@@ -239,7 +243,12 @@ pub async fn wait_for_run(
             return Ok((full, if done { WaitEnd::Accounted } else { WaitEnd::TimedOut }));
         }
         progress.show(&last_seen);
-        tokio::time::sleep(backoff.min(progress.interval()).min(timeout.saturating_sub(started.elapsed()))).await;
+        let pause = backoff.min(progress.interval()).min(timeout.saturating_sub(started.elapsed()));
+        // Between reads, block on the run's finish signal: the end is seen at once, not at the
+        // next read. On error (Redis away), simply wait out the pause.
+        if !matches!(records.wait_finished(run_id, pause.min(FINISH_WAIT)).await, Ok(_)) {
+            tokio::time::sleep(pause).await;
+        }
     }
 }
 

@@ -147,6 +147,12 @@ pub fn run_trail(run_id: &crate::RunId) -> String {
     format!("projector:run:{}:trail", run_id.0)
 }
 
+/// List: one item pushed when the run's last org is accounted for; `run-once --wait` blocks on
+/// it (BLPOP) between reads of the record, so it sees the end at once.
+pub fn run_finished(run_id: &crate::RunId) -> String {
+    format!("projector:run:{}:finished", run_id.0)
+}
+
 /// Hash: org → the attempt now open for it (absent: the first, 0). Written by `runs retry` only.
 pub fn run_attempts(run_id: &crate::RunId) -> String {
     format!("projector:run:{}:attempts", run_id.0)

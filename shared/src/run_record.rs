@@ -125,6 +125,7 @@ impl RunRecords {
                 .key(keys::run_plan(run_id))
                 .key(keys::run_trail(run_id))
                 .key(keys::run_attempts(run_id))
+                .key(keys::run_finished(run_id))
                 .arg(org.0)
                 .arg(attempt.outcome.as_str())
                 .arg(self.retention_ms())
@@ -136,6 +137,18 @@ impl RunRecords {
         })
         .await
         .map_err(Error::redis(format!("recording org {org} of run {run_id}")))
+    }
+
+    /// Waits at most `wait` for the run to finish (its last org recorded); `true` if it did in
+    /// that time. Blocks one connection: use a connection of its own, or a short `wait`.
+    pub async fn wait_finished(&self, run_id: &RunId, wait: Duration) -> Result<bool, Error> {
+        let popped: Option<(String, String)> = redis::cmd("BLPOP")
+            .arg(keys::run_finished(run_id))
+            .arg(wait.as_secs_f64())
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(Error::redis(format!("waiting for run {run_id} to finish")))?;
+        Ok(popped.is_some())
     }
 
     /// Stores the run's plan (org → project ids), in bounded steps; call before enqueuing any job.
@@ -471,6 +484,7 @@ impl RunRecords {
                 .key(keys::run_orgs(run_id))
                 .key(keys::run_trail(run_id))
                 .key(keys::CANCELLED_RUNS)
+                .key(keys::run_finished(run_id))
                 .arg(self.retention_ms())
                 .arg(&line)
                 .arg(trail::KEPT_ATTEMPTS)

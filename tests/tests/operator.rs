@@ -116,7 +116,8 @@ fn a_wait_that_times_out_exits_4_and_says_no_worker_is_alive() {
     let out = run(
         "projector-scheduler",
         &[env.clone(), vec![("PROJECTOR_QUERY_URL".into(), format!("http://127.0.0.1:{}", free_port()))]].concat(),
-        &["run-once", "--wait", "--wait-timeout", "10ms", "--orgs", "3", "--batch-delay", "10s"],
+        // Batches 10 s apart: the run cannot end within the wait, however fast the worker is.
+        &["run-once", "--wait", "--wait-timeout", "10ms", "--orgs", "3", "--batch-size", "1", "--batch-delay", "10s"],
     );
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");

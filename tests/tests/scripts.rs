@@ -312,6 +312,8 @@ fn run_record_keeps_the_first_outcome_refuses_strangers_and_names_the_last_org()
         let ghost = RunId("run-never".into());
         assert_eq!(records.record(&ghost, OrgId(1), &Attempt::bare(Outcome::Completed)).await.expect("record"), Recorded::UnknownRun);
         assert_eq!(records.record(&run, OrgId(2), &Attempt::bare(Outcome::SkippedNoSlot)).await.expect("record"), Recorded::FinishedTheRun);
+        assert!(records.wait_finished(&run, Duration::from_millis(10)).await.expect("blpop"), "the last org signals the run's end");
+        assert!(!records.wait_finished(&run, Duration::from_millis(10)).await.expect("blpop"), "once");
         assert_eq!(
             records.admit(&run, OrgId(1), 0).await.expect("admission"),
             Admission::Accounted(Outcome::Completed),
