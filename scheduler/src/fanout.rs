@@ -246,7 +246,7 @@ pub async fn wait_for_run(
         let pause = backoff.min(progress.interval()).min(timeout.saturating_sub(started.elapsed()));
         // Between reads, block on the run's finish signal: the end is seen at once, not at the
         // next read. On error (Redis away), simply wait out the pause.
-        if !matches!(records.wait_finished(run_id, pause.min(FINISH_WAIT)).await, Ok(_)) {
+        if records.wait_finished(run_id, pause.min(FINISH_WAIT)).await.is_err() {
             tokio::time::sleep(pause).await;
         }
     }
