@@ -124,20 +124,25 @@ async fn run_record(config: &Config, records: &RunRecords, run_id: &RunId) -> an
     })
 }
 
-/// Accounted orgs over time: the cumulative count at each of `steps` even points from the tick
-/// to the last outcome, from the times in the orgs' trails.
-fn progress(run: &RunOverview, orgs: &[OrgRecord], steps: usize) -> Vec<(i64, u64)> {
-    let mut times: Vec<i64> = orgs.iter().filter(|o| o.outcome.is_some()).filter_map(|o| o.trail.last().map(|t| t.at_ms)).collect();
-    times.sort_unstable();
+/// Accounted orgs over time: at each of `steps` even points from the tick to the last outcome,
+/// the share of `times` (a sample of end times) by then, scaled to the orgs accounted now.
+fn progress(run: &RunOverview, times: &[i64], steps: usize) -> Vec<(i64, u64)> {
     let (Some(start), Some(&end)) = (run.tick.map(|t| t.timestamp_millis()), times.last()) else { return Vec::new() };
     let span = (end - start).max(1);
+    let scale = run.accounted() as f64 / times.len() as f64;
     (1..=steps as i64)
         .map(|k| {
             let at = start + span * k / steps as i64;
-            (at - start, times.partition_point(|&t| t <= at) as u64)
+            (at - start, (times.partition_point(|&t| t <= at) as f64 * scale).round() as u64)
         })
         .collect()
 }
+
+/// Orgs whose reasons `runs show` and the page list; the others are counted.
+const LISTED: usize = 500;
+
+/// End times sampled for the progress table: a few thousand are as good as all of them.
+const PROGRESS_SAMPLE: usize = 2_000;
 
 fn org_json(o: &OrgRecord) -> Value {
     let last = o.trail.last();
@@ -165,19 +170,35 @@ fn retry_after(steps: &[Step]) -> Option<u64> {
     })
 }
 
-/// The JSON of `runs show --json` (and of `/api/runs/<id>`).
-pub(crate) async fn run_detail(config: &Config, records: &RunRecords, run_id: &RunId) -> anyhow::Result<(RunOverview, Vec<OrgRecord>)> {
-    let run = run_record(config, records, run_id).await?;
-    let orgs = records.orgs(run_id).await?;
-    Ok((run, orgs))
+/// A run, the orgs that did not complete (at most [`LISTED`], with their trails), how many orgs
+/// have no outcome yet, and a sample of end times: what `runs show` and the page show.
+pub(crate) struct RunDetail {
+    pub run: RunOverview,
+    pub not_completed: Vec<OrgRecord>,
+    pub not_completed_total: usize,
+    pub open: Vec<OrgId>,
+    pub end_times: Vec<i64>,
 }
 
-pub(crate) fn run_detail_json(run: &RunOverview, orgs: &[OrgRecord], now: DateTime<Utc>) -> Value {
-    let mut value = run_json(run, now);
-    let not_completed: Vec<Value> = orgs.iter().filter(|o| o.outcome.is_some_and(|x| x != Outcome::Completed)).map(org_json).collect();
-    value["not_completed"] = json!(not_completed);
-    value["open_org_ids"] = json!(orgs.iter().filter(|o| o.outcome.is_none()).map(|o| o.org.0).collect::<Vec<_>>());
-    value["progress"] = json!(progress(run, orgs, 10).iter().map(|(ms, n)| json!({"after_ms": ms, "accounted": n})).collect::<Vec<_>>());
+pub(crate) async fn run_detail(config: &Config, records: &RunRecords, run_id: &RunId) -> anyhow::Result<RunDetail> {
+    let run = run_record(config, records, run_id).await?;
+    let orgs = records.orgs(run_id).await?;
+    let open = orgs.iter().filter(|o| o.outcome.is_none()).map(|o| o.org).collect();
+    let mut not_completed: Vec<OrgRecord> = orgs.into_iter().filter(|o| o.outcome.is_some_and(|x| x != Outcome::Completed)).collect();
+    let not_completed_total = not_completed.len();
+    not_completed.truncate(LISTED);
+    records.trails(run_id, &mut not_completed).await?;
+    let end_times = records.end_times(run_id, PROGRESS_SAMPLE).await?;
+    Ok(RunDetail { run, not_completed, not_completed_total, open, end_times })
+}
+
+pub(crate) fn run_detail_json(d: &RunDetail, now: DateTime<Utc>) -> Value {
+    let mut value = run_json(&d.run, now);
+    value["not_completed"] = json!(d.not_completed.iter().map(org_json).collect::<Vec<_>>());
+    value["not_completed_total"] = json!(d.not_completed_total);
+    value["open_org_ids"] = json!(d.open.iter().map(|o| o.0).collect::<Vec<_>>());
+    value["progress"] =
+        json!(progress(&d.run, &d.end_times, 10).iter().map(|(ms, n)| json!({"after_ms": ms, "accounted": n})).collect::<Vec<_>>());
     value
 }
 
@@ -185,11 +206,12 @@ pub(crate) fn run_detail_json(run: &RunOverview, orgs: &[OrgRecord], now: DateTi
 pub async fn runs_show(config: &Config, run_id: &str, as_json: bool) -> anyhow::Result<String> {
     let records = RunRecords::for_config(connection(config)?, &config.runs);
     let run_id = RunId(run_id.to_owned());
-    let (run, orgs) = run_detail(config, &records, &run_id).await?;
+    let detail = run_detail(config, &records, &run_id).await?;
     let now = Utc::now();
     if as_json {
-        return Ok(format!("{}\n", run_detail_json(&run, &orgs, now)));
+        return Ok(format!("{}\n", run_detail_json(&detail, now)));
     }
+    let run = &detail.run;
     let mut out = format!("run {} ({}): {} of {} orgs accounted for", run.run_id, run.state().as_str(), run.accounted(), run.orgs_total);
     if run.retried > 0 {
         let _ = write!(out, "; {} org attempts retried", run.retried);
@@ -198,10 +220,9 @@ pub async fn runs_show(config: &Config, run_id: &str, as_json: bool) -> anyhow::
     for (outcome, n) in &run.counts {
         let _ = writeln!(out, "  {:<20}{:>8}", outcome.as_str(), n);
     }
-    let not_completed: Vec<&OrgRecord> = orgs.iter().filter(|o| o.outcome.is_some_and(|x| x != Outcome::Completed)).collect();
-    if !not_completed.is_empty() {
+    if !detail.not_completed.is_empty() {
         let _ = writeln!(out, "orgs that did not complete (`projectorctl explain {} <org>` tells the whole story):", run.run_id);
-        for o in not_completed {
+        for o in &detail.not_completed {
             let last = o.trail.last();
             let why = last.and_then(|t| t.attempt.why.as_ref()).map_or_else(String::new, |w| format!("{}: {}", w.kind, w.message));
             let mut extra = String::new();
@@ -214,12 +235,18 @@ pub async fn runs_show(config: &Config, run_id: &str, as_json: bool) -> anyhow::
             let outcome = o.outcome.map_or("-", Outcome::as_str);
             let _ = writeln!(out, "  org {:<10} {:<20} {why}{extra}", o.org.0, outcome);
         }
+        if detail.not_completed_total > detail.not_completed.len() {
+            let _ = writeln!(
+                out,
+                "  … and {} more (`--json` lists the first {LISTED})",
+                detail.not_completed_total - detail.not_completed.len()
+            );
+        }
     }
-    let open = orgs.iter().filter(|o| o.outcome.is_none()).count();
-    if open > 0 {
-        let _ = writeln!(out, "{open} org(s) without an outcome yet");
+    if !detail.open.is_empty() {
+        let _ = writeln!(out, "{} org(s) without an outcome yet", detail.open.len());
     }
-    let points = progress(&run, &orgs, 10);
+    let points = progress(run, &detail.end_times, 10);
     if !points.is_empty() {
         let line = points.iter().map(|(ms, n)| format!("{:.1}s:{n}", *ms as f64 / 1000.0)).collect::<Vec<_>>().join(" ");
         let _ = writeln!(out, "progress (accounted after the tick): {line}");

@@ -292,6 +292,9 @@ async fn run_page(State(site): Shared, Path(run): Path<String>) -> Result<Markup
                 }
             }
         }
+        @let listed = detail["not_completed"].as_array().map_or(0, Vec::len) as u64;
+        @let total = detail["not_completed_total"].as_u64().unwrap_or(listed);
+        @if total > listed { p { "… and " (total - listed) " more (the first " (listed) " are listed)" } }
         h3 { "Progress" }
         table #progress {
             tr { th { "after the tick (s)" } th { "accounted" } }

@@ -400,32 +400,64 @@ impl RunRecords {
             .map_err(Error::redis(format!("marking run {run_id} fanned out")))
     }
 
-    /// Every org of the run that has an outcome, the open attempts, and their trails; orgs in the
-    /// plan without an outcome are listed with `None`. Sorted by org.
+    /// Every org of the run's plan with its outcome (`None`: not ended yet) and open attempt,
+    /// sorted by org; trails are left empty (read them with [`RunRecords::trails`]).
     pub async fn orgs(&self, run_id: &RunId) -> Result<Vec<OrgRecord>, Error> {
         use std::collections::HashMap;
         let mut conn = self.conn.clone();
         let doing = || format!("reading the orgs of run {run_id}");
-        let (outcomes, attempts, trails): (HashMap<u64, String>, HashMap<u64, u32>, HashMap<u64, String>) = redis::pipe()
+        let (outcomes, attempts, planned): (HashMap<u64, String>, HashMap<u64, u32>, Vec<u64>) = redis::pipe()
             .hgetall(keys::run_orgs(run_id))
             .hgetall(keys::run_attempts(run_id))
-            .hgetall(keys::run_trail(run_id))
+            .hkeys(keys::run_plan(run_id))
             .query_async(&mut conn)
             .await
             .map_err(Error::redis(doing()))?;
-        let planned: Vec<u64> =
-            redis::cmd("HKEYS").arg(keys::run_plan(run_id)).query_async(&mut conn).await.map_err(Error::redis(doing()))?;
         let mut orgs: Vec<OrgRecord> = planned
             .into_iter()
             .map(|org| OrgRecord {
                 org: OrgId(org),
                 outcome: outcomes.get(&org).and_then(|o| Outcome::parse(o)),
                 attempt: attempts.get(&org).copied().unwrap_or(0),
-                trail: trails.get(&org).map(|t| trail::parse(t)).unwrap_or_default(),
+                trail: Vec::new(),
             })
             .collect();
         orgs.sort_by_key(|o| o.org);
         Ok(orgs)
+    }
+
+    /// Fills in the trails of `orgs` (one HMGET).
+    pub async fn trails(&self, run_id: &RunId, orgs: &mut [OrgRecord]) -> Result<(), Error> {
+        if orgs.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<u64> = orgs.iter().map(|o| o.org.0).collect();
+        let lines: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(keys::run_trail(run_id))
+            .arg(ids)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(Error::redis(format!("reading trails of run {run_id}")))?;
+        for (org, line) in orgs.iter_mut().zip(lines) {
+            org.trail = line.as_deref().map(trail::parse).unwrap_or_default();
+        }
+        Ok(())
+    }
+
+    /// When orgs ended (Redis ms, their latest attempt), for up to `sample` orgs picked at random
+    /// (every org when the run has fewer): enough to draw progress over time without reading a
+    /// large run's every trail.
+    pub async fn end_times(&self, run_id: &RunId, sample: usize) -> Result<Vec<i64>, Error> {
+        let pairs: Vec<(String, String)> = redis::cmd("HRANDFIELD")
+            .arg(keys::run_trail(run_id))
+            .arg(sample)
+            .arg("WITHVALUES")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(Error::redis(format!("sampling trails of run {run_id}")))?;
+        let mut times: Vec<i64> = pairs.iter().filter_map(|(_, t)| trail::parse(t).last().map(|r| r.at_ms)).collect();
+        times.sort_unstable();
+        Ok(times)
     }
 
     /// One org of a run; `None` if the run does not exist or did not plan it.

@@ -514,13 +514,17 @@ fn a_retry_reopens_only_what_it_names_a_stale_attempt_records_nothing_and_cancel
 
         // Cancel: the open org 4 ends cancelled; the others keep theirs; the run is cancelled.
         assert_eq!(records.cancel(&run).await.expect("cancel"), 1);
-        let orgs = records.orgs(&run).await.expect("orgs");
+        let mut orgs = records.orgs(&run).await.expect("orgs");
+        records.trails(&run, &mut orgs).await.expect("trails");
         let outcomes: Vec<_> = orgs.iter().map(|o| o.outcome).collect();
         assert_eq!(outcomes, [Some(Outcome::Completed), Some(Outcome::Completed), Some(Outcome::SkippedNoSlot), Some(Outcome::Cancelled)]);
         assert!(matches!(orgs[3].trail[..], [ref t] if t.attempt.steps == [Step::Cancelled]), "{:?}", orgs[3].trail);
         let overview = records.overview(&run).await.expect("overview").expect("run");
         assert_eq!((overview.state(), overview.accounted()), (RunState::Cancelled, 4));
         assert!(overview.finished.is_some(), "every org is accounted: the run is finished too");
+        let times = records.end_times(&run, 2).await.expect("sample");
+        assert_eq!(times.len(), 2, "a sample of the orgs' end times, as many as asked");
+        assert!(times.windows(2).all(|w| w[0] <= w[1]) && times[0] > 0, "{times:?}");
         assert_eq!(records.cancel(&run).await.expect("cancel again"), 0, "cancelling twice changes nothing");
         // A job that was querying at the cancel: its real outcome replaces `cancelled`; a job
         // that never queried (its slot wait timed out) does not.
