@@ -222,9 +222,12 @@ enum RunsAction {
     Show {
         /// Run id, as printed by projector-scheduler or `runs list`
         run_id: String,
+        /// List every org that did not complete, not only the first 500
+        #[arg(long)]
+        all: bool,
         /// Print the `runs list` object plus "not_completed": [{org_id, outcome, attempt, at_ms,
         /// worker, reason: {kind, message}, slot_wait_ms, retry_after_ms, attempts}],
-        /// "open_org_ids" and "progress": [{after_ms, accounted}]
+        /// "not_completed_total", "open_org_ids" and "progress": [{after_ms, accounted}]
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -514,9 +517,11 @@ async fn run(command: Command, config: Config) -> anyhow::Result<String> {
     match command {
         Command::Slots { action } => slots(&config, action).await,
         Command::Flag { action } => flag(&config, action).await,
-        Command::Run { run_id, json, .. } => views::runs_show(&config, &run_id, json).await,
+        Command::Run { run_id, json, .. } => views::runs_show(&config, &run_id, views::Listed::First, json).await,
         Command::Runs { action: RunsAction::List { limit, json, .. } } => views::runs_list(&config, limit, json).await,
-        Command::Runs { action: RunsAction::Show { run_id, json, .. } } => views::runs_show(&config, &run_id, json).await,
+        Command::Runs { action: RunsAction::Show { run_id, all, json, .. } } => {
+            views::runs_show(&config, &run_id, if all { views::Listed::All } else { views::Listed::First }, json).await
+        }
         Command::Runs { action: RunsAction::Retry { run_id, outcomes, json, .. } } => {
             let outcomes = match outcomes {
                 Some(list) => actions::parse_outcomes(&list)?,

@@ -180,13 +180,15 @@ pub(crate) struct RunDetail {
     pub end_times: Vec<i64>,
 }
 
-pub(crate) async fn run_detail(config: &Config, records: &RunRecords, run_id: &RunId) -> anyhow::Result<RunDetail> {
+pub(crate) async fn run_detail(config: &Config, records: &RunRecords, run_id: &RunId, listed: Listed) -> anyhow::Result<RunDetail> {
     let run = run_record(config, records, run_id).await?;
     let orgs = records.orgs(run_id).await?;
     let open = orgs.iter().filter(|o| o.outcome.is_none()).map(|o| o.org).collect();
     let mut not_completed: Vec<OrgRecord> = orgs.into_iter().filter(|o| o.outcome.is_some_and(|x| x != Outcome::Completed)).collect();
     let not_completed_total = not_completed.len();
-    not_completed.truncate(LISTED);
+    if listed == Listed::First {
+        not_completed.truncate(LISTED);
+    }
     records.trails(run_id, &mut not_completed).await?;
     let end_times = records.end_times(run_id, PROGRESS_SAMPLE).await?;
     Ok(RunDetail { run, not_completed, not_completed_total, open, end_times })
@@ -203,10 +205,19 @@ pub(crate) fn run_detail_json(d: &RunDetail, now: DateTime<Utc>) -> Value {
 }
 
 /// `projectorctl runs show <id>` (and its older spelling `projectorctl run <id>`).
-pub async fn runs_show(config: &Config, run_id: &str, as_json: bool) -> anyhow::Result<String> {
+/// How many orgs that did not complete `runs show` lists with their reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listed {
+    /// The first [`LISTED`] (the page, and `runs show` by default).
+    First,
+    /// Every one (`runs show --all`).
+    All,
+}
+
+pub async fn runs_show(config: &Config, run_id: &str, listed: Listed, as_json: bool) -> anyhow::Result<String> {
     let records = RunRecords::for_config(connection(config)?, &config.runs);
     let run_id = RunId(run_id.to_owned());
-    let detail = run_detail(config, &records, &run_id).await?;
+    let detail = run_detail(config, &records, &run_id, listed).await?;
     let now = Utc::now();
     if as_json {
         return Ok(format!("{}\n", run_detail_json(&detail, now)));

@@ -104,7 +104,7 @@ async fn api_runs(State(site): Shared) -> Result<Response, Failure> {
 }
 
 async fn api_run(State(site): Shared, Path(run): Path<String>) -> Result<Response, Failure> {
-    Ok(json_response(views::runs_show(&site.config, &run, true).await?))
+    Ok(json_response(views::runs_show(&site.config, &run, views::Listed::First, true).await?))
 }
 
 async fn api_org(State(site): Shared, Path((run, org)): Path<(String, u64)>) -> Result<Response, Failure> {
@@ -265,7 +265,7 @@ fn workers_table(workers: &Value) -> Markup {
 }
 
 async fn run_page(State(site): Shared, Path(run): Path<String>) -> Result<Markup, Failure> {
-    let detail = parse(&views::runs_show(&site.config, &run, true).await?)?;
+    let detail = parse(&views::runs_show(&site.config, &run, views::Listed::First, true).await?)?;
     let running = detail["state"].as_str().is_some_and(|s| s == "running" || s == "fanning out");
     let body = html! {
         h2 { "Run " span data-field="run_id" { (run) } }

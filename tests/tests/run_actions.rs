@@ -58,6 +58,11 @@ fn a_retry_completes_the_failed_orgs_and_queries_no_completed_org_twice() {
         redis::cmd("HGET").arg(format!("projector:run:{run_id}")).arg("failed").query(&mut conn).expect("failed count");
     assert_eq!(failed_in_redis, 3);
     assert_eq!(shown["not_completed_total"], 3, "{shown}");
+    assert_eq!(
+        ctl(&env, &["runs", "show", &run_id, "--all"])["not_completed"],
+        shown["not_completed"],
+        "under the cap, --all lists the same"
+    );
     let not_completed = shown["not_completed"].as_array().expect("not_completed");
     assert_eq!(not_completed.iter().map(|o| o["org_id"].as_u64().expect("org")).collect::<Vec<_>>(), [3, 7, 11], "{shown}");
     for o in not_completed {
