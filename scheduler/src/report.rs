@@ -71,11 +71,11 @@ impl FailOn {
 /// The summary as a plain-text table; `limit` is the slot limit in force and where it came from.
 pub fn summary_table(summary: &RunSummary, limit: (u32, &str)) -> String {
     let mut out = format!("run {}: {} orgs in {:.2}s\n", summary.run_id, summary.orgs_total, summary.duration_ms as f64 / 1000.0);
-    out.push_str(&format!("  {:<18}{:>8}\n", "outcome", "orgs"));
+    out.push_str(&format!("  {:<20}{:>8}\n", "outcome", "orgs"));
     for outcome in Outcome::ALL {
-        out.push_str(&format!("  {:<18}{:>8}\n", outcome.as_str(), summary.count(outcome)));
+        out.push_str(&format!("  {:<20}{:>8}\n", outcome.as_str(), summary.count(outcome)));
     }
-    out.push_str(&format!("  {:<18}{:>8}\n", "accounted", summary.accounted()));
+    out.push_str(&format!("  {:<20}{:>8}\n", "accounted", summary.accounted()));
     let (limit, source) = limit;
     match summary.max_concurrent_queries {
         Some(max) => out.push_str(&format!("  max concurrent queries: {max} (slot limit {limit}, {source})\n")),
