@@ -114,14 +114,16 @@ enum Command {
         config: ConfigArgs,
     },
     /// Everything recorded about one org in one run, in order: how the flag routed it, its slot
-    /// wait, rate admission, query answer, store write (fencing token) and outcome, per attempt.
+    /// wait, rate admission, query answer, store write (fencing token) and outcome, per attempt;
+    /// for an org still under way, also where it is now (holding a slot, or its place in line).
     Explain {
         /// Run id, as printed by projector-scheduler or `runs list`
         run_id: String,
         /// Organization id
         org_id: u64,
-        /// Print {run_id, org_id, outcome, attempt, attempts: [{at_ms, attempt, outcome, worker,
-        /// why: {kind, message}, steps: [{step: routed|slot|rate|query|store|cancelled, …}]}]}
+        /// Print {run_id, org_id, outcome, attempt, now: null (it ended) or {holding_slot,
+        /// waiting_for_slot}, attempts: [{at_ms, attempt, outcome, worker, why: {kind, message},
+        /// steps: [{step: routed|slot|rate|query|store|rescheduled|cancelled, …}]}]}
         #[arg(long)]
         json: bool,
         #[command(flatten)]

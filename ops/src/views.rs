@@ -265,6 +265,25 @@ pub async fn runs_show(config: &Config, run_id: &str, listed: Listed, as_json: b
     Ok(out)
 }
 
+/// Where an org under way is, as the slots see it.
+struct SlotStateOf {
+    holding: Option<String>,
+    waiting: Option<String>,
+}
+
+async fn slot_state_of(config: &Config, org: u64) -> anyhow::Result<SlotStateOf> {
+    let limiter = RedisSlotLimiter::new(&config.redis, RedisSlotSettings::new(config.slots.limit, config.slots.lease_ttl))?;
+    let state = limiter.inspect().await.with_context(|| format!("reading slots from {}", Endpoint::from(&config.redis).redacted()))?;
+    let org_text = org.to_string();
+    let holding = state.holders.iter().find(|h| h.org_id == org_text).map(|h| {
+        format!("holds a slot (fencing token {}) on {} for {:.1} s: its query is running", h.fencing_token, h.process, h.age.as_secs_f64())
+    });
+    let waiting = state.waiters.iter().position(|(_, info)| info.rsplit('|').next() == Some(org_text.as_str())).map(|place| {
+        format!("waits for a slot, place {} of {} in line ({} slots held)", place + 1, state.waiters.len(), state.holders.len())
+    });
+    Ok(SlotStateOf { holding, waiting })
+}
+
 /// `projectorctl explain <run> <org>`: everything recorded about one org in one run, in order.
 pub async fn explain(config: &Config, run_id: &str, org: u64, as_json: bool) -> anyhow::Result<String> {
     let records = RunRecords::for_config(connection(config)?, &config.runs);
@@ -273,9 +292,15 @@ pub async fn explain(config: &Config, run_id: &str, org: u64, as_json: bool) -> 
     let Some(record) = records.org(&run_id, OrgId(org)).await? else {
         anyhow::bail!("org {org} is not in the plan of run {run_id} ({} orgs planned)", run.orgs_total);
     };
+    // An org still under way: where it is now, from the slots (who holds one for it, or waits).
+    let now_at = match record.outcome {
+        Some(_) => None,
+        None => Some(slot_state_of(config, org).await?),
+    };
     if as_json {
         let value = json!({
             "run_id": run_id.0, "org_id": org, "outcome": record.outcome.map(Outcome::as_str), "attempt": record.attempt,
+            "now": now_at.as_ref().map(|n| json!({"holding_slot": n.holding, "waiting_for_slot": n.waiting})),
             // The stored lines leave out attempt 0; the JSON always names it.
             "attempts": record.trail.iter().map(|t| {
                 let mut v = serde_json::to_value(t).unwrap_or(Value::Null);
@@ -306,6 +331,19 @@ pub async fn explain(config: &Config, run_id: &str, org: u64, as_json: bool) -> 
     }
     if record.outcome.is_none() && record.attempt > 0 {
         let _ = writeln!(out, "attempt {} is queued (runs retry) and has not ended yet", record.attempt);
+    }
+    if let Some(n) = &now_at {
+        match (&n.holding, &n.waiting) {
+            (Some(h), _) => {
+                let _ = writeln!(out, "now: {h}");
+            }
+            (None, Some(w)) => {
+                let _ = writeln!(out, "now: {w}");
+            }
+            (None, None) => {
+                let _ = writeln!(out, "now: neither holding nor waiting for a slot: queued, or between steps");
+            }
+        }
     }
     Ok(out)
 }

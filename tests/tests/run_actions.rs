@@ -144,6 +144,17 @@ fn a_cancelled_run_sends_no_more_queries_and_every_org_is_accounted() {
     wait_until(Duration::from_secs(30), "queries started and jobs wait for the slot", || {
         requests() >= 2 && ctl(&env, &["status"])["slots"]["waiters"].as_u64().unwrap_or(0) >= 2
     });
+    // Explain says where an org under way is now: the last in line for the one slot waits.
+    wait_until(Duration::from_secs(10), "explain shows an org waiting for a slot", || {
+        let slots = ctl(&env, &["slots", "inspect", "--all"]);
+        let Some(org) =
+            slots["waiter_list"].as_array().and_then(|w| w.last()).and_then(|w| w["info"].as_str()?.rsplit('|').next().map(str::to_owned))
+        else {
+            return false;
+        };
+        let told = ctl(&env, &["explain", &run_id, &org]);
+        told["outcome"].is_null() && told["now"]["waiting_for_slot"].as_str().is_some_and(|w| w.contains("waits for a slot"))
+    });
     let cancelled = ctl(&env, &["runs", "cancel", &run_id]);
     let at_cancel = requests();
     // The worker heard of it on the cancel channel: its slot grants ask its own mirror.
