@@ -207,13 +207,13 @@ enum JobsAction {
 #[derive(Debug, Subcommand)]
 enum RunsAction {
     /// Recent runs, newest first: tick, orgs, completed, other outcomes, duration and state
-    /// (running or done).
+    /// (fanning out, running, done or cancelled).
     List {
         /// How many runs
         #[arg(long, default_value_t = 20)]
         limit: usize,
         /// Print {"runs": [{run_id, tick, orgs_total, accounted, state, duration_ms, finished,
-        /// eta_s, outcomes: {<outcome>: n}}]}
+        /// cancelled, retried, eta_s, outcomes: {<outcome>: n}}]}
         #[arg(long)]
         json: bool,
         #[command(flatten)]
