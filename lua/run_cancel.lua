@@ -6,10 +6,10 @@
 --       5 finished (list: an item is pushed when the run finishes, for `run-once --wait`)
 -- ARGV: 1 ttl_ms, 2 trail line (JSON), 3 attempts kept in the trail, 4 the trail's ttl_ms,
 --       5 run id, 6 cancel channel, 7.. orgs
--- Returns: {cancelled, finished}: orgs cancelled by this call, and 1 if the run is now finished.
+-- Returns: how many orgs this call cancelled.
 local run, orgs, trail, cancelled_runs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local ttl_ms, line, kept, trail_ttl_ms = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-if redis.call('EXISTS', run) == 0 then return {0, 0} end
+if redis.call('EXISTS', run) == 0 then return 0 end
 local now_ms = redis_now_ms()
 -- Announced first: a job that gets its slot from now on sends no query.
 redis.call('ZADD', cancelled_runs, now_ms, ARGV[5])
@@ -26,16 +26,6 @@ for i = 7, #ARGV do
 end
 redis.call('HINCRBY', run, 'cancelled', cancelled)
 if redis.call('HEXISTS', run, 'cancelled_ms') == 0 then redis.call('HSET', run, 'cancelled_ms', now_ms) end
-for _, key in ipairs({run, orgs}) do redis.call('PEXPIRE', key, ttl_ms) end
-redis.call('PEXPIRE', trail, trail_ttl_ms)
-local total = tonumber(redis.call('HGET', run, 'orgs_total') or '0')
-local finished = 0
-if total > 0 and redis.call('HLEN', orgs) == total then
-  if redis.call('HEXISTS', run, 'finished_ms') == 0 then
-    redis.call('HSET', run, 'finished_ms', now_ms)
-    redis.call('RPUSH', KEYS[5], 1)
-    redis.call('PEXPIRE', KEYS[5], ttl_ms)
-  end
-  finished = 1
-end
-return {cancelled, finished}
+keep(run, orgs, trail, ttl_ms, trail_ttl_ms)
+finish(run, orgs, KEYS[5], now_ms, ttl_ms)
+return cancelled

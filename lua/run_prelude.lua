@@ -15,3 +15,23 @@ local function redis_now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+
+-- keep: the run's record and orgs live ttl_ms after this write, its trail trail_ttl_ms.
+local function keep(run, orgs, trail, ttl_ms, trail_ttl_ms)
+  redis.call('PEXPIRE', run, ttl_ms)
+  redis.call('PEXPIRE', orgs, ttl_ms)
+  redis.call('PEXPIRE', trail, trail_ttl_ms)
+end
+
+-- finish: once every planned org has an outcome, stamps the run's end (Redis time) and signals
+-- `run-once --wait` on the finished list, once per finish (a retry clears the stamp).
+-- Returns 0 not finished, 1 finished before this call, 2 finished by this call.
+local function finish(run, orgs, finished, now_ms, ttl_ms)
+  local total = tonumber(redis.call('HGET', run, 'orgs_total') or '0')
+  if total == 0 or redis.call('HLEN', orgs) < total then return 0 end
+  if redis.call('HEXISTS', run, 'finished_ms') == 1 then return 1 end
+  redis.call('HSET', run, 'finished_ms', now_ms)
+  redis.call('RPUSH', finished, 1)
+  redis.call('PEXPIRE', finished, ttl_ms)
+  return 2
+end

@@ -18,25 +18,17 @@ local attempt, line, kept, trail_ttl_ms = tonumber(ARGV[4]), ARGV[5], tonumber(A
 if redis.call('EXISTS', run) == 0 then return -1 end
 if redis.call('HEXISTS', plan, org) == 0 then return -2 end
 if attempt < tonumber(redis.call('HGET', attempts, org) or '0') then return 0 end
-local replaced = false
 if redis.call('HSETNX', orgs, org, outcome) == 0 then
   local queried = outcome == 'completed' or outcome == 'failed' or outcome == 'rate_limited'
   if not queried or redis.call('HGET', orgs, org) ~= 'cancelled' then return 0 end
+  -- The cancelled org was already counted: its run cannot finish by this record.
   redis.call('HSET', orgs, org, outcome)
   redis.call('HINCRBY', run, 'cancelled', -1)
-  replaced = true
 end
 redis.call('HINCRBY', run, outcome, 1)
 local now_ms = redis_now_ms()
 append_trail(trail, org, now_ms, line, kept)
-for _, key in ipairs({run, orgs}) do redis.call('PEXPIRE', key, ttl_ms) end
-redis.call('PEXPIRE', trail, trail_ttl_ms)
+keep(run, orgs, trail, ttl_ms, trail_ttl_ms)
 if redis.call('EXISTS', attempts) == 1 then redis.call('PEXPIRE', attempts, ttl_ms) end
-local total = tonumber(redis.call('HGET', run, 'orgs_total') or '0')
-if not replaced and total > 0 and redis.call('HLEN', orgs) == total then
-  redis.call('HSET', run, 'finished_ms', now_ms)
-  redis.call('RPUSH', KEYS[6], 1)
-  redis.call('PEXPIRE', KEYS[6], ttl_ms)
-  return 2
-end
+if finish(run, orgs, KEYS[6], now_ms, ttl_ms) == 2 then return 2 end
 return 1

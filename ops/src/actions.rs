@@ -4,7 +4,6 @@
 use anyhow::Context;
 use chrono::Utc;
 use projector_config::Config;
-use projector_shared::redis_conn::Endpoint;
 use projector_shared::run::Outcome;
 use projector_shared::run_record::RunRecords;
 use projector_shared::{OrgId, RunId, SpikeProjectionJob};
@@ -31,12 +30,7 @@ pub struct Retried {
 /// earlier push was lost, so repeating a retry that failed half-way finishes it.
 pub async fn retry(conn: &ConnectionManager, config: &Config, run_id: &RunId, outcomes: &[Outcome]) -> anyhow::Result<Retried> {
     let records = RunRecords::for_config(conn.clone(), &config.runs);
-    let redis = Endpoint::from(&config.redis).redacted();
-    let Some(plan) = records.plan(run_id).await? else {
-        anyhow::bail!(
-            "no record of run {run_id} in {redis} (records are kept runs.retention; `projectorctl runs list` shows the recent ones)"
-        );
-    };
+    let Some(plan) = records.plan(run_id).await? else { return Err(crate::views::no_record(config, run_id)) };
     let reopened = records.reopen(run_id, outcomes).await.with_context(|| format!("reopening orgs of run {run_id}"))?;
     let open: Vec<(OrgId, u32)> =
         records.orgs(run_id).await?.into_iter().filter(|o| o.outcome.is_none() && o.attempt > 0).map(|o| (o.org, o.attempt)).collect();
@@ -79,18 +73,27 @@ pub struct Cancelled {
 /// before it queries), then its waiting jobs are removed from the queue.
 pub async fn cancel(conn: &ConnectionManager, config: &Config, run_id: &RunId) -> anyhow::Result<Cancelled> {
     let records = RunRecords::for_config(conn.clone(), &config.runs);
-    if records.overview(run_id).await?.is_none() {
-        anyhow::bail!(
-            "no record of run {run_id} in {} (records are kept runs.retention; `projectorctl runs list` shows the recent ones)",
-            Endpoint::from(&config.redis).redacted()
-        );
-    }
+    crate::views::run_record(config, &records, run_id).await?;
     let orgs_cancelled = records.cancel(run_id).await?;
     let jobs_removed = projector_queue::remove_run_jobs(conn, run_id)
         .await
         .with_context(|| format!("the run's orgs are cancelled, but removing its jobs from the queue failed (workers drop them unrun); run `projectorctl runs cancel {run_id}` again"))?;
     tracing::warn!(run_id = %run_id, orgs_cancelled, jobs_removed, "run cancelled by an operator");
     Ok(Cancelled { orgs_cancelled, jobs_removed })
+}
+
+/// Pauses the fleet (`projectorctl pause`, or the page): workers take no new job within a second.
+pub async fn pause(conn: &ConnectionManager, reason: &str) -> anyhow::Result<projector_shared::pause::Pause> {
+    let pause = projector_shared::pause::pause(conn, reason).await?;
+    tracing::warn!(reason = %pause.reason, "fleet paused");
+    Ok(pause)
+}
+
+/// Ends a pause; `false` when there was none.
+pub async fn resume(conn: &ConnectionManager) -> anyhow::Result<bool> {
+    let was = projector_shared::pause::resume(conn).await?;
+    tracing::info!(was_paused = was, "fleet resumed");
+    Ok(was)
 }
 
 /// Parses `--outcomes failed,skipped_no_slot,…`.

@@ -558,8 +558,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<String> {
         Command::Workers { json, .. } => views::workers(&config, json).await,
         Command::Jobs { action } => jobs(&config, action).await,
         Command::Pause { reason, json, .. } => {
-            let pause = projector_shared::pause::pause(&connection(&config)?, &reason).await?;
-            tracing::warn!(reason = %pause.reason, "fleet paused");
+            let pause = actions::pause(&connection(&config)?, &reason).await?;
             Ok(if json {
                 format!("{}\n", serde_json::json!({"paused": true, "reason": pause.reason, "since_ms": pause.since_ms}))
             } else {
@@ -567,8 +566,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<String> {
             })
         }
         Command::Resume { json, .. } => {
-            let was = projector_shared::pause::resume(&connection(&config)?).await?;
-            tracing::info!(was_paused = was, "fleet resumed");
+            let was = actions::resume(&connection(&config)?).await?;
             Ok(if json {
                 format!("{}\n", serde_json::json!({"paused": false, "was_paused": was}))
             } else if was {
@@ -675,7 +673,7 @@ async fn rate_report(config: &Config, conn: &redis::aio::ConnectionManager, json
         .map_err(|problems| anyhow::anyhow!("the runtime policy in Redis does not load: {}", problems.join("; ")))?;
     let policy = RatePolicy::from_config(&rate);
     let live = RedisRateLimiter::new(conn.clone(), referrer, policy.clone()).now().await?;
-    let slots = RedisSlotLimiter::new(&config.redis, RedisSlotSettings::new(config.slots.limit, config.slots.lease_ttl))?;
+    let slots = slot_limiter(config)?;
     let multiplier = slots.occupancy_now().await?.multiplier;
     if json {
         let value = serde_json::json!({
@@ -780,7 +778,7 @@ async fn rate(config: &Config, action: RateAction) -> anyhow::Result<String> {
 }
 
 async fn adaptive(config: &Config, action: AdaptiveAction) -> anyhow::Result<String> {
-    let slots = RedisSlotLimiter::new(&config.redis, RedisSlotSettings::new(config.slots.limit, config.slots.lease_ttl))?;
+    let slots = slot_limiter(config)?;
     let redis = Endpoint::from(&config.redis).redacted();
     let (json, note) = match action {
         AdaptiveAction::Show { json, .. } => (json, String::new()),
@@ -839,6 +837,11 @@ async fn adaptive(config: &Config, action: AdaptiveAction) -> anyhow::Result<Str
     Ok(out)
 }
 
+/// The fleet's slot limiter, as configured.
+pub(crate) fn slot_limiter(config: &Config) -> anyhow::Result<RedisSlotLimiter> {
+    Ok(RedisSlotLimiter::new(&config.redis, RedisSlotSettings::new(config.slots.limit, config.slots.lease_ttl))?)
+}
+
 pub(crate) fn connection(config: &Config) -> anyhow::Result<redis::aio::ConnectionManager> {
     let endpoint = Endpoint::from(&config.redis);
     let (_, conn) = projector_shared::redis_conn::connection_manager(&endpoint, std::time::Duration::from_secs(5))
@@ -890,7 +893,7 @@ async fn flag(config: &Config, action: FlagAction) -> anyhow::Result<String> {
 }
 
 async fn slots(config: &Config, action: SlotAction) -> anyhow::Result<String> {
-    let limiter = RedisSlotLimiter::new(&config.redis, RedisSlotSettings::new(config.slots.limit, config.slots.lease_ttl))?;
+    let limiter = slot_limiter(config)?;
     let redis = Endpoint::from(&config.redis).redacted();
     let mut out = String::new();
     match action {

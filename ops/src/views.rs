@@ -11,7 +11,6 @@ use projector_shared::redis_conn::Endpoint;
 use projector_shared::rollout::Rollout;
 use projector_shared::run::Outcome;
 use projector_shared::run_record::{OrgRecord, RunOverview, RunRecords, RunState};
-use projector_shared::slots::{RedisSlotLimiter, RedisSlotSettings};
 use projector_shared::trail::Step;
 use projector_shared::{OrgId, RunId};
 use serde_json::{Value, json};
@@ -76,7 +75,7 @@ fn eta_s(run: &RunOverview, now: DateTime<Utc>) -> Option<f64> {
     Some(run.orgs_total.saturating_sub(run.accounted()) as f64 / pace)
 }
 
-pub(crate) fn run_json(run: &RunOverview, now: DateTime<Utc>) -> Value {
+fn run_json(run: &RunOverview, now: DateTime<Utc>) -> Value {
     json!({
         "run_id": run.run_id, "tick": run.tick.map(|t| t.to_rfc3339()), "orgs_total": run.orgs_total,
         "accounted": run.accounted(), "state": run.state().as_str(), "duration_ms": duration_ms(run, now),
@@ -114,14 +113,30 @@ pub async fn runs_list(config: &Config, limit: usize, as_json: bool) -> anyhow::
     Ok(out)
 }
 
+/// A run or an org that is not there: the page answers it with 404, other failures with 503.
+#[derive(Debug)]
+pub(crate) struct NotFound(String);
+
+impl std::fmt::Display for NotFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotFound {}
+
+/// The error for a run with no record, saying where to look.
+pub(crate) fn no_record(config: &Config, run_id: &RunId) -> anyhow::Error {
+    NotFound(format!(
+        "no record of run {run_id} in {} (records are kept runs.retention; `projectorctl runs list` shows the recent ones)",
+        Endpoint::from(&config.redis).redacted()
+    ))
+    .into()
+}
+
 /// The run's record, or an error saying where to look.
-async fn run_record(config: &Config, records: &RunRecords, run_id: &RunId) -> anyhow::Result<RunOverview> {
-    records.overview(run_id).await?.ok_or_else(|| {
-        anyhow::anyhow!(
-            "no record of run {run_id} in {} (records are kept runs.retention; `projectorctl runs list` shows the recent ones)",
-            Endpoint::from(&config.redis).redacted()
-        )
-    })
+pub(crate) async fn run_record(config: &Config, records: &RunRecords, run_id: &RunId) -> anyhow::Result<RunOverview> {
+    records.overview(run_id).await?.ok_or_else(|| no_record(config, run_id))
 }
 
 /// Accounted orgs over time: at each of `steps` even points from the tick to the last outcome,
@@ -172,15 +187,15 @@ fn retry_after(steps: &[Step]) -> Option<u64> {
 
 /// A run, the orgs that did not complete (at most [`LISTED`], with their trails), how many orgs
 /// have no outcome yet, and a sample of end times: what `runs show` and the page show.
-pub(crate) struct RunDetail {
-    pub run: RunOverview,
-    pub not_completed: Vec<OrgRecord>,
-    pub not_completed_total: usize,
-    pub open: Vec<OrgId>,
-    pub end_times: Vec<i64>,
+struct RunDetail {
+    run: RunOverview,
+    not_completed: Vec<OrgRecord>,
+    not_completed_total: usize,
+    open: Vec<OrgId>,
+    end_times: Vec<i64>,
 }
 
-pub(crate) async fn run_detail(config: &Config, records: &RunRecords, run_id: &RunId, listed: Listed) -> anyhow::Result<RunDetail> {
+async fn run_detail(config: &Config, records: &RunRecords, run_id: &RunId, listed: Listed) -> anyhow::Result<RunDetail> {
     let run = run_record(config, records, run_id).await?;
     let orgs = records.orgs(run_id).await?;
     let open = orgs.iter().filter(|o| o.outcome.is_none()).map(|o| o.org).collect();
@@ -194,7 +209,7 @@ pub(crate) async fn run_detail(config: &Config, records: &RunRecords, run_id: &R
     Ok(RunDetail { run, not_completed, not_completed_total, open, end_times })
 }
 
-pub(crate) fn run_detail_json(d: &RunDetail, now: DateTime<Utc>) -> Value {
+fn run_detail_json(d: &RunDetail, now: DateTime<Utc>) -> Value {
     let mut value = run_json(&d.run, now);
     value["not_completed"] = json!(d.not_completed.iter().map(org_json).collect::<Vec<_>>());
     value["not_completed_total"] = json!(d.not_completed_total);
@@ -272,7 +287,7 @@ struct SlotStateOf {
 }
 
 async fn slot_state_of(config: &Config, org: u64) -> anyhow::Result<SlotStateOf> {
-    let limiter = RedisSlotLimiter::new(&config.redis, RedisSlotSettings::new(config.slots.limit, config.slots.lease_ttl))?;
+    let limiter = crate::slot_limiter(config)?;
     let state = limiter.inspect().await.with_context(|| format!("reading slots from {}", Endpoint::from(&config.redis).redacted()))?;
     let org_text = org.to_string();
     let holding = state.holders.iter().find(|h| h.org_id == org_text).map(|h| {
@@ -290,7 +305,7 @@ pub async fn explain(config: &Config, run_id: &str, org: u64, as_json: bool) -> 
     let run_id = RunId(run_id.to_owned());
     let run = run_record(config, &records, &run_id).await?;
     let Some(record) = records.org(&run_id, OrgId(org)).await? else {
-        anyhow::bail!("org {org} is not in the plan of run {run_id} ({} orgs planned)", run.orgs_total);
+        return Err(NotFound(format!("org {org} is not in the plan of run {run_id} ({} orgs planned)", run.orgs_total)).into());
     };
     // An org still under way: where it is now, from the slots (who holds one for it, or waits).
     let now_at = match record.outcome {
@@ -352,7 +367,7 @@ pub async fn explain(config: &Config, run_id: &str, org: u64, as_json: bool) -> 
 pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<String> {
     let redis = Endpoint::from(&config.redis).redacted();
     let conn = connection(config)?;
-    let limiter = RedisSlotLimiter::new(&config.redis, RedisSlotSettings::new(config.slots.limit, config.slots.lease_ttl))?;
+    let limiter = crate::slot_limiter(config)?;
     let occupancy = limiter.occupancy_now().await.with_context(|| format!("reading slots from {redis}"))?;
     let slots = limiter.inspect().await.with_context(|| format!("reading slots from {redis}"))?;
     let queue = projector_queue::overview(&conn).await.with_context(|| format!("reading the queue from {redis}"))?;

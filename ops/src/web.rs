@@ -78,11 +78,8 @@ impl From<anyhow::Error> for Failure {
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         let text = format!("{:#}", self.0);
-        let status = if text.starts_with("no record of run") || text.contains("is not in the plan") {
-            StatusCode::NOT_FOUND
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        };
+        let status =
+            if self.0.downcast_ref::<views::NotFound>().is_some() { StatusCode::NOT_FOUND } else { StatusCode::SERVICE_UNAVAILABLE };
         (status, layout("error", false, html! { p.error { (text) } })).into_response()
     }
 }
@@ -368,7 +365,7 @@ async fn act<F: Future<Output = anyhow::Result<String>>>(
 async fn pause(State(site): Shared, headers: HeaderMap, Form(form): Form<ActionForm>) -> Response {
     let reason = if form.reason.is_empty() { "paused from the status page".to_owned() } else { form.reason.clone() };
     act(&site, &headers, &form, "pause", "/".into(), async {
-        let p = projector_shared::pause::pause(&connection(&site.config)?, &reason).await?;
+        let p = actions::pause(&connection(&site.config)?, &reason).await?;
         Ok(format!("paused: {}", p.reason))
     })
     .await
@@ -376,7 +373,7 @@ async fn pause(State(site): Shared, headers: HeaderMap, Form(form): Form<ActionF
 
 async fn resume(State(site): Shared, headers: HeaderMap, Form(form): Form<ActionForm>) -> Response {
     act(&site, &headers, &form, "resume", "/".into(), async {
-        let was = projector_shared::pause::resume(&connection(&site.config)?).await?;
+        let was = actions::resume(&connection(&site.config)?).await?;
         Ok(format!("resumed (was paused: {was})"))
     })
     .await

@@ -44,11 +44,6 @@ impl CancelWatch {
         Some(self.inner.runs.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&run.0))
     }
 
-    /// Whether the mirror is live now.
-    pub fn is_live(&self) -> bool {
-        self.inner.live.load(Ordering::Acquire)
-    }
-
     fn note(&self, runs: impl IntoIterator<Item = String>) {
         self.inner.runs.write().unwrap_or_else(std::sync::PoisonError::into_inner).extend(runs);
     }

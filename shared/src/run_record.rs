@@ -286,8 +286,7 @@ pub struct RunOverview {
 }
 
 /// Where a run is: `fanning out`, `running`, `done` or `cancelled`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunState {
     FanningOut,
     Running,
@@ -526,8 +525,7 @@ impl RunRecords {
             for org in chunk {
                 invocation.arg(*org);
             }
-            let (n, _finished): (u64, u64) =
-                invocation.invoke_async(&mut self.conn.clone()).await.map_err(Error::redis(format!("cancelling run {run_id}")))?;
+            let n: u64 = invocation.invoke_async(&mut self.conn.clone()).await.map_err(Error::redis(format!("cancelling run {run_id}")))?;
             cancelled += n;
         }
         Ok(cancelled)

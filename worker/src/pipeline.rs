@@ -73,6 +73,13 @@ pub trait StillOpen: Send + Sync {
     fn still_open<'a>(&'a self, job: &'a SpikeProjectionJob) -> futures::future::BoxFuture<'a, bool>;
 }
 
+/// Gives the slot back; a failure is only logged, since the lease expires on its own.
+async fn release(permit: SlotPermit, job: &SpikeProjectionJob) {
+    if let Err(e) = permit.release().await {
+        tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, error = %e, "slot release failed");
+    }
+}
+
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -151,9 +158,7 @@ impl Pipeline {
             && !gate.still_open(job).await
         {
             tracing::info!(run_id = %job.run_id, org_id = %job.org_id, "run cancelled during the slot wait; no query");
-            if let Err(e) = permit.release().await {
-                tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, error = %e, "slot release failed");
-            }
+            release(permit, job).await;
             return Ended { stale: true, steps, ..Outcome::Cancelled.into() };
         }
         // The rate admission comes after the slot, so a query starts the moment its admission is
@@ -189,10 +194,7 @@ impl Pipeline {
         }
         // The slot guards the query service only: it goes back before the projection math and
         // the store, so the next query starts sooner. The fencing token still stamps the write.
-        if let Err(e) = permit.release().await {
-            // The lease expires on its own.
-            tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, error = %e, "slot release failed");
-        }
+        release(permit, job).await;
         let stored = match queried {
             Ok((first_hour, history)) => self.store(job, first_hour, history, token, &mut steps).await,
             Err(e) => Err(e),
