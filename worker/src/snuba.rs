@@ -71,7 +71,12 @@ impl SnubaQuery {
             .await
             .map_err(|e| self.transport_error(e))?;
         let status = response.status().as_u16();
-        let text = response.text().await.map_err(|e| self.transport_error(e))?;
+        let body = response.bytes().await.map_err(|e| self.transport_error(e))?;
+        // Strict UTF-8 is a fast check; only a broken body pays for the lossy copy.
+        let text = match std::str::from_utf8(&body) {
+            Ok(text) => std::borrow::Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(&body),
+        };
         let (history, throttled) = classify_answer(status, &text, request)?;
         if let Some(t) = &throttled {
             metrics::counter!(m::QUERY_THROTTLED_TOTAL).increment(1);
@@ -135,8 +140,9 @@ pub fn snql(dataset: &str, request: &HistoryRequest) -> String {
 }
 
 #[derive(Deserialize)]
-struct Rows {
-    data: Vec<Row>,
+struct Rows<'a> {
+    #[serde(borrow)]
+    data: Vec<Row<'a>>,
     #[serde(default)]
     quota_allowance: Option<QuotaAllowance>,
 }
@@ -152,10 +158,34 @@ pub struct Throttled {
 }
 
 #[derive(Deserialize)]
-struct Row {
+struct Row<'a> {
     project_id: u64,
-    time: DateTime<Utc>,
+    /// Read as text and turned into an hour by [`unix_hour`]: chrono's general parser was a fifth
+    /// of a worker's CPU at 40 ms queries (one call per row).
+    #[serde(borrow)]
+    time: std::borrow::Cow<'a, str>,
     count: u64,
+}
+
+/// The Unix hour (seconds / 3600) of a row's time. Snuba writes `YYYY-MM-DDTHH:MM:SS+00:00`;
+/// that form is read by position, any other RFC 3339 form by chrono.
+fn unix_hour(time: &str) -> Option<i64> {
+    fn number(bytes: &[u8]) -> Option<u32> {
+        bytes.iter().try_fold(0u32, |n, b| b.is_ascii_digit().then(|| n * 10 + u32::from(b - b'0')))
+    }
+    let b = time.as_bytes();
+    let utc_suffix = matches!(b.get(19..), Some(b"+00:00" | b"Z" | b""));
+    let shaped = b.len() >= 19 && b[4] == b'-' && b[7] == b'-' && matches!(b[10], b'T' | b' ') && b[13] == b':' && b[16] == b':';
+    if utc_suffix && shaped {
+        let date = chrono::NaiveDate::from_ymd_opt(number(&b[0..4])? as i32, number(&b[5..7])?, number(&b[8..10])?)?;
+        let hour = number(&b[11..13])?;
+        let (minute, second) = (number(&b[14..16])?, number(&b[17..19])?);
+        if hour > 23 || minute > 59 || second > 60 {
+            return None;
+        }
+        return Some(date.and_hms_opt(0, 0, 0)?.and_utc().timestamp().div_euclid(3600) + i64::from(hour));
+    }
+    time.parse::<DateTime<Utc>>().ok().map(|t| t.timestamp().div_euclid(3600))
 }
 
 #[derive(Deserialize, Default)]
@@ -242,7 +272,10 @@ fn parse_rows(body: &str, request: &HistoryRequest) -> Result<(OrgHistory, Optio
     let start_hour = request.end.timestamp().div_euclid(3600) - request.hours as i64;
     let mut history: OrgHistory = request.project_ids.iter().map(|p| (*p, vec![0; request.hours])).collect();
     for row in rows.data {
-        let offset = row.time.timestamp().div_euclid(3600) - start_hour;
+        let Some(hour) = unix_hour(&row.time) else {
+            return Err(Error::QueryMalformed { reason: format!("row time {:?} is not an RFC 3339 time", row.time), sample: sample(body) });
+        };
+        let offset = hour - start_hour;
         let Some(slot) = usize::try_from(offset).ok().filter(|o| *o < request.hours) else {
             return Err(Error::QueryMalformed {
                 reason: format!("row for hour {} lies outside the queried window", row.time),
@@ -356,5 +389,24 @@ mod tests {
         assert!(q.starts_with("MATCH (events) SELECT count() AS count BY project_id, time"), "{q}");
         assert!(q.contains("org_id = 7 AND project_id IN tuple(701, 702)"), "{q}");
         assert!(q.contains("timestamp >= toDateTime('2026-11-22T10:00:00') AND timestamp < toDateTime('2026-11-22T13:00:00')"), "{q}");
+    }
+
+    #[test]
+    fn row_times_become_hours_the_same_way_chrono_reads_them() {
+        for time in ["2026-11-22T12:00:00+00:00", "2026-11-22T12:59:59Z", "1999-12-31T23:00:00+00:00", "2028-02-29T05:30:00+00:00"] {
+            let chrono_hour = time.parse::<DateTime<Utc>>().map(|t| t.timestamp().div_euclid(3600)).ok();
+            assert_eq!(unix_hour(time), chrono_hour, "{time}");
+        }
+        // Another offset goes through chrono: 14:00+02:00 is 12:00 UTC.
+        assert_eq!(unix_hour("2026-11-22T14:00:00+02:00"), unix_hour("2026-11-22T12:00:00+00:00"));
+        for bad in ["2026-02-30T12:00:00+00:00", "2026-11-22T24:00:00+00:00", "2026-11-22", "yesterday", "2026-1a-22T12:00:00Z"] {
+            assert_eq!(unix_hour(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_row_whose_time_is_not_a_time_is_a_malformed_answer() {
+        let body = r#"{"data":[{"project_id":701,"time":"noon","count":5}]}"#;
+        assert!(matches!(classify(200, body, &request()), Err(Error::QueryMalformed { .. })));
     }
 }

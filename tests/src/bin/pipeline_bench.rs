@@ -36,6 +36,10 @@ struct Args {
     /// Where projections go: redis, postgres (a private PostgreSQL started by the bench) or discard
     #[arg(long, default_value = "redis", value_parser = ["redis", "postgres", "discard"])]
     sink: String,
+    /// Also charge every Redis command to the script or direct command that sent it (a MONITOR
+    /// capture; it slows Redis, so use it for the counts, not the timings)
+    #[arg(long)]
+    attribute: bool,
 }
 
 /// Sum over workers of one sample of their /metrics.
@@ -100,6 +104,37 @@ fn process_cpu_us(pid: u32) -> anyhow::Result<f64> {
     Ok(ticks / per_second * 1e6)
 }
 
+/// Prints each sender's commands per org, most first, and returns them as JSON.
+fn print_attribution(parts: &BTreeMap<String, projector_tests::cost::Part>, orgs: u64) -> serde_json::Value {
+    let per_org = |n: u64| n as f64 / orgs.max(1) as f64;
+    let mut rows: Vec<(&String, &projector_tests::cost::Part)> = parts.iter().collect();
+    rows.sort_by_key(|(_, p)| std::cmp::Reverse(p.calls + p.inner_total()));
+    let total: u64 = rows.iter().map(|(_, p)| p.calls + p.inner_total()).sum();
+    println!("Redis commands per org by sender (MONITOR capture; {:.1} in all):", per_org(total));
+    println!("  {:<28} {:>7} {:>8} {:>7}  commands inside", "sender", "calls", "inside", "total");
+    let mut json = serde_json::Map::new();
+    for (name, part) in rows {
+        let mut inner: Vec<(&String, &u64)> = part.inner.iter().collect();
+        inner.sort_by_key(|(_, n)| std::cmp::Reverse(**n));
+        let listed: Vec<String> = inner.iter().map(|(c, n)| format!("{c} {:.2}", per_org(**n))).collect();
+        println!(
+            "  {name:<28} {:>7.2} {:>8.2} {:>7.2}  {}",
+            per_org(part.calls),
+            per_org(part.inner_total()),
+            per_org(part.calls + part.inner_total()),
+            listed.join(", ")
+        );
+        json.insert(
+            name.clone(),
+            serde_json::json!({
+                "calls": per_org(part.calls),
+                "inside": inner.iter().map(|(c, n)| ((*c).clone(), serde_json::json!(per_org(**n)))).collect::<serde_json::Map<_, _>>(),
+            }),
+        );
+    }
+    serde_json::Value::Object(json)
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let redis = RedisServer::start();
@@ -157,6 +192,7 @@ fn main() -> anyhow::Result<()> {
     let cpu_before = redis_cpu_us(&mut conn)?;
     let workers_cpu_before: f64 = workers.iter().map(|w| process_cpu_us(w.id()).unwrap_or(0.0)).sum();
     let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut conn)?;
+    let capture = if args.attribute { Some(projector_tests::cost::Capture::start(&redis.socket())?) } else { None };
     let dir = tempfile::tempdir()?;
     let summary_path = dir.path().join("s.json");
     let run = Command::new(workspace_bin("projector-scheduler"))
@@ -186,6 +222,7 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary_path)?)?;
+    let parts = capture.map(|c| c.finish()).transpose()?;
     // The cost ledger, read before the workers' housekeeping (vacuum) changes what the run left.
     let commands = command_stats(&mut conn)?;
     let redis_cpu = redis_cpu_us(&mut conn)? - cpu_before;
@@ -313,6 +350,9 @@ fn main() -> anyhow::Result<()> {
         per_org(memory_after.saturating_sub(memory_before) as f64),
         per_org(left_after_an_hour as f64)
     );
+    let attribution = parts.map(|parts| print_attribution(&parts, completed));
+    let mut figures = figures;
+    figures["attribution_per_org"] = attribution.unwrap_or_default();
     let out_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&out_dir)?;
     std::fs::write(out_dir.join("pipeline.json"), serde_json::to_vec_pretty(&figures)?)?;
