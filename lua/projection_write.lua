@@ -2,7 +2,7 @@
 --   <project_id> -> {"run_id","fencing_token","first_hour","spike_threshold","hourly":[24 numbers]}
 -- The write is refused whole if any of its projects holds a projection from a later run
 -- (first_hour), or from the same run under a newer lease (fencing token; 0 = no slot, the legacy
--- path, which cannot be fenced): one check per project, not per hour. Fields of projects this
+-- path, which cannot be fenced): one read (HMGET) and one check per project, not per hour. Fields of projects this
 -- write does not carry are dropped once their projection is older than prune_before, and fields
 -- of the earlier per-hour layout (<project>:<hour>) at the first write after an upgrade; neither
 -- is looked for unless the hash holds more fields than this write.
@@ -23,10 +23,13 @@ local function header(value)
   return 0, 0
 end
 
-local written = {}
+local written, fields = {}, {}
 for i = 5, #ARGV, 2 do
   written[ARGV[i]] = true
-  local old = redis.call('HGET', projections, ARGV[i])
+  fields[#fields + 1] = ARGV[i]
+end
+-- One read for every project of the write, one staleness check per project.
+for _, old in ipairs(redis.call('HMGET', projections, unpack(fields))) do
   if old then
     local h, t = header(old)
     if h > first_hour or (h == first_hour and token > 0 and t > token) then

@@ -1,12 +1,12 @@
 -- run_prelude: shared by the run-record scripts (prepended to each).
 -- append_trail: adds `<now_ms> <line>` to an org's trail, keeping its last `kept` lines.
 local function append_trail(trail, org, now_ms, line, kept)
+  local entry = now_ms .. ' ' .. line
+  -- An org's first attempt has no trail yet: one command.
+  if kept >= 1 and redis.call('HSETNX', trail, org, entry) == 1 then return end
   local lines = {}
-  local prev = redis.call('HGET', trail, org)
-  if prev then
-    for l in string.gmatch(prev, '[^\n]+') do lines[#lines + 1] = l end
-  end
-  lines[#lines + 1] = now_ms .. ' ' .. line
+  for l in string.gmatch(redis.call('HGET', trail, org) or '', '[^\n]+') do lines[#lines + 1] = l end
+  lines[#lines + 1] = entry
   while #lines > kept do table.remove(lines, 1) end
   redis.call('HSET', trail, org, table.concat(lines, '\n'))
 end
@@ -23,12 +23,23 @@ local function keep(run, orgs, trail, ttl_ms, trail_ttl_ms)
   redis.call('PEXPIRE', trail, trail_ttl_ms)
 end
 
+-- keep_due: whether `keep` is due, going by the run's own remaining TTL: a quarter of the
+-- shorter retention (at most an hour) after the last refresh, or when the run has no TTL. Every
+-- write within that window would only move the expiry by less than the window, so one PTTL
+-- replaces a PEXPIRE per key on most writes; a key that a write creates must be kept by the
+-- caller whatever this says.
+local function keep_due(run, ttl_ms, trail_ttl_ms)
+  local window = math.min(3600000, math.floor(tonumber(ttl_ms) / 4), math.floor(tonumber(trail_ttl_ms) / 4))
+  return redis.call('PTTL', run) < tonumber(ttl_ms) - window
+end
+
 -- finish: once every planned org has an outcome, stamps the run's end (Redis time) and signals
 -- `run-once --wait` on the finished list, once per finish (a retry clears the stamp).
 -- Returns 0 not finished, 1 finished before this call, 2 finished by this call.
-local function finish(run, orgs, finished, now_ms, ttl_ms)
+-- `recorded` is the number of orgs with an outcome, when the caller has it.
+local function finish(run, orgs, finished, now_ms, ttl_ms, recorded)
   local total = tonumber(redis.call('HGET', run, 'orgs_total') or '0')
-  if total == 0 or redis.call('HLEN', orgs) < total then return 0 end
+  if total == 0 or (recorded or redis.call('HLEN', orgs)) < total then return 0 end
   if redis.call('HEXISTS', run, 'finished_ms') == 1 then return 1 end
   redis.call('HSET', run, 'finished_ms', now_ms)
   redis.call('RPUSH', finished, 1)

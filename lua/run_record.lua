@@ -28,7 +28,11 @@ end
 redis.call('HINCRBY', run, outcome, 1)
 local now_ms = redis_now_ms()
 append_trail(trail, org, now_ms, line, kept)
-keep(run, orgs, trail, ttl_ms, trail_ttl_ms)
-if redis.call('EXISTS', attempts) == 1 then redis.call('PEXPIRE', attempts, ttl_ms) end
-if finish(run, orgs, KEYS[6], now_ms, ttl_ms) == 2 then return 2 end
+local recorded = redis.call('HLEN', orgs)
+-- The run's first outcome creates the orgs and trail hashes: they get their TTL now.
+if recorded == 1 or keep_due(run, ttl_ms, trail_ttl_ms) then
+  keep(run, orgs, trail, ttl_ms, trail_ttl_ms)
+  redis.call('PEXPIRE', attempts, ttl_ms)
+end
+if finish(run, orgs, KEYS[6], now_ms, ttl_ms, recorded) == 2 then return 2 end
 return 1

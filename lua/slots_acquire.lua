@@ -14,26 +14,32 @@ if held and tonumber(held) > now then
   local token = tonumber(string.match(fields, '|(%d+)$') or '0')
   return {1, token, redis.call('ZCARD', leases), tonumber(redis.call('GET', limit_key) or default_limit), 0}
 end
-local reclaimed = reclaim(now)
+local reclaimed, waiters = reclaim(now)
+local in_use = redis.call('ZCARD', leases)
 local limit = limit_of(default_limit)
-hand_off(now, limit, reserve_ms, wake_prefix)
-local token = collect(id, lease_ms, now, wake_prefix)
-if not token and redis.call('ZCARD', queue) == 0 and redis.call('ZCARD', leases) < limit then
-  token = grant(id, info, now + lease_ms, now)
+local token
+in_use, waiters, token = hand_off(now, limit, reserve_ms, wake_prefix, in_use, waiters, id)
+if token then
+  -- This caller was queued and the hand-off reached it: its reserved lease becomes a full one.
+  redis.call('ZADD', leases, 'XX', 'GT', now + lease_ms, id)
+elseif waiters == 0 and in_use < limit then
+  token = grant(id, info, now + lease_ms, now, in_use)
+  in_use = in_use + 1
 end
 if token then
-  return {1, token, redis.call('ZCARD', leases), limit, reclaimed}
+  return {1, token, in_use, limit, reclaimed}
 end
 local position
 if wait_ms > 0 then
-  if not redis.call('ZSCORE', queue, id) then
+  if waiters == 0 or not redis.call('ZSCORE', queue, id) then
     redis.call('ZADD', queue, redis.call('INCR', seq), id)
     redis.call('HSET', waiting, id, info)
   end
   redis.call('ZADD', deadlines, now + wait_ms, id)
-  touch(seq, queue, deadlines, waiting)
-  position = redis.call('ZRANK', queue, id) + 1
+  -- An empty queue means these keys are new.
+  if waiters == 0 or touch_due(seq) then touch(seq, queue, deadlines, waiting) end
+  position = waiters == 0 and 1 or redis.call('ZRANK', queue, id) + 1
 else
-  position = redis.call('ZCARD', queue) + 1
+  position = waiters + 1
 end
-return {0, position, redis.call('ZCARD', leases), limit, reclaimed}
+return {0, position, in_use, limit, reclaimed}

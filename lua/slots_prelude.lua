@@ -21,6 +21,14 @@ local function touch(...)
   for _, key in ipairs({...}) do redis.call('PEXPIRE', key, KEY_TTL_MS) end
 end
 
+-- Whether the keys refreshed together with `clock` are due a refresh: once an hour of their 7-day
+-- TTL has gone (or `clock` has none). One PTTL instead of a PEXPIRE per key on every call; a key
+-- that a call creates is refreshed by that call, whatever this says.
+local TOUCH_EVERY_MS = 3600000
+local function touch_due(clock)
+  return redis.call('PTTL', clock) < KEY_TTL_MS - TOUCH_EVERY_MS
+end
+
 -- The limit in force: the stored limit times the adaptive multiplier (1 when none), at least 1.
 local function effective(limit)
   local m = tonumber(redis.call('HGET', adaptive, 'multiplier') or '1')
@@ -36,46 +44,62 @@ local function limit_of(default)
   return effective(tonumber(l))
 end
 
--- Drops expired leases (dead or paused holders) and waiters past their deadline.
+-- Drops expired leases (dead or paused holders) and waiters past their deadline. Returns the
+-- number of leases dropped and of waiters left. Every waiter has a deadline, so an empty queue
+-- means no deadline to look at.
 local function reclaim(now)
   local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now)
   for _, id in ipairs(expired) do
     redis.call('ZREM', leases, id)
     redis.call('HDEL', holders, id)
   end
-  local gone = redis.call('ZRANGEBYSCORE', deadlines, '-inf', now)
-  for _, id in ipairs(gone) do
-    redis.call('ZREM', queue, id)
-    redis.call('ZREM', deadlines, id)
-    redis.call('HDEL', waiting, id)
+  local waiters = redis.call('ZCARD', queue)
+  if waiters > 0 then
+    local gone = redis.call('ZRANGEBYSCORE', deadlines, '-inf', now)
+    for _, id in ipairs(gone) do
+      waiters = waiters - redis.call('ZREM', queue, id)
+      redis.call('ZREM', deadlines, id)
+      redis.call('HDEL', waiting, id)
+    end
   end
-  return #expired
+  return #expired, waiters
 end
 
-local function grant(id, info, expiry, now)
+-- Grants a lease; `in_use` is the number of leases before this one (0: the lease keys are new).
+local function grant(id, info, expiry, now, in_use)
   local token = redis.call('INCR', fence)
   redis.call('ZADD', leases, expiry, id)
   redis.call('HSET', holders, id, info .. '|' .. now .. '|' .. token)
-  -- The limit is refreshed with every grant, so an operator's runtime limit outlives a quiet week only if used.
-  touch(limit_key, leases, holders, fence)
+  -- The limit is refreshed with the others, so an operator's runtime limit outlives a quiet week only if used.
+  if in_use == 0 or touch_due(fence) then touch(limit_key, leases, holders, fence) end
   return token
 end
 
 -- Hands free slots to waiters in arrival order: each gets a lease reserved for reserve_ms and
--- its fencing token pushed to its own wake-up list, which it is blocked on.
-local function hand_off(now, limit, reserve_ms, wake_prefix)
-  while redis.call('ZCARD', leases) < limit do
+-- its fencing token pushed to its own wake-up list, which it is blocked on. A slot handed to
+-- `self_id` (the caller, when it was queued) is returned instead of pushed. Returns the leases
+-- in use and waiters left afterwards, and the caller's token if it got one.
+local function hand_off(now, limit, reserve_ms, wake_prefix, in_use, waiters, self_id)
+  local own
+  while in_use < limit and waiters > 0 do
     local head = redis.call('ZPOPMIN', queue)
     if #head == 0 then break end
+    waiters = waiters - 1
     local w = head[1]
     redis.call('ZREM', deadlines, w)
     local info = redis.call('HGET', waiting, w) or ''
     redis.call('HDEL', waiting, w)
-    local token = grant(w, info, now + reserve_ms, now)
-    local wake = wake_prefix .. w
-    redis.call('RPUSH', wake, token)
-    redis.call('PEXPIRE', wake, reserve_ms)
+    local token = grant(w, info, now + reserve_ms, now, in_use)
+    in_use = in_use + 1
+    if w == self_id then
+      own = token
+    else
+      local wake = wake_prefix .. w
+      redis.call('RPUSH', wake, token)
+      redis.call('PEXPIRE', wake, reserve_ms)
+    end
   end
+  return in_use, waiters, own
 end
 
 -- A waiter collects a handed-off slot: the lease is extended to a full ttl.

@@ -6,7 +6,8 @@ local id, default_limit, reserve_ms, wake_prefix = ARGV[1], ARGV[2], tonumber(AR
 local now = now_ms()
 local removed = redis.call('ZREM', leases, id)
 redis.call('HDEL', holders, id)
-local reclaimed = reclaim(now)
+local reclaimed, waiters = reclaim(now)
+local in_use = redis.call('ZCARD', leases)
 local limit = limit_of(default_limit)
-hand_off(now, limit, reserve_ms, wake_prefix)
-return {removed, redis.call('ZCARD', leases), limit, reclaimed}
+in_use = hand_off(now, limit, reserve_ms, wake_prefix, in_use, waiters)
+return {removed, in_use, limit, reclaimed}

@@ -12,5 +12,5 @@ if not expiry or tonumber(expiry) <= now then
   return 0
 end
 redis.call('ZADD', leases, 'XX', 'GT', now + lease_ms, id)
-touch(leases, holders)
+if touch_due(leases) then touch(leases, holders) end
 return 1

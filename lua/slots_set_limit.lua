@@ -6,7 +6,7 @@
 local new_limit, reserve_ms, wake_prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local now = now_ms()
 redis.call('SET', limit_key, new_limit)
-reclaim(now)
-hand_off(now, effective(new_limit), reserve_ms, wake_prefix)
+local _, waiters = reclaim(now)
+local in_use = hand_off(now, effective(new_limit), reserve_ms, wake_prefix, redis.call('ZCARD', leases), waiters)
 touch(limit_key)
-return {redis.call('ZCARD', leases), new_limit}
+return {in_use, new_limit}

@@ -155,11 +155,13 @@ impl RunRecords {
     pub async fn store_plan(&self, run_id: &RunId, orgs: &[(OrgId, Vec<crate::ProjectId>)]) -> Result<(), Error> {
         let key = keys::run_plan(run_id);
         for chunk in orgs.chunks(2_000) {
+            // One HSET per chunk, not per org: Redis counts (and spends) per command.
+            let fields: Vec<(u64, String)> = chunk
+                .iter()
+                .map(|(org, projects)| (org.0, projects.iter().map(|p| p.0.to_string()).collect::<Vec<_>>().join(",")))
+                .collect();
             let mut pipe = redis::pipe();
-            for (org, projects) in chunk {
-                let list = projects.iter().map(|p| p.0.to_string()).collect::<Vec<_>>().join(",");
-                pipe.hset(&key, org.0, list).ignore();
-            }
+            pipe.hset_multiple(&key, &fields).ignore();
             pipe.pexpire(&key, i64::try_from(self.retention_ms()).unwrap_or(i64::MAX)).ignore();
             retry_transient(|| {
                 let mut conn = self.conn.clone();
@@ -211,12 +213,12 @@ impl RunRecords {
     }
 
     /// Whether attempt `attempt` of (run, org) may run: its run exists, the org is in the run's
-    /// plan, has no outcome yet and no later attempt owns it. One round trip.
+    /// plan, has no outcome yet and no later attempt owns it. One round trip (two for an org the
+    /// run did not plan).
     pub async fn admit(&self, run_id: &RunId, org: OrgId, attempt: u32) -> Result<Admission, Error> {
-        let (run_exists, planned, outcome, current): (bool, bool, Option<String>, Option<u32>) = retry_transient(|| {
+        let (planned, outcome, current): (bool, Option<String>, Option<u32>) = retry_transient(|| {
             let mut conn = self.conn.clone();
             let pipe = redis::pipe()
-                .exists(keys::run(run_id))
                 .hexists(keys::run_plan(run_id), org.0)
                 .hget(keys::run_orgs(run_id), org.0)
                 .hget(keys::run_attempts(run_id), org.0)
@@ -225,12 +227,20 @@ impl RunRecords {
         })
         .await
         .map_err(Error::redis(format!("checking org {org} of run {run_id}")))?;
-        Ok(match (run_exists, planned, outcome.as_deref().and_then(Outcome::parse)) {
-            (false, _, _) => Admission::UnknownRun,
-            (true, false, _) => Admission::NotPlanned,
+        if !planned {
+            // Rare, so asked only now: a planned org implies its run (the plan never outlives the run).
+            let run_exists: bool = retry_transient(|| {
+                let mut conn = self.conn.clone();
+                async move { redis::cmd("EXISTS").arg(keys::run(run_id)).query_async(&mut conn).await }
+            })
+            .await
+            .map_err(Error::redis(format!("checking run {run_id}")))?;
+            return Ok(if run_exists { Admission::NotPlanned } else { Admission::UnknownRun });
+        }
+        Ok(match outcome.as_deref().and_then(Outcome::parse) {
             _ if attempt < current.unwrap_or(0) => Admission::Superseded,
-            (true, true, Some(outcome)) => Admission::Accounted(outcome),
-            (true, true, None) => Admission::Open,
+            Some(outcome) => Admission::Accounted(outcome),
+            None => Admission::Open,
         })
     }
 

@@ -97,6 +97,51 @@ fn slots_release_frees_the_slot_and_hands_it_to_the_first_waiter() {
 }
 
 #[test]
+fn slot_keys_always_expire_and_are_refreshed_once_an_hour_not_on_every_call() {
+    let server = RedisServer::start();
+    let keys = SlotKeys::new("default");
+    let week_ms: i64 = 7 * 24 * 3_600_000;
+    let mut sync = server.connection();
+    let pttl = |key: &str, conn: &mut redis::Connection| -> i64 { redis::cmd("PTTL").arg(key).query(conn).expect("pttl") };
+    let set_pttl = |key: &str, ms: i64, conn: &mut redis::Connection| {
+        let _: () = redis::cmd("PEXPIRE").arg(key).arg(ms).query(conn).expect("pexpire");
+    };
+    runtime().block_on(async {
+        let l = limiter(&server, 2);
+        let Acquire::Granted(first) = acquire(&l, 1, Duration::ZERO).await else { panic!("first slot") };
+        let lease_keys = [keys.limit(), keys.leases(), keys.holders(), keys.fence()];
+        for key in &lease_keys {
+            assert!(pttl(key, &mut sync) > week_ms - 60_000, "{key} gets its TTL when it is created");
+        }
+        // Less than an hour of TTL gone: the next grant leaves the TTLs alone (one PTTL, no PEXPIRE).
+        for key in &lease_keys {
+            set_pttl(key, week_ms - 1_800_000, &mut sync);
+        }
+        let Acquire::Granted(second) = acquire(&l, 2, Duration::ZERO).await else { panic!("second slot") };
+        for key in &lease_keys {
+            assert!(pttl(key, &mut sync) <= week_ms - 1_800_000, "{key} is not refreshed on every grant");
+        }
+        second.release().await.expect("release");
+        // More than an hour gone: the next grant refreshes every lease key.
+        for key in &lease_keys {
+            set_pttl(key, week_ms - 7_200_000, &mut sync);
+        }
+        let Acquire::Granted(third) = acquire(&l, 3, Duration::ZERO).await else { panic!("third slot") };
+        for key in &lease_keys {
+            assert!(pttl(key, &mut sync) > week_ms - 60_000, "{key} is refreshed an hour after the last refresh");
+        }
+        // The waiter keys get their TTL when the queue is created.
+        let waiter = queued_waiter(&l, 4).await;
+        for key in [keys.seq(), keys.queue(), keys.waiter_deadlines(), keys.waiting()] {
+            assert!(pttl(&key, &mut sync) > week_ms - 60_000, "{key} gets its TTL when the queue is created");
+        }
+        first.release().await.expect("release");
+        let Acquire::Granted(handed) = waiter.await.expect("waiter") else { panic!("the waiter was handed the slot") };
+        assert!(handed.fencing_token() > third.fencing_token(), "fencing tokens keep growing");
+    });
+}
+
+#[test]
 fn slots_renew_keeps_a_lease_past_its_ttl_and_reports_a_lost_one() {
     let server = RedisServer::start();
     runtime().block_on(async {
@@ -295,6 +340,42 @@ fn vacuum_done_deletes_finished_jobs_only_and_keeps_the_rest() {
     assert_eq!(metas, 0);
     let done: u64 = redis::cmd("SCARD").arg(config.done_jobs_set()).query(&mut conn).expect("scard");
     assert_eq!(done, 0);
+}
+
+#[test]
+fn run_record_refreshes_ttls_a_quarter_retention_after_the_last_refresh_and_always_on_keys_it_creates() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let retention = Duration::from_secs(600);
+        let records = RunRecords::new(manager(&server), retention);
+        let run = RunId("run-ttl".into());
+        records.create(&run, Utc::now(), 3).await.expect("create");
+        records.store_plan(&run, &[(OrgId(1), vec![]), (OrgId(2), vec![]), (OrgId(3), vec![])]).await.expect("plan");
+        let mut conn = server.connection();
+        let (run_key, orgs_key, trail_key) =
+            (projector_shared::keys::run(&run), projector_shared::keys::run_orgs(&run), projector_shared::keys::run_trail(&run));
+        let pttl = |key: &str, conn: &mut redis::Connection| -> i64 { redis::cmd("PTTL").arg(key).query(conn).expect("pttl") };
+        let full = retention.as_millis() as i64;
+
+        // The first outcome creates the orgs and trail hashes: they get a TTL although the run's is fresh.
+        records.record(&run, OrgId(1), &Attempt::bare(Outcome::Completed)).await.expect("record");
+        for key in [&orgs_key, &trail_key] {
+            let ttl = pttl(key, &mut conn);
+            assert!(ttl > full - 60_000 && ttl <= full, "{key} gets its TTL when created: {ttl} ms");
+        }
+        // Within a quarter of the retention since the last refresh, a record refreshes nothing.
+        let _: () = redis::cmd("PEXPIRE").arg(&run_key).arg(full - 10_000).query(&mut conn).expect("pexpire");
+        records.record(&run, OrgId(2), &Attempt::bare(Outcome::Completed)).await.expect("record");
+        assert!(pttl(&run_key, &mut conn) <= full - 10_000, "no refresh on every record");
+        // Later, a record refreshes every key, and a trail that expired meanwhile is created with a TTL.
+        let _: () = redis::cmd("PEXPIRE").arg(&run_key).arg(full - 200_000).query(&mut conn).expect("pexpire");
+        let _: () = redis::cmd("DEL").arg(&trail_key).query(&mut conn).expect("del");
+        records.record(&run, OrgId(3), &Attempt::bare(Outcome::Failed)).await.expect("record");
+        for key in [&run_key, &orgs_key, &trail_key] {
+            let ttl = pttl(key, &mut conn);
+            assert!(ttl > full - 60_000 && ttl <= full, "{key} is refreshed: {ttl} ms");
+        }
+    });
 }
 
 #[test]
