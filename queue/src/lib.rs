@@ -47,6 +47,13 @@ pub fn config() -> apalis_redis::Config {
         .batch_size(1)
         .heartbeat_interval(Duration::from_secs(2))
         .missed_heartbeats(3)
+        // Locking only stamps "Running" on the job's metadata, at 7 commands per job and an LREM that
+        // scans the whole ready list for an id the fetch already took off it (quadratic in the
+        // backlog). A dead worker's jobs come back through its in-flight set, which the fetch keeps
+        // (docs/apalis-redis.md#no-lock).
+        .lock_tasks(false)
+        // Nobody listens to apalis's own pub/sub events: workers wake on projector:jobs-ready.
+        .emit_events(false)
 }
 
 /// A job as a queue task: runnable from `run_at` (unix seconds), dropped on push if a task with
