@@ -22,6 +22,11 @@ use crate::error::Error;
 /// Jobs per enqueue script call: big enough to make 100,000 orgs a few dozen round trips, small
 /// enough not to block Redis for long.
 const PUSH_CHUNK: usize = 2_000;
+
+/// Jobs in the first enqueue script call: a full chunk runs for tens of milliseconds, during which
+/// Redis serves nobody, so the first jobs are pushed (and announced) on their own and idle workers
+/// start on them while the rest are pushed.
+const FIRST_PUSH_CHUNK: usize = 100;
 /// At most this many jobs become due in the same second: apalis-redis 1.0.0's fetch promotes every
 /// due job with one `unpack(...)`, and Redis's Lua refuses more than ~8,000 values (checked:
 /// 7,000 pass, 10,000 fail). Workers also promote due jobs themselves in bounded steps.
@@ -135,10 +140,16 @@ async fn mark_fanned_out(records: &RunRecords, run_id: &RunId) {
     }
 }
 
+/// The jobs of each enqueue script call, in order: a small first chunk, then full ones.
+fn push_chunks<T>(jobs: &[T]) -> impl Iterator<Item = &[T]> {
+    let (first, rest) = jobs.split_at(jobs.len().min(FIRST_PUSH_CHUNK));
+    std::iter::once(first).filter(|c| !c.is_empty()).chain(rest.chunks(PUSH_CHUNK))
+}
+
 /// Pushes jobs in bulk script calls; jobs already enqueued (same idempotency key) are skipped.
 async fn push_jobs(conn: &ConnectionManager, run_id: &RunId, jobs: &[PlannedJob], dedup_window: Duration) -> Result<Enqueued, Error> {
     let mut new = 0u64;
-    for chunk in jobs.chunks(PUSH_CHUNK) {
+    for chunk in push_chunks(jobs) {
         let tasks: Vec<_> =
             chunk.iter().map(|p| queue::task(&p.job, p.release_at.timestamp().max(0) as u64, p.job.idempotency_key())).collect();
         new += queue::push(conn, &tasks, dedup_window).await.map_err(|e| Error::Enqueue {
@@ -264,4 +275,23 @@ pub async fn take_tick_lock(conn: &ConnectionManager, run_id: &RunId, owner: &st
         .await
         .map_err(projector_shared::Error::redis(format!("taking the lock of {run_id}")))?;
     Ok(taken.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_push_is_small_then_full_chunks_carry_every_job_once_in_order() {
+        for n in [0, 1, FIRST_PUSH_CHUNK, FIRST_PUSH_CHUNK + 1, FIRST_PUSH_CHUNK + PUSH_CHUNK, 10_000] {
+            let jobs: Vec<usize> = (0..n).collect();
+            let chunks: Vec<&[usize]> = push_chunks(&jobs).collect();
+            assert_eq!(chunks.concat(), jobs, "{n} jobs: each once, in order");
+            assert!(chunks.iter().all(|c| !c.is_empty()), "{n} jobs: no empty script call");
+            if n > 0 {
+                assert_eq!(chunks[0].len(), n.min(FIRST_PUSH_CHUNK), "{n} jobs: the first call is small");
+            }
+            assert!(chunks.iter().skip(1).all(|c| c.len() <= PUSH_CHUNK), "{n} jobs: then full chunks at most");
+        }
+    }
 }
