@@ -295,9 +295,9 @@ keys! {
     "worker.housekeeping_interval" => worker.housekeeping_interval: Dur(MILLIS(10), SECS(60)), default Some("1s"),
         "how often a worker promotes due jobs, refreshes queue and slot gauges and writes its heartbeat";
     "runs.retention" => runs.retention: Dur(SECS(60), SECS(90 * 86_400)), default Some("7days"),
-        "how long a run's record, per-org outcomes and plan stay in Redis after their last write (run-once --resume and projectorctl run need them)";
+        "how long a run's record, per-org outcomes and plan stay in Redis after their last write (run-once --resume and projectorctl run need them); the expiry is moved at most every quarter of the shorter retention (at most hourly), so it may come that much sooner";
     "runs.trail_retention" => runs.trail_retention: Dur(SECS(60), SECS(90 * 86_400)), default Some("24h"),
-        "how long each org's trail in a run (route, slot wait, query, store, reason: what projectorctl explain and runs show print) stays in Redis after the run's last write; about 300 B per org per run, so kept shorter than runs.retention";
+        "how long each org's trail in a run (route, slot wait, query, store, reason: what projectorctl explain and runs show print) stays in Redis after the run's last write (moved at most every quarter of it, at most hourly); about 360 B per org per run, so kept shorter than runs.retention";
     "runs.dedup_window" => runs.dedup_window: Dur(SECS(60), SECS(30 * 86_400)), default Some("2h"),
         "how long after a fan-out its jobs stay deduplicated: a re-fan-out of the tick or --resume within it enqueues no job twice (each idempotency key costs ~150 B of Redis per org)";
     "ops.action_token" => ops.action_token: Opt(Text), default None,
