@@ -2,8 +2,8 @@
 --   <project_id> -> {"run_id","fencing_token","first_hour","spike_threshold","hourly":[24 numbers]}
 -- The write is refused whole if any of its projects holds a projection from a later run
 -- (first_hour), or from the same run under a newer lease (fencing token; 0 = no slot, the legacy
--- path, which cannot be fenced): one read (HMGET) and one check per project, not per hour. Fields of projects this
--- write does not carry are dropped once their projection is older than prune_before, and fields
+-- path, which cannot be fenced): one read (HMGET) and one check per project, not per hour.
+-- Fields of projects this write does not carry are dropped once their projection is older than prune_before, and fields
 -- of the earlier per-hour layout (<project>:<hour>) at the first write after an upgrade; neither
 -- is looked for unless the hash holds more fields than this write.
 -- KEYS: 1 projections (hash per org)
