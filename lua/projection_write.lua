@@ -3,9 +3,9 @@
 -- The write is refused whole if any of its projects holds a projection from a later run
 -- (first_hour), or from the same run under a newer lease (fencing token; 0 = no slot, the legacy
 -- path, which cannot be fenced): one read (HMGET) and one check per project, not per hour.
--- Fields of projects this write does not carry are dropped once their projection is older than prune_before, and fields
--- of the earlier per-hour layout (<project>:<hour>) at the first write after an upgrade; neither
--- is looked for unless the hash holds more fields than this write.
+-- Fields of projects this write does not carry are dropped once their projection is older than
+-- prune_before, and fields of the earlier per-hour layout (<project>:<hour>) at the first write
+-- after an upgrade; neither is looked for unless the hash holds more fields than this write.
 -- KEYS: 1 projections (hash per org)
 -- ARGV: 1 first_hour (unix s), 2 fencing token, 3 ttl_ms, 4 prune_before (unix s),
 --       5.. project/value pairs
