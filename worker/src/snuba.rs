@@ -174,7 +174,7 @@ fn unix_hour(time: &str) -> Option<i64> {
         bytes.iter().try_fold(0u32, |n, b| b.is_ascii_digit().then(|| n * 10 + u32::from(b - b'0')))
     }
     let b = time.as_bytes();
-    let utc_suffix = matches!(b.get(19..), Some(b"+00:00" | b"Z" | b""));
+    let utc_suffix = matches!(b.get(19..), Some(b"+00:00" | b"Z"));
     let shaped = b.len() >= 19 && b[4] == b'-' && b[7] == b'-' && matches!(b[10], b'T' | b' ') && b[13] == b':' && b[16] == b':';
     if utc_suffix && shaped {
         let date = chrono::NaiveDate::from_ymd_opt(number(&b[0..4])? as i32, number(&b[5..7])?, number(&b[8..10])?)?;
@@ -399,7 +399,14 @@ mod tests {
         }
         // Another offset goes through chrono: 14:00+02:00 is 12:00 UTC.
         assert_eq!(unix_hour("2026-11-22T14:00:00+02:00"), unix_hour("2026-11-22T12:00:00+00:00"));
-        for bad in ["2026-02-30T12:00:00+00:00", "2026-11-22T24:00:00+00:00", "2026-11-22", "yesterday", "2026-1a-22T12:00:00Z"] {
+        for bad in [
+            "2026-11-22T12:00:00",
+            "2026-02-30T12:00:00+00:00",
+            "2026-11-22T24:00:00+00:00",
+            "2026-11-22",
+            "yesterday",
+            "2026-1a-22T12:00:00Z",
+        ] {
             assert_eq!(unix_hour(bad), None, "{bad}");
         }
     }
