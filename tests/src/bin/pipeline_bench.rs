@@ -266,7 +266,7 @@ fn main() -> anyhow::Result<()> {
     let mut by_calls: Vec<(&String, &(u64, u64))> = commands.iter().filter(|(c, _)| !is_script(c)).collect();
     by_calls.sort_by_key(|(_, (calls, _))| std::cmp::Reverse(*calls));
     let top: Vec<String> = by_calls.iter().take(8).map(|(c, (n, _))| format!("{c} {:.1}", per_org(*n as f64))).collect();
-    let figures = serde_json::json!({
+    let mut figures = serde_json::json!({
         "fanout_orgs": args.fanout_orgs,
         "fanout_seconds": fanout.as_secs_f64(),
         "fanout_redis_memory_bytes": fanout_memory,
@@ -350,9 +350,9 @@ fn main() -> anyhow::Result<()> {
         per_org(memory_after.saturating_sub(memory_before) as f64),
         per_org(left_after_an_hour as f64)
     );
-    let attribution = parts.map(|parts| print_attribution(&parts, completed));
-    let mut figures = figures;
-    figures["attribution_per_org"] = attribution.unwrap_or_default();
+    if let Some(parts) = parts {
+        figures["attribution_per_org"] = print_attribution(&parts, completed);
+    }
     let out_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&out_dir)?;
     std::fs::write(out_dir.join("pipeline.json"), serde_json::to_vec_pretty(&figures)?)?;
