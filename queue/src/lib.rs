@@ -132,6 +132,26 @@ pub async fn forget_worker(conn: &ConnectionManager, loop_name: &str) -> Result<
     redis::cmd("DEL").arg(key).query_async::<()>(&mut conn.clone()).await
 }
 
+/// Gives back a drained loop's unstarted jobs; its contract is in the file's header.
+static RETURN_UNSTARTED: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("../../lua/return_unstarted.lua")));
+
+/// Puts the jobs a stopped job loop fetched but never started back at the front of the ready
+/// list, and takes the loop out of apalis's set of loops; returns how many went back. Call it
+/// only once every job the loop started has ended and been acknowledged: an id still in its
+/// in-flight set is then one nobody runs.
+pub async fn return_unstarted(conn: &ConnectionManager, loop_name: &str) -> Result<u64, redis::RedisError> {
+    let config = config();
+    RETURN_UNSTARTED
+        .key(format!("{}:{loop_name}", config.inflight_jobs_set()))
+        .key(config.active_jobs_list())
+        .key(config.signal_list())
+        .key(config.workers_set())
+        .arg(loop_name)
+        .arg(keys::JOBS_READY_CHANNEL)
+        .invoke_async(&mut conn.clone())
+        .await
+}
+
 /// Deletes finished jobs, bounded; its contract is in the file's header.
 static VACUUM_DONE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("../../lua/vacuum_done.lua")));
 

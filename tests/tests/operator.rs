@@ -338,6 +338,18 @@ fn a_pause_stops_new_queries_and_resume_finishes_the_run() {
     assert_eq!(status["paused"]["reason"], "incident 42", "{status}");
     assert!(status["run"]["accounted"].as_u64().unwrap_or(100) < 100, "the run waits: {status}");
     assert!(text(&run("projectorctl", &env, &["status"]).stdout).contains("PAUSED"));
+    // A job fetched by the drained loop but never started goes back to the queue, where status
+    // shows it: every org is accounted or waits as a queued job, none is stuck "in flight".
+    wait_until(Duration::from_secs(10), "nothing left in flight once the worker drained", || {
+        json_of(&run("projectorctl", &env, &["status", "--json"]))["queue"]["in_flight"] == 0
+    });
+    let status = json_of(&run("projectorctl", &env, &["status", "--json"]));
+    let count = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    assert_eq!(
+        count(&status["run"]["accounted"]) + count(&status["queue"]["ready"]) + count(&status["queue"]["scheduled"]),
+        100,
+        "every org is accounted or queued: {status}"
+    );
 
     let resumed = json_of(&run("projectorctl", &env, &["resume", "--json"]));
     assert_eq!(resumed["was_paused"], true, "{resumed}");

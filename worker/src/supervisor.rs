@@ -18,6 +18,9 @@ use crate::error::Error;
 use crate::handler::{JobHandler, run_job};
 use crate::metrics_http::Readiness;
 
+/// How long a drained loop may take to send its last jobs' acknowledgements and end.
+const ACK_FLUSH: Duration = Duration::from_secs(2);
+
 /// Keeps one apalis job loop running for this worker.
 pub struct Supervisor {
     pub name: String,
@@ -65,8 +68,13 @@ impl Supervisor {
             let end = self.run_loop(&loop_name, &stop).await;
             pause_watch.abort();
             let result = match end {
-                LoopEnd::Drained if shutdown.is_cancelled() => return Ok(()),
-                LoopEnd::Drained => {
+                LoopEnd::Drained { settled } => {
+                    if settled {
+                        self.return_unstarted(&loop_name).await;
+                    }
+                    if shutdown.is_cancelled() {
+                        return Ok(());
+                    }
                     // Paused: this loop's name is done with; the next one starts after resume.
                     if let Err(e) = queue::forget_worker(&self.conn, &loop_name).await {
                         tracing::debug!(worker = %loop_name, error = %e, "cannot delete the job loop's apalis metadata; it expires on its own");
@@ -138,25 +146,48 @@ impl Supervisor {
                 self.readiness.set_job_loop_running(false);
                 // apalis stops fetching on the same signal; we wait for the jobs already running.
                 // The jobs run inside apalis's stream, so `run` must still be polled meanwhile.
+                // `settled`: the loop itself ended, so every started job's acknowledgement was
+                // sent; a job's ack goes out after its handler returns, hence the short wait.
                 let drain = async {
                     tokio::select! {
-                        _ = &mut run => {}
+                        _ = &mut run => return true,
                         () = self.handler.running.none() => {}
                     }
+                    tokio::time::timeout(ACK_FLUSH, &mut run).await.is_ok()
                 };
-                match tokio::time::timeout(self.shutdown_grace, drain).await {
-                    Ok(()) => tracing::info!(worker = %self.name, "in-flight jobs finished; slots released"),
-                    Err(_) => tracing::warn!(
-                        worker = %self.name, grace_ms = self.shutdown_grace.as_millis() as u64, still_running = self.handler.running.now(),
-                        "in-flight jobs did not finish within worker.shutdown_grace; other workers take them over once this one's heartbeat stops, and their slot leases expire on their own"
-                    ),
-                }
+                let settled = match tokio::time::timeout(self.shutdown_grace, drain).await {
+                    Ok(settled) => {
+                        tracing::info!(worker = %self.name, "in-flight jobs finished; slots released");
+                        settled
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            worker = %self.name, grace_ms = self.shutdown_grace.as_millis() as u64, still_running = self.handler.running.now(),
+                            "in-flight jobs did not finish within worker.shutdown_grace; other workers take them over once this one's heartbeat stops, and their slot leases expire on their own"
+                        );
+                        false
+                    }
+                };
                 survived.abort();
-                return LoopEnd::Drained;
+                return LoopEnd::Drained { settled };
             }
         };
         survived.abort();
         LoopEnd::Ended(result.map_err(|e| e.to_string()))
+    }
+
+    /// After a settled drain: the jobs the loop fetched but never started go back to the front of
+    /// the ready list now. Left in its in-flight set, they would wait for the orphan sweep of a
+    /// running loop, and during a pause none runs.
+    async fn return_unstarted(&self, loop_name: &str) {
+        match queue::return_unstarted(&self.conn, loop_name).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(worker = %loop_name, jobs = n, "jobs fetched but not started went back to the ready list"),
+            Err(e) => tracing::warn!(
+                worker = %loop_name, error = %e,
+                "cannot give back the jobs fetched but not started; the orphan sweep of a running worker returns them"
+            ),
+        }
     }
 
     /// After a job loop ended: quarantine what it could not fetch, forget its apalis metadata,
@@ -195,8 +226,9 @@ impl Supervisor {
 
 /// How one job loop ended.
 enum LoopEnd {
-    /// Shutdown: the jobs in flight were drained (or the grace period ran out).
-    Drained,
+    /// Shutdown or pause: the jobs in flight were drained (or the grace period ran out).
+    /// `settled` when the loop ended with every started job acknowledged.
+    Drained { settled: bool },
     /// The loop stopped on its own, usually on a Redis error.
     Ended(Result<(), String>),
 }
