@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 pub mod cost;
 pub mod fleet;
+pub mod memory;
 mod postgres;
 pub use postgres::PostgresServer;
 

@@ -73,18 +73,19 @@ fn command_stats(conn: &mut redis::Connection) -> anyhow::Result<BTreeMap<String
     Ok(stats)
 }
 
-/// Bytes of the keys that would still exist an hour from now (no TTL, or a TTL beyond an hour).
-fn bytes_left_after_an_hour(conn: &mut redis::Connection) -> anyhow::Result<u64> {
-    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(conn)?;
-    let mut bytes = 0;
-    for key in keys {
-        let ttl: i64 = redis::cmd("PTTL").arg(&key).query(conn)?;
-        if ttl == -1 || ttl > 3_600_000 {
-            let usage: Option<u64> = redis::cmd("MEMORY").arg("USAGE").arg(&key).query(conn)?;
-            bytes += usage.unwrap_or(0);
-        }
+/// Prints the run's Redis memory by kind of key, most first, and returns it as JSON.
+fn print_memory(kinds: &BTreeMap<String, projector_tests::memory::Kind>, orgs: u64) -> serde_json::Value {
+    let per_org = |n: u64| n as f64 / orgs.max(1) as f64;
+    let mut rows: Vec<(&String, &projector_tests::memory::Kind)> = kinds.iter().filter(|(_, k)| per_org(k.bytes) >= 1.0).collect();
+    rows.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes));
+    println!("Redis memory per org by kind of key (MEMORY USAGE; kinds under 1 B per org left out):");
+    let mut json = serde_json::Map::new();
+    for (kind, k) in rows {
+        let lives = k.longest_ttl_ms.map_or("no TTL".to_owned(), |ms| format!("{:.1} h left", ms as f64 / 3_600_000.0));
+        println!("  {:>7.0} B  {:>6} keys  {lives:<12} {kind}", per_org(k.bytes), k.keys);
+        json.insert(kind.clone(), serde_json::json!({"bytes_per_org": per_org(k.bytes), "keys": k.keys, "ttl_ms": k.longest_ttl_ms}));
     }
-    Ok(bytes)
+    serde_json::Value::Object(json)
 }
 
 /// A process's CPU so far (user + system), in µs, from /proc.
@@ -228,7 +229,9 @@ fn main() -> anyhow::Result<()> {
     let redis_cpu = redis_cpu_us(&mut conn)? - cpu_before;
     let memory_after = used_memory(&mut conn)?;
     let workers_cpu: f64 = workers.iter().map(|w| process_cpu_us(w.id()).unwrap_or(0.0)).sum::<f64>() - workers_cpu_before;
-    let left_after_an_hour = bytes_left_after_an_hour(&mut conn)?;
+    let kinds = projector_tests::memory::by_kind(&mut conn)?;
+    let left_after = |ms: u64| kinds.values().filter(|k| k.outlives(ms)).map(|k| k.bytes).sum::<u64>();
+    let (left_after_an_hour, left_after_a_week) = (left_after(3_600_000), left_after(7 * 24 * 3_600_000));
     let tick: Option<String> = redis::cmd("HGET")
         .arg(keys::run(&RunId(summary["run_id"].as_str().unwrap_or_default().to_owned())))
         .arg("tick")
@@ -298,6 +301,7 @@ fn main() -> anyhow::Result<()> {
             "redis_cpu_us": per_org(redis_cpu),
             "redis_memory_bytes_during_run": per_org(memory_after.saturating_sub(memory_before) as f64),
             "redis_memory_bytes_after_an_hour": per_org(left_after_an_hour as f64),
+            "redis_memory_bytes_after_a_week": per_org(left_after_a_week as f64),
             "worker_cpu_us": per_org(workers_cpu),
             "top_commands": top,
         },
@@ -350,6 +354,13 @@ fn main() -> anyhow::Result<()> {
         per_org(memory_after.saturating_sub(memory_before) as f64),
         per_org(left_after_an_hour as f64)
     );
+    println!(
+        "  of the keys: {:.0} B per org, {:.0} B still there an hour later, {:.0} B a week later (runs.retention)",
+        per_org(kinds.values().map(|k| k.bytes).sum::<u64>() as f64),
+        per_org(left_after_an_hour as f64),
+        per_org(left_after_a_week as f64)
+    );
+    figures["memory_by_kind"] = print_memory(&kinds, completed);
     if let Some(parts) = parts {
         figures["attribution_per_org"] = print_attribution(&parts, completed);
     }
