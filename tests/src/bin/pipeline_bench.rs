@@ -77,7 +77,7 @@ fn command_stats(conn: &mut redis::Connection) -> anyhow::Result<BTreeMap<String
 fn print_memory(kinds: &BTreeMap<String, projector_tests::memory::Kind>, orgs: u64) -> serde_json::Value {
     let per_org = |n: u64| n as f64 / orgs.max(1) as f64;
     let mut rows: Vec<(&String, &projector_tests::memory::Kind)> = kinds.iter().filter(|(_, k)| per_org(k.bytes) >= 1.0).collect();
-    rows.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes));
+    rows.sort_by_key(|(_, k)| std::cmp::Reverse(k.bytes));
     println!("Redis memory per org by kind of key (MEMORY USAGE; kinds under 1 B per org left out):");
     let mut json = serde_json::Map::new();
     for (kind, k) in rows {
