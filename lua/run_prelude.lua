@@ -16,21 +16,23 @@ local function redis_now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- keep: the run's record and orgs live ttl_ms after this write, its trail trail_ttl_ms.
-local function keep(run, orgs, trail, ttl_ms, trail_ttl_ms)
-  redis.call('PEXPIRE', run, ttl_ms)
+-- keep: the run's summary (its record hash) lives summary_ttl_ms after this write, its orgs
+-- ttl_ms, its trail trail_ttl_ms.
+local function keep(run, orgs, trail, ttl_ms, trail_ttl_ms, summary_ttl_ms)
+  redis.call('PEXPIRE', run, summary_ttl_ms)
   redis.call('PEXPIRE', orgs, ttl_ms)
   redis.call('PEXPIRE', trail, trail_ttl_ms)
 end
 
--- keep_due: whether `keep` is due, going by the run's own remaining TTL: a quarter of the
+-- keep_due: whether `keep` is due, going by the run's own remaining TTL (set with the others by
+-- `keep`, to summary_ttl_ms): a quarter of the
 -- shorter retention (at most an hour) after the last refresh, or when the run has no TTL. Every
 -- write within that window would only move the expiry by less than the window, so one PTTL
 -- replaces a PEXPIRE per key on most writes; a key that a write creates must be kept by the
 -- caller whatever this says.
-local function keep_due(run, ttl_ms, trail_ttl_ms)
+local function keep_due(run, ttl_ms, trail_ttl_ms, summary_ttl_ms)
   local window = math.min(3600000, math.floor(tonumber(ttl_ms) / 4), math.floor(tonumber(trail_ttl_ms) / 4))
-  return redis.call('PTTL', run) < tonumber(ttl_ms) - window
+  return redis.call('PTTL', run) < tonumber(summary_ttl_ms) - window
 end
 
 -- finish: once every planned org has an outcome, stamps the run's end (Redis time) and signals

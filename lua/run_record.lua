@@ -8,13 +8,14 @@
 --       3 plan (hash org -> projects), 4 trail (hash org -> lines), 5 attempts (hash org -> n),
 --       6 finished (list: an item is pushed when the run finishes, for `run-once --wait`)
 -- ARGV: 1 org, 2 outcome, 3 ttl_ms (the record is kept this long after its last write),
---       4 attempt, 5 trail line (JSON), 6 attempts kept in the trail, 7 the trail's ttl_ms
+--       4 attempt, 5 trail line (JSON), 6 attempts kept in the trail, 7 the trail's ttl_ms,
+--       8 the summary's ttl_ms (the run hash outlives the per-org hashes)
 -- Returns: -1 no such run, -2 org not planned, 0 the org already had an outcome (or the attempt
 --          is stale), 1 recorded, 2 recorded the run's last org (exactly one caller sees the run
 --          finish; the run's `finished_ms` is set then, on Redis time).
 local run, orgs, plan, trail, attempts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local org, outcome, ttl_ms = ARGV[1], ARGV[2], ARGV[3]
-local attempt, line, kept, trail_ttl_ms = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), ARGV[7]
+local attempt, line, kept, trail_ttl_ms, summary_ttl_ms = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
 if redis.call('EXISTS', run) == 0 then return -1 end
 if redis.call('HEXISTS', plan, org) == 0 then return -2 end
 if attempt < tonumber(redis.call('HGET', attempts, org) or '0') then return 0 end
@@ -30,8 +31,8 @@ local now_ms = redis_now_ms()
 append_trail(trail, org, now_ms, line, kept)
 local recorded = redis.call('HLEN', orgs)
 -- The run's first outcome creates the orgs and trail hashes: they get their TTL now.
-if recorded == 1 or keep_due(run, ttl_ms, trail_ttl_ms) then
-  keep(run, orgs, trail, ttl_ms, trail_ttl_ms)
+if recorded == 1 or keep_due(run, ttl_ms, trail_ttl_ms, summary_ttl_ms) then
+  keep(run, orgs, trail, ttl_ms, trail_ttl_ms, summary_ttl_ms)
   redis.call('PEXPIRE', attempts, ttl_ms)
 end
 if finish(run, orgs, KEYS[6], now_ms, ttl_ms, recorded) == 2 then return 2 end

@@ -296,10 +296,12 @@ keys! {
         "how often a worker promotes due jobs, refreshes queue and slot gauges and writes its heartbeat";
     "runs.retention" => runs.retention: Dur(SECS(60), SECS(90 * 86_400)), default Some("7days"),
         "how long a run's record, per-org outcomes and plan stay in Redis after their last write (run-once --resume and projectorctl run need them); the expiry is moved at most every quarter of the shorter retention (at most hourly), so it may come that much sooner";
+    "runs.summary_retention" => runs.summary_retention: Dur(SECS(60), SECS(3_650 * 86_400)), default Some("90days"),
+        "how long a run's summary (tick, org count, a count per outcome, start and end: what runs list and runs show print) stays after the run's last write; at least runs.retention. A few hundred bytes per run: the per-org records are gone after runs.retention, the summary is not";
     "runs.trail_retention" => runs.trail_retention: Dur(SECS(60), SECS(90 * 86_400)), default Some("24h"),
         "how long each org's trail in a run (route, slot wait, query, store, reason: what projectorctl explain and runs show print) stays in Redis after the run's last write (moved at most every quarter of it, at most hourly); about 360 B per org per run, so kept shorter than runs.retention";
     "runs.dedup_window" => runs.dedup_window: Dur(SECS(60), SECS(30 * 86_400)), default Some("2h"),
-        "how long after a fan-out its jobs stay deduplicated: a re-fan-out of the tick or --resume within it enqueues no job twice (each idempotency key costs ~150 B of Redis per org)";
+        "how long after a fan-out its jobs stay deduplicated: a re-fan-out of the tick or --resume within it enqueues no job twice (one set per run, ~45 B of Redis per org)";
     "ops.action_token" => ops.action_token: Opt(Text), default None,
         "token the status page (projectorctl serve --allow-actions) requires for pause, resume, retry and cancel; a secret: `config show` prints it as ***";
     "rate.rates" => rate.rates: Rates, default None,

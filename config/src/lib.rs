@@ -226,10 +226,13 @@ pub struct WorkerConfig {
 pub struct RunsConfig {
     /// The run record, its per-org outcomes and its plan live this long after their last write.
     pub retention: Duration,
+    /// A run's summary (its record hash and its place in the runs index) lives this long after
+    /// the run's last write: at least `retention`, after which only the summary is left.
+    pub summary_retention: Duration,
     /// Each org's trail in a run (what `explain` prints) lives this long after the run's last write.
     pub trail_retention: Duration,
-    /// How long after a fan-out its jobs stay deduplicated by idempotency key: a re-fan-out of
-    /// the same tick, or `--resume`, within this window enqueues no job twice.
+    /// How long after a run's last push its jobs stay deduplicated (one set per run): a re-fan-out
+    /// of the same tick, or `--resume`, within this window enqueues no job twice.
     pub dedup_window: Duration,
 }
 

@@ -148,6 +148,17 @@ fn check_combinations(config: &Config, sources: &BTreeMap<&'static str, Source>,
             allowed: format!("must not exceed adaptive.max_multiplier ({})", config.adaptive.max_multiplier),
         });
     }
+    if config.runs.summary_retention < config.runs.retention {
+        problems.push(Problem {
+            key: "runs.summary_retention".to_owned(),
+            value: Some(humantime::format_duration(config.runs.summary_retention).to_string()),
+            source: source_of("runs.summary_retention"),
+            allowed: format!(
+                "must be at least runs.retention ({}): a run's summary outlives its per-org records, never the reverse",
+                humantime::format_duration(config.runs.retention)
+            ),
+        });
+    }
     if config.query.source == QuerySourceKind::Snuba && config.query.url.is_none() {
         problems.push(Problem {
             key: "query.url".to_owned(),
@@ -378,6 +389,17 @@ mod tests {
         let err = load(None, &env, &[]).expect_err("missing url and path");
         let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, ["orgs.path", "query.url"]);
+    }
+
+    #[test]
+    fn a_summary_kept_shorter_than_the_run_is_refused() {
+        let env = Env::from_pairs([("PROJECTOR_RUNS_RETENTION", "7days"), ("PROJECTOR_RUNS_SUMMARY_RETENTION", "1day")]);
+        let err = load(None, &env, &[]).expect_err("summary shorter than the record");
+        assert_eq!(err.problems().len(), 1, "{err}");
+        assert_eq!(err.problems()[0].key, "runs.summary_retention");
+        assert!(err.problems()[0].allowed.contains("at least runs.retention (7days)"), "{err}");
+        let ok = Env::from_pairs([("PROJECTOR_RUNS_RETENTION", "1day"), ("PROJECTOR_RUNS_SUMMARY_RETENTION", "1day")]);
+        assert_eq!(load(None, &ok, &[]).expect("equal is fine").runs.summary_retention, Duration::from_secs(86_400));
     }
 
     #[test]

@@ -25,8 +25,8 @@ pub struct Retried {
 }
 
 /// Reopens the run's orgs whose outcome is in `outcomes` and enqueues a follow-up attempt for
-/// each (idempotency key `{run}:org-{id}:a<n>`), runnable now. Orgs reopened by an earlier retry
-/// that still have no outcome are pushed again too: their key makes that a no-op unless the
+/// each (dedupe member `<org>:a<n>`), runnable now. Orgs reopened by an earlier retry
+/// that still have no outcome are pushed again too: their member makes that a no-op unless the
 /// earlier push was lost, so repeating a retry that failed half-way finishes it.
 pub async fn retry(conn: &ConnectionManager, config: &Config, run_id: &RunId, outcomes: &[Outcome]) -> anyhow::Result<Retried> {
     let records = RunRecords::for_config(conn.clone(), &config.runs);
@@ -41,20 +41,16 @@ pub async fn retry(conn: &ConnectionManager, config: &Config, run_id: &RunId, ou
         .map(|(org, attempt)| {
             let planned = SpikeProjectionJob::planned(run_id.clone(), *org, 0, plan.tick, projects.get(org).cloned().unwrap_or_default());
             let job = SpikeProjectionJob { attempt: *attempt, ..planned };
-            projector_queue::task(&job, now, job.idempotency_key())
+            projector_queue::task(&job, now)
         })
         .collect();
     let mut enqueued = 0;
     for chunk in tasks.chunks(2_000) {
-        enqueued += projector_queue::push(conn, chunk, config.runs.dedup_window).await.map_err(|e| {
+        enqueued += projector_queue::push(conn, run_id, chunk, config.runs.dedup_window).await.map_err(|e| {
             anyhow::anyhow!(
                 "the orgs are reopened but enqueuing their jobs failed: {e}; run `projectorctl runs retry {run_id}` again to push the rest"
             )
         })?;
-    }
-    if enqueued > 0 {
-        // Workers find the jobs at their next poll anyway; this only saves them the wait.
-        let _ = projector_shared::events::announce_jobs_ready(conn).await;
     }
     tracing::warn!(run_id = %run_id, reopened = reopened.len(), enqueued, outcomes = ?outcomes.iter().map(|o| o.as_str()).collect::<Vec<_>>(), "run retried by an operator");
     Ok(Retried { run_id: run_id.0.clone(), reopened: reopened.into_iter().map(|(o, n)| (o.0, n)).collect(), enqueued })

@@ -236,7 +236,7 @@ enum RunsAction {
         config: ConfigArgs,
     },
     /// Run a run's orgs again that ended in the given outcomes, as a follow-up attempt linked to
-    /// the run (new idempotency keys {run}:org-{id}:a<n>); orgs that completed are never re-run.
+    /// the run (each with its own dedupe member <org>:a<n>); orgs that completed are never re-run.
     /// The run's record then shows each org's latest outcome and keeps earlier attempts.
     Retry {
         run_id: String,

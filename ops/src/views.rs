@@ -128,7 +128,7 @@ impl std::error::Error for NotFound {}
 /// The error for a run with no record, saying where to look.
 pub(crate) fn no_record(config: &Config, run_id: &RunId) -> anyhow::Error {
     NotFound(format!(
-        "no record of run {run_id} in {} (records are kept runs.retention; `projectorctl runs list` shows the recent ones)",
+        "no record of run {run_id} in {} (per-org records are kept runs.retention, summaries runs.summary_retention; `projectorctl runs list` shows the recent ones)",
         Endpoint::from(&config.redis).redacted()
     ))
     .into()
@@ -193,11 +193,14 @@ struct RunDetail {
     not_completed_total: usize,
     open: Vec<OrgId>,
     end_times: Vec<i64>,
+    /// The per-org records are gone (`runs.retention`); only the run's summary is left.
+    orgs_expired: bool,
 }
 
 async fn run_detail(config: &Config, records: &RunRecords, run_id: &RunId, listed: Listed) -> anyhow::Result<RunDetail> {
     let run = run_record(config, records, run_id).await?;
     let orgs = records.orgs(run_id).await?;
+    let orgs_expired = orgs.is_empty() && run.orgs_total > 0;
     let open = orgs.iter().filter(|o| o.outcome.is_none()).map(|o| o.org).collect();
     let mut not_completed: Vec<OrgRecord> = orgs.into_iter().filter(|o| o.outcome.is_some_and(|x| x != Outcome::Completed)).collect();
     let not_completed_total = not_completed.len();
@@ -206,7 +209,7 @@ async fn run_detail(config: &Config, records: &RunRecords, run_id: &RunId, liste
     }
     records.trails(run_id, &mut not_completed).await?;
     let end_times = records.end_times(run_id, PROGRESS_SAMPLE).await?;
-    Ok(RunDetail { run, not_completed, not_completed_total, open, end_times })
+    Ok(RunDetail { run, not_completed, not_completed_total, open, end_times, orgs_expired })
 }
 
 fn run_detail_json(d: &RunDetail, now: DateTime<Utc>) -> Value {
@@ -214,6 +217,7 @@ fn run_detail_json(d: &RunDetail, now: DateTime<Utc>) -> Value {
     value["not_completed"] = json!(d.not_completed.iter().map(org_json).collect::<Vec<_>>());
     value["not_completed_total"] = json!(d.not_completed_total);
     value["open_org_ids"] = json!(d.open.iter().map(|o| o.0).collect::<Vec<_>>());
+    value["per_org_records"] = json!(if d.orgs_expired { "expired" } else { "kept" });
     value["progress"] =
         json!(progress(&d.run, &d.end_times, 10).iter().map(|(ms, n)| json!({"after_ms": ms, "accounted": n})).collect::<Vec<_>>());
     value
@@ -245,6 +249,13 @@ pub async fn runs_show(config: &Config, run_id: &str, listed: Listed, as_json: b
     out.push('\n');
     for (outcome, n) in &run.counts {
         let _ = writeln!(out, "  {:<20}{:>8}", outcome.as_str(), n);
+    }
+    if detail.orgs_expired {
+        let _ = writeln!(
+            out,
+            "per-org records expired (kept runs.retention = {}): this is the run's summary; explain and retry need them",
+            humantime::format_duration(config.runs.retention)
+        );
     }
     if !detail.not_completed.is_empty() {
         let _ = writeln!(out, "orgs that did not complete (`projectorctl explain {} <org>` tells the whole story):", run.run_id);

@@ -1,5 +1,5 @@
 //! The job queue: everything that knows apalis-redis's keys, status strings and Lua — its
-//! settings, building and pushing tasks (delayed, with idempotency keys), moving due jobs to the
+//! settings, building and pushing jobs (delayed, deduplicated per run), moving due jobs to the
 //! ready list in bounded steps, quarantining entries apalis cannot fetch, the vacuum of finished
 //! jobs and the queue depth. Used by the scheduler's fan-out and by the worker. It relies on
 //! apalis-redis 1.0.0's internal layout (docs/apalis-redis.md), hence the exact version pin.
@@ -7,9 +7,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use apalis_core::task::builder::TaskBuilder;
-use apalis_redis::RedisTask;
-use projector_shared::{SpikeProjectionJob, keys};
+use projector_shared::{RunId, SpikeProjectionJob, keys};
 use redis::aio::ConnectionManager;
 
 /// At most this many due jobs are moved to the ready list per script call.
@@ -56,18 +54,48 @@ pub fn config() -> apalis_redis::Config {
         .emit_events(false)
 }
 
-/// A job as a queue task: runnable from `run_at` (unix seconds), dropped on push if a task with
-/// the same idempotency key was pushed before.
-pub fn task(job: &SpikeProjectionJob, run_at: u64, idempotency_key: String) -> RedisTask {
-    TaskBuilder::new(job.encode()).run_at_timestamp(run_at).idempotency_key(idempotency_key).build()
+/// A job ready to push: its queue id, its member in the run's dedupe set, its payload and when it
+/// may run (unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedJob {
+    pub id: String,
+    pub member: String,
+    pub payload: Vec<u8>,
+    pub run_at: u64,
 }
 
-/// Pushes tasks in one script call; returns how many were new (the rest were duplicates). Each
-/// task's idempotency key is kept `dedup_window` (`runs.dedup_window`).
-pub async fn push(conn: &ConnectionManager, tasks: &[RedisTask], dedup_window: Duration) -> Result<u64, apalis_redis::Error> {
-    let config = config().idempotency_ttl(Some(dedup_window));
-    let (ready, scheduled) = apalis_redis::queries::push_tasks(&mut conn.clone(), &config, tasks).await?;
-    Ok(u64::from(ready) + u64::from(scheduled))
+/// A job as the queue holds it: runnable from `run_at` (unix seconds), under a fresh id, dropped
+/// on push if its run already holds its dedupe member.
+pub fn task(job: &SpikeProjectionJob, run_at: u64) -> QueuedJob {
+    QueuedJob { id: ulid::Ulid::generate().to_string(), member: job.dedupe_member(), payload: job.encode(), run_at }
+}
+
+/// apalis's default, written into each job's metadata as apalis-redis's own push would.
+const MAX_ATTEMPTS: u32 = 25;
+
+/// Enqueues jobs of one run; its contract is in the file's header.
+static PUSH_JOBS: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("../../lua/push_jobs.lua")));
+
+/// Pushes jobs of `run_id` in one script call; returns how many were new (the rest were
+/// duplicates). Jobs due now go straight to the ready list and wake the fetchers. The run's
+/// dedupe set is kept `dedup_window` (`runs.dedup_window`) after its last push.
+pub async fn push(conn: &ConnectionManager, run_id: &RunId, jobs: &[QueuedJob], dedup_window: Duration) -> Result<u64, redis::RedisError> {
+    let config = config();
+    let mut invocation = PUSH_JOBS.key(config.job_data_hash());
+    invocation
+        .key(config.active_jobs_list())
+        .key(config.signal_list())
+        .key(config.scheduled_jobs_set())
+        .key(keys::job_dedupe(run_id))
+        .arg(config.job_meta_hash())
+        .arg(u64::try_from(dedup_window.as_millis()).unwrap_or(u64::MAX).max(1))
+        .arg(MAX_ATTEMPTS)
+        .arg(keys::JOBS_READY_CHANNEL);
+    for job in jobs {
+        invocation.arg(&job.id).arg(&job.member).arg(&job.payload[..]).arg(job.run_at);
+    }
+    let (ready, scheduled): (u64, u64) = invocation.invoke_async(&mut conn.clone()).await?;
+    Ok(ready + scheduled)
 }
 
 /// A queue entry apalis-redis cannot fetch, moved to the dead set.

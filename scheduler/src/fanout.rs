@@ -50,7 +50,7 @@ pub struct Plan {
     pub jobs: Vec<PlannedJob>,
     /// Lines of the organizations file that were skipped.
     pub bad_lines: BadLines,
-    /// How long the run's record and its jobs' idempotency keys are kept.
+    /// How long the run's record, and its dedupe set, are kept.
     pub runs: RunsConfig,
 }
 
@@ -110,7 +110,7 @@ impl Plan {
     }
 }
 
-/// What an enqueue did: jobs new to the queue, and jobs already there (same idempotency key).
+/// What an enqueue did: jobs new to the queue, and jobs pushed before (the run's dedupe set).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Enqueued {
     pub new: u64,
@@ -118,7 +118,7 @@ pub struct Enqueued {
 }
 
 /// Creates the run record and enqueues every job of the plan as a delayed job. Safe to repeat for
-/// the same run id: idempotency keys (`{run}:org-{id}`) drop the jobs already enqueued.
+/// the same run id: the run's dedupe set drops the jobs already enqueued.
 pub async fn enqueue(conn: &ConnectionManager, plan: &Plan) -> Result<Enqueued, Error> {
     let enqueue_error = |detail: String| Error::Enqueue { run_id: plan.run_id.to_string(), detail };
     let records = RunRecords::for_config(conn.clone(), &plan.runs);
@@ -146,29 +146,23 @@ fn push_chunks<T>(jobs: &[T]) -> impl Iterator<Item = &[T]> {
     std::iter::once(first).filter(|c| !c.is_empty()).chain(rest.chunks(PUSH_CHUNK))
 }
 
-/// Pushes jobs in bulk script calls; jobs already enqueued (same idempotency key) are skipped.
+/// Pushes jobs in bulk script calls; jobs already enqueued (in the run's dedupe set) are skipped.
 async fn push_jobs(conn: &ConnectionManager, run_id: &RunId, jobs: &[PlannedJob], dedup_window: Duration) -> Result<Enqueued, Error> {
     let mut new = 0u64;
     for chunk in push_chunks(jobs) {
-        let tasks: Vec<_> =
-            chunk.iter().map(|p| queue::task(&p.job, p.release_at.timestamp().max(0) as u64, p.job.idempotency_key())).collect();
-        new += queue::push(conn, &tasks, dedup_window).await.map_err(|e| Error::Enqueue {
+        let tasks: Vec<_> = chunk.iter().map(|p| queue::task(&p.job, p.release_at.timestamp().max(0) as u64)).collect();
+        // Jobs due now go to the ready list and the push wakes idle workers itself.
+        new += queue::push(conn, run_id, &tasks, dedup_window).await.map_err(|e| Error::Enqueue {
             run_id: run_id.to_string(),
             detail: format!("{e} (jobs enqueued so far stay; finish the run with run-once --resume {run_id})"),
         })?;
-        // Jobs due now: idle workers fetch at once rather than at their next poll.
-        if chunk.first().is_some_and(|p| p.release_at <= Utc::now())
-            && let Err(e) = projector_shared::events::announce_jobs_ready(conn).await
-        {
-            tracing::debug!(run_id = %run_id, error = %e, "cannot announce ready jobs; workers find them at their next poll");
-        }
         tracing::debug!(run_id = %run_id, jobs = chunk.len(), enqueued_so_far = new, "jobs enqueued");
     }
     Ok(Enqueued { new, duplicates: jobs.len() as u64 - new })
 }
 
 /// Finishes the fan-out of a run that was cut short, from the plan stored with it: every planned
-/// org's job is enqueued again under its idempotency key, so only the missing ones are new. They
+/// org's job is enqueued again, and the run's dedupe set lets only the missing ones in. They
 /// are released now (spread as the fan-out spreads them), not at their batch's original time.
 pub async fn resume(conn: &ConnectionManager, run_id: &RunId, runs: &RunsConfig) -> Result<Enqueued, Error> {
     let records = RunRecords::for_config(conn.clone(), runs);

@@ -39,14 +39,24 @@ pub fn sample(bytes: &[u8]) -> String {
 }
 
 impl SpikeProjectionJob {
-    /// The key that makes enqueueing the same org twice in one run a no-op.
-    /// A follow-up attempt has its own (`{run}:org-{id}:a<n>`), so a retry is not taken for a
-    /// duplicate of the job it follows.
-    pub fn idempotency_key(&self) -> String {
-        match self.attempt {
-            0 => format!("{}:org-{}", self.run_id, self.org_id),
-            n => format!("{}:org-{}:a{n}", self.run_id, self.org_id),
+    /// The job's member in its run's dedupe set (`keys::job_dedupe`): pushing a job whose member
+    /// the run already holds is a no-op. `<org>` for the run's own job; a follow-up attempt has
+    /// its own (`<org>:a<n>`), so a retry is not taken for a duplicate of the job it follows, and
+    /// so has a reschedule (`…:r<n>`).
+    pub fn dedupe_member(&self) -> String {
+        let mut member = self.org_id.to_string();
+        if self.attempt > 0 {
+            member.push_str(&format!(":a{}", self.attempt));
         }
+        if self.reschedules > 0 {
+            member.push_str(&format!(":r{}", self.reschedules));
+        }
+        member
+    }
+
+    /// The same, unique across runs (`<run>:<member>`): the embedded run's in-memory queue key.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}:{}", self.run_id, self.dedupe_member())
     }
 
     /// The job for one planned org of a run: the one way a run's jobs are built, by the fan-out,
@@ -103,10 +113,13 @@ mod tests {
     }
 
     #[test]
-    fn idempotency_key_names_run_and_org() {
-        assert_eq!(job().idempotency_key(), "run-x:org-42");
+    fn dedupe_member_names_org_attempt_and_reschedule() {
+        assert_eq!(job().dedupe_member(), "42");
+        assert_eq!(job().idempotency_key(), "run-x:42");
+        assert_eq!(SpikeProjectionJob { reschedules: 3, ..job() }.dedupe_member(), "42:r3");
+        assert_eq!(SpikeProjectionJob { attempt: 2, reschedules: 1, ..job() }.dedupe_member(), "42:a2:r1");
         let retry = SpikeProjectionJob { attempt: 2, ..job() };
-        assert_eq!(retry.idempotency_key(), "run-x:org-42:a2");
+        assert_eq!(retry.dedupe_member(), "42:a2");
         let wire: serde_json::Value = serde_json::from_slice(&retry.encode()).expect("JSON");
         assert_eq!(wire["attempt"], 2);
         assert!(serde_json::from_slice::<serde_json::Value>(&job().encode()).expect("JSON").get("attempt").is_none());

@@ -124,6 +124,12 @@ pub fn projection_field(project: crate::ProjectId) -> String {
 /// The apalis-redis queue of spike-projection jobs (apalis derives its own keys from it).
 pub const JOB_QUEUE: &str = "projector:spike-projection";
 
+/// Set of one run's jobs pushed within `runs.dedup_window`, by member
+/// (`SpikeProjectionJob::dedupe_member`): a job whose member is there is not pushed again.
+pub fn job_dedupe(run_id: &crate::RunId) -> String {
+    format!("{JOB_QUEUE}:dedupe:{}", run_id.0)
+}
+
 /// Hash of one run: `run_id`, `tick`, `orgs_total`, `enqueued`, and a counter per outcome.
 pub fn run(run_id: &crate::RunId) -> String {
     format!("projector:run:{}", run_id.0)

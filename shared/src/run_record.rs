@@ -71,17 +71,26 @@ pub struct RunRecords {
     retention: Duration,
     /// How long the orgs' trails live after the run's last write (`runs.trail_retention`).
     trail_retention: Duration,
+    /// How long the run's summary lives after its last write (`runs.summary_retention`).
+    summary_retention: Duration,
 }
 
 impl RunRecords {
-    /// Records written through this one live `retention` after their last write, trails included.
+    /// Records written through this one live `retention` after their last write, trails and
+    /// summaries included.
     pub fn new(conn: ConnectionManager, retention: Duration) -> Self {
-        RunRecords { conn, retention, trail_retention: retention }
+        RunRecords { conn, retention, trail_retention: retention, summary_retention: retention }
     }
 
-    /// Records kept as `[runs]` says: `runs.retention`, and `runs.trail_retention` for trails.
+    /// Records kept as `[runs]` says: `runs.retention`, `runs.trail_retention` for trails and
+    /// `runs.summary_retention` for the run's summary.
     pub fn for_config(conn: ConnectionManager, runs: &projector_config::RunsConfig) -> Self {
-        RunRecords { conn, retention: runs.retention, trail_retention: runs.trail_retention }
+        RunRecords {
+            conn,
+            retention: runs.retention,
+            trail_retention: runs.trail_retention,
+            summary_retention: runs.summary_retention.max(runs.retention),
+        }
     }
 
     fn retention_ms(&self) -> u64 {
@@ -92,11 +101,16 @@ impl RunRecords {
         u64::try_from(self.trail_retention.as_millis()).unwrap_or(u64::MAX)
     }
 
+    fn summary_retention_ms(&self) -> u64 {
+        u64::try_from(self.summary_retention.as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// Creates (or, for a re-run of the same tick, keeps) the record of a run of `orgs_total` orgs,
     /// and lists it among the recent runs (`projectorctl runs list`).
     pub async fn create(&self, run_id: &RunId, tick: DateTime<Utc>, orgs_total: u64) -> Result<(), Error> {
         let key = keys::run(run_id);
-        let ttl = self.retention_ms();
+        // The record hash is the run's summary: it and the runs index outlive the per-org hashes.
+        let ttl = self.summary_retention_ms();
         let ttl_ms = i64::try_from(ttl).unwrap_or(i64::MAX);
         redis::pipe()
             .atomic()
@@ -132,7 +146,8 @@ impl RunRecords {
                 .arg(attempt.attempt)
                 .arg(&line)
                 .arg(trail::KEPT_ATTEMPTS)
-                .arg(self.trail_retention_ms());
+                .arg(self.trail_retention_ms())
+                .arg(self.summary_retention_ms());
             async move { invocation.invoke_async(&mut conn).await }
         })
         .await
@@ -531,7 +546,8 @@ impl RunRecords {
                 .arg(trail::KEPT_ATTEMPTS)
                 .arg(self.trail_retention_ms())
                 .arg(&run_id.0)
-                .arg(keys::CANCELS_CHANNEL);
+                .arg(keys::CANCELS_CHANNEL)
+                .arg(self.summary_retention_ms());
             for org in chunk {
                 invocation.arg(*org);
             }

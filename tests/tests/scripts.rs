@@ -378,6 +378,66 @@ fn run_record_refreshes_ttls_a_quarter_retention_after_the_last_refresh_and_alwa
     });
 }
 
+/// After `runs.retention` only the run's summary is left: the record hash and the runs index
+/// live `runs.summary_retention`, the per-org hashes `runs.retention`, and `runs show` and
+/// `runs list` still give the counts once the per-org hashes are gone.
+#[test]
+fn the_runs_summary_outlives_its_per_org_records() {
+    let server = RedisServer::start();
+    let runs = projector_config::RunsConfig {
+        retention: Duration::from_secs(600),
+        summary_retention: Duration::from_secs(36_000),
+        trail_retention: Duration::from_secs(300),
+        dedup_window: Duration::from_secs(60),
+    };
+    let (run, cancelled) = (RunId("run-summary".into()), RunId("run-summary-cancelled".into()));
+    runtime().block_on(async {
+        let records = RunRecords::for_config(manager(&server), &runs);
+        for (id, total) in [(&run, 2), (&cancelled, 1)] {
+            records.create(id, Utc::now(), total).await.expect("create");
+            let plan: Vec<_> = (1..=total).map(|o| (OrgId(o), vec![])).collect();
+            records.store_plan(id, &plan).await.expect("plan");
+        }
+        records.record(&run, OrgId(1), &Attempt::bare(Outcome::Completed)).await.expect("record");
+        records.record(&run, OrgId(2), &Attempt::bare(Outcome::Failed)).await.expect("record");
+        records.cancel(&cancelled).await.expect("cancel");
+    });
+    let mut conn = server.connection();
+    let pttl = |key: &str, conn: &mut redis::Connection| -> i64 { redis::cmd("PTTL").arg(key).query(conn).expect("pttl") };
+    let within = |ttl: i64, full: Duration| ttl > full.as_millis() as i64 - 60_000 && ttl <= full.as_millis() as i64;
+    for id in [&run, &cancelled] {
+        let summary = projector_shared::keys::run(id);
+        assert!(within(pttl(&summary, &mut conn), runs.summary_retention), "{summary} lives runs.summary_retention");
+        for key in [projector_shared::keys::run_orgs(id), projector_shared::keys::run_plan(id)] {
+            assert!(within(pttl(&key, &mut conn), runs.retention), "{key} lives runs.retention: {}", pttl(&key, &mut conn));
+        }
+        assert!(within(pttl(&projector_shared::keys::run_trail(id), &mut conn), runs.trail_retention));
+    }
+    assert!(within(pttl(projector_shared::keys::RUNS, &mut conn), runs.summary_retention), "the runs index too");
+
+    // runs.retention later: Redis has dropped every per-org hash.
+    let per_org: Vec<String> = redis::cmd("KEYS").arg("projector:run:run-summary*:*").query(&mut conn).expect("keys");
+    assert!(!per_org.is_empty());
+    let _: () = redis::cmd("DEL").arg(&per_org).query(&mut conn).expect("del");
+    let ctl = |args: &[&str]| -> serde_json::Value {
+        let out = projector_tests::command(projector_tests::workspace_bin("projectorctl"))
+            .args(args)
+            .env("PROJECTOR_REDIS_URL", server.url())
+            .env("PROJECTOR_RUNS_RETENTION", "10m")
+            .output()
+            .expect("projectorctl");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    };
+    let shown = ctl(&["runs", "show", &run.0, "--json"]);
+    assert_eq!(shown["per_org_records"], "expired", "{shown}");
+    assert_eq!((shown["outcomes"]["completed"].as_u64(), shown["outcomes"]["failed"].as_u64()), (Some(1), Some(1)), "{shown}");
+    assert_eq!(shown["orgs_total"], 2, "{shown}");
+    let listed = ctl(&["runs", "list", "--json"]);
+    let ids: Vec<&str> = listed["runs"].as_array().expect("runs").iter().filter_map(|r| r["run_id"].as_str()).collect();
+    assert!(ids.contains(&run.0.as_str()) && ids.contains(&cancelled.0.as_str()), "{listed}");
+}
+
 #[test]
 fn run_record_keeps_the_first_outcome_refuses_strangers_and_names_the_last_org() {
     let server = RedisServer::start();
@@ -470,26 +530,59 @@ fn heartbeat_beat_and_alive_count_workers_on_redis_time() {
     });
 }
 
+/// The push deduplicates by one set per run (kept `runs.dedup_window`), sends a job due now
+/// straight to the ready list and a later one to the scheduled set, and writes the metadata
+/// apalis's fetch reads.
 #[test]
-fn push_drops_a_duplicate_and_keeps_its_idempotency_key_for_the_dedup_window() {
+fn push_drops_a_duplicate_through_the_runs_dedupe_set_and_sends_due_jobs_to_the_ready_list() {
     let server = RedisServer::start();
+    let queue = projector_queue::config();
     let window = Duration::from_secs(120);
-    let job = projector_shared::SpikeProjectionJob::planned(RunId("run-dedup".into()), OrgId(7), 0, Utc::now(), vec![]);
-    let run_at = Utc::now().timestamp() as u64 + 3_600;
-    let (first, again) = runtime().block_on(async {
+    let run = RunId("run-dedup".into());
+    let job = |org: u64| projector_shared::SpikeProjectionJob::planned(run.clone(), OrgId(org), 0, Utc::now(), vec![]);
+    let now = Utc::now().timestamp() as u64;
+    let retry = projector_shared::SpikeProjectionJob { attempt: 1, ..job(7) };
+    let (first, again, follow_up) = runtime().block_on(async {
         let conn = manager(&server);
-        let first =
-            projector_queue::push(&conn, &[projector_queue::task(&job, run_at, job.idempotency_key())], window).await.expect("push");
-        let again =
-            projector_queue::push(&conn, &[projector_queue::task(&job, run_at, job.idempotency_key())], window).await.expect("push");
-        (first, again)
+        let push = |jobs: Vec<projector_queue::QueuedJob>| {
+            let conn = conn.clone();
+            let run = run.clone();
+            async move { projector_queue::push(&conn, &run, &jobs, window).await.expect("push") }
+        };
+        let first = push(vec![projector_queue::task(&job(7), now), projector_queue::task(&job(8), now + 3_600)]).await;
+        let again = push(vec![projector_queue::task(&job(7), now), projector_queue::task(&job(8), now + 3_600)]).await;
+        let follow_up = push(vec![projector_queue::task(&retry, now)]).await;
+        (first, again, follow_up)
     });
-    assert_eq!((first, again), (1, 0), "the second push of the same (run, org) is dropped");
+    assert_eq!((first, again, follow_up), (2, 0, 1), "a second push of the same jobs is dropped; a follow-up attempt is not a duplicate");
     let mut conn = server.connection();
-    let keys: Vec<String> = redis::cmd("KEYS").arg("*idempotency*").query(&mut conn).expect("keys");
-    assert_eq!(keys.len(), 1, "{keys:?}");
-    let ttl: i64 = redis::cmd("PTTL").arg(&keys[0]).query(&mut conn).expect("pttl");
-    assert!(ttl > 0 && ttl <= window.as_millis() as i64, "the key lives runs.dedup_window, not forever: {ttl} ms");
+    let ready: Vec<String> = redis::cmd("LRANGE").arg(queue.active_jobs_list()).arg(0).arg(-1).query(&mut conn).expect("lrange");
+    let scheduled: Vec<String> = redis::cmd("ZRANGE").arg(queue.scheduled_jobs_set()).arg(0).arg(-1).query(&mut conn).expect("zrange");
+    let payload = |conn: &mut redis::Connection, id: &str| -> serde_json::Value {
+        let data: Vec<u8> = redis::cmd("HGET").arg(queue.job_data_hash()).arg(id).query(conn).expect("hget");
+        serde_json::from_slice(&data).expect("JSON payload")
+    };
+    let ready_orgs: Vec<(u64, u64)> = ready
+        .iter()
+        .map(|id| payload(&mut conn, id))
+        .map(|p| (p["org_id"].as_u64().unwrap_or(0), p["attempt"].as_u64().unwrap_or(0)))
+        .collect();
+    assert_eq!(ready_orgs, vec![(7, 0), (7, 1)], "jobs due now wait on the ready list, in push order");
+    assert_eq!(scheduled.len(), 1, "the job due in an hour waits in the scheduled set");
+    assert_eq!(payload(&mut conn, &scheduled[0])["org_id"], 8);
+    let mut meta: Vec<(String, String)> =
+        redis::cmd("HGETALL").arg(format!("{}:{}", queue.job_meta_hash(), ready[0])).query(&mut conn).expect("meta");
+    meta.sort();
+    let expected: Vec<(String, String)> =
+        [("attempts", "0"), ("max_attempts", "25"), ("status", "Pending")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    assert_eq!(meta, expected, "the metadata apalis's fetch needs, nothing more");
+    let legacy: Vec<String> = redis::cmd("KEYS").arg("*idempotency*").query(&mut conn).expect("keys");
+    assert!(legacy.is_empty(), "no key per job: {legacy:?}");
+    let mut members: Vec<String> = redis::cmd("SMEMBERS").arg(projector_shared::keys::job_dedupe(&run)).query(&mut conn).expect("smembers");
+    members.sort();
+    assert_eq!(members, vec!["7", "7:a1", "8"]);
+    let ttl: i64 = redis::cmd("PTTL").arg(projector_shared::keys::job_dedupe(&run)).query(&mut conn).expect("pttl");
+    assert!(ttl > 0 && ttl <= window.as_millis() as i64, "the set lives runs.dedup_window, not forever: {ttl} ms");
 }
 
 #[test]
@@ -500,8 +593,8 @@ fn dead_jobs_are_listed_with_their_reason_requeued_when_runnable_and_purged() {
     let mut sync = server.connection();
     let id = runtime().block_on(async {
         let conn = manager(&server);
-        let task = projector_queue::task(&job, Utc::now().timestamp() as u64, job.idempotency_key());
-        projector_queue::push(&conn, &[task], Duration::from_secs(60)).await.expect("push");
+        let task = projector_queue::task(&job, Utc::now().timestamp() as u64);
+        projector_queue::push(&conn, &job.run_id, &[task], Duration::from_secs(60)).await.expect("push");
         projector_queue::promote_due(&conn).await.expect("promote");
         let ids: Vec<String> = redis::cmd("LRANGE").arg(queue.active_jobs_list()).arg(0).arg(-1).query(&mut sync).expect("lrange");
         ids.into_iter().next().expect("the job is ready")

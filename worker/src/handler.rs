@@ -85,7 +85,7 @@ impl RolloutFlag {
 pub struct Rescheduler {
     pub conn: ConnectionManager,
     pub max_reschedules: u32,
-    /// `runs.dedup_window`: how long the rescheduled job's idempotency key is kept.
+    /// `runs.dedup_window`: how long the run's dedupe set keeps the rescheduled job's member.
     pub dedup_window: Duration,
 }
 
@@ -108,9 +108,9 @@ impl Rescheduler {
             None => 2u64.pow(next.reschedules.min(6)) + rand::rng().random_range(0..3),
         };
         let run_at = chrono::Utc::now().timestamp().max(0) as u64 + backoff;
-        let task = queue::task(&next, run_at, format!("{}:r{}", job.idempotency_key(), next.reschedules));
-        // apalis_redis::Error is not a redis::RedisError, so Error::redis does not apply here.
-        queue::push(&self.conn, &[task], self.dedup_window).await.map(|_| ()).map_err(|e| {
+        // The reschedule's own dedupe member (`<org>:r<n>`): not a duplicate of the job it follows.
+        let task = queue::task(&next, run_at);
+        queue::push(&self.conn, &job.run_id, &[task], self.dedup_window).await.map(|_| ()).map_err(|e| {
             Error::Shared(projector_shared::Error::Redis { doing: format!("rescheduling org {}", job.org_id), detail: e.to_string() })
         })
     }
