@@ -19,7 +19,7 @@ pub struct SpikeProjectionJob {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub project_ids: Vec<ProjectId>,
     /// How many times a slot timeout re-enqueued this job (`slots.on_timeout = "reschedule"`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub reschedules: u32,
     /// 0 for the run's own job; n for the n-th follow-up attempt (`projectorctl runs retry`).
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -122,6 +122,7 @@ mod tests {
         assert_eq!(retry.dedupe_member(), "42:a2");
         let wire: serde_json::Value = serde_json::from_slice(&retry.encode()).expect("JSON");
         assert_eq!(wire["attempt"], 2);
-        assert!(serde_json::from_slice::<serde_json::Value>(&job().encode()).expect("JSON").get("attempt").is_none());
+        let first: serde_json::Value = serde_json::from_slice(&job().encode()).expect("JSON");
+        assert!(first.get("attempt").is_none() && first.get("reschedules").is_none(), "zeros stay off the wire: {first}");
     }
 }
