@@ -222,6 +222,8 @@ keys! {
         "with rediss://: PEM file of the CA that signed the server's certificate (default: the system's roots)";
     "redis.tls_insecure" => redis.tls_insecure: Bool, default Some("false"),
         "with rediss://: accept any server certificate (self-signed staging servers only; same as a #insecure URL)";
+    "redis.cluster" => redis.cluster: Bool, default Some("false"),
+        "redis.url is one node of a Redis Cluster (the others are found from it): keys get hash tags so that the keys of each script share a cluster slot. Key names differ from a single server's, so switch with an empty queue";
     "slots.limit" => slots.limit: Int(1, 100_000), default Some("50"),
         "slots held at once across the whole fleet (keep it below the query service's per-referrer limit of 100)";
     "slots.lease_ttl" => slots.lease_ttl: Dur(MILLIS(300), DAY), default Some("30s"),

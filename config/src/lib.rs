@@ -64,6 +64,8 @@ pub struct RedisConfig {
     pub tls_ca_file: Option<PathBuf>,
     /// Accept any server certificate (`rediss://` only; self-signed staging servers).
     pub tls_insecure: bool,
+    /// `url` is one node of a Redis Cluster.
+    pub cluster: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -4,10 +4,10 @@
 use anyhow::Context;
 use chrono::Utc;
 use projector_config::Config;
+use projector_shared::redis_conn::RedisConn;
 use projector_shared::run::Outcome;
 use projector_shared::run_record::RunRecords;
 use projector_shared::{OrgId, RunId, SpikeProjectionJob};
-use redis::aio::ConnectionManager;
 
 /// The outcomes `runs retry` picks when none are named: every one that did not complete, but
 /// not `cancelled` (an operator stopped those on purpose; name it to retry them).
@@ -28,7 +28,7 @@ pub struct Retried {
 /// each (dedupe member `<org>:a<n>`), runnable now. Orgs reopened by an earlier retry
 /// that still have no outcome are pushed again too: their member makes that a no-op unless the
 /// earlier push was lost, so repeating a retry that failed half-way finishes it.
-pub async fn retry(conn: &ConnectionManager, config: &Config, run_id: &RunId, outcomes: &[Outcome]) -> anyhow::Result<Retried> {
+pub async fn retry(conn: &RedisConn, config: &Config, run_id: &RunId, outcomes: &[Outcome]) -> anyhow::Result<Retried> {
     let records = RunRecords::for_config(conn.clone(), &config.runs);
     let Some(plan) = records.plan(run_id).await? else { return Err(crate::views::no_record(config, run_id)) };
     let reopened = records.reopen(run_id, outcomes).await.with_context(|| format!("reopening orgs of run {run_id}"))?;
@@ -67,7 +67,7 @@ pub struct Cancelled {
 
 /// Cancels a run: its open orgs end as `cancelled` first (so a job fetched meanwhile is refused
 /// before it queries), then its waiting jobs are removed from the queue.
-pub async fn cancel(conn: &ConnectionManager, config: &Config, run_id: &RunId) -> anyhow::Result<Cancelled> {
+pub async fn cancel(conn: &RedisConn, config: &Config, run_id: &RunId) -> anyhow::Result<Cancelled> {
     let records = RunRecords::for_config(conn.clone(), &config.runs);
     crate::views::run_record(config, &records, run_id).await?;
     let orgs_cancelled = records.cancel(run_id).await?;
@@ -79,14 +79,14 @@ pub async fn cancel(conn: &ConnectionManager, config: &Config, run_id: &RunId) -
 }
 
 /// Pauses the fleet (`projectorctl pause`, or the page): workers take no new job within a second.
-pub async fn pause(conn: &ConnectionManager, reason: &str) -> anyhow::Result<projector_shared::pause::Pause> {
+pub async fn pause(conn: &RedisConn, reason: &str) -> anyhow::Result<projector_shared::pause::Pause> {
     let pause = projector_shared::pause::pause(conn, reason).await?;
     tracing::warn!(reason = %pause.reason, "fleet paused");
     Ok(pause)
 }
 
 /// Ends a pause; `false` when there was none.
-pub async fn resume(conn: &ConnectionManager) -> anyhow::Result<bool> {
+pub async fn resume(conn: &RedisConn) -> anyhow::Result<bool> {
     let was = projector_shared::pause::resume(conn).await?;
     tracing::info!(was_paused = was, "fleet resumed");
     Ok(was)

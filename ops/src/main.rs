@@ -665,7 +665,7 @@ async fn db(config: &Config, action: DbAction) -> anyhow::Result<String> {
 }
 
 /// The policy in force now for query.referrer, with its live state, as text or one JSON object.
-async fn rate_report(config: &Config, conn: &redis::aio::ConnectionManager, json: bool) -> anyhow::Result<String> {
+async fn rate_report(config: &Config, conn: &projector_shared::redis_conn::RedisConn, json: bool) -> anyhow::Result<String> {
     let referrer = &config.query.referrer;
     let changes = store::runtime_changes(conn, referrer).await?;
     let rate = config
@@ -842,7 +842,7 @@ pub(crate) fn slot_limiter(config: &Config) -> anyhow::Result<RedisSlotLimiter> 
     Ok(RedisSlotLimiter::new(&config.redis, RedisSlotSettings::new(config.slots.limit, config.slots.lease_ttl))?)
 }
 
-pub(crate) fn connection(config: &Config) -> anyhow::Result<redis::aio::ConnectionManager> {
+pub(crate) fn connection(config: &Config) -> anyhow::Result<projector_shared::redis_conn::RedisConn> {
     let endpoint = Endpoint::from(&config.redis);
     let (_, conn) = projector_shared::redis_conn::connection_manager(&endpoint, std::time::Duration::from_secs(5))
         .with_context(|| format!("connecting to {}", endpoint.redacted()))?;

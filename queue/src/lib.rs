@@ -7,8 +7,8 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use projector_shared::redis_conn::RedisConn;
 use projector_shared::{RunId, SpikeProjectionJob, keys};
-use redis::aio::ConnectionManager;
 
 /// At most this many due jobs are moved to the ready list per script call.
 const PROMOTE_CHUNK: usize = 1_000;
@@ -17,7 +17,7 @@ const PROMOTE_CHUNK: usize = 1_000;
 static PROMOTE_DUE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("../../lua/promote_due.lua")));
 
 /// Moves every due job to the ready list in bounded steps; returns how many were moved.
-pub async fn promote_due(conn: &ConnectionManager) -> Result<u64, redis::RedisError> {
+pub async fn promote_due(conn: &RedisConn) -> Result<u64, redis::RedisError> {
     let config = config();
     let mut moved = 0u64;
     loop {
@@ -39,7 +39,7 @@ pub async fn promote_due(conn: &ConnectionManager) -> Result<u64, redis::RedisEr
 /// The apalis-redis settings every Projector process uses for the job queue.
 pub fn config() -> apalis_redis::Config {
     apalis_redis::Config::default()
-        .queue(keys::JOB_QUEUE)
+        .queue(keys::job_queue())
         // One job per fetch: prefetched jobs send no heartbeat and get run twice
         // (docs/apalis-redis.md#prefetch-runs-twice).
         .batch_size(1)
@@ -79,7 +79,7 @@ static PUSH_JOBS: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(
 /// Pushes jobs of `run_id` in one script call; returns how many were new (the rest were
 /// duplicates). Jobs due now go straight to the ready list and wake the fetchers. The run's
 /// dedupe set is kept `dedup_window` (`runs.dedup_window`) after its last push.
-pub async fn push(conn: &ConnectionManager, run_id: &RunId, jobs: &[QueuedJob], dedup_window: Duration) -> Result<u64, redis::RedisError> {
+pub async fn push(conn: &RedisConn, run_id: &RunId, jobs: &[QueuedJob], dedup_window: Duration) -> Result<u64, redis::RedisError> {
     let config = config();
     let mut invocation = PUSH_JOBS.key(config.job_data_hash());
     invocation
@@ -113,7 +113,7 @@ pub struct Quarantined {
 /// such an entry ("Task decoding error", "Invalid job data format", "Missing attempts in
 /// metadata"), and the orphan sweep would put it back to stop the next loop too, forever
 /// (docs/apalis-redis.md#undecodable-payload). Entries that can be fetched stay for the sweep.
-pub async fn quarantine_unfetchable(conn: &ConnectionManager, loop_name: &str) -> Result<Vec<Quarantined>, redis::RedisError> {
+pub async fn quarantine_unfetchable(conn: &RedisConn, loop_name: &str) -> Result<Vec<Quarantined>, redis::RedisError> {
     let config = config();
     let inflight = format!("{}:{loop_name}", config.inflight_jobs_set());
     let mut conn = conn.clone();
@@ -148,15 +148,15 @@ pub async fn quarantine_unfetchable(conn: &ConnectionManager, loop_name: &str) -
 
 /// Lets a running job loop's apalis worker metadata expire after `ttl` unless refreshed (by
 /// housekeeping, every round), so a worker killed with SIGKILL leaves nothing behind for good.
-pub async fn expire_worker(conn: &ConnectionManager, loop_name: &str, ttl: Duration) -> Result<(), redis::RedisError> {
-    let key = format!("{}:workers:metadata:{loop_name}", keys::JOB_QUEUE);
+pub async fn expire_worker(conn: &RedisConn, loop_name: &str, ttl: Duration) -> Result<(), redis::RedisError> {
+    let key = format!("{}:workers:metadata:{loop_name}", keys::job_queue());
     redis::cmd("PEXPIRE").arg(key).arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)).query_async::<()>(&mut conn.clone()).await
 }
 
 /// Deletes a finished job loop's apalis worker metadata (`…:workers:metadata:<name>`), which
 /// apalis keeps forever and would grow by one key per worker start or loop restart.
-pub async fn forget_worker(conn: &ConnectionManager, loop_name: &str) -> Result<(), redis::RedisError> {
-    let key = format!("{}:workers:metadata:{loop_name}", keys::JOB_QUEUE);
+pub async fn forget_worker(conn: &RedisConn, loop_name: &str) -> Result<(), redis::RedisError> {
+    let key = format!("{}:workers:metadata:{loop_name}", keys::job_queue());
     redis::cmd("DEL").arg(key).query_async::<()>(&mut conn.clone()).await
 }
 
@@ -167,7 +167,7 @@ static RETURN_UNSTARTED: LazyLock<redis::Script> = LazyLock::new(|| redis::Scrip
 /// list, and takes the loop out of apalis's set of loops; returns how many went back. Call it
 /// only once every job the loop started has ended and been acknowledged: an id still in its
 /// in-flight set is then one nobody runs.
-pub async fn return_unstarted(conn: &ConnectionManager, loop_name: &str) -> Result<u64, redis::RedisError> {
+pub async fn return_unstarted(conn: &RedisConn, loop_name: &str) -> Result<u64, redis::RedisError> {
     let config = config();
     RETURN_UNSTARTED
         .key(format!("{}:{loop_name}", config.inflight_jobs_set()))
@@ -190,7 +190,7 @@ static VACUUM_DONE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::ne
 /// data would be deleted and the retry would become a poison entry, losing its org
 /// (docs/apalis-redis.md#vacuum-deletes-retries). This one deletes only jobs in the done set, and
 /// keeps the dead set for operators.
-pub async fn vacuum_done(conn: &ConnectionManager) -> Result<u64, redis::RedisError> {
+pub async fn vacuum_done(conn: &RedisConn) -> Result<u64, redis::RedisError> {
     let config = config();
     let mut removed = 0u64;
     loop {
@@ -218,7 +218,7 @@ pub struct Depth {
 }
 
 /// The queue's depth, read from apalis-redis's keys (its own counts read the wrong ones).
-pub async fn depth(conn: &ConnectionManager) -> Result<Depth, redis::RedisError> {
+pub async fn depth(conn: &RedisConn) -> Result<Depth, redis::RedisError> {
     let config = config();
     let (ready, scheduled): (u64, u64) =
         redis::pipe().llen(config.active_jobs_list()).zcard(config.scheduled_jobs_set()).query_async(&mut conn.clone()).await?;
@@ -236,7 +236,7 @@ pub struct Overview {
 }
 
 /// Reads the [`Overview`]: two round trips (the job loops, then every count).
-pub async fn overview(conn: &ConnectionManager) -> Result<Overview, redis::RedisError> {
+pub async fn overview(conn: &RedisConn) -> Result<Overview, redis::RedisError> {
     let config = config();
     let mut conn = conn.clone();
     let loops: Vec<String> = redis::cmd("ZRANGE").arg(config.workers_set()).arg(0).arg(-1).query_async(&mut conn).await?;
@@ -261,7 +261,7 @@ pub struct DeadJob {
 }
 
 /// Every dead-lettered job, sorted by id, at most `limit`.
-pub async fn dead_jobs(conn: &ConnectionManager, limit: usize) -> Result<Vec<DeadJob>, redis::RedisError> {
+pub async fn dead_jobs(conn: &RedisConn, limit: usize) -> Result<Vec<DeadJob>, redis::RedisError> {
     let config = config();
     let mut conn = conn.clone();
     let mut ids: Vec<String> = redis::cmd("SMEMBERS").arg(config.dead_jobs_set()).query_async(&mut conn).await?;
@@ -301,7 +301,7 @@ pub struct DeadJobsChanged {
     pub left: u64,
 }
 
-async fn change_dead(conn: &ConnectionManager, action: &str, ids: &[String]) -> Result<DeadJobsChanged, redis::RedisError> {
+async fn change_dead(conn: &RedisConn, action: &str, ids: &[String]) -> Result<DeadJobsChanged, redis::RedisError> {
     let config = config();
     let mut invocation = DEAD_JOBS.key(config.dead_jobs_set());
     invocation.key(config.job_data_hash()).key(config.active_jobs_list()).key(config.signal_list()).key(config.job_meta_hash()).arg(action);
@@ -314,12 +314,12 @@ async fn change_dead(conn: &ConnectionManager, action: &str, ids: &[String]) -> 
 
 /// Puts dead jobs (`ids`, or every one when empty) back on the ready list with fresh metadata;
 /// a payload that is not JSON stays dead.
-pub async fn requeue_dead(conn: &ConnectionManager, ids: &[String]) -> Result<DeadJobsChanged, redis::RedisError> {
+pub async fn requeue_dead(conn: &RedisConn, ids: &[String]) -> Result<DeadJobsChanged, redis::RedisError> {
     change_dead(conn, "requeue", ids).await
 }
 
 /// Deletes dead jobs (`ids`, or every one when empty): their data and metadata.
-pub async fn purge_dead(conn: &ConnectionManager, ids: &[String]) -> Result<DeadJobsChanged, redis::RedisError> {
+pub async fn purge_dead(conn: &RedisConn, ids: &[String]) -> Result<DeadJobsChanged, redis::RedisError> {
     change_dead(conn, "purge", ids).await
 }
 
@@ -328,7 +328,7 @@ static REMOVE_JOBS: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::ne
 
 /// Removes every job of `run_id` that still waits in the queue (scheduled or ready), in bounded
 /// steps; returns how many. Jobs already fetched by a worker are left to it.
-pub async fn remove_run_jobs(conn: &ConnectionManager, run_id: &projector_shared::RunId) -> Result<u64, redis::RedisError> {
+pub async fn remove_run_jobs(conn: &RedisConn, run_id: &projector_shared::RunId) -> Result<u64, redis::RedisError> {
     let config = config();
     let mut conn = conn.clone();
     let mut waiting: Vec<String> = Vec::new();

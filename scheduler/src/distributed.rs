@@ -6,9 +6,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use projector_config::{Config, WhenPaused};
 use projector_shared::RunId;
+use projector_shared::redis_conn::RedisConn;
 use projector_shared::rollout::Rollout;
 use projector_shared::run::RunSummary;
-use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
@@ -34,13 +34,13 @@ pub enum RunOnceResult {
     Finished { summary: RunSummary, end: WaitEnd, workers_alive: Option<u64> },
 }
 
-fn connect(config: &Config) -> Result<ConnectionManager, Error> {
+fn connect(config: &Config) -> Result<RedisConn, Error> {
     projector_shared::redis_conn::connection_manager(&config.redis, Duration::from_secs(5))
         .map(|(_, conn)| conn)
         .map_err(|e| projector_shared::Error::redis("connecting")(e).into())
 }
 
-async fn plan(config: &Config, conn: &ConnectionManager, run_id: RunId, tick: DateTime<Utc>) -> Result<Plan, Error> {
+async fn plan(config: &Config, conn: &RedisConn, run_id: RunId, tick: DateTime<Utc>) -> Result<Plan, Error> {
     let orgs = list_orgs(config)?;
     let rollout = match Rollout::load(&mut conn.clone()).await {
         Ok(r) => r,
@@ -99,7 +99,7 @@ pub async fn run_once(config: &Config, mode: RunOnceMode, which: Which) -> Resul
 
 /// After the fan-out: return, or follow the run to its end.
 async fn follow(
-    conn: &ConnectionManager,
+    conn: &RedisConn,
     runs: &projector_config::RunsConfig,
     run_id: RunId,
     mode: RunOnceMode,

@@ -11,11 +11,11 @@ use projector_shared::run::BadLines;
 
 use crate::orgs::OrgList;
 use projector_queue as queue;
+use projector_shared::redis_conn::RedisConn;
 use projector_shared::rollout::Rollout;
 use projector_shared::run::RunSummary;
 use projector_shared::run_record::{OrgIds, RunRecords};
 use projector_shared::{RunId, SpikeProjectionJob};
-use redis::aio::ConnectionManager;
 
 use crate::error::Error;
 
@@ -119,7 +119,7 @@ pub struct Enqueued {
 
 /// Creates the run record and enqueues every job of the plan as a delayed job. Safe to repeat for
 /// the same run id: the run's dedupe set drops the jobs already enqueued.
-pub async fn enqueue(conn: &ConnectionManager, plan: &Plan) -> Result<Enqueued, Error> {
+pub async fn enqueue(conn: &RedisConn, plan: &Plan) -> Result<Enqueued, Error> {
     let enqueue_error = |detail: String| Error::Enqueue { run_id: plan.run_id.to_string(), detail };
     let records = RunRecords::for_config(conn.clone(), &plan.runs);
     records.create(&plan.run_id, plan.tick, plan.jobs.len() as u64).await.map_err(|e| enqueue_error(e.to_string()))?;
@@ -147,7 +147,7 @@ fn push_chunks<T>(jobs: &[T]) -> impl Iterator<Item = &[T]> {
 }
 
 /// Pushes jobs in bulk script calls; jobs already enqueued (in the run's dedupe set) are skipped.
-async fn push_jobs(conn: &ConnectionManager, run_id: &RunId, jobs: &[PlannedJob], dedup_window: Duration) -> Result<Enqueued, Error> {
+async fn push_jobs(conn: &RedisConn, run_id: &RunId, jobs: &[PlannedJob], dedup_window: Duration) -> Result<Enqueued, Error> {
     let mut new = 0u64;
     for chunk in push_chunks(jobs) {
         let tasks: Vec<_> = chunk.iter().map(|p| queue::task(&p.job, p.release_at.timestamp().max(0) as u64)).collect();
@@ -164,7 +164,7 @@ async fn push_jobs(conn: &ConnectionManager, run_id: &RunId, jobs: &[PlannedJob]
 /// Finishes the fan-out of a run that was cut short, from the plan stored with it: every planned
 /// org's job is enqueued again, and the run's dedupe set lets only the missing ones in. They
 /// are released now (spread as the fan-out spreads them), not at their batch's original time.
-pub async fn resume(conn: &ConnectionManager, run_id: &RunId, runs: &RunsConfig) -> Result<Enqueued, Error> {
+pub async fn resume(conn: &RedisConn, run_id: &RunId, runs: &RunsConfig) -> Result<Enqueued, Error> {
     let records = RunRecords::for_config(conn.clone(), runs);
     let Some(stored) = records.plan(run_id).await? else {
         return Err(Error::Resume {
@@ -215,12 +215,7 @@ const FINISH_WAIT: Duration = Duration::from_secs(1);
 /// Follows the run record until every org is accounted for or `timeout` passes; returns the last
 /// summary seen and how the wait ended. A Redis error does not end the wait: the run goes on in
 /// the workers, so the record is read again with backoff until the timeout.
-pub async fn wait_for_run(
-    conn: &ConnectionManager,
-    run_id: &RunId,
-    runs: &RunsConfig,
-    timeout: Duration,
-) -> Result<(RunSummary, WaitEnd), Error> {
+pub async fn wait_for_run(conn: &RedisConn, run_id: &RunId, runs: &RunsConfig, timeout: Duration) -> Result<(RunSummary, WaitEnd), Error> {
     let records = RunRecords::for_config(conn.clone(), runs);
     let started = Instant::now();
     let mut last_seen = RunSummary { run_id: run_id.0.clone(), ..RunSummary::default() };
@@ -258,7 +253,7 @@ pub async fn wait_for_run(
 }
 
 /// Takes the lock of a cron tick for `hold`; only the replica that gets it fans the tick out.
-pub async fn take_tick_lock(conn: &ConnectionManager, run_id: &RunId, owner: &str, hold: Duration) -> Result<bool, Error> {
+pub async fn take_tick_lock(conn: &RedisConn, run_id: &RunId, owner: &str, hold: Duration) -> Result<bool, Error> {
     let taken: Option<String> = redis::cmd("SET")
         .arg(projector_shared::keys::tick_lock(run_id))
         .arg(owner)

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::redis_conn::RedisConn;
 use futures::StreamExt;
-use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
@@ -52,7 +52,7 @@ impl CancelWatch {
     /// subscribes to both channels, then loads the cancelled set (a cancel in between is seen
     /// twice, never missed), then follows; when the connection is lost the mirror stops being
     /// live until it is subscribed and loaded again (job loops still poll meanwhile).
-    pub async fn follow(&self, client: redis::Client, conn: ConnectionManager, ready: JobsReady, shutdown: CancellationToken) {
+    pub async fn follow(&self, client: redis::Client, conn: RedisConn, ready: JobsReady, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
             match self.subscribe_and_load(&client, &conn).await {
                 Ok(mut pubsub) => {
@@ -87,7 +87,7 @@ impl CancelWatch {
         }
     }
 
-    async fn subscribe_and_load(&self, client: &redis::Client, conn: &ConnectionManager) -> Result<redis::aio::PubSub, Error> {
+    async fn subscribe_and_load(&self, client: &redis::Client, conn: &RedisConn) -> Result<redis::aio::PubSub, Error> {
         let mut pubsub = client.get_async_pubsub().await.map_err(Error::redis("opening the cancel channel"))?;
         pubsub
             .subscribe(&[keys::CANCELS_CHANNEL, keys::JOBS_READY_CHANNEL])
@@ -129,7 +129,7 @@ impl JobsReady {
 }
 
 /// Tells every worker that jobs are ready now: one PUBLISH (nobody listening is fine).
-pub async fn announce_jobs_ready(conn: &ConnectionManager) -> Result<(), Error> {
+pub async fn announce_jobs_ready(conn: &RedisConn) -> Result<(), Error> {
     redis::cmd("PUBLISH")
         .arg(keys::JOBS_READY_CHANNEL)
         .arg(1)

@@ -6,8 +6,8 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use crate::redis_conn::RedisConn;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use crate::error::Error;
 use crate::keys;
@@ -47,8 +47,8 @@ pub struct WorkerEntry {
 }
 
 /// Records that worker `name` is alive now, with what it says about itself.
-pub async fn beat(conn: &ConnectionManager, name: &str, registration: &Registration) -> Result<(), Error> {
-    let mut invocation = BEAT.key(keys::WORKERS);
+pub async fn beat(conn: &RedisConn, name: &str, registration: &Registration) -> Result<(), Error> {
+    let mut invocation = BEAT.key(keys::workers());
     invocation.key(keys::worker(name)).arg(name).arg(ms(ALIVE_WITHIN * 4)).arg(ms(ALIVE_WITHIN));
     let r = registration;
     for (field, value) in [
@@ -68,11 +68,11 @@ pub async fn beat(conn: &ConnectionManager, name: &str, registration: &Registrat
 
 /// The workers that beat within [`ALIVE_WITHIN`], most recent beat first (ties in no set order),
 /// with their registrations.
-pub async fn workers(conn: &ConnectionManager) -> Result<Vec<WorkerEntry>, Error> {
+pub async fn workers(conn: &RedisConn) -> Result<Vec<WorkerEntry>, Error> {
     let mut conn = conn.clone();
     let (beats, time): (Vec<(String, u64)>, (u64, u64)) = redis::pipe()
         .cmd("ZRANGE")
-        .arg(keys::WORKERS)
+        .arg(keys::workers())
         .arg(0)
         .arg(-1)
         .arg("WITHSCORES")
@@ -116,9 +116,9 @@ pub async fn workers(conn: &ConnectionManager) -> Result<Vec<WorkerEntry>, Error
 }
 
 /// Removes worker `name` at a clean exit, so it stops counting as alive at once.
-pub async fn leave(conn: &ConnectionManager, name: &str) -> Result<(), Error> {
+pub async fn leave(conn: &RedisConn, name: &str) -> Result<(), Error> {
     let _: () = redis::pipe()
-        .zrem(keys::WORKERS, name)
+        .zrem(keys::workers(), name)
         .del(keys::worker(name))
         .query_async(&mut conn.clone())
         .await
@@ -127,6 +127,6 @@ pub async fn leave(conn: &ConnectionManager, name: &str) -> Result<(), Error> {
 }
 
 /// How many workers beat within [`ALIVE_WITHIN`].
-pub async fn alive(conn: &ConnectionManager) -> Result<u64, Error> {
-    ALIVE.key(keys::WORKERS).arg(ms(ALIVE_WITHIN)).invoke_async(&mut conn.clone()).await.map_err(Error::redis("counting live workers"))
+pub async fn alive(conn: &RedisConn) -> Result<u64, Error> {
+    ALIVE.key(keys::workers()).arg(ms(ALIVE_WITHIN)).invoke_async(&mut conn.clone()).await.map_err(Error::redis("counting live workers"))
 }

@@ -121,47 +121,68 @@ pub fn projection_field(project: crate::ProjectId) -> String {
     project.0.to_string()
 }
 
-/// The apalis-redis queue of spike-projection jobs (apalis derives its own keys from it).
-pub const JOB_QUEUE: &str = "projector:spike-projection";
+/// Whether keys are laid out for a Redis Cluster: set once at start by the process that connects
+/// to one (`redis_conn::connection_manager` with `redis.cluster`). One server keeps the names
+/// Projector always used, so keys written before survive an upgrade.
+static CLUSTER_LAYOUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lays out keys for a Redis Cluster from now on: every key one script or transaction uses
+/// together gets the same hash tag, so all of them live in one cluster slot.
+pub fn use_cluster_layout() {
+    CLUSTER_LAYOUT.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn cluster_layout() -> bool {
+    CLUSTER_LAYOUT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The apalis-redis queue of spike-projection jobs (apalis derives its own keys from it). On a
+/// cluster its tag is apalis's own queue list (`core:apalis:queues:list`), which apalis's
+/// `register_worker.lua` writes beside the queue's keys without declaring it: with that tag,
+/// every key the queue's scripts touch hashes to one slot.
+pub fn job_queue() -> &'static str {
+    if cluster_layout() { "{core:apalis:queues:list}projector:spike-projection" } else { "projector:spike-projection" }
+}
 
 /// Set of one run's jobs pushed within `runs.dedup_window`, by member
 /// (`SpikeProjectionJob::dedupe_member`): a job whose member is there is not pushed again.
 pub fn job_dedupe(run_id: &crate::RunId) -> String {
-    format!("{JOB_QUEUE}:dedupe:{}", run_id.0)
+    format!("{}:dedupe:{}", job_queue(), run_id.0)
 }
 
 /// Hash of one run: `run_id`, `tick`, `orgs_total`, `enqueued`, and a counter per outcome.
+/// Its other keys add a suffix; on a cluster the run id is their hash tag.
 pub fn run(run_id: &crate::RunId) -> String {
-    format!("projector:run:{}", run_id.0)
+    if cluster_layout() { format!("projector:run:{{{}}}", run_id.0) } else { format!("projector:run:{}", run_id.0) }
 }
 
 /// Hash of one run's plan: org id → its project ids, comma-separated. Written before any job is
 /// enqueued; the run records outcomes only for these orgs, and `run-once --resume` rebuilds the
 /// run's jobs from it.
 pub fn run_plan(run_id: &crate::RunId) -> String {
-    format!("projector:run:{}:plan", run_id.0)
+    format!("{}:plan", run(run_id))
 }
 
 /// Hash of one run's organizations: org id → outcome (the first recorded wins).
 pub fn run_orgs(run_id: &crate::RunId) -> String {
-    format!("projector:run:{}:orgs", run_id.0)
+    format!("{}:orgs", run(run_id))
 }
 
 /// Hash: org → its trail in the run, one line per attempt (`<redis ms> <JSON>`, the last
 /// `trail::KEPT_ATTEMPTS`): what `projectorctl explain` and `runs show` read.
 pub fn run_trail(run_id: &crate::RunId) -> String {
-    format!("projector:run:{}:trail", run_id.0)
+    format!("{}:trail", run(run_id))
 }
 
 /// List: one item pushed when the run's last org is accounted for; `run-once --wait` blocks on
 /// it (BLPOP) between reads of the record, so it sees the end at once.
 pub fn run_finished(run_id: &crate::RunId) -> String {
-    format!("projector:run:{}:finished", run_id.0)
+    format!("{}:finished", run(run_id))
 }
 
 /// Hash: org → the attempt now open for it (absent: the first, 0). Written by `runs retry` only.
 pub fn run_attempts(run_id: &crate::RunId) -> String {
-    format!("projector:run:{}:attempts", run_id.0)
+    format!("{}:attempts", run(run_id))
 }
 
 /// Lock taken by the one scheduler replica that fans out a cron tick.
@@ -170,12 +191,15 @@ pub fn tick_lock(run_id: &crate::RunId) -> String {
 }
 
 /// Sorted set of live worker processes: worker name → last heartbeat (Redis time, ms).
-pub const WORKERS: &str = "projector:workers";
+pub fn workers() -> &'static str {
+    if cluster_layout() { "projector:{workers}" } else { "projector:workers" }
+}
 
 /// Hash of one worker's registration (host, pid, version, started, jobs in flight, slots held,
-/// last error); it expires when the worker stops beating.
+/// last error); it expires when the worker stops beating. Written with `workers()` in one
+/// script, so on a cluster it shares its tag.
 pub fn worker(name: &str) -> String {
-    format!("projector:worker:{name}")
+    if cluster_layout() { format!("projector:{{workers}}:{name}") } else { format!("projector:worker:{name}") }
 }
 
 /// Hash of the fleet-wide pause (`reason`, `since_ms`); absent when not paused.

@@ -2,7 +2,7 @@
 //! `resume`); workers stop taking jobs while it exists, and the scheduler holds or enqueues ticks
 //! as `schedule.when_paused` says.
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConn;
 
 use crate::error::Error;
 use crate::keys;
@@ -16,7 +16,7 @@ pub struct Pause {
 }
 
 /// Pauses the fleet (or changes the reason of the pause in force, keeping its start).
-pub async fn pause(conn: &ConnectionManager, reason: &str) -> Result<Pause, Error> {
+pub async fn pause(conn: &RedisConn, reason: &str) -> Result<Pause, Error> {
     let mut conn = conn.clone();
     let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.map_err(Error::redis("reading Redis time"))?;
     let _: () = redis::pipe()
@@ -35,14 +35,14 @@ pub async fn pause(conn: &ConnectionManager, reason: &str) -> Result<Pause, Erro
 }
 
 /// Ends the pause; `false` when there was none.
-pub async fn resume(conn: &ConnectionManager) -> Result<bool, Error> {
+pub async fn resume(conn: &RedisConn) -> Result<bool, Error> {
     let removed: u64 =
         redis::cmd("DEL").arg(keys::PAUSED).query_async(&mut conn.clone()).await.map_err(Error::redis("resuming the fleet"))?;
     Ok(removed > 0)
 }
 
 /// The pause in force, if any.
-pub async fn paused(conn: &ConnectionManager) -> Result<Option<Pause>, Error> {
+pub async fn paused(conn: &RedisConn) -> Result<Option<Pause>, Error> {
     let fields: std::collections::HashMap<String, String> =
         redis::cmd("HGETALL").arg(keys::PAUSED).query_async(&mut conn.clone()).await.map_err(Error::redis("reading the pause"))?;
     if fields.is_empty() {

@@ -1,11 +1,82 @@
-//! The one way Projector opens a Redis connection: an endpoint (URL plus TLS trust), lazy connects
-//! (a process starts while Redis is down), bounded timeouts, reconnects with capped backoff, and
-//! URLs that never show a password in a message.
+//! The one way Projector opens a Redis connection: an endpoint (URL plus TLS trust, one server or
+//! a Redis Cluster), lazy connects (a process starts while Redis is down), bounded timeouts,
+//! reconnects with capped backoff, and URLs that never show a password in a message.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+/// A connection to Redis, cheap to clone: one server through a self-healing manager, one
+/// dedicated connection (a blocking wait holds it), or a Redis Cluster (routed by key slot).
+#[derive(Clone)]
+pub enum RedisConn {
+    Server(ConnectionManager),
+    Dedicated(MultiplexedConnection),
+    Cluster(ClusterLink),
+}
+
+/// A Redis Cluster connection made at its first use, so a process starts while the cluster is
+/// down; a failed connect is tried again at the next call. Once made, redis-rs follows the
+/// cluster's topology and reconnects to its nodes itself.
+#[derive(Clone)]
+pub struct ClusterLink {
+    client: Arc<redis::cluster::ClusterClient>,
+    conn: Arc<tokio::sync::OnceCell<ClusterConnection>>,
+}
+
+impl ClusterLink {
+    async fn connection(&self) -> redis::RedisResult<ClusterConnection> {
+        self.conn.get_or_try_init(|| self.client.get_async_connection()).await.cloned()
+    }
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Server(c) => c.req_packed_command(cmd),
+            RedisConn::Dedicated(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(link) => Box::pin(async move {
+                let mut c = link.connection().await?;
+                c.req_packed_command(cmd).await
+            }),
+        }
+    }
+
+    fn req_packed_commands<'a>(&'a mut self, pipeline: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Server(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Dedicated(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(link) => Box::pin(async move {
+                let mut c = link.connection().await?;
+                match c.req_packed_commands(pipeline, offset, count).await {
+                    // A cluster sends a pipeline to one node, so its keys must share a slot. The
+                    // reads that span runs, workers or queue entries (operator views) go command
+                    // by command instead; a transaction must stay whole.
+                    Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::CrossSlot) && !pipeline.is_transaction() => {
+                        let mut values = Vec::with_capacity(pipeline.len());
+                        for cmd in pipeline.cmd_iter() {
+                            values.push(c.req_packed_command(cmd).await?);
+                        }
+                        Ok(values)
+                    }
+                    other => other,
+                }
+            }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Server(c) => c.get_db(),
+            RedisConn::Dedicated(c) => c.get_db(),
+            RedisConn::Cluster(_) => 0,
+        }
+    }
+}
 
 /// Where Redis is and how to trust it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -16,6 +87,8 @@ pub struct Endpoint {
     pub tls_ca_file: Option<PathBuf>,
     /// With `rediss://`: accept any certificate (staging only).
     pub tls_insecure: bool,
+    /// `url` is one node of a Redis Cluster; the others are found from it.
+    pub cluster: bool,
 }
 
 impl Endpoint {
@@ -24,25 +97,33 @@ impl Endpoint {
         redact_url(&self.url)
     }
 
-    /// A client for this endpoint, with the configured TLS trust.
+    /// A client for this endpoint, with the configured TLS trust. On a cluster it reaches the
+    /// node in `url` only: what a pub/sub subscription needs (a cluster relays every message to
+    /// every node), not keys.
     pub fn client(&self) -> Result<redis::Client, redis::RedisError> {
         let mut url = self.url.clone();
         if self.tls_insecure && url.starts_with("rediss://") && !url.contains("#insecure") {
             url.push_str("#insecure");
         }
-        match &self.tls_ca_file {
-            Some(path) if url.starts_with("rediss://") => {
-                let root_cert = std::fs::read(path).map_err(|e| {
-                    redis::RedisError::from((
-                        redis::ErrorKind::InvalidClientConfig,
-                        "cannot read redis.tls_ca_file",
-                        format!("{}: {e}", path.display()),
-                    ))
-                })?;
-                redis::Client::build_with_tls(url, redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) })
-            }
-            _ => redis::Client::open(url),
+        if url.starts_with("rediss://")
+            && let Some(certificates) = self.trusted_ca()?
+        {
+            return redis::Client::build_with_tls(url, certificates);
         }
+        redis::Client::open(url)
+    }
+
+    /// `tls_ca_file` read, as the certificates redis-rs trusts.
+    fn trusted_ca(&self) -> Result<Option<redis::TlsCertificates>, redis::RedisError> {
+        let Some(path) = &self.tls_ca_file else { return Ok(None) };
+        let root_cert = std::fs::read(path).map_err(|e| {
+            redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "cannot read redis.tls_ca_file",
+                format!("{}: {e}", path.display()),
+            ))
+        })?;
+        Ok(Some(redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) }))
     }
 }
 
@@ -66,7 +147,7 @@ impl From<String> for Endpoint {
 
 impl From<&projector_config::RedisConfig> for Endpoint {
     fn from(c: &projector_config::RedisConfig) -> Self {
-        Endpoint { url: c.url.clone(), tls_ca_file: c.tls_ca_file.clone(), tls_insecure: c.tls_insecure }
+        Endpoint { url: c.url.clone(), tls_ca_file: c.tls_ca_file.clone(), tls_insecure: c.tls_insecure, cluster: c.cluster }
     }
 }
 
@@ -86,19 +167,64 @@ pub fn redact_text(text: &str, endpoint: &Endpoint) -> String {
     }
 }
 
-/// A lazily connecting, self-healing connection; `round_trip_budget` bounds connect and each reply.
+/// A lazily connecting, self-healing connection; `round_trip_budget` bounds connect and each
+/// reply. The client is for pub/sub (`Endpoint::client`). A cluster endpoint also switches this
+/// process to the cluster key layout (`keys::use_cluster_layout`).
 pub fn connection_manager(
     endpoint: impl Into<Endpoint>,
     round_trip_budget: Duration,
-) -> Result<(redis::Client, ConnectionManager), redis::RedisError> {
-    let client = endpoint.into().client()?;
+) -> Result<(redis::Client, RedisConn), redis::RedisError> {
+    let endpoint = endpoint.into();
+    let client = endpoint.client()?;
+    if endpoint.cluster {
+        crate::keys::use_cluster_layout();
+        let link =
+            ClusterLink { client: Arc::new(cluster_client(&endpoint, round_trip_budget)?), conn: Arc::new(tokio::sync::OnceCell::new()) };
+        return Ok((client, RedisConn::Cluster(link)));
+    }
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(round_trip_budget))
         .set_response_timeout(Some(round_trip_budget))
         .set_number_of_retries(3)
         .set_max_delay(Duration::from_secs(2));
     let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
-    Ok((client, conn))
+    Ok((client, RedisConn::Server(conn)))
+}
+
+/// A connection of its own, made now, for a command that blocks it (`BLPOP`) up to
+/// `response_timeout`; on a cluster, a cluster connection of its own.
+pub async fn dedicated_connection(
+    endpoint: &Endpoint,
+    client: &redis::Client,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+) -> Result<RedisConn, redis::RedisError> {
+    if endpoint.cluster {
+        let conn = cluster_client(endpoint, response_timeout)?.get_async_connection().await?;
+        return Ok(RedisConn::Cluster(ClusterLink {
+            client: Arc::new(cluster_client(endpoint, response_timeout)?),
+            conn: Arc::new(tokio::sync::OnceCell::new_with(Some(conn))),
+        }));
+    }
+    let config =
+        redis::AsyncConnectionConfig::new().set_connection_timeout(Some(connect_timeout)).set_response_timeout(Some(response_timeout));
+    Ok(RedisConn::Dedicated(client.get_multiplexed_async_connection_with_config(&config).await?))
+}
+
+fn cluster_client(endpoint: &Endpoint, response_timeout: Duration) -> Result<redis::cluster::ClusterClient, redis::RedisError> {
+    let mut builder = redis::cluster::ClusterClient::builder([endpoint.url.as_str()])
+        .connection_timeout(response_timeout)
+        .response_timeout(response_timeout)
+        .retries(3);
+    if endpoint.url.starts_with("rediss://")
+        && let Some(certificates) = endpoint.trusted_ca()?
+    {
+        builder = builder.certs(certificates);
+    }
+    if endpoint.tls_insecure {
+        builder = builder.danger_accept_invalid_hostnames(true);
+    }
+    builder.build()
 }
 
 /// A connection-level failure (dropped, refused, reset, timed out): the same call may work a

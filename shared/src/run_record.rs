@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
+use crate::redis_conn::RedisConn;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use crate::error::Error;
 use crate::ids::{OrgId, RunId};
@@ -30,6 +30,8 @@ static RETRY: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| script(i
 
 /// Ends a run's open orgs as cancelled; its contract is in the file's header.
 static CANCEL: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| script(include_str!("../../lua/run_cancel.lua")));
+/// Puts a run in the cancelled set and announces it (`lua/run_cancel_mark.lua`); no prelude.
+static CANCEL_MARK: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(include_str!("../../lua/run_cancel_mark.lua")));
 
 /// Orgs per retry or cancel script call: bounded, so Redis is never blocked for long.
 const ORGS_PER_CALL: usize = 1_000;
@@ -66,7 +68,7 @@ pub enum OrgIds {
 /// Reads and writes run records over one shared connection.
 #[derive(Clone)]
 pub struct RunRecords {
-    conn: ConnectionManager,
+    conn: RedisConn,
     /// How long a record lives after its last write (`runs.retention`).
     retention: Duration,
     /// How long the orgs' trails live after the run's last write (`runs.trail_retention`).
@@ -78,13 +80,13 @@ pub struct RunRecords {
 impl RunRecords {
     /// Records written through this one live `retention` after their last write, trails and
     /// summaries included.
-    pub fn new(conn: ConnectionManager, retention: Duration) -> Self {
+    pub fn new(conn: RedisConn, retention: Duration) -> Self {
         RunRecords { conn, retention, trail_retention: retention, summary_retention: retention }
     }
 
     /// Records kept as `[runs]` says: `runs.retention`, `runs.trail_retention` for trails and
     /// `runs.summary_retention` for the run's summary.
-    pub fn for_config(conn: ConnectionManager, runs: &projector_config::RunsConfig) -> Self {
+    pub fn for_config(conn: RedisConn, runs: &projector_config::RunsConfig) -> Self {
         RunRecords {
             conn,
             retention: runs.retention,
@@ -112,8 +114,8 @@ impl RunRecords {
         // The record hash is the run's summary: it and the runs index outlive the per-org hashes.
         let ttl = self.summary_retention_ms();
         let ttl_ms = i64::try_from(ttl).unwrap_or(i64::MAX);
+        // Not a transaction: on a cluster the runs index and the run hash live in different slots.
         redis::pipe()
-            .atomic()
             .hset(&key, "run_id", &run_id.0)
             .hset(&key, "tick", tick.to_rfc3339())
             .hset(&key, "orgs_total", orgs_total)
@@ -530,6 +532,23 @@ impl RunRecords {
             .query_async(&mut self.conn.clone())
             .await
             .map_err(Error::redis(format!("reading the plan of run {run_id}")))?;
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(keys::run(run_id))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(Error::redis(format!("reading run {run_id}")))?;
+        if !exists {
+            return Ok(0);
+        }
+        // Announced first: a job that gets its slot from now on sends no query.
+        CANCEL_MARK
+            .key(keys::CANCELLED_RUNS)
+            .arg(&run_id.0)
+            .arg(self.retention_ms())
+            .arg(keys::CANCELS_CHANNEL)
+            .invoke_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(Error::redis(format!("announcing the cancel of run {run_id}")))?;
         let line = Attempt { steps: vec![trail::Step::Cancelled], ..Attempt::bare(Outcome::Cancelled) }.to_line();
         let mut cancelled = 0;
         // An empty plan still marks the run cancelled (one call with no orgs).
@@ -539,14 +558,11 @@ impl RunRecords {
             invocation
                 .key(keys::run_orgs(run_id))
                 .key(keys::run_trail(run_id))
-                .key(keys::CANCELLED_RUNS)
                 .key(keys::run_finished(run_id))
                 .arg(self.retention_ms())
                 .arg(&line)
                 .arg(trail::KEPT_ATTEMPTS)
                 .arg(self.trail_retention_ms())
-                .arg(&run_id.0)
-                .arg(keys::CANCELS_CHANNEL)
                 .arg(self.summary_retention_ms());
             for org in chunk {
                 invocation.arg(*org);

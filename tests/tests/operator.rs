@@ -111,7 +111,7 @@ fn a_wait_that_times_out_exits_4_and_says_no_worker_is_alive() {
     let _w = worker(&env, &["--slots-limit", "1"]);
     let mut conn = redis.connection();
     projector_tests::wait_until(Duration::from_secs(30), "the worker's heartbeat", || {
-        redis::cmd("ZCARD").arg(projector_shared::keys::WORKERS).query::<u64>(&mut conn).expect("zcard") >= 1
+        redis::cmd("ZCARD").arg(projector_shared::keys::workers()).query::<u64>(&mut conn).expect("zcard") >= 1
     });
     let out = run(
         "projector-scheduler",

@@ -7,19 +7,19 @@ use std::time::Duration;
 use chrono::Utc;
 use projector_shared::adaptive::{AdaptiveSettings, SignalCounts};
 use projector_shared::keys::SlotKeys;
+use projector_shared::redis_conn::RedisConn;
 use projector_shared::run::{Admission, Outcome, Recorded};
 use projector_shared::run_record::{RunRecords, RunState};
 use projector_shared::slots::{Acquire, RedisSlotLimiter, RedisSlotSettings, SlotLimiter, SlotRequest};
 use projector_shared::trail::{Attempt, Step, Why};
 use projector_shared::{OrgId, RunId};
 use projector_tests::RedisServer;
-use redis::aio::ConnectionManager;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().expect("runtime")
 }
 
-fn manager(server: &RedisServer) -> ConnectionManager {
+fn manager(server: &RedisServer) -> RedisConn {
     projector_shared::redis_conn::connection_manager(server.url(), Duration::from_secs(2)).expect("connection manager").1
 }
 
@@ -215,7 +215,7 @@ fn answers(ok: u64, rate_limited: u64, throttled: u64) -> SignalCounts {
 }
 
 /// Waits (polling Redis time through the script) until the window opened by the first report ends.
-async fn next_window(conn: &ConnectionManager, settings: &AdaptiveSettings) {
+async fn next_window(conn: &RedisConn, settings: &AdaptiveSettings) {
     let mut conn = conn.clone();
     let started: u64 =
         redis::cmd("HGET").arg(SlotKeys::new("default").adaptive()).arg("window_start_ms").query_async(&mut conn).await.expect("hget");
@@ -520,7 +520,7 @@ fn heartbeat_beat_and_alive_count_workers_on_redis_time() {
         projector_shared::heartbeat::leave(&conn, "worker-b").await.expect("leave");
         assert_eq!(projector_shared::heartbeat::alive(&conn).await.expect("alive"), 1);
         let mut sync = server.connection();
-        let ttl: i64 = redis::cmd("PTTL").arg(projector_shared::keys::WORKERS).query(&mut sync).expect("pttl");
+        let ttl: i64 = redis::cmd("PTTL").arg(projector_shared::keys::workers()).query(&mut sync).expect("pttl");
         assert!(ttl > 0, "the set expires with the fleet: {ttl}");
         let ttl: i64 = redis::cmd("PTTL").arg(projector_shared::keys::worker("worker-a")).query(&mut sync).expect("pttl");
         let alive_ms = projector_shared::heartbeat::ALIVE_WITHIN.as_millis() as i64;

@@ -36,7 +36,7 @@ pub fn query_source(config: &Config) -> Result<Arc<dyn QuerySource>, Error> {
 /// (`fleet`: Redis and the adaptive multiplier) there is always one, so that a policy set at
 /// runtime applies; with no policy it passes every start without a Redis call. The embedded run
 /// gets one, in memory, only when configured.
-pub fn rate_gate(config: &Config, fleet: Option<(&redis::aio::ConnectionManager, Multiplier)>) -> Option<RateGate> {
+pub fn rate_gate(config: &Config, fleet: Option<(&projector_shared::redis_conn::RedisConn, Multiplier)>) -> Option<RateGate> {
     let rate = config.rate_policy(&config.query.referrer);
     if fleet.is_none() && !rate.is_active() {
         return None;
@@ -50,7 +50,7 @@ pub fn rate_gate(config: &Config, fleet: Option<(&redis::aio::ConnectionManager,
 pub fn rate_limiter(
     config: &Config,
     rate: &RateConfig,
-    fleet: Option<(&redis::aio::ConnectionManager, Multiplier)>,
+    fleet: Option<(&projector_shared::redis_conn::RedisConn, Multiplier)>,
 ) -> Arc<dyn RateLimiter> {
     let policy = RatePolicy::from_config(rate);
     match fleet {

@@ -11,11 +11,11 @@ use projector_queue as queue;
 use projector_shared::SpikeProjectionJob;
 use projector_shared::events::CancelWatch;
 use projector_shared::metrics as m;
+use projector_shared::redis_conn::RedisConn;
 use projector_shared::rollout::Rollout;
 use projector_shared::run::{Admission, Outcome, Recorded, RunLedger};
 use projector_shared::trail::{Attempt, Step, Why};
 use rand::Rng;
-use redis::aio::ConnectionManager;
 use tokio::sync::RwLock;
 
 use crate::error::Error;
@@ -41,13 +41,13 @@ impl Routing {
 
 /// The rollout flag, re-read from Redis at most every `refresh`.
 pub struct RolloutFlag {
-    conn: ConnectionManager,
+    conn: RedisConn,
     cached: RwLock<(Option<Instant>, Rollout)>,
     refresh: Duration,
 }
 
 impl RolloutFlag {
-    pub fn new(conn: ConnectionManager, refresh: Duration) -> Self {
+    pub fn new(conn: RedisConn, refresh: Duration) -> Self {
         RolloutFlag { conn, cached: RwLock::new((None, Rollout::default())), refresh }
     }
 
@@ -83,7 +83,7 @@ impl RolloutFlag {
 /// `slots.on_timeout = "reschedule"`: a job whose slot wait timed out goes back to the queue after
 /// a jittered backoff, at most `max_reschedules` times. Only where there is a queue to go back to.
 pub struct Rescheduler {
-    pub conn: ConnectionManager,
+    pub conn: RedisConn,
     pub max_reschedules: u32,
     /// `runs.dedup_window`: how long the run's dedupe set keeps the rescheduled job's member.
     pub dedup_window: Duration,
@@ -91,7 +91,7 @@ pub struct Rescheduler {
 
 impl Rescheduler {
     /// From config: `None` unless `slots.on_timeout = "reschedule"`.
-    pub fn from_config(config: &Config, conn: &ConnectionManager) -> Option<Self> {
+    pub fn from_config(config: &Config, conn: &RedisConn) -> Option<Self> {
         (config.slots.on_timeout == OnSlotTimeout::Reschedule).then(|| Rescheduler {
             conn: conn.clone(),
             max_reschedules: config.slots.max_reschedules,

@@ -7,8 +7,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use projector_queue as queue;
 use projector_shared::metrics as m;
+use projector_shared::redis_conn::RedisConn;
 use projector_shared::slots::{RedisSlotLimiter, SlotLimiter};
-use redis::aio::ConnectionManager;
 
 use crate::services::Periodic;
 
@@ -18,7 +18,7 @@ pub const VACUUM_EVERY_INTERVALS: u32 = 60;
 
 /// Moves due jobs to the ready list in bounded steps (apalis's own fetch fails past ~8,000).
 pub struct DuePromoter {
-    pub conn: ConnectionManager,
+    pub conn: RedisConn,
 }
 
 impl Periodic for DuePromoter {
@@ -38,7 +38,7 @@ impl Periodic for DuePromoter {
 /// Fleet-wide gauges read from Redis: queue depth (apalis's own counts read the wrong keys), and
 /// slots in use against the limit in force, from the leases themselves.
 pub struct QueueGauges {
-    pub conn: ConnectionManager,
+    pub conn: RedisConn,
     pub slots: RedisSlotLimiter,
 }
 
@@ -70,7 +70,7 @@ impl Periodic for QueueGauges {
 /// The worker's heartbeat (`projector:workers`), and the expiry of the running job loop's apalis
 /// metadata, so a worker killed with SIGKILL leaves nothing behind for good.
 pub struct Heartbeat {
-    pub conn: ConnectionManager,
+    pub conn: RedisConn,
     pub name: String,
     /// What this worker publishes about itself; jobs, slots and the last error are refreshed
     /// at every beat.
@@ -151,7 +151,7 @@ impl Periodic for AdaptiveReporter {
 /// Applies the rate policy an operator set at runtime (`projectorctl rate set`, stored in Redis)
 /// over this worker's configuration, and goes back to the configuration when it is cleared.
 pub struct RatePolicyRefresh {
-    pub conn: ConnectionManager,
+    pub conn: RedisConn,
     pub config: projector_config::Config,
     pub gate: projector_shared::rate::RateGate,
     pub multiplier: projector_shared::adaptive::Multiplier,
@@ -210,7 +210,7 @@ fn signal_label(signal: &str) -> &'static str {
 /// Deletes finished jobs' data and metadata (apalis keeps them forever), never a job waiting for
 /// a retry (docs/apalis-redis.md#vacuum-deletes-retries).
 pub struct Vacuum {
-    pub conn: ConnectionManager,
+    pub conn: RedisConn,
 }
 
 impl Periodic for Vacuum {
@@ -236,7 +236,7 @@ pub fn vacuum_every(housekeeping: Duration) -> Duration {
 /// Reads the fleet-wide pause (`projectorctl pause`) every round and tells the supervisor when it
 /// changes. A read that fails keeps the last state: a Redis blip neither pauses nor resumes.
 pub struct PauseWatch {
-    pub conn: ConnectionManager,
+    pub conn: RedisConn,
     pub paused: tokio::sync::watch::Sender<bool>,
 }
 

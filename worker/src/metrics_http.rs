@@ -13,7 +13,7 @@ use axum::routing::get;
 use futures::future::BoxFuture;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use projector_shared::metrics as m;
-use redis::aio::ConnectionManager;
+use projector_shared::redis_conn::RedisConn;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
@@ -24,14 +24,14 @@ pub struct Readiness {
     job_loop_running: Arc<AtomicBool>,
     /// Job-loop failures in a row; a loop that keeps failing is not ready even while it runs.
     failures: Arc<AtomicU32>,
-    conn: ConnectionManager,
+    conn: RedisConn,
 }
 
 /// Consecutive job-loop failures after which `/readyz` says not ready until a loop survives.
 const FAILING_AFTER: u32 = 3;
 
 impl Readiness {
-    pub fn new(conn: ConnectionManager) -> Self {
+    pub fn new(conn: RedisConn) -> Self {
         Readiness { job_loop_running: Arc::new(AtomicBool::new(false)), failures: Arc::new(AtomicU32::new(0)), conn }
     }
 

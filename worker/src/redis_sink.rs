@@ -7,9 +7,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use projector_shared::keys;
 use projector_shared::metrics as m;
+use projector_shared::redis_conn::RedisConn;
 use projector_shared::redis_conn::{Endpoint, is_transient, redact_text};
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use crate::error::Error;
 use crate::sink::{ProjectionRecord, ProjectionSink};
@@ -20,7 +20,7 @@ static WRITE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::
 /// Writes projections to Redis for other services to read.
 #[derive(Clone)]
 pub struct RedisSink {
-    conn: ConnectionManager,
+    conn: RedisConn,
     url: String,
     ttl: Duration,
 }

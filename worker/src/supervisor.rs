@@ -11,7 +11,7 @@ use apalis_core::backend::ext::poll_strategy::Strategy;
 use apalis_redis::RedisStorage;
 use projector_queue as queue;
 use projector_shared::metrics as m;
-use redis::aio::ConnectionManager;
+use projector_shared::redis_conn::RedisConn;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
@@ -24,7 +24,7 @@ const ACK_FLUSH: Duration = Duration::from_secs(2);
 /// Keeps one apalis job loop running for this worker.
 pub struct Supervisor {
     pub name: String,
-    pub conn: ConnectionManager,
+    pub conn: RedisConn,
     pub handler: Arc<JobHandler>,
     pub readiness: Readiness,
     pub concurrency: usize,
@@ -124,7 +124,7 @@ impl Supervisor {
         if let Err(e) = queue::promote_due(&self.conn).await {
             tracing::warn!(error = %e, "cannot move due jobs to the ready list; retried by the job loop");
         }
-        let storage = RedisStorage::<serde_json::Value>::new(self.conn.clone()).with_config(queue::config());
+        let storage = RedisStorage::<serde_json::Value, RedisConn>::new(self.conn.clone()).with_config(queue::config());
         self.current_loop.send_replace(loop_name.to_owned());
         let worker = WorkerBuilder::new(loop_name)
             // Fetch at once when jobs are announced ready; poll anyway, for jobs that become due.

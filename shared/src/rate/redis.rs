@@ -4,8 +4,8 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use crate::redis_conn::RedisConn;
 use futures::future::BoxFuture;
-use redis::aio::ConnectionManager;
 use redis::{FromRedisValue, ParsingError, Script, Value};
 
 use super::{Admission, BlockReason, Decision, RateLimiter, RatePolicy};
@@ -29,7 +29,7 @@ impl FromRedisValue for Decision {
 /// Admits starts under `policy` for the whole fleet, in the Redis at `conn`.
 #[derive(Clone)]
 pub struct RedisRateLimiter {
-    conn: ConnectionManager,
+    conn: RedisConn,
     keys: RateKeys,
     policy: RatePolicy,
     window_keys: Vec<String>,
@@ -41,7 +41,7 @@ pub struct RedisRateLimiter {
 
 impl RedisRateLimiter {
     /// The limiter of `referrer`'s policy.
-    pub fn new(conn: ConnectionManager, referrer: &str, policy: RatePolicy) -> Self {
+    pub fn new(conn: RedisConn, referrer: &str, policy: RatePolicy) -> Self {
         let keys = RateKeys::new(referrer);
         let window_keys = policy.windows.iter().map(|w| keys.window(policy.mode_name(), w.limit, w.span.as_millis())).collect();
         RedisRateLimiter { conn, keys, policy, window_keys, multiplier: Default::default(), enforce: true }

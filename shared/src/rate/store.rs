@@ -2,13 +2,13 @@
 //! `[rate]` keys with raw values, applied by every worker over its own configuration within
 //! `worker.rollout_refresh`, until `projectorctl rate reset`.
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConn;
 
 use crate::error::Error;
 use crate::keys::RateKeys;
 
 /// The runtime changes stored for `referrer`, sorted by key; empty when none.
-pub async fn runtime_changes(conn: &ConnectionManager, referrer: &str) -> Result<Vec<(String, String)>, Error> {
+pub async fn runtime_changes(conn: &RedisConn, referrer: &str) -> Result<Vec<(String, String)>, Error> {
     let mut changes: Vec<(String, String)> = redis::cmd("HGETALL")
         .arg(RateKeys::new(referrer).runtime_policy())
         .query_async(&mut conn.clone())
@@ -19,7 +19,7 @@ pub async fn runtime_changes(conn: &ConnectionManager, referrer: &str) -> Result
 }
 
 /// Stores `changes` (already checked against the configuration) over what is stored.
-pub async fn set_runtime_changes(conn: &ConnectionManager, referrer: &str, changes: &[(String, String)]) -> Result<(), Error> {
+pub async fn set_runtime_changes(conn: &RedisConn, referrer: &str, changes: &[(String, String)]) -> Result<(), Error> {
     if changes.is_empty() {
         return Ok(());
     }
@@ -33,7 +33,7 @@ pub async fn set_runtime_changes(conn: &ConnectionManager, referrer: &str, chang
 }
 
 /// Forgets the runtime policy: workers go back to their configuration. True if one was stored.
-pub async fn clear_runtime_changes(conn: &ConnectionManager, referrer: &str) -> Result<bool, Error> {
+pub async fn clear_runtime_changes(conn: &RedisConn, referrer: &str) -> Result<bool, Error> {
     let removed: u8 = redis::cmd("DEL")
         .arg(RateKeys::new(referrer).runtime_policy())
         .query_async(&mut conn.clone())

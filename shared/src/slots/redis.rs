@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::redis_conn::RedisConn;
 use futures::future::BoxFuture;
 use rand::Rng;
-use redis::aio::{ConnectionManager, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client};
+use redis::Client;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -86,10 +86,11 @@ pub struct RedisSlotLimiter {
 }
 
 struct Inner {
+    endpoint: Endpoint,
     client: Client,
-    conn: ConnectionManager,
+    conn: RedisConn,
     /// Dedicated connections for `BLPOP`, one per blocked waiter, reused afterwards.
-    blocking: Mutex<Vec<MultiplexedConnection>>,
+    blocking: Mutex<Vec<RedisConn>>,
     keys: SlotKeys,
     settings: RedisSlotSettings,
     /// The limit last seen in Redis, for `limit()` and the utilization gauge.
@@ -133,6 +134,7 @@ impl RedisSlotLimiter {
         let (client, conn) = crate::redis_conn::connection_manager(&endpoint, settings.round_trip_budget).map_err(unavailable)?;
         Ok(RedisSlotLimiter {
             inner: Arc::new(Inner {
+                endpoint,
                 client,
                 conn,
                 blocking: Mutex::new(Vec::new()),
@@ -444,24 +446,26 @@ impl Inner {
     }
 
     /// A connection for one `BLPOP`, and whether it came from the pool (it may have gone stale).
-    async fn blocking_connection(&self) -> Result<(MultiplexedConnection, bool), Error> {
+    async fn blocking_connection(&self) -> Result<(RedisConn, bool), Error> {
         let pooled = self.blocking.lock().unwrap_or_else(|p| p.into_inner()).pop();
         if let Some(conn) = pooled {
             return Ok((conn, true));
         }
         // BLPOP holds the connection for up to `recheck`; the response timeout must outlast it.
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.settings.round_trip_budget))
-            .set_response_timeout(Some(self.settings.recheck * 2 + self.settings.round_trip_budget));
-        match tokio::time::timeout(self.settings.round_trip_budget, self.client.get_multiplexed_async_connection_with_config(&config)).await
-        {
+        let connect = crate::redis_conn::dedicated_connection(
+            &self.endpoint,
+            &self.client,
+            self.settings.round_trip_budget,
+            self.settings.recheck * 2 + self.settings.round_trip_budget,
+        );
+        match tokio::time::timeout(self.settings.round_trip_budget, connect).await {
             Ok(Ok(conn)) => Ok((conn, false)),
             Ok(Err(e)) => Err(self.unavailable(e)),
             Err(_) => Err(Error::SlotBackendUnavailable { detail: "connecting for a slot wait timed out".to_owned() }),
         }
     }
 
-    fn return_blocking(&self, conn: MultiplexedConnection) {
+    fn return_blocking(&self, conn: RedisConn) {
         self.blocking.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
     }
 }

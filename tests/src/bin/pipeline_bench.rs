@@ -173,8 +173,7 @@ fn main() -> anyhow::Result<()> {
     let fanout_memory = used_memory(&mut conn)?.saturating_sub(fanout_memory_before);
     // The first batch is due at once (ready list), the others wait in the scheduled set.
     let queue = projector_queue::config();
-    let (ready, scheduled): (u64, u64) =
-        redis::pipe().llen(queue.active_jobs_list()).zcard(queue.scheduled_jobs_set()).query(&mut conn)?;
+    let (ready, scheduled): (u64, u64) = redis::pipe().llen(queue.active_jobs_list()).zcard(queue.scheduled_jobs_set()).query(&mut conn)?;
     anyhow::ensure!(
         ready + scheduled == args.fanout_orgs,
         "expected {} queued jobs, found {ready} ready and {scheduled} scheduled",
