@@ -222,6 +222,8 @@ keys! {
         "with rediss://: PEM file of the CA that signed the server's certificate (default: the system's roots)";
     "redis.tls_insecure" => redis.tls_insecure: Bool, default Some("false"),
         "with rediss://: accept any server certificate (self-signed staging servers only; same as a #insecure URL)";
+    "redis.sentinel_master" => redis.sentinel_master: Opt(Text), default None,
+        "set: redis.url is a Redis Sentinel, and this the name of the master set it watches (SENTINEL MONITOR <name> …); every connection goes to the master it names now, and again after a failover";
     "redis.cluster" => redis.cluster: Bool, default Some("false"),
         "redis.url is one node of a Redis Cluster (the others are found from it): keys get hash tags so that the keys of each script share a cluster slot. Key names differ from a single server's, so switch with an empty queue";
     "slots.limit" => slots.limit: Int(1, 100_000), default Some("50"),

@@ -66,6 +66,8 @@ pub struct RedisConfig {
     pub tls_insecure: bool,
     /// `url` is one node of a Redis Cluster.
     pub cluster: bool,
+    /// `url` is a Redis Sentinel watching the master set of this name.
+    pub sentinel_master: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]

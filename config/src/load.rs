@@ -148,6 +148,14 @@ fn check_combinations(config: &Config, sources: &BTreeMap<&'static str, Source>,
             allowed: format!("must not exceed adaptive.max_multiplier ({})", config.adaptive.max_multiplier),
         });
     }
+    if config.redis.cluster && config.redis.sentinel_master.is_some() {
+        problems.push(Problem {
+            key: "redis.sentinel_master".to_owned(),
+            value: config.redis.sentinel_master.clone(),
+            source: source_of("redis.sentinel_master"),
+            allowed: "cannot be set with redis.cluster = true: a cluster fails over by itself; unset one of them".to_owned(),
+        });
+    }
     if config.runs.summary_retention < config.runs.retention {
         problems.push(Problem {
             key: "runs.summary_retention".to_owned(),

@@ -52,9 +52,9 @@ impl CancelWatch {
     /// subscribes to both channels, then loads the cancelled set (a cancel in between is seen
     /// twice, never missed), then follows; when the connection is lost the mirror stops being
     /// live until it is subscribed and loaded again (job loops still poll meanwhile).
-    pub async fn follow(&self, client: redis::Client, conn: RedisConn, ready: JobsReady, shutdown: CancellationToken) {
+    pub async fn follow(&self, endpoint: crate::redis_conn::Endpoint, conn: RedisConn, ready: JobsReady, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
-            match self.subscribe_and_load(&client, &conn).await {
+            match self.subscribe_and_load(&endpoint, &conn).await {
                 Ok(mut pubsub) => {
                     self.inner.live.store(true, Ordering::Release);
                     tracing::debug!("following cancelled runs");
@@ -87,8 +87,8 @@ impl CancelWatch {
         }
     }
 
-    async fn subscribe_and_load(&self, client: &redis::Client, conn: &RedisConn) -> Result<redis::aio::PubSub, Error> {
-        let mut pubsub = client.get_async_pubsub().await.map_err(Error::redis("opening the cancel channel"))?;
+    async fn subscribe_and_load(&self, endpoint: &crate::redis_conn::Endpoint, conn: &RedisConn) -> Result<redis::aio::PubSub, Error> {
+        let mut pubsub = crate::redis_conn::pubsub(endpoint).await.map_err(Error::redis("opening the cancel channel"))?;
         pubsub
             .subscribe(&[keys::CANCELS_CHANNEL, keys::JOBS_READY_CHANNEL])
             .await

@@ -11,12 +11,74 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 /// A connection to Redis, cheap to clone: one server through a self-healing manager, one
-/// dedicated connection (a blocking wait holds it), or a Redis Cluster (routed by key slot).
+/// dedicated connection (a blocking wait holds it), a Redis Cluster (routed by key slot), or the
+/// master a Redis Sentinel names (asked again after a failover).
 #[derive(Clone)]
 pub enum RedisConn {
     Server(ConnectionManager),
     Dedicated(MultiplexedConnection),
     Cluster(ClusterLink),
+    Sentinel(SentinelLink),
+}
+
+/// The master of a Sentinel-watched set, found through the Sentinel at first use and again after
+/// a connection error or a `READONLY` answer (the old master came back as a replica): a failover
+/// costs the calls in flight, which callers retry as they retry any transient error.
+#[derive(Clone)]
+pub struct SentinelLink {
+    endpoint: Arc<Endpoint>,
+    budget: Duration,
+    master: Arc<std::sync::Mutex<Option<MultiplexedConnection>>>,
+}
+
+impl SentinelLink {
+    async fn connection(&self) -> redis::RedisResult<MultiplexedConnection> {
+        if let Some(conn) = self.master.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok(conn);
+        }
+        let conn = master_connection(&self.endpoint, self.budget, self.budget).await?;
+        *self.master.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// After an error: whether the master may have moved, in which case it is looked up again.
+    fn after<T>(&self, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
+        if let Err(e) = &result
+            && (is_transient(e) || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly))
+        {
+            *self.master.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        result
+    }
+}
+
+/// The current master's client, as the Sentinel at `endpoint.url` names it, within `budget`.
+async fn master_client(endpoint: &Endpoint, budget: Duration) -> redis::RedisResult<redis::Client> {
+    let master = endpoint.sentinel_master.as_deref().unwrap_or_default();
+    let mut sentinel =
+        redis::sentinel::SentinelClient::build(vec![endpoint.url.as_str()], master, None, redis::sentinel::SentinelServerType::Master)?;
+    tokio::time::timeout(budget, sentinel.async_get_client())
+        .await
+        .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "asking the Sentinel for the master timed out")))?
+}
+
+async fn master_connection(
+    endpoint: &Endpoint,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+) -> redis::RedisResult<MultiplexedConnection> {
+    let config =
+        redis::AsyncConnectionConfig::new().set_connection_timeout(Some(connect_timeout)).set_response_timeout(Some(response_timeout));
+    master_client(endpoint, connect_timeout).await?.get_multiplexed_async_connection_with_config(&config).await
+}
+
+/// A pub/sub connection: to the server, the cluster's seed node (a cluster relays every message
+/// to every node), or the master the Sentinel names now.
+pub async fn pubsub(endpoint: &Endpoint) -> redis::RedisResult<redis::aio::PubSub> {
+    if endpoint.sentinel_master.is_some() {
+        return master_client(endpoint, Duration::from_secs(5)).await?.get_async_pubsub().await;
+    }
+    endpoint.client()?.get_async_pubsub().await
 }
 
 /// A Redis Cluster connection made at its first use, so a process starts while the cluster is
@@ -43,6 +105,10 @@ impl ConnectionLike for RedisConn {
                 let mut c = link.connection().await?;
                 c.req_packed_command(cmd).await
             }),
+            RedisConn::Sentinel(link) => Box::pin(async move {
+                let mut c = link.after(link.connection().await)?;
+                link.after(c.req_packed_command(cmd).await)
+            }),
         }
     }
 
@@ -66,6 +132,10 @@ impl ConnectionLike for RedisConn {
                     other => other,
                 }
             }),
+            RedisConn::Sentinel(link) => Box::pin(async move {
+                let mut c = link.after(link.connection().await)?;
+                link.after(c.req_packed_commands(pipeline, offset, count).await)
+            }),
         }
     }
 
@@ -73,7 +143,7 @@ impl ConnectionLike for RedisConn {
         match self {
             RedisConn::Server(c) => c.get_db(),
             RedisConn::Dedicated(c) => c.get_db(),
-            RedisConn::Cluster(_) => 0,
+            RedisConn::Cluster(_) | RedisConn::Sentinel(_) => 0,
         }
     }
 }
@@ -89,6 +159,8 @@ pub struct Endpoint {
     pub tls_insecure: bool,
     /// `url` is one node of a Redis Cluster; the others are found from it.
     pub cluster: bool,
+    /// `url` is a Redis Sentinel, and this the name of the master set it watches.
+    pub sentinel_master: Option<String>,
 }
 
 impl Endpoint {
@@ -147,7 +219,13 @@ impl From<String> for Endpoint {
 
 impl From<&projector_config::RedisConfig> for Endpoint {
     fn from(c: &projector_config::RedisConfig) -> Self {
-        Endpoint { url: c.url.clone(), tls_ca_file: c.tls_ca_file.clone(), tls_insecure: c.tls_insecure, cluster: c.cluster }
+        Endpoint {
+            url: c.url.clone(),
+            tls_ca_file: c.tls_ca_file.clone(),
+            tls_insecure: c.tls_insecure,
+            cluster: c.cluster,
+            sentinel_master: c.sentinel_master.clone(),
+        }
     }
 }
 
@@ -176,6 +254,10 @@ pub fn connection_manager(
 ) -> Result<(redis::Client, RedisConn), redis::RedisError> {
     let endpoint = endpoint.into();
     let client = endpoint.client()?;
+    if endpoint.sentinel_master.is_some() {
+        let link = SentinelLink { endpoint: Arc::new(endpoint), budget: round_trip_budget, master: Arc::new(std::sync::Mutex::new(None)) };
+        return Ok((client, RedisConn::Sentinel(link)));
+    }
     if endpoint.cluster {
         crate::keys::use_cluster_layout();
         let link =
@@ -199,6 +281,9 @@ pub async fn dedicated_connection(
     connect_timeout: Duration,
     response_timeout: Duration,
 ) -> Result<RedisConn, redis::RedisError> {
+    if endpoint.sentinel_master.is_some() {
+        return Ok(RedisConn::Dedicated(master_connection(endpoint, connect_timeout, response_timeout).await?));
+    }
     if endpoint.cluster {
         let conn = cluster_client(endpoint, response_timeout)?.get_async_connection().await?;
         return Ok(RedisConn::Cluster(ClusterLink {

@@ -5,7 +5,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::wait_until;
+use crate::{redis_cli, wait_until};
 
 /// Three masters, no replicas, every slot served.
 pub struct RedisCluster {
@@ -51,9 +51,7 @@ impl RedisCluster {
         }
         let cluster = RedisCluster { _dir: dir, nodes };
         for port in &ports {
-            wait_until(Duration::from_secs(10), "a cluster node answers PING", || {
-                cluster.cli(*port, &["ping"]).is_some_and(|o| o == "PONG")
-            });
+            wait_until(Duration::from_secs(10), "a cluster node answers PING", || redis_cli(*port, &["ping"]).is_some_and(|o| o == "PONG"));
         }
         let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let created = Command::new("redis-cli")
@@ -65,7 +63,7 @@ impl RedisCluster {
         assert!(created.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&created.stdout));
         for port in &ports {
             wait_until(Duration::from_secs(30), "every node sees the cluster ok", || {
-                cluster.cli(*port, &["cluster", "info"]).is_some_and(|info| info.contains("cluster_state:ok"))
+                redis_cli(*port, &["cluster", "info"]).is_some_and(|info| info.contains("cluster_state:ok"))
             });
         }
         cluster
@@ -83,13 +81,7 @@ impl RedisCluster {
 
     /// How many keys the node on `port` holds.
     pub fn keys_on(&self, port: u16) -> u64 {
-        self.cli(port, &["dbsize"]).and_then(|n| n.parse().ok()).unwrap_or(0)
-    }
-
-    /// `redis-cli -p port args…`, its trimmed output; `None` if it failed.
-    fn cli(&self, port: u16, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        redis_cli(port, &["dbsize"]).and_then(|n| n.parse().ok()).unwrap_or(0)
     }
 }
 

@@ -9,14 +9,21 @@ use crate::{Proc, RedisServer, command, workspace_bin};
 /// The environment of every process of the fleet: this Redis, this query service (Snuba API),
 /// metrics on a free port, fast housekeeping, info logs.
 pub fn base_env(redis: &RedisServer, query_url: &str) -> Vec<(String, String)> {
-    vec![
-        ("PROJECTOR_REDIS_URL".into(), redis.url()),
+    env_with(redis.url(), query_url, &[])
+}
+
+/// The same for any Redis URL (a cluster's node, a Sentinel), with `extra` variables after.
+pub fn env_with(redis_url: String, query_url: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PROJECTOR_REDIS_URL".into(), redis_url),
         ("PROJECTOR_QUERY_SOURCE".into(), "snuba".into()),
         ("PROJECTOR_QUERY_URL".into(), query_url.to_owned()),
         ("PROJECTOR_WORKER_METRICS_ADDR".into(), "127.0.0.1:0".into()),
         ("PROJECTOR_WORKER_HOUSEKEEPING_INTERVAL".into(), "100ms".into()),
         ("RUST_LOG".into(), "info".into()),
-    ]
+    ];
+    env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    env
 }
 
 /// Runs a workspace binary to its end.

@@ -15,6 +15,7 @@ pub mod cost;
 pub mod fleet;
 pub mod memory;
 mod postgres;
+pub mod sentinel;
 pub use postgres::PostgresServer;
 
 /// A `redis-server` owned by one test, listening only on a unix socket in its own directory (no
@@ -102,6 +103,12 @@ impl Drop for RedisServer {
 /// it); a server under test binds port 0 and reports its address instead.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind a free port")
+}
+
+/// `redis-cli -p port args…` against a server on 127.0.0.1, its trimmed output; `None` if it failed.
+pub fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
+    let out = Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// Polls `condition` until it holds; fails the test with `what` after `timeout`.

@@ -5,32 +5,16 @@
 use std::time::Duration;
 
 use projector_tests::cluster::RedisCluster;
-use projector_tests::fleet::{json_of, run, text, worker};
+use projector_tests::fleet::{env_with, json_of, run, text, worker};
 use projector_tests::{FakeSnuba, wait_until};
 
 const FAKE: &str = env!("CARGO_BIN_EXE_projector-fake-snuba");
-
-fn cluster_env(cluster: &RedisCluster, query_url: &str) -> Vec<(String, String)> {
-    [
-        ("PROJECTOR_REDIS_URL", cluster.url()),
-        ("PROJECTOR_REDIS_CLUSTER", "true".to_owned()),
-        ("PROJECTOR_QUERY_SOURCE", "snuba".to_owned()),
-        ("PROJECTOR_QUERY_URL", query_url.to_owned()),
-        ("PROJECTOR_WORKER_METRICS_ADDR", "127.0.0.1:0".to_owned()),
-        ("PROJECTOR_WORKER_HOUSEKEEPING_INTERVAL", "100ms".to_owned()),
-        ("PROJECTOR_SLOTS_LIMIT", "4".to_owned()),
-        ("RUST_LOG", "info".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
-}
 
 #[test]
 fn a_run_on_a_redis_cluster_completes_every_org_within_the_slot_bound() {
     let cluster = RedisCluster::start();
     let fake = FakeSnuba::start(FAKE, &["--latency", "30ms"]);
-    let env = cluster_env(&cluster, &fake.url());
+    let env = env_with(cluster.url(), &fake.url(), &[("PROJECTOR_REDIS_CLUSTER", "true"), ("PROJECTOR_SLOTS_LIMIT", "4")]);
     let _workers = [worker(&env, &["--concurrency", "6"]), worker(&env, &["--concurrency", "6"])];
 
     let out = run("projector-scheduler", &env, &["run-once", "--wait", "--wait-timeout", "120s", "--orgs", "60", "--batch-delay", "0s"]);

@@ -63,13 +63,11 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
     );
     let endpoint = projector_shared::redis_conn::Endpoint::from(&config.redis);
     let jobs_ready = JobsReady::default();
-    match endpoint.client() {
-        Ok(client) => {
-            let (conn, shutdown, ready) = (conn.clone(), shutdown.clone(), jobs_ready.clone());
-            services.spawn("fleet_events", async move { cancels.follow(client, conn, ready, shutdown).await });
-        }
-        // Every slot grant then asks the run record, and the job loop only polls: correct, slower.
-        Err(e) => tracing::warn!(error = %e, "cannot follow the fleet's events; each job asks the run record after its slot wait"),
+    {
+        // Until it is subscribed, every slot grant asks the run record and the job loop only
+        // polls: correct, slower.
+        let (endpoint, conn, shutdown, ready) = (endpoint.clone(), conn.clone(), shutdown.clone(), jobs_ready.clone());
+        services.spawn("fleet_events", async move { cancels.follow(endpoint, conn, ready, shutdown).await });
     }
     let in_force = announce_limit(&slots, config.slots.limit).await;
     tracing::info!(
