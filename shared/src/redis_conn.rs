@@ -1,6 +1,7 @@
-//! The one way Projector opens a Redis connection: an endpoint (URL plus TLS trust, one server or
-//! a Redis Cluster), lazy connects (a process starts while Redis is down), bounded timeouts,
-//! reconnects with capped backoff, and URLs that never show a password in a message.
+//! The one way Projector opens a Redis connection: an endpoint (URL plus TLS trust; one server, a
+//! Redis Cluster, or the master a Sentinel names), lazy connects (a process starts while Redis is
+//! down), bounded timeouts, reconnects with capped backoff, and URLs that never show a password in
+//! a message.
 
 use std::path::PathBuf;
 use std::sync::Arc;
