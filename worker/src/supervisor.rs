@@ -146,14 +146,16 @@ impl Supervisor {
                 self.readiness.set_job_loop_running(false);
                 // apalis stops fetching on the same signal; we wait for the jobs already running.
                 // The jobs run inside apalis's stream, so `run` must still be polled meanwhile.
-                // `settled`: the loop itself ended, so every started job's acknowledgement was
-                // sent; a job's ack goes out after its handler returns, hence the short wait.
+                // `settled`: the loop itself ended without an error, so every started job's
+                // acknowledgement was sent; a job's ack goes out after its handler returns, hence
+                // the short wait.
                 let drain = async {
                     tokio::select! {
-                        _ = &mut run => return true,
+                        r = &mut run => return r.is_ok(),
                         () = self.handler.running.none() => {}
                     }
-                    tokio::time::timeout(ACK_FLUSH, &mut run).await.is_ok()
+                    // A loop that ended on an error may have lost an ack: not settled.
+                    matches!(tokio::time::timeout(ACK_FLUSH, &mut run).await, Ok(Ok(())))
                 };
                 let settled = match tokio::time::timeout(self.shutdown_grace, drain).await {
                     Ok(settled) => {
