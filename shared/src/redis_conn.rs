@@ -247,8 +247,8 @@ pub fn redact_text(text: &str, endpoint: &Endpoint) -> String {
 }
 
 /// A lazily connecting, self-healing connection; `round_trip_budget` bounds connect and each
-/// reply. The client is for pub/sub (`Endpoint::client`). A cluster endpoint also switches this
-/// process to the cluster key layout (`keys::use_cluster_layout`).
+/// reply. The client is `Endpoint::client`, for `dedicated_connection` on one server. A cluster
+/// endpoint also switches this process to the cluster key layout (`keys::use_cluster_layout`).
 pub fn connection_manager(
     endpoint: impl Into<Endpoint>,
     round_trip_budget: Duration,
@@ -286,11 +286,9 @@ pub async fn dedicated_connection(
         return Ok(RedisConn::Dedicated(master_connection(endpoint, connect_timeout, response_timeout).await?));
     }
     if endpoint.cluster {
-        let conn = cluster_client(endpoint, response_timeout)?.get_async_connection().await?;
-        return Ok(RedisConn::Cluster(ClusterLink {
-            client: Arc::new(cluster_client(endpoint, response_timeout)?),
-            conn: Arc::new(tokio::sync::OnceCell::new_with(Some(conn))),
-        }));
+        let client = Arc::new(cluster_client(endpoint, response_timeout)?);
+        let conn = client.get_async_connection().await?;
+        return Ok(RedisConn::Cluster(ClusterLink { client, conn: Arc::new(tokio::sync::OnceCell::new_with(Some(conn))) }));
     }
     let config =
         redis::AsyncConnectionConfig::new().set_connection_timeout(Some(connect_timeout)).set_response_timeout(Some(response_timeout));
