@@ -5,10 +5,13 @@
 -- path, which cannot be fenced): one read (HMGET) and one check per project, not per hour.
 -- Fields of projects this write does not carry are dropped once their projection is older than
 -- prune_before, and fields of the earlier per-hour layout (<project>:<hour>) at the first write
--- after an upgrade; neither is looked for unless the hash holds more fields than this write.
+-- after an upgrade; neither is looked for unless the hash holds more fields than the whole write.
+-- A large org is written in several calls (chunks of at most a few thousand fields: `unpack`
+-- holds about 8,000 values); only the last looks for fields to prune.
 -- KEYS: 1 projections (hash per org)
 -- ARGV: 1 first_hour (unix s), 2 fencing token, 3 ttl_ms, 4 prune_before (unix s),
---       5.. project/value pairs
+--       5 projects in the whole write (all chunks), 6 1 if this is the write's last chunk,
+--       7.. project/value pairs
 -- Returns: {written (0|1), stored_first_hour, stored_token}; the stored pair names the newer
 --          write that refused this one (0, 0 when written).
 local projections = KEYS[1]
@@ -23,8 +26,9 @@ local function header(value)
   return 0, 0
 end
 
+local total, last = tonumber(ARGV[5]), ARGV[6] == '1'
 local written, fields = {}, {}
-for i = 5, #ARGV, 2 do
+for i = 7, #ARGV, 2 do
   written[ARGV[i]] = true
   fields[#fields + 1] = ARGV[i]
 end
@@ -37,8 +41,8 @@ for _, old in ipairs(redis.call('HMGET', projections, unpack(fields))) do
     end
   end
 end
-redis.call('HSET', projections, unpack(ARGV, 5))
-if redis.call('HLEN', projections) > (#ARGV - 4) / 2 then
+redis.call('HSET', projections, unpack(ARGV, 7))
+if last and redis.call('HLEN', projections) > total then
   for _, f in ipairs(redis.call('HKEYS', projections)) do
     if not written[f] then
       local stale = string.find(f, ':', 1, true) ~= nil

@@ -154,6 +154,10 @@ pub struct QueryConfig {
     pub url: Option<String>,
     /// Queries go to `{url}/{dataset}/snql`.
     pub dataset: String,
+    /// Outcome categories summed into the accepted volume.
+    pub categories: Vec<u8>,
+    /// Rows per page (SnQL `LIMIT`), at most 10,000.
+    pub page_rows: usize,
     pub referrer: String,
     pub timeout: Duration,
     /// How long the query service lets one query run after it starts; `None` means `timeout`.
@@ -306,6 +310,10 @@ impl Config {
 }
 
 /// The `[rate]` keys a referrer table, or a runtime policy in Redis, may set.
+/// Datasets whose entity has every column of the accepted-outcomes query (checked in Snuba's
+/// entity files; docs/snuba.md). `query.dataset` accepts only these.
+pub const DATASETS_WITH_OUTCOMES: &[&str] = &["outcomes", "outcomes_raw"];
+
 pub const RATE_POLICY_KEYS: &[&str] = &["rates", "max_delay", "mode", "burst", "start_jitter", "enforce", "cooldown_after_429"];
 
 /// Placeholders only: the defaults are the key table's (`Config::default`).

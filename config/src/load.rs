@@ -167,6 +167,16 @@ fn check_combinations(config: &Config, sources: &BTreeMap<&'static str, Source>,
             ),
         });
     }
+    if config.query.referrer.starts_with("billing.") {
+        problems.push(Problem {
+            key: "query.referrer".to_owned(),
+            value: Some(config.query.referrer.clone()),
+            source: source_of("query.referrer"),
+            allowed: "must not start with \"billing.\": Snuba sends such referrers to the daily outcomes table, which has no hours \
+                      (OutcomesStorageSelector); keep the default getsentry.get_spike_projections"
+                .to_owned(),
+        });
+    }
     if config.query.source == QuerySourceKind::Snuba && config.query.url.is_none() {
         problems.push(Problem {
             key: "query.url".to_owned(),

@@ -42,6 +42,26 @@ pub const QUERY_RATE_LIMITED_TOTAL: &str = "projector_query_rate_limited_total";
 /// early warning, below the limit where it starts refusing.
 pub const QUERY_THROTTLED_TOTAL: &str = "projector_query_throttled_total";
 
+/// 200 answers throttled by a policy other than the referrer's (bytes scanned): they say
+/// nothing about the fleet's concurrency and feed no limit. Labelled `policy` (Snuba's class names).
+pub const QUERY_THROTTLED_OTHER_TOTAL: &str = "projector_query_throttled_other_total";
+/// Queries (pages) one org's history took (histogram): projects are read in groups whose every
+/// hour fits one page of at most 10,000 rows.
+pub const QUERY_PAGES: &str = "projector_query_pages";
+/// The query service's own count of this referrer's running queries, from every caller, as its
+/// latest answer to this process reported it (`ReferrerGuardRailPolicy.quota_used`; -1 when the
+/// service's counter failed). Gauge, labelled `referrer`.
+pub const SERVICE_QUOTA_USED: &str = "projector_service_quota_used";
+/// The referrer's limit in force at the query service, overrides included
+/// (`ReferrerGuardRailPolicy.rejection_threshold`). Gauge, labelled `referrer`.
+pub const SERVICE_REJECTION_THRESHOLD: &str = "projector_service_rejection_threshold";
+/// Slots kept after their query was abandoned (a client-side timeout, a lost lease, a cancel):
+/// the service still counts such a query until it ends, so the slot is not handed on before
+/// query.max_duration has passed since the query started.
+pub const SLOT_KEPT_AFTER_ABANDON_TOTAL: &str = "projector_slot_kept_after_abandon_total";
+/// Runs stopped because the query service refused the query itself (a 400): one per run.
+pub const RUN_STOPPED_TOTAL: &str = "projector_run_stopped_total";
+
 /// Projection writes refused because a newer run or a newer lease already wrote those hours.
 pub const PROJECTION_STALE_REFUSED_TOTAL: &str = "projector_projection_stale_write_refused_total";
 
@@ -93,4 +113,7 @@ pub const HISTOGRAMS: &[(&str, &[f64])] = &[
     (QUERY_DURATION_SECONDS, QUERY_DURATION_BUCKETS),
     (RATE_DELAY_SECONDS, SLOT_WAIT_BUCKETS),
     (SINK_WRITE_SECONDS, SINK_WRITE_BUCKETS),
+    (QUERY_PAGES, QUERY_PAGE_BUCKETS),
 ];
+/// Histogram buckets for pages per org: 1 (almost every org) to a 20,000-project org's ~1,000.
+pub const QUERY_PAGE_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0];

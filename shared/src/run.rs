@@ -293,6 +293,13 @@ pub trait RunLedger: Send + Sync {
 
     /// The run's totals so far; `None` if there is no such run.
     fn summary<'a>(&'a self, run_id: &'a RunId) -> BoxFuture<'a, Result<Option<RunSummary>, Error>>;
+
+    /// Ends the run's open orgs as `failed` with `why`: the query service refused the query
+    /// itself. Returns how many orgs it ended. In one process (the embedded run) the pipeline's
+    /// own record of stopped runs already fails them without a query, so there is nothing to do.
+    fn stop<'a>(&'a self, _run_id: &'a RunId, _why: &'a crate::trail::Why) -> BoxFuture<'a, Result<u64, Error>> {
+        Box::pin(async { Ok(0) })
+    }
 }
 
 /// One run's outcomes in memory, for the embedded run; the first outcome recorded for an org wins.

@@ -527,6 +527,19 @@ impl RunRecords {
     /// Ends every open org of the run as `cancelled` and marks the run cancelled; returns how
     /// many orgs this cancelled. Orgs that already ended keep their outcome.
     pub async fn cancel(&self, run_id: &RunId) -> Result<u64, Error> {
+        let line = Attempt { steps: vec![trail::Step::Cancelled], ..Attempt::bare(Outcome::Cancelled) };
+        self.end_open_orgs(run_id, Outcome::Cancelled, &line).await
+    }
+
+    /// Ends every open org of the run as `failed` with `why`, because the query service refused
+    /// the query itself: every org would earn the same answer. Announced like a cancel, so a job
+    /// that gets its slot from then on sends no query. Returns how many orgs this ended.
+    pub async fn stop(&self, run_id: &RunId, why: &trail::Why) -> Result<u64, Error> {
+        let line = Attempt { why: Some(why.clone()), steps: vec![trail::Step::Stopped], ..Attempt::bare(Outcome::Failed) };
+        self.end_open_orgs(run_id, Outcome::Failed, &line).await
+    }
+
+    async fn end_open_orgs(&self, run_id: &RunId, outcome: Outcome, line: &Attempt) -> Result<u64, Error> {
         let planned: Vec<u64> = redis::cmd("HKEYS")
             .arg(keys::run_plan(run_id))
             .query_async(&mut self.conn.clone())
@@ -549,7 +562,7 @@ impl RunRecords {
             .invoke_async::<()>(&mut self.conn.clone())
             .await
             .map_err(Error::redis(format!("announcing the cancel of run {run_id}")))?;
-        let line = Attempt { steps: vec![trail::Step::Cancelled], ..Attempt::bare(Outcome::Cancelled) }.to_line();
+        let line = line.to_line();
         let mut cancelled = 0;
         // An empty plan still marks the run cancelled (one call with no orgs).
         let chunks: Vec<&[u64]> = if planned.is_empty() { vec![&[]] } else { planned.chunks(ORGS_PER_CALL).collect() };
@@ -563,7 +576,8 @@ impl RunRecords {
                 .arg(&line)
                 .arg(trail::KEPT_ATTEMPTS)
                 .arg(self.trail_retention_ms())
-                .arg(self.summary_retention_ms());
+                .arg(self.summary_retention_ms())
+                .arg(outcome.as_str());
             for org in chunk {
                 invocation.arg(*org);
             }
@@ -585,5 +599,9 @@ impl RunLedger for RunRecords {
 
     fn summary<'a>(&'a self, run_id: &'a RunId) -> BoxFuture<'a, Result<Option<RunSummary>, Error>> {
         Box::pin(RunRecords::summary(self, run_id, OrgIds::Leave))
+    }
+
+    fn stop<'a>(&'a self, run_id: &'a RunId, why: &'a trail::Why) -> BoxFuture<'a, Result<u64, Error>> {
+        Box::pin(RunRecords::stop(self, run_id, why))
     }
 }

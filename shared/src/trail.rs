@@ -46,6 +46,9 @@ pub enum Step {
         ms: u64,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         throttled: bool,
+        /// Queries (pages) the org's window took; 1 for most orgs.
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        pages: u32,
     },
     /// The store write, stamped with the slot's fencing token (0 on the legacy path).
     Store { ok: bool, token: u64, projects: usize, ms: u64 },
@@ -54,6 +57,8 @@ pub enum Step {
     Rescheduled { times: u32 },
     /// An operator cancelled the run before this org ran.
     Cancelled,
+    /// The run stopped before this org ran: the query service refused the query itself.
+    Stopped,
 }
 
 impl Step {
@@ -75,9 +80,10 @@ impl Step {
             Step::Rate { admitted: false, reason, retry_after_ms } => {
                 format!("rate: refused ({}), next admission in {} ms", reason.as_deref().unwrap_or("policy"), retry_after_ms.unwrap_or(0))
             }
-            Step::Query { status, ms, throttled } => {
+            Step::Query { status, ms, throttled, pages } => {
                 let throttled = if *throttled { ", throttled by the query service" } else { "" };
-                format!("query: {status} after {ms} ms{throttled}")
+                let pages = if *pages == 1 { String::new() } else { format!(" over {pages} pages") };
+                format!("query: {status} after {ms} ms{pages}{throttled}")
             }
             Step::Store { ok, token, projects, ms } => {
                 let result = if *ok { "stored" } else { "failed" };
@@ -87,6 +93,7 @@ impl Step {
                 format!("rescheduled {times} time(s) before this try (no slot or no rate admission in time; slots.on_timeout = reschedule)")
             }
             Step::Cancelled => "cancelled by an operator before it ran".to_owned(),
+            Step::Stopped => "not queried: the run stopped when the query service refused its query (see the reason)".to_owned(),
         }
     }
 }
@@ -157,6 +164,14 @@ pub fn parse(trail: &str) -> Vec<Recorded> {
         .collect()
 }
 
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,7 +186,7 @@ mod tests {
             steps: vec![
                 Step::Routed { limited: true, why: "flag unset".into() },
                 Step::Slot { granted: true, waited_ms: 3, token: Some(9), in_use: None, limit: None, queue_position: None },
-                Step::Query { status: "server_error".into(), ms: 40, throttled: false },
+                Step::Query { status: "server_error".into(), ms: 40, throttled: false, pages: 1 },
             ],
         };
         assert_eq!(a.why.as_ref().map(|w| w.message.len()), Some(MESSAGE_CHARS));

@@ -654,7 +654,7 @@ fn a_retry_reopens_only_what_it_names_a_stale_attempt_records_nothing_and_cancel
         let failed = Attempt {
             worker: "w-a".into(),
             why: Some(Why::new("server_error", "the query service answered 500")),
-            steps: vec![Step::Query { status: "server_error".into(), ms: 12, throttled: false }],
+            steps: vec![Step::Query { status: "server_error".into(), ms: 12, throttled: false, pages: 1 }],
             ..Attempt::bare(Outcome::Failed)
         };
         records.record(&run, OrgId(1), &Attempt::bare(Outcome::Completed)).await.expect("record");

@@ -23,6 +23,7 @@ pub fn query_source(config: &Config) -> Result<Arc<dyn QuerySource>, Error> {
             url: url.clone(),
             dataset: config.query.dataset.clone(),
             referrer: config.query.referrer.clone(),
+            categories: config.query.categories.clone(),
             timeout: config.query.timeout,
             tls_ca_file: config.query.tls_ca_file.clone(),
             tls_insecure: config.query.tls_insecure,

@@ -1,11 +1,68 @@
 //! The one error type of `projector-worker`; each variant says whether retrying could help.
 
+/// Whose concern a 429 is, by the policy that refused (docs/snuba.md, "Rejections").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectionClass {
+    /// `ReferrerGuardRailPolicy`: the fleet has too many queries in flight; it feeds the limits.
+    Referrer,
+    /// The per-project-or-org concurrency policy: this org is busy elsewhere; only it waits.
+    Tenant,
+    /// A bytes-scanned policy, or a query stopped at its byte cap: this org backs off for the
+    /// policy's window.
+    Bytes,
+}
+
+impl RejectionClass {
+    /// The `reason` label of this class.
+    pub fn reason(self) -> &'static str {
+        match self {
+            RejectionClass::Referrer => "rate_limited",
+            RejectionClass::Tenant => "rate_limited_org",
+            RejectionClass::Bytes => "rate_limited_bytes",
+        }
+    }
+
+    fn advice(self) -> &'static str {
+        match self {
+            RejectionClass::Referrer => "lower slots.limit, or look for other callers of this referrer",
+            RejectionClass::Tenant => "the org's other traffic holds its share; only this org is tried again later",
+            RejectionClass::Bytes => "the org scanned its byte budget; it is tried again after the policy's window",
+        }
+    }
+}
+
+/// `quota used 101 of 100` when the service said both.
+fn numbers(quota_used: &Option<i64>, threshold: &Option<i64>) -> String {
+    match (quota_used, threshold) {
+        (Some(u), Some(t)) => format!(", {u} in use against a limit of {t}"),
+        (Some(u), None) => format!(", {u} in use"),
+        _ => String::new(),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(
-        "query rate limited by the analytics store (policy {policy:?}, quota used {quota_used:?}, threshold {threshold:?}); lower slots.limit or check other referrers on the same storage"
-    )]
-    RateLimited { policy: Option<String>, quota_used: Option<u64>, threshold: Option<u64> },
+    #[error("query refused by the query service's {policy}{numbers}; {advice}", numbers = numbers(quota_used, threshold), advice = class.advice())]
+    RateLimited {
+        class: RejectionClass,
+        policy: String,
+        quota_used: Option<i64>,
+        threshold: Option<i64>,
+        storage_key: Option<String>,
+        message: String,
+    },
+
+    #[error("the query service refused the tenant ids Projector sent ({policy}): {detail}; check query.referrer and the org id")]
+    InvalidTenant { policy: String, detail: String },
+
+    #[error("the query ran out of time in ClickHouse (code {code}): {detail}")]
+    ServiceTimeout { code: i64, detail: String },
+
+    #[error("ClickHouse is overloaded (too many simultaneous queries, code 202): {detail}")]
+    ServiceOverloaded { detail: String },
+
+    #[error("the query service refused Projector's query ({status} {kind}): {message}; the run is stopped. Query: {query}")]
+    QueryRefused { status: u16, kind: String, message: String, query: String },
 
     #[error("query service answered {status}: {detail}")]
     QueryServer { status: u16, detail: String },
@@ -16,7 +73,7 @@ pub enum Error {
     #[error("query service at {url} unreachable: {detail} (check query.url and that the service is up)")]
     QueryUnreachable { url: String, detail: String },
 
-    #[error("query service refused the query as bad ({status}): {detail}")]
+    #[error("query service refused this org's query ({status}): {detail}")]
     QueryBadRequest { status: u16, detail: String },
 
     #[error("query service returned a body that cannot be read ({reason}); starts with {sample:?}")]
@@ -24,6 +81,12 @@ pub enum Error {
 
     #[error("the slot lease was lost while querying; the query was abandoned")]
     LeaseLost,
+
+    #[error("the org's history could not be read whole: {detail}")]
+    Incomplete { detail: String },
+
+    #[error("the run was stopped before this org was queried: {reason}")]
+    RunStopped { reason: String },
 
     #[error("cannot write projections to {target}: {detail}")]
     Sink { target: String, detail: String },
@@ -45,6 +108,13 @@ pub enum Error {
 /// because its run or its org is not in the run record). Registered at zero at start.
 pub const REASONS: &[&str] = &[
     "rate_limited",
+    "rate_limited_org",
+    "rate_limited_bytes",
+    "invalid_tenant",
+    "overloaded",
+    "invalid_query",
+    "run_stopped",
+    "incomplete",
     "server_error",
     "timeout",
     "unreachable",
@@ -61,20 +131,40 @@ pub const REASONS: &[&str] = &[
 ];
 
 /// Every `kind` label of `projector_query_errors_total`: the query errors' reasons.
-pub const QUERY_ERROR_KINDS: &[&str] = &["rate_limited", "server_error", "timeout", "unreachable", "bad_request", "malformed_body"];
+pub const QUERY_ERROR_KINDS: &[&str] = &[
+    "rate_limited",
+    "rate_limited_org",
+    "rate_limited_bytes",
+    "invalid_tenant",
+    "overloaded",
+    "invalid_query",
+    "server_error",
+    "timeout",
+    "unreachable",
+    "bad_request",
+    "malformed_body",
+];
 
 impl Error {
     /// Whether the same job could succeed if tried again later.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::RateLimited { .. }
+            | Error::ServiceTimeout { .. }
+            | Error::ServiceOverloaded { .. }
             | Error::QueryServer { .. }
             | Error::QueryUnreachable { .. }
             | Error::QueryTimeout(_)
             | Error::LeaseLost => true,
             Error::Sink { .. } => true,
             Error::Metrics { .. } => false,
-            Error::QueryBadRequest { .. } | Error::QueryMalformed { .. } | Error::StaleWrite { .. } => false,
+            Error::Incomplete { .. } => true,
+            Error::QueryBadRequest { .. }
+            | Error::QueryRefused { .. }
+            | Error::InvalidTenant { .. }
+            | Error::RunStopped { .. }
+            | Error::QueryMalformed { .. }
+            | Error::StaleWrite { .. } => false,
             Error::Shared(e) => e.is_retryable(),
         }
     }
@@ -82,7 +172,13 @@ impl Error {
     /// The bounded `reason` label for `run_spike_projection_error_total`.
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::RateLimited { .. } => "rate_limited",
+            Error::RateLimited { class, .. } => class.reason(),
+            Error::InvalidTenant { .. } => "invalid_tenant",
+            Error::ServiceTimeout { .. } => "timeout",
+            Error::ServiceOverloaded { .. } => "overloaded",
+            Error::QueryRefused { .. } => "invalid_query",
+            Error::RunStopped { .. } => "run_stopped",
+            Error::Incomplete { .. } => "incomplete",
             Error::QueryServer { .. } => "server_error",
             Error::QueryTimeout(_) => "timeout",
             Error::QueryUnreachable { .. } => "unreachable",
@@ -105,7 +201,20 @@ mod tests {
     #[test]
     fn every_reason_is_registered() {
         let samples = [
-            Error::RateLimited { policy: None, quota_used: None, threshold: None },
+            Error::RateLimited {
+                class: RejectionClass::Referrer,
+                policy: String::new(),
+                quota_used: None,
+                threshold: None,
+                storage_key: None,
+                message: String::new(),
+            },
+            Error::InvalidTenant { policy: String::new(), detail: String::new() },
+            Error::ServiceTimeout { code: 159, detail: String::new() },
+            Error::ServiceOverloaded { detail: String::new() },
+            Error::QueryRefused { status: 400, kind: String::new(), message: String::new(), query: String::new() },
+            Error::RunStopped { reason: String::new() },
+            Error::Incomplete { detail: String::new() },
             Error::QueryServer { status: 500, detail: String::new() },
             Error::QueryTimeout(std::time::Duration::ZERO),
             Error::QueryUnreachable { url: String::new(), detail: String::new() },

@@ -90,15 +90,19 @@ pub struct Rescheduler {
 }
 
 impl Rescheduler {
-    /// From config: `None` unless `slots.on_timeout = "reschedule"`.
-    pub fn from_config(config: &Config, conn: &RedisConn) -> Option<Self> {
-        (config.slots.on_timeout == OnSlotTimeout::Reschedule).then(|| Rescheduler {
-            conn: conn.clone(),
-            max_reschedules: config.slots.max_reschedules,
-            dedup_window: config.runs.dedup_window,
-        })
+    /// From config: every worker has one (a per-org 429 is always tried again later); slot
+    /// timeouts use it only with `slots.on_timeout = "reschedule"` ([`reschedules_skips`]).
+    pub fn from_config(config: &Config, conn: &RedisConn) -> Self {
+        Rescheduler { conn: conn.clone(), max_reschedules: config.slots.max_reschedules, dedup_window: config.runs.dedup_window }
     }
+}
 
+/// Whether slot timeouts and rate refusals go back to the queue (`slots.on_timeout = "reschedule"`).
+pub fn reschedules_skips(config: &Config) -> bool {
+    config.slots.on_timeout == OnSlotTimeout::Reschedule
+}
+
+impl Rescheduler {
     /// Puts the job back: at `retry_after` (rounded up to the second) when the rate policy named
     /// one, else after a jittered exponential backoff.
     async fn reschedule(&self, job: &SpikeProjectionJob, retry_after: Option<Duration>) -> Result<(), Error> {
@@ -152,6 +156,8 @@ pub struct JobHandler {
     pub ledger: Arc<dyn RunLedger>,
     pub routing: Routing,
     pub rescheduler: Option<Rescheduler>,
+    /// Slot timeouts and rate refusals go back to the queue (`slots.on_timeout = "reschedule"`).
+    pub reschedule_skips: bool,
     pub running: RunningJobs,
     /// The fleet's cancelled runs, mirrored (worker only); without it, the ledger is asked.
     pub cancels: Option<CancelWatch>,
@@ -159,7 +165,20 @@ pub struct JobHandler {
 
 impl JobHandler {
     pub fn new(pipeline: Pipeline, ledger: Arc<dyn RunLedger>, routing: Routing, rescheduler: Option<Rescheduler>) -> Self {
-        JobHandler { pipeline, ledger, routing, rescheduler, running: RunningJobs(tokio::sync::watch::Sender::new(0)), cancels: None }
+        JobHandler {
+            pipeline,
+            ledger,
+            routing,
+            rescheduler,
+            reschedule_skips: false,
+            running: RunningJobs(tokio::sync::watch::Sender::new(0)),
+            cancels: None,
+        }
+    }
+
+    /// Slot timeouts and rate refusals go back to the queue too (`slots.on_timeout = "reschedule"`).
+    pub fn rescheduling_skips(self, yes: bool) -> Self {
+        JobHandler { reschedule_skips: yes, ..self }
     }
 
     /// Answers "cancelled?" from `cancels` while it is live, without a round trip to Redis.
@@ -213,8 +232,21 @@ impl JobHandler {
         if ended.stale {
             return Ok(());
         }
+        if let (Some(reason), Some(why)) = (&ended.stop_run, &ended.why) {
+            match self.ledger.stop(&job.run_id, why).await {
+                Ok(n) => {
+                    tracing::error!(run_id = %job.run_id, orgs = n, reason = %reason, "run stopped: its open orgs end failed without a query")
+                }
+                Err(e) => {
+                    tracing::warn!(run_id = %job.run_id, error = %e, "cannot stop the run in its record; this worker fails its orgs without a query")
+                }
+            }
+        }
         let outcome = ended.outcome;
-        if matches!(outcome, Outcome::SkippedNoSlot | Outcome::SkippedRatePolicy)
+        // A refusal that concerns this org alone (its org's other traffic, its byte budget) is not
+        // an outcome while it can be tried again: it goes back to the queue for later.
+        let org_refusal = ended.retry_after.is_some() && outcome == Outcome::RateLimited;
+        if (org_refusal || (self.reschedule_skips && matches!(outcome, Outcome::SkippedNoSlot | Outcome::SkippedRatePolicy)))
             && let Some(rescheduler) = &self.rescheduler
             && job.reschedules < rescheduler.max_reschedules
         {

@@ -4,6 +4,7 @@
 pub mod build;
 pub mod error;
 pub mod handler;
+pub mod history;
 pub mod maintenance;
 pub mod metrics_http;
 pub mod pipeline;

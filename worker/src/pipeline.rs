@@ -8,15 +8,17 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use projector_shared::SpikeProjectionJob;
 use projector_shared::adaptive::SIGNALS;
 use projector_shared::metrics as m;
-use projector_shared::projection::{HISTORY_HOURS, project};
+use projector_shared::projection::{HISTORY_HOURS, Projection};
 use projector_shared::rate::{Pass, RateGate};
 use projector_shared::run::Outcome;
 use projector_shared::slots::{Acquire, SlotLimiter, SlotPermit, SlotRequest};
 use projector_shared::trail::{Attempt, Step, Why};
+use projector_shared::{ProjectId, RunId};
 
 use crate::error::Error;
+use crate::history::Fold;
 use crate::probe::QueryProbe;
-use crate::query::{HistoryRequest, OrgHistory, QuerySource};
+use crate::query::{HistoryPlan, QuerySource};
 use crate::sink::{ProjectionRecord, ProjectionSink};
 
 /// Settings of the pipeline, taken from `slots.*` and the process identity.
@@ -27,6 +29,30 @@ pub struct PipelineSettings {
     pub max_wait: Duration,
     /// `query.max_duration`: how long a query may run at the service after it starts.
     pub query_max_duration: Duration,
+    /// `query.page_rows`: rows per page (at most 10,000, Snuba's largest LIMIT).
+    pub page_rows: usize,
+}
+
+/// Runs this process stopped because the query service refused the query itself (a 400): their
+/// other orgs end `failed` without a query. Shared by every job of the process.
+#[derive(Debug, Default)]
+pub struct StoppedRuns(std::sync::Mutex<std::collections::HashMap<RunId, String>>);
+
+impl StoppedRuns {
+    /// Why `run` was stopped, if it was.
+    pub fn reason(&self, run: &RunId) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(run).cloned()
+    }
+
+    /// Stops `run`; true for the first stop of it (the one that logs and counts).
+    fn stop(&self, run: &RunId, reason: &str) -> bool {
+        let mut runs = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: a process sees a handful of runs a day; an old entry only costs its bytes.
+        if runs.len() > 1_000 {
+            runs.clear();
+        }
+        runs.insert(run.clone(), reason.to_owned()).is_none()
+    }
 }
 
 /// Everything a job needs, shared by all jobs of a process.
@@ -39,6 +65,7 @@ pub struct Pipeline {
     /// The rate policy on query starts (`[rate]`), when one is configured.
     pub rate: Option<RateGate>,
     pub settings: PipelineSettings,
+    pub stopped: Arc<StoppedRuns>,
 }
 
 /// How a job ended: its outcome, when a retry could be admitted (rate policy refusals), why it
@@ -52,11 +79,13 @@ pub struct Ended {
     /// The org was accounted for (a cancelled run, a later attempt) while this job waited for its
     /// slot: nothing was queried and there is nothing to record.
     pub stale: bool,
+    /// The service refused the query itself: the whole run stops, for this reason.
+    pub stop_run: Option<String>,
 }
 
 impl From<Outcome> for Ended {
     fn from(outcome: Outcome) -> Self {
-        Ended { outcome, retry_after: None, why: None, steps: Vec::new(), stale: false }
+        Ended { outcome, retry_after: None, why: None, steps: Vec::new(), stale: false, stop_run: None }
     }
 }
 
@@ -80,6 +109,25 @@ async fn release(permit: SlotPermit, job: &SpikeProjectionJob) {
     }
 }
 
+/// Snuba's bytes-scanned window (`BytesScannedWindowAllocationPolicy.WINDOW_SECONDS`): an org
+/// over its byte budget is tried again once the window has moved past its scans.
+const BYTES_POLICY_WINDOW: Duration = Duration::from_secs(600);
+
+/// When a refusal that concerns this org alone may be tried again: a per-org concurrency 429
+/// after a short jittered exponential backoff (its other queries end in seconds), a bytes 429
+/// after the policy's window. `None` for everything else.
+fn org_backoff(e: &Error, reschedules: u32) -> Option<Duration> {
+    use rand::Rng;
+    let jitter = |max_ms: u64| Duration::from_millis(rand::rng().random_range(0..=max_ms));
+    match e {
+        Error::RateLimited { class: crate::error::RejectionClass::Tenant, .. } => {
+            Some(Duration::from_secs(2u64.pow(reschedules.min(5))) + jitter(1_000))
+        }
+        Error::RateLimited { class: crate::error::RejectionClass::Bytes, .. } => Some(BYTES_POLICY_WINDOW + jitter(60_000)),
+        _ => None,
+    }
+}
+
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -90,8 +138,11 @@ impl Pipeline {
     pub async fn process_unlimited(&self, job: &SpikeProjectionJob) -> Ended {
         metrics::counter!(m::TASK_STARTED_TOTAL).increment(1);
         let mut steps = Vec::new();
+        if let Some(reason) = self.stopped.reason(&job.run_id) {
+            return self.finish(job, Err(Error::RunStopped { reason }), steps);
+        }
         let stored = match self.query(job, None, &mut steps).await {
-            Ok((first_hour, history)) => self.store(job, first_hour, history, 0, &mut steps).await,
+            Ok((first_hour, projections)) => self.store(job, first_hour, projections, 0, &mut steps).await,
             Err(e) => Err(e),
         };
         self.finish(job, stored, steps)
@@ -112,6 +163,9 @@ impl Pipeline {
     pub async fn run_checked(&self, job: &SpikeProjectionJob, gate: Option<&dyn StillOpen>) -> Ended {
         metrics::counter!(m::TASK_STARTED_TOTAL).increment(1);
         let mut steps = Vec::new();
+        if let Some(reason) = self.stopped.reason(&job.run_id) {
+            return self.finish(job, Err(Error::RunStopped { reason }), steps);
+        }
         // The query starts at most rate.max_delay after the grant: the lease must outlive a
         // paused holder until the query must have ended at the service.
         let rate_delay = self.rate.as_ref().map_or(Duration::ZERO, RateGate::max_delay);
@@ -189,14 +243,20 @@ impl Pipeline {
             }
         }
         let queried = self.query(job, Some(&permit), &mut steps).await;
-        if let (Err(Error::RateLimited { .. }), Some(rate)) = (&queried, &self.rate) {
+        if let (Err(Error::RateLimited { class: crate::error::RejectionClass::Referrer, .. }), Some(rate)) = (&queried, &self.rate) {
             rate.saw_429().await;
         }
-        // The slot guards the query service only: it goes back before the projection math and
-        // the store, so the next query starts sooner. The fencing token still stamps the write.
-        release(permit, job).await;
+        if matches!(queried, Err(Error::QueryTimeout(_) | Error::LeaseLost)) {
+            // The service may still be running the abandoned query, and it counts it against the
+            // referrer until it ends: the slot stays out of circulation until then.
+            permit.keep_for_abandoned_query(self.settings.query_max_duration);
+        } else {
+            // The slot guards the query service only: it goes back before the store, so the next
+            // query starts sooner. The fencing token still stamps the write.
+            release(permit, job).await;
+        }
         let stored = match queried {
-            Ok((first_hour, history)) => self.store(job, first_hour, history, token, &mut steps).await,
+            Ok((first_hour, projections)) => self.store(job, first_hour, projections, token, &mut steps).await,
             Err(e) => Err(e),
         };
         self.finish(job, stored, steps)
@@ -213,62 +273,109 @@ impl Pipeline {
             }
             Err(e) => {
                 let why = Why::new(e.reason(), e.to_string());
-                Ended { why: Some(why), steps, ..self.failed(job, e).into() }
+                let stop_run = match &e {
+                    Error::QueryRefused { .. } => {
+                        let reason = e.to_string();
+                        if self.stopped.stop(&job.run_id, &reason) {
+                            metrics::counter!(m::RUN_STOPPED_TOTAL).increment(1);
+                            tracing::error!(run_id = %job.run_id, org_id = %job.org_id, error = %e, "the query service refused the query itself; the run's other orgs end failed without a query");
+                        }
+                        Some(reason)
+                    }
+                    _ => None,
+                };
+                let retry_after = org_backoff(&e, job.reschedules);
+                Ended { why: Some(why), steps, stop_run, retry_after, ..self.failed(job, e).into() }
             }
         }
     }
 
-    /// Queries the history, abandoning the query if the permit's lease is lost.
+    /// Reads the org's window page by page (projects in groups whose every hour fits a page, a
+    /// group paged on only if a page comes back full) and folds each page into projections as it
+    /// comes. Abandons the read if the permit's lease is lost; before each query after the first,
+    /// the lease is stretched to cover it (its start + query.max_duration).
     async fn query(
         &self,
         job: &SpikeProjectionJob,
         permit: Option<&SlotPermit>,
         steps: &mut Vec<Step>,
-    ) -> Result<(DateTime<Utc>, OrgHistory), Error> {
+    ) -> Result<(DateTime<Utc>, Vec<(ProjectId, Projection)>), Error> {
         // Projections start at the tick's hour; history is the three weeks before it.
         let first_hour = job.scheduled_at.duration_trunc(TimeDelta::hours(1)).unwrap_or(job.scheduled_at);
-        let request = HistoryRequest { org_id: job.org_id, project_ids: job.project_ids.clone(), end: first_hour, hours: HISTORY_HOURS };
-        let history = {
-            let _in_flight = self.probe.enter();
-            let started = Instant::now();
-            let lease_lost = async {
-                match permit {
-                    Some(p) => p.lost().await,
-                    None => std::future::pending().await,
-                }
-            };
-            let result = tokio::select! {
-                r = self.query.answer(&request) => r,
-                () = lease_lost => Err(Error::LeaseLost),
-            };
-            metrics::histogram!(m::QUERY_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
-            let (status, throttled) = match &result {
-                Ok(answer) => ("ok", answer.throttled),
-                Err(e) => (e.reason(), false),
-            };
-            steps.push(Step::Query { status: status.to_owned(), ms: ms(started.elapsed()), throttled });
-            match &result {
-                Ok(_) => SIGNALS.ok(),
-                Err(Error::RateLimited { .. }) => SIGNALS.rate_limited(),
-                Err(_) => {}
-            }
-            result?.history
+        let plan = HistoryPlan {
+            org_id: job.org_id,
+            project_ids: job.project_ids.clone(),
+            end: first_hour,
+            hours: HISTORY_HOURS,
+            page_rows: self.settings.page_rows,
         };
-        Ok((first_hour, history))
+        let mut fold = Fold::new(plan.start().timestamp().div_euclid(3600), plan.hours);
+        let started = Instant::now();
+        let (mut pages, mut throttled) = (0u32, false);
+        let _in_flight = self.probe.enter();
+        let read = async {
+            for group in plan.groups() {
+                let mut page = plan.first_page(group);
+                loop {
+                    if let (Some(p), true) = (permit, pages > 0) {
+                        p.cover(self.settings.query_max_duration).await.map_err(Error::from)?;
+                    }
+                    let one = Instant::now();
+                    let answer = self.query.page(&page).await;
+                    metrics::histogram!(m::QUERY_DURATION_SECONDS).record(one.elapsed().as_secs_f64());
+                    pages += 1;
+                    let answer = answer?;
+                    SIGNALS.ok();
+                    throttled |= answer.throttled;
+                    fold.add(&answer.rows, group)?;
+                    if answer.rows.len() < page.limit {
+                        break;
+                    }
+                    page.offset += page.limit;
+                }
+                fold.end_group(group);
+            }
+            Ok::<(), Error>(())
+        };
+        let lease_lost = async {
+            match permit {
+                Some(p) => p.lost().await,
+                None => std::future::pending().await,
+            }
+        };
+        let result = tokio::select! {
+            r = read => r,
+            () = lease_lost => Err(Error::LeaseLost),
+        };
+        metrics::histogram!(m::QUERY_PAGES).record(f64::from(pages));
+        let status = match &result {
+            Ok(()) => "ok".to_owned(),
+            Err(e) if pages > 1 => format!("{} (page {pages})", e.reason()),
+            Err(e) => e.reason().to_owned(),
+        };
+        steps.push(Step::Query { status, ms: ms(started.elapsed()), throttled, pages });
+        match &result {
+            Err(Error::RateLimited { class: crate::error::RejectionClass::Referrer, .. } | Error::ServiceOverloaded { .. }) => {
+                SIGNALS.rate_limited()
+            }
+            _ => {}
+        }
+        result?;
+        Ok((first_hour, fold.into_projections()))
     }
 
-    /// Computes the projections (pure) and stores them stamped with `token`.
+    /// Stores the projections stamped with `token`.
     async fn store(
         &self,
         job: &SpikeProjectionJob,
         first_hour: DateTime<Utc>,
-        history: OrgHistory,
+        projections: Vec<(ProjectId, Projection)>,
         token: u64,
         steps: &mut Vec<Step>,
     ) -> Result<usize, Error> {
-        let records: Vec<ProjectionRecord> = history
+        let records: Vec<ProjectionRecord> = projections
             .into_iter()
-            .map(|(project_id, counts)| ProjectionRecord::new(&job.run_id, job.org_id, project_id, first_hour, project(&counts), token))
+            .map(|(project_id, projection)| ProjectionRecord::new(&job.run_id, job.org_id, project_id, first_hour, projection, token))
             .collect();
         let projects = records.len();
         let writing = Instant::now();
@@ -298,7 +405,7 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::query::{OrgHistory, SyntheticQuery};
+    use crate::query::{Page, PageRequest, SyntheticQuery};
     use crate::sink::DiscardSink;
     use chrono::{TimeZone, Utc};
     use futures::future::BoxFuture;
@@ -319,12 +426,15 @@ mod tests {
     struct RateLimitedQuery;
 
     impl QuerySource for RateLimitedQuery {
-        fn hourly_counts(&self, _: &HistoryRequest) -> BoxFuture<'_, Result<OrgHistory, Error>> {
+        fn page<'a>(&'a self, _: &'a PageRequest) -> BoxFuture<'a, Result<Page, Error>> {
             Box::pin(async {
                 Err(Error::RateLimited {
-                    policy: Some("ConcurrentRateLimitAllocationPolicy".into()),
+                    class: crate::error::RejectionClass::Referrer,
+                    policy: "ReferrerGuardRailPolicy".into(),
                     quota_used: Some(101),
                     threshold: Some(100),
+                    storage_key: None,
+                    message: String::new(),
                 })
             })
         }
@@ -353,7 +463,9 @@ mod tests {
                 holder: "test".into(),
                 max_wait: Duration::from_millis(20),
                 query_max_duration: Duration::from_secs(1),
+                page_rows: 10_000,
             },
+            stopped: Default::default(),
         }
     }
 

@@ -10,6 +10,9 @@ use projector_shared::metrics as m;
 use crate::error::Error;
 use crate::sink::{ProjectionRecord, ProjectionSink};
 
+/// Projects per write call: 24 rows each, so about 48,000 rows per statement at most.
+const PROJECTS_PER_CALL: usize = 2_000;
+
 /// Writes projections to the `spike_projections` table.
 #[derive(Clone)]
 pub struct PostgresSink {
@@ -29,7 +32,16 @@ impl PostgresSink {
         Ok(PostgresSink { store, ttl })
     }
 
+    /// Writes the org in calls of at most [`PROJECTS_PER_CALL`] projects, each fenced on its own
+    /// projects: a 20,000-project org would otherwise be one 480,000-row statement.
     async fn write_org(&self, records: Vec<ProjectionRecord>) -> Result<(), Error> {
+        for chunk in records.chunks(PROJECTS_PER_CALL) {
+            self.write_chunk(chunk).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_chunk(&self, records: &[ProjectionRecord]) -> Result<(), Error> {
         let Some(first) = records.first() else { return Ok(()) };
         let ttl = chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::MAX);
         let write = OrgWrite {

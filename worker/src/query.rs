@@ -1,43 +1,112 @@
-//! Where hourly event counts come from: the `QuerySource` trait and the built-in synthetic source.
+//! Where hourly counts come from: the `QuerySource` trait (one page of rows per call), the page
+//! plan that reads an org's whole window, and the built-in synthetic source.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use futures::future::BoxFuture;
 use projector_shared::synthetic::{hourly_counts, synthetic_projects};
 use projector_shared::{OrgId, ProjectId};
 
 use crate::error::Error;
 
-/// Asks for the hourly counts of an organization's projects over the window ending at `end`.
+/// The most rows one SnQL query may return (`MAX_LIMIT` in Snuba's `snuba/query/snql/parser.py`).
+pub const MAX_PAGE_ROWS: usize = 10_000;
+
+/// One page of one organization's hourly counts: some of its projects over `[start, end)`,
+/// ordered by project then hour, `limit` rows from `offset`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HistoryRequest {
+pub struct PageRequest {
     pub org_id: OrgId,
-    /// Empty: every project of the organization.
+    /// This page's projects; empty: every project of the organization.
     pub project_ids: Vec<ProjectId>,
-    /// Exclusive end of the window, on an hour boundary.
+    /// Inclusive, on an hour boundary.
+    pub start: DateTime<Utc>,
+    /// Exclusive, on an hour boundary.
     pub end: DateTime<Utc>,
-    pub hours: usize,
+    pub limit: usize,
+    pub offset: usize,
 }
 
-/// Hourly counts per project, oldest hour first.
-pub type OrgHistory = BTreeMap<ProjectId, Vec<u64>>;
+/// One row: a project's count in one hour (Unix hour: seconds / 3600).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Row {
+    pub project_id: ProjectId,
+    pub hour: i64,
+    pub count: u64,
+}
 
-/// A query's answer: the history, and whether the service flagged the referrer as throttled.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
-    pub history: OrgHistory,
+/// The referrer's own numbers, as the service reported them with an answer
+/// (`quota_allowance.details.ReferrerGuardRailPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceQuota {
+    /// Queries of this referrer running at the service, from every caller; -1 when the service's
+    /// own counter failed (it then fails open).
+    pub quota_used: i64,
+    /// The limit in force for the referrer, overrides included.
+    pub rejection_threshold: i64,
+    /// Above this many, the service throttles the referrer's queries (fewer threads).
+    pub throttle_threshold: i64,
+}
+
+/// A page's rows and what the service said alongside them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    pub rows: Vec<Row>,
+    /// The referrer policy's numbers, when the service sent them.
+    pub quota: Option<ServiceQuota>,
+    /// The service flagged the referrer as throttled (its early warning before rejections).
     pub throttled: bool,
 }
 
 /// The analytics store, as a job sees it.
 pub trait QuerySource: Send + Sync {
-    fn hourly_counts(&self, request: &HistoryRequest) -> BoxFuture<'_, Result<OrgHistory, Error>>;
+    /// One page of rows, ordered by project then hour.
+    fn page<'a>(&'a self, request: &'a PageRequest) -> BoxFuture<'a, Result<Page, Error>>;
+}
 
-    /// The history with what the service said about it; sources that cannot throttle keep this.
-    fn answer<'a>(&'a self, request: &'a HistoryRequest) -> BoxFuture<'a, Result<Answer, Error>> {
-        Box::pin(async move { Ok(Answer { history: self.hourly_counts(request).await?, throttled: false }) })
+/// How an org's window is read: its projects in groups small enough that one page holds a
+/// group's every hour, each group paged on (`OFFSET`) only if a page comes back full.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPlan {
+    pub org_id: OrgId,
+    /// Empty: every project of the org, paged by `OFFSET` alone.
+    pub project_ids: Vec<ProjectId>,
+    pub end: DateTime<Utc>,
+    pub hours: usize,
+    /// Rows per page, at most [`MAX_PAGE_ROWS`].
+    pub page_rows: usize,
+}
+
+impl HistoryPlan {
+    pub fn start(&self) -> DateTime<Utc> {
+        self.end - TimeDelta::hours(i64::try_from(self.hours).unwrap_or(i64::MAX))
+    }
+
+    /// Projects per query: as many as fit a page with every hour of each (at least one).
+    pub fn projects_per_query(&self) -> usize {
+        (self.page_rows.saturating_sub(1) / self.hours.max(1)).max(1)
+    }
+
+    /// The project groups, each read by one query unless its page comes back full; one empty
+    /// group when the org's projects are not known.
+    pub fn groups(&self) -> Vec<&[ProjectId]> {
+        if self.project_ids.is_empty() {
+            return vec![&[]];
+        }
+        self.project_ids.chunks(self.projects_per_query()).collect()
+    }
+
+    /// The first page of a group.
+    pub fn first_page(&self, group: &[ProjectId]) -> PageRequest {
+        PageRequest {
+            org_id: self.org_id,
+            project_ids: group.to_vec(),
+            start: self.start(),
+            end: self.end,
+            limit: self.page_rows,
+            offset: 0,
+        }
     }
 }
 
@@ -48,13 +117,34 @@ pub struct SyntheticQuery {
 }
 
 impl QuerySource for SyntheticQuery {
-    fn hourly_counts(&self, request: &HistoryRequest) -> BoxFuture<'_, Result<OrgHistory, Error>> {
-        let request = request.clone();
+    fn page<'a>(&'a self, request: &'a PageRequest) -> BoxFuture<'a, Result<Page, Error>> {
         Box::pin(async move {
             tokio::time::sleep(self.latency).await;
-            let projects = if request.project_ids.is_empty() { synthetic_projects(request.org_id) } else { request.project_ids.clone() };
-            let end_hour = request.end.timestamp().div_euclid(3600);
-            Ok(projects.into_iter().map(|p| (p, hourly_counts(request.org_id, p, end_hour, request.hours))).collect())
+            Ok(Page { rows: synthetic_rows(request), quota: None, throttled: false })
         })
     }
+}
+
+/// The rows the analytics store would hold for `request` in the synthetic data set: hours with
+/// no events left out, as Snuba leaves them out.
+pub fn synthetic_rows(request: &PageRequest) -> Vec<Row> {
+    let projects = if request.project_ids.is_empty() { synthetic_projects(request.org_id) } else { request.project_ids.clone() };
+    let hours = usize::try_from((request.end - request.start).num_hours()).unwrap_or(0);
+    let end_hour = request.end.timestamp().div_euclid(3600);
+    let start_hour = request.start.timestamp().div_euclid(3600);
+    let mut projects = projects;
+    projects.sort_unstable();
+    projects.dedup();
+    projects
+        .into_iter()
+        .flat_map(|p| {
+            hourly_counts(request.org_id, p, end_hour, hours)
+                .into_iter()
+                .enumerate()
+                .filter(|(_, count)| *count > 0)
+                .map(move |(i, count)| Row { project_id: p, hour: start_hour + i as i64, count })
+        })
+        .skip(request.offset)
+        .take(request.limit)
+        .collect()
 }

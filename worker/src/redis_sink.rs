@@ -14,6 +14,9 @@ use redis::Script;
 use crate::error::Error;
 use crate::sink::{ProjectionRecord, ProjectionSink};
 
+/// Projects per script call: two values each, well under the ~8,000 that Lua's `unpack` holds.
+const PROJECTS_PER_CALL: usize = 2_000;
+
 /// Writes one org's projections, fenced; its contract is in the file's header.
 static WRITE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(include_str!("../../lua/projection_write.lua")));
 
@@ -52,14 +55,37 @@ impl RedisSink {
     async fn write_org(&self, records: Vec<ProjectionRecord>) -> Result<(), Error> {
         let Some(first) = records.first() else { return Ok(()) };
         let (org, token, first_hour) = (first.org_id, first.fencing_token, first.first_hour.timestamp());
+        let chunks = records.len().div_ceil(PROJECTS_PER_CALL);
+        for (i, chunk) in records.chunks(PROJECTS_PER_CALL).enumerate() {
+            let reply = self.write_chunk(chunk, records.len(), i + 1 == chunks).await?;
+            if !reply.written {
+                metrics::counter!(m::PROJECTION_STALE_REFUSED_TOTAL).increment(1);
+                return Err(Error::StaleWrite {
+                    org_id: org,
+                    first_hour,
+                    token,
+                    stored_first_hour: reply.stored_first_hour,
+                    stored_token: reply.stored_token,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// One script call for a chunk of the org's projects (`total` in the whole write).
+    async fn write_chunk(&self, chunk: &[ProjectionRecord], total: usize, last: bool) -> Result<WriteReply, Error> {
+        let Some(first) = chunk.first() else { return Ok(WriteReply { written: true, stored_first_hour: 0, stored_token: 0 }) };
+        let (org, token, first_hour) = (first.org_id, first.fencing_token, first.first_hour.timestamp());
         let mut invocation = WRITE.key(keys::projections(org));
         let ttl_secs = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX);
         invocation
             .arg(first_hour)
             .arg(token)
             .arg(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX))
-            .arg(first_hour.saturating_sub(ttl_secs));
-        for r in &records {
+            .arg(first_hour.saturating_sub(ttl_secs))
+            .arg(total)
+            .arg(u8::from(last));
+        for r in chunk {
             let value = serde_json::json!({
                 "run_id": r.run_id.0,
                 "fencing_token": r.fencing_token,
@@ -70,7 +96,7 @@ impl RedisSink {
             invocation.arg(keys::projection_field(r.project_id)).arg(value.to_string());
         }
         // The write is idempotent (same run and token rewrite the same values), so a blip is retried.
-        let reply: WriteReply = crate::sink::write_with_retries(
+        crate::sink::write_with_retries(
             org,
             || {
                 let mut conn = self.conn.clone();
@@ -80,18 +106,7 @@ impl RedisSink {
             is_transient,
         )
         .await
-        .map_err(|(e, attempts)| Error::Sink { target: self.url.clone(), detail: format!("{e} (after {attempts} attempt(s))") })?;
-        if reply.written {
-            return Ok(());
-        }
-        metrics::counter!(m::PROJECTION_STALE_REFUSED_TOTAL).increment(1);
-        Err(Error::StaleWrite {
-            org_id: org,
-            first_hour,
-            token,
-            stored_first_hour: reply.stored_first_hour,
-            stored_token: reply.stored_token,
-        })
+        .map_err(|(e, attempts)| Error::Sink { target: self.url.clone(), detail: format!("{e} (after {attempts} attempt(s))") })
     }
 }
 

@@ -49,7 +49,9 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
             holder: name.clone(),
             max_wait: config.slots.max_wait,
             query_max_duration: config.query.max_duration(),
+            page_rows: config.query.page_rows,
         },
+        stopped: Default::default(),
     };
     let cancels = CancelWatch::default();
     let handler = Arc::new(
@@ -57,8 +59,9 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
             pipeline,
             Arc::new(RunRecords::for_config(conn.clone(), &config.runs)),
             Routing::Flag(RolloutFlag::new(conn.clone(), config.worker.rollout_refresh)),
-            Rescheduler::from_config(&config, &conn),
+            Some(Rescheduler::from_config(&config, &conn)),
         )
+        .rescheduling_skips(crate::handler::reschedules_skips(&config))
         .with_cancel_watch(cancels.clone()),
     );
     let endpoint = projector_shared::redis_conn::Endpoint::from(&config.redis);

@@ -68,9 +68,32 @@ pub trait SlotLimiter: Send + Sync {
 }
 
 /// Gives a slot back; each limiter supplies its own.
-pub trait ReleaseSlot: Send + Sync {
+pub trait ReleaseSlot: Send + Sync + 'static {
     /// Gives the slot back and reports whether that worked.
     fn release(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>>;
+
+    /// Makes the lease last at least `query_max_duration` from now, for a query about to start
+    /// under it (the next page of an org): a holder that stops renewing keeps the slot until that
+    /// query must have ended at the service. Limiters without leases have nothing to do.
+    fn cover(&self, _query_max_duration: Duration) -> BoxFuture<'static, Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Keeps the slot, without renewing it, for a query this holder abandoned but the service
+    /// may still be running: it goes back no sooner than `for_at_least` from now. A leased slot
+    /// simply stops being renewed (its lease already runs that long); others release on a timer.
+    fn keep(self: Box<Self>, for_at_least: Duration) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("slot kept outside a runtime; released now");
+            self.release_on_drop();
+            return;
+        };
+        // The task only sleeps and releases; a release error is logged inside `release_on_drop`.
+        handle.spawn(async move {
+            tokio::time::sleep(for_at_least).await;
+            self.release_on_drop();
+        });
+    }
 
     /// Gives the slot back from `Drop`, where nothing can be awaited or returned.
     fn release_on_drop(self: Box<Self>) {
@@ -143,6 +166,26 @@ impl SlotPermit {
 
     pub fn is_lost(&self) -> bool {
         self.lost.is_cancelled()
+    }
+
+    /// Makes the lease last at least `query_max_duration` from now, before a further query under
+    /// this slot (one org's next page): see [`ReleaseSlot::cover`].
+    pub async fn cover(&self, query_max_duration: Duration) -> Result<(), Error> {
+        match &self.release {
+            Some(r) => r.cover(query_max_duration).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Ends this holder's use of the slot after it abandoned a query (a client-side timeout, a
+    /// lost lease, a cancel) that the service may still count: the slot is not handed on before
+    /// `for_at_least` from now, so the next query cannot join one the service still runs.
+    pub fn keep_for_abandoned_query(mut self, for_at_least: Duration) {
+        if let Some(r) = self.release.take() {
+            held_by_process_changed(-1);
+            metrics::counter!(m::SLOT_KEPT_AFTER_ABANDON_TOTAL).increment(1);
+            r.keep(for_at_least);
+        }
     }
 
     /// Gives the slot back now and reports whether that worked.

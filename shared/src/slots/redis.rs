@@ -643,6 +643,26 @@ impl RedisRelease {
 }
 
 impl ReleaseSlot for RedisRelease {
+    fn cover(&self, query_max_duration: Duration) -> BoxFuture<'static, Result<(), Error>> {
+        let (inner, id) = (self.inner.clone(), self.id.clone());
+        Box::pin(async move {
+            let renewed: u8 = inner.call(RENEW.key(inner.keys.script_keys()).arg(&id).arg(ms(query_max_duration))).await?;
+            if renewed == 1 {
+                Ok(())
+            } else {
+                Err(Error::SlotBackendUnavailable { detail: format!("slot lease {id} expired before its next query") })
+            }
+        })
+    }
+
+    fn keep(self: Box<Self>, for_at_least: Duration) {
+        // The lease runs at least until its last query's start + query.max_duration (the grant's
+        // floor, or `cover`): with renewals stopped, Redis time expires it then, whatever happens
+        // to this process. A lease shorter than asked (no query floor) is left as it is.
+        self.stop.cancel();
+        tracing::debug!(lease_id = %self.id, kept_ms = ms(for_at_least), "slot kept for an abandoned query; its lease expires on its own");
+    }
+
     fn release(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
         // Renewals stop now, whether or not the caller waits for the answer.
         self.stop.cancel();
