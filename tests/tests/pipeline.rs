@@ -424,7 +424,7 @@ fn a_backlog_of_10000_due_jobs_is_drained_after_a_worker_outage() {
 #[test]
 fn the_query_service_never_sees_more_starts_in_a_second_than_the_rate_policy_allows() {
     let redis = RedisServer::start();
-    let fake = FakeSnuba::start(FAKE, &["--latency", "50ms", "--rate-limit", "10/s"]);
+    let fake = FakeSnuba::start(FAKE, &["--latency", "50ms", "--gateway-rate-limit", "10/s"]);
     let env = env(&redis, &fake);
     // start_jitter 150ms: this machine is loaded by the rest of the suite.
     let rate = ["--set", "rate.rates=10/s", "--set", "rate.max_delay=15s", "--set", "rate.start_jitter=150ms"];
@@ -838,7 +838,7 @@ fn the_adaptive_limit_finds_the_capacity_and_follows_it_down_and_up() {
 /// took to get there are compared with the 429-only run in BENCHMARKS.md.
 #[test]
 fn with_the_throttle_signal_the_limit_settles_below_the_throttle_point_without_429s() {
-    let run = AdaptiveRun::start("throttle", &["--latency", "600ms", "--concurrency-limit", "30", "--throttle-at", "0.66"], true);
+    let run = AdaptiveRun::start("throttle", &["--latency", "600ms", "--concurrency-limit", "30", "--default-limit", "30"], true);
     run.until("the limit comes down to the throttle point", Duration::from_secs(90), |s| s.limit <= 20);
     let settled = run.over_windows(10);
     let (first, last) = (settled.first().expect("sampled"), settled.last().expect("sampled"));

@@ -115,11 +115,13 @@ fn rejection(body: &str) -> Error {
     let number = |k: &str| by.and_then(|b| b.get(k)).and_then(int);
     let storage_key = text(by.and_then(|b| b.get("storage_key")));
     let Some(policy) = policy else {
-        // Nothing refused it up front: the query ran and was stopped at the byte cap a policy set
-        // (`rejected_by` is empty), or the body is not Snuba's. Back this org off; the fleet is fine.
+        // Snuba's body with nothing in `rejected_by`: the query ran and was stopped at the byte
+        // cap a policy set; back this org off, the fleet is fine. No Snuba body at all: a gateway
+        // in front of the service refused, which is about the fleet's pace.
+        let snubas = allowance.get("summary").is_some();
         return Error::RateLimited {
-            class: RejectionClass::Bytes,
-            policy: "byte cap (no policy named)".to_owned(),
+            class: if snubas { RejectionClass::Bytes } else { RejectionClass::Referrer },
+            policy: if snubas { "byte cap (no policy named)" } else { "a gateway's rate limit (no Snuba body)" }.to_owned(),
             quota_used: None,
             threshold: None,
             storage_key,
@@ -289,7 +291,7 @@ mod tests {
         let capped = r#"{"error":{"type":"rate-limited","message":"Query scanned more than the allocated amount of bytes"},
             "quota_allowance":{"summary":{"rejected_by":{},"throttled_by":{}}}}"#;
         assert_eq!(class(capped), Some(RejectionClass::Bytes));
-        assert_eq!(class("busy"), Some(RejectionClass::Bytes), "a bare 429 backs this org off");
+        assert_eq!(class("busy"), Some(RejectionClass::Referrer), "a bare 429 (a gateway's) is about the fleet's pace");
         let tenants = rejected("ConcurrentRateLimitAllocationPolicy", "no_units", r#"{"__name__":"InvalidTenantsForAllocationPolicy"}"#);
         assert!(matches!(read(429, &tenants), Err(Error::InvalidTenant { .. })));
         match read(429, &rejected("ReferrerGuardRailPolicy", "concurrent_queries", "{}")) {
