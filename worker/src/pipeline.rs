@@ -354,11 +354,8 @@ impl Pipeline {
             Err(e) => e.reason().to_owned(),
         };
         steps.push(Step::Query { status, ms: ms(started.elapsed()), throttled, pages });
-        match &result {
-            Err(Error::RateLimited { class: crate::error::RejectionClass::Referrer, .. } | Error::ServiceOverloaded { .. }) => {
-                SIGNALS.rate_limited()
-            }
-            _ => {}
+        if let Err(Error::RateLimited { class: crate::error::RejectionClass::Referrer, .. } | Error::ServiceOverloaded { .. }) = &result {
+            SIGNALS.rate_limited();
         }
         result?;
         Ok((first_hour, fold.into_projections()))

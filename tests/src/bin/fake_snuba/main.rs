@@ -264,19 +264,11 @@ struct Starts {
 
 static STARTS: std::sync::LazyLock<Mutex<Starts>> = std::sync::LazyLock::new(Mutex::default);
 
-/// One policy's entry in `quota_allowance.details` (Snuba's `QuotaAllowance.to_dict()`).
-#[allow(clippy::too_many_arguments)]
-fn detail(
-    can_run: bool,
-    threads: i64,
-    reason: &str,
-    throttled: bool,
-    throttle: i64,
-    reject: i64,
-    used: i64,
-    unit: &str,
-    storage: &str,
-) -> Value {
+/// One policy's entry in `quota_allowance.details` (Snuba's `QuotaAllowance.to_dict()`):
+/// can it run, threads, reason, throttled, throttle and rejection thresholds, used, unit.
+type Quota<'a> = (bool, i64, &'a str, bool, i64, i64, i64, &'a str);
+
+fn detail((can_run, threads, reason, throttled, throttle, reject, used, unit): Quota, storage: &str) -> Value {
     json!({
         "can_run": can_run, "max_threads": if can_run { threads } else { 0 },
         "explanation": {"reason": reason, "storage_key": storage},
@@ -298,7 +290,7 @@ impl Fake {
 
     /// Snuba's `_apply_allocation_policies_quota`: each policy in the storage's order counts this
     /// query and may refuse it; the first refusal ends the walk. A gateway, if any, comes first.
-    fn admit(self: &Arc<Self>, referrer: &str, org: u64, storage: &str) -> Result<Admitted, Response> {
+    fn admit(self: &Arc<Self>, referrer: &str, org: u64, storage: &str) -> Result<Admitted, Box<Response>> {
         let live = self.live();
         let a = &self.args;
         let mut stats = self.stats();
@@ -310,7 +302,7 @@ impl Fake {
             let log = starts.rate_window.entry(referrer.to_owned()).or_default();
             if log.within(now, rate.span) >= u64::from(rate.limit) {
                 count_rejection(&mut stats, referrer, "gateway");
-                return Err((StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded (gateway)").into_response());
+                return Err(Box::new((StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded (gateway)").into_response()));
             }
             log.0.push_back(now);
         }
@@ -321,11 +313,18 @@ impl Fake {
             let used = (org_running + 1) as i64;
             let can = used <= limit as i64;
             let reason = if can { "within limit".to_owned() } else { format!("concurrent policy {used} exceeds limit of {limit}") };
-            let d = detail(can, MAX_THREADS, &reason, false, limit as i64, limit as i64, used, "concurrent_queries", storage);
+            let d = detail((can, MAX_THREADS, &reason, false, limit as i64, limit as i64, used, "concurrent_queries"), storage);
             details.insert("ConcurrentRateLimitAllocationPolicy".into(), d);
             if !can {
                 count_rejection(&mut stats, referrer, "ConcurrentRateLimitAllocationPolicy");
-                return Err(rejected(details, "ConcurrentRateLimitAllocationPolicy", used, limit as i64, "concurrent_queries", storage));
+                return Err(Box::new(rejected(
+                    details,
+                    "ConcurrentRateLimitAllocationPolicy",
+                    used,
+                    limit as i64,
+                    "concurrent_queries",
+                    storage,
+                )));
             }
         }
         if !a.bytes_rejected_orgs.is_empty() {
@@ -335,11 +334,11 @@ impl Fake {
                 if over { format!("organization {org} is over the bytes scanned limit of {limit}") } else { "within limit".into() };
             details.insert(
                 "BytesScannedWindowAllocationPolicy".into(),
-                detail(!over, MAX_THREADS, &reason, false, MAX_THRESHOLD, limit, used, "bytes", storage),
+                detail((!over, MAX_THREADS, &reason, false, MAX_THRESHOLD, limit, used, "bytes"), storage),
             );
             if over {
                 count_rejection(&mut stats, referrer, "BytesScannedWindowAllocationPolicy");
-                return Err(rejected(details, "BytesScannedWindowAllocationPolicy", used, limit, "bytes", storage));
+                return Err(Box::new(rejected(details, "BytesScannedWindowAllocationPolicy", used, limit, "bytes", storage)));
             }
         }
         // ReferrerGuardRailPolicy: this query is counted first (ZADD, then ZCOUNT), refused when
@@ -352,11 +351,11 @@ impl Fake {
         let throttled = can && used > throttle_threshold;
         let reason = if can { "within limit".to_owned() } else { format!("concurrent policy {used} exceeds limit of {limit}") };
         let threads = if throttled { MAX_THREADS / 2 } else { MAX_THREADS };
-        let d = detail(can, threads, &reason, throttled, throttle_threshold, limit, used, "concurrent_queries", storage);
+        let d = detail((can, threads, &reason, throttled, throttle_threshold, limit, used, "concurrent_queries"), storage);
         details.insert("ReferrerGuardRailPolicy".into(), d);
         if !can {
             count_rejection(&mut stats, referrer, "ReferrerGuardRailPolicy");
-            return Err(rejected(details, "ReferrerGuardRailPolicy", used, limit, "concurrent_queries", storage));
+            return Err(Box::new(rejected(details, "ReferrerGuardRailPolicy", used, limit, "concurrent_queries", storage)));
         }
         if throttled {
             throttle_by = Some(json!({"policy": "ReferrerGuardRailPolicy", "quota_used": used, "quota_unit": "concurrent_queries",
@@ -634,7 +633,7 @@ async fn query(State(fake): State<Arc<Fake>>, Path(dataset): Path<String>, heade
         Ok(admitted) => admitted,
         Err(refusal) => {
             stamp(|t| &mut t.rejected_ms);
-            return refusal;
+            return *refusal;
         }
     };
     stamp(|t| &mut t.starts_ms);
