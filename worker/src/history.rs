@@ -61,9 +61,9 @@ impl Fold {
     }
 
     fn finish_current(&mut self) {
-        if let Some((project, counts)) = self.current.take() {
-            self.done_in_group.insert(project);
-            self.finished.push((project, project_counts(&counts)));
+        if let Some((id, counts)) = self.current.take() {
+            self.done_in_group.insert(id);
+            self.finished.push((id, project(&counts)));
         }
     }
 
@@ -74,20 +74,11 @@ impl Fold {
         for p in group {
             if !self.done_in_group.contains(p) {
                 self.done_in_group.insert(*p);
-                self.finished.push((*p, project_counts(&vec![0; self.hours])));
+                self.finished.push((*p, project(&vec![0; self.hours])));
             }
         }
         self.done_in_group.clear();
         self.last = None;
-    }
-
-    /// Projects finished so far.
-    pub fn len(&self) -> usize {
-        self.finished.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.finished.is_empty()
     }
 
     /// Every project's projection, in the order they were read.
@@ -95,10 +86,6 @@ impl Fold {
         self.finish_current();
         self.finished
     }
-}
-
-fn project_counts(counts: &[u64]) -> Projection {
-    project(counts)
 }
 
 #[cfg(test)]

@@ -128,11 +128,11 @@ impl QuerySource for SyntheticQuery {
 /// The rows the analytics store would hold for `request` in the synthetic data set: hours with
 /// no events left out, as Snuba leaves them out.
 pub fn synthetic_rows(request: &PageRequest) -> Vec<Row> {
-    let projects = if request.project_ids.is_empty() { synthetic_projects(request.org_id) } else { request.project_ids.clone() };
+    let mut projects = if request.project_ids.is_empty() { synthetic_projects(request.org_id) } else { request.project_ids.clone() };
+    // Snuba orders by project (ORDER BY project_id): so does this source.
     let hours = usize::try_from((request.end - request.start).num_hours()).unwrap_or(0);
     let end_hour = request.end.timestamp().div_euclid(3600);
     let start_hour = request.start.timestamp().div_euclid(3600);
-    let mut projects = projects;
     projects.sort_unstable();
     projects.dedup();
     projects

@@ -157,15 +157,15 @@ fn failure(status: u16, body: &str, query: &str) -> Error {
         (400, "invalid_query" | "schema" | "json" | "request" | "query-too-long", _) | (404, "dataset", _) => {
             Error::QueryRefused { status, kind, message, query: query.to_owned() }
         }
-        (500..=599, _, _) => {
-            let detail = if kind.is_empty() { message } else { format!("{kind}: {message}") };
-            Error::QueryServer { status, detail: code.map_or(detail.clone(), |c| format!("{detail} (ClickHouse code {c})")) }
-        }
-        _ => {
-            let detail = if kind.is_empty() { message } else { format!("{kind}: {message}") };
-            Error::QueryBadRequest { status, detail: code.map_or(detail.clone(), |c| format!("{detail} (ClickHouse code {c})")) }
-        }
+        (500..=599, _, _) => Error::QueryServer { status, detail: detail(&kind, &message, code) },
+        _ => Error::QueryBadRequest { status, detail: detail(&kind, &message, code) },
     }
+}
+
+/// `type: message (ClickHouse code N)`, each part only when the body had it.
+fn detail(kind: &str, message: &str, code: Option<i64>) -> String {
+    let text = if kind.is_empty() { message.to_owned() } else { format!("{kind}: {message}") };
+    code.map_or(text.clone(), |c| format!("{text} (ClickHouse code {c})"))
 }
 
 fn parse_rows(body: &str, request: &PageRequest) -> Result<Read, Error> {

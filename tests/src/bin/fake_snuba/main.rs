@@ -227,7 +227,6 @@ const MAX_THREADS: i64 = 10;
 struct Admitted {
     guard: InFlight,
     allowance: Value,
-    throttled: bool,
     latency: Duration,
 }
 
@@ -264,11 +263,21 @@ struct Starts {
 
 static STARTS: std::sync::LazyLock<Mutex<Starts>> = std::sync::LazyLock::new(Mutex::default);
 
-/// One policy's entry in `quota_allowance.details` (Snuba's `QuotaAllowance.to_dict()`):
-/// can it run, threads, reason, throttled, throttle and rejection thresholds, used, unit.
-type Quota<'a> = (bool, i64, &'a str, bool, i64, i64, i64, &'a str);
+/// One policy's answer for a query: Snuba's `QuotaAllowance`.
+struct PolicyAnswer<'a> {
+    can_run: bool,
+    threads: i64,
+    reason: &'a str,
+    throttled: bool,
+    throttle: i64,
+    reject: i64,
+    used: i64,
+    unit: &'a str,
+}
 
-fn detail((can_run, threads, reason, throttled, throttle, reject, used, unit): Quota, storage: &str) -> Value {
+/// The answer as an entry of `quota_allowance.details` (`QuotaAllowance.to_dict()`).
+fn detail(p: PolicyAnswer, storage: &str) -> Value {
+    let PolicyAnswer { can_run, threads, reason, throttled, throttle, reject, used, unit } = p;
     json!({
         "can_run": can_run, "max_threads": if can_run { threads } else { 0 },
         "explanation": {"reason": reason, "storage_key": storage},
@@ -313,7 +322,19 @@ impl Fake {
             let used = (org_running + 1) as i64;
             let can = used <= limit as i64;
             let reason = if can { "within limit".to_owned() } else { format!("concurrent policy {used} exceeds limit of {limit}") };
-            let d = detail((can, MAX_THREADS, &reason, false, limit as i64, limit as i64, used, "concurrent_queries"), storage);
+            let d = detail(
+                PolicyAnswer {
+                    can_run: can,
+                    threads: MAX_THREADS,
+                    reason: &reason,
+                    throttled: false,
+                    throttle: limit as i64,
+                    reject: limit as i64,
+                    used,
+                    unit: "concurrent_queries",
+                },
+                storage,
+            );
             details.insert("ConcurrentRateLimitAllocationPolicy".into(), d);
             if !can {
                 count_rejection(&mut stats, referrer, "ConcurrentRateLimitAllocationPolicy");
@@ -334,7 +355,19 @@ impl Fake {
                 if over { format!("organization {org} is over the bytes scanned limit of {limit}") } else { "within limit".into() };
             details.insert(
                 "BytesScannedWindowAllocationPolicy".into(),
-                detail((!over, MAX_THREADS, &reason, false, MAX_THRESHOLD, limit, used, "bytes"), storage),
+                detail(
+                    PolicyAnswer {
+                        can_run: !over,
+                        threads: MAX_THREADS,
+                        reason: &reason,
+                        throttled: false,
+                        throttle: MAX_THRESHOLD,
+                        reject: limit,
+                        used,
+                        unit: "bytes",
+                    },
+                    storage,
+                ),
             );
             if over {
                 count_rejection(&mut stats, referrer, "BytesScannedWindowAllocationPolicy");
@@ -351,7 +384,19 @@ impl Fake {
         let throttled = can && used > throttle_threshold;
         let reason = if can { "within limit".to_owned() } else { format!("concurrent policy {used} exceeds limit of {limit}") };
         let threads = if throttled { MAX_THREADS / 2 } else { MAX_THREADS };
-        let d = detail((can, threads, &reason, throttled, throttle_threshold, limit, used, "concurrent_queries"), storage);
+        let d = detail(
+            PolicyAnswer {
+                can_run: can,
+                threads,
+                reason: &reason,
+                throttled,
+                throttle: throttle_threshold,
+                reject: limit,
+                used,
+                unit: "concurrent_queries",
+            },
+            storage,
+        );
         details.insert("ReferrerGuardRailPolicy".into(), d);
         if !can {
             count_rejection(&mut stats, referrer, "ReferrerGuardRailPolicy");
@@ -387,7 +432,7 @@ impl Fake {
         let allowance = json!({"details": details, "summary": summary});
         let latency = if throttled { live.latency.mul_f64(a.throttle_slowdown) } else { live.latency };
         let guard = InFlight { fake: self.clone(), referrer: referrer.to_owned(), org, started: now };
-        Ok(Admitted { guard, allowance, throttled, latency })
+        Ok(Admitted { guard, allowance, latency })
     }
 }
 
@@ -674,7 +719,7 @@ async fn execute(fake: Arc<Fake>, q: snql::Query, hourly: HourlyQuery, admitted:
     }
     let latency = if r < a.error_rate + a.malformed_rate + a.slow_rate { a.slow_latency } else { admitted.latency };
     tokio::time::sleep(latency + jitter).await;
-    let (body, rows) = rows(&q, &hourly, &allowance, admitted.throttled);
+    let (body, rows) = rows(&q, &hourly, &allowance);
     fake.stats().rows_served += rows;
     drop(admitted.guard);
     (StatusCode::OK, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
@@ -784,7 +829,7 @@ struct Row<'a> {
 
 /// Snuba's answer: one row per project and hour that had events (hours with none are left out),
 /// ordered by project and hour, `LIMIT` rows from `OFFSET`. Returns the body and its row count.
-fn rows(q: &snql::Query, h: &HourlyQuery, allowance: &Value, _throttled: bool) -> (Vec<u8>, u64) {
+fn rows(q: &snql::Query, h: &HourlyQuery, allowance: &Value) -> (Vec<u8>, u64) {
     let hours = usize::try_from((h.end - h.start).num_hours()).unwrap_or(0);
     let end_hour = h.end.timestamp().div_euclid(3600);
     let times: Vec<String> = (0..hours).map(|i| (h.start + TimeDelta::hours(i as i64)).to_rfc3339()).collect();
