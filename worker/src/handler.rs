@@ -232,16 +232,6 @@ impl JobHandler {
         if ended.stale {
             return Ok(());
         }
-        if let (Some(reason), Some(why)) = (&ended.stop_run, &ended.why) {
-            match self.ledger.stop(&job.run_id, why).await {
-                Ok(n) => {
-                    tracing::error!(run_id = %job.run_id, orgs = n, reason = %reason, "run stopped: its open orgs end failed without a query")
-                }
-                Err(e) => {
-                    tracing::warn!(run_id = %job.run_id, error = %e, "cannot stop the run in its record; this worker fails its orgs without a query")
-                }
-            }
-        }
         let outcome = ended.outcome;
         // A refusal that concerns this org alone (its org's other traffic, its byte budget) is not
         // an outcome while it can be tried again: it goes back to the queue for later.
@@ -275,7 +265,22 @@ impl JobHandler {
                 return Err(e.into());
             }
         }
+        if let Some(reason) = &ended.stop_run {
+            self.stop_run(&job.run_id, reason).await;
+        }
         Ok(())
+    }
+
+    /// After this org's own outcome is recorded: ends the run's other open orgs as failed, with
+    /// a reason that points at the refused query, so no other worker sends it again.
+    async fn stop_run(&self, run_id: &projector_shared::RunId, reason: &str) {
+        let why = Why::new("run_stopped", format!("not queried: the run stopped because {reason}"));
+        match self.ledger.stop(run_id, &why).await {
+            Ok(n) => tracing::error!(run_id = %run_id, orgs = n, reason, "run stopped: its open orgs end failed without a query"),
+            Err(e) => {
+                tracing::warn!(run_id = %run_id, error = %e, "cannot stop the run in its record; this worker fails its orgs without a query")
+            }
+        }
     }
 
     /// One info line per run, written by whoever recorded its last org: per-org skips are logged

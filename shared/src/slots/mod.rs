@@ -80,8 +80,7 @@ pub trait ReleaseSlot: Send + Sync + 'static {
     }
 
     /// Keeps the slot, without renewing it, for a query this holder abandoned but the service
-    /// may still be running: it goes back no sooner than `for_at_least` from now. A leased slot
-    /// simply stops being renewed (its lease already runs that long); others release on a timer.
+    /// may still be running: it goes back no sooner than `for_at_least` from now, on a timer.
     fn keep(self: Box<Self>, for_at_least: Duration) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             tracing::warn!("slot kept outside a runtime; released now");

@@ -656,11 +656,22 @@ impl ReleaseSlot for RedisRelease {
     }
 
     fn keep(self: Box<Self>, for_at_least: Duration) {
-        // The lease runs at least until its last query's start + query.max_duration (the grant's
-        // floor, or `cover`): with renewals stopped, Redis time expires it then, whatever happens
-        // to this process. A lease shorter than asked (no query floor) is left as it is.
-        self.stop.cancel();
-        tracing::debug!(lease_id = %self.id, kept_ms = ms(for_at_least), "slot kept for an abandoned query; its lease expires on its own");
+        // Renewed while kept, then released: if this process dies meanwhile, the lease still runs
+        // at least to its last query's start + query.max_duration (the grant's floor, or `cover`).
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.release_on_drop();
+            return;
+        };
+        let background = self.inner.background.clone();
+        background.spawn_on(
+            async move {
+                tokio::time::sleep(for_at_least).await;
+                if let Err(e) = self.release().await {
+                    tracing::warn!(error = %e, "releasing a kept slot failed; its lease expires on its own");
+                }
+            },
+            &runtime,
+        );
     }
 
     fn release(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {

@@ -112,8 +112,9 @@ pub enum Refused {
     FakeCannot(String),
 }
 
-/// Parses and checks `text` the way Snuba does before it runs a query.
-pub fn parse(text: &str) -> Result<Query, Refused> {
+/// Parses and checks `text` the way Snuba does before it runs a query, against entities that
+/// lack the columns `without` (a Snuba older than the migration that added them).
+pub fn parse(text: &str, without: &[String]) -> Result<Query, Refused> {
     let mut pairs = Snql::parse(Rule::query_exp, text).map_err(|e| parse_error(text, &e))?;
     let root = pairs.next().ok_or_else(|| Refused::Invalid("empty parse".into()))?;
     let consumed = root.as_span().end();
@@ -150,12 +151,12 @@ pub fn parse(text: &str) -> Result<Query, Refused> {
     q.columns.retain(|c| !aliases.contains(c));
     q.columns.sort();
     q.columns.dedup();
-    check(&q)?;
+    check(&q, without)?;
     Ok(q)
 }
 
 /// The checks after parsing, in Snuba's order.
-fn check(q: &Query) -> Result<(), Refused> {
+fn check(q: &Query, without: &[String]) -> Result<(), Refused> {
     let entity =
         ENTITIES.iter().find(|e| e.name == q.entity).ok_or_else(|| Refused::Invalid(format!("'{}' is not a valid EntityKey", q.entity)))?;
     // _replace_time_condition: a >= and a < on the time column with a datetime literal.
@@ -182,7 +183,8 @@ fn check(q: &Query) -> Result<(), Refused> {
     if !missing.is_empty() {
         return Err(Refused::Invalid(format!("missing required conditions for {}", missing.join(", "))));
     }
-    let unknown: Vec<&str> = q.columns.iter().map(String::as_str).filter(|c| !entity.columns.contains(c)).collect();
+    let unknown: Vec<&str> =
+        q.columns.iter().filter(|c| !entity.columns.contains(&c.as_str()) || without.contains(c)).map(String::as_str).collect();
     if !unknown.is_empty() {
         return Err(Refused::Invalid(format!("Tag keys ({}) not resolved", unknown.join(", "))));
     }
@@ -411,7 +413,7 @@ mod tests {
 
     #[test]
     fn projectors_query_parses_with_its_parts() {
-        let q = parse(GOOD).expect("valid");
+        let q = parse(GOOD, &[]).expect("valid");
         assert_eq!(q.entity, "outcomes");
         assert_eq!((q.limit, q.offset, q.granularity), (9576, 0, Some(3600)));
         assert_eq!(int_condition(&q, "org_id", "="), Some(7));
@@ -420,7 +422,7 @@ mod tests {
     }
 
     fn refused(text: &str) -> String {
-        match parse(text) {
+        match parse(text, &[]) {
             Err(Refused::Invalid(m)) => m,
             other => panic!("{text}: {other:?}"),
         }
@@ -439,6 +441,8 @@ mod tests {
         assert_eq!(refused(&GOOD.replace("sum(quantity)", "sum(times)")), "Tag keys (times) not resolved");
         assert_eq!(refused(&GOOD.replace("MATCH (outcomes)", "MATCH (events)")), "missing required conditions for project_id");
         assert_eq!(refused(&GOOD.replace("MATCH (outcomes)", "MATCH (nothing)")), "'nothing' is not a valid EntityKey");
-        assert_eq!(parse(&GOOD.replace(" LIMIT 9576 OFFSET 0", "")).expect("valid").limit, DEFAULT_LIMIT);
+        assert_eq!(parse(&GOOD.replace(" LIMIT 9576 OFFSET 0", ""), &[]).expect("valid").limit, DEFAULT_LIMIT);
+        let older = parse(GOOD, &["category".into(), "quantity".into()]);
+        assert_eq!(older.err(), Some(Refused::Invalid("Tag keys (category, quantity) not resolved".into())));
     }
 }

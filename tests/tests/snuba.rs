@@ -1,0 +1,215 @@
+//! What the query service answers, end to end: a fleet (redis-server, workers, the scheduler)
+//! against `projector-fake-snuba` playing Snuba as its source has it. A query Snuba refuses
+//! stops the run; an org whose pages fail half-way ends failed with nothing stored; each class of
+//! 429 ends in its own outcome and reason; an abandoned query keeps its slot; a 20,000-project
+//! org is read page by page among small ones.
+
+use std::io::Write;
+use std::process::Output;
+use std::time::Duration;
+
+use projector_shared::OrgId;
+use projector_tests::fleet::{base_env, json_of, run, text, worker};
+use projector_tests::{FakeSnuba, Proc, RedisServer, sample, scrape};
+use serde_json::Value;
+
+const FAKE: &str = env!("CARGO_BIN_EXE_projector-fake-snuba");
+
+fn ctl(env: &[(String, String)], args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    json_of(&run("projectorctl", env, &all))
+}
+
+/// `run-once --wait` (the env's orgs, or `--orgs N` in `extra`); the run id and output.
+fn run_wait(env: &[(String, String)], extra: &[&str]) -> (String, Output) {
+    run_wait_for(env, "120s", extra)
+}
+
+fn run_wait_for(env: &[(String, String)], timeout: &str, extra: &[&str]) -> (String, Output) {
+    let mut args = vec!["run-once", "--wait", "--wait-timeout", timeout, "--batch-delay", "0s", "--fail-on", "none"];
+    args.extend_from_slice(extra);
+    let out = run("projector-scheduler", env, &args);
+    assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
+    let run_id = text(&out.stdout).split_whitespace().nth(1).map(|r| r.trim_end_matches(':').to_owned()).expect("run id");
+    (run_id, out)
+}
+
+/// The `host:port` a worker serves /metrics on (it logs it at start).
+fn metrics_addr(w: &Proc) -> String {
+    let line = w.wait_for_line(&["serving /metrics"], Duration::from_secs(30));
+    line.split("addr=").nth(1).and_then(|rest| rest.split_whitespace().next()).expect("addr= in the log line").to_owned()
+}
+
+/// The reason kind of each org that did not complete, by org.
+fn reasons(shown: &Value) -> Vec<(u64, String, String)> {
+    shown["not_completed"]
+        .as_array()
+        .expect("not_completed")
+        .iter()
+        .map(|o| {
+            let org = o["org_id"].as_u64().expect("org");
+            (org, o["outcome"].as_str().unwrap_or_default().to_owned(), o["reason"]["kind"].as_str().unwrap_or_default().to_owned())
+        })
+        .collect()
+}
+
+/// A Snuba older than the migration that added `category` and `quantity` refuses every query
+/// with the same 400: the first refusal stops the run, its other orgs end failed without a query,
+/// and the service sees at most one refused query per job loop, not one per org.
+#[test]
+fn a_query_the_service_refuses_stops_the_run_after_the_first_org() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "5ms", "--without-columns", "category,quantity"]);
+    let env = base_env(&redis, &fake.url());
+    let w = worker(&env, &["--concurrency", "1"]);
+    let (run_id, _) = run_wait(&env, &["--orgs", "30"]);
+    let shown = ctl(&env, &["runs", "show", &run_id]);
+    assert_eq!((shown["outcomes"]["failed"].as_u64(), shown["outcomes"]["completed"].as_u64()), (Some(30), Some(0)), "{shown}");
+    let stats = fake.stats_now();
+    assert_eq!(stats["invalid_queries"], 1, "one query, not thirty: {stats}");
+    assert_eq!(stats["last_invalid"], "Tag keys (category, quantity) not resolved", "{stats}");
+    let kinds = reasons(&ctl(&env, &["runs", "show", &run_id, "--all"]));
+    assert_eq!(kinds.iter().filter(|(_, _, k)| k == "invalid_query").count(), 1, "{kinds:?}");
+    assert!(kinds.iter().all(|(_, o, k)| o == "failed" && (k == "invalid_query" || k == "run_stopped")), "{kinds:?}");
+    let log = w.wait_for_line(&["refused the query itself"], Duration::from_secs(10));
+    assert!(log.contains("Tag keys (category, quantity) not resolved") && log.contains("MATCH (outcomes)"), "{log}");
+    let metrics = scrape(&metrics_addr(&w));
+    assert_eq!(sample(&metrics, "projector_run_stopped_total"), Some(1.0), "{metrics}");
+}
+
+/// An org of 40 projects is read in three queries (19 projects x 504 hours per page); its second
+/// fails. It ends failed with nothing stored, and no third query is sent; other orgs complete.
+#[test]
+fn an_org_whose_pages_fail_half_way_ends_failed_with_nothing_stored() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "2ms", "--fail-query", "5:2"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let orgs = dir.path().join("orgs.jsonl");
+    let mut file = std::fs::File::create(&orgs).expect("orgs file");
+    for org in 1..=6u64 {
+        let projects: Vec<u64> = (1..=40).map(|p| org * 1_000 + p).collect();
+        writeln!(file, "{}", serde_json::json!({"org_id": org, "project_ids": projects})).expect("write");
+    }
+    let mut env = base_env(&redis, &fake.url());
+    env.push(("PROJECTOR_ORGS_SOURCE".into(), "file".into()));
+    env.push(("PROJECTOR_ORGS_PATH".into(), orgs.display().to_string()));
+    let _w = worker(&env, &["--concurrency", "4"]);
+    let (run_id, _) = run_wait(&env, &[]);
+    let shown = ctl(&env, &["runs", "show", &run_id]);
+    assert_eq!((shown["outcomes"]["completed"].as_u64(), shown["outcomes"]["failed"].as_u64()), (Some(5), Some(1)), "{shown}");
+    assert_eq!(reasons(&shown), [(5, "failed".to_owned(), "server_error".to_owned())]);
+    let stats = fake.stats_now();
+    assert_eq!(stats["queries_by_org"]["5"], 2, "no page after the failed one: {stats}");
+    assert_eq!(stats["queries_by_org"]["1"], 3, "40 projects in three pages: {stats}");
+    let mut conn = redis.connection();
+    let stored: u64 = redis::cmd("HLEN").arg(projector_shared::keys::projections(OrgId(5))).query(&mut conn).expect("hlen");
+    assert_eq!(stored, 0, "no projection from part of the rows");
+    let whole: u64 = redis::cmd("HLEN").arg(projector_shared::keys::projections(OrgId(1))).query(&mut conn).expect("hlen");
+    assert_eq!(whole, 40);
+    let why = ctl(&env, &["explain", &run_id, "5"]);
+    let query = why["attempts"][0]["steps"].as_array().and_then(|s| s.iter().find(|s| s["step"] == "query").cloned()).expect("query step");
+    assert_eq!((query["status"].as_str(), query["pages"].as_u64()), (Some("server_error (page 2)"), Some(2)), "{why}");
+}
+
+/// Org 5's own traffic holds its share (Snuba's per-org override of 0) and org 7 is over its
+/// bytes budget: each ends rate_limited with its own reason, and the fleet's counter of referrer
+/// 429s stays at 0. With a reschedule allowed, the per-org refusal is tried again.
+#[test]
+fn each_class_of_429_ends_in_its_own_outcome_and_reason() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(
+        FAKE,
+        &["--latency", "2ms", "--org-concurrency-limit", "22", "--org-concurrency-override", "5:0", "--bytes-rejected-orgs", "7"],
+    );
+    let env = base_env(&redis, &fake.url());
+    let w = worker(&env, &["--concurrency", "4", "--set", "slots.max_reschedules=0"]);
+    let (run_id, _) = run_wait(&env, &["--orgs", "10"]);
+    let shown = ctl(&env, &["runs", "show", &run_id]);
+    assert_eq!(shown["outcomes"]["completed"], 8, "{shown}");
+    let kinds = reasons(&shown);
+    assert_eq!(
+        kinds,
+        [(5, "rate_limited".to_owned(), "rate_limited_org".to_owned()), (7, "rate_limited".to_owned(), "rate_limited_bytes".to_owned())]
+    );
+    let metrics = scrape(&metrics_addr(&w));
+    let errors = |reason: &str| sample(&metrics, &format!("run_spike_projection_error_total{{reason=\"{reason}\"}}"));
+    assert_eq!((errors("rate_limited_org"), errors("rate_limited_bytes"), errors("rate_limited")), (Some(1.0), Some(1.0), Some(0.0)));
+    assert_eq!(sample(&metrics, "projector_query_rate_limited_total"), Some(0.0), "no referrer 429: {metrics}");
+    drop(w);
+
+    // One reschedule allowed: org 5 goes back to the queue after a short backoff and is asked again.
+    let _w = worker(&env, &["--concurrency", "4", "--set", "slots.max_reschedules=1"]);
+    let before = fake.stats_now()["queries_by_org"]["5"].as_u64().unwrap_or(0);
+    let (run_id, _) = run_wait(&env, &["--orgs", "6"]);
+    let shown = ctl(&env, &["runs", "show", &run_id]);
+    assert_eq!(reasons(&shown), [(5, "rate_limited".to_owned(), "rate_limited_org".to_owned())]);
+    let stats = fake.stats_now();
+    // The per-org policy refuses before the query counts as admitted: requests tell the tries.
+    assert_eq!(stats["rejected_by_policy"]["ConcurrentRateLimitAllocationPolicy"], 3, "1 + 2 tries of org 5: {stats}");
+    assert_eq!(stats["queries_by_org"]["5"].as_u64().unwrap_or(0), before, "never admitted: {stats}");
+}
+
+/// Queries that take 2 s at the service against a 300 ms client timeout: each abandoned query
+/// keeps its slot until query.max_duration (2 s) has passed, so the service never sees more than
+/// slots.limit queries of the fleet at once, although every client gave up long before.
+#[test]
+fn an_abandoned_query_keeps_its_slot_until_it_must_have_ended_at_the_service() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "2s"]);
+    let env = base_env(&redis, &fake.url());
+    let settings = [
+        "--concurrency",
+        "8",
+        "--set",
+        "slots.limit=2",
+        "--set",
+        "slots.max_wait=60s",
+        "--set",
+        "query.timeout=300ms",
+        "--set",
+        "query.max_duration=2s",
+    ];
+    let w = worker(&env, &settings);
+    let (run_id, _) = run_wait(&env, &["--orgs", "6"]);
+    let shown = ctl(&env, &["runs", "show", &run_id]);
+    assert_eq!(shown["outcomes"]["failed"], 6, "every query timed out at the client: {shown}");
+    let stats = fake.stats_now();
+    assert_eq!(stats["requests"], 6, "{stats}");
+    assert!(stats["max_in_flight"].as_u64().is_some_and(|m| m <= 2), "the service never counted more than slots.limit: {stats}");
+    let metrics = scrape(&metrics_addr(&w));
+    assert_eq!(sample(&metrics, "projector_slot_kept_after_abandon_total"), Some(6.0), "{metrics}");
+}
+
+/// One org with 20,000 projects among 500 small ones: every org completes, the big one in
+/// 1,053 pages of at most 10,000 rows, all 20,000 projections stored (in chunks). The worker's
+/// peak memory is printed for BENCHMARKS.md, not asserted.
+#[test]
+fn a_20000_project_org_is_read_page_by_page_among_500_small_ones() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "1ms"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let orgs = dir.path().join("orgs.jsonl");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&orgs).expect("orgs file"));
+    let big: Vec<u64> = (1..=20_000).map(|p| 9_000_000 + p).collect();
+    writeln!(file, "{}", serde_json::json!({"org_id": 9, "project_ids": big})).expect("write");
+    for org in 10..510u64 {
+        writeln!(file, "{}", serde_json::json!({"org_id": org, "project_ids": [org * 10, org * 10 + 1]})).expect("write");
+    }
+    drop(file);
+    let mut env = base_env(&redis, &fake.url());
+    env.push(("PROJECTOR_ORGS_SOURCE".into(), "file".into()));
+    env.push(("PROJECTOR_ORGS_PATH".into(), orgs.display().to_string()));
+    let w = worker(&env, &["--concurrency", "16"]);
+    // The big org's 1,053 pages take 45-65 s in a debug build; the bound only stops a stuck run.
+    let (run_id, _) = run_wait_for(&env, "600s", &[]);
+    let shown = ctl(&env, &["runs", "show", &run_id]);
+    assert_eq!((shown["outcomes"]["completed"].as_u64(), shown["orgs_total"].as_u64()), (Some(501), Some(501)), "{shown}");
+    assert_eq!(fake.stats_now()["queries_by_org"]["9"], 1_053, "20,000 projects, 19 per page");
+    let mut conn = redis.connection();
+    let stored: u64 = redis::cmd("HLEN").arg(projector_shared::keys::projections(OrgId(9))).query(&mut conn).expect("hlen");
+    assert_eq!(stored, 20_000);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", w.pid())).unwrap_or_default();
+    let peak = status.lines().find(|l| l.starts_with("VmHWM")).unwrap_or("VmHWM: unknown");
+    eprintln!("worker peak resident memory over the run: {peak}");
+}
