@@ -374,6 +374,45 @@ pub async fn explain(config: &Config, run_id: &str, org: u64, as_json: bool) -> 
     Ok(out)
 }
 
+/// The query service's numbers as the worker that heard them last reports them, with how long
+/// ago (its beat's age included).
+fn freshest_service(workers: &[WorkerEntry]) -> Option<(projector_shared::service::ServiceQuota, u64)> {
+    workers
+        .iter()
+        .filter_map(|w| w.registration.as_ref()?.service.map(|(q, heard)| (q, heard.saturating_add(w.beat_ms_ago))))
+        .min_by_key(|(_, ago)| *ago)
+}
+
+/// How recent the service's numbers must be to be compared with the slots held now: they hold
+/// their last value between runs, when the fleet holds nothing.
+const FRESH_FOR_COMPARISON_MS: u64 = 10_000;
+
+/// What the service's own numbers say is wrong with the fleet's settings.
+fn service_warnings(
+    heard: Option<(projector_shared::service::ServiceQuota, u64)>,
+    in_force: u32,
+    in_use: u64,
+    referrer: &str,
+) -> Vec<String> {
+    let Some((q, ago)) = heard else { return Vec::new() };
+    let mut warnings = Vec::new();
+    if q.rejection_threshold < i64::from(in_force) {
+        warnings.push(format!(
+            "the query service admits {} queries for {referrer}, fewer than the {in_force} slots in force: \
+             lower the limit to at most {} (`projectorctl slots set-limit`)",
+            q.rejection_threshold, q.rejection_threshold
+        ));
+    }
+    if let Some(others) = q.others(in_use).filter(|o| ago <= FRESH_FOR_COMPARISON_MS && *o > q.others_margin()) {
+        warnings.push(format!(
+            "other callers run about {others} of {referrer}'s {} queries at the query service: \
+             the fleet's slots no longer keep the referrer under its limit; find them (old tasks on the same referrer)",
+            q.rejection_threshold
+        ));
+    }
+    warnings
+}
+
 /// `projectorctl status`: everything an operator looks at first, read in one pass.
 pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<String> {
     let redis = Endpoint::from(&config.redis).redacted();
@@ -393,8 +432,16 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<String> {
         (Some(limit), Some(_)) => (limit, "redis"),
         _ => (config.slots.limit, "config (no limit stored in Redis yet)"),
     };
+    let service = freshest_service(&workers);
+    let warnings = service_warnings(service, in_force, u64::from(occupancy.in_use), &config.query.referrer);
     let value = json!({
         "redis": redis,
+        "service": service.map(|(q, ago)| json!({
+            "referrer": config.query.referrer, "quota_used": q.quota_used, "rejection_threshold": q.rejection_threshold,
+            "throttle_threshold": q.throttle_threshold, "heard_ms_ago": ago,
+            "others": q.others(u64::from(occupancy.in_use)),
+        })),
+        "warnings": warnings,
         "limit": {
             "in_force": in_force, "source": source, "stored": occupancy.limit, "configured": config.slots.limit,
             "adaptive_multiplier": occupancy.multiplier,
@@ -418,6 +465,25 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<String> {
         let _ = writeln!(out, "PAUSED       {} (workers take no jobs; `projectorctl resume` ends it)", p.reason);
     }
     let _ = writeln!(out, "limit        {in_force} in force (source: {source}; adaptive multiplier {:.2})", occupancy.multiplier);
+    match service {
+        Some((q, ago)) => {
+            let used = if q.quota_used < 0 { "unknown (its counter failed)".to_owned() } else { q.quota_used.to_string() };
+            let _ = writeln!(
+                out,
+                "service      {used} of {} running for {} at the query service (throttles above {}; heard {:.1} s ago)",
+                q.rejection_threshold,
+                config.query.referrer,
+                q.throttle_threshold,
+                ago as f64 / 1000.0
+            );
+        }
+        None => {
+            let _ = writeln!(out, "service      no numbers heard from the query service (no answer yet, or no referrer policy live there)");
+        }
+    }
+    for w in &warnings {
+        let _ = writeln!(out, "WARNING      {w}");
+    }
     let oldest = oldest_wait_ms.map(|ms| format!(" (oldest for {:.1} s)", ms as f64 / 1000.0)).unwrap_or_default();
     let _ = writeln!(out, "slots        {} in use, {} waiting{oldest}", occupancy.in_use, slots.waiters.len());
     let _ = writeln!(

@@ -177,9 +177,18 @@ async fn home(State(site): Shared) -> Result<Markup, Failure> {
         @if !status["paused"].is_null() {
             p.paused { "PAUSED: " (f("paused.reason")) " — workers take no new jobs." }
         }
+        @for w in status["warnings"].as_array().into_iter().flatten() {
+            p.paused { "WARNING: " (w.as_str().unwrap_or_default()) }
+        }
         h2 { "Status" }
         table {
             tr { th { "limit in force" } td { (f("limit.in_force")) " (source: " (f("limit.source")) ", adaptive ×" (f("limit.adaptive_multiplier")) ")" } }
+            tr { th { "query service" } td {
+                @if status["service"].is_null() { "no numbers heard yet" } @else {
+                    (f("service.quota_used")) " of " (f("service.rejection_threshold")) " running for the referrer (throttles above "
+                    (f("service.throttle_threshold")) "; other callers " (f("service.others")) ")"
+                }
+            } }
             tr { th { "slots" } td { (f("slots.in_use")) " in use, " (f("slots.waiters")) " waiting (oldest " (f("slots.oldest_wait_ms")) " ms)" } }
             tr { th { "queue" } td { (f("queue.ready")) " ready, " (f("queue.scheduled")) " scheduled, " (f("queue.in_flight")) " in flight, " (f("queue.dead")) " dead" } }
             tr { th { "workers" } td { (f("workers.alive")) " alive, " (f("workers.jobs_in_flight")) " jobs in flight" } }

@@ -11,6 +11,7 @@ use redis::Script;
 
 use crate::error::Error;
 use crate::keys;
+use crate::service::ServiceQuota;
 
 /// A worker whose last heartbeat is older than this is counted as gone.
 pub const ALIVE_WITHIN: Duration = Duration::from_secs(15);
@@ -34,6 +35,9 @@ pub struct Registration {
     pub slots_held: u64,
     /// The last job error, with its time, or empty.
     pub last_error: String,
+    /// The query service's numbers for the referrer, as this worker last heard them, and how
+    /// many milliseconds before this beat.
+    pub service: Option<(ServiceQuota, u64)>,
 }
 
 /// A worker alive now, as listed by [`workers`].
@@ -59,6 +63,10 @@ pub async fn beat(conn: &RedisConn, name: &str, registration: &Registration) -> 
         ("jobs_in_flight", r.jobs_in_flight.to_string()),
         ("slots_held", r.slots_held.to_string()),
         ("last_error", r.last_error.clone()),
+        ("service_quota_used", r.service.map(|(q, _)| q.quota_used.to_string()).unwrap_or_default()),
+        ("service_rejection_threshold", r.service.map(|(q, _)| q.rejection_threshold.to_string()).unwrap_or_default()),
+        ("service_throttle_threshold", r.service.map(|(q, _)| q.throttle_threshold.to_string()).unwrap_or_default()),
+        ("service_heard_ms_ago", r.service.map(|(_, ago)| ago.to_string()).unwrap_or_default()),
     ] {
         invocation.arg(field).arg(value);
     }
@@ -109,10 +117,22 @@ pub async fn workers(conn: &RedisConn) -> Result<Vec<WorkerEntry>, Error> {
                     jobs_in_flight: number("jobs_in_flight"),
                     slots_held: number("slots_held"),
                     last_error: text("last_error"),
+                    service: service(&fields),
                 }),
             }
         })
         .collect())
+}
+
+/// The service numbers a registration carries, when it carries them all.
+fn service(fields: &std::collections::HashMap<String, String>) -> Option<(ServiceQuota, u64)> {
+    let number = |k: &str| fields.get(k).and_then(|v| v.parse::<i64>().ok());
+    let quota = ServiceQuota {
+        quota_used: number("service_quota_used")?,
+        rejection_threshold: number("service_rejection_threshold")?,
+        throttle_threshold: number("service_throttle_threshold")?,
+    };
+    Some((quota, u64::try_from(number("service_heard_ms_ago")?).unwrap_or(0)))
 }
 
 /// Removes worker `name` at a clean exit, so it stops counting as alive at once.

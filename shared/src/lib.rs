@@ -18,6 +18,7 @@ pub mod redis_conn;
 pub mod rollout;
 pub mod run;
 pub mod run_record;
+pub mod service;
 pub mod slots;
 pub mod synthetic;
 pub mod trail;

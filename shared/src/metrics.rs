@@ -55,6 +55,10 @@ pub const SERVICE_QUOTA_USED: &str = "projector_service_quota_used";
 /// The referrer's limit in force at the query service, overrides included
 /// (`ReferrerGuardRailPolicy.rejection_threshold`). Gauge, labelled `referrer`.
 pub const SERVICE_REJECTION_THRESHOLD: &str = "projector_service_rejection_threshold";
+/// When this process last heard the service's numbers (Unix seconds, gauge): the two gauges
+/// above hold their last value between runs, so anything comparing them with the fleet's
+/// current queries must first check they are fresh.
+pub const SERVICE_HEARD_SECONDS: &str = "projector_service_heard_timestamp_seconds";
 /// Slots kept after their query was abandoned (a client-side timeout, a lost lease, a cancel):
 /// the service still counts such a query until it ends, so the slot is not handed on before
 /// query.max_duration has passed since the query started.

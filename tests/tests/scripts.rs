@@ -507,6 +507,10 @@ fn heartbeat_beat_and_alive_count_workers_on_redis_time() {
             jobs_in_flight: 3,
             slots_held: 2,
             last_error: "2026-12-01T13:05:00Z timeout: no answer".into(),
+            service: Some((
+                projector_shared::service::ServiceQuota { quota_used: 41, rejection_threshold: 100, throttle_threshold: 66 },
+                120,
+            )),
         };
         projector_shared::heartbeat::beat(&conn, "worker-a", &registration).await.expect("beat again");
         assert_eq!(projector_shared::heartbeat::alive(&conn).await.expect("alive"), 2, "one entry per worker");

@@ -213,3 +213,36 @@ fn a_20000_project_org_is_read_page_by_page_among_500_small_ones() {
     let peak = status.lines().find(|l| l.starts_with("VmHWM")).unwrap_or("VmHWM: unknown");
     eprintln!("worker peak resident memory over the run: {peak}");
 }
+
+/// The service admits 20 for the referrer and other callers hold 15 of them: while a run goes,
+/// `status` shows the service's numbers beside the limit in force (50) and warns of both, the page
+/// shows the same, and each worker exports the numbers as gauges.
+#[test]
+fn status_shows_the_services_own_count_and_warns_when_it_disagrees_with_the_fleet() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "300ms", "--concurrency-limit", "20", "--background", "15"]);
+    let env = base_env(&redis, &fake.url());
+    let w = worker(&env, &["--concurrency", "3"]);
+    let out = run("projector-scheduler", &env, &["run-once", "--orgs", "60", "--batch-delay", "0s"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut last = Value::Null;
+    let both = projector_tests::holds_within(Duration::from_secs(30), || {
+        last = ctl(&env, &["status"]);
+        last["warnings"].as_array().is_some_and(|w| w.len() == 2)
+    });
+    assert!(both, "two warnings while the run goes: {last}");
+    assert_eq!(
+        (last["service"]["rejection_threshold"].as_i64(), last["service"]["throttle_threshold"].as_i64()),
+        (Some(20), Some(66)),
+        "{last}"
+    );
+    assert!(last["service"]["quota_used"].as_i64().is_some_and(|u| u >= 16), "15 others and ours: {last}");
+    let warnings = last["warnings"].to_string();
+    assert!(warnings.contains("admits 20") && warnings.contains("other callers"), "{warnings}");
+    let human = text(&run("projectorctl", &env, &["status"]).stdout);
+    assert!(human.contains("of 20 running for getsentry.get_spike_projections") && human.contains("WARNING"), "{human}");
+    let metrics = scrape(&metrics_addr(&w));
+    let series = "{referrer=\"getsentry.get_spike_projections\"}";
+    assert_eq!(sample(&metrics, &format!("projector_service_rejection_threshold{series}")), Some(20.0), "{metrics}");
+    assert!(sample(&metrics, &format!("projector_service_quota_used{series}")).is_some_and(|u| u >= 16.0), "{metrics}");
+}

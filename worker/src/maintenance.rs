@@ -91,6 +91,7 @@ impl Periodic for Heartbeat {
                 jobs_in_flight: self.running.now() as u64,
                 slots_held: projector_shared::slots::held_by_process(),
                 last_error: crate::probe::last_error(),
+                service: projector_shared::service::latest().map(|(q, ago)| (q, u64::try_from(ago.as_millis()).unwrap_or(u64::MAX))),
                 ..self.registration.clone()
             };
             if let Err(e) = projector_shared::heartbeat::beat(&self.conn, &self.name, &registration).await {

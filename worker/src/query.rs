@@ -36,18 +36,7 @@ pub struct Row {
     pub count: u64,
 }
 
-/// The referrer's own numbers, as the service reported them with an answer
-/// (`quota_allowance.details.ReferrerGuardRailPolicy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ServiceQuota {
-    /// Queries of this referrer running at the service, from every caller; -1 when the service's
-    /// own counter failed (it then fails open).
-    pub quota_used: i64,
-    /// The limit in force for the referrer, overrides included.
-    pub rejection_threshold: i64,
-    /// Above this many, the service throttles the referrer's queries (fewer threads).
-    pub throttle_threshold: i64,
-}
+pub use projector_shared::service::ServiceQuota;
 
 /// A page's rows and what the service said alongside them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -100,9 +100,11 @@ impl SnubaQuery {
             }
         }
         if let Some(q) = &read.page.quota {
+            projector_shared::service::heard(*q);
             let referrer = self.settings.referrer.clone();
             metrics::gauge!(m::SERVICE_QUOTA_USED, "referrer" => referrer.clone()).set(q.quota_used as f64);
-            metrics::gauge!(m::SERVICE_REJECTION_THRESHOLD, "referrer" => referrer).set(q.rejection_threshold as f64);
+            metrics::gauge!(m::SERVICE_REJECTION_THRESHOLD, "referrer" => referrer.clone()).set(q.rejection_threshold as f64);
+            metrics::gauge!(m::SERVICE_HEARD_SECONDS, "referrer" => referrer).set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
         }
         Ok(read.page)
     }
