@@ -239,6 +239,7 @@ fn status_shows_the_services_own_count_and_warns_when_it_disagrees_with_the_flee
     assert!(last["service"]["quota_used"].as_i64().is_some_and(|u| u >= 16), "15 others and ours: {last}");
     let warnings = last["warnings"].to_string();
     assert!(warnings.contains("admits 20") && warnings.contains("other callers"), "{warnings}");
+    w.wait_for_line(&["the query service admits fewer queries for this referrer than the slots in force"], Duration::from_secs(10));
     let human = text(&run("projectorctl", &env, &["status"]).stdout);
     assert!(human.contains("of 20 running for getsentry.get_spike_projections") && human.contains("WARNING"), "{human}");
     let metrics = scrape(&metrics_addr(&w));

@@ -109,6 +109,24 @@ async fn release(permit: SlotPermit, job: &SpikeProjectionJob) {
     }
 }
 
+/// Logs once per new value when the service's limit for the referrer is below the slot limit in
+/// force: the fleet would then meet 429s before its slots run out (`projectorctl status` and
+/// the page say the same, with what to do).
+fn warn_if_below_limit(q: projector_shared::service::ServiceQuota, in_force: u32) {
+    static WARNED_AT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);
+    if q.rejection_threshold >= i64::from(in_force) {
+        return;
+    }
+    if WARNED_AT.swap(q.rejection_threshold, std::sync::atomic::Ordering::Relaxed) != q.rejection_threshold {
+        tracing::warn!(
+            service_limit = q.rejection_threshold,
+            slot_limit = in_force,
+            "the query service admits fewer queries for this referrer than the slots in force; lower the limit with `projectorctl slots set-limit {}`",
+            q.rejection_threshold
+        );
+    }
+}
+
 /// Snuba's bytes-scanned window (`BytesScannedWindowAllocationPolicy.WINDOW_SECONDS`): an org
 /// over its byte budget is tried again once the window has moved past its scans.
 const BYTES_POLICY_WINDOW: Duration = Duration::from_secs(600);
@@ -327,6 +345,9 @@ impl Pipeline {
                     let answer = answer?;
                     SIGNALS.ok();
                     throttled |= answer.throttled;
+                    if let Some(q) = answer.quota {
+                        warn_if_below_limit(q, self.limiter.limit());
+                    }
                     fold.add(&answer.rows, group)?;
                     if answer.rows.len() < page.limit {
                         break;
