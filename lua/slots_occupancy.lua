@@ -3,9 +3,12 @@
 -- KEYS: the nine slot keys (see slots_prelude)
 -- ARGV: none
 -- Returns: {live leases on Redis time, the stored limit or nil, the limit in force (stored limit
---          x adaptive multiplier) or nil, the multiplier (string)}
+--          x adaptive multiplier, under the service's cap) or nil, the multiplier (string),
+--          the service's cap while it holds or nil}
 local now = now_ms()
 local stored = redis.call('GET', limit_key)
 local in_force = stored and effective(tonumber(stored)) or false
-local m = redis.call('HGET', adaptive, 'multiplier') or '1'
-return {redis.call('ZCOUNT', leases, '(' .. now, '+inf'), stored, in_force, m}
+local a = redis.call('HMGET', adaptive, 'multiplier', 'service_cap', 'service_until_ms')
+local cap = false
+if a[2] and tonumber(a[3] or '0') > now then cap = tonumber(a[2]) end
+return {redis.call('ZCOUNT', leases, '(' .. now, '+inf'), stored, in_force, a[1] or '1', cap}

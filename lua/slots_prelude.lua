@@ -3,7 +3,8 @@
 --   1 limit (string), 2 leases (zset lease id -> expiry ms), 3 holders (hash lease id ->
 --   "info|granted_ms|token"), 4 fence (counter of fencing tokens), 5 seq (arrival counter),
 --   6 queue (zset waiter id -> arrival), 7 waiter deadlines (zset waiter id -> deadline ms),
---   8 waiting (hash waiter id -> info), 9 adaptive (hash: the fleet's multiplier and its window)
+--   8 waiting (hash waiter id -> info), 9 adaptive (hash: the fleet's multiplier and its window,
+--   and the query service's cap: service_cap, service_until_ms, and the numbers it came from)
 -- Time is Redis's own (TIME), never a worker's clock.
 local limit_key, leases, holders, fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local seq, queue, deadlines, waiting = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
@@ -29,10 +30,14 @@ local function touch_due(clock)
   return redis.call('PTTL', clock) < KEY_TTL_MS - TOUCH_EVERY_MS
 end
 
--- The limit in force: the stored limit times the adaptive multiplier (1 when none), at least 1.
+-- The limit in force: the stored limit times the adaptive multiplier (1 when none), lowered to
+-- the query service's cap while that is fresh (`slots_service`), at least 1.
 local function effective(limit)
-  local m = tonumber(redis.call('HGET', adaptive, 'multiplier') or '1')
-  return math.max(1, math.floor(limit * m + 1e-9))
+  local a = redis.call('HMGET', adaptive, 'multiplier', 'service_cap', 'service_until_ms')
+  local l = math.floor(limit * tonumber(a[1] or '1') + 1e-9)
+  local cap, until_ms = tonumber(a[2]), tonumber(a[3])
+  if cap and until_ms and until_ms > now_ms() then l = math.min(l, cap) end
+  return math.max(1, l)
 end
 
 local function limit_of(default)

@@ -270,6 +270,12 @@ keys! {
         "\"fail_closed\" (do not query, record slot_unavailable) or \"fail_open\" (query under a local fallback limit)";
     "slots.fallback_limit" => slots.fallback_limit: Int(1, 10_000), default Some("2"),
         "with on_redis_error = \"fail_open\": slots per worker process while Redis is unreachable";
+    "slots.follow_service" => slots.follow_service: Bool, default Some("true"),
+        "cap the limit in force by the query service's own numbers from each answer (Snuba's ReferrerGuardRailPolicy: its limit, less what other callers hold there, less slots.service_margin); false: only slots.limit and [adaptive] set it";
+    "slots.service_margin" => slots.service_margin: Int(0, 10_000), default Some("2"),
+        "slots kept below what the query service admits, for queries that start between two answers";
+    "slots.service_ttl" => slots.service_ttl: Dur(SECS(1), SECS(3600)), default Some("60s"),
+        "how long one answer's cap holds without a newer one; after it, slots.limit and [adaptive] rule again";
     "slots.max_reschedules" => slots.max_reschedules: Int(0, 100), default Some("3"),
         "with on_timeout = \"reschedule\": how many times a job is re-enqueued before it is skipped";
     "batch.size" => batch.size: Int(1, 1_000_000), default Some("25"),

@@ -84,6 +84,12 @@ pub struct SlotsConfig {
     /// this times the number of worker processes, so keep it small.
     pub fallback_limit: u32,
     pub max_reschedules: u32,
+    /// The query service's own numbers cap the limit in force.
+    pub follow_service: bool,
+    /// Slots kept below what the service admits.
+    pub service_margin: u32,
+    /// How long one answer's cap holds.
+    pub service_ttl: Duration,
 }
 
 /// What a job does when its slot wait times out.

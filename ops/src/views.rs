@@ -390,15 +390,21 @@ const FRESH_FOR_COMPARISON_MS: u64 = 10_000;
 /// What the service's own numbers say is wrong with the fleet's settings.
 fn service_warnings(
     heard: Option<(projector_shared::service::ServiceQuota, u64)>,
+    slot_limit: u32,
     in_force: u32,
     in_use: u64,
     referrer: &str,
 ) -> Vec<String> {
     let Some((q, ago)) = heard else { return Vec::new() };
     let mut warnings = Vec::new();
-    if q.rejection_threshold < i64::from(in_force) {
+    if q.rejection_threshold < i64::from(slot_limit) {
+        let now = if i64::from(in_force) < q.rejection_threshold {
+            format!("the fleet follows the service's numbers ({in_force} in force) while they keep coming")
+        } else {
+            "nothing keeps the fleet under it (slots.follow_service is off)".to_owned()
+        };
         warnings.push(format!(
-            "the query service admits {} queries for {referrer}, fewer than the {in_force} slots in force: \
+            "the query service admits {} queries for {referrer}, fewer than slots.limit ({slot_limit}); {now}: \
              lower the limit to at most {} (`projectorctl slots set-limit`)",
             q.rejection_threshold, q.rejection_threshold
         ));
@@ -428,12 +434,12 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<String> {
     let now = Utc::now();
     // Waiters give up slots.max_wait after they arrive: the first deadline dates the oldest.
     let oldest_wait_ms = slots.first_gives_up_in.map(|left| config.slots.max_wait.saturating_sub(left).as_millis() as u64);
-    let (in_force, source) = match (occupancy.in_force, occupancy.limit) {
-        (Some(limit), Some(_)) => (limit, "redis"),
-        _ => (config.slots.limit, "config (no limit stored in Redis yet)"),
-    };
+    // What sets the limit in force: the service's cap, the adaptive multiplier, a limit an
+    // operator stored, or slots.limit (also before any limit is stored in Redis).
+    let (in_force, source) = (occupancy.in_force.unwrap_or(config.slots.limit), occupancy.source(config.slots.limit));
     let service = freshest_service(&workers);
-    let warnings = service_warnings(service, in_force, u64::from(occupancy.in_use), &config.query.referrer);
+    let slot_limit = occupancy.limit.unwrap_or(config.slots.limit);
+    let warnings = service_warnings(service, slot_limit, in_force, u64::from(occupancy.in_use), &config.query.referrer);
     let value = json!({
         "redis": redis,
         "service": service.map(|(q, ago)| json!({

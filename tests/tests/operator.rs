@@ -91,7 +91,7 @@ fn workers_runs_and_status_show_the_fleet_and_their_json_matches_redis() {
         .expect("queue and limit");
     assert_eq!((status["queue"]["ready"].as_u64(), status["queue"]["scheduled"].as_u64()), (Some(ready), Some(scheduled)), "{status}");
     assert_eq!(status["limit"]["stored"].as_u64(), stored, "{status}");
-    assert_eq!((status["limit"]["in_force"].as_u64(), status["limit"]["source"].as_str()), (stored, Some("redis")), "{status}");
+    assert_eq!((status["limit"]["in_force"].as_u64(), status["limit"]["source"].as_str()), (stored, Some("config")), "{status}");
     assert_eq!(status["workers"]["alive"], 2, "{status}");
     assert_eq!((status["run"]["run_id"].as_str(), status["run"]["state"].as_str()), (Some(run_id.as_str()), Some("done")), "{status}");
     assert_eq!(status["rollout"]["enabled"], serde_json::Value::Null, "the flag was never set: {status}");
@@ -156,8 +156,8 @@ fn the_limit_in_force_is_reported_and_a_limit_above_the_service_limit_is_refused
     w.wait_for_line(&["worker started", "slots_limit=3 (in Redis)"], Duration::from_secs(30));
     let addr = w.wait_for_line(&["serving /metrics"], Duration::from_secs(30));
     let addr = addr.split("addr=").nth(1).and_then(|a| a.split_whitespace().next()).expect("addr").to_owned();
-    projector_tests::wait_until(Duration::from_secs(10), "spike_projection_slot_limit 3", || {
-        projector_tests::sample(&projector_tests::scrape(&addr), "spike_projection_slot_limit") == Some(3.0)
+    projector_tests::wait_until(Duration::from_secs(10), "spike_projection_slot_limit{source=\"stored\"} 3", || {
+        projector_tests::sample(&projector_tests::scrape(&addr), "spike_projection_slot_limit{source=\"stored\"}") == Some(3.0)
     });
     // The run summary names the limit in force too.
     let out = run("projector-scheduler", &env, &["run-once", "--wait", "--wait-timeout", "60s", "--orgs", "3", "--batch-delay", "0s"]);

@@ -605,7 +605,7 @@ fn a_duplicate_delivery_is_acknowledged_without_a_second_query_and_metrics_are_s
         "run_spike_projection_completed_total 3",
         "spike_projection_slot_acquired_total 3",
         "projector_query_duration_seconds_count 3",
-        "spike_projection_slot_limit 50",
+        "spike_projection_slot_limit{source=\"config\"} 50",
         "spike_projection_concurrent_queries 0",
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name:?}:\n{metrics}");

@@ -354,3 +354,70 @@ fn fail_open_falls_back_to_the_local_limit_only_while_redis_is_unreachable() {
         }
     });
 }
+
+/// The query service's numbers cap the limit at once: it admits 10 and counts 8 while the fleet
+/// holds 5 leases, so 3 are other callers' and, with a margin of 1, the fleet may hold 6. The
+/// cap holds the slot a holder gives back after a refusal; with no newer answer it lapses and
+/// the stored limit rules again. A count of -1 (the service's counter failed) changes nothing.
+#[test]
+fn the_services_own_numbers_cap_the_limit_and_lapse_without_answers() {
+    use projector_shared::service::ServiceQuota;
+    use projector_shared::slots::ServiceSteering;
+    let server = RedisServer::start();
+    let steering = ServiceSteering { margin: 1, ttl: Duration::from_secs(2), use_throttle: false };
+    tokio::runtime::Runtime::new().expect("runtime").block_on(async {
+        let settings = RedisSlotSettings::new(10, Duration::from_secs(30)).following_service(steering);
+        let l = RedisSlotLimiter::new(server.url(), settings).expect("limiter");
+        let mut held = Vec::new();
+        for org in 0..5 {
+            held.push(take(&l, org, Duration::ZERO).await.expect("under the limit"));
+        }
+        let cap = l
+            .heard_service(ServiceQuota { quota_used: 8, rejection_threshold: 10, throttle_threshold: 66 }, &steering, false)
+            .await
+            .expect("capped");
+        assert_eq!((cap.cap, cap.others, cap.in_use, cap.limit_in_force), (6, 3, 5, 6));
+        assert_eq!(l.limit(), 6);
+        held.push(take(&l, 5, Duration::ZERO).await.expect("the sixth fits under the cap"));
+        assert!(take(&l, 6, Duration::ZERO).await.is_none(), "the seventh does not");
+        let occupancy = l.occupancy_now().await.expect("occupancy");
+        assert_eq!((occupancy.service_cap, occupancy.source(10)), (Some(6), "service"));
+
+        // A refusal while the fleet is over the service's count: the cap drops below what the
+        // fleet holds, so a slot given back is not handed to a waiter.
+        let waiter = tokio::spawn({
+            let l = l.clone();
+            async move { take(&l, 7, Duration::from_millis(800)).await.map(|p| p.fencing_token()) }
+        });
+        l.heard_service(ServiceQuota { quota_used: 11, rejection_threshold: 10, throttle_threshold: 66 }, &steering, true)
+            .await
+            .expect("capped");
+        held.pop().expect("held").release().await.expect("released");
+        assert_eq!(waiter.await.expect("waiter"), None, "the waiter got nothing while the fleet was over");
+
+        // The throttle point caps too when asked.
+        let throttled = ServiceSteering { use_throttle: true, ..steering };
+        let cap = l
+            .heard_service(ServiceQuota { quota_used: 5, rejection_threshold: 100, throttle_threshold: 4 }, &throttled, false)
+            .await
+            .expect("capped");
+        assert_eq!(cap.cap, 4, "at most the throttle point: {cap:?}");
+
+        // The trait ignores a failed counter; the cap lapses after its ttl.
+        SlotLimiter::heard_service(&l, ServiceQuota { quota_used: -1, rejection_threshold: 1, throttle_threshold: 1 }, false)
+            .await
+            .expect("ignored");
+        assert_eq!(l.occupancy_now().await.expect("occupancy").service_cap, Some(4));
+        drop(held);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let o = l.occupancy_now().await.expect("occupancy");
+            if o.service_cap.is_none() {
+                assert_eq!((o.in_force, o.source(10)), (Some(10), "config"));
+                break;
+            }
+            assert!(Instant::now() < deadline, "the cap lapses after its ttl: {o:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}

@@ -222,7 +222,8 @@ fn status_shows_the_services_own_count_and_warns_when_it_disagrees_with_the_flee
     let redis = RedisServer::start();
     let fake = FakeSnuba::start(FAKE, &["--latency", "300ms", "--concurrency-limit", "20", "--background", "15"]);
     let env = base_env(&redis, &fake.url());
-    let w = worker(&env, &["--concurrency", "3"]);
+    // Not following the service's numbers: the fleet is exposed, and the log says so too.
+    let w = worker(&env, &["--concurrency", "3", "--set", "slots.follow_service=false"]);
     let out = run("projector-scheduler", &env, &["run-once", "--orgs", "60", "--batch-delay", "0s"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let mut last = Value::Null;
@@ -246,4 +247,39 @@ fn status_shows_the_services_own_count_and_warns_when_it_disagrees_with_the_flee
     let series = "{referrer=\"getsentry.get_spike_projections\"}";
     assert_eq!(sample(&metrics, &format!("projector_service_rejection_threshold{series}")), Some(20.0), "{metrics}");
     assert!(sample(&metrics, &format!("projector_service_quota_used{series}")).is_some_and(|u| u >= 16.0), "{metrics}");
+}
+
+/// The query service admits 30 while slots.limit is 50: the fleet follows the service's own
+/// numbers from the first answers on, so the 429s are the first wave's (before any answer came
+/// back) and every later query fits. Without following them, a fifth of the queries is refused.
+#[test]
+fn the_fleet_follows_the_services_own_limit_when_it_is_below_slots_limit() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "100ms", "--concurrency-limit", "30"]);
+    let env = base_env(&redis, &fake.url());
+    let workers: Vec<Proc> = (0..3).map(|_| worker(&env, &["--concurrency", "60", "--set", "slots.max_wait=5m"])).collect();
+    let (run_id, _) = run_wait(&env, &["--orgs", "1500"]);
+    let shown = ctl(&env, &["runs", "show", &run_id]);
+    let stats = fake.stats_now();
+    let refused = stats["rejected_429"].as_u64().expect("429s");
+    assert!(refused <= 30, "at most 2 % of 1,500 orgs meet a 429: {refused}\n{stats}\n{shown}");
+    assert!(stats["max_in_flight"].as_u64().is_some_and(|m| m <= 30), "{stats}");
+    assert_eq!(shown["outcomes"]["completed"].as_u64(), Some(1500 - refused), "only the refused did not complete: {shown}");
+    let metrics = scrape(&metrics_addr(&workers[0]));
+    let cap = sample(&metrics, "spike_projection_slot_limit{source=\"service\"}").unwrap_or(0.0);
+    assert!((24.0..=28.0).contains(&cap), "the limit in force comes from the service: 30 less the margin: {cap}\n{metrics}");
+    let status = ctl(&env, &["status"]);
+    assert_eq!(status["limit"]["source"], "service", "{status}");
+    drop(workers);
+
+    // The control: the same fleet told not to follow the service's numbers.
+    let fake = FakeSnuba::start(FAKE, &["--latency", "100ms", "--concurrency-limit", "30"]);
+    let redis = RedisServer::start();
+    let env = base_env(&redis, &fake.url());
+    let _workers: Vec<Proc> = (0..3)
+        .map(|_| worker(&env, &["--concurrency", "60", "--set", "slots.max_wait=5m", "--set", "slots.follow_service=false"]))
+        .collect();
+    run_wait(&env, &["--orgs", "1500"]);
+    let refused = fake.stats_now()["rejected_429"].as_u64().expect("429s");
+    assert!(refused > 150, "without following, the 20 slots above the service's room keep meeting 429s: {refused}");
 }

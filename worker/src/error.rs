@@ -50,6 +50,8 @@ pub enum Error {
         threshold: Option<i64>,
         storage_key: Option<String>,
         message: String,
+        /// The referrer policy's numbers in the refusal, when the service sent them.
+        service: Option<Box<projector_shared::service::ServiceQuota>>,
     },
 
     #[error("the query service refused the tenant ids Projector sent ({policy}): {detail}; check query.referrer and the org id")]
@@ -208,6 +210,7 @@ mod tests {
                 threshold: None,
                 storage_key: None,
                 message: String::new(),
+                service: None,
             },
             Error::InvalidTenant { policy: String::new(), detail: String::new() },
             Error::ServiceTimeout { code: 159, detail: String::new() },

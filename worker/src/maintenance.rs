@@ -40,6 +40,8 @@ impl Periodic for DuePromoter {
 pub struct QueueGauges {
     pub conn: RedisConn,
     pub slots: RedisSlotLimiter,
+    /// `slots.limit`, to tell a limit an operator stored from the configured one.
+    pub configured_limit: u32,
 }
 
 impl Periodic for QueueGauges {
@@ -58,7 +60,11 @@ impl Periodic for QueueGauges {
             }
             match self.slots.occupancy_now().await {
                 Ok(o) => {
-                    projector_shared::slots::record_occupancy(o.in_use, o.in_force.unwrap_or(self.slots.limit()));
+                    projector_shared::slots::record_occupancy(
+                        o.in_use,
+                        o.in_force.unwrap_or(self.slots.limit()),
+                        o.source(self.configured_limit),
+                    );
                     metrics::gauge!(m::ADAPTIVE_MULTIPLIER).set(o.multiplier);
                 }
                 Err(e) => tracing::debug!(error = %e, "cannot read slot occupancy"),
@@ -127,7 +133,6 @@ impl Periodic for AdaptiveReporter {
                 Ok(report) => {
                     self.multiplier.set(report.multiplier);
                     metrics::gauge!(m::ADAPTIVE_MULTIPLIER).set(report.multiplier);
-                    metrics::gauge!(m::SLOT_LIMIT).set(f64::from(report.limit_in_force));
                     if let (true, Some(direction)) = (report.closed, report.direction) {
                         let (ok, r429, throttled) = report.window;
                         metrics::counter!(m::ADAPTIVE_ADJUSTMENTS_TOTAL, "direction" => direction, "signal" => signal_label(&report.signal))

@@ -174,8 +174,11 @@ fn register_every_series() {
     for kind in crate::error::QUERY_ERROR_KINDS {
         metrics::counter!(m::QUERY_ERRORS_TOTAL, "kind" => *kind).increment(0);
     }
-    for name in [m::CONCURRENT_QUERIES, m::UTILIZATION_PERCENT, m::SLOT_LIMIT, m::QUEUE_READY_JOBS, m::QUEUE_SCHEDULED_JOBS] {
+    for name in [m::CONCURRENT_QUERIES, m::UTILIZATION_PERCENT, m::QUEUE_READY_JOBS, m::QUEUE_SCHEDULED_JOBS] {
         metrics::gauge!(name).increment(0.0);
+    }
+    for source in projector_shared::slots::LIMIT_SOURCES {
+        metrics::gauge!(m::SLOT_LIMIT, "source" => *source).increment(0.0);
     }
     metrics::gauge!(m::ADAPTIVE_MULTIPLIER).set(1.0);
     for (direction, signal) in [("down", "429"), ("down", "throttle"), ("hold", "throttle"), ("up", "demand"), ("hold", "none")] {

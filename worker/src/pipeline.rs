@@ -261,6 +261,11 @@ impl Pipeline {
             }
         }
         let queried = self.query(job, Some(&permit), &mut steps).await;
+        if let Err(Error::RateLimited { class: crate::error::RejectionClass::Referrer, service: Some(q), .. }) = &queried {
+            // Before the slot goes back: the lowered limit keeps it from the next waiter while
+            // the fleet is over what the service admits.
+            self.heard_service(**q, true).await;
+        }
         if let (Err(Error::RateLimited { class: crate::error::RejectionClass::Referrer, .. }), Some(rate)) = (&queried, &self.rate) {
             rate.saw_429().await;
         }
@@ -278,6 +283,15 @@ impl Pipeline {
             Err(e) => Err(e),
         };
         self.finish(job, stored, steps)
+    }
+
+    /// The service's own numbers from an answer: they cap the fleet's limit at once (a limiter
+    /// that follows them), and a limit above them is logged.
+    async fn heard_service(&self, q: projector_shared::service::ServiceQuota, rejected: bool) {
+        if let Err(e) = self.limiter.heard_service(q, rejected).await {
+            tracing::debug!(error = %e, "cannot pass the query service's numbers to the slot limiter");
+        }
+        warn_if_below_limit(q, self.limiter.limit());
     }
 
     /// The end of a job that got as far as its query (or failed before it): completed, or the
@@ -346,7 +360,7 @@ impl Pipeline {
                     SIGNALS.ok();
                     throttled |= answer.throttled;
                     if let Some(q) = answer.quota {
-                        warn_if_below_limit(q, self.limiter.limit());
+                        self.heard_service(q, false).await;
                     }
                     fold.add(&answer.rows, group)?;
                     if answer.rows.len() < page.limit {
@@ -453,6 +467,7 @@ mod tests {
                     threshold: Some(100),
                     storage_key: None,
                     message: String::new(),
+                    service: None,
                 })
             })
         }

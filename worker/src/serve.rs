@@ -31,7 +31,15 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
     let name = format!("projector-worker-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let (_, conn) = projector_shared::redis_conn::connection_manager(&config.redis, Duration::from_secs(2))
         .map_err(projector_shared::Error::redis("opening the job queue connection"))?;
-    let slots = RedisSlotLimiter::new(&config.redis, RedisSlotSettings::new(config.slots.limit, config.slots.lease_ttl))?;
+    let mut slot_settings = RedisSlotSettings::new(config.slots.limit, config.slots.lease_ttl);
+    if config.slots.follow_service {
+        slot_settings = slot_settings.following_service(projector_shared::slots::ServiceSteering {
+            margin: config.slots.service_margin,
+            ttl: config.slots.service_ttl,
+            use_throttle: config.adaptive.use_throttle_signal,
+        });
+    }
+    let slots = RedisSlotLimiter::new(&config.redis, slot_settings)?;
     let redis_limiter: Arc<dyn SlotLimiter> = Arc::new(slots.clone());
     let limiter: Arc<dyn SlotLimiter> = match config.slots.on_redis_error {
         OnRedisError::FailClosed => redis_limiter,
@@ -81,7 +89,7 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
     let (current_loop, loop_name) = tokio::sync::watch::channel(String::new());
     let every = config.worker.housekeeping_interval;
     services.spawn_every(Arc::new(DuePromoter { conn: conn.clone() }), every);
-    services.spawn_every(Arc::new(QueueGauges { conn: conn.clone(), slots: slots.clone() }), every);
+    services.spawn_every(Arc::new(QueueGauges { conn: conn.clone(), slots: slots.clone(), configured_limit: config.slots.limit }), every);
     let registration = projector_shared::heartbeat::Registration {
         host: host_name(),
         pid: std::process::id(),
@@ -138,7 +146,7 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
 async fn announce_limit(slots: &RedisSlotLimiter, configured: u32) -> String {
     match slots.occupancy().await {
         Ok((in_use, Some(stored))) => {
-            projector_shared::slots::record_occupancy(in_use, stored);
+            projector_shared::slots::record_occupancy(in_use, stored, if stored == configured { "config" } else { "stored" });
             if stored != configured {
                 tracing::warn!(
                     in_force = stored,

@@ -51,4 +51,8 @@ impl SlotLimiter for FailOpenLimiter {
     fn limit(&self) -> u32 {
         self.primary.limit()
     }
+
+    fn heard_service(&self, quota: crate::service::ServiceQuota, rejected: bool) -> BoxFuture<'_, Result<(), Error>> {
+        self.primary.heard_service(quota, rejected)
+    }
 }

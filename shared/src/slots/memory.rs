@@ -86,7 +86,7 @@ impl SlotLimiter for MemorySlotLimiter {
             match waited {
                 Ok(Ok(permit)) => {
                     record_granted(elapsed);
-                    super::record_occupancy(inner.in_use(), inner.limit);
+                    super::record_occupancy(inner.in_use(), inner.limit, "config");
                     let token = inner.next_token.fetch_add(1, Ordering::SeqCst);
                     let release = MemoryRelease { permit, inner: inner.clone() };
                     Ok(Acquire::Granted(SlotPermit::new(format!("mem-{token}"), token, CancellationToken::new(), Box::new(release))))
@@ -120,7 +120,7 @@ impl MemoryRelease {
         let MemoryRelease { permit, inner } = self;
         drop(permit);
         record_released();
-        super::record_occupancy(inner.in_use(), inner.limit);
+        super::record_occupancy(inner.in_use(), inner.limit, "config");
     }
 }
 

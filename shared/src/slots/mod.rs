@@ -15,8 +15,8 @@ use crate::error::Error;
 use crate::ids::OrgId;
 use crate::metrics as m;
 
-pub use self::redis::{AdaptiveWindow, Holder, RedisSlotLimiter, RedisSlotSettings, SlotState};
-pub use self::scripts::{AdaptiveReport, Occupancy};
+pub use self::redis::{AdaptiveWindow, Holder, RedisSlotLimiter, RedisSlotSettings, ServiceSteering, SlotState};
+pub use self::scripts::{AdaptiveReport, Occupancy, ServiceCap};
 pub use fail_open::FailOpenLimiter;
 pub use memory::MemorySlotLimiter;
 
@@ -65,6 +65,12 @@ pub trait SlotLimiter: Send + Sync {
 
     /// The limit in force now.
     fn limit(&self) -> u32;
+
+    /// The query service's own numbers from one answer: a limiter that follows them lowers the
+    /// limit in force at once (`rejected`: they came with a 429). The others ignore them.
+    fn heard_service(&self, _quota: crate::service::ServiceQuota, _rejected: bool) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Gives a slot back; each limiter supplies its own.
@@ -227,10 +233,17 @@ pub(crate) fn record_released() {
     metrics::counter!(m::SLOT_RELEASED_TOTAL).increment(1);
 }
 
+/// What can set the limit in force, the labels of `spike_projection_slot_limit{source}`: the query
+/// service's cap, the adaptive multiplier, a limit an operator stored in Redis, `slots.limit`.
+pub const LIMIT_SOURCES: &[&str] = &["service", "adaptive", "stored", "config"];
+
 /// Records the whole fleet's occupancy as the limiter's own state has it (Redis leases, or the
-/// in-memory count): the limit in force and the share of it in use.
-pub fn record_occupancy(in_use: u32, limit: u32) {
-    metrics::gauge!(m::SLOT_LIMIT).set(f64::from(limit));
+/// in-memory count): the limit in force under the label of what sets it (the other sources read
+/// 0, so `max()` over the series is the limit), and the share of it in use.
+pub fn record_occupancy(in_use: u32, limit: u32, source: &'static str) {
+    for s in LIMIT_SOURCES {
+        metrics::gauge!(m::SLOT_LIMIT, "source" => *s).set(if *s == source { f64::from(limit) } else { 0.0 });
+    }
     let percent = if limit == 0 { 100.0 } else { f64::from(in_use) * 100.0 / f64::from(limit) };
     metrics::gauge!(m::UTILIZATION_PERCENT).set(percent);
 }

@@ -13,7 +13,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::scripts::{
-    ACQUIRE, ADAPTIVE, Acquired, AdaptiveReport, CANCEL, Cancelled, OCCUPANCY, Occupancy, RELEASE, RENEW, RESET, Released, SET_LIMIT,
+    ACQUIRE, ADAPTIVE, Acquired, AdaptiveReport, CANCEL, Cancelled, OCCUPANCY, Occupancy, RELEASE, RENEW, RESET, Released, SERVICE,
+    SET_LIMIT, ServiceCap,
 };
 use super::{Acquire, ReleaseSlot, SlotLimiter, SlotPermit, SlotRequest, TimedOut, record_granted, record_released, record_timed_out};
 use crate::adaptive::{ADAPTIVE_MIN_SAMPLES, AdaptiveSettings, SignalCounts};
@@ -21,6 +22,7 @@ use crate::error::Error;
 use crate::keys::SlotKeys;
 use crate::metrics as m;
 use crate::redis_conn::{Endpoint, is_transient, redact_text};
+use crate::service::ServiceQuota;
 
 /// How the Redis limiter behaves; `limit` and `lease_ttl` come from `slots.*`.
 #[derive(Debug, Clone)]
@@ -36,6 +38,20 @@ pub struct RedisSlotSettings {
     pub recheck: Duration,
     /// Budget for one round trip; waits return within `max_wait` plus this, even when Redis is down.
     pub round_trip_budget: Duration,
+    /// How the query service's own numbers cap the limit (`slots.follow_service`); `None`: they
+    /// do not.
+    pub service: Option<ServiceSteering>,
+}
+
+/// How the query service's numbers cap the fleet's limit (`lua/slots_service.lua`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ServiceSteering {
+    /// Kept below what the service admits, for queries that start between two answers.
+    pub margin: u32,
+    /// How long one answer's cap holds without a newer one.
+    pub ttl: Duration,
+    /// Also stay at or under the service's throttle point (`adaptive.use_throttle_signal`).
+    pub use_throttle: bool,
 }
 
 impl RedisSlotSettings {
@@ -47,7 +63,13 @@ impl RedisSlotSettings {
             handoff_reserve: Duration::from_secs(2).min(lease_ttl),
             recheck: Duration::from_secs(1),
             round_trip_budget: Duration::from_millis(500),
+            service: None,
         }
+    }
+
+    /// With the query service's numbers capping the limit.
+    pub fn following_service(self, steering: ServiceSteering) -> Self {
+        RedisSlotSettings { service: Some(steering), ..self }
     }
 
     fn renew_every(&self) -> Duration {
@@ -95,6 +117,8 @@ struct Inner {
     settings: RedisSlotSettings,
     /// The limit last seen in Redis, for `limit()` and the utilization gauge.
     limit_seen: AtomicU32,
+    /// The service's cap this process set or saw last (0: none), to log only its changes.
+    service_cap_seen: AtomicU32,
     /// Renewals, release retries and abandoned waits: tracked so a process can wait for them at exit.
     background: tokio_util::task::TaskTracker,
 }
@@ -140,6 +164,7 @@ impl RedisSlotLimiter {
                 blocking: Mutex::new(Vec::new()),
                 keys: SlotKeys::new(&settings.name),
                 limit_seen: AtomicU32::new(settings.initial_limit),
+                service_cap_seen: AtomicU32::new(0),
                 settings,
                 background: tokio_util::task::TaskTracker::new(),
             }),
@@ -230,6 +255,38 @@ impl RedisSlotLimiter {
     /// multiplier: what the fleet-wide gauges report.
     pub async fn occupancy_now(&self) -> Result<Occupancy, Error> {
         self.inner.call(&OCCUPANCY.key(self.inner.keys.script_keys())).await
+    }
+
+    /// Caps the fleet's limit by the query service's own numbers from one answer (the cap holds
+    /// `steering.ttl`), and says what the cap became. Logs when it changes.
+    /// `rejected`: the numbers came with a 429, so the fleet is over what the service admits now.
+    pub async fn heard_service(&self, quota: ServiceQuota, steering: &ServiceSteering, rejected: bool) -> Result<ServiceCap, Error> {
+        let inner = &self.inner;
+        let mut call = SERVICE.key(inner.keys.script_keys());
+        call.arg(quota.quota_used)
+            .arg(quota.rejection_threshold)
+            .arg(quota.throttle_threshold.max(0))
+            .arg(u8::from(steering.use_throttle))
+            .arg(steering.margin)
+            .arg(ms(steering.ttl))
+            .arg(inner.settings.initial_limit)
+            .arg(u8::from(rejected));
+        let capped: ServiceCap = inner.call(&call).await?;
+        inner.limit_seen.store(capped.limit_in_force, Ordering::SeqCst);
+        let before = inner.service_cap_seen.swap(capped.cap, Ordering::SeqCst);
+        if before != capped.cap {
+            tracing::info!(
+                cap = capped.cap,
+                was = before,
+                service_limit = quota.rejection_threshold,
+                service_count = quota.quota_used,
+                others = capped.others,
+                leases = capped.in_use,
+                limit_in_force = capped.limit_in_force,
+                "the query service's numbers cap the slot limit"
+            );
+        }
+        Ok(capped)
     }
 
     /// Adds one worker's query answers to the fleet's adaptive window; the first report after the
@@ -508,6 +565,16 @@ impl SlotLimiter for RedisSlotLimiter {
 
     fn limit(&self) -> u32 {
         self.inner.limit_seen.load(Ordering::SeqCst)
+    }
+
+    fn heard_service(&self, quota: ServiceQuota, rejected: bool) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            match self.inner.settings.service {
+                Some(steering) if quota.quota_used >= 0 => self.heard_service(quota, &steering, rejected).await.map(|_| ()),
+                // Off, or the service's counter failed (-1): the stored limit and AIMD rule.
+                _ => Ok(()),
+            }
+        })
     }
 }
 

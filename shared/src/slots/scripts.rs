@@ -20,6 +20,7 @@ pub(super) static SET_LIMIT: LazyLock<Script> = LazyLock::new(|| script(include_
 pub(super) static RESET: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_reset.lua")));
 pub(super) static OCCUPANCY: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_occupancy.lua")));
 pub(super) static ADAPTIVE: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_adaptive.lua")));
+pub(super) static SERVICE: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_service.lua")));
 
 /// `slots_acquire`'s reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,12 +85,51 @@ pub struct Occupancy {
     pub in_force: Option<u32>,
     /// The fleet's adaptive multiplier (1 when adaptation never ran or was reset).
     pub multiplier: f64,
+    /// The query service's cap on the limit, while its latest numbers hold (`slots_service`).
+    pub service_cap: Option<u32>,
+}
+
+impl Occupancy {
+    /// What sets the limit in force: the service's cap, the adaptive multiplier, an operator's
+    /// stored limit (`configured` is `slots.limit`), or the configuration. The label of
+    /// `spike_projection_slot_limit{source}`.
+    pub fn source(&self, configured: u32) -> &'static str {
+        let (Some(stored), Some(in_force)) = (self.limit, self.in_force) else { return "config" };
+        let scaled = ((f64::from(stored) * self.multiplier + 1e-9).floor() as u32).max(1);
+        if self.service_cap.is_some_and(|cap| cap < scaled && in_force == cap.max(1)) {
+            "service"
+        } else if scaled < stored {
+            "adaptive"
+        } else if stored != configured {
+            "stored"
+        } else {
+            "config"
+        }
+    }
 }
 
 impl FromRedisValue for Occupancy {
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
-        let (in_use, limit, in_force, multiplier): (u32, Option<u32>, Option<u32>, String) = FromRedisValue::from_redis_value(v)?;
-        Ok(Occupancy { in_use, limit, in_force, multiplier: multiplier.parse().unwrap_or(1.0) })
+        let (in_use, limit, in_force, multiplier, service_cap): (u32, Option<u32>, Option<u32>, String, Option<u32>) =
+            FromRedisValue::from_redis_value(v)?;
+        Ok(Occupancy { in_use, limit, in_force, multiplier: multiplier.parse().unwrap_or(1.0), service_cap })
+    }
+}
+
+/// `slots_service`'s reply: the cap the service's numbers set, and what it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceCap {
+    pub cap: u32,
+    /// The service's count beyond the fleet's live leases: other callers of the referrer.
+    pub others: u32,
+    pub in_use: u32,
+    pub limit_in_force: u32,
+}
+
+impl FromRedisValue for ServiceCap {
+    fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
+        let (cap, others, in_use, limit_in_force): (u32, u32, u32, u32) = FromRedisValue::from_redis_value(v)?;
+        Ok(ServiceCap { cap, others, in_use, limit_in_force })
     }
 }
 

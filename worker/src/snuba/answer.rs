@@ -126,6 +126,7 @@ fn rejection(body: &str) -> Error {
             threshold: None,
             storage_key,
             message,
+            service: None,
         };
     };
     let explanation = allowance.get("details").and_then(|d| d.get(&policy)).and_then(|d| d.get("explanation"));
@@ -140,7 +141,15 @@ fn rejection(body: &str) -> Error {
     } else {
         RejectionClass::Bytes
     };
-    Error::RateLimited { class, policy, quota_used: number("quota_used"), threshold: number("rejection_threshold"), storage_key, message }
+    Error::RateLimited {
+        class,
+        policy,
+        quota_used: number("quota_used"),
+        threshold: number("rejection_threshold"),
+        storage_key,
+        message,
+        service: service_quota(&allowance).map(Box::new),
+    }
 }
 
 /// Any other status: a 400 the query earned (the run stops), a ClickHouse code, or a server error.

@@ -1,0 +1,44 @@
+-- slots_service: the query service's own numbers for the referrer, from one answer, lower the
+-- fleet's limit in force at once: the cap is what the service admits less what other callers
+-- hold there less a margin, and, with use_throttle, no more than its throttle point less the
+-- same share. Other callers' share is the service's count less the fleet's live leases (this
+-- query's included), but the service counted when the query started and the leases are counted
+-- now: queries that ended in between (a run draining) inflate it for a moment. So the share used
+-- is the smallest seen over this 5-second window and the one just before it: a share that lasts is counted, a
+-- blip is not. A refusal (rejected = 1) is no blip: the service is over its limit now, so its
+-- share counts at once. The cap holds
+-- until ttl_ms from now (Redis time); a later answer replaces it, and with no answers it lapses
+-- and the stored limit and the multiplier rule again.
+-- KEYS: the nine slot keys (see slots_prelude); the cap lives in 9 (adaptive hash)
+-- ARGV: 1 quota_used (the service's count, >= 0), 2 rejection_threshold, 3 throttle_threshold
+--       (0: unknown), 4 use_throttle (0|1), 5 margin, 6 ttl_ms, 7 default_limit, 8 rejected (0|1:
+--       the numbers came with a 429)
+-- Returns: {cap, others (the service's count beyond the fleet's leases), in_use (live leases),
+--           limit in force}
+local used, threshold, throttle = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local use_throttle, margin, ttl_ms, default_limit = ARGV[4] == '1', tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local rejected = ARGV[8] == '1'
+local now = now_ms()
+local in_use = redis.call('ZCOUNT', leases, '(' .. now, '+inf')
+local seen = math.max(0, used - in_use)
+local WINDOW_MS = 5000
+local w = redis.call('HMGET', adaptive, 'service_window_ms', 'service_window_min', 'service_previous_min')
+local started, current, previous = tonumber(w[1] or '0'), tonumber(w[2]), tonumber(w[3])
+if not current or now - started >= WINDOW_MS then
+  -- A window that ended long ago (the last run) says nothing about now.
+  if now - started >= 2 * WINDOW_MS then current = nil end
+  previous, current, started = current, seen, now
+else
+  current = math.min(current, seen)
+end
+local others = previous and math.min(previous, current) or current
+if rejected then others = math.max(others, seen) end
+local cap = threshold - others - margin
+if use_throttle and throttle > 0 then cap = math.min(cap, throttle - others) end
+cap = math.max(1, cap)
+redis.call('HSET', adaptive, 'service_cap', cap, 'service_until_ms', now + ttl_ms,
+  'service_quota_used', used, 'service_threshold', threshold, 'service_throttle', throttle,
+  'service_others', others, 'service_heard_ms', now,
+  'service_window_ms', started, 'service_window_min', current, 'service_previous_min', previous or current)
+if touch_due(adaptive) then touch(adaptive) end
+return {cap, others, in_use, limit_of(default_limit)}
