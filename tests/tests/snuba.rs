@@ -262,6 +262,7 @@ fn the_fleet_follows_the_services_own_limit_when_it_is_below_slots_limit() {
     let shown = ctl(&env, &["runs", "show", &run_id]);
     let stats = fake.stats_now();
     let refused = stats["rejected_429"].as_u64().expect("429s");
+    eprintln!("following the service: {refused} 429s of 1,500 orgs, at most {} in flight", stats["max_in_flight"]);
     assert!(refused <= 30, "at most 2 % of 1,500 orgs meet a 429: {refused}\n{stats}\n{shown}");
     assert!(stats["max_in_flight"].as_u64().is_some_and(|m| m <= 30), "{stats}");
     assert_eq!(shown["outcomes"]["completed"].as_u64(), Some(1500 - refused), "only the refused did not complete: {shown}");
@@ -281,5 +282,6 @@ fn the_fleet_follows_the_services_own_limit_when_it_is_below_slots_limit() {
         .collect();
     run_wait(&env, &["--orgs", "1500"]);
     let refused = fake.stats_now()["rejected_429"].as_u64().expect("429s");
+    eprintln!("not following it: {refused} 429s of 1,500 orgs");
     assert!(refused > 150, "without following, the 20 slots above the service's room keep meeting 429s: {refused}");
 }
