@@ -8,13 +8,17 @@
 --   else, if the limit was full (all slots held or a waiter queued) at any report of the window
 --                                         -> up by increase_pct            (signal "demand")
 --   else hold. Fewer than min_samples answers in the window: no decision. Clamped to [min, max].
+-- The 429 cut does not wait for the window's end: the first report that takes the window's 429
+-- ratio above high_ratio (with min_samples answers) cuts at once, at most once per window, and
+-- the window's close then holds on 429s instead of cutting again.
 -- KEYS: the nine slot keys (see slots_prelude); the state lives in 9 (adaptive hash: multiplier,
 --       window_start_ms, ok, r429, throttled, full, windows (closed so far), last_* of the
 --       latest closed window)
 -- ARGV: 1 ok, 2 r429, 3 throttled (answers since this worker's last report; ok includes
 --       throttled), 4 window_ms, 5 high_ratio, 6 increase_pct, 7 decrease_pct, 8 min_multiplier,
 --       9 max_multiplier, 10 use_throttle (0|1), 11 min_samples, 12 default_limit
--- Returns: {multiplier (string), closed (0|1), direction (0 none, 1 up, -1 down, 2 hold),
+-- Returns: {multiplier (string), closed (0 no, 1 the window closed, 2 cut mid-window),
+--           direction (0 none, 1 up, -1 down, 2 hold),
 --           signal ("429" | "throttle" | "demand" | "" ), window ok, window 429, window throttled,
 --           limit in force}
 local ok, r429, throttled = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -41,6 +45,16 @@ if now < start + window_ms then
   if not redis.call('HGET', adaptive, 'window_start_ms') then
     redis.call('HSET', adaptive, 'window_start_ms', now, 'multiplier', string.format('%.6f', m))
   end
+  local w_ok, w_429 = num('ok', 0), num('r429', 0)
+  if w_ok + w_429 >= min_samples and w_429 / (w_ok + w_429) > high and num('cut', 0) == 0 then
+    local before = m
+    m = math.min(max_m, math.max(min_m, m * (1 - dec)))
+    redis.call('HSET', adaptive, 'multiplier', string.format('%.6f', m), 'cut', 1,
+      'last_ok', w_ok, 'last_r429', w_429, 'last_throttled', num('throttled', 0), 'last_signal', '429', 'last_closed_ms', now)
+    touch(adaptive)
+    local direction = math.abs(m - before) < 1e-9 and 2 or -1
+    return {string.format('%.6f', m), 2, direction, '429', w_ok, w_429, num('throttled', 0), limit_of(default_limit)}
+  end
   touch(adaptive)
   return {string.format('%.6f', m), 0, 0, '', 0, 0, 0, limit_of(default_limit)}
 end
@@ -48,11 +62,14 @@ end
 -- Close the window that ended: this report belongs to the next one.
 local w_ok, w_429, w_thr = num('ok', 0), num('r429', 0), num('throttled', 0)
 local w_full = num('full', 0) == 1 or full == 1
+local cut = num('cut', 0) == 1
 local samples = w_ok + w_429
 local before = m
 local direction, signal = 0, ''
 if samples >= min_samples then
-  if w_429 / samples > high then
+  if w_429 / samples > high and cut then
+    direction, signal = 2, '429'
+  elseif w_429 / samples > high then
     m, direction, signal = m * (1 - dec), -1, '429'
   elseif use_throttle and w_thr / samples > high then
     m, direction, signal = m * (1 - dec / 4), -1, 'throttle'
@@ -68,7 +85,7 @@ m = math.min(max_m, math.max(min_m, m))
 if (direction == 1 or direction == -1) and math.abs(m - before) < 1e-9 then direction = 2 end
 redis.call('HINCRBY', adaptive, 'windows', 1)
 redis.call('HSET', adaptive, 'multiplier', string.format('%.6f', m), 'window_start_ms', now,
-  'ok', ok, 'r429', r429, 'throttled', throttled, 'full', full,
+  'ok', ok, 'r429', r429, 'throttled', throttled, 'full', full, 'cut', 0,
   'last_ok', w_ok, 'last_r429', w_429, 'last_throttled', w_thr, 'last_signal', signal, 'last_closed_ms', now)
 touch(adaptive)
 return {string.format('%.6f', m), 1, direction, signal, w_ok, w_429, w_thr, limit_of(default_limit)}

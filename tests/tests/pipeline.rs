@@ -714,6 +714,9 @@ impl AdaptiveRun {
             "adaptive.window=1s",
             "--set",
             &throttle,
+            // These runs measure AIMD alone: the service's own numbers would cap the limit first.
+            "--set",
+            "slots.follow_service=false",
         ];
         let workers: Vec<_> = (0..2).map(|_| worker(&env, &args)).collect();
         let mut load = command(workspace_bin("projector-scheduler"));

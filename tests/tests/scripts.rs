@@ -237,17 +237,20 @@ fn slots_adaptive_closes_each_window_once_for_the_fleet_and_scales_the_limit_in_
         let settings = adaptive(300);
         let (a, b) = (limiter(&server, 50), limiter(&server, 50));
         let admin = manager(&server);
-        // Two workers report into one window: 18 ok and 2 429s, a 10 % ratio.
+        // Two workers report into one window: 18 ok and 2 429s, a 10 % ratio. The first report
+        // already crosses the bound with enough answers: the cut comes at once, not at the close.
         let first = a.report_answers(answers(9, 1, 0), &settings).await.expect("report");
-        assert!(!first.closed && first.multiplier == 1.0, "{first:?}");
-        b.report_answers(answers(9, 1, 0), &settings).await.expect("report");
+        assert!(!first.closed && first.cut_early && (first.multiplier - 0.8).abs() < 1e-9, "{first:?}");
+        assert_eq!((first.direction, first.signal.as_str(), first.limit_in_force), (Some("down"), "429", 40), "{first:?}");
+        let second = b.report_answers(answers(9, 1, 0), &settings).await.expect("report");
+        assert!(!second.cut_early && (second.multiplier - 0.8).abs() < 1e-9, "at most one cut per window: {second:?}");
         next_window(&admin, &settings).await;
         // Both report after the window ended, at once: exactly one closes it.
         let (ra, rb) = tokio::join!(a.report_answers(answers(0, 0, 0), &settings), b.report_answers(answers(0, 0, 0), &settings));
         let (ra, rb) = (ra.expect("report"), rb.expect("report"));
         assert_eq!(u8::from(ra.closed) + u8::from(rb.closed), 1, "{ra:?} {rb:?}");
         let closer = if ra.closed { &ra } else { &rb };
-        assert_eq!((closer.direction, closer.signal.as_str(), closer.window), (Some("down"), "429", (18, 2, 0)), "{closer:?}");
+        assert_eq!((closer.direction, closer.signal.as_str(), closer.window), (Some("hold"), "429", (18, 2, 0)), "already cut: {closer:?}");
         assert!(
             (ra.multiplier - 0.8).abs() < 1e-9 && (rb.multiplier - 0.8).abs() < 1e-9,
             "one cut of 20 % for the fleet, not one per worker"

@@ -133,7 +133,7 @@ impl Periodic for AdaptiveReporter {
                 Ok(report) => {
                     self.multiplier.set(report.multiplier);
                     metrics::gauge!(m::ADAPTIVE_MULTIPLIER).set(report.multiplier);
-                    if let (true, Some(direction)) = (report.closed, report.direction) {
+                    if let (true, Some(direction)) = (report.closed || report.cut_early, report.direction) {
                         let (ok, r429, throttled) = report.window;
                         metrics::counter!(m::ADAPTIVE_ADJUSTMENTS_TOTAL, "direction" => direction, "signal" => signal_label(&report.signal))
                             .increment(1);
@@ -141,7 +141,8 @@ impl Periodic for AdaptiveReporter {
                         tracing::info!(
                             stage = "adaptive", direction, signal = %report.signal, multiplier = report.multiplier,
                             limit_in_force = report.limit_in_force, window_ok = ok, window_429 = r429, window_throttled = throttled,
-                            ratio_429 = ratio, high_429_ratio = self.settings.high_429_ratio, "adaptive window closed"
+                            ratio_429 = ratio, high_429_ratio = self.settings.high_429_ratio,
+                            "{}", if report.cut_early { "adaptive limit cut mid-window: the 429 ratio crossed the bound" } else { "adaptive window closed" }
                         );
                     }
                 }

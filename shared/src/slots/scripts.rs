@@ -139,6 +139,9 @@ pub struct AdaptiveReport {
     pub multiplier: f64,
     /// This report closed the fleet's window (exactly one report per window does).
     pub closed: bool,
+    /// This report took the window's 429 ratio over the bound and cut the multiplier at once,
+    /// before the window's end (at most once per window).
+    pub cut_early: bool,
     /// `up`, `down`, `hold`; `None` when no window closed or it had too few answers to decide.
     pub direction: Option<&'static str>,
     /// What moved it: `429`, `throttle`, `demand`; empty when nothing did.
@@ -162,6 +165,7 @@ impl FromRedisValue for AdaptiveReport {
         Ok(AdaptiveReport {
             multiplier: multiplier.parse().unwrap_or(1.0),
             closed: closed == 1,
+            cut_early: closed == 2,
             direction,
             signal,
             window: (ok, r429, throttled),
