@@ -340,6 +340,8 @@ keys! {
         "how often an idle job loop looks for jobs; jobs announced ready (a fan-out, a promotion of due jobs, a retry) are fetched at once regardless";
     "worker.housekeeping_interval" => worker.housekeeping_interval: Dur(MILLIS(10), SECS(60)), default Some("1s"),
         "how often a worker promotes due jobs, refreshes queue and slot gauges and writes its heartbeat";
+    "runs.max_attempts" => runs.max_attempts: Int(1, 100), default Some("4"),
+        "tries of one org in one run when a try fails in a way that may pass (a 5xx, a timeout, ClickHouse overloaded, a referrer 429, the store unreachable); the retries come after a jittered exponential backoff (1 s, 2 s, 4 s…). Default 4: a blip of a few seconds passes, a service that stays down costs each org 4 queries, not an hour of them. A 400, a malformed answer or a stale write is never retried";
     "runs.retention" => runs.retention: Dur(SECS(60), SECS(90 * 86_400)), default Some("7days"),
         "how long a run's record, per-org outcomes and plan stay in Redis after their last write (run-once --resume and projectorctl run need them); the expiry is moved at most every quarter of the shorter retention (at most hourly), so it may come that much sooner";
     "runs.summary_retention" => runs.summary_retention: Dur(SECS(60), SECS(3_650 * 86_400)), default Some("90days"),

@@ -248,6 +248,9 @@ pub struct RunsConfig {
     /// How long after a run's last push its jobs stay deduplicated (one set per run): a re-fan-out
     /// of the same tick, or `--resume`, within this window enqueues no job twice.
     pub dedup_window: Duration,
+    /// Tries of one org in one run when a try fails in a way that may pass (a 5xx, a timeout, a
+    /// referrer 429, the store unreachable): the first and the retries together.
+    pub max_attempts: u32,
 }
 
 /// The rate policy on query starts (`[rate]`), with per-referrer overrides.

@@ -24,6 +24,10 @@ pub struct SpikeProjectionJob {
     /// 0 for the run's own job; n for the n-th follow-up attempt (`projectorctl runs retry`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attempt: u32,
+    /// Why the try before this one did not end the org (a retried failure, a refusal), for the
+    /// trail; cut to the trail's message length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_try: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -62,7 +66,7 @@ impl SpikeProjectionJob {
     /// The job for one planned org of a run: the one way a run's jobs are built, by the fan-out,
     /// its resume and the embedded run alike.
     pub fn planned(run_id: RunId, org_id: OrgId, batch_index: u32, scheduled_at: DateTime<Utc>, project_ids: Vec<ProjectId>) -> Self {
-        SpikeProjectionJob { run_id, org_id, batch_index, scheduled_at, project_ids, reschedules: 0, attempt: 0 }
+        SpikeProjectionJob { run_id, org_id, batch_index, scheduled_at, project_ids, reschedules: 0, attempt: 0, last_try: None }
     }
 
     /// Decodes a job from the queue's JSON payload; the error carries a truncated sample for the log.
@@ -91,6 +95,7 @@ mod tests {
             project_ids: vec![],
             reschedules: 0,
             attempt: 0,
+            last_try: None,
         }
     }
 

@@ -52,9 +52,14 @@ pub enum Step {
     },
     /// The store write, stamped with the slot's fencing token (0 on the legacy path).
     Store { ok: bool, token: u64, projects: usize, ms: u64 },
-    /// Before this try, the job went back to the queue this many times after a slot timeout or
-    /// a rate refusal (`slots.on_timeout = "reschedule"`).
-    Rescheduled { times: u32 },
+    /// Before this try, the job went back to the queue this many times: after a try that failed
+    /// in a way that may pass or was refused (`runs.max_attempts`), or a slot timeout or rate
+    /// refusal (`slots.on_timeout = "reschedule"`); `last` is how the try before this one ended.
+    Rescheduled {
+        times: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last: Option<String>,
+    },
     /// An operator cancelled the run before this org ran.
     Cancelled,
     /// The run stopped before this org ran: the query service refused the query itself.
@@ -89,7 +94,10 @@ impl Step {
                 let result = if *ok { "stored" } else { "failed" };
                 format!("store: {result} {projects} projections in {ms} ms, fencing token {token}")
             }
-            Step::Rescheduled { times } => {
+            Step::Rescheduled { times, last: Some(last) } => {
+                format!("tried again: {times} earlier tr{}; the one before this ended: {last}", if *times == 1 { "y" } else { "ies" })
+            }
+            Step::Rescheduled { times, last: None } => {
                 format!("rescheduled {times} time(s) before this try (no slot or no rate admission in time; slots.on_timeout = reschedule)")
             }
             Step::Cancelled => "cancelled by an operator before it ran".to_owned(),

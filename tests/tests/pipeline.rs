@@ -482,6 +482,11 @@ fn after_a_429_no_query_starts_anywhere_in_the_fleet_until_the_cooldown_ends() {
         "slots.on_timeout=reschedule",
         "--set",
         "slots.max_reschedules=3",
+        // The cooldown alone: a 429 is the org's outcome, and the service's numbers do not cap.
+        "--set",
+        "runs.max_attempts=1",
+        "--set",
+        "slots.follow_service=false",
     ];
     let _workers: Vec<_> = (0..2).map(|_| worker(&env, &args)).collect();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -592,6 +597,7 @@ fn a_duplicate_delivery_is_acknowledged_without_a_second_query_and_metrics_are_s
             project_ids: vec![],
             reschedules: 0,
             attempt: 0,
+            last_try: None,
         };
         let task = apalis::prelude::TaskBuilder::new(job.encode()).build();
         apalis_redis::queries::push_tasks(&mut conn, &projector_queue::config(), &[task]).await.expect("push");
@@ -653,6 +659,7 @@ fn jobs_for_unplanned_orgs_or_unknown_runs_are_refused_without_a_query() {
             project_ids: vec![],
             reschedules: 0,
             attempt: 0,
+            last_try: None,
         };
         let tasks: Vec<_> =
             [job(&run_id, 99_999), job("run-bogus", 1)].iter().map(|j| apalis::prelude::TaskBuilder::new(j.encode()).build()).collect();

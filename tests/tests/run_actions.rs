@@ -41,7 +41,9 @@ fn queries_by_org(fake: &FakeSnuba) -> BTreeMap<u64, u64> {
 fn a_retry_completes_the_failed_orgs_and_queries_no_completed_org_twice() {
     let redis = RedisServer::start();
     let fake = FakeSnuba::start(FAKE, &["--latency", "20ms", "--fail-first-for", "3,7,11"]);
-    let env = base_env(&redis, &fake.url());
+    // One try per org: the failures stay failed, for the operator to retry.
+    let mut env = base_env(&redis, &fake.url());
+    env.push(("PROJECTOR_RUNS_MAX_ATTEMPTS".into(), "1".into()));
     let _w = worker(&env, &["--concurrency", "8"]);
     let out = run(
         "projector-scheduler",
@@ -258,7 +260,8 @@ fn assert_page_matches_status(env: &[(String, String)], dom: &str) {
 fn the_status_page_shows_what_status_json_says_in_a_real_browser() {
     let redis = RedisServer::start();
     let fake = FakeSnuba::start(FAKE, &["--latency", "200ms", "--fail-first-for", "2,4"]);
-    let env = base_env(&redis, &fake.url());
+    let mut env = base_env(&redis, &fake.url());
+    env.push(("PROJECTOR_RUNS_MAX_ATTEMPTS".into(), "1".into()));
     let w = worker(&env, &["--concurrency", "4"]);
     let mut serve_cmd = command(workspace_bin("projectorctl"));
     serve_cmd.args(["serve", "--addr", "127.0.0.1:0"]).envs(env.iter().cloned()).stdout(Stdio::null());

@@ -392,6 +392,7 @@ fn the_runs_summary_outlives_its_per_org_records() {
         summary_retention: Duration::from_secs(36_000),
         trail_retention: Duration::from_secs(300),
         dedup_window: Duration::from_secs(60),
+        max_attempts: 4,
     };
     let (run, cancelled) = (RunId("run-summary".into()), RunId("run-summary-cancelled".into()));
     runtime().block_on(async {

@@ -94,7 +94,8 @@ fn an_org_whose_pages_fail_half_way_ends_failed_with_nothing_stored() {
     let mut env = base_env(&redis, &fake.url());
     env.push(("PROJECTOR_ORGS_SOURCE".into(), "file".into()));
     env.push(("PROJECTOR_ORGS_PATH".into(), orgs.display().to_string()));
-    let _w = worker(&env, &["--concurrency", "4"]);
+    // One try: with retries the org would complete on its next try (the fault is its 2nd query only).
+    let _w = worker(&env, &["--concurrency", "4", "--set", "runs.max_attempts=1"]);
     let (run_id, _) = run_wait(&env, &[]);
     let shown = ctl(&env, &["runs", "show", &run_id]);
     assert_eq!((shown["outcomes"]["completed"].as_u64(), shown["outcomes"]["failed"].as_u64()), (Some(5), Some(1)), "{shown}");
@@ -123,7 +124,7 @@ fn each_class_of_429_ends_in_its_own_outcome_and_reason() {
         &["--latency", "2ms", "--org-concurrency-limit", "22", "--org-concurrency-override", "5:0", "--bytes-rejected-orgs", "7"],
     );
     let env = base_env(&redis, &fake.url());
-    let w = worker(&env, &["--concurrency", "4", "--set", "slots.max_reschedules=0"]);
+    let w = worker(&env, &["--concurrency", "4", "--set", "runs.max_attempts=1"]);
     let (run_id, _) = run_wait(&env, &["--orgs", "10"]);
     let shown = ctl(&env, &["runs", "show", &run_id]);
     assert_eq!(shown["outcomes"]["completed"], 8, "{shown}");
@@ -139,7 +140,7 @@ fn each_class_of_429_ends_in_its_own_outcome_and_reason() {
     drop(w);
 
     // One reschedule allowed: org 5 goes back to the queue after a short backoff and is asked again.
-    let _w = worker(&env, &["--concurrency", "4", "--set", "slots.max_reschedules=1"]);
+    let _w = worker(&env, &["--concurrency", "4", "--set", "runs.max_attempts=2"]);
     let before = fake.stats_now()["queries_by_org"]["5"].as_u64().unwrap_or(0);
     let (run_id, _) = run_wait(&env, &["--orgs", "6"]);
     let shown = ctl(&env, &["runs", "show", &run_id]);
@@ -169,6 +170,8 @@ fn an_abandoned_query_keeps_its_slot_until_it_must_have_ended_at_the_service() {
         "query.timeout=300ms",
         "--set",
         "query.max_duration=2s",
+        "--set",
+        "runs.max_attempts=1",
     ];
     let w = worker(&env, &settings);
     let (run_id, _) = run_wait(&env, &["--orgs", "6"]);
@@ -251,7 +254,8 @@ fn status_shows_the_services_own_count_and_warns_when_it_disagrees_with_the_flee
 
 /// The query service admits 30 while slots.limit is 50: the fleet follows the service's own
 /// numbers from the first answers on, so the 429s are the first wave's (before any answer came
-/// back) and every later query fits. Without following them, a fifth of the queries is refused.
+/// back) and every later query fits; the refused orgs are tried again and every org completes.
+/// Without following them, many more queries are refused.
 #[test]
 fn the_fleet_follows_the_services_own_limit_when_it_is_below_slots_limit() {
     let redis = RedisServer::start();
@@ -265,7 +269,7 @@ fn the_fleet_follows_the_services_own_limit_when_it_is_below_slots_limit() {
     eprintln!("following the service: {refused} 429s of 1,500 orgs, at most {} in flight", stats["max_in_flight"]);
     assert!(refused <= 30, "at most 2 % of 1,500 orgs meet a 429: {refused}\n{stats}\n{shown}");
     assert!(stats["max_in_flight"].as_u64().is_some_and(|m| m <= 30), "{stats}");
-    assert_eq!(shown["outcomes"]["completed"].as_u64(), Some(1500 - refused), "only the refused did not complete: {shown}");
+    assert_eq!(shown["outcomes"]["completed"], 1500, "the refused were tried again and completed: {shown}");
     let metrics = scrape(&metrics_addr(&workers[0]));
     let cap = sample(&metrics, "spike_projection_slot_limit{source=\"service\"}").unwrap_or(0.0);
     assert!((24.0..=28.0).contains(&cap), "the limit in force comes from the service: 30 less the margin: {cap}\n{metrics}");
@@ -284,4 +288,42 @@ fn the_fleet_follows_the_services_own_limit_when_it_is_below_slots_limit() {
     let refused = fake.stats_now()["rejected_429"].as_u64().expect("429s");
     eprintln!("not following it: {refused} 429s of 1,500 orgs");
     assert!(refused > 150, "without following, the 20 slots above the service's room keep meeting 429s: {refused}");
+}
+
+/// The fake injects 500s, malformed bodies and answers slower than the client waits. A failure
+/// that may pass is tried again after a backoff, up to runs.max_attempts tries; a malformed body
+/// is not (it would come back the same from Snuba). So every org not completed either met a
+/// malformed body or used all its tries, and the fake's per-org counts show the retries.
+#[test]
+fn transient_failures_are_tried_again_until_the_org_completes_or_its_tries_run_out() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(
+        FAKE,
+        &["--latency", "5ms", "--error-rate", "0.3", "--malformed-rate", "0.1", "--slow-rate", "0.1", "--slow-latency", "3s"],
+    );
+    let env = base_env(&redis, &fake.url());
+    let settings =
+        ["--concurrency", "16", "--set", "query.timeout=500ms", "--set", "query.max_duration=1s", "--set", "runs.max_attempts=4"];
+    let _w = worker(&env, &settings);
+    let (run_id, _) = run_wait(&env, &["--orgs", "100"]);
+    let shown = ctl(&env, &["runs", "show", &run_id, "--all"]);
+    let queries = fake.stats_now()["queries_by_org"].clone();
+    let tries = |org: u64| queries[org.to_string()].as_u64().unwrap_or(0);
+    for (org, outcome, kind) in reasons(&shown) {
+        let ran_out = tries(org) == 4 && ["server_error", "timeout"].contains(&kind.as_str());
+        assert!(kind == "malformed_body" || ran_out, "org {org} ended {outcome} ({kind}) after {} tries", tries(org));
+    }
+    let retried: Vec<u64> = (1..=100).filter(|o| tries(*o) > 1).collect();
+    assert!(retried.len() >= 20, "about 40 % of first tries fail in a way that may pass: {queries}");
+    assert!((1..=100).all(|o| tries(o) <= 4), "never more than runs.max_attempts tries: {queries}");
+    let completed = shown["outcomes"]["completed"].as_u64().unwrap_or(0);
+    // Per try: 50 % succeed, 40 % fail in a way that may pass, 10 % are malformed: about 81 of
+    // 100 complete on average; the bound is 4 standard deviations below.
+    assert!(completed >= 65, "{shown}");
+    // The trail of an org that completed after a retry says how its earlier try ended.
+    let org = retried.iter().find(|o| !reasons(&shown).iter().any(|(n, _, _)| n == *o)).expect("a retried org completed");
+    let why = ctl(&env, &["explain", &run_id, &org.to_string()]);
+    let steps = why["attempts"][0]["steps"].as_array().cloned().unwrap_or_default();
+    let rescheduled = steps.iter().find(|s| s["step"] == "rescheduled").cloned().unwrap_or_else(|| panic!("no rescheduled step: {why}"));
+    assert!(rescheduled["last"].as_str().is_some_and(|l| l.starts_with("server_error") || l.starts_with("timeout")), "{why}");
 }

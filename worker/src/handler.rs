@@ -85,6 +85,8 @@ impl RolloutFlag {
 pub struct Rescheduler {
     pub conn: RedisConn,
     pub max_reschedules: u32,
+    /// `runs.max_attempts`: tries of an org whose try failed in a way that may pass.
+    pub max_attempts: u32,
     /// `runs.dedup_window`: how long the run's dedupe set keeps the rescheduled job's member.
     pub dedup_window: Duration,
 }
@@ -93,7 +95,12 @@ impl Rescheduler {
     /// From config: every worker has one (a per-org 429 is always tried again later); slot
     /// timeouts use it only with `slots.on_timeout = "reschedule"` ([`reschedules_skips`]).
     pub fn from_config(config: &Config, conn: &RedisConn) -> Self {
-        Rescheduler { conn: conn.clone(), max_reschedules: config.slots.max_reschedules, dedup_window: config.runs.dedup_window }
+        Rescheduler {
+            conn: conn.clone(),
+            max_reschedules: config.slots.max_reschedules,
+            max_attempts: config.runs.max_attempts,
+            dedup_window: config.runs.dedup_window,
+        }
     }
 }
 
@@ -105,8 +112,8 @@ pub fn reschedules_skips(config: &Config) -> bool {
 impl Rescheduler {
     /// Puts the job back: at `retry_after` (rounded up to the second) when the rate policy named
     /// one, else after a jittered exponential backoff.
-    async fn reschedule(&self, job: &SpikeProjectionJob, retry_after: Option<Duration>) -> Result<(), Error> {
-        let next = SpikeProjectionJob { reschedules: job.reschedules + 1, ..job.clone() };
+    async fn reschedule(&self, job: &SpikeProjectionJob, retry_after: Option<Duration>, last_try: Option<String>) -> Result<(), Error> {
+        let next = SpikeProjectionJob { reschedules: job.reschedules + 1, last_try, ..job.clone() };
         let backoff = match retry_after {
             Some(after) => after.as_secs() + u64::from(after.subsec_nanos() > 0),
             None => 2u64.pow(next.reschedules.min(6)) + rand::rng().random_range(0..3),
@@ -227,20 +234,23 @@ impl JobHandler {
         let mut ended = if limited { self.pipeline.run_checked(job, Some(self)).await } else { self.pipeline.process_unlimited(job).await };
         ended.steps.insert(0, Step::Routed { limited, why });
         if job.reschedules > 0 {
-            ended.steps.insert(0, Step::Rescheduled { times: job.reschedules });
+            ended.steps.insert(0, Step::Rescheduled { times: job.reschedules, last: job.last_try.clone() });
         }
         if ended.stale {
             return Ok(());
         }
         let outcome = ended.outcome;
-        // A refusal that concerns this org alone (its org's other traffic, its byte budget) is not
-        // an outcome while it can be tried again: it goes back to the queue for later.
-        let org_refusal = ended.retry_after.is_some() && outcome == Outcome::RateLimited;
-        if (org_refusal || (self.reschedule_skips && matches!(outcome, Outcome::SkippedNoSlot | Outcome::SkippedRatePolicy)))
-            && let Some(rescheduler) = &self.rescheduler
-            && job.reschedules < rescheduler.max_reschedules
+        // A try that failed in a way that may pass, or a refusal, is not an outcome while the org
+        // has tries left: it goes back to the queue for later (the legacy path keeps its old
+        // behaviour: one try). Skips go back only with slots.on_timeout = "reschedule".
+        let retry =
+            limited && ended.retry_after.is_some() && matches!(outcome, Outcome::RateLimited | Outcome::Failed | Outcome::SlotUnavailable);
+        let skip = self.reschedule_skips && matches!(outcome, Outcome::SkippedNoSlot | Outcome::SkippedRatePolicy);
+        if let Some(rescheduler) = &self.rescheduler
+            && ((retry && job.reschedules + 1 < rescheduler.max_attempts) || (skip && job.reschedules < rescheduler.max_reschedules))
         {
-            match rescheduler.reschedule(job, ended.retry_after).await {
+            let last_try = retry.then(|| ended.why.as_ref().map(|w| format!("{}: {}", w.kind, w.message))).flatten();
+            match rescheduler.reschedule(job, ended.retry_after, last_try).await {
                 Ok(()) => {
                     tracing::info!(
                         run_id = %job.run_id, org_id = %job.org_id, reschedules = job.reschedules + 1, skipped = outcome.as_str(),

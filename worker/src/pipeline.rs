@@ -131,17 +131,32 @@ fn warn_if_below_limit(q: projector_shared::service::ServiceQuota, in_force: u32
 /// over its byte budget is tried again once the window has moved past its scans.
 const BYTES_POLICY_WINDOW: Duration = Duration::from_secs(600);
 
-/// When a refusal that concerns this org alone may be tried again: a per-org concurrency 429
-/// after a short jittered exponential backoff (its other queries end in seconds), a bytes 429
-/// after the policy's window. `None` for everything else.
-fn org_backoff(e: &Error, reschedules: u32) -> Option<Duration> {
+/// When a try that did not end the org may be tried again: a per-org concurrency 429 after a
+/// short jittered exponential backoff (its other queries end in seconds), a bytes 429 after the
+/// policy's window, and a failure that may pass (a 5xx, a timeout, ClickHouse overloaded, a
+/// referrer 429, the service or a store unreachable, a lost lease) after a jittered exponential
+/// backoff from 1 s, at most 30 s. `None` for what would fail again the same way.
+fn retry_after(e: &Error, reschedules: u32) -> Option<Duration> {
+    use crate::error::RejectionClass;
     use rand::Rng;
     let jitter = |max_ms: u64| Duration::from_millis(rand::rng().random_range(0..=max_ms));
+    let backoff = || {
+        let base = Duration::from_secs(1 << reschedules.min(5)).min(Duration::from_secs(30));
+        base / 2 + jitter(u64::try_from(base.as_millis() / 2).unwrap_or(0))
+    };
     match e {
-        Error::RateLimited { class: crate::error::RejectionClass::Tenant, .. } => {
-            Some(Duration::from_secs(2u64.pow(reschedules.min(5))) + jitter(1_000))
-        }
-        Error::RateLimited { class: crate::error::RejectionClass::Bytes, .. } => Some(BYTES_POLICY_WINDOW + jitter(60_000)),
+        Error::RateLimited { class: RejectionClass::Tenant, .. } => Some(Duration::from_secs(2u64.pow(reschedules.min(5))) + jitter(1_000)),
+        Error::RateLimited { class: RejectionClass::Bytes, .. } => Some(BYTES_POLICY_WINDOW + jitter(60_000)),
+        Error::RateLimited { class: RejectionClass::Referrer, .. }
+        | Error::QueryServer { .. }
+        | Error::QueryTimeout(_)
+        | Error::ServiceTimeout { .. }
+        | Error::ServiceOverloaded { .. }
+        | Error::QueryUnreachable { .. }
+        | Error::Sink { .. }
+        | Error::Incomplete { .. }
+        | Error::LeaseLost
+        | Error::Shared(projector_shared::Error::SlotBackendUnavailable { .. }) => Some(backoff()),
         _ => None,
     }
 }
@@ -316,7 +331,7 @@ impl Pipeline {
                     }
                     _ => None,
                 };
-                let retry_after = org_backoff(&e, job.reschedules);
+                let retry_after = retry_after(&e, job.reschedules);
                 Ended { why: Some(why), steps, stop_run, retry_after, ..self.failed(job, e).into() }
             }
         }
@@ -482,6 +497,7 @@ mod tests {
             project_ids: vec![],
             reschedules: 0,
             attempt: 0,
+            last_try: None,
         }
     }
 
