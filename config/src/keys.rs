@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::value::{RateWindow, boolean, choice, duration, float, format_duration, int, rates, text, url};
-use crate::{Config, OnRedisError, OnSlotTimeout, OrgSourceKind, QuerySourceKind, RateMode, SinkKind, WhenPaused};
+use crate::{Config, OnRedisError, OnSlotTimeout, OrgSourceKind, Overlap, QuerySourceKind, RateMode, SinkKind, WhenPaused};
 
 /// One configuration key.
 pub struct KeySpec {
@@ -220,6 +220,7 @@ const MILLIS: fn(u64) -> Duration = Duration::from_millis;
 const DAY: Duration = Duration::from_secs(86_400);
 
 const WHEN_PAUSED_CHOICES: &[(&str, WhenPaused)] = &[("enqueue", WhenPaused::Enqueue), ("skip", WhenPaused::Skip)];
+const OVERLAP_CHOICES: &[(&str, Overlap)] = &[("skip", Overlap::Skip), ("queue", Overlap::Queue), ("replace", Overlap::Replace)];
 const TIMEOUT_CHOICES: &[(&str, OnSlotTimeout)] = &[("skip", OnSlotTimeout::Skip), ("reschedule", OnSlotTimeout::Reschedule)];
 const REDIS_ERROR_CHOICES: &[(&str, OnRedisError)] = &[("fail_closed", OnRedisError::FailClosed), ("fail_open", OnRedisError::FailOpen)];
 const ORG_SOURCE_CHOICES: &[(&str, OrgSourceKind)] = &[("synthetic", OrgSourceKind::Synthetic), ("file", OrgSourceKind::File)];
@@ -286,6 +287,8 @@ keys! {
         "when the scheduler fans out, as a six-field cron expression with seconds first, in UTC";
     "schedule.when_paused" => schedule.when_paused: Choice(WHEN_PAUSED_CHOICES), default Some("enqueue"),
         "what a tick does while the fleet is paused (projectorctl pause): \"enqueue\" (jobs wait in the queue until resume) or \"skip\" (logged; re-run with run-once --tick)";
+    "schedule.overlap" => schedule.overlap: Choice(OVERLAP_CHOICES), default Some("skip"),
+        "what a tick does while an earlier run is still open: \"skip\" (recorded as a skipped run in runs list; the open run keeps going; the default, so runs never pile up), \"queue\" (waits for the open run to end, until the next tick at most) or \"replace\" (cancels the open run)";
     "orgs.source" => orgs.source: Choice(ORG_SOURCE_CHOICES), default Some("synthetic"),
         "where organizations come from: \"synthetic\" (orgs.count of them) or \"file\" (JSON lines at orgs.path)";
     "orgs.count" => orgs.count: Int(0, 10_000_000), default Some("200"),

@@ -128,6 +128,21 @@ pub struct ScheduleConfig {
     pub cron: cron::Schedule,
     /// What a tick does while the fleet is paused.
     pub when_paused: WhenPaused,
+    /// What a tick does while an earlier run is still open.
+    pub overlap: Overlap,
+}
+
+/// What a scheduler tick does while an earlier run is still open (`schedule.overlap`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overlap {
+    /// Record the tick as skipped and leave the open run alone (the default: runs never pile up,
+    /// and the open run's orgs keep their place; the skipped tick is in `runs list`).
+    #[default]
+    Skip,
+    /// Wait for the open run to end, until the next tick at most (then the tick is skipped).
+    Queue,
+    /// Cancel the open run and fan out the new one.
+    Replace,
 }
 
 /// What a scheduler tick does while the fleet is paused (`projectorctl pause`).
@@ -346,7 +361,7 @@ impl Default for Config {
             redis: RedisConfig::default(),
             slots: SlotsConfig::default(),
             batch: BatchConfig::default(),
-            schedule: ScheduleConfig { cron: HOURLY.clone(), when_paused: WhenPaused::Enqueue },
+            schedule: ScheduleConfig { cron: HOURLY.clone(), when_paused: WhenPaused::Enqueue, overlap: Overlap::Skip },
             orgs: OrgsConfig::default(),
             query: QueryConfig::default(),
             sink: SinkConfig::default(),

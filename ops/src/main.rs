@@ -207,13 +207,14 @@ enum JobsAction {
 #[derive(Debug, Subcommand)]
 enum RunsAction {
     /// Recent runs, newest first: tick, orgs, completed, other outcomes, duration and state
-    /// (fanning out, running, done or cancelled).
+    /// (fanning out, running, done, cancelled, or skipped: a tick not fanned out while an
+    /// earlier run was open, schedule.overlap).
     List {
         /// How many runs
         #[arg(long, default_value_t = 20)]
         limit: usize,
         /// Print {"runs": [{run_id, tick, orgs_total, accounted, state, duration_ms, finished,
-        /// cancelled, retried, eta_s, outcomes: {<outcome>: n}}]}
+        /// cancelled, retried, eta_s, outcomes: {<outcome>: n}, skipped (why, or null)}]}
         #[arg(long)]
         json: bool,
         #[command(flatten)]

@@ -81,6 +81,7 @@ fn run_json(run: &RunOverview, now: DateTime<Utc>) -> Value {
         "accounted": run.accounted(), "state": run.state().as_str(), "duration_ms": duration_ms(run, now),
         "finished": run.finished.map(|t| t.to_rfc3339()), "cancelled": run.cancelled.map(|t| t.to_rfc3339()),
         "retried": run.retried, "eta_s": eta_s(run, now), "outcomes": outcomes_json(&run.counts),
+        "skipped": run.skipped,
     })
 }
 
@@ -107,7 +108,7 @@ pub async fn runs_list(config: &Config, limit: usize, as_json: bool) -> anyhow::
             completed,
             r.accounted() - completed,
             duration_ms(r, now).unwrap_or(0) as f64 / 1000.0,
-            r.state().as_str()
+            r.skipped.as_ref().map_or_else(|| r.state().as_str().to_owned(), |why| format!("skipped: {why}"))
         );
     }
     Ok(out)

@@ -4,11 +4,13 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use projector_config::{Config, WhenPaused};
+use projector_config::{Config, Overlap, WhenPaused};
 use projector_shared::RunId;
+use projector_shared::metrics as m;
 use projector_shared::redis_conn::RedisConn;
 use projector_shared::rollout::Rollout;
 use projector_shared::run::RunSummary;
+use projector_shared::run_record::RunRecords;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
@@ -145,7 +147,9 @@ pub async fn serve(config: &Config, shutdown: CancellationToken) -> Result<(), E
     let owner = format!("scheduler-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let endpoint = projector_shared::redis_conn::Endpoint::from(&config.redis);
     tracing::info!(cron = %config.schedule.cron.source(), owner = %owner, redis = %endpoint.redacted(), orgs_source = ?config.orgs.source, "scheduler serving");
-    for tick in schedule.upcoming(Utc) {
+    let mut ticks = schedule.upcoming(Utc).peekable();
+    while let Some(tick) = ticks.next() {
+        let next_tick = ticks.peek().copied();
         let wait = (tick - Utc::now()).to_std().unwrap_or_default();
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
@@ -160,6 +164,7 @@ pub async fn serve(config: &Config, shutdown: CancellationToken) -> Result<(), E
                         "fleet paused and schedule.when_paused = \"skip\": tick skipped; after resume, re-run it with run-once --tick {}",
                         tick.to_rfc3339()
                     );
+                    metrics::counter!(m::SCHEDULER_TICKS_TOTAL, "outcome" => "skipped_paused").increment(1);
                     continue;
                 }
                 Ok(None) => {}
@@ -171,6 +176,7 @@ pub async fn serve(config: &Config, shutdown: CancellationToken) -> Result<(), E
             Ok(true) => {}
             Ok(false) => {
                 tracing::info!(run_id = %run_id, "another scheduler replica fans out this tick");
+                metrics::counter!(m::SCHEDULER_TICKS_TOTAL, "outcome" => "other_replica").increment(1);
                 continue;
             }
             Err(e) => {
@@ -178,15 +184,103 @@ pub async fn serve(config: &Config, shutdown: CancellationToken) -> Result<(), E
                 continue;
             }
         }
+        let records = RunRecords::for_config(conn.clone(), &config.runs);
+        if !overlap_allows(config, &records, &run_id, tick, next_tick, &shutdown).await {
+            continue;
+        }
         let result = async {
             let plan = plan(config, &conn, run_id.clone(), tick).await?;
             enqueue(&conn, &plan).await.map(|e| (plan.jobs.len(), e))
         }
         .await;
         match result {
-            Ok((orgs, e)) => tracing::info!(run_id = %run_id, orgs, new = e.new, duplicates = e.duplicates, "tick fanned out"),
-            Err(e) => tracing::error!(run_id = %run_id, error = %e, "fan-out failed; re-run it with run-once --tick {}", tick.to_rfc3339()),
+            Ok((orgs, e)) => {
+                metrics::counter!(m::SCHEDULER_TICKS_TOTAL, "outcome" => "fanned_out").increment(1);
+                tracing::info!(run_id = %run_id, orgs, new = e.new, duplicates = e.duplicates, "tick fanned out")
+            }
+            Err(e) => {
+                metrics::counter!(m::SCHEDULER_TICKS_TOTAL, "outcome" => "failed").increment(1);
+                tracing::error!(run_id = %run_id, error = %e, "fan-out failed; re-run it with run-once --tick {}", tick.to_rfc3339())
+            }
         }
     }
     Ok(())
+}
+
+/// Runs looked at for one still open when a tick comes: far more than ever overlap.
+const OPEN_RUNS_WITHIN: usize = 20;
+/// How often a queued tick looks again whether the open run has ended.
+const QUEUED_RECHECK: Duration = Duration::from_secs(1);
+
+/// Whether this tick may fan out while earlier runs are open, by `schedule.overlap`: skip it
+/// (recorded as a skipped run), wait for them (until the next tick at most), or cancel them.
+/// A tick that cannot read the record fans out: the fleet's slots still bound the queries.
+async fn overlap_allows(
+    config: &Config,
+    records: &RunRecords,
+    run_id: &RunId,
+    tick: DateTime<Utc>,
+    next_tick: Option<DateTime<Utc>>,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut still_open = open_runs(records, run_id).await;
+    if still_open.is_empty() {
+        return true;
+    }
+    match config.schedule.overlap {
+        Overlap::Replace => {
+            for old in &still_open {
+                match records.cancel(&RunId(old.clone())).await {
+                    Ok(n) => {
+                        tracing::warn!(run_id = %run_id, replaced = %old, cancelled_orgs = n, "an earlier run was still open; cancelled it (schedule.overlap = \"replace\")")
+                    }
+                    Err(e) => {
+                        tracing::error!(run_id = %run_id, replaced = %old, error = %e, "cannot cancel the open run; fanning out anyway")
+                    }
+                }
+            }
+            metrics::counter!(m::SCHEDULER_TICKS_TOTAL, "outcome" => "replaced").increment(1);
+            true
+        }
+        Overlap::Queue => {
+            let give_up = next_tick.unwrap_or(tick + chrono::TimeDelta::hours(1));
+            while !still_open.is_empty() && Utc::now() < give_up {
+                tokio::select! {
+                    () = tokio::time::sleep(QUEUED_RECHECK) => {}
+                    () = shutdown.cancelled() => return false,
+                }
+                still_open = open_runs(records, run_id).await;
+            }
+            if still_open.is_empty() {
+                tracing::info!(run_id = %run_id, "the earlier run ended; the queued tick fans out (schedule.overlap = \"queue\")");
+                return true;
+            }
+            skip(records, run_id, tick, &format!("queued behind {} until the next tick, which came first", still_open.join(", "))).await;
+            false
+        }
+        Overlap::Skip => {
+            skip(records, run_id, tick, &format!("{} still open (schedule.overlap = \"skip\")", still_open.join(", "))).await;
+            false
+        }
+    }
+}
+
+/// The ids of the runs still open besides `run_id` (none when the record cannot be read).
+async fn open_runs(records: &RunRecords, run_id: &RunId) -> Vec<String> {
+    match records.open_runs(OPEN_RUNS_WITHIN).await {
+        Ok(open) => open.into_iter().filter(|r| r.run_id != run_id.0).map(|r| r.run_id).collect(),
+        Err(e) => {
+            tracing::warn!(run_id = %run_id, error = %e, "cannot read the open runs; fanning out");
+            Vec::new()
+        }
+    }
+}
+
+/// Records a tick that does not fan out: logged, counted, and in `runs list` as skipped.
+async fn skip(records: &RunRecords, run_id: &RunId, tick: DateTime<Utc>, why: &str) {
+    metrics::counter!(m::SCHEDULER_TICKS_TOTAL, "outcome" => "skipped_overlap").increment(1);
+    tracing::warn!(run_id = %run_id, why, "tick skipped: an earlier run is still open");
+    if let Err(e) = records.record_skipped_tick(run_id, tick, why).await {
+        tracing::warn!(run_id = %run_id, error = %e, "cannot record the skipped tick");
+    }
 }

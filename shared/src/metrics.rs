@@ -63,6 +63,10 @@ pub const SERVICE_HEARD_SECONDS: &str = "projector_service_heard_timestamp_secon
 /// the service still counts such a query until it ends, so the slot is not handed on before
 /// query.max_duration has passed since the query started.
 pub const SLOT_KEPT_AFTER_ABANDON_TOTAL: &str = "projector_slot_kept_after_abandon_total";
+/// Cron ticks a scheduler handled, labelled `outcome`: `fanned_out`, `skipped_overlap` (an
+/// earlier run still open, `schedule.overlap`), `replaced` (the open run cancelled first),
+/// `skipped_paused`, `other_replica`, `failed`.
+pub const SCHEDULER_TICKS_TOTAL: &str = "projector_scheduler_ticks_total";
 /// Runs stopped because the query service refused the query itself (a 400): one per run.
 pub const RUN_STOPPED_TOTAL: &str = "projector_run_stopped_total";
 

@@ -119,6 +119,8 @@ impl RunRecords {
             .hset(&key, "run_id", &run_id.0)
             .hset(&key, "tick", tick.to_rfc3339())
             .hset(&key, "orgs_total", orgs_total)
+            // A tick skipped earlier and fanned out now (run-once --tick) is a run like any other.
+            .hdel(&key, "skipped")
             .pexpire(&key, ttl as i64)
             .zadd(keys::RUNS, &run_id.0, tick.timestamp_millis())
             .zrembyscore(keys::RUNS, "-inf", tick.timestamp_millis().saturating_sub(ttl_ms))
@@ -126,6 +128,24 @@ impl RunRecords {
             .query_async::<()>(&mut self.conn.clone())
             .await
             .map_err(Error::redis(format!("creating the record of run {run_id}")))
+    }
+
+    /// Records a tick that was not fanned out, and why: it shows in `runs list` as `skipped`.
+    pub async fn record_skipped_tick(&self, run_id: &RunId, tick: DateTime<Utc>, why: &str) -> Result<(), Error> {
+        self.create(run_id, tick, 0).await?;
+        // Set after create, which clears it for a tick fanned out later.
+        redis::cmd("HSET")
+            .arg(keys::run(run_id))
+            .arg("skipped")
+            .arg(why)
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(Error::redis(format!("marking run {run_id} skipped")))
+    }
+
+    /// Runs that are still open (fanning out or running), newest first, among the latest `within`.
+    pub async fn open_runs(&self, within: usize) -> Result<Vec<RunOverview>, Error> {
+        Ok(self.recent(within).await?.into_iter().filter(|r| matches!(r.state(), RunState::FanningOut | RunState::Running)).collect())
     }
 
     /// Records how an org ended, with its trail; a second outcome for the same attempt (duplicate
@@ -310,6 +330,8 @@ pub struct RunOverview {
     pub cancelled: Option<DateTime<Utc>>,
     /// Orgs reopened by `runs retry`, over every retry of the run.
     pub retried: u64,
+    /// Why the tick was not fanned out (an earlier run still open, `schedule.overlap`).
+    pub skipped: Option<String>,
 }
 
 /// Where a run is: `fanning out`, `running`, `done` or `cancelled`.
@@ -319,6 +341,8 @@ pub enum RunState {
     Running,
     Done,
     Cancelled,
+    /// A tick recorded but not fanned out.
+    Skipped,
 }
 
 impl RunState {
@@ -328,6 +352,7 @@ impl RunState {
             RunState::Running => "running",
             RunState::Done => "done",
             RunState::Cancelled => "cancelled",
+            RunState::Skipped => "skipped",
         }
     }
 }
@@ -338,7 +363,9 @@ impl RunOverview {
     }
 
     pub fn state(&self) -> RunState {
-        if self.cancelled.is_some() {
+        if self.skipped.is_some() {
+            RunState::Skipped
+        } else if self.cancelled.is_some() {
             RunState::Cancelled
         } else if crate::run::is_finished(self.accounted(), self.orgs_total) {
             RunState::Done
@@ -360,6 +387,7 @@ impl RunOverview {
             finished: at("finished_ms"),
             cancelled: at("cancelled_ms"),
             retried: n("retried"),
+            skipped: fields.get("skipped").cloned(),
             run_id,
         }
     }

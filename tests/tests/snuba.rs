@@ -327,3 +327,44 @@ fn transient_failures_are_tried_again_until_the_org_completes_or_its_tries_run_o
     let rescheduled = steps.iter().find(|s| s["step"] == "rescheduled").cloned().unwrap_or_else(|| panic!("no rescheduled step: {why}"));
     assert!(rescheduled["last"].as_str().is_some_and(|l| l.starts_with("server_error") || l.starts_with("timeout")), "{why}");
 }
+
+/// A scheduler ticking every second against runs that take several: under each
+/// `schedule.overlap`, at most one run is ever open; `skip` records the skipped ticks in `runs
+/// list`, `replace` cancels the open run, `queue` fans out a tick once the open run has ended.
+#[test]
+fn overlapping_ticks_follow_schedule_overlap_and_open_runs_stay_bounded() {
+    for (mode, expect) in [("skip", "skipped"), ("replace", "cancelled"), ("queue", "queued")] {
+        let redis = RedisServer::start();
+        let fake = FakeSnuba::start(FAKE, &["--latency", "700ms"]);
+        let env = base_env(&redis, &fake.url());
+        let _w = worker(&env, &["--concurrency", "2"]);
+        let mut cmd = projector_tests::command(projector_tests::workspace_bin("projector-scheduler"));
+        cmd.args(["serve", "--orgs", "6", "--batch-delay", "0s", "--set", "schedule.cron=* * * * * *", "--set"])
+            .arg(format!("schedule.overlap={mode}"))
+            .envs(env.iter().cloned())
+            .stdout(std::process::Stdio::null());
+        let serve = Proc::spawn(cmd);
+        let mut most_open = 0;
+        let mut runs = Value::Null;
+        let seen = projector_tests::holds_within(Duration::from_secs(40), || {
+            runs = ctl(&env, &["runs", "list", "--limit", "50"]);
+            let list = runs["runs"].as_array().cloned().unwrap_or_default();
+            let open = list.iter().filter(|r| ["running", "fanning out"].contains(&r["state"].as_str().unwrap_or_default())).count();
+            most_open = most_open.max(open);
+            match expect {
+                "skipped" => list.iter().filter(|r| r["state"] == "skipped").count() >= 3,
+                "cancelled" => list.iter().filter(|r| r["state"] == "cancelled").count() >= 2,
+                _ => list.iter().filter(|r| r["state"] == "done").count() >= 2,
+            }
+        });
+        assert!(seen, "{mode}: {runs}\n{}", serve.stderr());
+        assert!(most_open <= 1, "{mode}: at most one run open at a time, saw {most_open}: {runs}");
+        if mode == "skip" {
+            let skipped = runs["runs"].as_array().and_then(|l| l.iter().find(|r| r["state"] == "skipped").cloned()).expect("skipped");
+            assert!(skipped["skipped"].as_str().is_some_and(|w| w.contains("still open")), "{skipped}");
+        }
+        if mode == "queue" {
+            serve.wait_for_line(&["the queued tick fans out"], Duration::from_secs(5));
+        }
+    }
+}
