@@ -41,6 +41,11 @@ pub struct FanOutArgs {
     /// Delay between batch releases, e.g. 2s or 100ms [key: batch.delay, default 2s]
     #[arg(long, value_name = "DURATION")]
     pub batch_delay: Option<String>,
+
+    /// How long after its tick the run may take; at the deadline its open orgs end with the
+    /// reason deadline [key: runs.deadline, default: until the schedule's next tick]
+    #[arg(long, value_name = "DURATION")]
+    pub deadline: Option<String>,
 }
 
 /// Flags of commands that run jobs (take slots, query).
@@ -82,6 +87,7 @@ impl FanOutArgs {
             ("orgs.count", "--orgs", &self.orgs),
             ("batch.size", "--batch-size", &self.batch_size),
             ("batch.delay", "--batch-delay", &self.batch_delay),
+            ("runs.deadline", "--deadline", &self.deadline),
         ])
     }
 }

@@ -61,18 +61,11 @@ fn outcomes_json(counts: &[(Outcome, u64)]) -> Value {
 
 /// How long a run took (finished) or has been going (running), from its tick.
 fn duration_ms(run: &RunOverview, now: DateTime<Utc>) -> Option<i64> {
-    let tick = run.tick?;
-    Some((run.finished.unwrap_or(now) - tick).num_milliseconds().max(0))
+    run.duration_ms(now)
 }
 
-/// Seconds left at the pace so far, for a running run that has made progress.
 fn eta_s(run: &RunOverview, now: DateTime<Utc>) -> Option<f64> {
-    if run.state() != RunState::Running || run.accounted() == 0 {
-        return None;
-    }
-    let elapsed = duration_ms(run, now)? as f64 / 1000.0;
-    let pace = run.accounted() as f64 / elapsed.max(0.001);
-    Some(run.orgs_total.saturating_sub(run.accounted()) as f64 / pace)
+    run.eta_s(now)
 }
 
 fn run_json(run: &RunOverview, now: DateTime<Utc>) -> Value {
@@ -82,6 +75,9 @@ fn run_json(run: &RunOverview, now: DateTime<Utc>) -> Value {
         "finished": run.finished.map(|t| t.to_rfc3339()), "cancelled": run.cancelled.map(|t| t.to_rfc3339()),
         "retried": run.retried, "eta_s": eta_s(run, now), "outcomes": outcomes_json(&run.counts),
         "skipped": run.skipped,
+        "deadline": run.deadline.map(|t| t.to_rfc3339()),
+        "deadline_in_s": run.deadline.map(|d| (d - now).num_milliseconds() as f64 / 1000.0),
+        "predicted_overrun_s": run.predicted_overrun_s(now),
     })
 }
 
@@ -502,6 +498,15 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<String> {
     match &latest {
         Some(r) => {
             let eta = eta_s(r, now).map(|s| format!(", about {s:.0} s left")).unwrap_or_default();
+            let deadline = match (r.deadline, r.state()) {
+                (Some(d), RunState::Running | RunState::FanningOut) => {
+                    let late = r.predicted_overrun_s(now);
+                    let verdict = if late > 0.0 { format!(": predicted {late:.0} s late") } else { String::new() };
+                    format!(", deadline in {:.0} s{verdict}", (d - now).num_milliseconds() as f64 / 1000.0)
+                }
+                _ => String::new(),
+            };
+            let eta = format!("{eta}{deadline}");
             let _ = writeln!(
                 out,
                 "latest run   {} {}: {} of {} orgs accounted{eta}",

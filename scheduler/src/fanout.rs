@@ -52,6 +52,8 @@ pub struct Plan {
     pub bad_lines: BadLines,
     /// How long the run's record, and its dedupe set, are kept.
     pub runs: RunsConfig,
+    /// When the run must be over (`runs.deadline`, else the schedule's next tick).
+    pub deadline: DateTime<Utc>,
 }
 
 impl Plan {
@@ -63,6 +65,7 @@ impl Plan {
         let batches = plan_batches(&ids, size, config.batch.delay);
         // plan_batches keeps the order of `orgs`, so the n-th org belongs to the n-th batch slot.
         let batch_of = batches.iter().flat_map(|b| std::iter::repeat_n(b, b.orgs.len()));
+        let deadline = config.run_deadline(tick);
         let jobs = orgs
             .iter()
             .zip(batch_of)
@@ -71,13 +74,16 @@ impl Plan {
                 let spread = TimeDelta::seconds((i / MAX_DUE_PER_SECOND) as i64);
                 let planned = TimeDelta::from_std(batch.release_after).unwrap_or(TimeDelta::MAX);
                 PlannedJob {
-                    job: SpikeProjectionJob::planned(run_id.clone(), info.org_id, batch.index, tick, info.project_ids.clone()),
+                    job: SpikeProjectionJob {
+                        deadline: Some(deadline),
+                        ..SpikeProjectionJob::planned(run_id.clone(), info.org_id, batch.index, tick, info.project_ids.clone())
+                    },
                     release_at: tick + planned.max(spread),
                     limited: rollout.is_limited(info.org_id),
                 }
             })
             .collect();
-        Plan { run_id, tick, batches: batches.len(), jobs, bad_lines: list.bad_lines.clone(), runs: config.runs.clone() }
+        Plan { run_id, tick, batches: batches.len(), jobs, bad_lines: list.bad_lines.clone(), runs: config.runs.clone(), deadline }
     }
 
     /// The `--dry-run` listing: one line per batch, then the routing totals.
@@ -123,6 +129,7 @@ pub async fn enqueue(conn: &RedisConn, plan: &Plan) -> Result<Enqueued, Error> {
     let enqueue_error = |detail: String| Error::Enqueue { run_id: plan.run_id.to_string(), detail };
     let records = RunRecords::for_config(conn.clone(), &plan.runs);
     records.create(&plan.run_id, plan.tick, plan.jobs.len() as u64).await.map_err(|e| enqueue_error(e.to_string()))?;
+    records.set_deadline(&plan.run_id, plan.deadline).await.map_err(|e| enqueue_error(e.to_string()))?;
     // The whole plan is stored before the first job: the run then accounts only for its own orgs,
     // and a fan-out cut short can be finished by run id (`run-once --resume`).
     let orgs: Vec<_> = plan.jobs.iter().map(|p| (p.job.org_id, p.job.project_ids.clone())).collect();

@@ -28,6 +28,9 @@ pub struct SpikeProjectionJob {
     /// trail; cut to the trail's message length.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_try: Option<String>,
+    /// When the run must be over: no try is retried past it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<DateTime<Utc>>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -66,7 +69,17 @@ impl SpikeProjectionJob {
     /// The job for one planned org of a run: the one way a run's jobs are built, by the fan-out,
     /// its resume and the embedded run alike.
     pub fn planned(run_id: RunId, org_id: OrgId, batch_index: u32, scheduled_at: DateTime<Utc>, project_ids: Vec<ProjectId>) -> Self {
-        SpikeProjectionJob { run_id, org_id, batch_index, scheduled_at, project_ids, reschedules: 0, attempt: 0, last_try: None }
+        SpikeProjectionJob {
+            run_id,
+            org_id,
+            batch_index,
+            scheduled_at,
+            project_ids,
+            reschedules: 0,
+            attempt: 0,
+            last_try: None,
+            deadline: None,
+        }
     }
 
     /// Decodes a job from the queue's JSON payload; the error carries a truncated sample for the log.
@@ -96,6 +109,7 @@ mod tests {
             reschedules: 0,
             attempt: 0,
             last_try: None,
+            deadline: None,
         }
     }
 

@@ -67,6 +67,12 @@ pub const SLOT_KEPT_AFTER_ABANDON_TOTAL: &str = "projector_slot_kept_after_aband
 /// earlier run still open, `schedule.overlap`), `replaced` (the open run cancelled first),
 /// `skipped_paused`, `other_replica`, `failed`.
 pub const SCHEDULER_TICKS_TOTAL: &str = "projector_scheduler_ticks_total";
+/// How many seconds after its deadline the latest open run is predicted to finish, at the pace
+/// so far (0: on time, or nothing to predict). Gauge; every worker reports the same fleet-wide
+/// value: aggregate with `max()`.
+pub const RUN_PREDICTED_OVERRUN_SECONDS: &str = "projector_run_predicted_overrun_seconds";
+/// Orgs ended because their run's deadline passed before they ran (`runs.deadline`).
+pub const RUN_DEADLINE_ORGS_TOTAL: &str = "projector_run_deadline_orgs_total";
 /// Runs stopped because the query service refused the query itself (a 400): one per run.
 pub const RUN_STOPPED_TOTAL: &str = "projector_run_stopped_total";
 

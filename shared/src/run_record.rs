@@ -130,6 +130,32 @@ impl RunRecords {
             .map_err(Error::redis(format!("creating the record of run {run_id}")))
     }
 
+    /// Redis's own time: deadlines are judged by it, never by a worker's clock.
+    pub async fn redis_now(&self) -> Result<DateTime<Utc>, Error> {
+        let (secs, micros): (i64, i64) =
+            redis::cmd("TIME").query_async(&mut self.conn.clone()).await.map_err(Error::redis("reading Redis time"))?;
+        Ok(DateTime::from_timestamp(secs, u32::try_from(micros * 1000).unwrap_or(0)).unwrap_or_else(Utc::now))
+    }
+
+    /// When the run must be over: at the deadline its open orgs end (`end_at_deadline`).
+    pub async fn set_deadline(&self, run_id: &RunId, deadline: DateTime<Utc>) -> Result<(), Error> {
+        redis::cmd("HSET")
+            .arg(keys::run(run_id))
+            .arg("deadline_ms")
+            .arg(deadline.timestamp_millis())
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(Error::redis(format!("setting the deadline of run {run_id}")))
+    }
+
+    /// Ends every open org of a run past its deadline as `skipped_no_slot`, with the reason
+    /// `deadline`, announced like a cancel so no queued job of it queries. Returns how many.
+    pub async fn end_at_deadline(&self, run_id: &RunId) -> Result<u64, Error> {
+        let why = trail::Why::new("deadline", "the run's deadline passed before this org ran (runs.deadline)");
+        let line = Attempt { why: Some(why), steps: vec![trail::Step::Deadline], ..Attempt::bare(Outcome::SkippedNoSlot) };
+        self.end_open_orgs(run_id, Outcome::SkippedNoSlot, &line).await
+    }
+
     /// Records a tick that was not fanned out, and why: it shows in `runs list` as `skipped`.
     pub async fn record_skipped_tick(&self, run_id: &RunId, tick: DateTime<Utc>, why: &str) -> Result<(), Error> {
         self.create(run_id, tick, 0).await?;
@@ -332,6 +358,8 @@ pub struct RunOverview {
     pub retried: u64,
     /// Why the tick was not fanned out (an earlier run still open, `schedule.overlap`).
     pub skipped: Option<String>,
+    /// When the run must be over (`runs.deadline`); `None` for runs recorded before deadlines.
+    pub deadline: Option<DateTime<Utc>>,
 }
 
 /// Where a run is: `fanning out`, `running`, `done` or `cancelled`.
@@ -362,6 +390,33 @@ impl RunOverview {
         self.counts.iter().map(|(_, n)| n).sum()
     }
 
+    /// Milliseconds from the tick to its end, or to `now` while it runs.
+    pub fn duration_ms(&self, now: DateTime<Utc>) -> Option<i64> {
+        let tick = self.tick?;
+        Some((self.finished.unwrap_or(now) - tick).num_milliseconds().max(0))
+    }
+
+    /// Seconds left at the pace so far, for a running run that has made progress: the
+    /// predicted finish, from how fast its orgs have been accounted (query time and the limit
+    /// in force, as they were).
+    pub fn eta_s(&self, now: DateTime<Utc>) -> Option<f64> {
+        if self.state() != RunState::Running || self.accounted() == 0 {
+            return None;
+        }
+        let elapsed = self.duration_ms(now)? as f64 / 1000.0;
+        let pace = self.accounted() as f64 / elapsed.max(0.001);
+        Some(self.orgs_total.saturating_sub(self.accounted()) as f64 / pace)
+    }
+
+    /// How many seconds after its deadline the run is predicted to finish (0 when on time, or
+    /// with no prediction or deadline yet).
+    pub fn predicted_overrun_s(&self, now: DateTime<Utc>) -> f64 {
+        match (self.eta_s(now), self.deadline) {
+            (Some(eta), Some(deadline)) => (eta - (deadline - now).num_milliseconds() as f64 / 1000.0).max(0.0),
+            _ => 0.0,
+        }
+    }
+
     pub fn state(&self) -> RunState {
         if self.skipped.is_some() {
             RunState::Skipped
@@ -388,6 +443,7 @@ impl RunOverview {
             cancelled: at("cancelled_ms"),
             retried: n("retried"),
             skipped: fields.get("skipped").cloned(),
+            deadline: at("deadline_ms"),
             run_id,
         }
     }

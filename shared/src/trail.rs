@@ -64,6 +64,8 @@ pub enum Step {
     Cancelled,
     /// The run stopped before this org ran: the query service refused the query itself.
     Stopped,
+    /// The run's deadline passed before this org ran.
+    Deadline,
 }
 
 impl Step {
@@ -101,6 +103,7 @@ impl Step {
                 format!("rescheduled {times} time(s) before this try (no slot or no rate admission in time; slots.on_timeout = reschedule)")
             }
             Step::Cancelled => "cancelled by an operator before it ran".to_owned(),
+            Step::Deadline => "not run: the run's deadline passed first (runs.deadline)".to_owned(),
             Step::Stopped => "not queried: the run stopped when the query service refused its query (see the reason)".to_owned(),
         }
     }

@@ -169,7 +169,10 @@ fn two_schedulers_on_the_same_tick_fan_out_once() {
     let env = env(&redis, &fake);
     let serve = |env: &[(String, String)]| {
         let mut cmd = command(workspace_bin("projector-scheduler"));
-        cmd.args(["serve", "--orgs", "20", "--set", "schedule.cron=*/2 * * * * *"]).envs(env.iter().cloned()).stdout(Stdio::null());
+        // No worker runs the jobs, so every run stays open: "replace" lets each tick fan out.
+        cmd.args(["serve", "--orgs", "20", "--set", "schedule.cron=*/2 * * * * *", "--set", "schedule.overlap=replace"])
+            .envs(env.iter().cloned())
+            .stdout(Stdio::null());
         Proc::spawn(cmd)
     };
     let replicas = [serve(&env), serve(&env)];
@@ -598,6 +601,7 @@ fn a_duplicate_delivery_is_acknowledged_without_a_second_query_and_metrics_are_s
             reschedules: 0,
             attempt: 0,
             last_try: None,
+            deadline: None,
         };
         let task = apalis::prelude::TaskBuilder::new(job.encode()).build();
         apalis_redis::queries::push_tasks(&mut conn, &projector_queue::config(), &[task]).await.expect("push");
@@ -660,6 +664,7 @@ fn jobs_for_unplanned_orgs_or_unknown_runs_are_refused_without_a_query() {
             reschedules: 0,
             attempt: 0,
             last_try: None,
+            deadline: None,
         };
         let tasks: Vec<_> =
             [job(&run_id, 99_999), job("run-bogus", 1)].iter().map(|j| apalis::prelude::TaskBuilder::new(j.encode()).build()).collect();

@@ -393,6 +393,7 @@ fn the_runs_summary_outlives_its_per_org_records() {
         trail_retention: Duration::from_secs(300),
         dedup_window: Duration::from_secs(60),
         max_attempts: 4,
+        deadline: None,
     };
     let (run, cancelled) = (RunId("run-summary".into()), RunId("run-summary-cancelled".into()));
     runtime().block_on(async {

@@ -368,3 +368,26 @@ fn overlapping_ticks_follow_schedule_overlap_and_open_runs_stay_bounded() {
         }
     }
 }
+
+/// A run given a deadline it cannot meet (20 orgs of 1 s queries, two at a time, 3 s): when the
+/// deadline passes, its open orgs end with the reason deadline and send no query; the next run
+/// is unaffected.
+#[test]
+fn a_run_past_its_deadline_ends_its_open_orgs_and_the_next_run_is_unaffected() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "1s"]);
+    let env = base_env(&redis, &fake.url());
+    let _w = worker(&env, &["--concurrency", "2"]);
+    let (run_id, _) = run_wait(&env, &["--orgs", "20", "--deadline", "3s"]);
+    let shown = ctl(&env, &["runs", "show", &run_id, "--all"]);
+    let kinds = reasons(&shown);
+    let ended_at_deadline = kinds.iter().filter(|(_, o, k)| o == "skipped_no_slot" && k == "deadline").count();
+    assert!(ended_at_deadline >= 10, "{shown}");
+    assert!(kinds.iter().all(|(_, _, k)| k == "deadline"), "every org that did not complete ended at the deadline: {kinds:?}");
+    let completed = shown["outcomes"]["completed"].as_u64().unwrap_or(0);
+    let asked = fake.stats_now()["requests"].as_u64().unwrap_or(0);
+    // Two were in flight when the deadline passed; nothing of the run was sent after it.
+    assert!(asked <= completed + 2, "{asked} queries for {completed} completed orgs");
+    let (next, _) = run_wait(&env, &["--orgs", "4"]);
+    assert_eq!(ctl(&env, &["runs", "show", &next])["outcomes"]["completed"], 4);
+}

@@ -243,8 +243,15 @@ impl JobHandler {
         // A try that failed in a way that may pass, or a refusal, is not an outcome while the org
         // has tries left: it goes back to the queue for later (the legacy path keeps its old
         // behaviour: one try). Skips go back only with slots.on_timeout = "reschedule".
-        let retry =
+        let mut retry =
             limited && ended.retry_after.is_some() && matches!(outcome, Outcome::RateLimited | Outcome::Failed | Outcome::SlotUnavailable);
+        if retry && job.deadline.is_some_and(|d| chrono::Utc::now() + ended.retry_after.unwrap_or_default() >= d) {
+            // No time left before the run's deadline for another try: this try's end is the org's.
+            retry = false;
+            if let Some(why) = &mut ended.why {
+                *why = Why::new("deadline", format!("no time left before the run's deadline for another try; {}", why.message));
+            }
+        }
         let skip = self.reschedule_skips && matches!(outcome, Outcome::SkippedNoSlot | Outcome::SkippedRatePolicy);
         if let Some(rescheduler) = &self.rescheduler
             && ((retry && job.reschedules + 1 < rescheduler.max_attempts) || (skip && job.reschedules < rescheduler.max_reschedules))

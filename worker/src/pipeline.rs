@@ -498,6 +498,7 @@ mod tests {
             reschedules: 0,
             attempt: 0,
             last_try: None,
+            deadline: None,
         }
     }
 

@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 use crate::handler::{JobHandler, Rescheduler, RolloutFlag, Routing};
-use crate::maintenance::{AdaptiveReporter, DuePromoter, Heartbeat, PauseWatch, QueueGauges, RatePolicyRefresh, Vacuum, vacuum_every};
+use crate::maintenance::{
+    AdaptiveReporter, DeadlineSweep, DuePromoter, Heartbeat, PauseWatch, QueueGauges, RatePolicyRefresh, Vacuum, vacuum_every,
+};
 use crate::metrics_http::Readiness;
 use crate::pipeline::{Pipeline, PipelineSettings};
 use crate::probe::QueryProbe;
@@ -25,6 +27,8 @@ use crate::supervisor::Supervisor;
 const SLOT_TASKS_GRACE: Duration = Duration::from_secs(5);
 /// How often a worker reads the fleet-wide pause.
 const PAUSE_CHECK: Duration = Duration::from_millis(250);
+/// How often a worker looks for runs past their deadline: a run ends at most this late.
+const DEADLINE_CHECK: Duration = Duration::from_secs(1);
 
 /// Runs the worker until `shutdown`, then drains in-flight jobs for at most `worker.shutdown_grace`.
 pub async fn run(config: Config, readiness: Readiness, services: &Services, shutdown: CancellationToken) -> Result<(), Error> {
@@ -101,6 +105,7 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
     services
         .spawn_every(Arc::new(Heartbeat { conn: conn.clone(), name: name.clone(), registration, running, current_loop: loop_name }), every);
     services.spawn_every(Arc::new(Vacuum { conn: conn.clone() }), vacuum_every(every));
+    services.spawn_every(Arc::new(DeadlineSweep { records: RunRecords::for_config(conn.clone(), &config.runs) }), DEADLINE_CHECK);
     // Operators expect a pause to hold within a second.
     let (pause_tx, paused) = tokio::sync::watch::channel(false);
     services.spawn_every(Arc::new(PauseWatch { conn: conn.clone(), paused: pause_tx }), PAUSE_CHECK);
