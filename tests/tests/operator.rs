@@ -206,7 +206,8 @@ fn the_rate_policy_and_the_multiplier_change_at_runtime_for_the_whole_fleet() {
     let out = run(
         "projector-scheduler",
         &env,
-        &["run-once", "--wait", "--wait-timeout", "60s", "--fail-on", "none", "--orgs", "3", "--batch-delay", "0s"],
+        // A deadline the refused cannot wait for (1 per minute): they end skipped_rate_policy.
+        &["run-once", "--wait", "--wait-timeout", "60s", "--fail-on", "none", "--orgs", "3", "--batch-delay", "0s", "--deadline", "5s"],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let count = |outcome: &str| -> Option<u64> {

@@ -19,7 +19,7 @@ use rand::Rng;
 use tokio::sync::RwLock;
 
 use crate::error::Error;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Ended, Pipeline};
 
 /// Which path an org takes: the limited one (a slot first) or the legacy unlimited one.
 pub enum Routing {
@@ -126,6 +126,10 @@ impl Rescheduler {
         })
     }
 }
+
+/// Waits of one org for a refusal to pass, when its run has a deadline: the deadline is the
+/// real bound; this only stops a loop should retry_after ever be 0.
+const MAX_REFUSAL_WAITS: u32 = 1_000;
 
 /// Jobs being handled now; the drain on SIGTERM waits for this to reach 0.
 #[derive(Clone)]
@@ -240,23 +244,9 @@ impl JobHandler {
             return Ok(());
         }
         let outcome = ended.outcome;
-        // A try that failed in a way that may pass, or a refusal, is not an outcome while the org
-        // has tries left: it goes back to the queue for later (the legacy path keeps its old
-        // behaviour: one try). Skips go back only with slots.on_timeout = "reschedule".
-        let mut retry =
-            limited && ended.retry_after.is_some() && matches!(outcome, Outcome::RateLimited | Outcome::Failed | Outcome::SlotUnavailable);
-        if retry && job.deadline.is_some_and(|d| chrono::Utc::now() + ended.retry_after.unwrap_or_default() >= d) {
-            // No time left before the run's deadline for another try: this try's end is the org's.
-            retry = false;
-            if let Some(why) = &mut ended.why {
-                *why = Why::new("deadline", format!("no time left before the run's deadline for another try; {}", why.message));
-            }
-        }
-        let skip = self.reschedule_skips && matches!(outcome, Outcome::SkippedNoSlot | Outcome::SkippedRatePolicy);
         if let Some(rescheduler) = &self.rescheduler
-            && ((retry && job.reschedules + 1 < rescheduler.max_attempts) || (skip && job.reschedules < rescheduler.max_reschedules))
+            && let Some(last_try) = self.next_try(rescheduler, job, &mut ended, limited)
         {
-            let last_try = retry.then(|| ended.why.as_ref().map(|w| format!("{}: {}", w.kind, w.message))).flatten();
             match rescheduler.reschedule(job, ended.retry_after, last_try).await {
                 Ok(()) => {
                     tracing::info!(
@@ -298,6 +288,43 @@ impl JobHandler {
                 tracing::warn!(run_id = %run_id, error = %e, "cannot stop the run in its record; this worker fails its orgs without a query")
             }
         }
+    }
+
+    /// Whether this try's end goes back to the queue instead of being the org's outcome, and what
+    /// the next try's trail says of it. A refusal (a 429, the rate policy) waits as long as the
+    /// run's deadline leaves time; a failure that may pass gets `runs.max_attempts` tries; a slot
+    /// timeout goes back only with `slots.on_timeout = "reschedule"`. Nothing goes back past the
+    /// deadline: then the reason says so. The legacy path keeps its one try.
+    fn next_try(&self, rescheduler: &Rescheduler, job: &SpikeProjectionJob, ended: &mut Ended, limited: bool) -> Option<Option<String>> {
+        let outcome = ended.outcome;
+        let retry_after = ended.retry_after;
+        let refused = matches!(outcome, Outcome::RateLimited | Outcome::SkippedRatePolicy) && retry_after.is_some();
+        let failed = matches!(outcome, Outcome::Failed | Outcome::SlotUnavailable) && retry_after.is_some();
+        let tries = job.reschedules + 1;
+        let may = if refused && limited {
+            // With no deadline (a job of an older fan-out), refusals fall back to the tries budget.
+            if job.deadline.is_some() { tries < MAX_REFUSAL_WAITS } else { tries < rescheduler.max_attempts }
+        } else if failed && limited {
+            tries < rescheduler.max_attempts
+        } else {
+            self.reschedule_skips && outcome == Outcome::SkippedNoSlot && job.reschedules < rescheduler.max_reschedules
+        };
+        if !may {
+            return None;
+        }
+        let comes_back = chrono::Utc::now() + retry_after.unwrap_or(Duration::from_secs(1));
+        if job.deadline.is_some_and(|d| comes_back >= d) {
+            if let Some(why) = &mut ended.why {
+                *why = Why::new("deadline", format!("no time left before the run's deadline for another try; {}", why.message));
+            }
+            return None;
+        }
+        if !(refused || failed) {
+            // A slot timeout's reschedule: the trail says only how many times.
+            return Some(None);
+        }
+        let backoff = retry_after.map(|d| format!(" (tried again after {} ms)", d.as_millis())).unwrap_or_default();
+        Some(ended.why.as_ref().map(|w| format!("{}: {}{backoff}", w.kind, w.message)))
     }
 
     /// One info line per run, written by whoever recorded its last org: per-org skips are logged
