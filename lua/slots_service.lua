@@ -6,18 +6,19 @@
 -- now: queries that ended in between (a run draining) inflate it for a moment. So the share used
 -- is the smallest seen over this 5-second window and the one just before it: a share that lasts is counted, a
 -- blip is not. A refusal (rejected = 1) is no blip: the service is over its limit now, so its
--- share counts at once. The cap holds
+-- share counts at once. An answer to a query that started before the latest refusal tells of
+-- the service as it was then: it may lower the cap, never raise it. The cap holds
 -- until ttl_ms from now (Redis time); a later answer replaces it, and with no answers it lapses
 -- and the stored limit and the multiplier rule again.
 -- KEYS: the nine slot keys (see slots_prelude); the cap lives in 9 (adaptive hash)
 -- ARGV: 1 quota_used (the service's count, >= 0), 2 rejection_threshold, 3 throttle_threshold
 --       (0: unknown), 4 use_throttle (0|1), 5 margin, 6 ttl_ms, 7 default_limit, 8 rejected (0|1:
---       the numbers came with a 429)
+--       the numbers came with a 429), 9 age_ms (how long ago the answered query was sent)
 -- Returns: {cap, others (the service's count beyond the fleet's leases), in_use (live leases),
 --           limit in force}
 local used, threshold, throttle = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local use_throttle, margin, ttl_ms, default_limit = ARGV[4] == '1', tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
-local rejected = ARGV[8] == '1'
+local rejected, age_ms = ARGV[8] == '1', tonumber(ARGV[9] or '0')
 local now = now_ms()
 local in_use = redis.call('ZCOUNT', leases, '(' .. now, '+inf')
 local seen = math.max(0, used - in_use)
@@ -36,6 +37,13 @@ if rejected then others = math.max(others, seen) end
 local cap = threshold - others - margin
 if use_throttle and throttle > 0 then cap = math.min(cap, throttle - others) end
 cap = math.max(1, cap)
+local a = redis.call('HMGET', adaptive, 'service_rejected_ms', 'service_cap', 'service_until_ms')
+local last_rejected, held, held_until = tonumber(a[1] or '0'), tonumber(a[2]), tonumber(a[3] or '0')
+if rejected then
+  redis.call('HSET', adaptive, 'service_rejected_ms', now)
+elseif now - age_ms < last_rejected and held and held_until > now then
+  cap = math.min(cap, held)
+end
 redis.call('HSET', adaptive, 'service_cap', cap, 'service_until_ms', now + ttl_ms,
   'service_quota_used', used, 'service_threshold', threshold, 'service_throttle', throttle,
   'service_others', others, 'service_heard_ms', now,

@@ -373,7 +373,12 @@ fn the_services_own_numbers_cap_the_limit_and_lapse_without_answers() {
             held.push(take(&l, org, Duration::ZERO).await.expect("under the limit"));
         }
         let cap = l
-            .heard_service(ServiceQuota { quota_used: 8, rejection_threshold: 10, throttle_threshold: 66 }, &steering, false)
+            .heard_service(
+                ServiceQuota { quota_used: 8, rejection_threshold: 10, throttle_threshold: 66 },
+                &steering,
+                false,
+                Duration::ZERO,
+            )
             .await
             .expect("capped");
         assert_eq!((cap.cap, cap.others, cap.in_use, cap.limit_in_force), (6, 3, 5, 6));
@@ -389,24 +394,47 @@ fn the_services_own_numbers_cap_the_limit_and_lapse_without_answers() {
             let l = l.clone();
             async move { take(&l, 7, Duration::from_millis(800)).await.map(|p| p.fencing_token()) }
         });
-        l.heard_service(ServiceQuota { quota_used: 11, rejection_threshold: 10, throttle_threshold: 66 }, &steering, true)
+        l.heard_service(ServiceQuota { quota_used: 11, rejection_threshold: 10, throttle_threshold: 66 }, &steering, true, Duration::ZERO)
             .await
             .expect("capped");
         held.pop().expect("held").release().await.expect("released");
         assert_eq!(waiter.await.expect("waiter"), None, "the waiter got nothing while the fleet was over");
 
+        // An answer to a query sent before that refusal tells of the service as it was: it cannot
+        // raise the cap (the service's limit may have dropped since it started).
+        let stale = l
+            .heard_service(
+                ServiceQuota { quota_used: 5, rejection_threshold: 100, throttle_threshold: 66 },
+                &steering,
+                false,
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("capped");
+        assert_eq!(stale.cap, 4, "{stale:?}");
+
         // The throttle point caps too when asked.
         let throttled = ServiceSteering { use_throttle: true, ..steering };
         let cap = l
-            .heard_service(ServiceQuota { quota_used: 5, rejection_threshold: 100, throttle_threshold: 4 }, &throttled, false)
+            .heard_service(
+                ServiceQuota { quota_used: 5, rejection_threshold: 100, throttle_threshold: 4 },
+                &throttled,
+                false,
+                Duration::ZERO,
+            )
             .await
             .expect("capped");
         assert_eq!(cap.cap, 4, "at most the throttle point: {cap:?}");
 
         // The trait ignores a failed counter; the cap lapses after its ttl.
-        SlotLimiter::heard_service(&l, ServiceQuota { quota_used: -1, rejection_threshold: 1, throttle_threshold: 1 }, false)
-            .await
-            .expect("ignored");
+        SlotLimiter::heard_service(
+            &l,
+            ServiceQuota { quota_used: -1, rejection_threshold: 1, throttle_threshold: 1 },
+            false,
+            Duration::ZERO,
+        )
+        .await
+        .expect("ignored");
         assert_eq!(l.occupancy_now().await.expect("occupancy").service_cap, Some(4));
         drop(held);
         let deadline = Instant::now() + Duration::from_secs(10);

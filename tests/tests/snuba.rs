@@ -387,3 +387,49 @@ fn a_run_past_its_deadline_ends_its_open_orgs_and_the_next_run_is_unaffected() {
     let (next, _) = run_wait(&env, &["--orgs", "4"]);
     assert_eq!(ctl(&env, &["runs", "show", &next])["outcomes"]["completed"], 4);
 }
+
+/// Capacity drops from 100 to 20 mid-run (`POST /config`): the next answers carry the lower
+/// limit and cap the fleet at once; the orgs refused meanwhile wait and are tried again, so every
+/// org completes and the 429s stay a small share.
+#[test]
+fn when_capacity_drops_mid_run_the_fleet_follows_and_every_org_completes() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "100ms", "--concurrency-limit", "100"]);
+    let env = base_env(&redis, &fake.url());
+    let _workers: Vec<Proc> = (0..2).map(|_| worker(&env, &["--concurrency", "64", "--set", "slots.max_wait=5m"])).collect();
+    let out = run("projector-scheduler", &env, &["run-once", "--orgs", "2000", "--batch-delay", "0s"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run_id = text(&out.stdout).split_whitespace().nth(1).map(|r| r.trim_end_matches(':').to_owned()).expect("run id");
+    projector_tests::wait_until(Duration::from_secs(60), "a fifth of the run is done", || {
+        ctl(&env, &["runs", "show", &run_id])["outcomes"]["completed"].as_u64().unwrap_or(0) >= 400
+    });
+    let set = tokio::runtime::Runtime::new().expect("runtime").block_on(async {
+        let body = serde_json::json!({"concurrency_limit": 20});
+        reqwest::Client::new().post(format!("{}/config", fake.url())).json(&body).send().await.expect("post").status()
+    });
+    assert_eq!(set, 200);
+    projector_tests::wait_until(Duration::from_secs(120), "the run ends", || ctl(&env, &["runs", "show", &run_id])["state"] == "done");
+    let shown = ctl(&env, &["runs", "show", &run_id]);
+    let refused = fake.stats_now()["rejected_429"].as_u64().unwrap_or(0);
+    eprintln!("capacity 100 -> 20 mid-run: {refused} 429s of 2,000 orgs");
+    assert_eq!(shown["outcomes"]["completed"], 2000, "{shown}");
+    assert!(refused <= 40, "at most 2 % of orgs met a 429: {refused}");
+}
+
+/// A service that gives no numbers (a gateway strips `quota_allowance`): AIMD alone brings the
+/// fleet under the fake's 30 from slots.limit 50, cutting the moment a window's 429 ratio
+/// crosses the bound; refused orgs wait and are tried again, so every org completes.
+#[test]
+fn without_the_services_numbers_aimd_brings_the_fleet_under_it_and_every_org_completes() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "100ms", "--concurrency-limit", "30", "--no-quota-details"]);
+    let env = base_env(&redis, &fake.url());
+    let settings = ["--concurrency", "60", "--set", "slots.max_wait=5m", "--set", "adaptive.enabled=true", "--set", "adaptive.window=1s"];
+    let _workers: Vec<Proc> = (0..2).map(|_| worker(&env, &settings)).collect();
+    let (run_id, _) = run_wait_for(&env, "300s", &["--orgs", "2000"]);
+    let shown = ctl(&env, &["runs", "show", &run_id]);
+    let refused = fake.stats_now()["rejected_429"].as_u64().unwrap_or(0);
+    eprintln!("no quota details, AIMD: {refused} 429s of 2,000 orgs");
+    assert_eq!(shown["outcomes"]["completed"], 2000, "{shown}");
+    assert!(refused <= 200, "at most 10 % of orgs met a 429: {refused}");
+}

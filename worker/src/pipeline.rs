@@ -279,7 +279,7 @@ impl Pipeline {
         if let Err(Error::RateLimited { class: crate::error::RejectionClass::Referrer, service: Some(q), .. }) = &queried {
             // Before the slot goes back: the lowered limit keeps it from the next waiter while
             // the fleet is over what the service admits.
-            self.heard_service(**q, true).await;
+            self.heard_service(**q, true, Duration::ZERO).await;
         }
         if let (Err(Error::RateLimited { class: crate::error::RejectionClass::Referrer, .. }), Some(rate)) = (&queried, &self.rate) {
             rate.saw_429().await;
@@ -302,8 +302,8 @@ impl Pipeline {
 
     /// The service's own numbers from an answer: they cap the fleet's limit at once (a limiter
     /// that follows them), and a limit above them is logged.
-    async fn heard_service(&self, q: projector_shared::service::ServiceQuota, rejected: bool) {
-        if let Err(e) = self.limiter.heard_service(q, rejected).await {
+    async fn heard_service(&self, q: projector_shared::service::ServiceQuota, rejected: bool, age: Duration) {
+        if let Err(e) = self.limiter.heard_service(q, rejected, age).await {
             tracing::debug!(error = %e, "cannot pass the query service's numbers to the slot limiter");
         }
         warn_if_below_limit(q, self.limiter.limit());
@@ -375,7 +375,7 @@ impl Pipeline {
                     SIGNALS.ok();
                     throttled |= answer.throttled;
                     if let Some(q) = answer.quota {
-                        self.heard_service(q, false).await;
+                        self.heard_service(q, false, one.elapsed()).await;
                     }
                     fold.add(&answer.rows, group)?;
                     if answer.rows.len() < page.limit {

@@ -52,7 +52,7 @@ impl SlotLimiter for FailOpenLimiter {
         self.primary.limit()
     }
 
-    fn heard_service(&self, quota: crate::service::ServiceQuota, rejected: bool) -> BoxFuture<'_, Result<(), Error>> {
-        self.primary.heard_service(quota, rejected)
+    fn heard_service(&self, quota: crate::service::ServiceQuota, rejected: bool, age: Duration) -> BoxFuture<'_, Result<(), Error>> {
+        self.primary.heard_service(quota, rejected, age)
     }
 }

@@ -67,8 +67,9 @@ pub trait SlotLimiter: Send + Sync {
     fn limit(&self) -> u32;
 
     /// The query service's own numbers from one answer: a limiter that follows them lowers the
-    /// limit in force at once (`rejected`: they came with a 429). The others ignore them.
-    fn heard_service(&self, _quota: crate::service::ServiceQuota, _rejected: bool) -> BoxFuture<'_, Result<(), Error>> {
+    /// limit in force at once (`rejected`: they came with a 429; `age`: how long ago the answered
+    /// query was sent). The others ignore them.
+    fn heard_service(&self, _quota: crate::service::ServiceQuota, _rejected: bool, _age: Duration) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async { Ok(()) })
     }
 }

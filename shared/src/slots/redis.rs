@@ -260,7 +260,14 @@ impl RedisSlotLimiter {
     /// Caps the fleet's limit by the query service's own numbers from one answer (the cap holds
     /// `steering.ttl`), and says what the cap became. Logs when it changes.
     /// `rejected`: the numbers came with a 429, so the fleet is over what the service admits now.
-    pub async fn heard_service(&self, quota: ServiceQuota, steering: &ServiceSteering, rejected: bool) -> Result<ServiceCap, Error> {
+    /// `age`: how long ago the answered query was sent (its numbers are as of then).
+    pub async fn heard_service(
+        &self,
+        quota: ServiceQuota,
+        steering: &ServiceSteering,
+        rejected: bool,
+        age: Duration,
+    ) -> Result<ServiceCap, Error> {
         let inner = &self.inner;
         let mut call = SERVICE.key(inner.keys.script_keys());
         call.arg(quota.quota_used)
@@ -270,7 +277,8 @@ impl RedisSlotLimiter {
             .arg(steering.margin)
             .arg(ms(steering.ttl))
             .arg(inner.settings.initial_limit)
-            .arg(u8::from(rejected));
+            .arg(u8::from(rejected))
+            .arg(ms(age));
         let capped: ServiceCap = inner.call(&call).await?;
         inner.limit_seen.store(capped.limit_in_force, Ordering::SeqCst);
         let before = inner.service_cap_seen.swap(capped.cap, Ordering::SeqCst);
@@ -567,10 +575,10 @@ impl SlotLimiter for RedisSlotLimiter {
         self.inner.limit_seen.load(Ordering::SeqCst)
     }
 
-    fn heard_service(&self, quota: ServiceQuota, rejected: bool) -> BoxFuture<'_, Result<(), Error>> {
+    fn heard_service(&self, quota: ServiceQuota, rejected: bool, age: Duration) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
             match self.inner.settings.service {
-                Some(steering) if quota.quota_used >= 0 => self.heard_service(quota, &steering, rejected).await.map(|_| ()),
+                Some(steering) if quota.quota_used >= 0 => self.heard_service(quota, &steering, rejected, age).await.map(|_| ()),
                 // Off, or the service's counter failed (-1): the stored limit and AIMD rule.
                 _ => Ok(()),
             }
