@@ -65,7 +65,9 @@ impl Plan {
         let batches = plan_batches(&ids, size, config.batch.delay);
         // plan_batches keeps the order of `orgs`, so the n-th org belongs to the n-th batch slot.
         let batch_of = batches.iter().flat_map(|b| std::iter::repeat_n(b, b.orgs.len()));
-        let deadline = config.run_deadline(tick);
+        // A past tick replayed now (`run-once --tick`) would be past its deadline before it starts:
+        // it gets until the schedule's next tick from now instead.
+        let deadline = Some(config.run_deadline(tick)).filter(|d| *d > Utc::now()).unwrap_or_else(|| config.run_deadline(Utc::now()));
         let jobs = orgs
             .iter()
             .zip(batch_of)

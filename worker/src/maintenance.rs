@@ -242,8 +242,9 @@ pub struct DeadlineSweep {
     pub records: projector_shared::run_record::RunRecords,
 }
 
-/// Runs looked at for an open one past its deadline.
-const DEADLINE_RUNS_WITHIN: usize = 20;
+/// Runs looked at for an open one past its deadline (one Redis round trip per second per worker:
+/// a few recent runs, since an open run older than ten ticks has long met its deadline).
+const DEADLINE_RUNS_WITHIN: usize = 10;
 
 impl Periodic for DeadlineSweep {
     fn name(&self) -> &'static str {
