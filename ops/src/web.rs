@@ -197,6 +197,11 @@ async fn home(State(site): Shared) -> Result<Markup, Failure> {
                     a href={ "/runs/" (run["run_id"].as_str().unwrap_or_default()) } { (f("run.run_id")) } " "
                     (f("run.state")) ": " (f("run.accounted")) " of " (f("run.orgs_total")) " orgs accounted"
                     @if let Some(eta) = run["eta_s"].as_f64() { " (about " span data-field="run.eta_s" { (format!("{eta:.0}")) } " s left) " }
+                    @if let Some(d) = run["deadline_in_s"].as_f64().filter(|d| *d > 0.0) {
+                        "deadline in " (format!("{d:.0}")) " s"
+                        @if let Some(late) = run["predicted_overrun_s"].as_f64().filter(|l| *l > 0.0) { ", predicted " (format!("{late:.0}")) " s late" }
+                        " "
+                    }
                     progress max=(run["orgs_total"].as_u64().unwrap_or(0)) value=(run["accounted"].as_u64().unwrap_or(0)) {}
                 }
             } }
