@@ -31,12 +31,15 @@ local function touch_due(clock)
 end
 
 -- The limit in force: the stored limit times the adaptive multiplier (1 when none), lowered to
--- the query service's cap while that is fresh (`slots_service`), at least 1.
+-- the query service's cap while that is fresh (`slots_service`), at least 1; 0 during a
+-- fleet-wide cooldown after a 429 (`slots_pause`): nobody is granted a slot, waiters wait.
 local function effective(limit)
-  local a = redis.call('HMGET', adaptive, 'multiplier', 'service_cap', 'service_until_ms')
+  local a = redis.call('HMGET', adaptive, 'multiplier', 'service_cap', 'service_until_ms', 'paused_until_ms')
+  local now = now_ms()
+  if tonumber(a[4] or '0') > now then return 0 end
   local l = math.floor(limit * tonumber(a[1] or '1') + 1e-9)
   local cap, until_ms = tonumber(a[2]), tonumber(a[3])
-  if cap and until_ms and until_ms > now_ms() then l = math.min(l, cap) end
+  if cap and until_ms and until_ms > now then l = math.min(l, cap) end
   return math.max(1, l)
 end
 

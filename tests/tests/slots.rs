@@ -449,3 +449,20 @@ fn the_services_own_numbers_cap_the_limit_and_lapse_without_answers() {
         }
     });
 }
+
+/// A cooldown after a 429 pauses every grant: a waiter keeps its place in line through it and
+/// is served when it ends, not refused.
+#[test]
+fn a_cooldown_pauses_grants_and_waiters_are_served_when_it_ends() {
+    let server = RedisServer::start();
+    tokio::runtime::Runtime::new().expect("runtime").block_on(async {
+        let l = limiter(&server, 4, Duration::from_secs(30));
+        let held = take(&l, 1, Duration::ZERO).await.expect("a free slot");
+        l.pause_grants(Duration::from_millis(800)).await.expect("paused");
+        assert!(take(&l, 2, Duration::ZERO).await.is_none(), "nothing is granted during the cooldown");
+        let started = Instant::now();
+        let waiter = take(&l, 3, Duration::from_secs(10)).await.expect("served when the cooldown ends");
+        assert!(started.elapsed() >= Duration::from_millis(500), "not before the cooldown ended: {:?}", started.elapsed());
+        drop((held, waiter));
+    });
+}

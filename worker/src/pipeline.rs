@@ -283,6 +283,13 @@ impl Pipeline {
         }
         if let (Err(Error::RateLimited { class: crate::error::RejectionClass::Referrer, .. }), Some(rate)) = (&queried, &self.rate) {
             rate.saw_429().await;
+            // The cooldown also holds slot grants, before this slot goes back: jobs waiting for a
+            // slot keep their place in line rather than meet the rate gate's refusal.
+            if !rate.cooldown().is_zero()
+                && let Err(e) = self.limiter.pause_grants(rate.cooldown()).await
+            {
+                tracing::debug!(error = %e, "cannot pause slot grants for the cooldown");
+            }
         }
         if matches!(queried, Err(Error::QueryTimeout(_) | Error::LeaseLost)) {
             // The service may still be running the abandoned query, and it counts it against the

@@ -141,6 +141,11 @@ impl RateGate {
         }
     }
 
+    /// `rate.cooldown_after_429` in force now (zero: none).
+    pub fn cooldown(&self) -> Duration {
+        self.current().cooldown_after_429
+    }
+
     /// A query got a 429: with `rate.cooldown_after_429` set, no query starts anywhere in the fleet
     /// until it ends. A cooldown that cannot be written is logged; the 429 is already counted.
     pub async fn saw_429(&self) {

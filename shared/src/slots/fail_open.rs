@@ -52,6 +52,10 @@ impl SlotLimiter for FailOpenLimiter {
         self.primary.limit()
     }
 
+    fn pause_grants(&self, cooldown: Duration) -> BoxFuture<'_, Result<(), Error>> {
+        self.primary.pause_grants(cooldown)
+    }
+
     fn heard_service(&self, quota: crate::service::ServiceQuota, rejected: bool, age: Duration) -> BoxFuture<'_, Result<(), Error>> {
         self.primary.heard_service(quota, rejected, age)
     }

@@ -66,6 +66,13 @@ pub trait SlotLimiter: Send + Sync {
     /// The limit in force now.
     fn limit(&self) -> u32;
 
+    /// Grants no slot to anyone for `cooldown` (the fleet's cooldown after a 429): waiters keep
+    /// their place in line instead of being refused. Limiters without a shared queue ignore it
+    /// (the rate gate's cooldown then holds queries back).
+    fn pause_grants(&self, _cooldown: Duration) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// The query service's own numbers from one answer: a limiter that follows them lowers the
     /// limit in force at once (`rejected`: they came with a 429; `age`: how long ago the answered
     /// query was sent). The others ignore them.

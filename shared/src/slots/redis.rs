@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::scripts::{
-    ACQUIRE, ADAPTIVE, Acquired, AdaptiveReport, CANCEL, Cancelled, OCCUPANCY, Occupancy, RELEASE, RENEW, RESET, Released, SERVICE,
+    ACQUIRE, ADAPTIVE, Acquired, AdaptiveReport, CANCEL, Cancelled, OCCUPANCY, Occupancy, PAUSE, RELEASE, RENEW, RESET, Released, SERVICE,
     SET_LIMIT, ServiceCap,
 };
 use super::{Acquire, ReleaseSlot, SlotLimiter, SlotPermit, SlotRequest, TimedOut, record_granted, record_released, record_timed_out};
@@ -573,6 +573,13 @@ impl SlotLimiter for RedisSlotLimiter {
 
     fn limit(&self) -> u32 {
         self.inner.limit_seen.load(Ordering::SeqCst)
+    }
+
+    fn pause_grants(&self, cooldown: Duration) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            let _ends: u64 = self.inner.call(PAUSE.key(self.inner.keys.script_keys()).arg(ms(cooldown))).await?;
+            Ok(())
+        })
     }
 
     fn heard_service(&self, quota: ServiceQuota, rejected: bool, age: Duration) -> BoxFuture<'_, Result<(), Error>> {

@@ -20,6 +20,7 @@ pub(super) static SET_LIMIT: LazyLock<Script> = LazyLock::new(|| script(include_
 pub(super) static RESET: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_reset.lua")));
 pub(super) static OCCUPANCY: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_occupancy.lua")));
 pub(super) static ADAPTIVE: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_adaptive.lua")));
+pub(super) static PAUSE: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_pause.lua")));
 pub(super) static SERVICE: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_service.lua")));
 
 /// `slots_acquire`'s reply.
