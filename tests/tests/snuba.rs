@@ -131,7 +131,12 @@ fn each_class_of_429_ends_in_its_own_outcome_and_reason() {
     let shown = ctl(&env, &["runs", "show", &run_id]);
     assert_eq!(shown["outcomes"]["completed"], 8, "{shown}");
     let kinds = reasons(&shown);
-    assert_eq!(kinds, [(5, "rate_limited".to_owned(), "deadline".to_owned()), (7, "rate_limited".to_owned(), "deadline".to_owned())]);
+    // Org 7's next try would come after the deadline: its last try's outcome stands. Org 5 may
+    // still be waiting in the queue when the deadline passes, and then ends as every org does
+    // that had no turn: skipped_no_slot. Both say deadline.
+    assert_eq!(kinds.len(), 2, "{kinds:?}");
+    assert!(kinds[0].0 == 5 && ["rate_limited", "skipped_no_slot"].contains(&kinds[0].1.as_str()) && kinds[0].2 == "deadline", "{kinds:?}");
+    assert_eq!(kinds[1], (7, "rate_limited".to_owned(), "deadline".to_owned()));
     for (org, class) in [(5, "rate_limited_org"), (7, "rate_limited_bytes")] {
         let why = ctl(&env, &["explain", &run_id, &org.to_string()]);
         let query = why["attempts"][0]["steps"].as_array().and_then(|s| s.iter().find(|s| s["step"] == "query").cloned());
