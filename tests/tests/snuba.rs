@@ -137,7 +137,9 @@ fn each_class_of_429_ends_in_its_own_outcome_and_reason() {
     assert_eq!(kinds.len(), 2, "{kinds:?}");
     assert!(kinds[0].0 == 5 && ["rate_limited", "skipped_no_slot"].contains(&kinds[0].1.as_str()) && kinds[0].2 == "deadline", "{kinds:?}");
     assert_eq!(kinds[1], (7, "rate_limited".to_owned(), "deadline".to_owned()));
-    for (org, class) in [(5, "rate_limited_org"), (7, "rate_limited_bytes")] {
+    // The trail of an org the deadline sweep ended holds the sweep's line alone: only org 7's last
+    // try is sure to be its own.
+    for (org, class) in [(7, "rate_limited_bytes")] {
         let why = ctl(&env, &["explain", &run_id, &org.to_string()]);
         let query = why["attempts"][0]["steps"].as_array().and_then(|s| s.iter().find(|s| s["step"] == "query").cloned());
         assert_eq!(query.as_ref().and_then(|q| q["status"].as_str()), Some(class), "{why}");
