@@ -72,6 +72,14 @@ pub struct WorkerArgs {
     pub metrics_addr: Option<String>,
 }
 
+/// Flags only `projector-scheduler serve` takes.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// Address for /metrics, /healthz and /readyz; port 0 picks a free one [key: schedule.metrics_addr, default 127.0.0.1:9465]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
+}
+
 fn named(pairs: &[(&str, &str, &Option<String>)]) -> Vec<FlagValue> {
     pairs
         .iter()
@@ -105,6 +113,12 @@ impl JobArgs {
 impl WorkerArgs {
     pub fn flag_values(&self) -> Vec<FlagValue> {
         named(&[("worker.metrics_addr", "--metrics-addr", &self.metrics_addr)])
+    }
+}
+
+impl ServeArgs {
+    pub fn flag_values(&self) -> Vec<FlagValue> {
+        named(&[("schedule.metrics_addr", "--metrics-addr", &self.metrics_addr)])
     }
 }
 

@@ -289,6 +289,8 @@ keys! {
         "what a tick does while the fleet is paused (projectorctl pause): \"enqueue\" (jobs wait in the queue until resume) or \"skip\" (logged; re-run with run-once --tick)";
     "schedule.overlap" => schedule.overlap: Choice(OVERLAP_CHOICES), default Some("skip"),
         "what a tick does while an earlier run is still open: \"skip\" (recorded as a skipped run in runs list; the open run keeps going; the default, so runs never pile up), \"queue\" (waits for the open run to end, until the next tick at most) or \"replace\" (cancels the open run)";
+    "schedule.metrics_addr" => schedule.metrics_addr: Addr, default Some("127.0.0.1:9465"),
+        "where projector-scheduler serve answers /metrics (ticks, fan-outs, the last finished run), /healthz and /readyz (Redis answers and the tick loop runs); port 0 picks a free port (logged at start)";
     "orgs.source" => orgs.source: Choice(ORG_SOURCE_CHOICES), default Some("synthetic"),
         "where organizations come from: \"synthetic\" (orgs.count of them) or \"file\" (JSON lines at orgs.path)";
     "orgs.count" => orgs.count: Int(0, 10_000_000), default Some("200"),

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use args::{ConfigArgs, FanOutArgs, JobArgs, WorkerArgs};
+pub use args::{ConfigArgs, FanOutArgs, JobArgs, ServeArgs, WorkerArgs};
 pub use error::{ConfigError, Problem};
 pub use keys::{KEYS, KeySpec, env_var_for};
 pub use load::{Env, FlagValue, Source, load};
@@ -130,6 +130,8 @@ pub struct ScheduleConfig {
     pub when_paused: WhenPaused,
     /// What a tick does while an earlier run is still open.
     pub overlap: Overlap,
+    /// Where `serve` answers /metrics, /healthz and /readyz.
+    pub metrics_addr: SocketAddr,
 }
 
 /// What a scheduler tick does while an earlier run is still open (`schedule.overlap`).
@@ -374,7 +376,12 @@ impl Default for Config {
             redis: RedisConfig::default(),
             slots: SlotsConfig::default(),
             batch: BatchConfig::default(),
-            schedule: ScheduleConfig { cron: HOURLY.clone(), when_paused: WhenPaused::Enqueue, overlap: Overlap::Skip },
+            schedule: ScheduleConfig {
+                cron: HOURLY.clone(),
+                when_paused: WhenPaused::Enqueue,
+                overlap: Overlap::Skip,
+                metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            },
             orgs: OrgsConfig::default(),
             query: QueryConfig::default(),
             sink: SinkConfig::default(),

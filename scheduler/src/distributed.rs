@@ -13,7 +13,13 @@ use projector_shared::run::RunSummary;
 use projector_shared::run_record::RunRecords;
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+
+use projector_worker::metrics_http::{METRICS_UPKEEP_EVERY, serve_endpoints};
+use projector_worker::services::Services;
+
 use crate::error::Error;
+use crate::health::{self, RunGauges, SchedulerReadiness};
 use crate::fanout::{Plan, WaitEnd, enqueue, take_tick_lock, wait_for_run};
 use crate::orgs::list_orgs;
 
@@ -142,8 +148,31 @@ pub async fn limit_in_force(config: &Config) -> (u32, &'static str) {
 /// Fans out at every tick of `schedule.cron` until `shutdown`. Every replica wakes at the tick;
 /// the one that takes the tick's lock fans out, the others log and wait for the next tick.
 pub async fn serve(config: &Config, shutdown: CancellationToken) -> Result<(), Error> {
-    let schedule = &config.schedule.cron;
     let conn = connect(config)?;
+    projector_shared::redis_conn::check_at_start(&conn, "the scheduler").await?;
+    let readiness = SchedulerReadiness::new(conn.clone());
+    let services = Services::new(shutdown.clone());
+    let (_, server, upkeep) =
+        serve_endpoints(config.schedule.metrics_addr, readiness.clone(), health::register_series, shutdown.clone()).await?;
+    services.spawn("metrics_server", server);
+    services.spawn_every(Arc::new(upkeep), METRICS_UPKEEP_EVERY);
+    let gauges = RunGauges::new(RunRecords::for_config(conn.clone(), &config.runs));
+    services.spawn_every(Arc::new(gauges), RUN_GAUGES_EVERY);
+    readiness.set_tick_loop_running(true);
+    let result = tick_loop(config, &conn, &shutdown).await;
+    readiness.set_tick_loop_running(false);
+    // The endpoint and the gauges end with the loop.
+    shutdown.cancel();
+    services.wait().await;
+    result
+}
+
+/// How often the run gauges are read from the run record.
+const RUN_GAUGES_EVERY: Duration = Duration::from_secs(5);
+
+/// The ticks of `schedule.cron`, each fanned out by the replica that takes its lock.
+async fn tick_loop(config: &Config, conn: &RedisConn, shutdown: &CancellationToken) -> Result<(), Error> {
+    let schedule = &config.schedule.cron;
     let owner = format!("scheduler-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let endpoint = projector_shared::redis_conn::Endpoint::from(&config.redis);
     tracing::info!(cron = %config.schedule.cron.source(), owner = %owner, redis = %endpoint.redacted(), orgs_source = ?config.orgs.source, "scheduler serving");
@@ -157,7 +186,7 @@ pub async fn serve(config: &Config, shutdown: CancellationToken) -> Result<(), E
         }
         let run_id = RunId::for_tick(tick);
         if config.schedule.when_paused == WhenPaused::Skip {
-            match projector_shared::pause::paused(&conn).await {
+            match projector_shared::pause::paused(conn).await {
                 Ok(Some(pause)) => {
                     tracing::warn!(
                         run_id = %run_id, reason = %pause.reason,
@@ -172,7 +201,7 @@ pub async fn serve(config: &Config, shutdown: CancellationToken) -> Result<(), E
             }
         }
         // Held well past the fan-out so a slow replica waking late cannot fan out again.
-        match take_tick_lock(&conn, &run_id, &owner, Duration::from_secs(3600)).await {
+        match take_tick_lock(conn, &run_id, &owner, Duration::from_secs(3600)).await {
             Ok(true) => {}
             Ok(false) => {
                 tracing::info!(run_id = %run_id, "another scheduler replica fans out this tick");
@@ -180,17 +209,18 @@ pub async fn serve(config: &Config, shutdown: CancellationToken) -> Result<(), E
                 continue;
             }
             Err(e) => {
-                tracing::error!(run_id = %run_id, error = %e, "cannot take the tick lock; tick skipped (re-run it with run-once --tick)");
+                metrics::counter!(m::SCHEDULER_TICKS_TOTAL, "outcome" => "failed").increment(1);
+                tracing::error!(run_id = %run_id, error = %e, "cannot take the tick lock; tick skipped (re-run it with run-once --tick {})", tick.to_rfc3339());
                 continue;
             }
         }
         let records = RunRecords::for_config(conn.clone(), &config.runs);
-        if !overlap_allows(config, &records, &run_id, tick, next_tick, &shutdown).await {
+        if !overlap_allows(config, &records, &run_id, tick, next_tick, shutdown).await {
             continue;
         }
         let result = async {
-            let plan = plan(config, &conn, run_id.clone(), tick).await?;
-            enqueue(&conn, &plan).await.map(|e| (plan.jobs.len(), e))
+            let plan = plan(config, conn, run_id.clone(), tick).await?;
+            enqueue(conn, &plan).await.map(|e| (plan.jobs.len(), e))
         }
         .await;
         match result {

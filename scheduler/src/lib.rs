@@ -5,6 +5,7 @@ pub mod distributed;
 pub mod embedded;
 pub mod error;
 pub mod fanout;
+pub mod health;
 pub mod orgs;
 pub mod progress;
 pub mod report;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use projector_config::{ConfigArgs, FanOutArgs, JobArgs};
+use projector_config::{ConfigArgs, FanOutArgs, JobArgs, ServeArgs};
 use projector_process::telemetry::{self, LogFormat};
 use projector_scheduler::distributed::{RunOnceMode, RunOnceResult, Which, limit_in_force, run_once, serve};
 use projector_scheduler::embedded::{EmbeddedOptions, run_embedded};
@@ -45,11 +45,17 @@ enum Command {
     RunOnce(Box<RunOnceArgs>),
     /// Fan out at every tick of schedule.cron until SIGTERM. Several replicas may run: exactly one
     /// fans out each tick (a Redis lock keyed by the tick).
+    ///
+    /// Serves /metrics (ticks, the last fan-out, the last finished run), /healthz and /readyz
+    /// (Redis answers and the tick loop runs) on schedule.metrics_addr. Exits 1 at start when
+    /// Redis refuses the credentials.
     Serve {
         #[command(flatten)]
         config: ConfigArgs,
         #[command(flatten)]
         fan_out: FanOutArgs,
+        #[command(flatten)]
+        serve: ServeArgs,
     },
 }
 
@@ -108,7 +114,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     let loaded = match &cli.command {
-        Command::Serve { config, fan_out } => config.load(fan_out.flag_values()),
+        Command::Serve { config, fan_out, serve } => config.load([fan_out.flag_values(), serve.flag_values()].concat()),
         Command::RunOnce(args) => args.config.load([args.fan_out.flag_values(), args.jobs.flag_values()].concat()),
     };
     let config = match projector_process::runtime::config_or_exit(loaded) {

@@ -23,6 +23,6 @@ pub mod slots;
 pub mod synthetic;
 pub mod trail;
 
-pub use error::Error;
+pub use error::{Error, RedisFailure};
 pub use ids::{OrgId, ProjectId, RunId};
 pub use job::SpikeProjectionJob;

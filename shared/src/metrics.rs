@@ -67,6 +67,18 @@ pub const SLOT_KEPT_AFTER_ABANDON_TOTAL: &str = "projector_slot_kept_after_aband
 /// earlier run still open, `schedule.overlap`), `replaced` (the open run cancelled first),
 /// `skipped_paused`, `other_replica`, `failed`.
 pub const SCHEDULER_TICKS_TOTAL: &str = "projector_scheduler_ticks_total";
+/// When the newest run of the fleet had every job in the queue (Unix seconds; gauge, from the
+/// run record, reported by `projector-scheduler serve`; aggregate with `max()`).
+pub const RUN_LAST_FANOUT_SECONDS: &str = "projector_run_last_fanout_timestamp_seconds";
+/// When the newest finished run recorded its last org (Unix seconds; gauge, from the run record).
+/// An hourly schedule that stops finishing runs shows here first: alert when it is older than two periods.
+pub const RUN_LAST_FINISHED_SECONDS: &str = "projector_run_last_finished_timestamp_seconds";
+/// How long the newest finished run took, from its tick to its last org (gauge, seconds).
+pub const RUN_LAST_DURATION_SECONDS: &str = "projector_run_last_duration_seconds";
+/// The newest finished run's orgs per outcome (gauge, labelled `outcome`).
+pub const RUN_LAST_ORGS: &str = "projector_run_last_orgs";
+/// Runs fanning out or running now (gauge, from the run record).
+pub const RUNS_OPEN: &str = "projector_runs_open";
 /// How many seconds after its deadline the latest open run is predicted to finish, at the pace
 /// so far (0: on time, or nothing to predict). Gauge; every worker reports the same fleet-wide
 /// value: aggregate with `max()`.

@@ -353,3 +353,34 @@ mod tests {
         assert_eq!(redact_text("connection to redis://:s3cret@host:1 refused", &e), "connection to redis://:***@host:1 refused");
     }
 }
+
+/// Asks Redis a PING within `budget`, for a process starting or a readiness probe: `Ok`, or the
+/// failure classed ([`crate::RedisFailure`]) so that a wrong password reads as one, not as "no
+/// answer". A budget that passes is a [`crate::RedisFailure::Timeout`].
+pub async fn check(conn: &RedisConn, budget: Duration) -> Result<(), crate::Error> {
+    let mut conn = conn.clone();
+    let ping = redis::cmd("PING");
+    match tokio::time::timeout(budget, ping.query_async::<String>(&mut conn)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(crate::Error::redis("checking Redis (PING)")(e)),
+        Err(_) => Err(crate::Error::Redis {
+            doing: "checking Redis (PING)".to_owned(),
+            failure: crate::RedisFailure::Timeout,
+            detail: format!("no answer within {budget:?}"),
+        }),
+    }
+}
+
+/// At a process's start: a failure no retry can mend (wrong credentials) is returned, so the
+/// process exits 1 with that line instead of starting and failing every job; one that may pass
+/// (Redis still starting) is logged, and the process goes on and retries as it runs.
+pub async fn check_at_start(conn: &RedisConn, who: &str) -> Result<(), crate::Error> {
+    match check(conn, Duration::from_secs(5)).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_fatal() => Err(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "{who} starts although Redis does not answer yet; it retries as it runs");
+            Ok(())
+        }
+    }
+}

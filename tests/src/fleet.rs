@@ -19,6 +19,7 @@ pub fn env_with(redis_url: String, query_url: &str, extra: &[(&str, &str)]) -> V
         ("PROJECTOR_QUERY_SOURCE".into(), "snuba".into()),
         ("PROJECTOR_QUERY_URL".into(), query_url.to_owned()),
         ("PROJECTOR_WORKER_METRICS_ADDR".into(), "127.0.0.1:0".into()),
+        ("PROJECTOR_SCHEDULE_METRICS_ADDR".into(), "127.0.0.1:0".into()),
         ("PROJECTOR_WORKER_HOUSEKEEPING_INTERVAL".into(), "100ms".into()),
         ("RUST_LOG".into(), "info".into()),
     ];

@@ -80,10 +80,11 @@ impl RedisServer {
         self.child = Some(child);
         let url = self.url();
         wait_until(Duration::from_secs(10), "redis-server answers PING", || {
-            redis::Client::open(url.as_str())
+            let answer = redis::Client::open(url.as_str())
                 .and_then(|c| c.get_connection())
-                .and_then(|mut conn| redis::cmd("PING").query::<String>(&mut conn))
-                .is_ok()
+                .and_then(|mut conn| redis::cmd("PING").query::<String>(&mut conn));
+            // A server started with --requirepass answers too: it asks for the password.
+            answer.is_ok() || answer.is_err_and(|e| e.code() == Some("NOAUTH"))
         });
     }
 

@@ -30,6 +30,7 @@ impl Cluster {
             ("PROJECTOR_QUERY_SOURCE".into(), "snuba".into()),
             ("PROJECTOR_QUERY_URL".into(), fake.url()),
             ("PROJECTOR_WORKER_METRICS_ADDR".into(), "127.0.0.1:0".into()),
+            ("PROJECTOR_SCHEDULE_METRICS_ADDR".into(), "127.0.0.1:0".into()),
             ("PROJECTOR_WORKER_HOUSEKEEPING_INTERVAL".into(), "100ms".into()),
             ("RUST_LOG".into(), "info".into()),
         ];

@@ -18,6 +18,7 @@ fn env(redis: &RedisServer, fake: &FakeSnuba) -> Vec<(String, String)> {
         ("PROJECTOR_QUERY_SOURCE".into(), "snuba".into()),
         ("PROJECTOR_QUERY_URL".into(), fake.url()),
         ("PROJECTOR_WORKER_METRICS_ADDR".into(), "127.0.0.1:0".into()),
+        ("PROJECTOR_SCHEDULE_METRICS_ADDR".into(), "127.0.0.1:0".into()),
         // Short periods so tests wait for conditions, not for defaults meant for production.
         ("PROJECTOR_WORKER_ROLLOUT_REFRESH".into(), "100ms".into()),
         ("PROJECTOR_WORKER_HOUSEKEEPING_INTERVAL".into(), "100ms".into()),
@@ -899,4 +900,60 @@ fn a_fan_out_announces_ready_jobs_to_the_workers() {
     assert!(heard.try_iter().count() >= 1, "the fan-out announced its ready jobs");
     drop(heard);
     drop(listener);
+}
+
+#[test]
+fn serve_exports_its_ticks_and_the_last_finished_run_and_is_ready_only_while_redis_answers() {
+    let mut redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &[]);
+    let env = env(&redis, &fake);
+    let _w = worker(&env, &[]);
+    let mut cmd = command(workspace_bin("projector-scheduler"));
+    cmd.args(["serve", "--orgs", "5", "--batch-delay", "0s", "--set", "schedule.cron=*/2 * * * * *"])
+        .envs(env.iter().cloned())
+        .stdout(Stdio::null());
+    let serve = Proc::spawn(cmd);
+    let addr = metrics_addr(&serve);
+    let mut metrics = String::new();
+    wait_until_or(
+        Duration::from_secs(60),
+        || {
+            metrics = projector_tests::scrape(&addr);
+            let finished = projector_tests::sample(&metrics, "projector_run_last_finished_timestamp_seconds");
+            finished.is_some_and(|at| at > 0.0)
+        },
+        || format!("no finished run was exported: {}", serve.stderr()),
+    );
+    let sample = |series: &str| projector_tests::sample(&metrics, series);
+    assert!(sample(r#"projector_scheduler_ticks_total{outcome="fanned_out"}"#).is_some_and(|n| n >= 1.0), "{metrics}");
+    assert_eq!(sample(r#"projector_run_last_orgs{outcome="completed"}"#), Some(5.0), "{metrics}");
+    assert!(sample("projector_run_last_duration_seconds").is_some_and(|s| s > 0.0), "{metrics}");
+    assert!(sample("projector_run_last_fanout_timestamp_seconds").is_some_and(|s| s > 0.0), "{metrics}");
+    assert_eq!(get(&addr, "/readyz").0, 200);
+    redis.kill();
+    wait_until(Duration::from_secs(30), "/readyz reports Redis gone", || {
+        let (status, body) = get(&addr, "/readyz");
+        status == 503 && body.contains("redis unreachable")
+    });
+    assert_eq!(get(&addr, "/healthz"), (200, "ok".to_owned()), "liveness holds while Redis is down");
+}
+
+#[test]
+fn a_wrong_redis_password_stops_each_process_at_start_with_a_line_that_names_it() {
+    let redis = RedisServer::start_with(&["--requirepass", "right-password"]);
+    let fake = FakeSnuba::start(FAKE, &[]);
+    for url in [format!("{}?pass=wrong-password", redis.url()), redis.url()] {
+        let mut env = env(&redis, &fake);
+        env.retain(|(k, _)| k != "PROJECTOR_REDIS_URL");
+        env.push(("PROJECTOR_REDIS_URL".into(), url.clone()));
+        for (bin, args) in [("projector-worker", &["run"][..]), ("projector-scheduler", &["serve"][..])] {
+            let mut cmd = command(workspace_bin(bin));
+            cmd.args(args).envs(env.iter().cloned()).stdout(Stdio::null());
+            let out = Proc::spawn(cmd).wait_with_output(Duration::from_secs(30));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{bin} with {url} exits 1: {stderr}");
+            assert!(stderr.contains("redis refused the credentials") && stderr.contains("check the user and password"), "{bin}: {stderr}");
+            assert!(!stderr.contains("worker started"), "{bin} does not claim to have started: {stderr}");
+        }
+    }
 }

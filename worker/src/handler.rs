@@ -122,7 +122,7 @@ impl Rescheduler {
         // The reschedule's own dedupe member (`<org>:r<n>`): not a duplicate of the job it follows.
         let task = queue::task(&next, run_at);
         queue::push(&self.conn, &job.run_id, &[task], self.dedup_window).await.map(|_| ()).map_err(|e| {
-            Error::Shared(projector_shared::Error::Redis { doing: format!("rescheduling org {}", job.org_id), detail: e.to_string() })
+            Error::Shared(projector_shared::Error::redis(format!("rescheduling org {}", job.org_id))(e))
         })
     }
 }

@@ -76,6 +76,7 @@ fn main() -> ExitCode {
 async fn run(config: projector_config::Config) -> anyhow::Result<()> {
     let shutdown = projector_process::shutdown::on_signal();
     let (_, health_conn) = projector_shared::redis_conn::connection_manager(&config.redis, std::time::Duration::from_secs(1))?;
+    projector_shared::redis_conn::check_at_start(&health_conn, "the worker").await?;
     let readiness = projector_worker::metrics_http::Readiness::new(health_conn);
     let services = projector_worker::services::Services::new(shutdown.clone());
     let (_, server, upkeep) =

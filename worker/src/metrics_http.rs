@@ -63,13 +63,7 @@ impl Readiness {
         if failures >= FAILING_AFTER {
             return Err(format!("job loop keeps failing ({failures} failures in a row; see the worker's log)"));
         }
-        let mut conn = self.conn.clone();
-        let ping = redis::cmd("PING");
-        match tokio::time::timeout(Duration::from_secs(1), ping.query_async::<String>(&mut conn)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("redis does not answer: {e}")),
-            Err(_) => Err("redis does not answer within 1s".to_owned()),
-        }
+        projector_shared::redis_conn::check(&self.conn, Duration::from_secs(1)).await.map_err(|e| e.to_string())
     }
 }
 
@@ -93,14 +87,36 @@ impl crate::services::Periodic for MetricsUpkeep {
     }
 }
 
-/// Installs the Prometheus recorder (histograms with buckets that fit slot waits and queries),
-/// registers every series at zero so dashboards and alerts see them before the first event, and
-/// serves on `addr` until `shutdown`. Returns the bound address, the server task and the
-/// recorder's upkeep (run it every [`METRICS_UPKEEP_EVERY`]). Fails (so the process exits with a
-/// clear message) if the address is taken.
+/// A readiness check for `/readyz`: `Ok` when ready, otherwise why not (shown to the caller).
+pub trait ReadyCheck: Clone + Send + Sync + 'static {
+    fn check(&self) -> BoxFuture<'_, Result<(), String>>;
+}
+
+impl ReadyCheck for Readiness {
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(Readiness::check(self))
+    }
+}
+
+/// The worker's endpoint: [`serve_endpoints`] with every worker series registered at zero.
 pub async fn serve(
     addr: SocketAddr,
     readiness: Readiness,
+    shutdown: CancellationToken,
+) -> Result<(SocketAddr, impl Future<Output = ()> + Send + 'static, MetricsUpkeep), Error> {
+    serve_endpoints(addr, readiness, register_every_series, shutdown).await
+}
+
+/// Installs the Prometheus recorder (histograms with buckets that fit slot waits and queries),
+/// runs `register` so dashboards and alerts see its series before the first event, and serves
+/// `/metrics`, `/healthz` and `/readyz` (by `ready`) on `addr` until `shutdown`. Returns the
+/// bound address, the server task and the recorder's upkeep (run it every
+/// [`METRICS_UPKEEP_EVERY`]). Fails (so the process exits with a clear message) if the address
+/// is taken.
+pub async fn serve_endpoints(
+    addr: SocketAddr,
+    ready: impl ReadyCheck,
+    register: fn(),
     shutdown: CancellationToken,
 ) -> Result<(SocketAddr, impl Future<Output = ()> + Send + 'static, MetricsUpkeep), Error> {
     let mut builder = PrometheusBuilder::new();
@@ -110,20 +126,20 @@ pub async fn serve(
             .map_err(|e| Error::Metrics { addr, detail: e.to_string() })?;
     }
     let handle = builder.install_recorder().map_err(|e| Error::Metrics { addr, detail: e.to_string() })?;
-    register_every_series();
+    register();
     let upkeep = MetricsUpkeep { handle: handle.clone() };
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| Error::Metrics {
         addr,
-        detail: format!("{e} (another worker on this host? give each its own --metrics-addr, or port 0 for a free one)"),
+        detail: format!("{e} (another process on this host? give each its own metrics address, or port 0 for a free one)"),
     })?;
     let bound = listener.local_addr().unwrap_or(addr);
     let app =
         Router::new().route("/metrics", get(move || std::future::ready(handle.render()))).route("/healthz", get(|| async { "ok" })).route(
             "/readyz",
             get(move || {
-                let readiness = readiness.clone();
+                let ready = ready.clone();
                 async move {
-                    match readiness.check().await {
+                    match ready.check().await {
                         Ok(()) => (StatusCode::OK, "ready".to_owned()),
                         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
                     }

@@ -1,0 +1,109 @@
+//! What `projector-scheduler serve` tells Prometheus and load balancers: `/readyz` (Redis
+//! answers and the tick loop runs) and the run gauges, read from the run record in Redis so
+//! that every replica reports the same fleet-wide values (aggregate them with `max()`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use projector_shared::metrics as m;
+use projector_shared::redis_conn::RedisConn;
+use projector_shared::run::Outcome;
+use projector_shared::run_record::{RunOverview, RunRecords, RunState};
+use projector_worker::metrics_http::ReadyCheck;
+
+/// `/readyz` of the scheduler: the tick loop runs and Redis answers a PING within a second.
+#[derive(Clone)]
+pub struct SchedulerReadiness {
+    tick_loop_running: Arc<AtomicBool>,
+    conn: RedisConn,
+}
+
+impl SchedulerReadiness {
+    pub fn new(conn: RedisConn) -> Self {
+        SchedulerReadiness { tick_loop_running: Arc::new(AtomicBool::new(false)), conn }
+    }
+
+    /// The tick loop says whether it runs.
+    pub fn set_tick_loop_running(&self, running: bool) {
+        self.tick_loop_running.store(running, Ordering::SeqCst);
+    }
+}
+
+impl ReadyCheck for SchedulerReadiness {
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            if !self.tick_loop_running.load(Ordering::SeqCst) {
+                return Err("tick loop not running (starting or stopping)".to_owned());
+            }
+            projector_shared::redis_conn::check(&self.conn, Duration::from_secs(1)).await.map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// Every outcome a tick can have, as `projector_scheduler_ticks_total`'s `outcome` label.
+pub const TICK_OUTCOMES: &[&str] = &["fanned_out", "skipped_overlap", "replaced", "skipped_paused", "other_replica", "failed"];
+
+/// The scheduler's series at zero, so that alerts and dashboards see them before the first tick.
+pub fn register_series() {
+    for outcome in TICK_OUTCOMES {
+        metrics::counter!(m::SCHEDULER_TICKS_TOTAL, "outcome" => *outcome).increment(0);
+    }
+    metrics::gauge!(m::RUNS_OPEN).set(0.0);
+    for outcome in Outcome::ALL {
+        metrics::gauge!(m::RUN_LAST_ORGS, "outcome" => outcome.as_str()).set(0.0);
+    }
+}
+
+/// Runs looked at for the gauges: far more than are ever open at once.
+const RECENT_RUNS: usize = 50;
+
+/// Refreshes the run gauges from the run record: the last fan-out, the last finished run (when,
+/// how long, its outcomes) and how many runs are open. A read that fails leaves the gauges as they
+/// were; the timestamps then age, which is what the alerts watch.
+pub struct RunGauges {
+    records: RunRecords,
+}
+
+impl RunGauges {
+    pub fn new(records: RunRecords) -> Self {
+        RunGauges { records }
+    }
+
+    /// Sets the gauges from `recent` runs, newest first.
+    pub fn set_from(recent: &[RunOverview]) {
+        let open = recent.iter().filter(|r| matches!(r.state(), RunState::Running | RunState::FanningOut)).count();
+        metrics::gauge!(m::RUNS_OPEN).set(open as f64);
+        if let Some(fanned_out) = recent.iter().filter_map(|r| r.fanned_out).max() {
+            metrics::gauge!(m::RUN_LAST_FANOUT_SECONDS).set(fanned_out.timestamp_millis() as f64 / 1000.0);
+        }
+        let Some((run, finished)) =
+            recent.iter().filter(|r| r.state() == RunState::Done).filter_map(|r| r.finished.map(|f| (r, f))).max_by_key(|(_, f)| *f)
+        else {
+            return;
+        };
+        metrics::gauge!(m::RUN_LAST_FINISHED_SECONDS).set(finished.timestamp_millis() as f64 / 1000.0);
+        if let Some(ms) = run.duration_ms(finished) {
+            metrics::gauge!(m::RUN_LAST_DURATION_SECONDS).set(ms as f64 / 1000.0);
+        }
+        for (outcome, n) in &run.counts {
+            metrics::gauge!(m::RUN_LAST_ORGS, "outcome" => outcome.as_str()).set(*n as f64);
+        }
+    }
+}
+
+impl projector_worker::services::Periodic for RunGauges {
+    fn name(&self) -> &'static str {
+        "run_gauges"
+    }
+
+    fn run_once(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            match self.records.recent(RECENT_RUNS).await {
+                Ok(recent) => RunGauges::set_from(&recent),
+                Err(e) => tracing::warn!(error = %e, "cannot read the recent runs for the run gauges; they keep their last values"),
+            }
+        })
+    }
+}
