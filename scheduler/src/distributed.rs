@@ -19,8 +19,8 @@ use projector_worker::metrics_http::{METRICS_UPKEEP_EVERY, serve_endpoints};
 use projector_worker::services::Services;
 
 use crate::error::Error;
-use crate::health::{self, RunGauges, SchedulerReadiness};
 use crate::fanout::{Plan, WaitEnd, enqueue, take_tick_lock, wait_for_run};
+use crate::health::{self, RunGauges, SchedulerReadiness};
 use crate::orgs::list_orgs;
 
 /// What `run-once` was asked to do besides fanning out.

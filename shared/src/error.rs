@@ -97,7 +97,10 @@ impl RedisFailure {
             )
         {
             RedisFailure::Unreachable
-        } else if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) || text.contains("Error running script") || text.contains("user_script") {
+        } else if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
+            || text.contains("Error running script")
+            || text.contains("user_script")
+        {
             RedisFailure::Script
         } else {
             RedisFailure::Other
@@ -136,9 +139,7 @@ impl RedisFailure {
         match self {
             RedisFailure::Unreachable => "check redis.url and that Redis is up",
             RedisFailure::Timeout => "Redis or the network is slow: check `redis-cli --latency` and Redis's CPU",
-            RedisFailure::Auth => {
-                "check the user and password in redis.url (redis://user:password@host); this does not heal by retrying"
-            }
+            RedisFailure::Auth => "check the user and password in redis.url (redis://user:password@host); this does not heal by retrying",
             RedisFailure::OutOfMemory => {
                 "writes fail until memory is freed: raise maxmemory, or shorten runs.retention and purge old jobs (projectorctl jobs purge)"
             }

@@ -24,13 +24,37 @@ pub struct SpikeProjectionJob {
     /// 0 for the run's own job; n for the n-th follow-up attempt (`projectorctl runs retry`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attempt: u32,
-    /// Why the try before this one did not end the org (a retried failure, a refusal), for the
-    /// trail; cut to the trail's message length.
+    /// Why the try before this one did not end the org, as jobs enqueued before `tries` carried
+    /// it: read, never written ([`SpikeProjectionJob::earlier_tries`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_try: Option<String>,
+    /// How each earlier try ended (a retried failure, a refusal) and the wait before the next,
+    /// oldest first, the last [`KEPT_TRIES`] of them, for the trail; each cut to the trail's
+    /// message length.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tries: Vec<String>,
     /// When the run must be over: no try is retried past it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<DateTime<Utc>>,
+}
+
+/// Earlier tries a job carries for its trail: past this many, the oldest are counted, not kept.
+pub const KEPT_TRIES: usize = 8;
+
+impl SpikeProjectionJob {
+    /// How the earlier tries ended, oldest first (a job of an older fan-out carried one).
+    pub fn earlier_tries(&self) -> Vec<String> {
+        if self.tries.is_empty() { self.last_try.iter().cloned().collect() } else { self.tries.clone() }
+    }
+
+    /// The job's next try, carrying how this one ended (`this_try`), the last [`KEPT_TRIES`] kept.
+    pub fn next_try(&self, this_try: Option<String>) -> SpikeProjectionJob {
+        let mut tries = self.earlier_tries();
+        tries.extend(this_try);
+        let drop = tries.len().saturating_sub(KEPT_TRIES);
+        tries.drain(..drop);
+        SpikeProjectionJob { reschedules: self.reschedules + 1, last_try: None, tries, ..self.clone() }
+    }
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -78,6 +102,7 @@ impl SpikeProjectionJob {
             reschedules: 0,
             attempt: 0,
             last_try: None,
+            tries: Vec::new(),
             deadline: None,
         }
     }
@@ -109,6 +134,7 @@ mod tests {
             reschedules: 0,
             attempt: 0,
             last_try: None,
+            tries: Vec::new(),
             deadline: None,
         }
     }
@@ -143,5 +169,24 @@ mod tests {
         assert_eq!(wire["attempt"], 2);
         let first: serde_json::Value = serde_json::from_slice(&job().encode()).expect("JSON");
         assert!(first.get("attempt").is_none() && first.get("reschedules").is_none(), "zeros stay off the wire: {first}");
+    }
+
+    #[test]
+    fn each_try_is_carried_to_the_next_and_only_the_last_few_are_kept() {
+        let mut j = job();
+        j.last_try = Some("timeout: an older payload's try".into());
+        assert_eq!(j.earlier_tries(), ["timeout: an older payload's try"], "a job of an older fan-out is read");
+        for n in 1..=10 {
+            j = j.next_try(Some(format!("server_error: try {n}")));
+        }
+        assert_eq!(j.reschedules, 10);
+        assert_eq!(j.last_try, None);
+        assert_eq!(j.tries.len(), KEPT_TRIES);
+        assert_eq!(j.tries.first().map(String::as_str), Some("server_error: try 3"));
+        assert_eq!(j.tries.last().map(String::as_str), Some("server_error: try 10"));
+        let step = crate::trail::Step::Rescheduled { times: j.reschedules, last: None, tries: j.tries.clone() };
+        let line = step.describe();
+        assert!(line.starts_with("tried again: 10 earlier tries; try 3: server_error: try 3;"), "{line}");
+        assert!(line.ends_with("try 10: server_error: try 10"), "{line}");
     }
 }

@@ -31,7 +31,11 @@ pub async fn pause(conn: &RedisConn, reason: &str) -> Result<Pause, Error> {
         .query_async(&mut conn)
         .await
         .map_err(Error::redis("pausing the fleet"))?;
-    paused(&conn).await?.ok_or_else(|| Error::Redis { doing: "pausing the fleet".to_owned(), failure: crate::RedisFailure::Other, detail: "the pause did not stick".to_owned() })
+    paused(&conn).await?.ok_or_else(|| Error::Redis {
+        doing: "pausing the fleet".to_owned(),
+        failure: crate::RedisFailure::Other,
+        detail: "the pause did not stick".to_owned(),
+    })
 }
 
 /// Ends the pause; `false` when there was none.

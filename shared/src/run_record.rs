@@ -248,9 +248,11 @@ impl RunRecords {
             .await
             .map_err(Error::redis(doing()))?;
         let (Some(tick), Some(orgs_total)) = (tick, total) else { return Ok(None) };
-        let tick = DateTime::parse_from_rfc3339(&tick)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|e| Error::Redis { doing: doing(), failure: crate::RedisFailure::Other, detail: format!("bad tick {tick:?}: {e}") })?;
+        let tick = DateTime::parse_from_rfc3339(&tick).map(|t| t.with_timezone(&Utc)).map_err(|e| Error::Redis {
+            doing: doing(),
+            failure: crate::RedisFailure::Other,
+            detail: format!("bad tick {tick:?}: {e}"),
+        })?;
         let mut orgs = Vec::new();
         let mut cursor = 0u64;
         loop {

@@ -54,11 +54,15 @@ pub enum Step {
     Store { ok: bool, token: u64, projects: usize, ms: u64 },
     /// Before this try, the job went back to the queue this many times: after a try that failed
     /// in a way that may pass or was refused (`runs.max_attempts`), or a slot timeout or rate
-    /// refusal (`slots.on_timeout = "reschedule"`); `last` is how the try before this one ended.
+    /// refusal (`slots.on_timeout = "reschedule"`). `tries`: how each earlier try ended and the
+    /// wait before the next, oldest first (the last [`crate::job::KEPT_TRIES`]); `last`: the one
+    /// before this, as trails recorded before `tries` kept it.
     Rescheduled {
         times: u32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         last: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tries: Vec<String>,
     },
     /// An operator cancelled the run before this org ran.
     Cancelled,
@@ -96,11 +100,17 @@ impl Step {
                 let result = if *ok { "stored" } else { "failed" };
                 format!("store: {result} {projects} projections in {ms} ms, fencing token {token}")
             }
-            Step::Rescheduled { times, last: Some(last) } => {
-                format!("tried again: {times} earlier tr{}; the one before this ended: {last}", if *times == 1 { "y" } else { "ies" })
-            }
-            Step::Rescheduled { times, last: None } => {
-                format!("rescheduled {times} time(s) before this try (no slot or no rate admission in time; slots.on_timeout = reschedule)")
+            Step::Rescheduled { times, last, tries } => {
+                let tries: Vec<&String> = if tries.is_empty() { last.iter().collect() } else { tries.iter().collect() };
+                if tries.is_empty() {
+                    return format!(
+                        "rescheduled {times} time(s) before this try (no slot or no rate admission in time; slots.on_timeout = reschedule)"
+                    );
+                }
+                // The kept tries are the last ones: number them from the first kept.
+                let first = (*times as usize + 1).saturating_sub(tries.len()).max(1);
+                let each: Vec<String> = tries.iter().enumerate().map(|(i, t)| format!("try {}: {t}", first + i)).collect();
+                format!("tried again: {times} earlier tr{}; {}", if *times == 1 { "y" } else { "ies" }, each.join("; "))
             }
             Step::Cancelled => "cancelled by an operator before it ran".to_owned(),
             Step::Deadline => "not run: the run's deadline passed first (runs.deadline)".to_owned(),

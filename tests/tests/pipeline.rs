@@ -602,6 +602,7 @@ fn a_duplicate_delivery_is_acknowledged_without_a_second_query_and_metrics_are_s
             reschedules: 0,
             attempt: 0,
             last_try: None,
+            tries: Vec::new(),
             deadline: None,
         };
         let task = apalis::prelude::TaskBuilder::new(job.encode()).build();
@@ -665,6 +666,7 @@ fn jobs_for_unplanned_orgs_or_unknown_runs_are_refused_without_a_query() {
             reschedules: 0,
             attempt: 0,
             last_try: None,
+            tries: Vec::new(),
             deadline: None,
         };
         let tasks: Vec<_> =

@@ -321,12 +321,27 @@ fn transient_failures_are_tried_again_until_the_org_completes_or_its_tries_run_o
     // Per try: 50 % succeed, 40 % fail in a way that may pass, 10 % are malformed: about 81 of
     // 100 complete on average; the bound is 4 standard deviations below.
     assert!(completed >= 65, "{shown}");
-    // The trail of an org that completed after a retry says how its earlier try ended.
-    let org = retried.iter().find(|o| !reasons(&shown).iter().any(|(n, _, _)| n == *o)).expect("a retried org completed");
+    // The trail of an org that completed after retries lists every earlier try: how it ended
+    // and the wait before the next.
+    let completed_after_retries = retried
+        .iter()
+        .filter(|o| !reasons(&shown).iter().any(|(n, _, _)| n == *o))
+        .max_by_key(|o| tries(**o))
+        .expect("a retried org completed");
+    let org = *completed_after_retries;
     let why = ctl(&env, &["explain", &run_id, &org.to_string()]);
     let steps = why["attempts"][0]["steps"].as_array().cloned().unwrap_or_default();
     let rescheduled = steps.iter().find(|s| s["step"] == "rescheduled").cloned().unwrap_or_else(|| panic!("no rescheduled step: {why}"));
-    assert!(rescheduled["last"].as_str().is_some_and(|l| l.starts_with("server_error") || l.starts_with("timeout")), "{why}");
+    let earlier = rescheduled["tries"].as_array().cloned().unwrap_or_default();
+    assert_eq!(earlier.len() as u64, tries(org) - 1, "one entry per earlier try of org {org}: {why}");
+    for t in &earlier {
+        let t = t.as_str().unwrap_or_default();
+        assert!(t.starts_with("server_error") || t.starts_with("timeout"), "{why}");
+        assert!(t.contains("tried again after"), "each try names its backoff: {why}");
+    }
+    let text =
+        projector_tests::fleet::text(&projector_tests::fleet::run("projectorctl", &env, &["explain", &run_id, &org.to_string()]).stdout);
+    assert!(text.contains("try 1:"), "explain prints each try: {text}");
 }
 
 /// A scheduler ticking every second against runs that take several: under each

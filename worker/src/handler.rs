@@ -113,7 +113,7 @@ impl Rescheduler {
     /// Puts the job back: at `retry_after` (rounded up to the second) when the rate policy named
     /// one, else after a jittered exponential backoff.
     async fn reschedule(&self, job: &SpikeProjectionJob, retry_after: Option<Duration>, last_try: Option<String>) -> Result<(), Error> {
-        let next = SpikeProjectionJob { reschedules: job.reschedules + 1, last_try, ..job.clone() };
+        let next = job.next_try(last_try);
         let backoff = match retry_after {
             Some(after) => after.as_secs() + u64::from(after.subsec_nanos() > 0),
             None => 2u64.pow(next.reschedules.min(6)) + rand::rng().random_range(0..3),
@@ -121,9 +121,10 @@ impl Rescheduler {
         let run_at = chrono::Utc::now().timestamp().max(0) as u64 + backoff;
         // The reschedule's own dedupe member (`<org>:r<n>`): not a duplicate of the job it follows.
         let task = queue::task(&next, run_at);
-        queue::push(&self.conn, &job.run_id, &[task], self.dedup_window).await.map(|_| ()).map_err(|e| {
-            Error::Shared(projector_shared::Error::redis(format!("rescheduling org {}", job.org_id))(e))
-        })
+        queue::push(&self.conn, &job.run_id, &[task], self.dedup_window)
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::Shared(projector_shared::Error::redis(format!("rescheduling org {}", job.org_id))(e)))
     }
 }
 
@@ -238,7 +239,7 @@ impl JobHandler {
         let mut ended = if limited { self.pipeline.run_checked(job, Some(self)).await } else { self.pipeline.process_unlimited(job).await };
         ended.steps.insert(0, Step::Routed { limited, why });
         if job.reschedules > 0 {
-            ended.steps.insert(0, Step::Rescheduled { times: job.reschedules, last: job.last_try.clone() });
+            ended.steps.insert(0, Step::Rescheduled { times: job.reschedules, last: None, tries: job.earlier_tries() });
         }
         if ended.stale {
             return Ok(());

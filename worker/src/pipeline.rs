@@ -505,6 +505,7 @@ mod tests {
             reschedules: 0,
             attempt: 0,
             last_try: None,
+            tries: Vec::new(),
             deadline: None,
         }
     }
