@@ -339,21 +339,6 @@ where
     call().await
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_never_show() {
-        assert_eq!(redact_url("redis://:secret@127.0.0.1:6379"), "redis://:***@127.0.0.1:6379");
-        assert_eq!(redact_url("rediss://user:secret@cache:6380/2"), "rediss://user:***@cache:6380/2");
-        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-        assert!(!redact_url("redis://:secret@host:notaport").contains("secret"));
-        let e = Endpoint::from("redis://:s3cret@host:1");
-        assert_eq!(redact_text("connection to redis://:s3cret@host:1 refused", &e), "connection to redis://:***@host:1 refused");
-    }
-}
-
 /// Asks Redis a PING within `budget`, for a process starting or a readiness probe: `Ok`, or the
 /// failure classed ([`crate::RedisFailure`]) so that a wrong password reads as one, not as "no
 /// answer". A budget that passes is a [`crate::RedisFailure::Timeout`].
@@ -382,5 +367,20 @@ pub async fn check_at_start(conn: &RedisConn, who: &str) -> Result<(), crate::Er
             tracing::warn!(error = %e, "{who} starts although Redis does not answer yet; it retries as it runs");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(redact_url("redis://:secret@127.0.0.1:6379"), "redis://:***@127.0.0.1:6379");
+        assert_eq!(redact_url("rediss://user:secret@cache:6380/2"), "rediss://user:***@cache:6380/2");
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert!(!redact_url("redis://:secret@host:notaport").contains("secret"));
+        let e = Endpoint::from("redis://:s3cret@host:1");
+        assert_eq!(redact_text("connection to redis://:s3cret@host:1 refused", &e), "connection to redis://:***@host:1 refused");
     }
 }
