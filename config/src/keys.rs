@@ -23,6 +23,19 @@ pub struct KeySpec {
     pub get: fn(&Config) -> String,
 }
 
+/// The README's configuration table, from [`KEYS`]: one row per key with its default and its
+/// help, so the table cannot drift from what the binaries accept. A test compares it with the
+/// README (`UPDATE_README=1 cargo test -p projector-config readme` rewrites it).
+pub fn markdown_table() -> String {
+    let mut out = String::from("| key | default | what it does |\n|---|---|---|\n");
+    for key in KEYS {
+        let default = key.default.map(|d| format!("`{d}`")).unwrap_or_else(|| "unset".to_owned());
+        let help = key.help.replace('|', "\\|");
+        out.push_str(&format!("| `{}` | {default} | {help} |\n", key.name));
+    }
+    out
+}
+
 /// The environment variable for a key: `slots.lease_ttl` → `PROJECTOR_SLOTS_LEASE_TTL`.
 pub fn env_var_for(key: &str) -> String {
     format!("PROJECTOR_{}", key.replace('.', "_").to_ascii_uppercase())

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 pub use args::{ConfigArgs, FanOutArgs, JobArgs, ServeArgs, WorkerArgs};
 pub use error::{ConfigError, Problem};
-pub use keys::{KEYS, KeySpec, env_var_for};
+pub use keys::{KEYS, KeySpec, env_var_for, markdown_table};
 pub use load::{Env, FlagValue, Source, load};
 pub use value::{RateWindow, format_duration, rates as parse_rates, redact_url};
 
