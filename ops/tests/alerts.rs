@@ -75,3 +75,29 @@ fn every_alert_fires_when_it_should_and_only_then() {
     let out = promtool(&["test", "rules", "alerts.test.yml"]);
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
+
+/// GitHub's anchor for a Markdown heading: lower case, punctuation dropped, spaces to hyphens.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// Every alert and every link of the runbook's symptom table lands on a heading of the runbook.
+#[test]
+fn every_runbook_link_lands_on_a_heading() {
+    let runbook = ops_file("RUNBOOK.md");
+    let anchors: Vec<String> = runbook.lines().filter_map(|l| l.strip_prefix('#')).map(|l| anchor(l.trim_start_matches('#'))).collect();
+    let rules = ops_file("alerts.yml");
+    let from_alerts = rules.lines().filter_map(|l| l.trim().strip_prefix("runbook: \"ops/RUNBOOK.md#")).map(|l| l.trim_end_matches('"'));
+    let from_runbook = runbook.split("](#").skip(1).filter_map(|rest| rest.split(')').next());
+    let links: Vec<&str> = from_alerts.chain(from_runbook).collect();
+    assert!(links.len() >= 20, "{links:?}");
+    for link in links {
+        assert!(anchors.iter().any(|a| a == link), "#{link} is no heading of ops/RUNBOOK.md: {anchors:?}");
+    }
+}

@@ -156,7 +156,8 @@ pub async fn serve(config: &Config, shutdown: CancellationToken) -> Result<(), E
         serve_endpoints(config.schedule.metrics_addr, readiness.clone(), health::register_series, shutdown.clone()).await?;
     services.spawn("metrics_server", server);
     services.spawn_every(Arc::new(upkeep), METRICS_UPKEEP_EVERY);
-    let gauges = RunGauges::new(RunRecords::for_config(conn.clone(), &config.runs));
+    metrics::gauge!(m::SCHEDULE_PERIOD_SECONDS).set(health::period(&config.schedule.cron).as_secs_f64());
+    let gauges = RunGauges::new(RunRecords::for_config(conn.clone(), &config.runs), conn.clone());
     services.spawn_every(Arc::new(gauges), RUN_GAUGES_EVERY);
     readiness.set_tick_loop_running(true);
     let result = tick_loop(config, &conn, &shutdown).await;

@@ -46,7 +46,10 @@ impl ReadyCheck for SchedulerReadiness {
 pub const TICK_OUTCOMES: &[&str] = &["fanned_out", "skipped_overlap", "replaced", "skipped_paused", "other_replica", "failed"];
 
 /// The scheduler's series at zero, so that alerts and dashboards see them before the first tick.
+/// The last-run timestamps stay absent until a run has finished: an alert tells "never" from
+/// "long ago" by that.
 pub fn register_series() {
+    metrics::gauge!(m::SCHEDULER_STARTED_SECONDS).set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
     for outcome in TICK_OUTCOMES {
         metrics::counter!(m::SCHEDULER_TICKS_TOTAL, "outcome" => *outcome).increment(0);
     }
@@ -59,16 +62,26 @@ pub fn register_series() {
 /// Runs looked at for the gauges: far more than are ever open at once.
 const RECENT_RUNS: usize = 50;
 
-/// Refreshes the run gauges from the run record: the last fan-out, the last finished run (when,
-/// how long, its outcomes) and how many runs are open. A read that fails leaves the gauges as they
-/// were; the timestamps then age, which is what the alerts watch.
+/// The seconds between the schedule's next two ticks (an hour for a schedule with fewer).
+pub fn period(schedule: &cron::Schedule) -> Duration {
+    let mut ticks = schedule.upcoming(chrono::Utc);
+    match (ticks.next(), ticks.next()) {
+        (Some(a), Some(b)) => (b - a).to_std().unwrap_or(Duration::from_secs(3600)),
+        _ => Duration::from_secs(3600),
+    }
+}
+
+/// Refreshes the fleet gauges from Redis: the last fan-out, the last finished run (when, how
+/// long, its outcomes), how many runs are open and how many workers are alive. A read that fails
+/// leaves the gauges as they were; the timestamps then age, which is what the alerts watch.
 pub struct RunGauges {
     records: RunRecords,
+    conn: RedisConn,
 }
 
 impl RunGauges {
-    pub fn new(records: RunRecords) -> Self {
-        RunGauges { records }
+    pub fn new(records: RunRecords, conn: RedisConn) -> Self {
+        RunGauges { records, conn }
     }
 
     /// Sets the gauges from `recent` runs, newest first.
@@ -103,6 +116,10 @@ impl projector_worker::services::Periodic for RunGauges {
             match self.records.recent(RECENT_RUNS).await {
                 Ok(recent) => RunGauges::set_from(&recent),
                 Err(e) => tracing::warn!(error = %e, "cannot read the recent runs for the run gauges; they keep their last values"),
+            }
+            match projector_shared::heartbeat::alive(&self.conn).await {
+                Ok(n) => metrics::gauge!(m::WORKERS_ALIVE).set(n as f64),
+                Err(e) => tracing::warn!(error = %e, "cannot count live workers; projector_workers_alive keeps its last value"),
             }
         })
     }

@@ -77,6 +77,15 @@ pub const RUN_LAST_FINISHED_SECONDS: &str = "projector_run_last_finished_timesta
 pub const RUN_LAST_DURATION_SECONDS: &str = "projector_run_last_duration_seconds";
 /// The newest finished run's orgs per outcome (gauge, labelled `outcome`).
 pub const RUN_LAST_ORGS: &str = "projector_run_last_orgs";
+/// Workers with a fresh heartbeat in Redis (gauge, reported by `projector-scheduler serve`):
+/// 0 while runs are due means nobody runs the jobs.
+pub const WORKERS_ALIVE: &str = "projector_workers_alive";
+/// Seconds between two ticks of `schedule.cron` (gauge, from `serve`): alerts measure "no run
+/// finished" in periods, whatever the schedule.
+pub const SCHEDULE_PERIOD_SECONDS: &str = "projector_schedule_period_seconds";
+/// When this `serve` process started (Unix seconds, gauge): a fresh deployment has finished no
+/// run yet, and that is not an alert before two periods have passed.
+pub const SCHEDULER_STARTED_SECONDS: &str = "projector_scheduler_started_timestamp_seconds";
 /// Runs fanning out or running now (gauge, from the run record).
 pub const RUNS_OPEN: &str = "projector_runs_open";
 /// How many seconds after its deadline the latest open run is predicted to finish, at the pace

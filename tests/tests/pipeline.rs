@@ -931,6 +931,8 @@ fn serve_exports_its_ticks_and_the_last_finished_run_and_is_ready_only_while_red
     assert_eq!(sample(r#"projector_run_last_orgs{outcome="completed"}"#), Some(5.0), "{metrics}");
     assert!(sample("projector_run_last_duration_seconds").is_some_and(|s| s > 0.0), "{metrics}");
     assert!(sample("projector_run_last_fanout_timestamp_seconds").is_some_and(|s| s > 0.0), "{metrics}");
+    assert_eq!(sample("projector_workers_alive"), Some(1.0), "the one worker's heartbeat: {metrics}");
+    assert_eq!(sample("projector_schedule_period_seconds"), Some(2.0), "{metrics}");
     assert_eq!(get(&addr, "/readyz").0, 200);
     redis.kill();
     wait_until(Duration::from_secs(30), "/readyz reports Redis gone", || {
