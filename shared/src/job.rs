@@ -70,7 +70,7 @@ pub fn sample(bytes: &[u8]) -> String {
 }
 
 impl SpikeProjectionJob {
-    /// The job's member in its run's dedupe set (`keys::job_dedupe`): pushing a job whose member
+    /// The job's member in its run's dedupe set (`projector_queue::job_dedupe`): pushing a job whose member
     /// the run already holds is a no-op. `<org>` for the run's own job; a follow-up attempt has
     /// its own (`<org>:a<n>`), so a retry is not taken for a duplicate of the job it follows, and
     /// so has a reschedule (`…:r<n>`).

@@ -132,22 +132,9 @@ pub fn use_cluster_layout() {
     CLUSTER_LAYOUT.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
-fn cluster_layout() -> bool {
+/// Whether keys are laid out for a Redis Cluster (see [`use_cluster_layout`]).
+pub fn cluster_layout() -> bool {
     CLUSTER_LAYOUT.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// The apalis-redis queue of spike-projection jobs (apalis derives its own keys from it). On a
-/// cluster its tag is apalis's own queue list (`core:apalis:queues:list`), which apalis's
-/// `register_worker.lua` writes beside the queue's keys without declaring it: with that tag,
-/// every key the queue's scripts touch hashes to one slot.
-pub fn job_queue() -> &'static str {
-    if cluster_layout() { "{core:apalis:queues:list}projector:spike-projection" } else { "projector:spike-projection" }
-}
-
-/// Set of one run's jobs pushed within `runs.dedup_window`, by member
-/// (`SpikeProjectionJob::dedupe_member`): a job whose member is there is not pushed again.
-pub fn job_dedupe(run_id: &crate::RunId) -> String {
-    format!("{}:dedupe:{}", job_queue(), run_id.0)
 }
 
 /// Hash of one run: `run_id`, `tick`, `orgs_total`, `enqueued`, and a counter per outcome.

@@ -239,7 +239,7 @@ fn every_key_has_a_ttl_or_a_bounded_size_after_many_jobs_and_restarts() {
         config.dead_jobs_set(),
         config.workers_set(),
         config.signal_list(),
-        "core:apalis:queues:list".to_owned(),
+        projector_queue::QUEUES_LIST.to_owned(),
     ];
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).expect("keys");
     let mut unbounded = Vec::new();

@@ -587,10 +587,10 @@ fn push_drops_a_duplicate_through_the_runs_dedupe_set_and_sends_due_jobs_to_the_
     assert_eq!(meta, expected, "the metadata apalis's fetch needs, nothing more");
     let legacy: Vec<String> = redis::cmd("KEYS").arg("*idempotency*").query(&mut conn).expect("keys");
     assert!(legacy.is_empty(), "no key per job: {legacy:?}");
-    let mut members: Vec<String> = redis::cmd("SMEMBERS").arg(projector_shared::keys::job_dedupe(&run)).query(&mut conn).expect("smembers");
+    let mut members: Vec<String> = redis::cmd("SMEMBERS").arg(projector_queue::job_dedupe(&run)).query(&mut conn).expect("smembers");
     members.sort();
     assert_eq!(members, vec!["7", "7:a1", "8"]);
-    let ttl: i64 = redis::cmd("PTTL").arg(projector_shared::keys::job_dedupe(&run)).query(&mut conn).expect("pttl");
+    let ttl: i64 = redis::cmd("PTTL").arg(projector_queue::job_dedupe(&run)).query(&mut conn).expect("pttl");
     assert!(ttl > 0 && ttl <= window.as_millis() as i64, "the set lives runs.dedup_window, not forever: {ttl} ms");
 }
 
