@@ -123,6 +123,16 @@ impl ServeArgs {
 }
 
 impl ConfigArgs {
+    /// These flags over `outer` (the same flags given earlier on the line, before a
+    /// subcommand): a file or URL given here wins, and `--set`s apply after the outer ones.
+    pub fn over(&self, outer: &ConfigArgs) -> ConfigArgs {
+        ConfigArgs {
+            config: self.config.clone().or_else(|| outer.config.clone()),
+            set: outer.set.iter().chain(&self.set).cloned().collect(),
+            redis_url: self.redis_url.clone().or_else(|| outer.redis_url.clone()),
+        }
+    }
+
     /// The flag layer as (key, value, flag) triples: `--set` first, then the named flags
     /// (`extra` included), so that the more specific spelling wins.
     pub fn flag_values(&self, extra: Vec<FlagValue>) -> Vec<FlagValue> {

@@ -32,6 +32,11 @@ struct Cli {
     /// Log format on stderr (json: every stderr line is a JSON object, errors included)
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
+
+    /// The configuration flags, given before the subcommand (as with kubectl or redis-cli); the
+    /// same flags after it win where both are given.
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -502,7 +507,7 @@ impl Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
-    let config = match projector_process::runtime::config_or_exit(cli.command.config_args().load(Vec::new())) {
+    let config = match projector_process::runtime::config_or_exit(cli.command.config_args().over(&cli.config).load(Vec::new())) {
         Ok(c) => c,
         Err(code) => return code,
     };

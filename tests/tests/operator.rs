@@ -362,3 +362,20 @@ fn a_pause_stops_new_queries_and_resume_finishes_the_run() {
     assert_eq!(fake.stats_now()["requests"], 100, "each org queried once, none lost to the pause");
     assert_eq!(json_of(&run("projectorctl", &env, &["resume", "--json"]))["was_paused"], false);
 }
+
+/// Operators put global flags first out of habit (kubectl, redis-cli): the configuration flags
+/// work before the subcommand as after it, and the later one wins where both are given.
+#[test]
+fn configuration_flags_work_before_the_subcommand_too() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let no_env: Vec<(String, String)> = Vec::new();
+    let before = run("projectorctl", &no_env, &["--redis-url", &url, "--set", "slots.limit=7", "slots", "inspect", "--json"]);
+    let after = run("projectorctl", &no_env, &["slots", "inspect", "--json", "--redis-url", &url, "--set", "slots.limit=7"]);
+    for out in [&before, &after] {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(json_of(out)["configured"], 7, "{}", text(&out.stdout));
+    }
+    let both = run("projectorctl", &no_env, &["--redis-url", "redis://127.0.0.1:1", "slots", "inspect", "--json", "--redis-url", &url]);
+    assert!(both.status.success(), "the URL after the subcommand wins: {}", text(&both.stderr));
+}
