@@ -19,7 +19,7 @@ pub struct OrgList {
 pub fn list_orgs(config: &Config) -> Result<OrgList, Error> {
     match (config.orgs.source, &config.orgs.path) {
         (OrgSourceKind::File, Some(path)) => {
-            let file = read_org_file(path)?;
+            let file = read_org_file(path).map_err(projector_shared::Error::from)?;
             for bad in &file.bad_lines {
                 tracing::warn!(path = %path.display(), line = bad.line, reason = %bad.reason, "organizations file: line skipped");
             }

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("malformed spike-projection job ({reason}); payload starts with {sample:?}; the job cannot run and is dropped")]
-    MalformedJob { reason: String, sample: String },
+    #[error(transparent)]
+    Domain(#[from] projector_core::Error),
 
     #[error("slot backend unavailable: {detail} (check that Redis is reachable; jobs are counted as slot_unavailable meanwhile)")]
     SlotBackendUnavailable { detail: String },
@@ -15,9 +15,6 @@ pub enum Error {
 
     #[error("slot wait gave up after {waited:?} because the limiter was closed")]
     LimiterClosed { waited: Duration },
-
-    #[error("cannot read organizations file {path}: {source}")]
-    OrgFile { path: std::path::PathBuf, source: std::io::Error },
 }
 
 impl Error {

@@ -36,16 +36,14 @@ static CANCEL_MARK: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Sc
 /// Orgs per retry or cancel script call: bounded, so Redis is never blocked for long.
 const ORGS_PER_CALL: usize = 1_000;
 
-impl redis::FromRedisValue for Recorded {
-    fn from_redis_value(v: redis::Value) -> Result<Self, redis::ParsingError> {
-        let code: i8 = redis::FromRedisValue::from_redis_value(v)?;
-        Ok(match code {
-            -1 => Recorded::UnknownRun,
-            -2 => Recorded::NotPlanned,
-            0 => Recorded::AlreadyAccounted,
-            2 => Recorded::FinishedTheRun,
-            _ => Recorded::Recorded,
-        })
+/// What `lua/run_record.lua` returns, as a [`Recorded`].
+fn recorded(code: i8) -> Recorded {
+    match code {
+        -1 => Recorded::UnknownRun,
+        -2 => Recorded::NotPlanned,
+        0 => Recorded::AlreadyAccounted,
+        2 => Recorded::FinishedTheRun,
+        _ => Recorded::Recorded,
     }
 }
 
@@ -196,9 +194,10 @@ impl RunRecords {
                 .arg(trail::KEPT_ATTEMPTS)
                 .arg(self.trail_retention_ms())
                 .arg(self.summary_retention_ms());
-            async move { invocation.invoke_async(&mut conn).await }
+            async move { invocation.invoke_async::<i8>(&mut conn).await }
         })
         .await
+        .map(recorded)
         .map_err(Error::redis(format!("recording org {org} of run {run_id}")))
     }
 

@@ -341,7 +341,7 @@ impl JobHandler {
 
     /// A job that cannot be read: counted, logged with a sample, and recorded as failed when its
     /// run and org can still be made out, so the run accounts for it. It is never retried.
-    async fn malformed(&self, payload: &serde_json::Value, e: projector_shared::Error) {
+    async fn malformed(&self, payload: &serde_json::Value, e: projector_core::Error) {
         metrics::counter!(m::TASK_ERROR_TOTAL, "reason" => "malformed_job").increment(1);
         tracing::error!(error = %e, "malformed spike-projection job; dropped");
         let run = payload.get("run_id").and_then(|v| v.as_str()).map(|r| projector_shared::RunId(r.to_owned()));

@@ -154,7 +154,7 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("malformed spike-projection job"), "{text}");
         assert!(text.contains("forty-two"), "sample included: {text}");
-        assert!(!err.is_retryable());
+        assert!(err.to_string().contains("cannot run and is dropped"), "{err}");
     }
 
     #[test]
