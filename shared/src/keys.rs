@@ -109,7 +109,7 @@ impl RateKeys {
     }
 }
 
-/// Hash of one organization's stored projections (read by other services; layout in ARCHITECTURE.md).
+/// Hash of one organization's stored projections (read by other services; layout in docs/redis-keys.md).
 /// Field: [`projection_field`]; value: JSON `{"run_id","fencing_token","first_hour","spike_threshold","hourly":[…]}`,
 /// `hourly[i]` being the projection for `first_hour + i` hours.
 pub fn projections(org: crate::OrgId) -> String {

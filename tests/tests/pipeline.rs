@@ -838,7 +838,7 @@ fn the_adaptive_limit_finds_the_capacity_and_follows_it_down_and_up() {
     let settled = run.over_windows(10);
     // With 429s as the only signal the limit has to probe above C to find it (up to C / (1 -
     // high_429_ratio) before a window's ratio trips the cut), so it saws around C; its mean lies
-    // in [0.8·C, C] up to the one step of the integer limit (measured means: BENCHMARKS.md).
+    // in [0.8·C, C] up to the one step of the integer limit (measured means: bench/log/).
     let mean = mean_limit(&settled);
     assert!((0.8 * c..=c + 1.0).contains(&mean), "mean limit in force over 10 windows: {mean:.1}\n{}", run.csv());
 
@@ -853,7 +853,7 @@ fn the_adaptive_limit_finds_the_capacity_and_follows_it_down_and_up() {
 
 /// The same capacity with Snuba's throttle warning (at 0.66 x C = 19 in flight) as a signal:
 /// the limit settles at the throttle point, where the service answers no 429 at all; the 429s it
-/// took to get there are compared with the 429-only run in BENCHMARKS.md.
+/// took to get there are compared with the 429-only run in bench/log/.
 #[test]
 fn with_the_throttle_signal_the_limit_settles_below_the_throttle_point_without_429s() {
     let run = AdaptiveRun::start("throttle", &["--latency", "600ms", "--concurrency-limit", "30", "--default-limit", "30"], true);

@@ -249,7 +249,7 @@ impl Pipeline {
             return Ended { stale: true, steps, ..Outcome::Cancelled.into() };
         }
         // The rate admission comes after the slot, so a query starts the moment its admission is
-        // due: admitted starts cannot bunch up behind a slot wait (ARCHITECTURE.md, "Rate policies").
+        // due: admitted starts cannot bunch up behind a slot wait (docs/limits.md, "Rate policies").
         if let Some(rate) = &self.rate {
             match rate.pass().await {
                 // Without a policy or a cooldown nothing was asked: no step to tell.
