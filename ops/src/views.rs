@@ -416,6 +416,48 @@ fn service_warnings(
     warnings
 }
 
+/// `status`'s line about the query service's own numbers.
+fn service_line(service: Option<(projector_shared::service::ServiceQuota, u64)>, referrer: &str) -> String {
+    match service {
+        Some((q, ago)) => {
+            let used = if q.quota_used < 0 { "unknown (its counter failed)".to_owned() } else { q.quota_used.to_string() };
+            format!(
+                "{used} of {} running for {referrer} at the query service (throttles above {}; heard {:.1} s ago)",
+                q.rejection_threshold,
+                q.throttle_threshold,
+                ago as f64 / 1000.0
+            )
+        }
+        None => "no numbers heard from the query service (no answer yet, or no referrer policy live there)".to_owned(),
+    }
+}
+
+/// `status`'s line about the latest run: its state, progress, ETA and deadline.
+fn latest_run_line(latest: Option<&RunOverview>, now: chrono::DateTime<Utc>) -> String {
+    let Some(r) = latest else {
+        return "none recorded".to_owned();
+    };
+    let eta = eta_s(r, now).map(|s| format!(", about {s:.0} s left")).unwrap_or_default();
+    let deadline = match (r.deadline, r.state()) {
+        (Some(d), RunState::Running | RunState::FanningOut) => {
+            let late = r.predicted_overrun_s(now);
+            let verdict = if late > 0.0 { format!(": predicted {late:.0} s late") } else { String::new() };
+            format!(", deadline in {:.0} s{verdict}", (d - now).num_milliseconds() as f64 / 1000.0)
+        }
+        _ => String::new(),
+    };
+    format!("{} {}: {} of {} orgs accounted{eta}{deadline}", r.run_id, r.state().as_str(), r.accounted(), r.orgs_total)
+}
+
+/// `status`'s line about the rollout flag.
+fn rollout_line(rollout: &Rollout) -> String {
+    match (rollout.enabled, rollout.percentage) {
+        (Some(false), _) => "off: every org takes the legacy path unless allowed".to_owned(),
+        (_, Some(p)) => format!("{p}% of orgs on the limited path"),
+        _ => "never set: every org takes the limited path (slot first)".to_owned(),
+    }
+}
+
 /// `projectorctl status`: everything an operator looks at first, read in one pass.
 pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<String> {
     let redis = Endpoint::from(&config.redis).redacted();
@@ -468,22 +510,7 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<String> {
         let _ = writeln!(out, "PAUSED       {} (workers take no jobs; `projectorctl resume` ends it)", p.reason);
     }
     let _ = writeln!(out, "limit        {in_force} in force (source: {source}; adaptive multiplier {:.2})", occupancy.multiplier);
-    match service {
-        Some((q, ago)) => {
-            let used = if q.quota_used < 0 { "unknown (its counter failed)".to_owned() } else { q.quota_used.to_string() };
-            let _ = writeln!(
-                out,
-                "service      {used} of {} running for {} at the query service (throttles above {}; heard {:.1} s ago)",
-                q.rejection_threshold,
-                config.query.referrer,
-                q.throttle_threshold,
-                ago as f64 / 1000.0
-            );
-        }
-        None => {
-            let _ = writeln!(out, "service      no numbers heard from the query service (no answer yet, or no referrer policy live there)");
-        }
-    }
+    let _ = writeln!(out, "service      {}", service_line(service, &config.query.referrer));
     for w in &warnings {
         let _ = writeln!(out, "WARNING      {w}");
     }
@@ -495,36 +522,7 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<String> {
         queue.ready, queue.scheduled, queue.in_flight, queue.dead
     );
     let _ = writeln!(out, "workers      {} alive (`projectorctl workers` lists them)", workers.len());
-    match &latest {
-        Some(r) => {
-            let eta = eta_s(r, now).map(|s| format!(", about {s:.0} s left")).unwrap_or_default();
-            let deadline = match (r.deadline, r.state()) {
-                (Some(d), RunState::Running | RunState::FanningOut) => {
-                    let late = r.predicted_overrun_s(now);
-                    let verdict = if late > 0.0 { format!(": predicted {late:.0} s late") } else { String::new() };
-                    format!(", deadline in {:.0} s{verdict}", (d - now).num_milliseconds() as f64 / 1000.0)
-                }
-                _ => String::new(),
-            };
-            let eta = format!("{eta}{deadline}");
-            let _ = writeln!(
-                out,
-                "latest run   {} {}: {} of {} orgs accounted{eta}",
-                r.run_id,
-                r.state().as_str(),
-                r.accounted(),
-                r.orgs_total
-            );
-        }
-        None => {
-            let _ = writeln!(out, "latest run   none recorded");
-        }
-    }
-    let flag = match (rollout.enabled, rollout.percentage) {
-        (Some(false), _) => "off: every org takes the legacy path unless allowed".to_owned(),
-        (_, Some(p)) => format!("{p}% of orgs on the limited path"),
-        _ => "never set: every org takes the limited path (slot first)".to_owned(),
-    };
-    let _ = writeln!(out, "rollout      {flag}");
+    let _ = writeln!(out, "latest run   {}", latest_run_line(latest.as_ref(), now));
+    let _ = writeln!(out, "rollout      {}", rollout_line(&rollout));
     Ok(out)
 }

@@ -15,9 +15,9 @@ use projector_shared::batch::plan_batches;
 use projector_shared::run::{MemoryRunLedger, RunSummary};
 use projector_shared::slots::MemorySlotLimiter;
 use projector_shared::{RunId, SpikeProjectionJob};
+use projector_worker::Pipeline;
 use projector_worker::handler::{JobHandler, Routing, run_job};
 use projector_worker::sink::{DiscardSink, ProjectionSink};
-use projector_worker::{Pipeline, PipelineSettings, QueryProbe};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -56,29 +56,14 @@ pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: C
         (None, SinkKind::Postgres) => projector_worker::build::sink(config, None).await?,
         (None, _) => Arc::new(DiscardSink),
     };
-    let probe = QueryProbe::default();
     let ledger = Arc::new(MemoryRunLedger::new(run_id.clone(), orgs.iter().map(|o| o.org_id)));
     // The same handler as the worker process's: the memory ledger instead of the run record, no
     // flag store (every org takes a slot first) and no queue to reschedule into.
-    let handler = Arc::new(JobHandler::new(
-        Pipeline {
-            limiter: Arc::new(MemorySlotLimiter::new(config.slots.limit)),
-            query: projector_worker::build::query_source(config)?,
-            sink: sink.clone(),
-            probe: probe.clone(),
-            rate: projector_worker::build::rate_gate(config, None),
-            settings: PipelineSettings {
-                holder: format!("embedded-{}", std::process::id()),
-                max_wait: config.slots.max_wait,
-                query_max_duration: config.query.max_duration(),
-                page_rows: config.query.page_rows,
-            },
-            stopped: Default::default(),
-        },
-        ledger.clone(),
-        Routing::AllLimited,
-        None,
-    ));
+    let limiter = Arc::new(MemorySlotLimiter::new(config.slots.limit));
+    let rate = projector_worker::build::rate_gate(config, None);
+    let pipeline = Pipeline::from_config(config, format!("embedded-{}", std::process::id()), limiter, sink.clone(), rate)?;
+    let probe = pipeline.probe.clone();
+    let handler = Arc::new(JobHandler::new(pipeline, ledger.clone(), Routing::AllLimited, None));
 
     let (queue, storage) = memory_queue();
     let workers_stop = CancellationToken::new();
@@ -101,24 +86,7 @@ pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: C
 
     // Release each batch at its time; jobs run as soon as they are released.
     let release = async {
-        for batch in &batches {
-            tokio::time::sleep_until(started + batch.release_after).await;
-            for &org_id in &batch.orgs {
-                let job = SpikeProjectionJob::planned(
-                    run_id.clone(),
-                    org_id,
-                    batch.index,
-                    tick,
-                    projects.get(&org_id).cloned().unwrap_or_default(),
-                );
-                let key = job.idempotency_key();
-                let payload =
-                    serde_json::to_value(&job).map_err(|e| Error::Enqueue { run_id: run_id.to_string(), detail: e.to_string() })?;
-                let task = TaskBuilder::new(payload).idempotency_key(key).build();
-                queue.unbounded_send(task).map_err(|e| Error::Enqueue { run_id: run_id.to_string(), detail: e.to_string() })?;
-            }
-            tracing::debug!(run_id = %run_id, batch = batch.index, orgs = batch.orgs.len(), "batch released");
-        }
+        release_batches(&queue, &run_id, tick, started, &batches, &projects).await?;
         ledger.all_accounted().await;
         Ok::<(), Error>(())
     };
@@ -145,6 +113,31 @@ pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: C
     summary.interrupted = interrupted;
     summary.duration_ms = started.elapsed().as_millis() as u64;
     Ok(summary)
+}
+
+/// Pushes each batch's jobs into the in-memory queue at its release time.
+async fn release_batches(
+    queue: &UnboundedSender<Task<serde_json::Value>>,
+    run_id: &RunId,
+    tick: chrono::DateTime<Utc>,
+    started: Instant,
+    batches: &[projector_shared::batch::Batch],
+    projects: &std::collections::HashMap<projector_shared::OrgId, Vec<projector_shared::ProjectId>>,
+) -> Result<(), Error> {
+    let refused = |e: String| Error::Enqueue { run_id: run_id.to_string(), detail: e };
+    for batch in batches {
+        tokio::time::sleep_until(started + batch.release_after).await;
+        for &org_id in &batch.orgs {
+            let job =
+                SpikeProjectionJob::planned(run_id.clone(), org_id, batch.index, tick, projects.get(&org_id).cloned().unwrap_or_default());
+            let key = job.idempotency_key();
+            let payload = serde_json::to_value(&job).map_err(|e| refused(e.to_string()))?;
+            let task = TaskBuilder::new(payload).idempotency_key(key).build();
+            queue.unbounded_send(task).map_err(|e| refused(e.to_string()))?;
+        }
+        tracing::debug!(run_id = %run_id, batch = batch.index, orgs = batch.orgs.len(), "batch released");
+    }
+    Ok(())
 }
 
 /// An apalis in-memory queue whose sending half stays with the run, so batches can be released later.

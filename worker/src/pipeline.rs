@@ -166,6 +166,31 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl Pipeline {
+    /// The one way both the worker and the embedded run assemble a pipeline: the parts that
+    /// differ between them (slot limiter, sink, rate gate) are given; the rest comes from config.
+    pub fn from_config(
+        config: &projector_config::Config,
+        holder: String,
+        limiter: Arc<dyn SlotLimiter>,
+        sink: Arc<dyn ProjectionSink>,
+        rate: Option<RateGate>,
+    ) -> Result<Pipeline, Error> {
+        Ok(Pipeline {
+            limiter,
+            query: crate::build::query_source(config)?,
+            sink,
+            probe: QueryProbe::default(),
+            rate,
+            settings: PipelineSettings {
+                holder,
+                max_wait: config.slots.max_wait,
+                query_max_duration: config.query.max_duration(),
+                page_rows: config.query.page_rows,
+            },
+            stopped: Default::default(),
+        })
+    }
+
     /// Runs one job on the legacy path: no slot, as before the rollout. Only for organizations an
     /// operator excluded from the rate-limit flag; its writes carry fencing token 0 (unfenced).
     pub async fn process_unlimited(&self, job: &SpikeProjectionJob) -> Ended {
@@ -199,6 +224,35 @@ impl Pipeline {
         if let Some(reason) = self.stopped.reason(&job.run_id) {
             return self.finish(job, Err(Error::RunStopped { reason }), steps);
         }
+        let permit = match self.take_slot(job, &mut steps).await {
+            Ok(permit) => permit,
+            Err(ended) => return *ended,
+        };
+        let token = permit.fencing_token();
+        if let Some(gate) = gate
+            && !gate.still_open(job).await
+        {
+            tracing::info!(run_id = %job.run_id, org_id = %job.org_id, "run cancelled during the slot wait; no query");
+            release(permit, job).await;
+            return Ended { stale: true, steps, ..Outcome::Cancelled.into() };
+        }
+        // The rate admission comes after the slot, so a query starts the moment its admission is
+        // due: admitted starts cannot bunch up behind a slot wait (docs/limits.md, "Rate policies").
+        // A refusal drops the permit, which gives the slot back.
+        if let Some(ended) = self.admit_start(job, &mut steps).await {
+            return *ended;
+        }
+        let queried = self.query(job, Some(&permit), &mut steps).await;
+        self.give_back(&queried, permit, job).await;
+        let stored = match queried {
+            Ok((first_hour, projections)) => self.store(job, first_hour, projections, token, &mut steps).await,
+            Err(e) => Err(e),
+        };
+        self.finish(job, stored, steps)
+    }
+
+    /// Waits for a slot, at most `slots.max_wait`: the permit, or how the job ended without one.
+    async fn take_slot(&self, job: &SpikeProjectionJob, steps: &mut Vec<Step>) -> Result<SlotPermit, Box<Ended>> {
         // The query starts at most rate.max_delay after the grant: the lease must outlive a
         // paused holder until the query must have ended at the service.
         let rate_delay = self.rate.as_ref().map_or(Duration::ZERO, RateGate::max_delay);
@@ -208,8 +262,18 @@ impl Pipeline {
             query_max_duration: Some(self.settings.query_max_duration + rate_delay),
         };
         let waiting = Instant::now();
-        let permit = match self.limiter.acquire(request, self.settings.max_wait).await {
-            Ok(Acquire::Granted(permit)) => permit,
+        match self.limiter.acquire(request, self.settings.max_wait).await {
+            Ok(Acquire::Granted(permit)) => {
+                steps.push(Step::Slot {
+                    granted: true,
+                    waited_ms: ms(waiting.elapsed()),
+                    token: Some(permit.fencing_token()),
+                    in_use: None,
+                    limit: None,
+                    queue_position: None,
+                });
+                Ok(permit)
+            }
             Ok(Acquire::TimedOut(t)) => {
                 // One line per org would flood the log when the limit is too low; the run's summary
                 // and run_spike_projection_skipped_no_slot_total carry the count.
@@ -228,67 +292,57 @@ impl Pipeline {
                     queue_position: Some(t.queue_position),
                 });
                 let why = Why::new("no_slot", format!("no slot within slots.max_wait ({} of {} held)", t.in_use, t.limit));
-                return Ended { why: Some(why), steps, ..Outcome::SkippedNoSlot.into() };
+                Err(Box::new(Ended { why: Some(why), steps: std::mem::take(steps), ..Outcome::SkippedNoSlot.into() }))
             }
-            Err(e) => return self.finish(job, Err(Error::from(e)), steps),
-        };
-        let token = permit.fencing_token();
-        steps.push(Step::Slot {
-            granted: true,
-            waited_ms: ms(waiting.elapsed()),
-            token: Some(token),
-            in_use: None,
-            limit: None,
-            queue_position: None,
-        });
-        if let Some(gate) = gate
-            && !gate.still_open(job).await
-        {
-            tracing::info!(run_id = %job.run_id, org_id = %job.org_id, "run cancelled during the slot wait; no query");
-            release(permit, job).await;
-            return Ended { stale: true, steps, ..Outcome::Cancelled.into() };
+            Err(e) => Err(Box::new(self.finish(job, Err(Error::from(e)), std::mem::take(steps)))),
         }
-        // The rate admission comes after the slot, so a query starts the moment its admission is
-        // due: admitted starts cannot bunch up behind a slot wait (docs/limits.md, "Rate policies").
-        if let Some(rate) = &self.rate {
-            match rate.pass().await {
-                // Without a policy or a cooldown nothing was asked: no step to tell.
-                Ok(Pass::Go) if !rate.is_in_force() => {}
-                Ok(Pass::Go) => steps.push(Step::Rate { admitted: true, reason: None, retry_after_ms: None }),
-                Ok(Pass::Refused { retry_after, reason }) => {
-                    tracing::debug!(
-                        run_id = %job.run_id, org_id = %job.org_id, reason = reason.as_str(),
-                        retry_after_ms = retry_after.as_millis() as u64, "no rate admission within rate.max_delay; job skipped"
-                    );
-                    steps.push(Step::Rate {
-                        admitted: false,
-                        reason: Some(reason.as_str().to_owned()),
-                        retry_after_ms: Some(ms(retry_after)),
-                    });
-                    let why =
-                        Why::new(reason.as_str(), format!("no rate admission within rate.max_delay; retry after {} ms", ms(retry_after)));
-                    return Ended { retry_after: Some(retry_after), why: Some(why), steps, ..Outcome::SkippedRatePolicy.into() };
-                }
-                Err(e) => {
-                    let unavailable = projector_shared::Error::SlotBackendUnavailable { detail: format!("rate policy: {e}") };
-                    return self.finish(job, Err(Error::from(unavailable)), steps);
-                }
+    }
+
+    /// Asks the rate policy for the query's start: `None` to go on, or how the job ended.
+    async fn admit_start(&self, job: &SpikeProjectionJob, steps: &mut Vec<Step>) -> Option<Box<Ended>> {
+        let rate = self.rate.as_ref()?;
+        match rate.pass().await {
+            // Without a policy or a cooldown nothing was asked: no step to tell.
+            Ok(Pass::Go) if !rate.is_in_force() => None,
+            Ok(Pass::Go) => {
+                steps.push(Step::Rate { admitted: true, reason: None, retry_after_ms: None });
+                None
+            }
+            Ok(Pass::Refused { retry_after, reason }) => {
+                tracing::debug!(
+                    run_id = %job.run_id, org_id = %job.org_id, reason = reason.as_str(),
+                    retry_after_ms = retry_after.as_millis() as u64, "no rate admission within rate.max_delay; job skipped"
+                );
+                steps.push(Step::Rate { admitted: false, reason: Some(reason.as_str().to_owned()), retry_after_ms: Some(ms(retry_after)) });
+                let why = Why::new(reason.as_str(), format!("no rate admission within rate.max_delay; retry after {} ms", ms(retry_after)));
+                let steps = std::mem::take(steps);
+                Some(Box::new(Ended { retry_after: Some(retry_after), why: Some(why), steps, ..Outcome::SkippedRatePolicy.into() }))
+            }
+            Err(e) => {
+                let unavailable = projector_shared::Error::SlotBackendUnavailable { detail: format!("rate policy: {e}") };
+                Some(Box::new(self.finish(job, Err(Error::from(unavailable)), std::mem::take(steps))))
             }
         }
-        let queried = self.query(job, Some(&permit), &mut steps).await;
-        if let Err(Error::RateLimited { class: crate::error::RejectionClass::Referrer, service: Some(q), .. }) = &queried {
-            // Before the slot goes back: the lowered limit keeps it from the next waiter while
-            // the fleet is over what the service admits.
-            self.heard_service(**q, true, Duration::ZERO).await;
-        }
-        if let (Err(Error::RateLimited { class: crate::error::RejectionClass::Referrer, .. }), Some(rate)) = (&queried, &self.rate) {
-            rate.saw_429().await;
-            // The cooldown also holds slot grants, before this slot goes back: jobs waiting for a
-            // slot keep their place in line rather than meet the rate gate's refusal.
-            if !rate.cooldown().is_zero()
-                && let Err(e) = self.limiter.pause_grants(rate.cooldown()).await
-            {
-                tracing::debug!(error = %e, "cannot pause slot grants for the cooldown");
+    }
+
+    /// After the query: a referrer 429 lowers the fleet's limit (and starts a cooldown) before
+    /// the slot goes back; an abandoned query keeps its slot until the service must have ended it.
+    async fn give_back<T>(&self, queried: &Result<T, Error>, permit: SlotPermit, job: &SpikeProjectionJob) {
+        if let Err(Error::RateLimited { class: crate::error::RejectionClass::Referrer, service, .. }) = queried {
+            if let Some(q) = service {
+                // Before the slot goes back: the lowered limit keeps it from the next waiter while
+                // the fleet is over what the service admits.
+                self.heard_service(**q, true, Duration::ZERO).await;
+            }
+            if let Some(rate) = &self.rate {
+                rate.saw_429().await;
+                // The cooldown also holds slot grants, before this slot goes back: jobs waiting for
+                // a slot keep their place in line rather than meet the rate gate's refusal.
+                if !rate.cooldown().is_zero()
+                    && let Err(e) = self.limiter.pause_grants(rate.cooldown()).await
+                {
+                    tracing::debug!(error = %e, "cannot pause slot grants for the cooldown");
+                }
             }
         }
         if matches!(queried, Err(Error::QueryTimeout(_) | Error::LeaseLost)) {
@@ -300,11 +354,6 @@ impl Pipeline {
             // query starts sooner. The fencing token still stamps the write.
             release(permit, job).await;
         }
-        let stored = match queried {
-            Ok((first_hour, projections)) => self.store(job, first_hour, projections, token, &mut steps).await,
-            Err(e) => Err(e),
-        };
-        self.finish(job, stored, steps)
     }
 
     /// The service's own numbers from an answer: they cap the fleet's limit at once (a limiter

@@ -17,8 +17,7 @@ use crate::maintenance::{
     AdaptiveReporter, DeadlineSweep, DuePromoter, Heartbeat, PauseWatch, QueueGauges, RatePolicyRefresh, Vacuum, vacuum_every,
 };
 use crate::metrics_http::Readiness;
-use crate::pipeline::{Pipeline, PipelineSettings};
-use crate::probe::QueryProbe;
+use crate::pipeline::Pipeline;
 use crate::services::Services;
 use crate::supervisor::Supervisor;
 
@@ -35,36 +34,11 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
     let name = format!("projector-worker-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let (_, conn) = projector_shared::redis_conn::connection_manager(&config.redis, Duration::from_secs(2))
         .map_err(projector_shared::Error::redis("opening the job queue connection"))?;
-    let mut slot_settings = RedisSlotSettings::new(config.slots.limit, config.slots.lease_ttl);
-    if config.slots.follow_service {
-        slot_settings = slot_settings.following_service(projector_shared::slots::ServiceSteering {
-            margin: config.slots.service_margin,
-            ttl: config.slots.service_ttl,
-            use_throttle: config.adaptive.use_throttle_signal,
-        });
-    }
-    let slots = RedisSlotLimiter::new(&config.redis, slot_settings)?;
-    let redis_limiter: Arc<dyn SlotLimiter> = Arc::new(slots.clone());
-    let limiter: Arc<dyn SlotLimiter> = match config.slots.on_redis_error {
-        OnRedisError::FailClosed => redis_limiter,
-        OnRedisError::FailOpen => Arc::new(FailOpenLimiter::new(redis_limiter, config.slots.fallback_limit)),
-    };
+    let (slots, limiter) = slot_limiter(&config)?;
     let multiplier = projector_shared::adaptive::Multiplier::default();
     let rate = crate::build::rate_gate(&config, Some((&conn, multiplier.clone())));
-    let pipeline = Pipeline {
-        limiter,
-        query: crate::build::query_source(&config)?,
-        sink: crate::build::sink(&config, None).await?,
-        probe: QueryProbe::default(),
-        rate: rate.clone(),
-        settings: PipelineSettings {
-            holder: name.clone(),
-            max_wait: config.slots.max_wait,
-            query_max_duration: config.query.max_duration(),
-            page_rows: config.query.page_rows,
-        },
-        stopped: Default::default(),
-    };
+    let sink = crate::build::sink(&config, None).await?;
+    let pipeline = Pipeline::from_config(&config, name.clone(), limiter, sink, rate.clone())?;
     let cancels = CancelWatch::default();
     let handler = Arc::new(
         JobHandler::new(
@@ -91,38 +65,9 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
         slots_limit = %in_force, "worker started"
     );
     let (current_loop, loop_name) = tokio::sync::watch::channel(String::new());
-    let every = config.worker.housekeeping_interval;
-    services.spawn_every(Arc::new(DuePromoter { conn: conn.clone() }), every);
-    services.spawn_every(Arc::new(QueueGauges { conn: conn.clone(), slots: slots.clone(), configured_limit: config.slots.limit }), every);
-    let registration = projector_shared::heartbeat::Registration {
-        host: host_name(),
-        pid: std::process::id(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        started: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        ..Default::default()
-    };
-    let running = handler.running.clone();
-    services
-        .spawn_every(Arc::new(Heartbeat { conn: conn.clone(), name: name.clone(), registration, running, current_loop: loop_name }), every);
-    services.spawn_every(Arc::new(Vacuum { conn: conn.clone() }), vacuum_every(every));
-    services.spawn_every(Arc::new(DeadlineSweep { records: RunRecords::for_config(conn.clone(), &config.runs) }), DEADLINE_CHECK);
-    // Operators expect a pause to hold within a second.
     let (pause_tx, paused) = tokio::sync::watch::channel(false);
-    services.spawn_every(Arc::new(PauseWatch { conn: conn.clone(), paused: pause_tx }), PAUSE_CHECK);
-    if let Some(gate) = rate {
-        let refresh = RatePolicyRefresh {
-            conn: conn.clone(),
-            config: config.clone(),
-            gate,
-            multiplier: multiplier.clone(),
-            applied: std::sync::Mutex::new(Vec::new()),
-        };
-        services.spawn_every(Arc::new(refresh), config.worker.rollout_refresh);
-    }
-    if config.adaptive.enabled {
-        let settings = config.adaptive.clone();
-        services.spawn_every(Arc::new(AdaptiveReporter { slots: slots.clone(), settings, multiplier }), every);
-    }
+    let fleet = Fleet { conn: &conn, slots: &slots, name: &name, running: handler.running.clone(), loop_name, pause_tx };
+    spawn_services(&config, services, fleet, rate, multiplier);
     let supervisor = Supervisor {
         name: name.clone(),
         conn: conn.clone(),
@@ -144,6 +89,88 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
         tracing::debug!(worker = %name, error = %e, "cannot remove the heartbeat; it ages out on its own");
     }
     result
+}
+
+/// What the worker's services need of the process.
+struct Fleet<'a> {
+    conn: &'a projector_shared::redis_conn::RedisConn,
+    slots: &'a RedisSlotLimiter,
+    name: &'a str,
+    running: crate::handler::RunningJobs,
+    loop_name: tokio::sync::watch::Receiver<String>,
+    pause_tx: tokio::sync::watch::Sender<bool>,
+}
+
+/// Spawns the worker's periodic services. Each is safe to run on every worker at once
+/// (ARCHITECTURE.md, "Why every worker runs every service").
+fn spawn_services(
+    config: &Config,
+    services: &Services,
+    fleet: Fleet<'_>,
+    rate: Option<projector_shared::rate::RateGate>,
+    multiplier: projector_shared::adaptive::Multiplier,
+) {
+    let every = config.worker.housekeeping_interval;
+    services.spawn_every(Arc::new(DuePromoter { conn: fleet.conn.clone() }), every);
+    services.spawn_every(
+        Arc::new(QueueGauges { conn: fleet.conn.clone(), slots: fleet.slots.clone(), configured_limit: config.slots.limit }),
+        every,
+    );
+    let registration = projector_shared::heartbeat::Registration {
+        host: host_name(),
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ..Default::default()
+    };
+    services.spawn_every(
+        Arc::new(Heartbeat {
+            conn: fleet.conn.clone(),
+            name: fleet.name.to_owned(),
+            registration,
+            running: fleet.running,
+            current_loop: fleet.loop_name,
+        }),
+        every,
+    );
+    services.spawn_every(Arc::new(Vacuum { conn: fleet.conn.clone() }), vacuum_every(every));
+    services.spawn_every(Arc::new(DeadlineSweep { records: RunRecords::for_config(fleet.conn.clone(), &config.runs) }), DEADLINE_CHECK);
+    // Operators expect a pause to hold within a second.
+    services.spawn_every(Arc::new(PauseWatch { conn: fleet.conn.clone(), paused: fleet.pause_tx }), PAUSE_CHECK);
+    if let Some(gate) = rate {
+        let refresh = RatePolicyRefresh {
+            conn: fleet.conn.clone(),
+            config: config.clone(),
+            gate,
+            multiplier: multiplier.clone(),
+            applied: std::sync::Mutex::new(Vec::new()),
+        };
+        services.spawn_every(Arc::new(refresh), config.worker.rollout_refresh);
+    }
+    if config.adaptive.enabled {
+        let settings = config.adaptive.clone();
+        services.spawn_every(Arc::new(AdaptiveReporter { slots: fleet.slots.clone(), settings, multiplier }), every);
+    }
+}
+
+/// The Redis slot limiter (following the service's numbers unless told not to), and the limiter
+/// jobs use: the same, or wrapped to fail open (`slots.on_redis_error`).
+fn slot_limiter(config: &Config) -> Result<(RedisSlotLimiter, Arc<dyn SlotLimiter>), Error> {
+    let mut slot_settings = RedisSlotSettings::new(config.slots.limit, config.slots.lease_ttl);
+    if config.slots.follow_service {
+        slot_settings = slot_settings.following_service(projector_shared::slots::ServiceSteering {
+            margin: config.slots.service_margin,
+            ttl: config.slots.service_ttl,
+            use_throttle: config.adaptive.use_throttle_signal,
+        });
+    }
+    let slots = RedisSlotLimiter::new(&config.redis, slot_settings)?;
+    let redis_limiter: Arc<dyn SlotLimiter> = Arc::new(slots.clone());
+    let limiter: Arc<dyn SlotLimiter> = match config.slots.on_redis_error {
+        OnRedisError::FailClosed => redis_limiter,
+        OnRedisError::FailOpen => Arc::new(FailOpenLimiter::new(redis_limiter, config.slots.fallback_limit)),
+    };
+    Ok((slots, limiter))
 }
 
 /// The limit in force, as text for the start-up log: Redis's value wins once set (operators change
