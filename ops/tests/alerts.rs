@@ -5,17 +5,17 @@ fn ops_file(name: &str) -> String {
     std::fs::read_to_string(format!("{}/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
-/// Metric names a file uses, checked against shared/src/metrics.rs. Histogram series
+/// Metric names a file uses, checked against shared/core/src/metrics.rs. Histogram series
 /// (`_bucket`, `_count`, `_sum`) count as their histogram.
 fn assert_known_metrics(file: &str, text: &str) -> usize {
-    let metrics = ops_file("../shared/src/metrics.rs");
+    let metrics = ops_file("../shared/core/src/metrics.rs");
     let defined: Vec<&str> = metrics.lines().filter_map(|l| l.split('"').nth(1)).collect();
     let mut used = 0;
     for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
         for word in line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
             if word.starts_with("spike_projection_") || word.starts_with("run_spike_projection_") || word.starts_with("projector_") {
                 let base = ["_bucket", "_count", "_sum"].iter().find_map(|s| word.strip_suffix(s)).unwrap_or(word);
-                assert!(defined.contains(&base), "{file} names {word}, which shared/src/metrics.rs does not define");
+                assert!(defined.contains(&base), "{file} names {word}, which shared/core/src/metrics.rs does not define");
                 used += 1;
             }
         }

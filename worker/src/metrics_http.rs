@@ -203,6 +203,6 @@ fn register_every_series() {
     // A histogram shows its buckets only once it has a sample; describing it is not enough, so
     // the series appear at the first slot wait and the first query.
     for (name, _) in m::HISTOGRAMS {
-        metrics::describe_histogram!(*name, metrics::Unit::Seconds, "see shared/src/metrics.rs");
+        metrics::describe_histogram!(*name, metrics::Unit::Seconds, "see shared/core/src/metrics.rs");
     }
 }

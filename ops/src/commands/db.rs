@@ -1,0 +1,66 @@
+//! `projectorctl db`: the PostgreSQL projection store's migrations.
+
+use clap::Subcommand;
+use projector_config::{Config, ConfigArgs};
+
+#[derive(Debug, Subcommand)]
+pub enum DbAction {
+    /// Apply every schema migration the database lacks, in order, under a lock (safe while workers
+    /// start). Workers do this themselves at start unless sink.migrate = false.
+    Migrate {
+        /// Print {"store", "applied": [{version, name}], "migrations": [{version, name, applied_at}]}
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Every migration this build knows, and when the database applied it (pending if not).
+    Status {
+        /// Print {"store", "migrations": [{version, name, applied_at (RFC 3339 or null)}], "pending"}
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+/// `projectorctl db migrate|status`.
+pub async fn run(config: &Config, action: DbAction) -> anyhow::Result<String> {
+    let url = config.sink.postgres_url.as_deref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "sink.postgres_url is not set: pass --set sink.postgres_url=postgresql://user@host/db or PROJECTOR_SINK_POSTGRES_URL"
+        )
+    })?;
+    let store = projector_postgres::Store::new(url, 1)?;
+    let (applied, json) = match action {
+        DbAction::Migrate { json, .. } => (Some(store.migrate().await?), json),
+        DbAction::Status { json, .. } => (None, json),
+    };
+    let states = store.migration_states().await?;
+    let pending = states.iter().filter(|m| m.applied_at.is_none()).count();
+    if json {
+        let mut value = serde_json::json!({
+            "store": store.target(),
+            "migrations": states.iter().map(|m| serde_json::json!({
+                "version": m.version, "name": m.name, "applied_at": m.applied_at.map(|t| t.to_rfc3339()),
+            })).collect::<Vec<_>>(),
+            "pending": pending,
+        });
+        if let Some(applied) = &applied {
+            value["applied"] = applied.iter().map(|m| serde_json::json!({"version": m.version, "name": m.name})).collect();
+        }
+        return Ok(format!("{value}\n"));
+    }
+    let mut out = format!("store: {}\n", store.target());
+    for m in &states {
+        let when = m.applied_at.map_or_else(|| "pending".to_owned(), |t| format!("applied {}", t.to_rfc3339()));
+        out.push_str(&format!("  {:>4}  {:<28} {when}\n", m.version, m.name));
+    }
+    match applied {
+        Some(applied) if applied.is_empty() => out.push_str("nothing to apply: the schema is current\n"),
+        Some(applied) => out.push_str(&format!("applied {} migration(s) now\n", applied.len())),
+        None if pending > 0 => out.push_str(&format!("{pending} pending: run `projectorctl db migrate`\n")),
+        None => out.push_str("the schema is current\n"),
+    }
+    Ok(out)
+}

@@ -1,0 +1,88 @@
+//! `projectorctl jobs`: dead-lettered jobs, listed, requeued or purged.
+
+use std::fmt::Write as _;
+
+use anyhow::Context;
+use clap::Subcommand;
+use projector_config::{Config, ConfigArgs};
+use projector_shared::redis_conn::Endpoint;
+
+use super::connection;
+
+#[derive(Debug, Subcommand)]
+pub enum JobsAction {
+    /// Dead-lettered jobs (payloads a job loop could not fetch, jobs apalis killed), with why.
+    Dead {
+        /// How many to list (sorted by id)
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print {"dead": n, "jobs": [{id, reason, sample}]}
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Put dead jobs back on the ready list with fresh metadata; a payload that is not JSON stays dead.
+    Requeue {
+        /// Job ids, as `jobs dead` lists them
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<String>,
+        /// Every dead job
+        #[arg(long)]
+        all: bool,
+        /// Print {"requeued", "left_dead"}
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Delete dead jobs: their payload and metadata are gone for good.
+    Purge {
+        /// Job ids, as `jobs dead` lists them
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<String>,
+        /// Every dead job
+        #[arg(long)]
+        all: bool,
+        /// Print {"purged"}
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+/// `projectorctl jobs dead|requeue|purge`.
+pub async fn run(config: &Config, action: JobsAction) -> anyhow::Result<String> {
+    let conn = connection(config)?;
+    let redis = Endpoint::from(&config.redis).redacted();
+    match action {
+        JobsAction::Dead { limit, json, .. } => {
+            let dead = projector_queue::dead_jobs(&conn, limit).await.with_context(|| format!("reading dead jobs from {redis}"))?;
+            if json {
+                let jobs: Vec<_> = dead.iter().map(|j| serde_json::json!({"id": j.id, "reason": j.reason, "sample": j.sample})).collect();
+                return Ok(format!("{}\n", serde_json::json!({"dead": dead.len(), "jobs": jobs})));
+            }
+            let mut out = format!("{} dead job(s)\n", dead.len());
+            for j in &dead {
+                let _ =
+                    writeln!(out, "  {}  {}\n      payload: {}", j.id, j.reason, if j.sample.is_empty() { "(none)" } else { &j.sample });
+            }
+            Ok(out)
+        }
+        JobsAction::Requeue { ids, json, .. } => {
+            let changed = projector_queue::requeue_dead(&conn, &ids).await.with_context(|| format!("requeuing dead jobs in {redis}"))?;
+            tracing::info!(requeued = changed.done, left_dead = changed.left, "dead jobs requeued");
+            Ok(if json {
+                format!("{}\n", serde_json::json!({"requeued": changed.done, "left_dead": changed.left}))
+            } else {
+                format!("requeued {}; {} left dead (payload not JSON: purge them)\n", changed.done, changed.left)
+            })
+        }
+        JobsAction::Purge { ids, json, .. } => {
+            let changed = projector_queue::purge_dead(&conn, &ids).await.with_context(|| format!("purging dead jobs in {redis}"))?;
+            tracing::info!(purged = changed.done, "dead jobs purged");
+            Ok(if json { format!("{}\n", serde_json::json!({"purged": changed.done})) } else { format!("purged {}\n", changed.done) })
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! `projectorctl`'s commands: the command tree, one file per command group, and the dispatch.
+
+use projector_config::{Config, ConfigArgs};
+use projector_process::telemetry;
+use projector_shared::redis_conn::Endpoint;
+use projector_shared::slots::{RedisSlotLimiter, RedisSlotSettings};
+
+use anyhow::Context;
+use clap::Subcommand;
+
+use crate::{actions, views, web};
+
+pub mod adaptive;
+pub mod db;
+pub mod flag;
+pub mod jobs;
+pub mod rate;
+pub mod runs;
+pub mod slots;
+
+use adaptive::AdaptiveAction;
+use db::DbAction;
+use flag::FlagAction;
+use jobs::JobsAction;
+use rate::RateAction;
+use runs::RunsAction;
+use slots::SlotAction;
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The cluster-wide query slots.
+    Slots {
+        #[command(subcommand)]
+        action: SlotAction,
+    },
+    /// The rollout flag organizations:spike-projection-rate-limit (limited path = slot first).
+    /// Workers pick up a change within worker.rollout_refresh (2 s), without a restart.
+    Flag {
+        #[command(subcommand)]
+        action: FlagAction,
+    },
+    /// The rate policy on query starts (`[rate]`) for query.referrer: show it live, or change it
+    /// for every worker at once, at runtime (workers apply it within worker.rollout_refresh).
+    Rate {
+        #[command(subcommand)]
+        action: RateAction,
+    },
+    /// The fleet's adaptive multiplier on the slot limit and every rate (`[adaptive]`).
+    Adaptive {
+        #[command(subcommand)]
+        action: AdaptiveAction,
+    },
+    /// The PostgreSQL projection store (sink.postgres_url): its schema migrations.
+    Db {
+        #[command(subcommand)]
+        action: DbAction,
+    },
+    /// A run's record: totals per outcome, and the orgs that did not complete (same as `runs show`).
+    Run {
+        /// Run id, as printed by projector-scheduler (e.g. run-20261122T130000Z)
+        run_id: String,
+        /// Print the same object as `runs show --json`
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Pause the fleet: every worker stops taking jobs within a second and finishes the ones
+    /// running. Scheduler ticks meanwhile are enqueued or skipped as schedule.when_paused says.
+    Pause {
+        /// Why, for whoever looks next (shown by `status`)
+        #[arg(long, default_value = "paused by an operator")]
+        reason: String,
+        /// Print {"paused": true, "reason", "since_ms"}
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// End a pause: workers take jobs again within a second.
+    Resume {
+        /// Print {"paused": false, "was_paused"}
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Dead-lettered jobs: list them with their reason, requeue them, or purge them.
+    Jobs {
+        #[command(subcommand)]
+        action: JobsAction,
+    },
+    /// Recent runs, and one run in detail.
+    Runs {
+        #[command(subcommand)]
+        action: RunsAction,
+    },
+    /// The workers alive now: host, pid, version, start time, jobs in flight, slots held, last
+    /// error. A worker leaves the list 15 s after its last heartbeat.
+    Workers {
+        /// Print {"alive", "workers": [{name, host, pid, version, started, jobs_in_flight,
+        /// slots_held, last_error, beat_ms_ago, registered}]}
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Everything recorded about one org in one run, in order: how the flag routed it, its slot
+    /// wait, rate admission, query answer, store write (fencing token) and outcome, per attempt;
+    /// for an org still under way, also where it is now (holding a slot, or its place in line).
+    Explain {
+        /// Run id, as printed by projector-scheduler or `runs list`
+        run_id: String,
+        /// Organization id
+        org_id: u64,
+        /// Print {run_id, org_id, outcome, attempt, now: null (it ended) or {holding_slot,
+        /// waiting_for_slot}, attempts: [{at_ms, attempt, outcome, worker, why: {kind, message},
+        /// steps: [{step: routed|slot|rate|query|store|rescheduled|cancelled, …}]}]}
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// A status page: live status, run history, run detail with per-org reasons, and workers, as
+    /// HTML at / and as JSON under /api/ (the same objects as `--json`). Read-only unless
+    /// --allow-actions.
+    Serve {
+        /// Address to listen on
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        addr: std::net::SocketAddr,
+        /// Offer pause, resume, retry and cancel, each requiring ops.action_token (set in config
+        /// or PROJECTOR_OPS_ACTION_TOKEN); every action is logged
+        #[arg(long)]
+        allow_actions: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// One screen: the limit in force and its source, slots in use and waiters, the queue (ready,
+    /// scheduled, in flight, dead), workers alive, the latest run's progress with an ETA, and the
+    /// rollout flag.
+    Status {
+        /// Print {"redis", "limit": {in_force, source, stored, configured, adaptive_multiplier},
+        /// "slots": {in_use, waiters, oldest_wait_ms}, "queue": {ready, scheduled, in_flight, dead},
+        /// "workers": {alive, jobs_in_flight}, "run": (as in `runs list`) or null, "paused": null or {reason, since_ms},
+        /// "rollout": {enabled, percentage, allow, deny}}
+        #[arg(long)]
+        json: bool,
+        /// Redraw every this often (e.g. 2s) until Ctrl-C
+        #[arg(long, value_name = "INTERVAL", value_parser = humantime::parse_duration)]
+        watch: Option<std::time::Duration>,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+impl Command {
+    pub fn config_args(&self) -> &ConfigArgs {
+        match self {
+            Command::Run { config, .. }
+            | Command::Workers { config, .. }
+            | Command::Pause { config, .. }
+            | Command::Jobs {
+                action: JobsAction::Dead { config, .. } | JobsAction::Requeue { config, .. } | JobsAction::Purge { config, .. },
+            }
+            | Command::Resume { config, .. }
+            | Command::Status { config, .. }
+            | Command::Explain { config, .. }
+            | Command::Serve { config, .. }
+            | Command::Runs {
+                action:
+                    RunsAction::List { config, .. }
+                    | RunsAction::Show { config, .. }
+                    | RunsAction::Retry { config, .. }
+                    | RunsAction::Cancel { config, .. },
+            }
+            | Command::Rate {
+                action: RateAction::Show { config, .. } | RateAction::Set { config, .. } | RateAction::Reset { config, .. },
+            }
+            | Command::Adaptive {
+                action: AdaptiveAction::Show { config, .. } | AdaptiveAction::Set { config, .. } | AdaptiveAction::Reset { config, .. },
+            }
+            | Command::Flag {
+                action: FlagAction::Show { config, .. } | FlagAction::Set { config, .. } | FlagAction::Clear { config, .. },
+            }
+            | Command::Db { action: DbAction::Migrate { config, .. } | DbAction::Status { config, .. } }
+            | Command::Slots {
+                action:
+                    SlotAction::Inspect { config, .. }
+                    | SlotAction::SetLimit { config, .. }
+                    | SlotAction::ResetLimit { config, .. }
+                    | SlotAction::Reset { config, .. },
+            } => config,
+        }
+    }
+}
+
+/// Runs the command; returns what it prints on stdout.
+pub async fn run(command: Command, config: Config) -> anyhow::Result<String> {
+    match command {
+        Command::Slots { action } => slots::run(&config, action).await,
+        Command::Flag { action } => flag::run(&config, action).await,
+        Command::Run { run_id, json, .. } => views::runs_show(&config, &run_id, views::Listed::First, json).await,
+        Command::Runs { action } => runs::run(&config, action).await,
+        Command::Explain { run_id, org_id, json, .. } => views::explain(&config, &run_id, org_id, json).await,
+        Command::Serve { addr, allow_actions, .. } => web::serve(config, addr, allow_actions).await.map(|()| String::new()),
+        Command::Workers { json, .. } => views::workers(&config, json).await,
+        Command::Jobs { action } => jobs::run(&config, action).await,
+        Command::Pause { reason, json, .. } => {
+            let pause = actions::pause(&connection(&config)?, &reason).await?;
+            Ok(if json {
+                format!("{}\n", serde_json::json!({"paused": true, "reason": pause.reason, "since_ms": pause.since_ms}))
+            } else {
+                format!("fleet paused ({}): workers take no new jobs within a second; `projectorctl resume` ends it\n", pause.reason)
+            })
+        }
+        Command::Resume { json, .. } => {
+            let was = actions::resume(&connection(&config)?).await?;
+            Ok(if json {
+                format!("{}\n", serde_json::json!({"paused": false, "was_paused": was}))
+            } else if was {
+                "fleet resumed: workers take jobs again within a second\n".to_owned()
+            } else {
+                "the fleet was not paused\n".to_owned()
+            })
+        }
+        Command::Status { json, watch: None, .. } => views::status(&config, json).await,
+        Command::Status { json, watch: Some(every), .. } => loop {
+            let screen = views::status(&config, json).await?;
+            // Clear the screen and home the cursor, then draw; Ctrl-C ends it.
+            telemetry::print(&if json { screen } else { format!("\x1b[2J\x1b[H{screen}") });
+            tokio::time::sleep(every).await;
+        },
+        Command::Rate { action } => rate::run(&config, action).await,
+        Command::Adaptive { action } => adaptive::run(&config, action).await,
+        Command::Db { action } => db::run(&config, action).await,
+    }
+}
+
+/// The fleet's slot limiter, as configured.
+pub(crate) fn slot_limiter(config: &Config) -> anyhow::Result<RedisSlotLimiter> {
+    Ok(RedisSlotLimiter::new(&config.redis, RedisSlotSettings::new(config.slots.limit, config.slots.lease_ttl))?)
+}
+
+pub(crate) fn connection(config: &Config) -> anyhow::Result<projector_shared::redis_conn::RedisConn> {
+    let endpoint = Endpoint::from(&config.redis);
+    let (_, conn) = projector_shared::redis_conn::connection_manager(&endpoint, std::time::Duration::from_secs(5))
+        .with_context(|| format!("connecting to {}", endpoint.redacted()))?;
+    Ok(conn)
+}

@@ -1,0 +1,178 @@
+//! `projectorctl slots`: inspect and steer the cluster-wide query slots.
+
+use std::fmt::Write as _;
+
+use anyhow::Context;
+use clap::Subcommand;
+use projector_config::{Config, ConfigArgs};
+use projector_shared::redis_conn::Endpoint;
+
+use super::slot_limiter;
+
+#[derive(Debug, Subcommand)]
+pub enum SlotAction {
+    /// Show the limit, how many slots are held and how many wait (with the oldest lease); --all
+    /// lists every holder (worker, org, age, expiry, fencing token) and every waiter.
+    Inspect {
+        /// Every holder and every waiter, not only the counts
+        #[arg(long)]
+        all: bool,
+        /// Print {"limit" (stored, or null), "configured", "holders", "waiters",
+        /// "oldest_lease_age_ms"}; with --all also "holder_list": [{lease_id, worker, org_id,
+        /// fencing_token, age_ms, expires_in_ms}] and "waiter_list": [{id, info}] in arrival order
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Set the limit for every worker at once, without a restart; it wins over every worker's
+    /// slots.limit until `slots reset-limit`. Lowering it interrupts no running query: it takes
+    /// effect as leases are released. Raising it serves waiters immediately. A limit above
+    /// query.referrer_limit (the query service's own limit, 100) is refused without --force.
+    SetLimit {
+        /// New limit; keep it below the query service's per-referrer limit
+        #[arg(required_unless_present = "from_config", conflicts_with = "from_config")]
+        limit: Option<u32>,
+        /// Use slots.limit from the configuration (file, environment, --set) instead
+        #[arg(long)]
+        from_config: bool,
+        /// Accept a limit above query.referrer_limit (the query service will answer 429s)
+        #[arg(long)]
+        force: bool,
+        /// Print {"limit"}
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Forget the limit stored in Redis: the next slot request writes that worker's configured
+    /// slots.limit again. This hands the limit back to configuration.
+    ResetLimit {
+        /// Print {"removed": true|false}
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Drop every lease and waiter (what reset_concurrent_count did in earlier designs). Holders learn at their next
+    /// renewal that their lease is gone. Use only when the slots are known to be stuck.
+    Reset {
+        /// Print {"leases_dropped"}
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+pub async fn run(config: &Config, action: SlotAction) -> anyhow::Result<String> {
+    let limiter = slot_limiter(config)?;
+    let redis = Endpoint::from(&config.redis).redacted();
+    let mut out = String::new();
+    match action {
+        SlotAction::Inspect { all, json, .. } => return inspect(config, &limiter, all, json).await,
+        SlotAction::SetLimit { limit, from_config, force, json, .. } => {
+            let limit = if from_config { config.slots.limit } else { limit.unwrap_or(config.slots.limit) };
+            anyhow::ensure!(limit >= 1, "a limit of 0 would stop every query; use 1 or more");
+            let ceiling = config.query.referrer_limit;
+            if limit > ceiling {
+                anyhow::ensure!(
+                    force,
+                    "refusing limit {limit}: it is above query.referrer_limit {ceiling}, the query service's own limit for {}, so queries beyond {ceiling} would get 429s. Use a lower limit, or --force if the service's limit was raised (and set query.referrer_limit to match)",
+                    config.query.referrer
+                );
+                tracing::warn!(limit, referrer_limit = ceiling, "slot limit set above the query service's per-referrer limit (--force)");
+            }
+            limiter.set_limit(limit).await.with_context(|| format!("setting the limit in {redis}"))?;
+            if json {
+                return Ok(format!("{}\n", serde_json::json!({"limit": limit})));
+            }
+            let _ = writeln!(
+                out,
+                "limit set to {limit} for every worker (stored in Redis; `projectorctl slots reset-limit` hands it back to config)"
+            );
+        }
+        SlotAction::ResetLimit { json, .. } => {
+            let removed = limiter.clear_limit().await.with_context(|| format!("resetting the limit in {redis}"))?;
+            if json {
+                return Ok(format!("{}\n", serde_json::json!({"removed": removed})));
+            }
+            let _ = writeln!(
+                out,
+                "{}; the next slot request stores its worker's slots.limit",
+                if removed { "stored limit removed" } else { "no limit was stored" }
+            );
+        }
+        SlotAction::Reset { json, .. } => {
+            let dropped = limiter.reset().await.with_context(|| format!("resetting slots in {redis}"))?;
+            if json {
+                return Ok(format!("{}\n", serde_json::json!({"leases_dropped": dropped})));
+            }
+            let _ = writeln!(out, "dropped {dropped} leases and every waiter");
+        }
+    }
+    Ok(out)
+}
+
+/// `slots inspect`: the limit, holders and waiters (each listed with `--all`).
+async fn inspect(config: &Config, limiter: &projector_shared::slots::RedisSlotLimiter, all: bool, json: bool) -> anyhow::Result<String> {
+    let redis = Endpoint::from(&config.redis).redacted();
+    let mut out = String::new();
+    let state = limiter.inspect().await.with_context(|| format!("reading slots from {redis}"))?;
+    let oldest = state.holders.iter().map(|h| h.age).max();
+    if json {
+        let mut value = serde_json::json!({
+            "limit": state.limit, "configured": config.slots.limit, "holders": state.holders.len(),
+            "waiters": state.waiters.len(), "oldest_lease_age_ms": oldest.map(|a| a.as_millis() as u64),
+        });
+        if all {
+            value["holder_list"] = state
+                .holders
+                .iter()
+                .map(|h| {
+                    serde_json::json!({
+                        "lease_id": h.lease_id, "worker": h.process, "org_id": h.org_id, "fencing_token": h.fencing_token,
+                        "age_ms": h.age.as_millis() as u64, "expires_in_ms": h.expires_in.as_millis() as u64,
+                    })
+                })
+                .collect();
+            value["waiter_list"] = state.waiters.iter().map(|(id, info)| serde_json::json!({"id": id, "info": info})).collect();
+        }
+        return Ok(format!("{value}\n"));
+    }
+    match state.limit {
+        Some(limit) => {
+            let _ = writeln!(out, "limit: {limit} (stored in Redis; it wins over every worker's slots.limit until `slots reset-limit`)");
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "limit: none stored in Redis yet; the first slot request stores its worker's slots.limit (here: {})",
+                config.slots.limit
+            );
+        }
+    }
+    let oldest = oldest.map(|a| format!(" (oldest lease {:.1}s)", a.as_secs_f64())).unwrap_or_default();
+    let _ = writeln!(out, "holders: {}{oldest}", state.holders.len());
+    for h in state.holders.iter().filter(|_| all) {
+        let _ = writeln!(
+            out,
+            "  lease {}  worker {}  org {}  token {}  age {:.1}s  expires in {:.1}s",
+            h.lease_id,
+            h.process,
+            h.org_id,
+            h.fencing_token,
+            h.age.as_secs_f64(),
+            h.expires_in.as_secs_f64()
+        );
+    }
+    let _ = writeln!(out, "waiters: {}", state.waiters.len());
+    let anyone = !state.holders.is_empty() || !state.waiters.is_empty();
+    if anyone && !all {
+        let _ = writeln!(out, "(`slots inspect --all` lists every holder and waiter)");
+    }
+    for (position, (id, info)) in state.waiters.iter().enumerate().filter(|_| all) {
+        let _ = writeln!(out, "  #{} {id}  {info}", position + 1);
+    }
+    Ok(out)
+}
