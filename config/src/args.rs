@@ -15,15 +15,15 @@ use crate::{Config, ConfigError};
 #[derive(Debug, Clone, Default, Args)]
 pub struct ConfigArgs {
     /// TOML configuration file (see config.example.toml for every key)
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     pub config: Option<PathBuf>,
 
     /// Set any configuration key, e.g. --set slots.lease_ttl=10s (repeatable)
-    #[arg(long = "set", value_name = "KEY=VALUE")]
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
     pub set: Vec<String>,
 
     /// Redis URL: redis://, rediss:// (TLS) or unix:///path [key: redis.url]
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", global = true)]
     pub redis_url: Option<String>,
 }
 
@@ -123,16 +123,6 @@ impl ServeArgs {
 }
 
 impl ConfigArgs {
-    /// These flags over `outer` (the same flags given earlier on the line, before a
-    /// subcommand): a file or URL given here wins, and `--set`s apply after the outer ones.
-    pub fn over(&self, outer: &ConfigArgs) -> ConfigArgs {
-        ConfigArgs {
-            config: self.config.clone().or_else(|| outer.config.clone()),
-            set: outer.set.iter().chain(&self.set).cloned().collect(),
-            redis_url: self.redis_url.clone().or_else(|| outer.redis_url.clone()),
-        }
-    }
-
     /// The flag layer as (key, value, flag) triples: `--set` first, then the named flags
     /// (`extra` included), so that the more specific spelling wins.
     pub fn flag_values(&self, extra: Vec<FlagValue>) -> Vec<FlagValue> {

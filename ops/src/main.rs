@@ -29,8 +29,8 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
 
-    /// The configuration flags, given before the subcommand (as with kubectl or redis-cli); the
-    /// same flags after it win where both are given.
+    /// The configuration flags, global: before the subcommand (as with kubectl or redis-cli) or
+    /// after it.
     #[command(flatten)]
     config: ConfigArgs,
 }
@@ -38,7 +38,7 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
-    let config = match projector_process::runtime::config_or_exit(cli.command.config_args().over(&cli.config).load(Vec::new())) {
+    let config = match projector_process::runtime::config_or_exit(cli.config.load(Vec::new())) {
         Ok(c) => c,
         Err(code) => return code,
     };

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use anyhow::Context;
 use clap::Subcommand;
-use projector_config::{Config, ConfigArgs};
+use projector_config::Config;
 use projector_shared::redis_conn::Endpoint;
 
 use super::slot_limiter;
@@ -15,8 +15,6 @@ pub enum AdaptiveAction {
     Show {
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
     },
     /// Set the multiplier by hand (between adaptive.min_multiplier and max_multiplier); with
     /// adaptation enabled, the fleet moves on from it at the next window.
@@ -24,16 +22,12 @@ pub enum AdaptiveAction {
         multiplier: f64,
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
     },
     /// Forget the multiplier and its window: the stored slot limit and the configured rates
     /// apply as they are.
     Reset {
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
     },
 }
 

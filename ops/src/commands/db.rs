@@ -1,7 +1,7 @@
 //! `projectorctl db`: the PostgreSQL projection store's migrations.
 
 use clap::Subcommand;
-use projector_config::{Config, ConfigArgs};
+use projector_config::Config;
 
 #[derive(Debug, Subcommand)]
 pub enum DbAction {
@@ -11,16 +11,12 @@ pub enum DbAction {
         /// Print {"store", "applied": [{version, name}], "migrations": [{version, name, applied_at}]}
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
     },
     /// Every migration this build knows, and when the database applied it (pending if not).
     Status {
         /// Print {"store", "migrations": [{version, name, applied_at (RFC 3339 or null)}], "pending"}
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
     },
 }
 

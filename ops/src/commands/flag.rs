@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use clap::Subcommand;
-use projector_config::{Config, ConfigArgs};
+use projector_config::Config;
 use projector_shared::OrgId;
 use projector_shared::rollout::{RATE_LIMIT_FLAG, Rollout};
 
@@ -19,8 +19,6 @@ pub enum FlagAction {
         /// (unset fields are null)
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
     },
     /// Change the flag. Unset fields keep their value; never set at all, everyone is limited.
     Set {
@@ -39,16 +37,12 @@ pub enum FlagAction {
         /// Print the flag as `flag show --json` does, after the change
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
     },
     /// Forget the flag: back to the safe default, every org limited.
     Clear {
         /// Print the flag as `flag show --json` does, after the change
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
     },
 }
 

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use anyhow::Context;
 use clap::Subcommand;
-use projector_config::{Config, ConfigArgs};
+use projector_config::Config;
 use projector_shared::redis_conn::Endpoint;
 
 use super::connection;
@@ -19,8 +19,6 @@ pub enum JobsAction {
         /// Print {"dead": n, "jobs": [{id, reason, sample}]}
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
     },
     /// Put dead jobs back on the ready list with fresh metadata; a payload that is not JSON stays dead.
     Requeue {
@@ -33,8 +31,6 @@ pub enum JobsAction {
         /// Print {"requeued", "left_dead"}
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
     },
     /// Delete dead jobs: their payload and metadata are gone for good.
     Purge {
@@ -47,8 +43,6 @@ pub enum JobsAction {
         /// Print {"purged"}
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
     },
 }
 

@@ -1,6 +1,6 @@
 //! `projectorctl`'s commands: the command tree, one file per command group, and the dispatch.
 
-use projector_config::{Config, ConfigArgs};
+use projector_config::Config;
 use projector_process::telemetry;
 use projector_shared::redis_conn::Endpoint;
 use projector_shared::slots::{RedisSlotLimiter, RedisSlotSettings};
@@ -62,8 +62,6 @@ pub enum Command {
         /// Print the same object as `runs show --json`
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
     },
     /// Pause the fleet: every worker stops taking jobs within a second and finishes the ones
     /// running. Scheduler ticks meanwhile are enqueued or skipped as schedule.when_paused says.
@@ -74,16 +72,12 @@ pub enum Command {
         /// Print {"paused": true, "reason", "since_ms"}
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
     },
     /// End a pause: workers take jobs again within a second.
     Resume {
         /// Print {"paused": false, "was_paused"}
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
     },
     /// Dead-lettered jobs: list them with their reason, requeue them, or purge them.
     Jobs {
@@ -102,8 +96,6 @@ pub enum Command {
         /// slots_held, last_error, beat_ms_ago, registered}]}
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
     },
     /// Everything recorded about one org in one run, in order: how the flag routed it, its slot
     /// wait, rate admission, query answer, store write (fencing token) and outcome, per attempt;
@@ -118,8 +110,6 @@ pub enum Command {
         /// steps: [{step: routed|slot|rate|query|store|rescheduled|cancelled, …}]}]}
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
     },
     /// A status page: live status, run history, run detail with per-org reasons, and workers, as
     /// HTML at / and as JSON under /api/ (the same objects as `--json`). Read-only unless
@@ -132,8 +122,6 @@ pub enum Command {
         /// or PROJECTOR_OPS_ACTION_TOKEN); every action is logged
         #[arg(long)]
         allow_actions: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
     },
     /// One screen: the limit in force and its source, slots in use and waiters, the queue (ready,
     /// scheduled, in flight, dead), workers alive, the latest run's progress with an ETA, and the
@@ -148,50 +136,7 @@ pub enum Command {
         /// Redraw every this often (e.g. 2s) until Ctrl-C
         #[arg(long, value_name = "INTERVAL", value_parser = humantime::parse_duration)]
         watch: Option<std::time::Duration>,
-        #[command(flatten)]
-        config: ConfigArgs,
     },
-}
-
-impl Command {
-    pub fn config_args(&self) -> &ConfigArgs {
-        match self {
-            Command::Run { config, .. }
-            | Command::Workers { config, .. }
-            | Command::Pause { config, .. }
-            | Command::Jobs {
-                action: JobsAction::Dead { config, .. } | JobsAction::Requeue { config, .. } | JobsAction::Purge { config, .. },
-            }
-            | Command::Resume { config, .. }
-            | Command::Status { config, .. }
-            | Command::Explain { config, .. }
-            | Command::Serve { config, .. }
-            | Command::Runs {
-                action:
-                    RunsAction::List { config, .. }
-                    | RunsAction::Show { config, .. }
-                    | RunsAction::Retry { config, .. }
-                    | RunsAction::Cancel { config, .. },
-            }
-            | Command::Rate {
-                action: RateAction::Show { config, .. } | RateAction::Set { config, .. } | RateAction::Reset { config, .. },
-            }
-            | Command::Adaptive {
-                action: AdaptiveAction::Show { config, .. } | AdaptiveAction::Set { config, .. } | AdaptiveAction::Reset { config, .. },
-            }
-            | Command::Flag {
-                action: FlagAction::Show { config, .. } | FlagAction::Set { config, .. } | FlagAction::Clear { config, .. },
-            }
-            | Command::Db { action: DbAction::Migrate { config, .. } | DbAction::Status { config, .. } }
-            | Command::Slots {
-                action:
-                    SlotAction::Inspect { config, .. }
-                    | SlotAction::SetLimit { config, .. }
-                    | SlotAction::ResetLimit { config, .. }
-                    | SlotAction::Reset { config, .. },
-            } => config,
-        }
-    }
 }
 
 /// Runs the command; returns what it prints on stdout.

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use clap::Subcommand;
-use projector_config::{Config, ConfigArgs};
+use projector_config::Config;
 use projector_shared::rate::{RatePolicy, RedisRateLimiter, store};
 
 use super::{connection, slot_limiter};
@@ -16,8 +16,6 @@ pub enum RateAction {
         /// Print one JSON object instead of text
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
     },
     /// Change the policy for every worker at once, without a restart; it wins over the workers'
     /// [rate] configuration until `rate reset`. Only the given keys change; each is checked as
@@ -44,15 +42,11 @@ pub enum RateAction {
         cooldown_after_429: Option<String>,
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
     },
     /// Forget the runtime policy: workers go back to their [rate] configuration.
     Reset {
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
     },
 }
 

@@ -2,7 +2,7 @@
 //! the run cancelled.
 
 use clap::Subcommand;
-use projector_config::{Config, ConfigArgs};
+use projector_config::Config;
 use projector_shared::RunId;
 
 use super::connection;
@@ -21,8 +21,6 @@ pub enum RunsAction {
         /// cancelled, retried, eta_s, outcomes: {<outcome>: n}, skipped (why, or null)}]}
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
     },
     /// One run: the count per outcome, every org that did not complete with its reason (error
     /// kind and message, slot wait, retry_after), and progress over time.
@@ -37,8 +35,6 @@ pub enum RunsAction {
         /// "not_completed_total", "open_org_ids" and "progress": [{after_ms, accounted}]
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
     },
     /// Run a run's orgs again that ended in the given outcomes, as a follow-up attempt linked to
     /// the run (each with its own dedupe member <org>:a<n>); orgs that completed are never re-run.
@@ -51,8 +47,6 @@ pub enum RunsAction {
         /// Print {run_id, reopened: [[org_id, attempt]], enqueued}
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
     },
     /// Cancel a run: its orgs without an outcome end as `cancelled` (accounted), and its waiting
     /// jobs are removed from the queue. Jobs already running finish; none starts a query after.
@@ -61,8 +55,6 @@ pub enum RunsAction {
         /// Print {orgs_cancelled, jobs_removed}
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
     },
 }
 

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use anyhow::Context;
 use clap::Subcommand;
-use projector_config::{Config, ConfigArgs};
+use projector_config::Config;
 use projector_shared::redis_conn::Endpoint;
 
 use super::slot_limiter;
@@ -22,8 +22,6 @@ pub enum SlotAction {
         /// fencing_token, age_ms, expires_in_ms}] and "waiter_list": [{id, info}] in arrival order
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
     },
     /// Set the limit for every worker at once, without a restart; it wins over every worker's
     /// slots.limit until `slots reset-limit`. Lowering it interrupts no running query: it takes
@@ -42,8 +40,6 @@ pub enum SlotAction {
         /// Print {"limit"}
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
     },
     /// Forget the limit stored in Redis: the next slot request writes that worker's configured
     /// slots.limit again. This hands the limit back to configuration.
@@ -51,8 +47,6 @@ pub enum SlotAction {
         /// Print {"removed": true|false}
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
     },
     /// Drop every lease and waiter (what reset_concurrent_count did in earlier designs). Holders learn at their next
     /// renewal that their lease is gone. Use only when the slots are known to be stuck.
@@ -60,8 +54,6 @@ pub enum SlotAction {
         /// Print {"leases_dropped"}
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
     },
 }
 
