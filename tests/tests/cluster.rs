@@ -34,7 +34,7 @@ fn a_run_on_a_redis_cluster_completes_every_org_within_the_slot_bound() {
     let slow = run("projector-scheduler", &env, &["run-once", "--orgs", "40", "--batch-size", "5", "--batch-delay", "30s"]);
     assert!(slow.status.success(), "{}", text(&slow.stderr));
     let second = text(&slow.stdout).split_whitespace().nth(1).map(|r| r.trim_end_matches(':').to_owned()).expect("run id");
-    let cancelled = json_of(&run("projectorctl", &env, &["runs", "cancel", &second, "--json"]));
+    let cancelled = json_of(&run("projectorctl", &env, &["runs", "cancel", &second, "--json", "--yes"]));
     assert!(cancelled["orgs_cancelled"].as_u64().unwrap_or(0) > 0, "{cancelled}");
     assert!(cancelled["jobs_removed"].as_u64().unwrap_or(0) > 0, "the later batches' jobs left the queue: {cancelled}");
     wait_until(Duration::from_secs(30), "every org of the cancelled run is accounted", || {

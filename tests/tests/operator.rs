@@ -170,7 +170,8 @@ fn the_limit_in_force_is_reported_and_a_limit_above_the_service_limit_is_refused
     assert!(text(&ctl(&["slots", "inspect"]).stdout).contains("none stored in Redis yet"));
     let again: serde_json::Value = serde_json::from_slice(&ctl(&["slots", "reset-limit", "--json"]).stdout).expect("reset JSON");
     assert_eq!(again["removed"], false, "nothing left to remove: {again}");
-    let flag: serde_json::Value = serde_json::from_slice(&ctl(&["flag", "set", "--percentage", "40", "--json"]).stdout).expect("flag JSON");
+    let flag: serde_json::Value =
+        serde_json::from_slice(&ctl(&["flag", "set", "--percentage", "40", "--json", "--yes"]).stdout).expect("flag JSON");
     assert_eq!((flag["percentage"].as_u64(), flag["enabled"].clone()), (Some(40), serde_json::Value::Null), "{flag}");
     let cleared: serde_json::Value = serde_json::from_slice(&ctl(&["flag", "clear", "--json"]).stdout).expect("flag JSON");
     assert_eq!(cleared["percentage"], serde_json::Value::Null, "{cleared}");
@@ -378,4 +379,33 @@ fn configuration_flags_work_before_the_subcommand_too() {
     }
     let both = run("projectorctl", &no_env, &["--redis-url", "redis://127.0.0.1:1", "slots", "inspect", "--json", "--redis-url", &url]);
     assert!(both.status.success(), "the URL after the subcommand wins: {}", text(&both.stderr));
+}
+
+/// A flag change that takes orgs off the limited path says how many and is refused without
+/// `--yes` when nobody can be asked; one that adds protection needs no confirmation. Destructive
+/// commands ask the same way.
+#[test]
+fn a_change_that_lowers_protection_shows_its_effect_and_needs_yes() {
+    let redis = RedisServer::start();
+    let env = vec![("PROJECTOR_REDIS_URL".to_owned(), redis.url())];
+    let refused = run("projectorctl", &env, &["flag", "set", "--percentage", "10", "--deny", "42"]);
+    let stderr = text(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    // The flag routes by a hash of the org id: the count is the flag's own, read back below.
+    let would = json_of(&run("projectorctl", &env, &["flag", "show", "--json"]));
+    assert_eq!(would["limited"], 1000, "nothing changed: {would}");
+    let done = json_of(&run("projectorctl", &env, &["flag", "set", "--percentage", "10", "--deny", "42", "--yes", "--json"]));
+    let left = 1000 - done["limited"].as_u64().expect("limited");
+    assert!(left > 800, "{done}");
+    assert!(stderr.contains(&format!("{left} of 1000 orgs leave the limited path")) && stderr.contains("--yes"), "{stderr}");
+    // Back to more protection: no question asked.
+    let raised = run("projectorctl", &env, &["flag", "set", "--percentage", "100"]);
+    assert!(raised.status.success(), "{}", text(&raised.stderr));
+    for args in [&["slots", "reset"][..], &["runs", "cancel", "run-x"], &["jobs", "purge", "--all"]] {
+        let out = run("projectorctl", &env, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?} needs --yes: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("Nothing changed: run it again with --yes"), "{args:?}: {}", text(&out.stderr));
+    }
+    let reset = run("projectorctl", &env, &["slots", "reset", "--yes"]);
+    assert!(reset.status.success(), "{}", text(&reset.stderr));
 }

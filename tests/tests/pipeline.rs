@@ -221,7 +221,7 @@ fn dry_run_prints_the_plan_with_rollout_routing_and_enqueues_nothing() {
     let rollout = Rollout { percentage: Some(50), deny: [OrgId(3)].into(), ..Rollout::default() };
     // Set through the operator CLI, as on-call would.
     let ctl = command(workspace_bin("projectorctl"))
-        .args(["flag", "set", "--percentage", "50", "--deny", "3"])
+        .args(["flag", "set", "--percentage", "50", "--deny", "3", "--yes"])
         .envs(env.iter().cloned())
         .output()
         .expect("projectorctl");

@@ -157,7 +157,7 @@ fn a_cancelled_run_sends_no_more_queries_and_every_org_is_accounted() {
         let told = ctl(&env, &["explain", &run_id, &org]);
         told["outcome"].is_null() && told["now"]["waiting_for_slot"].as_str().is_some_and(|w| w.contains("waits for a slot"))
     });
-    let cancelled = ctl(&env, &["runs", "cancel", &run_id]);
+    let cancelled = ctl(&env, &["runs", "cancel", &run_id, "--yes"]);
     let at_cancel = requests();
     // The worker heard of it on the cancel channel: its slot grants ask its own mirror.
     w.wait_for_line(&["run cancelled; its jobs that get a slot send no query", &run_id], Duration::from_secs(10));

@@ -7,7 +7,7 @@ use projector_config::Config;
 use projector_shared::OrgId;
 use projector_shared::rollout::{RATE_LIMIT_FLAG, Rollout};
 
-use super::connection;
+use super::{confirm, connection};
 
 #[derive(Debug, Subcommand)]
 pub enum FlagAction {
@@ -37,6 +37,9 @@ pub enum FlagAction {
         /// Print the flag as `flag show --json` does, after the change
         #[arg(long)]
         json: bool,
+        /// Confirm without a prompt (scripts); without it a terminal is asked, anything else refused
+        #[arg(long)]
+        yes: bool,
     },
     /// Forget the flag: back to the safe default, every org limited.
     Clear {
@@ -51,7 +54,8 @@ pub async fn run(config: &Config, action: FlagAction) -> anyhow::Result<String> 
     let mut rollout = Rollout::load(&mut conn).await?;
     let (sample, json) = match action {
         FlagAction::Show { sample, json, .. } => (sample, json),
-        FlagAction::Set { enabled, percentage, allow, deny, json, .. } => {
+        FlagAction::Set { enabled, percentage, allow, deny, json, yes } => {
+            let before = rollout.clone();
             rollout.enabled = enabled.or(rollout.enabled);
             rollout.percentage = percentage.or(rollout.percentage);
             if let Some(ids) = allow {
@@ -60,6 +64,7 @@ pub async fn run(config: &Config, action: FlagAction) -> anyhow::Result<String> 
             if let Some(ids) = deny {
                 rollout.deny = ids.into_iter().map(OrgId).collect();
             }
+            confirm_fewer_limited(&before, &rollout, yes)?;
             rollout.save(&mut conn).await?;
             (1000, json)
         }
@@ -87,4 +92,28 @@ pub async fn run(config: &Config, action: FlagAction) -> anyhow::Result<String> 
     let _ = writeln!(out, "  deny: {:?}", rollout.deny.iter().map(|o| o.0).collect::<Vec<_>>());
     let _ = writeln!(out, "  of orgs 1..={sample}: {limited} limited (slot first), {} legacy", sample as usize - limited);
     Ok(out)
+}
+
+/// Orgs of 1..=[`EFFECT_SAMPLE`] on the limited path under a flag.
+fn limited_of_sample(rollout: &Rollout) -> usize {
+    (1..=EFFECT_SAMPLE).filter(|o| rollout.is_limited(OrgId(*o))).count()
+}
+
+/// How many orgs a flag change is measured on: the flag splits org ids by hash, so a thousand
+/// of them show its effect to a few tenths of a percent.
+const EFFECT_SAMPLE: u64 = 1000;
+
+/// A change that takes orgs off the limited path brings back unlimited queries for them (the
+/// incident Projector exists for): it shows how many and asks first.
+fn confirm_fewer_limited(before: &Rollout, after: &Rollout, yes: bool) -> anyhow::Result<()> {
+    let (was, will) = (limited_of_sample(before), limited_of_sample(after));
+    if will >= was {
+        return Ok(());
+    }
+    let effect = format!(
+        "{} of {EFFECT_SAMPLE} orgs leave the limited path ({was} limited now, {will} after): they will query without a slot, \
+         with nothing to keep them under the query service's limit",
+        was - will
+    );
+    confirm(&effect, yes)
 }

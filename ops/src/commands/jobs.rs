@@ -43,6 +43,9 @@ pub enum JobsAction {
         /// Print {"purged"}
         #[arg(long)]
         json: bool,
+        /// Confirm without a prompt (scripts); without it a terminal is asked, anything else refused
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -73,7 +76,9 @@ pub async fn run(config: &Config, action: JobsAction) -> anyhow::Result<String> 
                 format!("requeued {}; {} left dead (payload not JSON: purge them)\n", changed.done, changed.left)
             })
         }
-        JobsAction::Purge { ids, json, .. } => {
+        JobsAction::Purge { ids, json, yes, .. } => {
+            let what = if ids.is_empty() { "every dead job".to_owned() } else { format!("{} dead job(s)", ids.len()) };
+            super::confirm(&format!("purging {what} deletes their payloads for good"), yes)?;
             let changed = projector_queue::purge_dead(&conn, &ids).await.with_context(|| format!("purging dead jobs in {redis}"))?;
             tracing::info!(purged = changed.done, "dead jobs purged");
             Ok(if json { format!("{}\n", serde_json::json!({"purged": changed.done})) } else { format!("purged {}\n", changed.done) })

@@ -192,3 +192,25 @@ pub(crate) fn connection(config: &Config) -> anyhow::Result<projector_shared::re
         .with_context(|| format!("connecting to {}", endpoint.redacted()))?;
     Ok(conn)
 }
+
+/// Asks before a change that lowers protection or destroys state: `effect` says what it will do.
+/// `--yes` confirms; on a terminal the operator is asked; anywhere else (a script, a pipe) the
+/// change is refused with the effect and how to confirm, and nothing changes.
+pub(crate) fn confirm(effect: &str, yes: bool) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("{effect}. Nothing changed: run it again with --yes to confirm");
+    }
+    eprint!("{effect}.\nContinue? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+        Ok(())
+    } else {
+        anyhow::bail!("not confirmed; nothing changed")
+    }
+}

@@ -55,6 +55,9 @@ pub enum RunsAction {
         /// Print {orgs_cancelled, jobs_removed}
         #[arg(long)]
         json: bool,
+        /// Confirm without a prompt (scripts); without it a terminal is asked, anything else refused
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -83,7 +86,11 @@ pub async fn run(config: &Config, action: RunsAction) -> anyhow::Result<String> 
                 )
             })
         }
-        RunsAction::Cancel { run_id, json, .. } => {
+        RunsAction::Cancel { run_id, json, yes } => {
+            super::confirm(
+                &format!("cancelling run {run_id} ends every org without an outcome as cancelled: they get no projection this run"),
+                yes,
+            )?;
             let done = actions::cancel(&connection(config)?, config, &RunId(run_id.clone())).await?;
             Ok(if json {
                 format!("{}\n", serde_json::to_value(done)?)

@@ -54,6 +54,9 @@ pub enum SlotAction {
         /// Print {"leases_dropped"}
         #[arg(long)]
         json: bool,
+        /// Confirm without a prompt (scripts); without it a terminal is asked, anything else refused
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -95,7 +98,14 @@ pub async fn run(config: &Config, action: SlotAction) -> anyhow::Result<String> 
                 if removed { "stored limit removed" } else { "no limit was stored" }
             );
         }
-        SlotAction::Reset { json, .. } => {
+        SlotAction::Reset { json, yes } => {
+            let held = limiter.inspect().await.with_context(|| format!("reading slots from {redis}"))?;
+            let effect = format!(
+                "dropping {} lease(s) and {} waiter(s): their queries may still be running, so the fleet can exceed the limit until they end",
+                held.holders.len(),
+                held.waiters.len()
+            );
+            super::confirm(&effect, yes)?;
             let dropped = limiter.reset().await.with_context(|| format!("resetting slots in {redis}"))?;
             if json {
                 return Ok(format!("{}\n", serde_json::json!({"leases_dropped": dropped})));
