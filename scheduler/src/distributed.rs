@@ -72,12 +72,14 @@ pub enum Which {
 }
 
 /// One fan-out now (or the rest of one, with [`Which::Resume`]).
-pub async fn run_once(config: &Config, mode: RunOnceMode, which: Which) -> Result<RunOnceResult, Error> {
+///
+/// `shutdown` (Ctrl-C, SIGTERM) ends a `--wait` early with the summary so far.
+pub async fn run_once(config: &Config, mode: RunOnceMode, which: Which, shutdown: CancellationToken) -> Result<RunOnceResult, Error> {
     let conn = connect(config)?;
     if let Which::Resume(run_id) = which {
         let enqueued = crate::fanout::resume(&conn, &run_id, &config.runs).await?;
         tracing::info!(run_id = %run_id, new = enqueued.new, duplicates = enqueued.duplicates, "run resumed from its stored plan");
-        return follow(&conn, &config.runs, run_id, mode, enqueued, projector_shared::run::BadLines::default()).await;
+        return follow(&conn, &config.runs, run_id, mode, enqueued, projector_shared::run::BadLines::default(), &shutdown).await;
     }
     let tick = match which {
         Which::Tick(t) => Some(t),
@@ -102,7 +104,7 @@ pub async fn run_once(config: &Config, mode: RunOnceMode, which: Which) -> Resul
         run_id = %run_id, orgs = plan.jobs.len(), batches = plan.batches, new = enqueued.new,
         duplicates = enqueued.duplicates, took_ms = started.elapsed().as_millis() as u64, "run fanned out"
     );
-    follow(&conn, &config.runs, run_id, mode, enqueued, plan.bad_lines.clone()).await
+    follow(&conn, &config.runs, run_id, mode, enqueued, plan.bad_lines.clone(), &shutdown).await
 }
 
 /// After the fan-out: return, or follow the run to its end.
@@ -113,18 +115,19 @@ async fn follow(
     mode: RunOnceMode,
     enqueued: crate::fanout::Enqueued,
     bad_lines: projector_shared::run::BadLines,
+    shutdown: &CancellationToken,
 ) -> Result<RunOnceResult, Error> {
     match mode {
         RunOnceMode::DryRun | RunOnceMode::Enqueue => {
             Ok(RunOnceResult::Enqueued { run_id, new: enqueued.new, duplicates: enqueued.duplicates })
         }
         RunOnceMode::Wait(timeout) => {
-            let (mut summary, end) = wait_for_run(conn, &run_id, runs, timeout).await?;
+            let (mut summary, end) = wait_for_run(conn, &run_id, runs, timeout, shutdown).await?;
             summary.bad_lines = bad_lines;
             // When nothing moved, whether any worker is alive is the first thing to know.
             let workers_alive = match end {
                 WaitEnd::TimedOut => projector_shared::heartbeat::alive(conn).await.ok(),
-                WaitEnd::Accounted => None,
+                WaitEnd::Accounted | WaitEnd::Interrupted | WaitEnd::Lost => None,
             };
             Ok(RunOnceResult::Finished { summary, end, workers_alive })
         }

@@ -215,6 +215,11 @@ pub enum WaitEnd {
     Accounted,
     /// The timeout passed first.
     TimedOut,
+    /// Ctrl-C or SIGTERM came first; the run goes on in the workers.
+    Interrupted,
+    /// The run's record is gone from Redis (a restart without persistence, a flush): nothing can
+    /// account for its orgs any more.
+    Lost,
 }
 
 /// The longest one blocking wait for a run's finish signal: well inside the connection's 5 s
@@ -224,7 +229,13 @@ const FINISH_WAIT: Duration = Duration::from_secs(1);
 /// Follows the run record until every org is accounted for or `timeout` passes; returns the last
 /// summary seen and how the wait ended. A Redis error does not end the wait: the run goes on in
 /// the workers, so the record is read again with backoff until the timeout.
-pub async fn wait_for_run(conn: &RedisConn, run_id: &RunId, runs: &RunsConfig, timeout: Duration) -> Result<(RunSummary, WaitEnd), Error> {
+pub async fn wait_for_run(
+    conn: &RedisConn,
+    run_id: &RunId,
+    runs: &RunsConfig,
+    timeout: Duration,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<(RunSummary, WaitEnd), Error> {
     let records = RunRecords::for_config(conn.clone(), runs);
     let started = Instant::now();
     let mut last_seen = RunSummary { run_id: run_id.0.clone(), ..RunSummary::default() };
@@ -232,9 +243,15 @@ pub async fn wait_for_run(conn: &RedisConn, run_id: &RunId, runs: &RunsConfig, t
     let mut backoff = Duration::from_millis(200);
     loop {
         match records.summary(run_id, OrgIds::Leave).await {
-            Ok(summary) => {
+            Ok(Some(summary)) => {
                 backoff = Duration::from_millis(200);
-                last_seen = summary.unwrap_or(last_seen);
+                last_seen = summary;
+            }
+            Ok(None) => {
+                // The record was written before the first job: gone now means Redis lost it.
+                last_seen.duration_ms = started.elapsed().as_millis() as u64;
+                progress.finish(&last_seen);
+                return Ok((last_seen, WaitEnd::Lost));
             }
             Err(e) => {
                 tracing::warn!(run_id = %run_id, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot read the run record; still following the run");
@@ -242,21 +259,35 @@ pub async fn wait_for_run(conn: &RedisConn, run_id: &RunId, runs: &RunsConfig, t
             }
         }
         let done = last_seen.is_finished();
-        if done || started.elapsed() >= timeout {
+        let interrupted = shutdown.is_cancelled();
+        if done || interrupted || started.elapsed() >= timeout {
             let mut full = match records.summary(run_id, OrgIds::List).await {
                 Ok(Some(full)) => full,
                 Ok(None) | Err(_) => last_seen,
             };
             full.duration_ms = started.elapsed().as_millis() as u64;
             progress.finish(&full);
-            return Ok((full, if done { WaitEnd::Accounted } else { WaitEnd::TimedOut }));
+            let end = match (done, interrupted) {
+                (true, _) => WaitEnd::Accounted,
+                (false, true) => WaitEnd::Interrupted,
+                (false, false) => WaitEnd::TimedOut,
+            };
+            return Ok((full, end));
         }
         progress.show(&last_seen);
         let pause = backoff.min(progress.interval()).min(timeout.saturating_sub(started.elapsed()));
         // Between reads, block on the run's finish signal: the end is seen at once, not at the
         // next read. On error (Redis away), simply wait out the pause.
-        if records.wait_finished(run_id, pause.min(FINISH_WAIT)).await.is_err() {
-            tokio::time::sleep(pause).await;
+        tokio::select! {
+            waited = records.wait_finished(run_id, pause.min(FINISH_WAIT)) => {
+                if waited.is_err() {
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = shutdown.cancelled() => {}
+                    }
+                }
+            }
+            () = shutdown.cancelled() => {}
         }
     }
 }

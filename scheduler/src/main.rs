@@ -158,7 +158,7 @@ async fn run(command: Command, config: projector_config::Config) -> anyhow::Resu
         (None, Some(tick)) => Which::Tick(tick),
         (None, None) => Which::New,
     };
-    match run_once(&config, mode, which).await? {
+    match run_once(&config, mode, which, shutdown.clone()).await? {
         RunOnceResult::DryRun(plan) => {
             telemetry::print(&plan);
             Ok(ExitCode::SUCCESS)
@@ -173,6 +173,25 @@ async fn run(command: Command, config: projector_config::Config) -> anyhow::Resu
             finish(&summary, limit_in_force(&config).await, args.summary_json.as_deref())?;
             match end {
                 WaitEnd::Accounted => Ok(args.fail_on.judge(&summary)),
+                WaitEnd::Interrupted => {
+                    eprintln!(
+                        "interrupted: {} of {} orgs accounted for so far; the run goes on in the workers (follow it with projectorctl run {}; stop it with projectorctl runs cancel {} --yes)",
+                        summary.accounted(),
+                        summary.orgs_total,
+                        summary.run_id,
+                        summary.run_id
+                    );
+                    Ok(ExitCode::from(exit::INTERRUPTED))
+                }
+                WaitEnd::Lost => {
+                    eprintln!(
+                        "error: the record of run {} is gone from Redis (a restart without persistence, or a flush), with {} of {} orgs accounted for: the run is lost and nothing will account for the rest. Check Redis (persistence, maxmemory-policy), then fan the tick out again with run-once --tick",
+                        summary.run_id,
+                        summary.accounted(),
+                        summary.orgs_total
+                    );
+                    Ok(ExitCode::from(exit::ERROR))
+                }
                 WaitEnd::TimedOut => {
                     let workers = match workers_alive {
                         Some(0) => {

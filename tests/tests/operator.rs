@@ -409,3 +409,33 @@ fn a_change_that_lowers_protection_shows_its_effect_and_needs_yes() {
     let reset = run("projectorctl", &env, &["slots", "reset", "--yes"]);
     assert!(reset.status.success(), "{}", text(&reset.stderr));
 }
+
+/// `run-once --wait` ends at Ctrl-C with the summary so far and exit 130, and says the run goes
+/// on; a run whose record Redis lost is named lost, with exit 1, instead of waiting it out.
+#[test]
+fn a_wait_ends_at_ctrl_c_with_130_and_a_lost_run_is_named_with_1() {
+    let mut redis = RedisServer::start();
+    let env = vec![("PROJECTOR_REDIS_URL".to_owned(), redis.url()), ("RUST_LOG".to_owned(), "info".to_owned())];
+    let follow = |env: &[(String, String)]| {
+        let mut cmd = command(workspace_bin("projector-scheduler"));
+        cmd.args(["run-once", "--wait", "--orgs", "5", "--batch-delay", "0s"]).envs(env.iter().cloned()).stdout(Stdio::null());
+        let p = projector_tests::Proc::spawn(cmd);
+        // No worker runs the jobs: the wait would last its hour.
+        p.wait_for_line(&["run fanned out"], Duration::from_secs(30));
+        p
+    };
+    let waiting = follow(&env);
+    waiting.signal("INT");
+    let out = waiting.wait_with_output(Duration::from_secs(10));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted: 0 of 5 orgs accounted for so far; the run goes on"), "{stderr}");
+
+    let waiting = follow(&env);
+    let _: () = redis::cmd("FLUSHALL").query(&mut redis.connection()).expect("flushall");
+    let out = waiting.wait_with_output(Duration::from_secs(30));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is gone from Redis") && stderr.contains("the run is lost"), "{stderr}");
+    redis.kill();
+}
