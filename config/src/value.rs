@@ -78,11 +78,21 @@ pub(crate) fn url(raw: &str, schemes: &[&str]) -> Result<String, String> {
 /// returned with everything between `://` and `@` masked, so a malformed URL cannot leak either.
 pub fn redact_url(text: &str) -> String {
     match url::Url::parse(text) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
+        Ok(mut u) => {
+            let mut changed = false;
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+                changed = true;
+            }
+            // unix:///path?pass=… carries the password as a query parameter.
+            if u.query_pairs().any(|(k, _)| k == "pass") {
+                changed = true;
+                let pairs: Vec<(String, String)> =
+                    u.query_pairs().map(|(k, v)| (k.to_string(), if k == "pass" { "***".to_owned() } else { v.to_string() })).collect();
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            if changed { u.to_string() } else { text.to_owned() }
         }
-        Ok(_) => text.to_owned(),
         Err(_) => match (text.find("://"), text.rfind('@')) {
             (Some(start), Some(at)) if at > start => format!("{}://***{}", &text[..start], &text[at..]),
             _ => text.to_owned(),
@@ -212,5 +222,13 @@ mod tests {
         assert!(int::<u32>("0", 1, 100).is_err());
         assert!(int::<u32>("-3", 1, 100).is_err());
         assert!(int::<u32>("ten", 1, 100).is_err());
+    }
+
+    #[test]
+    fn passwords_are_masked_in_the_userinfo_and_in_a_unix_urls_query() {
+        assert_eq!(redact_url("redis://:secret@host:6379/0"), "redis://:***@host:6379/0");
+        assert_eq!(redact_url("unix:///tmp/r.sock?db=2&pass=secret"), "unix:///tmp/r.sock?db=2&pass=***");
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379", "no password, untouched");
+        assert!(!redact_url("redis+unix:///tmp/r.sock?pass=secret").contains("secret"));
     }
 }

@@ -958,6 +958,11 @@ fn a_wrong_redis_password_stops_each_process_at_start_with_a_line_that_names_it(
             assert_eq!(out.status.code(), Some(1), "{bin} with {url} exits 1: {stderr}");
             assert!(stderr.contains("redis refused the credentials") && stderr.contains("check the user and password"), "{bin}: {stderr}");
             assert!(!stderr.contains("worker started"), "{bin} does not claim to have started: {stderr}");
+            assert!(!stderr.contains("wrong-password"), "{bin} never prints the password: {stderr}");
         }
+        let out = projector_tests::fleet::run("projectorctl", &env, &["status"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("redis refused the credentials") && !stderr.contains("wrong-password"), "projectorctl status: {stderr}");
     }
 }
