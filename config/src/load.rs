@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{ConfigError, Problem};
 use crate::keys::{KEYS, env_var_for, find};
+use crate::value::format_duration;
 use crate::{Config, OrgSourceKind, QuerySourceKind, SinkKind};
 
 /// Where a value came from; named in every error.
@@ -159,11 +160,11 @@ fn check_combinations(config: &Config, sources: &BTreeMap<&'static str, Source>,
     if config.runs.summary_retention < config.runs.retention {
         problems.push(Problem {
             key: "runs.summary_retention".to_owned(),
-            value: Some(humantime::format_duration(config.runs.summary_retention).to_string()),
+            value: Some(format_duration(config.runs.summary_retention)),
             source: source_of("runs.summary_retention"),
             allowed: format!(
                 "must be at least runs.retention ({}): a run's summary outlives its per-org records, never the reverse",
-                humantime::format_duration(config.runs.retention)
+                format_duration(config.runs.retention)
             ),
         });
     }

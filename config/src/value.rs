@@ -161,7 +161,20 @@ pub fn rates(raw: &str) -> Result<Vec<RateWindow>, String> {
 
 /// Formats a duration the way it is written in config ("2s", "500ms").
 pub fn format_duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
+    // humantime writes 90 days as "2months 29days 2h 52m 48s" (its month is 30.44 days): one
+    // whole unit, the largest that divides the duration, reads the way people write durations
+    // and loads back the same.
+    const UNITS: [(u128, &str); 5] = [(86_400_000, "days"), (3_600_000, "h"), (60_000, "m"), (1_000, "s"), (1, "ms")];
+    let ms = d.as_millis();
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return humantime::format_duration(d).to_string();
+    }
+    if ms == 0 {
+        return "0s".to_owned();
+    }
+    let (unit, name) = UNITS.iter().find(|(unit, _)| ms % unit == 0).copied().unwrap_or((1, "ms"));
+    let n = ms / unit;
+    if name == "days" && n == 1 { "1day".to_owned() } else { format!("{n}{name}") }
 }
 
 #[cfg(test)]
@@ -230,5 +243,22 @@ mod tests {
         assert_eq!(redact_url("unix:///tmp/r.sock?db=2&pass=secret"), "unix:///tmp/r.sock?db=2&pass=***");
         assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379", "no password, untouched");
         assert!(!redact_url("redis+unix:///tmp/r.sock?pass=secret").contains("secret"));
+    }
+
+    #[test]
+    fn durations_print_in_one_whole_unit_and_load_back() {
+        let max = Duration::from_secs(365 * 86_400);
+        for (d, shown) in [
+            (Duration::from_secs(90 * 86_400), "90days"),
+            (Duration::from_secs(86_400), "1day"),
+            (Duration::from_secs(48 * 3600), "2days"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::from_secs(120), "2m"),
+            (Duration::ZERO, "0s"),
+        ] {
+            assert_eq!(format_duration(d), shown);
+            assert_eq!(duration(shown, Duration::ZERO, max), Ok(d), "{shown} loads back");
+        }
     }
 }

@@ -251,7 +251,7 @@ pub async fn runs_show(config: &Config, run_id: &str, listed: Listed, as_json: b
         let _ = writeln!(
             out,
             "per-org records expired (kept runs.retention = {}): this is the run's summary; explain and retry need them",
-            humantime::format_duration(config.runs.retention)
+            projector_config::format_duration(config.runs.retention)
         );
     }
     if !detail.not_completed.is_empty() {
