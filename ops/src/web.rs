@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Form, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -335,14 +335,29 @@ async fn org_page(State(site): Shared, Path((run, org)): Path<(String, u64)>) ->
     Ok(layout(&format!("org {org}"), false, body))
 }
 
-#[derive(serde::Deserialize)]
+/// What an action request may carry: a form body, or nothing at all. A script that sends only
+/// `Authorization: Bearer <token>` (curl -X POST -H …) has no body and no content type; a
+/// `Form` extractor would refuse it with 415, so the body is read as a form whatever it says.
+#[derive(Default)]
 struct ActionForm {
-    #[serde(default)]
     token: String,
-    #[serde(default)]
     reason: String,
-    #[serde(default)]
     outcomes: String,
+}
+
+impl ActionForm {
+    fn parse(body: &[u8]) -> ActionForm {
+        let mut form = ActionForm::default();
+        for (key, value) in url::form_urlencoded::parse(body) {
+            match key.as_ref() {
+                "token" => form.token = value.into_owned(),
+                "reason" => form.reason = value.into_owned(),
+                "outcomes" => form.outcomes = value.into_owned(),
+                _ => {}
+            }
+        }
+        form
+    }
 }
 
 /// Whether the request carries the token, in the form or as `Authorization: Bearer <token>`.
@@ -376,7 +391,8 @@ async fn act<F: Future<Output = anyhow::Result<String>>>(
     }
 }
 
-async fn pause(State(site): Shared, headers: HeaderMap, Form(form): Form<ActionForm>) -> Response {
+async fn pause(State(site): Shared, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let form = ActionForm::parse(&body);
     let reason = if form.reason.is_empty() { "paused from the status page".to_owned() } else { form.reason.clone() };
     act(&site, &headers, &form, "pause", "/".into(), async {
         let p = actions::pause(&connection(&site.config)?, &reason).await?;
@@ -385,7 +401,8 @@ async fn pause(State(site): Shared, headers: HeaderMap, Form(form): Form<ActionF
     .await
 }
 
-async fn resume(State(site): Shared, headers: HeaderMap, Form(form): Form<ActionForm>) -> Response {
+async fn resume(State(site): Shared, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let form = ActionForm::parse(&body);
     act(&site, &headers, &form, "resume", "/".into(), async {
         let was = actions::resume(&connection(&site.config)?).await?;
         Ok(format!("resumed (was paused: {was})"))
@@ -393,7 +410,8 @@ async fn resume(State(site): Shared, headers: HeaderMap, Form(form): Form<Action
     .await
 }
 
-async fn retry(State(site): Shared, Path(run): Path<String>, headers: HeaderMap, Form(form): Form<ActionForm>) -> Response {
+async fn retry(State(site): Shared, Path(run): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let form = ActionForm::parse(&body);
     act(&site, &headers, &form, "retry", format!("/runs/{run}"), async {
         let outcomes =
             if form.outcomes.trim().is_empty() { actions::RETRY_BY_DEFAULT.to_vec() } else { actions::parse_outcomes(&form.outcomes)? };
@@ -403,7 +421,8 @@ async fn retry(State(site): Shared, Path(run): Path<String>, headers: HeaderMap,
     .await
 }
 
-async fn cancel(State(site): Shared, Path(run): Path<String>, headers: HeaderMap, Form(form): Form<ActionForm>) -> Response {
+async fn cancel(State(site): Shared, Path(run): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let form = ActionForm::parse(&body);
     act(&site, &headers, &form, "cancel", format!("/runs/{run}"), async {
         let done = actions::cancel(&connection(&site.config)?, &site.config, &RunId(run.clone())).await?;
         Ok(format!("run {run}: {} orgs cancelled, {} jobs removed", done.orgs_cancelled, done.jobs_removed))

@@ -350,6 +350,22 @@ fn page_actions_need_the_token() {
     assert!(ctl(&env, &["status"])["paused"].is_null(), "a refused action changes nothing");
     assert_eq!(http_post(&format!("http://{addr}/actions/pause"), "token=s3cret-token&reason=from+the+page"), 303);
     assert_eq!(ctl(&env, &["status"])["paused"]["reason"], "from the page");
+    // As a script sends it: the token in the header, no body and no content type.
+    let bearer = |token: &str| {
+        let (url, token) = (format!("http://{addr}/actions/resume"), token.to_owned());
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(async {
+                let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+                client.post(url).bearer_auth(token).send().await.expect("POST").status().as_u16()
+            })
+        })
+        .join()
+        .expect("http thread")
+    };
+    assert_eq!(bearer("wrong"), 403);
+    assert_eq!(bearer("s3cret-token"), 303, "a bodiless POST with the bearer token is accepted");
+    assert!(ctl(&env, &["status"])["paused"].is_null(), "resumed by the bearer request");
+    assert_eq!(http_post(&format!("http://{addr}/actions/pause"), "token=s3cret-token&reason=from+the+page"), 303);
     page.wait_for_line(&["action done", "pause"], Duration::from_secs(10));
     let shown = run("projector-worker", &env, &["config"]);
     assert!(text(&shown.stdout).contains("action_token = \"***\""), "{}", text(&shown.stdout));
