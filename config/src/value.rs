@@ -166,13 +166,13 @@ pub fn format_duration(d: Duration) -> String {
     // and loads back the same.
     const UNITS: [(u128, &str); 5] = [(86_400_000, "days"), (3_600_000, "h"), (60_000, "m"), (1_000, "s"), (1, "ms")];
     let ms = d.as_millis();
-    if d.subsec_nanos() % 1_000_000 != 0 {
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
         return humantime::format_duration(d).to_string();
     }
     if ms == 0 {
         return "0s".to_owned();
     }
-    let (unit, name) = UNITS.iter().find(|(unit, _)| ms % unit == 0).copied().unwrap_or((1, "ms"));
+    let (unit, name) = UNITS.iter().find(|(unit, _)| ms.is_multiple_of(*unit)).copied().unwrap_or((1, "ms"));
     let n = ms / unit;
     if name == "days" && n == 1 { "1day".to_owned() } else { format!("{n}{name}") }
 }
