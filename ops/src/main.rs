@@ -36,7 +36,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = projector_process::telemetry::parse_args();
     telemetry::init(cli.log_format);
     let config = match projector_process::runtime::config_or_exit(cli.config.load(Vec::new())) {
         Ok(c) => c,

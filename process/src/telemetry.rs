@@ -57,3 +57,26 @@ pub fn print(text: &str) -> bool {
         }
     }
 }
+
+/// Parses the command line. A usage error (an unknown flag, a missing argument) under
+/// `--log-format json` is reported as one JSON log line, like every other error of the process,
+/// and exits 2; `--help` and `--version` print as usual.
+pub fn parse_args<C: clap::Parser>() -> C {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match C::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() && wants_json(&args) => {
+            init(LogFormat::Json);
+            let message = e.render().to_string();
+            let first = message.lines().next().unwrap_or_default().trim_start_matches("error: ").to_owned();
+            tracing::error!(error = %first, usage = %message.trim_end(), "fatal: bad command line");
+            std::process::exit(2)
+        }
+        Err(e) => e.exit(),
+    }
+}
+
+/// Whether the command line asks for JSON logs, read before clap has accepted it.
+fn wants_json(args: &[std::ffi::OsString]) -> bool {
+    args.windows(2).any(|w| w[0] == "--log-format" && w[1] == "json") || args.iter().any(|a| a == "--log-format=json")
+}

@@ -111,7 +111,7 @@ struct RunOnceArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = projector_process::telemetry::parse_args();
     telemetry::init(cli.log_format);
     let loaded = match &cli.command {
         Command::Serve { config, fan_out, serve } => config.load([fan_out.flag_values(), serve.flag_values()].concat()),

@@ -439,3 +439,23 @@ fn a_wait_ends_at_ctrl_c_with_130_and_a_lost_run_is_named_with_1() {
     assert!(stderr.contains("is gone from Redis") && stderr.contains("the run is lost"), "{stderr}");
     redis.kill();
 }
+
+/// Under `--log-format json` every stderr line is a JSON object, a usage error's too.
+#[test]
+fn a_usage_error_under_json_logs_is_one_json_line_and_exit_2() {
+    let no_env: Vec<(String, String)> = Vec::new();
+    for (bin, args) in [
+        ("projectorctl", &["--log-format", "json", "slots", "inspct"][..]),
+        ("projector-worker", &["run", "--log-format", "json", "--bogus"]),
+        ("projector-scheduler", &["run-once", "--log-format=json", "--orgs"]),
+    ] {
+        let out = run(bin, &no_env, args);
+        assert_eq!(out.status.code(), Some(2), "{bin}: {}", text(&out.stderr));
+        let stderr = text(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{bin}: one line: {stderr}");
+        let line: serde_json::Value = serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("{bin}: not JSON ({e}): {stderr}"));
+        assert_eq!(line["level"], "ERROR", "{line}");
+        assert!(line["error"].as_str().is_some_and(|e| !e.is_empty()), "{line}");
+    }
+}

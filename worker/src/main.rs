@@ -48,7 +48,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = projector_process::telemetry::parse_args();
     telemetry::init(cli.log_format);
     match cli.command {
         Command::Config { config, show_secrets } => {
