@@ -30,8 +30,27 @@ fn dashboard_names_only_metrics_that_exist_and_has_the_on_call_panels() {
     assert!(assert_known_metrics("ops/dashboard.json", &text) >= 10);
     let titles: Vec<String> =
         dashboard["panels"].as_array().expect("panels").iter().map(|p| p["title"].as_str().unwrap_or_default().to_lowercase()).collect();
-    for panel in ["concurrent queries", "utilization", "skipped", "completed", "ratelimitexceeded"] {
+    for panel in [
+        "concurrent queries",
+        "utilization",
+        "skipped",
+        "completed",
+        "ratelimitexceeded",
+        "workers alive",
+        "last finished run",
+        "per outcome",
+        "rate policy",
+        "adaptive multiplier",
+        "slot fallback",
+        "sink write",
+        "the query service's own count",
+    ] {
         assert!(titles.iter().any(|t| t.contains(panel)), "no panel for {panel}: {titles:?}");
+    }
+    assert!(!text.contains("vector("), "no hard-coded limit: the referrer's limit is exported (projector_query_referrer_limit)");
+    assert_eq!(dashboard["templating"]["list"][0]["type"], "datasource", "a datasource variable");
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "every panel reads the chosen datasource: {}", panel["title"]);
     }
 }
 

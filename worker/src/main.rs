@@ -82,6 +82,7 @@ async fn run(config: projector_config::Config) -> anyhow::Result<()> {
     let (_, server, upkeep) =
         projector_worker::metrics_http::serve(config.worker.metrics_addr, readiness.clone(), shutdown.clone()).await?;
     services.spawn("metrics_server", server);
+    metrics::gauge!(projector_shared::metrics::QUERY_REFERRER_LIMIT).set(f64::from(config.query.referrer_limit));
     services.spawn_every(std::sync::Arc::new(upkeep), projector_worker::metrics_http::METRICS_UPKEEP_EVERY);
     let result = projector_worker::serve::run(config, readiness, &services, shutdown.clone()).await;
     shutdown.cancel();

@@ -88,6 +88,9 @@ pub const SCHEDULE_PERIOD_SECONDS: &str = "projector_schedule_period_seconds";
 pub const SCHEDULER_STARTED_SECONDS: &str = "projector_scheduler_started_timestamp_seconds";
 /// Runs fanning out or running now (gauge, from the run record).
 pub const RUNS_OPEN: &str = "projector_runs_open";
+/// The query service's own limit for the referrer as configured (`query.referrer_limit`; gauge,
+/// set by every worker at start): dashboards draw it beside the fleet's limit.
+pub const QUERY_REFERRER_LIMIT: &str = "projector_query_referrer_limit";
 /// How many seconds after its deadline the latest open run is predicted to finish, at the pace
 /// so far (0: on time, or nothing to predict). Gauge; every worker reports the same fleet-wide
 /// value: aggregate with `max()`.
