@@ -406,6 +406,34 @@ impl Default for Config {
 /// The configuration as a TOML file that loads back to the same values: every key under its
 /// section, keys without a value commented out. Passwords in URLs are shown as `***` unless
 /// `show_secrets`.
+/// A short digest of the configuration a process runs with, for comparing the fleet's members:
+/// every key but the ones that differ between members on purpose (listen addresses), secrets
+/// masked. FNV-1a over the printed configuration: stable across builds and platforms.
+pub fn digest(config: &Config) -> String {
+    let printed = to_toml(config, false);
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for line in printed.lines().filter(|l| !l.starts_with("metrics_addr")) {
+        for byte in line.bytes().chain(std::iter::once(b'\n')) {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{hash:016x}")[..12].to_owned()
+}
+
+/// The slot settings a worker runs with, in one line for operators.
+pub fn slot_summary(config: &Config) -> String {
+    format!(
+        "limit {}, max_wait {}, on_timeout {}, follow_service {}",
+        config.slots.limit,
+        format_duration(config.slots.max_wait),
+        match config.slots.on_timeout {
+            OnSlotTimeout::Skip => "skip",
+            OnSlotTimeout::Reschedule => "reschedule",
+        },
+        config.slots.follow_service
+    )
+}
+
 pub fn to_toml(config: &Config, show_secrets: bool) -> String {
     let mut out = String::from("# Effective Projector configuration (every layer applied).\n");
     let mut section = "";

@@ -416,6 +416,51 @@ fn service_warnings(
     warnings
 }
 
+/// What the fleet's workers say they run (their heartbeats): each rate policy, slot setting
+/// and config digest with the workers that run it. More than one of any means the workers
+/// disagree: one was started with other flags, or missed a runtime change.
+pub struct FleetSettings {
+    pub rate: std::collections::BTreeMap<String, Vec<String>>,
+    pub slots: std::collections::BTreeMap<String, Vec<String>>,
+    pub config_digest: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl FleetSettings {
+    pub fn of(workers: &[WorkerEntry]) -> FleetSettings {
+        let mut fleet = FleetSettings { rate: Default::default(), slots: Default::default(), config_digest: Default::default() };
+        for w in workers {
+            // A worker of an older build publishes none of these: it is left out, not counted as a disagreement.
+            let Some(r) = w.registration.as_ref().filter(|r| !r.config_digest.is_empty()) else { continue };
+            fleet.rate.entry(r.rate.clone()).or_default().push(w.name.clone());
+            fleet.slots.entry(r.slots.clone()).or_default().push(w.name.clone());
+            fleet.config_digest.entry(r.config_digest.clone()).or_default().push(w.name.clone());
+        }
+        fleet
+    }
+
+    /// One WARNING line per setting the workers disagree on.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (what, by) in [("rate policy", &self.rate), ("slot settings", &self.slots), ("configuration", &self.config_digest)] {
+            if by.len() > 1 {
+                let each: Vec<String> = by.iter().map(|(value, names)| format!("{} on {value}", names.len())).collect();
+                out.push(format!("workers disagree on their {what}: {} (restart the odd ones with the fleet's settings)", each.join("; ")));
+            }
+        }
+        out
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let list = |by: &std::collections::BTreeMap<String, Vec<String>>| -> Vec<serde_json::Value> {
+            by.iter().map(|(value, names)| json!({"value": value, "workers": names})).collect()
+        };
+        json!({
+            "rate": list(&self.rate), "slots": list(&self.slots), "config_digest": list(&self.config_digest),
+            "agree": self.rate.len() <= 1 && self.slots.len() <= 1 && self.config_digest.len() <= 1,
+        })
+    }
+}
+
 /// `status`'s line about the query service's own numbers.
 fn service_line(service: Option<(projector_shared::service::ServiceQuota, u64)>, referrer: &str) -> String {
     match service {
@@ -478,8 +523,11 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<String> {
     let (in_force, source) = (occupancy.in_force.unwrap_or(config.slots.limit), occupancy.source(config.slots.limit));
     let service = freshest_service(&workers);
     let slot_limit = occupancy.limit.unwrap_or(config.slots.limit);
-    let warnings = service_warnings(service, slot_limit, in_force, u64::from(occupancy.in_use), &config.query.referrer);
+    let fleet = FleetSettings::of(&workers);
+    let mut warnings = service_warnings(service, slot_limit, in_force, u64::from(occupancy.in_use), &config.query.referrer);
+    warnings.extend(fleet.warnings());
     let value = json!({
+        "fleet": fleet.to_json(),
         "redis": redis,
         "service": service.map(|(q, ago)| json!({
             "referrer": config.query.referrer, "quota_used": q.quota_used, "rejection_threshold": q.rejection_threshold,
@@ -522,6 +570,9 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<String> {
         queue.ready, queue.scheduled, queue.in_flight, queue.dead
     );
     let _ = writeln!(out, "workers      {} alive (`projectorctl workers` lists them)", workers.len());
+    if let Some((rate, _)) = fleet.rate.iter().next().filter(|_| fleet.rate.len() == 1) {
+        let _ = writeln!(out, "fleet runs   rate {rate}; slots {}", fleet.slots.keys().next().map_or("-", String::as_str));
+    }
     let _ = writeln!(out, "latest run   {}", latest_run_line(latest.as_ref(), now));
     let _ = writeln!(out, "rollout      {}", rollout_line(&rollout));
     Ok(out)

@@ -38,6 +38,14 @@ pub struct Registration {
     /// The query service's numbers for the referrer, as this worker last heard them, and how
     /// many milliseconds before this beat.
     pub service: Option<(ServiceQuota, u64)>,
+    /// The rate policy this worker applies now (runtime changes included), as `rate show`
+    /// writes it, e.g. `20/s, 5000/h (strict, enforced)`, or `none`.
+    pub rate: String,
+    /// The slot settings this worker runs with, e.g. `limit 50, max_wait 60s, on_timeout skip`.
+    pub slots: String,
+    /// A digest of the worker's whole configuration (addresses and secrets left out): workers
+    /// started with different settings show different digests.
+    pub config_digest: String,
 }
 
 /// A worker alive now, as listed by [`workers`].
@@ -67,6 +75,9 @@ pub async fn beat(conn: &RedisConn, name: &str, registration: &Registration) -> 
         ("service_rejection_threshold", r.service.map(|(q, _)| q.rejection_threshold.to_string()).unwrap_or_default()),
         ("service_throttle_threshold", r.service.map(|(q, _)| q.throttle_threshold.to_string()).unwrap_or_default()),
         ("service_heard_ms_ago", r.service.map(|(_, ago)| ago.to_string()).unwrap_or_default()),
+        ("rate", r.rate.clone()),
+        ("slots", r.slots.clone()),
+        ("config_digest", r.config_digest.clone()),
     ] {
         invocation.arg(field).arg(value);
     }
@@ -118,6 +129,9 @@ pub async fn workers(conn: &RedisConn) -> Result<Vec<WorkerEntry>, Error> {
                     slots_held: number("slots_held"),
                     last_error: text("last_error"),
                     service: service(&fields),
+                    rate: text("rate"),
+                    slots: text("slots"),
+                    config_digest: text("config_digest"),
                 }),
             }
         })

@@ -459,3 +459,29 @@ fn a_usage_error_under_json_logs_is_one_json_line_and_exit_2() {
         assert!(line["error"].as_str().is_some_and(|e| !e.is_empty()), "{line}");
     }
 }
+
+/// `rate show` and `status` say what the workers run, from their heartbeats, and warn when they
+/// disagree: a worker started with `--set rate.rates=5/s` refuses orgs that the others admit.
+#[test]
+fn rate_show_and_status_show_what_the_fleet_runs_and_who_disagrees() {
+    let redis = RedisServer::start();
+    let env = base_env(&redis, "http://127.0.0.1:1");
+    let _odd = worker(&env, &["--set", "rate.rates=5/s"]);
+    let _plain = worker(&env, &[]);
+    let fleet_of = || json_of(&run("projectorctl", &env, &["rate", "show", "--json"]));
+    wait_until(Duration::from_secs(30), "both workers' policies are shown", || {
+        fleet_of()["fleet"]["rate"].as_array().is_some_and(|r| r.len() == 2)
+    });
+    let shown = fleet_of();
+    let rates: Vec<&str> = shown["fleet"]["rate"].as_array().expect("rates").iter().filter_map(|r| r["value"].as_str()).collect();
+    assert_eq!(rates, ["5/s (strict, enforced)", "none"], "{shown}");
+    assert_eq!(shown["fleet"]["agree"], false, "{shown}");
+    assert_eq!(shown["fleet"]["config_digest"].as_array().map(Vec::len), Some(2), "different flags, different digests: {shown}");
+    assert_eq!(shown["fleet"]["slots"].as_array().map(Vec::len), Some(1), "the same slot settings: {shown}");
+    let text_out = text(&run("projectorctl", &env, &["rate", "show"]).stdout);
+    assert!(text_out.contains("what the workers run: 5/s (strict, enforced) on 1 worker(s)"), "{text_out}");
+    assert!(text_out.contains("WARNING workers disagree on their rate policy"), "{text_out}");
+    let status = json_of(&run("projectorctl", &env, &["status", "--json"]));
+    let warnings = status["warnings"].as_array().cloned().unwrap_or_default();
+    assert!(warnings.iter().any(|w| w.as_str().is_some_and(|w| w.contains("disagree on their rate policy"))), "{status}");
+}

@@ -516,6 +516,9 @@ fn heartbeat_beat_and_alive_count_workers_on_redis_time() {
                 projector_shared::service::ServiceQuota { quota_used: 41, rejection_threshold: 100, throttle_threshold: 66 },
                 120,
             )),
+            rate: "20/s (strict, enforced)".into(),
+            slots: "limit 50, max_wait 1m, on_timeout skip, follow_service true".into(),
+            config_digest: "0123456789ab".into(),
         };
         projector_shared::heartbeat::beat(&conn, "worker-a", &registration).await.expect("beat again");
         assert_eq!(projector_shared::heartbeat::alive(&conn).await.expect("alive"), 2, "one entry per worker");

@@ -84,6 +84,8 @@ pub struct Heartbeat {
     pub running: crate::handler::RunningJobs,
     /// The apalis name of the job loop running now.
     pub current_loop: tokio::sync::watch::Receiver<String>,
+    /// The rate gate, whose policy in force is published at every beat.
+    pub rate: Option<projector_shared::rate::RateGate>,
 }
 
 impl Periodic for Heartbeat {
@@ -98,6 +100,7 @@ impl Periodic for Heartbeat {
                 slots_held: projector_shared::slots::held_by_process(),
                 last_error: crate::probe::last_error(),
                 service: projector_shared::service::latest().map(|(q, ago)| (q, u64::try_from(ago.as_millis()).unwrap_or(u64::MAX))),
+                rate: self.rate.as_ref().map_or_else(|| "none".to_owned(), projector_shared::rate::RateGate::summary),
                 ..self.registration.clone()
             };
             if let Err(e) = projector_shared::heartbeat::beat(&self.conn, &self.name, &registration).await {

@@ -121,6 +121,8 @@ fn spawn_services(
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        slots: projector_config::slot_summary(config),
+        config_digest: projector_config::digest(config),
         ..Default::default()
     };
     services.spawn_every(
@@ -130,6 +132,7 @@ fn spawn_services(
             registration,
             running: fleet.running,
             current_loop: fleet.loop_name,
+            rate: rate.clone(),
         }),
         every,
     );

@@ -61,8 +61,12 @@ async fn rate_report(config: &Config, conn: &projector_shared::redis_conn::Redis
     let live = RedisRateLimiter::new(conn.clone(), referrer, policy.clone()).now().await?;
     let slots = slot_limiter(config)?;
     let multiplier = slots.occupancy_now().await?.multiplier;
+    // This command's own view is its configuration plus the runtime change; the workers say what
+    // they actually run, and that is what answers "why were my orgs refused".
+    let fleet = crate::views::FleetSettings::of(&projector_shared::heartbeat::workers(conn).await?);
     if json {
         let value = serde_json::json!({
+            "fleet": fleet.to_json(),
             "referrer": referrer,
             "rates": policy.describe(),
             "mode": policy.mode_name(),
@@ -113,6 +117,15 @@ async fn rate_report(config: &Config, conn: &projector_shared::redis_conn::Redis
         }
     }
     let _ = writeln!(out, "  shadow: would have delayed {}, would have refused {}", live.shadow_would_delay, live.shadow_would_refuse);
+    if fleet.rate.is_empty() {
+        let _ = writeln!(out, "what the workers run: no live worker publishes its policy");
+    }
+    for (rate, names) in &fleet.rate {
+        let _ = writeln!(out, "what the workers run: {rate} on {} worker(s): {}", names.len(), names.join(", "));
+    }
+    for warning in fleet.warnings() {
+        let _ = writeln!(out, "WARNING {warning}");
+    }
     Ok(out)
 }
 

@@ -74,6 +74,16 @@ impl RateGate {
         (policy.describe(), policy.mode_name(), current.enforce)
     }
 
+    /// The policy in force in one line, as workers publish it: `20/s, 5000/h (strict, enforced)`,
+    /// or `none`.
+    pub fn summary(&self) -> String {
+        let (rates, mode, enforced) = self.describe();
+        if rates.is_empty() || rates == "none" {
+            return "none".to_owned();
+        }
+        format!("{rates} ({mode}, {})", if enforced { "enforced" } else { "shadow" })
+    }
+
     /// Whether a policy or a cooldown is in force, so that [`RateGate::pass`] asks the limiter.
     pub fn is_in_force(&self) -> bool {
         self.current().is_active()
