@@ -161,7 +161,7 @@ fn org_json(o: &OrgRecord) -> Value {
     json!({
         "org_id": o.org.0, "outcome": o.outcome.map(Outcome::as_str), "attempt": o.attempt,
         "at_ms": last.map(|t| t.at_ms), "worker": last.map(|t| t.attempt.worker.clone()),
-        "reason": last.and_then(|t| t.attempt.why.as_ref()).map(|w| json!({"kind": w.kind, "message": w.message})),
+        "reason": last.and_then(|t| t.attempt.why.as_ref()).map(|w| json!({"kind": w.kind, "message": w.message, "advice": w.advice})),
         "slot_wait_ms": last.and_then(|t| slot_wait(&t.attempt.steps)),
         "retry_after_ms": last.and_then(|t| retry_after(&t.attempt.steps)),
         "attempts": o.trail.len(),
@@ -268,6 +268,9 @@ pub async fn runs_show(config: &Config, run_id: &str, listed: Listed, as_json: b
             }
             let outcome = o.outcome.map_or("-", Outcome::as_str);
             let _ = writeln!(out, "  org {:<10} {:<20} {why}{extra}", o.org.0, outcome);
+            if let Some(w) = last.and_then(|t| t.attempt.why.as_ref()).filter(|w| !w.advice.is_empty()) {
+                let _ = writeln!(out, "  {:<31} advice: {}", "", w.advice);
+            }
         }
         if detail.not_completed_total > detail.not_completed.len() {
             let _ = writeln!(
@@ -351,6 +354,9 @@ pub async fn explain(config: &Config, run_id: &str, org: u64, as_json: bool) -> 
         }
         let why = a.why.as_ref().map_or_else(String::new, |w| format!(" ({}: {})", w.kind, w.message));
         let _ = writeln!(out, "  {}. outcome: {}{why}", a.steps.len() + 1, a.outcome.as_str());
+        if let Some(w) = a.why.as_ref().filter(|w| !w.advice.is_empty()) {
+            let _ = writeln!(out, "     advice: {}", w.advice);
+        }
     }
     if record.outcome.is_none() && record.attempt > 0 {
         let _ = writeln!(out, "attempt {} is queued (runs retry) and has not ended yet", record.attempt);

@@ -290,12 +290,13 @@ async fn run_page(State(site): Shared, Path(run): Path<String>) -> Result<Markup
         }
         h3 { "Orgs that did not complete" }
         table #not-completed {
-            tr { th { "org" } th { "outcome" } th { "reason" } th { "slot wait (ms)" } th { "retry after (ms)" } th { "attempts" } th { "worker" } }
+            tr { th { "org" } th { "outcome" } th { "reason" } th { "advice" } th { "slot wait (ms)" } th { "retry after (ms)" } th { "attempts" } th { "worker" } }
             @for o in detail["not_completed"].as_array().into_iter().flatten() {
                 tr data-org=(o["org_id"]) {
                     td { a href={ "/runs/" (run) "/orgs/" (o["org_id"]) } { (o["org_id"]) } }
                     td.outcome { (o["outcome"].as_str().unwrap_or("-")) }
                     td.reason { (o["reason"]["kind"].as_str().unwrap_or("-")) ": " (o["reason"]["message"].as_str().unwrap_or("")) }
+                    td.advice { (o["reason"]["advice"].as_str().unwrap_or("")) }
                     td.n { (show(&o["slot_wait_ms"])) }
                     td.n { (show(&o["retry_after_ms"])) }
                     td.n { (show(&o["attempts"])) }

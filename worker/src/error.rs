@@ -148,6 +148,28 @@ pub const QUERY_ERROR_KINDS: &[&str] = &[
 ];
 
 impl Error {
+    /// What to do about this error, where its message ends with advice: the trail keeps it as
+    /// its own field ([`Why::with_advice`](projector_shared::trail::Why::with_advice)).
+    pub fn advice(&self) -> Option<&'static str> {
+        match self {
+            Error::RateLimited { class, .. } => Some(class.advice()),
+            Error::InvalidTenant { .. } => Some("check query.referrer and the org id"),
+            Error::QueryTimeout(_) => Some("raise query.timeout or check the query service"),
+            Error::QueryUnreachable { .. } => Some("check query.url and that the service is up"),
+            Error::Shared(projector_shared::Error::Redis { failure, .. }) => Some(failure.advice()),
+            _ => None,
+        }
+    }
+
+    /// Why an org ended with this error, for its trail: kind, message and advice apart.
+    pub fn why(&self) -> projector_shared::trail::Why {
+        let message = self.to_string();
+        match self.advice() {
+            Some(advice) => projector_shared::trail::Why::with_advice(self.reason(), &message, advice),
+            None => projector_shared::trail::Why::new(self.reason(), message),
+        }
+    }
+
     /// Whether the same job could succeed if tried again later.
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -234,6 +256,34 @@ mod tests {
         }
         for kind in QUERY_ERROR_KINDS {
             assert!(REASONS.contains(kind), "{kind}");
+        }
+    }
+
+    #[test]
+    fn a_reason_keeps_its_numbers_and_its_advice_apart_and_never_prints_debug() {
+        let refused = Error::RateLimited {
+            class: RejectionClass::Referrer,
+            policy: "ConcurrentRateLimitAllocationPolicy".into(),
+            quota_used: Some(21),
+            threshold: Some(20),
+            storage_key: None,
+            message: String::new(),
+            service: None,
+        };
+        let why = refused.why();
+        assert_eq!(why.kind, "rate_limited");
+        assert_eq!(
+            why.message,
+            "query refused by the query service's ConcurrentRateLimitAllocationPolicy, 21 in use against a limit of 20"
+        );
+        assert_eq!(why.advice, "lower slots.limit, or look for other callers of this referrer");
+        let timeout = Error::QueryTimeout(std::time::Duration::from_secs(30)).why();
+        assert_eq!(
+            (timeout.message.as_str(), timeout.advice.as_str()),
+            ("query timed out after 30s", "raise query.timeout or check the query service")
+        );
+        for why in [why, timeout] {
+            assert!(!format!("{} {}", why.message, why.advice).contains("Some("), "{why:?}");
         }
     }
 }

@@ -375,7 +375,7 @@ impl Pipeline {
                 Ended { steps, ..Outcome::Completed.into() }
             }
             Err(e) => {
-                let why = Why::new(e.reason(), e.to_string());
+                let why = e.why();
                 let stop_run = match &e {
                     Error::QueryRefused { .. } => {
                         let reason = e.to_string();

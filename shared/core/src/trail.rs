@@ -119,17 +119,31 @@ impl Step {
     }
 }
 
-/// Why an org did not complete: the error's kind (the metric's `reason` label) and its message.
+/// Why an org did not complete: the error's kind (the metric's `reason` label), what happened
+/// with its numbers, and what to do about it, kept apart so that a cut message never loses the
+/// advice and every view can show them as separate fields.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Why {
     pub kind: String,
     pub message: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub advice: String,
 }
 
 impl Why {
     /// A reason with its message cut to [`MESSAGE_CHARS`].
     pub fn new(kind: impl Into<String>, message: impl AsRef<str>) -> Self {
-        Why { kind: kind.into(), message: message.as_ref().chars().take(MESSAGE_CHARS).collect() }
+        Why { kind: kind.into(), message: message.as_ref().chars().take(MESSAGE_CHARS).collect(), advice: String::new() }
+    }
+
+    /// A reason whose message ends with its advice (`…; lower slots.limit` or `… (check …)`):
+    /// the advice goes to its own field, whole, and the message keeps the rest.
+    pub fn with_advice(kind: impl Into<String>, message: &str, advice: &str) -> Self {
+        let rest = [format!("; {advice}"), format!(" ({advice})")]
+            .iter()
+            .find_map(|suffix| message.strip_suffix(suffix.as_str()))
+            .map_or_else(|| message.to_owned(), str::to_owned);
+        Why { advice: advice.to_owned(), ..Why::new(kind, rest) }
     }
 }
 
@@ -217,5 +231,16 @@ mod tests {
         assert_eq!((read[0].at_ms, read[0].attempt.outcome), (100, Outcome::SkippedNoSlot));
         assert_eq!(read[1].attempt, a);
         assert!(a.steps[1].describe().contains("fencing token 9"), "{}", a.steps[1].describe());
+    }
+
+    #[test]
+    fn the_advice_is_kept_whole_apart_from_the_message() {
+        let long = format!("query refused by the query service's ReferrerGuardRailPolicy, {} in use; lower slots.limit", "9".repeat(200));
+        let why = Why::with_advice("rate_limited", &long, "lower slots.limit");
+        assert_eq!(why.advice, "lower slots.limit");
+        assert!(!why.message.contains("lower slots.limit") && why.message.chars().count() <= MESSAGE_CHARS, "{why:?}");
+        let paren = Why::with_advice("timeout", "query timed out after 30s (raise query.timeout)", "raise query.timeout");
+        assert_eq!((paren.message.as_str(), paren.advice.as_str()), ("query timed out after 30s", "raise query.timeout"));
+        assert!(!format!("{why:?}").contains("Some("), "nothing a person reads prints Debug");
     }
 }
