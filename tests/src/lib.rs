@@ -359,6 +359,13 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     path
 }
 
+/// The one runtime for a synchronous test that drives async code: multi-threaded, with four
+/// workers whatever the machine, so tests that run many clients at once (the rate policy's)
+/// behave the same on two cores as on sixteen.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().expect("runtime")
+}
+
 /// `GET url`, from a synchronous test: the body.
 pub fn http_get(url: &str) -> String {
     let url = url.to_owned();

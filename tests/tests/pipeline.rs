@@ -62,9 +62,7 @@ fn summary(path: &std::path::Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).expect("summary written")).expect("summary JSON")
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Runtime::new().expect("runtime")
-}
+use projector_tests::runtime;
 
 /// Runs `orgs` orgs through `run-once --wait` (no batch delay, every outcome accepted) and returns
 /// the summary, written to `dir/name`.

@@ -11,9 +11,7 @@ use projector_shared::OrgId;
 use projector_shared::synthetic::synthetic_projects;
 use projector_tests::{PostgresServer, Proc, RedisServer, command, workspace_bin};
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
-}
+use projector_tests::runtime;
 
 fn hour(h: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 23, h, 0, 0).single().expect("valid hour")

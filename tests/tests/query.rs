@@ -49,9 +49,7 @@ fn request(org: u64, hours: i64) -> PageRequest {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Runtime::new().expect("runtime")
-}
+use projector_tests::runtime;
 
 /// Reads a whole plan through `source` as the pipeline does; the projections and the pages.
 async fn read_all(

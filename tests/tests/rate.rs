@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 use projector_shared::rate::{Admission, BlockReason, Pass, RateGate, RateLimiter, RateMode, RatePolicy, RateWindow, RedisRateLimiter};
 use projector_tests::RedisServer;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().expect("runtime")
-}
+use projector_tests::runtime;
 
 fn policy(mode: RateMode, windows: &[(u32, u64)], burst: u32, max_delay: Duration) -> RatePolicy {
     RatePolicy {

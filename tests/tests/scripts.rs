@@ -15,9 +15,7 @@ use projector_shared::trail::{Attempt, Step, Why};
 use projector_shared::{OrgId, RunId};
 use projector_tests::RedisServer;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Runtime::new().expect("runtime")
-}
+use projector_tests::runtime;
 
 fn manager(server: &RedisServer) -> RedisConn {
     projector_shared::redis_conn::connection_manager(server.url(), Duration::from_secs(2)).expect("connection manager").1
