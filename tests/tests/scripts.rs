@@ -720,3 +720,45 @@ fn a_retry_reopens_only_what_it_names_a_stale_attempt_records_nothing_and_cancel
         assert_eq!((count(Outcome::Cancelled), count(Outcome::Completed), overview.accounted()), (Some(0), Some(3), 4));
     });
 }
+
+/// Each maintenance service does its duty in one `run_once`, against a real Redis: the due
+/// promoter moves a due job to the ready list, the deadline sweep ends the open orgs of a run
+/// past its deadline, and the vacuum leaves waiting jobs alone.
+#[test]
+fn each_maintenance_service_does_its_round_when_run_once() {
+    use projector_worker::services::{DeadlineSweep, DuePromoter, Periodic, Vacuum};
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let conn = manager(&server);
+        // A job due a second from now waits in the scheduled set until the promoter's round.
+        let run = RunId("run-services".into());
+        let job = projector_shared::SpikeProjectionJob::planned(run.clone(), OrgId(1), 0, Utc::now(), vec![]);
+        let due_at = u64::try_from(Utc::now().timestamp()).expect("now") + 1;
+        projector_queue::push(&conn, &run, &[projector_queue::task(&job, due_at)], Duration::from_secs(60)).await.expect("push");
+        assert_eq!(projector_queue::depth(&conn).await.expect("depth").scheduled, 1);
+        let promoter = DuePromoter { conn: conn.clone() };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            promoter.run_once().await;
+            let depth = projector_queue::depth(&conn).await.expect("depth");
+            if depth.ready == 1 && depth.scheduled == 0 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the due job was never promoted: {depth:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Vacuum { conn: conn.clone() }.run_once().await;
+        assert_eq!(projector_queue::depth(&conn).await.expect("depth").ready, 1, "the vacuum keeps a waiting job");
+
+        // A run of two orgs whose deadline has passed: one round ends both.
+        let records = RunRecords::new(conn.clone(), Duration::from_secs(3600));
+        let late = RunId("run-late".into());
+        records.create(&late, Utc::now(), 2).await.expect("create");
+        records.store_plan(&late, &[(OrgId(1), vec![]), (OrgId(2), vec![])]).await.expect("plan");
+        records.mark_fanned_out(&late).await.expect("fanned out");
+        records.set_deadline(&late, Utc::now() - chrono::TimeDelta::seconds(1)).await.expect("deadline");
+        DeadlineSweep { records: records.clone() }.run_once().await;
+        let overview = records.overview(&late).await.expect("overview").expect("the run");
+        assert_eq!((overview.accounted(), overview.state()), (2, RunState::Done), "{overview:?}");
+    });
+}

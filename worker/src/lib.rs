@@ -5,7 +5,6 @@ pub mod build;
 pub mod error;
 pub mod handler;
 pub mod history;
-pub mod maintenance;
 pub mod metrics_http;
 pub mod pipeline;
 pub mod postgres_sink;

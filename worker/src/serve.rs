@@ -13,12 +13,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 use crate::handler::{JobHandler, Rescheduler, RolloutFlag, Routing};
-use crate::maintenance::{
-    AdaptiveReporter, DeadlineSweep, DuePromoter, Heartbeat, PauseWatch, QueueGauges, RatePolicyRefresh, Vacuum, vacuum_every,
-};
 use crate::metrics_http::Readiness;
 use crate::pipeline::Pipeline;
 use crate::services::Services;
+use crate::services::{
+    AdaptiveReporter, DeadlineSweep, DuePromoter, Heartbeat, PauseWatch, QueueGauges, RatePolicyRefresh, Vacuum, vacuum_every,
+};
 use crate::supervisor::Supervisor;
 
 /// How long, after the drain, slot releases still retrying (Redis unreachable) may delay the exit;

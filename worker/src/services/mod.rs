@@ -1,4 +1,5 @@
-//! The worker's long-running tasks as named services: each is spawned on one tracker, awaited
+//! The worker's long-running tasks as named services, one file per periodic service (each says
+//! in its header why every worker may run it): each is spawned on one tracker, awaited
 //! after the drain (no task outlives the process's `run`), and a panic in one is logged, counted
 //! (`projector_service_panics_total{service}`) and, for a periodic service, restarted at its next
 //! round, never a silent death.
@@ -12,6 +13,24 @@ use futures::future::BoxFuture;
 use projector_shared::metrics as m;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+mod adaptive_reporter;
+mod deadline_sweep;
+mod due_promoter;
+mod heartbeat;
+mod pause_watch;
+mod queue_gauges;
+mod rate_policy_refresh;
+mod vacuum;
+
+pub use adaptive_reporter::AdaptiveReporter;
+pub use deadline_sweep::DeadlineSweep;
+pub use due_promoter::DuePromoter;
+pub use heartbeat::Heartbeat;
+pub use pause_watch::PauseWatch;
+pub use queue_gauges::QueueGauges;
+pub use rate_policy_refresh::RatePolicyRefresh;
+pub use vacuum::{VACUUM_EVERY_INTERVALS, Vacuum, vacuum_every};
 
 /// A duty done once per round; tests call `run_once` directly.
 pub trait Periodic: Send + Sync + 'static {
@@ -40,11 +59,14 @@ impl Services {
         metrics::counter!(m::SERVICE_PANICS_TOTAL, "service" => service.name()).increment(0);
         let shutdown = self.shutdown.clone();
         self.tracker.spawn(async move {
-            let mut ticker = tokio::time::interval(every);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The first round at once (a worker starts with its duties done), then jittered rounds:
+            // workers started together (a deploy) do not all hit Redis in the same millisecond.
+            let mut first = true;
             loop {
+                let pause = if first { Duration::ZERO } else { jittered(every) };
+                first = false;
                 tokio::select! {
-                    _ = ticker.tick() => {}
+                    () = tokio::time::sleep(pause) => {}
                     () = shutdown.cancelled() => return,
                 }
                 if let Err(panic) = AssertUnwindSafe(service.run_once()).catch_unwind().await {
@@ -71,6 +93,12 @@ impl Services {
         self.tracker.close();
         self.tracker.wait().await;
     }
+}
+
+/// `every`, give or take a tenth, at random.
+pub fn jittered(every: Duration) -> Duration {
+    use rand::Rng as _;
+    every.mul_f64(rand::rng().random_range(0.9..=1.1))
 }
 
 fn report_panic(service: &'static str, panic: &(dyn std::any::Any + Send)) {
@@ -121,5 +149,14 @@ mod tests {
         }
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(5), services.wait()).await.expect("every service ends on shutdown");
+    }
+
+    #[test]
+    fn rounds_are_jittered_by_a_tenth_either_way() {
+        let every = Duration::from_secs(1);
+        let pauses: Vec<Duration> = (0..200).map(|_| jittered(every)).collect();
+        assert!(pauses.iter().all(|p| *p >= Duration::from_millis(900) && *p <= Duration::from_millis(1100)), "{pauses:?}");
+        let distinct: std::collections::BTreeSet<_> = pauses.iter().collect();
+        assert!(distinct.len() > 100, "not one fixed pause: {} distinct", distinct.len());
     }
 }
