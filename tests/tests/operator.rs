@@ -485,3 +485,53 @@ fn rate_show_and_status_show_what_the_fleet_runs_and_who_disagrees() {
     let warnings = status["warnings"].as_array().cloned().unwrap_or_default();
     assert!(warnings.iter().any(|w| w.as_str().is_some_and(|w| w.contains("disagree on their rate policy"))), "{status}");
 }
+
+/// `ops/demo.sh` brings up a whole local fleet on its own ports, prints where it is, runs a run
+/// end to end, and stops every process and removes its files on Ctrl-C.
+#[test]
+fn the_demo_fleet_comes_up_runs_and_stops_whole_on_ctrl_c() {
+    let mut cmd = command(projector_tests::manifest_path("../ops/demo.sh"));
+    let bins = workspace_bin("projectorctl").parent().expect("bin dir").to_owned();
+    cmd.arg("--bin-dir").arg(&bins).args(["--orgs", "20"]).stdout(Stdio::piped());
+    // Stopped with Ctrl-C's signal however the test ends, so the fleet never outlives it.
+    struct Demo(std::process::Child);
+    impl Drop for Demo {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill").arg("-INT").arg(self.0.id().to_string()).status();
+            let _ = self.0.wait();
+        }
+    }
+    let mut demo = Demo(cmd.spawn().expect("ops/demo.sh"));
+    // Its stdout is the walkthrough: read it until the last line.
+    let mut out = String::new();
+    let mut stdout = std::io::BufReader::new(demo.0.stdout.take().expect("stdout"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !out.contains("Ctrl-C stops everything") {
+        assert!(std::time::Instant::now() < deadline, "the demo did not come up: {out}");
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut stdout, &mut line).expect("read") == 0 {
+            panic!("the demo ended before it was up: {out}");
+        }
+        out.push_str(&line);
+    }
+    let value_after = |label: &str| -> String {
+        out.lines().find_map(|l| l.trim().strip_prefix(label)).map(|v| v.split_whitespace().next().unwrap_or_default().to_owned()).expect(label)
+    };
+    let redis_url = value_after("export PROJECTOR_REDIS_URL=");
+    let dir = redis_url.trim_start_matches("unix://").trim_end_matches("/redis.sock").to_owned();
+    let env = vec![("PROJECTOR_REDIS_URL".to_owned(), redis_url)];
+    let page = value_after("status page:");
+    assert!(projector_tests::http_get(&page).contains("Projector"), "the status page answers");
+    let finished = run("projector-scheduler", &env, &["run-once", "--wait", "--wait-timeout", "60s", "--orgs", "20", "--batch-delay", "0s"]);
+    assert!(finished.status.success(), "a run through the demo fleet completes: {}", text(&finished.stderr));
+    assert_eq!(json_of(&run("projectorctl", &env, &["status", "--json"]))["workers"]["alive"], 2);
+
+    let status = std::process::Command::new("kill").arg("-INT").arg(demo.0.id().to_string()).status().expect("kill");
+    assert!(status.success());
+    wait_until(Duration::from_secs(30), "the demo exits on Ctrl-C", || demo.0.try_wait().expect("try_wait").is_some());
+    wait_until(Duration::from_secs(30), "every process of the demo is gone", || {
+        let left = std::process::Command::new("pgrep").arg("-f").arg(&dir).output().expect("pgrep");
+        left.stdout.is_empty()
+    });
+    assert!(!std::path::Path::new(&dir).exists(), "its files are removed: {dir}");
+}
