@@ -59,11 +59,30 @@ impl Progress {
     }
 }
 
+/// Completed, then every other outcome that has orgs, so the counts add up to the bar's position.
 fn counts(s: &RunSummary) -> String {
-    format!(
-        "completed {} skipped {} failed {}",
-        s.count(Outcome::Completed),
-        s.count(Outcome::SkippedNoSlot) + s.count(Outcome::SlotUnavailable) + s.count(Outcome::SkippedRatePolicy),
-        s.count(Outcome::Failed) + s.count(Outcome::RateLimited)
-    )
+    let mut parts = vec![format!("completed {}", s.count(Outcome::Completed))];
+    for outcome in Outcome::ALL.into_iter().filter(|o| *o != Outcome::Completed) {
+        let n = s.count(outcome);
+        if n > 0 {
+            parts.push(format!("{} {n}", outcome.as_str()));
+        }
+    }
+    parts.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use projector_shared::OrgId;
+
+    #[test]
+    fn the_counts_add_up_to_the_orgs_accounted() {
+        let mut s = RunSummary { orgs_total: 100, ..RunSummary::default() };
+        for org in 1..=25 {
+            s.add(OrgId(org), Outcome::Cancelled);
+        }
+        s.add(OrgId(26), Outcome::Completed);
+        assert_eq!(counts(&s), "completed 1 cancelled 25");
+    }
 }

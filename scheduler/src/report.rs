@@ -70,7 +70,18 @@ impl FailOn {
 
 /// The summary as a plain-text table; `limit` is the slot limit in force and where it came from.
 pub fn summary_table(summary: &RunSummary, limit: (u32, &str)) -> String {
-    let mut out = format!("run {}: {} orgs in {:.2}s\n", summary.run_id, summary.orgs_total, summary.duration_ms as f64 / 1000.0);
+    let seconds = summary.duration_ms as f64 / 1000.0;
+    // A run followed only part of the way (a timed-out or interrupted wait) says so first.
+    let mut out = if summary.is_finished() {
+        format!("run {}: {} orgs in {seconds:.2}s\n", summary.run_id, summary.orgs_total)
+    } else {
+        format!(
+            "run {}: {} of {} orgs accounted for after {seconds:.2}s (not finished)\n",
+            summary.run_id,
+            summary.accounted(),
+            summary.orgs_total
+        )
+    };
     out.push_str(&format!("  {:<20}{:>8}\n", "outcome", "orgs"));
     for outcome in Outcome::ALL {
         out.push_str(&format!("  {:<20}{:>8}\n", outcome.as_str(), summary.count(outcome)));
@@ -164,5 +175,13 @@ mod tests {
         assert_eq!("none".parse::<FailOn>().expect("parses").judge(&s), ExitCode::from(exit::OK));
         assert!("completed".parse::<FailOn>().is_err());
         assert!("faild".parse::<FailOn>().is_err());
+    }
+
+    #[test]
+    fn an_unfinished_run_says_how_much_is_accounted_in_its_headline() {
+        let mut s = RunSummary { run_id: "run-x".into(), orgs_total: 30, duration_ms: 5070, ..RunSummary::default() };
+        s.add(OrgId(1), Outcome::Completed);
+        let t = summary_table(&s, (50, "slots.limit"));
+        assert!(t.starts_with("run run-x: 1 of 30 orgs accounted for after 5.07s (not finished)"), "{t}");
     }
 }

@@ -515,14 +515,18 @@ fn the_demo_fleet_comes_up_runs_and_stops_whole_on_ctrl_c() {
         out.push_str(&line);
     }
     let value_after = |label: &str| -> String {
-        out.lines().find_map(|l| l.trim().strip_prefix(label)).map(|v| v.split_whitespace().next().unwrap_or_default().to_owned()).expect(label)
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .map(|v| v.split_whitespace().next().unwrap_or_default().to_owned())
+            .expect(label)
     };
     let redis_url = value_after("export PROJECTOR_REDIS_URL=");
     let dir = redis_url.trim_start_matches("unix://").trim_end_matches("/redis.sock").to_owned();
     let env = vec![("PROJECTOR_REDIS_URL".to_owned(), redis_url)];
     let page = value_after("status page:");
     assert!(projector_tests::http_get(&page).contains("Projector"), "the status page answers");
-    let finished = run("projector-scheduler", &env, &["run-once", "--wait", "--wait-timeout", "60s", "--orgs", "20", "--batch-delay", "0s"]);
+    let finished =
+        run("projector-scheduler", &env, &["run-once", "--wait", "--wait-timeout", "60s", "--orgs", "20", "--batch-delay", "0s"]);
     assert!(finished.status.success(), "a run through the demo fleet completes: {}", text(&finished.stderr));
     assert_eq!(json_of(&run("projectorctl", &env, &["status", "--json"]))["workers"]["alive"], 2);
 
