@@ -135,7 +135,15 @@ pub async fn enqueue(conn: &RedisConn, plan: &Plan) -> Result<Enqueued, Error> {
     // The whole plan is stored before the first job: the run then accounts only for its own orgs,
     // and a fan-out cut short can be finished by run id (`run-once --resume`).
     let orgs: Vec<_> = plan.jobs.iter().map(|p| (p.job.org_id, p.job.project_ids.clone())).collect();
-    records.store_plan(&plan.run_id, &orgs).await.map_err(|e| enqueue_error(e.to_string()))?;
+    if let Err(e) = records.store_plan(&plan.run_id, &orgs).await {
+        // No job was pushed yet: a run without its whole plan can neither account for its orgs
+        // nor be resumed, so it is taken back whole rather than left "fanning out" for good.
+        let rolled_back = match records.discard(&plan.run_id).await {
+            Ok(()) => "the run was rolled back and nothing was enqueued; run it again once Redis has room".to_owned(),
+            Err(undo) => format!("rolling the run back failed too ({undo}); nothing was enqueued"),
+        };
+        return Err(enqueue_error(format!("{e}; {rolled_back}")));
+    }
     tracing::info!(run_id = %plan.run_id, orgs = orgs.len(), "run planned; enqueuing");
     let enqueued = push_jobs(conn, &plan.run_id, &plan.jobs, plan.runs.dedup_window).await?;
     mark_fanned_out(&records, &plan.run_id).await;

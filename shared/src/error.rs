@@ -76,7 +76,7 @@ impl RedisFailure {
             || text.contains("WRONGPASS")
         {
             RedisFailure::Auth
-        } else if code == "OOM" || text.contains("OOM command not allowed") {
+        } else if code == "OOM" || text.contains("OOM command not allowed") || (text.contains("OOM") && text.contains("maxmemory")) {
             RedisFailure::OutOfMemory
         } else if e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly) || text.contains("READONLY") {
             RedisFailure::ReadOnly

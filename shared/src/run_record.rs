@@ -128,6 +128,23 @@ impl RunRecords {
             .map_err(Error::redis(format!("creating the record of run {run_id}")))
     }
 
+    /// Removes every key of a run that never had a job (its plan could not be stored whole):
+    /// `runs list` then shows no run "fanning out" forever, and a second try starts clean.
+    /// Deletes are what Redis still accepts when it is out of memory.
+    pub async fn discard(&self, run_id: &RunId) -> Result<(), Error> {
+        redis::pipe()
+            .del(keys::run_plan(run_id))
+            .del(keys::run_orgs(run_id))
+            .del(keys::run_trail(run_id))
+            .del(keys::run_attempts(run_id))
+            .del(keys::run_finished(run_id))
+            .del(keys::run(run_id))
+            .zrem(keys::RUNS, &run_id.0)
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(Error::redis(format!("rolling back run {run_id}")))
+    }
+
     /// Redis's own time: deadlines are judged by it, never by a worker's clock.
     pub async fn redis_now(&self) -> Result<DateTime<Utc>, Error> {
         let (secs, micros): (i64, i64) =

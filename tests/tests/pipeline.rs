@@ -964,3 +964,22 @@ fn a_wrong_redis_password_stops_each_process_at_start_with_a_line_that_names_it(
         assert!(stderr.contains("redis refused the credentials") && !stderr.contains("wrong-password"), "projectorctl status: {stderr}");
     }
 }
+
+/// Redis reaches `maxmemory` while a run's plan is stored: the error names the memory, and the
+/// run is rolled back whole, so no run stays "fanning out" and a later try starts clean.
+#[test]
+fn a_plan_that_redis_has_no_room_for_is_rolled_back_and_named_out_of_memory() {
+    let redis = RedisServer::start_with(&["--maxmemory", "4mb", "--maxmemory-policy", "noeviction", "--appendonly", "no"]);
+    let fake = FakeSnuba::start(FAKE, &[]);
+    let env = env(&redis, &fake);
+    let out = scheduler(&env, &["run-once", "--orgs", "100000", "--batch-delay", "0s"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("redis is out of memory (maxmemory reached)"), "{stderr}");
+    assert!(stderr.contains("the run was rolled back and nothing was enqueued"), "{stderr}");
+    let listed = projector_tests::fleet::json_of(&projector_tests::fleet::run("projectorctl", &env, &["runs", "list", "--json"]));
+    assert_eq!(listed["runs"].as_array().map(Vec::len), Some(0), "no run is left fanning out: {listed}");
+    let mut conn = redis.connection();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("projector:run:*").query(&mut conn).expect("keys");
+    assert!(keys.is_empty(), "nothing of the run is left: {keys:?}");
+}
