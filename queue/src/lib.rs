@@ -17,5 +17,5 @@ pub use dead::{DeadJob, DeadJobsChanged, Quarantined, dead_jobs, purge_dead, qua
 pub use inflight::{expire_worker, forget_worker, return_unstarted};
 pub use inspect::{Depth, Overview, depth, overview};
 pub use promote::promote_due;
-pub use push::{QueuedJob, push, task};
+pub use push::{QueuedJob, push, pushed, task};
 pub use vacuum::{remove_run_jobs, vacuum_done};

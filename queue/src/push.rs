@@ -51,3 +51,14 @@ pub async fn push(conn: &RedisConn, run_id: &RunId, jobs: &[QueuedJob], dedup_wi
     let (ready, scheduled): (u64, u64) = invocation.invoke_async(&mut conn.clone()).await?;
     Ok(ready + scheduled)
 }
+
+/// Which of `members` (dedupe members, `SpikeProjectionJob::dedupe_member`) the run's dedupe set
+/// holds: the jobs already pushed within `runs.dedup_window`. Read 1,000 at a time.
+pub async fn pushed(conn: &RedisConn, run_id: &RunId, members: &[String]) -> Result<Vec<bool>, redis::RedisError> {
+    let mut out = Vec::with_capacity(members.len());
+    for chunk in members.chunks(1_000) {
+        let found: Vec<bool> = redis::cmd("SMISMEMBER").arg(job_dedupe(run_id)).arg(chunk).query_async(&mut conn.clone()).await?;
+        out.extend(found);
+    }
+    Ok(out)
+}

@@ -77,7 +77,7 @@ pub enum Which {
 pub async fn run_once(config: &Config, mode: RunOnceMode, which: Which, shutdown: CancellationToken) -> Result<RunOnceResult, Error> {
     let conn = connect(config)?;
     if let Which::Resume(run_id) = which {
-        let enqueued = crate::fanout::resume(&conn, &run_id, &config.runs).await?;
+        let enqueued = crate::fanout::resume(&conn, &run_id, &config.runs, &config.batch).await?;
         tracing::info!(run_id = %run_id, new = enqueued.new, duplicates = enqueued.duplicates, "run resumed from its stored plan");
         return follow(&conn, &config.runs, run_id, mode, enqueued, projector_shared::run::BadLines::default(), &shutdown).await;
     }

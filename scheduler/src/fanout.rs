@@ -178,10 +178,10 @@ async fn push_jobs(conn: &RedisConn, run_id: &RunId, jobs: &[PlannedJob], dedup_
     Ok(Enqueued { new, duplicates: jobs.len() as u64 - new })
 }
 
-/// Finishes the fan-out of a run that was cut short, from the plan stored with it: every planned
-/// org's job is enqueued again, and the run's dedupe set lets only the missing ones in. They
-/// are released now (spread as the fan-out spreads them), not at their batch's original time.
-pub async fn resume(conn: &RedisConn, run_id: &RunId, runs: &RunsConfig) -> Result<Enqueued, Error> {
+/// Finishes the fan-out of a run that was cut short, from the plan stored with it: the planned
+/// orgs whose job is not in the run's dedupe set are enqueued, with the run's own pacing counted
+/// from now (`batch.size` per `batch.delay`, as the fan-out spreads them), and the run's deadline.
+pub async fn resume(conn: &RedisConn, run_id: &RunId, runs: &RunsConfig, batch: &projector_config::BatchConfig) -> Result<Enqueued, Error> {
     let records = RunRecords::for_config(conn.clone(), runs);
     let Some(stored) = records.plan(run_id).await? else {
         return Err(Error::Resume {
@@ -200,20 +200,51 @@ pub async fn resume(conn: &RedisConn, run_id: &RunId, runs: &RunsConfig) -> Resu
             ),
         });
     }
-    let now = Utc::now();
-    let jobs: Vec<PlannedJob> = stored
-        .orgs
-        .into_iter()
-        .enumerate()
-        .map(|(i, (org_id, project_ids))| PlannedJob {
-            job: SpikeProjectionJob::planned(run_id.clone(), org_id, 0, stored.tick, project_ids),
-            release_at: now + TimeDelta::seconds((i / MAX_DUE_PER_SECOND) as i64),
-            limited: true,
-        })
-        .collect();
-    let enqueued = push_jobs(conn, run_id, &jobs, runs.dedup_window).await?;
+    let deadline = records.overview(run_id).await?.and_then(|o| o.deadline);
+    let members: Vec<String> = stored.orgs.iter().map(|(org, _)| org.0.to_string()).collect();
+    let pushed = queue::pushed(conn, run_id, &members)
+        .await
+        .map_err(|e| Error::Resume { run_id: run_id.to_string(), detail: format!("cannot read which jobs were enqueued: {e}") })?;
+    let planned = stored.orgs.len() as u64;
+    let missing: Vec<_> = stored.orgs.into_iter().zip(pushed).filter(|(_, done)| !done).map(|(org, _)| org).collect();
+    let already = planned - missing.len() as u64;
+    let jobs = resumed_jobs(run_id, stored.tick, deadline, missing, batch, Utc::now());
+    tracing::info!(
+        run_id = %run_id, missing = jobs.len(), last_release = %jobs.last().map_or(Utc::now(), |j| j.release_at).to_rfc3339(),
+        "resuming: the missing jobs are released with the run's pacing from now"
+    );
+    let mut enqueued = push_jobs(conn, run_id, &jobs, runs.dedup_window).await?;
+    enqueued.duplicates += already;
     mark_fanned_out(&records, run_id).await;
     Ok(enqueued)
+}
+
+/// The missing orgs' jobs, in batches of `batch.size` released `batch.delay` apart from `now`.
+fn resumed_jobs(
+    run_id: &RunId,
+    tick: DateTime<Utc>,
+    deadline: Option<DateTime<Utc>>,
+    missing: Vec<(projector_shared::OrgId, Vec<projector_shared::ProjectId>)>,
+    batch: &projector_config::BatchConfig,
+    now: DateTime<Utc>,
+) -> Vec<PlannedJob> {
+    let size = batch.size.max(1);
+    let delay = TimeDelta::from_std(batch.delay).unwrap_or(TimeDelta::MAX);
+    missing
+        .into_iter()
+        .enumerate()
+        .map(|(i, (org_id, project_ids))| {
+            let index = i / size;
+            let paced = delay.checked_mul(i32::try_from(index).unwrap_or(i32::MAX)).unwrap_or(TimeDelta::MAX);
+            let spread = TimeDelta::seconds((i / MAX_DUE_PER_SECOND) as i64);
+            let batch_index = u32::try_from(index).unwrap_or(u32::MAX);
+            PlannedJob {
+                job: SpikeProjectionJob { deadline, ..SpikeProjectionJob::planned(run_id.clone(), org_id, batch_index, tick, project_ids) },
+                release_at: now.checked_add_signed(paced.max(spread)).unwrap_or(DateTime::<Utc>::MAX_UTC),
+                limited: true,
+            }
+        })
+        .collect()
 }
 
 /// How following a run ended.
@@ -330,5 +361,16 @@ mod tests {
             }
             assert!(chunks.iter().skip(1).all(|c| c.len() <= PUSH_CHUNK), "{n} jobs: then full chunks at most");
         }
+    }
+
+    #[test]
+    fn a_resume_releases_the_missing_jobs_with_the_runs_pacing_from_now() {
+        let batch = projector_config::BatchConfig { size: 25, delay: Duration::from_secs(2) };
+        let now = Utc::now();
+        let missing: Vec<_> = (1..=100).map(|o| (projector_shared::OrgId(o), vec![])).collect();
+        let jobs = resumed_jobs(&RunId("run-r".into()), now, None, missing, &batch, now);
+        let offsets: Vec<i64> = jobs.iter().map(|j| (j.release_at - now).num_seconds()).collect();
+        assert_eq!((offsets[0], offsets[24], offsets[25], offsets[99]), (0, 0, 2, 6), "25 per 2 s, from now");
+        assert_eq!(jobs[99].job.batch_index, 3);
     }
 }

@@ -83,7 +83,8 @@ struct RunOnceArgs {
     tick: Option<chrono::DateTime<chrono::Utc>>,
 
     /// Finish the fan-out of an existing run (e.g. one whose scheduler was killed mid-fan-out)
-    /// from the plan stored with it: only its orgs whose jobs are missing are enqueued
+    /// from the plan stored with it: only its orgs whose jobs are missing are enqueued, in
+    /// batches of batch.size released batch.delay apart from now
     #[arg(long, value_name = "RUN_ID", conflicts_with_all = ["embedded", "tick", "dry_run"])]
     resume: Option<String>,
 

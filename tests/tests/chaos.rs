@@ -270,7 +270,10 @@ fn a_fan_out_killed_half_way_is_finished_by_run_id_without_querying_any_org_twic
     let run_id = planned.split("run_id=").nth(1).and_then(|r| r.split_whitespace().next()).expect("run id").to_owned();
     let _w = c.worker(&["--concurrency", "64"]);
     let mut resume = command(workspace_bin("projector-scheduler"));
-    resume.args(["run-once", "--resume", &run_id, "--wait", "--wait-timeout", "150s"]).envs(c.env.iter().cloned()).stdout(Stdio::piped());
+    resume
+        .args(["run-once", "--resume", &run_id, "--batch-delay", "0s", "--wait", "--wait-timeout", "150s"])
+        .envs(c.env.iter().cloned())
+        .stdout(Stdio::piped());
     let outcomes = c.finish(Proc::spawn(resume), orgs);
     assert_eq!(outcomes.get("completed").copied(), Some(orgs), "{outcomes:?}");
     assert_eq!(c.fake.stats_now()["requests"].as_u64(), Some(orgs), "each org queried exactly once");
