@@ -60,6 +60,25 @@ async fn plan(config: &Config, conn: &RedisConn, run_id: RunId, tick: DateTime<U
     Ok(Plan::new(config, &orgs, run_id, tick, &rollout))
 }
 
+/// Whether `tick` is a tick of `schedule`: a run keyed by an off-schedule time (a typo, a local
+/// time) would be a run nobody scheduled, beside the real one. `Err` names the nearest ticks.
+pub fn check_tick(schedule: &cron::Schedule, tick: DateTime<Utc>) -> Result<(), String> {
+    let just_before = tick - chrono::TimeDelta::seconds(1);
+    let next = schedule.after(&just_before).next();
+    if next == Some(tick) {
+        return Ok(());
+    }
+    let previous = schedule.after(&(tick - chrono::TimeDelta::days(31))).take_while(|t| *t < tick).last();
+    let show = |t: Option<DateTime<Utc>>| t.map_or_else(|| "none".to_owned(), |t| t.to_rfc3339());
+    Err(format!(
+        "tick {} is not on schedule.cron ({}): the ticks around it are {} and {}",
+        tick.to_rfc3339(),
+        schedule.source(),
+        show(previous),
+        show(next)
+    ))
+}
+
 /// Which run `run-once` fans out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Which {
@@ -316,5 +335,20 @@ async fn skip(records: &RunRecords, run_id: &RunId, tick: DateTime<Utc>, why: &s
     tracing::warn!(run_id = %run_id, why, "tick skipped: an earlier run is still open");
     if let Err(e) = records.record_skipped_tick(run_id, tick, why).await {
         tracing::warn!(run_id = %run_id, error = %e, "cannot record the skipped tick");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tick_off_the_schedule_is_named_with_the_ticks_around_it() {
+        let hourly: cron::Schedule = "0 0 * * * *".parse().expect("cron");
+        let on = DateTime::parse_from_rfc3339("2026-11-22T13:00:00Z").expect("time").with_timezone(&Utc);
+        assert_eq!(check_tick(&hourly, on), Ok(()));
+        let off = DateTime::parse_from_rfc3339("2026-11-22T13:17:00Z").expect("time").with_timezone(&Utc);
+        let why = check_tick(&hourly, off).expect_err("off schedule");
+        assert!(why.contains("2026-11-22T13:00:00+00:00 and 2026-11-22T14:00:00+00:00"), "{why}");
     }
 }

@@ -82,6 +82,10 @@ struct RunOnceArgs {
     #[arg(long, value_name = "RFC3339", conflicts_with = "embedded")]
     tick: Option<chrono::DateTime<chrono::Utc>>,
 
+    /// With --tick: fan out a tick that is not on schedule.cron anyway
+    #[arg(long, requires = "tick")]
+    force: bool,
+
     /// Finish the fan-out of an existing run (e.g. one whose scheduler was killed mid-fan-out)
     /// from the plan stored with it: only its orgs whose jobs are missing are enqueued, in
     /// batches of batch.size released batch.delay apart from now
@@ -156,7 +160,15 @@ async fn run(command: Command, config: projector_config::Config) -> anyhow::Resu
     };
     let which = match (&args.resume, args.tick) {
         (Some(run_id), _) => Which::Resume(projector_shared::RunId(run_id.clone())),
-        (None, Some(tick)) => Which::Tick(tick),
+        (None, Some(tick)) => {
+            if !args.force
+                && let Err(why) = projector_scheduler::distributed::check_tick(&config.schedule.cron, tick)
+            {
+                eprintln!("error: {why}; nothing was enqueued (pass --force to fan it out anyway)");
+                return Ok(ExitCode::from(exit::ERROR));
+            }
+            Which::Tick(tick)
+        }
         (None, None) => Which::New,
     };
     match run_once(&config, mode, which, shutdown.clone()).await? {

@@ -539,3 +539,20 @@ fn the_demo_fleet_comes_up_runs_and_stops_whole_on_ctrl_c() {
     });
     assert!(!std::path::Path::new(&dir).exists(), "its files are removed: {dir}");
 }
+
+/// `run-once --tick` refuses a time that is not a tick of schedule.cron (a typo, a local time),
+/// naming the ticks around it, unless `--force`.
+#[test]
+fn an_off_schedule_tick_is_refused_unless_forced() {
+    let redis = RedisServer::start();
+    let env = vec![("PROJECTOR_REDIS_URL".to_owned(), redis.url())];
+    let refused = run("projector-scheduler", &env, &["run-once", "--tick", "2026-11-22T13:17:00Z", "--orgs", "3"]);
+    let stderr = text(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is not on schedule.cron") && stderr.contains("2026-11-22T13:00:00+00:00"), "{stderr}");
+    assert_eq!(json_of(&run("projectorctl", &env, &["runs", "list", "--json"]))["runs"].as_array().map(Vec::len), Some(0));
+    let forced = run("projector-scheduler", &env, &["run-once", "--tick", "2026-11-22T13:17:00Z", "--orgs", "3", "--force"]);
+    assert!(forced.status.success(), "{}", text(&forced.stderr));
+    let on = run("projector-scheduler", &env, &["run-once", "--tick", "2026-11-22T13:00:00Z", "--orgs", "3"]);
+    assert!(on.status.success(), "{}", text(&on.stderr));
+}
