@@ -556,3 +556,52 @@ fn an_off_schedule_tick_is_refused_unless_forced() {
     let on = run("projector-scheduler", &env, &["run-once", "--tick", "2026-11-22T13:00:00Z", "--orgs", "3"]);
     assert!(on.status.success(), "{}", text(&on.stderr));
 }
+
+/// Every command in ops/RUNBOOK.md's shell blocks runs against a live fleet and exits 0, so the
+/// runbook cannot drift from the binaries. The example run id and org become a real run's; the
+/// commands that run until Ctrl-C are started and seen serving, then stopped.
+#[test]
+fn every_runbook_command_runs_against_a_live_fleet() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "5ms"]);
+    let env = base_env(&redis, &fake.url());
+    let _w = worker(&env, &[]);
+    let finished = run("projector-scheduler", &env, &["run-once", "--wait", "--orgs", "50", "--batch-delay", "0s"]);
+    assert!(finished.status.success(), "{}", text(&finished.stderr));
+    let run_id = json_of(&run("projectorctl", &env, &["runs", "list", "--json"]))["runs"][0]["run_id"].as_str().expect("a run").to_owned();
+    let runbook = std::fs::read_to_string(projector_tests::manifest_path("../ops/RUNBOOK.md")).expect("runbook");
+    let mut commands = Vec::new();
+    let mut in_sh = false;
+    for line in runbook.lines() {
+        match line.trim() {
+            "```sh" => in_sh = true,
+            "```" => in_sh = false,
+            l if in_sh && !l.is_empty() && !l.starts_with('#') => commands.push(l.split(" #").next().unwrap_or_default().trim().to_owned()),
+            _ => {}
+        }
+    }
+    assert!(commands.len() >= 20, "{commands:?}");
+    for line in &commands {
+        let line = line.replace("run-20261122T130000Z", &run_id).replace("--redis-url redis://…", "");
+        let mut words = line.split_whitespace();
+        let bin = words.next().expect("a command");
+        let args: Vec<&str> = words.collect();
+        if args.contains(&"--watch") {
+            // `status --watch` redraws `status` (run above) until Ctrl-C.
+            continue;
+        }
+        if args.first() == Some(&"serve") {
+            let mut cmd = command(workspace_bin(bin));
+            cmd.args(args.iter().map(|a| if a.starts_with("127.0.0.1:") { "127.0.0.1:0" } else { *a })).envs(env.iter().cloned());
+            cmd.stdout(Stdio::null());
+            let serving = projector_tests::Proc::spawn(cmd);
+            serving.wait_for_line(&["status page serving"], Duration::from_secs(30));
+            continue;
+        }
+        // As an operator types it: through a shell (quotes and all), the binaries on the PATH.
+        let bins = workspace_bin("projectorctl").parent().expect("bin dir").to_owned();
+        let path = format!("{}:{}", bins.display(), std::env::var("PATH").unwrap_or_default());
+        let out = command("sh").arg("-c").arg(&line).env("PATH", path).envs(env.iter().cloned()).output().expect("sh");
+        assert!(out.status.success(), "`{line}` exits 0: {}{}", text(&out.stdout), text(&out.stderr));
+    }
+}
