@@ -147,6 +147,46 @@ fn show(value: &Value) -> String {
     }
 }
 
+/// The run's accounted orgs over time against its deadline, as a server-rendered SVG (no
+/// script needed): the progress points of `runs show --json`, a line at the deadline, and the
+/// total as the top. Empty when the run has no progress yet.
+fn progress_chart(detail: &Value) -> Markup {
+    let (width, height, pad) = (600.0_f64, 160.0_f64, 30.0_f64);
+    let points: Vec<(f64, f64)> = detail["progress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| Some((p["after_ms"].as_f64()? / 1000.0, p["accounted"].as_f64()?)))
+        .collect();
+    let total = detail["orgs_total"].as_f64().unwrap_or(0.0);
+    if points.is_empty() || total <= 0.0 {
+        return html! {};
+    }
+    let tick = detail["tick"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+    let deadline = detail["deadline"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+    let deadline_s = tick.zip(deadline).map(|(t, d)| (d - t).num_milliseconds() as f64 / 1000.0);
+    let last_s = points.last().map_or(1.0, |p| p.0);
+    let span = deadline_s.unwrap_or(last_s).max(last_s).max(1.0);
+    let x = |s: f64| pad + s / span * (width - 2.0 * pad);
+    let y = |n: f64| height - pad - n / total * (height - 2.0 * pad);
+    let line: Vec<String> = std::iter::once((0.0, 0.0)).chain(points).map(|(s, n)| format!("{:.1},{:.1}", x(s), y(n))).collect();
+    html! {
+        svg.chart #progress-chart width=(width) height=(height) viewBox={ "0 0 " (width) " " (height) } role="img"
+            aria-label="orgs accounted over time against the deadline" {
+            line x1=(pad) y1=(y(0.0)) x2=(width - pad) y2=(y(0.0)) stroke="#888" {}
+            line x1=(pad) y1=(y(total)) x2=(width - pad) y2=(y(total)) stroke="#ccc" stroke-dasharray="4" {}
+            text x=(pad) y=(y(total) - 4.0) font-size="11" { (format!("{total:.0} orgs")) }
+            polyline.progress points=(line.join(" ")) fill="none" stroke="#2a7" stroke-width="2" {}
+            @if let Some(d) = deadline_s {
+                line.deadline x1=(x(d)) y1=(pad / 2.0) x2=(x(d)) y2=(y(0.0)) stroke="#c33" stroke-width="2" {}
+                text x=(x(d) - 4.0) y=(pad / 2.0 + 10.0) font-size="11" text-anchor="end" fill="#c33" { "deadline" }
+            }
+            text x=(pad) y=(height - 8.0) font-size="11" { "tick" }
+            text x=(width - pad) y=(height - 8.0) font-size="11" text-anchor="end" { (format!("+{span:.0} s")) }
+        }
+    }
+}
+
 /// A number (or text) the page shows, tagged with where it comes from in `status --json`.
 fn field(path: &str, value: &Value) -> Markup {
     html! { span data-field=(path) { (show(value)) } }
@@ -173,6 +213,11 @@ async fn home(State(site): Shared) -> Result<Markup, Failure> {
     let workers = parse(&views::workers(&site.config, true).await?)?;
     let f = |path: &str| field(path, at(&status, path));
     let run = &status["run"];
+    // The latest run's progress against its deadline, drawn under the table.
+    let latest = match run["run_id"].as_str() {
+        Some(id) => Some(parse(&views::runs_show(&site.config, id, views::Listed::First, true).await?)?),
+        None => None,
+    };
     let body = html! {
         @if !status["paused"].is_null() {
             p.paused { "PAUSED: " (f("paused.reason")) " — workers take no new jobs." }
@@ -198,7 +243,7 @@ async fn home(State(site): Shared) -> Result<Markup, Failure> {
                     (f("run.state")) ": " (f("run.accounted")) " of " (f("run.orgs_total")) " orgs accounted"
                     @if let Some(eta) = run["eta_s"].as_f64() { " (about " span data-field="run.eta_s" { (format!("{eta:.0}")) } " s left) " }
                     @if let Some(d) = run["deadline_in_s"].as_f64().filter(|d| *d > 0.0) {
-                        "deadline in " (format!("{d:.0}")) " s"
+                        " deadline in " (format!("{d:.0}")) " s"
                         @if let Some(late) = run["predicted_overrun_s"].as_f64().filter(|l| *l > 0.0) { ", predicted " (format!("{late:.0}")) " s late" }
                         " "
                     }
@@ -220,6 +265,10 @@ async fn home(State(site): Shared) -> Result<Markup, Failure> {
             } @else {
                 (token_form("/actions/resume", "Resume", html! {}))
             }
+        }
+        @if let Some(detail) = &latest {
+            h3 { "Latest run against its deadline" }
+            (progress_chart(detail))
         }
         h2 { "Runs" }
         (runs_table(&runs))
@@ -282,6 +331,7 @@ async fn run_page(State(site): Shared, Path(run): Path<String>) -> Result<Markup
         h2 { "Run " span data-field="run_id" { (run) } }
         p { (field("state", &detail["state"])) ": " (field("accounted", &detail["accounted"])) " of " (field("orgs_total", &detail["orgs_total"]))
             " orgs accounted; tick " (short_time(&detail["tick"])) "; retried " (field("retried", &detail["retried"])) }
+        (progress_chart(&detail))
         table #outcomes {
             tr { th { "outcome" } th { "orgs" } }
             @for o in Outcome::ALL {

@@ -287,6 +287,11 @@ fn the_status_page_shows_what_status_json_says_in_a_real_browser() {
     wait_until(Duration::from_secs(60), "the run is done", || ctl(&env, &["runs", "show", &run_id])["state"] == "done");
     let after = browse(&format!("{base}/"));
     assert_page_matches_status(&env, &after);
+    // The chart is drawn by the server: an SVG with the run's progress and its deadline.
+    let chart = after.split("id=\"progress-chart\"").nth(1).and_then(|c| c.split("</svg>").next()).expect("the progress chart");
+    let points = chart.split("points=\"").nth(1).and_then(|p| p.split('"').next()).expect("a progress line");
+    assert_eq!(points.split_whitespace().count(), 11, "the tick and ten progress points: {chart}");
+    assert!(chart.contains("class=\"deadline\""), "the deadline is drawn: {chart}");
     let shot = screenshot(&format!("{base}/"), "status-after-run.png");
     assert!(std::fs::metadata(&shot).expect("screenshot").len() > 10_000, "a real picture");
 
