@@ -142,8 +142,9 @@ pub enum Command {
 /// Runs the command; returns what it prints on stdout.
 pub async fn run(command: Command, config: Config) -> anyhow::Result<String> {
     // Every command but `db` reads Redis: a wrong password or a full memory is named as such
-    // here, once, rather than as whatever the first call happens to time out on.
-    if !matches!(command, Command::Db { .. }) {
+    // here, once, rather than as whatever the first call happens to time out on. The status page
+    // starts anyway: it is what on-call opens while Redis is down, and each view names the error.
+    if !matches!(command, Command::Db { .. } | Command::Serve { .. }) {
         projector_shared::redis_conn::check(&connection(&config)?, std::time::Duration::from_secs(3))
             .await
             .with_context(|| format!("reaching Redis at {}", Endpoint::from(&config.redis).redacted()))?;
