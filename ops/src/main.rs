@@ -29,6 +29,11 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
 
+    /// Print one JSON object instead of text (the shape is in each command's --help); before or
+    /// after the subcommand
+    #[arg(long, global = true)]
+    json: bool,
+
     /// The configuration flags, global: before the subcommand (as with kubectl or redis-cli) or
     /// after it.
     #[command(flatten)]
@@ -42,7 +47,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match projector_process::runtime::block_on_main(commands::run(cli.command, config)) {
+    match projector_process::runtime::block_on_main(commands::run(cli.command, config, cli.json)) {
         Some(text) => {
             telemetry::print(&text);
             ExitCode::SUCCESS

@@ -605,3 +605,15 @@ fn every_runbook_command_runs_against_a_live_fleet() {
         assert!(out.status.success(), "`{line}` exits 0: {}{}", text(&out.stdout), text(&out.stderr));
     }
 }
+
+/// `--json` is global like the configuration flags: before or after the subcommand.
+#[test]
+fn json_works_before_the_subcommand_too() {
+    let redis = RedisServer::start();
+    let env = vec![("PROJECTOR_REDIS_URL".to_owned(), redis.url())];
+    for args in [&["--json", "slots", "inspect"][..], &["slots", "--json", "inspect"], &["slots", "inspect", "--json"]] {
+        let out = run("projectorctl", &env, args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        assert_eq!(json_of(&out)["configured"], 50, "{args:?}");
+    }
+}

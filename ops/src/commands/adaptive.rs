@@ -12,31 +12,21 @@ use super::slot_limiter;
 #[derive(Debug, Subcommand)]
 pub enum AdaptiveAction {
     /// The multiplier, the slot limit it puts in force, and the last window closed.
-    Show {
-        #[arg(long)]
-        json: bool,
-    },
+    Show {},
     /// Set the multiplier by hand (between adaptive.min_multiplier and max_multiplier); with
     /// adaptation enabled, the fleet moves on from it at the next window.
-    Set {
-        multiplier: f64,
-        #[arg(long)]
-        json: bool,
-    },
+    Set { multiplier: f64 },
     /// Forget the multiplier and its window: the stored slot limit and the configured rates
     /// apply as they are.
-    Reset {
-        #[arg(long)]
-        json: bool,
-    },
+    Reset {},
 }
 
-pub async fn run(config: &Config, action: AdaptiveAction) -> anyhow::Result<String> {
+pub async fn run(config: &Config, action: AdaptiveAction, json: bool) -> anyhow::Result<String> {
     let slots = slot_limiter(config)?;
     let redis = Endpoint::from(&config.redis).redacted();
     let (json, note) = match action {
-        AdaptiveAction::Show { json, .. } => (json, String::new()),
-        AdaptiveAction::Set { multiplier, json, .. } => {
+        AdaptiveAction::Show { .. } => (json, String::new()),
+        AdaptiveAction::Set { multiplier, .. } => {
             let (min, max) = (config.adaptive.min_multiplier, config.adaptive.max_multiplier);
             anyhow::ensure!(
                 (min..=max).contains(&multiplier),
@@ -45,7 +35,7 @@ pub async fn run(config: &Config, action: AdaptiveAction) -> anyhow::Result<Stri
             slots.set_multiplier(multiplier).await.with_context(|| format!("setting the multiplier in {redis}"))?;
             (json, format!("multiplier set to {multiplier} for every worker\n"))
         }
-        AdaptiveAction::Reset { json, .. } => {
+        AdaptiveAction::Reset { .. } => {
             let removed = slots.reset_multiplier().await.with_context(|| format!("resetting the multiplier in {redis}"))?;
             (json, format!("{}\n", if removed { "multiplier and window removed" } else { "no multiplier was stored" }))
         }

@@ -7,21 +7,17 @@ use projector_config::Config;
 pub enum DbAction {
     /// Apply every schema migration the database lacks, in order, under a lock (safe while workers
     /// start). Workers do this themselves at start unless sink.migrate = false.
-    Migrate {
-        /// Print {"store", "applied": [{version, name}], "migrations": [{version, name, applied_at}]}
-        #[arg(long)]
-        json: bool,
-    },
+    ///
+    /// With --json: prints {"store", "applied": [{version, name}], "migrations": [{version, name, applied_at}]}
+    Migrate {},
     /// Every migration this build knows, and when the database applied it (pending if not).
-    Status {
-        /// Print {"store", "migrations": [{version, name, applied_at (RFC 3339 or null)}], "pending"}
-        #[arg(long)]
-        json: bool,
-    },
+    ///
+    /// With --json: prints {"store", "migrations": [{version, name, applied_at (RFC 3339 or null)}], "pending"}
+    Status {},
 }
 
 /// `projectorctl db migrate|status`.
-pub async fn run(config: &Config, action: DbAction) -> anyhow::Result<String> {
+pub async fn run(config: &Config, action: DbAction, json: bool) -> anyhow::Result<String> {
     let url = config.sink.postgres_url.as_deref().ok_or_else(|| {
         anyhow::anyhow!(
             "sink.postgres_url is not set: pass --set sink.postgres_url=postgresql://user@host/db or PROJECTOR_SINK_POSTGRES_URL"
@@ -29,8 +25,8 @@ pub async fn run(config: &Config, action: DbAction) -> anyhow::Result<String> {
     })?;
     let store = projector_postgres::Store::new(url, 1)?;
     let (applied, json) = match action {
-        DbAction::Migrate { json, .. } => (Some(store.migrate().await?), json),
-        DbAction::Status { json, .. } => (None, json),
+        DbAction::Migrate { .. } => (Some(store.migrate().await?), json),
+        DbAction::Status { .. } => (None, json),
     };
     let states = store.migration_states().await?;
     let pending = states.iter().filter(|m| m.applied_at.is_none()).count();

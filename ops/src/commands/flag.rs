@@ -12,15 +12,15 @@ use super::{confirm, connection};
 #[derive(Debug, Subcommand)]
 pub enum FlagAction {
     /// Show the flag as stored and how many of orgs 1..=N it routes to each path.
+    ///
+    /// With --json: prints {"flag", "enabled", "percentage", "allow", "deny", "sample", "limited", "legacy"} (unset fields are null)
     Show {
         #[arg(long, default_value_t = 1000)]
         sample: u64,
-        /// Print {"flag", "enabled", "percentage", "allow", "deny", "sample", "limited", "legacy"}
-        /// (unset fields are null)
-        #[arg(long)]
-        json: bool,
     },
     /// Change the flag. Unset fields keep their value; never set at all, everyone is limited.
+    ///
+    /// With --json: prints the flag as `flag show --json` does, after the change
     Set {
         /// false: everyone not on the allow list takes the legacy path (no slot)
         #[arg(long)]
@@ -34,27 +34,22 @@ pub enum FlagAction {
         /// Comma-separated org ids always on the legacy path (beats --allow)
         #[arg(long, value_delimiter = ',')]
         deny: Option<Vec<u64>>,
-        /// Print the flag as `flag show --json` does, after the change
-        #[arg(long)]
-        json: bool,
         /// Confirm without a prompt (scripts); without it a terminal is asked, anything else refused
         #[arg(long)]
         yes: bool,
     },
     /// Forget the flag: back to the safe default, every org limited.
-    Clear {
-        /// Print the flag as `flag show --json` does, after the change
-        #[arg(long)]
-        json: bool,
-    },
+    ///
+    /// With --json: prints the flag as `flag show --json` does, after the change
+    Clear {},
 }
 
-pub async fn run(config: &Config, action: FlagAction) -> anyhow::Result<String> {
+pub async fn run(config: &Config, action: FlagAction, json: bool) -> anyhow::Result<String> {
     let mut conn = connection(config)?;
     let mut rollout = Rollout::load(&mut conn).await?;
     let (sample, json) = match action {
-        FlagAction::Show { sample, json, .. } => (sample, json),
-        FlagAction::Set { enabled, percentage, allow, deny, json, yes } => {
+        FlagAction::Show { sample, .. } => (sample, json),
+        FlagAction::Set { enabled, percentage, allow, deny, yes } => {
             let before = rollout.clone();
             rollout.enabled = enabled.or(rollout.enabled);
             rollout.percentage = percentage.or(rollout.percentage);
@@ -68,7 +63,7 @@ pub async fn run(config: &Config, action: FlagAction) -> anyhow::Result<String> 
             rollout.save(&mut conn).await?;
             (1000, json)
         }
-        FlagAction::Clear { json, .. } => {
+        FlagAction::Clear { .. } => {
             rollout = Rollout::default();
             let _: () = redis::cmd("DEL").arg(projector_shared::keys::flag(RATE_LIMIT_FLAG)).query_async(&mut conn).await?;
             (1000, json)

@@ -12,15 +12,16 @@ use super::connection;
 #[derive(Debug, Subcommand)]
 pub enum JobsAction {
     /// Dead-lettered jobs (payloads a job loop could not fetch, jobs apalis killed), with why.
+    ///
+    /// With --json: prints {"dead": n, "jobs": [{id, reason, sample}]}
     Dead {
         /// How many to list (sorted by id)
         #[arg(long, default_value_t = 100)]
         limit: usize,
-        /// Print {"dead": n, "jobs": [{id, reason, sample}]}
-        #[arg(long)]
-        json: bool,
     },
     /// Put dead jobs back on the ready list with fresh metadata; a payload that is not JSON stays dead.
+    ///
+    /// With --json: prints {"requeued", "left_dead"}
     Requeue {
         /// Job ids, as `jobs dead` lists them
         #[arg(required_unless_present = "all", conflicts_with = "all")]
@@ -28,11 +29,10 @@ pub enum JobsAction {
         /// Every dead job
         #[arg(long)]
         all: bool,
-        /// Print {"requeued", "left_dead"}
-        #[arg(long)]
-        json: bool,
     },
     /// Delete dead jobs: their payload and metadata are gone for good.
+    ///
+    /// With --json: prints {"purged"}
     Purge {
         /// Job ids, as `jobs dead` lists them
         #[arg(required_unless_present = "all", conflicts_with = "all")]
@@ -40,9 +40,6 @@ pub enum JobsAction {
         /// Every dead job
         #[arg(long)]
         all: bool,
-        /// Print {"purged"}
-        #[arg(long)]
-        json: bool,
         /// Confirm without a prompt (scripts); without it a terminal is asked, anything else refused
         #[arg(long)]
         yes: bool,
@@ -50,11 +47,11 @@ pub enum JobsAction {
 }
 
 /// `projectorctl jobs dead|requeue|purge`.
-pub async fn run(config: &Config, action: JobsAction) -> anyhow::Result<String> {
+pub async fn run(config: &Config, action: JobsAction, json: bool) -> anyhow::Result<String> {
     let conn = connection(config)?;
     let redis = Endpoint::from(&config.redis).redacted();
     match action {
-        JobsAction::Dead { limit, json, .. } => {
+        JobsAction::Dead { limit, .. } => {
             let dead = projector_queue::dead_jobs(&conn, limit).await.with_context(|| format!("reading dead jobs from {redis}"))?;
             if json {
                 let jobs: Vec<_> = dead.iter().map(|j| serde_json::json!({"id": j.id, "reason": j.reason, "sample": j.sample})).collect();
@@ -67,7 +64,7 @@ pub async fn run(config: &Config, action: JobsAction) -> anyhow::Result<String> 
             }
             Ok(out)
         }
-        JobsAction::Requeue { ids, json, .. } => {
+        JobsAction::Requeue { ids, .. } => {
             let changed = projector_queue::requeue_dead(&conn, &ids).await.with_context(|| format!("requeuing dead jobs in {redis}"))?;
             tracing::info!(requeued = changed.done, left_dead = changed.left, "dead jobs requeued");
             Ok(if json {
@@ -76,7 +73,7 @@ pub async fn run(config: &Config, action: JobsAction) -> anyhow::Result<String> 
                 format!("requeued {}; {} left dead (payload not JSON: purge them)\n", changed.done, changed.left)
             })
         }
-        JobsAction::Purge { ids, json, yes, .. } => {
+        JobsAction::Purge { ids, yes, .. } => {
             let what = if ids.is_empty() { "every dead job".to_owned() } else { format!("{} dead job(s)", ids.len()) };
             super::confirm(&format!("purging {what} deletes their payloads for good"), yes)?;
             let changed = projector_queue::purge_dead(&conn, &ids).await.with_context(|| format!("purging dead jobs in {redis}"))?;

@@ -56,29 +56,25 @@ pub enum Command {
         action: DbAction,
     },
     /// A run's record: totals per outcome, and the orgs that did not complete (same as `runs show`).
+    ///
+    /// With --json: prints the same object as `runs show --json`
     Run {
         /// Run id, as printed by projector-scheduler (e.g. run-20261122T130000Z)
         run_id: String,
-        /// Print the same object as `runs show --json`
-        #[arg(long)]
-        json: bool,
     },
     /// Pause the fleet: every worker stops taking jobs within a second and finishes the ones
     /// running. Scheduler ticks meanwhile are enqueued or skipped as schedule.when_paused says.
+    ///
+    /// With --json: prints {"paused": true, "reason", "since_ms"}
     Pause {
         /// Why, for whoever looks next (shown by `status`)
         #[arg(long, default_value = "paused by an operator")]
         reason: String,
-        /// Print {"paused": true, "reason", "since_ms"}
-        #[arg(long)]
-        json: bool,
     },
     /// End a pause: workers take jobs again within a second.
-    Resume {
-        /// Print {"paused": false, "was_paused"}
-        #[arg(long)]
-        json: bool,
-    },
+    ///
+    /// With --json: prints {"paused": false, "was_paused"}
+    Resume {},
     /// Dead-lettered jobs: list them with their reason, requeue them, or purge them.
     Jobs {
         #[command(subcommand)]
@@ -91,25 +87,19 @@ pub enum Command {
     },
     /// The workers alive now: host, pid, version, start time, jobs in flight, slots held, last
     /// error. A worker leaves the list 15 s after its last heartbeat.
-    Workers {
-        /// Print {"alive", "workers": [{name, host, pid, version, started, jobs_in_flight,
-        /// slots_held, last_error, beat_ms_ago, registered}]}
-        #[arg(long)]
-        json: bool,
-    },
+    ///
+    /// With --json: prints {"alive", "workers": [{name, host, pid, version, started, jobs_in_flight, slots_held, last_error, beat_ms_ago, registered}]}
+    Workers {},
     /// Everything recorded about one org in one run, in order: how the flag routed it, its slot
     /// wait, rate admission, query answer, store write (fencing token) and outcome, per attempt;
     /// for an org still under way, also where it is now (holding a slot, or its place in line).
+    ///
+    /// With --json: prints {run_id, org_id, outcome, attempt, now: null (it ended) or {holding_slot, waiting_for_slot}, attempts: [{at_ms, attempt, outcome, worker, why: {kind, message}, steps: [{step: routed|slot|rate|query|store|rescheduled|cancelled, …}]}]}
     Explain {
         /// Run id, as printed by projector-scheduler or `runs list`
         run_id: String,
         /// Organization id
         org_id: u64,
-        /// Print {run_id, org_id, outcome, attempt, now: null (it ended) or {holding_slot,
-        /// waiting_for_slot}, attempts: [{at_ms, attempt, outcome, worker, why: {kind, message},
-        /// steps: [{step: routed|slot|rate|query|store|rescheduled|cancelled, …}]}]}
-        #[arg(long)]
-        json: bool,
     },
     /// A status page: live status, run history, run detail with per-org reasons, and workers, as
     /// HTML at / and as JSON under /api/ (the same objects as `--json`). Read-only unless
@@ -126,13 +116,9 @@ pub enum Command {
     /// One screen: the limit in force and its source, slots in use and waiters, the queue (ready,
     /// scheduled, in flight, dead), workers alive, the latest run's progress with an ETA, and the
     /// rollout flag.
+    ///
+    /// With --json: prints {"redis", "limit": {in_force, source, stored, configured, adaptive_multiplier}, "slots": {in_use, waiters, oldest_wait_ms}, "queue": {ready, scheduled, in_flight, dead}, "workers": {alive, jobs_in_flight}, "run": (as in `runs list`) or null, "paused": null or {reason, since_ms}, "rollout": {enabled, percentage, allow, deny}}
     Status {
-        /// Print {"redis", "limit": {in_force, source, stored, configured, adaptive_multiplier},
-        /// "slots": {in_use, waiters, oldest_wait_ms}, "queue": {ready, scheduled, in_flight, dead},
-        /// "workers": {alive, jobs_in_flight}, "run": (as in `runs list`) or null, "paused": null or {reason, since_ms},
-        /// "rollout": {enabled, percentage, allow, deny}}
-        #[arg(long)]
-        json: bool,
         /// Redraw every this often (e.g. 2s) until Ctrl-C
         #[arg(long, value_name = "INTERVAL", value_parser = humantime::parse_duration)]
         watch: Option<std::time::Duration>,
@@ -140,7 +126,7 @@ pub enum Command {
 }
 
 /// Runs the command; returns what it prints on stdout.
-pub async fn run(command: Command, config: Config) -> anyhow::Result<String> {
+pub async fn run(command: Command, config: Config, json: bool) -> anyhow::Result<String> {
     // Every command but `db` reads Redis: a wrong password or a full memory is named as such
     // here, once, rather than as whatever the first call happens to time out on. The status page
     // starts anyway: it is what on-call opens while Redis is down, and each view names the error.
@@ -150,15 +136,15 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<String> {
             .with_context(|| format!("reaching Redis at {}", Endpoint::from(&config.redis).redacted()))?;
     }
     match command {
-        Command::Slots { action } => slots::run(&config, action).await,
-        Command::Flag { action } => flag::run(&config, action).await,
-        Command::Run { run_id, json, .. } => views::runs_show(&config, &run_id, views::Listed::First, json).await,
-        Command::Runs { action } => runs::run(&config, action).await,
-        Command::Explain { run_id, org_id, json, .. } => views::explain(&config, &run_id, org_id, json).await,
+        Command::Slots { action } => slots::run(&config, action, json).await,
+        Command::Flag { action } => flag::run(&config, action, json).await,
+        Command::Run { run_id, .. } => views::runs_show(&config, &run_id, views::Listed::First, json).await,
+        Command::Runs { action } => runs::run(&config, action, json).await,
+        Command::Explain { run_id, org_id, .. } => views::explain(&config, &run_id, org_id, json).await,
         Command::Serve { addr, allow_actions, .. } => web::serve(config, addr, allow_actions).await.map(|()| String::new()),
-        Command::Workers { json, .. } => views::workers(&config, json).await,
-        Command::Jobs { action } => jobs::run(&config, action).await,
-        Command::Pause { reason, json, .. } => {
+        Command::Workers { .. } => views::workers(&config, json).await,
+        Command::Jobs { action } => jobs::run(&config, action, json).await,
+        Command::Pause { reason, .. } => {
             let pause = actions::pause(&connection(&config)?, &reason).await?;
             Ok(if json {
                 format!("{}\n", serde_json::json!({"paused": true, "reason": pause.reason, "since_ms": pause.since_ms}))
@@ -166,7 +152,7 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<String> {
                 format!("fleet paused ({}): workers take no new jobs within a second; `projectorctl resume` ends it\n", pause.reason)
             })
         }
-        Command::Resume { json, .. } => {
+        Command::Resume { .. } => {
             let was = actions::resume(&connection(&config)?).await?;
             Ok(if json {
                 format!("{}\n", serde_json::json!({"paused": false, "was_paused": was}))
@@ -176,16 +162,16 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<String> {
                 "the fleet was not paused\n".to_owned()
             })
         }
-        Command::Status { json, watch: None, .. } => views::status(&config, json).await,
-        Command::Status { json, watch: Some(every), .. } => loop {
+        Command::Status { watch: None, .. } => views::status(&config, json).await,
+        Command::Status { watch: Some(every), .. } => loop {
             let screen = views::status(&config, json).await?;
             // Clear the screen and home the cursor, then draw; Ctrl-C ends it.
             telemetry::print(&if json { screen } else { format!("\x1b[2J\x1b[H{screen}") });
             tokio::time::sleep(every).await;
         },
-        Command::Rate { action } => rate::run(&config, action).await,
-        Command::Adaptive { action } => adaptive::run(&config, action).await,
-        Command::Db { action } => db::run(&config, action).await,
+        Command::Rate { action } => rate::run(&config, action, json).await,
+        Command::Adaptive { action } => adaptive::run(&config, action, json).await,
+        Command::Db { action } => db::run(&config, action, json).await,
     }
 }
 

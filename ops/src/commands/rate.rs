@@ -12,11 +12,9 @@ use super::{connection, slot_limiter};
 pub enum RateAction {
     /// The policy in force (configuration plus any runtime change), the live window counts, the
     /// adaptive multiplier, any cooldown in force and the shadow counters.
-    Show {
-        /// Print one JSON object instead of text
-        #[arg(long)]
-        json: bool,
-    },
+    ///
+    /// With --json: prints one JSON object instead of text
+    Show {},
     /// Change the policy for every worker at once, without a restart; it wins over the workers'
     /// [rate] configuration until `rate reset`. Only the given keys change; each is checked as
     /// it would be in a config file.
@@ -40,14 +38,9 @@ pub enum RateAction {
         /// Fleet-wide pause after a 429, e.g. "5s" ("0s": none)
         #[arg(long)]
         cooldown_after_429: Option<String>,
-        #[arg(long)]
-        json: bool,
     },
     /// Forget the runtime policy: workers go back to their [rate] configuration.
-    Reset {
-        #[arg(long)]
-        json: bool,
-    },
+    Reset {},
 }
 
 /// The policy in force now for query.referrer, with its live state, as text or one JSON object.
@@ -129,12 +122,12 @@ async fn rate_report(config: &Config, conn: &projector_shared::redis_conn::Redis
     Ok(out)
 }
 
-pub async fn run(config: &Config, action: RateAction) -> anyhow::Result<String> {
+pub async fn run(config: &Config, action: RateAction, json: bool) -> anyhow::Result<String> {
     let conn = connection(config)?;
     let referrer = &config.query.referrer;
     match action {
-        RateAction::Show { json, .. } => rate_report(config, &conn, json).await,
-        RateAction::Set { rates, max_delay, mode, burst, start_jitter, enforce, cooldown_after_429, json, .. } => {
+        RateAction::Show { .. } => rate_report(config, &conn, json).await,
+        RateAction::Set { rates, max_delay, mode, burst, start_jitter, enforce, cooldown_after_429, .. } => {
             let given = [
                 ("rates", rates),
                 ("max_delay", max_delay),
@@ -157,7 +150,7 @@ pub async fn run(config: &Config, action: RateAction) -> anyhow::Result<String> 
             let report = rate_report(config, &conn, json).await?;
             Ok(if json { report } else { format!("{report}every worker applies it within worker.rollout_refresh\n") })
         }
-        RateAction::Reset { json, .. } => {
+        RateAction::Reset { .. } => {
             let removed = store::clear_runtime_changes(&conn, referrer).await?;
             let report = rate_report(config, &conn, json).await?;
             Ok(if json {

@@ -13,48 +13,41 @@ pub enum RunsAction {
     /// Recent runs, newest first: tick, orgs, completed, other outcomes, duration and state
     /// (fanning out, running, done, cancelled, or skipped: a tick not fanned out while an
     /// earlier run was open, schedule.overlap).
+    ///
+    /// With --json: prints {"runs": [{run_id, tick, orgs_total, accounted, state, duration_ms, finished, cancelled, retried, eta_s, outcomes: {<outcome>: n}, skipped (why, or null)}]}
     List {
         /// How many runs
         #[arg(long, default_value_t = 20)]
         limit: usize,
-        /// Print {"runs": [{run_id, tick, orgs_total, accounted, state, duration_ms, finished,
-        /// cancelled, retried, eta_s, outcomes: {<outcome>: n}, skipped (why, or null)}]}
-        #[arg(long)]
-        json: bool,
     },
     /// One run: the count per outcome, every org that did not complete with its reason (error
     /// kind and message, slot wait, retry_after), and progress over time.
+    ///
+    /// With --json: prints the `runs list` object plus "not_completed": [{org_id, outcome, attempt, at_ms, worker, reason: {kind, message}, slot_wait_ms, retry_after_ms, attempts}], "not_completed_total", "open_org_ids" and "progress": [{after_ms, accounted}]
     Show {
         /// Run id, as printed by projector-scheduler or `runs list`
         run_id: String,
         /// List every org that did not complete, not only the first 500
         #[arg(long)]
         all: bool,
-        /// Print the `runs list` object plus "not_completed": [{org_id, outcome, attempt, at_ms,
-        /// worker, reason: {kind, message}, slot_wait_ms, retry_after_ms, attempts}],
-        /// "not_completed_total", "open_org_ids" and "progress": [{after_ms, accounted}]
-        #[arg(long)]
-        json: bool,
     },
     /// Run a run's orgs again that ended in the given outcomes, as a follow-up attempt linked to
     /// the run (each with its own dedupe member <org>:a<n>); orgs that completed are never re-run.
     /// The run's record then shows each org's latest outcome and keeps earlier attempts.
+    ///
+    /// With --json: prints {run_id, reopened: [[org_id, attempt]], enqueued}
     Retry {
         run_id: String,
         /// Comma-separated outcomes to retry [default: every one but completed and cancelled]
         #[arg(long, value_name = "OUTCOMES")]
         outcomes: Option<String>,
-        /// Print {run_id, reopened: [[org_id, attempt]], enqueued}
-        #[arg(long)]
-        json: bool,
     },
     /// Cancel a run: its orgs without an outcome end as `cancelled` (accounted), and its waiting
     /// jobs are removed from the queue. Jobs already running finish; none starts a query after.
+    ///
+    /// With --json: prints {orgs_cancelled, jobs_removed}
     Cancel {
         run_id: String,
-        /// Print {orgs_cancelled, jobs_removed}
-        #[arg(long)]
-        json: bool,
         /// Confirm without a prompt (scripts); without it a terminal is asked, anything else refused
         #[arg(long)]
         yes: bool,
@@ -62,13 +55,13 @@ pub enum RunsAction {
 }
 
 /// Runs one `runs` subcommand; returns what it prints.
-pub async fn run(config: &Config, action: RunsAction) -> anyhow::Result<String> {
+pub async fn run(config: &Config, action: RunsAction, json: bool) -> anyhow::Result<String> {
     match action {
-        RunsAction::List { limit, json, .. } => views::runs_list(config, limit, json).await,
-        RunsAction::Show { run_id, all, json, .. } => {
+        RunsAction::List { limit, .. } => views::runs_list(config, limit, json).await,
+        RunsAction::Show { run_id, all, .. } => {
             views::runs_show(config, &run_id, if all { views::Listed::All } else { views::Listed::First }, json).await
         }
-        RunsAction::Retry { run_id, outcomes, json, .. } => {
+        RunsAction::Retry { run_id, outcomes, .. } => {
             let outcomes = match outcomes {
                 Some(list) => actions::parse_outcomes(&list)?,
                 None => actions::RETRY_BY_DEFAULT.to_vec(),
@@ -86,7 +79,7 @@ pub async fn run(config: &Config, action: RunsAction) -> anyhow::Result<String> 
                 )
             })
         }
-        RunsAction::Cancel { run_id, json, yes } => {
+        RunsAction::Cancel { run_id, yes } => {
             super::confirm(
                 &format!("cancelling run {run_id} ends every org without an outcome as cancelled: they get no projection this run"),
                 yes,

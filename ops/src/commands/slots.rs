@@ -13,20 +13,19 @@ use super::slot_limiter;
 pub enum SlotAction {
     /// Show the limit, how many slots are held and how many wait (with the oldest lease); --all
     /// lists every holder (worker, org, age, expiry, fencing token) and every waiter.
+    ///
+    /// With --json: prints {"limit" (stored, or null), "configured", "holders", "waiters", "oldest_lease_age_ms"}; with --all also "holder_list": [{lease_id, worker, org_id, fencing_token, age_ms, expires_in_ms}] and "waiter_list": [{id, info}] in arrival order
     Inspect {
         /// Every holder and every waiter, not only the counts
         #[arg(long)]
         all: bool,
-        /// Print {"limit" (stored, or null), "configured", "holders", "waiters",
-        /// "oldest_lease_age_ms"}; with --all also "holder_list": [{lease_id, worker, org_id,
-        /// fencing_token, age_ms, expires_in_ms}] and "waiter_list": [{id, info}] in arrival order
-        #[arg(long)]
-        json: bool,
     },
     /// Set the limit for every worker at once, without a restart; it wins over every worker's
     /// slots.limit until `slots reset-limit`. Lowering it interrupts no running query: it takes
     /// effect as leases are released. Raising it serves waiters immediately. A limit above
     /// query.referrer_limit (the query service's own limit, 100) is refused without --force.
+    ///
+    /// With --json: prints {"limit"}
     SetLimit {
         /// New limit; keep it below the query service's per-referrer limit
         #[arg(required_unless_present = "from_config", conflicts_with = "from_config")]
@@ -37,36 +36,30 @@ pub enum SlotAction {
         /// Accept a limit above query.referrer_limit (the query service will answer 429s)
         #[arg(long)]
         force: bool,
-        /// Print {"limit"}
-        #[arg(long)]
-        json: bool,
     },
     /// Forget the limit stored in Redis: the next slot request writes that worker's configured
     /// slots.limit again. This hands the limit back to configuration.
-    ResetLimit {
-        /// Print {"removed": true|false}
-        #[arg(long)]
-        json: bool,
-    },
+    ///
+    /// With --json: prints {"removed": true|false}
+    ResetLimit {},
     /// Drop every lease and waiter (what reset_concurrent_count did in earlier designs). Holders learn at their next
     /// renewal that their lease is gone. Use only when the slots are known to be stuck.
+    ///
+    /// With --json: prints {"leases_dropped"}
     Reset {
-        /// Print {"leases_dropped"}
-        #[arg(long)]
-        json: bool,
         /// Confirm without a prompt (scripts); without it a terminal is asked, anything else refused
         #[arg(long)]
         yes: bool,
     },
 }
 
-pub async fn run(config: &Config, action: SlotAction) -> anyhow::Result<String> {
+pub async fn run(config: &Config, action: SlotAction, json: bool) -> anyhow::Result<String> {
     let limiter = slot_limiter(config)?;
     let redis = Endpoint::from(&config.redis).redacted();
     let mut out = String::new();
     match action {
-        SlotAction::Inspect { all, json, .. } => return inspect(config, &limiter, all, json).await,
-        SlotAction::SetLimit { limit, from_config, force, json, .. } => {
+        SlotAction::Inspect { all, .. } => return inspect(config, &limiter, all, json).await,
+        SlotAction::SetLimit { limit, from_config, force, .. } => {
             let limit = if from_config { config.slots.limit } else { limit.unwrap_or(config.slots.limit) };
             anyhow::ensure!(limit >= 1, "a limit of 0 would stop every query; use 1 or more");
             let ceiling = config.query.referrer_limit;
@@ -87,7 +80,7 @@ pub async fn run(config: &Config, action: SlotAction) -> anyhow::Result<String> 
                 "limit set to {limit} for every worker (stored in Redis; `projectorctl slots reset-limit` hands it back to config)"
             );
         }
-        SlotAction::ResetLimit { json, .. } => {
+        SlotAction::ResetLimit { .. } => {
             let removed = limiter.clear_limit().await.with_context(|| format!("resetting the limit in {redis}"))?;
             if json {
                 return Ok(format!("{}\n", serde_json::json!({"removed": removed})));
@@ -98,7 +91,7 @@ pub async fn run(config: &Config, action: SlotAction) -> anyhow::Result<String> 
                 if removed { "stored limit removed" } else { "no limit was stored" }
             );
         }
-        SlotAction::Reset { json, yes } => {
+        SlotAction::Reset { yes } => {
             let held = limiter.inspect().await.with_context(|| format!("reading slots from {redis}"))?;
             let effect = format!(
                 "dropping {} lease(s) and {} waiter(s): their queries may still be running, so the fleet can exceed the limit until they end",
