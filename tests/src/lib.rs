@@ -138,6 +138,26 @@ pub fn holds_within(timeout: Duration, mut condition: impl FnMut() -> bool) -> b
     true
 }
 
+/// The async twin of [`wait_until`], for tests that drive async code: polls `probe` until it
+/// returns `Some` (its value is returned) and fails the test with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting until {what}");
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// How often [`eventually`] asks again.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
 /// A command for a Projector binary with none of the caller's `PROJECTOR_*` variables, so a
 /// test sees only the configuration it sets itself.
 pub fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {

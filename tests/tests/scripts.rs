@@ -737,16 +737,13 @@ fn each_maintenance_service_does_its_round_when_run_once() {
         projector_queue::push(&conn, &run, &[projector_queue::task(&job, due_at)], Duration::from_secs(60)).await.expect("push");
         assert_eq!(projector_queue::depth(&conn).await.expect("depth").scheduled, 1);
         let promoter = DuePromoter { conn: conn.clone() };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
+        let (promoter, conn_ref) = (&promoter, &conn);
+        projector_tests::eventually(Duration::from_secs(10), "the due job is promoted", move || async move {
             promoter.run_once().await;
-            let depth = projector_queue::depth(&conn).await.expect("depth");
-            if depth.ready == 1 && depth.scheduled == 0 {
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "the due job was never promoted: {depth:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            let depth = projector_queue::depth(conn_ref).await.expect("depth");
+            (depth.ready == 1 && depth.scheduled == 0).then_some(())
+        })
+        .await;
         Vacuum { conn: conn.clone() }.run_once().await;
         assert_eq!(projector_queue::depth(&conn).await.expect("depth").ready, 1, "the vacuum keeps a waiting job");
 

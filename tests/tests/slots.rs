@@ -437,16 +437,12 @@ fn the_services_own_numbers_cap_the_limit_and_lapse_without_answers() {
         .expect("ignored");
         assert_eq!(l.occupancy_now().await.expect("occupancy").service_cap, Some(4));
         drop(held);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let o = l.occupancy_now().await.expect("occupancy");
-            if o.service_cap.is_none() {
-                assert_eq!((o.in_force, o.source(10)), (Some(10), "config"));
-                break;
-            }
-            assert!(Instant::now() < deadline, "the cap lapses after its ttl: {o:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let limiter = &l;
+        let o = projector_tests::eventually(Duration::from_secs(10), "the cap lapses after its ttl", move || async move {
+            Some(limiter.occupancy_now().await.expect("occupancy")).filter(|o| o.service_cap.is_none())
+        })
+        .await;
+        assert_eq!((o.in_force, o.source(10)), (Some(10), "config"));
     });
 }
 
