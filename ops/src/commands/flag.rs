@@ -69,7 +69,7 @@ pub async fn run(config: &Config, action: FlagAction, json: bool) -> anyhow::Res
             (1000, json)
         }
     };
-    let limited = (1..=sample).filter(|o| rollout.is_limited(OrgId(*o))).count();
+    let limited = limited_of(&rollout, sample);
     if json {
         let value = serde_json::json!({
             "flag": RATE_LIMIT_FLAG, "enabled": rollout.enabled, "percentage": rollout.percentage,
@@ -89,9 +89,9 @@ pub async fn run(config: &Config, action: FlagAction, json: bool) -> anyhow::Res
     Ok(out)
 }
 
-/// Orgs of 1..=[`EFFECT_SAMPLE`] on the limited path under a flag.
-fn limited_of_sample(rollout: &Rollout) -> usize {
-    (1..=EFFECT_SAMPLE).filter(|o| rollout.is_limited(OrgId(*o))).count()
+/// Orgs of 1..=`sample` on the limited path under a flag.
+fn limited_of(rollout: &Rollout, sample: u64) -> usize {
+    (1..=sample).filter(|o| rollout.is_limited(OrgId(*o))).count()
 }
 
 /// How many orgs a flag change is measured on: the flag splits org ids by hash, so a thousand
@@ -101,7 +101,7 @@ const EFFECT_SAMPLE: u64 = 1000;
 /// A change that takes orgs off the limited path brings back unlimited queries for them (the
 /// incident Projector exists for): it shows how many and asks first.
 fn confirm_fewer_limited(before: &Rollout, after: &Rollout, yes: bool) -> anyhow::Result<()> {
-    let (was, will) = (limited_of_sample(before), limited_of_sample(after));
+    let (was, will) = (limited_of(before, EFFECT_SAMPLE), limited_of(after, EFFECT_SAMPLE));
     if will >= was {
         return Ok(());
     }
