@@ -166,6 +166,21 @@ impl Store {
         Ok(WriteOutcome::Stale { stored_first_hour, stored_token: u64::try_from(stored_token).unwrap_or(0) })
     }
 
+    /// Those of `orgs` holding a row from a run whose first hour is after `first_hour` (the
+    /// write function would refuse a write for `first_hour`). One statement on the primary key.
+    pub async fn orgs_fresher_than(&self, orgs: &[u64], first_hour: DateTime<Utc>) -> Result<Vec<u64>, Error> {
+        let ids = orgs.iter().map(|o| bigint("org_id", *o)).collect::<Result<Vec<i64>, Error>>()?;
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT DISTINCT org_id FROM spike_projections WHERE org_id = ANY($1) AND first_hour > $2 ORDER BY org_id",
+                &[&ids, &first_hour],
+            )
+            .await
+            .map_err(self.statement_error("reading which orgs hold fresher projections"))?;
+        Ok(rows.iter().map(|r| unsigned(r.get(0))).collect())
+    }
+
     /// Rows in `spike_projections`, all orgs.
     pub async fn count_rows(&self) -> Result<u64, Error> {
         let client = self.client().await?;

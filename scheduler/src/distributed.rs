@@ -38,8 +38,21 @@ pub enum RunOnceMode {
 #[derive(Debug)]
 pub enum RunOnceResult {
     DryRun(String),
-    Enqueued { run_id: RunId, new: u64, duplicates: u64 },
-    Finished { summary: RunSummary, end: WaitEnd, workers_alive: Option<u64> },
+    /// A replayed past tick whose every org already holds a fresher projection: nothing to query.
+    NothingToDo {
+        run_id: RunId,
+        fresher: usize,
+    },
+    Enqueued {
+        run_id: RunId,
+        new: u64,
+        duplicates: u64,
+    },
+    Finished {
+        summary: RunSummary,
+        end: WaitEnd,
+        workers_alive: Option<u64>,
+    },
 }
 
 fn connect(config: &Config) -> Result<RedisConn, Error> {
@@ -48,8 +61,9 @@ fn connect(config: &Config) -> Result<RedisConn, Error> {
         .map_err(|e| projector_shared::Error::redis("connecting")(e).into())
 }
 
-async fn plan(config: &Config, conn: &RedisConn, run_id: RunId, tick: DateTime<Utc>) -> Result<Plan, Error> {
-    let orgs = list_orgs(config)?;
+async fn plan(config: &Config, conn: &RedisConn, run_id: RunId, tick: DateTime<Utc>, replay: bool) -> Result<Plan, Error> {
+    let mut orgs = list_orgs(config)?;
+    let fresher = if replay { leave_out_fresher(config, &mut orgs, tick).await } else { 0 };
     let rollout = match Rollout::load(&mut conn.clone()).await {
         Ok(r) => r,
         Err(e) => {
@@ -57,7 +71,32 @@ async fn plan(config: &Config, conn: &RedisConn, run_id: RunId, tick: DateTime<U
             Rollout::default()
         }
     };
-    Ok(Plan::new(config, &orgs, run_id, tick, &rollout))
+    Ok(Plan { fresher, ..Plan::new(config, &orgs, run_id, tick, &rollout) })
+}
+
+/// Takes out of `orgs` those whose stored projection is fresher than `tick`'s: a replayed past
+/// tick would query them only to have every write refused as stale. The store is asked once,
+/// before any job exists; when it cannot answer, nobody is left out (the fence still refuses
+/// the stale writes). Returns how many were left out.
+async fn leave_out_fresher(config: &Config, orgs: &mut crate::orgs::OrgList, tick: DateTime<Utc>) -> usize {
+    let first_hour = projector_shared::job::first_hour_of(tick);
+    let ids: Vec<_> = orgs.orgs.iter().map(|o| o.org_id).collect();
+    let fresher = match projector_worker::build::sink(config, None).await {
+        Ok(sink) => sink.fresher(&ids, first_hour).await,
+        Err(e) => Err(e),
+    };
+    let fresher: std::collections::HashSet<_> = match fresher {
+        Ok(fresher) => fresher.into_iter().collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, tick = %tick.to_rfc3339(), "cannot ask the projection store which orgs hold fresher projections; every org is fanned out and the store's fence refuses stale writes");
+            return 0;
+        }
+    };
+    orgs.orgs.retain(|o| !fresher.contains(&o.org_id));
+    if !fresher.is_empty() {
+        tracing::info!(tick = %tick.to_rfc3339(), fresher = fresher.len(), left = orgs.orgs.len(), "orgs with a fresher stored projection are left out of the replayed tick");
+    }
+    fresher.len()
 }
 
 /// Whether `tick` is a tick of `schedule`: a run keyed by an off-schedule time (a typo, a local
@@ -113,7 +152,11 @@ pub async fn run_once(config: &Config, mode: RunOnceMode, which: Which, shutdown
             (RunId::manual(now), now)
         }
     };
-    let plan = plan(config, &conn, run_id.clone(), tick).await?;
+    let replay = matches!(which, Which::Tick(_));
+    let plan = plan(config, &conn, run_id.clone(), tick, replay).await?;
+    if plan.jobs.is_empty() && plan.fresher > 0 {
+        return Ok(RunOnceResult::NothingToDo { run_id, fresher: plan.fresher });
+    }
     if mode == RunOnceMode::DryRun {
         return Ok(RunOnceResult::DryRun(plan.describe()));
     }
@@ -242,7 +285,7 @@ async fn tick_loop(config: &Config, conn: &RedisConn, shutdown: &CancellationTok
             continue;
         }
         let result = async {
-            let plan = plan(config, conn, run_id.clone(), tick).await?;
+            let plan = plan(config, conn, run_id.clone(), tick, false).await?;
             enqueue(conn, &plan).await.map(|e| (plan.jobs.len(), e))
         }
         .await;

@@ -54,6 +54,8 @@ pub struct Plan {
     pub runs: RunsConfig,
     /// When the run must be over (`runs.deadline`, else the schedule's next tick).
     pub deadline: DateTime<Utc>,
+    /// Orgs left out of a replayed past tick: the store already holds a fresher projection.
+    pub fresher: usize,
 }
 
 impl Plan {
@@ -85,7 +87,16 @@ impl Plan {
                 }
             })
             .collect();
-        Plan { run_id, tick, batches: batches.len(), jobs, bad_lines: list.bad_lines.clone(), runs: config.runs.clone(), deadline }
+        Plan {
+            run_id,
+            tick,
+            batches: batches.len(),
+            jobs,
+            bad_lines: list.bad_lines.clone(),
+            runs: config.runs.clone(),
+            deadline,
+            fresher: 0,
+        }
     }
 
     /// The `--dry-run` listing: one line per batch, then the routing totals.
@@ -113,6 +124,9 @@ impl Plan {
             projector_shared::rollout::RATE_LIMIT_FLAG,
             self.jobs.len() - limited
         ));
+        if self.fresher > 0 {
+            out.push_str(&format!("{} orgs left out: the store holds a fresher projection than this tick's\n", self.fresher));
+        }
         out.push_str(&crate::report::bad_lines_note(&self.bad_lines));
         out
     }

@@ -176,6 +176,12 @@ async fn run(command: Command, config: projector_config::Config) -> anyhow::Resu
             telemetry::print(&plan);
             Ok(ExitCode::SUCCESS)
         }
+        RunOnceResult::NothingToDo { run_id, fresher } => {
+            telemetry::print(&format!(
+                "nothing to do: all {fresher} orgs of run {run_id} already hold a fresher projection than this tick's; no job was enqueued\n"
+            ));
+            Ok(ExitCode::SUCCESS)
+        }
         RunOnceResult::Enqueued { run_id, new, duplicates } => {
             telemetry::print(&format!(
                 "run {run_id}: {new} jobs enqueued, {duplicates} already enqueued (follow it with: projectorctl run {run_id})\n"

@@ -557,6 +557,43 @@ fn an_off_schedule_tick_is_refused_unless_forced() {
     assert!(on.status.success(), "{}", text(&on.stderr));
 }
 
+/// A replayed past tick leaves out the orgs whose stored projection is fresher than its own:
+/// "nothing to do" when that is every org, and only the others are queried otherwise, where
+/// before each of them was queried and then refused by the store's fence as `stale_write`.
+#[test]
+fn a_replayed_past_tick_queries_only_the_orgs_without_a_fresher_projection() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "5ms"]);
+    let env = base_env(&redis, &fake.url());
+    let _w = worker(&env, &[]);
+    let fan_out = |tick: &str, orgs: &str| {
+        run("projector-scheduler", &env, &["run-once", "--tick", tick, "--wait", "--orgs", orgs, "--batch-delay", "0s"])
+    };
+    let later = fan_out("2026-11-22T14:00:00Z", "3");
+    assert!(later.status.success(), "{}", text(&later.stderr));
+    let requests = || fake.stats_now()["requests"].as_u64().expect("requests");
+    let after_later = requests();
+
+    let replay = fan_out("2026-11-22T13:00:00Z", "3");
+    let stdout = text(&replay.stdout);
+    assert!(replay.status.success(), "{stdout}{}", text(&replay.stderr));
+    assert!(stdout.contains("nothing to do: all 3 orgs"), "{stdout}");
+    assert_eq!(requests(), after_later, "no org of the replay is queried");
+    assert_eq!(json_of(&run("projectorctl", &env, &["runs", "list", "--json"]))["runs"].as_array().map(Vec::len), Some(1));
+
+    let dry = run("projector-scheduler", &env, &["run-once", "--tick", "2026-11-22T13:00:00Z", "--orgs", "5", "--dry-run"]);
+    let plan = text(&dry.stdout);
+    assert!(plan.contains(": 2 orgs in 1 batches") && plan.contains("3 orgs left out"), "{plan}");
+    let partial = fan_out("2026-11-22T13:00:00Z", "5");
+    assert!(partial.status.success(), "{}{}", text(&partial.stdout), text(&partial.stderr));
+    let runs = json_of(&run("projectorctl", &env, &["runs", "list", "--json"]));
+    let replayed = runs["runs"].as_array().expect("runs").iter().find(|r| r["run_id"] == "run-20261122T130000Z").cloned();
+    let replayed = replayed.unwrap_or_else(|| panic!("the replayed run is listed: {runs}"));
+    assert_eq!(replayed["orgs_total"], 2, "only orgs 4 and 5 are in the replay: {replayed}");
+    assert_eq!(replayed["outcomes"]["completed"], 2, "{replayed}");
+    assert_eq!(requests(), after_later + 2, "only the two orgs without a projection are queried");
+}
+
 /// Every command in ops/RUNBOOK.md's shell blocks runs against a live fleet and exits 0, so the
 /// runbook cannot drift from the binaries. The example run id and org become a real run's; the
 /// commands that run until Ctrl-C are started and seen serving, then stopped.

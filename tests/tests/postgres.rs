@@ -121,6 +121,9 @@ fn writes_are_fenced_by_run_and_lease_whole_and_old_hours_are_pruned() {
             store.write_org(&write("run-12", hour(12), 0, &[701])).await.expect("legacy, earlier"),
             WriteOutcome::Stale { .. }
         ));
+        // A replayed tick asks first which orgs hold a later run: 7 holds run-13's, 8 nothing.
+        assert_eq!(store.orgs_fresher_than(&[7, 8], hour(12)).await.expect("fresher"), vec![7]);
+        assert_eq!(store.orgs_fresher_than(&[7, 8], hour(13)).await.expect("fresher"), Vec::<u64>::new(), "its own hour is not fresher");
 
         // Ids beyond bigint are refused before anything is sent.
         let mut huge = write("run-14", hour(14), 1, &[701]);

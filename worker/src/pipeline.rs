@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use projector_shared::SpikeProjectionJob;
 use projector_shared::adaptive::SIGNALS;
 use projector_shared::metrics as m;
@@ -404,7 +404,7 @@ impl Pipeline {
         steps: &mut Vec<Step>,
     ) -> Result<(DateTime<Utc>, Vec<(ProjectId, Projection)>), Error> {
         // Projections start at the tick's hour; history is the three weeks before it.
-        let first_hour = job.scheduled_at.duration_trunc(TimeDelta::hours(1)).unwrap_or(job.scheduled_at);
+        let first_hour = job.first_hour();
         let plan = HistoryPlan {
             org_id: job.org_id,
             project_ids: job.project_ids.clone(),

@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use projector_postgres::{OrgWrite, ProjectHours, Store, WriteOutcome};
+use projector_shared::OrgId;
 use projector_shared::metrics as m;
 
 use crate::error::Error;
@@ -81,5 +83,17 @@ impl PostgresSink {
 impl ProjectionSink for PostgresSink {
     fn write(&self, records: Vec<ProjectionRecord>) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(self.write_org(records))
+    }
+
+    fn fresher(&self, orgs: &[OrgId], first_hour: DateTime<Utc>) -> BoxFuture<'_, Result<Vec<OrgId>, Error>> {
+        let ids: Vec<u64> = orgs.iter().map(|o| o.0).collect();
+        Box::pin(async move {
+            let fresher = self
+                .store
+                .orgs_fresher_than(&ids, first_hour)
+                .await
+                .map_err(|e| Error::Sink { target: self.store.target().to_owned(), detail: e.to_string() })?;
+            Ok(fresher.into_iter().map(OrgId).collect())
+        })
     }
 }

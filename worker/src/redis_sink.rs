@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
+use projector_shared::OrgId;
 use projector_shared::keys;
 use projector_shared::metrics as m;
 use projector_shared::redis_conn::RedisConn;
@@ -16,6 +18,9 @@ use crate::sink::{ProjectionRecord, ProjectionSink};
 
 /// Projects per script call: two values each, well under the ~8,000 that Lua's `unpack` holds.
 const PROJECTS_PER_CALL: usize = 2_000;
+
+/// Header reads in flight at once when asking which orgs hold fresher projections.
+const FRESHNESS_READS_IN_FLIGHT: usize = 64;
 
 /// Writes one org's projections, fenced; its contract is in the file's header.
 static WRITE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(include_str!("../../lua/projection_write.lua")));
@@ -72,6 +77,36 @@ impl RedisSink {
         Ok(())
     }
 
+    /// Reads one project's header per org (HRANDFIELD: every project of a write carries the same
+    /// header, and the script refuses a write if any stored project is later). A leftover field
+    /// of a dropped project may hide a fresher org; that org is then queried and refused by the
+    /// fence, as before this check. Reads go concurrently on the multiplexed connection, which
+    /// pipelines them, and each read names one key, so a cluster routes it.
+    async fn orgs_fresher_than(&self, orgs: Vec<OrgId>, first_hour: i64) -> Result<Vec<OrgId>, Error> {
+        use futures::StreamExt;
+        let reads = futures::stream::iter(orgs).map(|org| {
+            let mut conn = self.conn.clone();
+            async move {
+                let pair: Vec<String> =
+                    redis::cmd("HRANDFIELD").arg(keys::projections(org)).arg(1).arg("WITHVALUES").query_async(&mut conn).await?;
+                let stored = pair.get(1).and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok());
+                let stored_first_hour = stored.and_then(|v| v.get("first_hour").and_then(serde_json::Value::as_i64)).unwrap_or(0);
+                Ok::<_, redis::RedisError>((org, stored_first_hour > first_hour))
+            }
+        });
+        let mut fresher = Vec::new();
+        let mut reads = reads.buffer_unordered(FRESHNESS_READS_IN_FLIGHT);
+        while let Some(read) = reads.next().await {
+            let (org, is_fresher) =
+                read.map_err(|e| Error::Sink { target: self.url.clone(), detail: format!("reading stored projections: {e}") })?;
+            if is_fresher {
+                fresher.push(org);
+            }
+        }
+        fresher.sort_unstable();
+        Ok(fresher)
+    }
+
     /// One script call for a chunk of the org's projects (`total` in the whole write).
     async fn write_chunk(&self, chunk: &[ProjectionRecord], total: usize, last: bool) -> Result<WriteReply, Error> {
         let Some(first) = chunk.first() else { return Ok(WriteReply { written: true, stored_first_hour: 0, stored_token: 0 }) };
@@ -113,5 +148,10 @@ impl RedisSink {
 impl ProjectionSink for RedisSink {
     fn write(&self, records: Vec<ProjectionRecord>) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(self.write_org(records))
+    }
+
+    fn fresher(&self, orgs: &[OrgId], first_hour: DateTime<Utc>) -> BoxFuture<'_, Result<Vec<OrgId>, Error>> {
+        let orgs = orgs.to_vec();
+        Box::pin(self.orgs_fresher_than(orgs, first_hour.timestamp()))
     }
 }

@@ -41,6 +41,12 @@ pub struct SpikeProjectionJob {
 /// Earlier tries a job carries for its trail: past this many, the oldest are counted, not kept.
 pub const KEPT_TRIES: usize = 8;
 
+/// The first projected hour of a run ticked at `tick`: its hour.
+pub fn first_hour_of(tick: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::DurationRound;
+    tick.duration_trunc(chrono::TimeDelta::hours(1)).unwrap_or(tick)
+}
+
 impl SpikeProjectionJob {
     /// How the earlier tries ended, oldest first (a job of an older fan-out carried one).
     pub fn earlier_tries(&self) -> Vec<String> {
@@ -105,6 +111,11 @@ impl SpikeProjectionJob {
             tries: Vec::new(),
             deadline: None,
         }
+    }
+
+    /// The first projected hour: the scheduled tick's hour. It orders runs at the store's fence.
+    pub fn first_hour(&self) -> DateTime<Utc> {
+        first_hour_of(self.scheduled_at)
     }
 
     /// Decodes a job from the queue's JSON payload; the error carries a truncated sample for the log.
