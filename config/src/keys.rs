@@ -358,6 +358,8 @@ keys! {
         "how often an idle job loop looks for jobs; jobs announced ready (a fan-out, a promotion of due jobs, a retry) are fetched at once regardless";
     "worker.housekeeping_interval" => worker.housekeeping_interval: Dur(MILLIS(10), SECS(60)), default Some("1s"),
         "how often a worker promotes due jobs, refreshes queue and slot gauges and writes its heartbeat";
+    "worker.slot_sample_interval" => worker.slot_sample_interval: Dur(MILLIS(100), SECS(600)), default Some("10s"),
+        "spacing of the fleet's slot samples (slots in use, the limit in force, the service's own count) that the status page charts over the last hour; one sample per interval for the whole fleet, an hour's worth kept in Redis (at most 3,600)";
     "runs.deadline" => runs.deadline: Opt(Dur(SECS(1), SECS(7 * 86_400))), default None,
         "how long after its tick a run may take (default: until the schedule's next tick); at the deadline every org still open ends skipped_no_slot with the reason deadline, so no org of an old run competes with the next run's, and no try is retried past it";
     "runs.max_attempts" => runs.max_attempts: Int(1, 100), default Some("4"),

@@ -250,6 +250,8 @@ pub struct WorkerConfig {
     pub housekeeping_interval: Duration,
     /// How often an idle job loop polls; announced jobs are fetched at once.
     pub poll_interval: Duration,
+    /// The spacing of the fleet's slot samples (the status page's last-hour chart).
+    pub slot_sample_interval: Duration,
 }
 
 /// How long a run's traces are kept in Redis.
@@ -365,6 +367,7 @@ impl Default for WorkerConfig {
             rollout_refresh: Duration::ZERO,
             housekeeping_interval: Duration::ZERO,
             poll_interval: Duration::ZERO,
+            slot_sample_interval: Duration::ZERO,
         }
     }
 }

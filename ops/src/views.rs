@@ -11,6 +11,7 @@ use projector_shared::redis_conn::Endpoint;
 use projector_shared::rollout::Rollout;
 use projector_shared::run::Outcome;
 use projector_shared::run_record::{OrgRecord, RunOverview, RunRecords, RunState};
+use projector_shared::slots::SlotHistory;
 use projector_shared::trail::Step;
 use projector_shared::{OrgId, RunId};
 use serde_json::{Value, json};
@@ -509,6 +510,34 @@ fn rollout_line(rollout: &Rollout) -> String {
     }
 }
 
+/// The fleet's slot samples of the last hour, with their peaks: what the page charts.
+fn history_json(history: &SlotHistory) -> Value {
+    let peak = |f: fn(&projector_shared::slots::SlotSample) -> Option<u64>| history.samples.iter().filter_map(f).max();
+    json!({
+        "now_ms": history.now_ms,
+        "samples": history.samples,
+        "peak_in_use": peak(|s| Some(u64::from(s.in_use))),
+        "peak_limit": peak(|s| s.limit.map(u64::from)),
+        "peak_service_used": peak(|s| s.service_used),
+    })
+}
+
+fn history_line(history: &SlotHistory) -> String {
+    let samples = &history.samples;
+    let Some(peak) = samples.iter().map(|s| s.in_use).max() else {
+        return "no slot samples yet (workers take one per worker.slot_sample_interval)".to_owned();
+    };
+    let limits: Vec<u32> = samples.iter().filter_map(|s| s.limit).collect();
+    let limit = match (limits.iter().min(), limits.iter().max()) {
+        (Some(lo), Some(hi)) if lo == hi => format!("limit {lo}"),
+        (Some(lo), Some(hi)) => format!("limit {lo}–{hi}"),
+        _ => "no limit stored".to_owned(),
+    };
+    let service =
+        samples.iter().filter_map(|s| s.service_used).max().map_or_else(String::new, |u| format!(", service's own count up to {u}"));
+    format!("peak {peak} slots in use, {limit}{service} ({} samples; the status page charts them)", samples.len())
+}
+
 /// `projectorctl status`: everything an operator looks at first, read in one pass.
 pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<String> {
     let redis = Endpoint::from(&config.redis).redacted();
@@ -521,6 +550,7 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<String> {
     let latest = RunRecords::for_config(conn.clone(), &config.runs).recent(1).await?.into_iter().next();
     let rollout = Rollout::load(&mut conn.clone()).await?;
     let pause = projector_shared::pause::paused(&conn).await?;
+    let history = limiter.history().await.with_context(|| format!("reading the slot history from {redis}"))?;
     let now = Utc::now();
     // Waiters give up slots.max_wait after they arrive: the first deadline dates the oldest.
     let oldest_wait_ms = slots.first_gives_up_in.map(|left| config.slots.max_wait.saturating_sub(left).as_millis() as u64);
@@ -546,6 +576,7 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<String> {
             "adaptive_multiplier": occupancy.multiplier,
         },
         "slots": {"in_use": occupancy.in_use, "waiters": slots.waiters.len(), "oldest_wait_ms": oldest_wait_ms},
+        "slot_history": history_json(&history),
         "queue": {"ready": queue.ready, "scheduled": queue.scheduled, "in_flight": queue.in_flight, "dead": queue.dead},
         "workers": {"alive": workers.len(), "jobs_in_flight": workers.iter().filter_map(|w| w.registration.as_ref()).map(|r| r.jobs_in_flight).sum::<u64>()},
         "run": latest.as_ref().map(|r| run_json(r, now)),
@@ -570,6 +601,7 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<String> {
     }
     let oldest = oldest_wait_ms.map(|ms| format!(" (oldest for {:.1} s)", ms as f64 / 1000.0)).unwrap_or_default();
     let _ = writeln!(out, "slots        {} in use, {} waiting{oldest}", occupancy.in_use, slots.waiters.len());
+    let _ = writeln!(out, "last hour    {}", history_line(&history));
     let _ = writeln!(
         out,
         "queue        {} ready, {} scheduled, {} in flight, {} dead",

@@ -187,6 +187,62 @@ fn progress_chart(detail: &Value) -> Markup {
     }
 }
 
+/// The fleet's slots over the last hour as a server-rendered SVG: slots in use, the limit in
+/// force and the query service's own count for the referrer, from the samples the workers keep
+/// in Redis (`status --json`'s `slot_history`). Each line has a point per sample that has the
+/// value; a sample without the service's count (no answer within two periods) is left out of that line.
+fn slots_chart(history: &Value) -> Markup {
+    let (width, height, pad) = (600.0_f64, 160.0_f64, 30.0_f64);
+    let samples = history["samples"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let Some(now) = history["now_ms"].as_f64().filter(|_| !samples.is_empty()) else {
+        return html! { p { "No slot samples yet: workers take one per worker.slot_sample_interval." } };
+    };
+    // The last hour, or less while the history is younger: a fleet that started minutes ago
+    // fills the chart rather than a sliver at its right edge.
+    let first = samples.iter().filter_map(|s| s["at_ms"].as_f64()).fold(now, f64::min);
+    let span_ms = (now - first).clamp(1000.0, 3_600_000.0);
+    let top = ["peak_in_use", "peak_limit", "peak_service_used"].iter().filter_map(|k| history[*k].as_f64()).fold(1.0_f64, f64::max);
+    let x = |at: f64| pad + (at - (now - span_ms)).max(0.0) / span_ms * (width - 2.0 * pad);
+    let y = |n: f64| height - pad - n / top * (height - 2.0 * pad);
+    let line = |field: &str| -> Vec<String> {
+        samples.iter().filter_map(|s| Some(format!("{:.1},{:.1}", x(s["at_ms"].as_f64()?), y(s[field].as_f64()?)))).collect()
+    };
+    let series = [
+        ("in-use", "in_use", "#2a7", "slots in use"),
+        ("limit", "limit", "#c33", "limit in force"),
+        ("service", "service_used", "#36c", "service's own count"),
+    ];
+    html! {
+        svg.chart #slots-chart width=(width) height=(height) viewBox={ "0 0 " (width) " " (height) } role="img"
+            aria-label="slots in use, the limit in force and the service's own count over the last hour" {
+            line x1=(pad) y1=(y(0.0)) x2=(width - pad) y2=(y(0.0)) stroke="#888" {}
+            line x1=(pad) y1=(y(top)) x2=(width - pad) y2=(y(top)) stroke="#ccc" stroke-dasharray="4" {}
+            text x=(pad) y=(y(top) - 4.0) font-size="11" { (format!("{top:.0}")) }
+            @for (i, (class, field, colour, label)) in series.iter().enumerate() {
+                @let points = line(field);
+                @if !points.is_empty() {
+                    polyline class=(class) points=(points.join(" ")) fill="none" stroke=(colour) stroke-width="2" {}
+                }
+                text x=(width - pad - 130.0 * (2.0 - i as f64)) y=(pad / 2.0) font-size="11" fill=(colour) text-anchor="end" { (label) }
+            }
+            text x=(pad) y=(height - 8.0) font-size="11" { (ago(span_ms)) }
+            text x=(width - pad) y=(height - 8.0) font-size="11" text-anchor="end" { "now" }
+        }
+        p { "Peak in the last hour: " (field("slot_history.peak_in_use", &history["peak_in_use"])) " slots in use, limit "
+            (field("slot_history.peak_limit", &history["peak_limit"])) ", service's own count "
+            (field("slot_history.peak_service_used", &history["peak_service_used"])) "." }
+    }
+}
+
+/// A chart's left edge: "1 h ago", "12 min ago", "40 s ago".
+fn ago(span_ms: f64) -> String {
+    match span_ms / 1000.0 {
+        s if s >= 3599.0 => "1 h ago".to_owned(),
+        s if s >= 120.0 => format!("{:.0} min ago", s / 60.0),
+        s => format!("{s:.0} s ago"),
+    }
+}
+
 /// A number (or text) the page shows, tagged with where it comes from in `status --json`.
 fn field(path: &str, value: &Value) -> Markup {
     html! { span data-field=(path) { (show(value)) } }
@@ -270,6 +326,8 @@ async fn home(State(site): Shared) -> Result<Markup, Failure> {
             h3 { "Latest run against its deadline" }
             (progress_chart(detail))
         }
+        h3 { "Slots over the last hour" }
+        (slots_chart(&status["slot_history"]))
         h2 { "Runs" }
         (runs_table(&runs))
         h2 { "Workers" }

@@ -59,6 +59,12 @@ impl SlotKeys {
         format!("{}:adaptive", self.tag)
     }
 
+    /// List of the fleet's slot samples, oldest first (`lua/slots_history.lua`): what the
+    /// status page charts over the last hour.
+    pub fn history(&self) -> String {
+        format!("{}:history", self.tag)
+    }
+
     /// The keys every limiter script is given, in the order the scripts expect.
     pub fn script_keys(&self) -> Vec<String> {
         vec![

@@ -262,6 +262,7 @@ fn the_status_page_shows_what_status_json_says_in_a_real_browser() {
     let fake = FakeSnuba::start(FAKE, &["--latency", "200ms", "--fail-first-for", "2,4"]);
     let mut env = base_env(&redis, &fake.url());
     env.push(("PROJECTOR_RUNS_MAX_ATTEMPTS".into(), "1".into()));
+    env.push(("PROJECTOR_WORKER_SLOT_SAMPLE_INTERVAL".into(), "200ms".into()));
     let w = worker(&env, &["--concurrency", "4"]);
     let mut serve_cmd = command(workspace_bin("projectorctl"));
     serve_cmd.args(["serve", "--addr", "127.0.0.1:0"]).envs(env.iter().cloned()).stdout(Stdio::null());
@@ -292,6 +293,17 @@ fn the_status_page_shows_what_status_json_says_in_a_real_browser() {
     let points = chart.split("points=\"").nth(1).and_then(|p| p.split('"').next()).expect("a progress line");
     assert_eq!(points.split_whitespace().count(), 11, "the tick and ten progress points: {chart}");
     assert!(chart.contains("class=\"deadline\""), "the deadline is drawn: {chart}");
+    // The slots chart draws the samples the worker kept in Redis during the run; its peaks are
+    // data-fields, checked against status --json above.
+    let slots = after.split("id=\"slots-chart\"").nth(1).and_then(|c| c.split("</svg>").next()).expect("the slots chart");
+    for class in ["in-use", "limit", "service"] {
+        let points = slots.split(&format!("class=\"{class}\" points=\"")).nth(1).and_then(|p| p.split('"').next());
+        assert!(points.is_some_and(|p| p.split_whitespace().count() >= 2), "a {class} line: {slots}");
+    }
+    let history = ctl(&env, &["status"])["slot_history"].clone();
+    let peak = history["peak_in_use"].as_u64().expect("a peak");
+    assert!((1..=4).contains(&peak), "the run held 1 to 4 slots at once (--concurrency 4): {history}");
+    assert!(history["peak_service_used"].as_u64().is_some_and(|u| u >= 1), "the service's own count was sampled: {history}");
     let shot = screenshot(&format!("{base}/"), "status-after-run.png");
     assert!(std::fs::metadata(&shot).expect("screenshot").len() > 10_000, "a real picture");
 

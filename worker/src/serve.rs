@@ -113,7 +113,12 @@ fn spawn_services(
     let every = config.worker.housekeeping_interval;
     services.spawn_every(Arc::new(DuePromoter { conn: fleet.conn.clone() }), every);
     services.spawn_every(
-        Arc::new(QueueGauges { conn: fleet.conn.clone(), slots: fleet.slots.clone(), configured_limit: config.slots.limit }),
+        Arc::new(QueueGauges {
+            conn: fleet.conn.clone(),
+            slots: fleet.slots.clone(),
+            configured_limit: config.slots.limit,
+            sample_every: config.worker.slot_sample_interval,
+        }),
         every,
     );
     let registration = projector_shared::heartbeat::Registration {

@@ -113,11 +113,11 @@ pub enum Command {
         #[arg(long)]
         allow_actions: bool,
     },
-    /// One screen: the limit in force and its source, slots in use and waiters, the queue (ready,
-    /// scheduled, in flight, dead), workers alive, the latest run's progress with an ETA, and the
-    /// rollout flag.
+    /// One screen: the limit in force and its source, slots in use and waiters, the last hour's
+    /// slot peaks, the queue (ready, scheduled, in flight, dead), workers alive, the latest run's
+    /// progress with an ETA, and the rollout flag.
     ///
-    /// With --json: prints {"redis", "limit": {in_force, source, stored, configured, adaptive_multiplier}, "slots": {in_use, waiters, oldest_wait_ms}, "queue": {ready, scheduled, in_flight, dead}, "workers": {alive, jobs_in_flight}, "run": (as in `runs list`) or null, "paused": null or {reason, since_ms}, "rollout": {enabled, percentage, allow, deny}}
+    /// With --json: prints {"redis", "limit": {in_force, source, stored, configured, adaptive_multiplier}, "slots": {in_use, waiters, oldest_wait_ms}, "slot_history": {now_ms, samples: [{at_ms, in_use, limit, service_used}], peak_in_use, peak_limit, peak_service_used}, "queue": {ready, scheduled, in_flight, dead}, "workers": {alive, jobs_in_flight}, "run": (as in `runs list`) or null, "paused": null or {reason, since_ms}, "rollout": {enabled, percentage, allow, deny}}
     Status {
         /// Redraw every this often (e.g. 2s) until Ctrl-C
         #[arg(long, value_name = "INTERVAL", value_parser = humantime::parse_duration)]

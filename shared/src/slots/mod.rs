@@ -15,7 +15,10 @@ use crate::error::Error;
 use crate::ids::OrgId;
 use crate::metrics as m;
 
-pub use self::redis::{AdaptiveWindow, Holder, RedisSlotLimiter, RedisSlotSettings, ServiceSteering, SlotState};
+pub use self::redis::{
+    AdaptiveWindow, HISTORY_SPAN, Holder, RedisSlotLimiter, RedisSlotSettings, ServiceSteering, SlotHistory, SlotSample, SlotState,
+    samples_to_keep,
+};
 pub use self::scripts::{AdaptiveReport, Occupancy, ServiceCap};
 pub use fail_open::FailOpenLimiter;
 pub use memory::MemorySlotLimiter;

@@ -1,6 +1,10 @@
 //! The cluster-wide slot limiter on Redis: per-holder leases scored by Redis time, fencing tokens,
 //! first-come-first-served waiters woken directly on release, renewal while held, bounded waits.
 
+mod history;
+
+pub use history::{HISTORY_SPAN, SlotHistory, SlotSample, samples_to_keep};
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

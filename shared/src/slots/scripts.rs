@@ -22,6 +22,7 @@ pub(super) static OCCUPANCY: LazyLock<Script> = LazyLock::new(|| script(include_
 pub(super) static ADAPTIVE: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_adaptive.lua")));
 pub(super) static PAUSE: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_pause.lua")));
 pub(super) static SERVICE: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_service.lua")));
+pub(super) static HISTORY: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_history.lua")));
 
 /// `slots_acquire`'s reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

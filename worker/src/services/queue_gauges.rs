@@ -1,5 +1,7 @@
-//! The fleet-wide queue and slot gauges. Every worker runs it: it only reads, and every worker
-//! exports the same values (dashboards aggregate with `max()`).
+//! The fleet-wide queue and slot gauges, and the fleet's slot history. Every worker runs it: the
+//! gauges only read, and every worker exports the same values (dashboards aggregate with
+//! `max()`); the history script appends at most one sample per period of Redis time, whichever
+//! worker comes first, so any number of workers keeps one history.
 
 use futures::future::BoxFuture;
 use projector_queue as queue;
@@ -16,6 +18,8 @@ pub struct QueueGauges {
     pub slots: RedisSlotLimiter,
     /// `slots.limit`, to tell a limit an operator stored from the configured one.
     pub configured_limit: u32,
+    /// `worker.slot_sample_interval`: the spacing of the slot history's samples.
+    pub sample_every: std::time::Duration,
 }
 
 impl Periodic for QueueGauges {
@@ -42,6 +46,9 @@ impl Periodic for QueueGauges {
                     metrics::gauge!(m::ADAPTIVE_MULTIPLIER).set(o.multiplier);
                 }
                 Err(e) => tracing::debug!(error = %e, "cannot read slot occupancy"),
+            }
+            if let Err(e) = self.slots.record_history(self.sample_every).await {
+                tracing::debug!(error = %e, "cannot append to the slot history");
             }
         })
     }
