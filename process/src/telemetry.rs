@@ -30,7 +30,8 @@ pub fn init(format: LogFormat) {
     // A second init (tests that call it twice) keeps the first subscriber.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        // A job's lines carry its `job` span (run, org, attempt) as one "span" object.
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init(),
     };
 }
 

@@ -81,7 +81,7 @@ async fn plan(config: &Config, conn: &RedisConn, run_id: RunId, tick: DateTime<U
 async fn leave_out_fresher(config: &Config, orgs: &mut crate::orgs::OrgList, tick: DateTime<Utc>) -> usize {
     let first_hour = projector_shared::job::first_hour_of(tick);
     let ids: Vec<_> = orgs.orgs.iter().map(|o| o.org_id).collect();
-    let fresher = match projector_worker::build::sink(config, None).await {
+    let fresher = match projector_job::build::sink(config, None).await {
         Ok(sink) => sink.fresher(&ids, first_hour).await,
         Err(e) => Err(e),
     };

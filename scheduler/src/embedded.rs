@@ -11,13 +11,13 @@ use chrono::Utc;
 use futures::channel::mpsc::UnboundedSender;
 use futures::{SinkExt, StreamExt};
 use projector_config::{Config, SinkKind};
+use projector_job::Pipeline;
+use projector_job::handler::{JobHandler, Routing, run_job};
+use projector_job::sink::{DiscardSink, ProjectionSink};
 use projector_shared::batch::plan_batches;
 use projector_shared::run::{MemoryRunLedger, RunSummary};
 use projector_shared::slots::MemorySlotLimiter;
 use projector_shared::{RunId, SpikeProjectionJob};
-use projector_worker::Pipeline;
-use projector_worker::handler::{JobHandler, Routing, run_job};
-use projector_worker::sink::{DiscardSink, ProjectionSink};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -52,15 +52,15 @@ pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: C
     // Embedded runs need no Redis: projections go to --output, to PostgreSQL when sink.kind says
     // so, or nowhere.
     let sink: Arc<dyn ProjectionSink> = match (&options.output, config.sink.kind) {
-        (Some(path), _) => projector_worker::build::sink(config, Some(path)).await?,
-        (None, SinkKind::Postgres) => projector_worker::build::sink(config, None).await?,
+        (Some(path), _) => projector_job::build::sink(config, Some(path)).await?,
+        (None, SinkKind::Postgres) => projector_job::build::sink(config, None).await?,
         (None, _) => Arc::new(DiscardSink),
     };
     let ledger = Arc::new(MemoryRunLedger::new(run_id.clone(), orgs.iter().map(|o| o.org_id)));
     // The same handler as the worker process's: the memory ledger instead of the run record, no
     // flag store (every org takes a slot first) and no queue to reschedule into.
     let limiter = Arc::new(MemorySlotLimiter::new(config.slots.limit));
-    let rate = projector_worker::build::rate_gate(config, None);
+    let rate = projector_job::build::rate_gate(config, None);
     let pipeline = Pipeline::from_config(config, format!("embedded-{}", std::process::id()), limiter, sink.clone(), rate)?;
     let probe = pipeline.probe.clone();
     let handler = Arc::new(JobHandler::new(pipeline, ledger.clone(), Routing::AllLimited, None));

@@ -5,8 +5,13 @@ pub enum Error {
     #[error(transparent)]
     Shared(#[from] projector_shared::Error),
 
+    /// The metrics endpoint `serve` shares with the worker process.
     #[error(transparent)]
     Worker(#[from] projector_worker::Error),
+
+    /// A part of the job path (query settings, sink) of the embedded run.
+    #[error(transparent)]
+    Job(#[from] projector_job::Error),
 
     #[error("cannot enqueue jobs of run {run_id}: {detail}")]
     Enqueue { run_id: String, detail: String },

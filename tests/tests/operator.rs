@@ -557,6 +557,29 @@ fn an_off_schedule_tick_is_refused_unless_forced() {
     assert!(on.status.success(), "{}", text(&on.stderr));
 }
 
+/// Every line a job logs is inside one `job` span carrying its run, org and attempt: in JSON,
+/// as one "span" object on the line, so a log query by org finds the job's whole story.
+#[test]
+fn a_jobs_log_lines_carry_its_run_org_and_attempt_in_one_span() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "5ms"]);
+    let mut env = base_env(&redis, &fake.url());
+    env.retain(|(k, _)| k != "RUST_LOG");
+    env.push(("RUST_LOG".into(), "info,projector_job=debug".into()));
+    let w = worker(&env, &["--log-format", "json"]);
+    let out = run("projector-scheduler", &env, &["run-once", "--wait", "--orgs", "1", "--batch-delay", "0s"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line = w.wait_for_line(&["projections stored"], Duration::from_secs(30));
+    let json = line.find('{').map(|i| &line[i..]).expect("a JSON line");
+    let logged: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {line}"));
+    let run_id = json_of(&run("projectorctl", &env, &["runs", "list", "--json"]))["runs"][0]["run_id"].clone();
+    assert_eq!(logged["span"]["name"], "job", "{logged}");
+    assert_eq!(logged["span"]["run_id"], run_id, "{logged}");
+    assert_eq!(logged["span"]["org_id"], "1", "{logged}");
+    assert_eq!(logged["span"]["attempt"], 0, "{logged}");
+    assert!(logged.get("org_id").is_none(), "the org is said once, by the span: {logged}");
+}
+
 /// A replayed past tick leaves out the orgs whose stored projection is fresher than its own:
 /// "nothing to do" when that is every org, and only the others are queried otherwise, where
 /// before each of them was queried and then refused by the store's fence as `stale_write`.

@@ -6,15 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
+use projector_job::Error;
+use projector_job::error::RejectionClass;
+use projector_job::history::Fold;
+use projector_job::query::{HistoryPlan, Page, PageRequest, QuerySource, SyntheticQuery};
+use projector_job::redis_sink::RedisSink;
+use projector_job::sink::{ProjectionRecord, ProjectionSink};
+use projector_job::snuba::{SnubaQuery, SnubaSettings};
 use projector_shared::{OrgId, ProjectId, RunId};
 use projector_tests::{FakeSnuba, RedisServer};
-use projector_worker::Error;
-use projector_worker::error::RejectionClass;
-use projector_worker::history::Fold;
-use projector_worker::query::{HistoryPlan, Page, PageRequest, QuerySource, SyntheticQuery};
-use projector_worker::redis_sink::RedisSink;
-use projector_worker::sink::{ProjectionRecord, ProjectionSink};
-use projector_worker::snuba::{SnubaQuery, SnubaSettings};
 
 const FAKE: &str = env!("CARGO_BIN_EXE_projector-fake-snuba");
 const REFERRER: &str = "getsentry.get_spike_projections";

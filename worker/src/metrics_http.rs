@@ -184,10 +184,10 @@ fn register_every_series() {
             metrics::counter!(m::RATE_SHADOW_TOTAL, "would" => would, "reason" => reason).increment(0);
         }
     }
-    for reason in crate::error::REASONS {
+    for reason in projector_job::error::REASONS {
         metrics::counter!(m::TASK_ERROR_TOTAL, "reason" => *reason).increment(0);
     }
-    for kind in crate::error::QUERY_ERROR_KINDS {
+    for kind in projector_job::error::QUERY_ERROR_KINDS {
         metrics::counter!(m::QUERY_ERRORS_TOTAL, "kind" => *kind).increment(0);
     }
     for name in [m::CONCURRENT_QUERIES, m::UTILIZATION_PERCENT, m::QUEUE_READY_JOBS, m::QUEUE_SCHEDULED_JOBS] {

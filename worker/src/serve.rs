@@ -12,14 +12,14 @@ use projector_shared::slots::{FailOpenLimiter, RedisSlotLimiter, RedisSlotSettin
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
-use crate::handler::{JobHandler, Rescheduler, RolloutFlag, Routing};
 use crate::metrics_http::Readiness;
-use crate::pipeline::Pipeline;
 use crate::services::Services;
 use crate::services::{
     AdaptiveReporter, DeadlineSweep, DuePromoter, Heartbeat, PauseWatch, QueueGauges, RatePolicyRefresh, Vacuum, vacuum_every,
 };
 use crate::supervisor::Supervisor;
+use projector_job::handler::{JobHandler, Rescheduler, RolloutFlag, Routing};
+use projector_job::pipeline::Pipeline;
 
 /// How long, after the drain, slot releases still retrying (Redis unreachable) may delay the exit;
 /// a lease they could not release expires on its own.
@@ -36,8 +36,8 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
         .map_err(projector_shared::Error::redis("opening the job queue connection"))?;
     let (slots, limiter) = slot_limiter(&config)?;
     let multiplier = projector_shared::adaptive::Multiplier::default();
-    let rate = crate::build::rate_gate(&config, Some((&conn, multiplier.clone())));
-    let sink = crate::build::sink(&config, None).await?;
+    let rate = projector_job::build::rate_gate(&config, Some((&conn, multiplier.clone())));
+    let sink = projector_job::build::sink(&config, None).await?;
     let pipeline = Pipeline::from_config(&config, name.clone(), limiter, sink, rate.clone())?;
     let cancels = CancelWatch::default();
     let handler = Arc::new(
@@ -47,7 +47,7 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
             Routing::Flag(RolloutFlag::new(conn.clone(), config.worker.rollout_refresh)),
             Some(Rescheduler::from_config(&config, &conn)),
         )
-        .rescheduling_skips(crate::handler::reschedules_skips(&config))
+        .rescheduling_skips(projector_job::handler::reschedules_skips(&config))
         .with_cancel_watch(cancels.clone()),
     );
     let endpoint = projector_shared::redis_conn::Endpoint::from(&config.redis);
@@ -96,7 +96,7 @@ struct Fleet<'a> {
     conn: &'a projector_shared::redis_conn::RedisConn,
     slots: &'a RedisSlotLimiter,
     name: &'a str,
-    running: crate::handler::RunningJobs,
+    running: projector_job::handler::RunningJobs,
     loop_name: tokio::sync::watch::Receiver<String>,
     pause_tx: tokio::sync::watch::Sender<bool>,
 }

@@ -15,8 +15,8 @@ use projector_shared::redis_conn::RedisConn;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
-use crate::handler::{JobHandler, run_job};
 use crate::metrics_http::Readiness;
+use projector_job::handler::{JobHandler, run_job};
 
 /// How long a drained loop may take to send its last jobs' acknowledgements and end.
 const ACK_FLUSH: Duration = Duration::from_secs(2);

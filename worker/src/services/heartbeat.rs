@@ -15,7 +15,7 @@ pub struct Heartbeat {
     /// What this worker publishes about itself; jobs, slots and the last error are refreshed
     /// at every beat.
     pub registration: projector_shared::heartbeat::Registration,
-    pub running: crate::handler::RunningJobs,
+    pub running: projector_job::handler::RunningJobs,
     /// The apalis name of the job loop running now.
     pub current_loop: tokio::sync::watch::Receiver<String>,
     /// The rate gate, whose policy in force is published at every beat.
@@ -32,7 +32,7 @@ impl Periodic for Heartbeat {
             let registration = projector_shared::heartbeat::Registration {
                 jobs_in_flight: self.running.now() as u64,
                 slots_held: projector_shared::slots::held_by_process(),
-                last_error: crate::probe::last_error(),
+                last_error: projector_job::probe::last_error(),
                 service: projector_shared::service::latest().map(|(q, ago)| (q, u64::try_from(ago.as_millis()).unwrap_or(u64::MAX))),
                 rate: self.rate.as_ref().map_or_else(|| "none".to_owned(), projector_shared::rate::RateGate::summary),
                 ..self.registration.clone()

@@ -37,7 +37,7 @@ impl Periodic for RatePolicyRefresh {
             }
             match self.config.rate_policy_with(referrer, &changes) {
                 Ok(rate) => {
-                    let limiter = crate::build::rate_limiter(&self.config, &rate, Some((&self.conn, self.multiplier.clone())));
+                    let limiter = projector_job::build::rate_limiter(&self.config, &rate, Some((&self.conn, self.multiplier.clone())));
                     self.gate.replace(limiter, rate.enforce, rate.cooldown_after_429);
                     let (rates, mode, enforce) = self.gate.describe();
                     tracing::info!(

@@ -17,6 +17,7 @@ use projector_shared::run::{Admission, Outcome, Recorded, RunLedger};
 use projector_shared::trail::{Attempt, Step, Why};
 use rand::Rng;
 use tokio::sync::RwLock;
+use tracing::Instrument;
 
 use crate::error::Error;
 use crate::pipeline::{Ended, Pipeline};
@@ -200,10 +201,14 @@ impl JobHandler {
 
     /// One queue payload to one recorded outcome. `Err` only when the outcome could not be
     /// recorded, so the queue keeps the job and it is tried again (the ledger then avoids a re-query).
+    /// Every line the job logs is inside one `job` span carrying its run, org and attempt.
     pub async fn handle_payload(&self, payload: serde_json::Value) -> Result<(), Error> {
         let _running = self.running.enter();
         match SpikeProjectionJob::decode(&payload) {
-            Ok(job) => self.handle(&job).await,
+            Ok(job) => {
+                let span = tracing::info_span!("job", run_id = %job.run_id, org_id = %job.org_id, attempt = job.attempt);
+                self.handle(&job).instrument(span).await
+            }
             Err(e) => {
                 self.malformed(&payload, e).await;
                 Ok(())
@@ -215,11 +220,11 @@ impl JobHandler {
         match self.ledger.outcome_of(&job.run_id, job.org_id, job.attempt).await {
             Ok(Admission::Open) => {}
             Ok(Admission::Accounted(outcome)) => {
-                tracing::info!(run_id = %job.run_id, org_id = %job.org_id, outcome = outcome.as_str(), "duplicate delivery; already accounted for");
+                tracing::info!(outcome = outcome.as_str(), "duplicate delivery; already accounted for");
                 return Ok(());
             }
             Ok(Admission::Superseded) => {
-                tracing::info!(run_id = %job.run_id, org_id = %job.org_id, attempt = job.attempt, "a later attempt owns this org (runs retry); dropped");
+                tracing::info!("a later attempt owns this org (runs retry); dropped");
                 return Ok(());
             }
             Ok(refused @ (Admission::UnknownRun | Admission::NotPlanned)) => {
@@ -228,11 +233,11 @@ impl JobHandler {
                     _ => ("not_planned", "its org is not in the run's plan"),
                 };
                 metrics::counter!(m::TASK_ERROR_TOTAL, "reason" => reason).increment(1);
-                tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, reason, "job refused without a query: {why}");
+                tracing::warn!(reason, "job refused without a query: {why}");
                 return Ok(());
             }
             Err(e) => {
-                tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, error = %e, "cannot check the run record; running the job")
+                tracing::warn!(error = %e, "cannot check the run record; running the job")
             }
         }
         let (limited, why) = self.routing.route(job).await;
@@ -250,14 +255,11 @@ impl JobHandler {
         {
             match rescheduler.reschedule(job, ended.retry_after, last_try).await {
                 Ok(()) => {
-                    tracing::info!(
-                        run_id = %job.run_id, org_id = %job.org_id, reschedules = job.reschedules + 1, skipped = outcome.as_str(),
-                        "job rescheduled"
-                    );
+                    tracing::info!(reschedules = job.reschedules + 1, skipped = outcome.as_str(), "job rescheduled");
                     return Ok(());
                 }
                 Err(e) => {
-                    tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, error = %e, outcome = outcome.as_str(), "cannot reschedule; recording the skip")
+                    tracing::warn!(error = %e, outcome = outcome.as_str(), "cannot reschedule; recording the skip")
                 }
             }
         }
@@ -266,10 +268,10 @@ impl JobHandler {
             Ok(Recorded::FinishedTheRun) => self.log_run_finished(&job.run_id).await,
             Ok(Recorded::Recorded | Recorded::AlreadyAccounted) => {}
             Ok(Recorded::UnknownRun | Recorded::NotPlanned) => {
-                tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, "outcome not recorded: the run or its plan is gone (expired or reset)");
+                tracing::warn!("outcome not recorded: the run or its plan is gone (expired or reset)");
             }
             Err(e) => {
-                tracing::error!(run_id = %job.run_id, org_id = %job.org_id, outcome = outcome.as_str(), error = %e, "cannot record the outcome; the job will be tried again");
+                tracing::error!(outcome = outcome.as_str(), error = %e, "cannot record the outcome; the job will be tried again");
                 return Err(e.into());
             }
         }

@@ -103,9 +103,9 @@ pub trait StillOpen: Send + Sync {
 }
 
 /// Gives the slot back; a failure is only logged, since the lease expires on its own.
-async fn release(permit: SlotPermit, job: &SpikeProjectionJob) {
+async fn release(permit: SlotPermit) {
     if let Err(e) = permit.release().await {
-        tracing::warn!(run_id = %job.run_id, org_id = %job.org_id, error = %e, "slot release failed");
+        tracing::warn!(error = %e, "slot release failed");
     }
 }
 
@@ -232,8 +232,8 @@ impl Pipeline {
         if let Some(gate) = gate
             && !gate.still_open(job).await
         {
-            tracing::info!(run_id = %job.run_id, org_id = %job.org_id, "run cancelled during the slot wait; no query");
-            release(permit, job).await;
+            tracing::info!("run cancelled during the slot wait; no query");
+            release(permit).await;
             return Ended { stale: true, steps, ..Outcome::Cancelled.into() };
         }
         // The rate admission comes after the slot, so a query starts the moment its admission is
@@ -243,7 +243,7 @@ impl Pipeline {
             return *ended;
         }
         let queried = self.query(job, Some(&permit), &mut steps).await;
-        self.give_back(&queried, permit, job).await;
+        self.give_back(&queried, permit).await;
         let stored = match queried {
             Ok((first_hour, projections)) => self.store(job, first_hour, projections, token, &mut steps).await,
             Err(e) => Err(e),
@@ -278,8 +278,10 @@ impl Pipeline {
                 // One line per org would flood the log when the limit is too low; the run's summary
                 // and run_spike_projection_skipped_no_slot_total carry the count.
                 tracing::debug!(
-                    run_id = %job.run_id, org_id = %job.org_id, waited_ms = t.waited.as_millis() as u64,
-                    in_use = t.in_use, limit = t.limit, queue_position = t.queue_position,
+                    waited_ms = t.waited.as_millis() as u64,
+                    in_use = t.in_use,
+                    limit = t.limit,
+                    queue_position = t.queue_position,
                     "no slot within slots.max_wait; job skipped"
                 );
                 metrics::counter!(m::TASK_SKIPPED_NO_SLOT_TOTAL).increment(1);
@@ -310,8 +312,9 @@ impl Pipeline {
             }
             Ok(Pass::Refused { retry_after, reason }) => {
                 tracing::debug!(
-                    run_id = %job.run_id, org_id = %job.org_id, reason = reason.as_str(),
-                    retry_after_ms = retry_after.as_millis() as u64, "no rate admission within rate.max_delay; job skipped"
+                    reason = reason.as_str(),
+                    retry_after_ms = retry_after.as_millis() as u64,
+                    "no rate admission within rate.max_delay; job skipped"
                 );
                 steps.push(Step::Rate { admitted: false, reason: Some(reason.as_str().to_owned()), retry_after_ms: Some(ms(retry_after)) });
                 let why = Why::new(reason.as_str(), format!("no rate admission within rate.max_delay; retry after {} ms", ms(retry_after)));
@@ -327,7 +330,7 @@ impl Pipeline {
 
     /// After the query: a referrer 429 lowers the fleet's limit (and starts a cooldown) before
     /// the slot goes back; an abandoned query keeps its slot until the service must have ended it.
-    async fn give_back<T>(&self, queried: &Result<T, Error>, permit: SlotPermit, job: &SpikeProjectionJob) {
+    async fn give_back<T>(&self, queried: &Result<T, Error>, permit: SlotPermit) {
         if let Err(Error::RateLimited { class: crate::error::RejectionClass::Referrer, service, .. }) = queried {
             if let Some(q) = service {
                 // Before the slot goes back: the lowered limit keeps it from the next waiter while
@@ -352,7 +355,7 @@ impl Pipeline {
         } else {
             // The slot guards the query service only: it goes back before the store, so the next
             // query starts sooner. The fencing token still stamps the write.
-            release(permit, job).await;
+            release(permit).await;
         }
     }
 
@@ -370,7 +373,7 @@ impl Pipeline {
     fn finish(&self, job: &SpikeProjectionJob, stored: Result<usize, Error>, steps: Vec<Step>) -> Ended {
         match stored {
             Ok(projects) => {
-                tracing::debug!(run_id = %job.run_id, org_id = %job.org_id, projects, "projections stored");
+                tracing::debug!(projects, "projections stored");
                 metrics::counter!(m::TASK_COMPLETED_TOTAL).increment(1);
                 Ended { steps, ..Outcome::Completed.into() }
             }
@@ -381,14 +384,14 @@ impl Pipeline {
                         let reason = e.to_string();
                         if self.stopped.stop(&job.run_id, &reason) {
                             metrics::counter!(m::RUN_STOPPED_TOTAL).increment(1);
-                            tracing::error!(run_id = %job.run_id, org_id = %job.org_id, error = %e, "the query service refused the query itself; the run's other orgs end failed without a query");
+                            tracing::error!(error = %e, "the query service refused the query itself; the run's other orgs end failed without a query");
                         }
                         Some(reason)
                     }
                     _ => None,
                 };
                 let retry_after = retry_after(&e, job.reschedules);
-                Ended { why: Some(why), steps, stop_run, retry_after, ..self.failed(job, e).into() }
+                Ended { why: Some(why), steps, stop_run, retry_after, ..self.failed(e).into() }
             }
         }
     }
@@ -489,12 +492,12 @@ impl Pipeline {
         Ok(projects)
     }
 
-    fn failed(&self, job: &SpikeProjectionJob, e: Error) -> Outcome {
+    fn failed(&self, e: Error) -> Outcome {
         let reason = e.reason();
         metrics::counter!(m::TASK_ERROR_TOTAL, "reason" => reason).increment(1);
         crate::probe::note_error(reason, &e);
         tracing::error!(
-            run_id = %job.run_id, org_id = %job.org_id, reason, retryable = e.is_retryable(), error = %e,
+            reason, retryable = e.is_retryable(), error = %e,
             "spike projection failed"
         );
         match e {
