@@ -9,13 +9,13 @@ use apalis::prelude::{BoxDynError, Data};
 use projector_config::{Config, OnSlotTimeout};
 use projector_queue as queue;
 use projector_shared::SpikeProjectionJob;
+use projector_shared::backoff::{Backoff, plus_jitter};
 use projector_shared::events::CancelWatch;
 use projector_shared::metrics as m;
 use projector_shared::redis_conn::RedisConn;
 use projector_shared::rollout::Rollout;
 use projector_shared::run::{Admission, Outcome, Recorded, RunLedger};
 use projector_shared::trail::{Attempt, Step, Why};
-use rand::Rng;
 use tokio::sync::RwLock;
 use tracing::Instrument;
 
@@ -115,10 +115,10 @@ impl Rescheduler {
     /// one, else after a jittered exponential backoff.
     async fn reschedule(&self, job: &SpikeProjectionJob, retry_after: Option<Duration>, last_try: Option<String>) -> Result<(), Error> {
         let next = job.next_try(last_try);
-        let backoff = match retry_after {
-            Some(after) => after.as_secs() + u64::from(after.subsec_nanos() > 0),
-            None => 2u64.pow(next.reschedules.min(6)) + rand::rng().random_range(0..3),
-        };
+        let backoff = retry_after.unwrap_or_else(|| {
+            plus_jitter(Backoff::new(Duration::from_secs(1), Duration::from_secs(64)).nth(next.reschedules), Duration::from_secs(2))
+        });
+        let backoff = backoff.as_secs() + u64::from(backoff.subsec_nanos() > 0);
         let run_at = chrono::Utc::now().timestamp().max(0) as u64 + backoff;
         // The reschedule's own dedupe member (`<org>:r<n>`): not a duplicate of the job it follows.
         let task = queue::task(&next, run_at);

@@ -138,15 +138,14 @@ const BYTES_POLICY_WINDOW: Duration = Duration::from_secs(600);
 /// backoff from 1 s, at most 30 s. `None` for what would fail again the same way.
 fn retry_after(e: &Error, reschedules: u32) -> Option<Duration> {
     use crate::error::RejectionClass;
-    use rand::Rng;
-    let jitter = |max_ms: u64| Duration::from_millis(rand::rng().random_range(0..=max_ms));
-    let backoff = || {
-        let base = Duration::from_secs(1 << reschedules.min(5)).min(Duration::from_secs(30));
-        base / 2 + jitter(u64::try_from(base.as_millis() / 2).unwrap_or(0))
-    };
+    use projector_shared::backoff::{Backoff, equal_jitter, plus_jitter};
+    const SECOND: Duration = Duration::from_secs(1);
+    let backoff = || equal_jitter(Backoff::new(SECOND, Duration::from_secs(30)).nth(reschedules));
     match e {
-        Error::RateLimited { class: RejectionClass::Tenant, .. } => Some(Duration::from_secs(2u64.pow(reschedules.min(5))) + jitter(1_000)),
-        Error::RateLimited { class: RejectionClass::Bytes, .. } => Some(BYTES_POLICY_WINDOW + jitter(60_000)),
+        Error::RateLimited { class: RejectionClass::Tenant, .. } => {
+            Some(plus_jitter(Backoff::new(SECOND, Duration::from_secs(32)).nth(reschedules), SECOND))
+        }
+        Error::RateLimited { class: RejectionClass::Bytes, .. } => Some(plus_jitter(BYTES_POLICY_WINDOW, Duration::from_secs(60))),
         Error::RateLimited { class: RejectionClass::Referrer, .. }
         | Error::QueryServer { .. }
         | Error::QueryTimeout(_)

@@ -10,6 +10,8 @@ use projector_shared::projection::Projection;
 use projector_shared::{OrgId, ProjectId, RunId};
 use serde::{Deserialize, Serialize};
 
+use projector_shared::backoff::Backoff;
+
 use crate::error::Error;
 
 /// One project's projection as stored: keyed by (org, project, hour), stamped with run and fencing token.
@@ -80,15 +82,14 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let mut pause = WRITE_RETRY_FIRST_PAUSE;
+    let mut backoff = Backoff::new(WRITE_RETRY_FIRST_PAUSE, WRITE_RETRY_FIRST_PAUSE * 2u32.pow(WRITE_ATTEMPTS - 2));
     let mut attempt = 1;
     loop {
         match write().await {
             Ok(answer) => return Ok(answer),
             Err(e) if transient(&e) && attempt < WRITE_ATTEMPTS => {
                 tracing::debug!(org_id = %org_id, attempt, error = %e, "projection write failed; retrying");
-                tokio::time::sleep(pause).await;
-                pause *= 2;
+                tokio::time::sleep(backoff.next_pause()).await;
                 attempt += 1;
             }
             Err(e) => return Err((e, attempt)),

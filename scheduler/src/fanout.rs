@@ -1,6 +1,7 @@
 //! The distributed fan-out: plan a run (orgs → batches → release times, rollout routing), enqueue
 //! every job at once as a delayed apalis-redis job in bulk script calls, and follow the run record.
 
+use projector_shared::backoff::Backoff;
 use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
@@ -138,6 +139,9 @@ pub struct Enqueued {
     pub new: u64,
     pub duplicates: u64,
 }
+
+/// How soon a followed run's record is read again; longer while Redis does not answer.
+const READ_AGAIN: Duration = Duration::from_millis(200);
 
 /// Creates the run record and enqueues every job of the plan as a delayed job. Safe to repeat for
 /// the same run id: the run's dedupe set drops the jobs already enqueued.
@@ -293,12 +297,13 @@ pub async fn wait_for_run(
     let started = Instant::now();
     let mut last_seen = RunSummary { run_id: run_id.0.clone(), ..RunSummary::default() };
     let mut progress = crate::progress::Progress::new(0, Duration::from_secs(2));
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(READ_AGAIN, Duration::from_secs(5));
     loop {
-        match records.summary(run_id, OrgIds::Leave).await {
+        let read_again = match records.summary(run_id, OrgIds::Leave).await {
             Ok(Some(summary)) => {
-                backoff = Duration::from_millis(200);
+                backoff.reset();
                 last_seen = summary;
+                READ_AGAIN
             }
             Ok(None) => {
                 // The record was written before the first job: gone now means Redis lost it.
@@ -307,10 +312,11 @@ pub async fn wait_for_run(
                 return Ok((last_seen, WaitEnd::Lost));
             }
             Err(e) => {
-                tracing::warn!(run_id = %run_id, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot read the run record; still following the run");
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                let pause = backoff.next_pause();
+                tracing::warn!(run_id = %run_id, error = %e, retry_in_ms = pause.as_millis() as u64, "cannot read the run record; still following the run");
+                pause
             }
-        }
+        };
         let done = last_seen.is_finished();
         let interrupted = shutdown.is_cancelled();
         if done || interrupted || started.elapsed() >= timeout {
@@ -328,7 +334,7 @@ pub async fn wait_for_run(
             return Ok((full, end));
         }
         progress.show(&last_seen);
-        let pause = backoff.min(progress.interval()).min(timeout.saturating_sub(started.elapsed()));
+        let pause = read_again.min(progress.interval()).min(timeout.saturating_sub(started.elapsed()));
         // Between reads, block on the run's finish signal: the end is seen at once, not at the
         // next read. On error (Redis away), simply wait out the pause.
         tokio::select! {

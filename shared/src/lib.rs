@@ -6,6 +6,7 @@
 //! It must never know the queue (apalis-redis is `projector-queue`'s), the query service or HTTP.
 
 pub mod adaptive;
+pub mod backoff;
 pub mod error;
 pub mod events;
 pub mod heartbeat;

@@ -325,13 +325,13 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
 {
-    let mut pause = Duration::from_millis(50);
+    let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_millis(400));
     for _ in 0..4 {
         match call().await {
             Err(e) if is_transient(&e) => {
+                let pause = backoff.next_pause();
                 tracing::debug!(error = %e, retry_in_ms = pause.as_millis() as u64, "transient Redis error; retrying");
                 tokio::time::sleep(pause).await;
-                pause *= 2;
             }
             other => return other,
         }

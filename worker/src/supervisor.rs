@@ -2,6 +2,7 @@
 //! fails (quarantining entries it cannot fetch first), and on shutdown drains the jobs in flight.
 //! Built around the apalis-redis 1.0 behaviours in docs/apalis-redis.md (each mitigation names its entry).
 
+use projector_shared::backoff::Backoff;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,7 +47,7 @@ impl Supervisor {
         // Any Redis error ends an apalis worker (docs/apalis-redis.md#redis-errors-end-the-loop): run it
         // again under a fresh name (#unique-names), with capped exponential backoff instead of
         // apalis's tight restart loop.
-        let mut backoff = Duration::from_millis(500);
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         let mut attempt = 0u32;
         loop {
             if self.wait_while_paused(shutdown).await {
@@ -88,16 +89,17 @@ impl Supervisor {
                 tracing::info!(worker = %self.name, "worker drained and stopped");
                 return Ok(());
             }
-            self.after_failure(&loop_name, result, backoff).await;
-            metrics::counter!(m::WORKER_RESTARTS_TOTAL).increment(1);
+            // A loop that ran a while before failing starts the backoff over.
             if started.elapsed() > Duration::from_secs(30) {
-                backoff = Duration::from_millis(500);
+                backoff.reset();
             }
+            let pause = backoff.next_pause();
+            self.after_failure(&loop_name, result, pause).await;
+            metrics::counter!(m::WORKER_RESTARTS_TOTAL).increment(1);
             tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
+                () = tokio::time::sleep(pause) => {}
                 () = shutdown.cancelled() => return Ok(()),
             }
-            backoff = (backoff * 2).min(Duration::from_secs(30));
         }
     }
 

@@ -22,6 +22,7 @@ use super::scripts::{
 };
 use super::{Acquire, ReleaseSlot, SlotLimiter, SlotPermit, SlotRequest, TimedOut, record_granted, record_released, record_timed_out};
 use crate::adaptive::{ADAPTIVE_MIN_SAMPLES, AdaptiveSettings, SignalCounts};
+use crate::backoff::Backoff;
 use crate::error::Error;
 use crate::keys::SlotKeys;
 use crate::metrics as m;
@@ -492,7 +493,7 @@ impl Inner {
     /// must not become an org's outcome.
     async fn call<T: redis::FromRedisValue>(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<T, Error> {
         let deadline = Instant::now() + self.settings.round_trip_budget;
-        let mut pause = Duration::from_millis(20);
+        let mut backoff = Backoff::new(Duration::from_millis(20), self.settings.round_trip_budget);
         loop {
             let mut conn = self.conn.clone();
             let left = deadline.saturating_duration_since(Instant::now());
@@ -506,11 +507,11 @@ impl Inner {
                     });
                 }
             };
+            let pause = backoff.next_pause();
             if Instant::now() + pause >= deadline {
                 return Err(error);
             }
             tokio::time::sleep(pause).await;
-            pause *= 2;
         }
     }
 
@@ -644,8 +645,9 @@ impl Drop for AbandonOnDrop {
         let background = inner.background.clone();
         background.spawn_on(
             async move {
-                let mut pause = Duration::from_millis(100);
+                let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
                 loop {
+                    let pause = backoff.next_pause();
                     let cancelled: Result<Cancelled, Error> = inner
                         .call(CANCEL.key(inner.keys.script_keys()).arg(&id).arg(ms(inner.settings.lease_ttl)).arg(inner.keys.wake_prefix()))
                         .await;
@@ -670,10 +672,7 @@ impl Drop for AbandonOnDrop {
                             tracing::debug!(waiter = %id, error = %e, "cannot leave the slot queue; the entry expires on its own");
                             return;
                         }
-                        Err(_) => {
-                            tokio::time::sleep(pause).await;
-                            pause = (pause * 2).min(Duration::from_secs(2));
-                        }
+                        Err(_) => tokio::time::sleep(pause).await,
                     }
                 }
             },
@@ -713,9 +712,9 @@ impl RedisRelease {
     /// lease has run out anyway.
     async fn retry_until_expired(&self) {
         let give_up_at = Instant::now().max(self.held_until) + self.inner.settings.lease_ttl;
-        let mut pause = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         while Instant::now() < give_up_at {
-            tokio::time::sleep(pause).await;
+            tokio::time::sleep(backoff.next_pause()).await;
             match self.release_once().await {
                 Ok(()) => {
                     tracing::info!(lease_id = %self.id, "slot released after a failed attempt");
@@ -723,7 +722,6 @@ impl RedisRelease {
                 }
                 Err(e) => tracing::debug!(lease_id = %self.id, error = %e, "slot release retry failed"),
             }
-            pause = (pause * 2).min(Duration::from_secs(5));
         }
     }
 }
