@@ -3,10 +3,10 @@
 -- KEYS: 1 workers (zset name -> last beat, ms), 2 registration (hash of this worker)
 -- ARGV: 1 name, 2 stale_ms, 3 registration_ttl_ms, 4.. registration field/value pairs
 -- Returns: 1
+--- @include "time"
 local workers, registration = KEYS[1], KEYS[2]
 local name, stale_ms, registration_ttl_ms = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 redis.call('ZADD', workers, now, name)
 redis.call('ZREMRANGEBYSCORE', workers, '-inf', now - stale_ms)
 redis.call('PEXPIRE', workers, stale_ms)

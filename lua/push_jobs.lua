@@ -9,9 +9,10 @@
 -- ARGV: 1 meta prefix (a job's metadata hash is <prefix>:<id>), 2 the dedupe set's ttl_ms,
 --       3 max_attempts, 4 the jobs-ready channel, then per job: id, member, payload, run_at (unix s)
 -- Returns: {ready, scheduled}: how many jobs were new, by where they went.
+--- @include "time"
 local data, ready, signal, scheduled, dedupe = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local meta_prefix, ttl_ms, max_attempts, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local now = tonumber(redis.call('TIME')[1])
+local now = now_s()
 local now_ready, later = {}, 0
 for i = 5, #ARGV, 4 do
   local id, member, payload, run_at = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])

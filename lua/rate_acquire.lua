@@ -19,10 +19,10 @@
 --       window: limit, window_us
 -- Returns: {admitted (0|1), wait_us, reason (0 none, 1 window, 2 cooldown),
 --           binding window (1-based; 0 when none), admission time (us, Redis time)}
+--- @include "time"
 local mode, id, max_delay = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local burst, multiplier, enforce = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == '1'
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = now_us()
 local at, reason, binding = now, 0, 0
 
 local cooldown_ms = redis.call('PTTL', KEYS[1])

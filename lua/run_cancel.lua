@@ -10,10 +10,11 @@
 -- ARGV: 1 ttl_ms, 2 trail line (JSON), 3 attempts kept in the trail, 4 the trail's ttl_ms,
 --       5 the summary's ttl_ms, 6 outcome, 7.. orgs
 -- Returns: how many orgs this call cancelled.
+--- @include "runs"
 local run, orgs, trail = KEYS[1], KEYS[2], KEYS[3]
 local ttl_ms, line, kept, trail_ttl_ms = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 if redis.call('EXISTS', run) == 0 then return 0 end
-local now_ms = redis_now_ms()
+local now_ms = now_ms() -- this call's time; shadows the helper from here on
 local cancelled = 0
 local outcome = ARGV[6]
 for i = 7, #ARGV do

@@ -4,9 +4,9 @@
 -- KEYS: 1 cancelled runs (zset run id -> ms)
 -- ARGV: 1 run id, 2 ttl_ms, 3 cancel channel
 -- Returns: 1
+--- @include "time"
 local cancelled_runs = KEYS[1]
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_ms = now_ms() -- this call's time; shadows the helper from here on
 redis.call('ZADD', cancelled_runs, now_ms, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', cancelled_runs, '-inf', now_ms - tonumber(ARGV[2]))
 redis.call('PEXPIRE', cancelled_runs, ARGV[2])

@@ -13,6 +13,7 @@
 -- Returns: -1 no such run, -2 org not planned, 0 the org already had an outcome (or the attempt
 --          is stale), 1 recorded, 2 recorded the run's last org (exactly one caller sees the run
 --          finish; the run's `finished_ms` is set then, on Redis time).
+--- @include "runs"
 local run, orgs, plan, trail, attempts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local org, outcome, ttl_ms = ARGV[1], ARGV[2], ARGV[3]
 local attempt, line, kept, trail_ttl_ms, summary_ttl_ms = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
@@ -27,7 +28,7 @@ if redis.call('HSETNX', orgs, org, outcome) == 0 then
   redis.call('HINCRBY', run, 'cancelled', -1)
 end
 redis.call('HINCRBY', run, outcome, 1)
-local now_ms = redis_now_ms()
+local now_ms = now_ms() -- this call's time; shadows the helper from here on
 append_trail(trail, org, now_ms, line, kept)
 local recorded = redis.call('HLEN', orgs)
 -- The run's first outcome creates the orgs and trail hashes: they get their TTL now.

@@ -5,6 +5,7 @@
 -- KEYS: 1 run, 2 orgs (hash org -> outcome), 3 attempts (hash org -> n)
 -- ARGV: 1 ttl_ms, then pairs: org, the outcome it had when read
 -- Returns: a flat list org, attempt for every org reopened.
+--- @include "runs"
 local run, orgs, attempts = KEYS[1], KEYS[2], KEYS[3]
 if redis.call('EXISTS', run) == 0 then return {} end
 local reopened = {}

@@ -1,8 +1,9 @@
 -- slots_cancel: leaves the queue at the end of a wait; a slot handed over in the same instant is
 -- taken, not lost.
--- KEYS: the nine slot keys (see slots_prelude)
+-- KEYS: the nine slot keys (see lib/slots.lua)
 -- ARGV: 1 id (waiter id), 2 lease_ms (for a slot collected now), 3 wake_prefix
 -- Returns: {granted (0|1), token (0 if not granted), in_use, limit (0 if none stored), waiters_left}
+--- @include "slots"
 local id, lease_ms, wake_prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local now = now_ms()
 redis.call('ZREM', queue, id)

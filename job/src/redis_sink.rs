@@ -23,7 +23,8 @@ const PROJECTS_PER_CALL: usize = 2_000;
 const FRESHNESS_READS_IN_FLIGHT: usize = 64;
 
 /// Writes one org's projections, fenced; its contract is in the file's header.
-static WRITE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(include_str!("../../lua/projection_write.lua")));
+static WRITE: std::sync::LazyLock<Script> =
+    std::sync::LazyLock::new(|| projector_shared::lua::script(include_str!("../../lua/projection_write.lua")));
 
 /// Writes projections to Redis for other services to read.
 #[derive(Clone)]

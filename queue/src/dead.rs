@@ -95,7 +95,7 @@ pub async fn dead_jobs(conn: &RedisConn, limit: usize) -> Result<Vec<DeadJob>, r
 }
 
 /// Requeues or purges dead jobs; its contract is in the file's header.
-static DEAD_JOBS: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("../../lua/dead_jobs.lua")));
+static DEAD_JOBS: LazyLock<redis::Script> = LazyLock::new(|| projector_shared::lua::script(include_str!("../../lua/dead_jobs.lua")));
 
 /// What [`requeue_dead`] or [`purge_dead`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,7 +24,8 @@ pub async fn forget_worker(conn: &RedisConn, loop_name: &str) -> Result<(), redi
 }
 
 /// Gives back a drained loop's unstarted jobs; its contract is in the file's header.
-static RETURN_UNSTARTED: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("../../lua/return_unstarted.lua")));
+static RETURN_UNSTARTED: LazyLock<redis::Script> =
+    LazyLock::new(|| projector_shared::lua::script(include_str!("../../lua/return_unstarted.lua")));
 
 /// Puts the jobs a stopped job loop fetched but never started back at the front of the ready
 /// list, and takes the loop out of apalis's set of loops; returns how many went back. Call it

@@ -11,7 +11,7 @@ use crate::apalis_layout::config;
 pub(crate) const PROMOTE_CHUNK: usize = 1_000;
 
 /// Moves due jobs to the ready list, bounded; its contract is in the file's header.
-static PROMOTE_DUE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("../../lua/promote_due.lua")));
+static PROMOTE_DUE: LazyLock<redis::Script> = LazyLock::new(|| projector_shared::lua::script(include_str!("../../lua/promote_due.lua")));
 
 /// Moves every due job to the ready list in bounded steps; returns how many were moved.
 pub async fn promote_due(conn: &RedisConn) -> Result<u64, redis::RedisError> {

@@ -28,7 +28,7 @@ pub fn task(job: &SpikeProjectionJob, run_at: u64) -> QueuedJob {
 const MAX_ATTEMPTS: u32 = 25;
 
 /// Enqueues jobs of one run; its contract is in the file's header.
-static PUSH_JOBS: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("../../lua/push_jobs.lua")));
+static PUSH_JOBS: LazyLock<redis::Script> = LazyLock::new(|| projector_shared::lua::script(include_str!("../../lua/push_jobs.lua")));
 
 /// Pushes jobs of `run_id` in one script call; returns how many were new (the rest were
 /// duplicates). Jobs due now go straight to the ready list and wake the fetchers. The run's

@@ -8,7 +8,7 @@ use crate::apalis_layout::config;
 use crate::promote::PROMOTE_CHUNK;
 
 /// Deletes finished jobs, bounded; its contract is in the file's header.
-static VACUUM_DONE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("../../lua/vacuum_done.lua")));
+static VACUUM_DONE: LazyLock<redis::Script> = LazyLock::new(|| projector_shared::lua::script(include_str!("../../lua/vacuum_done.lua")));
 
 /// Deletes finished jobs (data, metadata, done-set entry) in bounded steps; returns how many.
 ///
@@ -36,7 +36,7 @@ pub async fn vacuum_done(conn: &RedisConn) -> Result<u64, redis::RedisError> {
 }
 
 /// Removes waiting jobs; its contract is in the file's header.
-static REMOVE_JOBS: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("../../lua/remove_jobs.lua")));
+static REMOVE_JOBS: LazyLock<redis::Script> = LazyLock::new(|| projector_shared::lua::script(include_str!("../../lua/remove_jobs.lua")));
 
 /// Removes every job of `run_id` that still waits in the queue (scheduled or ready), in bounded
 /// steps; returns how many. Jobs already fetched by a worker are left to it.

@@ -12,6 +12,7 @@ pub mod events;
 pub mod heartbeat;
 pub mod keys;
 pub mod ledger;
+pub mod lua;
 pub mod pause;
 pub mod rate;
 pub mod redis_conn;

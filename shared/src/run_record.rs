@@ -15,12 +15,7 @@ use crate::redis_conn::retry_transient;
 use crate::run::{Admission, Outcome, Recorded, RunLedger, RunSummary};
 use crate::trail::{self, Attempt};
 
-/// Helpers every run-record script starts with (`lua/run_prelude.lua`).
-const PRELUDE: &str = include_str!("../../lua/run_prelude.lua");
-
-fn script(body: &str) -> Script {
-    Script::new(&format!("{PRELUDE}\n{body}"))
-}
+use crate::lua::script;
 
 /// Records one org's outcome and trail; its contract is in the file's header.
 static RECORD: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| script(include_str!("../../lua/run_record.lua")));
@@ -30,8 +25,8 @@ static RETRY: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| script(i
 
 /// Ends a run's open orgs as cancelled; its contract is in the file's header.
 static CANCEL: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| script(include_str!("../../lua/run_cancel.lua")));
-/// Puts a run in the cancelled set and announces it (`lua/run_cancel_mark.lua`); no prelude.
-static CANCEL_MARK: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(include_str!("../../lua/run_cancel_mark.lua")));
+/// Puts a run in the cancelled set and announces it (`lua/run_cancel_mark.lua`).
+static CANCEL_MARK: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| script(include_str!("../../lua/run_cancel_mark.lua")));
 
 /// Orgs per retry or cancel script call: bounded, so Redis is never blocked for long.
 const ORGS_PER_CALL: usize = 1_000;

@@ -66,12 +66,10 @@ impl Drop for Capture {
 }
 
 /// SHA1 → name of every script Projector and apalis-redis load, built the way each crate builds
-/// it: a file alone, or after the slot or run-record prelude.
+/// it: ours through the script registry (includes expanded), apalis-redis's as they are.
 pub fn script_names() -> HashMap<String, String> {
     let ours = crate::manifest_path("../lua");
     let mut names = HashMap::new();
-    let preludes: Vec<String> =
-        ["slots_prelude.lua", "run_prelude.lua"].iter().filter_map(|p| std::fs::read_to_string(ours.join(p)).ok()).collect();
     for (dir, label) in [(Some(ours.clone()), ""), (apalis_redis_lua(), "apalis ")] {
         let Some(dir) = dir else { continue };
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
@@ -81,10 +79,8 @@ pub fn script_names() -> HashMap<String, String> {
                 continue;
             };
             let name = format!("{label}{stem}");
-            names.insert(redis::Script::new(&body).get_hash().to_owned(), name.clone());
-            for prelude in &preludes {
-                names.insert(redis::Script::new(&format!("{prelude}\n{body}")).get_hash().to_owned(), name.clone());
-            }
+            let built = if label.is_empty() { projector_shared::lua::script(&body) } else { redis::Script::new(&body) };
+            names.insert(built.get_hash().to_owned(), name);
         }
     }
     names
@@ -168,8 +164,7 @@ mod tests {
     fn every_lua_file_of_ours_has_a_name() {
         let names = script_names();
         let acquire = std::fs::read_to_string(crate::manifest_path("../lua/slots_acquire.lua")).expect("lua/slots_acquire.lua is readable");
-        let prelude = std::fs::read_to_string(crate::manifest_path("../lua/slots_prelude.lua")).expect("lua/slots_prelude.lua is readable");
-        let sha = redis::Script::new(&format!("{prelude}\n{acquire}")).get_hash().to_owned();
+        let sha = projector_shared::lua::script(&acquire).get_hash().to_owned();
         assert_eq!(names.get(&sha).map(String::as_str), Some("slots_acquire"));
     }
 }

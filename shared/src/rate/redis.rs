@@ -12,7 +12,7 @@ use super::{Admission, BlockReason, Decision, RateLimiter, RatePolicy};
 use crate::error::Error;
 use crate::keys::RateKeys;
 
-static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../../../lua/rate_acquire.lua")));
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| crate::lua::script(include_str!("../../../lua/rate_acquire.lua")));
 
 impl FromRedisValue for Decision {
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {

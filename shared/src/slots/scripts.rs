@@ -1,16 +1,12 @@
-//! The slot limiter's Redis scripts (`lua/slots_*.lua`), each built once, and their replies as
-//! small structs. Every script is `lua/slots_prelude.lua` (named keys and shared helpers) followed
-//! by its own body, and takes the same nine keys (`SlotKeys::script_keys`).
+//! The slot limiter's Redis scripts (`lua/slots_*.lua`), each built once by the script registry
+//! (`crate::lua`), and their replies as small structs. Every script includes `lua/lib/slots.lua`
+//! (named keys and shared helpers) and takes the same nine keys (`SlotKeys::script_keys`).
 
 use std::sync::LazyLock;
 
 use redis::{FromRedisValue, ParsingError, Script, Value};
 
-const PRELUDE: &str = include_str!("../../../lua/slots_prelude.lua");
-
-fn script(body: &str) -> Script {
-    Script::new(&format!("{PRELUDE}\n{body}"))
-}
+use crate::lua::script;
 
 pub(super) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_acquire.lua")));
 pub(super) static CANCEL: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_cancel.lua")));

@@ -1,4 +1,4 @@
--- run_prelude: shared by the run-record scripts (prepended to each).
+-- runs: shared by the run-record scripts (`--- @include "runs"` at the top of each).
 -- append_trail: adds `<now_ms> <line>` to an org's trail, keeping its last `kept` lines.
 local function append_trail(trail, org, now_ms, line, kept)
   local entry = now_ms .. ' ' .. line
@@ -11,10 +11,7 @@ local function append_trail(trail, org, now_ms, line, kept)
   redis.call('HSET', trail, org, table.concat(lines, '\n'))
 end
 
-local function redis_now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+--- @include "time"
 
 -- keep: the run's summary (its record hash) lives summary_ttl_ms after this write, its orgs
 -- ttl_ms, its trail trail_ttl_ms.

@@ -1,4 +1,4 @@
--- slots_prelude: shared by every slot-limiter script, and prepended to each one.
+-- slots: shared by every slot-limiter script (`--- @include "slots"` at its top).
 -- KEYS (the same nine for every slot script, one hash tag per limiter):
 --   1 limit (string), 2 leases (zset lease id -> expiry ms), 3 holders (hash lease id ->
 --   "info|granted_ms|token"), 4 fence (counter of fencing tokens), 5 seq (arrival counter),
@@ -11,10 +11,7 @@ local seq, queue, deadlines, waiting = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local adaptive = KEYS[9]
 local KEY_TTL_MS = 604800000
 
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+--- @include "time"
 
 -- Refreshes the TTL of the keys a script has just written, so nothing leaks and nothing in use
 -- expires; keys a call only reads or shrinks are left alone (hot-path cost).
