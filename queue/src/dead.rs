@@ -23,7 +23,7 @@ pub struct Quarantined {
 /// metadata"), and the orphan sweep would put it back to stop the next loop too, forever
 /// (docs/apalis-redis.md#undecodable-payload). Entries that can be fetched stay for the sweep.
 pub async fn quarantine_unfetchable(conn: &RedisConn, loop_name: &str) -> Result<Vec<Quarantined>, redis::RedisError> {
-    let config = config();
+    let config = config(conn.layout());
     let inflight = format!("{}:{loop_name}", config.inflight_jobs_set());
     let mut conn = conn.clone();
     let ids: Vec<String> = redis::cmd("SMEMBERS").arg(&inflight).query_async(&mut conn).await?;
@@ -67,7 +67,7 @@ pub struct DeadJob {
 
 /// Every dead-lettered job, sorted by id, at most `limit`.
 pub async fn dead_jobs(conn: &RedisConn, limit: usize) -> Result<Vec<DeadJob>, redis::RedisError> {
-    let config = config();
+    let config = config(conn.layout());
     let mut conn = conn.clone();
     let mut ids: Vec<String> = redis::cmd("SMEMBERS").arg(config.dead_jobs_set()).query_async(&mut conn).await?;
     ids.sort();
@@ -107,7 +107,7 @@ pub struct DeadJobsChanged {
 }
 
 async fn change_dead(conn: &RedisConn, action: &str, ids: &[String]) -> Result<DeadJobsChanged, redis::RedisError> {
-    let config = config();
+    let config = config(conn.layout());
     let mut invocation = DEAD_JOBS.key(config.dead_jobs_set());
     invocation.key(config.job_data_hash()).key(config.active_jobs_list()).key(config.signal_list()).key(config.job_meta_hash()).arg(action);
     for id in ids {

@@ -12,14 +12,14 @@ use crate::apalis_layout::{config, worker_metadata};
 /// Lets a running job loop's apalis worker metadata expire after `ttl` unless refreshed (by
 /// housekeeping, every round), so a worker killed with SIGKILL leaves nothing behind for good.
 pub async fn expire_worker(conn: &RedisConn, loop_name: &str, ttl: Duration) -> Result<(), redis::RedisError> {
-    let key = worker_metadata(loop_name);
+    let key = worker_metadata(conn.layout(), loop_name);
     redis::cmd("PEXPIRE").arg(key).arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)).query_async::<()>(&mut conn.clone()).await
 }
 
 /// Deletes a finished job loop's apalis worker metadata (`…:workers:metadata:<name>`), which
 /// apalis keeps forever and would grow by one key per worker start or loop restart.
 pub async fn forget_worker(conn: &RedisConn, loop_name: &str) -> Result<(), redis::RedisError> {
-    let key = worker_metadata(loop_name);
+    let key = worker_metadata(conn.layout(), loop_name);
     redis::cmd("DEL").arg(key).query_async::<()>(&mut conn.clone()).await
 }
 
@@ -32,7 +32,7 @@ static RETURN_UNSTARTED: LazyLock<redis::Script> =
 /// only once every job the loop started has ended and been acknowledged: an id still in its
 /// in-flight set is then one nobody runs.
 pub async fn return_unstarted(conn: &RedisConn, loop_name: &str) -> Result<u64, redis::RedisError> {
-    let config = config();
+    let config = config(conn.layout());
     RETURN_UNSTARTED
         .key(format!("{}:{loop_name}", config.inflight_jobs_set()))
         .key(config.active_jobs_list())

@@ -15,7 +15,7 @@ pub struct Depth {
 
 /// The queue's depth, read from apalis-redis's keys (its own counts read the wrong ones).
 pub async fn depth(conn: &RedisConn) -> Result<Depth, redis::RedisError> {
-    let config = config();
+    let config = config(conn.layout());
     let (ready, scheduled): (u64, u64) =
         redis::pipe().llen(config.active_jobs_list()).zcard(config.scheduled_jobs_set()).query_async(&mut conn.clone()).await?;
     Ok(Depth { ready, scheduled })
@@ -33,7 +33,7 @@ pub struct Overview {
 
 /// Reads the [`Overview`]: two round trips (the job loops, then every count).
 pub async fn overview(conn: &RedisConn) -> Result<Overview, redis::RedisError> {
-    let config = config();
+    let config = config(conn.layout());
     let mut conn = conn.clone();
     let loops: Vec<String> = redis::cmd("ZRANGE").arg(config.workers_set()).arg(0).arg(-1).query_async(&mut conn).await?;
     let mut pipe = redis::pipe();

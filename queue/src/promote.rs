@@ -15,7 +15,7 @@ static PROMOTE_DUE: LazyLock<redis::Script> = LazyLock::new(|| projector_shared:
 
 /// Moves every due job to the ready list in bounded steps; returns how many were moved.
 pub async fn promote_due(conn: &RedisConn) -> Result<u64, redis::RedisError> {
-    let config = config();
+    let config = config(conn.layout());
     let mut moved = 0u64;
     loop {
         let n: u64 = PROMOTE_DUE

@@ -34,13 +34,13 @@ static PUSH_JOBS: LazyLock<redis::Script> = LazyLock::new(|| projector_shared::l
 /// duplicates). Jobs due now go straight to the ready list and wake the fetchers. The run's
 /// dedupe set is kept `dedup_window` (`runs.dedup_window`) after its last push.
 pub async fn push(conn: &RedisConn, run_id: &RunId, jobs: &[QueuedJob], dedup_window: Duration) -> Result<u64, redis::RedisError> {
-    let config = config();
+    let config = config(conn.layout());
     let mut invocation = PUSH_JOBS.key(config.job_data_hash());
     invocation
         .key(config.active_jobs_list())
         .key(config.signal_list())
         .key(config.scheduled_jobs_set())
-        .key(job_dedupe(run_id))
+        .key(job_dedupe(conn.layout(), run_id))
         .arg(config.job_meta_hash())
         .arg(u64::try_from(dedup_window.as_millis()).unwrap_or(u64::MAX).max(1))
         .arg(MAX_ATTEMPTS)
@@ -57,7 +57,8 @@ pub async fn push(conn: &RedisConn, run_id: &RunId, jobs: &[QueuedJob], dedup_wi
 pub async fn pushed(conn: &RedisConn, run_id: &RunId, members: &[String]) -> Result<Vec<bool>, redis::RedisError> {
     let mut out = Vec::with_capacity(members.len());
     for chunk in members.chunks(1_000) {
-        let found: Vec<bool> = redis::cmd("SMISMEMBER").arg(job_dedupe(run_id)).arg(chunk).query_async(&mut conn.clone()).await?;
+        let found: Vec<bool> =
+            redis::cmd("SMISMEMBER").arg(job_dedupe(conn.layout(), run_id)).arg(chunk).query_async(&mut conn.clone()).await?;
         out.extend(found);
     }
     Ok(out)

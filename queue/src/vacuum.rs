@@ -18,7 +18,7 @@ static VACUUM_DONE: LazyLock<redis::Script> = LazyLock::new(|| projector_shared:
 /// (docs/apalis-redis.md#vacuum-deletes-retries). This one deletes only jobs in the done set, and
 /// keeps the dead set for operators.
 pub async fn vacuum_done(conn: &RedisConn) -> Result<u64, redis::RedisError> {
-    let config = config();
+    let config = config(conn.layout());
     let mut removed = 0u64;
     loop {
         let n: u64 = VACUUM_DONE
@@ -41,7 +41,7 @@ static REMOVE_JOBS: LazyLock<redis::Script> = LazyLock::new(|| projector_shared:
 /// Removes every job of `run_id` that still waits in the queue (scheduled or ready), in bounded
 /// steps; returns how many. Jobs already fetched by a worker are left to it.
 pub async fn remove_run_jobs(conn: &RedisConn, run_id: &projector_shared::RunId) -> Result<u64, redis::RedisError> {
-    let config = config();
+    let config = config(conn.layout());
     let mut conn = conn.clone();
     let mut waiting: Vec<String> = Vec::new();
     let mut cursor = 0u64;

@@ -10,7 +10,6 @@ use crate::redis_conn::RedisConn;
 use redis::Script;
 
 use crate::error::Error;
-use crate::keys;
 use crate::service::ServiceQuota;
 
 /// A worker whose last heartbeat is older than this is counted as gone.
@@ -60,8 +59,8 @@ pub struct WorkerEntry {
 
 /// Records that worker `name` is alive now, with what it says about itself.
 pub async fn beat(conn: &RedisConn, name: &str, registration: &Registration) -> Result<(), Error> {
-    let mut invocation = BEAT.key(keys::workers());
-    invocation.key(keys::worker(name)).arg(name).arg(ms(ALIVE_WITHIN * 4)).arg(ms(ALIVE_WITHIN));
+    let mut invocation = BEAT.key(conn.layout().workers());
+    invocation.key(conn.layout().worker(name)).arg(name).arg(ms(ALIVE_WITHIN * 4)).arg(ms(ALIVE_WITHIN));
     let r = registration;
     for (field, value) in [
         ("host", r.host.clone()),
@@ -91,7 +90,7 @@ pub async fn workers(conn: &RedisConn) -> Result<Vec<WorkerEntry>, Error> {
     let mut conn = conn.clone();
     let (beats, time): (Vec<(String, u64)>, (u64, u64)) = redis::pipe()
         .cmd("ZRANGE")
-        .arg(keys::workers())
+        .arg(conn.layout().workers())
         .arg(0)
         .arg(-1)
         .arg("WITHSCORES")
@@ -107,7 +106,7 @@ pub async fn workers(conn: &RedisConn) -> Result<Vec<WorkerEntry>, Error> {
     }
     let mut pipe = redis::pipe();
     for (name, _) in &alive {
-        pipe.hgetall(keys::worker(name));
+        pipe.hgetall(conn.layout().worker(name));
     }
     let registrations: Vec<std::collections::HashMap<String, String>> =
         pipe.query_async(&mut conn).await.map_err(Error::redis("reading worker registrations"))?;
@@ -152,8 +151,8 @@ fn service(fields: &std::collections::HashMap<String, String>) -> Option<(Servic
 /// Removes worker `name` at a clean exit, so it stops counting as alive at once.
 pub async fn leave(conn: &RedisConn, name: &str) -> Result<(), Error> {
     let _: () = redis::pipe()
-        .zrem(keys::workers(), name)
-        .del(keys::worker(name))
+        .zrem(conn.layout().workers(), name)
+        .del(conn.layout().worker(name))
         .query_async(&mut conn.clone())
         .await
         .map_err(Error::redis("removing the worker heartbeat"))?;
@@ -162,5 +161,10 @@ pub async fn leave(conn: &RedisConn, name: &str) -> Result<(), Error> {
 
 /// How many workers beat within [`ALIVE_WITHIN`].
 pub async fn alive(conn: &RedisConn) -> Result<u64, Error> {
-    ALIVE.key(keys::workers()).arg(ms(ALIVE_WITHIN)).invoke_async(&mut conn.clone()).await.map_err(Error::redis("counting live workers"))
+    ALIVE
+        .key(conn.layout().workers())
+        .arg(ms(ALIVE_WITHIN))
+        .invoke_async(&mut conn.clone())
+        .await
+        .map_err(Error::redis("counting live workers"))
 }

@@ -127,72 +127,73 @@ pub fn projection_field(project: crate::ProjectId) -> String {
     project.0.to_string()
 }
 
-/// Whether keys are laid out for a Redis Cluster: set once at start by the process that connects
-/// to one (`redis_conn::connection_manager` with `redis.cluster`). One server keeps the names
+/// How keys are named on the Redis a connection talks to, carried as a value
+/// (`RedisConn::layout`): a Redis Cluster needs every key one script or transaction uses together
+/// under one hash tag, so all of them live in one cluster slot. One server keeps the names
 /// Projector always used, so keys written before survive an upgrade.
-static CLUSTER_LAYOUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Lays out keys for a Redis Cluster from now on: every key one script or transaction uses
-/// together gets the same hash tag, so all of them live in one cluster slot.
-pub fn use_cluster_layout() {
-    CLUSTER_LAYOUT.store(true, std::sync::atomic::Ordering::Relaxed);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyLayout {
+    #[default]
+    Server,
+    Cluster,
 }
 
-/// Whether keys are laid out for a Redis Cluster (see [`use_cluster_layout`]).
-pub fn cluster_layout() -> bool {
-    CLUSTER_LAYOUT.load(std::sync::atomic::Ordering::Relaxed)
-}
+impl KeyLayout {
+    pub fn is_cluster(self) -> bool {
+        self == KeyLayout::Cluster
+    }
 
-/// Hash of one run: `run_id`, `tick`, `orgs_total`, `enqueued`, and a counter per outcome.
-/// Its other keys add a suffix; on a cluster the run id is their hash tag.
-pub fn run(run_id: &crate::RunId) -> String {
-    if cluster_layout() { format!("projector:run:{{{}}}", run_id.0) } else { format!("projector:run:{}", run_id.0) }
-}
+    /// Hash of one run: `run_id`, `tick`, `orgs_total`, `enqueued`, and a counter per outcome.
+    /// Its other keys add a suffix; on a cluster the run id is their hash tag.
+    pub fn run(self, run_id: &crate::RunId) -> String {
+        if self.is_cluster() { format!("projector:run:{{{}}}", run_id.0) } else { format!("projector:run:{}", run_id.0) }
+    }
 
-/// Hash of one run's plan: org id → its project ids, comma-separated. Written before any job is
-/// enqueued; the run records outcomes only for these orgs, and `run-once --resume` rebuilds the
-/// run's jobs from it.
-pub fn run_plan(run_id: &crate::RunId) -> String {
-    format!("{}:plan", run(run_id))
-}
+    /// Hash of one run's plan: org id → its project ids, comma-separated. Written before any job is
+    /// enqueued; the run records outcomes only for these orgs, and `run-once --resume` rebuilds the
+    /// run's jobs from it.
+    pub fn run_plan(self, run_id: &crate::RunId) -> String {
+        format!("{}:plan", self.run(run_id))
+    }
 
-/// Hash of one run's organizations: org id → outcome (the first recorded wins).
-pub fn run_orgs(run_id: &crate::RunId) -> String {
-    format!("{}:orgs", run(run_id))
-}
+    /// Hash of one run's organizations: org id → outcome (the first recorded wins).
+    pub fn run_orgs(self, run_id: &crate::RunId) -> String {
+        format!("{}:orgs", self.run(run_id))
+    }
 
-/// Hash: org → its trail in the run, one line per attempt (`<redis ms> <JSON>`, the last
-/// `trail::KEPT_ATTEMPTS`): what `projectorctl explain` and `runs show` read.
-pub fn run_trail(run_id: &crate::RunId) -> String {
-    format!("{}:trail", run(run_id))
-}
+    /// Hash: org → its trail in the run, one line per attempt (`<redis ms> <JSON>`, the last
+    /// `trail::KEPT_ATTEMPTS`): what `projectorctl explain` and `runs show` read.
+    pub fn run_trail(self, run_id: &crate::RunId) -> String {
+        format!("{}:trail", self.run(run_id))
+    }
 
-/// List: one item pushed when the run's last org is accounted for; `run-once --wait` blocks on
-/// it (BLPOP) between reads of the record, so it sees the end at once.
-pub fn run_finished(run_id: &crate::RunId) -> String {
-    format!("{}:finished", run(run_id))
-}
+    /// List: one item pushed when the run's last org is accounted for; `run-once --wait` blocks on
+    /// it (BLPOP) between reads of the record, so it sees the end at once.
+    pub fn run_finished(self, run_id: &crate::RunId) -> String {
+        format!("{}:finished", self.run(run_id))
+    }
 
-/// Hash: org → the attempt now open for it (absent: the first, 0). Written by `runs retry` only.
-pub fn run_attempts(run_id: &crate::RunId) -> String {
-    format!("{}:attempts", run(run_id))
+    /// Hash: org → the attempt now open for it (absent: the first, 0). Written by `runs retry` only.
+    pub fn run_attempts(self, run_id: &crate::RunId) -> String {
+        format!("{}:attempts", self.run(run_id))
+    }
+
+    /// Sorted set of live worker processes: worker name → last heartbeat (Redis time, ms).
+    pub fn workers(self) -> &'static str {
+        if self.is_cluster() { "projector:{workers}" } else { "projector:workers" }
+    }
+
+    /// Hash of one worker's registration (host, pid, version, started, jobs in flight, slots held,
+    /// last error); it expires when the worker stops beating. Written with `workers()` in one
+    /// script, so on a cluster it shares its tag.
+    pub fn worker(self, name: &str) -> String {
+        if self.is_cluster() { format!("projector:{{workers}}:{name}") } else { format!("projector:worker:{name}") }
+    }
 }
 
 /// Lock taken by the one scheduler replica that fans out a cron tick.
 pub fn tick_lock(run_id: &crate::RunId) -> String {
     format!("projector:tick-lock:{}", run_id.0)
-}
-
-/// Sorted set of live worker processes: worker name → last heartbeat (Redis time, ms).
-pub fn workers() -> &'static str {
-    if cluster_layout() { "projector:{workers}" } else { "projector:workers" }
-}
-
-/// Hash of one worker's registration (host, pid, version, started, jobs in flight, slots held,
-/// last error); it expires when the worker stops beating. Written with `workers()` in one
-/// script, so on a cluster it shares its tag.
-pub fn worker(name: &str) -> String {
-    if cluster_layout() { format!("projector:{{workers}}:{name}") } else { format!("projector:worker:{name}") }
 }
 
 /// Hash of the fleet-wide pause (`reason`, `since_ms`); absent when not paused.
@@ -220,6 +221,19 @@ pub fn flag(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cluster_layout_tags_a_runs_keys_and_the_workers_and_one_server_keeps_the_old_names() {
+        let run = crate::RunId("run-1".to_owned());
+        assert_eq!(KeyLayout::Server.run_orgs(&run), "projector:run:run-1:orgs");
+        assert_eq!(KeyLayout::Cluster.run_orgs(&run), "projector:run:{run-1}:orgs");
+        assert_eq!((KeyLayout::Server.workers(), KeyLayout::Server.worker("w")), ("projector:workers", "projector:worker:w".to_owned()));
+        assert_eq!(
+            (KeyLayout::Cluster.workers(), KeyLayout::Cluster.worker("w")),
+            ("projector:{workers}", "projector:{workers}:w".to_owned())
+        );
+        assert_eq!(KeyLayout::default(), KeyLayout::Server);
+    }
 
     #[test]
     fn every_key_shares_one_hash_tag() {

@@ -97,6 +97,16 @@ impl ClusterLink {
     }
 }
 
+impl RedisConn {
+    /// How keys are named on this Redis: with hash tags on a cluster, as always on one server.
+    pub fn layout(&self) -> crate::keys::KeyLayout {
+        match self {
+            RedisConn::Cluster(_) => crate::keys::KeyLayout::Cluster,
+            RedisConn::Server(_) | RedisConn::Dedicated(_) | RedisConn::Sentinel(_) => crate::keys::KeyLayout::Server,
+        }
+    }
+}
+
 impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
@@ -248,7 +258,7 @@ pub fn redact_text(text: &str, endpoint: &Endpoint) -> String {
 
 /// A lazily connecting, self-healing connection; `round_trip_budget` bounds connect and each
 /// reply. The client is `Endpoint::client`, for `dedicated_connection` on one server. A cluster
-/// endpoint also switches this process to the cluster key layout (`keys::use_cluster_layout`).
+/// connection names its keys with the cluster layout (`RedisConn::layout`).
 pub fn connection_manager(
     endpoint: impl Into<Endpoint>,
     round_trip_budget: Duration,
@@ -260,7 +270,6 @@ pub fn connection_manager(
         return Ok((client, RedisConn::Sentinel(link)));
     }
     if endpoint.cluster {
-        crate::keys::use_cluster_layout();
         let link =
             ClusterLink { client: Arc::new(cluster_client(&endpoint, round_trip_budget)?), conn: Arc::new(tokio::sync::OnceCell::new()) };
         return Ok((client, RedisConn::Cluster(link)));

@@ -103,7 +103,7 @@ impl RunRecords {
     /// Creates (or, for a re-run of the same tick, keeps) the record of a run of `orgs_total` orgs,
     /// and lists it among the recent runs (`projectorctl runs list`).
     pub async fn create(&self, run_id: &RunId, tick: DateTime<Utc>, orgs_total: u64) -> Result<(), Error> {
-        let key = keys::run(run_id);
+        let key = self.conn.layout().run(run_id);
         // The record hash is the run's summary: it and the runs index outlive the per-org hashes.
         let ttl = self.summary_retention_ms();
         let ttl_ms = i64::try_from(ttl).unwrap_or(i64::MAX);
@@ -128,12 +128,12 @@ impl RunRecords {
     /// Deletes are what Redis still accepts when it is out of memory.
     pub async fn discard(&self, run_id: &RunId) -> Result<(), Error> {
         redis::pipe()
-            .del(keys::run_plan(run_id))
-            .del(keys::run_orgs(run_id))
-            .del(keys::run_trail(run_id))
-            .del(keys::run_attempts(run_id))
-            .del(keys::run_finished(run_id))
-            .del(keys::run(run_id))
+            .del(self.conn.layout().run_plan(run_id))
+            .del(self.conn.layout().run_orgs(run_id))
+            .del(self.conn.layout().run_trail(run_id))
+            .del(self.conn.layout().run_attempts(run_id))
+            .del(self.conn.layout().run_finished(run_id))
+            .del(self.conn.layout().run(run_id))
             .zrem(keys::RUNS, &run_id.0)
             .query_async::<()>(&mut self.conn.clone())
             .await
@@ -150,7 +150,7 @@ impl RunRecords {
     /// When the run must be over: at the deadline its open orgs end (`end_at_deadline`).
     pub async fn set_deadline(&self, run_id: &RunId, deadline: DateTime<Utc>) -> Result<(), Error> {
         redis::cmd("HSET")
-            .arg(keys::run(run_id))
+            .arg(self.conn.layout().run(run_id))
             .arg("deadline_ms")
             .arg(deadline.timestamp_millis())
             .query_async::<()>(&mut self.conn.clone())
@@ -171,7 +171,7 @@ impl RunRecords {
         self.create(run_id, tick, 0).await?;
         // Set after create, which clears it for a tick fanned out later.
         redis::cmd("HSET")
-            .arg(keys::run(run_id))
+            .arg(self.conn.layout().run(run_id))
             .arg("skipped")
             .arg(why)
             .query_async::<()>(&mut self.conn.clone())
@@ -191,13 +191,13 @@ impl RunRecords {
         // Idempotent (the first outcome wins), so a transient error is simply retried.
         retry_transient(|| {
             let mut conn = self.conn.clone();
-            let mut invocation = RECORD.key(keys::run(run_id));
+            let mut invocation = RECORD.key(self.conn.layout().run(run_id));
             invocation
-                .key(keys::run_orgs(run_id))
-                .key(keys::run_plan(run_id))
-                .key(keys::run_trail(run_id))
-                .key(keys::run_attempts(run_id))
-                .key(keys::run_finished(run_id))
+                .key(self.conn.layout().run_orgs(run_id))
+                .key(self.conn.layout().run_plan(run_id))
+                .key(self.conn.layout().run_trail(run_id))
+                .key(self.conn.layout().run_attempts(run_id))
+                .key(self.conn.layout().run_finished(run_id))
                 .arg(org.0)
                 .arg(attempt.outcome.as_str())
                 .arg(self.retention_ms())
@@ -217,7 +217,7 @@ impl RunRecords {
     /// that time. Blocks one connection: use a connection of its own, or a short `wait`.
     pub async fn wait_finished(&self, run_id: &RunId, wait: Duration) -> Result<bool, Error> {
         let popped: Option<(String, String)> = redis::cmd("BLPOP")
-            .arg(keys::run_finished(run_id))
+            .arg(self.conn.layout().run_finished(run_id))
             .arg(wait.as_secs_f64())
             .query_async(&mut self.conn.clone())
             .await
@@ -227,7 +227,7 @@ impl RunRecords {
 
     /// Stores the run's plan (org → project ids), in bounded steps; call before enqueuing any job.
     pub async fn store_plan(&self, run_id: &RunId, orgs: &[(OrgId, Vec<crate::ProjectId>)]) -> Result<(), Error> {
-        let key = keys::run_plan(run_id);
+        let key = self.conn.layout().run_plan(run_id);
         for chunk in orgs.chunks(2_000) {
             // One HSET per chunk, not per org: Redis counts (and spends) per command.
             let fields: Vec<(u64, String)> = chunk
@@ -253,8 +253,8 @@ impl RunRecords {
         let mut conn = self.conn.clone();
         let doing = || format!("reading the plan of run {run_id}");
         let (tick, total): (Option<String>, Option<u64>) = redis::pipe()
-            .hget(keys::run(run_id), "tick")
-            .hget(keys::run(run_id), "orgs_total")
+            .hget(self.conn.layout().run(run_id), "tick")
+            .hget(self.conn.layout().run(run_id), "orgs_total")
             .query_async(&mut conn)
             .await
             .map_err(Error::redis(doing()))?;
@@ -268,7 +268,7 @@ impl RunRecords {
         let mut cursor = 0u64;
         loop {
             let (next, page): (u64, Vec<(u64, String)>) = redis::cmd("HSCAN")
-                .arg(keys::run_plan(run_id))
+                .arg(self.conn.layout().run_plan(run_id))
                 .arg(cursor)
                 .arg("COUNT")
                 .arg(2_000)
@@ -295,9 +295,9 @@ impl RunRecords {
         let (planned, outcome, current): (bool, Option<String>, Option<u32>) = retry_transient(|| {
             let mut conn = self.conn.clone();
             let pipe = redis::pipe()
-                .hexists(keys::run_plan(run_id), org.0)
-                .hget(keys::run_orgs(run_id), org.0)
-                .hget(keys::run_attempts(run_id), org.0)
+                .hexists(self.conn.layout().run_plan(run_id), org.0)
+                .hget(self.conn.layout().run_orgs(run_id), org.0)
+                .hget(self.conn.layout().run_attempts(run_id), org.0)
                 .to_owned();
             async move { pipe.query_async(&mut conn).await }
         })
@@ -307,7 +307,7 @@ impl RunRecords {
             // Rare, so asked only now: a planned org implies its run (the plan never outlives the run).
             let run_exists: bool = retry_transient(|| {
                 let mut conn = self.conn.clone();
-                async move { redis::cmd("EXISTS").arg(keys::run(run_id)).query_async(&mut conn).await }
+                async move { redis::cmd("EXISTS").arg(self.conn.layout().run(run_id)).query_async(&mut conn).await }
             })
             .await
             .map_err(Error::redis(format!("checking run {run_id}")))?;
@@ -325,7 +325,7 @@ impl RunRecords {
         let mut conn = self.conn.clone();
         let doing = || format!("reading run {run_id}");
         let fields: std::collections::HashMap<String, String> =
-            redis::cmd("HGETALL").arg(keys::run(run_id)).query_async(&mut conn).await.map_err(Error::redis(doing()))?;
+            redis::cmd("HGETALL").arg(self.conn.layout().run(run_id)).query_async(&mut conn).await.map_err(Error::redis(doing()))?;
         if fields.is_empty() {
             return Ok(None);
         }
@@ -339,8 +339,11 @@ impl RunRecords {
             }
             OrgIds::List => {
                 // Totals and lists from the same per-org record, filed as the embedded ledger files them.
-                let orgs: std::collections::HashMap<u64, String> =
-                    redis::cmd("HGETALL").arg(keys::run_orgs(run_id)).query_async(&mut conn).await.map_err(Error::redis(doing()))?;
+                let orgs: std::collections::HashMap<u64, String> = redis::cmd("HGETALL")
+                    .arg(self.conn.layout().run_orgs(run_id))
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(Error::redis(doing()))?;
                 for (org, outcome) in orgs {
                     if let Some(outcome) = Outcome::parse(&outcome) {
                         summary.add(OrgId(org), outcome);
@@ -488,7 +491,7 @@ impl RunRecords {
         }
         let mut pipe = redis::pipe();
         for id in &ids {
-            pipe.hgetall(keys::run(&RunId(id.clone())));
+            pipe.hgetall(self.conn.layout().run(&RunId(id.clone())));
         }
         let records: Vec<std::collections::HashMap<String, String>> =
             pipe.query_async(&mut conn).await.map_err(Error::redis("reading recent runs"))?;
@@ -503,7 +506,7 @@ impl RunRecords {
     /// One run's overview; `None` if there is no such run.
     pub async fn overview(&self, run_id: &RunId) -> Result<Option<RunOverview>, Error> {
         let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(keys::run(run_id))
+            .arg(self.conn.layout().run(run_id))
             .query_async(&mut self.conn.clone())
             .await
             .map_err(Error::redis(format!("reading run {run_id}")))?;
@@ -515,7 +518,7 @@ impl RunRecords {
         let now: (u64, u64) = redis::cmd("TIME").query_async(&mut self.conn.clone()).await.map_err(Error::redis("reading Redis time"))?;
         let ms = now.0 * 1_000 + now.1 / 1_000;
         redis::cmd("HSET")
-            .arg(keys::run(run_id))
+            .arg(self.conn.layout().run(run_id))
             .arg("fanned_out_ms")
             .arg(ms)
             .query_async::<()>(&mut self.conn.clone())
@@ -530,9 +533,9 @@ impl RunRecords {
         let mut conn = self.conn.clone();
         let doing = || format!("reading the orgs of run {run_id}");
         let (outcomes, attempts, planned): (HashMap<u64, String>, HashMap<u64, u32>, Vec<u64>) = redis::pipe()
-            .hgetall(keys::run_orgs(run_id))
-            .hgetall(keys::run_attempts(run_id))
-            .hkeys(keys::run_plan(run_id))
+            .hgetall(self.conn.layout().run_orgs(run_id))
+            .hgetall(self.conn.layout().run_attempts(run_id))
+            .hkeys(self.conn.layout().run_plan(run_id))
             .query_async(&mut conn)
             .await
             .map_err(Error::redis(doing()))?;
@@ -556,7 +559,7 @@ impl RunRecords {
         }
         let ids: Vec<u64> = orgs.iter().map(|o| o.org.0).collect();
         let lines: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(keys::run_trail(run_id))
+            .arg(self.conn.layout().run_trail(run_id))
             .arg(ids)
             .query_async(&mut self.conn.clone())
             .await
@@ -572,7 +575,7 @@ impl RunRecords {
     /// large run's every trail.
     pub async fn end_times(&self, run_id: &RunId, sample: usize) -> Result<Vec<i64>, Error> {
         let pairs: Vec<(String, String)> = redis::cmd("HRANDFIELD")
-            .arg(keys::run_trail(run_id))
+            .arg(self.conn.layout().run_trail(run_id))
             .arg(sample)
             .arg("WITHVALUES")
             .query_async(&mut self.conn.clone())
@@ -586,10 +589,10 @@ impl RunRecords {
     /// One org of a run; `None` if the run does not exist or did not plan it.
     pub async fn org(&self, run_id: &RunId, org: OrgId) -> Result<Option<OrgRecord>, Error> {
         let (planned, outcome, attempt, trail): (bool, Option<String>, Option<u32>, Option<String>) = redis::pipe()
-            .hexists(keys::run_plan(run_id), org.0)
-            .hget(keys::run_orgs(run_id), org.0)
-            .hget(keys::run_attempts(run_id), org.0)
-            .hget(keys::run_trail(run_id), org.0)
+            .hexists(self.conn.layout().run_plan(run_id), org.0)
+            .hget(self.conn.layout().run_orgs(run_id), org.0)
+            .hget(self.conn.layout().run_attempts(run_id), org.0)
+            .hget(self.conn.layout().run_trail(run_id), org.0)
             .query_async(&mut self.conn.clone())
             .await
             .map_err(Error::redis(format!("reading org {org} of run {run_id}")))?;
@@ -609,8 +612,8 @@ impl RunRecords {
             self.orgs(run_id).await?.into_iter().filter_map(|o| o.outcome.filter(|x| outcomes.contains(x)).map(|x| (o.org, x))).collect();
         let mut reopened = Vec::new();
         for chunk in chosen.chunks(ORGS_PER_CALL) {
-            let mut invocation = RETRY.key(keys::run(run_id));
-            invocation.key(keys::run_orgs(run_id)).key(keys::run_attempts(run_id)).arg(self.retention_ms());
+            let mut invocation = RETRY.key(self.conn.layout().run(run_id));
+            invocation.key(self.conn.layout().run_orgs(run_id)).key(self.conn.layout().run_attempts(run_id)).arg(self.retention_ms());
             for (org, had) in chunk {
                 invocation.arg(org.0).arg(had.as_str());
             }
@@ -638,12 +641,12 @@ impl RunRecords {
 
     async fn end_open_orgs(&self, run_id: &RunId, outcome: Outcome, line: &Attempt) -> Result<u64, Error> {
         let planned: Vec<u64> = redis::cmd("HKEYS")
-            .arg(keys::run_plan(run_id))
+            .arg(self.conn.layout().run_plan(run_id))
             .query_async(&mut self.conn.clone())
             .await
             .map_err(Error::redis(format!("reading the plan of run {run_id}")))?;
         let exists: bool = redis::cmd("EXISTS")
-            .arg(keys::run(run_id))
+            .arg(self.conn.layout().run(run_id))
             .query_async(&mut self.conn.clone())
             .await
             .map_err(Error::redis(format!("reading run {run_id}")))?;
@@ -664,11 +667,11 @@ impl RunRecords {
         // An empty plan still marks the run cancelled (one call with no orgs).
         let chunks: Vec<&[u64]> = if planned.is_empty() { vec![&[]] } else { planned.chunks(ORGS_PER_CALL).collect() };
         for chunk in chunks {
-            let mut invocation = CANCEL.key(keys::run(run_id));
+            let mut invocation = CANCEL.key(self.conn.layout().run(run_id));
             invocation
-                .key(keys::run_orgs(run_id))
-                .key(keys::run_trail(run_id))
-                .key(keys::run_finished(run_id))
+                .key(self.conn.layout().run_orgs(run_id))
+                .key(self.conn.layout().run_trail(run_id))
+                .key(self.conn.layout().run_finished(run_id))
                 .arg(self.retention_ms())
                 .arg(&line)
                 .arg(trail::KEPT_ATTEMPTS)

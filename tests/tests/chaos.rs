@@ -179,7 +179,7 @@ fn a_redis_stall_mid_run_keeps_the_bound_and_accounts_for_every_org() {
 #[test]
 fn poison_queue_entries_are_quarantined_and_the_loop_goes_on() {
     let c = Cluster::start(RedisServer::start(), "10ms", &[]);
-    let config = projector_queue::config();
+    let config = projector_queue::config(projector_shared::keys::KeyLayout::Server);
     {
         let mut conn = c.redis.connection();
         let active = config.active_jobs_list();
@@ -227,7 +227,7 @@ fn every_key_has_a_ttl_or_a_bounded_size_after_many_jobs_and_restarts() {
     let run = c.run(50);
     c.finish(run, 50);
     // The vacuum runs every 60 housekeeping rounds (6 s here).
-    let config = projector_queue::config();
+    let config = projector_queue::config(projector_shared::keys::KeyLayout::Server);
     let mut conn = c.redis.connection();
     wait_until(Duration::from_secs(60), "finished jobs are vacuumed", || {
         redis::cmd("HLEN").arg(config.job_data_hash()).query::<u64>(&mut conn).expect("hlen") == 0

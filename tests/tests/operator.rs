@@ -82,7 +82,7 @@ fn workers_runs_and_status_show_the_fleet_and_their_json_matches_redis() {
     assert!(text(&missing.stderr).contains("runs list"), "{}", text(&missing.stderr));
 
     let status = json_of(&run("projectorctl", &env, &["status", "--json"]));
-    let queue = projector_queue::config();
+    let queue = projector_queue::config(projector_shared::keys::KeyLayout::Server);
     let (ready, scheduled, stored): (u64, u64, Option<u64>) = redis::pipe()
         .llen(queue.active_jobs_list())
         .zcard(queue.scheduled_jobs_set())
@@ -111,7 +111,7 @@ fn a_wait_that_times_out_exits_4_and_says_no_worker_is_alive() {
     let _w = worker(&env, &["--slots-limit", "1"]);
     let mut conn = redis.connection();
     projector_tests::wait_until(Duration::from_secs(30), "the worker's heartbeat", || {
-        redis::cmd("ZCARD").arg(projector_shared::keys::workers()).query::<u64>(&mut conn).expect("zcard") >= 1
+        redis::cmd("ZCARD").arg(projector_shared::keys::KeyLayout::Server.workers()).query::<u64>(&mut conn).expect("zcard") >= 1
     });
     let out = run(
         "projector-scheduler",
@@ -326,7 +326,7 @@ fn a_pause_stops_new_queries_and_resume_finishes_the_run() {
     let mut conn = redis.connection();
     let mut last_beat = || -> u64 {
         redis::cmd("HGET")
-            .arg(projector_shared::keys::worker(&name))
+            .arg(projector_shared::keys::KeyLayout::Server.worker(&name))
             .arg("last_beat_ms")
             .query::<Option<u64>>(&mut conn)
             .expect("hget")

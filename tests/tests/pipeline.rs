@@ -201,7 +201,7 @@ fn two_schedulers_on_the_same_tick_fan_out_once() {
         assert!(stood_aside.contains(run), "the other replica stood aside for {run}: {logs:?}");
     }
     let mut conn = redis.connection();
-    let config = projector_queue::config();
+    let config = projector_queue::config(projector_shared::keys::KeyLayout::Server);
     let jobs: u64 = redis::cmd("HLEN").arg(config.job_data_hash()).query(&mut conn).expect("hlen");
     // A replica killed between its enqueue and its log line leaves 20 more jobs than lines.
     assert!(
@@ -252,7 +252,10 @@ fn dry_run_prints_the_plan_with_rollout_routing_and_enqueues_nothing() {
     let expected = format!("{} orgs on the limited path (slot first), {} on the legacy path", 30 - legacy.len(), legacy.len());
     assert!(text.contains(&expected), "{text}");
     let mut conn = redis.connection();
-    let jobs: u64 = redis::cmd("HLEN").arg(projector_queue::config().job_data_hash()).query(&mut conn).expect("hlen");
+    let jobs: u64 = redis::cmd("HLEN")
+        .arg(projector_queue::config(projector_shared::keys::KeyLayout::Server).job_data_hash())
+        .query(&mut conn)
+        .expect("hlen");
     assert_eq!(jobs, 0, "a dry run enqueues nothing");
 }
 
@@ -305,7 +308,9 @@ fn a_malformed_job_is_counted_as_failed_and_the_worker_goes_on() {
         let task = apalis::prelude::TaskBuilder::new(serde_json::to_vec(&bad).expect("json")).build();
         // And one that is not even JSON: apalis-redis fails the whole fetch on it.
         let garbage = apalis::prelude::TaskBuilder::new(b"not json at all".to_vec()).build();
-        apalis_redis::queries::push_tasks(&mut conn, &projector_queue::config(), &[task, garbage]).await.expect("push");
+        apalis_redis::queries::push_tasks(&mut conn, &projector_queue::config(projector_shared::keys::KeyLayout::Server), &[task, garbage])
+            .await
+            .expect("push");
     });
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("s.json");
@@ -328,7 +333,7 @@ fn a_malformed_job_is_counted_as_failed_and_the_worker_goes_on() {
     assert_eq!(summary(&path)["completed"], 5);
     let mut conn = redis.connection();
     // Jobs are not taken in push order: the bad ones may still be in hand when the new run ends.
-    let config = projector_queue::config();
+    let config = projector_queue::config(projector_shared::keys::KeyLayout::Server);
     let mut outcome: Option<String> = None;
     let mut dead: Vec<String> = Vec::new();
     wait_until_or(
@@ -396,7 +401,7 @@ fn a_backlog_of_10000_due_jobs_is_drained_after_a_worker_outage() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // No worker until every job is due (the fan-out spreads them over 3 s), on Redis's clock.
     let mut conn = redis.connection();
-    let scheduled = projector_queue::config().scheduled_jobs_set();
+    let scheduled = projector_queue::config(projector_shared::keys::KeyLayout::Server).scheduled_jobs_set();
     wait_until(Duration::from_secs(30), "every job is due", || {
         let last: Vec<(String, f64)> =
             redis::cmd("ZRANGE").arg(&scheduled).arg(-1).arg(-1).arg("WITHSCORES").query(&mut conn).expect("zrange");
@@ -604,7 +609,9 @@ fn a_duplicate_delivery_is_acknowledged_without_a_second_query_and_metrics_are_s
             deadline: None,
         };
         let task = apalis::prelude::TaskBuilder::new(job.encode()).build();
-        apalis_redis::queries::push_tasks(&mut conn, &projector_queue::config(), &[task]).await.expect("push");
+        apalis_redis::queries::push_tasks(&mut conn, &projector_queue::config(projector_shared::keys::KeyLayout::Server), &[task])
+            .await
+            .expect("push");
     });
     w.wait_for_line(&["duplicate delivery; already accounted for", "org_id=2"], Duration::from_secs(30));
     assert_eq!(fake.stats_now()["requests"], 3, "the duplicate did not query again");
@@ -669,7 +676,9 @@ fn jobs_for_unplanned_orgs_or_unknown_runs_are_refused_without_a_query() {
         };
         let tasks: Vec<_> =
             [job(&run_id, 99_999), job("run-bogus", 1)].iter().map(|j| apalis::prelude::TaskBuilder::new(j.encode()).build()).collect();
-        apalis_redis::queries::push_tasks(&mut conn, &projector_queue::config(), &tasks).await.expect("push");
+        apalis_redis::queries::push_tasks(&mut conn, &projector_queue::config(projector_shared::keys::KeyLayout::Server), &tasks)
+            .await
+            .expect("push");
     });
     w.wait_for_line(&["job refused without a query", "org_id=99999", "reason=\"not_planned\""], Duration::from_secs(30));
     w.wait_for_line(&["job refused without a query", "run-bogus", "reason=\"unknown_run\""], Duration::from_secs(30));

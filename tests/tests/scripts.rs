@@ -291,7 +291,7 @@ fn slots_adaptive_closes_each_window_once_for_the_fleet_and_scales_the_limit_in_
 #[test]
 fn promote_due_moves_only_due_jobs_in_order_past_one_chunk_and_wakes_fetchers() {
     let server = RedisServer::start();
-    let config = projector_queue::config();
+    let config = projector_queue::config(projector_shared::keys::KeyLayout::Server);
     let mut conn = server.connection();
     let now = Utc::now().timestamp();
     // More due jobs than one script call moves (1,000), so the loop must call again.
@@ -325,7 +325,7 @@ fn promote_due_moves_only_due_jobs_in_order_past_one_chunk_and_wakes_fetchers() 
 #[test]
 fn vacuum_done_deletes_finished_jobs_only_and_keeps_the_rest() {
     let server = RedisServer::start();
-    let config = projector_queue::config();
+    let config = projector_queue::config(projector_shared::keys::KeyLayout::Server);
     let mut conn = server.connection();
     let meta = config.job_meta_hash();
     for id in ["done-1", "done-2", "retrying"] {
@@ -353,8 +353,11 @@ fn run_record_refreshes_ttls_a_quarter_retention_after_the_last_refresh_and_alwa
         records.create(&run, Utc::now(), 3).await.expect("create");
         records.store_plan(&run, &[(OrgId(1), vec![]), (OrgId(2), vec![]), (OrgId(3), vec![])]).await.expect("plan");
         let mut conn = server.connection();
-        let (run_key, orgs_key, trail_key) =
-            (projector_shared::keys::run(&run), projector_shared::keys::run_orgs(&run), projector_shared::keys::run_trail(&run));
+        let (run_key, orgs_key, trail_key) = (
+            projector_shared::keys::KeyLayout::Server.run(&run),
+            projector_shared::keys::KeyLayout::Server.run_orgs(&run),
+            projector_shared::keys::KeyLayout::Server.run_trail(&run),
+        );
         let pttl = |key: &str, conn: &mut redis::Connection| -> i64 { redis::cmd("PTTL").arg(key).query(conn).expect("pttl") };
         let full = retention.as_millis() as i64;
 
@@ -409,12 +412,12 @@ fn the_runs_summary_outlives_its_per_org_records() {
     let pttl = |key: &str, conn: &mut redis::Connection| -> i64 { redis::cmd("PTTL").arg(key).query(conn).expect("pttl") };
     let within = |ttl: i64, full: Duration| ttl > full.as_millis() as i64 - 60_000 && ttl <= full.as_millis() as i64;
     for id in [&run, &cancelled] {
-        let summary = projector_shared::keys::run(id);
+        let summary = projector_shared::keys::KeyLayout::Server.run(id);
         assert!(within(pttl(&summary, &mut conn), runs.summary_retention), "{summary} lives runs.summary_retention");
-        for key in [projector_shared::keys::run_orgs(id), projector_shared::keys::run_plan(id)] {
+        for key in [projector_shared::keys::KeyLayout::Server.run_orgs(id), projector_shared::keys::KeyLayout::Server.run_plan(id)] {
             assert!(within(pttl(&key, &mut conn), runs.retention), "{key} lives runs.retention: {}", pttl(&key, &mut conn));
         }
-        assert!(within(pttl(&projector_shared::keys::run_trail(id), &mut conn), runs.trail_retention));
+        assert!(within(pttl(&projector_shared::keys::KeyLayout::Server.run_trail(id), &mut conn), runs.trail_retention));
     }
     assert!(within(pttl(projector_shared::keys::RUNS, &mut conn), runs.summary_retention), "the runs index too");
 
@@ -530,12 +533,13 @@ fn heartbeat_beat_and_alive_count_workers_on_redis_time() {
         projector_shared::heartbeat::leave(&conn, "worker-b").await.expect("leave");
         assert_eq!(projector_shared::heartbeat::alive(&conn).await.expect("alive"), 1);
         let mut sync = server.connection();
-        let ttl: i64 = redis::cmd("PTTL").arg(projector_shared::keys::workers()).query(&mut sync).expect("pttl");
+        let ttl: i64 = redis::cmd("PTTL").arg(projector_shared::keys::KeyLayout::Server.workers()).query(&mut sync).expect("pttl");
         assert!(ttl > 0, "the set expires with the fleet: {ttl}");
-        let ttl: i64 = redis::cmd("PTTL").arg(projector_shared::keys::worker("worker-a")).query(&mut sync).expect("pttl");
+        let ttl: i64 = redis::cmd("PTTL").arg(projector_shared::keys::KeyLayout::Server.worker("worker-a")).query(&mut sync).expect("pttl");
         let alive_ms = projector_shared::heartbeat::ALIVE_WITHIN.as_millis() as i64;
         assert!(ttl > 0 && ttl <= alive_ms, "a registration expires when its worker stops beating: {ttl}");
-        let left: bool = redis::cmd("EXISTS").arg(projector_shared::keys::worker("worker-b")).query(&mut sync).expect("exists");
+        let left: bool =
+            redis::cmd("EXISTS").arg(projector_shared::keys::KeyLayout::Server.worker("worker-b")).query(&mut sync).expect("exists");
         assert!(!left, "leaving removes the registration");
     });
 }
@@ -546,7 +550,7 @@ fn heartbeat_beat_and_alive_count_workers_on_redis_time() {
 #[test]
 fn push_drops_a_duplicate_through_the_runs_dedupe_set_and_sends_due_jobs_to_the_ready_list() {
     let server = RedisServer::start();
-    let queue = projector_queue::config();
+    let queue = projector_queue::config(projector_shared::keys::KeyLayout::Server);
     let window = Duration::from_secs(120);
     let run = RunId("run-dedup".into());
     let job = |org: u64| projector_shared::SpikeProjectionJob::planned(run.clone(), OrgId(org), 0, Utc::now(), vec![]);
@@ -588,17 +592,23 @@ fn push_drops_a_duplicate_through_the_runs_dedupe_set_and_sends_due_jobs_to_the_
     assert_eq!(meta, expected, "the metadata apalis's fetch needs, nothing more");
     let legacy: Vec<String> = redis::cmd("KEYS").arg("*idempotency*").query(&mut conn).expect("keys");
     assert!(legacy.is_empty(), "no key per job: {legacy:?}");
-    let mut members: Vec<String> = redis::cmd("SMEMBERS").arg(projector_queue::job_dedupe(&run)).query(&mut conn).expect("smembers");
+    let mut members: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(projector_queue::job_dedupe(projector_shared::keys::KeyLayout::Server, &run))
+        .query(&mut conn)
+        .expect("smembers");
     members.sort();
     assert_eq!(members, vec!["7", "7:a1", "8"]);
-    let ttl: i64 = redis::cmd("PTTL").arg(projector_queue::job_dedupe(&run)).query(&mut conn).expect("pttl");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(projector_queue::job_dedupe(projector_shared::keys::KeyLayout::Server, &run))
+        .query(&mut conn)
+        .expect("pttl");
     assert!(ttl > 0 && ttl <= window.as_millis() as i64, "the set lives runs.dedup_window, not forever: {ttl} ms");
 }
 
 #[test]
 fn dead_jobs_are_listed_with_their_reason_requeued_when_runnable_and_purged() {
     let server = RedisServer::start();
-    let queue = projector_queue::config();
+    let queue = projector_queue::config(projector_shared::keys::KeyLayout::Server);
     let job = projector_shared::SpikeProjectionJob::planned(RunId("run-dead".into()), OrgId(9), 0, Utc::now(), vec![]);
     let mut sync = server.connection();
     let id = runtime().block_on(async {

@@ -126,7 +126,7 @@ impl Supervisor {
         if let Err(e) = queue::promote_due(&self.conn).await {
             tracing::warn!(error = %e, "cannot move due jobs to the ready list; retried by the job loop");
         }
-        let storage = RedisStorage::<serde_json::Value, RedisConn>::new(self.conn.clone()).with_config(queue::config());
+        let storage = RedisStorage::<serde_json::Value, RedisConn>::new(self.conn.clone()).with_config(queue::config(self.conn.layout()));
         self.current_loop.send_replace(loop_name.to_owned());
         let worker = WorkerBuilder::new(loop_name)
             // Fetch at once when jobs are announced ready; poll anyway, for jobs that become due.

@@ -172,7 +172,7 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(out.status.success(), "fan-out failed: {}", String::from_utf8_lossy(&out.stderr));
     let fanout_memory = used_memory(&mut conn)?.saturating_sub(fanout_memory_before);
     // The first batch is due at once (ready list), the others wait in the scheduled set.
-    let queue = projector_queue::config();
+    let queue = projector_queue::config(projector_shared::keys::KeyLayout::Server);
     let (ready, scheduled): (u64, u64) = redis::pipe().llen(queue.active_jobs_list()).zcard(queue.scheduled_jobs_set()).query(&mut conn)?;
     anyhow::ensure!(
         ready + scheduled == args.fanout_orgs,
@@ -210,7 +210,7 @@ fn main() -> anyhow::Result<()> {
         .stderr(Stdio::null())
         .spawn()?;
     let keys = SlotKeys::new("default");
-    let queue = projector_queue::config();
+    let queue = projector_queue::config(projector_shared::keys::KeyLayout::Server);
     let (mut samples, mut busy) = (0u64, 0f64);
     let mut run = run;
     let started = Instant::now();
@@ -245,7 +245,7 @@ fn main() -> anyhow::Result<()> {
     let all_keys: u64 = kinds.values().map(|k| k.bytes).sum();
     let projections = kinds.get(&projector_tests::memory::kind_of(&keys::projections(projector_shared::OrgId(1)))).map_or(0, |k| k.bytes);
     let tick: Option<String> = redis::cmd("HGET")
-        .arg(keys::run(&RunId(summary["run_id"].as_str().unwrap_or_default().to_owned())))
+        .arg(keys::KeyLayout::Server.run(&RunId(summary["run_id"].as_str().unwrap_or_default().to_owned())))
         .arg("tick")
         .query(&mut conn)?;
     let tick_ms = tick.and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.timestamp_millis());
