@@ -102,6 +102,8 @@ pub enum Error {
     Shared(#[from] projector_shared::Error),
 }
 
+projector_shared::from_shared_errors!(Error, Error::Shared);
+
 /// Every `reason` label of `run_spike_projection_error_total`: [`Error::reason`]'s values plus
 /// `malformed_job` (a payload that is not a job), `unknown_run` and `not_planned` (a job refused
 /// because its run or its org is not in the run record). Registered at zero at start.
@@ -153,7 +155,7 @@ impl Error {
             Error::InvalidTenant { .. } => Some("check query.referrer and the org id"),
             Error::QueryTimeout(_) => Some("raise query.timeout or check the query service"),
             Error::QueryUnreachable { .. } => Some("check query.url and that the service is up"),
-            Error::Shared(projector_shared::Error::Redis { failure, .. }) => Some(failure.advice()),
+            Error::Shared(e) => e.redis_failure().map(|r| r.failure().advice()),
             _ => None,
         }
     }
@@ -207,7 +209,9 @@ impl Error {
             Error::LeaseLost => "lease_lost",
             Error::Sink { .. } => "sink",
             Error::StaleWrite { .. } => "stale_write",
-            Error::Shared(projector_shared::Error::SlotBackendUnavailable { .. }) => "slot_unavailable",
+            Error::Shared(projector_shared::Error::Limits(projector_shared::LimitsError::SlotBackendUnavailable { .. })) => {
+                "slot_unavailable"
+            }
             Error::Shared(_) => "internal",
         }
     }
@@ -243,7 +247,7 @@ mod tests {
             Error::LeaseLost,
             Error::Sink { target: String::new(), detail: String::new() },
             Error::StaleWrite { org_id: projector_shared::OrgId(1), first_hour: 0, token: 0, stored_first_hour: 0, stored_token: 0 },
-            Error::Shared(projector_shared::Error::SlotBackendUnavailable { detail: String::new() }),
+            Error::Shared(projector_shared::Error::Limits(projector_shared::LimitsError::SlotBackendUnavailable { detail: String::new() })),
         ];
         for e in &samples {
             assert!(REASONS.contains(&e.reason()), "{} is not in REASONS", e.reason());

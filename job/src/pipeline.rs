@@ -155,7 +155,7 @@ fn retry_after(e: &Error, reschedules: u32) -> Option<Duration> {
         | Error::Sink { .. }
         | Error::Incomplete { .. }
         | Error::LeaseLost
-        | Error::Shared(projector_shared::Error::SlotBackendUnavailable { .. }) => Some(backoff()),
+        | Error::Shared(projector_shared::Error::Limits(projector_shared::LimitsError::SlotBackendUnavailable { .. })) => Some(backoff()),
         _ => None,
     }
 }
@@ -321,7 +321,9 @@ impl Pipeline {
                 Some(Box::new(Ended { retry_after: Some(retry_after), why: Some(why), steps, ..Outcome::SkippedRatePolicy.into() }))
             }
             Err(e) => {
-                let unavailable = projector_shared::Error::SlotBackendUnavailable { detail: format!("rate policy: {e}") };
+                let unavailable = projector_shared::Error::Limits(projector_shared::LimitsError::SlotBackendUnavailable {
+                    detail: format!("rate policy: {e}"),
+                });
                 Some(Box::new(self.finish(job, Err(Error::from(unavailable)), std::mem::take(steps))))
             }
         }
@@ -501,7 +503,9 @@ impl Pipeline {
         );
         match e {
             Error::RateLimited { .. } => Outcome::RateLimited,
-            Error::Shared(projector_shared::Error::SlotBackendUnavailable { .. }) => Outcome::SlotUnavailable,
+            Error::Shared(projector_shared::Error::Limits(projector_shared::LimitsError::SlotBackendUnavailable { .. })) => {
+                Outcome::SlotUnavailable
+            }
             _ => Outcome::Failed,
         }
     }

@@ -22,3 +22,5 @@ pub enum Error {
     #[error("no organizations to run from {from}; nothing was enqueued (check orgs.source, orgs.path and orgs.count)")]
     NoOrgs { from: String },
 }
+
+projector_shared::from_shared_errors!(Error, Error::Shared);

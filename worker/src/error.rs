@@ -13,3 +13,5 @@ pub enum Error {
     #[error(transparent)]
     Shared(#[from] projector_shared::Error),
 }
+
+projector_shared::from_shared_errors!(Error, Error::Shared);

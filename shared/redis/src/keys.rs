@@ -118,12 +118,12 @@ impl RateKeys {
 /// Hash of one organization's stored projections (read by other services; layout in docs/redis-keys.md).
 /// Field: [`projection_field`]; value: JSON `{"run_id","fencing_token","first_hour","spike_threshold","hourly":[…]}`,
 /// `hourly[i]` being the projection for `first_hour + i` hours.
-pub fn projections(org: crate::OrgId) -> String {
+pub fn projections(org: projector_core::OrgId) -> String {
     format!("projector:projections:{}", org.0)
 }
 
 /// Field of one project's projections in [`projections`]: the project id.
-pub fn projection_field(project: crate::ProjectId) -> String {
+pub fn projection_field(project: projector_core::ProjectId) -> String {
     project.0.to_string()
 }
 
@@ -145,36 +145,36 @@ impl KeyLayout {
 
     /// Hash of one run: `run_id`, `tick`, `orgs_total`, `enqueued`, and a counter per outcome.
     /// Its other keys add a suffix; on a cluster the run id is their hash tag.
-    pub fn run(self, run_id: &crate::RunId) -> String {
+    pub fn run(self, run_id: &projector_core::RunId) -> String {
         if self.is_cluster() { format!("projector:run:{{{}}}", run_id.0) } else { format!("projector:run:{}", run_id.0) }
     }
 
     /// Hash of one run's plan: org id → its project ids, comma-separated. Written before any job is
     /// enqueued; the run records outcomes only for these orgs, and `run-once --resume` rebuilds the
     /// run's jobs from it.
-    pub fn run_plan(self, run_id: &crate::RunId) -> String {
+    pub fn run_plan(self, run_id: &projector_core::RunId) -> String {
         format!("{}:plan", self.run(run_id))
     }
 
     /// Hash of one run's organizations: org id → outcome (the first recorded wins).
-    pub fn run_orgs(self, run_id: &crate::RunId) -> String {
+    pub fn run_orgs(self, run_id: &projector_core::RunId) -> String {
         format!("{}:orgs", self.run(run_id))
     }
 
     /// Hash: org → its trail in the run, one line per attempt (`<redis ms> <JSON>`, the last
     /// `trail::KEPT_ATTEMPTS`): what `projectorctl explain` and `runs show` read.
-    pub fn run_trail(self, run_id: &crate::RunId) -> String {
+    pub fn run_trail(self, run_id: &projector_core::RunId) -> String {
         format!("{}:trail", self.run(run_id))
     }
 
     /// List: one item pushed when the run's last org is accounted for; `run-once --wait` blocks on
     /// it (BLPOP) between reads of the record, so it sees the end at once.
-    pub fn run_finished(self, run_id: &crate::RunId) -> String {
+    pub fn run_finished(self, run_id: &projector_core::RunId) -> String {
         format!("{}:finished", self.run(run_id))
     }
 
     /// Hash: org → the attempt now open for it (absent: the first, 0). Written by `runs retry` only.
-    pub fn run_attempts(self, run_id: &crate::RunId) -> String {
+    pub fn run_attempts(self, run_id: &projector_core::RunId) -> String {
         format!("{}:attempts", self.run(run_id))
     }
 
@@ -192,7 +192,7 @@ impl KeyLayout {
 }
 
 /// Lock taken by the one scheduler replica that fans out a cron tick.
-pub fn tick_lock(run_id: &crate::RunId) -> String {
+pub fn tick_lock(run_id: &projector_core::RunId) -> String {
     format!("projector:tick-lock:{}", run_id.0)
 }
 
@@ -224,7 +224,7 @@ mod tests {
 
     #[test]
     fn the_cluster_layout_tags_a_runs_keys_and_the_workers_and_one_server_keeps_the_old_names() {
-        let run = crate::RunId("run-1".to_owned());
+        let run = projector_core::RunId("run-1".to_owned());
         assert_eq!(KeyLayout::Server.run_orgs(&run), "projector:run:run-1:orgs");
         assert_eq!(KeyLayout::Cluster.run_orgs(&run), "projector:run:{run-1}:orgs");
         assert_eq!((KeyLayout::Server.workers(), KeyLayout::Server.worker("w")), ("projector:workers", "projector:worker:w".to_owned()));

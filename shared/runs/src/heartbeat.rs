@@ -6,17 +6,17 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use crate::redis_conn::RedisConn;
+use projector_redis::redis_conn::RedisConn;
 use redis::Script;
 
 use crate::error::Error;
-use crate::service::ServiceQuota;
+use projector_core::service::ServiceQuota;
 
 /// A worker whose last heartbeat is older than this is counted as gone.
 pub const ALIVE_WITHIN: Duration = Duration::from_secs(15);
 
-static BEAT: LazyLock<Script> = LazyLock::new(|| crate::lua::script(include_str!("../../lua/heartbeat_beat.lua")));
-static ALIVE: LazyLock<Script> = LazyLock::new(|| crate::lua::script(include_str!("../../lua/heartbeat_alive.lua")));
+static BEAT: LazyLock<Script> = LazyLock::new(|| projector_redis::lua::script(include_str!("../../../lua/heartbeat_beat.lua")));
+static ALIVE: LazyLock<Script> = LazyLock::new(|| projector_redis::lua::script(include_str!("../../../lua/heartbeat_alive.lua")));
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)

@@ -3,30 +3,31 @@
 
 use std::time::Duration;
 
-use crate::redis_conn::RedisConn;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
+use projector_redis::redis_conn::RedisConn;
 use redis::Script;
 
 use crate::error::Error;
-use crate::ids::{OrgId, RunId};
-use crate::keys;
-use crate::redis_conn::retry_transient;
-use crate::run::{Admission, Outcome, Recorded, RunLedger, RunSummary};
-use crate::trail::{self, Attempt};
+use crate::ledger::RunLedger;
+use projector_core::ids::{OrgId, RunId};
+use projector_core::run::{Admission, Outcome, Recorded, RunSummary};
+use projector_core::trail::{self, Attempt};
+use projector_redis::keys;
+use projector_redis::redis_conn::retry_transient;
 
-use crate::lua::script;
+use projector_redis::lua::script;
 
 /// Records one org's outcome and trail; its contract is in the file's header.
-static RECORD: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| script(include_str!("../../lua/run_record.lua")));
+static RECORD: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| script(include_str!("../../../lua/run_record.lua")));
 
 /// Reopens orgs for a follow-up attempt; its contract is in the file's header.
-static RETRY: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| script(include_str!("../../lua/run_retry.lua")));
+static RETRY: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| script(include_str!("../../../lua/run_retry.lua")));
 
 /// Ends a run's open orgs as cancelled; its contract is in the file's header.
-static CANCEL: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| script(include_str!("../../lua/run_cancel.lua")));
+static CANCEL: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| script(include_str!("../../../lua/run_cancel.lua")));
 /// Puts a run in the cancelled set and announces it (`lua/run_cancel_mark.lua`).
-static CANCEL_MARK: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| script(include_str!("../../lua/run_cancel_mark.lua")));
+static CANCEL_MARK: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| script(include_str!("../../../lua/run_cancel_mark.lua")));
 
 /// Orgs per retry or cancel script call: bounded, so Redis is never blocked for long.
 const ORGS_PER_CALL: usize = 1_000;
@@ -48,7 +49,7 @@ pub struct StoredPlan {
     pub tick: DateTime<Utc>,
     /// How many orgs the run was planned with; more than `orgs.len()` means the plan was cut short.
     pub orgs_total: u64,
-    pub orgs: Vec<(OrgId, Vec<crate::ProjectId>)>,
+    pub orgs: Vec<(OrgId, Vec<projector_core::ProjectId>)>,
 }
 
 /// Whether a summary lists the ids of orgs that did not complete (one read per org) or only totals.
@@ -226,7 +227,7 @@ impl RunRecords {
     }
 
     /// Stores the run's plan (org → project ids), in bounded steps; call before enqueuing any job.
-    pub async fn store_plan(&self, run_id: &RunId, orgs: &[(OrgId, Vec<crate::ProjectId>)]) -> Result<(), Error> {
+    pub async fn store_plan(&self, run_id: &RunId, orgs: &[(OrgId, Vec<projector_core::ProjectId>)]) -> Result<(), Error> {
         let key = self.conn.layout().run_plan(run_id);
         for chunk in orgs.chunks(2_000) {
             // One HSET per chunk, not per org: Redis counts (and spends) per command.
@@ -259,11 +260,9 @@ impl RunRecords {
             .await
             .map_err(Error::redis(doing()))?;
         let (Some(tick), Some(orgs_total)) = (tick, total) else { return Ok(None) };
-        let tick = DateTime::parse_from_rfc3339(&tick).map(|t| t.with_timezone(&Utc)).map_err(|e| Error::Redis {
-            doing: doing(),
-            failure: crate::RedisFailure::Other,
-            detail: format!("bad tick {tick:?}: {e}"),
-        })?;
+        let tick = DateTime::parse_from_rfc3339(&tick)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| Error::Corrupt { what: format!("the tick of run {run_id}"), detail: format!("{tick:?}: {e}") })?;
         let mut orgs = Vec::new();
         let mut cursor = 0u64;
         loop {
@@ -276,7 +275,7 @@ impl RunRecords {
                 .await
                 .map_err(Error::redis(doing()))?;
             for (org, list) in page {
-                let projects = list.split(',').filter_map(|p| p.parse().ok()).map(crate::ProjectId).collect();
+                let projects = list.split(',').filter_map(|p| p.parse().ok()).map(projector_core::ProjectId).collect();
                 orgs.push((OrgId(org), projects));
             }
             if next == 0 {
@@ -438,7 +437,7 @@ impl RunOverview {
             RunState::Skipped
         } else if self.cancelled.is_some() {
             RunState::Cancelled
-        } else if crate::run::is_finished(self.accounted(), self.orgs_total) {
+        } else if projector_core::run::is_finished(self.accounted(), self.orgs_total) {
             RunState::Done
         } else if self.fanned_out.is_none() {
             RunState::FanningOut

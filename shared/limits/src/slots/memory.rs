@@ -139,7 +139,7 @@ impl ReleaseSlot for MemoryRelease {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::OrgId;
+    use projector_core::ids::OrgId;
     use std::sync::atomic::AtomicUsize;
 
     fn request(org: u64) -> SlotRequest {

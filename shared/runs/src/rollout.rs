@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use redis::aio::ConnectionLike;
 
 use crate::error::Error;
-use crate::ids::OrgId;
-use crate::keys;
+use projector_core::ids::OrgId;
+use projector_redis::keys;
 
 /// The flag's name, as the billing service's rollout plan calls it.
 pub const RATE_LIMIT_FLAG: &str = "organizations:spike-projection-rate-limit";

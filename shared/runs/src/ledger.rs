@@ -29,7 +29,7 @@ pub trait RunLedger: Send + Sync {
     /// Ends the run's open orgs as `failed` with `why`: the query service refused the query
     /// itself. Returns how many orgs it ended. In one process (the embedded run) the pipeline's
     /// own record of stopped runs already fails them without a query, so there is nothing to do.
-    fn stop<'a>(&'a self, _run_id: &'a RunId, _why: &'a crate::trail::Why) -> BoxFuture<'a, Result<u64, Error>> {
+    fn stop<'a>(&'a self, _run_id: &'a RunId, _why: &'a projector_core::trail::Why) -> BoxFuture<'a, Result<u64, Error>> {
         Box::pin(async { Ok(0) })
     }
 }

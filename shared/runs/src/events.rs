@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::redis_conn::RedisConn;
 use futures::StreamExt;
+use projector_redis::redis_conn::RedisConn;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
-use crate::ids::RunId;
-use crate::keys;
+use projector_core::ids::RunId;
+use projector_redis::keys;
 
 /// Waits between attempts to (re)subscribe after the channel was lost.
 const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(500);
@@ -52,7 +52,13 @@ impl CancelWatch {
     /// subscribes to both channels, then loads the cancelled set (a cancel in between is seen
     /// twice, never missed), then follows; when the connection is lost the mirror stops being
     /// live until it is subscribed and loaded again (job loops still poll meanwhile).
-    pub async fn follow(&self, endpoint: crate::redis_conn::Endpoint, conn: RedisConn, ready: JobsReady, shutdown: CancellationToken) {
+    pub async fn follow(
+        &self,
+        endpoint: projector_redis::redis_conn::Endpoint,
+        conn: RedisConn,
+        ready: JobsReady,
+        shutdown: CancellationToken,
+    ) {
         while !shutdown.is_cancelled() {
             match self.subscribe_and_load(&endpoint, &conn).await {
                 Ok(mut pubsub) => {
@@ -87,8 +93,12 @@ impl CancelWatch {
         }
     }
 
-    async fn subscribe_and_load(&self, endpoint: &crate::redis_conn::Endpoint, conn: &RedisConn) -> Result<redis::aio::PubSub, Error> {
-        let mut pubsub = crate::redis_conn::pubsub(endpoint).await.map_err(Error::redis("opening the cancel channel"))?;
+    async fn subscribe_and_load(
+        &self,
+        endpoint: &projector_redis::redis_conn::Endpoint,
+        conn: &RedisConn,
+    ) -> Result<redis::aio::PubSub, Error> {
+        let mut pubsub = projector_redis::redis_conn::pubsub(endpoint).await.map_err(Error::redis("opening the cancel channel"))?;
         pubsub
             .subscribe(&[keys::CANCELS_CHANNEL, keys::JOBS_READY_CHANNEL])
             .await

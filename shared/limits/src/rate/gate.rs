@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{Admission, BlockReason, RateLimiter};
 use crate::error::Error;
-use crate::metrics as m;
+use projector_core::metrics as m;
 
 /// Whether the query may start now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

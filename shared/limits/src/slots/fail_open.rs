@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 
 use super::{Acquire, MemorySlotLimiter, SlotLimiter, SlotRequest};
 use crate::error::Error;
-use crate::metrics as m;
+use projector_core::metrics as m;
 
 /// Wraps a cluster-wide limiter; only `Err` (the limiter could not answer) falls back, never a
 /// timeout, so a full cluster stays full.
@@ -56,7 +56,12 @@ impl SlotLimiter for FailOpenLimiter {
         self.primary.pause_grants(cooldown)
     }
 
-    fn heard_service(&self, quota: crate::service::ServiceQuota, rejected: bool, age: Duration) -> BoxFuture<'_, Result<(), Error>> {
+    fn heard_service(
+        &self,
+        quota: projector_core::service::ServiceQuota,
+        rejected: bool,
+        age: Duration,
+    ) -> BoxFuture<'_, Result<(), Error>> {
         self.primary.heard_service(quota, rejected, age)
     }
 }

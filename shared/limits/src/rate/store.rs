@@ -2,10 +2,10 @@
 //! `[rate]` keys with raw values, applied by every worker over its own configuration within
 //! `worker.rollout_refresh`, until `projectorctl rate reset`.
 
-use crate::redis_conn::RedisConn;
+use projector_redis::redis_conn::RedisConn;
 
 use crate::error::Error;
-use crate::keys::RateKeys;
+use projector_redis::keys::RateKeys;
 
 /// The runtime changes stored for `referrer`, sorted by key; empty when none.
 pub async fn runtime_changes(conn: &RedisConn, referrer: &str) -> Result<Vec<(String, String)>, Error> {

@@ -12,8 +12,8 @@ use futures::future::BoxFuture;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::error::Error;
-use crate::ids::OrgId;
-use crate::metrics as m;
+use projector_core::ids::OrgId;
+use projector_core::metrics as m;
 
 pub use self::redis::{
     AdaptiveWindow, HISTORY_SPAN, Holder, RedisSlotLimiter, RedisSlotSettings, ServiceSteering, SlotHistory, SlotSample, SlotState,
@@ -79,7 +79,12 @@ pub trait SlotLimiter: Send + Sync {
     /// The query service's own numbers from one answer: a limiter that follows them lowers the
     /// limit in force at once (`rejected`: they came with a 429; `age`: how long ago the answered
     /// query was sent). The others ignore them.
-    fn heard_service(&self, _quota: crate::service::ServiceQuota, _rejected: bool, _age: Duration) -> BoxFuture<'_, Result<(), Error>> {
+    fn heard_service(
+        &self,
+        _quota: projector_core::service::ServiceQuota,
+        _rejected: bool,
+        _age: Duration,
+    ) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async { Ok(()) })
     }
 }

@@ -2,10 +2,10 @@
 //! `resume`); workers stop taking jobs while it exists, and the scheduler holds or enqueues ticks
 //! as `schedule.when_paused` says.
 
-use crate::redis_conn::RedisConn;
+use projector_redis::redis_conn::RedisConn;
 
 use crate::error::Error;
-use crate::keys;
+use projector_redis::keys;
 
 /// A pause in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,11 +31,7 @@ pub async fn pause(conn: &RedisConn, reason: &str) -> Result<Pause, Error> {
         .query_async(&mut conn)
         .await
         .map_err(Error::redis("pausing the fleet"))?;
-    paused(&conn).await?.ok_or_else(|| Error::Redis {
-        doing: "pausing the fleet".to_owned(),
-        failure: crate::RedisFailure::Other,
-        detail: "the pause did not stick".to_owned(),
-    })
+    paused(&conn).await?.ok_or_else(|| Error::NotKept { doing: "pausing the fleet".to_owned() })
 }
 
 /// Ends the pause; `false` when there was none.

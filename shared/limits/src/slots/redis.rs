@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::redis_conn::RedisConn;
 use futures::future::BoxFuture;
+use projector_redis::redis_conn::RedisConn;
 use rand::Rng;
 use redis::Client;
 use tokio::time::Instant;
@@ -22,12 +22,12 @@ use super::scripts::{
 };
 use super::{Acquire, ReleaseSlot, SlotLimiter, SlotPermit, SlotRequest, TimedOut, record_granted, record_released, record_timed_out};
 use crate::adaptive::{ADAPTIVE_MIN_SAMPLES, AdaptiveSettings, SignalCounts};
-use crate::backoff::Backoff;
 use crate::error::Error;
-use crate::keys::SlotKeys;
-use crate::metrics as m;
-use crate::redis_conn::{Endpoint, is_transient, redact_text};
-use crate::service::ServiceQuota;
+use projector_core::metrics as m;
+use projector_core::service::ServiceQuota;
+use projector_redis::backoff::Backoff;
+use projector_redis::keys::SlotKeys;
+use projector_redis::redis_conn::{Endpoint, is_transient, redact_text};
 
 /// How the Redis limiter behaves; `limit` and `lease_ttl` come from `slots.*`.
 #[derive(Debug, Clone)]
@@ -160,7 +160,7 @@ impl RedisSlotLimiter {
         let unavailable = |e: redis::RedisError| Error::SlotBackendUnavailable {
             detail: redact_text(&format!("{}: {e}", endpoint.redacted()), &endpoint),
         };
-        let (client, conn) = crate::redis_conn::connection_manager(&endpoint, settings.round_trip_budget).map_err(unavailable)?;
+        let (client, conn) = projector_redis::redis_conn::connection_manager(&endpoint, settings.round_trip_budget).map_err(unavailable)?;
         Ok(RedisSlotLimiter {
             inner: Arc::new(Inner {
                 endpoint,
@@ -522,7 +522,7 @@ impl Inner {
             return Ok((conn, true));
         }
         // BLPOP holds the connection for up to `recheck`; the response timeout must outlast it.
-        let connect = crate::redis_conn::dedicated_connection(
+        let connect = projector_redis::redis_conn::dedicated_connection(
             &self.endpoint,
             &self.client,
             self.settings.round_trip_budget,

@@ -1,24 +1,24 @@
 //! The slot limiter's Redis scripts (`lua/slots_*.lua`), each built once by the script registry
-//! (`crate::lua`), and their replies as small structs. Every script includes `lua/lib/slots.lua`
+//! (`projector_redis::lua`), and their replies as small structs. Every script includes `lua/lib/slots.lua`
 //! (named keys and shared helpers) and takes the same nine keys (`SlotKeys::script_keys`).
 
 use std::sync::LazyLock;
 
 use redis::{FromRedisValue, ParsingError, Script, Value};
 
-use crate::lua::script;
+use projector_redis::lua::script;
 
-pub(super) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_acquire.lua")));
-pub(super) static CANCEL: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_cancel.lua")));
-pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_release.lua")));
-pub(super) static RENEW: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_renew.lua")));
-pub(super) static SET_LIMIT: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_set_limit.lua")));
-pub(super) static RESET: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_reset.lua")));
-pub(super) static OCCUPANCY: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_occupancy.lua")));
-pub(super) static ADAPTIVE: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_adaptive.lua")));
-pub(super) static PAUSE: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_pause.lua")));
-pub(super) static SERVICE: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_service.lua")));
-pub(super) static HISTORY: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../lua/slots_history.lua")));
+pub(super) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../../lua/slots_acquire.lua")));
+pub(super) static CANCEL: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../../lua/slots_cancel.lua")));
+pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../../lua/slots_release.lua")));
+pub(super) static RENEW: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../../lua/slots_renew.lua")));
+pub(super) static SET_LIMIT: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../../lua/slots_set_limit.lua")));
+pub(super) static RESET: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../../lua/slots_reset.lua")));
+pub(super) static OCCUPANCY: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../../lua/slots_occupancy.lua")));
+pub(super) static ADAPTIVE: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../../lua/slots_adaptive.lua")));
+pub(super) static PAUSE: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../../lua/slots_pause.lua")));
+pub(super) static SERVICE: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../../lua/slots_service.lua")));
+pub(super) static HISTORY: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../../lua/slots_history.lua")));
 
 /// `slots_acquire`'s reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

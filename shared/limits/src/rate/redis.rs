@@ -4,15 +4,15 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use crate::redis_conn::RedisConn;
 use futures::future::BoxFuture;
+use projector_redis::redis_conn::RedisConn;
 use redis::{FromRedisValue, ParsingError, Script, Value};
 
 use super::{Admission, BlockReason, Decision, RateLimiter, RatePolicy};
 use crate::error::Error;
-use crate::keys::RateKeys;
+use projector_redis::keys::RateKeys;
 
-static ACQUIRE: LazyLock<Script> = LazyLock::new(|| crate::lua::script(include_str!("../../../lua/rate_acquire.lua")));
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| projector_redis::lua::script(include_str!("../../../../lua/rate_acquire.lua")));
 
 impl FromRedisValue for Decision {
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {

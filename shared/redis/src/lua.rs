@@ -9,9 +9,9 @@ use redis::Script;
 
 /// `lua/lib/`: the helpers scripts share, by the name they are included by.
 const LIB: &[(&str, &str)] = &[
-    ("time", include_str!("../../lua/lib/time.lua")),
-    ("slots", include_str!("../../lua/lib/slots.lua")),
-    ("runs", include_str!("../../lua/lib/runs.lua")),
+    ("time", include_str!("../../../lua/lib/time.lua")),
+    ("slots", include_str!("../../../lua/lib/slots.lua")),
+    ("runs", include_str!("../../../lua/lib/runs.lua")),
 ];
 
 const INCLUDE: &str = "--- @include \"";
@@ -65,7 +65,7 @@ mod tests {
 
     #[test]
     fn every_script_in_lua_expands_without_an_unknown_include() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../lua");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../lua");
         let mut seen = 0;
         for entry in std::fs::read_dir(&dir).expect("lua/").flatten() {
             let path = entry.path();

@@ -1,0 +1,16 @@
+//! `projector-runs`: the fleet's runs and members in Redis — run records, plans, trails and the
+//! `RunLedger` trait with its in-memory and Redis ledgers (`ledger`, `run_record`), worker
+//! heartbeats (`heartbeat`), the fleet-wide pause (`pause`), the rollout flag (`rollout`) and
+//! fleet events such as cancels (`events`).
+//!
+//! It must never know slots, rates, the queue or the query service.
+
+pub mod error;
+pub mod events;
+pub mod heartbeat;
+pub mod ledger;
+pub mod pause;
+pub mod rollout;
+pub mod run_record;
+
+pub use error::Error;
