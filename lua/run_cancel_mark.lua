@@ -1,6 +1,6 @@
 -- run_cancel_mark: puts a run in the cancelled set at Redis time, drops entries older than
 -- ttl_ms, and announces the run on the cancel channel, so every worker's mirror
--- (`events::CancelWatch`, shared/src/events.rs) knows it: live ones by the announcement, reconnecting ones by the set.
+-- (`events::CancelWatch`, shared/runs/src/events.rs) knows it: live ones by the announcement, reconnecting ones by the set.
 -- KEYS: 1 cancelled runs (zset run id -> ms)
 -- ARGV: 1 run id, 2 ttl_ms, 3 cancel channel
 -- Returns: 1

@@ -1,12 +1,20 @@
 //! The cluster-wide slot limiter on Redis: per-holder leases scored by Redis time, fencing tokens,
 //! first-come-first-served waiters woken directly on release, renewal while held, bounded waits.
+//! This file is the limiter (acquire, renew, release); `admin` is what operators do to it,
+//! `adaptive` how the service's numbers and the fleet's answers move its limit, `pool` the
+//! bounded blocking connections its waits use, `history` the samples the status page charts.
 
+mod adaptive;
+mod admin;
 mod history;
+mod pool;
 
+pub use adaptive::AdaptiveWindow;
+pub use admin::{Holder, SlotState};
 pub use history::{HISTORY_SPAN, SlotHistory, SlotSample, samples_to_keep};
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -16,12 +24,8 @@ use redis::Client;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::scripts::{
-    ACQUIRE, ADAPTIVE, Acquired, AdaptiveReport, CANCEL, Cancelled, OCCUPANCY, Occupancy, PAUSE, RELEASE, RENEW, RESET, Released, SERVICE,
-    SET_LIMIT, ServiceCap,
-};
+use super::scripts::{ACQUIRE, Acquired, CANCEL, Cancelled, PAUSE, RELEASE, RENEW, Released};
 use super::{Acquire, ReleaseSlot, SlotLimiter, SlotPermit, SlotRequest, TimedOut, record_granted, record_released, record_timed_out};
-use crate::adaptive::{ADAPTIVE_MIN_SAMPLES, AdaptiveSettings, SignalCounts};
 use crate::error::Error;
 use projector_core::metrics as m;
 use projector_core::service::ServiceQuota;
@@ -82,30 +86,6 @@ impl RedisSlotSettings {
     }
 }
 
-/// One holder of a slot, as `inspect` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Holder {
-    pub lease_id: String,
-    /// The process holding it (a worker's name, or the embedded run's).
-    pub process: String,
-    pub org_id: String,
-    pub fencing_token: u64,
-    pub age: Duration,
-    pub expires_in: Duration,
-}
-
-/// The state of the limiter, for operators.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlotState {
-    pub limit: Option<u32>,
-    pub holders: Vec<Holder>,
-    /// Waiter ids with `holder|org`, in arrival order.
-    pub waiters: Vec<(String, String)>,
-    /// How soon the first waiter to give up does (its deadline, on Redis time); with the
-    /// waiters' `slots.max_wait` this tells how long the oldest has waited.
-    pub first_gives_up_in: Option<Duration>,
-}
-
 /// Slots shared by every process that points at the same Redis and limiter name.
 #[derive(Clone)]
 pub struct RedisSlotLimiter {
@@ -116,8 +96,8 @@ struct Inner {
     endpoint: Endpoint,
     client: Client,
     conn: RedisConn,
-    /// Dedicated connections for `BLPOP`, one per blocked waiter, reused afterwards.
-    blocking: Mutex<Vec<RedisConn>>,
+    /// Dedicated connections for `BLPOP`, one per blocked waiter, reused afterwards (bounded).
+    blocking: pool::BlockingPool,
     keys: SlotKeys,
     settings: RedisSlotSettings,
     /// The limit last seen in Redis, for `limit()` and the utilization gauge.
@@ -127,31 +107,6 @@ struct Inner {
     /// Renewals, release retries and abandoned waits: tracked so a process can wait for them at exit.
     background: tokio_util::task::TaskTracker,
 }
-
-/// The last window the fleet's adaptive limit closed.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct AdaptiveWindow {
-    pub closed_ms_ago: u64,
-    /// Windows the fleet has closed since the multiplier was last reset.
-    pub windows_closed: u64,
-    pub ok: u64,
-    pub rate_limited: u64,
-    pub throttled: u64,
-    /// What moved the multiplier: `429`, `throttle`, `demand`, or empty.
-    pub signal: String,
-}
-
-/// What `inspect` reads in one pipeline: limit, leases with expiry, holder info, queue, waiter
-/// info, the earliest waiter deadline, Redis `TIME`.
-type RawSlotState = (
-    Option<u32>,
-    Vec<(String, u64)>,
-    std::collections::HashMap<String, String>,
-    Vec<String>,
-    std::collections::HashMap<String, String>,
-    Vec<(String, u64)>,
-    (u64, u64),
-);
 
 impl RedisSlotLimiter {
     /// Creates a limiter; no connection is made until the first call, so a worker starts even if Redis is down.
@@ -166,7 +121,7 @@ impl RedisSlotLimiter {
                 endpoint,
                 client,
                 conn,
-                blocking: Mutex::new(Vec::new()),
+                blocking: pool::BlockingPool::default(),
                 keys: SlotKeys::new(&settings.name),
                 limit_seen: AtomicU32::new(settings.initial_limit),
                 service_cap_seen: AtomicU32::new(0),
@@ -174,206 +129,6 @@ impl RedisSlotLimiter {
                 background: tokio_util::task::TaskTracker::new(),
             }),
         })
-    }
-
-    /// Sets the limit for every process at once. Lowering it interrupts no holder; raising it serves waiters now.
-    pub async fn set_limit(&self, limit: u32) -> Result<(), Error> {
-        let inner = &self.inner;
-        let _in_use_and_limit: (u32, u32) = inner
-            .call(SET_LIMIT.key(inner.keys.script_keys()).arg(limit).arg(ms(inner.settings.handoff_reserve)).arg(inner.keys.wake_prefix()))
-            .await?;
-        inner.limit_seen.store(limit, Ordering::SeqCst);
-        Ok(())
-    }
-
-    /// Forgets the stored limit: the next slot request writes its process's configured
-    /// `slots.limit` again (the way to hand the limit back to configuration).
-    pub async fn clear_limit(&self) -> Result<bool, Error> {
-        let removed: u8 = redis::cmd("DEL")
-            .arg(self.inner.keys.limit())
-            .query_async(&mut self.inner.conn.clone())
-            .await
-            .map_err(|e| self.inner.unavailable(e))?;
-        Ok(removed == 1)
-    }
-
-    /// Drops every lease and waiter (after an incident: the `reset_concurrent_count` of earlier designs); returns how many leases were dropped.
-    /// Holders learn at their next renewal that their lease is gone.
-    pub async fn reset(&self) -> Result<u64, Error> {
-        self.inner.call(&RESET.key(self.inner.keys.script_keys())).await
-    }
-
-    /// The limit, holders and waiters, as Redis has them now.
-    pub async fn inspect(&self) -> Result<SlotState, Error> {
-        let k = &self.inner.keys;
-        let mut conn = self.inner.conn.clone();
-        let (limit, leases, holders, queue, waiting, first_deadline, time): RawSlotState = redis::pipe()
-            .get(k.limit())
-            .zrange_withscores(k.leases(), 0, -1)
-            .hgetall(k.holders())
-            .zrange(k.queue(), 0, -1)
-            .hgetall(k.waiting())
-            .zrange_withscores(k.waiter_deadlines(), 0, 0)
-            .cmd("TIME")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.inner.unavailable(e))?;
-        let now = time.0 * 1000 + time.1 / 1000;
-        let holders = leases
-            .into_iter()
-            .map(|(lease_id, expiry)| {
-                let info = holders.get(&lease_id).cloned().unwrap_or_default();
-                let mut parts = info.split('|');
-                let process = parts.next().unwrap_or_default().to_owned();
-                let org_id = parts.next().unwrap_or_default().to_owned();
-                let acquired: u64 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(now);
-                let fencing_token = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-                Holder {
-                    lease_id,
-                    process,
-                    org_id,
-                    fencing_token,
-                    age: Duration::from_millis(now.saturating_sub(acquired)),
-                    expires_in: Duration::from_millis(expiry.saturating_sub(now)),
-                }
-            })
-            .collect();
-        let waiters = queue
-            .into_iter()
-            .map(|id| {
-                let info = waiting.get(&id).cloned().unwrap_or_default();
-                (id, info)
-            })
-            .collect();
-        let first_gives_up_in = first_deadline.first().map(|(_, at)| Duration::from_millis(at.saturating_sub(now)));
-        Ok(SlotState { limit, holders, waiters, first_gives_up_in })
-    }
-
-    /// Live leases (unexpired, on Redis time) and the limit stored in Redis (`None` before any
-    /// worker or operator set one).
-    pub async fn occupancy(&self) -> Result<(u32, Option<u32>), Error> {
-        let now = self.occupancy_now().await?;
-        Ok((now.in_use, now.limit))
-    }
-
-    /// Live leases, the stored limit, the limit in force (stored x adaptive multiplier) and the
-    /// multiplier: what the fleet-wide gauges report.
-    pub async fn occupancy_now(&self) -> Result<Occupancy, Error> {
-        self.inner.call(&OCCUPANCY.key(self.inner.keys.script_keys())).await
-    }
-
-    /// Caps the fleet's limit by the query service's own numbers from one answer (the cap holds
-    /// `steering.ttl`), and says what the cap became. Logs when it changes.
-    /// `rejected`: the numbers came with a 429, so the fleet is over what the service admits now.
-    /// `age`: how long ago the answered query was sent (its numbers are as of then).
-    pub async fn heard_service(
-        &self,
-        quota: ServiceQuota,
-        steering: &ServiceSteering,
-        rejected: bool,
-        age: Duration,
-    ) -> Result<ServiceCap, Error> {
-        let inner = &self.inner;
-        let mut call = SERVICE.key(inner.keys.script_keys());
-        call.arg(quota.quota_used)
-            .arg(quota.rejection_threshold)
-            .arg(quota.throttle_threshold.max(0))
-            .arg(u8::from(steering.use_throttle))
-            .arg(steering.margin)
-            .arg(ms(steering.ttl))
-            .arg(inner.settings.initial_limit)
-            .arg(u8::from(rejected))
-            .arg(ms(age));
-        let capped: ServiceCap = inner.call(&call).await?;
-        inner.limit_seen.store(capped.limit_in_force, Ordering::SeqCst);
-        let before = inner.service_cap_seen.swap(capped.cap, Ordering::SeqCst);
-        if before != capped.cap {
-            tracing::info!(
-                cap = capped.cap,
-                was = before,
-                service_limit = quota.rejection_threshold,
-                service_count = quota.quota_used,
-                others = capped.others,
-                leases = capped.in_use,
-                limit_in_force = capped.limit_in_force,
-                "the query service's numbers cap the slot limit"
-            );
-        }
-        Ok(capped)
-    }
-
-    /// Adds one worker's query answers to the fleet's adaptive window; the first report after the
-    /// window ends closes it and moves the multiplier (`lua/slots_adaptive.lua`).
-    pub async fn report_answers(&self, answers: SignalCounts, settings: &AdaptiveSettings) -> Result<AdaptiveReport, Error> {
-        let inner = &self.inner;
-        let mut call = ADAPTIVE.key(inner.keys.script_keys());
-        call.arg(answers.ok + answers.throttled)
-            .arg(answers.rate_limited)
-            .arg(answers.throttled)
-            .arg(ms(settings.window))
-            .arg(settings.high_429_ratio)
-            .arg(settings.increase_step_pct)
-            .arg(settings.decrease_step_pct)
-            .arg(settings.min_multiplier)
-            .arg(settings.max_multiplier)
-            .arg(u8::from(settings.use_throttle_signal))
-            .arg(ADAPTIVE_MIN_SAMPLES)
-            .arg(inner.settings.initial_limit);
-        let report: AdaptiveReport = inner.call(&call).await?;
-        inner.limit_seen.store(report.limit_in_force, Ordering::SeqCst);
-        Ok(report)
-    }
-
-    /// Sets the fleet's multiplier by hand (`projectorctl adaptive set`); adaptation, if enabled,
-    /// moves on from it at the next window.
-    pub async fn set_multiplier(&self, multiplier: f64) -> Result<(), Error> {
-        let _: () = redis::cmd("HSET")
-            .arg(self.inner.keys.adaptive())
-            .arg("multiplier")
-            .arg(format!("{multiplier:.6}"))
-            .query_async(&mut self.inner.conn.clone())
-            .await
-            .map_err(|e| self.inner.unavailable(e))?;
-        Ok(())
-    }
-
-    /// The last adaptive window the fleet closed, if any.
-    pub async fn last_adaptive_window(&self) -> Result<Option<AdaptiveWindow>, Error> {
-        let mut conn = self.inner.conn.clone();
-        let (fields, (secs, micros)): (std::collections::HashMap<String, String>, (u64, u64)) = redis::pipe()
-            .hgetall(self.inner.keys.adaptive())
-            .cmd("TIME")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.inner.unavailable(e))?;
-        let num = |k: &str| fields.get(k).and_then(|v| v.parse::<u64>().ok());
-        Ok(num("last_closed_ms").map(|closed| AdaptiveWindow {
-            closed_ms_ago: (secs * 1000 + micros / 1000).saturating_sub(closed),
-            windows_closed: num("windows").unwrap_or(0),
-            ok: num("last_ok").unwrap_or(0),
-            rate_limited: num("last_r429").unwrap_or(0),
-            throttled: num("last_throttled").unwrap_or(0),
-            signal: fields.get("last_signal").cloned().unwrap_or_default(),
-        }))
-    }
-
-    /// Forgets the multiplier and its window: the limit in force is the stored limit again.
-    pub async fn reset_multiplier(&self) -> Result<bool, Error> {
-        let removed: u8 = redis::cmd("DEL")
-            .arg(self.inner.keys.adaptive())
-            .query_async(&mut self.inner.conn.clone())
-            .await
-            .map_err(|e| self.inner.unavailable(e))?;
-        Ok(removed == 1)
-    }
-
-    /// Every key of this limiter that exists now (for tests and `projectorctl`).
-    pub async fn existing_keys(&self) -> Result<Vec<String>, Error> {
-        let mut conn = self.inner.conn.clone();
-        let pattern = format!("{}*", self.inner.keys.limit().trim_end_matches("limit"));
-        let mut keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(&mut conn).await.map_err(|e| self.inner.unavailable(e))?;
-        keys.sort();
-        Ok(keys)
     }
 
     /// Waits at most `within` for this limiter's background work (renewals, release retries,
@@ -450,7 +205,7 @@ impl RedisSlotLimiter {
                 }
                 Err(e) if (pooled || is_transient(&e)) && !retried => {
                     tracing::debug!(error = %e, pooled, "slot wait connection failed; retrying on a fresh one");
-                    inner.blocking.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    inner.blocking.clear();
                     retried = true;
                 }
                 Err(e) => return Err(inner.unavailable(e)),
@@ -513,30 +268,6 @@ impl Inner {
             }
             tokio::time::sleep(pause).await;
         }
-    }
-
-    /// A connection for one `BLPOP`, and whether it came from the pool (it may have gone stale).
-    async fn blocking_connection(&self) -> Result<(RedisConn, bool), Error> {
-        let pooled = self.blocking.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        if let Some(conn) = pooled {
-            return Ok((conn, true));
-        }
-        // BLPOP holds the connection for up to `recheck`; the response timeout must outlast it.
-        let connect = projector_redis::redis_conn::dedicated_connection(
-            &self.endpoint,
-            &self.client,
-            self.settings.round_trip_budget,
-            self.settings.recheck * 2 + self.settings.round_trip_budget,
-        );
-        match tokio::time::timeout(self.settings.round_trip_budget, connect).await {
-            Ok(Ok(conn)) => Ok((conn, false)),
-            Ok(Err(e)) => Err(self.unavailable(e)),
-            Err(_) => Err(Error::SlotBackendUnavailable { detail: "connecting for a slot wait timed out".to_owned() }),
-        }
-    }
-
-    fn return_blocking(&self, conn: RedisConn) {
-        self.blocking.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
     }
 }
 
