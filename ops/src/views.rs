@@ -16,6 +16,41 @@ use projector_shared::trail::Step;
 use projector_shared::{OrgId, RunId};
 use serde_json::{Value, json};
 
+/// What a read command shows: one set of facts, as JSON (`--json`, the page, `/api/…`) and as
+/// text for a terminal. The page takes the JSON as it is built, never parsed back from text.
+#[derive(Debug, Clone)]
+pub struct View {
+    json: Value,
+    text: String,
+}
+
+impl View {
+    pub fn new(json: Value, text: String) -> Self {
+        View { json, text }
+    }
+
+    pub fn into_json(self) -> Value {
+        self.json
+    }
+}
+
+impl serde::Serialize for View {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.json.serialize(serializer)
+    }
+}
+
+impl std::fmt::Display for View {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// The one way a view is printed: its JSON on one line with `--json`, else its text.
+pub fn render(view: &View, json: bool) -> String {
+    if json { format!("{}\n", view.json) } else { view.to_string() }
+}
+
 use crate::connection;
 
 fn worker_json(w: &WorkerEntry) -> Value {
@@ -28,13 +63,11 @@ fn worker_json(w: &WorkerEntry) -> Value {
 }
 
 /// `projectorctl workers`.
-pub async fn workers(config: &Config, as_json: bool) -> anyhow::Result<String> {
+pub async fn workers(config: &Config) -> anyhow::Result<View> {
     let conn = connection(config)?;
     let list =
         heartbeat::workers(&conn).await.with_context(|| format!("reading workers from {}", Endpoint::from(&config.redis).redacted()))?;
-    if as_json {
-        return Ok(format!("{}\n", json!({"alive": list.len(), "workers": list.iter().map(worker_json).collect::<Vec<_>>()})));
-    }
+    let value = json!({"alive": list.len(), "workers": list.iter().map(worker_json).collect::<Vec<_>>()});
     let mut out = format!("{} worker(s) alive (beat within {} s)\n", list.len(), heartbeat::ALIVE_WITHIN.as_secs());
     for w in &list {
         match &w.registration {
@@ -53,7 +86,7 @@ pub async fn workers(config: &Config, as_json: bool) -> anyhow::Result<String> {
             }
         }
     }
-    Ok(out)
+    Ok(View::new(value, out))
 }
 
 fn outcomes_json(counts: &[(Outcome, u64)]) -> Value {
@@ -83,15 +116,14 @@ fn run_json(run: &RunOverview, now: DateTime<Utc>) -> Value {
 }
 
 /// `projectorctl runs list`.
-pub async fn runs_list(config: &Config, limit: usize, as_json: bool) -> anyhow::Result<String> {
+pub async fn runs_list(config: &Config, limit: usize) -> anyhow::Result<View> {
     let records = RunRecords::for_config(connection(config)?, &config.runs);
     let runs = records.recent(limit).await?;
     let now = Utc::now();
-    if as_json {
-        return Ok(format!("{}\n", json!({"runs": runs.iter().map(|r| run_json(r, now)).collect::<Vec<_>>()})));
-    }
+    let value = json!({"runs": runs.iter().map(|r| run_json(r, now)).collect::<Vec<_>>()});
     if runs.is_empty() {
-        return Ok(format!("no runs recorded in {} (records are kept runs.retention)\n", Endpoint::from(&config.redis).redacted()));
+        let text = format!("no runs recorded in {} (records are kept runs.retention)\n", Endpoint::from(&config.redis).redacted());
+        return Ok(View::new(value, text));
     }
     let mut out = format!("{:<36} {:<20} {:>8} {:>10} {:>9} {:>8}  state\n", "run", "tick", "orgs", "completed", "other", "seconds");
     for r in &runs {
@@ -108,7 +140,7 @@ pub async fn runs_list(config: &Config, limit: usize, as_json: bool) -> anyhow::
             r.skipped.as_ref().map_or_else(|| r.state().as_str().to_owned(), |why| format!("skipped: {why}"))
         );
     }
-    Ok(out)
+    Ok(View::new(value, out))
 }
 
 /// A run or an org that is not there: the page answers it with 404, other failures with 503.
@@ -231,14 +263,12 @@ pub enum Listed {
     All,
 }
 
-pub async fn runs_show(config: &Config, run_id: &str, listed: Listed, as_json: bool) -> anyhow::Result<String> {
+pub async fn runs_show(config: &Config, run_id: &str, listed: Listed) -> anyhow::Result<View> {
     let records = RunRecords::for_config(connection(config)?, &config.runs);
     let run_id = RunId(run_id.to_owned());
     let detail = run_detail(config, &records, &run_id, listed).await?;
     let now = Utc::now();
-    if as_json {
-        return Ok(format!("{}\n", run_detail_json(&detail, now)));
-    }
+    let value = run_detail_json(&detail, now);
     let run = &detail.run;
     let mut out = format!("run {} ({}): {} of {} orgs accounted for", run.run_id, run.state().as_str(), run.accounted(), run.orgs_total);
     if run.retried > 0 {
@@ -289,7 +319,7 @@ pub async fn runs_show(config: &Config, run_id: &str, listed: Listed, as_json: b
         let line = points.iter().map(|(ms, n)| format!("{:.1}s:{n}", *ms as f64 / 1000.0)).collect::<Vec<_>>().join(" ");
         let _ = writeln!(out, "progress (accounted after the tick): {line}");
     }
-    Ok(out)
+    Ok(View::new(value, out))
 }
 
 /// Where an org under way is, as the slots see it.
@@ -312,7 +342,7 @@ async fn slot_state_of(config: &Config, org: u64) -> anyhow::Result<SlotStateOf>
 }
 
 /// `projectorctl explain <run> <org>`: everything recorded about one org in one run, in order.
-pub async fn explain(config: &Config, run_id: &str, org: u64, as_json: bool) -> anyhow::Result<String> {
+pub async fn explain(config: &Config, run_id: &str, org: u64) -> anyhow::Result<View> {
     let records = RunRecords::for_config(connection(config)?, &config.runs);
     let run_id = RunId(run_id.to_owned());
     let run = run_record(config, &records, &run_id).await?;
@@ -324,19 +354,16 @@ pub async fn explain(config: &Config, run_id: &str, org: u64, as_json: bool) -> 
         Some(_) => None,
         None => Some(slot_state_of(config, org).await?),
     };
-    if as_json {
-        let value = json!({
-            "run_id": run_id.0, "org_id": org, "outcome": record.outcome.map(Outcome::as_str), "attempt": record.attempt,
-            "now": now_at.as_ref().map(|n| json!({"holding_slot": n.holding, "waiting_for_slot": n.waiting})),
-            // The stored lines leave out attempt 0; the JSON always names it.
-            "attempts": record.trail.iter().map(|t| {
-                let mut v = serde_json::to_value(t).unwrap_or(Value::Null);
-                v["attempt"] = json!(t.attempt.attempt);
-                v
-            }).collect::<Vec<_>>(),
-        });
-        return Ok(format!("{value}\n"));
-    }
+    let value = json!({
+        "run_id": run_id.0, "org_id": org, "outcome": record.outcome.map(Outcome::as_str), "attempt": record.attempt,
+        "now": now_at.as_ref().map(|n| json!({"holding_slot": n.holding, "waiting_for_slot": n.waiting})),
+        // The stored lines leave out attempt 0; the JSON always names it.
+        "attempts": record.trail.iter().map(|t| {
+            let mut v = serde_json::to_value(t).unwrap_or(Value::Null);
+            v["attempt"] = json!(t.attempt.attempt);
+            v
+        }).collect::<Vec<_>>(),
+    });
     let mut out = format!("org {org} in run {run_id}");
     if let Some(tick) = run.tick {
         let _ = write!(out, " (tick {})", tick.to_rfc3339());
@@ -375,7 +402,7 @@ pub async fn explain(config: &Config, run_id: &str, org: u64, as_json: bool) -> 
             }
         }
     }
-    Ok(out)
+    Ok(View::new(value, out))
 }
 
 /// The query service's numbers as the worker that heard them last reports them, with how long
@@ -539,7 +566,7 @@ fn history_line(history: &SlotHistory) -> String {
 }
 
 /// `projectorctl status`: everything an operator looks at first, read in one pass.
-pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<String> {
+pub async fn status(config: &Config) -> anyhow::Result<View> {
     let redis = Endpoint::from(&config.redis).redacted();
     let conn = connection(config)?;
     let limiter = crate::slot_limiter(config)?;
@@ -586,9 +613,6 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<String> {
             "allow": rollout.allow.iter().map(|o| o.0).collect::<Vec<_>>(), "deny": rollout.deny.iter().map(|o| o.0).collect::<Vec<_>>(),
         },
     });
-    if as_json {
-        return Ok(format!("{value}\n"));
-    }
     let mut out = String::new();
     let _ = writeln!(out, "redis        {redis}");
     if let Some(p) = &pause {
@@ -613,5 +637,5 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<String> {
     }
     let _ = writeln!(out, "latest run   {}", latest_run_line(latest.as_ref(), now));
     let _ = writeln!(out, "rollout      {}", rollout_line(&rollout));
-    Ok(out)
+    Ok(View::new(value, out))
 }

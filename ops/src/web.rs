@@ -6,11 +6,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use axum::{Json, Router};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use projector_config::Config;
 use projector_shared::RunId;
@@ -84,32 +84,24 @@ impl IntoResponse for Failure {
     }
 }
 
-fn parse(text: &str) -> Result<Value, Failure> {
-    serde_json::from_str(text).map_err(|e| Failure(anyhow::anyhow!("unreadable view: {e}")))
-}
-
-fn json_response(text: String) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], text).into_response()
-}
-
 async fn api_status(State(site): Shared) -> Result<Response, Failure> {
-    Ok(json_response(views::status(&site.config, true).await?))
+    Ok(Json(views::status(&site.config).await?).into_response())
 }
 
 async fn api_runs(State(site): Shared) -> Result<Response, Failure> {
-    Ok(json_response(views::runs_list(&site.config, 20, true).await?))
+    Ok(Json(views::runs_list(&site.config, 20).await?).into_response())
 }
 
 async fn api_run(State(site): Shared, Path(run): Path<String>) -> Result<Response, Failure> {
-    Ok(json_response(views::runs_show(&site.config, &run, views::Listed::First, true).await?))
+    Ok(Json(views::runs_show(&site.config, &run, views::Listed::First).await?).into_response())
 }
 
 async fn api_org(State(site): Shared, Path((run, org)): Path<(String, u64)>) -> Result<Response, Failure> {
-    Ok(json_response(views::explain(&site.config, &run, org, true).await?))
+    Ok(Json(views::explain(&site.config, &run, org).await?).into_response())
 }
 
 async fn api_workers(State(site): Shared) -> Result<Response, Failure> {
-    Ok(json_response(views::workers(&site.config, true).await?))
+    Ok(Json(views::workers(&site.config).await?).into_response())
 }
 
 /// The page around every view: title, navigation, style and the refresh script.
@@ -264,14 +256,14 @@ fn token_form(action: &str, label: &str, extra: Markup) -> Markup {
 }
 
 async fn home(State(site): Shared) -> Result<Markup, Failure> {
-    let status = parse(&views::status(&site.config, true).await?)?;
-    let runs = parse(&views::runs_list(&site.config, 20, true).await?)?;
-    let workers = parse(&views::workers(&site.config, true).await?)?;
+    let status = views::status(&site.config).await?.into_json();
+    let runs = views::runs_list(&site.config, 20).await?.into_json();
+    let workers = views::workers(&site.config).await?.into_json();
     let f = |path: &str| field(path, at(&status, path));
     let run = &status["run"];
     // The latest run's progress against its deadline, drawn under the table.
     let latest = match run["run_id"].as_str() {
-        Some(id) => Some(parse(&views::runs_show(&site.config, id, views::Listed::First, true).await?)?),
+        Some(id) => Some(views::runs_show(&site.config, id, views::Listed::First).await?.into_json()),
         None => None,
     };
     let body = html! {
@@ -383,7 +375,7 @@ fn workers_table(workers: &Value) -> Markup {
 }
 
 async fn run_page(State(site): Shared, Path(run): Path<String>) -> Result<Markup, Failure> {
-    let detail = parse(&views::runs_show(&site.config, &run, views::Listed::First, true).await?)?;
+    let detail = views::runs_show(&site.config, &run, views::Listed::First).await?.into_json();
     let running = detail["state"].as_str().is_some_and(|s| s == "running" || s == "fanning out");
     let body = html! {
         h2 { "Run " span data-field="run_id" { (run) } }
@@ -435,7 +427,7 @@ async fn run_page(State(site): Shared, Path(run): Path<String>) -> Result<Markup
 }
 
 async fn org_page(State(site): Shared, Path((run, org)): Path<(String, u64)>) -> Result<Markup, Failure> {
-    let text = views::explain(&site.config, &run, org, false).await?;
+    let text = views::explain(&site.config, &run, org).await?.to_string();
     let body = html! {
         h2 { "Org " (org) " in run " a href={ "/runs/" (run) } { (run) } }
         pre #explain { (text) }

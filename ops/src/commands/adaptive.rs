@@ -8,6 +8,7 @@ use projector_config::Config;
 use projector_shared::redis_conn::Endpoint;
 
 use super::slot_limiter;
+use crate::views::View;
 
 #[derive(Debug, Subcommand)]
 pub enum AdaptiveAction {
@@ -21,11 +22,11 @@ pub enum AdaptiveAction {
     Reset {},
 }
 
-pub async fn run(config: &Config, action: AdaptiveAction, json: bool) -> anyhow::Result<String> {
+pub async fn run(config: &Config, action: AdaptiveAction) -> anyhow::Result<View> {
     let slots = slot_limiter(config)?;
     let redis = Endpoint::from(&config.redis).redacted();
-    let (json, note) = match action {
-        AdaptiveAction::Show { .. } => (json, String::new()),
+    let note = match action {
+        AdaptiveAction::Show { .. } => String::new(),
         AdaptiveAction::Set { multiplier, .. } => {
             let (min, max) = (config.adaptive.min_multiplier, config.adaptive.max_multiplier);
             anyhow::ensure!(
@@ -33,26 +34,23 @@ pub async fn run(config: &Config, action: AdaptiveAction, json: bool) -> anyhow:
                 "refusing multiplier {multiplier}: outside [adaptive.min_multiplier {min}, adaptive.max_multiplier {max}]"
             );
             slots.set_multiplier(multiplier).await.with_context(|| format!("setting the multiplier in {redis}"))?;
-            (json, format!("multiplier set to {multiplier} for every worker\n"))
+            format!("multiplier set to {multiplier} for every worker\n")
         }
         AdaptiveAction::Reset { .. } => {
             let removed = slots.reset_multiplier().await.with_context(|| format!("resetting the multiplier in {redis}"))?;
-            (json, format!("{}\n", if removed { "multiplier and window removed" } else { "no multiplier was stored" }))
+            format!("{}\n", if removed { "multiplier and window removed" } else { "no multiplier was stored" })
         }
     };
     let now = slots.occupancy_now().await.with_context(|| format!("reading the slots in {redis}"))?;
     let last = slots.last_adaptive_window().await?;
-    if json {
-        let value = serde_json::json!({
-            "multiplier": now.multiplier,
-            "stored_limit": now.limit,
-            "limit_in_force": now.in_force,
-            "in_use": now.in_use,
-            "enabled_here": config.adaptive.enabled,
-            "last_window": last,
-        });
-        return Ok(format!("{value}\n"));
-    }
+    let value = serde_json::json!({
+        "multiplier": now.multiplier,
+        "stored_limit": now.limit,
+        "limit_in_force": now.in_force,
+        "in_use": now.in_use,
+        "enabled_here": config.adaptive.enabled,
+        "last_window": last,
+    });
     let mut out = note;
     let _ = writeln!(out, "adaptive multiplier: {}", now.multiplier);
     let _ = writeln!(
@@ -78,5 +76,5 @@ pub async fn run(config: &Config, action: AdaptiveAction, json: bool) -> anyhow:
             let _ = writeln!(out, "no window closed yet (adaptive.enabled on the workers: is it on?)");
         }
     }
-    Ok(out)
+    Ok(View::new(value, out))
 }

@@ -1,5 +1,6 @@
 //! `projectorctl db`: the PostgreSQL projection store's migrations.
 
+use crate::views::View;
 use clap::Subcommand;
 use projector_config::Config;
 
@@ -17,31 +18,28 @@ pub enum DbAction {
 }
 
 /// `projectorctl db migrate|status`.
-pub async fn run(config: &Config, action: DbAction, json: bool) -> anyhow::Result<String> {
+pub async fn run(config: &Config, action: DbAction) -> anyhow::Result<View> {
     let url = config.sink.postgres_url.as_deref().ok_or_else(|| {
         anyhow::anyhow!(
             "sink.postgres_url is not set: pass --set sink.postgres_url=postgresql://user@host/db or PROJECTOR_SINK_POSTGRES_URL"
         )
     })?;
     let store = projector_postgres::Store::new(url, 1)?;
-    let (applied, json) = match action {
-        DbAction::Migrate { .. } => (Some(store.migrate().await?), json),
-        DbAction::Status { .. } => (None, json),
+    let applied = match action {
+        DbAction::Migrate { .. } => Some(store.migrate().await?),
+        DbAction::Status { .. } => None,
     };
     let states = store.migration_states().await?;
     let pending = states.iter().filter(|m| m.applied_at.is_none()).count();
-    if json {
-        let mut value = serde_json::json!({
-            "store": store.target(),
-            "migrations": states.iter().map(|m| serde_json::json!({
-                "version": m.version, "name": m.name, "applied_at": m.applied_at.map(|t| t.to_rfc3339()),
-            })).collect::<Vec<_>>(),
-            "pending": pending,
-        });
-        if let Some(applied) = &applied {
-            value["applied"] = applied.iter().map(|m| serde_json::json!({"version": m.version, "name": m.name})).collect();
-        }
-        return Ok(format!("{value}\n"));
+    let mut value = serde_json::json!({
+        "store": store.target(),
+        "migrations": states.iter().map(|m| serde_json::json!({
+            "version": m.version, "name": m.name, "applied_at": m.applied_at.map(|t| t.to_rfc3339()),
+        })).collect::<Vec<_>>(),
+        "pending": pending,
+    });
+    if let Some(applied) = &applied {
+        value["applied"] = applied.iter().map(|m| serde_json::json!({"version": m.version, "name": m.name})).collect();
     }
     let mut out = format!("store: {}\n", store.target());
     for m in &states {
@@ -54,5 +52,5 @@ pub async fn run(config: &Config, action: DbAction, json: bool) -> anyhow::Resul
         None if pending > 0 => out.push_str(&format!("{pending} pending: run `projectorctl db migrate`\n")),
         None => out.push_str("the schema is current\n"),
     }
-    Ok(out)
+    Ok(View::new(value, out))
 }

@@ -8,6 +8,7 @@ use projector_shared::OrgId;
 use projector_shared::rollout::{RATE_LIMIT_FLAG, Rollout};
 
 use super::{confirm, connection};
+use crate::views::View;
 
 #[derive(Debug, Subcommand)]
 pub enum FlagAction {
@@ -44,11 +45,11 @@ pub enum FlagAction {
     Clear {},
 }
 
-pub async fn run(config: &Config, action: FlagAction, json: bool) -> anyhow::Result<String> {
+pub async fn run(config: &Config, action: FlagAction) -> anyhow::Result<View> {
     let mut conn = connection(config)?;
     let mut rollout = Rollout::load(&mut conn).await?;
-    let (sample, json) = match action {
-        FlagAction::Show { sample, .. } => (sample, json),
+    let sample = match action {
+        FlagAction::Show { sample, .. } => sample,
         FlagAction::Set { enabled, percentage, allow, deny, yes } => {
             let before = rollout.clone();
             rollout.enabled = enabled.or(rollout.enabled);
@@ -61,23 +62,20 @@ pub async fn run(config: &Config, action: FlagAction, json: bool) -> anyhow::Res
             }
             confirm_fewer_limited(&before, &rollout, yes)?;
             rollout.save(&mut conn).await?;
-            (1000, json)
+            1000
         }
         FlagAction::Clear { .. } => {
             rollout = Rollout::default();
             let _: () = redis::cmd("DEL").arg(projector_shared::keys::flag(RATE_LIMIT_FLAG)).query_async(&mut conn).await?;
-            (1000, json)
+            1000
         }
     };
     let limited = limited_of(&rollout, sample);
-    if json {
-        let value = serde_json::json!({
-            "flag": RATE_LIMIT_FLAG, "enabled": rollout.enabled, "percentage": rollout.percentage,
-            "allow": rollout.allow.iter().map(|o| o.0).collect::<Vec<_>>(), "deny": rollout.deny.iter().map(|o| o.0).collect::<Vec<_>>(),
-            "sample": sample, "limited": limited, "legacy": sample as usize - limited,
-        });
-        return Ok(format!("{value}\n"));
-    }
+    let value = serde_json::json!({
+        "flag": RATE_LIMIT_FLAG, "enabled": rollout.enabled, "percentage": rollout.percentage,
+        "allow": rollout.allow.iter().map(|o| o.0).collect::<Vec<_>>(), "deny": rollout.deny.iter().map(|o| o.0).collect::<Vec<_>>(),
+        "sample": sample, "limited": limited, "legacy": sample as usize - limited,
+    });
     let show = |v: Option<String>| v.unwrap_or_else(|| "unset".to_owned());
     let mut out = String::new();
     let _ = writeln!(out, "{RATE_LIMIT_FLAG}");
@@ -86,7 +84,7 @@ pub async fn run(config: &Config, action: FlagAction, json: bool) -> anyhow::Res
     let _ = writeln!(out, "  allow: {:?}", rollout.allow.iter().map(|o| o.0).collect::<Vec<_>>());
     let _ = writeln!(out, "  deny: {:?}", rollout.deny.iter().map(|o| o.0).collect::<Vec<_>>());
     let _ = writeln!(out, "  of orgs 1..={sample}: {limited} limited (slot first), {} legacy", sample as usize - limited);
-    Ok(out)
+    Ok(View::new(value, out))
 }
 
 /// Orgs of 1..=`sample` on the limited path under a flag.

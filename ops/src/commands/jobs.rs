@@ -8,6 +8,7 @@ use projector_config::Config;
 use projector_shared::redis_conn::Endpoint;
 
 use super::connection;
+use crate::views::View;
 
 #[derive(Debug, Subcommand)]
 pub enum JobsAction {
@@ -47,38 +48,35 @@ pub enum JobsAction {
 }
 
 /// `projectorctl jobs dead|requeue|purge`.
-pub async fn run(config: &Config, action: JobsAction, json: bool) -> anyhow::Result<String> {
+pub async fn run(config: &Config, action: JobsAction) -> anyhow::Result<View> {
     let conn = connection(config)?;
     let redis = Endpoint::from(&config.redis).redacted();
     match action {
         JobsAction::Dead { limit, .. } => {
             let dead = projector_queue::dead_jobs(&conn, limit).await.with_context(|| format!("reading dead jobs from {redis}"))?;
-            if json {
-                let jobs: Vec<_> = dead.iter().map(|j| serde_json::json!({"id": j.id, "reason": j.reason, "sample": j.sample})).collect();
-                return Ok(format!("{}\n", serde_json::json!({"dead": dead.len(), "jobs": jobs})));
-            }
+            let jobs: Vec<_> = dead.iter().map(|j| serde_json::json!({"id": j.id, "reason": j.reason, "sample": j.sample})).collect();
+            let value = serde_json::json!({"dead": dead.len(), "jobs": jobs});
             let mut out = format!("{} dead job(s)\n", dead.len());
             for j in &dead {
                 let _ =
                     writeln!(out, "  {}  {}\n      payload: {}", j.id, j.reason, if j.sample.is_empty() { "(none)" } else { &j.sample });
             }
-            Ok(out)
+            Ok(View::new(value, out))
         }
         JobsAction::Requeue { ids, .. } => {
             let changed = projector_queue::requeue_dead(&conn, &ids).await.with_context(|| format!("requeuing dead jobs in {redis}"))?;
             tracing::info!(requeued = changed.done, left_dead = changed.left, "dead jobs requeued");
-            Ok(if json {
-                format!("{}\n", serde_json::json!({"requeued": changed.done, "left_dead": changed.left}))
-            } else {
-                format!("requeued {}; {} left dead (payload not JSON: purge them)\n", changed.done, changed.left)
-            })
+            Ok(View::new(
+                serde_json::json!({"requeued": changed.done, "left_dead": changed.left}),
+                format!("requeued {}; {} left dead (payload not JSON: purge them)\n", changed.done, changed.left),
+            ))
         }
         JobsAction::Purge { ids, yes, .. } => {
             let what = if ids.is_empty() { "every dead job".to_owned() } else { format!("{} dead job(s)", ids.len()) };
             super::confirm(&format!("purging {what} deletes their payloads for good"), yes)?;
             let changed = projector_queue::purge_dead(&conn, &ids).await.with_context(|| format!("purging dead jobs in {redis}"))?;
             tracing::info!(purged = changed.done, "dead jobs purged");
-            Ok(if json { format!("{}\n", serde_json::json!({"purged": changed.done})) } else { format!("purged {}\n", changed.done) })
+            Ok(View::new(serde_json::json!({"purged": changed.done}), format!("purged {}\n", changed.done)))
         }
     }
 }

@@ -1,14 +1,13 @@
 //! `projectorctl`'s commands: the command tree, one file per command group, and the dispatch.
 
 use projector_config::Config;
-use projector_process::telemetry;
 use projector_shared::redis_conn::Endpoint;
 use projector_shared::slots::{RedisSlotLimiter, RedisSlotSettings};
 
 use anyhow::Context;
 use clap::Subcommand;
 
-use crate::{actions, views, web};
+use crate::{views, web};
 
 pub mod adaptive;
 pub mod db;
@@ -17,6 +16,7 @@ pub mod jobs;
 pub mod rate;
 pub mod runs;
 pub mod slots;
+pub mod status;
 
 use adaptive::AdaptiveAction;
 use db::DbAction;
@@ -135,44 +135,24 @@ pub async fn run(command: Command, config: Config, json: bool) -> anyhow::Result
             .await
             .with_context(|| format!("reaching Redis at {}", Endpoint::from(&config.redis).redacted()))?;
     }
-    match command {
-        Command::Slots { action } => slots::run(&config, action, json).await,
-        Command::Flag { action } => flag::run(&config, action, json).await,
-        Command::Run { run_id, .. } => views::runs_show(&config, &run_id, views::Listed::First, json).await,
-        Command::Runs { action } => runs::run(&config, action, json).await,
-        Command::Explain { run_id, org_id, .. } => views::explain(&config, &run_id, org_id, json).await,
-        Command::Serve { addr, allow_actions, .. } => web::serve(config, addr, allow_actions).await.map(|()| String::new()),
-        Command::Workers { .. } => views::workers(&config, json).await,
-        Command::Jobs { action } => jobs::run(&config, action, json).await,
-        Command::Pause { reason, .. } => {
-            let pause = actions::pause(&connection(&config)?, &reason).await?;
-            Ok(if json {
-                format!("{}\n", serde_json::json!({"paused": true, "reason": pause.reason, "since_ms": pause.since_ms}))
-            } else {
-                format!("fleet paused ({}): workers take no new jobs within a second; `projectorctl resume` ends it\n", pause.reason)
-            })
-        }
-        Command::Resume { .. } => {
-            let was = actions::resume(&connection(&config)?).await?;
-            Ok(if json {
-                format!("{}\n", serde_json::json!({"paused": false, "was_paused": was}))
-            } else if was {
-                "fleet resumed: workers take jobs again within a second\n".to_owned()
-            } else {
-                "the fleet was not paused\n".to_owned()
-            })
-        }
-        Command::Status { watch: None, .. } => views::status(&config, json).await,
-        Command::Status { watch: Some(every), .. } => loop {
-            let screen = views::status(&config, json).await?;
-            // Clear the screen and home the cursor, then draw; Ctrl-C ends it.
-            telemetry::print(&if json { screen } else { format!("\x1b[2J\x1b[H{screen}") });
-            tokio::time::sleep(every).await;
-        },
-        Command::Rate { action } => rate::run(&config, action, json).await,
-        Command::Adaptive { action } => adaptive::run(&config, action, json).await,
-        Command::Db { action } => db::run(&config, action, json).await,
-    }
+    let view = match command {
+        Command::Slots { action } => slots::run(&config, action).await?,
+        Command::Flag { action } => flag::run(&config, action).await?,
+        Command::Run { run_id, .. } => views::runs_show(&config, &run_id, views::Listed::First).await?,
+        Command::Runs { action } => runs::run(&config, action).await?,
+        Command::Explain { run_id, org_id, .. } => views::explain(&config, &run_id, org_id).await?,
+        Command::Serve { addr, allow_actions, .. } => return web::serve(config, addr, allow_actions).await.map(|()| String::new()),
+        Command::Workers { .. } => views::workers(&config).await?,
+        Command::Jobs { action } => jobs::run(&config, action).await?,
+        Command::Pause { reason, .. } => status::pause(&config, &reason).await?,
+        Command::Resume { .. } => status::resume(&config).await?,
+        Command::Status { watch: None, .. } => views::status(&config).await?,
+        Command::Status { watch: Some(every), .. } => return status::watch(&config, every, json).await,
+        Command::Rate { action } => rate::run(&config, action).await?,
+        Command::Adaptive { action } => adaptive::run(&config, action).await?,
+        Command::Db { action } => db::run(&config, action).await?,
+    };
+    Ok(views::render(&view, json))
 }
 
 /// The fleet's slot limiter, as configured.

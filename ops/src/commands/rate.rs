@@ -7,6 +7,7 @@ use projector_config::Config;
 use projector_shared::rate::{RatePolicy, RedisRateLimiter, store};
 
 use super::{connection, slot_limiter};
+use crate::views::View;
 
 #[derive(Debug, Subcommand)]
 pub enum RateAction {
@@ -44,7 +45,7 @@ pub enum RateAction {
 }
 
 /// The policy in force now for query.referrer, with its live state, as text or one JSON object.
-async fn rate_report(config: &Config, conn: &projector_shared::redis_conn::RedisConn, json: bool) -> anyhow::Result<String> {
+async fn rate_report(config: &Config, conn: &projector_shared::redis_conn::RedisConn, note: &str) -> anyhow::Result<View> {
     let referrer = &config.query.referrer;
     let changes = store::runtime_changes(conn, referrer).await?;
     let rate = config
@@ -57,23 +58,20 @@ async fn rate_report(config: &Config, conn: &projector_shared::redis_conn::Redis
     // This command's own view is its configuration plus the runtime change; the workers say what
     // they actually run, and that is what answers "why were my orgs refused".
     let fleet = crate::views::FleetSettings::of(&projector_shared::heartbeat::workers(conn).await?);
-    if json {
-        let value = serde_json::json!({
-            "fleet": fleet.to_json(),
-            "referrer": referrer,
-            "rates": policy.describe(),
-            "mode": policy.mode_name(),
-            "burst": policy.burst,
-            "max_delay_ms": policy.max_delay.as_millis() as u64,
-            "start_jitter_ms": policy.start_jitter.as_millis() as u64,
-            "enforce": rate.enforce,
-            "cooldown_after_429_ms": rate.cooldown_after_429.as_millis() as u64,
-            "runtime_changes": changes.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
-            "adaptive_multiplier": multiplier,
-            "live": live,
-        });
-        return Ok(format!("{value}\n"));
-    }
+    let value = serde_json::json!({
+        "fleet": fleet.to_json(),
+        "referrer": referrer,
+        "rates": policy.describe(),
+        "mode": policy.mode_name(),
+        "burst": policy.burst,
+        "max_delay_ms": policy.max_delay.as_millis() as u64,
+        "start_jitter_ms": policy.start_jitter.as_millis() as u64,
+        "enforce": rate.enforce,
+        "cooldown_after_429_ms": rate.cooldown_after_429.as_millis() as u64,
+        "runtime_changes": changes.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+        "adaptive_multiplier": multiplier,
+        "live": live,
+    });
     let mut out = String::new();
     let source = if changes.is_empty() { "configuration" } else { "runtime change in Redis (`projectorctl rate reset` hands it back)" };
     let rates = if policy.windows.is_empty() { "none".to_owned() } else { policy.describe() };
@@ -119,14 +117,15 @@ async fn rate_report(config: &Config, conn: &projector_shared::redis_conn::Redis
     for warning in fleet.warnings() {
         let _ = writeln!(out, "WARNING {warning}");
     }
-    Ok(out)
+    out.push_str(note);
+    Ok(View::new(value, out))
 }
 
-pub async fn run(config: &Config, action: RateAction, json: bool) -> anyhow::Result<String> {
+pub async fn run(config: &Config, action: RateAction) -> anyhow::Result<View> {
     let conn = connection(config)?;
     let referrer = &config.query.referrer;
     match action {
-        RateAction::Show { .. } => rate_report(config, &conn, json).await,
+        RateAction::Show { .. } => rate_report(config, &conn, "").await,
         RateAction::Set { rates, max_delay, mode, burst, start_jitter, enforce, cooldown_after_429, .. } => {
             let given = [
                 ("rates", rates),
@@ -147,24 +146,16 @@ pub async fn run(config: &Config, action: RateAction, json: bool) -> anyhow::Res
             all.extend(changes.iter().cloned());
             config.rate_policy_with(referrer, &all).map_err(|problems| anyhow::anyhow!("refused: {}", problems.join("; ")))?;
             store::set_runtime_changes(&conn, referrer, &changes).await?;
-            let report = rate_report(config, &conn, json).await?;
-            Ok(if json { report } else { format!("{report}every worker applies it within worker.rollout_refresh\n") })
+            rate_report(config, &conn, "every worker applies it within worker.rollout_refresh\n").await
         }
         RateAction::Reset { .. } => {
             let removed = store::clear_runtime_changes(&conn, referrer).await?;
-            let report = rate_report(config, &conn, json).await?;
-            Ok(if json {
-                report
+            let note = if removed {
+                "runtime policy removed; workers go back to their [rate] configuration\n"
             } else {
-                format!(
-                    "{}\n{report}",
-                    if removed {
-                        "runtime policy removed; workers go back to their [rate] configuration"
-                    } else {
-                        "no runtime policy was stored"
-                    }
-                )
-            })
+                "no runtime policy was stored\n"
+            };
+            rate_report(config, &conn, note).await
         }
     }
 }

@@ -6,6 +6,7 @@ use projector_config::Config;
 use projector_shared::RunId;
 
 use super::connection;
+use crate::views::View;
 use crate::{actions, views};
 
 #[derive(Debug, Subcommand)]
@@ -55,11 +56,11 @@ pub enum RunsAction {
 }
 
 /// Runs one `runs` subcommand; returns what it prints.
-pub async fn run(config: &Config, action: RunsAction, json: bool) -> anyhow::Result<String> {
+pub async fn run(config: &Config, action: RunsAction) -> anyhow::Result<View> {
     match action {
-        RunsAction::List { limit, .. } => views::runs_list(config, limit, json).await,
+        RunsAction::List { limit, .. } => views::runs_list(config, limit).await,
         RunsAction::Show { run_id, all, .. } => {
-            views::runs_show(config, &run_id, if all { views::Listed::All } else { views::Listed::First }, json).await
+            views::runs_show(config, &run_id, if all { views::Listed::All } else { views::Listed::First }).await
         }
         RunsAction::Retry { run_id, outcomes, .. } => {
             let outcomes = match outcomes {
@@ -67,17 +68,14 @@ pub async fn run(config: &Config, action: RunsAction, json: bool) -> anyhow::Res
                 None => actions::RETRY_BY_DEFAULT.to_vec(),
             };
             let done = actions::retry(&connection(config)?, config, &RunId(run_id), &outcomes).await?;
-            Ok(if json {
-                format!("{}\n", serde_json::to_value(&done)?)
-            } else {
-                format!(
-                    "run {}: {} org(s) reopened for a follow-up attempt, {} job(s) enqueued; follow it with `projectorctl runs show {}`\n",
-                    done.run_id,
-                    done.reopened.len(),
-                    done.enqueued,
-                    done.run_id
-                )
-            })
+            let text = format!(
+                "run {}: {} org(s) reopened for a follow-up attempt, {} job(s) enqueued; follow it with `projectorctl runs show {}`\n",
+                done.run_id,
+                done.reopened.len(),
+                done.enqueued,
+                done.run_id
+            );
+            Ok(View::new(serde_json::to_value(&done)?, text))
         }
         RunsAction::Cancel { run_id, yes } => {
             super::confirm(
@@ -85,14 +83,11 @@ pub async fn run(config: &Config, action: RunsAction, json: bool) -> anyhow::Res
                 yes,
             )?;
             let done = actions::cancel(&connection(config)?, config, &RunId(run_id.clone())).await?;
-            Ok(if json {
-                format!("{}\n", serde_json::to_value(done)?)
-            } else {
-                format!(
-                    "run {run_id} cancelled: {} org(s) end as cancelled, {} job(s) removed from the queue; jobs already running finish\n",
-                    done.orgs_cancelled, done.jobs_removed
-                )
-            })
+            let text = format!(
+                "run {run_id} cancelled: {} org(s) end as cancelled, {} job(s) removed from the queue; jobs already running finish\n",
+                done.orgs_cancelled, done.jobs_removed
+            );
+            Ok(View::new(serde_json::to_value(done)?, text))
         }
     }
 }

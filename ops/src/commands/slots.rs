@@ -8,6 +8,7 @@ use projector_config::Config;
 use projector_shared::redis_conn::Endpoint;
 
 use super::slot_limiter;
+use crate::views::View;
 
 #[derive(Debug, Subcommand)]
 pub enum SlotAction {
@@ -53,12 +54,11 @@ pub enum SlotAction {
     },
 }
 
-pub async fn run(config: &Config, action: SlotAction, json: bool) -> anyhow::Result<String> {
+pub async fn run(config: &Config, action: SlotAction) -> anyhow::Result<View> {
     let limiter = slot_limiter(config)?;
     let redis = Endpoint::from(&config.redis).redacted();
-    let mut out = String::new();
     match action {
-        SlotAction::Inspect { all, .. } => return inspect(config, &limiter, all, json).await,
+        SlotAction::Inspect { all, .. } => inspect(config, &limiter, all).await,
         SlotAction::SetLimit { limit, from_config, force, .. } => {
             let limit = if from_config { config.slots.limit } else { limit.unwrap_or(config.slots.limit) };
             anyhow::ensure!(limit >= 1, "a limit of 0 would stop every query; use 1 or more");
@@ -72,24 +72,22 @@ pub async fn run(config: &Config, action: SlotAction, json: bool) -> anyhow::Res
                 tracing::warn!(limit, referrer_limit = ceiling, "slot limit set above the query service's per-referrer limit (--force)");
             }
             limiter.set_limit(limit).await.with_context(|| format!("setting the limit in {redis}"))?;
-            if json {
-                return Ok(format!("{}\n", serde_json::json!({"limit": limit})));
-            }
-            let _ = writeln!(
-                out,
-                "limit set to {limit} for every worker (stored in Redis; `projectorctl slots reset-limit` hands it back to config)"
-            );
+            Ok(View::new(
+                serde_json::json!({"limit": limit}),
+                format!(
+                    "limit set to {limit} for every worker (stored in Redis; `projectorctl slots reset-limit` hands it back to config)\n"
+                ),
+            ))
         }
         SlotAction::ResetLimit { .. } => {
             let removed = limiter.clear_limit().await.with_context(|| format!("resetting the limit in {redis}"))?;
-            if json {
-                return Ok(format!("{}\n", serde_json::json!({"removed": removed})));
-            }
-            let _ = writeln!(
-                out,
-                "{}; the next slot request stores its worker's slots.limit",
-                if removed { "stored limit removed" } else { "no limit was stored" }
-            );
+            Ok(View::new(
+                serde_json::json!({"removed": removed}),
+                format!(
+                    "{}; the next slot request stores its worker's slots.limit\n",
+                    if removed { "stored limit removed" } else { "no limit was stored" }
+                ),
+            ))
         }
         SlotAction::Reset { yes } => {
             let held = limiter.inspect().await.with_context(|| format!("reading slots from {redis}"))?;
@@ -100,40 +98,33 @@ pub async fn run(config: &Config, action: SlotAction, json: bool) -> anyhow::Res
             );
             super::confirm(&effect, yes)?;
             let dropped = limiter.reset().await.with_context(|| format!("resetting slots in {redis}"))?;
-            if json {
-                return Ok(format!("{}\n", serde_json::json!({"leases_dropped": dropped})));
-            }
-            let _ = writeln!(out, "dropped {dropped} leases and every waiter");
+            Ok(View::new(serde_json::json!({"leases_dropped": dropped}), format!("dropped {dropped} leases and every waiter\n")))
         }
     }
-    Ok(out)
 }
 
 /// `slots inspect`: the limit, holders and waiters (each listed with `--all`).
-async fn inspect(config: &Config, limiter: &projector_shared::slots::RedisSlotLimiter, all: bool, json: bool) -> anyhow::Result<String> {
+async fn inspect(config: &Config, limiter: &projector_shared::slots::RedisSlotLimiter, all: bool) -> anyhow::Result<View> {
     let redis = Endpoint::from(&config.redis).redacted();
     let mut out = String::new();
     let state = limiter.inspect().await.with_context(|| format!("reading slots from {redis}"))?;
     let oldest = state.holders.iter().map(|h| h.age).max();
-    if json {
-        let mut value = serde_json::json!({
-            "limit": state.limit, "configured": config.slots.limit, "holders": state.holders.len(),
-            "waiters": state.waiters.len(), "oldest_lease_age_ms": oldest.map(|a| a.as_millis() as u64),
-        });
-        if all {
-            value["holder_list"] = state
-                .holders
-                .iter()
-                .map(|h| {
-                    serde_json::json!({
-                        "lease_id": h.lease_id, "worker": h.process, "org_id": h.org_id, "fencing_token": h.fencing_token,
-                        "age_ms": h.age.as_millis() as u64, "expires_in_ms": h.expires_in.as_millis() as u64,
-                    })
+    let mut value = serde_json::json!({
+        "limit": state.limit, "configured": config.slots.limit, "holders": state.holders.len(),
+        "waiters": state.waiters.len(), "oldest_lease_age_ms": oldest.map(|a| a.as_millis() as u64),
+    });
+    if all {
+        value["holder_list"] = state
+            .holders
+            .iter()
+            .map(|h| {
+                serde_json::json!({
+                    "lease_id": h.lease_id, "worker": h.process, "org_id": h.org_id, "fencing_token": h.fencing_token,
+                    "age_ms": h.age.as_millis() as u64, "expires_in_ms": h.expires_in.as_millis() as u64,
                 })
-                .collect();
-            value["waiter_list"] = state.waiters.iter().map(|(id, info)| serde_json::json!({"id": id, "info": info})).collect();
-        }
-        return Ok(format!("{value}\n"));
+            })
+            .collect();
+        value["waiter_list"] = state.waiters.iter().map(|(id, info)| serde_json::json!({"id": id, "info": info})).collect();
     }
     match state.limit {
         Some(limit) => {
@@ -169,5 +160,5 @@ async fn inspect(config: &Config, limiter: &projector_shared::slots::RedisSlotLi
     for (position, (id, info)) in state.waiters.iter().enumerate().filter(|_| all) {
         let _ = writeln!(out, "  #{} {id}  {info}", position + 1);
     }
-    Ok(out)
+    Ok(View::new(value, out))
 }
