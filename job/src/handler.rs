@@ -13,7 +13,7 @@ use projector_shared::backoff::{Backoff, plus_jitter};
 use projector_shared::events::CancelWatch;
 use projector_shared::metrics as m;
 use projector_shared::redis_conn::RedisConn;
-use projector_shared::rollout::Rollout;
+use projector_shared::rollout::{Rollout, Route};
 use projector_shared::run::{Admission, Outcome, Recorded, RunLedger};
 use projector_shared::trail::{Attempt, Step, Why};
 use tokio::sync::RwLock;
@@ -32,9 +32,9 @@ pub enum Routing {
 
 impl Routing {
     /// The path `job` takes, and why.
-    async fn route(&self, job: &SpikeProjectionJob) -> (bool, String) {
+    async fn route(&self, job: &SpikeProjectionJob) -> Route {
         match self {
-            Routing::AllLimited => (true, "embedded run".to_owned()),
+            Routing::AllLimited => Route::Limited("embedded run".to_owned()),
             Routing::Flag(flag) => flag.route(job).await,
         }
     }
@@ -52,7 +52,7 @@ impl RolloutFlag {
         RolloutFlag { conn, cached: RwLock::new((None, Rollout::default())), refresh }
     }
 
-    async fn route(&self, job: &SpikeProjectionJob) -> (bool, String) {
+    async fn route(&self, job: &SpikeProjectionJob) -> Route {
         let fresh = |cached: &(Option<Instant>, Rollout)| cached.0.is_some_and(|at| at.elapsed() < self.refresh);
         {
             let cached = self.cached.read().await;
@@ -240,9 +240,13 @@ impl JobHandler {
                 tracing::warn!(error = %e, "cannot check the run record; running the job")
             }
         }
-        let (limited, why) = self.routing.route(job).await;
-        let mut ended = if limited { self.pipeline.run_checked(job, Some(self)).await } else { self.pipeline.process_unlimited(job).await };
-        ended.steps.insert(0, Step::Routed { limited, why });
+        let route = self.routing.route(job).await;
+        let mut ended = match &route {
+            Route::Limited(_) => self.pipeline.run_checked(job, Some(self)).await,
+            Route::Legacy(_) => self.pipeline.process_unlimited(job).await,
+        };
+        let limited = route.is_limited();
+        ended.steps.insert(0, Step::Routed { limited, why: route.why().to_owned() });
         if job.reschedules > 0 {
             ended.steps.insert(0, Step::Rescheduled { times: job.reschedules, last: None, tries: job.earlier_tries() });
         }

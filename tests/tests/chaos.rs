@@ -4,101 +4,33 @@
 //! foreign, through worker pauses past their lease, Redis restarts and stalls, and poison queue
 //! entries. After each fault a follow-up run on the same processes completes every org.
 
-use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Duration;
 
 use projector_shared::slots::{RedisSlotLimiter, RedisSlotSettings};
-use projector_tests::{FakeSnuba, Proc, RedisServer, command, wait_until, workspace_bin};
+use projector_tests::fleet::Fleet;
+use projector_tests::{Proc, RedisServer, command, wait_until, workspace_bin};
 
 const FAKE: &str = env!("CARGO_BIN_EXE_projector-fake-snuba");
 
-struct Cluster {
-    redis: RedisServer,
-    fake: FakeSnuba,
-    env: Vec<(String, String)>,
-    /// Every worker's log, shown when a run does not finish.
-    worker_logs: std::sync::Mutex<Vec<projector_tests::ProcLog>>,
+/// The chaos tests' fleet: the query service observes and never refuses (its concurrency limit
+/// is far above the slot limit), so any concurrency above the limit shows in max_in_flight.
+fn cluster(redis: RedisServer, fake_latency: &str, extra: &[(&str, &str)]) -> Fleet {
+    Fleet::start(redis, FAKE, &["--latency", fake_latency, "--concurrency-limit", "10000"], extra)
 }
 
-impl Cluster {
-    fn start(redis: RedisServer, fake_latency: &str, extra: &[(&str, &str)]) -> Self {
-        // Observe, never refuse: any concurrency above the slot limit shows in max_in_flight.
-        let fake = FakeSnuba::start(FAKE, &["--latency", fake_latency, "--concurrency-limit", "10000"]);
-        let mut env: Vec<(String, String)> = vec![
-            ("PROJECTOR_REDIS_URL".into(), redis.url()),
-            ("PROJECTOR_QUERY_SOURCE".into(), "snuba".into()),
-            ("PROJECTOR_QUERY_URL".into(), fake.url()),
-            ("PROJECTOR_WORKER_METRICS_ADDR".into(), "127.0.0.1:0".into()),
-            ("PROJECTOR_SCHEDULE_METRICS_ADDR".into(), "127.0.0.1:0".into()),
-            ("PROJECTOR_WORKER_HOUSEKEEPING_INTERVAL".into(), "100ms".into()),
-            ("RUST_LOG".into(), "info".into()),
-        ];
-        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-        Cluster { redis, fake, env, worker_logs: Default::default() }
-    }
-
-    fn worker(&self, args: &[&str]) -> Proc {
-        let mut cmd = command(workspace_bin("projector-worker"));
-        cmd.arg("run").args(args).envs(self.env.iter().cloned()).stdout(Stdio::null());
-        let w = Proc::spawn(cmd);
-        w.wait_for_line(&["worker started"], Duration::from_secs(30));
-        self.worker_logs.lock().unwrap_or_else(|p| p.into_inner()).push(w.log());
-        w
-    }
-
-    /// The last lines of every worker's log, for a failure report.
-    fn worker_tails(&self) -> String {
-        let logs = self.worker_logs.lock().unwrap_or_else(|p| p.into_inner());
-        logs.iter().enumerate().map(|(i, l)| format!("--- worker {i}:\n{}", l.tail(40))).collect::<Vec<_>>().join("\n")
-    }
-
-    /// A run of `orgs` orgs followed to the end, judged leniently (the test judges it).
-    fn run(&self, orgs: u64) -> Proc {
-        let mut cmd = command(workspace_bin("projector-scheduler"));
-        cmd.args(["run-once", "--wait", "--wait-timeout", "150s", "--fail-on", "none", "--batch-delay", "0s", "--orgs"])
-            .arg(orgs.to_string())
-            .envs(self.env.iter().cloned())
-            .stdout(Stdio::piped());
-        Proc::spawn(cmd)
-    }
-
-    /// Waits for a run to end and checks its record: every planned org (1..=orgs) has exactly
-    /// one outcome and there is no other. Returns outcome → count.
-    fn finish(&self, run: Proc, orgs: u64) -> HashMap<String, u64> {
-        let out = run.wait_with_output(Duration::from_secs(180));
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert_eq!(out.status.code(), Some(0), "run-once: {stdout}\n{}\n{}", String::from_utf8_lossy(&out.stderr), self.worker_tails());
-        let run_id = stdout.split_whitespace().nth(1).expect("run id in the summary").trim_end_matches(':').to_owned();
-        let mut conn = self.redis.connection();
-        let recorded: HashMap<u64, String> =
-            redis::cmd("HGETALL").arg(format!("projector:run:{run_id}:orgs")).query(&mut conn).expect("hgetall");
-        let mut planned: Vec<u64> = recorded.keys().copied().collect();
-        planned.sort_unstable();
-        assert_eq!(planned, (1..=orgs).collect::<Vec<_>>(), "every planned org has one outcome, none foreign: {recorded:?}");
-        let mut by_outcome = HashMap::new();
-        for outcome in recorded.values() {
-            *by_outcome.entry(outcome.clone()).or_insert(0) += 1;
-        }
-        by_outcome
-    }
-
-    fn max_in_flight(&self) -> u64 {
-        self.fake.stats_now()["max_in_flight"].as_u64().expect("max_in_flight")
-    }
-
-    fn holders(&self) -> Vec<projector_shared::slots::Holder> {
-        let url = self.redis.url();
-        std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(async {
-                RedisSlotLimiter::new(&url, RedisSlotSettings::new(1, Duration::from_secs(1))).expect("limiter").inspect().await
-            })
+/// The slot holders in Redis now.
+fn holders(c: &Fleet) -> Vec<projector_shared::slots::Holder> {
+    let url = c.redis.url();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(async {
+            RedisSlotLimiter::new(&url, RedisSlotSettings::new(1, Duration::from_secs(1))).expect("limiter").inspect().await
         })
-        .join()
-        .expect("inspect thread")
-        .map(|s| s.holders)
-        .unwrap_or_default()
-    }
+    })
+    .join()
+    .expect("inspect thread")
+    .map(|s| s.holders)
+    .unwrap_or_default()
 }
 
 /// A GC pause or VM stall: a worker whose queries are running at the service is stopped for
@@ -106,7 +38,7 @@ impl Cluster {
 #[test]
 fn a_worker_paused_past_its_lease_never_pushes_the_service_past_the_limit() {
     // Queries of 4 s against a 1 s lease: a plain lease would be reclaimed mid-query.
-    let c = Cluster::start(RedisServer::start(), "4s", &[("PROJECTOR_SLOTS_LEASE_TTL", "1s"), ("PROJECTOR_QUERY_MAX_DURATION", "5s")]);
+    let c = cluster(RedisServer::start(), "4s", &[("PROJECTOR_SLOTS_LEASE_TTL", "1s"), ("PROJECTOR_QUERY_MAX_DURATION", "5s")]);
     let victim = c.worker(&["--slots-limit", "3", "--concurrency", "3"]);
     let first = c.run(3);
     let pid = victim.pid().to_string();
@@ -119,7 +51,7 @@ fn a_worker_paused_past_its_lease_never_pushes_the_service_past_the_limit() {
     // Keep the victim stopped until its leases are older than two lease_ttls on Redis's clock:
     // plain leases would have been reclaimed and granted to the waiting jobs by then.
     wait_until(Duration::from_secs(30), "the victim's leases are 2.5 × lease_ttl old", || {
-        let mine: Vec<_> = c.holders().into_iter().filter(|h| h.process.contains(&pid)).collect();
+        let mine: Vec<_> = holders(&c).into_iter().filter(|h| h.process.contains(&pid)).collect();
         mine.is_empty() || mine.iter().all(|h| h.age >= Duration::from_millis(2500))
     });
     victim.signal("CONT");
@@ -133,16 +65,14 @@ fn a_worker_paused_past_its_lease_never_pushes_the_service_past_the_limit() {
 /// Redis killed and restarted (empty): the next run loses no org to a stale connection.
 #[test]
 fn a_redis_restart_loses_no_org_of_the_next_run() {
-    let c = Cluster::start(RedisServer::start(), "20ms", &[]);
+    let mut c = cluster(RedisServer::start(), "20ms", &[]);
     let w = c.worker(&["--slots-limit", "5", "--concurrency", "16"]);
     let first = c.run(10);
     assert_eq!(c.finish(first, 10).get("completed").copied(), Some(10));
     // Restart Redis underneath the worker, whose pooled connections all die.
-    let mut redis = c.redis;
-    redis.kill();
+    c.redis.kill();
     w.wait_for_line(&["job loop failed"], Duration::from_secs(30));
-    redis.restart();
-    let c = Cluster { redis, ..c };
+    c.redis.restart();
     let run = c.run(50);
     let outcomes = c.finish(run, 50);
     assert_eq!(outcomes.get("completed").copied(), Some(50), "no org lost to a dead connection: {outcomes:?}");
@@ -153,7 +83,7 @@ fn a_redis_restart_loses_no_org_of_the_next_run() {
 /// limit, and every org is accounted for.
 #[test]
 fn a_redis_stall_mid_run_keeps_the_bound_and_accounts_for_every_org() {
-    let c = Cluster::start(RedisServer::start(), "300ms", &[]);
+    let c = cluster(RedisServer::start(), "300ms", &[]);
     let _w = c.worker(&["--slots-limit", "4", "--concurrency", "16", "--slots-max-wait", "5m"]);
     let run = c.run(40);
     wait_until(Duration::from_secs(60), "queries are running", || c.fake.stats_now()["requests"].as_u64().unwrap_or(0) >= 4);
@@ -178,7 +108,7 @@ fn a_redis_stall_mid_run_keeps_the_bound_and_accounts_for_every_org() {
 /// not JSON) are moved to the dead set with their reason, and the job loop goes on.
 #[test]
 fn poison_queue_entries_are_quarantined_and_the_loop_goes_on() {
-    let c = Cluster::start(RedisServer::start(), "10ms", &[]);
+    let c = cluster(RedisServer::start(), "10ms", &[]);
     let config = projector_queue::config(projector_shared::keys::KeyLayout::Server);
     {
         let mut conn = c.redis.connection();
@@ -210,7 +140,7 @@ fn poison_queue_entries_are_quarantined_and_the_loop_goes_on() {
 /// apalis wrote has a TTL, or is one of the few whose size is bounded by what is live.
 #[test]
 fn every_key_has_a_ttl_or_a_bounded_size_after_many_jobs_and_restarts() {
-    let c = Cluster::start(RedisServer::start(), "1ms", &[]);
+    let c = cluster(RedisServer::start(), "1ms", &[]);
     let w = c.worker(&["--concurrency", "32"]);
     for orgs in [100, 100] {
         let run = c.run(orgs);
@@ -256,7 +186,7 @@ fn every_key_has_a_ttl_or_a_bounded_size_after_many_jobs_and_restarts() {
 /// finishes that same run from its stored plan: every org planned once, queried once.
 #[test]
 fn a_fan_out_killed_half_way_is_finished_by_run_id_without_querying_any_org_twice() {
-    let c = Cluster::start(RedisServer::start(), "1ms", &[("PROJECTOR_SINK_KIND", "discard")]);
+    let c = cluster(RedisServer::start(), "1ms", &[("PROJECTOR_SINK_KIND", "discard")]);
     let orgs = 600u64;
     let mut cmd = command(workspace_bin("projector-scheduler"));
     cmd.args(["run-once", "--batch-delay", "0s", "--orgs", &orgs.to_string()])
@@ -295,19 +225,17 @@ fn a_fan_out_killed_half_way_is_finished_by_run_id_without_querying_any_org_twic
 /// follows the run through the outage, and a follow-up run is not stalled by dead leases.
 #[test]
 fn a_redis_restart_from_aof_loses_no_org_and_leaves_no_dead_lease() {
-    let c = Cluster::start(RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]), "1s", &[]);
+    let mut c = cluster(RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]), "1s", &[]);
     // A short max_wait: slots held by dead leases would show as skipped_no_slot.
     let w = c.worker(&["--slots-limit", "5", "--concurrency", "16", "--slots-max-wait", "5s"]);
     let run = c.run(20);
     wait_until(Duration::from_secs(60), "5 queries in flight", || c.fake.stats_now()["in_flight"].as_u64() == Some(5));
-    let mut redis = c.redis;
-    redis.kill();
+    c.redis.kill();
     w.wait_for_line(&["job loop failed"], Duration::from_secs(30));
-    redis.restart();
-    let c = Cluster { redis, ..c };
+    c.redis.restart();
     let first = c.finish(run, 20);
-    assert_eq!(first.get("completed").copied(), Some(20), "no org lost to the outage: {first:?} holders {:?}\n{}", c.holders(), w.stderr());
-    wait_until(Duration::from_secs(30), "no lease outlives its query", || c.holders().is_empty());
+    assert_eq!(first.get("completed").copied(), Some(20), "no org lost to the outage: {first:?} holders {:?}\n{}", holders(&c), w.stderr());
+    wait_until(Duration::from_secs(30), "no lease outlives its query", || holders(&c).is_empty());
     let again = c.run(10);
     let second = c.finish(again, 10);
     assert_eq!(second.get("completed").copied(), Some(10), "the follow-up run is not stalled: {second:?}\n{}", w.stderr());

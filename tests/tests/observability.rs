@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
 use std::time::Duration;
 
+use projector_tests::fleet::{env_with, metrics_addr, worker};
 use projector_tests::{FakeSnuba, Proc, RedisServer, command, manifest_path, scrape, workspace_bin};
 
 const FAKE: &str = env!("CARGO_BIN_EXE_projector-fake-snuba");
@@ -97,37 +98,23 @@ fn is_metric(word: &str) -> bool {
 fn every_dashboard_and_alert_expression_reads_a_real_series_of_the_right_type() {
     let redis = RedisServer::start();
     let fake = FakeSnuba::start(FAKE, &["--latency", "20ms"]);
-    let env = [
-        ("PROJECTOR_REDIS_URL", redis.url()),
-        ("PROJECTOR_QUERY_SOURCE", "snuba".to_owned()),
-        ("PROJECTOR_QUERY_URL", fake.url()),
-        ("PROJECTOR_WORKER_METRICS_ADDR", "127.0.0.1:0".to_owned()),
-        // A rate policy loose enough to admit at once, so its delay histogram has a sample.
-        ("PROJECTOR_RATE_RATES", "1000/s".to_owned()),
-        ("RUST_LOG", "info".to_owned()),
-    ];
-    let mut cmd = command(workspace_bin("projector-worker"));
-    cmd.arg("run").envs(env.iter().map(|(k, v)| (*k, v.as_str()))).stdout(Stdio::null());
-    let worker = Proc::spawn(cmd);
-    let line = worker.wait_for_line(&["serving /metrics"], Duration::from_secs(30));
-    let addr = line.split("addr=").nth(1).and_then(|a| a.split_whitespace().next()).expect("addr").to_owned();
+    // A rate policy loose enough to admit at once, so its delay histogram has a sample.
+    let env = env_with(redis.url(), &fake.url(), &[("PROJECTOR_RATE_RATES", "1000/s")]);
+    let worker = worker(&env, &[]);
+    let addr = metrics_addr(&worker);
     // A run, so that slot waits and queries have been observed (a histogram appears with its first sample).
     let out = command(workspace_bin("projector-scheduler"))
         .args(["run-once", "--wait", "--wait-timeout", "60s", "--orgs", "5", "--batch-delay", "0s"])
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .envs(env.iter().cloned())
         .output()
         .expect("scheduler");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // The run gauges, ticks and workers alive come from the scheduler's own endpoint: dashboards
     // and alerts read the two endpoints together.
     let mut cmd = command(workspace_bin("projector-scheduler"));
-    cmd.args(["serve"])
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("PROJECTOR_SCHEDULE_METRICS_ADDR", "127.0.0.1:0")
-        .stdout(Stdio::null());
+    cmd.args(["serve"]).envs(env.iter().cloned()).env("PROJECTOR_SCHEDULE_METRICS_ADDR", "127.0.0.1:0").stdout(Stdio::null());
     let scheduler = Proc::spawn(cmd);
-    let line = scheduler.wait_for_line(&["serving /metrics"], Duration::from_secs(30));
-    let scheduler_addr = line.split("addr=").nth(1).and_then(|a| a.split_whitespace().next()).expect("addr").to_owned();
+    let scheduler_addr = metrics_addr(&scheduler);
     projector_tests::wait_until(Duration::from_secs(30), "the scheduler exports the finished run", || {
         scrape(&scheduler_addr).contains("projector_run_last_finished_timestamp_seconds ")
     });

@@ -192,7 +192,7 @@ fn the_rate_policy_and_the_multiplier_change_at_runtime_for_the_whole_fleet() {
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
     };
 
-    let w = worker(&env, &[]);
+    let _w = worker(&env, &[]);
     let before = json(&ctl(&["rate", "show", "--json"]));
     assert_eq!(before["rates"], "", "no policy configured: {before}");
 
@@ -203,7 +203,9 @@ fn the_rate_policy_and_the_multiplier_change_at_runtime_for_the_whole_fleet() {
     // One start per minute and no delay: of 3 orgs, 1 completes and 2 are refused.
     let set = json(&ctl(&["rate", "set", "--rates", "1/m", "--max-delay", "0s", "--json"]));
     assert_eq!((set["rates"].as_str(), set["runtime_changes"]["max_delay"].as_str()), (Some("1/m"), Some("0s")), "{set}");
-    w.wait_for_line(&["rate policy now in force", "rates=1/m"], Duration::from_secs(30));
+    // The worker's heartbeat says which policy it runs: wait on that, not on its log.
+    let fleet_rate = || json(&ctl(&["rate", "show", "--json"]))["fleet"]["rate"][0]["value"].as_str().unwrap_or_default().to_owned();
+    wait_until(Duration::from_secs(30), "the worker runs 1/m", || fleet_rate().contains("1/m"));
     let out = run(
         "projector-scheduler",
         &env,
@@ -220,7 +222,7 @@ fn the_rate_policy_and_the_multiplier_change_at_runtime_for_the_whole_fleet() {
 
     let reset = ctl(&["rate", "reset"]);
     assert!(text(&reset.stdout).contains("runtime policy removed"), "{}", text(&reset.stdout));
-    w.wait_for_line(&["rate policy now in force", "runtime=false"], Duration::from_secs(30));
+    wait_until(Duration::from_secs(30), "the worker is back on its configured policy", || !fleet_rate().contains("1/m"));
 
     // The multiplier scales the limit in force; out-of-range values are refused.
     assert!(ctl(&["slots", "set-limit", "40"]).status.success());
@@ -416,22 +418,26 @@ fn a_change_that_lowers_protection_shows_its_effect_and_needs_yes() {
 fn a_wait_ends_at_ctrl_c_with_130_and_a_lost_run_is_named_with_1() {
     let mut redis = RedisServer::start();
     let env = vec![("PROJECTOR_REDIS_URL".to_owned(), redis.url()), ("RUST_LOG".to_owned(), "info".to_owned())];
-    let follow = |env: &[(String, String)]| {
+    // `queued`: the jobs in the queue once this run has fanned out (earlier runs' stay there).
+    let follow = |env: &[(String, String)], queued: u64| {
         let mut cmd = command(workspace_bin("projector-scheduler"));
         cmd.args(["run-once", "--wait", "--orgs", "5", "--batch-delay", "0s"]).envs(env.iter().cloned()).stdout(Stdio::null());
         let p = projector_tests::Proc::spawn(cmd);
-        // No worker runs the jobs: the wait would last its hour.
-        p.wait_for_line(&["run fanned out"], Duration::from_secs(30));
+        // No worker runs the jobs: the wait would last its hour. Fanned out = all 5 queued.
+        wait_until(Duration::from_secs(30), "the run's 5 jobs are queued", || {
+            let queue = json_of(&run("projectorctl", env, &["status", "--json"]))["queue"].clone();
+            queue["ready"].as_u64().unwrap_or(0) + queue["scheduled"].as_u64().unwrap_or(0) == queued
+        });
         p
     };
-    let waiting = follow(&env);
+    let waiting = follow(&env, 5);
     waiting.signal("INT");
     let out = waiting.wait_with_output(Duration::from_secs(10));
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted: 0 of 5 orgs accounted for so far; the run goes on"), "{stderr}");
 
-    let waiting = follow(&env);
+    let waiting = follow(&env, 10);
     let _: () = redis::cmd("FLUSHALL").query(&mut redis.connection()).expect("flushall");
     let out = waiting.wait_with_output(Duration::from_secs(30));
     let stderr = text(&out.stderr);

@@ -7,38 +7,14 @@ use std::time::Duration;
 use projector_shared::OrgId;
 use projector_shared::rollout::Rollout;
 use projector_shared::slots::{RedisSlotLimiter, RedisSlotSettings};
+use projector_tests::fleet::{base_env, metrics_addr, worker};
 use projector_tests::{FakeSnuba, Proc, RedisServer, command, wait_until, wait_until_or, workspace_bin};
 
 const FAKE: &str = env!("CARGO_BIN_EXE_projector-fake-snuba");
 
 /// Environment every Projector process of a test shares.
 fn env(redis: &RedisServer, fake: &FakeSnuba) -> Vec<(String, String)> {
-    vec![
-        ("PROJECTOR_REDIS_URL".into(), redis.url()),
-        ("PROJECTOR_QUERY_SOURCE".into(), "snuba".into()),
-        ("PROJECTOR_QUERY_URL".into(), fake.url()),
-        ("PROJECTOR_WORKER_METRICS_ADDR".into(), "127.0.0.1:0".into()),
-        ("PROJECTOR_SCHEDULE_METRICS_ADDR".into(), "127.0.0.1:0".into()),
-        // Short periods so tests wait for conditions, not for defaults meant for production.
-        ("PROJECTOR_WORKER_ROLLOUT_REFRESH".into(), "100ms".into()),
-        ("PROJECTOR_WORKER_HOUSEKEEPING_INTERVAL".into(), "100ms".into()),
-        ("RUST_LOG".into(), "info".into()),
-    ]
-}
-
-/// A worker process, killed when the test ends; its log lines can be waited on.
-fn worker(env: &[(String, String)], args: &[&str]) -> Proc {
-    let mut cmd = command(workspace_bin("projector-worker"));
-    cmd.arg("run").args(args).envs(env.iter().cloned()).stdout(Stdio::null());
-    let w = Proc::spawn(cmd);
-    w.wait_for_line(&["worker started"], Duration::from_secs(30));
-    w
-}
-
-/// The `host:port` a worker serves /metrics, /healthz and /readyz on (it logs it at start).
-fn metrics_addr(w: &Proc) -> String {
-    let line = w.wait_for_line(&["serving /metrics"], Duration::from_secs(30));
-    line.split("addr=").nth(1).and_then(|rest| rest.split_whitespace().next()).expect("addr= in the log line").to_owned()
+    base_env(redis, &fake.url())
 }
 
 fn scheduler(env: &[(String, String)], args: &[&str]) -> Output {

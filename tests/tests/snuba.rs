@@ -9,7 +9,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use projector_shared::OrgId;
-use projector_tests::fleet::{base_env, json_of, run, text, worker};
+use projector_tests::fleet::{base_env, json_of, metrics_addr, run, text, worker};
 use projector_tests::{FakeSnuba, Proc, RedisServer, sample, scrape};
 use serde_json::Value;
 
@@ -33,12 +33,6 @@ fn run_wait_for(env: &[(String, String)], timeout: &str, extra: &[&str]) -> (Str
     assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
     let run_id = text(&out.stdout).split_whitespace().nth(1).map(|r| r.trim_end_matches(':').to_owned()).expect("run id");
     (run_id, out)
-}
-
-/// The `host:port` a worker serves /metrics on (it logs it at start).
-fn metrics_addr(w: &Proc) -> String {
-    let line = w.wait_for_line(&["serving /metrics"], Duration::from_secs(30));
-    line.split("addr=").nth(1).and_then(|rest| rest.split_whitespace().next()).expect("addr= in the log line").to_owned()
 }
 
 /// The reason kind of each org that did not complete, by org.

@@ -26,30 +26,52 @@ pub struct Rollout {
     pub deny: BTreeSet<OrgId>,
 }
 
+/// The path one org's job takes, with the rule that chose it (for the org's trail).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Slot first: the protected path.
+    Limited(String),
+    /// No slot, as before the rollout: only for orgs the flag leaves out.
+    Legacy(String),
+}
+
+impl Route {
+    pub fn is_limited(&self) -> bool {
+        matches!(self, Route::Limited(_))
+    }
+
+    /// The rule that chose the path ("deny list", "bucket 12 < 50%", …).
+    pub fn why(&self) -> &str {
+        match self {
+            Route::Limited(why) | Route::Legacy(why) => why,
+        }
+    }
+}
+
 impl Rollout {
     /// Whether `org` takes the limited path. Deny beats allow; allow beats everything else.
     pub fn is_limited(&self, org: OrgId) -> bool {
-        self.route(org).0
+        self.route(org).is_limited()
     }
 
-    /// Whether `org` takes the limited path, and why (for the org's trail: `projectorctl explain`).
-    pub fn route(&self, org: OrgId) -> (bool, String) {
+    /// The path `org` takes, and why (for the org's trail: `projectorctl explain`).
+    pub fn route(&self, org: OrgId) -> Route {
         if self.deny.contains(&org) {
-            return (false, "deny list".to_owned());
+            return Route::Legacy("deny list".to_owned());
         }
         if self.allow.contains(&org) {
-            return (true, "allow list".to_owned());
+            return Route::Limited("allow list".to_owned());
         }
         if self.enabled == Some(false) {
-            return (false, "flag off".to_owned());
+            return Route::Legacy("flag off".to_owned());
         }
         // Short: this lands in every org's trail, kept per run.
         let bucket = bucket(RATE_LIMIT_FLAG, org);
         match self.percentage {
-            None if *self == Rollout::default() => (true, "flag never set".to_owned()),
-            None => (true, "percentage 100".to_owned()),
-            Some(p) if bucket < u32::from(p) => (true, format!("bucket {bucket} < {p}%")),
-            Some(p) => (false, format!("bucket {bucket} >= {p}%")),
+            None if *self == Rollout::default() => Route::Limited("flag never set".to_owned()),
+            None => Route::Limited("percentage 100".to_owned()),
+            Some(p) if bucket < u32::from(p) => Route::Limited(format!("bucket {bucket} < {p}%")),
+            Some(p) => Route::Legacy(format!("bucket {bucket} >= {p}%")),
         }
     }
 
@@ -129,12 +151,12 @@ mod tests {
         assert!(r.is_limited(OrgId(1)));
         assert!(!r.is_limited(OrgId(2)));
         assert!(!r.is_limited(OrgId(3)));
-        assert_eq!(r.route(OrgId(2)), (false, "deny list".to_owned()), "the trail names the rule that decided");
-        assert_eq!(r.route(OrgId(1)).1, "allow list");
-        assert_eq!(r.route(OrgId(3)).1, "flag off");
-        assert_eq!(Rollout::default().route(OrgId(3)), (true, "flag never set".to_owned()));
+        assert_eq!(r.route(OrgId(2)), Route::Legacy("deny list".to_owned()), "the trail names the rule that decided");
+        assert_eq!(r.route(OrgId(1)).why(), "allow list");
+        assert_eq!(r.route(OrgId(3)).why(), "flag off");
+        assert_eq!(Rollout::default().route(OrgId(3)), Route::Limited("flag never set".to_owned()));
         let half = Rollout { percentage: Some(50), ..Rollout::default() };
-        let (limited, why) = half.route(OrgId(3));
-        assert_eq!(why.contains('<'), limited, "{why}");
+        let route = half.route(OrgId(3));
+        assert_eq!(route.why().contains('<'), route.is_limited(), "{route:?}");
     }
 }
