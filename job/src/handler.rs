@@ -242,7 +242,10 @@ impl JobHandler {
         }
         let route = self.routing.route(job).await;
         let mut ended = match &route {
-            Route::Limited(_) => self.pipeline.run_checked(job, Some(self)).await,
+            Route::Limited(_) => {
+                let gate = RunGate { ledger: self.ledger.as_ref(), cancels: self.cancels.as_ref() };
+                self.pipeline.run_checked(job, Some(&gate)).await
+            }
             Route::Legacy(_) => self.pipeline.process_unlimited(job).await,
         };
         let limited = route.is_limited();
@@ -367,10 +370,18 @@ impl JobHandler {
     }
 }
 
-impl crate::pipeline::StillOpen for JobHandler {
+/// What the pipeline asks once a slot is granted: whether the run still wants this org. The
+/// handler lends it its ledger and cancel mirror, so the pipeline never calls back into the
+/// handler.
+struct RunGate<'a> {
+    ledger: &'a dyn RunLedger,
+    cancels: Option<&'a CancelWatch>,
+}
+
+impl crate::pipeline::StillOpen for RunGate<'_> {
     fn still_open<'a>(&'a self, job: &'a SpikeProjectionJob) -> futures::future::BoxFuture<'a, bool> {
         Box::pin(async move {
-            if let Some(cancelled) = self.cancels.as_ref().and_then(|c| c.is_cancelled(&job.run_id)) {
+            if let Some(cancelled) = self.cancels.and_then(|c| c.is_cancelled(&job.run_id)) {
                 return !cancelled;
             }
             // Unsure (the record cannot be read): the admission already let it in; let it run.

@@ -188,50 +188,7 @@ async fn run(command: Command, config: projector_config::Config) -> anyhow::Resu
             ));
             Ok(ExitCode::SUCCESS)
         }
-        RunOnceResult::Finished { summary, end, workers_alive } => {
-            finish(&summary, limit_in_force(&config).await, args.summary_json.as_deref())?;
-            match end {
-                WaitEnd::Accounted => Ok(args.fail_on.judge(&summary)),
-                WaitEnd::Interrupted => {
-                    eprintln!(
-                        "interrupted: {} of {} orgs accounted for so far; the run goes on in the workers (follow it with projectorctl run {}; stop it with projectorctl runs cancel {} --yes)",
-                        summary.accounted(),
-                        summary.orgs_total,
-                        summary.run_id,
-                        summary.run_id
-                    );
-                    Ok(ExitCode::from(exit::INTERRUPTED))
-                }
-                WaitEnd::Lost => {
-                    eprintln!(
-                        "error: the record of run {} is gone from Redis (a restart without persistence, or a flush), with {} of {} orgs accounted for: the run is lost and nothing will account for the rest. Check Redis (persistence, maxmemory-policy), then fan the tick out again with run-once --tick",
-                        summary.run_id,
-                        summary.accounted(),
-                        summary.orgs_total
-                    );
-                    Ok(ExitCode::from(exit::ERROR))
-                }
-                WaitEnd::TimedOut => {
-                    let workers = match workers_alive {
-                        Some(0) => {
-                            "; no worker is alive (no heartbeat in Redis within 15s): start projector-worker against the same redis.url"
-                                .to_owned()
-                        }
-                        Some(n) => format!(
-                            "; {n} worker(s) alive, so the run is still being worked on: follow it with projectorctl run {}",
-                            summary.run_id
-                        ),
-                        None => "; whether any worker is alive is unknown (Redis did not answer)".to_owned(),
-                    };
-                    eprintln!(
-                        "error: --wait-timeout passed with {} of {} orgs accounted for{workers}",
-                        summary.accounted(),
-                        summary.orgs_total
-                    );
-                    Ok(ExitCode::from(exit::WAIT_TIMED_OUT))
-                }
-            }
-        }
+        RunOnceResult::Finished { summary, end, workers_alive } => finished(&config, &args, &summary, end, workers_alive).await,
     }
 }
 
@@ -245,4 +202,51 @@ fn finish(summary: &RunSummary, limit: (u32, &str), summary_json: Option<&std::p
         write_summary_json(summary, path).with_context(|| format!("cannot write the run summary to {}", path.display()))?;
     }
     Ok(())
+}
+
+/// A followed run's end: its summary, then the exit code and the line that says how it ended.
+async fn finished(
+    config: &projector_config::Config,
+    args: &RunOnceArgs,
+    summary: &projector_shared::run::RunSummary,
+    end: WaitEnd,
+    workers_alive: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    finish(summary, limit_in_force(config).await, args.summary_json.as_deref())?;
+    match end {
+        WaitEnd::Accounted => Ok(args.fail_on.judge(summary)),
+        WaitEnd::Interrupted => {
+            eprintln!(
+                "interrupted: {} of {} orgs accounted for so far; the run goes on in the workers (follow it with projectorctl run {}; stop it with projectorctl runs cancel {} --yes)",
+                summary.accounted(),
+                summary.orgs_total,
+                summary.run_id,
+                summary.run_id
+            );
+            Ok(ExitCode::from(exit::INTERRUPTED))
+        }
+        WaitEnd::Lost => {
+            eprintln!(
+                "error: the record of run {} is gone from Redis (a restart without persistence, or a flush), with {} of {} orgs accounted for: the run is lost and nothing will account for the rest. Check Redis (persistence, maxmemory-policy), then fan the tick out again with run-once --tick",
+                summary.run_id,
+                summary.accounted(),
+                summary.orgs_total
+            );
+            Ok(ExitCode::from(exit::ERROR))
+        }
+        WaitEnd::TimedOut => {
+            let workers = match workers_alive {
+                Some(0) => {
+                    "; no worker is alive (no heartbeat in Redis within 15s): start projector-worker against the same redis.url".to_owned()
+                }
+                Some(n) => format!(
+                    "; {n} worker(s) alive, so the run is still being worked on: follow it with projectorctl run {}",
+                    summary.run_id
+                ),
+                None => "; whether any worker is alive is unknown (Redis did not answer)".to_owned(),
+            };
+            eprintln!("error: --wait-timeout passed with {} of {} orgs accounted for{workers}", summary.accounted(), summary.orgs_total);
+            Ok(ExitCode::from(exit::WAIT_TIMED_OUT))
+        }
+    }
 }
