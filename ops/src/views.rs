@@ -104,7 +104,8 @@ fn eta_s(run: &RunOverview, now: DateTime<Utc>) -> Option<f64> {
 
 fn run_json(run: &RunOverview, now: DateTime<Utc>) -> Value {
     json!({
-        "run_id": run.run_id, "tick": run.tick.map(|t| t.to_rfc3339()), "orgs_total": run.orgs_total,
+        "run_id": run.run_id, "tick": run.tick.map(|t| t.to_rfc3339()), "started": run.started().map(|t| t.to_rfc3339()),
+        "orgs_total": run.orgs_total,
         "accounted": run.accounted(), "state": run.state().as_str(), "duration_ms": duration_ms(run, now),
         "finished": run.finished.map(|t| t.to_rfc3339()), "cancelled": run.cancelled.map(|t| t.to_rfc3339()),
         "retried": run.retried, "eta_s": eta_s(run, now), "outcomes": outcomes_json(&run.counts),
@@ -169,10 +170,10 @@ pub(crate) async fn run_record(config: &Config, records: &RunRecords, run_id: &R
     records.overview(run_id).await?.ok_or_else(|| no_record(config, run_id))
 }
 
-/// Accounted orgs over time: at each of `steps` even points from the tick to the last outcome,
+/// Accounted orgs over time: at each of `steps` even points from the start to the last outcome,
 /// the share of `times` (a sample of end times) by then, scaled to the orgs accounted now.
 fn progress(run: &RunOverview, times: &[i64], steps: usize) -> Vec<(i64, u64)> {
-    let (Some(start), Some(&end)) = (run.tick.map(|t| t.timestamp_millis()), times.last()) else { return Vec::new() };
+    let (Some(start), Some(&end)) = (run.started().map(|t| t.timestamp_millis()), times.last()) else { return Vec::new() };
     let span = (end - start).max(1);
     let scale = run.accounted() as f64 / times.len() as f64;
     (1..=steps as i64)
@@ -317,7 +318,7 @@ pub async fn runs_show(config: &Config, run_id: &str, listed: Listed) -> anyhow:
     let points = progress(run, &detail.end_times, 10);
     if !points.is_empty() {
         let line = points.iter().map(|(ms, n)| format!("{:.1}s:{n}", *ms as f64 / 1000.0)).collect::<Vec<_>>().join(" ");
-        let _ = writeln!(out, "progress (accounted after the tick): {line}");
+        let _ = writeln!(out, "progress (accounted after the start): {line}");
     }
     Ok(View::new(value, out))
 }

@@ -154,7 +154,8 @@ fn progress_chart(detail: &Value) -> Markup {
     if points.is_empty() || total <= 0.0 {
         return html! {};
     }
-    let tick = detail["tick"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+    // From the run's start: its tick, or when a replayed past tick was fanned out.
+    let tick = detail["started"].as_str().or(detail["tick"].as_str()).and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
     let deadline = detail["deadline"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
     let deadline_s = tick.zip(deadline).map(|(t, d)| (d - t).num_milliseconds() as f64 / 1000.0);
     let last_s = points.last().map_or(1.0, |p| p.0);
@@ -173,7 +174,7 @@ fn progress_chart(detail: &Value) -> Markup {
                 line.deadline x1=(x(d)) y1=(pad / 2.0) x2=(x(d)) y2=(y(0.0)) stroke="#c33" stroke-width="2" {}
                 text x=(x(d) - 4.0) y=(pad / 2.0 + 10.0) font-size="11" text-anchor="end" fill="#c33" { "deadline" }
             }
-            text x=(pad) y=(height - 8.0) font-size="11" { "tick" }
+            text x=(pad) y=(height - 8.0) font-size="11" { "start" }
             text x=(width - pad) y=(height - 8.0) font-size="11" text-anchor="end" { (format!("+{span:.0} s")) }
         }
     }

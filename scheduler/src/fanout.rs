@@ -71,6 +71,9 @@ impl Plan {
         // A past tick replayed now (`run-once --tick`) would be past its deadline before it starts:
         // it gets until the schedule's next tick from now instead.
         let deadline = Some(config.run_deadline(tick)).filter(|d| *d > Utc::now()).unwrap_or_else(|| config.run_deadline(Utc::now()));
+        // Likewise its batches are paced from now: from its tick they would all be due at once,
+        // every org of the run at the service together — the burst the batches exist to prevent.
+        let release_from = tick.max(Utc::now());
         let jobs = orgs
             .iter()
             .zip(batch_of)
@@ -83,7 +86,7 @@ impl Plan {
                         deadline: Some(deadline),
                         ..SpikeProjectionJob::planned(run_id.clone(), info.org_id, batch.index, tick, info.project_ids.clone())
                     },
-                    release_at: tick + planned.max(spread),
+                    release_at: release_from + planned.max(spread),
                     limited: rollout.is_limited(info.org_id),
                 }
             })
@@ -381,6 +384,24 @@ mod tests {
             }
             assert!(chunks.iter().skip(1).all(|c| c.len() <= PUSH_CHUNK), "{n} jobs: then full chunks at most");
         }
+    }
+
+    #[test]
+    fn a_replayed_past_tick_is_paced_from_now_and_keeps_its_tick() {
+        let mut config = projector_config::Config::default();
+        config.batch = projector_config::BatchConfig { size: 25, delay: Duration::from_secs(2) };
+        let orgs = crate::orgs::OrgList {
+            orgs: (1..=100)
+                .map(|o| projector_shared::org::OrgInfo { org_id: projector_shared::OrgId(o), project_ids: vec![], active: true })
+                .collect(),
+            bad_lines: Default::default(),
+        };
+        let tick = Utc::now() - TimeDelta::days(14);
+        let before = Utc::now();
+        let plan = Plan::new(&config, &orgs, RunId::for_tick(tick), tick, &Rollout::default());
+        let offsets: Vec<i64> = plan.jobs.iter().map(|j| (j.release_at - before).num_seconds()).collect();
+        assert_eq!((offsets[0], offsets[24], offsets[25], offsets[99]), (0, 0, 2, 6), "25 per 2 s, from now, not all due at once");
+        assert!(plan.jobs.iter().all(|j| j.job.scheduled_at == tick), "the jobs keep their tick: it sets the projected hours");
     }
 
     #[test]

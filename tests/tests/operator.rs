@@ -620,6 +620,9 @@ fn a_replayed_past_tick_queries_only_the_orgs_without_a_fresher_projection() {
     let replayed = replayed.unwrap_or_else(|| panic!("the replayed run is listed: {runs}"));
     assert_eq!(replayed["orgs_total"], 2, "only orgs 4 and 5 are in the replay: {replayed}");
     assert_eq!(replayed["outcomes"]["completed"], 2, "{replayed}");
+    // A replay began when it was fanned out, not at its tick two weeks ago.
+    assert!(replayed["duration_ms"].as_u64().is_some_and(|ms| ms < 600_000), "{replayed}");
+    assert!(replayed["started"].as_str() > replayed["tick"].as_str(), "{replayed}");
     assert_eq!(requests(), after_later + 2, "only the two orgs without a projection are queried");
 }
 

@@ -15,7 +15,7 @@ pub enum RunsAction {
     /// (fanning out, running, done, cancelled, or skipped: a tick not fanned out while an
     /// earlier run was open, schedule.overlap).
     ///
-    /// With --json: prints {"runs": [{run_id, tick, orgs_total, accounted, state, duration_ms, finished, cancelled, retried, eta_s, outcomes: {<outcome>: n}, skipped (why, or null)}]}
+    /// With --json: prints {"runs": [{run_id, tick, started (the tick, or when a replayed past tick was fanned out), orgs_total, accounted, state, duration_ms, finished, cancelled, retried, eta_s, outcomes: {<outcome>: n}, skipped (why, or null)}]}
     List {
         /// How many runs
         #[arg(long, default_value_t = 20)]

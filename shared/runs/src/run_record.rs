@@ -108,8 +108,15 @@ impl RunRecords {
         // The record hash is the run's summary: it and the runs index outlive the per-org hashes.
         let ttl = self.summary_retention_ms();
         let ttl_ms = i64::try_from(ttl).unwrap_or(i64::MAX);
+        // When the run began on Redis's clock: a past tick replayed now began now, not at its tick.
+        let now: (u64, u64) = redis::cmd("TIME").query_async(&mut self.conn.clone()).await.map_err(Error::redis("reading Redis time"))?;
         // Not a transaction: on a cluster the runs index and the run hash live in different slots.
         redis::pipe()
+            .cmd("HSETNX")
+            .arg(&key)
+            .arg("created_ms")
+            .arg(now.0 * 1_000 + now.1 / 1_000)
+            .ignore()
             .hset(&key, "run_id", &run_id.0)
             .hset(&key, "tick", tick.to_rfc3339())
             .hset(&key, "orgs_total", orgs_total)
@@ -375,6 +382,8 @@ pub struct RunOverview {
     pub skipped: Option<String>,
     /// When the run must be over (`runs.deadline`); `None` for runs recorded before deadlines.
     pub deadline: Option<DateTime<Utc>>,
+    /// When its record was first created (Redis time); `None` for runs recorded before this.
+    pub created: Option<DateTime<Utc>>,
 }
 
 /// Where a run is: `fanning out`, `running`, `done` or `cancelled`.
@@ -405,10 +414,19 @@ impl RunOverview {
         self.counts.iter().map(|(_, n)| n).sum()
     }
 
-    /// Milliseconds from the tick to its end, or to `now` while it runs.
+    /// When the run began: its tick, or when its record was created if that came later (a past
+    /// tick replayed with `run-once --tick` began when it was replayed, not days ago).
+    pub fn started(&self) -> Option<DateTime<Utc>> {
+        match (self.tick, self.created) {
+            (Some(tick), Some(created)) => Some(tick.max(created)),
+            (tick, created) => tick.or(created),
+        }
+    }
+
+    /// Milliseconds from the run's start to its end, or to `now` while it runs.
     pub fn duration_ms(&self, now: DateTime<Utc>) -> Option<i64> {
-        let tick = self.tick?;
-        Some((self.finished.unwrap_or(now) - tick).num_milliseconds().max(0))
+        let started = self.started()?;
+        Some((self.finished.unwrap_or(now) - started).num_milliseconds().max(0))
     }
 
     /// Seconds left at the pace so far, for a running run that has made progress: the
@@ -459,6 +477,7 @@ impl RunOverview {
             retried: n("retried"),
             skipped: fields.get("skipped").cloned(),
             deadline: at("deadline_ms"),
+            created: at("created_ms"),
             run_id,
         }
     }
