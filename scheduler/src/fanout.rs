@@ -388,8 +388,10 @@ mod tests {
 
     #[test]
     fn a_replayed_past_tick_is_paced_from_now_and_keeps_its_tick() {
-        let mut config = projector_config::Config::default();
-        config.batch = projector_config::BatchConfig { size: 25, delay: Duration::from_secs(2) };
+        let config = projector_config::Config {
+            batch: projector_config::BatchConfig { size: 25, delay: Duration::from_secs(2) },
+            ..projector_config::Config::default()
+        };
         let orgs = crate::orgs::OrgList {
             orgs: (1..=100)
                 .map(|o| projector_shared::org::OrgInfo { org_id: projector_shared::OrgId(o), project_ids: vec![], active: true })
