@@ -14,6 +14,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// How settings are layered, for every binary's `--help`.
+pub const LAYERS_HELP: &str =
+    "Configuration: defaults < --config FILE < PROJECTOR_<SECTION>_<KEY> environment < flags. See config.example.toml for every key.";
+
 pub use args::{ConfigArgs, FanOutArgs, JobArgs, ServeArgs, WorkerArgs};
 pub use error::{ConfigError, Problem};
 pub use keys::{KEYS, KeySpec, env_var_for, markdown_table};

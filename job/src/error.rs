@@ -108,19 +108,20 @@ projector_shared::from_shared_errors!(Error, Error::Shared);
 /// `malformed_job` (a payload that is not a job), `unknown_run` and `not_planned` (a job refused
 /// because its run or its org is not in the run record). Registered at zero at start.
 pub const REASONS: &[&str] = &[
+    // The query errors first: QUERY_ERROR_KINDS is this head.
     "rate_limited",
     "rate_limited_org",
     "rate_limited_bytes",
     "invalid_tenant",
     "overloaded",
     "invalid_query",
-    "run_stopped",
-    "incomplete",
     "server_error",
     "timeout",
     "unreachable",
     "bad_request",
     "malformed_body",
+    "run_stopped",
+    "incomplete",
     "lease_lost",
     "sink",
     "stale_write",
@@ -132,19 +133,7 @@ pub const REASONS: &[&str] = &[
 ];
 
 /// Every `kind` label of `projector_query_errors_total`: the query errors' reasons.
-pub const QUERY_ERROR_KINDS: &[&str] = &[
-    "rate_limited",
-    "rate_limited_org",
-    "rate_limited_bytes",
-    "invalid_tenant",
-    "overloaded",
-    "invalid_query",
-    "server_error",
-    "timeout",
-    "unreachable",
-    "bad_request",
-    "malformed_body",
-];
+pub const QUERY_ERROR_KINDS: &[&str] = REASONS.split_at(11).0;
 
 impl Error {
     /// What to do about this error, where its message ends with advice: the trail keeps it as

@@ -551,18 +551,8 @@ mod tests {
     }
 
     fn job(org: u64) -> SpikeProjectionJob {
-        SpikeProjectionJob {
-            run_id: RunId("run-test".into()),
-            org_id: OrgId(org),
-            batch_index: 0,
-            scheduled_at: Utc.with_ymd_and_hms(2026, 11, 22, 13, 17, 5).single().expect("valid"),
-            project_ids: vec![],
-            reschedules: 0,
-            attempt: 0,
-            last_try: None,
-            tries: Vec::new(),
-            deadline: None,
-        }
+        let at = Utc.with_ymd_and_hms(2026, 11, 22, 13, 17, 5).single().expect("valid");
+        SpikeProjectionJob::planned(RunId("run-test".into()), OrgId(org), 0, at, vec![])
     }
 
     fn pipeline(limiter: MemorySlotLimiter, query: Arc<dyn QuerySource>, sink: Arc<dyn ProjectionSink>) -> Pipeline {

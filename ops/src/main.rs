@@ -13,7 +13,7 @@ pub(crate) use commands::{connection, slot_limiter};
 
 use clap::Parser;
 use projector_config::ConfigArgs;
-use projector_process::telemetry::{self, LogFormat};
+use projector_process::telemetry;
 
 /// Inspect and steer a running Projector fleet through Redis (redis.url, or --redis-url).
 ///
@@ -25,9 +25,8 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
 
-    /// Log format on stderr (json: every stderr line is a JSON object, errors included)
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: telemetry::LogArgs,
 
     /// Print one JSON object instead of text (the shape is in each command's --help); before or
     /// after the subcommand
@@ -42,7 +41,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli: Cli = projector_process::telemetry::parse_args();
-    telemetry::init(cli.log_format);
+    telemetry::init(cli.log.log_format);
     let config = match projector_process::runtime::config_or_exit(cli.config.load(Vec::new())) {
         Ok(c) => c,
         Err(code) => return code,

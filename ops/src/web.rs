@@ -166,9 +166,7 @@ fn progress_chart(detail: &Value) -> Markup {
     html! {
         svg.chart #progress-chart width=(width) height=(height) viewBox={ "0 0 " (width) " " (height) } role="img"
             aria-label="orgs accounted over time against the deadline" {
-            line x1=(pad) y1=(y(0.0)) x2=(width - pad) y2=(y(0.0)) stroke="#888" {}
-            line x1=(pad) y1=(y(total)) x2=(width - pad) y2=(y(total)) stroke="#ccc" stroke-dasharray="4" {}
-            text x=(pad) y=(y(total) - 4.0) font-size="11" { (format!("{total:.0} orgs")) }
+            (chart_frame(width, pad, y(0.0), y(total), &format!("{total:.0} orgs")))
             polyline.progress points=(line.join(" ")) fill="none" stroke="#2a7" stroke-width="2" {}
             @if let Some(d) = deadline_s {
                 line.deadline x1=(x(d)) y1=(pad / 2.0) x2=(x(d)) y2=(y(0.0)) stroke="#c33" stroke-width="2" {}
@@ -177,6 +175,15 @@ fn progress_chart(detail: &Value) -> Markup {
             text x=(pad) y=(height - 8.0) font-size="11" { "start" }
             text x=(width - pad) y=(height - 8.0) font-size="11" text-anchor="end" { (format!("+{span:.0} s")) }
         }
+    }
+}
+
+/// A chart's frame: the zero line, and a dashed line at the top value with its label.
+fn chart_frame(width: f64, pad: f64, zero_y: f64, top_y: f64, top_label: &str) -> Markup {
+    html! {
+        line x1=(pad) y1=(zero_y) x2=(width - pad) y2=(zero_y) stroke="#888" {}
+        line x1=(pad) y1=(top_y) x2=(width - pad) y2=(top_y) stroke="#ccc" stroke-dasharray="4" {}
+        text x=(pad) y=(top_y - 4.0) font-size="11" { (top_label) }
     }
 }
 
@@ -208,9 +215,7 @@ fn slots_chart(history: &Value) -> Markup {
     html! {
         svg.chart #slots-chart width=(width) height=(height) viewBox={ "0 0 " (width) " " (height) } role="img"
             aria-label="slots in use, the limit in force and the service's own count over the last hour" {
-            line x1=(pad) y1=(y(0.0)) x2=(width - pad) y2=(y(0.0)) stroke="#888" {}
-            line x1=(pad) y1=(y(top)) x2=(width - pad) y2=(y(top)) stroke="#ccc" stroke-dasharray="4" {}
-            text x=(pad) y=(y(top) - 4.0) font-size="11" { (format!("{top:.0}")) }
+            (chart_frame(width, pad, y(0.0), y(top), &format!("{top:.0}")))
             @for (i, (class, field, colour, label)) in series.iter().enumerate() {
                 @let points = line(field);
                 @if !points.is_empty() {

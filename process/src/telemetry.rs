@@ -17,6 +17,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// The `--log-format` flag every binary takes, before or after its subcommand
+/// (`#[command(flatten)]` it into the binary's command line).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct LogArgs {
+    /// Log format on stderr (json: every stderr line is a JSON object, fatal errors included)
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
 static FORMAT: OnceLock<LogFormat> = OnceLock::new();
 
 /// Installs the global subscriber. `RUST_LOG` (default `info`) picks what is logged; it is the one

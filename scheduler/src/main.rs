@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use projector_config::{ConfigArgs, FanOutArgs, JobArgs, ServeArgs};
-use projector_process::telemetry::{self, LogFormat};
+use projector_process::telemetry;
 use projector_scheduler::distributed::{RunOnceMode, RunOnceResult, Which, limit_in_force, run_once, serve};
 use projector_scheduler::embedded::{EmbeddedOptions, run_embedded};
 use projector_scheduler::fanout::WaitEnd;
@@ -15,18 +15,14 @@ use projector_shared::run::RunSummary;
 
 /// Fans out one spike-projection job per organization, in batches, to workers that share a
 /// cluster-wide limit of concurrent queries.
-///
-/// Configuration: defaults < --config FILE < PROJECTOR_<SECTION>_<KEY> environment < flags.
-/// See config.example.toml for every key.
 #[derive(Debug, Parser)]
-#[command(name = "projector-scheduler", version)]
+#[command(name = "projector-scheduler", version, long_about = None, after_help = projector_config::LAYERS_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 
-    /// Log format on stderr (json: every stderr line is a JSON object, fatal errors included)
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: telemetry::LogArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,7 +113,7 @@ struct RunOnceArgs {
 
 fn main() -> ExitCode {
     let cli: Cli = projector_process::telemetry::parse_args();
-    telemetry::init(cli.log_format);
+    telemetry::init(cli.log.log_format);
     let loaded = match &cli.command {
         Command::Serve { config, fan_out, serve } => config.load([fan_out.flag_values(), serve.flag_values()].concat()),
         Command::RunOnce(args) => args.config.load([args.fan_out.flag_values(), args.jobs.flag_values()].concat()),

@@ -4,21 +4,17 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use projector_config::{ConfigArgs, JobArgs, WorkerArgs};
-use projector_process::telemetry::{self, LogFormat};
+use projector_process::telemetry;
 
 /// Takes spike-projection jobs from Redis, holds a cluster-wide slot for each query, and stores projections.
-///
-/// Configuration: defaults < --config FILE < PROJECTOR_<SECTION>_<KEY> environment < flags.
-/// See config.example.toml for every key.
 #[derive(Debug, Parser)]
-#[command(name = "projector-worker", version)]
+#[command(name = "projector-worker", version, long_about = None, after_help = projector_config::LAYERS_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 
-    /// Log format on stderr (json: every stderr line is a JSON object, fatal errors included)
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: telemetry::LogArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -49,7 +45,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli: Cli = projector_process::telemetry::parse_args();
-    telemetry::init(cli.log_format);
+    telemetry::init(cli.log.log_format);
     match cli.command {
         Command::Config { config, show_secrets } => {
             let config = match projector_process::runtime::config_or_exit(config.load(Vec::new())) {
