@@ -1,10 +1,11 @@
 -- slots_acquire: grants a slot now if one is free and nobody is queued, else queues the caller
 -- (wait_ms > 0) or answers its would-be position (wait_ms = 0). Idempotent by waiter id: a retry
 -- after a lost reply finds the lease it was granted and returns it again.
--- KEYS: the nine slot keys (see lib/slots.lua)
+-- KEYS: those named in SLOT_KEYS, in that order (see lib/slots.lua)
 -- ARGV: 1 id (waiter and lease id), 2 info (holder|org), 3 lease_ms, 4 wait_ms, 5 default_limit,
 --       6 reserve_ms (how long a handed-off slot waits to be collected), 7 wake_prefix
 -- Returns: {granted (0|1), token if granted else queue position, in_use, limit, reclaimed}
+local SLOT_KEYS = {'limit', 'leases', 'holders', 'fence', 'seq', 'queue', 'waiter_deadlines', 'waiting', 'adaptive'}
 --- @include "slots"
 local id, info, lease_ms, wait_ms = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local default_limit, reserve_ms, wake_prefix = ARGV[5], tonumber(ARGV[6]), ARGV[7]

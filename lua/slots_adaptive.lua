@@ -11,7 +11,7 @@
 -- The 429 cut does not wait for the window's end: the first report that takes the window's 429
 -- ratio above high_ratio (with min_samples answers) cuts at once, at most once per window, and
 -- the window's close then holds on 429s instead of cutting again.
--- KEYS: the nine slot keys (see lib/slots.lua); the state lives in 9 (adaptive hash: multiplier,
+-- KEYS: those named in SLOT_KEYS, in that order (see lib/slots.lua); the state lives in the adaptive hash ( multiplier,
 --       window_start_ms, ok, r429, throttled, full, windows (closed so far), last_* of the
 --       latest closed window)
 -- ARGV: 1 ok, 2 r429, 3 throttled (answers since this worker's last report; ok includes
@@ -21,6 +21,7 @@
 --           direction (0 none, 1 up, -1 down, 2 hold),
 --           signal ("429" | "throttle" | "demand" | "" ), window ok, window 429, window throttled,
 --           limit in force}
+local SLOT_KEYS = {'limit', 'leases', 'queue', 'adaptive'}
 --- @include "slots"
 local ok, r429, throttled = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local window_ms, high = tonumber(ARGV[4]), tonumber(ARGV[5])

@@ -5,11 +5,11 @@
 -- A sample is "at_ms in_use limit_in_force service_used": the live leases, the limit in force
 -- (-1 before any limit is stored), and the query service's own count for the referrer from its
 -- latest answer (-1 when no answer came within the last two periods: a stale count is no count).
--- KEYS: the nine slot keys (see lib/slots.lua), then 10 history (list of samples)
+-- KEYS: those named in SLOT_KEYS, in that order (see lib/slots.lua); history is the list of samples
 -- ARGV: 1 every_ms, 2 keep
 -- Returns: 1 when this call appended a sample, 0 when the period already had one
+local SLOT_KEYS = {'limit', 'leases', 'adaptive', 'history'}
 --- @include "slots"
-local history = KEYS[10]
 local every_ms, keep = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = now_ms()
 local last = redis.call('LINDEX', history, -1)

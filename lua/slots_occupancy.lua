@@ -1,10 +1,11 @@
 -- slots_occupancy: read-only; the gauges report what Redis holds, never a count a process
 -- remembers.
--- KEYS: the nine slot keys (see lib/slots.lua)
+-- KEYS: those named in SLOT_KEYS, in that order (see lib/slots.lua)
 -- ARGV: none
 -- Returns: {live leases on Redis time, the stored limit or nil, the limit in force (stored limit
 --          x adaptive multiplier, under the service's cap) or nil, the multiplier (string),
 --          the service's cap while it holds or nil}
+local SLOT_KEYS = {'limit', 'leases', 'adaptive'}
 --- @include "slots"
 local now = now_ms()
 local stored = redis.call('GET', limit_key)

@@ -1,8 +1,9 @@
 -- slots_renew: extends a live lease to at least lease_ms from now. Never shortens one: a lease
 -- taken for a query keeps its floor (grant + query.max_duration).
--- KEYS: the nine slot keys (see lib/slots.lua)
+-- KEYS: those named in SLOT_KEYS, in that order (see lib/slots.lua)
 -- ARGV: 1 id (lease id), 2 lease_ms
 -- Returns: 1 if the lease runs at least lease_ms from now, 0 if it was gone (the holder lost it).
+local SLOT_KEYS = {'leases', 'holders'}
 --- @include "slots"
 local id, lease_ms = ARGV[1], tonumber(ARGV[2])
 local now = now_ms()

@@ -10,12 +10,13 @@
 -- the service as it was then: it may lower the cap, never raise it. The cap holds
 -- until ttl_ms from now (Redis time); a later answer replaces it, and with no answers it lapses
 -- and the stored limit and the multiplier rule again.
--- KEYS: the nine slot keys (see lib/slots.lua); the cap lives in 9 (adaptive hash)
+-- KEYS: those named in SLOT_KEYS, in that order (see lib/slots.lua); the cap lives in the adaptive hash
 -- ARGV: 1 quota_used (the service's count, >= 0), 2 rejection_threshold, 3 throttle_threshold
 --       (0: unknown), 4 use_throttle (0|1), 5 margin, 6 ttl_ms, 7 default_limit, 8 rejected (0|1:
 --       the numbers came with a 429), 9 age_ms (how long ago the answered query was sent)
 -- Returns: {cap, others (the service's count beyond the fleet's leases), in_use (live leases),
 --           limit in force}
+local SLOT_KEYS = {'limit', 'leases', 'adaptive'}
 --- @include "slots"
 local used, threshold, throttle = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local use_throttle, margin, ttl_ms, default_limit = ARGV[4] == '1', tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]

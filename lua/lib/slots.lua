@@ -1,14 +1,19 @@
 -- slots: shared by every slot-limiter script (`--- @include "slots"` at its top).
--- KEYS (the same nine for every slot script, one hash tag per limiter):
---   1 limit (string), 2 leases (zset lease id -> expiry ms), 3 holders (hash lease id ->
---   "info|granted_ms|token"), 4 fence (counter of fencing tokens), 5 seq (arrival counter),
---   6 queue (zset waiter id -> arrival), 7 waiter deadlines (zset waiter id -> deadline ms),
---   8 waiting (hash waiter id -> info), 9 adaptive (hash: the fleet's multiplier and its window,
---   and the query service's cap: service_cap, service_until_ms, and the numbers it came from)
+-- KEYS: the ones the including script names, in order, in `local SLOT_KEYS = {…}` before its
+-- include (the limiter passes exactly those; a helper may only be called by a script that names
+-- the keys it uses). All share one hash tag per limiter. By name:
+--   limit (string), leases (zset lease id -> expiry ms), holders (hash lease id ->
+--   "info|granted_ms|token"), fence (counter of fencing tokens), seq (arrival counter),
+--   queue (zset waiter id -> arrival), waiter_deadlines (zset waiter id -> deadline ms),
+--   waiting (hash waiter id -> info), adaptive (hash: the fleet's multiplier and its window,
+--   and the query service's cap: service_cap, service_until_ms, and the numbers it came from),
+--   history (list of the fleet's slot samples)
 -- Time is Redis's own (TIME), never a worker's clock.
-local limit_key, leases, holders, fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local seq, queue, deadlines, waiting = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local adaptive = KEYS[9]
+local key = {}
+for i, name in ipairs(SLOT_KEYS) do key[name] = KEYS[i] end
+local limit_key, leases, holders, fence = key.limit, key.leases, key.holders, key.fence
+local seq, queue, deadlines, waiting = key.seq, key.queue, key.waiter_deadlines, key.waiting
+local adaptive, history = key.adaptive, key.history
 local KEY_TTL_MS = 604800000
 
 --- @include "time"

@@ -65,19 +65,10 @@ impl SlotKeys {
         format!("{}:history", self.tag)
     }
 
-    /// The keys every limiter script is given, in the order the scripts expect.
-    pub fn script_keys(&self) -> Vec<String> {
-        vec![
-            self.limit(),
-            self.leases(),
-            self.holders(),
-            self.fence(),
-            self.seq(),
-            self.queue(),
-            self.waiter_deadlines(),
-            self.waiting(),
-            self.adaptive(),
-        ]
+    /// The key called `name` in a slot script's `SLOT_KEYS` (`limit`, `leases`, … `history`):
+    /// every slot key is the limiter's tag and its name.
+    pub fn named(&self, name: &str) -> String {
+        format!("{}:{name}", self.tag)
     }
 }
 
@@ -238,7 +229,11 @@ mod tests {
     #[test]
     fn every_key_shares_one_hash_tag() {
         let k = SlotKeys::new("default");
-        for key in k.script_keys().iter().chain([&k.wake("w1")]) {
+        let names = ["limit", "leases", "holders", "fence", "seq", "queue", "waiter_deadlines", "waiting", "adaptive", "history"];
+        let named: Vec<String> = names.iter().map(|n| k.named(n)).collect();
+        assert_eq!(named[0], k.limit());
+        assert_eq!((&named[6], &named[9]), (&k.waiter_deadlines(), &k.history()));
+        for key in named.iter().chain([&k.wake("w1")]) {
             assert!(key.starts_with("{projector:slots:default}:"), "{key}");
         }
     }

@@ -157,7 +157,7 @@ impl RedisSlotLimiter {
             let reply: Acquired = inner
                 .call(
                     ACQUIRE
-                        .key(inner.keys.script_keys())
+                        .on(&inner.keys)
                         .arg(&id)
                         .arg(&info)
                         .arg(ms(first_lease))
@@ -178,7 +178,7 @@ impl RedisSlotLimiter {
             let nap = jitter(inner.settings.recheck).min(remaining);
             if let Some(token) = self.wait_for_handoff(&id, nap).await? {
                 // The lease was made for us, reserved briefly; a renewal makes it a full lease.
-                let renewed: u8 = inner.call(RENEW.key(inner.keys.script_keys()).arg(&id).arg(ms(first_lease))).await?;
+                let renewed: u8 = inner.call(RENEW.on(&inner.keys).arg(&id).arg(ms(first_lease))).await?;
                 if renewed == 1 {
                     return Ok(self.granted(id, token, first_lease, started));
                 }
@@ -216,8 +216,7 @@ impl RedisSlotLimiter {
     /// Leaves the queue at the deadline; a slot handed over in the same instant is taken, not lost.
     async fn give_up(&self, id: String, first_lease: Duration, started: Instant) -> Result<Acquire, Error> {
         let inner = &self.inner;
-        let left: Cancelled =
-            inner.call(CANCEL.key(inner.keys.script_keys()).arg(&id).arg(ms(first_lease)).arg(inner.keys.wake_prefix())).await?;
+        let left: Cancelled = inner.call(CANCEL.on(&inner.keys).arg(&id).arg(ms(first_lease)).arg(inner.keys.wake_prefix())).await?;
         if let Some(token) = left.granted {
             return Ok(self.granted(id, token, first_lease, started));
         }
@@ -313,7 +312,7 @@ impl SlotLimiter for RedisSlotLimiter {
 
     fn pause_grants(&self, cooldown: Duration) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
-            let _ends: u64 = self.inner.call(PAUSE.key(self.inner.keys.script_keys()).arg(ms(cooldown))).await?;
+            let _ends: u64 = self.inner.call(PAUSE.on(&self.inner.keys).arg(ms(cooldown))).await?;
             Ok(())
         })
     }
@@ -339,7 +338,7 @@ async fn renew_while_held(inner: Arc<Inner>, id: String, held_until: Instant, lo
             () = stop.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        let result: Result<u8, Error> = inner.call(RENEW.key(inner.keys.script_keys()).arg(&id).arg(ms(inner.settings.lease_ttl))).await;
+        let result: Result<u8, Error> = inner.call(RENEW.on(&inner.keys).arg(&id).arg(ms(inner.settings.lease_ttl))).await;
         match result {
             Ok(1) => last_ok = Instant::now(),
             Ok(_) => {
@@ -379,14 +378,13 @@ impl Drop for AbandonOnDrop {
                 let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
                 loop {
                     let pause = backoff.next_pause();
-                    let cancelled: Result<Cancelled, Error> = inner
-                        .call(CANCEL.key(inner.keys.script_keys()).arg(&id).arg(ms(inner.settings.lease_ttl)).arg(inner.keys.wake_prefix()))
-                        .await;
+                    let cancelled: Result<Cancelled, Error> =
+                        inner.call(CANCEL.on(&inner.keys).arg(&id).arg(ms(inner.settings.lease_ttl)).arg(inner.keys.wake_prefix())).await;
                     let released = match cancelled {
                         Ok(Cancelled { granted: Some(_), .. }) => inner
                             .call::<Released>(
                                 RELEASE
-                                    .key(inner.keys.script_keys())
+                                    .on(&inner.keys)
                                     .arg(&id)
                                     .arg(inner.settings.initial_limit)
                                     .arg(ms(inner.settings.handoff_reserve))
@@ -426,7 +424,7 @@ impl RedisRelease {
         let released: Released = inner
             .call(
                 RELEASE
-                    .key(inner.keys.script_keys())
+                    .on(&inner.keys)
                     .arg(&self.id)
                     .arg(inner.settings.initial_limit)
                     .arg(ms(inner.settings.handoff_reserve))
@@ -461,7 +459,7 @@ impl ReleaseSlot for RedisRelease {
     fn cover(&self, query_max_duration: Duration) -> BoxFuture<'static, Result<(), Error>> {
         let (inner, id) = (self.inner.clone(), self.id.clone());
         Box::pin(async move {
-            let renewed: u8 = inner.call(RENEW.key(inner.keys.script_keys()).arg(&id).arg(ms(query_max_duration))).await?;
+            let renewed: u8 = inner.call(RENEW.on(&inner.keys).arg(&id).arg(ms(query_max_duration))).await?;
             if renewed == 1 {
                 Ok(())
             } else {

@@ -1,24 +1,55 @@
 //! The slot limiter's Redis scripts (`lua/slots_*.lua`), each built once by the script registry
-//! (`projector_redis::lua`), and their replies as small structs. Every script includes `lua/lib/slots.lua`
-//! (named keys and shared helpers) and takes the same nine keys (`SlotKeys::script_keys`).
+//! (`projector_redis::lua`), and their replies as small structs. Every script includes
+//! `lua/lib/slots.lua` (named keys and shared helpers) and takes only the keys it names in its
+//! `local SLOT_KEYS = {…}` line, which [`SlotScript`] reads from the script itself, so the Lua
+//! and the Rust side cannot disagree on them.
 
 use std::sync::LazyLock;
 
 use redis::{FromRedisValue, ParsingError, Script, Value};
 
-use projector_redis::lua::script;
+use projector_redis::keys::SlotKeys;
+use redis::ScriptInvocation;
 
-pub(super) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../../lua/slots_acquire.lua")));
-pub(super) static CANCEL: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../../lua/slots_cancel.lua")));
-pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../../lua/slots_release.lua")));
-pub(super) static RENEW: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../../lua/slots_renew.lua")));
-pub(super) static SET_LIMIT: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../../lua/slots_set_limit.lua")));
-pub(super) static RESET: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../../lua/slots_reset.lua")));
-pub(super) static OCCUPANCY: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../../lua/slots_occupancy.lua")));
-pub(super) static ADAPTIVE: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../../lua/slots_adaptive.lua")));
-pub(super) static PAUSE: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../../lua/slots_pause.lua")));
-pub(super) static SERVICE: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../../lua/slots_service.lua")));
-pub(super) static HISTORY: LazyLock<Script> = LazyLock::new(|| script(include_str!("../../../../lua/slots_history.lua")));
+/// A slot script with the names of the keys it takes, in order.
+pub(super) struct SlotScript {
+    script: Script,
+    keys: Vec<String>,
+}
+
+impl SlotScript {
+    fn new(body: &str) -> Self {
+        SlotScript { script: projector_redis::lua::script(body), keys: key_names(body) }
+    }
+
+    /// An invocation with this script's keys of `slots`; add the arguments and call it.
+    pub(super) fn on(&self, slots: &SlotKeys) -> ScriptInvocation<'_> {
+        let mut invocation = self.script.prepare_invoke();
+        for name in &self.keys {
+            invocation.key(slots.named(name));
+        }
+        invocation
+    }
+}
+
+/// The names in a script's `local SLOT_KEYS = {'limit', 'leases'}` line, in order.
+fn key_names(body: &str) -> Vec<String> {
+    let Some(line) = body.lines().find(|l| l.starts_with("local SLOT_KEYS = {")) else { return Vec::new() };
+    let inside = line.trim_start_matches("local SLOT_KEYS = {").trim_end().trim_end_matches('}');
+    inside.split(',').map(|n| n.trim().trim_matches('\'').to_owned()).filter(|n| !n.is_empty()).collect()
+}
+
+pub(super) static ACQUIRE: LazyLock<SlotScript> = LazyLock::new(|| SlotScript::new(include_str!("../../../../lua/slots_acquire.lua")));
+pub(super) static CANCEL: LazyLock<SlotScript> = LazyLock::new(|| SlotScript::new(include_str!("../../../../lua/slots_cancel.lua")));
+pub(super) static RELEASE: LazyLock<SlotScript> = LazyLock::new(|| SlotScript::new(include_str!("../../../../lua/slots_release.lua")));
+pub(super) static RENEW: LazyLock<SlotScript> = LazyLock::new(|| SlotScript::new(include_str!("../../../../lua/slots_renew.lua")));
+pub(super) static SET_LIMIT: LazyLock<SlotScript> = LazyLock::new(|| SlotScript::new(include_str!("../../../../lua/slots_set_limit.lua")));
+pub(super) static RESET: LazyLock<SlotScript> = LazyLock::new(|| SlotScript::new(include_str!("../../../../lua/slots_reset.lua")));
+pub(super) static OCCUPANCY: LazyLock<SlotScript> = LazyLock::new(|| SlotScript::new(include_str!("../../../../lua/slots_occupancy.lua")));
+pub(super) static ADAPTIVE: LazyLock<SlotScript> = LazyLock::new(|| SlotScript::new(include_str!("../../../../lua/slots_adaptive.lua")));
+pub(super) static PAUSE: LazyLock<SlotScript> = LazyLock::new(|| SlotScript::new(include_str!("../../../../lua/slots_pause.lua")));
+pub(super) static SERVICE: LazyLock<SlotScript> = LazyLock::new(|| SlotScript::new(include_str!("../../../../lua/slots_service.lua")));
+pub(super) static HISTORY: LazyLock<SlotScript> = LazyLock::new(|| SlotScript::new(include_str!("../../../../lua/slots_history.lua")));
 
 /// `slots_acquire`'s reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,5 +200,33 @@ impl FromRedisValue for AdaptiveReport {
             window: (ok, r429, throttled),
             limit_in_force,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KNOWN: &[&str] = &["limit", "leases", "holders", "fence", "seq", "queue", "waiter_deadlines", "waiting", "adaptive", "history"];
+
+    #[test]
+    fn each_script_takes_only_the_keys_it_names_and_every_name_is_a_slot_key() {
+        let scripts =
+            [&*ACQUIRE, &*CANCEL, &*RELEASE, &*RENEW, &*SET_LIMIT, &*RESET, &*OCCUPANCY, &*ADAPTIVE, &*PAUSE, &*SERVICE, &*HISTORY];
+        for s in scripts {
+            assert!(!s.keys.is_empty(), "every slot script names its keys");
+            assert!(s.keys.iter().all(|k| KNOWN.contains(&k.as_str())), "{:?}", s.keys);
+        }
+        assert_eq!(ACQUIRE.keys.len(), 9, "acquiring may reclaim, grant and queue: every key but the history");
+        assert_eq!(PAUSE.keys, ["adaptive"], "a pause touches the adaptive hash only");
+        assert_eq!(RENEW.keys, ["leases", "holders"]);
+        let invocation_keys = HISTORY.keys.iter().map(|n| SlotKeys::new("x").named(n)).collect::<Vec<_>>();
+        assert_eq!(invocation_keys.last().map(String::as_str), Some("{projector:slots:x}:history"));
+    }
+
+    #[test]
+    fn key_names_are_read_from_the_scripts_own_line() {
+        assert_eq!(key_names("-- x\nlocal SLOT_KEYS = {'limit', 'leases'}\n--- @include \"slots\"\n"), ["limit", "leases"]);
+        assert!(key_names("return 1").is_empty());
     }
 }

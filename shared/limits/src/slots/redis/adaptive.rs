@@ -38,7 +38,7 @@ impl RedisSlotLimiter {
         age: Duration,
     ) -> Result<ServiceCap, Error> {
         let inner = &self.inner;
-        let mut call = SERVICE.key(inner.keys.script_keys());
+        let mut call = SERVICE.on(&inner.keys);
         call.arg(quota.quota_used)
             .arg(quota.rejection_threshold)
             .arg(quota.throttle_threshold.max(0))
@@ -70,7 +70,7 @@ impl RedisSlotLimiter {
     /// window ends closes it and moves the multiplier (`lua/slots_adaptive.lua`).
     pub async fn report_answers(&self, answers: SignalCounts, settings: &AdaptiveSettings) -> Result<AdaptiveReport, Error> {
         let inner = &self.inner;
-        let mut call = ADAPTIVE.key(inner.keys.script_keys());
+        let mut call = ADAPTIVE.on(&inner.keys);
         call.arg(answers.ok + answers.throttled)
             .arg(answers.rate_limited)
             .arg(answers.throttled)

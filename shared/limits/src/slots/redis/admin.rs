@@ -49,9 +49,8 @@ impl RedisSlotLimiter {
     /// Sets the limit for every process at once. Lowering it interrupts no holder; raising it serves waiters now.
     pub async fn set_limit(&self, limit: u32) -> Result<(), Error> {
         let inner = &self.inner;
-        let _in_use_and_limit: (u32, u32) = inner
-            .call(SET_LIMIT.key(inner.keys.script_keys()).arg(limit).arg(ms(inner.settings.handoff_reserve)).arg(inner.keys.wake_prefix()))
-            .await?;
+        let _in_use_and_limit: (u32, u32) =
+            inner.call(SET_LIMIT.on(&inner.keys).arg(limit).arg(ms(inner.settings.handoff_reserve)).arg(inner.keys.wake_prefix())).await?;
         inner.limit_seen.store(limit, Ordering::SeqCst);
         Ok(())
     }
@@ -70,7 +69,7 @@ impl RedisSlotLimiter {
     /// Drops every lease and waiter (after an incident: the `reset_concurrent_count` of earlier designs); returns how many leases were dropped.
     /// Holders learn at their next renewal that their lease is gone.
     pub async fn reset(&self) -> Result<u64, Error> {
-        self.inner.call(&RESET.key(self.inner.keys.script_keys())).await
+        self.inner.call(&RESET.on(&self.inner.keys)).await
     }
 
     /// The limit, holders and waiters, as Redis has them now.
@@ -129,7 +128,7 @@ impl RedisSlotLimiter {
     /// Live leases, the stored limit, the limit in force (stored x adaptive multiplier) and the
     /// multiplier: what the fleet-wide gauges report.
     pub async fn occupancy_now(&self) -> Result<Occupancy, Error> {
-        self.inner.call(&OCCUPANCY.key(self.inner.keys.script_keys())).await
+        self.inner.call(&OCCUPANCY.on(&self.inner.keys)).await
     }
 
     /// Every key of this limiter that exists now (for tests and `projectorctl`).

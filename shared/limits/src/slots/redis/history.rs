@@ -54,8 +54,8 @@ impl RedisSlotLimiter {
     pub async fn record_history(&self, every: Duration) -> Result<bool, Error> {
         let inner = &self.inner;
         let every_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(1);
-        let mut call = HISTORY.key(inner.keys.script_keys());
-        call.key(inner.keys.history()).arg(every_ms).arg(samples_to_keep(every));
+        let mut call = HISTORY.on(&inner.keys);
+        call.arg(every_ms).arg(samples_to_keep(every));
         let appended: u8 = inner.call(&call).await?;
         Ok(appended == 1)
     }
