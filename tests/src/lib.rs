@@ -133,7 +133,7 @@ pub fn holds_within(timeout: Duration, mut condition: impl FnMut() -> bool) -> b
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(POLL_EVERY);
     }
     true
 }
@@ -145,17 +145,24 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
+    // The deadline bounds the whole wait, a probe that hangs included; the interval paces the probes.
+    let poll = async {
+        let mut every = tokio::time::interval(POLL_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            if let Some(value) = probe().await {
+                return value;
+            }
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting until {what}");
-        tokio::time::sleep(POLL_EVERY).await;
+    };
+    match tokio::time::timeout(timeout, poll).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out after {timeout:?} waiting until {what}"),
     }
 }
 
-/// How often [`eventually`] asks again.
+/// How often [`holds_within`] and [`eventually`] ask again.
 const POLL_EVERY: Duration = Duration::from_millis(20);
 
 /// A command for a Projector binary with none of the caller's `PROJECTOR_*` variables, so a
