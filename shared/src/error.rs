@@ -46,11 +46,6 @@ impl Error {
     pub fn is_fatal(&self) -> bool {
         self.redis_failure().is_some_and(projector_redis::Error::is_fatal)
     }
-
-    /// The slot backend could not be reached: the job ends `slot_unavailable`.
-    pub fn is_slot_backend_unavailable(&self) -> bool {
-        matches!(self, Error::Limits(projector_limits::Error::SlotBackendUnavailable { .. }))
-    }
 }
 
 /// Lets `$target` take the error of any crate under `shared/` with `?`, into `$variant` (which
