@@ -8,6 +8,7 @@ use projector_config::{Config, QuerySourceKind, RateConfig, SinkKind};
 
 use projector_shared::adaptive::Multiplier;
 use projector_shared::rate::{MemoryRateLimiter, RateGate, RateLimiter, RatePolicy, RedisRateLimiter};
+use projector_shared::slots::ServiceSteering;
 
 use crate::error::Error;
 use crate::postgres_sink::PostgresSink;
@@ -30,6 +31,16 @@ pub fn query_source(config: &Config) -> Result<Arc<dyn QuerySource>, Error> {
         })?),
         // Config validation requires query.url with snuba; synthetic needs nothing.
         _ => Arc::new(SyntheticQuery { latency: config.query.synthetic_latency }),
+    })
+}
+
+/// How the query service's own numbers cap the slot limit (`slots.follow_service`), the same in
+/// the worker's Redis limiter and the embedded run's memory one; `None` when they do not.
+pub fn service_steering(config: &Config) -> Option<ServiceSteering> {
+    config.slots.follow_service.then_some(ServiceSteering {
+        margin: config.slots.service_margin,
+        ttl: config.slots.service_ttl,
+        use_throttle: config.adaptive.use_throttle_signal,
     })
 }
 

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use apalis::prelude::{BoxDynError, Data};
+use apalis::prelude::{BoxDynError, Data, Task, TaskBuilder};
+use futures::channel::mpsc::UnboundedSender;
 use projector_config::{Config, OnSlotTimeout};
 use projector_queue as queue;
 use projector_shared::SpikeProjectionJob;
@@ -81,27 +82,40 @@ impl RolloutFlag {
     }
 }
 
-/// `slots.on_timeout = "reschedule"`: a job whose slot wait timed out goes back to the queue after
-/// a jittered backoff, at most `max_reschedules` times. Only where there is a queue to go back to.
+/// Where a job goes back to when a try ends in a way that may pass: the worker's Redis queue, or
+/// the embedded run's in-memory one.
+pub enum Requeue {
+    /// A delayed task in the shared queue, due after the backoff.
+    Redis {
+        conn: RedisConn,
+        /// `runs.dedup_window`: how long the run's dedupe set keeps the rescheduled job's member.
+        dedup_window: Duration,
+    },
+    /// The embedded run's queue: the job is sent again once its backoff has passed. The run waits
+    /// for every org's outcome, so a job on its way back keeps the run open.
+    Memory(UnboundedSender<Task<serde_json::Value>>),
+}
+
+/// A try that may pass later (a refusal, a transient failure, with `slots.on_timeout =
+/// "reschedule"` a slot timeout) goes back to the queue after a jittered backoff instead of
+/// becoming the org's outcome, within `runs.max_attempts` tries and the run's deadline.
 pub struct Rescheduler {
-    pub conn: RedisConn,
+    pub requeue: Requeue,
     pub max_reschedules: u32,
     /// `runs.max_attempts`: tries of an org whose try failed in a way that may pass.
     pub max_attempts: u32,
-    /// `runs.dedup_window`: how long the run's dedupe set keeps the rescheduled job's member.
-    pub dedup_window: Duration,
 }
 
 impl Rescheduler {
     /// From config: every worker has one (a per-org 429 is always tried again later); slot
     /// timeouts use it only with `slots.on_timeout = "reschedule"` ([`reschedules_skips`]).
     pub fn from_config(config: &Config, conn: &RedisConn) -> Self {
-        Rescheduler {
-            conn: conn.clone(),
-            max_reschedules: config.slots.max_reschedules,
-            max_attempts: config.runs.max_attempts,
-            dedup_window: config.runs.dedup_window,
-        }
+        Self::with(config, Requeue::Redis { conn: conn.clone(), dedup_window: config.runs.dedup_window })
+    }
+
+    /// From config, going back to `requeue`.
+    pub fn with(config: &Config, requeue: Requeue) -> Self {
+        Rescheduler { requeue, max_reschedules: config.slots.max_reschedules, max_attempts: config.runs.max_attempts }
     }
 }
 
@@ -118,14 +132,31 @@ impl Rescheduler {
         let backoff = retry_after.unwrap_or_else(|| {
             plus_jitter(Backoff::new(Duration::from_secs(1), Duration::from_secs(64)).nth(next.reschedules), Duration::from_secs(2))
         });
-        let backoff = backoff.as_secs() + u64::from(backoff.subsec_nanos() > 0);
-        let run_at = chrono::Utc::now().timestamp().max(0) as u64 + backoff;
-        // The reschedule's own dedupe member (`<org>:r<n>`): not a duplicate of the job it follows.
-        let task = queue::task(&next, run_at);
-        queue::push(&self.conn, &job.run_id, &[task], self.dedup_window)
-            .await
-            .map(|_| ())
-            .map_err(|e| Error::Shared(projector_shared::Error::redis(format!("rescheduling org {}", job.org_id))(e)))
+        match &self.requeue {
+            Requeue::Redis { conn, dedup_window } => {
+                let backoff = backoff.as_secs() + u64::from(backoff.subsec_nanos() > 0);
+                let run_at = chrono::Utc::now().timestamp().max(0) as u64 + backoff;
+                // The reschedule's own dedupe member (`<org>:r<n>`): not a duplicate of the job it follows.
+                let task = queue::task(&next, run_at);
+                queue::push(conn, &job.run_id, &[task], *dedup_window)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| Error::Shared(projector_shared::Error::redis(format!("rescheduling org {}", job.org_id))(e)))
+            }
+            Requeue::Memory(queue) => {
+                let payload = next.to_payload();
+                let queue = queue.clone();
+                let org_id = job.org_id;
+                tokio::spawn(async move {
+                    tokio::time::sleep(backoff).await;
+                    // Closed: the run is over (Ctrl-C), and it accounts only for the orgs that ended.
+                    if queue.unbounded_send(TaskBuilder::new(payload).build()).is_err() {
+                        tracing::debug!(org_id = %org_id, "the run ended before this org's next try");
+                    }
+                });
+                Ok(())
+            }
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use futures::channel::mpsc::UnboundedSender;
 use futures::{SinkExt, StreamExt};
 use projector_config::{Config, SinkKind};
 use projector_job::Pipeline;
-use projector_job::handler::{JobHandler, Routing, run_job};
+use projector_job::handler::{JobHandler, Requeue, Rescheduler, Routing, reschedules_skips, run_job};
 use projector_job::sink::{DiscardSink, ProjectionSink};
 use projector_shared::batch::plan_batches;
 use projector_shared::run::{MemoryRunLedger, RunSummary};
@@ -59,13 +59,21 @@ pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: C
     let ledger = Arc::new(MemoryRunLedger::new(run_id.clone(), orgs.iter().map(|o| o.org_id)));
     // The same handler as the worker process's: the memory ledger instead of the run record, no
     // flag store (every org takes a slot first) and no queue to reschedule into.
-    let limiter = Arc::new(MemorySlotLimiter::new(config.slots.limit));
+    // The service's own numbers cap the run's limit as they cap a fleet's (slots.follow_service).
+    let limiter = Arc::new(match projector_job::build::service_steering(config) {
+        Some(steering) => MemorySlotLimiter::following_service(config.slots.limit, steering),
+        None => MemorySlotLimiter::new(config.slots.limit),
+    });
     let rate = projector_job::build::rate_gate(config, None);
     let pipeline = Pipeline::from_config(config, format!("embedded-{}", std::process::id()), limiter, sink.clone(), rate)?;
     let probe = pipeline.probe.clone();
-    let handler = Arc::new(JobHandler::new(pipeline, ledger.clone(), Routing::AllLimited, None));
-
     let (queue, storage) = memory_queue();
+    // A refusal or a failure that may pass goes back to the in-memory queue after its backoff,
+    // as a worker's goes back to Redis: within runs.max_attempts tries and the run's deadline.
+    let rescheduler = Rescheduler::with(config, Requeue::Memory(queue.clone()));
+    let handler = Arc::new(
+        JobHandler::new(pipeline, ledger.clone(), Routing::AllLimited, Some(rescheduler)).rescheduling_skips(reschedules_skips(config)),
+    );
     let workers_stop = CancellationToken::new();
     let worker = WorkerBuilder::new(format!("projector-embedded-{}", std::process::id()))
         .backend(storage)
@@ -86,7 +94,8 @@ pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: C
 
     // Release each batch at its time; jobs run as soon as they are released.
     let release = async {
-        release_batches(&queue, &run_id, tick, started, &batches, &projects).await?;
+        let jobs = Jobs { run_id: &run_id, tick, deadline: config.run_deadline(tick), projects: &projects };
+        release_batches(&queue, &jobs, started, &batches).await?;
         ledger.all_accounted().await;
         Ok::<(), Error>(())
     };
@@ -115,24 +124,34 @@ pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: C
     Ok(summary)
 }
 
+/// What every job of the run shares.
+struct Jobs<'a> {
+    run_id: &'a RunId,
+    tick: chrono::DateTime<Utc>,
+    /// `runs.deadline` after the tick, else the schedule's next tick: no try is retried past it.
+    deadline: chrono::DateTime<Utc>,
+    projects: &'a std::collections::HashMap<projector_shared::OrgId, Vec<projector_shared::ProjectId>>,
+}
+
 /// Pushes each batch's jobs into the in-memory queue at its release time.
 async fn release_batches(
     queue: &UnboundedSender<Task<serde_json::Value>>,
-    run_id: &RunId,
-    tick: chrono::DateTime<Utc>,
+    jobs: &Jobs<'_>,
     started: Instant,
     batches: &[projector_shared::batch::Batch],
-    projects: &std::collections::HashMap<projector_shared::OrgId, Vec<projector_shared::ProjectId>>,
 ) -> Result<(), Error> {
+    let run_id = jobs.run_id;
     let refused = |e: String| Error::Enqueue { run_id: run_id.to_string(), detail: e };
     for batch in batches {
         tokio::time::sleep_until(started + batch.release_after).await;
         for &org_id in &batch.orgs {
-            let job =
-                SpikeProjectionJob::planned(run_id.clone(), org_id, batch.index, tick, projects.get(&org_id).cloned().unwrap_or_default());
+            let projects = jobs.projects.get(&org_id).cloned().unwrap_or_default();
+            let job = SpikeProjectionJob {
+                deadline: Some(jobs.deadline),
+                ..SpikeProjectionJob::planned(run_id.clone(), org_id, batch.index, jobs.tick, projects)
+            };
             let key = job.idempotency_key();
-            let payload = serde_json::to_value(&job).map_err(|e| refused(e.to_string()))?;
-            let task = TaskBuilder::new(payload).idempotency_key(key).build();
+            let task = TaskBuilder::new(job.to_payload()).idempotency_key(key).build();
             queue.unbounded_send(task).map_err(|e| refused(e.to_string()))?;
         }
         tracing::debug!(run_id = %run_id, batch = batch.index, orgs = batch.orgs.len(), "batch released");

@@ -447,3 +447,27 @@ fn without_the_services_numbers_aimd_brings_the_fleet_under_it_and_every_org_com
     assert_eq!(shown["outcomes"]["completed"], 2000, "{shown}");
     assert!(refused <= 200, "at most 10 % of orgs met a 429: {refused}");
 }
+
+/// The embedded run against a service that admits 8 queries for the referrer, far below
+/// `slots.limit` (50): the first answer caps the run's limit at 8 less `slots.service_margin`
+/// (2), and the orgs the service refused before that go back to the in-memory queue after a
+/// backoff and complete, as a worker's go back to Redis. No org ends `rate_limited`.
+#[test]
+fn an_embedded_run_follows_a_service_with_less_room_and_tries_its_refusals_again() {
+    let fake = FakeSnuba::start(FAKE, &["--latency", "300ms", "--concurrency-limit", "8"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let summary = dir.path().join("s.json");
+    let env = [("PROJECTOR_QUERY_SOURCE".to_owned(), "snuba".to_owned()), ("PROJECTOR_QUERY_URL".to_owned(), fake.url())];
+    let summary_arg = summary.display().to_string();
+    let args = ["run-once", "--embedded", "--orgs", "60", "--batch-delay", "0s", "--summary-json", &summary_arg];
+    let out = run("projector-scheduler", &env, &args);
+    let log = text(&out.stderr);
+    assert!(out.status.success(), "every org completes: {}\n{log}", text(&out.stdout));
+    let s: Value = serde_json::from_str(&std::fs::read_to_string(&summary).expect("summary")).expect("JSON");
+    assert_eq!((s["completed"].as_u64(), s["rate_limited"].as_u64()), (Some(60), Some(0)), "{s}");
+    let stats = fake.stats_now();
+    assert!(stats["rejected_429"].as_u64().is_some_and(|n| n > 0), "the first wave outran the service: {stats}");
+    assert!(stats["queries_by_org"].as_object().is_some_and(|o| o.len() == 60), "every org was answered: {stats}");
+    let capped = log.lines().find(|l| l.contains("the query service's numbers cap the slot limit")).unwrap_or_default();
+    assert!(capped.contains("cap=6 "), "8 admitted, less the margin of 2: {capped:?}\n{log}");
+}

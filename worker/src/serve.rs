@@ -165,12 +165,8 @@ fn spawn_services(
 /// jobs use: the same, or wrapped to fail open (`slots.on_redis_error`).
 fn slot_limiter(config: &Config) -> Result<(RedisSlotLimiter, Arc<dyn SlotLimiter>), Error> {
     let mut slot_settings = RedisSlotSettings::new(config.slots.limit, config.slots.lease_ttl);
-    if config.slots.follow_service {
-        slot_settings = slot_settings.following_service(projector_shared::slots::ServiceSteering {
-            margin: config.slots.service_margin,
-            ttl: config.slots.service_ttl,
-            use_throttle: config.adaptive.use_throttle_signal,
-        });
+    if let Some(steering) = projector_job::build::service_steering(config) {
+        slot_settings = slot_settings.following_service(steering);
     }
     let slots = RedisSlotLimiter::new(&config.redis, slot_settings)?;
     let redis_limiter: Arc<dyn SlotLimiter> = Arc::new(slots.clone());

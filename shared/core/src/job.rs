@@ -128,6 +128,12 @@ impl SpikeProjectionJob {
         // A struct of plain fields always serializes.
         serde_json::to_vec(self).unwrap_or_default()
     }
+
+    /// The payload an in-memory queue carries (the embedded run's).
+    pub fn to_payload(&self) -> serde_json::Value {
+        // A struct of plain fields always serializes.
+        serde_json::to_value(self).unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
