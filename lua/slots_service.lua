@@ -8,19 +8,24 @@
 -- blip is not. A refusal (rejected = 1) is no blip: the service is over its limit now, so its
 -- share counts at once. An answer to a query that started before the latest refusal tells of
 -- the service as it was then: it may lower the cap, never raise it. The cap holds
--- until ttl_ms from now (Redis time); a later answer replaces it, and with no answers it lapses
--- and the stored limit and the multiplier rule again.
+-- until ttl_ms from now (Redis time); a later answer replaces it, and with no answers it lapses.
+-- What the service admits at all (its limit less the margin, and with use_throttle no more than
+-- its throttle point) is remembered for memory_ms more: after the cap lapses it still bounds the
+-- limit in force, so the next run starts within the service's room instead of learning it from
+-- 429s. Every answer refreshes it; with none for memory_ms, the stored limit and the multiplier
+-- rule again.
 -- KEYS: those named in SLOT_KEYS, in that order (see lib/slots.lua); the cap lives in the adaptive hash
 -- ARGV: 1 quota_used (the service's count, >= 0), 2 rejection_threshold, 3 throttle_threshold
 --       (0: unknown), 4 use_throttle (0|1), 5 margin, 6 ttl_ms, 7 default_limit, 8 rejected (0|1:
---       the numbers came with a 429), 9 age_ms (how long ago the answered query was sent)
+--       the numbers came with a 429), 9 age_ms (how long ago the answered query was sent),
+--       10 memory_ms (how long the service's room is remembered)
 -- Returns: {cap, others (the service's count beyond the fleet's leases), in_use (live leases),
 --           limit in force}
 local SLOT_KEYS = {'limit', 'leases', 'adaptive'}
 --- @include "slots"
 local used, threshold, throttle = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local use_throttle, margin, ttl_ms, default_limit = ARGV[4] == '1', tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
-local rejected, age_ms = ARGV[8] == '1', tonumber(ARGV[9] or '0')
+local rejected, age_ms, memory_ms = ARGV[8] == '1', tonumber(ARGV[9] or '0'), tonumber(ARGV[10] or '0')
 local now = now_ms()
 local in_use = redis.call('ZCOUNT', leases, '(' .. now, '+inf')
 local seen = math.max(0, used - in_use)
@@ -46,7 +51,11 @@ if rejected then
 elseif now - age_ms < last_rejected and held and held_until > now then
   cap = math.min(cap, held)
 end
+local room = threshold - margin
+if use_throttle and throttle > 0 then room = math.min(room, throttle) end
+room = math.max(1, room)
 redis.call('HSET', adaptive, 'service_cap', cap, 'service_until_ms', now + ttl_ms,
+  'service_room', room, 'service_room_until_ms', now + memory_ms,
   'service_quota_used', used, 'service_threshold', threshold, 'service_throttle', throttle,
   'service_others', others, 'service_heard_ms', now,
   'service_window_ms', started, 'service_window_min', current, 'service_previous_min', previous or current)

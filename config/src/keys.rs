@@ -290,6 +290,8 @@ keys! {
         "slots kept below what the query service admits, for queries that start between two answers";
     "slots.service_ttl" => slots.service_ttl: Dur(SECS(1), SECS(3600)), default Some("60s"),
         "how long one answer's cap holds without a newer one; after it, slots.limit and [adaptive] rule again";
+    "slots.service_memory" => slots.service_memory: Dur(Duration::ZERO, SECS(7 * 24 * 3600)), default Some("24h"),
+        "how long the query service's own limit is remembered after its last answer (every answer refreshes it): after slots.service_ttl, the limit in force stays at most that limit less slots.service_margin, so the next run starts within what the service admits instead of learning it from 429s; \"0s\" forgets it with the cap";
     "slots.max_reschedules" => slots.max_reschedules: Int(0, 100), default Some("3"),
         "with on_timeout = \"reschedule\": how many times a job is re-enqueued before it is skipped";
     "batch.size" => batch.size: Int(1, 1_000_000), default Some("25"),

@@ -94,6 +94,8 @@ pub struct SlotsConfig {
     pub service_margin: u32,
     /// How long one answer's cap holds.
     pub service_ttl: Duration,
+    /// How long the service's own limit is remembered after its last answer.
+    pub service_memory: Duration,
 }
 
 /// What a job does when its slot wait times out.
@@ -354,11 +356,14 @@ impl Config {
     }
 }
 
-/// The `[rate]` keys a referrer table, or a runtime policy in Redis, may set.
-/// Datasets whose entity has every column of the accepted-outcomes query (checked in Snuba's
-/// entity files; docs/snuba.md). `query.dataset` accepts only these.
+/// Datasets whose entity has every column the accepted-outcomes query reads or filters on
+/// (`org_id`, `project_id`, `timestamp`, `time`, `outcome`, `category`, `quantity`), as checked in
+/// Snuba's `snuba/datasets/configuration/<dataset>/entities/<entity>.yaml` (docs/snuba.md). An
+/// entity without one refuses the query (`validate_data_model: error`), so `query.dataset`
+/// accepts only these, at start.
 pub const DATASETS_WITH_OUTCOMES: &[&str] = &["outcomes", "outcomes_raw"];
 
+/// The `[rate]` keys a referrer table, or a runtime policy in Redis, may set.
 pub const RATE_POLICY_KEYS: &[&str] = &["rates", "max_delay", "mode", "burst", "start_jitter", "enforce", "cooldown_after_429"];
 
 /// Placeholders only: the defaults are the key table's (`Config::default`).

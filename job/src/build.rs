@@ -40,6 +40,7 @@ pub fn service_steering(config: &Config) -> Option<ServiceSteering> {
     config.slots.follow_service.then_some(ServiceSteering {
         margin: config.slots.service_margin,
         ttl: config.slots.service_ttl,
+        memory: config.slots.service_memory,
         use_throttle: config.adaptive.use_throttle_signal,
     })
 }

@@ -6,7 +6,8 @@
 --   "info|granted_ms|token"), fence (counter of fencing tokens), seq (arrival counter),
 --   queue (zset waiter id -> arrival), waiter_deadlines (zset waiter id -> deadline ms),
 --   waiting (hash waiter id -> info), adaptive (hash: the fleet's multiplier and its window,
---   and the query service's cap: service_cap, service_until_ms, and the numbers it came from),
+--   and the query service's cap: service_cap, service_until_ms, and the numbers it came from;
+--   its remembered room: service_room, service_room_until_ms),
 --   history (list of the fleet's slot samples)
 -- Time is Redis's own (TIME), never a worker's clock.
 local key = {}
@@ -32,16 +33,28 @@ local function touch_due(clock)
   return redis.call('PTTL', clock) < KEY_TTL_MS - TOUCH_EVERY_MS
 end
 
+-- The query service's bound on the limit now (`slots_service`): its cap while that is fresh,
+-- else its remembered room while that is, else nil. `a` holds the adaptive hash's service_cap,
+-- service_until_ms, service_room and service_room_until_ms, in that order, from index `i`.
+local function service_bound(a, i, now)
+  local cap, until_ms = tonumber(a[i]), tonumber(a[i + 1])
+  if cap and until_ms and until_ms > now then return cap end
+  local room, room_until = tonumber(a[i + 2]), tonumber(a[i + 3])
+  if room and room_until and room_until > now then return room end
+  return nil
+end
+
 -- The limit in force: the stored limit times the adaptive multiplier (1 when none), lowered to
--- the query service's cap while that is fresh (`slots_service`), at least 1; 0 during a
--- fleet-wide cooldown after a 429 (`slots_pause`): nobody is granted a slot, waiters wait.
+-- the query service's bound (`service_bound`), at least 1; 0 during a fleet-wide cooldown after
+-- a 429 (`slots_pause`): nobody is granted a slot, waiters wait.
 local function effective(limit)
-  local a = redis.call('HMGET', adaptive, 'multiplier', 'service_cap', 'service_until_ms', 'paused_until_ms')
+  local a = redis.call('HMGET', adaptive, 'paused_until_ms', 'multiplier',
+    'service_cap', 'service_until_ms', 'service_room', 'service_room_until_ms')
   local now = now_ms()
-  if tonumber(a[4] or '0') > now then return 0 end
-  local l = math.floor(limit * tonumber(a[1] or '1') + 1e-9)
-  local cap, until_ms = tonumber(a[2]), tonumber(a[3])
-  if cap and until_ms and until_ms > now then l = math.min(l, cap) end
+  if tonumber(a[1] or '0') > now then return 0 end
+  local l = math.floor(limit * tonumber(a[2] or '1') + 1e-9)
+  local bound = service_bound(a, 3, now)
+  if bound then l = math.min(l, bound) end
   return math.max(1, l)
 end
 

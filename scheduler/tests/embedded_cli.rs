@@ -82,11 +82,13 @@ fn a_tight_limit_skips_some_orgs_and_the_counts_still_add_up() {
 }
 
 /// The embedded run applies `[rate]` in memory: 60 orgs offered at once against 10 per minute
-/// with no delay allowed start exactly 10 queries; the other 50 end skipped_rate_policy, unqueried.
+/// with no delay allowed start exactly 10 queries. The other 50 would wait for the next minute,
+/// but the run's deadline (30 s) comes first, so they end skipped_rate_policy, unqueried.
 #[test]
 fn the_embedded_run_applies_the_rate_policy_in_memory() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = scheduler(dir.path(), RUN, &[("PROJECTOR_RATE_RATES", "10/m"), ("PROJECTOR_RATE_MAX_DELAY", "0s")]);
+    let env = [("PROJECTOR_RATE_RATES", "10/m"), ("PROJECTOR_RATE_MAX_DELAY", "0s"), ("PROJECTOR_RUNS_DEADLINE", "30s")];
+    let out = scheduler(dir.path(), RUN, &env);
     assert_eq!(out.status.code(), Some(3), "skipped orgs make the run exit 3: {}", String::from_utf8_lossy(&out.stderr));
     let s = summary(dir.path());
     assert_eq!((s.count(Outcome::Completed), s.count(Outcome::SkippedRatePolicy)), (10, 50), "{s:?}");

@@ -364,7 +364,7 @@ fn the_services_own_numbers_cap_the_limit_and_lapse_without_answers() {
     use projector_shared::service::ServiceQuota;
     use projector_shared::slots::ServiceSteering;
     let server = RedisServer::start();
-    let steering = ServiceSteering { margin: 1, ttl: Duration::from_secs(2), use_throttle: false };
+    let steering = ServiceSteering { margin: 1, ttl: Duration::from_secs(2), use_throttle: false, memory: Duration::ZERO };
     tokio::runtime::Runtime::new().expect("runtime").block_on(async {
         let settings = RedisSlotSettings::new(10, Duration::from_secs(30)).following_service(steering);
         let l = RedisSlotLimiter::new(server.url(), settings).expect("limiter");
@@ -443,6 +443,41 @@ fn the_services_own_numbers_cap_the_limit_and_lapse_without_answers() {
         })
         .await;
         assert_eq!((o.in_force, o.source(10)), (Some(10), "config"));
+    });
+}
+
+/// `slots.service_memory`: the service's own limit less the margin outlives the cap that also
+/// counted other callers. It admits 10 and counts 8 while the fleet holds 5, so the cap is 6;
+/// once the cap lapses the limit in force is 9 (10 − 1), not the stored 20, and the next run
+/// starts within what the service admits.
+#[test]
+fn the_services_room_bounds_the_limit_after_its_cap_lapses() {
+    use projector_shared::service::ServiceQuota;
+    use projector_shared::slots::ServiceSteering;
+    let server = RedisServer::start();
+    let steering = ServiceSteering { margin: 1, ttl: Duration::from_secs(1), use_throttle: false, memory: Duration::from_secs(3600) };
+    tokio::runtime::Runtime::new().expect("runtime").block_on(async {
+        let settings = RedisSlotSettings::new(20, Duration::from_secs(30)).following_service(steering);
+        let l = RedisSlotLimiter::new(server.url(), settings).expect("limiter");
+        let mut held = Vec::new();
+        for org in 0..5 {
+            held.push(take(&l, org, Duration::ZERO).await.expect("under the limit"));
+        }
+        let numbers = ServiceQuota { quota_used: 8, rejection_threshold: 10, throttle_threshold: 66 };
+        let cap = l.heard_service(numbers, &steering, false, Duration::ZERO).await.expect("capped");
+        assert_eq!((cap.cap, cap.limit_in_force), (6, 6));
+        drop(held);
+        let limiter = &l;
+        let o = projector_tests::eventually(Duration::from_secs(10), "the cap lapses into the room", move || async move {
+            Some(limiter.occupancy_now().await.expect("occupancy")).filter(|o| o.service_cap == Some(9))
+        })
+        .await;
+        assert_eq!((o.in_force, o.source(20)), (Some(9), "service"));
+        let mut held = Vec::new();
+        for org in 10..19 {
+            held.push(take(&l, org, Duration::ZERO).await.expect("within the room"));
+        }
+        assert!(take(&l, 19, Duration::ZERO).await.is_none(), "the tenth is over the service's room");
     });
 }
 

@@ -250,13 +250,16 @@ fn status_shows_the_services_own_count_and_warns_when_it_disagrees_with_the_flee
 /// The query service admits 30 while slots.limit is 50: the fleet follows the service's own
 /// numbers from the first answers on, so the 429s are the first wave's (before any answer came
 /// back) and every later query fits; the refused orgs are tried again and every org completes.
-/// Without following them, many more queries are refused.
+/// The next run, after the cap has lapsed (`slots.service_ttl`), starts within the service's
+/// remembered room (`slots.service_memory`) and meets no 429 at all. Without following the
+/// service's numbers, many more queries are refused.
 #[test]
 fn the_fleet_follows_the_services_own_limit_when_it_is_below_slots_limit() {
     let redis = RedisServer::start();
     let fake = FakeSnuba::start(FAKE, &["--latency", "100ms", "--concurrency-limit", "30"]);
     let env = base_env(&redis, &fake.url());
-    let workers: Vec<Proc> = (0..3).map(|_| worker(&env, &["--concurrency", "60", "--set", "slots.max_wait=5m"])).collect();
+    let settings = ["--concurrency", "60", "--set", "slots.max_wait=5m", "--set", "slots.service_ttl=2s"];
+    let workers: Vec<Proc> = (0..3).map(|_| worker(&env, &settings)).collect();
     let (run_id, _) = run_wait(&env, &["--orgs", "1500"]);
     let shown = ctl(&env, &["runs", "show", &run_id]);
     let stats = fake.stats_now();
@@ -270,6 +273,19 @@ fn the_fleet_follows_the_services_own_limit_when_it_is_below_slots_limit() {
     assert!((24.0..=28.0).contains(&cap), "the limit in force comes from the service: 30 less the margin: {cap}\n{metrics}");
     let status = ctl(&env, &["status"]);
     assert_eq!(status["limit"]["source"], "service", "{status}");
+
+    // The cap lapses 2 s after the last answer (Redis time); the room stays.
+    let adaptive = projector_shared::keys::SlotKeys::new("default").adaptive();
+    let mut conn = redis.connection();
+    projector_tests::wait_until(Duration::from_secs(30), "the cap lapses after slots.service_ttl", || {
+        let until: Option<i64> = redis::cmd("HGET").arg(&adaptive).arg("service_until_ms").query(&mut conn).unwrap_or(None);
+        let (secs, micros): (i64, i64) = redis::cmd("TIME").query(&mut conn).expect("time");
+        until.is_some_and(|u| u < secs * 1000 + micros / 1000)
+    });
+    let (run_id, _) = run_wait(&env, &["--orgs", "300"]);
+    let again = fake.stats_now()["rejected_429"].as_u64().expect("429s");
+    assert_eq!(again, refused, "the second run started within the remembered room (28 of 30): no new 429");
+    assert_eq!(ctl(&env, &["runs", "show", &run_id])["outcomes"]["completed"], 300);
     drop(workers);
 
     // The control: the same fleet told not to follow the service's numbers.

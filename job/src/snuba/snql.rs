@@ -1,5 +1,6 @@
-//! The SnQL text of one page of accepted outcomes, and the datasets whose entity can answer it.
-//! Every clause is checked against Snuba's grammar and entity files (docs/snuba.md).
+//! The SnQL text of one page of accepted outcomes.
+//! Every clause is checked against Snuba's grammar and entity files (docs/snuba.md); the datasets
+//! whose entity can answer it are `projector_config::DATASETS_WITH_OUTCOMES`.
 
 use std::fmt::Write;
 
@@ -7,14 +8,6 @@ use crate::query::PageRequest;
 
 /// `outcome = 0`: accepted (Relay's `Outcome::Accepted`; Snuba's outcomes processor stores it as 0).
 pub const ACCEPTED: u8 = 0;
-
-/// The columns the query reads or filters on; an entity without one of them refuses the query
-/// (`validate_data_model: error`).
-pub const NEEDED_COLUMNS: &[&str] = &["org_id", "project_id", "timestamp", "time", "outcome", "category", "quantity"];
-
-/// Datasets (and their entity of the same name) whose schema has every needed column, as
-/// checked in Snuba's `snuba/datasets/configuration/<dataset>/entities/<entity>.yaml`.
-pub const DATASETS_WITH_OUTCOMES: &[&str] = &["outcomes", "outcomes_raw"];
 
 /// The alias of the summed quantity in each row.
 pub const ACCEPTED_ALIAS: &str = "accepted";

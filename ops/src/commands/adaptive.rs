@@ -17,8 +17,9 @@ pub enum AdaptiveAction {
     /// Set the multiplier by hand (between adaptive.min_multiplier and max_multiplier); with
     /// adaptation enabled, the fleet moves on from it at the next window.
     Set { multiplier: f64 },
-    /// Forget the multiplier and its window: the stored slot limit and the configured rates
-    /// apply as they are.
+    /// Forget the multiplier and its window, and the query service's cap and remembered room
+    /// (slots.service_memory): the stored slot limit and the configured rates apply as they are
+    /// until the next answer brings the service's numbers again.
     Reset {},
 }
 
@@ -38,7 +39,10 @@ pub async fn run(config: &Config, action: AdaptiveAction) -> anyhow::Result<View
         }
         AdaptiveAction::Reset { .. } => {
             let removed = slots.reset_multiplier().await.with_context(|| format!("resetting the multiplier in {redis}"))?;
-            format!("{}\n", if removed { "multiplier and window removed" } else { "no multiplier was stored" })
+            format!(
+                "{}\n",
+                if removed { "multiplier, window and the service's remembered numbers removed" } else { "no multiplier was stored" }
+            )
         }
     };
     let now = slots.occupancy_now().await.with_context(|| format!("reading the slots in {redis}"))?;

@@ -144,10 +144,10 @@ impl Steer {
         None
     }
 
-    /// How many permits the cap in force holds back, and when it lapses.
+    /// How many permits the service's bound holds back, and when that bound next changes.
     fn target(&self, limit: u32, now: Instant) -> (usize, Option<Instant>) {
         let (cap, until) = match self.share.lock() {
-            Ok(s) => s.cap.filter(|(_, until)| *until > now).map_or((limit, None), |(c, u)| (c.min(limit), Some(u))),
+            Ok(s) => (s.in_force(now).map_or(limit, |c| c.min(limit)), s.lapses(now)),
             Err(_) => (limit, None),
         };
         ((limit - cap) as usize, until)
@@ -226,14 +226,24 @@ struct ServiceShare {
     rejected_at: Option<Instant>,
     /// The cap and when it lapses without a newer answer.
     cap: Option<(u32, Instant)>,
+    /// What the service admits at all (its limit less the margin), and until when it is
+    /// remembered (`slots.service_memory`): it bounds the limit after the cap lapses.
+    room: Option<(u32, Instant)>,
 }
 
 /// The span over which a share must last to count (the Lua script's `WINDOW_MS`).
 const SHARE_WINDOW: Duration = Duration::from_secs(5);
 
 impl ServiceShare {
+    /// The service's bound now: its cap while fresh, else its remembered room while that is.
     fn in_force(&self, now: Instant) -> Option<u32> {
-        self.cap.filter(|(_, until)| *until > now).map(|(c, _)| c)
+        let fresh = |b: Option<(u32, Instant)>| b.filter(|(_, until)| *until > now);
+        fresh(self.cap).or_else(|| fresh(self.room)).map(|(c, _)| c)
+    }
+
+    /// When the bound in force lapses (the cap's end, then the room's), if any bound holds.
+    fn lapses(&self, now: Instant) -> Option<Instant> {
+        [self.cap, self.room].into_iter().flatten().map(|(_, until)| until).filter(|u| *u > now).min()
     }
 
     /// One answer's numbers, with this process's slots in use now; returns the new cap.
@@ -263,9 +273,14 @@ impl ServiceShare {
             cap = cap.min(q.throttle_threshold - others);
         }
         let mut cap = u32::try_from(cap.max(1)).unwrap_or(u32::MAX);
+        let mut room = q.rejection_threshold - i64::from(steering.margin);
+        if steering.use_throttle && q.throttle_threshold > 0 {
+            room = room.min(q.throttle_threshold);
+        }
+        self.room = Some((u32::try_from(room.max(1)).unwrap_or(u32::MAX), now + steering.memory));
         if rejected {
             self.rejected_at = Some(now);
-        } else if let (Some(at), Some(held)) = (self.rejected_at, self.in_force(now))
+        } else if let (Some(at), Some((held, _))) = (self.rejected_at, self.cap.filter(|(_, until)| *until > now))
             && now.checked_sub(age).is_some_and(|sent| sent < at)
         {
             // Numbers from before the latest refusal may lower the cap, never raise it.
@@ -517,7 +532,7 @@ mod tests {
     /// lapses (`ttl` without a newer answer) the configured 10 rule again.
     #[tokio::test(start_paused = true)]
     async fn the_services_numbers_cap_the_limit_until_they_lapse() {
-        let steering = ServiceSteering { margin: 2, ttl: Duration::from_secs(60), use_throttle: true };
+        let steering = ServiceSteering { margin: 2, ttl: Duration::from_secs(60), use_throttle: true, memory: Duration::ZERO };
         let limiter = MemorySlotLimiter::following_service(10, steering);
         let mut out = Vec::new();
         for org in 0..4 {
@@ -566,7 +581,7 @@ mod tests {
         let plain = MemorySlotLimiter::new(10);
         plain.heard_service(numbers, false, Duration::ZERO).await.expect("heard");
         assert_eq!(plain.limit(), 10);
-        let steering = ServiceSteering { margin: 0, ttl: Duration::from_secs(60), use_throttle: false };
+        let steering = ServiceSteering { margin: 0, ttl: Duration::from_secs(60), use_throttle: false, memory: Duration::ZERO };
         let following = MemorySlotLimiter::following_service(10, steering);
         following.heard_service(ServiceQuota { quota_used: -1, ..numbers }, false, Duration::ZERO).await.expect("heard");
         assert_eq!(following.limit(), 10);
@@ -574,5 +589,35 @@ mod tests {
         let _ours = granted(&following, 1).await;
         following.heard_service(numbers, false, Duration::ZERO).await.expect("heard");
         assert_eq!(following.limit(), 2);
+    }
+
+    /// With `slots.service_memory`, the service's own limit less the margin (10 − 2) outlives
+    /// the cap that also counted other callers (10 − 4 − 2): the limit in force goes from 4 to 8,
+    /// not back to the configured 20, until the memory lapses too.
+    #[tokio::test(start_paused = true)]
+    async fn the_services_room_outlives_its_cap_for_its_memory() {
+        let steering = ServiceSteering { margin: 2, ttl: Duration::from_secs(60), use_throttle: false, memory: Duration::from_secs(3600) };
+        let limiter = MemorySlotLimiter::following_service(20, steering);
+        let ours = granted(&limiter, 1).await;
+        let numbers = ServiceQuota { quota_used: 5, rejection_threshold: 10, throttle_threshold: 66 };
+        limiter.heard_service(numbers, false, Duration::ZERO).await.expect("heard");
+        assert_eq!(limiter.limit(), 4, "10 less 4 of other callers less the margin");
+        drop(ours);
+
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        assert_eq!(limiter.limit(), 8, "the cap lapsed, the room holds");
+        let mut out = Vec::new();
+        for org in 10..18 {
+            out.push(granted(&limiter, org).await);
+        }
+        let t = refused(&limiter, 18).await;
+        assert_eq!((t.in_use, t.limit), (8, 8));
+        out.clear();
+
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(limiter.limit(), 20, "forgotten after its memory");
+        for org in 20..40 {
+            out.push(granted(&limiter, org).await);
+        }
     }
 }

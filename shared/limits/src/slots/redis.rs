@@ -61,6 +61,9 @@ pub struct ServiceSteering {
     pub ttl: Duration,
     /// Also stay at or under the service's throttle point (`adaptive.use_throttle_signal`).
     pub use_throttle: bool,
+    /// How long the service's own limit (less the margin) still bounds the limit after the cap
+    /// lapses (`slots.service_memory`): the next run starts within it. Zero: forgotten with the cap.
+    pub memory: Duration,
 }
 
 impl RedisSlotSettings {

@@ -114,7 +114,8 @@ pub struct Occupancy {
     pub in_force: Option<u32>,
     /// The fleet's adaptive multiplier (1 when adaptation never ran or was reset).
     pub multiplier: f64,
-    /// The query service's cap on the limit, while its latest numbers hold (`slots_service`).
+    /// The query service's bound on the limit (`slots_service`): its cap while its latest numbers
+    /// hold, else its remembered room (`slots.service_memory`).
     pub service_cap: Option<u32>,
 }
 

@@ -47,7 +47,8 @@ impl RedisSlotLimiter {
             .arg(ms(steering.ttl))
             .arg(inner.settings.initial_limit)
             .arg(u8::from(rejected))
-            .arg(ms(age));
+            .arg(ms(age))
+            .arg(ms(steering.memory));
         let capped: ServiceCap = inner.call(&call).await?;
         inner.limit_seen.store(capped.limit_in_force, Ordering::SeqCst);
         let before = inner.service_cap_seen.swap(capped.cap, Ordering::SeqCst);
@@ -121,7 +122,8 @@ impl RedisSlotLimiter {
         }))
     }
 
-    /// Forgets the multiplier and its window: the limit in force is the stored limit again.
+    /// Forgets the multiplier and its window, and the service's cap and room (one hash): the
+    /// limit in force is the stored limit again until the next answer.
     pub async fn reset_multiplier(&self) -> Result<bool, Error> {
         let removed: u8 = redis::cmd("DEL")
             .arg(self.inner.keys.adaptive())
