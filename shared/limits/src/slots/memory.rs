@@ -33,7 +33,7 @@ struct Inner {
     /// Slots granted and not yet given back.
     out: AtomicU32,
     next_token: AtomicU64,
-    /// With `slots.follow_service`: the service's cap and the permits held back to enforce it.
+    /// With `slots.follow_service`: the service's bound and the permits held back to enforce it.
     steer: Option<Arc<Steer>>,
     /// Ends the task that holds permits back, with the limiter.
     stop: CancellationToken,
@@ -101,7 +101,8 @@ impl Inner {
         super::record_occupancy(self.in_use(), limit, if limit < self.limit { "service" } else { "config" });
     }
 
-    /// The limit in force: the configured one, or the service's cap while it holds.
+    /// The limit in force: the configured one, or the service's bound (cap, else room) while one
+    /// holds.
     fn in_force(&self) -> u32 {
         let cap = self.steer.as_ref().and_then(|s| s.cap_now(Instant::now()));
         cap.map_or(self.limit, |c| c.min(self.limit))
@@ -153,8 +154,9 @@ impl Steer {
         ((limit - cap) as usize, until)
     }
 
-    /// Moves the permits held back toward `limit − cap` with what is free now, without waiting:
-    /// surplus ones go back at once. Returns how many are still missing, and when the cap lapses.
+    /// Moves the permits held back toward `limit − bound` with what is free now, without waiting:
+    /// surplus ones go back at once. Returns how many are still missing, and when the bound next
+    /// changes.
     fn settle(&self, slots: &Arc<Semaphore>, limit: u32) -> (u32, Option<Instant>) {
         let (target, until) = self.target(limit, Instant::now());
         let Ok(mut held) = self.held.lock() else { return (0, until) };
@@ -392,9 +394,7 @@ impl Drop for MemoryRelease {
         if let (Some(permit), Some(steer)) = (self.permit.take(), &self.inner.steer) {
             // While more are out than the service's cap, a slot that comes back is held back
             // rather than handed to the next waiter.
-            if let Some(unneeded) = steer.absorb(permit, self.inner.limit) {
-                drop(unneeded);
-            }
+            drop(steer.absorb(permit, self.inner.limit));
         }
         self.inner.out.fetch_sub(1, Ordering::SeqCst);
         record_released();
