@@ -58,8 +58,8 @@ pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: C
     };
     let ledger = Arc::new(MemoryRunLedger::new(run_id.clone(), orgs.iter().map(|o| o.org_id)));
     // The same handler as the worker process's: the memory ledger instead of the run record, no
-    // flag store (every org takes a slot first) and no queue to reschedule into.
-    // The service's own numbers cap the run's limit as they cap a fleet's (slots.follow_service).
+    // flag store (every org takes a slot first), the memory queue to go back to. The service's
+    // own numbers cap the run's limit as they cap a fleet's (slots.follow_service).
     let limiter = Arc::new(match projector_job::build::service_steering(config) {
         Some(steering) => MemorySlotLimiter::following_service(config.slots.limit, steering),
         None => MemorySlotLimiter::new(config.slots.limit),
