@@ -43,7 +43,7 @@ pub struct FanOutArgs {
     pub batch_delay: Option<String>,
 
     /// How long after its tick the run may take; at the deadline its open orgs end with the
-    /// reason deadline [key: runs.deadline, default: until the schedule's next tick]
+    /// reason deadline [key: runs.deadline, default: one period of schedule.cron]
     #[arg(long, value_name = "DURATION")]
     pub deadline: Option<String>,
 }

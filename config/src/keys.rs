@@ -363,7 +363,7 @@ keys! {
     "worker.slot_sample_interval" => worker.slot_sample_interval: Dur(MILLIS(100), SECS(600)), default Some("10s"),
         "spacing of the fleet's slot samples (slots in use, the limit in force, the service's own count) that the status page charts over the last hour; one sample per interval for the whole fleet, an hour's worth kept in Redis (at most 3,600)";
     "runs.deadline" => runs.deadline: Opt(Dur(SECS(1), SECS(7 * 86_400))), default None,
-        "how long after its tick a run may take (default: until the schedule's next tick); at the deadline every org still open ends skipped_no_slot with the reason deadline, so no org of an old run competes with the next run's, and no try is retried past it";
+        "how long after its tick a run may take (default: one period of the schedule, which for a scheduled run is until the next tick; a manual run started just before a tick gets a whole period too); at the deadline every org still open ends skipped_no_slot with the reason deadline, so no org of an old run competes with the next run's, and no try is retried past it";
     "runs.max_attempts" => runs.max_attempts: Int(1, 100), default Some("4"),
         "tries of one org in one run when a try fails in a way that may pass (a 5xx, a timeout, ClickHouse overloaded, a referrer 429, the store unreachable); the retries come after a jittered exponential backoff (1 s, 2 s, 4 s…). Default 4: a blip of a few seconds passes, a service that stays down costs each org 4 queries, not an hour of them. A 400, a malformed answer or a stale write is never retried";
     "runs.retention" => runs.retention: Dur(SECS(60), SECS(90 * 86_400)), default Some("7days"),

@@ -276,17 +276,25 @@ pub struct RunsConfig {
     /// Tries of one org in one run when a try fails in a way that may pass (a 5xx, a timeout, a
     /// referrer 429, the store unreachable): the first and the retries together.
     pub max_attempts: u32,
-    /// How long after its tick a run may take; `None`: until the schedule's next tick.
+    /// How long after its tick a run may take; `None`: one period of the schedule.
     pub deadline: Option<Duration>,
 }
 
 impl Config {
-    /// When a run of `tick` must be over: `runs.deadline` after it, else the schedule's next tick
-    /// after it (an hour when the schedule has none).
+    /// When a run of `tick` must be over: `runs.deadline` after it, else one period of the
+    /// schedule after it (the gap between the schedule's next two ticks; an hour when it has
+    /// none). For a scheduled tick that is the next tick. A manual run gets a whole period too,
+    /// not the seconds left until the next tick when it starts just before one.
     pub fn run_deadline(&self, tick: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
         match self.runs.deadline {
             Some(d) => tick + chrono::TimeDelta::from_std(d).unwrap_or(chrono::TimeDelta::MAX),
-            None => self.schedule.cron.after(&tick).next().unwrap_or(tick + chrono::TimeDelta::hours(1)),
+            None => {
+                let mut ticks = self.schedule.cron.after(&tick);
+                match (ticks.next(), ticks.next()) {
+                    (Some(first), Some(second)) => tick + (second - first),
+                    _ => tick + chrono::TimeDelta::hours(1),
+                }
+            }
         }
     }
 }

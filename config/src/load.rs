@@ -346,6 +346,21 @@ mod tests {
         FlagValue { key: key.to_owned(), value: value.to_owned(), flag: format!("--{}", key.replace(['.', '_'], "-")) }
     }
 
+    /// A scheduled tick's deadline is the next tick; a manual run just before a tick gets a
+    /// whole period, not the seconds left; runs.deadline counts from the tick.
+    #[test]
+    fn a_runs_deadline_is_one_period_of_the_schedule_after_its_tick() {
+        use chrono::TimeZone;
+        let at = |h, m, s| chrono::Utc.with_ymd_and_hms(2026, 11, 22, h, m, s).single().expect("valid");
+        let hourly = load(None, &Env::default(), &[]).expect("defaults load");
+        assert_eq!(hourly.run_deadline(at(13, 0, 0)), at(14, 0, 0));
+        assert_eq!(hourly.run_deadline(at(13, 59, 58)), at(14, 59, 58));
+        let every_five = load(None, &Env::default(), &[flag("schedule.cron", "0 */5 * * * *")]).expect("load");
+        assert_eq!(every_five.run_deadline(at(13, 4, 59)), at(13, 9, 59));
+        let fixed = load(None, &Env::default(), &[flag("runs.deadline", "20m")]).expect("load");
+        assert_eq!(fixed.run_deadline(at(13, 59, 58)), at(14, 19, 58));
+    }
+
     #[test]
     fn defaults_match_the_documented_design() {
         let c = load(None, &Env::default(), &[]).expect("defaults load");

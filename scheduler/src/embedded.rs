@@ -128,7 +128,7 @@ pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: C
 struct Jobs<'a> {
     run_id: &'a RunId,
     tick: chrono::DateTime<Utc>,
-    /// `runs.deadline` after the tick, else the schedule's next tick: no try is retried past it.
+    /// `runs.deadline` after the tick, else one period of the schedule: no try is retried past it.
     deadline: chrono::DateTime<Utc>,
     projects: &'a std::collections::HashMap<projector_shared::OrgId, Vec<projector_shared::ProjectId>>,
 }

@@ -53,7 +53,7 @@ pub struct Plan {
     pub bad_lines: BadLines,
     /// How long the run's record, and its dedupe set, are kept.
     pub runs: RunsConfig,
-    /// When the run must be over (`runs.deadline`, else the schedule's next tick).
+    /// When the run must be over (`runs.deadline`, else one period of the schedule).
     pub deadline: DateTime<Utc>,
     /// Orgs left out of a replayed past tick: the store already holds a fresher projection.
     pub fresher: usize,
@@ -69,7 +69,7 @@ impl Plan {
         // plan_batches keeps the order of `orgs`, so the n-th org belongs to the n-th batch slot.
         let batch_of = batches.iter().flat_map(|b| std::iter::repeat_n(b, b.orgs.len()));
         // A past tick replayed now (`run-once --tick`) would be past its deadline before it starts:
-        // it gets until the schedule's next tick from now instead.
+        // it gets its deadline counted from now instead.
         let deadline = Some(config.run_deadline(tick)).filter(|d| *d > Utc::now()).unwrap_or_else(|| config.run_deadline(Utc::now()));
         // Likewise its batches are paced from now: from its tick they would all be due at once,
         // every org of the run at the service together — the burst the batches exist to prevent.

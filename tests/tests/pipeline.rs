@@ -440,7 +440,7 @@ fn a_job_the_rate_policy_refuses_waits_for_its_turn_unless_the_deadline_leaves_n
     let metrics = projector_tests::scrape(&metrics_addr(&w));
     assert_eq!(projector_tests::sample(&metrics, "projector_rate_blocked_total{reason=\"window\"}"), Some(4.0), "{metrics}");
 
-    // With the default deadline (the next tick), each refused job comes back at its retry_after
+    // With the default deadline (a period of the schedule), each refused job comes back at its retry_after
     // and completes: a refusal with time left is a wait, not an outcome.
     let s = run_orgs(&env, dir.path(), "s.json", 6);
     assert_eq!(s["completed"], 6, "{s}");
