@@ -135,10 +135,7 @@ impl Steer {
         if have >= target {
             return Some(permit);
         }
-        match held.as_mut() {
-            Some(h) => h.merge(permit),
-            None => *held = Some(permit),
-        }
+        hold(&mut held, permit);
         drop(held);
         // The task may be waiting for this one in its acquire_many: it settles again.
         self.changed.notify_one();
@@ -171,10 +168,7 @@ impl Steer {
         while have < target {
             // A free permit exists only when nobody waits for it, so this jumps no waiter.
             let Ok(p) = slots.clone().try_acquire_owned() else { break };
-            match held.as_mut() {
-                Some(h) => h.merge(p),
-                None => *held = Some(p),
-            }
+            hold(&mut held, p);
             have += 1;
         }
         (u32::try_from(target - have).unwrap_or(u32::MAX), until)
@@ -202,10 +196,7 @@ impl Steer {
                 got = more => match got {
                     Ok(p) => {
                         if let Ok(mut held) = self.held.lock() {
-                            match held.as_mut() {
-                                Some(h) => h.merge(p),
-                                None => *held = Some(p),
-                            }
+                            hold(&mut held, p);
                         }
                     }
                     Err(_closed) => return,
@@ -215,6 +206,14 @@ impl Steer {
                 () = stop.cancelled() => return,
             }
         }
+    }
+}
+
+/// Adds `permit` to the permits held back.
+fn hold(held: &mut Option<OwnedSemaphorePermit>, permit: OwnedSemaphorePermit) {
+    match held.as_mut() {
+        Some(h) => h.merge(permit),
+        None => *held = Some(permit),
     }
 }
 
