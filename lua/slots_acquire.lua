@@ -12,6 +12,12 @@ local default_limit, reserve_ms, wake_prefix = ARGV[5], tonumber(ARGV[6]), ARGV[
 local now = now_ms()
 local held = redis.call('ZSCORE', leases, id)
 if held and tonumber(held) > now then
+  -- Granted already: a retry after a lost reply, or a slot handed to this waiter while it was
+  -- between two waits on its wake-up list. A hand-off is only reserved for reserve_ms, so the
+  -- lease becomes a full one here, as a collect would make it; left at the reservation it would
+  -- lapse under a running query and be granted again. The wake-up token is spent with it.
+  redis.call('ZADD', leases, 'XX', 'GT', now + lease_ms, id)
+  redis.call('DEL', wake_prefix .. id)
   local fields = redis.call('HGET', holders, id) or ''
   local token = tonumber(string.match(fields, '|(%d+)$') or '0')
   return {1, token, redis.call('ZCARD', leases), tonumber(redis.call('GET', limit_key) or default_limit), 0}

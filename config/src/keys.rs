@@ -330,8 +330,10 @@ keys! {
         "referrer sent with every query; the query service limits concurrency per referrer";
     "query.timeout" => query.timeout: Dur(MILLIS(1), SECS(3600)), default Some("30s"),
         "give up on one query after this long (counted as a retryable timeout)";
-    "query.max_duration" => query.max_duration: Opt(Dur(MILLIS(1), SECS(3600))), default None,
-        "how long the query service lets one query run (default: query.timeout); a slot taken for a query is not given to anyone else before its start + this, even if its worker pauses";
+    "query.max_duration" => query.max_duration: Dur(MILLIS(1), SECS(3600)), default Some("60s"),
+        "the longest the query service counts one query as running: Snuba's max_query_duration_s (60 s, docs/snuba.md), not Projector's patience (query.timeout); a slot under which a query was sent is not given to anyone else before its start + this, whatever ends the job; a value below 60s is refused unless query.max_duration_below_service = true";
+    "query.max_duration_below_service" => query.max_duration_below_service: Bool, default Some("false"),
+        "true: accept a query.max_duration below the service's own bound (60 s); only right when the service's max_query_duration_s is lowered too, since a slot could otherwise go back while the service still counts its query";
     "query.synthetic_latency" => query.synthetic_latency: Dur(Duration::ZERO, SECS(600)), default Some("50ms"),
         "latency of one synthetic query, standing in for the analytics store";
     "query.referrer_limit" => query.referrer_limit: Int(1, 100_000), default Some("100"),

@@ -189,9 +189,13 @@ pub struct QueryConfig {
     pub page_rows: usize,
     pub referrer: String,
     pub timeout: Duration,
-    /// How long the query service lets one query run after it starts; `None` means `timeout`.
-    /// A slot taken for a query is not handed to anyone else before the query must have ended.
-    pub max_duration: Option<Duration>,
+    /// The longest the query service counts one query as running (Snuba's
+    /// `max_query_duration_s`), whatever `timeout` says: a slot under which a query was sent is
+    /// not handed to anyone else before the query must have ended there.
+    pub max_duration: Duration,
+    /// The operator knows the service bounds a query by less than [`SERVICE_QUERY_BOUND`]: a
+    /// `max_duration` below it is accepted.
+    pub max_duration_below_service: bool,
     /// Latency of one synthetic query, standing in for the analytics store.
     pub synthetic_latency: Duration,
     /// The query service's own limit of concurrent queries per referrer; slots.limit stays below it.
@@ -203,9 +207,9 @@ pub struct QueryConfig {
 }
 
 impl QueryConfig {
-    /// The longest a query may run at the service: `query.max_duration`, else `query.timeout`.
+    /// The longest a query may run at the service: `query.max_duration`.
     pub fn max_duration(&self) -> Duration {
-        self.max_duration.unwrap_or(self.timeout)
+        self.max_duration
     }
 }
 
@@ -369,6 +373,13 @@ impl Config {
 /// Snuba's `snuba/datasets/configuration/<dataset>/entities/<entity>.yaml` (docs/snuba.md). An
 /// entity without one refuses the query (`validate_data_model: error`), so `query.dataset`
 /// accepts only these, at start.
+/// How long Snuba counts a query as running against a referrer's concurrency limit when nothing
+/// ends it sooner: `max_query_duration_s`, default `state.max_query_duration_s = 60`
+/// (`snuba/state/__init__.py`, read by `BaseConcurrentRateLimitAllocationPolicy` in
+/// `snuba/query/allocation_policies/concurrent_rate_limit.py`; docs/snuba.md). The default of
+/// `query.max_duration`, and its floor unless `query.max_duration_below_service` says otherwise.
+pub const SERVICE_QUERY_BOUND: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub const DATASETS_WITH_OUTCOMES: &[&str] = &["outcomes", "outcomes_raw"];
 
 /// The `[rate]` keys a referrer table, or a runtime policy in Redis, may set.

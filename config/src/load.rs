@@ -178,6 +178,19 @@ fn check_combinations(config: &Config, sources: &BTreeMap<&'static str, Source>,
                 .to_owned(),
         });
     }
+    if config.query.max_duration < crate::SERVICE_QUERY_BOUND && !config.query.max_duration_below_service {
+        problems.push(Problem {
+            key: "query.max_duration".to_owned(),
+            value: Some(format_duration(config.query.max_duration)),
+            source: source_of("query.max_duration"),
+            allowed: format!(
+                "must be at least {} (Snuba counts a query as running that long unless it ends sooner: max_query_duration_s); \
+                 a slot given back sooner can join a query the service still counts. To shorten the client's patience set \
+                 query.timeout instead; if your service's max_query_duration_s is lower, also set query.max_duration_below_service = true",
+                format_duration(crate::SERVICE_QUERY_BOUND)
+            ),
+        });
+    }
     if config.query.source == QuerySourceKind::Snuba && config.query.url.is_none() {
         problems.push(Problem {
             key: "query.url".to_owned(),
@@ -423,6 +436,21 @@ mod tests {
         let err = load(None, &env, &[]).expect_err("missing url and path");
         let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, ["orgs.path", "query.url"]);
+    }
+
+    #[test]
+    fn query_max_duration_is_the_services_bound_not_the_clients_patience() {
+        let short_patience = Env::from_pairs([("PROJECTOR_QUERY_TIMEOUT", "2s")]);
+        let config = load(None, &short_patience, &[]).expect("a short timeout is the client's business");
+        assert_eq!((config.query.timeout, config.query.max_duration), (Duration::from_secs(2), Duration::from_secs(60)));
+        let below = Env::from_pairs([("PROJECTOR_QUERY_MAX_DURATION", "10s")]);
+        let err = load(None, &below, &[]).expect_err("below the service's bound");
+        assert_eq!(err.problems().len(), 1, "{err}");
+        assert_eq!(err.problems()[0].key, "query.max_duration");
+        assert!(err.problems()[0].allowed.contains("must be at least 1m"), "{err}");
+        assert!(err.problems()[0].allowed.contains("query.max_duration_below_service = true"), "{err}");
+        let known = Env::from_pairs([("PROJECTOR_QUERY_MAX_DURATION", "10s"), ("PROJECTOR_QUERY_MAX_DURATION_BELOW_SERVICE", "true")]);
+        assert_eq!(load(None, &known, &[]).expect("the operator knows better").query.max_duration, Duration::from_secs(10));
     }
 
     #[test]

@@ -73,7 +73,13 @@ pub enum Error {
     QueryTimeout(std::time::Duration),
 
     #[error("query service at {url} unreachable: {detail} (check query.url and that the service is up)")]
-    QueryUnreachable { url: String, detail: String },
+    QueryUnreachable {
+        url: String,
+        detail: String,
+        /// The request may have reached the service before the connection failed (false only
+        /// when no connection was made: the query provably never ran there).
+        sent: bool,
+    },
 
     #[error("query service refused this org's query ({status}): {detail}")]
     QueryBadRequest { status: u16, detail: String },
@@ -158,6 +164,17 @@ impl Error {
         }
     }
 
+    /// Whether the query that ended in this error may still be running at the service: no answer
+    /// came (a client-side timeout, a connection lost after the request went out, a lost lease).
+    /// An answer of any status, or a connection never made, means nothing runs there.
+    pub fn query_may_still_run(&self) -> bool {
+        match self {
+            Error::QueryTimeout(_) | Error::LeaseLost => true,
+            Error::QueryUnreachable { sent, .. } => *sent,
+            _ => false,
+        }
+    }
+
     /// Whether the same job could succeed if tried again later.
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -230,7 +247,7 @@ mod tests {
             Error::Incomplete { detail: String::new() },
             Error::QueryServer { status: 500, detail: String::new() },
             Error::QueryTimeout(std::time::Duration::ZERO),
-            Error::QueryUnreachable { url: String::new(), detail: String::new() },
+            Error::QueryUnreachable { url: String::new(), detail: String::new(), sent: false },
             Error::QueryBadRequest { status: 400, detail: String::new() },
             Error::QueryMalformed { reason: String::new(), sample: String::new() },
             Error::LeaseLost,

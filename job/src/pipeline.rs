@@ -349,15 +349,10 @@ impl Pipeline {
                 }
             }
         }
-        if matches!(queried, Err(Error::QueryTimeout(_) | Error::LeaseLost)) {
-            // The service may still be running the abandoned query, and it counts it against the
-            // referrer until it ends: the slot stays out of circulation until then.
-            permit.keep_for_abandoned_query(self.settings.query_max_duration);
-        } else {
-            // The slot guards the query service only: it goes back before the store, so the next
-            // query starts sooner. The fencing token still stamps the write.
-            release(permit).await;
-        }
+        // The slot guards the query service only: it goes back before the store, so the next
+        // query starts sooner (the fencing token still stamps the write). A query abandoned
+        // unanswered keeps it until the service must have ended it: the permit's own rule.
+        release(permit).await;
     }
 
     /// The service's own numbers from an answer: they cap the fleet's limit at once (a limiter
@@ -428,7 +423,15 @@ impl Pipeline {
                         p.cover(self.settings.query_max_duration).await.map_err(Error::from)?;
                     }
                     let one = Instant::now();
+                    // From here until its answer the query counts at the service: the permit
+                    // keeps the slot that long whatever becomes of this future.
+                    let sent = permit.map(|p| p.query_sent(self.settings.query_max_duration));
                     let answer = self.query.page(&page).await;
+                    if let Some(sent) = sent
+                        && answer.as_ref().err().is_none_or(|e| !e.query_may_still_run())
+                    {
+                        sent.answered();
+                    }
                     metrics::histogram!(m::QUERY_DURATION_SECONDS).record(one.elapsed().as_secs_f64());
                     pages += 1;
                     let answer = answer?;

@@ -10,7 +10,7 @@ use projector_process::telemetry;
 use projector_scheduler::distributed::{RunOnceMode, RunOnceResult, Which, limit_in_force, run_once, serve};
 use projector_scheduler::embedded::{EmbeddedOptions, run_embedded};
 use projector_scheduler::fanout::WaitEnd;
-use projector_scheduler::report::{FailOn, exit, summary_table, write_summary_json};
+use projector_scheduler::report::{FailOn, exit, max_duration_caveat, summary_table, write_summary_json};
 use projector_shared::run::RunSummary;
 
 /// Fans out one spike-projection job per organization, in batches, to workers that share a
@@ -136,7 +136,7 @@ async fn run(command: Command, config: projector_config::Config) -> anyhow::Resu
     };
     if args.embedded {
         let summary = run_embedded(&config, EmbeddedOptions { output: args.output.clone() }, shutdown).await?;
-        finish(&summary, (config.slots.limit, "slots.limit"), args.summary_json.as_deref())?;
+        finish(&summary, (config.slots.limit, "slots.limit"), &config, args.summary_json.as_deref())?;
         if summary.interrupted {
             eprintln!(
                 "interrupted: {} of {} orgs accounted for; the others were not run. An embedded run keeps no state: running it again is a new run of all {} orgs. The partial summary above{} lists what finished.",
@@ -189,11 +189,16 @@ async fn run(command: Command, config: projector_config::Config) -> anyhow::Resu
 }
 
 /// Prints the summary table, logs one line for the run, and writes the summary JSON if asked.
-fn finish(summary: &RunSummary, limit: (u32, &str), summary_json: Option<&std::path::Path>) -> anyhow::Result<()> {
+fn finish(
+    summary: &RunSummary,
+    limit: (u32, &str),
+    config: &projector_config::Config,
+    summary_json: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     tracing::info!(
         run_id = %summary.run_id, orgs = summary.orgs_total, outcomes = %summary.outcomes, "run summary"
     );
-    telemetry::print(&summary_table(summary, limit));
+    telemetry::print(&summary_table(summary, limit, max_duration_caveat(&config.query).as_deref()));
     if let Some(path) = summary_json {
         write_summary_json(summary, path).with_context(|| format!("cannot write the run summary to {}", path.display()))?;
     }
@@ -208,7 +213,7 @@ async fn finished(
     end: WaitEnd,
     workers_alive: Option<u64>,
 ) -> anyhow::Result<ExitCode> {
-    finish(summary, limit_in_force(config).await, args.summary_json.as_deref())?;
+    finish(summary, limit_in_force(config).await, config, args.summary_json.as_deref())?;
     match end {
         WaitEnd::Accounted => Ok(args.fail_on.judge(summary)),
         WaitEnd::Interrupted => {

@@ -68,8 +68,22 @@ impl FailOn {
     }
 }
 
-/// The summary as a plain-text table; `limit` is the slot limit in force and where it came from.
-pub fn summary_table(summary: &RunSummary, limit: (u32, &str)) -> String {
+/// The sentence's caveat when `query.max_duration` was set below the service's own bound (the
+/// operator said they know better): the slot limit bounds the service's count only if the
+/// service ends every query that soon. `None` when the bound holds as stated.
+pub fn max_duration_caveat(query: &projector_config::QueryConfig) -> Option<String> {
+    (query.max_duration < projector_config::SERVICE_QUERY_BOUND).then(|| {
+        format!(
+            "only if the query service ends every query within query.max_duration ({}), which is set below its own {} bound",
+            projector_config::format_duration(query.max_duration),
+            projector_config::format_duration(projector_config::SERVICE_QUERY_BOUND)
+        )
+    })
+}
+
+/// The summary as a plain-text table; `limit` is the slot limit in force and where it came from,
+/// `caveat` what the bound assumes beyond it ([`max_duration_caveat`]).
+pub fn summary_table(summary: &RunSummary, limit: (u32, &str), caveat: Option<&str>) -> String {
     let seconds = summary.duration_ms as f64 / 1000.0;
     // A run followed only part of the way (a timed-out or interrupted wait) says so first.
     let mut out = if summary.is_finished() {
@@ -90,9 +104,12 @@ pub fn summary_table(summary: &RunSummary, limit: (u32, &str)) -> String {
     let (limit, source) = limit;
     match summary.max_concurrent_queries {
         Some(max) => out.push_str(&format!("  max concurrent queries: {max} (slot limit {limit}, {source})\n")),
-        None => out.push_str(&format!(
-            "  concurrent queries: bounded by the slot limit {limit} ({source}) across workers (see spike_projection_concurrent_queries)\n"
-        )),
+        None => match caveat {
+            None => out.push_str(&format!(
+                "  concurrent queries: bounded by the slot limit {limit} ({source}) across workers (see spike_projection_concurrent_queries)\n"
+            )),
+            Some(caveat) => out.push_str(&format!("  concurrent queries: bounded by the slot limit {limit} ({source}) across workers {caveat}\n")),
+        },
     }
     if !summary.skipped_org_ids.is_empty() {
         out.push_str(&format!(
@@ -154,7 +171,7 @@ mod tests {
         s.add(OrgId(1), Outcome::Completed);
         s.add(OrgId(2), Outcome::Completed);
         s.add(OrgId(9), Outcome::SkippedNoSlot);
-        let t = summary_table(&s, (3, "in Redis"));
+        let t = summary_table(&s, (3, "in Redis"), None);
         for o in Outcome::ALL {
             assert!(t.contains(o.as_str()), "{t}");
         }
@@ -181,7 +198,20 @@ mod tests {
     fn an_unfinished_run_says_how_much_is_accounted_in_its_headline() {
         let mut s = RunSummary { run_id: "run-x".into(), orgs_total: 30, duration_ms: 5070, ..RunSummary::default() };
         s.add(OrgId(1), Outcome::Completed);
-        let t = summary_table(&s, (50, "slots.limit"));
+        let t = summary_table(&s, (50, "slots.limit"), None);
         assert!(t.starts_with("run run-x: 1 of 30 orgs accounted for after 5.07s (not finished)"), "{t}");
+    }
+
+    #[test]
+    fn the_bound_sentence_names_what_it_assumes_when_max_duration_is_below_the_service() {
+        let s = RunSummary { run_id: "run-x".into(), orgs_total: 1, ..RunSummary::default() };
+        let mut query = projector_config::Config::default().query;
+        assert_eq!(max_duration_caveat(&query), None, "the default is the service's own bound");
+        let plain = summary_table(&s, (10, "slots.limit"), None);
+        assert!(plain.contains("bounded by the slot limit 10 (slots.limit) across workers (see"), "{plain}");
+        query.max_duration = std::time::Duration::from_secs(2);
+        let caveat = max_duration_caveat(&query).expect("below the service's bound");
+        let t = summary_table(&s, (10, "slots.limit"), Some(&caveat));
+        assert!(t.contains("across workers only if the query service ends every query within query.max_duration (2s)"), "{t}");
     }
 }

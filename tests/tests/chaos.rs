@@ -38,7 +38,15 @@ fn holders(c: &Fleet) -> Vec<projector_shared::slots::Holder> {
 #[test]
 fn a_worker_paused_past_its_lease_never_pushes_the_service_past_the_limit() {
     // Queries of 4 s against a 1 s lease: a plain lease would be reclaimed mid-query.
-    let c = cluster(RedisServer::start(), "4s", &[("PROJECTOR_SLOTS_LEASE_TTL", "1s"), ("PROJECTOR_QUERY_MAX_DURATION", "5s")]);
+    let c = cluster(
+        RedisServer::start(),
+        "4s",
+        &[
+            ("PROJECTOR_SLOTS_LEASE_TTL", "1s"),
+            ("PROJECTOR_QUERY_MAX_DURATION", "5s"),
+            ("PROJECTOR_QUERY_MAX_DURATION_BELOW_SERVICE", "true"),
+        ],
+    );
     let victim = c.worker(&["--slots-limit", "3", "--concurrency", "3"]);
     let first = c.run(3);
     let pid = victim.pid().to_string();
@@ -240,4 +248,57 @@ fn a_redis_restart_from_aof_loses_no_org_and_leaves_no_dead_lease() {
     let second = c.finish(again, 10);
     assert_eq!(second.get("completed").copied(), Some(10), "the follow-up run is not stalled: {second:?}\n{}", w.stderr());
     assert!(c.max_in_flight() <= 5, "{}", c.max_in_flight());
+}
+
+/// SIGTERM with `worker.shutdown_grace` shorter than the queries running: the worker drops its
+/// jobs at the grace's end and exits, but a slot whose query was sent and not answered stays
+/// leased until that query must have ended at the service, so the worker that takes over the
+/// rest of the run never joins the queries the service still runs.
+#[test]
+fn a_worker_stopped_past_its_grace_mid_query_keeps_its_slots_until_the_queries_must_have_ended() {
+    // The fake is the service here: it ends every query within 6 s, so 8 s is its bound.
+    let c = cluster(
+        RedisServer::start(),
+        "6s",
+        &[("PROJECTOR_QUERY_MAX_DURATION", "8s"), ("PROJECTOR_QUERY_MAX_DURATION_BELOW_SERVICE", "true")],
+    );
+    let mut victim = c.worker(&["--slots-limit", "3", "--concurrency", "3", "--set", "worker.shutdown_grace=500ms"]);
+    let run = c.run(6);
+    wait_until(Duration::from_secs(60), "the victim's 3 queries are in flight", || c.fake.stats_now()["in_flight"].as_u64() == Some(3));
+    victim.signal("TERM");
+    wait_until(Duration::from_secs(30), "the victim exits after its grace", || !victim.is_running());
+    assert!(victim.stderr().contains("did not finish within worker.shutdown_grace"), "{}", victim.stderr());
+    assert!(victim.stderr().contains("slot kept"), "the dropped jobs kept their slots: {}", victim.stderr());
+    // Its queries still run at the service while another worker takes the rest of the run.
+    assert_eq!(c.fake.stats_now()["in_flight"].as_u64(), Some(3), "the victim's queries outlive it");
+    let _other = c.worker(&["--slots-limit", "3", "--concurrency", "16"]);
+    let outcomes = c.finish(run, 6);
+    assert!(c.max_in_flight() <= 3, "the service saw {} concurrent queries, limit 3\n{}", c.max_in_flight(), c.worker_tails());
+    assert_eq!(outcomes.get("completed").copied(), Some(6), "{outcomes:?}");
+}
+
+/// Redis stalls while long queries run: the job loop fails and restarts, dropping the jobs in
+/// flight, and those jobs come back to be run again. Their first queries still run at the
+/// service, so their slots stay held until those queries must have ended: the service never
+/// sees more than the limit.
+#[test]
+fn a_redis_stall_during_long_queries_never_gives_back_a_slot_whose_query_still_runs() {
+    let c = cluster(
+        RedisServer::start(),
+        "8s",
+        &[("PROJECTOR_QUERY_MAX_DURATION", "10s"), ("PROJECTOR_QUERY_MAX_DURATION_BELOW_SERVICE", "true")],
+    );
+    let w = c.worker(&["--slots-limit", "3", "--concurrency", "16", "--slots-max-wait", "5m"]);
+    let run = c.run(6);
+    wait_until(Duration::from_secs(60), "3 queries in flight", || c.fake.stats_now()["in_flight"].as_u64() == Some(3));
+    let pid = c.redis.pid().to_string();
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().expect("kill").success());
+    // Redis is frozen until the job loop gives up on it, which drops the jobs in flight (a
+    // stopped Redis is still killed with the test if the line never comes).
+    w.wait_for_line(&["job loop failed"], Duration::from_secs(20));
+    std::process::Command::new("kill").args(["-CONT", &pid]).status().expect("kill");
+    let outcomes = c.finish(run, 6);
+    assert!(c.max_in_flight() <= 3, "the service saw {} concurrent queries, limit 3", c.max_in_flight());
+    assert_eq!(outcomes.values().sum::<u64>(), 6, "{outcomes:?}");
+    assert_eq!(outcomes.get("completed").copied(), Some(6), "{outcomes:?}");
 }

@@ -769,3 +769,60 @@ fn each_maintenance_service_does_its_round_when_run_once() {
         assert_eq!((overview.accounted(), overview.state()), (2, RunState::Done), "{overview:?}");
     });
 }
+
+/// A slot handed to a waiter while it is between two waits on its wake-up list: its next
+/// `slots_acquire` finds the reserved lease and is granted. That lease must become a full one
+/// there, as a collect makes it: left at the hand-off's short reservation it lapsed under the
+/// running query, and the next waiter was granted the same slot (the service saw 4 of 3).
+#[test]
+fn slots_acquire_turns_a_slot_handed_off_between_two_waits_into_a_full_lease() {
+    let server = RedisServer::start();
+    let keys = SlotKeys::new("default");
+    let acquire = projector_shared::lua::script(include_str!("../../lua/slots_acquire.lua"));
+    let release = projector_shared::lua::script(include_str!("../../lua/slots_release.lua"));
+    let names = |body: &str| -> Vec<String> {
+        let line = body.lines().find(|l| l.starts_with("local SLOT_KEYS = {")).expect("SLOT_KEYS line");
+        line.trim_start_matches("local SLOT_KEYS = {")
+            .trim_end_matches('}')
+            .split(',')
+            .map(|n| keys.named(n.trim().trim_matches('\'')))
+            .collect()
+    };
+    let (acquire_keys, release_keys) =
+        (names(include_str!("../../lua/slots_acquire.lua")), names(include_str!("../../lua/slots_release.lua")));
+    let mut conn = server.connection();
+    let lease_ms = 30_000u64;
+    let reserve_ms = 2_000u64;
+    let call_acquire = |conn: &mut redis::Connection, id: &str, wait_ms: u64| -> Vec<i64> {
+        let mut inv = acquire.prepare_invoke();
+        acquire_keys.iter().for_each(|k| {
+            inv.key(k);
+        });
+        inv.arg(id)
+            .arg(format!("test|{id}"))
+            .arg(lease_ms)
+            .arg(wait_ms)
+            .arg(1)
+            .arg(reserve_ms)
+            .arg(keys.wake_prefix())
+            .invoke(conn)
+            .expect("acquire")
+    };
+    assert_eq!(call_acquire(&mut conn, "holder", 0)[0], 1, "the one slot is granted");
+    assert_eq!(call_acquire(&mut conn, "waiter", 10_000)[0], 0, "the next one queues");
+    let mut inv = release.prepare_invoke();
+    release_keys.iter().for_each(|k| {
+        inv.key(k);
+    });
+    let _: redis::Value = inv.arg("holder").arg(1).arg(reserve_ms).arg(keys.wake_prefix()).invoke(&mut conn).expect("release");
+    // The release handed the slot to the waiter, reserved briefly, while it was not blocked on
+    // its wake-up list; it asks again instead of collecting.
+    let reserved: f64 = redis::cmd("ZSCORE").arg(keys.leases()).arg("waiter").query(&mut conn).expect("zscore");
+    assert_eq!(call_acquire(&mut conn, "waiter", 10_000)[0], 1, "the waiter is granted its handed-off slot");
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut conn).expect("time");
+    let now_ms = secs * 1000 + micros / 1000;
+    let lease: f64 = redis::cmd("ZSCORE").arg(keys.leases()).arg("waiter").query(&mut conn).expect("zscore");
+    assert!(lease as u64 >= now_ms + lease_ms - 1_000, "a full lease ({lease} vs reservation {reserved}, now {now_ms})");
+    let wake: i64 = redis::cmd("EXISTS").arg(keys.wake("waiter")).query(&mut conn).expect("exists");
+    assert_eq!(wake, 0, "the spent wake-up token is gone");
+}

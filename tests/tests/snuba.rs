@@ -166,6 +166,8 @@ fn an_abandoned_query_keeps_its_slot_until_it_must_have_ended_at_the_service() {
         "--set",
         "query.max_duration=2s",
         "--set",
+        "query.max_duration_below_service=true",
+        "--set",
         "runs.max_attempts=1",
     ];
     let w = worker(&env, &settings);
@@ -313,8 +315,18 @@ fn transient_failures_are_tried_again_until_the_org_completes_or_its_tries_run_o
         &["--latency", "5ms", "--error-rate", "0.3", "--malformed-rate", "0.1", "--slow-rate", "0.1", "--slow-latency", "3s"],
     );
     let env = base_env(&redis, &fake.url());
-    let settings =
-        ["--concurrency", "16", "--set", "query.timeout=500ms", "--set", "query.max_duration=1s", "--set", "runs.max_attempts=4"];
+    let settings = [
+        "--concurrency",
+        "16",
+        "--set",
+        "query.timeout=500ms",
+        "--set",
+        "query.max_duration=1s",
+        "--set",
+        "query.max_duration_below_service=true",
+        "--set",
+        "runs.max_attempts=4",
+    ];
     let _w = worker(&env, &settings);
     let (run_id, _) = run_wait(&env, &["--orgs", "100"]);
     let shown = ctl(&env, &["runs", "show", &run_id, "--all"]);

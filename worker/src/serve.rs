@@ -83,7 +83,10 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
     let result = supervisor.run(&shutdown).await;
     readiness.set_job_loop_running(false);
     if !slots.wait_for_background(SLOT_TASKS_GRACE).await {
-        tracing::warn!(worker = %name, "slot releases still retrying at exit (Redis unreachable?); those leases expire on their own");
+        tracing::warn!(
+            worker = %name,
+            "slot tasks still running at exit: a slot kept for a query not answered stays leased in Redis until that query must have ended (query.max_duration); a release still retrying (Redis unreachable?) expires on its own"
+        );
     }
     if let Err(e) = projector_shared::heartbeat::leave(&conn, &name).await {
         tracing::debug!(worker = %name, error = %e, "cannot remove the heartbeat; it ages out on its own");

@@ -39,7 +39,7 @@ pub struct SnubaQuery {
 
 impl SnubaQuery {
     pub fn new(settings: SnubaSettings) -> Result<Self, Error> {
-        let unusable = |detail: String| Error::QueryUnreachable { url: settings.url.clone(), detail };
+        let unusable = |detail: String| Error::QueryUnreachable { url: settings.url.clone(), detail, sent: false };
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .timeout(settings.timeout)
@@ -113,7 +113,8 @@ impl SnubaQuery {
         if e.is_timeout() {
             Error::QueryTimeout(self.settings.timeout)
         } else {
-            Error::QueryUnreachable { url: self.endpoint.clone(), detail: error_chain(&e) }
+            // A connect error means the request never left: the service never ran the query.
+            Error::QueryUnreachable { url: self.endpoint.clone(), detail: error_chain(&e), sent: !e.is_connect() }
         }
     }
 }

@@ -9,6 +9,7 @@ mod scripts;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::error::Error;
@@ -101,9 +102,9 @@ pub trait ReleaseSlot: Send + Sync + 'static {
         Box::pin(async { Ok(()) })
     }
 
-    /// Keeps the slot, without renewing it, for a query this holder abandoned but the service
-    /// may still be running: it goes back no sooner than `for_at_least` from now, on a timer.
-    fn keep(self: Box<Self>, for_at_least: Duration) {
+    /// Keeps the slot for a query this holder abandoned but the service may still be running:
+    /// it goes back no sooner than `until`, on a timer.
+    fn keep(self: Box<Self>, until: Instant) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             tracing::warn!("slot kept outside a runtime; released now");
             self.release_on_drop();
@@ -111,7 +112,7 @@ pub trait ReleaseSlot: Send + Sync + 'static {
         };
         // The task only sleeps and releases; a release error is logged inside `release_on_drop`.
         handle.spawn(async move {
-            tokio::time::sleep(for_at_least).await;
+            tokio::time::sleep_until(until).await;
             self.release_on_drop();
         });
     }
@@ -132,12 +133,38 @@ pub trait ReleaseSlot: Send + Sync + 'static {
     }
 }
 
-/// A held slot. Dropping it releases the slot; `release().await` does the same and reports errors.
+/// A held slot. Dropping it gives the slot back; `release().await` does the same and reports errors.
+///
+/// **The one rule for giving a slot back**, kept here so that no path can bypass it: a slot under
+/// which a query was sent ([`SlotPermit::query_sent`]) and not answered goes back no sooner than
+/// that query must have ended at the service (its start + `query.max_duration`), whatever ends
+/// the holder's use of it: `release`, a drop (a job dropped with its loop, a cancel, SIGTERM past
+/// the grace), a panic's unwinding, a lost lease, a client-side timeout. Only an answer from the
+/// service, or a query provably never sent, lets it go back at once.
 pub struct SlotPermit {
     lease_id: String,
     fencing_token: u64,
     lost: CancellationToken,
     release: Option<Box<dyn ReleaseSlot>>,
+    /// When the query sent last under this slot must have ended at the service, while its answer
+    /// has not come; `None` when no query is in flight.
+    unanswered: std::sync::Mutex<Option<Instant>>,
+}
+
+/// A query sent under a permit, until its answer comes. Dropped without
+/// [`QuerySent::answered`] (the future awaiting the answer was dropped, timed out or panicked),
+/// the query still counts as running at the service, and the permit keeps its slot until the
+/// query must have ended there.
+#[must_use = "call answered() once the service has answered, or the slot is kept for the query's whole bound"]
+pub struct QuerySent<'a> {
+    permit: &'a SlotPermit,
+}
+
+impl QuerySent<'_> {
+    /// The service answered (any status), or the query never reached it: nothing runs there now.
+    pub fn answered(self) {
+        *self.permit.unanswered.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
 }
 
 impl std::fmt::Debug for SlotPermit {
@@ -168,7 +195,7 @@ impl SlotPermit {
     /// Builds a permit; `lost` is cancelled by the limiter if the lease is lost while held.
     pub fn new(lease_id: String, fencing_token: u64, lost: CancellationToken, release: Box<dyn ReleaseSlot>) -> Self {
         held_by_process_changed(1);
-        SlotPermit { lease_id, fencing_token, lost, release: Some(release) }
+        SlotPermit { lease_id, fencing_token, lost, release: Some(release), unanswered: std::sync::Mutex::new(None) }
     }
 
     pub fn lease_id(&self) -> &str {
@@ -198,26 +225,54 @@ impl SlotPermit {
         }
     }
 
-    /// Ends this holder's use of the slot after it abandoned a query (a client-side timeout, a
-    /// lost lease, a cancel) that the service may still count: the slot is not handed on before
-    /// `for_at_least` from now, so the next query cannot join one the service still runs.
-    pub fn keep_for_abandoned_query(mut self, for_at_least: Duration) {
-        if let Some(r) = self.release.take() {
-            held_by_process_changed(-1);
-            metrics::counter!(m::SLOT_KEPT_AFTER_ABANDON_TOTAL).increment(1);
-            r.keep(for_at_least);
+    /// Marks a query as sent under this slot, one the service lets run at most `max_duration`:
+    /// until the returned guard says it was answered, the slot is not given back before
+    /// now + `max_duration`, whatever ends this permit.
+    pub fn query_sent(&self, max_duration: Duration) -> QuerySent<'_> {
+        let must_end_by = Instant::now() + max_duration;
+        let mut unanswered = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+        *unanswered = Some(unanswered.map_or(must_end_by, |earlier| earlier.max(must_end_by)));
+        QuerySent { permit: self }
+    }
+
+    /// How long the slot must still be kept for a query sent and not answered; `None`: no query
+    /// runs at the service under it, and it may go back now.
+    pub fn query_may_run_for(&self) -> Option<Duration> {
+        self.kept_until().map(|until| until.saturating_duration_since(Instant::now()))
+    }
+
+    /// When a query sent and not answered must have ended at the service, if that is still ahead.
+    fn kept_until(&self) -> Option<Instant> {
+        let unanswered = *self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+        unanswered.filter(|until| *until > Instant::now())
+    }
+
+    /// Ends this holder's use of the slot: the slot to give back now, or `None` when there is
+    /// none or when it is kept (on a timer) for a query that may still run at the service.
+    fn end_use(&mut self) -> Option<Box<dyn ReleaseSlot>> {
+        let release = self.release.take()?;
+        // The process stops holding the slot now, whether or not Redis hears of it yet.
+        held_by_process_changed(-1);
+        match self.kept_until() {
+            None => Some(release),
+            Some(until) => {
+                metrics::counter!(m::SLOT_KEPT_AFTER_ABANDON_TOTAL).increment(1);
+                let kept_ms = u64::try_from(until.saturating_duration_since(Instant::now()).as_millis()).unwrap_or(u64::MAX);
+                tracing::info!(
+                    lease_id = %self.lease_id, kept_ms,
+                    "slot kept: its query was sent and not answered, so it may still run at the service until query.max_duration has passed"
+                );
+                release.keep(until);
+                None
+            }
         }
     }
 
-    /// Gives the slot back now and reports whether that worked.
+    /// Gives the slot back now (or keeps it, for a query not answered) and reports whether that
+    /// worked.
     pub async fn release(mut self) -> Result<(), Error> {
-        match self.release.take() {
-            Some(r) => {
-                // The process stops holding the slot now, whether or not Redis hears of it (an
-                // unreleased lease expires on its own).
-                held_by_process_changed(-1);
-                r.release().await
-            }
+        match self.end_use() {
+            Some(r) => r.release().await,
             None => Ok(()),
         }
     }
@@ -225,8 +280,7 @@ impl SlotPermit {
 
 impl Drop for SlotPermit {
     fn drop(&mut self) {
-        if let Some(r) = self.release.take() {
-            held_by_process_changed(-1);
+        if let Some(r) = self.end_use() {
             r.release_on_drop();
         }
     }
@@ -262,4 +316,103 @@ pub fn record_occupancy(in_use: u32, limit: u32, source: &'static str) {
     }
     let percent = if limit == 0 { 100.0 } else { f64::from(in_use) * 100.0 / f64::from(limit) };
     metrics::gauge!(m::UTILIZATION_PERCENT).set(percent);
+}
+
+#[cfg(test)]
+mod tests {
+    //! The permit's one rule for giving a slot back, on every way a holder can end.
+    use super::*;
+
+    const QUERY_BOUND: Duration = Duration::from_secs(60);
+
+    async fn granted(limiter: &MemorySlotLimiter) -> SlotPermit {
+        match limiter.acquire(SlotRequest::new("test", OrgId(1)), Duration::ZERO).await {
+            Ok(Acquire::Granted(permit)) => permit,
+            other => panic!("no slot: {other:?}"),
+        }
+    }
+
+    /// Lets the timers due by now fire (the clock is paused: this advances it by `by`).
+    async fn after(by: Duration) {
+        tokio::time::advance(by).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_with_no_query_sent_goes_back_at_once_whatever_ends_it() {
+        let limiter = MemorySlotLimiter::new(2);
+        let released = granted(&limiter).await;
+        let dropped = granted(&limiter).await;
+        released.release().await.expect("release");
+        drop(dropped);
+        assert_eq!(limiter.in_use(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answered_query_lets_the_slot_go_back_at_once() {
+        let limiter = MemorySlotLimiter::new(1);
+        let permit = granted(&limiter).await;
+        permit.query_sent(QUERY_BOUND).answered();
+        assert_eq!(permit.query_may_run_for(), None);
+        drop(permit);
+        assert_eq!(limiter.in_use(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_query_sent_and_not_answered_keeps_its_slot_until_it_must_have_ended_on_release_and_on_drop() {
+        let limiter = MemorySlotLimiter::new(2);
+        let released = granted(&limiter).await;
+        let dropped = granted(&limiter).await;
+        // The guards are dropped unanswered: the futures awaiting the answers were dropped.
+        drop(released.query_sent(QUERY_BOUND));
+        drop(dropped.query_sent(QUERY_BOUND));
+        after(Duration::from_secs(10)).await;
+        released.release().await.expect("release keeps the slot");
+        drop(dropped);
+        after(Duration::from_secs(49)).await;
+        assert_eq!(limiter.in_use(), 2, "50 s after the queries were sent both slots are still kept");
+        after(Duration::from_secs(2)).await;
+        assert_eq!(limiter.in_use(), 0, "both go back once the service must have ended the queries");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_job_that_panics_or_is_aborted_mid_query_keeps_its_slot() {
+        let limiter = MemorySlotLimiter::new(2);
+        let panicking = granted(&limiter).await;
+        let aborted = granted(&limiter).await;
+        let panicked = tokio::spawn(async move {
+            let _sent = panicking.query_sent(QUERY_BOUND);
+            panic!("a bug in the job, mid-query");
+        });
+        let cancelled = tokio::spawn(async move {
+            let _sent = aborted.query_sent(QUERY_BOUND);
+            std::future::pending::<()>().await;
+        });
+        assert!(panicked.await.expect_err("it panicked").is_panic());
+        tokio::task::yield_now().await;
+        cancelled.abort();
+        assert!(cancelled.await.expect_err("aborted").is_cancelled());
+        after(Duration::from_secs(59)).await;
+        assert_eq!(limiter.in_use(), 2, "neither slot goes back while its query may still run");
+        after(Duration::from_secs(2)).await;
+        assert_eq!(limiter.in_use(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_later_page_extends_what_is_kept_and_its_answer_clears_it() {
+        let limiter = MemorySlotLimiter::new(1);
+        let permit = granted(&limiter).await;
+        permit.query_sent(QUERY_BOUND).answered();
+        after(Duration::from_secs(30)).await;
+        let second = permit.query_sent(QUERY_BOUND);
+        assert_eq!(permit.query_may_run_for(), Some(QUERY_BOUND));
+        drop(second);
+        drop(permit);
+        after(Duration::from_secs(59)).await;
+        assert_eq!(limiter.in_use(), 1, "kept from the second page's start");
+        after(Duration::from_secs(2)).await;
+        assert_eq!(limiter.in_use(), 0);
+    }
 }

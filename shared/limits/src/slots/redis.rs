@@ -471,7 +471,7 @@ impl ReleaseSlot for RedisRelease {
         })
     }
 
-    fn keep(self: Box<Self>, for_at_least: Duration) {
+    fn keep(self: Box<Self>, until: Instant) {
         // Renewed while kept, then released: if this process dies meanwhile, the lease still runs
         // at least to its last query's start + query.max_duration (the grant's floor, or `cover`).
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -481,7 +481,7 @@ impl ReleaseSlot for RedisRelease {
         let background = self.inner.background.clone();
         background.spawn_on(
             async move {
-                tokio::time::sleep(for_at_least).await;
+                tokio::time::sleep_until(until).await;
                 if let Err(e) = self.release().await {
                     tracing::warn!(error = %e, "releasing a kept slot failed; its lease expires on its own");
                 }
