@@ -1,9 +1,10 @@
 -- run_record: records one org's outcome in its run, with its trail line. The first outcome of an
 -- attempt wins; an org the run did not plan, a run that does not exist, or an attempt that a
 -- later one (`projectorctl runs retry`) superseded, is refused. One exception to the first
--- outcome winning: an org a cancel marked `cancelled` while its job was already querying takes
--- that job's outcome if it queried (completed, failed, rate_limited), so the record says what
--- reached the query service.
+-- outcome winning: an org a cancel marked `cancelled`, or the deadline sweep `deadline`, while
+-- its job was already querying takes that job's outcome if it queried (completed, failed,
+-- rate_limited), so the record says what reached the query service, and `runs retry` never
+-- queries a completed org again.
 -- KEYS: 1 run (hash: orgs_total and a count per outcome), 2 orgs (hash org -> outcome),
 --       3 plan (hash org -> projects), 4 trail (hash org -> lines), 5 attempts (hash org -> n),
 --       6 finished (list: an item is pushed when the run finishes, for `run-once --wait`)
@@ -22,10 +23,12 @@ if redis.call('HEXISTS', plan, org) == 0 then return -2 end
 if attempt < tonumber(redis.call('HGET', attempts, org) or '0') then return 0 end
 if redis.call('HSETNX', orgs, org, outcome) == 0 then
   local queried = outcome == 'completed' or outcome == 'failed' or outcome == 'rate_limited'
-  if not queried or redis.call('HGET', orgs, org) ~= 'cancelled' then return 0 end
-  -- The cancelled org was already counted: its run cannot finish by this record.
+  if not queried then return 0 end
+  local ended = redis.call('HGET', orgs, org)
+  if ended ~= 'cancelled' and ended ~= 'deadline' then return 0 end
+  -- The org was already counted: its run cannot finish by this record.
   redis.call('HSET', orgs, org, outcome)
-  redis.call('HINCRBY', run, 'cancelled', -1)
+  redis.call('HINCRBY', run, ended, -1)
 end
 redis.call('HINCRBY', run, outcome, 1)
 local now_ms = now_ms() -- this call's time; shadows the helper from here on

@@ -2,7 +2,8 @@
 -- (wait_ms > 0) or answers its would-be position (wait_ms = 0). Idempotent by waiter id: a retry
 -- after a lost reply finds the lease it was granted and returns it again.
 -- KEYS: those named in SLOT_KEYS, in that order (see lib/slots.lua)
--- ARGV: 1 id (waiter and lease id), 2 info (holder|org), 3 lease_ms, 4 wait_ms, 5 default_limit,
+-- ARGV: 1 id (waiter and lease id), 2 info (holder|org), 3 lease_ms, 4 wait_ms (how long the
+--       entry lasts without another call: 0 asks for a position only), 5 default_limit,
 --       6 reserve_ms (how long a handed-off slot waits to be collected), 7 wake_prefix
 -- Returns: {granted (0|1), token if granted else queue position, in_use, limit, reclaimed}
 local SLOT_KEYS = {'limit', 'leases', 'holders', 'fence', 'seq', 'queue', 'waiter_deadlines', 'waiting', 'adaptive'}
@@ -40,9 +41,14 @@ end
 local position
 if wait_ms > 0 then
   if waiters == 0 or not redis.call('ZSCORE', queue, id) then
-    redis.call('ZADD', queue, redis.call('INCR', seq), id)
+    -- Scored by arrival on Redis time (ms x 1000, plus the arrival counter to keep first come
+    -- first served within one ms): operators see how long the head of the line has waited.
+    redis.call('ZADD', queue, now * 1000 + redis.call('INCR', seq) % 1000, id)
     redis.call('HSET', waiting, id, info)
   end
+  -- wait_ms is short (the waiter's next re-check and a second more): a live waiter renews it at
+  -- every re-check, and a dead one's entry is reclaimed about a second after it would have
+  -- re-checked, so no slot is handed to a process that is gone.
   redis.call('ZADD', deadlines, now + wait_ms, id)
   -- An empty queue means these keys are new.
   if waiters == 0 or touch_due(seq) then touch(seq, queue, deadlines, waiting) end

@@ -27,8 +27,11 @@ pub struct PipelineSettings {
     /// This worker's name, stored with every lease.
     pub holder: String,
     pub max_wait: Duration,
-    /// `query.max_duration`: how long a query may run at the service after it starts.
+    /// `query.max_duration`: how long the service counts a query after it starts there.
     pub query_max_duration: Duration,
+    /// `query.timeout`: the client gives up on a query this long after sending it, so a query
+    /// not answered reached the service by then or never did.
+    pub query_timeout: Duration,
     /// `query.page_rows`: rows per page (at most 10,000, Snuba's largest LIMIT).
     pub page_rows: usize,
 }
@@ -184,6 +187,7 @@ impl Pipeline {
                 holder,
                 max_wait: config.slots.max_wait,
                 query_max_duration: config.query.max_duration(),
+                query_timeout: config.query.timeout,
                 page_rows: config.query.page_rows,
             },
             stopped: Default::default(),
@@ -425,7 +429,7 @@ impl Pipeline {
                     let one = Instant::now();
                     // From here until its answer the query counts at the service: the permit
                     // keeps the slot that long whatever becomes of this future.
-                    let sent = permit.map(|p| p.query_sent(self.settings.query_max_duration));
+                    let sent = permit.map(|p| p.query_sent(self.settings.query_timeout, self.settings.query_max_duration));
                     let answer = self.query.page(&page).await;
                     if let Some(sent) = sent
                         && answer.as_ref().err().is_none_or(|e| !e.query_may_still_run())
@@ -569,6 +573,7 @@ mod tests {
                 holder: "test".into(),
                 max_wait: Duration::from_millis(20),
                 query_max_duration: Duration::from_secs(1),
+                query_timeout: Duration::from_secs(1),
                 page_rows: 10_000,
             },
             stopped: Default::default(),

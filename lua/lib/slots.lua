@@ -4,7 +4,8 @@
 -- the keys it uses). All share one hash tag per limiter. By name:
 --   limit (string), leases (zset lease id -> expiry ms), holders (hash lease id ->
 --   "info|granted_ms|token"), fence (counter of fencing tokens), seq (arrival counter),
---   queue (zset waiter id -> arrival), waiter_deadlines (zset waiter id -> deadline ms),
+--   queue (zset waiter id -> arrival: Redis ms x 1000 + arrival counter mod 1000),
+--   waiter_deadlines (zset waiter id -> when its entry lapses unless renewed, ms),
 --   waiting (hash waiter id -> info), adaptive (hash: the fleet's multiplier and its window,
 --   and the query service's cap: service_cap, service_until_ms, and the numbers it came from;
 --   its remembered room: service_room, service_room_until_ms),

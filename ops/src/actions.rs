@@ -11,8 +11,14 @@ use projector_shared::{OrgId, RunId, SpikeProjectionJob};
 
 /// The outcomes `runs retry` picks when none are named: every one that did not complete, but
 /// not `cancelled` (an operator stopped those on purpose; name it to retry them).
-pub const RETRY_BY_DEFAULT: [Outcome; 5] =
-    [Outcome::SkippedNoSlot, Outcome::RateLimited, Outcome::Failed, Outcome::SlotUnavailable, Outcome::SkippedRatePolicy];
+pub const RETRY_BY_DEFAULT: [Outcome; 6] = [
+    Outcome::SkippedNoSlot,
+    Outcome::RateLimited,
+    Outcome::Failed,
+    Outcome::SlotUnavailable,
+    Outcome::SkippedRatePolicy,
+    Outcome::Deadline,
+];
 
 /// What `runs retry` did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

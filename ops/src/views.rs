@@ -113,6 +113,11 @@ fn run_json(run: &RunOverview, now: DateTime<Utc>) -> Value {
         "deadline": run.deadline.map(|t| t.to_rfc3339()),
         "deadline_in_s": run.deadline.map(|d| (d - now).num_milliseconds() as f64 / 1000.0),
         "predicted_overrun_s": run.predicted_overrun_s(now),
+        "pacing": run.pacing.map(|p| json!({
+            "batch_size": p.size, "batch_delay_ms": p.delay.as_millis() as u64,
+            "batch_delay_configured_ms": p.configured.as_millis() as u64, "tightened": p.tightened(),
+            "text": p.describe(),
+        })),
     })
 }
 
@@ -276,6 +281,9 @@ pub async fn runs_show(config: &Config, run_id: &str, listed: Listed) -> anyhow:
         let _ = write!(out, "; {} org attempts retried", run.retried);
     }
     out.push('\n');
+    if let Some(p) = &run.pacing {
+        let _ = writeln!(out, "  {}", p.describe());
+    }
     for (outcome, n) in &run.counts {
         let _ = writeln!(out, "  {:<20}{:>8}", outcome.as_str(), n);
     }
@@ -575,13 +583,18 @@ pub async fn status(config: &Config) -> anyhow::Result<View> {
     let slots = limiter.inspect().await.with_context(|| format!("reading slots from {redis}"))?;
     let queue = projector_queue::overview(&conn).await.with_context(|| format!("reading the queue from {redis}"))?;
     let workers = heartbeat::workers(&conn).await?;
-    let latest = RunRecords::for_config(conn.clone(), &config.runs).recent(1).await?.into_iter().next();
+    // The run that is open first (the oldest of them, the one a deadline ends next), else the
+    // latest: a skipped tick after an open run must not hide it.
+    let records = RunRecords::for_config(conn.clone(), &config.runs);
+    let latest = match records.open_runs().await?.pop() {
+        Some(open) => Some(open),
+        None => records.recent(1).await?.into_iter().next(),
+    };
     let rollout = Rollout::load(&mut conn.clone()).await?;
     let pause = projector_shared::pause::paused(&conn).await?;
     let history = limiter.history().await.with_context(|| format!("reading the slot history from {redis}"))?;
     let now = Utc::now();
-    // Waiters give up slots.max_wait after they arrive: the first deadline dates the oldest.
-    let oldest_wait_ms = slots.first_gives_up_in.map(|left| config.slots.max_wait.saturating_sub(left).as_millis() as u64);
+    let oldest_wait_ms = slots.oldest_wait.map(|w| w.as_millis() as u64);
     // What sets the limit in force: the service's cap, the adaptive multiplier, a limit an
     // operator stored, or slots.limit (also before any limit is stored in Redis).
     let (in_force, source) = (occupancy.in_force.unwrap_or(config.slots.limit), occupancy.source(config.slots.limit));

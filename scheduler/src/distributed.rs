@@ -21,7 +21,7 @@ use projector_worker::services::Services;
 use crate::error::Error;
 use crate::fanout::{Plan, WaitEnd, enqueue, take_tick_lock, wait_for_run};
 use crate::health::{self, RunGauges, SchedulerReadiness};
-use crate::orgs::list_orgs;
+use crate::orgs::{OrgList, list_orgs};
 
 /// What `run-once` was asked to do besides fanning out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +64,7 @@ fn connect(config: &Config) -> Result<RedisConn, Error> {
 async fn plan(config: &Config, conn: &RedisConn, run_id: RunId, tick: DateTime<Utc>, replay: bool) -> Result<Plan, Error> {
     let mut orgs = list_orgs(config)?;
     let fresher = if replay { leave_out_fresher(config, &mut orgs, tick).await } else { 0 };
+    first_the_orgs_left_out_last_time(config, conn, &run_id, &mut orgs).await;
     let rollout = match Rollout::load(&mut conn.clone()).await {
         Ok(r) => r,
         Err(e) => {
@@ -72,6 +73,25 @@ async fn plan(config: &Config, conn: &RedisConn, run_id: RunId, tick: DateTime<U
         }
     };
     Ok(Plan { fresher, ..Plan::new(config, &orgs, run_id, tick, &rollout) })
+}
+
+/// Moves to the front the orgs that did not complete in the run fanned out last (cut by its
+/// deadline, cancelled by `overlap = "replace"`, refused, failed), keeping the list's order
+/// otherwise. A run cut short always cuts its last batches: without this, the same orgs would go
+/// last, and be cut, run after run. When the record cannot be read the list's order stands.
+async fn first_the_orgs_left_out_last_time(config: &Config, conn: &RedisConn, run_id: &RunId, orgs: &mut OrgList) {
+    let records = RunRecords::for_config(conn.clone(), &config.runs);
+    let left_out = match records.not_completed_in_last_run(run_id).await {
+        Ok(left_out) => left_out,
+        Err(e) => return tracing::warn!(run_id = %run_id, error = %e, "cannot read the last run's outcomes; orgs keep the list's order"),
+    };
+    if left_out.is_empty() {
+        return;
+    }
+    // A stable sort: the left-out orgs first, each group in the list's order.
+    orgs.orgs.sort_by_key(|o| !left_out.contains(&o.org_id));
+    let first = orgs.orgs.iter().take_while(|o| left_out.contains(&o.org_id)).count();
+    tracing::info!(run_id = %run_id, first, "the orgs that did not complete in the last run go first");
 }
 
 /// Takes out of `orgs` those whose stored projection is fresher than `tick`'s: a replayed past
@@ -303,8 +323,6 @@ async fn tick_loop(config: &Config, conn: &RedisConn, shutdown: &CancellationTok
     Ok(())
 }
 
-/// Runs looked at for one still open when a tick comes: far more than ever overlap.
-const OPEN_RUNS_WITHIN: usize = 20;
 /// How often a queued tick looks again whether the open run has ended.
 const QUEUED_RECHECK: Duration = Duration::from_secs(1);
 
@@ -363,7 +381,7 @@ async fn overlap_allows(
 
 /// The ids of the runs still open besides `run_id` (none when the record cannot be read).
 async fn open_runs(records: &RunRecords, run_id: &RunId) -> Vec<String> {
-    match records.open_runs(OPEN_RUNS_WITHIN).await {
+    match records.open_runs().await {
         Ok(open) => open.into_iter().filter(|r| r.run_id != run_id.0).map(|r| r.run_id).collect(),
         Err(e) => {
             tracing::warn!(run_id = %run_id, error = %e, "cannot read the open runs; fanning out");

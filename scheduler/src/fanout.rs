@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use projector_config::{Config, RunsConfig};
-use projector_shared::batch::plan_batches;
+use projector_shared::batch::{Pacing, plan_batches};
 use projector_shared::run::BadLines;
 
 use crate::orgs::OrgList;
@@ -57,23 +57,28 @@ pub struct Plan {
     pub deadline: DateTime<Utc>,
     /// Orgs left out of a replayed past tick: the store already holds a fresher projection.
     pub fresher: usize,
+    /// The pacing in force: `batch.delay`, or tighter so every org is released in time.
+    pub pacing: Pacing,
 }
 
 impl Plan {
-    /// Batches of `batch.size` released at `tick + k × batch.delay`, routed by `rollout`.
+    /// Batches of `batch.size` released at `tick + k × delay`, routed by `rollout`: the delay is
+    /// `batch.delay`, or tighter when that would not release every org within
+    /// [`RELEASE_SHARE`](projector_shared::batch::RELEASE_SHARE) of the time to the deadline.
     pub fn new(config: &Config, list: &OrgList, run_id: RunId, tick: DateTime<Utc>, rollout: &Rollout) -> Self {
         let orgs = &list.orgs;
         let size = NonZeroUsize::new(config.batch.size).unwrap_or(NonZeroUsize::MIN);
         let ids: Vec<_> = orgs.iter().map(|o| o.org_id).collect();
-        let batches = plan_batches(&ids, size, config.batch.delay);
-        // plan_batches keeps the order of `orgs`, so the n-th org belongs to the n-th batch slot.
-        let batch_of = batches.iter().flat_map(|b| std::iter::repeat_n(b, b.orgs.len()));
         // A past tick replayed now (`run-once --tick`) would be past its deadline before it starts:
         // it gets its deadline counted from now instead.
         let deadline = Some(config.run_deadline(tick)).filter(|d| *d > Utc::now()).unwrap_or_else(|| config.run_deadline(Utc::now()));
         // Likewise its batches are paced from now: from its tick they would all be due at once,
         // every org of the run at the service together — the burst the batches exist to prevent.
         let release_from = tick.max(Utc::now());
+        let pacing = Pacing::new(ids.len(), size, config.batch.delay, (deadline - release_from).to_std().ok());
+        let batches = plan_batches(&ids, size, pacing.delay);
+        // plan_batches keeps the order of `orgs`, so the n-th org belongs to the n-th batch slot.
+        let batch_of = batches.iter().flat_map(|b| std::iter::repeat_n(b, b.orgs.len()));
         let jobs = orgs
             .iter()
             .zip(batch_of)
@@ -100,6 +105,7 @@ impl Plan {
             runs: config.runs.clone(),
             deadline,
             fresher: 0,
+            pacing,
         }
     }
 
@@ -107,6 +113,7 @@ impl Plan {
     pub fn describe(&self) -> String {
         let mut out =
             format!("run {} at tick {}: {} orgs in {} batches\n", self.run_id, self.tick.to_rfc3339(), self.jobs.len(), self.batches);
+        out.push_str(&format!("{}; deadline {}\n", self.pacing.describe(), self.deadline.to_rfc3339()));
         let mut i = 0;
         while i < self.jobs.len() {
             let batch = self.jobs[i].job.batch_index;
@@ -152,7 +159,7 @@ pub async fn enqueue(conn: &RedisConn, plan: &Plan) -> Result<Enqueued, Error> {
     let enqueue_error = |detail: String| Error::Enqueue { run_id: plan.run_id.to_string(), detail };
     let records = RunRecords::for_config(conn.clone(), &plan.runs);
     records.create(&plan.run_id, plan.tick, plan.jobs.len() as u64).await.map_err(|e| enqueue_error(e.to_string()))?;
-    records.set_deadline(&plan.run_id, plan.deadline).await.map_err(|e| enqueue_error(e.to_string()))?;
+    records.set_schedule(&plan.run_id, plan.deadline, Some(&plan.pacing)).await.map_err(|e| enqueue_error(e.to_string()))?;
     // The whole plan is stored before the first job: the run then accounts only for its own orgs,
     // and a fan-out cut short can be finished by run id (`run-once --resume`).
     let orgs: Vec<_> = plan.jobs.iter().map(|p| (p.job.org_id, p.job.project_ids.clone())).collect();
@@ -165,7 +172,16 @@ pub async fn enqueue(conn: &RedisConn, plan: &Plan) -> Result<Enqueued, Error> {
         };
         return Err(enqueue_error(format!("{e}; {rolled_back}")));
     }
-    tracing::info!(run_id = %plan.run_id, orgs = orgs.len(), "run planned; enqueuing");
+    if let Err(e) = records.mark_last_planned(&plan.run_id).await {
+        tracing::debug!(run_id = %plan.run_id, error = %e, "cannot mark the run fanned out last; the next plan keeps the list's order");
+    }
+    let pacing = plan.pacing.describe();
+    if plan.pacing.tightened() {
+        // Said before the first job, so a deadline that batch.delay could not meet is no surprise.
+        tracing::warn!(run_id = %plan.run_id, orgs = orgs.len(), deadline = %plan.deadline.to_rfc3339(), "run planned; {pacing}; enqueuing");
+    } else {
+        tracing::info!(run_id = %plan.run_id, orgs = orgs.len(), deadline = %plan.deadline.to_rfc3339(), "run planned; {pacing}; enqueuing");
+    }
     let enqueued = push_jobs(conn, &plan.run_id, &plan.jobs, plan.runs.dedup_window).await?;
     mark_fanned_out(&records, &plan.run_id).await;
     Ok(enqueued)
@@ -240,7 +256,8 @@ pub async fn resume(conn: &RedisConn, run_id: &RunId, runs: &RunsConfig, batch: 
     Ok(enqueued)
 }
 
-/// The missing orgs' jobs, in batches of `batch.size` released `batch.delay` apart from `now`.
+/// The missing orgs' jobs, in batches of `batch.size` released `batch.delay` apart from `now`, or
+/// closer when that would not release them within the share of the time left to the deadline.
 fn resumed_jobs(
     run_id: &RunId,
     tick: DateTime<Utc>,
@@ -250,7 +267,10 @@ fn resumed_jobs(
     now: DateTime<Utc>,
 ) -> Vec<PlannedJob> {
     let size = batch.size.max(1);
-    let delay = TimeDelta::from_std(batch.delay).unwrap_or(TimeDelta::MAX);
+    // The missing jobs fit what is left before the deadline, as a fresh fan-out's would.
+    let left = deadline.and_then(|d| (d - now).to_std().ok());
+    let pacing = Pacing::new(missing.len(), NonZeroUsize::new(size).unwrap_or(NonZeroUsize::MIN), batch.delay, left);
+    let delay = TimeDelta::from_std(pacing.delay).unwrap_or(TimeDelta::MAX);
     missing
         .into_iter()
         .enumerate()

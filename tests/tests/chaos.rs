@@ -10,6 +10,7 @@ use std::time::Duration;
 use projector_shared::slots::{RedisSlotLimiter, RedisSlotSettings};
 use projector_tests::fleet::Fleet;
 use projector_tests::{Proc, RedisServer, command, wait_until, workspace_bin};
+use serde_json::Value;
 
 const FAKE: &str = env!("CARGO_BIN_EXE_projector-fake-snuba");
 
@@ -301,4 +302,139 @@ fn a_redis_stall_during_long_queries_never_gives_back_a_slot_whose_query_still_r
     assert!(c.max_in_flight() <= 3, "the service saw {} concurrent queries, limit 3", c.max_in_flight());
     assert_eq!(outcomes.values().sum::<u64>(), 6, "{outcomes:?}");
     assert_eq!(outcomes.get("completed").copied(), Some(6), "{outcomes:?}");
+}
+
+/// `projectorctl <args> --json`, parsed.
+fn ctl(env: &[(String, String)], args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    projector_tests::fleet::json_of(&projector_tests::fleet::run("projectorctl", env, &all))
+}
+
+/// More orgs than `batch.delay` can release before the deadline: 200 orgs in batches of 5 at
+/// most 1 s apart would take 39 s against a 20 s deadline. The pacing tightens so the releases end
+/// within half of it, the plan and `runs show` say so, and every org completes instead of the
+/// late batches ending at the deadline without a query.
+#[test]
+fn a_run_of_more_orgs_than_batch_delay_fits_is_released_in_time_and_completes() {
+    let c = cluster(RedisServer::start(), "20ms", &[]);
+    let _w = c.worker(&["--concurrency", "16"]);
+    let args = ["run-once", "--orgs", "200", "--set", "batch.size=5", "--batch-delay", "1s", "--deadline", "20s"];
+    let dry = projector_tests::fleet::run("projector-scheduler", &c.env, &[&args[..], &["--dry-run"]].concat());
+    let plan = projector_tests::fleet::text(&dry.stdout);
+    assert!(plan.contains("tightened") && plan.contains("from batch.delay 1s"), "the dry run says the pacing was tightened: {plan}");
+    let out = projector_tests::fleet::run("projector-scheduler", &c.env, &args);
+    let stdout = projector_tests::fleet::text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", projector_tests::fleet::text(&out.stderr));
+    let run_id = stdout.split_whitespace().nth(1).expect("run id").trim_end_matches(':').to_owned();
+    projector_tests::wait_until(Duration::from_secs(60), "the run finishes", || ctl(&c.env, &["runs", "show", &run_id])["state"] == "done");
+    let shown = ctl(&c.env, &["runs", "show", &run_id]);
+    assert_eq!(shown["outcomes"]["completed"], 200, "every org released in time completes: {shown}");
+    assert_eq!(shown["pacing"]["tightened"], true, "{shown}");
+    let delay = shown["pacing"]["batch_delay_ms"].as_u64().expect("delay");
+    assert!(delay * 39 <= 10_000, "the releases end within half of the 20 s deadline: {delay} ms apart");
+}
+
+/// A cron every second and a run far longer than its deadline (15 s): with `overlap = skip` every
+/// tick while the run is open is skipped, and by the deadline more skipped ticks are newer than
+/// the run than any window of recent runs would hold. The deadline sweep and the overlap check
+/// read the index of open runs, so the run still ends within a few seconds of its deadline, no
+/// second run is ever open beside it, and `status` shows the open run, not the newest tick.
+#[test]
+fn a_run_behind_many_skipped_ticks_ends_at_its_deadline_and_no_second_run_overlaps_it() {
+    let redis = RedisServer::start();
+    let fake = projector_tests::FakeSnuba::start(FAKE, &["--latency", "1s"]);
+    let env = projector_tests::fleet::base_env(&redis, &fake.url());
+    let _w = projector_tests::fleet::worker(&env, &["--concurrency", "1"]);
+    let mut cmd = projector_tests::command(projector_tests::workspace_bin("projector-scheduler"));
+    cmd.args(["serve", "--orgs", "40", "--batch-delay", "0s", "--set", "schedule.cron=* * * * * *", "--set", "schedule.overlap=skip"])
+        .args(["--set", "runs.deadline=15s"])
+        .envs(env.iter().cloned())
+        .stdout(std::process::Stdio::null());
+    let serve = Proc::spawn(cmd);
+    let (mut most_open, mut first, mut shown_while_open) = (0, None::<Value>, None::<Value>);
+    let mut runs = Value::Null;
+    let ended = projector_tests::holds_within(Duration::from_secs(60), || {
+        runs = ctl(&env, &["runs", "list", "--limit", "100"]);
+        let list = runs["runs"].as_array().cloned().unwrap_or_default();
+        let open: Vec<&Value> =
+            list.iter().filter(|r| ["running", "fanning out"].contains(&r["state"].as_str().unwrap_or_default())).collect();
+        most_open = most_open.max(open.len());
+        let skipped = list.iter().filter(|r| r["state"] == "skipped").count();
+        if first.is_none() && open.len() == 1 && skipped >= 12 {
+            // Twelve ticks are newer than the open run: status must still show it.
+            first = Some(open[0].clone());
+            shown_while_open = Some(ctl(&env, &["status"]));
+        }
+        let Some(run) = &first else { return false };
+        list.iter().any(|r| r["run_id"] == run["run_id"] && r["state"] == "done")
+    });
+    assert!(ended, "the first run ended: {runs}\n{}", serve.stderr());
+    assert!(most_open <= 1, "at most one run open at a time, saw {most_open}: {runs}");
+    let run = first.expect("the first run");
+    let status = shown_while_open.expect("status while open");
+    assert_eq!(status["run"]["run_id"], run["run_id"], "status shows the open run first: {status}");
+    let run_id = run["run_id"].as_str().expect("run id");
+    let shown = ctl(&env, &["runs", "show", run_id]);
+    let at = |field: &str| {
+        chrono::DateTime::parse_from_rfc3339(shown[field].as_str().unwrap_or_else(|| panic!("{field}: {shown}"))).expect("rfc3339")
+    };
+    let late = (at("finished") - at("deadline")).num_milliseconds();
+    assert!(late <= 3_000, "the run ended {late} ms after its deadline: {shown}");
+    assert!(shown["outcomes"]["deadline"].as_u64().is_some_and(|n| n > 0), "{shown}");
+}
+
+/// kill -9 of a worker whose jobs wait in the slot queue ahead of another worker's: the dead
+/// process's waiters must not be handed the slots its queries free (each hand-off would sit
+/// reserved for a waiter that never collects it). Their entries lapse about a second after they
+/// would have re-checked, so the fleet's longest stretch without a query start after the kill is
+/// at most `slots.lease_ttl` plus one second (the dead holders' leases run out first).
+#[test]
+fn a_killed_workers_waiters_take_no_hand_off_and_the_fleet_keeps_querying() {
+    let c = cluster(
+        RedisServer::start(),
+        "500ms",
+        &[
+            ("PROJECTOR_SLOTS_LEASE_TTL", "2s"),
+            ("PROJECTOR_QUERY_MAX_DURATION", "1s"),
+            ("PROJECTOR_QUERY_MAX_DURATION_BELOW_SERVICE", "true"),
+            ("PROJECTOR_SLOTS_MAX_WAIT", "5m"),
+        ],
+    );
+    let victim = c.worker(&["--slots-limit", "4", "--concurrency", "32"]);
+    let run = c.run(300);
+    let pid = victim.pid().to_string();
+    let waiting_of = |needle: &str| {
+        let url = c.redis.url();
+        let needle = needle.to_owned();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(async {
+                let l = RedisSlotLimiter::new(&url, RedisSlotSettings::new(1, Duration::from_secs(1))).expect("limiter");
+                l.inspect().await.map(|s| s.waiters.iter().filter(|(_, info)| info.contains(&needle)).count()).unwrap_or(0)
+            })
+        })
+        .join()
+        .expect("inspect thread")
+    };
+    wait_until(Duration::from_secs(60), "the victim has 20 jobs waiting for a slot", || waiting_of(&pid) >= 20);
+    // A second worker queues behind the victim's waiters.
+    let other = c.worker(&["--slots-limit", "4", "--concurrency", "8"]);
+    let other_pid = other.pid().to_string();
+    wait_until(Duration::from_secs(30), "the other worker waits too", || waiting_of(&other_pid) >= 4);
+    let before: Vec<u64> = timeline(&c);
+    drop(victim); // kill -9
+    let outcomes = c.finish(run, 300);
+    assert_eq!(outcomes.get("completed").copied(), Some(300), "{outcomes:?}");
+    let starts = timeline(&c);
+    let after = &starts[before.len().saturating_sub(1)..];
+    let longest = after.windows(2).map(|w| w[1].saturating_sub(w[0])).max().unwrap_or(0);
+    assert!(longest <= 3_000, "the longest stretch without a query start after the kill was {longest} ms (lease_ttl 2 s + 1 s)");
+    assert!(c.max_in_flight() <= 4, "{}", c.max_in_flight());
+}
+
+/// The query starts the fake has seen, in ms since it started, oldest first.
+fn timeline(c: &Fleet) -> Vec<u64> {
+    let t: serde_json::Value =
+        serde_json::from_str(&projector_tests::http_get(&format!("{}/timeline", c.fake.url()))).expect("timeline JSON");
+    t["starts_ms"].as_array().expect("starts_ms").iter().filter_map(serde_json::Value::as_u64).collect()
 }

@@ -127,9 +127,9 @@ fn each_class_of_429_ends_in_its_own_outcome_and_reason() {
     let kinds = reasons(&shown);
     // Org 7's next try would come after the deadline: its last try's outcome stands. Org 5 may
     // still be waiting in the queue when the deadline passes, and then ends as every org does
-    // that had no turn: skipped_no_slot. Both say deadline.
+    // that had no turn: deadline. Both say deadline.
     assert_eq!(kinds.len(), 2, "{kinds:?}");
-    assert!(kinds[0].0 == 5 && ["rate_limited", "skipped_no_slot"].contains(&kinds[0].1.as_str()) && kinds[0].2 == "deadline", "{kinds:?}");
+    assert!(kinds[0].0 == 5 && ["rate_limited", "deadline"].contains(&kinds[0].1.as_str()) && kinds[0].2 == "deadline", "{kinds:?}");
     assert_eq!(kinds[1], (7, "rate_limited".to_owned(), "deadline".to_owned()));
     // The trail of an org the deadline sweep ended holds the sweep's line alone: only org 7's last
     // try is sure to be its own.
@@ -407,9 +407,19 @@ fn overlapping_ticks_follow_schedule_overlap_and_open_runs_stay_bounded() {
     }
 }
 
+/// Waits until the run records one completed org per query the service saw: the queries in
+/// flight when its deadline passed end completed (they replace `deadline`), a moment later.
+fn every_query_answered_is_completed(env: &[(String, String)], fake: &FakeSnuba, run_id: &str) {
+    projector_tests::wait_until(Duration::from_secs(10), "the queries in flight at the deadline are recorded", || {
+        ctl(env, &["runs", "show", run_id])["outcomes"]["completed"].as_u64().unwrap_or(0)
+            == fake.stats_now()["requests"].as_u64().unwrap_or(0)
+    });
+}
+
 /// A run given a deadline it cannot meet (20 orgs of 1 s queries, two at a time, 3 s): when the
-/// deadline passes, its open orgs end with the reason deadline and send no query; the next run
-/// is unaffected.
+/// deadline passes, its open orgs end `deadline` and send no query, while the orgs already
+/// querying then end as their query did (`completed`): every query the service answered is a
+/// completed org, and `runs retry` queries none of them again. The next run is unaffected.
 #[test]
 fn a_run_past_its_deadline_ends_its_open_orgs_and_the_next_run_is_unaffected() {
     let redis = RedisServer::start();
@@ -419,15 +429,53 @@ fn a_run_past_its_deadline_ends_its_open_orgs_and_the_next_run_is_unaffected() {
     let (run_id, _) = run_wait(&env, &["--orgs", "20", "--deadline", "3s"]);
     let shown = ctl(&env, &["runs", "show", &run_id, "--all"]);
     let kinds = reasons(&shown);
-    let ended_at_deadline = kinds.iter().filter(|(_, o, k)| o == "skipped_no_slot" && k == "deadline").count();
+    let ended_at_deadline = kinds.iter().filter(|(_, o, k)| o == "deadline" && k == "deadline").count();
     assert!(ended_at_deadline >= 10, "{shown}");
-    assert!(kinds.iter().all(|(_, _, k)| k == "deadline"), "every org that did not complete ended at the deadline: {kinds:?}");
+    assert_eq!(shown["outcomes"]["deadline"].as_u64(), Some(ended_at_deadline as u64), "counted apart: {shown}");
+    assert!(kinds.iter().all(|(_, o, _)| o == "deadline"), "every org that did not complete ended at the deadline: {kinds:?}");
     let completed = shown["outcomes"]["completed"].as_u64().unwrap_or(0);
-    let asked = fake.stats_now()["requests"].as_u64().unwrap_or(0);
-    // Two were in flight when the deadline passed; nothing of the run was sent after it.
-    assert!(asked <= completed + 2, "{asked} queries for {completed} completed orgs");
+    // The two in flight when the deadline passed were answered and stored: completed, not
+    // "not run". Nothing of the run was sent after the deadline.
+    every_query_answered_is_completed(&env, &fake, &run_id);
+    let shown = ctl(&env, &["runs", "show", &run_id, "--all"]);
+    let completed_now = shown["outcomes"]["completed"].as_u64().unwrap_or(0);
+    assert!(completed_now >= completed, "{shown}");
+    let retried = ctl(&env, &["runs", "retry", &run_id]);
+    let reopened: Vec<u64> = retried["reopened"].as_array().map(|r| r.iter().filter_map(|p| p[0].as_u64()).collect()).unwrap_or_default();
+    assert_eq!(reopened.len() as u64, 20 - completed_now, "runs retry reopens only what was not completed: {retried}");
     let (next, _) = run_wait(&env, &["--orgs", "4"]);
     assert_eq!(ctl(&env, &["runs", "show", &next])["outcomes"]["completed"], 4);
+}
+
+/// A run cut by its deadline cuts its last batches. The next run puts the orgs that did not
+/// complete first, so the same orgs do not go last, and get cut, run after run.
+#[test]
+fn the_orgs_a_cut_run_left_out_go_first_in_the_next_run() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "1s"]);
+    let env = base_env(&redis, &fake.url());
+    let _w = worker(&env, &["--concurrency", "2"]);
+    let (cut, _) = run_wait(&env, &["--orgs", "20", "--deadline", "3s", "--set", "batch.size=5"]);
+    // The queries in flight at the deadline end completed: read the record once they have.
+    every_query_answered_is_completed(&env, &fake, &cut);
+    let shown = ctl(&env, &["runs", "show", &cut, "--all"]);
+    let left_out: Vec<u64> = reasons(&shown).into_iter().map(|(org, _, _)| org).collect();
+    assert!(left_out.len() >= 10 && left_out.contains(&20), "the deadline cut the last orgs: {left_out:?}");
+    let dry = run("projector-scheduler", &env, &["run-once", "--orgs", "20", "--set", "batch.size=5", "--dry-run"]);
+    let plan = text(&dry.stdout);
+    let order: Vec<u64> = plan
+        .lines()
+        .filter_map(|l| l.split("orgs ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .flat_map(|list| list.split(',').filter_map(|o| o.parse().ok()).collect::<Vec<u64>>())
+        .collect();
+    assert_eq!(order.len(), 20, "{plan}");
+    assert_eq!(
+        order[..left_out.len()].iter().copied().collect::<std::collections::BTreeSet<_>>(),
+        left_out.iter().copied().collect(),
+        "{plan}"
+    );
+    assert!(order.iter().position(|o| *o == 20).is_some_and(|p| p < left_out.len()), "org 20, last before, is early now: {plan}");
 }
 
 /// Capacity drops from 100 to 20 mid-run (`POST /config`): the next answers carry the lower

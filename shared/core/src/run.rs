@@ -23,10 +23,13 @@ pub enum Outcome {
     SkippedRatePolicy,
     /// An operator cancelled the run (`projectorctl runs cancel`) before the org ran; not queried.
     Cancelled,
+    /// The run's deadline (`runs.deadline`) passed before the org could be queried; not queried
+    /// by this run. A try already querying at the deadline replaces it with what it reached.
+    Deadline,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 8] = [
         Outcome::Completed,
         Outcome::SkippedNoSlot,
         Outcome::RateLimited,
@@ -34,6 +37,7 @@ impl Outcome {
         Outcome::SlotUnavailable,
         Outcome::SkippedRatePolicy,
         Outcome::Cancelled,
+        Outcome::Deadline,
     ];
 
     /// Parses the name used in run records (`completed`, `skipped_no_slot`, …).
@@ -41,10 +45,14 @@ impl Outcome {
         Outcome::ALL.into_iter().find(|o| o.as_str() == name)
     }
 
-    /// Whether the org was never queried (no slot, no slot backend, no rate admission, or a
-    /// cancelled run): it can simply be run again. The other non-completed outcomes queried and failed.
+    /// Whether the org was never queried (no slot, no slot backend, no rate admission, a
+    /// cancelled run, the run's deadline): it can simply be run again. The other non-completed
+    /// outcomes queried and failed.
     pub fn not_queried(self) -> bool {
-        matches!(self, Outcome::SkippedNoSlot | Outcome::SlotUnavailable | Outcome::SkippedRatePolicy | Outcome::Cancelled)
+        matches!(
+            self,
+            Outcome::SkippedNoSlot | Outcome::SlotUnavailable | Outcome::SkippedRatePolicy | Outcome::Cancelled | Outcome::Deadline
+        )
     }
 
     /// The name used in run records, summaries and metric labels.
@@ -57,6 +65,7 @@ impl Outcome {
             Outcome::SlotUnavailable => "slot_unavailable",
             Outcome::SkippedRatePolicy => "skipped_rate_policy",
             Outcome::Cancelled => "cancelled",
+            Outcome::Deadline => "deadline",
         }
     }
 }
@@ -150,7 +159,8 @@ pub struct RunSummary {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent_queries: Option<u64>,
     pub duration_ms: u64,
-    /// Orgs never queried (skipped_no_slot, slot_unavailable, skipped_rate_policy, cancelled), so a person can re-run them.
+    /// Orgs never queried (skipped_no_slot, slot_unavailable, skipped_rate_policy, cancelled,
+    /// deadline), so a person can re-run them.
     #[serde(default)]
     pub skipped_org_ids: Vec<OrgId>,
     /// Orgs whose query or store failed (rate_limited, failed).

@@ -193,6 +193,16 @@ pub const PAUSED: &str = "projector:paused";
 /// Zset of recent runs: run id -> tick (unix ms); entries older than `runs.retention` are dropped.
 pub const RUNS: &str = "projector:runs";
 
+/// Zset of the runs not yet ended: run id -> tick (unix ms). Added when a run is created; a
+/// reader drops an entry once its run is done, cancelled, skipped or expired. The deadline sweep,
+/// the overlap check and `status` read it, so an open run is seen however many runs and skipped
+/// ticks came after it.
+pub const OPEN_RUNS: &str = "projector:runs:open";
+
+/// String: the id of the run fanned out last. The next plan puts that run's orgs that did not
+/// complete first, so a run cut short (a deadline, `overlap = "replace"`) leaves no org always last.
+pub const LAST_PLANNED_RUN: &str = "projector:runs:last-planned";
+
 /// Sorted set: cancelled run id → when (Redis ms), trimmed to `runs.retention`; workers load it
 /// into their mirror (`cancels::CancelWatch`) when they subscribe.
 pub const CANCELLED_RUNS: &str = "projector:cancelled";

@@ -154,7 +154,7 @@ mod tests {
         assert_eq!((s.count(Outcome::Completed), s.count(Outcome::SkippedNoSlot), s.count(Outcome::Failed)), (1, 1, 1));
         assert_eq!(
             s.outcomes.to_string(),
-            "completed=1 skipped_no_slot=1 rate_limited=0 failed=1 slot_unavailable=0 skipped_rate_policy=0 cancelled=0"
+            "completed=1 skipped_no_slot=1 rate_limited=0 failed=1 slot_unavailable=0 skipped_rate_policy=0 cancelled=0 deadline=0"
         );
         let json = serde_json::to_value(&s).expect("json");
         assert_eq!((json["completed"].as_u64(), json["slot_unavailable"].as_u64()), (Some(1), Some(0)), "one field per outcome: {json}");
@@ -173,14 +173,15 @@ mod tests {
             s.add(OrgId(org as u64), outcome);
         }
         s.sort_ids();
-        // completed 0, skipped_no_slot 1, rate_limited 2, failed 3, slot_unavailable 4, skipped_rate_policy 5, cancelled 6
-        assert_eq!(s.skipped_org_ids, [OrgId(1), OrgId(4), OrgId(5), OrgId(6)], "never queried");
+        // completed 0, skipped_no_slot 1, rate_limited 2, failed 3, slot_unavailable 4, skipped_rate_policy 5, cancelled 6,
+        // deadline 7
+        assert_eq!(s.skipped_org_ids, [OrgId(1), OrgId(4), OrgId(5), OrgId(6), OrgId(7)], "never queried");
         assert_eq!(s.failed_org_ids, [OrgId(2), OrgId(3)], "queried and failed");
         for o in Outcome::ALL {
             assert_eq!(s.count(o), 1);
             assert_eq!(Outcome::parse(o.as_str()), Some(o));
         }
-        assert_eq!(s.not_completed(), 6);
+        assert_eq!(s.not_completed(), 7);
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ use redis::Script;
 
 use crate::error::Error;
 use crate::ledger::RunLedger;
+use projector_core::batch::Pacing;
 use projector_core::ids::{OrgId, RunId};
 use projector_core::run::{Admission, Outcome, Recorded, RunSummary};
 use projector_core::trail::{self, Attempt};
@@ -126,6 +127,9 @@ impl RunRecords {
             .zadd(keys::RUNS, &run_id.0, tick.timestamp_millis())
             .zrembyscore(keys::RUNS, "-inf", tick.timestamp_millis().saturating_sub(ttl_ms))
             .pexpire(keys::RUNS, ttl as i64)
+            // Open until a reader of the index sees it ended (`open_runs`).
+            .zadd(keys::OPEN_RUNS, &run_id.0, tick.timestamp_millis())
+            .pexpire(keys::OPEN_RUNS, ttl as i64)
             .query_async::<()>(&mut self.conn.clone())
             .await
             .map_err(Error::redis(format!("creating the record of run {run_id}")))
@@ -143,6 +147,7 @@ impl RunRecords {
             .del(self.conn.layout().run_finished(run_id))
             .del(self.conn.layout().run(run_id))
             .zrem(keys::RUNS, &run_id.0)
+            .zrem(keys::OPEN_RUNS, &run_id.0)
             .query_async::<()>(&mut self.conn.clone())
             .await
             .map_err(Error::redis(format!("rolling back run {run_id}")))
@@ -157,39 +162,95 @@ impl RunRecords {
 
     /// When the run must be over: at the deadline its open orgs end (`end_at_deadline`).
     pub async fn set_deadline(&self, run_id: &RunId, deadline: DateTime<Utc>) -> Result<(), Error> {
-        redis::cmd("HSET")
-            .arg(self.conn.layout().run(run_id))
-            .arg("deadline_ms")
-            .arg(deadline.timestamp_millis())
-            .query_async::<()>(&mut self.conn.clone())
-            .await
-            .map_err(Error::redis(format!("setting the deadline of run {run_id}")))
+        self.set_schedule(run_id, deadline, None).await
     }
 
-    /// Ends every open org of a run past its deadline as `skipped_no_slot`, with the reason
-    /// `deadline`, announced like a cancel so no queued job of it queries. Returns how many.
+    /// The run's deadline and the pacing its fan-out releases batches at, for `runs show`.
+    pub async fn set_schedule(&self, run_id: &RunId, deadline: DateTime<Utc>, pacing: Option<&Pacing>) -> Result<(), Error> {
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(self.conn.layout().run(run_id)).arg("deadline_ms").arg(deadline.timestamp_millis());
+        if let Some(p) = pacing {
+            let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            cmd.arg("batch_size").arg(p.size).arg("batch_delay_ms").arg(ms(p.delay)).arg("batch_delay_configured_ms").arg(ms(p.configured));
+        }
+        cmd.query_async::<()>(&mut self.conn.clone()).await.map_err(Error::redis(format!("setting the deadline of run {run_id}")))
+    }
+
+    /// Ends every open org of a run past its deadline as `deadline`, announced like a cancel so
+    /// no queued job of it queries. A job already querying then records what it reached
+    /// (`completed` once its projections are stored), which replaces `deadline`
+    /// (`lua/run_record.lua`). Returns how many orgs this ended.
     pub async fn end_at_deadline(&self, run_id: &RunId) -> Result<u64, Error> {
-        let why = trail::Why::new("deadline", "the run's deadline passed before this org ran (runs.deadline)");
-        let line = Attempt { why: Some(why), steps: vec![trail::Step::Deadline], ..Attempt::bare(Outcome::SkippedNoSlot) };
-        self.end_open_orgs(run_id, Outcome::SkippedNoSlot, &line).await
+        let why = trail::Why::new("deadline", "the run's deadline passed before this org was queried (runs.deadline)");
+        let line = Attempt { why: Some(why), steps: vec![trail::Step::Deadline], ..Attempt::bare(Outcome::Deadline) };
+        self.end_open_orgs(run_id, Outcome::Deadline, &line).await
     }
 
     /// Records a tick that was not fanned out, and why: it shows in `runs list` as `skipped`.
     pub async fn record_skipped_tick(&self, run_id: &RunId, tick: DateTime<Utc>, why: &str) -> Result<(), Error> {
         self.create(run_id, tick, 0).await?;
-        // Set after create, which clears it for a tick fanned out later.
-        redis::cmd("HSET")
-            .arg(self.conn.layout().run(run_id))
-            .arg("skipped")
-            .arg(why)
+        // Set after create, which clears it for a tick fanned out later; a skipped tick is not open.
+        redis::pipe()
+            .hset(self.conn.layout().run(run_id), "skipped", why)
+            .ignore()
+            .zrem(keys::OPEN_RUNS, &run_id.0)
+            .ignore()
             .query_async::<()>(&mut self.conn.clone())
             .await
             .map_err(Error::redis(format!("marking run {run_id} skipped")))
     }
 
-    /// Runs that are still open (fanning out or running), newest first, among the latest `within`.
-    pub async fn open_runs(&self, within: usize) -> Result<Vec<RunOverview>, Error> {
-        Ok(self.recent(within).await?.into_iter().filter(|r| matches!(r.state(), RunState::FanningOut | RunState::Running)).collect())
+    /// Marks `run_id` as the run fanned out last (`keys::LAST_PLANNED_RUN`).
+    pub async fn mark_last_planned(&self, run_id: &RunId) -> Result<(), Error> {
+        redis::cmd("SET")
+            .arg(keys::LAST_PLANNED_RUN)
+            .arg(&run_id.0)
+            .arg("PX")
+            .arg(self.summary_retention_ms())
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(Error::redis("marking the run fanned out last"))
+    }
+
+    /// The orgs of the run fanned out last, other than `run_id`, that have not completed (no
+    /// outcome yet, or one other than `completed`); empty when there is no such run or record.
+    pub async fn not_completed_in_last_run(&self, run_id: &RunId) -> Result<std::collections::HashSet<OrgId>, Error> {
+        let last: Option<String> = redis::cmd("GET")
+            .arg(keys::LAST_PLANNED_RUN)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(Error::redis("reading the run fanned out last"))?;
+        let Some(last) = last.filter(|l| *l != run_id.0) else { return Ok(Default::default()) };
+        let orgs = self.orgs(&RunId(last)).await?;
+        Ok(orgs.into_iter().filter(|o| o.outcome != Some(Outcome::Completed)).map(|o| o.org).collect())
+    }
+
+    /// Every run still open (fanning out or running), newest first, from the index of open runs:
+    /// however many runs and skipped ticks came since, an open run is in it. Runs found ended
+    /// (done, cancelled, skipped, or their record expired) leave the index here, so it holds
+    /// little more than the open runs.
+    pub async fn open_runs(&self) -> Result<Vec<RunOverview>, Error> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = redis::cmd("ZREVRANGE")
+            .arg(keys::OPEN_RUNS)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .map_err(Error::redis("listing open runs"))?;
+        let overviews = self.overviews(ids.clone()).await?;
+        let open: Vec<RunOverview> =
+            overviews.into_iter().filter(|r| matches!(r.state(), RunState::FanningOut | RunState::Running)).collect();
+        let ended: Vec<&String> = ids.iter().filter(|id| !open.iter().any(|r| &r.run_id == *id)).collect();
+        if !ended.is_empty() {
+            redis::cmd("ZREM")
+                .arg(keys::OPEN_RUNS)
+                .arg(&ended)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(Error::redis("dropping ended runs from the open index"))?;
+        }
+        Ok(open)
     }
 
     /// Records how an org ended, with its trail; a second outcome for the same attempt (duplicate
@@ -384,6 +445,8 @@ pub struct RunOverview {
     pub deadline: Option<DateTime<Utc>>,
     /// When its record was first created (Redis time); `None` for runs recorded before this.
     pub created: Option<DateTime<Utc>>,
+    /// How its batches were released (`None` for skipped ticks and older records).
+    pub pacing: Option<Pacing>,
 }
 
 /// Where a run is: `fanning out`, `running`, `done` or `cancelled`.
@@ -478,9 +541,24 @@ impl RunOverview {
             skipped: fields.get("skipped").cloned(),
             deadline: at("deadline_ms"),
             created: at("created_ms"),
+            pacing: pacing_of(fields, n("orgs_total")),
             run_id,
         }
     }
+}
+
+/// The pacing a run record keeps (`set_schedule`), when it has one.
+fn pacing_of(fields: &std::collections::HashMap<String, String>, orgs: u64) -> Option<Pacing> {
+    let n = |k: &str| fields.get(k).and_then(|v| v.parse::<u64>().ok());
+    let (size, delay, configured) = (n("batch_size")?, n("batch_delay_ms")?, n("batch_delay_configured_ms")?);
+    let size = usize::try_from(size).ok().filter(|s| *s > 0)?;
+    Some(Pacing {
+        size,
+        batches: usize::try_from(orgs).unwrap_or(usize::MAX).div_ceil(size),
+        delay: Duration::from_millis(delay),
+        configured: Duration::from_millis(configured),
+        budget: None,
+    })
 }
 
 /// One org of a run as the record keeps it: its latest outcome and the trail of its attempts.
@@ -503,6 +581,12 @@ impl RunRecords {
         let stop = isize::try_from(limit.max(1)).unwrap_or(isize::MAX) - 1;
         let ids: Vec<String> =
             redis::cmd("ZREVRANGE").arg(keys::RUNS).arg(0).arg(stop).query_async(&mut conn).await.map_err(Error::redis("listing runs"))?;
+        self.overviews(ids).await
+    }
+
+    /// The overviews of `ids`, in that order; runs whose record has expired are left out.
+    async fn overviews(&self, ids: Vec<String>) -> Result<Vec<RunOverview>, Error> {
+        let mut conn = self.conn.clone();
         if ids.is_empty() {
             // The client refuses to send an empty pipeline.
             return Ok(Vec::new());

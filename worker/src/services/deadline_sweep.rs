@@ -13,10 +13,6 @@ pub struct DeadlineSweep {
     pub records: projector_shared::run_record::RunRecords,
 }
 
-/// Runs looked at for an open one past its deadline (one Redis round trip per second per worker:
-/// a few recent runs, since an open run older than ten ticks has long met its deadline).
-const DEADLINE_RUNS_WITHIN: usize = 10;
-
 impl Periodic for DeadlineSweep {
     fn name(&self) -> &'static str {
         "deadline_sweep"
@@ -24,7 +20,7 @@ impl Periodic for DeadlineSweep {
 
     fn run_once(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let open = match self.records.open_runs(DEADLINE_RUNS_WITHIN).await {
+            let open = match self.records.open_runs().await {
                 Ok(open) => open,
                 Err(e) => return tracing::debug!(error = %e, "cannot read the open runs for their deadlines"),
             };
@@ -40,7 +36,7 @@ impl Periodic for DeadlineSweep {
                     Ok(0) => {}
                     Ok(n) => {
                         metrics::counter!(m::RUN_DEADLINE_ORGS_TOTAL).increment(n);
-                        tracing::warn!(run_id = %run_id, orgs = n, "the run's deadline passed: its open orgs end skipped_no_slot (reason deadline)")
+                        tracing::warn!(run_id = %run_id, orgs = n, "the run's deadline passed: its open orgs end deadline (a try already querying records what it reaches)")
                     }
                     Err(e) => {
                         tracing::warn!(run_id = %run_id, error = %e, "cannot end the open orgs of a run past its deadline; retried next round")

@@ -146,9 +146,28 @@ pub struct SlotPermit {
     fencing_token: u64,
     lost: CancellationToken,
     release: Option<Box<dyn ReleaseSlot>>,
-    /// When the query sent last under this slot must have ended at the service, while its answer
-    /// has not come; `None` when no query is in flight.
-    unanswered: std::sync::Mutex<Option<Instant>>,
+    /// The query sent last under this slot, while its answer has not come; `None` when no query
+    /// is in flight.
+    unanswered: std::sync::Mutex<Option<Sent>>,
+}
+
+/// A query sent and not answered: when, and the bounds that tell when the service has ended it.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    at: Instant,
+    /// It reached the service within this long after `at`, or never did.
+    arrives_within: Duration,
+    /// The service counts a query at most this long after it reached it.
+    max_duration: Duration,
+}
+
+impl Sent {
+    /// When the service must have ended the query, judged at `now`: it reached the service by
+    /// now at the latest (a query still on its way at `now` arrives no later), and by `at +
+    /// arrives_within` in any case; it runs there at most `max_duration` more.
+    fn must_end_by(&self, now: Instant) -> Instant {
+        now.min(self.at + self.arrives_within) + self.max_duration
+    }
 }
 
 /// A query sent under a permit, until its answer comes. Dropped without
@@ -225,13 +244,19 @@ impl SlotPermit {
         }
     }
 
-    /// Marks a query as sent under this slot, one the service lets run at most `max_duration`:
-    /// until the returned guard says it was answered, the slot is not given back before
-    /// now + `max_duration`, whatever ends this permit.
-    pub fn query_sent(&self, max_duration: Duration) -> QuerySent<'_> {
-        let must_end_by = Instant::now() + max_duration;
+    /// Marks a query as sent under this slot: it reaches the service within `arrives_within`
+    /// (the client's timeout covers connecting and sending), and the service counts it at most
+    /// `max_duration` from its start there. Until the returned guard says it was answered, the
+    /// slot is not given back before that count must have ended, whatever ends this permit.
+    pub fn query_sent(&self, arrives_within: Duration, max_duration: Duration) -> QuerySent<'_> {
+        let sent = Sent { at: Instant::now(), arrives_within, max_duration };
         let mut unanswered = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
-        *unanswered = Some(unanswered.map_or(must_end_by, |earlier| earlier.max(must_end_by)));
+        // Pages go one at a time; should an earlier one still be unanswered, the later bound holds.
+        let now = Instant::now();
+        *unanswered = Some(match *unanswered {
+            Some(earlier) if earlier.must_end_by(now) > sent.must_end_by(now) => earlier,
+            _ => sent,
+        });
         QuerySent { permit: self }
     }
 
@@ -244,7 +269,8 @@ impl SlotPermit {
     /// When a query sent and not answered must have ended at the service, if that is still ahead.
     fn kept_until(&self) -> Option<Instant> {
         let unanswered = *self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
-        unanswered.filter(|until| *until > Instant::now())
+        let now = Instant::now();
+        unanswered.map(|sent| sent.must_end_by(now)).filter(|until| *until > now)
     }
 
     /// Ends this holder's use of the slot: the slot to give back now, or `None` when there is
@@ -354,7 +380,7 @@ mod tests {
     async fn an_answered_query_lets_the_slot_go_back_at_once() {
         let limiter = MemorySlotLimiter::new(1);
         let permit = granted(&limiter).await;
-        permit.query_sent(QUERY_BOUND).answered();
+        permit.query_sent(Duration::ZERO, QUERY_BOUND).answered();
         assert_eq!(permit.query_may_run_for(), None);
         drop(permit);
         assert_eq!(limiter.in_use(), 0);
@@ -366,8 +392,8 @@ mod tests {
         let released = granted(&limiter).await;
         let dropped = granted(&limiter).await;
         // The guards are dropped unanswered: the futures awaiting the answers were dropped.
-        drop(released.query_sent(QUERY_BOUND));
-        drop(dropped.query_sent(QUERY_BOUND));
+        drop(released.query_sent(Duration::ZERO, QUERY_BOUND));
+        drop(dropped.query_sent(Duration::ZERO, QUERY_BOUND));
         after(Duration::from_secs(10)).await;
         released.release().await.expect("release keeps the slot");
         drop(dropped);
@@ -383,11 +409,11 @@ mod tests {
         let panicking = granted(&limiter).await;
         let aborted = granted(&limiter).await;
         let panicked = tokio::spawn(async move {
-            let _sent = panicking.query_sent(QUERY_BOUND);
+            let _sent = panicking.query_sent(Duration::ZERO, QUERY_BOUND);
             panic!("a bug in the job, mid-query");
         });
         let cancelled = tokio::spawn(async move {
-            let _sent = aborted.query_sent(QUERY_BOUND);
+            let _sent = aborted.query_sent(Duration::ZERO, QUERY_BOUND);
             std::future::pending::<()>().await;
         });
         assert!(panicked.await.expect_err("it panicked").is_panic());
@@ -401,12 +427,34 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_query_not_answered_counts_from_when_it_may_have_reached_the_service() {
+        let limiter = MemorySlotLimiter::new(2);
+        let early = granted(&limiter).await;
+        let late = granted(&limiter).await;
+        let patience = Duration::from_secs(30);
+        drop(early.query_sent(patience, QUERY_BOUND));
+        drop(late.query_sent(patience, QUERY_BOUND));
+        // Dropped 10 s after sending: the query reached the service by then at the latest.
+        after(Duration::from_secs(10)).await;
+        assert_eq!(early.query_may_run_for(), Some(QUERY_BOUND));
+        drop(early);
+        // Abandoned 40 s after sending: it reached the service within the client's 30 s or never.
+        after(Duration::from_secs(30)).await;
+        assert_eq!(late.query_may_run_for(), Some(Duration::from_secs(50)));
+        drop(late);
+        after(Duration::from_secs(31)).await;
+        assert_eq!(limiter.in_use(), 1, "the early one went back 70 s after sending; the late one is kept to 90 s");
+        after(Duration::from_secs(20)).await;
+        assert_eq!(limiter.in_use(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_later_page_extends_what_is_kept_and_its_answer_clears_it() {
         let limiter = MemorySlotLimiter::new(1);
         let permit = granted(&limiter).await;
-        permit.query_sent(QUERY_BOUND).answered();
+        permit.query_sent(Duration::ZERO, QUERY_BOUND).answered();
         after(Duration::from_secs(30)).await;
-        let second = permit.query_sent(QUERY_BOUND);
+        let second = permit.query_sent(Duration::ZERO, QUERY_BOUND);
         assert_eq!(permit.query_may_run_for(), Some(QUERY_BOUND));
         drop(second);
         drop(permit);

@@ -154,9 +154,11 @@ impl RedisSlotLimiter {
         let first_lease = request.query_max_duration.map_or(inner.settings.lease_ttl, |q| q.max(inner.settings.lease_ttl));
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            // The waiter's entry outlives its own deadline by a second so a live waiter is never dropped
-            // between its re-checks; a dead one is dropped from the queue a second after it would have given up.
-            let wait_ms = if remaining.is_zero() { 0 } else { ms(remaining) + 1_000 };
+            // The waiter's entry lasts until a second after its next re-check at the latest (the
+            // nap below is at most recheck + 20 %): a live waiter renews it every round, and a dead
+            // one's is reclaimed about a second after it would have re-checked, so no slot is
+            // handed to a process that is gone.
+            let wait_ms = if remaining.is_zero() { 0 } else { ms(remaining.min(inner.settings.recheck.mul_f64(1.2))) + ENTRY_GRACE_MS };
             let reply: Acquired = inner
                 .call(
                     ACQUIRE
@@ -530,6 +532,9 @@ fn record_reclaimed(n: u64) {
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
+
+/// How long a waiter's queue entry outlives its next re-check: room for one slow round trip.
+const ENTRY_GRACE_MS: u64 = 1_000;
 
 /// `d` ± 20%, so waiters that missed a wake-up do not re-check in lockstep.
 fn jitter(d: Duration) -> Duration {

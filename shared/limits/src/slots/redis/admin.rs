@@ -28,13 +28,12 @@ pub struct SlotState {
     pub holders: Vec<Holder>,
     /// Waiter ids with `holder|org`, in arrival order.
     pub waiters: Vec<(String, String)>,
-    /// How soon the first waiter to give up does (its deadline, on Redis time); with the
-    /// waiters' `slots.max_wait` this tells how long the oldest has waited.
-    pub first_gives_up_in: Option<Duration>,
+    /// How long the head of the line has waited (since it joined, on Redis time).
+    pub oldest_wait: Option<Duration>,
 }
 
 /// What `inspect` reads in one pipeline: limit, leases with expiry, holder info, queue, waiter
-/// info, the earliest waiter deadline, Redis `TIME`.
+/// info, the head of the line with its arrival score, Redis `TIME`.
 type RawSlotState = (
     Option<u32>,
     Vec<(String, u64)>,
@@ -76,13 +75,13 @@ impl RedisSlotLimiter {
     pub async fn inspect(&self) -> Result<SlotState, Error> {
         let k = &self.inner.keys;
         let mut conn = self.inner.conn.clone();
-        let (limit, leases, holders, queue, waiting, first_deadline, time): RawSlotState = redis::pipe()
+        let (limit, leases, holders, queue, waiting, head, time): RawSlotState = redis::pipe()
             .get(k.limit())
             .zrange_withscores(k.leases(), 0, -1)
             .hgetall(k.holders())
             .zrange(k.queue(), 0, -1)
             .hgetall(k.waiting())
-            .zrange_withscores(k.waiter_deadlines(), 0, 0)
+            .zrange_withscores(k.queue(), 0, 0)
             .cmd("TIME")
             .query_async(&mut conn)
             .await
@@ -114,8 +113,9 @@ impl RedisSlotLimiter {
                 (id, info)
             })
             .collect();
-        let first_gives_up_in = first_deadline.first().map(|(_, at)| Duration::from_millis(at.saturating_sub(now)));
-        Ok(SlotState { limit, holders, waiters, first_gives_up_in })
+        // The queue is scored by arrival: Redis ms x 1000 plus a counter (`slots_acquire`).
+        let oldest_wait = head.first().map(|(_, score)| Duration::from_millis(now.saturating_sub(score / 1000)));
+        Ok(SlotState { limit, holders, waiters, oldest_wait })
     }
 
     /// Live leases (unexpired, on Redis time) and the limit stored in Redis (`None` before any
