@@ -99,10 +99,17 @@ local function grant(id, info, expiry, now, in_use)
   return token
 end
 
+-- A waiter sets its entry's deadline to its next re-check plus ENTRY_GRACE_MS (1 s,
+-- shared/limits/src/slots/redis.rs). One whose deadline is less than this far away is 300 ms
+-- late for that re-check: its process is most likely gone.
+local OVERDUE_MS = 700
+
 -- Hands free slots to waiters in arrival order: each gets a lease reserved for reserve_ms and
 -- its fencing token pushed to its own wake-up list, which it is blocked on. A slot handed to
--- `self_id` (the caller, when it was queued) is returned instead of pushed. Returns the leases
--- in use and waiters left afterwards, and the caller's token if it got one.
+-- `self_id` (the caller, when it was queued) is returned instead of pushed. A waiter overdue for
+-- its re-check is passed over and leaves the line (alive after all, its next call queues it
+-- again), so no slot sits reserved for a process that is gone. Returns the leases in use and
+-- waiters left afterwards, and the caller's token if it got one.
 local function hand_off(now, limit, reserve_ms, wake_prefix, in_use, waiters, self_id)
   local own
   while in_use < limit and waiters > 0 do
@@ -110,17 +117,20 @@ local function hand_off(now, limit, reserve_ms, wake_prefix, in_use, waiters, se
     if #head == 0 then break end
     waiters = waiters - 1
     local w = head[1]
+    local due = tonumber(redis.call('ZSCORE', deadlines, w) or '0')
     redis.call('ZREM', deadlines, w)
     local info = redis.call('HGET', waiting, w) or ''
     redis.call('HDEL', waiting, w)
-    local token = grant(w, info, now + reserve_ms, now, in_use)
-    in_use = in_use + 1
-    if w == self_id then
-      own = token
-    else
-      local wake = wake_prefix .. w
-      redis.call('RPUSH', wake, token)
-      redis.call('PEXPIRE', wake, reserve_ms)
+    if w == self_id or due - now >= OVERDUE_MS then
+      local token = grant(w, info, now + reserve_ms, now, in_use)
+      in_use = in_use + 1
+      if w == self_id then
+        own = token
+      else
+        local wake = wake_prefix .. w
+        redis.call('RPUSH', wake, token)
+        redis.call('PEXPIRE', wake, reserve_ms)
+      end
     end
   end
   return in_use, waiters, own

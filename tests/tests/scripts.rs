@@ -777,52 +777,96 @@ fn each_maintenance_service_does_its_round_when_run_once() {
 #[test]
 fn slots_acquire_turns_a_slot_handed_off_between_two_waits_into_a_full_lease() {
     let server = RedisServer::start();
-    let keys = SlotKeys::new("default");
-    let acquire = projector_shared::lua::script(include_str!("../../lua/slots_acquire.lua"));
-    let release = projector_shared::lua::script(include_str!("../../lua/slots_release.lua"));
-    let names = |body: &str| -> Vec<String> {
-        let line = body.lines().find(|l| l.starts_with("local SLOT_KEYS = {")).expect("SLOT_KEYS line");
-        line.trim_start_matches("local SLOT_KEYS = {")
-            .trim_end_matches('}')
-            .split(',')
-            .map(|n| keys.named(n.trim().trim_matches('\'')))
-            .collect()
-    };
-    let (acquire_keys, release_keys) =
-        (names(include_str!("../../lua/slots_acquire.lua")), names(include_str!("../../lua/slots_release.lua")));
+    let slots = RawSlots::new();
     let mut conn = server.connection();
-    let lease_ms = 30_000u64;
-    let reserve_ms = 2_000u64;
-    let call_acquire = |conn: &mut redis::Connection, id: &str, wait_ms: u64| -> Vec<i64> {
-        let mut inv = acquire.prepare_invoke();
-        acquire_keys.iter().for_each(|k| {
-            inv.key(k);
-        });
-        inv.arg(id)
-            .arg(format!("test|{id}"))
-            .arg(lease_ms)
-            .arg(wait_ms)
-            .arg(1)
-            .arg(reserve_ms)
-            .arg(keys.wake_prefix())
-            .invoke(conn)
-            .expect("acquire")
-    };
-    assert_eq!(call_acquire(&mut conn, "holder", 0)[0], 1, "the one slot is granted");
-    assert_eq!(call_acquire(&mut conn, "waiter", 10_000)[0], 0, "the next one queues");
-    let mut inv = release.prepare_invoke();
-    release_keys.iter().for_each(|k| {
-        inv.key(k);
-    });
-    let _: redis::Value = inv.arg("holder").arg(1).arg(reserve_ms).arg(keys.wake_prefix()).invoke(&mut conn).expect("release");
+    let (keys, lease_ms) = (&slots.keys, RawSlots::LEASE_MS);
+    assert_eq!(slots.acquire(&mut conn, "holder", 0)[0], 1, "the one slot is granted");
+    assert_eq!(slots.acquire(&mut conn, "waiter", 10_000)[0], 0, "the next one queues");
+    slots.release(&mut conn, "holder");
     // The release handed the slot to the waiter, reserved briefly, while it was not blocked on
     // its wake-up list; it asks again instead of collecting.
     let reserved: f64 = redis::cmd("ZSCORE").arg(keys.leases()).arg("waiter").query(&mut conn).expect("zscore");
-    assert_eq!(call_acquire(&mut conn, "waiter", 10_000)[0], 1, "the waiter is granted its handed-off slot");
+    assert_eq!(slots.acquire(&mut conn, "waiter", 10_000)[0], 1, "the waiter is granted its handed-off slot");
     let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut conn).expect("time");
     let now_ms = secs * 1000 + micros / 1000;
     let lease: f64 = redis::cmd("ZSCORE").arg(keys.leases()).arg("waiter").query(&mut conn).expect("zscore");
     assert!(lease as u64 >= now_ms + lease_ms - 1_000, "a full lease ({lease} vs reservation {reserved}, now {now_ms})");
     let wake: i64 = redis::cmd("EXISTS").arg(keys.wake("waiter")).query(&mut conn).expect("exists");
     assert_eq!(wake, 0, "the spent wake-up token is gone");
+}
+
+/// The slot scripts called as the limiter calls them, one slot, for the tests that must place a
+/// call between two others (a hand-off between two waits, a waiter that stops calling).
+struct RawSlots {
+    keys: SlotKeys,
+    acquire: (redis::Script, Vec<String>),
+    release: (redis::Script, Vec<String>),
+}
+
+impl RawSlots {
+    const LEASE_MS: u64 = 30_000;
+    const RESERVE_MS: u64 = 1_000;
+
+    fn new() -> Self {
+        let keys = SlotKeys::new("default");
+        let script = |body: &str| {
+            let line = body.lines().find(|l| l.starts_with("local SLOT_KEYS = {")).expect("SLOT_KEYS line");
+            let names = line
+                .trim_start_matches("local SLOT_KEYS = {")
+                .trim_end_matches('}')
+                .split(',')
+                .map(|n| keys.named(n.trim().trim_matches('\'')))
+                .collect();
+            (projector_shared::lua::script(body), names)
+        };
+        let acquire = script(include_str!("../../lua/slots_acquire.lua"));
+        let release = script(include_str!("../../lua/slots_release.lua"));
+        RawSlots { keys, acquire, release }
+    }
+
+    /// `slots_acquire` for waiter `id`: its entry lasts `wait_ms` (0: ask for a position only).
+    fn acquire(&self, conn: &mut redis::Connection, id: &str, wait_ms: u64) -> Vec<i64> {
+        let mut inv = self.acquire.0.prepare_invoke();
+        self.acquire.1.iter().for_each(|k| {
+            inv.key(k);
+        });
+        inv.arg(id)
+            .arg(format!("test|{id}"))
+            .arg(Self::LEASE_MS)
+            .arg(wait_ms)
+            .arg(1)
+            .arg(Self::RESERVE_MS)
+            .arg(self.keys.wake_prefix())
+            .invoke(conn)
+            .expect("acquire")
+    }
+
+    fn release(&self, conn: &mut redis::Connection, id: &str) {
+        let mut inv = self.release.0.prepare_invoke();
+        self.release.1.iter().for_each(|k| {
+            inv.key(k);
+        });
+        let _: redis::Value = inv.arg(id).arg(1).arg(Self::RESERVE_MS).arg(self.keys.wake_prefix()).invoke(conn).expect("release");
+    }
+}
+
+/// A waiter whose process died stops calling: once it is overdue for its re-check (its entry
+/// lapses within 700 ms) a hand-off passes it over and takes it out of the line, and the next
+/// live waiter gets the slot. A slot reserved for a dead waiter would idle until the reserve ran out.
+#[test]
+fn a_hand_off_passes_over_a_waiter_overdue_for_its_recheck() {
+    let server = RedisServer::start();
+    let slots = RawSlots::new();
+    let mut conn = server.connection();
+    assert_eq!(slots.acquire(&mut conn, "holder", 0)[0], 1);
+    // The dead one queued first; its entry was set to lapse 500 ms on (it never calls again).
+    assert_eq!(slots.acquire(&mut conn, "dead", 500)[0], 0);
+    assert_eq!(slots.acquire(&mut conn, "alive", 10_000)[0], 0);
+    slots.release(&mut conn, "holder");
+    let lease: Option<f64> = redis::cmd("ZSCORE").arg(slots.keys.leases()).arg("dead").query(&mut conn).expect("zscore");
+    assert_eq!(lease, None, "no slot for the overdue waiter");
+    let token: Vec<u64> = redis::cmd("LRANGE").arg(slots.keys.wake("alive")).arg(0).arg(-1).query(&mut conn).expect("lrange");
+    assert_eq!(token.len(), 1, "the live waiter is handed the slot");
+    let queued: u64 = redis::cmd("ZCARD").arg(slots.keys.queue()).query(&mut conn).expect("zcard");
+    assert_eq!(queued, 0, "the overdue waiter left the line");
 }

@@ -72,7 +72,9 @@ impl RedisSlotSettings {
             name: "default".to_owned(),
             initial_limit,
             lease_ttl,
-            handoff_reserve: Duration::from_secs(2).min(lease_ttl),
+            // A waiter handed a slot is blocked on its wake-up list and collects it within one
+            // round trip; a longer reserve only idles the slot when the waiter is gone.
+            handoff_reserve: Duration::from_secs(1).min(lease_ttl),
             recheck: Duration::from_secs(1),
             round_trip_budget: Duration::from_millis(500),
             service: None,
@@ -154,11 +156,12 @@ impl RedisSlotLimiter {
         let first_lease = request.query_max_duration.map_or(inner.settings.lease_ttl, |q| q.max(inner.settings.lease_ttl));
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            // The waiter's entry lasts until a second after its next re-check at the latest (the
-            // nap below is at most recheck + 20 %): a live waiter renews it every round, and a dead
-            // one's is reclaimed about a second after it would have re-checked, so no slot is
-            // handed to a process that is gone.
-            let wait_ms = if remaining.is_zero() { 0 } else { ms(remaining.min(inner.settings.recheck.mul_f64(1.2))) + ENTRY_GRACE_MS };
+            let nap = jitter(inner.settings.recheck).min(remaining);
+            // The waiter's entry lasts until a second after its next re-check (after this nap): a
+            // live waiter renews it every round, while a dead one's is passed over at hand-off
+            // once it is overdue and reclaimed a second after it would have re-checked, so no slot
+            // is handed to a process that is gone (`hand_off` in lua/lib/slots.lua).
+            let wait_ms = if remaining.is_zero() { 0 } else { ms(nap) + ENTRY_GRACE_MS };
             let reply: Acquired = inner
                 .call(
                     ACQUIRE
@@ -180,7 +183,6 @@ impl RedisSlotLimiter {
             if remaining.is_zero() {
                 return self.give_up(id, first_lease, started).await;
             }
-            let nap = jitter(inner.settings.recheck).min(remaining);
             if let Some(token) = self.wait_for_handoff(&id, nap).await? {
                 // The lease was made for us, reserved briefly; a renewal makes it a full lease.
                 let renewed: u8 = inner.call(RENEW.on(&inner.keys).arg(&id).arg(ms(first_lease))).await?;
@@ -534,6 +536,7 @@ fn ms(d: Duration) -> u64 {
 }
 
 /// How long a waiter's queue entry outlives its next re-check: room for one slow round trip.
+/// `hand_off` (lua/lib/slots.lua, `OVERDUE_MS`) passes over a waiter 300 ms late for its re-check.
 const ENTRY_GRACE_MS: u64 = 1_000;
 
 /// `d` ± 20%, so waiters that missed a wake-up do not re-check in lockstep.
