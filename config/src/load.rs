@@ -178,6 +178,31 @@ fn check_combinations(config: &Config, sources: &BTreeMap<&'static str, Source>,
                 .to_owned(),
         });
     }
+    // The same bounds `projectorctl slots set-limit` applies, so that every binary refuses what one refuses.
+    if config.slots.limit > config.query.referrer_limit {
+        problems.push(Problem {
+            key: "slots.limit".to_owned(),
+            value: Some(config.slots.limit.to_string()),
+            source: source_of("slots.limit"),
+            allowed: format!(
+                "must not exceed query.referrer_limit ({}), the query service's own limit for {}: queries beyond it get 429s; \
+                 if the service's limit was raised, raise query.referrer_limit to match",
+                config.query.referrer_limit, config.query.referrer
+            ),
+        });
+    }
+    if config.slots.service_margin >= config.query.referrer_limit {
+        problems.push(Problem {
+            key: "slots.service_margin".to_owned(),
+            value: Some(config.slots.service_margin.to_string()),
+            source: source_of("slots.service_margin"),
+            allowed: format!(
+                "must be below query.referrer_limit ({}): the limit in force is the service's room less this margin, so a margin \
+                 that large leaves the fleet one slot once the service's numbers are heard",
+                config.query.referrer_limit
+            ),
+        });
+    }
     if config.query.max_duration < crate::SERVICE_QUERY_BOUND && !config.query.max_duration_below_service {
         problems.push(Problem {
             key: "query.max_duration".to_owned(),
@@ -451,6 +476,19 @@ mod tests {
         assert!(err.problems()[0].allowed.contains("query.max_duration_below_service = true"), "{err}");
         let known = Env::from_pairs([("PROJECTOR_QUERY_MAX_DURATION", "10s"), ("PROJECTOR_QUERY_MAX_DURATION_BELOW_SERVICE", "true")]);
         assert_eq!(load(None, &known, &[]).expect("the operator knows better").query.max_duration, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn slot_settings_beyond_the_services_own_limit_are_refused_by_every_binary() {
+        let above = Env::from_pairs([("PROJECTOR_SLOTS_LIMIT", "500")]);
+        let err = load(None, &above, &[]).expect_err("above the referrer's limit");
+        assert_eq!(err.problems()[0].key, "slots.limit", "{err}");
+        assert!(err.problems()[0].allowed.contains("must not exceed query.referrer_limit (100)"), "{err}");
+        let raised = Env::from_pairs([("PROJECTOR_SLOTS_LIMIT", "500"), ("PROJECTOR_QUERY_REFERRER_LIMIT", "600")]);
+        assert_eq!(load(None, &raised, &[]).expect("the service's limit was raised").slots.limit, 500);
+        let margin = Env::from_pairs([("PROJECTOR_SLOTS_SERVICE_MARGIN", "1000")]);
+        let err = load(None, &margin, &[]).expect_err("a margin above the service's limit");
+        assert_eq!(err.problems()[0].key, "slots.service_margin", "{err}");
     }
 
     #[test]

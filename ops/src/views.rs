@@ -578,6 +578,9 @@ fn history_line(history: &SlotHistory) -> String {
 pub async fn status(config: &Config) -> anyhow::Result<View> {
     let redis = Endpoint::from(&config.redis).redacted();
     let conn = connection(config)?;
+    // One PING first, classed: a wrong password reads as one, not as the slot limiter's "no
+    // answer within 500ms" while its connection keeps retrying the handshake.
+    projector_shared::redis_conn::check(&conn, std::time::Duration::from_secs(2)).await?;
     let limiter = crate::slot_limiter(config)?;
     let occupancy = limiter.occupancy_now().await.with_context(|| format!("reading slots from {redis}"))?;
     let slots = limiter.inspect().await.with_context(|| format!("reading slots from {redis}"))?;

@@ -208,7 +208,11 @@ async fn push_jobs(conn: &RedisConn, run_id: &RunId, jobs: &[PlannedJob], dedup_
         // Jobs due now go to the ready list and the push wakes idle workers itself.
         new += queue::push(conn, run_id, &tasks, dedup_window).await.map_err(|e| Error::Enqueue {
             run_id: run_id.to_string(),
-            detail: format!("{e} (jobs enqueued so far stay; finish the run with run-once --resume {run_id})"),
+            // Classed like every Redis failure (out of memory, unreachable, …), with its advice.
+            detail: format!(
+                "{} (jobs enqueued so far stay; finish the run with run-once --resume {run_id})",
+                projector_shared::Error::redis("enqueuing jobs")(e)
+            ),
         })?;
         tracing::debug!(run_id = %run_id, jobs = chunk.len(), enqueued_so_far = new, "jobs enqueued");
     }

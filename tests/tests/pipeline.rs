@@ -947,7 +947,31 @@ fn a_wrong_redis_password_stops_each_process_at_start_with_a_line_that_names_it(
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains("redis refused the credentials") && !stderr.contains("wrong-password"), "projectorctl status: {stderr}");
+        // The status page starts without Redis and names the failure in its place.
+        let mut serve = command(workspace_bin("projectorctl"));
+        serve.args(["serve", "--addr", "127.0.0.1:0"]).envs(env.iter().cloned()).stdout(Stdio::null());
+        let page = Proc::spawn(serve);
+        let line = page.wait_for_line(&["status page serving"], Duration::from_secs(30));
+        let addr = line.split("addr=").nth(1).and_then(|r| r.split_whitespace().next()).expect("addr in the log line").to_owned();
+        let body = projector_tests::http_get(&format!("http://{addr}/"));
+        assert!(body.contains("redis refused the credentials"), "the page names the wrong password: {body}");
+        assert!(!body.contains("no answer within") && !body.contains("wrong-password"), "{body}");
     }
+}
+
+/// Redis reaches `maxmemory` after the plan was stored, while the jobs are pushed: the error is
+/// classed like every Redis failure (it names the memory) and says how to finish the run.
+#[test]
+fn jobs_that_redis_has_no_room_for_are_named_out_of_memory_with_the_resume_to_run() {
+    let redis = RedisServer::start_with(&["--maxmemory", "4mb", "--maxmemory-policy", "noeviction", "--appendonly", "no"]);
+    let fake = FakeSnuba::start(FAKE, &[]);
+    let env = env(&redis, &fake);
+    let out = scheduler(&env, &["run-once", "--orgs", "20000", "--batch-delay", "0s"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("redis is out of memory (maxmemory reached)"), "{stderr}");
+    assert!(stderr.contains("finish the run with run-once --resume run-"), "{stderr}");
+    assert!(!stderr.contains("rolled back"), "the plan was stored: the run is kept to be resumed: {stderr}");
 }
 
 /// Redis reaches `maxmemory` while a run's plan is stored: the error names the memory, and the

@@ -64,7 +64,7 @@ pub fn classify(status: u16, body: &str, request: &PageRequest, query: &str) -> 
     match status {
         200 => parse_rows(body, request),
         429 => Err(rejection(body)),
-        _ => Err(failure(status, body, query)),
+        _ => Err(failure(status, body, request, query)),
     }
 }
 
@@ -153,7 +153,9 @@ fn rejection(body: &str) -> Error {
 }
 
 /// Any other status: a 400 the query earned (the run stops), a ClickHouse code, or a server error.
-fn failure(status: u16, body: &str, query: &str) -> Error {
+/// A 400 whose message names this org's own ids (an org or project id the service will not take)
+/// is this org's alone: it fails, and the run goes on.
+fn failure(status: u16, body: &str, request: &PageRequest, query: &str) -> Error {
     let parsed: Value = serde_json::from_str(body).unwrap_or(Value::Null);
     let error = parsed.get("error");
     let kind = text(error.and_then(|e| e.get("type"))).unwrap_or_default();
@@ -162,6 +164,9 @@ fn failure(status: u16, body: &str, query: &str) -> Error {
     match (status, kind.as_str(), code) {
         (_, "clickhouse", Some(code)) if CLICKHOUSE_TIMEOUTS.contains(&code) => Error::ServiceTimeout { code, detail: message },
         (_, "clickhouse", Some(CLICKHOUSE_OVERLOADED)) => Error::ServiceOverloaded { detail: message },
+        (400, "invalid_query" | "schema" | "json" | "request", _) if names_this_org(&message, request) => {
+            Error::QueryBadRequest { status, detail: detail(&kind, &message, code) }
+        }
         // The query itself is wrong: every org would earn the same answer.
         (400, "invalid_query" | "schema" | "json" | "request" | "query-too-long", _) | (404, "dataset", _) => {
             Error::QueryRefused { status, kind, message, query: query.to_owned() }
@@ -169,6 +174,13 @@ fn failure(status: u16, body: &str, query: &str) -> Error {
         (500..=599, _, _) => Error::QueryServer { status, detail: detail(&kind, &message, code) },
         _ => Error::QueryBadRequest { status, detail: detail(&kind, &message, code) },
     }
+}
+
+/// Whether `message` names the org's id or one of its page's project ids, as a whole number: the
+/// refusal then concerns values only this org sends, not the shape every query shares.
+fn names_this_org(message: &str, request: &PageRequest) -> bool {
+    let ids: std::collections::HashSet<u64> = std::iter::once(request.org_id.0).chain(request.project_ids.iter().map(|p| p.0)).collect();
+    message.split(|c: char| !c.is_ascii_digit()).filter(|n| !n.is_empty()).any(|n| n.parse::<u64>().is_ok_and(|n| ids.contains(&n)))
 }
 
 /// `type: message (ClickHouse code N)`, each part only when the body had it.
@@ -328,6 +340,16 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(read(503, "upstream down"), Err(Error::QueryServer { status: 503, .. })));
+    }
+
+    #[test]
+    fn a_400_that_names_this_orgs_own_ids_fails_this_org_alone() {
+        let naming = |text: &str| format!(r#"{{"error":{{"type":"invalid_query","message":"{text}"}}}}"#);
+        assert!(matches!(read(400, &naming("org_id 7 is out of range")), Err(Error::QueryBadRequest { status: 400, .. })));
+        assert!(matches!(read(400, &naming("unknown project 702")), Err(Error::QueryBadRequest { status: 400, .. })));
+        // A number that is only part of another (70, 7020) is not this org's.
+        assert!(matches!(read(400, &naming("LIMIT 7020 exceeds 70")), Err(Error::QueryRefused { .. })));
+        assert!(matches!(read(400, &naming("missing required conditions for org_id")), Err(Error::QueryRefused { .. })));
     }
 
     #[test]

@@ -101,7 +101,12 @@ impl OrgLines {
                 .bad_lines
                 .push(BadLine { line: line_no, reason: format!("org {} appears twice; the first line is used", org.org_id) }),
             Ok(org) if !org.active => self.out.inactive += 1,
-            Ok(org) => self.out.orgs.push(org),
+            Ok(mut org) => {
+                // A project listed twice would be read twice and projected twice: once is meant.
+                let mut seen = std::collections::HashSet::new();
+                org.project_ids.retain(|p| seen.insert(*p));
+                self.out.orgs.push(org)
+            }
             Err(e) => self.out.bad_lines.push(BadLine { line: line_no, reason: e.to_string() }),
         }
     }
@@ -109,6 +114,13 @@ impl OrgLines {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_project_listed_twice_is_kept_once_in_its_first_place() {
+        let f = super::parse_org_lines(r#"{"org_id": 1, "project_ids": [10, 11, 10, 12, 11]}"#);
+        assert_eq!(f.orgs[0].project_ids, [10, 11, 12].map(crate::ids::ProjectId));
+        assert!(f.bad_lines.is_empty());
+    }
+
     use super::*;
 
     #[test]
