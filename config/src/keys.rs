@@ -297,7 +297,7 @@ keys! {
     "batch.size" => batch.size: Int(1, 1_000_000), default Some("25"),
         "organizations per batch";
     "batch.delay" => batch.delay: Dur(Duration::ZERO, SECS(3600)), default Some("2s"),
-        "batch k becomes runnable at k x batch.delay after the tick, or after the fan-out for a past tick replayed with run-once --tick (\"0s\" releases everything at once)";
+        "batch k becomes runnable at k x batch.delay after the tick, or after the fan-out for a past tick replayed with run-once --tick (\"0s\" releases everything at once); an upper bound: when the releases would not end within half of the time to the run's deadline, the delay tightens to fit, and the plan says by how much";
     "schedule.cron" => schedule.cron: Cron, default Some("0 0 * * * *"),
         "when the scheduler fans out, as a six-field cron expression with seconds first, in UTC";
     "schedule.when_paused" => schedule.when_paused: Choice(WHEN_PAUSED_CHOICES), default Some("enqueue"),

@@ -14,7 +14,7 @@ use projector_config::{Config, SinkKind};
 use projector_job::Pipeline;
 use projector_job::handler::{JobHandler, Requeue, Rescheduler, Routing, reschedules_skips, run_job};
 use projector_job::sink::{DiscardSink, ProjectionSink};
-use projector_shared::batch::plan_batches;
+use projector_shared::batch::{Pacing, plan_batches};
 use projector_shared::run::{MemoryRunLedger, RunSummary};
 use projector_shared::slots::MemorySlotLimiter;
 use projector_shared::{RunId, SpikeProjectionJob};
@@ -41,12 +41,15 @@ pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: C
     let list = list_orgs(config)?;
     let orgs = &list.orgs;
     let size = NonZeroUsize::new(config.batch.size).unwrap_or(NonZeroUsize::MIN);
-    let batches = plan_batches(&orgs.iter().map(|o| o.org_id).collect::<Vec<_>>(), size, config.batch.delay);
+    // Paced as a fleet's run is: batch.delay, or tighter so every org is released in time.
+    let deadline = config.run_deadline(tick);
+    let pacing = Pacing::new(orgs.len(), size, config.batch.delay, (deadline - tick).to_std().ok());
+    let batches = plan_batches(&orgs.iter().map(|o| o.org_id).collect::<Vec<_>>(), size, pacing.delay);
     let projects: std::collections::HashMap<_, _> = orgs.iter().map(|o| (o.org_id, o.project_ids.clone())).collect();
     tracing::info!(
         run_id = %run_id, orgs = orgs.len(), batches = batches.len(), batch_size = config.batch.size,
-        batch_delay_ms = config.batch.delay.as_millis() as u64, slots_limit = config.slots.limit,
-        concurrency = config.worker.concurrency, "embedded run starting"
+        batch_delay_ms = pacing.delay.as_millis() as u64, slots_limit = config.slots.limit,
+        concurrency = config.worker.concurrency, "embedded run starting; {}", pacing.describe()
     );
 
     // Embedded runs need no Redis: projections go to --output, to PostgreSQL when sink.kind says
@@ -94,7 +97,7 @@ pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: C
 
     // Release each batch at its time; jobs run as soon as they are released.
     let release = async {
-        let jobs = Jobs { run_id: &run_id, tick, deadline: config.run_deadline(tick), projects: &projects };
+        let jobs = Jobs { run_id: &run_id, tick, deadline, projects: &projects };
         release_batches(&queue, &jobs, started, &batches).await?;
         ledger.all_accounted().await;
         Ok::<(), Error>(())
