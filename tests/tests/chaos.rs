@@ -267,12 +267,11 @@ fn a_worker_stopped_past_its_grace_mid_query_keeps_its_slots_until_the_queries_m
     let run = c.run(6);
     wait_until(Duration::from_secs(60), "the victim's 3 queries are in flight", || c.fake.stats_now()["in_flight"].as_u64() == Some(3));
     victim.signal("TERM");
+    // Another worker takes the rest of the run while the victim's queries still run at the service.
+    let _other = c.worker(&["--slots-limit", "3", "--concurrency", "16"]);
     wait_until(Duration::from_secs(30), "the victim exits after its grace", || !victim.is_running());
     assert!(victim.stderr().contains("did not finish within worker.shutdown_grace"), "{}", victim.stderr());
     assert!(victim.stderr().contains("slot kept"), "the dropped jobs kept their slots: {}", victim.stderr());
-    // Its queries still run at the service while another worker takes the rest of the run.
-    assert_eq!(c.fake.stats_now()["in_flight"].as_u64(), Some(3), "the victim's queries outlive it");
-    let _other = c.worker(&["--slots-limit", "3", "--concurrency", "16"]);
     let outcomes = c.finish(run, 6);
     assert!(c.max_in_flight() <= 3, "the service saw {} concurrent queries, limit 3\n{}", c.max_in_flight(), c.worker_tails());
     assert_eq!(outcomes.get("completed").copied(), Some(6), "{outcomes:?}");
@@ -361,8 +360,9 @@ fn a_run_behind_many_skipped_ticks_ends_at_its_deadline_and_no_second_run_overla
             list.iter().filter(|r| ["running", "fanning out"].contains(&r["state"].as_str().unwrap_or_default())).collect();
         most_open = most_open.max(open.len());
         let skipped = list.iter().filter(|r| r["state"] == "skipped").count();
-        if first.is_none() && open.len() == 1 && skipped >= 12 {
-            // Twelve ticks are newer than the open run: status must still show it.
+        if first.is_none() && open.len() == 1 && skipped >= 11 {
+            // Eleven ticks are newer than the open run, more than a window of ten recent runs
+            // would hold: status must still show it.
             first = Some(open[0].clone());
             shown_while_open = Some(ctl(&env, &["status"]));
         }
