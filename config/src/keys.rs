@@ -311,7 +311,9 @@ keys! {
     "orgs.count" => orgs.count: Int(0, 10_000_000), default Some("200"),
         "how many synthetic organizations";
     "orgs.path" => orgs.path: Opt(FilePath), default None,
-        "JSON-lines file of organizations, for orgs.source = \"file\"";
+        "JSON-lines file of organizations, for orgs.source = \"file\" (refused with any other source); each line has org_id, and may have project_ids and active";
+    "orgs.allow_unknown_keys" => orgs.allow_unknown_keys: Bool, default Some("false"),
+        "true: ignore keys of the organizations file other than org_id, project_ids and active (a file written for another tool too); false: a line with another key refuses the file, naming the line, the key and the nearest known one";
     "query.source" => query.source: Choice(QUERY_SOURCE_CHOICES), default Some("synthetic"),
         "where hourly counts come from: \"synthetic\" (built in) or \"snuba\" (HTTP at query.url)";
     "query.url" => query.url: Opt(Url(&["http", "https"])), default None,

@@ -168,6 +168,8 @@ pub struct OrgsConfig {
     pub source: OrgSourceKind,
     pub count: u64,
     pub path: Option<PathBuf>,
+    /// Ignore keys of the organizations file that are not its own, instead of refusing the file.
+    pub allow_unknown_keys: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

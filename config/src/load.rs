@@ -125,6 +125,17 @@ fn check_combinations(config: &Config, sources: &BTreeMap<&'static str, Source>,
             allowed: "required when orgs.source = \"file\"; set it to a JSON-lines file of organizations".to_owned(),
         });
     }
+    if config.orgs.source != OrgSourceKind::File && config.orgs.path.is_some() {
+        // Refused rather than taken to mean the file source: a run of synthetic orgs where a file
+        // was meant, or the other way round, is not a guess to make.
+        problems.push(Problem {
+            key: "orgs.path".to_owned(),
+            value: config.orgs.path.as_ref().map(|p| p.display().to_string()),
+            source: source_of("orgs.path"),
+            allowed: "is read only with orgs.source = \"file\"; set orgs.source = \"file\" to run its organizations, or unset orgs.path"
+                .to_owned(),
+        });
+    }
     if config.sink.kind == SinkKind::JsonLines && config.sink.path.is_none() {
         problems.push(Problem {
             key: "sink.path".to_owned(),
@@ -489,6 +500,16 @@ mod tests {
         let margin = Env::from_pairs([("PROJECTOR_SLOTS_SERVICE_MARGIN", "1000")]);
         let err = load(None, &margin, &[]).expect_err("a margin above the service's limit");
         assert_eq!(err.problems()[0].key, "slots.service_margin", "{err}");
+    }
+
+    #[test]
+    fn an_organizations_file_without_the_file_source_is_refused() {
+        let env = Env::from_pairs([("PROJECTOR_ORGS_PATH", "/tmp/orgs.jsonl")]);
+        let err = load(None, &env, &[]).expect_err("the synthetic source ignores the path");
+        assert_eq!(err.problems()[0].key, "orgs.path", "{err}");
+        assert!(err.problems()[0].allowed.contains("set orgs.source = \"file\""), "{err}");
+        let both = Env::from_pairs([("PROJECTOR_ORGS_PATH", "/tmp/orgs.jsonl"), ("PROJECTOR_ORGS_SOURCE", "file")]);
+        assert!(load(None, &both, &[]).is_ok());
     }
 
     #[test]

@@ -21,6 +21,12 @@ pub enum Error {
 
     #[error("no organizations to run from {from}; nothing was enqueued (check orgs.source, orgs.path and orgs.count)")]
     NoOrgs { from: String },
+
+    #[error(
+        "organizations file {path} is refused, nothing was enqueued: {lines}{}",
+        if *more > 0 { format!("; and {more} more line(s)") } else { String::new() }
+    )]
+    OrgFileRefused { path: String, lines: String, more: usize },
 }
 
 projector_shared::from_shared_errors!(Error, Error::Shared);

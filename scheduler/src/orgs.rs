@@ -1,7 +1,7 @@
 //! The organizations of a run, from the configured source (synthetic or a JSON-lines file).
 
 use projector_config::{Config, OrgSourceKind};
-use projector_shared::org::{OrgInfo, read_org_file};
+use projector_shared::org::{OrgFileRules, OrgInfo, read_org_file};
 use projector_shared::run::BadLines;
 use projector_shared::synthetic::synthetic_orgs;
 
@@ -19,7 +19,15 @@ pub struct OrgList {
 pub fn list_orgs(config: &Config) -> Result<OrgList, Error> {
     match (config.orgs.source, &config.orgs.path) {
         (OrgSourceKind::File, Some(path)) => {
-            let file = read_org_file(path).map_err(projector_shared::Error::from)?;
+            let rules = OrgFileRules { allow_unknown_keys: config.orgs.allow_unknown_keys };
+            let file = read_org_file(path, rules).map_err(projector_shared::Error::from)?;
+            if !file.refused.is_empty() {
+                return Err(Error::OrgFileRefused {
+                    path: path.display().to_string(),
+                    lines: file.refused.iter().take(5).map(|b| format!("line {}: {}", b.line, b.reason)).collect::<Vec<_>>().join("; "),
+                    more: file.refused.len().saturating_sub(5),
+                });
+            }
             for bad in &file.bad_lines {
                 tracing::warn!(path = %path.display(), line = bad.line, reason = %bad.reason, "organizations file: line skipped");
             }

@@ -167,7 +167,7 @@ fn fail_on_judges_skips_leniently_when_asked() {
 #[test]
 fn an_org_file_with_no_usable_line_is_an_error_and_bad_lines_reach_the_summary() {
     let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("bad.jsonl"), "{not json\n{\"org_id\": \"x\"}\n").expect("write");
+    std::fs::write(dir.path().join("bad.jsonl"), "{not json\n[1]\n").expect("write");
     let file_env = [("PROJECTOR_ORGS_SOURCE", "file"), ("PROJECTOR_ORGS_PATH", "bad.jsonl")];
     let out = scheduler(dir.path(), &["run-once", "--embedded"], &file_env);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -188,6 +188,36 @@ fn an_org_file_with_no_usable_line_is_an_error_and_bad_lines_reach_the_summary()
     assert_eq!(json["bad_lines"]["first"][0]["line"], 2, "{json}");
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("1 line(s) of the organizations file were skipped") && table.contains("line 2:"), "{table}");
+}
+
+/// A misspelt key (`projects`, `actve`) or a value of the wrong type would change what is queried
+/// without a word: the file is refused, naming the line, the key and the nearest known key, and
+/// nothing runs. `orgs.allow_unknown_keys = true` ignores other keys; a wrong type stays refused.
+#[test]
+fn an_org_file_with_an_unknown_key_or_a_wrong_type_is_refused_naming_line_key_and_nearest() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = "{\"org_id\": 1, \"project_ids\": [10]}\n{\"org_id\": 2, \"projects\": [20]}\n{\"org_id\": 3, \"actve\": false}\n";
+    std::fs::write(dir.path().join("orgs.jsonl"), text).expect("write");
+    let env = [("PROJECTOR_ORGS_SOURCE", "file"), ("PROJECTOR_ORGS_PATH", "orgs.jsonl"), ("PROJECTOR_QUERY_SYNTHETIC_LATENCY", "1ms")];
+    let out = scheduler(dir.path(), &["run-once", "--embedded", "--batch-delay", "0s", "--output", "p.jsonl"], &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("organizations file orgs.jsonl is refused, nothing was enqueued"), "{stderr}");
+    assert!(stderr.contains("line 2: unknown key \"projects\"; did you mean \"project_ids\"?"), "{stderr}");
+    assert!(stderr.contains("line 3: unknown key \"actve\"; did you mean \"active\"?"), "{stderr}");
+    assert!(
+        !dir.path().join("p.jsonl").exists() || std::fs::read_to_string(dir.path().join("p.jsonl")).unwrap_or_default().is_empty(),
+        "nothing ran"
+    );
+    let lenient = [&env[..], &[("PROJECTOR_ORGS_ALLOW_UNKNOWN_KEYS", "true")]].concat();
+    let out = scheduler(dir.path(), &["run-once", "--embedded", "--batch-delay", "0s"], &lenient);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 orgs"), "{}", String::from_utf8_lossy(&out.stdout));
+    std::fs::write(dir.path().join("orgs.jsonl"), "{\"org_id\": \"one\"}\n").expect("write");
+    let out = scheduler(dir.path(), &["run-once", "--embedded"], &lenient);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 1: invalid type"), "{}", String::from_utf8_lossy(&out.stderr));
+    let path_only = scheduler(dir.path(), &["run-once", "--embedded"], &[("PROJECTOR_ORGS_PATH", "orgs.jsonl")]);
+    assert_eq!(path_only.status.code(), Some(2), "orgs.path without the file source is bad configuration");
 }
 
 #[test]
