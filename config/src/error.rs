@@ -19,7 +19,8 @@ pub struct Problem {
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.value {
-            Some(v) => write!(f, "{} = {:?} (from {}): {}", self.key, v, self.source, self.allowed),
+            // A value may be a URL with a password (redis.url, sink.postgres_url): never printed.
+            Some(v) => write!(f, "{} = {:?} (from {}): {}", self.key, crate::value::redact_url(v), self.source, self.allowed),
             None => write!(f, "{} (from {}): {}", self.key, self.source, self.allowed),
         }
     }

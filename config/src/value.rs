@@ -93,10 +93,21 @@ pub fn redact_url(text: &str) -> String {
             }
             if changed { u.to_string() } else { text.to_owned() }
         }
-        Err(_) => match (text.find("://"), text.rfind('@')) {
-            (Some(start), Some(at)) if at > start => format!("{}://***{}", &text[..start], &text[at..]),
-            _ => text.to_owned(),
-        },
+        // Not a URL the parser takes (a bad port, say): whatever stands between the scheme and
+        // the last '@' is masked, user and password together, and so is a `pass=` parameter.
+        Err(_) => {
+            let masked = match (text.find("://"), text.rfind('@')) {
+                (Some(start), Some(at)) if at > start => format!("{}://***{}", &text[..start], &text[at..]),
+                _ => text.to_owned(),
+            };
+            match masked.find("pass=") {
+                Some(at) => {
+                    let end = masked[at..].find('&').map_or(masked.len(), |e| at + e);
+                    format!("{}pass=***{}", &masked[..at], &masked[end..])
+                }
+                None => masked,
+            }
+        }
     }
 }
 
@@ -243,6 +254,9 @@ mod tests {
         assert_eq!(redact_url("unix:///tmp/r.sock?db=2&pass=secret"), "unix:///tmp/r.sock?db=2&pass=***");
         assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379", "no password, untouched");
         assert!(!redact_url("redis+unix:///tmp/r.sock?pass=secret").contains("secret"));
+        // Not parseable as a URL (a bad port): still masked.
+        assert_eq!(redact_url("redis://app:hunter2@redis.internal:notaport"), "redis://***@redis.internal:notaport");
+        assert_eq!(redact_url("rediss://:hunter2@[::1"), "rediss://***@[::1");
     }
 
     #[test]

@@ -686,3 +686,57 @@ fn json_works_before_the_subcommand_too() {
         assert_eq!(json_of(&out)["configured"], 50, "{args:?}");
     }
 }
+
+/// A URL with a user and a password, through every path that can print one: a config error
+/// (environment and flag, Redis and PostgreSQL), `config --show`, a connection that fails, the
+/// logs of a process that starts, and the status page. The password appears in none of them.
+#[test]
+fn no_password_is_printed_on_any_path() {
+    const SECRET: &str = "hunter2";
+    let bad_port = format!("redis://app:{SECRET}@redis.internal:notaport");
+    let closed = format!("redis://app:{SECRET}@127.0.0.1:{}", free_port());
+    let pg = format!("postgresql://app:{SECRET}@db.internal:notaport/billing");
+    let leaks = |what: &str, out: &Output| {
+        let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(!all.contains(SECRET), "{what} printed the password: {all}");
+        assert!(!all.is_empty(), "{what} said nothing");
+    };
+    let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> { pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect() };
+    for (bin, args) in [("projector-worker", &["run"][..]), ("projector-scheduler", &["run-once"][..]), ("projectorctl", &["status"][..])] {
+        let out = run(bin, &env(&[("PROJECTOR_REDIS_URL", &bad_port)]), args);
+        assert_eq!(out.status.code(), Some(2), "{bin}: {}", text(&out.stderr));
+        leaks(&format!("{bin} with a bad URL in the environment"), &out);
+        let flagged = [args, &["--redis-url", &bad_port][..]].concat();
+        if bin != "projectorctl" {
+            leaks(&format!("{bin} with a bad --redis-url"), &run(bin, &[], &flagged));
+        }
+        leaks(&format!("{bin} with a bad PostgreSQL URL"), &run(bin, &env(&[("PROJECTOR_SINK_POSTGRES_URL", &pg)]), args));
+        // Unreachable: some processes exit, the worker starts and retries; either way it says so.
+        let mut cmd = command(workspace_bin(bin));
+        cmd.args(args).env("PROJECTOR_REDIS_URL", &closed).env("RUST_LOG", "debug").stdout(Stdio::null());
+        let p = projector_tests::Proc::spawn(cmd);
+        p.wait_for_line(&["127.0.0.1"], Duration::from_secs(30));
+        let said = p.stderr();
+        drop(p);
+        assert!(!said.contains(SECRET), "{bin} with Redis unreachable printed the password: {said}");
+    }
+    for show in [&["config", "--show"][..], &["config"][..]] {
+        let out = run(
+            "projector-worker",
+            &env(&[("PROJECTOR_REDIS_URL", &closed), ("PROJECTOR_SINK_POSTGRES_URL", &pg.replace("notaport", "5432"))]),
+            show,
+        );
+        leaks("projector-worker config", &out);
+    }
+    // The page starts without Redis and names what failed in its place.
+    let mut serve = command(workspace_bin("projectorctl"));
+    serve.args(["serve", "--addr", "127.0.0.1:0"]).env("PROJECTOR_REDIS_URL", &closed).stdout(Stdio::null());
+    let page = projector_tests::Proc::spawn(serve);
+    let line = page.wait_for_line(&["status page serving"], Duration::from_secs(30));
+    let addr = line.split("addr=").nth(1).and_then(|r| r.split_whitespace().next()).expect("addr").to_owned();
+    for path in ["/", "/api/status"] {
+        let body = projector_tests::http_get(&format!("http://{addr}{path}"));
+        assert!(!body.contains(SECRET), "the page {path} printed the password: {body}");
+    }
+    assert!(!page.stderr().contains(SECRET), "the page's log printed the password: {}", page.stderr());
+}
