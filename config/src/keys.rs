@@ -308,7 +308,7 @@ keys! {
         "where projector-scheduler serve answers /metrics (ticks, fan-outs, the last finished run), /healthz and /readyz (Redis answers and the tick loop runs); port 0 picks a free port (logged at start)";
     "orgs.source" => orgs.source: Choice(ORG_SOURCE_CHOICES), default Some("synthetic"),
         "where organizations come from: \"synthetic\" (orgs.count of them) or \"file\" (JSON lines at orgs.path)";
-    "orgs.count" => orgs.count: Int(0, 10_000_000), default Some("200"),
+    "orgs.count" => orgs.count: Int(1, 10_000_000), default Some("200"),
         "how many synthetic organizations";
     "orgs.path" => orgs.path: Opt(FilePath), default None,
         "JSON-lines file of organizations, for orgs.source = \"file\" (refused with any other source); each line has org_id, and may have project_ids and active";

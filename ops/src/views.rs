@@ -521,11 +521,16 @@ fn service_line(service: Option<(projector_shared::service::ServiceQuota, u64)>,
 }
 
 /// `status`'s line about the latest run: its state, progress, ETA and deadline.
-fn latest_run_line(latest: Option<&RunOverview>, now: chrono::DateTime<Utc>) -> String {
+fn latest_run_line(latest: Option<&RunOverview>, now: chrono::DateTime<Utc>, workers_alive: usize) -> String {
     let Some(r) = latest else {
         return "none recorded".to_owned();
     };
-    let eta = eta_s(r, now).map(|s| format!(", about {s:.0} s left")).unwrap_or_default();
+    // With no worker alive nothing moves: a pace from the past would promise an end that never comes.
+    let eta = match eta_s(r, now) {
+        Some(_) if workers_alive == 0 => ", no worker alive to finish it (start projector-worker)".to_owned(),
+        Some(s) => format!(", about {s:.0} s left"),
+        None => String::new(),
+    };
     let deadline = match (r.deadline, r.state()) {
         (Some(d), RunState::Running | RunState::FanningOut) => {
             let late = r.predicted_overrun_s(now);
@@ -652,7 +657,45 @@ pub async fn status(config: &Config) -> anyhow::Result<View> {
     if let Some((rate, _)) = fleet.rate.iter().next().filter(|_| fleet.rate.len() == 1) {
         let _ = writeln!(out, "fleet runs   rate {rate}; slots {}", fleet.slots.keys().next().map_or("-", String::as_str));
     }
-    let _ = writeln!(out, "latest run   {}", latest_run_line(latest.as_ref(), now));
+    let _ = writeln!(out, "latest run   {}", latest_run_line(latest.as_ref(), now, workers.len()));
     let _ = writeln!(out, "rollout      {}", rollout_line(&rollout));
     Ok(View::new(value, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running(accounted: u64) -> RunOverview {
+        let now = Utc::now();
+        RunOverview {
+            run_id: "run-x".into(),
+            tick: Some(now - chrono::TimeDelta::seconds(10)),
+            orgs_total: 100,
+            counts: Outcome::ALL.iter().map(|o| (*o, if *o == Outcome::Completed { accounted } else { 0 })).collect(),
+            fanned_out: Some(now - chrono::TimeDelta::seconds(9)),
+            finished: None,
+            cancelled: None,
+            retried: 0,
+            skipped: None,
+            deadline: Some(now + chrono::TimeDelta::seconds(3600)),
+            created: None,
+            pacing: None,
+        }
+    }
+
+    #[test]
+    fn the_latest_run_line_promises_no_end_when_no_worker_is_alive() {
+        let now = Utc::now();
+        let r = running(50);
+        assert!(latest_run_line(Some(&r), now, 2).contains("about 10 s left"), "{}", latest_run_line(Some(&r), now, 2));
+        let stalled = latest_run_line(Some(&r), now, 0);
+        assert!(stalled.contains("no worker alive to finish it") && !stalled.contains("s left"), "{stalled}");
+    }
+
+    #[test]
+    fn a_skipped_tick_has_no_duration() {
+        let skipped = RunOverview { skipped: Some("run-y still open".into()), fanned_out: None, ..running(0) };
+        assert_eq!(skipped.duration_ms(Utc::now()), None);
+    }
 }

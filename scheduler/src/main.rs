@@ -213,6 +213,8 @@ async fn finished(
     end: WaitEnd,
     workers_alive: Option<u64>,
 ) -> anyhow::Result<ExitCode> {
+    // A run followed until Ctrl-C says so in its summary, as the embedded run's does.
+    let summary = &projector_shared::run::RunSummary { interrupted: end == WaitEnd::Interrupted, ..summary.clone() };
     finish(summary, limit_in_force(config).await, config, args.summary_json.as_deref())?;
     match end {
         WaitEnd::Accounted => Ok(args.fail_on.judge(summary)),

@@ -48,8 +48,7 @@ pub fn list_orgs(config: &Config) -> Result<OrgList, Error> {
             }
             Ok(OrgList { bad_lines: BadLines::from_file(&file.bad_lines), orgs: file.orgs })
         }
-        // Config validation guarantees a path for the file source.
-        _ if config.orgs.count == 0 => Err(Error::NoOrgs { from: "orgs.count = 0".to_owned() }),
+        // Config validation guarantees a path for the file source, and orgs.count >= 1.
         _ => Ok(OrgList { orgs: synthetic_orgs(config.orgs.count), bad_lines: BadLines::default() }),
     }
 }

@@ -175,9 +175,14 @@ fn an_org_file_with_no_usable_line_is_an_error_and_bad_lines_reach_the_summary()
     assert!(stderr.contains("no organizations to run") && stderr.contains("2 bad lines") && stderr.contains("line 1"), "{stderr}");
     assert_eq!(stderr.matches("no organizations to run").count(), 1, "the fatal error is printed once: {stderr}");
 
+    // A run of no orgs is bad configuration, and the range the error gives says so.
     let zero = scheduler(dir.path(), &["run-once", "--embedded", "--orgs", "0"], &[]);
-    assert_eq!(zero.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&zero.stderr).contains("orgs.count = 0"));
+    assert_eq!(zero.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&zero.stderr).contains("must be an integer from 1 to"), "{}", String::from_utf8_lossy(&zero.stderr));
+    let missing =
+        scheduler(dir.path(), &["run-once", "--embedded"], &[("PROJECTOR_ORGS_SOURCE", "file"), ("PROJECTOR_ORGS_PATH", "none.jsonl")]);
+    let said = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(said.matches("No such file or directory").count(), 1, "the cause is said once: {said}");
 
     std::fs::write(dir.path().join("some.jsonl"), "{\"org_id\": 1}\nnope\n{\"org_id\": 2}\n").expect("write");
     let some_env = [("PROJECTOR_ORGS_SOURCE", "file"), ("PROJECTOR_ORGS_PATH", "some.jsonl"), ("PROJECTOR_QUERY_SYNTHETIC_LATENCY", "1ms")];

@@ -419,9 +419,14 @@ fn a_wait_ends_at_ctrl_c_with_130_and_a_lost_run_is_named_with_1() {
     let mut redis = RedisServer::start();
     let env = vec![("PROJECTOR_REDIS_URL".to_owned(), redis.url()), ("RUST_LOG".to_owned(), "info".to_owned())];
     // `queued`: the jobs in the queue once this run has fanned out (earlier runs' stay there).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let summary_json = dir.path().join("s.json");
     let follow = |env: &[(String, String)], queued: u64| {
         let mut cmd = command(workspace_bin("projector-scheduler"));
-        cmd.args(["run-once", "--wait", "--orgs", "5", "--batch-delay", "0s"]).envs(env.iter().cloned()).stdout(Stdio::null());
+        cmd.args(["run-once", "--wait", "--orgs", "5", "--batch-delay", "0s", "--summary-json"])
+            .arg(&summary_json)
+            .envs(env.iter().cloned())
+            .stdout(Stdio::null());
         let p = projector_tests::Proc::spawn(cmd);
         // No worker runs the jobs: the wait would last its hour. Fanned out = all 5 queued.
         wait_until(Duration::from_secs(30), "the run's 5 jobs are queued", || {
@@ -436,6 +441,8 @@ fn a_wait_ends_at_ctrl_c_with_130_and_a_lost_run_is_named_with_1() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted: 0 of 5 orgs accounted for so far; the run goes on"), "{stderr}");
+    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary_json).expect("summary")).expect("JSON");
+    assert_eq!(written["interrupted"], true, "the fleet run's summary says it was interrupted, as the embedded run's does: {written}");
 
     let waiting = follow(&env, 10);
     let _: () = redis::cmd("FLUSHALL").query(&mut redis.connection()).expect("flushall");

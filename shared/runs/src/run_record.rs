@@ -486,8 +486,12 @@ impl RunOverview {
         }
     }
 
-    /// Milliseconds from the run's start to its end, or to `now` while it runs.
+    /// Milliseconds from the run's start to its end, or to `now` while it runs; a skipped tick
+    /// never ran (`None`).
     pub fn duration_ms(&self, now: DateTime<Utc>) -> Option<i64> {
+        if self.state() == RunState::Skipped {
+            return None;
+        }
         let started = self.started()?;
         Some((self.finished.unwrap_or(now) - started).num_milliseconds().max(0))
     }
