@@ -173,9 +173,12 @@ fn the_fake_refuses_what_snuba_refuses_with_snubas_message() {
         assert_eq!(ok.1["quota_allowance"]["summary"]["rejected_by"], serde_json::json!({}));
         let cases = [
             (good.replace("GRANULARITY 3600", "GRANULARITY"), "Parsing error on line 1 at '"),
-            (good.replace("MATCH (outcomes)", "MATCH (events)"), "missing required conditions for project_id"),
-            (good.replace("org_id = 7 AND ", ""), "missing required conditions for org_id"),
-            (good.replace("sum(quantity)", "sum(bytes)"), "Tag keys (bytes) not resolved"),
+            (
+                good.replace("MATCH (outcomes)", "MATCH (events)"),
+                "Validation failed for entity events: missing required conditions for project_id",
+            ),
+            (good.replace("org_id = 7 AND ", ""), "Validation failed for entity outcomes: missing required conditions for org_id"),
+            (good.replace("sum(quantity)", "sum(bytes)"), "Validation failed for entity outcomes: Tag keys (bytes) not resolved"),
             (good.replace("LIMIT 10000", "LIMIT 20000"), "queries cannot have a limit higher than 10000"),
             (good.split(" AND timestamp >=").next().unwrap_or_default().to_owned() + " GRANULARITY 3600", "Missing >= condition"),
         ];

@@ -62,7 +62,7 @@ fn a_query_the_service_refuses_stops_the_run_after_the_first_org() {
     assert_eq!((shown["outcomes"]["failed"].as_u64(), shown["outcomes"]["completed"].as_u64()), (Some(30), Some(0)), "{shown}");
     let stats = fake.stats_now();
     assert_eq!(stats["invalid_queries"], 1, "one query, not thirty: {stats}");
-    assert_eq!(stats["last_invalid"], "Tag keys (category, quantity) not resolved", "{stats}");
+    assert_eq!(stats["last_invalid"], "Validation failed for entity outcomes: Tag keys (category, quantity) not resolved", "{stats}");
     let kinds = reasons(&ctl(&env, &["runs", "show", &run_id, "--all"]));
     assert_eq!(kinds.iter().filter(|(_, _, k)| k == "invalid_query").count(), 1, "{kinds:?}");
     assert!(kinds.iter().all(|(_, o, k)| o == "failed" && (k == "invalid_query" || k == "run_stopped")), "{kinds:?}");
@@ -476,6 +476,25 @@ fn the_orgs_a_cut_run_left_out_go_first_in_the_next_run() {
         "{plan}"
     );
     assert!(order.iter().position(|o| *o == 20).is_some_and(|p| p < left_out.len()), "org 20, last before, is early now: {plan}");
+}
+
+/// Snuba reads integers as Python's `int`: the largest org id there is, sent as Projector sends
+/// any, is a query like the others, and its org completes.
+#[test]
+fn the_largest_org_id_is_queried_like_any_other() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "1ms"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let orgs = dir.path().join("orgs.jsonl");
+    std::fs::write(&orgs, format!("{{\"org_id\": {}, \"project_ids\": [1]}}\n{{\"org_id\": 7}}\n", u64::MAX)).expect("write");
+    let mut env = base_env(&redis, &fake.url());
+    env.push(("PROJECTOR_ORGS_SOURCE".into(), "file".into()));
+    env.push(("PROJECTOR_ORGS_PATH".into(), orgs.display().to_string()));
+    let _w = worker(&env, &["--concurrency", "2"]);
+    let (run_id, _) = run_wait(&env, &[]);
+    let shown = ctl(&env, &["runs", "show", &run_id]);
+    assert_eq!(shown["outcomes"]["completed"], 2, "{shown}");
+    assert_eq!(fake.stats_now()["invalid_queries"], 0);
 }
 
 /// Capacity drops from 100 to 20 mid-run (`POST /config`): the next answers carry the lower

@@ -331,10 +331,13 @@ mod tests {
         assert!(matches!(read(500, &ch(202)), Err(Error::ServiceOverloaded { .. })));
         assert!(matches!(read(400, &ch(241)), Err(Error::QueryBadRequest { status: 400, .. })));
         assert!(matches!(read(500, &ch(1000)), Err(Error::QueryServer { status: 500, .. })));
-        let invalid = r#"{"error":{"type":"invalid_query","message":"missing required conditions for org_id"}}"#;
+        let invalid = r#"{"error":{"type":"invalid_query","message":"Validation failed for entity outcomes: missing required conditions for org_id"}}"#;
         match read(400, invalid) {
             Err(Error::QueryRefused { kind, message, query, .. }) => {
-                assert_eq!((kind.as_str(), message.as_str()), ("invalid_query", "missing required conditions for org_id"));
+                assert_eq!(
+                    (kind.as_str(), message.as_str()),
+                    ("invalid_query", "Validation failed for entity outcomes: missing required conditions for org_id")
+                );
                 assert!(query.starts_with("MATCH"));
             }
             other => panic!("{other:?}"),

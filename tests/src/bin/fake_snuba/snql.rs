@@ -72,9 +72,15 @@ pub const ENTITIES: &[Entity] = &[
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expr {
     Column(String),
-    Int(i64),
+    /// An integer as Snuba's parser reads it: Python's `int`, so an org id up to u64's range
+    /// (and beyond) is a number, never a parse failure.
+    Int(i128),
     Str(String),
-    Call { name: String, args: Vec<Expr>, alias: Option<String> },
+    Call {
+        name: String,
+        args: Vec<Expr>,
+        alias: Option<String>,
+    },
     Other(String),
 }
 
@@ -178,21 +184,31 @@ fn check(q: &Query, without: &[String]) -> Result<(), Refused> {
             example.replace(">=", "<")
         )));
     }
-    // EntityRequiredColumnValidator, then EntityContainsColumnsValidator.
+    // EntityRequiredColumnValidator, then EntityContainsColumnsValidator: entity validators, whose
+    // messages Snuba prefixes with "Validation failed for entity <name>: "
+    // (`_validate_entities_with_query`, snuba/datasets/plans/entity_validation.py).
     let missing: Vec<&str> = entity.required.iter().copied().filter(|col| int_condition(q, col, "=").is_none()).collect();
     if !missing.is_empty() {
-        return Err(Refused::Invalid(format!("missing required conditions for {}", missing.join(", "))));
+        return Err(Refused::Invalid(format!(
+            "Validation failed for entity {}: missing required conditions for {}",
+            entity.name,
+            missing.join(", ")
+        )));
     }
     let unknown: Vec<&str> =
         q.columns.iter().filter(|c| !entity.columns.contains(&c.as_str()) || without.contains(c)).map(String::as_str).collect();
     if !unknown.is_empty() {
-        return Err(Refused::Invalid(format!("Tag keys ({}) not resolved", unknown.join(", "))));
+        return Err(Refused::Invalid(format!(
+            "Validation failed for entity {}: Tag keys ({}) not resolved",
+            entity.name,
+            unknown.join(", ")
+        )));
     }
     Ok(())
 }
 
 /// The integer of a top-level `col <op> <int>` condition.
-pub fn int_condition(q: &Query, col: &str, op: &str) -> Option<i64> {
+pub fn int_condition(q: &Query, col: &str, op: &str) -> Option<i128> {
     q.conditions.iter().find_map(|c| match (&c.lhs, &c.rhs) {
         (Expr::Column(name), Expr::Int(v)) if name == col && c.op == op => Some(*v),
         _ => None,
@@ -433,16 +449,31 @@ mod tests {
         assert_eq!(refused("SELECT 1"), "Rule 'query_exp' didn't match at 'SELECT 1' (line 1, column 1).");
         assert!(refused(&GOOD.replace("GRANULARITY 3600", "GRANULARITY x")).starts_with("Parsing error on line 1 at '"));
         assert_eq!(refused(&GOOD.replace("LIMIT 9576", "LIMIT 10001")), "queries cannot have a limit higher than 10000");
-        assert!(refused(&GOOD.replace("org_id = 7 AND ", "")).starts_with("missing required conditions for org_id"));
+        assert!(
+            refused(&GOOD.replace("org_id = 7 AND ", ""))
+                .starts_with("Validation failed for entity outcomes: missing required conditions for org_id")
+        );
+        // Python's int: the largest u64 is an org id like any other.
+        let big = parse(&GOOD.replace("org_id = 7", "org_id = 18446744073709551615"), &[]).expect("valid");
+        assert_eq!(int_condition(&big, "org_id", "="), Some(i128::from(u64::MAX)));
         let no_start = GOOD.replace("AND timestamp >= toDateTime('2026-11-01T13:00:00') ", "");
         assert!(refused(&no_start).starts_with("Missing >= condition with a datetime literal on column timestamp for entity outcomes"));
         let no_end = GOOD.replace("AND timestamp < toDateTime('2026-11-22T13:00:00') ", "");
         assert!(refused(&no_end).starts_with("Missing < condition"));
-        assert_eq!(refused(&GOOD.replace("sum(quantity)", "sum(times)")), "Tag keys (times) not resolved");
-        assert_eq!(refused(&GOOD.replace("MATCH (outcomes)", "MATCH (events)")), "missing required conditions for project_id");
+        assert_eq!(
+            refused(&GOOD.replace("sum(quantity)", "sum(times)")),
+            "Validation failed for entity outcomes: Tag keys (times) not resolved"
+        );
+        assert_eq!(
+            refused(&GOOD.replace("MATCH (outcomes)", "MATCH (events)")),
+            "Validation failed for entity events: missing required conditions for project_id"
+        );
         assert_eq!(refused(&GOOD.replace("MATCH (outcomes)", "MATCH (nothing)")), "'nothing' is not a valid EntityKey");
         assert_eq!(parse(&GOOD.replace(" LIMIT 9576 OFFSET 0", ""), &[]).expect("valid").limit, DEFAULT_LIMIT);
         let older = parse(GOOD, &["category".into(), "quantity".into()]);
-        assert_eq!(older.err(), Some(Refused::Invalid("Tag keys (category, quantity) not resolved".into())));
+        assert_eq!(
+            older.err(),
+            Some(Refused::Invalid("Validation failed for entity outcomes: Tag keys (category, quantity) not resolved".into()))
+        );
     }
 }
