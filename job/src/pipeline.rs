@@ -130,6 +130,9 @@ fn warn_if_below_limit(q: projector_shared::service::ServiceQuota, in_force: u32
     }
 }
 
+/// The advice for a referrer refusal of an org on the legacy path, which takes no slot.
+const LEGACY_ADVICE: &str = "this org is on the legacy path (rollout flag) and takes no slot, so slots.limit does not bound it; put it on the limited path with `projectorctl flag`";
+
 /// Snuba's bytes-scanned window (`BytesScannedWindowAllocationPolicy.WINDOW_SECONDS`): an org
 /// over its byte budget is tried again once the window has moved past its scans.
 const BYTES_POLICY_WINDOW: Duration = Duration::from_secs(600);
@@ -206,7 +209,12 @@ impl Pipeline {
             Ok((first_hour, projections)) => self.store(job, first_hour, projections, 0, &mut steps).await,
             Err(e) => Err(e),
         };
-        self.finish(job, stored, steps)
+        let mut ended = self.finish(job, stored, steps);
+        // No slot limit bounds this org's query: advice to lower it would not help it.
+        if let Some(why) = ended.why.as_mut().filter(|w| w.advice.contains("slots.limit")) {
+            why.advice = LEGACY_ADVICE.to_owned();
+        }
+        ended
     }
 
     /// Runs one job to its outcome. Never panics on bad input; every path is logged and counted.
@@ -664,6 +672,19 @@ mod tests {
         let next = p.run(&job(2)).await;
         assert_eq!(next.outcome, Outcome::SkippedRatePolicy);
         assert!(next.retry_after.is_some_and(|r| r > Duration::from_secs(29)), "{next:?}");
+    }
+
+    #[tokio::test]
+    async fn a_legacy_orgs_refusal_advises_the_rollout_flag_not_slots_limit() {
+        let p = pipeline(MemorySlotLimiter::new(1), Arc::new(RateLimitedQuery), Arc::new(DiscardSink));
+        let limited = p.run(&job(3)).await;
+        assert!(limited.why.as_ref().is_some_and(|w| w.advice.contains("lower slots.limit")), "{limited:?}");
+        let legacy = p.process_unlimited(&job(3)).await;
+        let advice = legacy.why.map(|w| w.advice).unwrap_or_default();
+        assert!(
+            advice.contains("legacy path") && advice.contains("projectorctl flag") && !advice.contains("lower slots.limit"),
+            "{advice}"
+        );
     }
 
     #[tokio::test]

@@ -220,13 +220,26 @@ async fn follow(
 /// the configured one, with where it came from.
 pub async fn limit_in_force(config: &Config) -> (u32, &'static str) {
     let settings = projector_shared::slots::RedisSlotSettings::new(config.slots.limit, config.slots.lease_ttl);
-    let stored = match projector_shared::slots::RedisSlotLimiter::new(&config.redis, settings) {
-        Ok(limiter) => limiter.occupancy().await.ok().and_then(|(_, limit)| limit),
+    let now = match projector_shared::slots::RedisSlotLimiter::new(&config.redis, settings) {
+        Ok(limiter) => limiter.occupancy_now().await.ok(),
         Err(_) => None,
     };
-    match stored {
-        Some(limit) => (limit, "in Redis"),
+    // The limit in force (the service's cap and the adaptive limit applied), and what set it.
+    match now {
+        Some(o) => (o.in_force.unwrap_or(config.slots.limit), crate::report::source_text(o.source(config.slots.limit))),
         None => (config.slots.limit, "slots.limit"),
+    }
+}
+
+/// How many orgs of `run_id`'s plan the rollout flag sends down the legacy path now (no slot):
+/// the summary says they ran outside the limit. 0 when the plan or the flag cannot be read.
+pub async fn legacy_orgs(config: &Config, run_id: &RunId) -> u64 {
+    let Ok(conn) = connect(config) else { return 0 };
+    let rollout = Rollout::load(&mut conn.clone()).await.unwrap_or_default();
+    let records = RunRecords::for_config(conn, &config.runs);
+    match records.plan(run_id).await {
+        Ok(Some(plan)) => plan.orgs.iter().filter(|(org, _)| !rollout.is_limited(*org)).count() as u64,
+        _ => 0,
     }
 }
 

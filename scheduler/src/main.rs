@@ -7,10 +7,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use projector_config::{ConfigArgs, FanOutArgs, JobArgs, ServeArgs};
 use projector_process::telemetry;
-use projector_scheduler::distributed::{RunOnceMode, RunOnceResult, Which, limit_in_force, run_once, serve};
+use projector_scheduler::distributed::{RunOnceMode, RunOnceResult, Which, legacy_orgs, limit_in_force, run_once, serve};
 use projector_scheduler::embedded::{EmbeddedOptions, run_embedded};
 use projector_scheduler::fanout::WaitEnd;
-use projector_scheduler::report::{FailOn, exit, max_duration_caveat, summary_table, write_summary_json};
+use projector_scheduler::report::{Bound, FailOn, exit, max_duration_caveat, summary_table, write_summary_json};
 use projector_shared::run::RunSummary;
 
 /// Fans out one spike-projection job per organization, in batches, to workers that share a
@@ -136,7 +136,10 @@ async fn run(command: Command, config: projector_config::Config) -> anyhow::Resu
     };
     if args.embedded {
         let summary = run_embedded(&config, EmbeddedOptions { output: args.output.clone() }, shutdown).await?;
-        finish(&summary, (config.slots.limit, "slots.limit"), &config, args.summary_json.as_deref())?;
+        // The embedded run measures its own peak, and routes every org to the limited path.
+        let bound =
+            Bound { limit: config.slots.limit, source: "slots.limit".into(), caveat: max_duration_caveat(&config.query), legacy: 0 };
+        finish(&summary, &bound, args.summary_json.as_deref())?;
         if summary.interrupted {
             eprintln!(
                 "interrupted: {} of {} orgs accounted for; the others were not run. An embedded run keeps no state: running it again is a new run of all {} orgs. The partial summary above{} lists what finished.",
@@ -189,16 +192,11 @@ async fn run(command: Command, config: projector_config::Config) -> anyhow::Resu
 }
 
 /// Prints the summary table, logs one line for the run, and writes the summary JSON if asked.
-fn finish(
-    summary: &RunSummary,
-    limit: (u32, &str),
-    config: &projector_config::Config,
-    summary_json: Option<&std::path::Path>,
-) -> anyhow::Result<()> {
+fn finish(summary: &RunSummary, bound: &Bound, summary_json: Option<&std::path::Path>) -> anyhow::Result<()> {
     tracing::info!(
         run_id = %summary.run_id, orgs = summary.orgs_total, outcomes = %summary.outcomes, "run summary"
     );
-    telemetry::print(&summary_table(summary, limit, max_duration_caveat(&config.query).as_deref()));
+    telemetry::print(&summary_table(summary, bound));
     if let Some(path) = summary_json {
         write_summary_json(summary, path).with_context(|| format!("cannot write the run summary to {}", path.display()))?;
     }
@@ -215,7 +213,10 @@ async fn finished(
 ) -> anyhow::Result<ExitCode> {
     // A run followed until Ctrl-C says so in its summary, as the embedded run's does.
     let summary = &projector_shared::run::RunSummary { interrupted: end == WaitEnd::Interrupted, ..summary.clone() };
-    finish(summary, limit_in_force(config).await, config, args.summary_json.as_deref())?;
+    let (limit, source) = limit_in_force(config).await;
+    let legacy = legacy_orgs(config, &projector_shared::RunId(summary.run_id.clone())).await;
+    let bound = Bound { limit, source: source.to_owned(), caveat: max_duration_caveat(&config.query), legacy };
+    finish(summary, &bound, args.summary_json.as_deref())?;
     match end {
         WaitEnd::Accounted => Ok(args.fail_on.judge(summary)),
         WaitEnd::Interrupted => {

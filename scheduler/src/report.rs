@@ -81,9 +81,45 @@ pub fn max_duration_caveat(query: &projector_config::QueryConfig) -> Option<Stri
     })
 }
 
-/// The summary as a plain-text table; `limit` is the slot limit in force and where it came from,
-/// `caveat` what the bound assumes beyond it ([`max_duration_caveat`]).
-pub fn summary_table(summary: &RunSummary, limit: (u32, &str), caveat: Option<&str>) -> String {
+/// What bounded a run's queries, for its summary: the limit in force and what set it, what the
+/// bound assumes ([`max_duration_caveat`]), and the orgs the rollout flag kept outside it.
+#[derive(Debug, Clone, Default)]
+pub struct Bound {
+    pub limit: u32,
+    /// What sets the limit in force now: "slots.limit", "the query service's cap", …
+    pub source: String,
+    pub caveat: Option<String>,
+    /// Orgs of the run on the legacy path (no slot): not bounded by the limit at all.
+    pub legacy: u64,
+}
+
+impl Bound {
+    /// The sentence a summary says of its concurrent queries: only what is true of the run.
+    fn sentence(&self) -> String {
+        let mut s = format!("concurrent queries: bounded by the slot limit in force across workers, {} now ({})", self.limit, self.source);
+        if let Some(caveat) = &self.caveat {
+            s.push(' ');
+            s.push_str(caveat);
+        }
+        if self.legacy > 0 {
+            s.push_str(&format!("; {} org(s) on the legacy path (rollout flag) ran outside it, with no slot", self.legacy));
+        }
+        s
+    }
+}
+
+/// What sets the limit in force, as a summary names it (`Occupancy::source`'s labels).
+pub fn source_text(source: &str) -> &'static str {
+    match source {
+        "service" => "the query service's cap",
+        "adaptive" => "the adaptive limit",
+        "stored" => "set in Redis",
+        _ => "slots.limit",
+    }
+}
+
+/// The summary as a plain-text table, with what bounded its queries.
+pub fn summary_table(summary: &RunSummary, bound: &Bound) -> String {
     let seconds = summary.duration_ms as f64 / 1000.0;
     // A run followed only part of the way (a timed-out or interrupted wait) says so first.
     let mut out = if summary.is_finished() {
@@ -101,15 +137,9 @@ pub fn summary_table(summary: &RunSummary, limit: (u32, &str), caveat: Option<&s
         out.push_str(&format!("  {:<20}{:>8}\n", outcome.as_str(), summary.count(outcome)));
     }
     out.push_str(&format!("  {:<20}{:>8}\n", "accounted", summary.accounted()));
-    let (limit, source) = limit;
     match summary.max_concurrent_queries {
-        Some(max) => out.push_str(&format!("  max concurrent queries: {max} (slot limit {limit}, {source})\n")),
-        None => match caveat {
-            None => out.push_str(&format!(
-                "  concurrent queries: bounded by the slot limit {limit} ({source}) across workers (see spike_projection_concurrent_queries)\n"
-            )),
-            Some(caveat) => out.push_str(&format!("  concurrent queries: bounded by the slot limit {limit} ({source}) across workers {caveat}\n")),
-        },
+        Some(max) => out.push_str(&format!("  max concurrent queries: {max} (slot limit {}, {})\n", bound.limit, bound.source)),
+        None => out.push_str(&format!("  {}\n", bound.sentence())),
     }
     if !summary.skipped_org_ids.is_empty() {
         out.push_str(&format!(
@@ -171,7 +201,7 @@ mod tests {
         s.add(OrgId(1), Outcome::Completed);
         s.add(OrgId(2), Outcome::Completed);
         s.add(OrgId(9), Outcome::SkippedNoSlot);
-        let t = summary_table(&s, (3, "in Redis"), None);
+        let t = summary_table(&s, &Bound { limit: 3, source: "in Redis".into(), ..Bound::default() });
         for o in Outcome::ALL {
             assert!(t.contains(o.as_str()), "{t}");
         }
@@ -198,7 +228,7 @@ mod tests {
     fn an_unfinished_run_says_how_much_is_accounted_in_its_headline() {
         let mut s = RunSummary { run_id: "run-x".into(), orgs_total: 30, duration_ms: 5070, ..RunSummary::default() };
         s.add(OrgId(1), Outcome::Completed);
-        let t = summary_table(&s, (50, "slots.limit"), None);
+        let t = summary_table(&s, &Bound { limit: 50, source: "slots.limit".into(), ..Bound::default() });
         assert!(t.starts_with("run run-x: 1 of 30 orgs accounted for after 5.07s (not finished)"), "{t}");
     }
 
@@ -207,11 +237,18 @@ mod tests {
         let s = RunSummary { run_id: "run-x".into(), orgs_total: 1, ..RunSummary::default() };
         let mut query = projector_config::Config::default().query;
         assert_eq!(max_duration_caveat(&query), None, "the default is the service's own bound");
-        let plain = summary_table(&s, (10, "slots.limit"), None);
-        assert!(plain.contains("bounded by the slot limit 10 (slots.limit) across workers (see"), "{plain}");
+        let plain = summary_table(&s, &Bound { limit: 10, source: "slots.limit".into(), ..Bound::default() });
+        assert!(plain.contains("bounded by the slot limit in force across workers, 10 now (slots.limit)\n"), "{plain}");
         query.max_duration = std::time::Duration::from_secs(2);
-        let caveat = max_duration_caveat(&query).expect("below the service's bound");
-        let t = summary_table(&s, (10, "slots.limit"), Some(&caveat));
-        assert!(t.contains("across workers only if the query service ends every query within query.max_duration (2s)"), "{t}");
+        let caveat = max_duration_caveat(&query);
+        let t = summary_table(&s, &Bound { limit: 10, source: "slots.limit".into(), caveat, legacy: 0 });
+        assert!(t.contains("10 now (slots.limit) only if the query service ends every query within query.max_duration (2s)"), "{t}");
+    }
+
+    #[test]
+    fn the_bound_names_the_services_cap_and_the_orgs_outside_it() {
+        let s = RunSummary { run_id: "run-x".into(), orgs_total: 100, ..RunSummary::default() };
+        let t = summary_table(&s, &Bound { limit: 11, source: source_text("service").into(), caveat: None, legacy: 90 });
+        assert!(t.contains("11 now (the query service's cap); 90 org(s) on the legacy path (rollout flag) ran outside it"), "{t}");
     }
 }

@@ -162,7 +162,7 @@ fn the_limit_in_force_is_reported_and_a_limit_above_the_service_limit_is_refused
     // The run summary names the limit in force too.
     let out = run("projector-scheduler", &env, &["run-once", "--wait", "--wait-timeout", "60s", "--orgs", "3", "--batch-delay", "0s"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("slot limit 3 (in Redis)"), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("bounded by the slot limit in force across workers, 3 now (set in Redis)"), "{}", text(&out.stdout));
 
     // Handing the limit back to config.
     let reset = ctl(&["slots", "reset-limit"]);
@@ -173,6 +173,17 @@ fn the_limit_in_force_is_reported_and_a_limit_above_the_service_limit_is_refused
     let flag: serde_json::Value =
         serde_json::from_slice(&ctl(&["flag", "set", "--percentage", "40", "--json", "--yes"]).stdout).expect("flag JSON");
     assert_eq!((flag["percentage"].as_u64(), flag["enabled"].clone()), (Some(40), serde_json::Value::Null), "{flag}");
+    // At 40 %, the summary says how many orgs ran outside the limit: those the flag left legacy.
+    let shown: serde_json::Value = serde_json::from_slice(&ctl(&["flag", "show", "--json", "--sample", "20"]).stdout).expect("flag JSON");
+    let out = run("projector-scheduler", &env, &["run-once", "--wait", "--wait-timeout", "60s", "--orgs", "20", "--batch-delay", "0s"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let legacy = 20 - shown["limited"].as_u64().unwrap_or_else(|| panic!("limited: {shown}"));
+    assert!(legacy > 0, "{shown}");
+    assert!(
+        text(&out.stdout).contains(&format!("; {legacy} org(s) on the legacy path (rollout flag) ran outside it")),
+        "{legacy} legacy: {}",
+        text(&out.stdout)
+    );
     let cleared: serde_json::Value = serde_json::from_slice(&ctl(&["flag", "clear", "--json"]).stdout).expect("flag JSON");
     assert_eq!(cleared["percentage"], serde_json::Value::Null, "{cleared}");
 }
