@@ -2,7 +2,8 @@
 -- `every_ms` of Redis time, whichever worker calls first: every worker samples on its gauge
 -- round, and the bucket check keeps one sample per period however many workers there are. The
 -- list keeps the last `keep` samples (an hour at the default spacing), so it never grows.
--- A sample is "at_ms in_use limit_in_force service_used": the live leases, the limit in force
+-- A sample is "at_ms in_use limit_in_force service_used": the live leases (or, while the
+-- service's numbers are fresh, the most leases seen at an answer this period), the limit in force
 -- (-1 before any limit is stored), and the query service's own count for the referrer from its
 -- latest answer (-1 when no answer came within the last two periods: a stale count is no count).
 -- KEYS: those named in SLOT_KEYS, in that order (see lib/slots.lua); history is the list of samples
@@ -20,9 +21,15 @@ end
 local in_use = redis.call('ZCOUNT', leases, '(' .. now, '+inf')
 local stored = redis.call('GET', limit_key)
 local in_force = stored and effective(tonumber(stored)) or -1
-local s = redis.call('HMGET', adaptive, 'service_quota_used', 'service_heard_ms')
+local s = redis.call('HMGET', adaptive, 'service_quota_used', 'service_heard_ms', 'service_peak_in_use')
 local used = -1
-if s[1] and now - tonumber(s[2] or '0') <= 2 * every_ms then used = tonumber(s[1]) end
+if s[1] and now - tonumber(s[2] or '0') <= 2 * every_ms then
+  used = tonumber(s[1])
+  -- The service's count was read at an answer, mid-burst: the leases beside it are the most
+  -- seen at an answer this period, so the two lines compare the same moments.
+  in_use = math.max(in_use, tonumber(s[3] or '0'))
+end
+redis.call('HDEL', adaptive, 'service_peak_in_use')
 redis.call('RPUSH', history, now .. ' ' .. in_use .. ' ' .. in_force .. ' ' .. used)
 redis.call('LTRIM', history, -keep, -1)
 -- Kept a little longer than the samples it holds: a fleet that stops leaves no list for good.

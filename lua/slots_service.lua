@@ -30,7 +30,7 @@ local now = now_ms()
 local in_use = redis.call('ZCOUNT', leases, '(' .. now, '+inf')
 local seen = math.max(0, used - in_use)
 local WINDOW_MS = 5000
-local w = redis.call('HMGET', adaptive, 'service_window_ms', 'service_window_min', 'service_previous_min')
+local w = redis.call('HMGET', adaptive, 'service_window_ms', 'service_window_min', 'service_previous_min', 'service_peak_in_use')
 local started, current, previous = tonumber(w[1] or '0'), tonumber(w[2]), tonumber(w[3])
 if not current or now - started >= WINDOW_MS then
   -- A window that ended long ago (the last run) says nothing about now.
@@ -58,6 +58,9 @@ redis.call('HSET', adaptive, 'service_cap', cap, 'service_until_ms', now + ttl_m
   'service_room', room, 'service_room_until_ms', now + memory_ms,
   'service_quota_used', used, 'service_threshold', threshold, 'service_throttle', throttle,
   'service_others', others, 'service_heard_ms', now,
+  -- The most leases seen at an answer since the last slot sample: the sample shows the bursts
+  -- the service counted, not the lull between them (`slots_history` takes and clears it).
+  'service_peak_in_use', math.max(tonumber(w[4] or '0'), in_use),
   'service_window_ms', started, 'service_window_min', current, 'service_previous_min', previous or current)
 if touch_due(adaptive) then touch(adaptive) end
 return {cap, others, in_use, limit_of(default_limit)}

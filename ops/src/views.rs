@@ -432,7 +432,7 @@ fn service_warnings(
     heard: Option<(projector_shared::service::ServiceQuota, u64)>,
     slot_limit: u32,
     in_force: u32,
-    in_use: u64,
+    others: Option<u32>,
     referrer: &str,
 ) -> Vec<String> {
     let Some((q, ago)) = heard else { return Vec::new() };
@@ -449,7 +449,9 @@ fn service_warnings(
             q.rejection_threshold, q.rejection_threshold
         ));
     }
-    if let Some(others) = q.others(in_use).filter(|o| ago <= FRESH_FOR_COMPARISON_MS && *o > q.others_margin()) {
+    // Other callers' share as worked out at the answers (the count and the fleet's leases of the
+    // same moments), never this moment's leases against a count read mid-burst.
+    if let Some(others) = others.map(i64::from).filter(|o| ago <= FRESH_FOR_COMPARISON_MS && *o > q.others_margin()) {
         warnings.push(format!(
             "other callers run about {others} of {referrer}'s {} queries at the query service: \
              the fleet's slots no longer keep the referrer under its limit; find them (old tasks on the same referrer)",
@@ -609,7 +611,7 @@ pub async fn status(config: &Config) -> anyhow::Result<View> {
     let service = freshest_service(&workers);
     let slot_limit = occupancy.limit.unwrap_or(config.slots.limit);
     let fleet = FleetSettings::of(&workers);
-    let mut warnings = service_warnings(service, slot_limit, in_force, u64::from(occupancy.in_use), &config.query.referrer);
+    let mut warnings = service_warnings(service, slot_limit, in_force, occupancy.service_others, &config.query.referrer);
     warnings.extend(fleet.warnings());
     let value = json!({
         "fleet": fleet.to_json(),
@@ -617,7 +619,7 @@ pub async fn status(config: &Config) -> anyhow::Result<View> {
         "service": service.map(|(q, ago)| json!({
             "referrer": config.query.referrer, "quota_used": q.quota_used, "rejection_threshold": q.rejection_threshold,
             "throttle_threshold": q.throttle_threshold, "heard_ms_ago": ago,
-            "others": q.others(u64::from(occupancy.in_use)),
+            "others": occupancy.service_others,
         })),
         "warnings": warnings,
         "limit": {

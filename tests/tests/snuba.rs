@@ -249,6 +249,35 @@ fn status_shows_the_services_own_count_and_warns_when_it_disagrees_with_the_flee
     assert!(sample(&metrics, &format!("projector_service_quota_used{series}")).is_some_and(|u| u >= 16.0), "{metrics}");
 }
 
+/// The fleet alone on the referrer runs in bursts: the service's count is read mid-burst, while
+/// the slots are often sampled between bursts. Other callers are worked out at the answers
+/// themselves, so status, its JSON, the gauge behind the alert and the page's chart show none,
+/// and the chart's "in use" shows the bursts the service counted. With a real background of 75
+/// other queries, "other callers" reads about 75.
+#[test]
+fn other_callers_are_counted_at_the_answers_so_the_fleet_alone_shows_none() {
+    for (background, expect) in [(0u64, 0..=5), (75, 70..=80)] {
+        let redis = RedisServer::start();
+        let background_arg = background.to_string();
+        let fake = FakeSnuba::start(FAKE, &["--latency", "300ms", "--concurrency-limit", "200", "--background", &background_arg]);
+        let mut env = base_env(&redis, &fake.url());
+        env.push(("PROJECTOR_WORKER_SLOT_SAMPLE_INTERVAL".into(), "200ms".into()));
+        env.push(("PROJECTOR_QUERY_REFERRER_LIMIT".into(), "200".into()));
+        let w = worker(&env, &["--concurrency", "8", "--slots-limit", "8"]);
+        let (run_id, _) = run_wait(&env, &["--orgs", "80", "--set", "batch.size=8", "--set", "batch.delay=1s"]);
+        assert_eq!(ctl(&env, &["runs", "show", &run_id])["outcomes"]["completed"], 80);
+        let status = ctl(&env, &["status"]);
+        let others = status["service"]["others"].as_u64().unwrap_or_else(|| panic!("others: {status}"));
+        assert!(expect.contains(&others), "background {background}: other callers {others}: {status}");
+        let warned = status["warnings"].to_string().contains("other callers");
+        assert_eq!(warned, background > 0, "background {background}: {status}");
+        let gauge = sample(&scrape(&metrics_addr(&w)), "projector_service_other_callers").expect("the gauge");
+        assert!(expect.contains(&(gauge as u64)), "background {background}: gauge {gauge}");
+        let peak = status["slot_history"]["peak_in_use"].as_u64().unwrap_or(0);
+        assert!(peak >= 4, "the chart shows the bursts the service counted (peak {peak} of 8): {}", status["slot_history"]);
+    }
+}
+
 /// The query service admits 30 while slots.limit is 50: the fleet follows the service's own
 /// numbers from the first answers on, so the 429s are the first wave's (before any answer came
 /// back) and every later query fits; the refused orgs are tried again and every org completes.

@@ -59,6 +59,11 @@ pub const SERVICE_REJECTION_THRESHOLD: &str = "projector_service_rejection_thres
 /// above hold their last value between runs, so anything comparing them with the fleet's
 /// current queries must first check they are fresh.
 pub const SERVICE_HEARD_SECONDS: &str = "projector_service_heard_timestamp_seconds";
+/// Other callers' queries on the referrer at the query service: its count less the fleet's
+/// leases at the same answers, the smallest over two 5-second windows (`lua/slots_service.lua`),
+/// for a minute after the last answer; NaN without one. Gauge. Never the service's count of one
+/// moment less the fleet's count of another.
+pub const SERVICE_OTHER_CALLERS: &str = "projector_service_other_callers";
 /// Slots kept after their query was abandoned (a client-side timeout, a lost lease, a cancel):
 /// the service still counts such a query until it ends, so the slot is not handed on before
 /// query.max_duration has passed since the query started.

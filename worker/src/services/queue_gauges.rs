@@ -44,6 +44,7 @@ impl Periodic for QueueGauges {
                         o.source(self.configured_limit),
                     );
                     metrics::gauge!(m::ADAPTIVE_MULTIPLIER).set(o.multiplier);
+                    metrics::gauge!(m::SERVICE_OTHER_CALLERS).set(o.service_others.map_or(f64::NAN, f64::from));
                 }
                 Err(e) => tracing::debug!(error = %e, "cannot read slot occupancy"),
             }

@@ -326,11 +326,16 @@ impl SlotLimiter for RedisSlotLimiter {
 
     fn heard_service(&self, quota: ServiceQuota, rejected: bool, age: Duration) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
-            match self.inner.settings.service {
-                Some(steering) if quota.quota_used >= 0 => self.heard_service(quota, &steering, rejected, age).await.map(|_| ()),
-                // Off, or the service's counter failed (-1): the stored limit and AIMD rule.
-                _ => Ok(()),
+            if quota.quota_used < 0 {
+                // The service's counter failed (-1): nothing to learn from this answer.
+                return Ok(());
             }
+            // Not following (slots.follow_service off), the numbers are still recorded, with a
+            // cap that is never in force: status and the other-callers gauge work them out at
+            // the answers, as when following.
+            let observe = ServiceSteering { margin: 0, ttl: Duration::ZERO, use_throttle: false, memory: Duration::ZERO };
+            let steering = self.inner.settings.service.unwrap_or(observe);
+            self.heard_service(quota, &steering, rejected, age).await.map(|_| ())
         })
     }
 }

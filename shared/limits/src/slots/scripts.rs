@@ -117,6 +117,9 @@ pub struct Occupancy {
     /// The query service's bound on the limit (`slots_service`): its cap while its latest numbers
     /// hold, else its remembered room (`slots.service_memory`).
     pub service_cap: Option<u32>,
+    /// Other callers' share of the referrer at the service, as worked out at the answers
+    /// themselves (`slots_service`), for a minute after the last answer; `None` without one.
+    pub service_others: Option<u32>,
 }
 
 impl Occupancy {
@@ -140,9 +143,15 @@ impl Occupancy {
 
 impl FromRedisValue for Occupancy {
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
-        let (in_use, limit, in_force, multiplier, service_cap): (u32, Option<u32>, Option<u32>, String, Option<u32>) =
-            FromRedisValue::from_redis_value(v)?;
-        Ok(Occupancy { in_use, limit, in_force, multiplier: multiplier.parse().unwrap_or(1.0), service_cap })
+        let (in_use, limit, in_force, multiplier, service_cap, service_others): (
+            u32,
+            Option<u32>,
+            Option<u32>,
+            String,
+            Option<u32>,
+            Option<u32>,
+        ) = FromRedisValue::from_redis_value(v)?;
+        Ok(Occupancy { in_use, limit, in_force, multiplier: multiplier.parse().unwrap_or(1.0), service_cap, service_others })
     }
 }
 

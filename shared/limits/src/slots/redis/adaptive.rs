@@ -52,7 +52,8 @@ impl RedisSlotLimiter {
         let capped: ServiceCap = inner.call(&call).await?;
         inner.limit_seen.store(capped.limit_in_force, Ordering::SeqCst);
         let before = inner.service_cap_seen.swap(capped.cap, Ordering::SeqCst);
-        if before != capped.cap {
+        // An observing steering (slots.follow_service off) sets no cap: nothing to log.
+        if before != capped.cap && !steering.ttl.is_zero() {
             tracing::info!(
                 cap = capped.cap,
                 was = before,
