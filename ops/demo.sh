@@ -39,6 +39,9 @@ stop() {
 }
 trap stop EXIT
 trap 'exit 130' INT TERM
+# A closed pipe (ops/demo.sh | head) would end the script by SIGPIPE, past the EXIT trap: stop
+# the fleet and remove its files then too.
+trap 'exit 141' PIPE HUP
 
 # Waits until FILE has a line matching PATTERN (at most 60 s) and prints the value after "addr=".
 addr_of() {
@@ -65,13 +68,16 @@ pids+=($!)
 for _ in $(seq 100); do [ -s "$dir/fake.out" ] && break; sleep 0.1; done
 fake="$(head -1 "$dir/fake.out")"
 case "$fake" in http*) ;; *) fake="http://$fake" ;; esac
+# Every setting of the fleet is in the environment, so the set-up printed below carries all of it:
+# a command run from another shell (a replay with run-once --tick) sees the same schedule.
 export PROJECTOR_QUERY_SOURCE=snuba PROJECTOR_QUERY_URL="$fake" PROJECTOR_ORGS_COUNT="$orgs" RUST_LOG="${RUST_LOG:-info}"
+export PROJECTOR_SCHEDULE_CRON="0 * * * * *"
 
 for n in 1 2; do
     "$bin_dir/projector-worker" run --metrics-addr 127.0.0.1:0 >/dev/null 2>"$dir/worker-$n.log" &
     pids+=($!)
 done
-"$bin_dir/projector-scheduler" serve --metrics-addr 127.0.0.1:0 --set "schedule.cron=0 * * * * *" >/dev/null 2>"$dir/scheduler.log" &
+"$bin_dir/projector-scheduler" serve --metrics-addr 127.0.0.1:0 >/dev/null 2>"$dir/scheduler.log" &
 pids+=($!)
 "$bin_dir/projectorctl" serve --addr 127.0.0.1:0 >/dev/null 2>"$dir/page.log" &
 pids+=($!)
@@ -87,12 +93,16 @@ Projector demo fleet is up (files and logs in $dir):
   query service:      $fake/stats
   worker metrics:     http://$worker1/metrics  http://$worker2/metrics
   scheduler metrics:  http://$scheduler/metrics (a run of $orgs orgs at the top of every minute)
-Try, in another shell:
+Try, in another shell (this set-up is every setting the fleet runs with):
   export PROJECTOR_REDIS_URL=$PROJECTOR_REDIS_URL
+  export PROJECTOR_QUERY_SOURCE=$PROJECTOR_QUERY_SOURCE PROJECTOR_QUERY_URL=$PROJECTOR_QUERY_URL PROJECTOR_ORGS_COUNT=$PROJECTOR_ORGS_COUNT
+  export PROJECTOR_SCHEDULE_CRON="$PROJECTOR_SCHEDULE_CRON"
   $bin_dir/projectorctl status
   $bin_dir/projector-scheduler run-once --wait --orgs $orgs --batch-delay 0s
   $bin_dir/projectorctl runs list
   curl -s $fake/stats
+If Redis loses its data, the open run is lost; run its tick again (ops/RUNBOOK.md, "Redis lost its data"):
+  $bin_dir/projector-scheduler run-once --tick <the tick of the lost run, from $dir/scheduler.log>
 Ctrl-C stops everything.
 EOF
 wait

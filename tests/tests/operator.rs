@@ -554,6 +554,25 @@ fn the_demo_fleet_comes_up_runs_and_stops_whole_on_ctrl_c() {
     assert!(finished.status.success(), "a run through the demo fleet completes: {}", text(&finished.stderr));
     assert_eq!(json_of(&run("projectorctl", &env, &["status", "--json"]))["workers"]["alive"], 2);
 
+    // Redis loses its data; the printed set-up carries every setting of the fleet, so the lost
+    // tick is replayed as the runbook says, on the demo's own schedule.
+    let mut printed = Vec::new();
+    for line in out.lines().filter_map(|l| l.trim().strip_prefix("export ")) {
+        if let Some((key, value)) = line.split_once("=\"") {
+            printed.push((key.to_owned(), value.trim_end_matches('"').to_owned()));
+        } else {
+            printed.extend(line.split_whitespace().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())));
+        }
+    }
+    let cron = printed.iter().find(|(k, _)| k == "PROJECTOR_SCHEDULE_CRON").map(|(_, v)| v.clone());
+    assert_eq!(cron.as_deref(), Some("0 * * * * *"), "the set-up carries the demo's schedule: {out}");
+    let client = redis::Client::open(env[0].1.as_str()).expect("client");
+    let _: () = redis::cmd("FLUSHALL").query(&mut client.get_connection().expect("connection")).expect("flushall");
+    let tick = chrono::Utc::now().format("%Y-%m-%dT%H:%M:00Z").to_string();
+    let replayed = run("projector-scheduler", &printed, &["run-once", "--tick", &tick, "--wait", "--wait-timeout", "60s"]);
+    assert!(replayed.status.success(), "the lost tick {tick} is replayed: {}\n{}", text(&replayed.stdout), text(&replayed.stderr));
+    assert!(text(&replayed.stdout).contains("20 orgs"), "{}", text(&replayed.stdout));
+
     let status = std::process::Command::new("kill").arg("-INT").arg(demo.0.id().to_string()).status().expect("kill");
     assert!(status.success());
     wait_until(Duration::from_secs(30), "the demo exits on Ctrl-C", || demo.0.try_wait().expect("try_wait").is_some());
