@@ -23,9 +23,9 @@ pub struct KeySpec {
     pub get: fn(&Config) -> String,
 }
 
-/// The README's configuration table, from [`KEYS`]: one row per key with its default and its
+/// The configuration table of docs/configuration.md, from [`KEYS`]: one row per key with its default and its
 /// help, so the table cannot drift from what the binaries accept. A test compares it with the
-/// README (`UPDATE_README=1 cargo test -p projector-config readme` rewrites it).
+/// file (`UPDATE_README=1 cargo test -p projector-config readme` rewrites it).
 pub fn markdown_table() -> String {
     let mut out = String::from("| key | default | what it does |\n|---|---|---|\n");
     for key in KEYS {

@@ -600,19 +600,20 @@ mod tests {
 
     #[test]
     fn the_readme_config_table_is_the_key_table() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
-        let readme = std::fs::read_to_string(&path).expect("read README.md");
+        // The table lives in docs/configuration.md, which the README links to.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+        let doc = std::fs::read_to_string(&path).expect("read docs/configuration.md");
         let (begin, end) = ("<!-- config-table:begin (generated from config/src/keys.rs) -->\n", "<!-- config-table:end -->");
-        let start = readme.find(begin).expect("README.md has the config table's begin marker") + begin.len();
-        let stop = readme[start..].find(end).expect("README.md has the config table's end marker") + start;
+        let start = doc.find(begin).expect("docs/configuration.md has the config table's begin marker") + begin.len();
+        let stop = doc[start..].find(end).expect("docs/configuration.md has the config table's end marker") + start;
         let table = crate::markdown_table();
         if std::env::var_os("UPDATE_README").is_some() {
-            std::fs::write(&path, format!("{}{table}{}", &readme[..start], &readme[stop..])).expect("rewrite README.md");
+            std::fs::write(&path, format!("{}{table}{}", &doc[..start], &doc[stop..])).expect("rewrite docs/configuration.md");
             return;
         }
         assert!(
-            readme[start..stop] == table,
-            "README.md's config table differs from config/src/keys.rs: run UPDATE_README=1 cargo test -p projector-config readme"
+            doc[start..stop] == table,
+            "docs/configuration.md's config table differs from config/src/keys.rs: run UPDATE_README=1 cargo test -p projector-config readme"
         );
     }
 }
