@@ -267,8 +267,9 @@ async fn home(State(site): Shared) -> Result<Markup, Failure> {
     let workers = views::workers(&site.config).await?.into_json();
     let f = |path: &str| field(path, at(&status, path));
     let run = &status["run"];
-    // The latest run's progress against its deadline, drawn under the table.
-    let latest = match run["run_id"].as_str() {
+    // The latest run's progress against its deadline, drawn under the table; a skipped tick
+    // never ran, so it has no progress to draw.
+    let latest = match run["run_id"].as_str().filter(|_| run["state"] != "skipped") {
         Some(id) => Some(views::runs_show(&site.config, id, views::Listed::First).await?.into_json()),
         None => None,
     };
@@ -288,14 +289,22 @@ async fn home(State(site): Shared) -> Result<Markup, Failure> {
                     (f("service.throttle_threshold")) "; other callers " (f("service.others")) ")"
                 }
             } }
-            tr { th { "slots" } td { (f("slots.in_use")) " in use, " (f("slots.waiters")) " waiting (oldest " (f("slots.oldest_wait_ms")) " ms)" } }
+            tr { th { "slots" } td {
+                (f("slots.in_use")) " in use, " (f("slots.waiters")) " waiting"
+                // Nobody waiting has no oldest wait: say nothing rather than "oldest - ms".
+                @if !status["slots"]["oldest_wait_ms"].is_null() { " (oldest " (f("slots.oldest_wait_ms")) " ms)" }
+            } }
             tr { th { "queue" } td { (f("queue.ready")) " ready, " (f("queue.scheduled")) " scheduled, " (f("queue.in_flight")) " in flight, " (f("queue.dead")) " dead" } }
             tr { th { "workers" } td { (f("workers.alive")) " alive, " (f("workers.jobs_in_flight")) " jobs in flight" } }
             tr { th { "latest run" } td {
                 @if run.is_null() { "none recorded" } @else {
                     a href={ "/runs/" (run["run_id"].as_str().unwrap_or_default()) } { (f("run.run_id")) } " "
                     (f("run.state")) ": " (f("run.accounted")) " of " (f("run.orgs_total")) " orgs accounted"
-                    @if let Some(eta) = run["eta_s"].as_f64() { " (about " span data-field="run.eta_s" { (format!("{eta:.0}")) } " s left) " }
+                    @if run["eta_s"].is_number() && status["workers"]["alive"] == 0 {
+                        " (no worker alive to finish it: start projector-worker) "
+                    } @else if let Some(eta) = run["eta_s"].as_f64() {
+                        " (about " span data-field="run.eta_s" { (format!("{eta:.0}")) } " s left) "
+                    }
                     @if let Some(d) = run["deadline_in_s"].as_f64().filter(|d| *d > 0.0) {
                         " deadline in " (format!("{d:.0}")) " s"
                         @if let Some(late) = run["predicted_overrun_s"].as_f64().filter(|l| *l > 0.0) { ", predicted " (format!("{late:.0}")) " s late" }
@@ -308,7 +317,11 @@ async fn home(State(site): Shared) -> Result<Markup, Failure> {
                 @if status["rollout"]["enabled"].is_null() && status["rollout"]["percentage"].is_null() {
                     "never set: every org takes the limited path (slot first)"
                 } @else {
-                    "enabled " (f("rollout.enabled")) ", percentage " (f("rollout.percentage"))
+                    // Only what is set: an unset field would read "-".
+                    @if !status["rollout"]["enabled"].is_null() { "enabled " (f("rollout.enabled")) " " }
+                    @if !status["rollout"]["percentage"].is_null() {
+                        (f("rollout.percentage")) " % of orgs on the limited path (slot first), the others on the legacy path"
+                    }
                 }
             } }
         }

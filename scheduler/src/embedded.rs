@@ -93,7 +93,8 @@ pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: C
             .await
     });
 
-    let progress = spawn_progress(ledger.clone(), workers_stop.clone());
+    let interrupted_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let progress = spawn_progress(ledger.clone(), workers_stop.clone(), interrupted_flag.clone());
 
     // Release each batch at its time; jobs run as soon as they are released.
     let release = async {
@@ -110,6 +111,7 @@ pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: C
         }
         () = shutdown.cancelled() => true,
     };
+    interrupted_flag.store(interrupted, std::sync::atomic::Ordering::SeqCst);
     workers_stop.cancel();
     let _ = progress.await;
     match workers.await {
@@ -176,7 +178,11 @@ fn memory_queue() -> (UnboundedSender<Task<serde_json::Value>>, MemoryStorage<se
 }
 
 /// Shows progress (`crate::progress`) until `done`.
-fn spawn_progress(ledger: Arc<MemoryRunLedger>, done: CancellationToken) -> tokio::task::JoinHandle<()> {
+fn spawn_progress(
+    ledger: Arc<MemoryRunLedger>,
+    done: CancellationToken,
+    interrupted: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut progress = crate::progress::Progress::new(ledger.totals().orgs_total, Duration::from_secs(2));
         let mut ticker = tokio::time::interval(progress.interval());
@@ -187,6 +193,6 @@ fn spawn_progress(ledger: Arc<MemoryRunLedger>, done: CancellationToken) -> toki
             }
             progress.show(&ledger.totals());
         }
-        progress.finish(&ledger.totals());
+        progress.finish(&ledger.totals(), interrupted.load(std::sync::atomic::Ordering::SeqCst));
     })
 }

@@ -335,7 +335,7 @@ pub async fn wait_for_run(
             Ok(None) => {
                 // The record was written before the first job: gone now means Redis lost it.
                 last_seen.duration_ms = started.elapsed().as_millis() as u64;
-                progress.finish(&last_seen);
+                progress.finish(&last_seen, false);
                 return Ok((last_seen, WaitEnd::Lost));
             }
             Err(e) => {
@@ -352,7 +352,7 @@ pub async fn wait_for_run(
                 Ok(None) | Err(_) => last_seen,
             };
             full.duration_ms = started.elapsed().as_millis() as u64;
-            progress.finish(&full);
+            progress.finish(&full, interrupted && !done);
             let end = match (done, interrupted) {
                 (true, _) => WaitEnd::Accounted,
                 (false, true) => WaitEnd::Interrupted,

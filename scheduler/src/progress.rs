@@ -50,12 +50,22 @@ impl Progress {
         }
     }
 
-    /// The last frame: the final count stays on the terminal.
-    pub fn finish(self, s: &RunSummary) {
+    /// The last frame: the final count stays on the terminal, saying "done" only for a run that
+    /// ended whole, "interrupted" for one stopped by Ctrl-C, "not finished" otherwise.
+    pub fn finish(self, s: &RunSummary, interrupted: bool) {
         if let Some(bar) = self.bar {
             bar.set_position(s.accounted());
-            bar.finish_with_message(format!("{}  done", counts(s)));
+            bar.finish_with_message(format!("{}  {}", counts(s), end_word(s, interrupted)));
         }
+    }
+}
+
+/// How the bar's last frame ends: a Ctrl-C'd run never reads "done", whatever its counts say.
+fn end_word(s: &RunSummary, interrupted: bool) -> &'static str {
+    match (interrupted, s.is_finished()) {
+        (true, _) => "interrupted",
+        (false, true) => "done",
+        (false, false) => "not finished",
     }
 }
 
@@ -84,5 +94,16 @@ mod tests {
         }
         s.add(OrgId(26), Outcome::Completed);
         assert_eq!(counts(&s), "completed 1 cancelled 25");
+    }
+
+    #[test]
+    fn only_a_whole_run_ends_done() {
+        let mut s = RunSummary { orgs_total: 2, ..RunSummary::default() };
+        s.add(OrgId(1), Outcome::Completed);
+        assert_eq!(end_word(&s, false), "not finished");
+        assert_eq!(end_word(&s, true), "interrupted");
+        s.add(OrgId(2), Outcome::Completed);
+        assert_eq!(end_word(&s, false), "done");
+        assert_eq!(end_word(&s, true), "interrupted", "Ctrl-C after the last org still says so");
     }
 }
