@@ -1,7 +1,7 @@
 -- slots_service: the query service's own numbers for the referrer, from one answer, lower the
 -- fleet's limit in force at once: the cap is what the service admits less what other callers
 -- hold there less a margin, and, with use_throttle, no more than its throttle point less the
--- same share. Other callers' share is the service's count less the fleet's live leases (this
+-- same share unless that is under half of the first (then half). Other callers' share is the service's count less the fleet's live leases (this
 -- query's included), but the service counted when the query started and the leases are counted
 -- now: queries that ended in between (a run draining) inflate it for a moment. So the share used
 -- is the smallest seen over this 5-second window and the one just before it: a share that lasts is counted, a
@@ -42,7 +42,11 @@ end
 local others = previous and math.min(previous, current) or current
 if rejected then others = math.max(others, seen) end
 local cap = threshold - others - margin
-if use_throttle and throttle > 0 then cap = math.min(cap, throttle - others) end
+-- Staying under the throttle point is a preference, not the service's limit: a throttled query
+-- still runs, on half the threads (ReferrerGuardRailPolicy's threads_throttle_divider). When
+-- other callers alone hold the referrer near or past that point, keeping under it would starve
+-- the fleet (1 slot against 75 others), so it never takes more than half the room to refusal.
+if use_throttle and throttle > 0 then cap = math.min(cap, math.max(throttle - others, math.ceil(cap / 2))) end
 cap = math.max(1, cap)
 local a = redis.call('HMGET', adaptive, 'service_rejected_ms', 'service_cap', 'service_until_ms')
 local last_rejected, held, held_until = tonumber(a[1] or '0'), tonumber(a[2]), tonumber(a[3] or '0')

@@ -15,6 +15,7 @@ pub mod cost;
 pub mod fleet;
 pub mod memory;
 mod postgres;
+pub mod prometheus;
 pub mod sentinel;
 pub use postgres::PostgresServer;
 

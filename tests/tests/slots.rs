@@ -413,18 +413,30 @@ fn the_services_own_numbers_cap_the_limit_and_lapse_without_answers() {
             .expect("capped");
         assert_eq!(stale.cap, 4, "{stale:?}");
 
-        // The throttle point caps too when asked.
+        // The throttle point caps too when asked (Snuba's: 100 // 1.5)...
         let throttled = ServiceSteering { use_throttle: true, ..steering };
         let cap = l
             .heard_service(
-                ServiceQuota { quota_used: 5, rejection_threshold: 100, throttle_threshold: 4 },
+                ServiceQuota { quota_used: 5, rejection_threshold: 100, throttle_threshold: 66 },
                 &throttled,
                 false,
                 Duration::ZERO,
             )
             .await
             .expect("capped");
-        assert_eq!(cap.cap, 4, "at most the throttle point: {cap:?}");
+        assert_eq!(cap.cap, 66, "at most the throttle point: {cap:?}");
+        // ...but never below half the room to refusal: with 80 other queries past the throttle
+        // point, keeping under it would leave the fleet one slot, and a throttled query still runs.
+        let cap = l
+            .heard_service(
+                ServiceQuota { quota_used: 85, rejection_threshold: 100, throttle_threshold: 66 },
+                &throttled,
+                true,
+                Duration::ZERO,
+            )
+            .await
+            .expect("capped");
+        assert_eq!((cap.others, cap.cap), (80, 10), "half of 100 - 80 - 1: {cap:?}");
 
         // The trait ignores a failed counter; the cap lapses after its ttl.
         SlotLimiter::heard_service(
@@ -435,7 +447,7 @@ fn the_services_own_numbers_cap_the_limit_and_lapse_without_answers() {
         )
         .await
         .expect("ignored");
-        assert_eq!(l.occupancy_now().await.expect("occupancy").service_cap, Some(4));
+        assert_eq!(l.occupancy_now().await.expect("occupancy").service_cap, Some(10));
         drop(held);
         let limiter = &l;
         let o = projector_tests::eventually(Duration::from_secs(10), "the cap lapses after its ttl", move || async move {

@@ -597,3 +597,65 @@ fn an_embedded_run_follows_a_service_with_less_room_and_tries_its_refusals_again
     let capped = log.lines().find(|l| l.contains("the query service's numbers cap the slot limit")).unwrap_or_default();
     assert!(capped.contains("cap=6 "), "8 admitted, less the margin of 2: {capped:?}\n{log}");
 }
+
+/// The alert behind "other callers", evaluated by a real Prometheus from `ops/alerts.yml` while
+/// it scrapes the demo's fleet (two workers with default settings, a service answering in
+/// 50 ± 20 ms) through three runs: alone on the referrer, the alert's expression is never true,
+/// so it never even goes pending; with 75 queries of another caller in the background, it does,
+/// and the fleet still runs within the room the others leave it.
+#[test]
+fn the_other_callers_alert_stays_quiet_under_the_demos_load_and_goes_pending_with_a_real_background() {
+    let rules = projector_tests::manifest_path("../ops/alerts.yml");
+    for background in ["0", "75"] {
+        let redis = RedisServer::start();
+        let fake = FakeSnuba::start(FAKE, &["--latency", "50ms", "--jitter", "20ms", "--background", background]);
+        let env = base_env(&redis, &fake.url());
+        let workers: Vec<Proc> = (0..2).map(|_| worker(&env, &[])).collect();
+        let targets: Vec<String> = workers.iter().map(metrics_addr).collect();
+        let prometheus = projector_tests::prometheus::Prometheus::start(&targets, &rules);
+        for _ in 0..3 {
+            run_wait(&env, &["--orgs", "1000"]);
+        }
+        // Prometheus has scraped the gauge at least five times per worker, and the rules were
+        // evaluated after that: what the alert would do is known.
+        let scraped = || {
+            prometheus
+                .query("sum(count_over_time(projector_service_other_callers[10m]))")
+                .first()
+                .and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        projector_tests::wait_until(Duration::from_secs(60), "ten samples of the gauge", || scraped() >= 10.0);
+        let pending = |p: &projector_tests::prometheus::Prometheus| {
+            p.query("count_over_time(ALERTS{alertname=\"ProjectorReferrerSharedWithOtherCallers\"}[10m])").len()
+        };
+        if background == "0" {
+            let peak = prometheus.query("max(max_over_time(projector_service_other_callers[10m]))");
+            let now = prometheus.query("vector(time())");
+            let rules_ran_after = now[0]["value"][0].as_f64().expect("Prometheus's time");
+            projector_tests::wait_until(Duration::from_secs(30), "the rules are evaluated after the last scrape", || {
+                prometheus.query("max(timestamp(projector_service_other_callers))")[0]["value"][1]
+                    .as_str()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .is_some_and(|t| t > rules_ran_after + 2.0)
+            });
+            assert_eq!(pending(&prometheus), 0, "alone on the referrer: never pending; the gauge peaked at {peak:?}");
+            assert!(
+                prometheus.alerts().iter().all(|a| a["labels"]["alertname"] != "ProjectorReferrerSharedWithOtherCallers"),
+                "{:?}",
+                prometheus.alerts()
+            );
+        } else {
+            projector_tests::wait_until(Duration::from_secs(30), "the alert goes pending with a background of 75", || {
+                pending(&prometheus) > 0
+            });
+            // 75 others are past the throttle point (66): keeping under it would leave the fleet
+            // one slot and a 1,000-org run would take minutes. A throttled query still runs, so
+            // the fleet keeps at least half its room to refusal (100 - 75 - margin).
+            let status = ctl(&env, &["status"]);
+            let in_force = status["limit"]["in_force"].as_u64().unwrap_or(0);
+            assert!((8..=25).contains(&in_force), "the limit in force is half the room or more, never over it: {status}");
+        }
+        drop(workers);
+    }
+}

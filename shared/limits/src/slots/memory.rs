@@ -271,7 +271,9 @@ impl ServiceShare {
         }
         let mut cap = q.rejection_threshold - others - i64::from(steering.margin);
         if steering.use_throttle && q.throttle_threshold > 0 {
-            cap = cap.min(q.throttle_threshold - others);
+            // The throttle point is a preference: it never takes more than half the room to
+            // refusal (the Lua script's header says why).
+            cap = cap.min((q.throttle_threshold - others).max((cap + 1) / 2));
         }
         let mut cap = u32::try_from(cap.max(1)).unwrap_or(u32::MAX);
         let mut room = q.rejection_threshold - i64::from(steering.margin);
