@@ -2,7 +2,8 @@
 # A local fleet in one command, with its own ports and no system service: a private redis-server,
 # the fake query service, two workers, `projector-scheduler serve` on a one-minute cron and the
 # status page. It prints the URLs and the next commands to try; Ctrl-C stops everything and
-# removes its files.
+# removes its files. A demo killed with -9 cannot: the next one stops its processes and removes
+# its folder.
 #
 #   ops/demo.sh [--orgs N] [--bin-dir DIR]
 #
@@ -28,7 +29,21 @@ fi
 bin_dir="$(cd "$bin_dir" && pwd)"
 command -v redis-server >/dev/null || { echo "ops/demo.sh: redis-server is missing (ops/install-test-tools.sh installs it)" >&2; exit 1; }
 
+# An earlier demo that could not clean up (killed with -9, or its terminal gone): its processes
+# outlive it and its folder stays. Its processes write their logs into its folder, which tells
+# them apart from anything else; stop them and remove the folder.
+for old in /tmp/projector-demo.*; do
+    [ -f "$old/demo.pid" ] || continue
+    kill -0 "$(cat "$old/demo.pid")" 2>/dev/null && continue
+    for pid in $(cat "$old/pids" 2>/dev/null); do
+        case "$(readlink "/proc/$pid/fd/2" 2>/dev/null)" in "$old"/*) kill -TERM "$pid" 2>/dev/null || true ;; esac
+    done
+    rm -rf "$old"
+    echo "ops/demo.sh: stopped the leftovers of an earlier demo that was killed ($old)" >&2
+done
+
 dir="$(mktemp -d /tmp/projector-demo.XXXXXX)"
+echo $$ >"$dir/demo.pid"
 pids=()
 stop() {
     trap - EXIT INT TERM
@@ -59,12 +74,12 @@ addr_of() {
 }
 
 redis-server --port 0 --unixsocket "$dir/redis.sock" --unixsocketperm 700 --save "" --appendonly no --dir "$dir" >"$dir/redis.log" 2>&1 &
-pids+=($!)
+pids+=($!); echo $! >>"$dir/pids"
 for _ in $(seq 100); do [ -S "$dir/redis.sock" ] && break; sleep 0.1; done
 export PROJECTOR_REDIS_URL="unix://$dir/redis.sock"
 
 "$bin_dir/projector-fake-snuba" --addr 127.0.0.1:0 --latency 50ms --jitter 20ms >"$dir/fake.out" 2>"$dir/fake.log" &
-pids+=($!)
+pids+=($!); echo $! >>"$dir/pids"
 for _ in $(seq 100); do [ -s "$dir/fake.out" ] && break; sleep 0.1; done
 fake="$(head -1 "$dir/fake.out")"
 case "$fake" in http*) ;; *) fake="http://$fake" ;; esac
@@ -75,12 +90,12 @@ export PROJECTOR_SCHEDULE_CRON="0 * * * * *"
 
 for n in 1 2; do
     "$bin_dir/projector-worker" run --metrics-addr 127.0.0.1:0 >/dev/null 2>"$dir/worker-$n.log" &
-    pids+=($!)
+    pids+=($!); echo $! >>"$dir/pids"
 done
 "$bin_dir/projector-scheduler" serve --metrics-addr 127.0.0.1:0 >/dev/null 2>"$dir/scheduler.log" &
-pids+=($!)
+pids+=($!); echo $! >>"$dir/pids"
 "$bin_dir/projectorctl" serve --addr 127.0.0.1:0 >/dev/null 2>"$dir/page.log" &
-pids+=($!)
+pids+=($!); echo $! >>"$dir/pids"
 
 worker1="$(addr_of "$dir/worker-1.log" "serving /metrics")"
 worker2="$(addr_of "$dir/worker-2.log" "serving /metrics")"

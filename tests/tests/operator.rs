@@ -510,23 +510,24 @@ fn rate_show_and_status_show_what_the_fleet_runs_and_who_disagrees() {
     assert!(warnings.iter().any(|w| w.as_str().is_some_and(|w| w.contains("disagree on their rate policy"))), "{status}");
 }
 
-/// `ops/demo.sh` brings up a whole local fleet on its own ports, prints where it is, runs a run
-/// end to end, and stops every process and removes its files on Ctrl-C.
-#[test]
-fn the_demo_fleet_comes_up_runs_and_stops_whole_on_ctrl_c() {
+/// An `ops/demo.sh` stopped with Ctrl-C's signal however the test ends, so its fleet never
+/// outlives the test.
+struct Demo(std::process::Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").arg("-INT").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `ops/demo.sh` on the test binaries and reads its walkthrough to the last line; the
+/// demo, what it printed, and its folder.
+fn start_demo() -> (Demo, String, String) {
     let mut cmd = command(projector_tests::manifest_path("../ops/demo.sh"));
     let bins = workspace_bin("projectorctl").parent().expect("bin dir").to_owned();
     cmd.arg("--bin-dir").arg(&bins).args(["--orgs", "20"]).stdout(Stdio::piped());
-    // Stopped with Ctrl-C's signal however the test ends, so the fleet never outlives it.
-    struct Demo(std::process::Child);
-    impl Drop for Demo {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("kill").arg("-INT").arg(self.0.id().to_string()).status();
-            let _ = self.0.wait();
-        }
-    }
     let mut demo = Demo(cmd.spawn().expect("ops/demo.sh"));
-    // Its stdout is the walkthrough: read it until the last line.
     let mut out = String::new();
     let mut stdout = std::io::BufReader::new(demo.0.stdout.take().expect("stdout"));
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
@@ -538,6 +539,33 @@ fn the_demo_fleet_comes_up_runs_and_stops_whole_on_ctrl_c() {
         }
         out.push_str(&line);
     }
+    let dir = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("export PROJECTOR_REDIS_URL=unix://"))
+        .map(|v| v.trim_end_matches("/redis.sock").to_owned())
+        .expect("the demo's Redis socket");
+    (demo, out, dir)
+}
+
+/// `ops/demo.sh` brings up a whole local fleet on its own ports, prints where it is, runs a run
+/// end to end, and stops every process and removes its files on Ctrl-C. A demo that could not
+/// clean up (killed with -9, as a pipeline's harness may) leaves processes and a folder; the next
+/// demo stops and removes them.
+#[test]
+fn the_demo_fleet_comes_up_runs_and_stops_whole_on_ctrl_c() {
+    let (mut killed, _, killed_dir) = start_demo();
+    let killed_pids = std::fs::read_to_string(format!("{killed_dir}/pids")).expect("the demo lists its processes");
+    let killed_pids: Vec<String> = killed_pids.split_whitespace().map(str::to_owned).collect();
+    assert_eq!(killed_pids.len(), 6, "redis, the fake, two workers, the scheduler, the page: {killed_pids:?}");
+    let _ = std::process::Command::new("kill").arg("-KILL").arg(killed.0.id().to_string()).status();
+    let _ = killed.0.wait();
+    assert!(std::path::Path::new(&killed_dir).exists(), "kill -9 leaves the folder behind");
+
+    let (mut demo, out, dir) = start_demo();
+    assert!(!std::path::Path::new(&killed_dir).exists(), "the next demo removed the leftover folder {killed_dir}");
+    wait_until(Duration::from_secs(30), "the killed demo's processes are stopped", || {
+        killed_pids.iter().all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    });
     let value_after = |label: &str| -> String {
         out.lines()
             .find_map(|l| l.trim().strip_prefix(label))
@@ -545,7 +573,6 @@ fn the_demo_fleet_comes_up_runs_and_stops_whole_on_ctrl_c() {
             .expect(label)
     };
     let redis_url = value_after("export PROJECTOR_REDIS_URL=");
-    let dir = redis_url.trim_start_matches("unix://").trim_end_matches("/redis.sock").to_owned();
     let env = vec![("PROJECTOR_REDIS_URL".to_owned(), redis_url)];
     let page = value_after("status page:");
     assert!(projector_tests::http_get(&page).contains("Projector"), "the status page answers");
