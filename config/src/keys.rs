@@ -376,6 +376,8 @@ keys! {
         "how long a run's summary (tick, org count, a count per outcome, start and end: what runs list and runs show print) stays after the run's last write; at least runs.retention. A few hundred bytes per run: the per-org records are gone after runs.retention, the summary is not";
     "runs.trail_retention" => runs.trail_retention: Dur(SECS(60), SECS(90 * 86_400)), default Some("24h"),
         "how long each org's trail in a run (route, slot wait, query, store, reason: what projectorctl explain and runs show print) stays in Redis after the run's last write (moved at most every quarter of it, at most hourly); about 360 B per org per run, so kept shorter than runs.retention";
+    "runs.completed_detail" => runs.completed_detail: Dur(Duration::ZERO, SECS(90 * 86_400)), default Some("1h"),
+        "how long a finished run keeps each completed org's full record (outcome, plan entry, trail: what explain prints step by step); after it the completed orgs are kept as a compact list of org and time recorded (about 4 B each) for the rest of runs.retention, so explain still says completed and when. Orgs that did not complete keep everything";
     "runs.dedup_window" => runs.dedup_window: Dur(SECS(60), SECS(30 * 86_400)), default Some("2h"),
         "how long after a fan-out its jobs stay deduplicated: a re-fan-out of the tick or --resume within it enqueues no job twice (one set per run, ~45 B of Redis per org)";
     "ops.action_token" => ops.action_token: Opt(Text), default None,

@@ -276,6 +276,9 @@ pub struct RunsConfig {
     pub summary_retention: Duration,
     /// Each org's trail in a run (what `explain` prints) lives this long after the run's last write.
     pub trail_retention: Duration,
+    /// How long a finished run keeps its completed orgs' full records before they are compacted
+    /// into a list of (org, time recorded); orgs that did not complete are never compacted.
+    pub completed_detail: Duration,
     /// How long after a run's last push its jobs stay deduplicated (one set per run): a re-fan-out
     /// of the same tick, or `--resume`, within this window enqueues no job twice.
     pub dedup_window: Duration,

@@ -36,9 +36,11 @@ end
 -- `run-once --wait` on the finished list, once per finish (a retry clears the stamp).
 -- Returns 0 not finished, 1 finished before this call, 2 finished by this call.
 -- `recorded` is the number of orgs with an outcome, when the caller has it.
+-- Orgs compacted after an earlier finish (`lua/run_compact.lua`) left the orgs hash but count.
 local function finish(run, orgs, finished, now_ms, ttl_ms, recorded)
-  local total = tonumber(redis.call('HGET', run, 'orgs_total') or '0')
-  if total == 0 or (recorded or redis.call('HLEN', orgs)) < total then return 0 end
+  local r = redis.call('HMGET', run, 'orgs_total', 'compacted')
+  local total = tonumber(r[1] or '0')
+  if total == 0 or (recorded or redis.call('HLEN', orgs)) + tonumber(r[2] or '0') < total then return 0 end
   if redis.call('HEXISTS', run, 'finished_ms') == 1 then return 1 end
   redis.call('HSET', run, 'finished_ms', now_ms)
   redis.call('RPUSH', finished, 1)

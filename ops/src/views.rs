@@ -365,6 +365,9 @@ pub async fn explain(config: &Config, run_id: &str, org: u64) -> anyhow::Result<
     };
     let value = json!({
         "run_id": run_id.0, "org_id": org, "outcome": record.outcome.map(Outcome::as_str), "attempt": record.attempt,
+        // A compacted completed org: when its outcome was recorded (null if that was not kept).
+        "compacted": record.compacted_at_ms.is_some(),
+        "recorded_at": record.compacted_at_ms.flatten().and_then(DateTime::<Utc>::from_timestamp_millis).map(|t| t.to_rfc3339()),
         "now": now_at.as_ref().map(|n| json!({"holding_slot": n.holding, "waiting_for_slot": n.waiting})),
         // The stored lines leave out attempt 0; the JSON always names it.
         "attempts": record.trail.iter().map(|t| {
@@ -378,7 +381,14 @@ pub async fn explain(config: &Config, run_id: &str, org: u64) -> anyhow::Result<
         let _ = write!(out, " (tick {})", tick.to_rfc3339());
     }
     let _ = writeln!(out, ": {}", record.outcome.map_or("no outcome yet", Outcome::as_str));
-    if record.trail.is_empty() {
+    if let Some(at) = record.compacted_at_ms {
+        let at =
+            at.and_then(DateTime::<Utc>::from_timestamp_millis).map_or_else(|| "at a time no longer kept".to_owned(), |t| t.to_rfc3339());
+        let _ = writeln!(
+            out,
+            "  its projection was written and the outcome recorded {at}; its step-by-step trail was compacted away after runs.completed_detail"
+        );
+    } else if record.trail.is_empty() {
         let _ = writeln!(out, "  nothing recorded yet: its job has not ended (see `projectorctl status` for the queue)");
     }
     for entry in &record.trail {

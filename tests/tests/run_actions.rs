@@ -388,3 +388,43 @@ fn page_actions_need_the_token() {
     assert!(text(&shown.stdout).contains("action_token = \"***\""), "{}", text(&shown.stdout));
     assert!(!text(&shown.stdout).contains("s3cret-token"), "the token is a secret");
 }
+
+/// `runs.completed_detail = 0s`: as soon as a run finishes, a worker compacts its completed orgs.
+/// `explain` still says "completed" and when, `runs show` counts every org, a failed org keeps
+/// its whole story, and `runs retry` of it finishes the run again.
+#[test]
+fn a_compacted_run_still_answers_for_every_org() {
+    let redis = RedisServer::start();
+    let fake = FakeSnuba::start(FAKE, &["--latency", "5ms", "--fail-first-for", "4"]);
+    let mut env = base_env(&redis, &fake.url());
+    env.push(("PROJECTOR_RUNS_MAX_ATTEMPTS".into(), "1".into()));
+    env.push(("PROJECTOR_RUNS_COMPLETED_DETAIL".into(), "0s".into()));
+    let w = worker(&env, &["--concurrency", "4"]);
+    let out = run(
+        "projector-scheduler",
+        &env,
+        &["run-once", "--wait", "--wait-timeout", "60s", "--orgs", "30", "--batch-delay", "0s", "--fail-on", "none"],
+    );
+    assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
+    let run_id = text(&out.stdout).split_whitespace().nth(1).map(|r| r.trim_end_matches(':').to_owned()).expect("run id");
+    w.wait_for_line(&["compacted the completed orgs of a finished run", &run_id, "orgs=29"], Duration::from_secs(30));
+
+    let completed = ctl(&env, &["explain", &run_id, "1"]);
+    assert_eq!((completed["outcome"].as_str(), completed["compacted"].as_bool()), (Some("completed"), Some(true)), "{completed}");
+    assert!(completed["recorded_at"].as_str().is_some_and(|t| t.starts_with("20")), "{completed}");
+    let told = text(&run("projectorctl", &env, &["explain", &run_id, "1"]).stdout);
+    assert!(told.contains(": completed") && told.contains("its projection was written and the outcome recorded"), "{told}");
+    let failed = ctl(&env, &["explain", &run_id, "4"]);
+    assert_eq!((failed["outcome"].as_str(), failed["compacted"].as_bool()), (Some("failed"), Some(false)), "{failed}");
+    assert!(!failed["attempts"].as_array().expect("attempts").is_empty(), "a failed org keeps its trail: {failed}");
+    let shown = ctl(&env, &["runs", "show", &run_id]);
+    assert_eq!((shown["outcomes"]["completed"].as_u64(), shown["outcomes"]["failed"].as_u64()), (Some(29), Some(1)), "{shown}");
+
+    let retried = ctl(&env, &["runs", "retry", &run_id, "--outcomes", "failed"]);
+    assert_eq!(retried["reopened"], serde_json::json!([[4, 1]]), "{retried}");
+    let mut shown = Value::Null;
+    wait_until(Duration::from_secs(60), "the retried org completed and the run is done again", || {
+        shown = ctl(&env, &["runs", "show", &run_id]);
+        shown["outcomes"]["completed"] == 30 && shown["state"] == "done"
+    });
+}

@@ -145,7 +145,13 @@ fn spawn_services(
         every,
     );
     services.spawn_every(Arc::new(Vacuum { conn: fleet.conn.clone() }), vacuum_every(every));
-    services.spawn_every(Arc::new(DeadlineSweep { records: RunRecords::for_config(fleet.conn.clone(), &config.runs) }), DEADLINE_CHECK);
+    services.spawn_every(
+        Arc::new(DeadlineSweep {
+            records: RunRecords::for_config(fleet.conn.clone(), &config.runs),
+            completed_detail: config.runs.completed_detail,
+        }),
+        DEADLINE_CHECK,
+    );
     // Operators expect a pause to hold within a second.
     services.spawn_every(Arc::new(PauseWatch { conn: fleet.conn.clone(), paused: fleet.pause_tx }), PAUSE_CHECK);
     if let Some(gate) = rate {

@@ -169,6 +169,14 @@ impl KeyLayout {
         format!("{}:attempts", self.run(run_id))
     }
 
+    /// Sorted set of a finished run's compacted completed orgs (`runs.completed_detail`): each
+    /// member is a block of up to 256 orgs in ascending order, packed as varints (org delta, then
+    /// 1 + seconds from the run's start to its record, 0 if unknown); its score is the block's
+    /// first org. About 4 B per org.
+    pub fn run_completed(self, run_id: &projector_core::RunId) -> String {
+        format!("{}:completed", self.run(run_id))
+    }
+
     /// Sorted set of live worker processes: worker name → last heartbeat (Redis time, ms).
     pub fn workers(self) -> &'static str {
         if self.is_cluster() { "projector:{workers}" } else { "projector:workers" }
@@ -198,6 +206,10 @@ pub const RUNS: &str = "projector:runs";
 /// the overlap check and `status` read it, so an open run is seen however many runs and skipped
 /// ticks came after it.
 pub const OPEN_RUNS: &str = "projector:runs:open";
+
+/// Zset of ended runs waiting for compaction: run id -> when it finished (Redis ms). `open_runs`
+/// adds a run as it leaves [`OPEN_RUNS`]; a worker compacts it `runs.completed_detail` later.
+pub const COMPACT_RUNS: &str = "projector:runs:compact";
 
 /// String: the id of the run fanned out last. The next plan puts that run's orgs that did not
 /// complete first, so a run cut short (a deadline, `overlap = "replace"`) leaves no org always last.

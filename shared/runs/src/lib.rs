@@ -5,6 +5,7 @@
 //!
 //! It must never know slots, rates, the queue or the query service.
 
+pub mod compact;
 pub mod error;
 pub mod events;
 pub mod heartbeat;

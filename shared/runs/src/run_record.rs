@@ -63,9 +63,9 @@ pub enum OrgIds {
 /// Reads and writes run records over one shared connection.
 #[derive(Clone)]
 pub struct RunRecords {
-    conn: RedisConn,
+    pub(crate) conn: RedisConn,
     /// How long a record lives after its last write (`runs.retention`).
-    retention: Duration,
+    pub(crate) retention: Duration,
     /// How long the orgs' trails live after the run's last write (`runs.trail_retention`).
     trail_retention: Duration,
     /// How long the run's summary lives after its last write (`runs.summary_retention`).
@@ -239,16 +239,19 @@ impl RunRecords {
             .await
             .map_err(Error::redis("listing open runs"))?;
         let overviews = self.overviews(ids.clone()).await?;
+        let finished: Vec<(String, DateTime<Utc>)> = overviews.iter().filter_map(|r| Some((r.run_id.clone(), r.finished?))).collect();
         let open: Vec<RunOverview> =
             overviews.into_iter().filter(|r| matches!(r.state(), RunState::FanningOut | RunState::Running)).collect();
         let ended: Vec<&String> = ids.iter().filter(|id| !open.iter().any(|r| &r.run_id == *id)).collect();
         if !ended.is_empty() {
-            redis::cmd("ZREM")
-                .arg(keys::OPEN_RUNS)
-                .arg(&ended)
-                .query_async::<()>(&mut conn)
-                .await
-                .map_err(Error::redis("dropping ended runs from the open index"))?;
+            // A run that finished waits for compaction (`runs.completed_detail`) from its end.
+            let mut pipe = redis::pipe();
+            for (run_id, at) in finished.iter().filter(|(id, _)| ended.contains(&id)) {
+                pipe.cmd("ZADD").arg(keys::COMPACT_RUNS).arg("NX").arg(at.timestamp_millis()).arg(run_id).ignore();
+            }
+            pipe.pexpire(keys::COMPACT_RUNS, i64::try_from(self.summary_retention_ms()).unwrap_or(i64::MAX)).ignore();
+            pipe.zrem(keys::OPEN_RUNS, &ended).ignore();
+            pipe.query_async::<()>(&mut conn).await.map_err(Error::redis("dropping ended runs from the open index"))?;
         }
         Ok(open)
     }
@@ -416,6 +419,9 @@ impl RunRecords {
                         summary.add(OrgId(org), outcome);
                     }
                 }
+                // Completed orgs compacted after runs.completed_detail left the orgs hash.
+                let compacted = n("compacted");
+                summary.set_count(Outcome::Completed, summary.count(Outcome::Completed) + compacted);
                 summary.sort_ids();
             }
         }
@@ -575,6 +581,9 @@ pub struct OrgRecord {
     pub attempt: u32,
     /// Its attempts, oldest first (the last [`trail::KEPT_ATTEMPTS`]).
     pub trail: Vec<trail::Recorded>,
+    /// For a completed org compacted after `runs.completed_detail` (its trail gone): when its
+    /// outcome was recorded (Redis ms), if known.
+    pub compacted_at_ms: Option<Option<i64>>,
 }
 
 impl RunRecords {
@@ -652,8 +661,21 @@ impl RunRecords {
                 outcome: outcomes.get(&org).and_then(|o| Outcome::parse(o)),
                 attempt: attempts.get(&org).copied().unwrap_or(0),
                 trail: Vec::new(),
+                compacted_at_ms: None,
             })
             .collect();
+        // Completed orgs compacted after runs.completed_detail; one may be in both while a
+        // compaction is under way (the list is written first): the full record wins.
+        let planned: std::collections::HashSet<OrgId> = orgs.iter().map(|o| o.org).collect();
+        for c in self.compacted_orgs(run_id).await?.into_iter().filter(|c| !planned.contains(&c.org)) {
+            orgs.push(OrgRecord {
+                org: c.org,
+                outcome: Some(Outcome::Completed),
+                attempt: 0,
+                trail: Vec::new(),
+                compacted_at_ms: Some(c.at_ms),
+            });
+        }
         orgs.sort_by_key(|o| o.org);
         Ok(orgs)
     }
@@ -688,6 +710,13 @@ impl RunRecords {
             .await
             .map_err(Error::redis(format!("sampling trails of run {run_id}")))?;
         let mut times: Vec<i64> = pairs.iter().filter_map(|(_, t)| trail::parse(t).last().map(|r| r.at_ms)).collect();
+        // A compacted run's completed orgs have no trail left: their record times are in the
+        // compact list. Every `step`-th keeps the sample's size and the curve's shape.
+        let compacted: Vec<i64> = self.compacted_orgs(run_id).await?.into_iter().filter_map(|c| c.at_ms).collect();
+        if !compacted.is_empty() {
+            let step = (compacted.len() + times.len()).div_ceil(sample.max(1)).max(1);
+            times.extend(compacted.into_iter().step_by(step));
+        }
         times.sort_unstable();
         Ok(times)
     }
@@ -702,11 +731,22 @@ impl RunRecords {
             .query_async(&mut self.conn.clone())
             .await
             .map_err(Error::redis(format!("reading org {org} of run {run_id}")))?;
-        Ok(planned.then(|| OrgRecord {
+        if !planned {
+            let compacted = self.compacted_org(run_id, org).await?;
+            return Ok(compacted.map(|c| OrgRecord {
+                org,
+                outcome: Some(Outcome::Completed),
+                attempt: 0,
+                trail: Vec::new(),
+                compacted_at_ms: Some(c.at_ms),
+            }));
+        }
+        Ok(Some(OrgRecord {
             org,
             outcome: outcome.as_deref().and_then(Outcome::parse),
             attempt: attempt.unwrap_or(0),
             trail: trail.as_deref().map(trail::parse).unwrap_or_default(),
+            compacted_at_ms: None,
         }))
     }
 

@@ -1,5 +1,7 @@
-//! Ends the orgs of runs past their deadline. Every worker runs it: ending an org is
-//! first-outcome-wins in the run record, so two workers ending the same run end each org once.
+//! Ends the orgs of runs past their deadline, and compacts finished runs once
+//! `runs.completed_detail` has passed. Every worker runs it: ending an org is first-outcome-wins
+//! in the run record, so two workers ending the same run end each org once, and one worker takes
+//! each run to compact.
 
 use futures::future::BoxFuture;
 use projector_shared::metrics as m;
@@ -11,6 +13,8 @@ use super::Periodic;
 /// first-outcome-wins in the run record, so two workers ending the same run end each org once.
 pub struct DeadlineSweep {
     pub records: projector_shared::run_record::RunRecords,
+    /// `runs.completed_detail`: how long after its end a run is compacted.
+    pub completed_detail: std::time::Duration,
 }
 
 impl Periodic for DeadlineSweep {
@@ -42,6 +46,14 @@ impl Periodic for DeadlineSweep {
                         tracing::warn!(run_id = %run_id, error = %e, "cannot end the open orgs of a run past its deadline; retried next round")
                     }
                 }
+            }
+            // One run per round: a large run's compaction is many short calls, never a long one.
+            match self.records.compact_due(self.completed_detail).await {
+                Ok(Some((run_id, orgs))) => {
+                    tracing::info!(run_id = %run_id, orgs, "compacted the completed orgs of a finished run (runs.completed_detail passed)")
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot compact a finished run; retried next round"),
             }
         })
     }
