@@ -256,7 +256,10 @@ fn status_shows_the_services_own_count_and_warns_when_it_disagrees_with_the_flee
 /// other queries, "other callers" reads about 75.
 #[test]
 fn other_callers_are_counted_at_the_answers_so_the_fleet_alone_shows_none() {
-    for (background, expect) in [(0u64, 0..=5), (75, 70..=80)] {
+    // The count at an answer is the service's less the fleet's leases, and a lease is taken
+    // before its query reaches the service: a window's smallest reading can be up to the slots
+    // less one (7) under the background, never over it. So "about 75" is 68 to 75 here.
+    for (background, expect) in [(0u64, 0..=5), (75, 68..=80)] {
         let redis = RedisServer::start();
         let background_arg = background.to_string();
         let fake = FakeSnuba::start(FAKE, &["--latency", "300ms", "--concurrency-limit", "200", "--background", &background_arg]);
