@@ -292,6 +292,8 @@ keys! {
         "how long one answer's cap holds without a newer one; after it, slots.limit and [adaptive] rule again";
     "slots.service_memory" => slots.service_memory: Dur(Duration::ZERO, SECS(7 * 24 * 3600)), default Some("24h"),
         "how long the query service's own limit is remembered after its last answer (every answer refreshes it): after slots.service_ttl, the limit in force stays at most that limit less slots.service_margin, so the next run starts within what the service admits instead of learning it from 429s; \"0s\" forgets it with the cap";
+    "slots.service_report_every" => slots.service_report_every: Dur(Duration::ZERO, SECS(60)), default Some("250ms"),
+        "at most one report of the query service's numbers (one Redis script call) per this span from each worker: the cap and the other callers' count stay current without a call per answer; a refusal or a changed service limit is always reported; \"0s\": every answer";
     "slots.max_reschedules" => slots.max_reschedules: Int(0, 100), default Some("3"),
         "with on_timeout = \"reschedule\": how many times a job is re-enqueued before it is skipped";
     "batch.size" => batch.size: Int(1, 1_000_000), default Some("25"),

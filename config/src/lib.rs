@@ -96,6 +96,8 @@ pub struct SlotsConfig {
     pub service_ttl: Duration,
     /// How long the service's own limit is remembered after its last answer.
     pub service_memory: Duration,
+    /// At most one report of the service's numbers per this span from each worker.
+    pub service_report_every: Duration,
 }
 
 /// What a job does when its slot wait times out.

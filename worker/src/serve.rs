@@ -173,7 +173,8 @@ fn spawn_services(
 /// The Redis slot limiter (following the service's numbers unless told not to), and the limiter
 /// jobs use: the same, or wrapped to fail open (`slots.on_redis_error`).
 fn slot_limiter(config: &Config) -> Result<(RedisSlotLimiter, Arc<dyn SlotLimiter>), Error> {
-    let mut slot_settings = RedisSlotSettings::new(config.slots.limit, config.slots.lease_ttl);
+    let mut slot_settings =
+        RedisSlotSettings::new(config.slots.limit, config.slots.lease_ttl).reporting_service_every(config.slots.service_report_every);
     if let Some(steering) = projector_job::build::service_steering(config) {
         slot_settings = slot_settings.following_service(steering);
     }

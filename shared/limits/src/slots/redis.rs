@@ -50,6 +50,9 @@ pub struct RedisSlotSettings {
     /// How the query service's own numbers cap the limit (`slots.follow_service`); `None`: they
     /// do not.
     pub service: Option<ServiceSteering>,
+    /// At most one report of the service's numbers per this span from this process
+    /// (`slots.service_report_every`), unless it is a refusal or the service's limits changed.
+    pub service_report_every: Duration,
 }
 
 /// How the query service's numbers cap the fleet's limit (`lua/slots_service.lua`).
@@ -78,7 +81,13 @@ impl RedisSlotSettings {
             recheck: Duration::from_secs(1),
             round_trip_budget: Duration::from_millis(500),
             service: None,
+            service_report_every: Duration::ZERO,
         }
+    }
+
+    /// Sends the service's numbers at most once per `every` (`slots.service_report_every`).
+    pub fn reporting_service_every(self, every: Duration) -> Self {
+        RedisSlotSettings { service_report_every: every, ..self }
     }
 
     /// With the query service's numbers capping the limit.
@@ -109,6 +118,8 @@ struct Inner {
     limit_seen: AtomicU32,
     /// The service's cap this process set or saw last (0: none), to log only its changes.
     service_cap_seen: AtomicU32,
+    /// This process's last report of the service's numbers: when, and the limits it carried.
+    service_reported: std::sync::Mutex<Option<(Instant, i64, i64)>>,
     /// Renewals, release retries and abandoned waits: tracked so a process can wait for them at exit.
     background: tokio_util::task::TaskTracker,
 }
@@ -130,6 +141,7 @@ impl RedisSlotLimiter {
                 keys: SlotKeys::new(&settings.name),
                 limit_seen: AtomicU32::new(settings.initial_limit),
                 service_cap_seen: AtomicU32::new(0),
+                service_reported: std::sync::Mutex::new(None),
                 settings,
                 background: tokio_util::task::TaskTracker::new(),
             }),
@@ -333,10 +345,35 @@ impl SlotLimiter for RedisSlotLimiter {
             // Not following (slots.follow_service off), the numbers are still recorded, with a
             // cap that is never in force: status and the other-callers gauge work them out at
             // the answers, as when following.
+            if !rejected && !self.report_due(quota) {
+                return Ok(());
+            }
             let observe = ServiceSteering { margin: 0, ttl: Duration::ZERO, use_throttle: false, memory: Duration::ZERO };
             let steering = self.inner.settings.service.unwrap_or(observe);
             self.heard_service(quota, &steering, rejected, age).await.map(|_| ())
         })
+    }
+}
+
+impl RedisSlotLimiter {
+    /// Whether an answer's numbers go to Redis: one script call per answer would be the largest
+    /// Redis cost of a short query, and a few reports a second per worker keep the cap and the
+    /// other callers' count current. Always when the service's limits changed (a new override),
+    /// else once per `service_report_every`; a refusal never asks (the caller sends it).
+    fn report_due(&self, quota: ServiceQuota) -> bool {
+        let every = self.inner.settings.service_report_every;
+        let mut last = self.inner.service_reported.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        let due = match *last {
+            Some((at, threshold, throttle)) => {
+                now.duration_since(at) >= every || threshold != quota.rejection_threshold || throttle != quota.throttle_threshold
+            }
+            None => true,
+        };
+        if due {
+            *last = Some((now, quota.rejection_threshold, quota.throttle_threshold));
+        }
+        due
     }
 }
 
@@ -548,4 +585,24 @@ const ENTRY_GRACE_MS: u64 = 1_000;
 fn jitter(d: Duration) -> Duration {
     let factor = rand::rng().random_range(0.8..1.2);
     d.mul_f64(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One report per span, unless the service's limits changed; no Redis is needed to decide.
+    #[tokio::test(start_paused = true)]
+    async fn the_services_numbers_are_reported_once_per_span_or_when_its_limits_change() {
+        let settings = RedisSlotSettings::new(10, Duration::from_secs(30)).reporting_service_every(Duration::from_millis(250));
+        let limiter = RedisSlotLimiter::new("redis://127.0.0.1:1", settings).expect("no connection is made yet");
+        let q = |used, threshold| ServiceQuota { quota_used: used, rejection_threshold: threshold, throttle_threshold: 66 };
+        assert!(limiter.report_due(q(5, 100)), "the first answer");
+        assert!(!limiter.report_due(q(9, 100)), "the same limits within the span");
+        assert!(limiter.report_due(q(9, 30)), "a new limit at once");
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(!limiter.report_due(q(12, 30)));
+        tokio::time::advance(Duration::from_millis(150)).await;
+        assert!(limiter.report_due(q(12, 30)), "a span after the last report");
+    }
 }
