@@ -18,9 +18,13 @@
 local run, orgs, plan, trail, attempts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local org, outcome, ttl_ms = ARGV[1], ARGV[2], ARGV[3]
 local attempt, line, kept, trail_ttl_ms, summary_ttl_ms = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
-if redis.call('EXISTS', run) == 0 then return -1 end
+-- One read of the run hash serves the checks below and `finish`: its org count, the orgs
+-- compacted after an earlier finish, and whether `runs retry` ever wrote an attempt number.
+local counts = redis.call('HMGET', run, 'orgs_total', 'compacted', 'retried')
+if not counts[1] and redis.call('EXISTS', run) == 0 then return -1 end
 if redis.call('HEXISTS', plan, org) == 0 then return -2 end
-if attempt < tonumber(redis.call('HGET', attempts, org) or '0') then return 0 end
+-- With no retry in this run there is no attempt number to be stale against.
+if counts[3] and attempt < tonumber(redis.call('HGET', attempts, org) or '0') then return 0 end
 if redis.call('HSETNX', orgs, org, outcome) == 0 then
   local queried = outcome == 'completed' or outcome == 'failed' or outcome == 'rate_limited'
   if not queried then return 0 end
@@ -39,5 +43,5 @@ if recorded == 1 or keep_due(run, ttl_ms, trail_ttl_ms, summary_ttl_ms) then
   keep(run, orgs, trail, ttl_ms, trail_ttl_ms, summary_ttl_ms)
   redis.call('PEXPIRE', attempts, ttl_ms)
 end
-if finish(run, orgs, KEYS[6], now_ms, ttl_ms, recorded) == 2 then return 2 end
+if finish(run, orgs, KEYS[6], now_ms, ttl_ms, recorded, counts) == 2 then return 2 end
 return 1

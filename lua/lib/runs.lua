@@ -37,8 +37,9 @@ end
 -- Returns 0 not finished, 1 finished before this call, 2 finished by this call.
 -- `recorded` is the number of orgs with an outcome, when the caller has it.
 -- Orgs compacted after an earlier finish (`lua/run_compact.lua`) left the orgs hash but count.
-local function finish(run, orgs, finished, now_ms, ttl_ms, recorded)
-  local r = redis.call('HMGET', run, 'orgs_total', 'compacted')
+-- `counts`, when the caller read them already, is the run hash's orgs_total and compacted.
+local function finish(run, orgs, finished, now_ms, ttl_ms, recorded, counts)
+  local r = counts or redis.call('HMGET', run, 'orgs_total', 'compacted')
   local total = tonumber(r[1] or '0')
   if total == 0 or (recorded or redis.call('HLEN', orgs)) + tonumber(r[2] or '0') < total then return 0 end
   if redis.call('HEXISTS', run, 'finished_ms') == 1 then return 1 end

@@ -22,6 +22,9 @@ use projector_redis::lua::script;
 /// Records one org's outcome and trail; its contract is in the file's header.
 static RECORD: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| script(include_str!("../../../lua/run_record.lua")));
 
+/// What a job asks of the run record before its slot; its contract is in the file's header.
+static ADMIT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| script(include_str!("../../../lua/run_admit.lua")));
+
 /// Reopens orgs for a follow-up attempt; its contract is in the file's header.
 static RETRY: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| script(include_str!("../../../lua/run_retry.lua")));
 
@@ -362,29 +365,26 @@ impl RunRecords {
     /// plan, has no outcome yet and no later attempt owns it. One round trip (two for an org the
     /// run did not plan).
     pub async fn admit(&self, run_id: &RunId, org: OrgId, attempt: u32) -> Result<Admission, Error> {
-        let (planned, outcome, current): (bool, Option<String>, Option<u32>) = retry_transient(|| {
+        // One script call, one round trip: the admission is on every job's path.
+        let (planned, outcome, current): (i8, String, u32) = retry_transient(|| {
             let mut conn = self.conn.clone();
-            let pipe = redis::pipe()
-                .hexists(self.conn.layout().run_plan(run_id), org.0)
-                .hget(self.conn.layout().run_orgs(run_id), org.0)
-                .hget(self.conn.layout().run_attempts(run_id), org.0)
-                .to_owned();
-            async move { pipe.query_async(&mut conn).await }
+            let mut invocation = ADMIT.key(self.conn.layout().run(run_id));
+            invocation
+                .key(self.conn.layout().run_plan(run_id))
+                .key(self.conn.layout().run_orgs(run_id))
+                .key(self.conn.layout().run_attempts(run_id))
+                .arg(org.0);
+            async move { invocation.invoke_async(&mut conn).await }
         })
         .await
         .map_err(Error::redis(format!("checking org {org} of run {run_id}")))?;
-        if !planned {
-            // Rare, so asked only now: a planned org implies its run (the plan never outlives the run).
-            let run_exists: bool = retry_transient(|| {
-                let mut conn = self.conn.clone();
-                async move { redis::cmd("EXISTS").arg(self.conn.layout().run(run_id)).query_async(&mut conn).await }
-            })
-            .await
-            .map_err(Error::redis(format!("checking run {run_id}")))?;
-            return Ok(if run_exists { Admission::NotPlanned } else { Admission::UnknownRun });
+        match planned {
+            1 => {}
+            0 => return Ok(Admission::NotPlanned),
+            _ => return Ok(Admission::UnknownRun),
         }
-        Ok(match outcome.as_deref().and_then(Outcome::parse) {
-            _ if attempt < current.unwrap_or(0) => Admission::Superseded,
+        Ok(match Outcome::parse(&outcome) {
+            _ if attempt < current => Admission::Superseded,
             Some(outcome) => Admission::Accounted(outcome),
             None => Admission::Open,
         })
