@@ -230,7 +230,8 @@ pub async fn resume(conn: &RedisConn, run_id: &RunId, runs: &RunsConfig, batch: 
             detail: format!("no record of it (records are kept runs.retention = {})", projector_config::format_duration(runs.retention)),
         });
     };
-    if (stored.orgs.len() as u64) < stored.orgs_total {
+    // A finished run's completed orgs may have been compacted out of its plan: they count.
+    if (stored.orgs.len() as u64) + stored.compacted < stored.orgs_total {
         return Err(Error::Resume {
             run_id: run_id.to_string(),
             detail: format!(

@@ -420,6 +420,14 @@ fn a_compacted_run_still_answers_for_every_org() {
     let shown = ctl(&env, &["runs", "show", &run_id]);
     assert_eq!((shown["outcomes"]["completed"].as_u64(), shown["outcomes"]["failed"].as_u64()), (Some(29), Some(1)), "{shown}");
 
+    // The compacted orgs left the plan but still count: a resume finds nothing missing.
+    let resumed = run("projector-scheduler", &env, &["run-once", "--resume", &run_id]);
+    assert!(resumed.status.success(), "{}\n{}", text(&resumed.stdout), text(&resumed.stderr));
+    assert!(
+        !text(&resumed.stderr).contains("cut short") && !text(&resumed.stderr).contains("before the fan-out stopped"),
+        "{}",
+        text(&resumed.stderr)
+    );
     let retried = ctl(&env, &["runs", "retry", &run_id, "--outcomes", "failed"]);
     assert_eq!(retried["reopened"], serde_json::json!([[4, 1]]), "{retried}");
     let mut shown = Value::Null;

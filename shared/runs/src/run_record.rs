@@ -51,9 +51,12 @@ fn recorded(code: i8) -> Recorded {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredPlan {
     pub tick: DateTime<Utc>,
-    /// How many orgs the run was planned with; more than `orgs.len()` means the plan was cut short.
+    /// How many orgs the run was planned with; more than `orgs.len() + compacted` means the plan
+    /// was cut short.
     pub orgs_total: u64,
     pub orgs: Vec<(OrgId, Vec<projector_core::ProjectId>)>,
+    /// Completed orgs compacted out of the plan after the run finished (`runs.completed_detail`).
+    pub compacted: u64,
 }
 
 /// Whether a summary lists the ids of orgs that did not complete (one read per org) or only totals.
@@ -327,9 +330,10 @@ impl RunRecords {
     pub async fn plan(&self, run_id: &RunId) -> Result<Option<StoredPlan>, Error> {
         let mut conn = self.conn.clone();
         let doing = || format!("reading the plan of run {run_id}");
-        let (tick, total): (Option<String>, Option<u64>) = redis::pipe()
+        let (tick, total, compacted): (Option<String>, Option<u64>, Option<u64>) = redis::pipe()
             .hget(self.conn.layout().run(run_id), "tick")
             .hget(self.conn.layout().run(run_id), "orgs_total")
+            .hget(self.conn.layout().run(run_id), "compacted")
             .query_async(&mut conn)
             .await
             .map_err(Error::redis(doing()))?;
@@ -358,7 +362,7 @@ impl RunRecords {
             cursor = next;
         }
         orgs.sort_by_key(|(org, _)| *org);
-        Ok(Some(StoredPlan { tick, orgs_total, orgs }))
+        Ok(Some(StoredPlan { tick, orgs_total, orgs, compacted: compacted.unwrap_or(0) }))
     }
 
     /// Whether attempt `attempt` of (run, org) may run: its run exists, the org is in the run's
