@@ -40,6 +40,11 @@ struct Args {
     /// capture; it slows Redis, so use it for the counts, not the timings)
     #[arg(long)]
     attribute: bool,
+    /// After the run, compact its history as `runs.completed_detail` does and print what a fleet
+    /// of this many orgs, run hourly with a week of history, needs of Redis (memory and CPU),
+    /// from the figures this run measured
+    #[arg(long)]
+    project: Option<u64>,
 }
 
 /// Sum over workers of one sample of their /metrics.
@@ -134,6 +139,58 @@ fn print_attribution(parts: &BTreeMap<String, projector_tests::cost::Part>, orgs
         );
     }
     serde_json::Value::Object(json)
+}
+
+/// What one measured run says a fleet of `fleet` orgs needs of Redis.
+struct Projection {
+    fleet: u64,
+    orgs: u64,
+    compacted: u64,
+    full_history_per_org: f64,
+    retained_per_org: f64,
+    projections_per_org: f64,
+    queued_per_org: f64,
+    cpu_us_per_org: f64,
+    commands_per_org: f64,
+    calls_per_org: Option<f64>,
+}
+
+/// Prints and returns the projection: per org as measured, then the fleet's week. The week keeps
+/// the run under way and the one in its `runs.completed_detail` hour in full, 166 runs
+/// compacted, every org's projection, and at the peak of a fan-out every job queued at once.
+fn print_projection(p: &Projection) -> serde_json::Value {
+    let n = p.fleet as f64;
+    let week = n * (p.projections_per_org + 2.0 * p.full_history_per_org + 166.0 * p.retained_per_org);
+    let peak = week + n * p.queued_per_org;
+    let core_share = n * p.cpu_us_per_org / 3_600.0 / 1e6;
+    println!("projection from this run ({} orgs, {} compacted):", p.orgs, p.compacted);
+    match p.calls_per_org {
+        Some(calls) => println!("  per org: {calls:.1} calls, {:.1} commands, {:.0} µs of Redis CPU", p.commands_per_org, p.cpu_us_per_org),
+        None => {
+            println!("  per org: {:.1} commands, {:.0} µs of Redis CPU (calls: with --attribute)", p.commands_per_org, p.cpu_us_per_org)
+        }
+    }
+    println!(
+        "  per org: run history {:.0} B in full, {:.1} B once compacted; projection {:.0} B; {:.0} B while queued",
+        p.full_history_per_org, p.retained_per_org, p.projections_per_org, p.queued_per_org
+    );
+    println!(
+        "  {} orgs hourly with a week of history: {:.2} GB of Redis ({:.2} GB at a fan-out's peak), {:.1} % of one Redis core",
+        p.fleet,
+        week / 1e9,
+        peak / 1e9,
+        core_share * 100.0
+    );
+    serde_json::json!({
+        "fleet_orgs": p.fleet,
+        "week_gb": week / 1e9,
+        "peak_gb": peak / 1e9,
+        "redis_core_share": core_share,
+        "full_history_bytes_per_org": p.full_history_per_org,
+        "retained_bytes_per_org": p.retained_per_org,
+        "projection_bytes_per_org": p.projections_per_org,
+        "queued_bytes_per_org": p.queued_per_org,
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -376,6 +433,36 @@ fn main() -> anyhow::Result<()> {
         per_org(left_after_a_week as f64)
     );
     figures["memory_by_kind"] = print_memory(&kinds, completed);
+    if let Some(fleet) = args.project {
+        let run_id = RunId(summary["run_id"].as_str().unwrap_or_default().to_owned());
+        let history = |kinds: &BTreeMap<String, projector_tests::memory::Kind>| {
+            kinds.iter().filter(|(kind, _)| kind.starts_with("projector:run:")).map(|(_, k)| k.bytes).sum::<u64>()
+        };
+        let full = history(&kinds);
+        let compacted = tokio::runtime::Runtime::new()?.block_on(async {
+            let (_, rc) = projector_shared::redis_conn::connection_manager(redis.url(), Duration::from_secs(5))?;
+            let records = projector_shared::run_record::RunRecords::new(rc, Duration::from_secs(7 * 86_400));
+            anyhow::Ok(records.compact(&run_id).await?)
+        })?;
+        let retained = history(&projector_tests::memory::by_kind(&mut conn)?);
+        let queued = fanout_memory as f64 / args.fanout_orgs.max(1) as f64;
+        let calls = figures
+            .get("attribution_per_org")
+            .and_then(|a| a.as_object())
+            .map(|a| a.values().filter_map(|v| v["calls"].as_f64()).sum::<f64>());
+        figures["projection"] = print_projection(&Projection {
+            fleet,
+            orgs: completed,
+            compacted,
+            full_history_per_org: per_org(full as f64),
+            retained_per_org: per_org(retained as f64),
+            projections_per_org: per_org(projections as f64),
+            queued_per_org: queued,
+            cpu_us_per_org: per_org(redis_cpu),
+            commands_per_org: per_org((script_calls + inner_or_direct) as f64),
+            calls_per_org: calls,
+        });
+    }
     if let Some(parts) = parts {
         figures["attribution_per_org"] = print_attribution(&parts, completed);
     }
