@@ -130,7 +130,7 @@ pub const RATE_BLOCKED_TOTAL: &str = "projector_rate_blocked_total";
 /// Shadow mode (`rate.enforce = false`): what the policy would have done, labelled `would`
 /// (`delay`, `refuse`) and `reason`; nothing was delayed or refused.
 pub const RATE_SHADOW_TOTAL: &str = "projector_rate_shadow_total";
-/// Admission requests that could not be asked (Redis unreachable): the seed's limiter errors.
+/// Admission requests that could not be asked (Redis unreachable): the rate-limiter design's limiter errors.
 pub const RATE_LIMITER_ERRORS_TOTAL: &str = "projector_rate_limiter_errors_total";
 /// Cooldowns started after a 429 (`rate.cooldown_after_429`).
 pub const RATE_COOLDOWNS_TOTAL: &str = "projector_rate_cooldowns_total";

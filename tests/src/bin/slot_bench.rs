@@ -118,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
     let reference_ops = redis_benchmark_eval(&server.socket());
     let script_calls = throughput_ops * 2;
 
-    let seed_handoff_p50 = seed_handoffs(&client).await?;
+    let counter_handoff_p50 = counter_handoffs(&client).await?;
 
     let figures = serde_json::json!({
         "ping_p50_us": ping_p50,
@@ -127,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
         "handoff_p50_us": handoff_p50,
         "handoff_p99_us": handoff_p99,
         "throughput_ops": throughput_ops,
-        "seed_handoff_p50_us": seed_handoff_p50,
+        "counter_handoff_p50_us": counter_handoff_p50,
         "redis_benchmark_eval_ops": reference_ops,
         "throughput_share_of_redis_benchmark": reference_ops.map(|r| script_calls as f64 / r as f64),
     });
@@ -141,7 +141,7 @@ async fn main() -> anyhow::Result<()> {
         }
         None => println!("redis-benchmark not found: no reference figure"),
     }
-    println!("seed design (INCR/DECR, 1 s polling) handoff p50  {seed_handoff_p50} us");
+    println!("the design document's counter (INCR/DECR, 1 s polling) handoff p50  {counter_handoff_p50} us");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("slots.json"), serde_json::to_vec_pretty(&figures)?)?;
@@ -167,8 +167,8 @@ fn redis_benchmark_eval(socket: &std::path::Path) -> Option<u64> {
 }
 
 /// The design the limiter replaced: a shared counter, INCR to take, DECR to give back, retry every second.
-async fn seed_handoffs(client: &redis::Client) -> anyhow::Result<u64> {
-    const KEY: &str = "seed:concurrent";
+async fn counter_handoffs(client: &redis::Client) -> anyhow::Result<u64> {
+    const KEY: &str = "counter:concurrent";
     let mut conn = client.get_multiplexed_async_connection().await?;
     let _: () = redis::cmd("SET").arg(KEY).arg(LIMIT).query_async(&mut conn).await?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Instant>();
@@ -194,7 +194,7 @@ async fn seed_handoffs(client: &redis::Client) -> anyhow::Result<u64> {
     for _ in 0..20 {
         let t = Instant::now();
         let _: i64 = redis::cmd("DECR").arg(KEY).query_async(&mut conn).await?;
-        let at = rx.recv().await.ok_or_else(|| anyhow::anyhow!("seed waiter vanished"))?;
+        let at = rx.recv().await.ok_or_else(|| anyhow::anyhow!("counter waiter vanished"))?;
         samples.push(at.saturating_duration_since(t));
     }
     for t in tasks {
