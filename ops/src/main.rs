@@ -20,7 +20,7 @@ use projector_process::telemetry;
 /// Exit codes: 0 done; 1 the command failed (e.g. Redis unreachable, refused limit); 2 bad
 /// configuration or usage.
 #[derive(Debug, Parser)]
-#[command(name = "projectorctl", version)]
+#[command(name = "projectorctl", version = projector_process::VERSION)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

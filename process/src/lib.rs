@@ -5,3 +5,7 @@
 pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
+
+/// What `--version` prints after the binary's name: the release and the commit it was built
+/// from, so a report from a host names the exact code it ran.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("PROJECTOR_COMMIT"), ")");

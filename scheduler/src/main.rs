@@ -16,7 +16,7 @@ use projector_shared::run::RunSummary;
 /// Fans out one spike-projection job per organization, in batches, to workers that share a
 /// cluster-wide limit of concurrent queries.
 #[derive(Debug, Parser)]
-#[command(name = "projector-scheduler", version, long_about = None, after_help = projector_config::LAYERS_HELP)]
+#[command(name = "projector-scheduler", version = projector_process::VERSION, long_about = None, after_help = projector_config::LAYERS_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

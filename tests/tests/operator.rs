@@ -804,3 +804,22 @@ fn no_password_is_printed_on_any_path() {
     }
     assert!(!page.stderr().contains(SECRET), "the page's log printed the password: {}", page.stderr());
 }
+
+/// `--version` names the release and the commit the binary was built from, for every binary.
+#[test]
+fn every_binary_names_its_version_and_commit() {
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(projector_tests::manifest_path(".."))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| text(&o.stdout).trim().to_owned());
+    for bin in ["projector-worker", "projector-scheduler", "projectorctl"] {
+        let out = run(bin, &[], &["--version"]);
+        assert!(out.status.success(), "{bin}: {}", text(&out.stderr));
+        let printed = text(&out.stdout);
+        let expected = format!("{bin} {} (commit {})\n", env!("CARGO_PKG_VERSION"), head.as_deref().unwrap_or("unknown"));
+        assert_eq!(printed, expected, "{bin} --version");
+    }
+}

@@ -8,7 +8,7 @@ use projector_process::telemetry;
 
 /// Takes spike-projection jobs from Redis, holds a cluster-wide slot for each query, and stores projections.
 #[derive(Debug, Parser)]
-#[command(name = "projector-worker", version, long_about = None, after_help = projector_config::LAYERS_HELP)]
+#[command(name = "projector-worker", version = projector_process::VERSION, long_about = None, after_help = projector_config::LAYERS_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

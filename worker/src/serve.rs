@@ -127,7 +127,7 @@ fn spawn_services(
     let registration = projector_shared::heartbeat::Registration {
         host: host_name(),
         pid: std::process::id(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
+        version: projector_process::VERSION.to_owned(),
         started: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         slots: projector_config::slot_summary(config),
         config_digest: projector_config::digest(config),
