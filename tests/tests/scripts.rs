@@ -887,7 +887,7 @@ fn a_finished_runs_completed_orgs_are_compacted_and_still_answered() {
         let runs = projector_config::RunsConfig {
             retention: Duration::from_secs(600),
             summary_retention: Duration::from_secs(600),
-            trail_retention: Duration::from_secs(600),
+            trail_retention: Duration::from_secs(300),
             ..projector_config::RunsConfig::default()
         };
         let records = RunRecords::for_config(conn.clone(), &runs);
@@ -949,6 +949,8 @@ fn a_finished_runs_completed_orgs_are_compacted_and_still_answered() {
         let bad = records.org(&run, OrgId(200 * 7)).await.expect("org").expect("planned");
         assert_eq!((bad.outcome, bad.compacted_at_ms), (Some(Outcome::Failed), None));
         assert_eq!(bad.trail.len(), 1, "a failed org keeps its trail");
+        let trail_ttl: i64 = redis::cmd("PTTL").arg(conn.layout().run_trail(&run)).query_async(&mut conn.clone()).await.expect("pttl");
+        assert!(trail_ttl > 300_000, "what is left of the trail lives runs.retention, not runs.trail_retention: {trail_ttl} ms");
         assert!(records.org(&run, OrgId(8)).await.expect("org").is_none(), "an org the run never planned");
         let orgs = records.orgs(&run).await.expect("orgs");
         assert_eq!(orgs.len() as u64, total);

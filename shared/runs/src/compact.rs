@@ -1,8 +1,9 @@
 //! Compaction of finished runs: `runs.completed_detail` after a run finished, its completed orgs
 //! leave the per-org hashes (outcome, plan entry, attempts, trail: ~550 B each) for a compact
 //! list of (org, when its outcome was recorded), ~4 B each, kept for the rest of
-//! `runs.retention`. Orgs that did not complete keep everything, so `runs retry`, `explain` and
-//! `runs show` answer for them as before; a completed org still answers "completed" and when.
+//! `runs.retention`. Orgs that did not complete keep everything, their trail included, for
+//! `runs.retention`, so `runs retry`, `explain` and `runs show` answer for them as before; a
+//! completed org still answers "completed" and when.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -179,6 +180,15 @@ impl RunRecords {
             .key(layout.run_trail(run_id))
             .arg(REWRITE_MOST)
             .invoke_async(&mut conn)
+            .await
+            .map_err(Error::redis(doing()))?;
+        // What is left of the trail is the story of the orgs that did not complete: it is kept as
+        // long as their outcomes (runs.retention), not runs.trail_retention.
+        let _: () = redis::cmd("PEXPIRE")
+            .arg(layout.run_trail(run_id))
+            .arg(ttl)
+            .arg("GT")
+            .query_async(&mut conn)
             .await
             .map_err(Error::redis(doing()))?;
         Ok(compacted)

@@ -98,7 +98,6 @@ async fn main() -> anyhow::Result<()> {
     let took = started.elapsed();
     let (after, _) = run_bytes(&conn, &run).await?;
     let per_org_full = before as f64 / args.orgs as f64;
-    let per_org_full_no_trail = (before - trail) as f64 / args.orgs as f64;
     let per_completed = after as f64 / n_completed.max(1) as f64;
     println!(
         "run of {} orgs ({n_completed} completed, {n_failed} failed), compacted {compacted} in {:.2} s",
@@ -108,12 +107,10 @@ async fn main() -> anyhow::Result<()> {
     println!("  before compaction: {before} B, {per_org_full:.0} B per org ({:.0} B of it trail)", trail as f64 / args.orgs as f64);
     println!("  after compaction:  {after} B, {per_completed:.1} B per completed org (the failed orgs' full records included)");
     // A week of hourly runs: the run under way and the one in its completed_detail hour in full,
-    // 22 more with the failed orgs' trails (runs.trail_retention 24 h), 144 without.
+    // 166 compacted, whose orgs that did not complete keep everything (their trail included).
     let failed_share = n_failed as f64 / args.orgs as f64;
     let compact_per_org = (after as f64 - failed_share * args.orgs as f64 * per_org_full) / args.orgs as f64;
-    let week_per_org = 2.0 * per_org_full
-        + 22.0 * (compact_per_org + failed_share * per_org_full)
-        + 144.0 * (compact_per_org + failed_share * per_org_full_no_trail);
+    let week_per_org = 2.0 * per_org_full + 166.0 * (compact_per_org + failed_share * per_org_full);
     for n in [100_000u64, 1_000_000] {
         println!("  a week of hourly runs at {n} orgs: {:.2} GB of run history", week_per_org * n as f64 / 1e9);
     }

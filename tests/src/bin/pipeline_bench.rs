@@ -157,7 +157,8 @@ struct Projection {
 
 /// Prints and returns the projection: per org as measured, then the fleet's week. The week keeps
 /// the run under way and the one in its `runs.completed_detail` hour in full, 166 runs
-/// compacted, every org's projection, and at the peak of a fan-out every job queued at once.
+/// compacted (their orgs that did not complete in full, as measured in this run), every org's
+/// projection, and at the peak of a fan-out every job queued at once.
 fn print_projection(p: &Projection) -> serde_json::Value {
     let n = p.fleet as f64;
     let week = n * (p.projections_per_org + 2.0 * p.full_history_per_org + 166.0 * p.retained_per_org);
