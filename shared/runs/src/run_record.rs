@@ -194,16 +194,31 @@ impl RunRecords {
 
     /// Records a tick that was not fanned out, and why: it shows in `runs list` as `skipped`.
     pub async fn record_skipped_tick(&self, run_id: &RunId, tick: DateTime<Utc>, why: &str) -> Result<(), Error> {
-        self.create(run_id, tick, 0).await?;
-        // Set after create, which clears it for a tick fanned out later; a skipped tick is not open.
+        let key = self.conn.layout().run(run_id);
+        let ttl = self.summary_retention_ms();
+        let ttl_ms = i64::try_from(ttl).unwrap_or(i64::MAX);
+        let now: (u64, u64) = redis::cmd("TIME").query_async(&mut self.conn.clone()).await.map_err(Error::redis("reading Redis time"))?;
+        // Skipped in the same HSET that makes it a run, and listed only after: no reader ever
+        // sees a skipped tick as a run fanning out, and it never enters the open index.
         redis::pipe()
-            .hset(self.conn.layout().run(run_id), "skipped", why)
+            .cmd("HSETNX")
+            .arg(&key)
+            .arg("created_ms")
+            .arg(now.0 * 1_000 + now.1 / 1_000)
             .ignore()
-            .zrem(keys::OPEN_RUNS, &run_id.0)
+            .hset_multiple(&key, &[("run_id", run_id.0.as_str()), ("tick", &tick.to_rfc3339()), ("orgs_total", "0"), ("skipped", why)])
+            .ignore()
+            .pexpire(&key, ttl_ms)
+            .ignore()
+            .zadd(keys::RUNS, &run_id.0, tick.timestamp_millis())
+            .ignore()
+            .zrembyscore(keys::RUNS, "-inf", tick.timestamp_millis().saturating_sub(ttl_ms))
+            .ignore()
+            .pexpire(keys::RUNS, ttl_ms)
             .ignore()
             .query_async::<()>(&mut self.conn.clone())
             .await
-            .map_err(Error::redis(format!("marking run {run_id} skipped")))
+            .map_err(Error::redis(format!("recording the skipped tick {run_id}")))
     }
 
     /// Marks `run_id` as the run fanned out last (`keys::LAST_PLANNED_RUN`).
