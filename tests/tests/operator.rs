@@ -49,7 +49,10 @@ fn workers_runs_and_status_show_the_fleet_and_their_json_matches_redis() {
     let listed_pids: std::collections::BTreeSet<u64> =
         listed["workers"].as_array().expect("workers").iter().filter_map(|w| w["pid"].as_u64()).collect();
     assert_eq!(listed_pids, pids, "{listed}");
-    assert!(listed["workers"].as_array().expect("workers").iter().all(|w| w["version"] == env!("CARGO_PKG_VERSION") && w["host"] != ""));
+    // Each worker registers what its --version prints: the release and the commit it runs.
+    let version = text(&run("projector-worker", &[], &["--version"]).stdout).trim().trim_start_matches("projector-worker ").to_owned();
+    assert!(version.starts_with(env!("CARGO_PKG_VERSION")) && version.contains("(commit "), "{version}");
+    assert!(listed["workers"].as_array().expect("workers").iter().all(|w| w["version"] == version.as_str() && w["host"] != ""), "{listed}");
 
     let out = run("projector-scheduler", &env, &["run-once", "--wait", "--wait-timeout", "60s", "--orgs", "30", "--batch-delay", "0s"]);
     let stdout = text(&out.stdout);
