@@ -234,7 +234,13 @@ fn a_fan_out_killed_half_way_is_finished_by_run_id_without_querying_any_org_twic
 /// follows the run through the outage, and a follow-up run is not stalled by dead leases.
 #[test]
 fn a_redis_restart_from_aof_loses_no_org_and_leaves_no_dead_lease() {
-    let mut c = cluster(RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]), "1s", &[]);
+    // The fake is the service here and ends every query within 1 s, so 2 s is its bound: a job
+    // the failing loop drops mid-query keeps its slot that long (not Snuba's 60 s), as it must.
+    let mut c = cluster(
+        RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]),
+        "1s",
+        &[("PROJECTOR_QUERY_MAX_DURATION", "2s"), ("PROJECTOR_QUERY_MAX_DURATION_BELOW_SERVICE", "true")],
+    );
     // A short max_wait: slots held by dead leases would show as skipped_no_slot.
     let w = c.worker(&["--slots-limit", "5", "--concurrency", "16", "--slots-max-wait", "5s"]);
     let run = c.run(20);
