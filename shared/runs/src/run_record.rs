@@ -111,34 +111,44 @@ impl RunRecords {
     /// Creates (or, for a re-run of the same tick, keeps) the record of a run of `orgs_total` orgs,
     /// and lists it among the recent runs (`projectorctl runs list`).
     pub async fn create(&self, run_id: &RunId, tick: DateTime<Utc>, orgs_total: u64) -> Result<(), Error> {
+        self.write_record(run_id, tick, orgs_total, None).await
+    }
+
+    /// The run hash and its place in the runs index; a run (`skipped: None`) also enters the open
+    /// index, a skipped tick is marked skipped in the same HSET that makes it a record, so no
+    /// reader ever sees it as a run fanning out.
+    async fn write_record(&self, run_id: &RunId, tick: DateTime<Utc>, orgs_total: u64, skipped: Option<&str>) -> Result<(), Error> {
         let key = self.conn.layout().run(run_id);
         // The record hash is the run's summary: it and the runs index outlive the per-org hashes.
-        let ttl = self.summary_retention_ms();
-        let ttl_ms = i64::try_from(ttl).unwrap_or(i64::MAX);
+        let ttl_ms = i64::try_from(self.summary_retention_ms()).unwrap_or(i64::MAX);
         // When the run began on Redis's clock: a past tick replayed now began now, not at its tick.
         let now: (u64, u64) = redis::cmd("TIME").query_async(&mut self.conn.clone()).await.map_err(Error::redis("reading Redis time"))?;
+        let (tick_text, total) = (tick.to_rfc3339(), orgs_total.to_string());
+        let mut fields = vec![("run_id", run_id.0.as_str()), ("tick", tick_text.as_str()), ("orgs_total", total.as_str())];
+        if let Some(why) = skipped {
+            fields.push(("skipped", why));
+        }
         // Not a transaction: on a cluster the runs index and the run hash live in different slots.
-        redis::pipe()
-            .cmd("HSETNX")
-            .arg(&key)
-            .arg("created_ms")
-            .arg(now.0 * 1_000 + now.1 / 1_000)
-            .ignore()
-            .hset(&key, "run_id", &run_id.0)
-            .hset(&key, "tick", tick.to_rfc3339())
-            .hset(&key, "orgs_total", orgs_total)
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSETNX").arg(&key).arg("created_ms").arg(now.0 * 1_000 + now.1 / 1_000).ignore();
+        pipe.hset_multiple(&key, &fields).ignore();
+        if skipped.is_none() {
             // A tick skipped earlier and fanned out now (run-once --tick) is a run like any other.
-            .hdel(&key, "skipped")
-            .pexpire(&key, ttl as i64)
+            pipe.hdel(&key, "skipped").ignore();
+        }
+        pipe.pexpire(&key, ttl_ms)
+            .ignore()
             .zadd(keys::RUNS, &run_id.0, tick.timestamp_millis())
+            .ignore()
             .zrembyscore(keys::RUNS, "-inf", tick.timestamp_millis().saturating_sub(ttl_ms))
-            .pexpire(keys::RUNS, ttl as i64)
+            .ignore()
+            .pexpire(keys::RUNS, ttl_ms)
+            .ignore();
+        if skipped.is_none() {
             // Open until a reader of the index sees it ended (`open_runs`).
-            .zadd(keys::OPEN_RUNS, &run_id.0, tick.timestamp_millis())
-            .pexpire(keys::OPEN_RUNS, ttl as i64)
-            .query_async::<()>(&mut self.conn.clone())
-            .await
-            .map_err(Error::redis(format!("creating the record of run {run_id}")))
+            pipe.zadd(keys::OPEN_RUNS, &run_id.0, tick.timestamp_millis()).ignore().pexpire(keys::OPEN_RUNS, ttl_ms).ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn.clone()).await.map_err(Error::redis(format!("writing the record of run {run_id}")))
     }
 
     /// Removes every key of a run that never had a job (its plan could not be stored whole):
@@ -194,31 +204,7 @@ impl RunRecords {
 
     /// Records a tick that was not fanned out, and why: it shows in `runs list` as `skipped`.
     pub async fn record_skipped_tick(&self, run_id: &RunId, tick: DateTime<Utc>, why: &str) -> Result<(), Error> {
-        let key = self.conn.layout().run(run_id);
-        let ttl = self.summary_retention_ms();
-        let ttl_ms = i64::try_from(ttl).unwrap_or(i64::MAX);
-        let now: (u64, u64) = redis::cmd("TIME").query_async(&mut self.conn.clone()).await.map_err(Error::redis("reading Redis time"))?;
-        // Skipped in the same HSET that makes it a run, and listed only after: no reader ever
-        // sees a skipped tick as a run fanning out, and it never enters the open index.
-        redis::pipe()
-            .cmd("HSETNX")
-            .arg(&key)
-            .arg("created_ms")
-            .arg(now.0 * 1_000 + now.1 / 1_000)
-            .ignore()
-            .hset_multiple(&key, &[("run_id", run_id.0.as_str()), ("tick", &tick.to_rfc3339()), ("orgs_total", "0"), ("skipped", why)])
-            .ignore()
-            .pexpire(&key, ttl_ms)
-            .ignore()
-            .zadd(keys::RUNS, &run_id.0, tick.timestamp_millis())
-            .ignore()
-            .zrembyscore(keys::RUNS, "-inf", tick.timestamp_millis().saturating_sub(ttl_ms))
-            .ignore()
-            .pexpire(keys::RUNS, ttl_ms)
-            .ignore()
-            .query_async::<()>(&mut self.conn.clone())
-            .await
-            .map_err(Error::redis(format!("recording the skipped tick {run_id}")))
+        self.write_record(run_id, tick, 0, Some(why)).await
     }
 
     /// Marks `run_id` as the run fanned out last (`keys::LAST_PLANNED_RUN`).
