@@ -13,6 +13,9 @@ pub enum Error {
 
     #[error(transparent)]
     Redis(#[from] projector_redis::Error),
+
+    #[error(transparent)]
+    Sqlite(#[from] projector_sqlite::Error),
 }
 
 impl Error {
@@ -21,6 +24,7 @@ impl Error {
         match self {
             Error::SlotBackendUnavailable { .. } => true,
             Error::Redis(e) => e.is_retryable(),
+            Error::Sqlite(e) => e.is_retryable(),
             Error::LimiterClosed { .. } => false,
         }
     }

@@ -20,13 +20,14 @@ pub struct MemoryRateLimiter {
     state: Arc<Mutex<State>>,
 }
 
-#[derive(Debug, Default)]
-struct State {
+/// What a rate limiter remembers between decisions.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct State {
     /// Strict: admission times per window, oldest first (they never go backwards).
-    admitted: Vec<VecDeque<u64>>,
+    pub(crate) admitted: Vec<VecDeque<u64>>,
     /// Smooth: theoretical arrival time per window.
-    tat: Vec<f64>,
-    cooldown_until: u64,
+    pub(crate) tat: Vec<f64>,
+    pub(crate) cooldown_until: u64,
 }
 
 impl MemoryRateLimiter {
@@ -48,60 +49,64 @@ impl MemoryRateLimiter {
 
     /// The decision at `now` (us on this limiter's clock), reserving when admitted.
     fn decide(&self, now: u64) -> Decision {
-        let policy = &self.policy;
-        let mut state = self.state();
-        let mut at = now;
-        let mut reason = None;
-        if state.cooldown_until > now {
-            at = state.cooldown_until;
-            reason = Some(BlockReason::Cooldown);
-        }
-        let later = |candidate: u64, at: &mut u64, reason: &mut Option<BlockReason>| {
-            if candidate > *at {
-                *at = candidate;
-                *reason = Some(BlockReason::Window);
-            }
-        };
-        match policy.mode {
-            RateMode::Strict => {
-                for (w, admitted) in policy.windows.iter().zip(state.admitted.iter_mut()) {
-                    let span = span_us(policy.enforced_span(w));
-                    while admitted.front().is_some_and(|&t| t + span <= now) {
-                        admitted.pop_front();
-                    }
-                    if let Some(&last) = admitted.back() {
-                        later(last, &mut at, &mut reason);
-                    }
-                    let limit = w.limit as usize;
-                    if admitted.len() >= limit {
-                        later(admitted[admitted.len() - limit] + span, &mut at, &mut reason);
-                    }
-                }
-            }
-            RateMode::Smooth => {
-                for (w, tat) in policy.windows.iter().zip(state.tat.iter()) {
-                    let interval = span_us(w.span) as f64 / f64::from(w.limit);
-                    let tolerance = f64::from(policy.burst.min(w.limit) - 1) * interval;
-                    let allowed = (tat.max(now as f64) - tolerance).ceil().max(0.0) as u64;
-                    later(allowed, &mut at, &mut reason);
-                }
-            }
-        }
-        let wait_us = at - now;
-        // A cooldown refuses whatever max_delay says (lua/rate_acquire.lua).
-        if wait_us > span_us(policy.max_delay) || reason == Some(BlockReason::Cooldown) {
-            return Decision { admitted: false, wait_us, reason, at_us: at };
-        }
-        match policy.mode {
-            RateMode::Strict => state.admitted.iter_mut().for_each(|admitted| admitted.push_back(at)),
-            RateMode::Smooth => {
-                for (w, tat) in policy.windows.iter().zip(state.tat.iter_mut()) {
-                    *tat = tat.max(at as f64) + span_us(w.span) as f64 / f64::from(w.limit);
-                }
-            }
-        }
-        Decision { admitted: true, wait_us, reason, at_us: at }
+        decide(&self.policy, &mut self.state(), now)
     }
+}
+
+/// The decision at `now` (us) under `policy` from `state`, reserving in it when admitted: the
+/// one rule the memory and SQLite limiters share, and `lua/rate_acquire.lua` mirrors.
+pub(crate) fn decide(policy: &RatePolicy, state: &mut State, now: u64) -> Decision {
+    let mut at = now;
+    let mut reason = None;
+    if state.cooldown_until > now {
+        at = state.cooldown_until;
+        reason = Some(BlockReason::Cooldown);
+    }
+    let later = |candidate: u64, at: &mut u64, reason: &mut Option<BlockReason>| {
+        if candidate > *at {
+            *at = candidate;
+            *reason = Some(BlockReason::Window);
+        }
+    };
+    match policy.mode {
+        RateMode::Strict => {
+            for (w, admitted) in policy.windows.iter().zip(state.admitted.iter_mut()) {
+                let span = span_us(policy.enforced_span(w));
+                while admitted.front().is_some_and(|&t| t + span <= now) {
+                    admitted.pop_front();
+                }
+                if let Some(&last) = admitted.back() {
+                    later(last, &mut at, &mut reason);
+                }
+                let limit = w.limit as usize;
+                if admitted.len() >= limit {
+                    later(admitted[admitted.len() - limit] + span, &mut at, &mut reason);
+                }
+            }
+        }
+        RateMode::Smooth => {
+            for (w, tat) in policy.windows.iter().zip(state.tat.iter()) {
+                let interval = span_us(w.span) as f64 / f64::from(w.limit);
+                let tolerance = f64::from(policy.burst.min(w.limit) - 1) * interval;
+                let allowed = (tat.max(now as f64) - tolerance).ceil().max(0.0) as u64;
+                later(allowed, &mut at, &mut reason);
+            }
+        }
+    }
+    let wait_us = at - now;
+    // A cooldown refuses whatever max_delay says (lua/rate_acquire.lua).
+    if wait_us > span_us(policy.max_delay) || reason == Some(BlockReason::Cooldown) {
+        return Decision { admitted: false, wait_us, reason, at_us: at };
+    }
+    match policy.mode {
+        RateMode::Strict => state.admitted.iter_mut().for_each(|admitted| admitted.push_back(at)),
+        RateMode::Smooth => {
+            for (w, tat) in policy.windows.iter().zip(state.tat.iter_mut()) {
+                *tat = tat.max(at as f64) + span_us(w.span) as f64 / f64::from(w.limit);
+            }
+        }
+    }
+    Decision { admitted: true, wait_us, reason, at_us: at }
 }
 
 fn span_us(d: Duration) -> u64 {

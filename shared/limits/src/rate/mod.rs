@@ -1,11 +1,12 @@
 //! Rate policies on query starts: at most N starts in any window W, over several windows at once,
 //! strict (sliding log) or smooth (GCRA), with a bounded wait; the `RateLimiter` trait, its
 //! answers, and the gate that applies one (enforced or in shadow) with its logs and metrics.
-//! The Redis and in-memory limiters live beside it and share the same semantics.
+//! The Redis, SQLite and in-memory limiters live beside it and share the same semantics.
 
 mod gate;
 mod memory;
 mod redis;
+mod sqlite;
 pub mod store;
 
 use std::time::Duration;
@@ -19,6 +20,7 @@ use crate::error::Error;
 pub use gate::{Pass, RateGate};
 pub use memory::MemoryRateLimiter;
 pub use redis::{RateNow, RedisRateLimiter, WindowNow};
+pub use sqlite::SqliteRateLimiter;
 
 /// What one limiter enforces: its windows (shortest first), mode and bounded wait.
 #[derive(Debug, Clone, PartialEq)]

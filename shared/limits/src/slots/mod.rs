@@ -5,6 +5,7 @@ mod fail_open;
 mod memory;
 mod redis;
 mod scripts;
+mod sqlite;
 
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ pub use self::redis::{
 pub use self::scripts::{AdaptiveReport, Occupancy, ServiceCap};
 pub use fail_open::FailOpenLimiter;
 pub use memory::MemorySlotLimiter;
+pub use sqlite::{SqliteSlotLimiter, SqliteSlotSettings};
 
 /// Who asks for a slot; stored with the lease so operators can see who holds what.
 #[derive(Debug, Clone, PartialEq, Eq)]
