@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::value::{RateWindow, boolean, choice, duration, float, format_duration, int, rates, text, url};
-use crate::{Config, OnRedisError, OnSlotTimeout, OrgSourceKind, Overlap, QuerySourceKind, RateMode, SinkKind, WhenPaused};
+use crate::{BackendKind, Config, OnRedisError, OnSlotTimeout, OrgSourceKind, Overlap, QuerySourceKind, RateMode, SinkKind, WhenPaused};
 
 /// One configuration key.
 pub struct KeySpec {
@@ -239,6 +239,8 @@ const REDIS_ERROR_CHOICES: &[(&str, OnRedisError)] = &[("fail_closed", OnRedisEr
 const ORG_SOURCE_CHOICES: &[(&str, OrgSourceKind)] = &[("synthetic", OrgSourceKind::Synthetic), ("file", OrgSourceKind::File)];
 const SINK_CHOICES: &[(&str, SinkKind)] =
     &[("redis", SinkKind::Redis), ("jsonl", SinkKind::JsonLines), ("discard", SinkKind::Discard), ("postgres", SinkKind::Postgres)];
+const BACKEND_CHOICES: &[(&str, BackendKind)] =
+    &[("memory", BackendKind::Memory), ("sqlite", BackendKind::Sqlite), ("redis", BackendKind::Redis)];
 const RATE_MODE_CHOICES: &[(&str, RateMode)] = &[("strict", RateMode::Strict), ("smooth", RateMode::Smooth)];
 const QUERY_SOURCE_CHOICES: &[(&str, QuerySourceKind)] = &[("synthetic", QuerySourceKind::Synthetic), ("snuba", QuerySourceKind::Snuba)];
 
@@ -262,6 +264,12 @@ macro_rules! keys {
 }
 
 keys! {
+    "backend.kind" => backend.kind: Opt(Choice(BACKEND_CHOICES)), default None,
+        "where the queue, slots, rate windows and runs live: \"memory\" (this process only, forgotten at exit), \"sqlite\" (one file shared by the processes of one machine, kept across restarts) or \"redis\" (a fleet); unset: memory for run-once --embedded, redis (redis.url) for every other process";
+    "backend.dsn" => backend.dsn: Opt(Text), default None,
+        "with backend.kind = \"sqlite\": the file, as sqlx reads it (sqlite:///absolute/path.db or sqlite://relative.db; created if missing); with \"redis\": Redis's URL, in place of redis.url";
+    "backend.busy_timeout" => backend.busy_timeout: Dur(Duration::ZERO, SECS(600)), default Some("5s"),
+        "with backend.kind = \"sqlite\": how long a process waits for another's write lock before it fails with an error naming the file";
     "redis.url" => redis.url: Url(&["redis", "rediss", "unix", "redis+unix"]), default Some("redis://127.0.0.1:6379"),
         "Redis holding jobs, slots, run records and flags (redis://, rediss:// for TLS, or unix:///path)";
     "redis.tls_ca_file" => redis.tls_ca_file: Opt(FilePath), default None,

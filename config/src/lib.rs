@@ -27,6 +27,7 @@ pub use value::{RateWindow, format_duration, rates as parse_rates, redact_url};
 /// Everything a Projector process can be told, with the defaults below.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    pub backend: BackendConfig,
     pub redis: RedisConfig,
     pub slots: SlotsConfig,
     pub batch: BatchConfig,
@@ -59,6 +60,37 @@ pub struct AdaptiveConfig {
     pub min_multiplier: f64,
     pub max_multiplier: f64,
     pub use_throttle_signal: bool,
+}
+
+/// `[backend]`: where the queue, the slots, the rate windows and the runs live.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BackendConfig {
+    /// `None`: memory for the embedded run, Redis (`redis.url`) for a fleet's processes.
+    pub kind: Option<BackendKind>,
+    /// The SQLite file (`sqlite:///absolute/path.db`), or Redis's URL in place of `redis.url`.
+    pub dsn: Option<String>,
+    /// How long a process waits for another's write lock on a SQLite file.
+    pub busy_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// In this process only: forgotten at exit (the embedded run).
+    Memory,
+    /// One SQLite file shared by the processes of one machine.
+    Sqlite,
+    /// A Redis server, Sentinel or Cluster shared by a fleet.
+    Redis,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Memory => "memory",
+            BackendKind::Sqlite => "sqlite",
+            BackendKind::Redis => "redis",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -411,6 +443,7 @@ impl Default for Config {
     /// Every key's default, from the key table (`keys.rs`), where each is written once.
     fn default() -> Self {
         let mut config = Config {
+            backend: BackendConfig::default(),
             redis: RedisConfig::default(),
             slots: SlotsConfig::default(),
             batch: BatchConfig::default(),

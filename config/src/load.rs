@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{ConfigError, Problem};
 use crate::keys::{KEYS, env_var_for, find};
-use crate::value::format_duration;
-use crate::{Config, OrgSourceKind, QuerySourceKind, SinkKind};
+use crate::value::{format_duration, redact_url};
+use crate::{BackendKind, Config, OrgSourceKind, QuerySourceKind, SinkKind};
 
 /// Where a value came from; named in every error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,13 +109,63 @@ pub fn load(file: Option<&Path>, env: &Env, flags: &[FlagValue]) -> Result<Confi
     if let Some(path) = file {
         apply_referrer_overrides(&mut config, referrers, path, &mut problems);
     }
-    check_combinations(&config, &sources, &mut problems);
+    check_combinations(&mut config, &sources, &mut problems);
 
     if problems.is_empty() { Ok(config) } else { Err(ConfigError::Invalid(problems)) }
 }
 
+/// `backend.*` with each other and with `redis.url`: a combination that cannot work is refused
+/// with what to set instead. A Redis DSN takes `redis.url`'s place.
+fn check_backend(config: &mut Config, source_of: &dyn Fn(&str) -> Source, problems: &mut Vec<Problem>) {
+    let dsn = config.backend.dsn.clone();
+    let mut refuse = |key: &str, value: Option<String>, allowed: String| {
+        problems.push(Problem { key: key.to_owned(), value, source: source_of(key), allowed });
+    };
+    match (config.backend.kind, dsn) {
+        (None, Some(dsn)) => refuse(
+            "backend.dsn",
+            Some(redact_url(&dsn)),
+            "is read only with backend.kind set; set backend.kind = \"sqlite\" (or \"redis\") to say what the DSN is".to_owned(),
+        ),
+        (Some(BackendKind::Memory), Some(dsn)) => refuse(
+            "backend.dsn",
+            Some(redact_url(&dsn)),
+            "names a store, but backend.kind = \"memory\" keeps everything in this process; unset backend.dsn, or set backend.kind = \"sqlite\" to keep it in that file".to_owned(),
+        ),
+        (Some(BackendKind::Sqlite), None) => refuse(
+            "backend.dsn",
+            None,
+            "required when backend.kind = \"sqlite\"; set it to the file every process of this machine shares, like sqlite:///var/lib/projector/fleet.db".to_owned(),
+        ),
+        (Some(BackendKind::Sqlite), Some(dsn)) => {
+            let names_a_file = dsn.strip_prefix("sqlite://").is_some_and(|rest| !rest.is_empty() && !rest.contains(":memory:") && !rest.contains("mode=memory"));
+            if !names_a_file {
+                refuse(
+                    "backend.dsn",
+                    Some(redact_url(&dsn)),
+                    "must name a SQLite file the processes share: sqlite:///absolute/path.db or sqlite://relative.db (an in-memory database lives and dies with one process: use backend.kind = \"memory\" for that)".to_owned(),
+                );
+            }
+        }
+        (Some(BackendKind::Redis), Some(dsn)) => {
+            if !["redis://", "rediss://", "unix://", "redis+unix://"].iter().any(|scheme| dsn.starts_with(scheme)) {
+                refuse("backend.dsn", Some(redact_url(&dsn)), "with backend.kind = \"redis\" must be a Redis URL (redis://, rediss:// or unix://)".to_owned());
+            } else if source_of("redis.url") != Source::Default && config.redis.url != dsn {
+                refuse(
+                    "backend.dsn",
+                    Some(redact_url(&dsn)),
+                    format!("and redis.url ({}) name two different Redis servers; set one of them", redact_url(&config.redis.url)),
+                );
+            } else {
+                config.redis.url = dsn;
+            }
+        }
+        (Some(BackendKind::Redis) | Some(BackendKind::Memory) | None, None) => {}
+    }
+}
+
 /// Rules that involve more than one key.
-fn check_combinations(config: &Config, sources: &BTreeMap<&'static str, Source>, problems: &mut Vec<Problem>) {
+fn check_combinations(config: &mut Config, sources: &BTreeMap<&'static str, Source>, problems: &mut Vec<Problem>) {
     let source_of = |key: &str| sources.get(key).cloned().unwrap_or(Source::Default);
     if config.orgs.source == OrgSourceKind::File && config.orgs.path.is_none() {
         problems.push(Problem {
@@ -136,6 +186,7 @@ fn check_combinations(config: &Config, sources: &BTreeMap<&'static str, Source>,
                 .to_owned(),
         });
     }
+    check_backend(config, &source_of, problems);
     if config.sink.kind == SinkKind::JsonLines && config.sink.path.is_none() {
         problems.push(Problem {
             key: "sink.path".to_owned(),
@@ -576,6 +627,36 @@ mod tests {
         assert_eq!(keys, ["rate.rates", "rate.referrers.\"x\".limit", "rate.referrers.\"x\".rates"], "{err}");
         assert!(err.to_string().contains("strictly increasing"), "{err}");
         assert!(err.to_string().contains("zero rate"), "{err}");
+    }
+
+    #[test]
+    fn the_backend_is_chosen_by_one_key_and_impossible_combinations_are_refused() {
+        let env = Env::from_pairs([("PROJECTOR_BACKEND_KIND", "sqlite"), ("PROJECTOR_BACKEND_DSN", "sqlite:///var/lib/projector/fleet.db")]);
+        let c = load(None, &env, &[]).expect("sqlite from the environment");
+        assert_eq!(c.backend.kind, Some(BackendKind::Sqlite));
+        assert_eq!(c.backend.dsn.as_deref(), Some("sqlite:///var/lib/projector/fleet.db"));
+        assert_eq!(c.backend.busy_timeout, std::time::Duration::from_secs(5));
+        // A Redis DSN takes redis.url's place.
+        let env = Env::from_pairs([("PROJECTOR_BACKEND_KIND", "redis"), ("PROJECTOR_BACKEND_DSN", "redis://:secret@cache:6379/2")]);
+        assert_eq!(load(None, &env, &[]).expect("redis").redis.url, "redis://:secret@cache:6379/2");
+        for (pairs, says) in [
+            (vec![("PROJECTOR_BACKEND_KIND", "sqlite")], "required when backend.kind = \"sqlite\""),
+            (vec![("PROJECTOR_BACKEND_KIND", "sqlite"), ("PROJECTOR_BACKEND_DSN", "sqlite::memory:")], "must name a SQLite file"),
+            (vec![("PROJECTOR_BACKEND_KIND", "sqlite"), ("PROJECTOR_BACKEND_DSN", "/var/lib/fleet.db")], "sqlite:///absolute/path.db"),
+            (vec![("PROJECTOR_BACKEND_DSN", "sqlite:///x.db")], "set backend.kind"),
+            (vec![("PROJECTOR_BACKEND_KIND", "memory"), ("PROJECTOR_BACKEND_DSN", "sqlite:///x.db")], "keeps everything in this process"),
+            (vec![("PROJECTOR_BACKEND_KIND", "redis"), ("PROJECTOR_BACKEND_DSN", "sqlite:///x.db")], "must be a Redis URL"),
+            (
+                vec![("PROJECTOR_BACKEND_KIND", "redis"), ("PROJECTOR_BACKEND_DSN", "redis://a:6379"), ("PROJECTOR_REDIS_URL", "redis://b:6379")],
+                "two different Redis servers",
+            ),
+            (vec![("PROJECTOR_BACKEND_KIND", "postgres")], "memory"),
+        ] {
+            let err = load(None, &Env::from_pairs(pairs.clone()), &[]).expect_err(&format!("{pairs:?}"));
+            let text = err.to_string();
+            assert!(text.contains(says), "{pairs:?}: {text}");
+            assert!(!text.contains("secret"), "{text}");
+        }
     }
 
     #[test]
