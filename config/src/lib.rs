@@ -537,3 +537,50 @@ pub fn to_toml(config: &Config, show_secrets: bool) -> String {
     }
     out
 }
+
+/// Which processes a backend can serve, checked at start so that a combination that cannot work
+/// exits 2 with a sentence, before anything is read or written.
+impl Config {
+    /// For the embedded run: memory (the default) or a SQLite file.
+    pub fn backend_for_embedded(&self) -> Result<(), ConfigError> {
+        match self.backend.kind {
+            None | Some(BackendKind::Memory) | Some(BackendKind::Sqlite) => Ok(()),
+            Some(BackendKind::Redis) => Err(backend_problem(
+                BackendKind::Redis,
+                "cannot carry the embedded run, which runs its jobs inside this process: run projector-scheduler run-once without \
+                 --embedded and projector-worker run for a Redis fleet, or unset backend.kind",
+            )),
+        }
+    }
+
+    /// For a fleet's process (`process`: the scheduler's fan-out, a worker, projectorctl): Redis.
+    pub fn backend_for_fleet(&self, process: &str) -> Result<(), ConfigError> {
+        match self.backend.kind {
+            None | Some(BackendKind::Redis) => Ok(()),
+            Some(BackendKind::Memory) => Err(backend_problem(
+                BackendKind::Memory,
+                &format!(
+                    "keeps everything inside one process, and {process} shares its queue and slots with other processes: use \
+                     run-once --embedded for a run in one process, or backend.kind = \"redis\""
+                ),
+            )),
+            Some(BackendKind::Sqlite) => Err(backend_problem(
+                BackendKind::Sqlite,
+                &format!(
+                    "carries the embedded run's slots and rate windows today (projector-scheduler run-once --embedded, any number of \
+                     them on one machine, sharing the file's limit); {process} on SQLite is not built yet: use backend.kind = \"redis\" \
+                     for a fleet of workers"
+                ),
+            )),
+        }
+    }
+}
+
+fn backend_problem(kind: BackendKind, allowed: &str) -> ConfigError {
+    ConfigError::Invalid(vec![Problem {
+        key: "backend.kind".to_owned(),
+        value: Some(kind.as_str().to_owned()),
+        source: Source::Default,
+        allowed: allowed.to_owned(),
+    }])
+}

@@ -631,7 +631,8 @@ mod tests {
 
     #[test]
     fn the_backend_is_chosen_by_one_key_and_impossible_combinations_are_refused() {
-        let env = Env::from_pairs([("PROJECTOR_BACKEND_KIND", "sqlite"), ("PROJECTOR_BACKEND_DSN", "sqlite:///var/lib/projector/fleet.db")]);
+        let env =
+            Env::from_pairs([("PROJECTOR_BACKEND_KIND", "sqlite"), ("PROJECTOR_BACKEND_DSN", "sqlite:///var/lib/projector/fleet.db")]);
         let c = load(None, &env, &[]).expect("sqlite from the environment");
         assert_eq!(c.backend.kind, Some(BackendKind::Sqlite));
         assert_eq!(c.backend.dsn.as_deref(), Some("sqlite:///var/lib/projector/fleet.db"));
@@ -647,7 +648,11 @@ mod tests {
             (vec![("PROJECTOR_BACKEND_KIND", "memory"), ("PROJECTOR_BACKEND_DSN", "sqlite:///x.db")], "keeps everything in this process"),
             (vec![("PROJECTOR_BACKEND_KIND", "redis"), ("PROJECTOR_BACKEND_DSN", "sqlite:///x.db")], "must be a Redis URL"),
             (
-                vec![("PROJECTOR_BACKEND_KIND", "redis"), ("PROJECTOR_BACKEND_DSN", "redis://a:6379"), ("PROJECTOR_REDIS_URL", "redis://b:6379")],
+                vec![
+                    ("PROJECTOR_BACKEND_KIND", "redis"),
+                    ("PROJECTOR_BACKEND_DSN", "redis://a:6379"),
+                    ("PROJECTOR_REDIS_URL", "redis://b:6379"),
+                ],
                 "two different Redis servers",
             ),
             (vec![("PROJECTOR_BACKEND_KIND", "postgres")], "memory"),

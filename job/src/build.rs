@@ -7,7 +7,7 @@ use std::sync::Arc;
 use projector_config::{Config, QuerySourceKind, RateConfig, SinkKind};
 
 use projector_shared::adaptive::Multiplier;
-use projector_shared::rate::{MemoryRateLimiter, RateGate, RateLimiter, RatePolicy, RedisRateLimiter};
+use projector_shared::rate::{MemoryRateLimiter, RateGate, RateLimiter, RatePolicy, RedisRateLimiter, SqliteRateLimiter};
 use projector_shared::slots::ServiceSteering;
 
 use crate::error::Error;
@@ -45,32 +45,39 @@ pub fn service_steering(config: &Config) -> Option<ServiceSteering> {
     })
 }
 
+/// Where a rate policy's windows live.
+pub enum RateStore<'a> {
+    /// In this process (the embedded run on memory).
+    Process,
+    /// In the SQLite file every process of this machine shares.
+    File(&'a projector_sqlite::Database),
+    /// In Redis for the fleet, scaled by the fleet's adaptive multiplier.
+    Fleet(&'a projector_shared::redis_conn::RedisConn, Multiplier),
+}
+
 /// The rate gate of `query.referrer`'s policy (`[rate]` with its overrides). In a worker
-/// (`fleet`: Redis and the adaptive multiplier) there is always one, so that a policy set at
-/// runtime applies; with no policy it passes every start without a Redis call. The embedded run
-/// gets one, in memory, only when configured.
-pub fn rate_gate(config: &Config, fleet: Option<(&projector_shared::redis_conn::RedisConn, Multiplier)>) -> Option<RateGate> {
+/// (`Fleet`) there is always one, so that a policy set at runtime applies; with no policy it
+/// passes every start without a Redis call. The embedded run gets one, in this process or in its
+/// file, only when configured.
+pub fn rate_gate(config: &Config, store: RateStore<'_>) -> Option<RateGate> {
     let rate = config.rate_policy(&config.query.referrer);
-    if fleet.is_none() && !rate.is_active() {
+    if !matches!(store, RateStore::Fleet(..)) && !rate.is_active() {
         return None;
     }
     let fail_open = config.slots.on_redis_error == projector_config::OnRedisError::FailOpen;
-    let limiter = rate_limiter(config, &rate, fleet);
+    let limiter = rate_limiter(config, &rate, store);
     Some(RateGate::new(limiter, config.query.referrer.clone(), rate.enforce, rate.cooldown_after_429).fail_open(fail_open))
 }
 
-/// The limiter of one rate policy: fleet-wide in Redis, or in this process.
-pub fn rate_limiter(
-    config: &Config,
-    rate: &RateConfig,
-    fleet: Option<(&projector_shared::redis_conn::RedisConn, Multiplier)>,
-) -> Arc<dyn RateLimiter> {
+/// The limiter of one rate policy: fleet-wide in Redis, machine-wide in a file, or in this process.
+pub fn rate_limiter(config: &Config, rate: &RateConfig, store: RateStore<'_>) -> Arc<dyn RateLimiter> {
     let policy = RatePolicy::from_config(rate);
-    match fleet {
-        Some((conn, multiplier)) => {
+    match store {
+        RateStore::Fleet(conn, multiplier) => {
             Arc::new(RedisRateLimiter::new(conn.clone(), &config.query.referrer, policy).with_multiplier(multiplier).enforced(rate.enforce))
         }
-        None => Arc::new(MemoryRateLimiter::new(policy)),
+        RateStore::File(db) => Arc::new(SqliteRateLimiter::new(db.clone(), &config.query.referrer, policy)),
+        RateStore::Process => Arc::new(MemoryRateLimiter::new(policy)),
     }
 }
 

@@ -42,7 +42,12 @@ struct Cli {
 fn main() -> ExitCode {
     let cli: Cli = projector_process::telemetry::parse_args();
     telemetry::init(cli.log.log_format);
-    let config = match projector_process::runtime::config_or_exit(cli.config.load(Vec::new())) {
+    // Every command but `db` reads or changes the fleet's shared state.
+    let loaded = cli.config.load(Vec::new()).and_then(|c| match cli.command {
+        commands::Command::Db { .. } => Ok(c),
+        _ => c.backend_for_fleet("projectorctl").map(|()| c),
+    });
+    let config = match projector_process::runtime::config_or_exit(loaded) {
         Ok(c) => c,
         Err(code) => return code,
     };

@@ -10,14 +10,16 @@ use apalis::prelude::{MemorySink, MemoryStorage, MemoryStorageError, Task, TaskB
 use chrono::Utc;
 use futures::channel::mpsc::UnboundedSender;
 use futures::{SinkExt, StreamExt};
-use projector_config::{Config, SinkKind};
+use projector_config::{BackendKind, Config, SinkKind};
 use projector_job::Pipeline;
+use projector_job::build::RateStore;
 use projector_job::handler::{JobHandler, Requeue, Rescheduler, Routing, reschedules_skips, run_job};
 use projector_job::sink::{DiscardSink, ProjectionSink};
 use projector_shared::batch::{Pacing, plan_batches};
 use projector_shared::run::{MemoryRunLedger, RunSummary};
-use projector_shared::slots::MemorySlotLimiter;
+use projector_shared::slots::{MemorySlotLimiter, SlotLimiter, SqliteSlotLimiter, SqliteSlotSettings};
 use projector_shared::{RunId, SpikeProjectionJob};
+use projector_sqlite::Database;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -63,11 +65,28 @@ pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: C
     // The same handler as the worker process's: the memory ledger instead of the run record, no
     // flag store (every org takes a slot first), the memory queue to go back to. The service's
     // own numbers cap the run's limit as they cap a fleet's (slots.follow_service).
-    let limiter = Arc::new(match projector_job::build::service_steering(config) {
-        Some(steering) => MemorySlotLimiter::following_service(config.slots.limit, steering),
-        None => MemorySlotLimiter::new(config.slots.limit),
-    });
-    let rate = projector_job::build::rate_gate(config, None);
+    let (limiter, rate) = match config.backend.kind {
+        Some(BackendKind::Sqlite) => {
+            // Every embedded run on this machine that names the same file shares its slots and
+            // its rate windows, and the windows outlive the process.
+            let dsn = config.backend.dsn.as_deref().unwrap_or_default();
+            let db = Database::open(dsn, config.backend.busy_timeout).await?;
+            tracing::info!(file = %db.file().display(), "slots and rate windows are kept in the SQLite file");
+            let mut settings = SqliteSlotSettings::new(config.slots.limit, config.slots.lease_ttl);
+            if let Some(steering) = projector_job::build::service_steering(config) {
+                settings = settings.following_service(steering);
+            }
+            let limiter: Arc<dyn SlotLimiter> = Arc::new(SqliteSlotLimiter::new(db.clone(), settings));
+            (limiter, projector_job::build::rate_gate(config, RateStore::File(&db)))
+        }
+        _ => {
+            let limiter: Arc<dyn SlotLimiter> = Arc::new(match projector_job::build::service_steering(config) {
+                Some(steering) => MemorySlotLimiter::following_service(config.slots.limit, steering),
+                None => MemorySlotLimiter::new(config.slots.limit),
+            });
+            (limiter, projector_job::build::rate_gate(config, RateStore::Process))
+        }
+    };
     let pipeline = Pipeline::from_config(config, format!("embedded-{}", std::process::id()), limiter, sink.clone(), rate)?;
     let probe = pipeline.probe.clone();
     let (queue, storage) = memory_queue();

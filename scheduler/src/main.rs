@@ -118,6 +118,15 @@ fn main() -> ExitCode {
         Command::Serve { config, fan_out, serve } => config.load([fan_out.flag_values(), serve.flag_values()].concat()),
         Command::RunOnce(args) => args.config.load([args.fan_out.flag_values(), args.jobs.flag_values()].concat()),
     };
+    // The backend must suit what this process is about to be: the embedded run, or a fleet's.
+    let loaded = loaded.and_then(|config| {
+        match &cli.command {
+            Command::RunOnce(args) if args.embedded => config.backend_for_embedded(),
+            Command::RunOnce(_) => config.backend_for_fleet("projector-scheduler run-once"),
+            Command::Serve { .. } => config.backend_for_fleet("projector-scheduler serve"),
+        }?;
+        Ok(config)
+    });
     let config = match projector_process::runtime::config_or_exit(loaded) {
         Ok(config) => config,
         Err(code) => return code,

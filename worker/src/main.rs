@@ -56,8 +56,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run { config, jobs, worker } => {
-            let config = match projector_process::runtime::config_or_exit(config.load([jobs.flag_values(), worker.flag_values()].concat()))
-            {
+            let loaded = config.load([jobs.flag_values(), worker.flag_values()].concat());
+            let loaded = loaded.and_then(|c| c.backend_for_fleet("projector-worker run").map(|()| c));
+            let config = match projector_process::runtime::config_or_exit(loaded) {
                 Ok(c) => c,
                 Err(code) => return code,
             };

@@ -36,7 +36,7 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
         .map_err(projector_shared::Error::redis("opening the job queue connection"))?;
     let (slots, limiter) = slot_limiter(&config)?;
     let multiplier = projector_shared::adaptive::Multiplier::default();
-    let rate = projector_job::build::rate_gate(&config, Some((&conn, multiplier.clone())));
+    let rate = projector_job::build::rate_gate(&config, projector_job::build::RateStore::Fleet(&conn, multiplier.clone()));
     let sink = projector_job::build::sink(&config, None).await?;
     let pipeline = Pipeline::from_config(&config, name.clone(), limiter, sink, rate.clone())?;
     let cancels = CancelWatch::default();

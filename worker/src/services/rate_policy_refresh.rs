@@ -37,7 +37,11 @@ impl Periodic for RatePolicyRefresh {
             }
             match self.config.rate_policy_with(referrer, &changes) {
                 Ok(rate) => {
-                    let limiter = projector_job::build::rate_limiter(&self.config, &rate, Some((&self.conn, self.multiplier.clone())));
+                    let limiter = projector_job::build::rate_limiter(
+                        &self.config,
+                        &rate,
+                        projector_job::build::RateStore::Fleet(&self.conn, self.multiplier.clone()),
+                    );
                     self.gate.replace(limiter, rate.enforce, rate.cooldown_after_429);
                     let (rates, mode, enforce) = self.gate.describe();
                     tracing::info!(

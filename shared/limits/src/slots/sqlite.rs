@@ -20,9 +20,11 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::ServiceSteering;
 use super::{Acquire, ReleaseSlot, SlotLimiter, SlotPermit, SlotRequest, TimedOut, record_granted, record_released, record_timed_out};
 use crate::error::Error;
 use projector_core::metrics as m;
+use projector_core::service::ServiceQuota;
 
 /// How the SQLite limiter behaves; `limit` and `lease_ttl` come from `slots.*`.
 #[derive(Debug, Clone)]
@@ -37,6 +39,8 @@ pub struct SqliteSlotSettings {
     pub waiter_grace: Duration,
     /// The watcher re-reads the line at least this often, for leases that run out with no commit.
     pub recheck: Duration,
+    /// How the query service's numbers cap the limit (`slots.follow_service`); `None`: they do not.
+    pub service: Option<ServiceSteering>,
 }
 
 impl SqliteSlotSettings {
@@ -47,7 +51,13 @@ impl SqliteSlotSettings {
             lease_ttl,
             waiter_grace: Duration::from_secs(2),
             recheck: Duration::from_millis(50),
+            service: None,
         }
+    }
+
+    /// With the query service's numbers capping the limit.
+    pub fn following_service(self, steering: ServiceSteering) -> Self {
+        SqliteSlotSettings { service: Some(steering), ..self }
     }
 }
 
@@ -75,6 +85,11 @@ impl Drop for Inner {
         self.stop.cancel();
     }
 }
+
+/// The limit in force at `?2` (the stored limit, or the service's cap while it holds), whether
+/// grants are paused until then, and the last place given in line.
+const LIMIT_IN_FORCE: &str = "SELECT CASE WHEN service_cap IS NOT NULL AND service_cap_until_ms > ?2 THEN min(stored_limit, service_cap) \
+     ELSE stored_limit END, paused_until_ms, seq FROM projector_slot_limiters WHERE name = ?1";
 
 /// What one write transaction decided for a waiter.
 enum Turn {
@@ -209,13 +224,9 @@ impl Inner {
             .execute(&mut *w.tx)
             .await
             .map_err(w.err())?;
-        let (stored, paused_until, last_seq): (i64, i64, i64) =
-            sqlx::query_as("SELECT stored_limit, paused_until_ms, seq FROM projector_slot_limiters WHERE name = ?1")
-                .bind(name)
-                .fetch_one(&mut *w.tx)
-                .await
-                .map_err(w.err())?;
-        let limit = u32::try_from(stored.max(0)).unwrap_or(u32::MAX);
+        let (limit, paused_until, last_seq): (i64, i64, i64) =
+            sqlx::query_as(LIMIT_IN_FORCE).bind(name).bind(now).fetch_one(&mut *w.tx).await.map_err(w.err())?;
+        let limit = u32::try_from(limit.max(0)).unwrap_or(u32::MAX);
         let in_use: i64 = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM projector_slot_leases WHERE name = ?1")
             .bind(name)
             .fetch_one(&mut *w.tx)
@@ -316,12 +327,9 @@ impl Inner {
         let name = &self.settings.name;
         let now = self.db.now_ms().await?;
         let err = || self.db.err("reading the slot line");
-        let row: Option<(i64, i64)> = sqlx::query_as("SELECT stored_limit, paused_until_ms FROM projector_slot_limiters WHERE name = ?1")
-            .bind(name)
-            .fetch_optional(self.db.pool())
-            .await
-            .map_err(err())?;
-        let Some((limit, paused_until)) = row else { return Ok(HashSet::new()) };
+        let row: Option<(i64, i64, i64)> =
+            sqlx::query_as(LIMIT_IN_FORCE).bind(name).bind(now).fetch_optional(self.db.pool()).await.map_err(err())?;
+        let Some((limit, paused_until, _)) = row else { return Ok(HashSet::new()) };
         if paused_until > now {
             return Ok(HashSet::new());
         }
@@ -588,6 +596,41 @@ impl SlotLimiter for SqliteSlotLimiter {
         self.inner.limit_seen.load(Ordering::SeqCst)
     }
 
+    fn heard_service(&self, quota: ServiceQuota, rejected: bool, _age: Duration) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            // Off, or the service's counter failed (-1): the stored limit rules.
+            let Some(steering) = self.inner.settings.service.filter(|_| quota.quota_used >= 0) else { return Ok(()) };
+            let inner = &self.inner;
+            let mut w = inner.db.write("capping the slot limit by the service's numbers").await?;
+            inner.ensure_row(&mut w).await?;
+            let leases: i64 =
+                sqlx::query_scalar::<_, i64>("SELECT count(*) FROM projector_slot_leases WHERE name = ?1 AND expires_ms > ?2")
+                    .bind(&inner.settings.name)
+                    .bind(w.now_ms)
+                    .fetch_one(&mut *w.tx)
+                    .await
+                    .map_err(w.err())?;
+            let cap = service_cap(quota, leases, &steering);
+            // A refusal's numbers always lower the cap at once; an answer's may raise it back.
+            let sql = if rejected {
+                "UPDATE projector_slot_limiters SET service_cap = CASE WHEN service_cap IS NOT NULL AND service_cap_until_ms > ?4 \
+                 THEN min(service_cap, ?2) ELSE ?2 END, service_cap_until_ms = ?3 WHERE name = ?1"
+            } else {
+                "UPDATE projector_slot_limiters SET service_cap = ?2, service_cap_until_ms = ?3 WHERE name = ?1"
+            };
+            sqlx::query(sql)
+                .bind(&inner.settings.name)
+                .bind(i64::from(cap))
+                .bind(w.now_ms.saturating_add(Inner::ms(steering.ttl)))
+                .bind(w.now_ms)
+                .execute(&mut *w.tx)
+                .await
+                .map_err(w.err())?;
+            w.commit().await?;
+            Ok(())
+        })
+    }
+
     fn pause_grants(&self, cooldown: Duration) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
             let mut w = self.inner.db.write("pausing slot grants").await?;
@@ -600,5 +643,40 @@ impl SlotLimiter for SqliteSlotLimiter {
                 .map_err(w.err())?;
             w.commit().await.map_err(Error::from)
         })
+    }
+}
+
+/// The cap one answer sets: the service's limit less what other callers run there (its count
+/// less the fleet's leases) less the margin; with the throttle signal, at most the throttle point
+/// less the others, but never below half the room to refusal (the rule of `lua/slots_service.lua`
+/// and the memory limiter, on the latest answer alone: without their 5 s window of the lowest
+/// count, a query between two reads counts as another caller's, which only lowers the cap).
+fn service_cap(q: ServiceQuota, leases: i64, steering: &ServiceSteering) -> u32 {
+    let others = (q.quota_used - leases).max(0);
+    let mut cap = q.rejection_threshold - others - i64::from(steering.margin);
+    if steering.use_throttle && q.throttle_threshold > 0 {
+        cap = cap.min((q.throttle_threshold - others).max((cap + 1) / 2));
+    }
+    u32::try_from(cap.max(1)).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STEER: ServiceSteering = ServiceSteering { margin: 2, ttl: Duration::from_secs(60), use_throttle: true, memory: Duration::ZERO };
+
+    #[test]
+    fn the_services_numbers_cap_the_limit_as_the_other_limiters_do() {
+        let q = |used, limit, throttle| ServiceQuota { quota_used: used, rejection_threshold: limit, throttle_threshold: throttle };
+        // Alone on the referrer: the service's 30 less the margin.
+        assert_eq!(service_cap(q(10, 30, 0), 10, &STEER), 28);
+        // 15 queries of another caller: they take their share.
+        assert_eq!(service_cap(q(25, 30, 0), 10, &STEER), 13);
+        // The throttle point never takes more than half the room to refusal.
+        assert_eq!(service_cap(q(85, 100, 66), 10, &STEER), 12);
+        assert_eq!(service_cap(q(10, 100, 66), 10, &STEER), 66);
+        // A service full of others still leaves one slot, so the fleet learns when room comes back.
+        assert_eq!(service_cap(q(200, 100, 0), 0, &STEER), 1);
     }
 }
