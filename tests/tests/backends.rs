@@ -44,27 +44,62 @@ impl Store {
     }
 
     /// `processes` limiters on the same state, as that many processes would hold.
-    async fn slot_limiters(&self, limit: u32, processes: usize) -> Vec<Arc<dyn SlotLimiter>> {
+    async fn slot_limiters(&self, limit: u32, processes: usize) -> Slots {
         let lease_ttl = Duration::from_secs(5);
         match self {
             Store::Memory => {
-                let one: Arc<dyn SlotLimiter> = Arc::new(MemorySlotLimiter::new(limit));
-                vec![one; processes]
+                let one = Arc::new(MemorySlotLimiter::new(limit));
+                Slots { all: vec![one.clone() as Arc<dyn SlotLimiter>; processes], memory: Some(one) }
             }
-            Store::Redis(server) => (0..processes)
-                .map(|_| {
-                    let l = RedisSlotLimiter::new(server.url(), RedisSlotSettings::new(limit, lease_ttl)).expect("redis limiter");
-                    Arc::new(l) as Arc<dyn SlotLimiter>
-                })
-                .collect(),
+            Store::Redis(server) => Slots {
+                all: (0..processes)
+                    .map(|_| {
+                        let l = RedisSlotLimiter::new(server.url(), RedisSlotSettings::new(limit, lease_ttl)).expect("redis limiter");
+                        Arc::new(l) as Arc<dyn SlotLimiter>
+                    })
+                    .collect(),
+                memory: None,
+            },
             Store::Sqlite(dir) => {
                 let mut all = Vec::new();
                 for _ in 0..processes {
                     let l = SqliteSlotLimiter::new(Self::database(dir).await, SqliteSlotSettings::new(limit, lease_ttl));
                     all.push(Arc::new(l) as Arc<dyn SlotLimiter>);
                 }
-                all
+                Slots { all, memory: None }
             }
+        }
+    }
+
+    /// Waiters in line now, as the backend's own state has them.
+    async fn waiting(&self, slots: &Slots) -> u64 {
+        match self {
+            Store::Memory => slots.memory.as_ref().map_or(0, |m| u64::from(m.waiting())),
+            Store::Redis(server) => {
+                let queue = projector_shared::keys::SlotKeys::new("default").queue();
+                redis::cmd("ZCARD").arg(queue).query(&mut server.connection()).expect("ZCARD")
+            }
+            Store::Sqlite(dir) => {
+                let db = Self::database(dir).await;
+                let n: i64 = projector_sqlite::sqlx::query_scalar("SELECT count(*) FROM projector_slot_waiters")
+                    .fetch_one(db.pool())
+                    .await
+                    .expect("count waiters");
+                u64::try_from(n).unwrap_or(0)
+            }
+        }
+    }
+
+    /// Waits, up to 30 s, until `n` waiters are in line.
+    async fn until_waiting(&self, slots: &Slots, n: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = self.waiting(slots).await;
+            if now == n {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{now} waiters in line after 30 s, not {n}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -79,6 +114,12 @@ impl Store {
             Store::Sqlite(dir) => Arc::new(SqliteRateLimiter::new(Self::database(dir).await, "billing-test", policy)),
         }
     }
+}
+
+/// The limiters of one case, one per process, and the in-process one behind them for memory.
+struct Slots {
+    all: Vec<Arc<dyn SlotLimiter>>,
+    memory: Option<Arc<MemorySlotLimiter>>,
 }
 
 /// Runs `case` once per backend, as three tests named after it.
@@ -111,7 +152,7 @@ async fn take(l: &Arc<dyn SlotLimiter>, org: u64, max_wait: Duration) -> Option<
 on_every_backend!(the_bound_holds_across_processes_and_every_waiter_is_served);
 fn the_bound_holds_across_processes_and_every_waiter_is_served(store: Store) {
     runtime().block_on(async {
-        let limiters = store.slot_limiters(3, 2).await;
+        let limiters = store.slot_limiters(3, 2).await.all;
         let (held, most, served) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
         let tasks: Vec<_> = (0..30_u64)
             .map(|org| {
@@ -121,7 +162,12 @@ fn the_bound_holds_across_processes_and_every_waiter_is_served(store: Store) {
                     let permit = take(&l, org, Duration::from_secs(30)).await.expect("every waiter is served within 30 s");
                     let now = held.fetch_add(1, Ordering::SeqCst) + 1;
                     most.fetch_max(now, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    // The first holders keep their slots until the limit is full once, so that a
+                    // limiter granting fewer than its limit shows (for at most 10 s).
+                    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                    while most.load(Ordering::SeqCst) < 3 && std::time::Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
                     held.fetch_sub(1, Ordering::SeqCst);
                     permit.release().await.expect("release");
                     served.fetch_add(1, Ordering::SeqCst);
@@ -140,7 +186,7 @@ fn the_bound_holds_across_processes_and_every_waiter_is_served(store: Store) {
 on_every_backend!(a_timed_out_wait_says_why_and_leaves_nothing_behind);
 fn a_timed_out_wait_says_why_and_leaves_nothing_behind(store: Store) {
     runtime().block_on(async {
-        let limiters = store.slot_limiters(1, 2).await;
+        let limiters = store.slot_limiters(1, 2).await.all;
         let holder = take(&limiters[0], 1, Duration::ZERO).await.expect("a free slot");
         match limiters[1].acquire(SlotRequest::new("backends-test", OrgId(2)), Duration::from_millis(200)).await.expect("answer") {
             Acquire::TimedOut(t) => {
@@ -158,7 +204,8 @@ fn a_timed_out_wait_says_why_and_leaves_nothing_behind(store: Store) {
 on_every_backend!(waiters_are_served_in_arrival_order);
 fn waiters_are_served_in_arrival_order(store: Store) {
     runtime().block_on(async {
-        let limiters = store.slot_limiters(1, 2).await;
+        let slots = store.slot_limiters(1, 2).await;
+        let limiters = &slots.all;
         let holder = take(&limiters[0], 0, Duration::ZERO).await.expect("a free slot");
         let order = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
@@ -167,11 +214,10 @@ fn waiters_are_served_in_arrival_order(store: Store) {
             tasks.push(tokio::spawn(async move {
                 let p = take(&l, org, Duration::from_secs(30)).await.expect("served");
                 order.lock().expect("order").push(org);
-                tokio::time::sleep(Duration::from_millis(10)).await;
                 p.release().await.expect("release");
             }));
             // Each waiter is in line before the next arrives.
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            store.until_waiting(&slots, org).await;
         }
         holder.release().await.expect("release");
         for t in tasks {
@@ -184,7 +230,8 @@ fn waiters_are_served_in_arrival_order(store: Store) {
 on_every_backend!(a_wait_dropped_midway_leaves_the_line);
 fn a_wait_dropped_midway_leaves_the_line(store: Store) {
     runtime().block_on(async {
-        let limiters = store.slot_limiters(1, 2).await;
+        let slots = store.slot_limiters(1, 2).await;
+        let limiters = &slots.all;
         let holder = take(&limiters[0], 0, Duration::ZERO).await.expect("a free slot");
         // A job cancelled while it waits: its future is dropped, not answered.
         let dropped = tokio::time::timeout(Duration::from_millis(150), take(&limiters[0], 1, Duration::from_secs(30))).await;
@@ -193,7 +240,8 @@ fn a_wait_dropped_midway_leaves_the_line(store: Store) {
             let l = limiters[1].clone();
             async move { take(&l, 2, Duration::from_secs(30)).await.map(|p| (std::time::Instant::now(), p)) }
         });
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // The dropped waiter has left the line, and the live one is in it.
+        store.until_waiting(&slots, 1).await;
         let released_at = std::time::Instant::now();
         holder.release().await.expect("release");
         let (granted_at, _p) = next.await.expect("task").expect("the live waiter is served");
@@ -208,7 +256,7 @@ fn a_wait_dropped_midway_leaves_the_line(store: Store) {
 on_every_backend!(a_cooldown_pauses_grants_where_the_line_is_shared);
 fn a_cooldown_pauses_grants_where_the_line_is_shared(store: Store) {
     runtime().block_on(async {
-        let limiters = store.slot_limiters(2, 2).await;
+        let limiters = store.slot_limiters(2, 2).await.all;
         limiters[0].pause_grants(Duration::from_millis(600)).await.expect("pause");
         let started = std::time::Instant::now();
         let p = take(&limiters[1], 1, Duration::from_secs(5)).await.expect("granted once the cooldown ends");

@@ -156,12 +156,15 @@ impl SqliteSlotLimiter {
         let deadline = started + max_wait;
         let first_lease = request.query_max_duration.map_or(inner.settings.lease_ttl, |q| q.max(inner.settings.lease_ttl));
         let woken = Arc::new(Notify::new());
-        let _in_line = InLine::join(inner, id, woken.clone());
+        let mut in_line = InLine::join(inner, id, woken.clone());
         // A live waiter renews its place well within the grace, whatever else happens.
         let heartbeat = inner.settings.waiter_grace / 4;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            match inner.turn(id, request, first_lease, remaining).await? {
+            let turn = inner.turn(id, request, first_lease, remaining).await?;
+            // Granted or given up, the same transaction took the waiter out of the line.
+            in_line.answered = !matches!(turn, Turn::Waiting);
+            match turn {
                 Turn::Granted(token) => return Ok(self.granted(id.to_owned(), token, first_lease, started)),
                 Turn::GaveUp { in_use, limit, position } => {
                     let waited = started.elapsed();
@@ -383,14 +386,16 @@ impl Inner {
         Ok(())
     }
 
+    /// Takes a wait that ended without an answer out of the line, and gives back a slot its last
+    /// transaction may have granted before the wait was dropped: no permit holds that lease.
     async fn leave_line(&self, id: &str) -> Result<(), Error> {
         let mut w = self.db.write("leaving the slot line").await?;
-        sqlx::query("DELETE FROM projector_slot_waiters WHERE name = ?1 AND waiter_id = ?2")
-            .bind(&self.settings.name)
-            .bind(id)
-            .execute(&mut *w.tx)
-            .await
-            .map_err(w.err())?;
+        for statement in [
+            "DELETE FROM projector_slot_waiters WHERE name = ?1 AND waiter_id = ?2",
+            "DELETE FROM projector_slot_leases WHERE name = ?1 AND lease_id = ?2",
+        ] {
+            sqlx::query(statement).bind(&self.settings.name).bind(id).execute(&mut *w.tx).await.map_err(w.err())?;
+        }
         Ok(w.commit().await?)
     }
 }
@@ -400,6 +405,8 @@ impl Inner {
 struct InLine {
     inner: Arc<Inner>,
     id: String,
+    /// The wait ended with an answer, and the line in the file holds nothing of it.
+    answered: bool,
 }
 
 impl InLine {
@@ -409,16 +416,18 @@ impl InLine {
         if waiters.len() == 1 {
             inner.watcher_wake.notify_one();
         }
-        InLine { inner: inner.clone(), id: id.to_owned() }
+        InLine { inner: inner.clone(), id: id.to_owned(), answered: false }
     }
 }
 
 impl Drop for InLine {
     fn drop(&mut self) {
         self.inner.waiters.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.id);
+        if self.answered {
+            return;
+        }
         let (inner, id) = (self.inner.clone(), std::mem::take(&mut self.id));
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            // Granted or given up, the waiter's row is gone already and this deletes nothing.
             inner.background.clone().spawn_on(
                 async move {
                     if let Err(e) = inner.leave_line(&id).await {
