@@ -314,6 +314,47 @@ impl Drop for SlotPermit {
     }
 }
 
+/// Renews a lease every `every` until `stop` (its release) with `renew`, which answers whether
+/// the lease was still there. Tells the holder through `lost` when the lease ran out before a
+/// renewal, or when renewals kept failing for a whole `lease_ttl` after `held_until` (when the
+/// first lease, its query floor included, ends at the latest). The Redis and SQLite limiters share it.
+pub(crate) async fn renew_while_held<F, Fut>(
+    id: String,
+    every: Duration,
+    lease_ttl: Duration,
+    held_until: Instant,
+    lost: CancellationToken,
+    stop: CancellationToken,
+    mut renew: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, Error>>,
+{
+    let mut last_ok = Instant::now();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        match renew().await {
+            Ok(true) => last_ok = Instant::now(),
+            Ok(false) => {
+                tracing::warn!(lease_id = %id, "slot lease lost: it ran out before renewal (holder paused or stalled, or the store lost it)");
+                metrics::counter!(m::SLOT_LEASE_LOST_TOTAL).increment(1);
+                lost.cancel();
+                return;
+            }
+            Err(e) if last_ok.elapsed() >= lease_ttl && Instant::now() >= held_until => {
+                tracing::warn!(lease_id = %id, error = %e, "slot lease lost: renewals failed until the lease ran out");
+                metrics::counter!(m::SLOT_LEASE_LOST_TOTAL).increment(1);
+                lost.cancel();
+                return;
+            }
+            Err(e) => tracing::debug!(lease_id = %id, error = %e, "slot lease renewal failed; retrying"),
+        }
+    }
+}
+
 /// Records a grant: counter and wait histogram.
 pub(crate) fn record_granted(waited: Duration) {
     metrics::counter!(m::SLOT_ACQUIRED_TOTAL).increment(1);

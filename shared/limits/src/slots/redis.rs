@@ -25,7 +25,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::scripts::{ACQUIRE, Acquired, CANCEL, Cancelled, PAUSE, RELEASE, RENEW, Released};
-use super::{Acquire, ReleaseSlot, SlotLimiter, SlotPermit, SlotRequest, TimedOut, record_granted, record_released, record_timed_out};
+use super::{
+    Acquire, ReleaseSlot, SlotLimiter, SlotPermit, SlotRequest, TimedOut, record_granted, record_released, record_timed_out,
+    renew_while_held,
+};
 use crate::error::Error;
 use projector_core::metrics as m;
 use projector_core::service::ServiceQuota;
@@ -249,7 +252,23 @@ impl RedisSlotLimiter {
         let lost = CancellationToken::new();
         let stop = CancellationToken::new();
         let held_until = Instant::now() + first_lease;
-        self.inner.background.spawn(renew_while_held(self.inner.clone(), id.clone(), held_until, lost.clone(), stop.clone()));
+        let (inner, lease) = (self.inner.clone(), id.clone());
+        let renew = move || {
+            let (inner, lease) = (inner.clone(), lease.clone());
+            async move {
+                inner.call::<u8>(RENEW.on(&inner.keys).arg(&lease).arg(ms(inner.settings.lease_ttl))).await.map(|renewed| renewed == 1)
+            }
+        };
+        let settings = &self.inner.settings;
+        self.inner.background.spawn(renew_while_held(
+            id.clone(),
+            settings.renew_every(),
+            settings.lease_ttl,
+            held_until,
+            lost.clone(),
+            stop.clone(),
+            renew,
+        ));
         let release = RedisRelease { inner: self.inner.clone(), id: id.clone(), held_until, stop };
         Acquire::Granted(SlotPermit::new(id, token, lost, Box::new(release)))
     }
@@ -374,36 +393,6 @@ impl RedisSlotLimiter {
             *last = Some((now, quota.rejection_threshold, quota.throttle_threshold));
         }
         due
-    }
-}
-
-/// Renews the lease every `lease_ttl / 3` until released; tells the holder if the lease is lost.
-/// `held_until` is when the first lease ends at the latest (its query floor included).
-async fn renew_while_held(inner: Arc<Inner>, id: String, held_until: Instant, lost: CancellationToken, stop: CancellationToken) {
-    let every = inner.settings.renew_every();
-    let mut last_ok = Instant::now();
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
-        }
-        let result: Result<u8, Error> = inner.call(RENEW.on(&inner.keys).arg(&id).arg(ms(inner.settings.lease_ttl))).await;
-        match result {
-            Ok(1) => last_ok = Instant::now(),
-            Ok(_) => {
-                tracing::warn!(lease_id = %id, "slot lease lost: it expired before renewal (holder paused or Redis reset)");
-                metrics::counter!(m::SLOT_LEASE_LOST_TOTAL).increment(1);
-                lost.cancel();
-                return;
-            }
-            Err(e) if last_ok.elapsed() >= inner.settings.lease_ttl && Instant::now() >= held_until => {
-                tracing::warn!(lease_id = %id, error = %e, "slot lease lost: renewals failed until the lease ran out");
-                metrics::counter!(m::SLOT_LEASE_LOST_TOTAL).increment(1);
-                lost.cancel();
-                return;
-            }
-            Err(e) => tracing::debug!(lease_id = %id, error = %e, "slot lease renewal failed; retrying"),
-        }
     }
 }
 

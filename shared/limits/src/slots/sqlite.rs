@@ -21,7 +21,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::ServiceSteering;
-use super::{Acquire, ReleaseSlot, SlotLimiter, SlotPermit, SlotRequest, TimedOut, record_granted, record_released, record_timed_out};
+use super::{
+    Acquire, ReleaseSlot, SlotLimiter, SlotPermit, SlotRequest, TimedOut, record_granted, record_released, record_timed_out,
+    renew_while_held,
+};
 use crate::error::Error;
 use projector_core::metrics as m;
 use projector_core::service::ServiceQuota;
@@ -114,42 +117,6 @@ impl SqliteSlotLimiter {
         SqliteSlotLimiter { inner }
     }
 
-    /// Waits up to `within` for releases, renewals and abandoned waits still running.
-    pub async fn wait_for_background(&self, within: Duration) -> bool {
-        let background = &self.inner.background;
-        background.close();
-        let ended = tokio::time::timeout(within, background.wait()).await.is_ok();
-        background.reopen();
-        ended
-    }
-
-    /// Slots held now (leases not run out), as the file has them.
-    pub async fn in_use(&self) -> Result<u32, Error> {
-        let now = self.inner.db.now_ms().await.map_err(Error::from)?;
-        let n: i64 = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM projector_slot_leases WHERE name = ?1 AND expires_ms > ?2")
-            .bind(&self.inner.settings.name)
-            .bind(now)
-            .fetch_one(self.inner.db.pool())
-            .await
-            .map_err(|e| Error::from(self.inner.db.err("counting slots in use")(e)))?;
-        Ok(u32::try_from(n).unwrap_or(u32::MAX))
-    }
-
-    /// Stores a new limit for every process on this file (an operator's change).
-    pub async fn set_limit(&self, limit: u32) -> Result<(), Error> {
-        let mut w = self.inner.db.write("setting the slot limit").await?;
-        self.inner.ensure_row(&mut w).await?;
-        sqlx::query("UPDATE projector_slot_limiters SET stored_limit = ?2 WHERE name = ?1")
-            .bind(&self.inner.settings.name)
-            .bind(i64::from(limit))
-            .execute(&mut *w.tx)
-            .await
-            .map_err(w.err())?;
-        w.commit().await?;
-        self.inner.limit_seen.store(limit, Ordering::SeqCst);
-        Ok(())
-    }
-
     async fn acquire_inner(&self, id: &str, request: &SlotRequest, max_wait: Duration) -> Result<Acquire, Error> {
         let inner = &self.inner;
         let started = Instant::now();
@@ -183,7 +150,13 @@ impl SqliteSlotLimiter {
         let lost = CancellationToken::new();
         let stop = CancellationToken::new();
         let held_until = Instant::now() + first_lease;
-        self.inner.background.spawn(renew_while_held(self.inner.clone(), id.clone(), held_until, lost.clone(), stop.clone()));
+        let (inner, lease) = (self.inner.clone(), id.clone());
+        let renew = move || {
+            let (inner, lease) = (inner.clone(), lease.clone());
+            async move { inner.renew(&lease, inner.settings.lease_ttl).await }
+        };
+        let lease_ttl = self.inner.settings.lease_ttl;
+        self.inner.background.spawn(renew_while_held(id.clone(), lease_ttl / 3, lease_ttl, held_until, lost.clone(), stop.clone(), renew));
         let release = SqliteRelease { inner: self.inner.clone(), id: id.clone(), held_until, stop };
         Acquire::Granted(SlotPermit::new(id, token, lost, Box::new(release)))
     }
@@ -488,34 +461,6 @@ async fn watch(inner: std::sync::Weak<Inner>, stop: CancellationToken) {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(Duration::from_millis(1)) => {}
-        }
-    }
-}
-
-/// Renews the lease every `lease_ttl / 3` until released; tells the holder if the lease is lost.
-async fn renew_while_held(inner: Arc<Inner>, id: String, held_until: Instant, lost: CancellationToken, stop: CancellationToken) {
-    let every = inner.settings.lease_ttl / 3;
-    let mut last_ok = Instant::now();
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
-        }
-        match inner.renew(&id, inner.settings.lease_ttl).await {
-            Ok(true) => last_ok = Instant::now(),
-            Ok(false) => {
-                tracing::warn!(lease_id = %id, "slot lease lost: it ran out before renewal (holder paused or stalled)");
-                metrics::counter!(m::SLOT_LEASE_LOST_TOTAL).increment(1);
-                lost.cancel();
-                return;
-            }
-            Err(e) if last_ok.elapsed() >= inner.settings.lease_ttl && Instant::now() >= held_until => {
-                tracing::warn!(lease_id = %id, error = %e, "slot lease lost: renewals failed until the lease ran out");
-                metrics::counter!(m::SLOT_LEASE_LOST_TOTAL).increment(1);
-                lost.cancel();
-                return;
-            }
-            Err(e) => tracing::debug!(lease_id = %id, error = %e, "slot lease renewal failed; retrying"),
         }
     }
 }
