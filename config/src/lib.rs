@@ -71,6 +71,8 @@ pub struct BackendConfig {
     pub dsn: Option<String>,
     /// How long a process waits for another's write lock on a SQLite file.
     pub busy_timeout: Duration,
+    /// Where `kind` was set (file, environment, flag), for the message that refuses it.
+    pub kind_from: Option<Source>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -546,7 +548,7 @@ impl Config {
         match self.backend.kind {
             None | Some(BackendKind::Memory) | Some(BackendKind::Sqlite) => Ok(()),
             Some(BackendKind::Redis) => Err(backend_problem(
-                BackendKind::Redis,
+                &self.backend,
                 "cannot carry the embedded run, which runs its jobs inside this process: run projector-scheduler run-once without \
                  --embedded and projector-worker run for a Redis fleet, or unset backend.kind",
             )),
@@ -558,14 +560,14 @@ impl Config {
         match self.backend.kind {
             None | Some(BackendKind::Redis) => Ok(()),
             Some(BackendKind::Memory) => Err(backend_problem(
-                BackendKind::Memory,
+                &self.backend,
                 &format!(
                     "keeps everything inside one process, and {process} shares its queue and slots with other processes: use \
                      run-once --embedded for a run in one process, or backend.kind = \"redis\""
                 ),
             )),
             Some(BackendKind::Sqlite) => Err(backend_problem(
-                BackendKind::Sqlite,
+                &self.backend,
                 &format!(
                     "carries the embedded run's slots and rate windows today (projector-scheduler run-once --embedded, any number of \
                      them on one machine, sharing the file's limit); {process} on SQLite is not built yet: use backend.kind = \"redis\" \
@@ -576,11 +578,12 @@ impl Config {
     }
 }
 
-fn backend_problem(kind: BackendKind, allowed: &str) -> ConfigError {
+/// `backend.kind` refused for this process, with where it was set.
+fn backend_problem(backend: &BackendConfig, allowed: &str) -> ConfigError {
     ConfigError::Invalid(vec![Problem {
         key: "backend.kind".to_owned(),
-        value: Some(kind.as_str().to_owned()),
-        source: Source::Default,
+        value: backend.kind.map(|k| k.as_str().to_owned()),
+        source: backend.kind_from.clone().unwrap_or(Source::Default),
         allowed: allowed.to_owned(),
     }])
 }

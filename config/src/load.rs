@@ -186,6 +186,7 @@ fn check_combinations(config: &mut Config, sources: &BTreeMap<&'static str, Sour
                 .to_owned(),
         });
     }
+    config.backend.kind_from = sources.get("backend.kind").cloned();
     check_backend(config, &source_of, problems);
     if config.sink.kind == SinkKind::JsonLines && config.sink.path.is_none() {
         problems.push(Problem {

@@ -135,6 +135,7 @@ fn a_fleet_process_on_sqlite_is_refused_at_start_with_what_to_use() {
             err.contains("backend.kind") && err.contains("backend.kind = \\\"redis\\\"") || err.contains("backend.kind = \"redis\""),
             "{bin}: {err}"
         );
+        assert!(err.contains("from environment variable PROJECTOR_BACKEND_KIND"), "{bin} names where the kind was set: {err}");
         assert!(!dir.path().join("fleet.db").exists(), "{bin} refused before touching the file");
     }
 }
