@@ -23,6 +23,11 @@ pub enum Error {
         file.display()
     )]
     NewerSchema { file: PathBuf, found: i64, known: i64 },
+    #[error(
+        "{} is on a network file system ({fstype}): SQLite's locks and its WAL do not work across hosts there, so a fleet of several hosts on one file would break the limit; keep the file on a local disk of the one machine, or use backend.kind = \"redis\" for several hosts",
+        file.display()
+    )]
+    NetworkFileSystem { file: PathBuf, fstype: String },
     #[error("backend.dsn {dsn:?} {problem}")]
     Dsn { dsn: String, problem: String },
 }

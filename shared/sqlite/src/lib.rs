@@ -63,6 +63,7 @@ impl Database {
     pub async fn open(dsn: &str, busy_timeout: Duration) -> Result<Database, Error> {
         let options = connect_options(dsn)?.busy_timeout(busy_timeout);
         let file = options.get_filename().to_path_buf();
+        refuse_network_file_system(&file)?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .min_connections(1)
@@ -138,6 +139,39 @@ pub fn connect_options(dsn: &str) -> Result<SqliteConnectOptions, Error> {
     Ok(options.create_if_missing(true).journal_mode(SqliteJournalMode::Wal).synchronous(SqliteSynchronous::Normal).foreign_keys(false))
 }
 
+/// File systems shared over a network, where SQLite's locks (and the shared memory of its WAL)
+/// do not hold between hosts: https://www.sqlite.org/wal.html, "all processes using a database
+/// must be on the same host computer".
+const NETWORK_FILE_SYSTEMS: &[&str] = &["nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre", "fuse.sshfs"];
+
+/// Refuses a file whose folder is on a network file system, as `/proc/self/mountinfo` tells
+/// (Linux); elsewhere, or when it cannot be read, nothing is refused.
+fn refuse_network_file_system(file: &Path) -> Result<(), Error> {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else { return Ok(()) };
+    let folder = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let Ok(folder) = folder.canonicalize() else { return Ok(()) };
+    match file_system_of(&mountinfo, &folder) {
+        Some(fstype) if NETWORK_FILE_SYSTEMS.contains(&fstype.as_str()) => {
+            Err(Error::NetworkFileSystem { file: file.to_path_buf(), fstype })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The type of the file system `path` is on: that of the longest mount point above it.
+fn file_system_of(mountinfo: &str, path: &Path) -> Option<String> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (mount, rest) = line.split_once(" - ")?;
+            let mount_point = mount.split(' ').nth(4)?;
+            let fstype = rest.split(' ').next()?;
+            path.starts_with(mount_point).then(|| (mount_point.len(), fstype.to_owned()))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, fstype)| fstype)
+}
+
 /// The file a DSN names, for messages and checks made before opening it.
 pub fn file_of(dsn: &str) -> Result<PathBuf, Error> {
     Ok(connect_options(dsn)?.get_filename().to_path_buf())
@@ -209,6 +243,20 @@ mod tests {
         let db = Database::open(&dsn(&dir, "ro.db"), DEFAULT_BUSY_TIMEOUT).await.expect("still a Projector database");
         let version: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(db.pool()).await.expect("version");
         assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_file_on_a_network_file_system_is_found_by_its_mount() {
+        let mountinfo = "27 1 252:0 / / rw,relatime - ext4 /dev/vda rw\n\
+                         90 27 0:50 / /mnt/shared rw,relatime - nfs4 server:/export rw,vers=4.2\n\
+                         91 90 0:51 / /mnt/shared/local rw,relatime - tmpfs tmpfs rw\n";
+        assert_eq!(file_system_of(mountinfo, Path::new("/mnt/shared/projector")).as_deref(), Some("nfs4"));
+        assert_eq!(file_system_of(mountinfo, Path::new("/mnt/shared/local/x")).as_deref(), Some("tmpfs"));
+        assert_eq!(file_system_of(mountinfo, Path::new("/var/lib/projector")).as_deref(), Some("ext4"));
+        // A mount point is a whole path component: /mnt/sharedfoo is not under /mnt/shared.
+        assert_eq!(file_system_of(mountinfo, Path::new("/mnt/sharedfoo")).as_deref(), Some("ext4"));
+        let e = Error::NetworkFileSystem { file: PathBuf::from("/mnt/shared/fleet.db"), fstype: "nfs4".to_owned() };
+        assert!(e.to_string().contains("/mnt/shared/fleet.db") && e.to_string().contains("backend.kind = \"redis\""), "{e}");
     }
 
     #[test]
