@@ -237,8 +237,13 @@ const OVERLAP_CHOICES: &[(&str, Overlap)] = &[("skip", Overlap::Skip), ("queue",
 const TIMEOUT_CHOICES: &[(&str, OnSlotTimeout)] = &[("skip", OnSlotTimeout::Skip), ("reschedule", OnSlotTimeout::Reschedule)];
 const REDIS_ERROR_CHOICES: &[(&str, OnRedisError)] = &[("fail_closed", OnRedisError::FailClosed), ("fail_open", OnRedisError::FailOpen)];
 const ORG_SOURCE_CHOICES: &[(&str, OrgSourceKind)] = &[("synthetic", OrgSourceKind::Synthetic), ("file", OrgSourceKind::File)];
-const SINK_CHOICES: &[(&str, SinkKind)] =
-    &[("redis", SinkKind::Redis), ("jsonl", SinkKind::JsonLines), ("discard", SinkKind::Discard), ("postgres", SinkKind::Postgres)];
+const SINK_CHOICES: &[(&str, SinkKind)] = &[
+    ("redis", SinkKind::Redis),
+    ("jsonl", SinkKind::JsonLines),
+    ("discard", SinkKind::Discard),
+    ("postgres", SinkKind::Postgres),
+    ("sqlite", SinkKind::Sqlite),
+];
 const BACKEND_CHOICES: &[(&str, BackendKind)] =
     &[("memory", BackendKind::Memory), ("sqlite", BackendKind::Sqlite), ("redis", BackendKind::Redis)];
 const RATE_MODE_CHOICES: &[(&str, RateMode)] = &[("strict", RateMode::Strict), ("smooth", RateMode::Smooth)];
@@ -351,7 +356,7 @@ keys! {
     "query.referrer_limit" => query.referrer_limit: Int(1, 100_000), default Some("100"),
         "the query service's own limit of concurrent queries for query.referrer; projectorctl refuses a slot limit above it";
     "sink.kind" => sink.kind: Choice(SINK_CHOICES), default Some("redis"),
-        "where projections go: \"redis\" (a hash per org at redis.url), \"postgres\" (table spike_projections at sink.postgres_url), \"jsonl\" (file at sink.path) or \"discard\"";
+        "where projections go: \"redis\" (a hash per org at redis.url), \"postgres\" (table spike_projections at sink.postgres_url), \"sqlite\" (table projector_projections in backend.dsn's file; with backend.kind = \"sqlite\"), \"jsonl\" (file at sink.path) or \"discard\"";
     "sink.path" => sink.path: Opt(FilePath), default None,
         "JSON-lines file of projections, for sink.kind = \"jsonl\"";
     "sink.ttl" => sink.ttl: Dur(SECS(60), SECS(90 * 24 * 3600)), default Some("48h"),

@@ -284,6 +284,8 @@ pub enum SinkKind {
     Discard,
     /// One row per (org, project, hour) in PostgreSQL's `spike_projections`.
     Postgres,
+    /// One row per (org, project) in the backend's SQLite file (`backend.kind = "sqlite"`).
+    Sqlite,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -196,6 +196,16 @@ fn check_combinations(config: &mut Config, sources: &BTreeMap<&'static str, Sour
             allowed: "required when sink.kind = \"jsonl\"; set it to the file projections are appended to".to_owned(),
         });
     }
+    if config.sink.kind == SinkKind::Sqlite && config.backend.kind != Some(BackendKind::Sqlite) {
+        problems.push(Problem {
+            key: "sink.kind".to_owned(),
+            value: Some("sqlite".to_owned()),
+            source: source_of("sink.kind"),
+            allowed:
+                "stores projections in the backend's SQLite file: set backend.kind = \"sqlite\" and backend.dsn too, or choose another sink"
+                    .to_owned(),
+        });
+    }
     if config.sink.kind == SinkKind::Postgres && config.sink.postgres_url.is_none() {
         problems.push(Problem {
             key: "sink.postgres_url".to_owned(),
@@ -657,6 +667,7 @@ mod tests {
                 "two different Redis servers",
             ),
             (vec![("PROJECTOR_BACKEND_KIND", "postgres")], "memory"),
+            (vec![("PROJECTOR_SINK_KIND", "sqlite")], "set backend.kind = \"sqlite\" and backend.dsn too"),
         ] {
             let err = load(None, &Env::from_pairs(pairs.clone()), &[]).expect_err(&format!("{pairs:?}"));
             let text = err.to_string();

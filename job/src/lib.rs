@@ -14,6 +14,7 @@ pub mod query;
 pub mod redis_sink;
 pub mod sink;
 pub mod snuba;
+pub mod sqlite_sink;
 
 pub use error::Error;
 pub use handler::JobHandler;

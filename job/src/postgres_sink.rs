@@ -7,7 +7,6 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use projector_postgres::{OrgWrite, ProjectHours, Store, WriteOutcome};
 use projector_shared::OrgId;
-use projector_shared::metrics as m;
 
 use crate::error::Error;
 use crate::sink::{ProjectionRecord, ProjectionSink};
@@ -67,14 +66,7 @@ impl PostgresSink {
         match outcome {
             WriteOutcome::Written { .. } => Ok(()),
             WriteOutcome::Stale { stored_first_hour, stored_token } => {
-                metrics::counter!(m::PROJECTION_STALE_REFUSED_TOTAL).increment(1);
-                Err(Error::StaleWrite {
-                    org_id: first.org_id,
-                    first_hour: first.first_hour.timestamp(),
-                    token: first.fencing_token,
-                    stored_first_hour: stored_first_hour.timestamp(),
-                    stored_token,
-                })
+                Err(crate::sink::refused_as_stale(first, stored_first_hour.timestamp(), stored_token))
             }
         }
     }

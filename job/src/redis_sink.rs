@@ -8,7 +8,6 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use projector_shared::OrgId;
 use projector_shared::keys;
-use projector_shared::metrics as m;
 use projector_shared::redis_conn::RedisConn;
 use projector_shared::redis_conn::{Endpoint, is_transient, redact_text};
 use redis::Script;
@@ -60,19 +59,11 @@ impl RedisSink {
 
     async fn write_org(&self, records: Vec<ProjectionRecord>) -> Result<(), Error> {
         let Some(first) = records.first() else { return Ok(()) };
-        let (org, token, first_hour) = (first.org_id, first.fencing_token, first.first_hour.timestamp());
         let chunks = records.len().div_ceil(PROJECTS_PER_CALL);
         for (i, chunk) in records.chunks(PROJECTS_PER_CALL).enumerate() {
             let reply = self.write_chunk(chunk, records.len(), i + 1 == chunks).await?;
             if !reply.written {
-                metrics::counter!(m::PROJECTION_STALE_REFUSED_TOTAL).increment(1);
-                return Err(Error::StaleWrite {
-                    org_id: org,
-                    first_hour,
-                    token,
-                    stored_first_hour: reply.stored_first_hour,
-                    stored_token: reply.stored_token,
-                });
+                return Err(crate::sink::refused_as_stale(first, reply.stored_first_hour, reply.stored_token));
             }
         }
         Ok(())

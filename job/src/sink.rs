@@ -68,6 +68,19 @@ pub trait ProjectionSink: Send + Sync {
     }
 }
 
+/// A write refused by a store's fence, counted: a later run, or the same run under a newer slot
+/// lease, already stored this org's projections (the time of a run is its first hour, in seconds).
+pub(crate) fn refused_as_stale(record: &ProjectionRecord, stored_first_hour: i64, stored_token: u64) -> Error {
+    metrics::counter!(projector_shared::metrics::PROJECTION_STALE_REFUSED_TOTAL).increment(1);
+    Error::StaleWrite {
+        org_id: record.org_id,
+        first_hour: record.first_hour.timestamp(),
+        token: record.fencing_token,
+        stored_first_hour,
+        stored_token,
+    }
+}
+
 /// Attempts of one projection write when its store fails transiently: 0.2 + 0.4 + 0.8 + 1.6 s of
 /// backoff, enough for a connection to be re-made after a store restart.
 const WRITE_ATTEMPTS: u32 = 5;

@@ -15,6 +15,7 @@ use projector_job::Pipeline;
 use projector_job::build::RateStore;
 use projector_job::handler::{JobHandler, Requeue, Rescheduler, Routing, reschedules_skips, run_job};
 use projector_job::sink::{DiscardSink, ProjectionSink};
+use projector_job::sqlite_sink::SqliteSink;
 use projector_shared::batch::{Pacing, plan_batches};
 use projector_shared::run::{MemoryRunLedger, RunSummary};
 use projector_shared::slots::{MemorySlotLimiter, SlotLimiter, SqliteSlotLimiter, SqliteSlotSettings};
@@ -54,32 +55,39 @@ pub async fn run_embedded(config: &Config, options: EmbeddedOptions, shutdown: C
         concurrency = config.worker.concurrency, "embedded run starting; {}", pacing.describe()
     );
 
-    // Embedded runs need no Redis: projections go to --output, to PostgreSQL when sink.kind says
-    // so, or nowhere.
-    let sink: Arc<dyn ProjectionSink> = match (&options.output, config.sink.kind) {
-        (Some(path), _) => projector_job::build::sink(config, Some(path)).await?,
-        (None, SinkKind::Postgres) => projector_job::build::sink(config, None).await?,
-        (None, _) => Arc::new(DiscardSink),
-    };
     let ledger = Arc::new(MemoryRunLedger::new(run_id.clone(), orgs.iter().map(|o| o.org_id)));
     // The same handler as the worker process's: the memory ledger instead of the run record, no
     // flag store (every org takes a slot first), the memory queue to go back to. The service's
     // own numbers cap the run's limit as they cap a fleet's (slots.follow_service).
-    let (limiter, rate) = match config.backend.kind {
-        Some(BackendKind::Sqlite) => {
-            // Every embedded run on this machine that names the same file shares its slots and
-            // its rate windows, and the windows outlive the process.
-            let dsn = config.backend.dsn.as_deref().unwrap_or_default();
+    // Every embedded run on this machine that names the same SQLite file shares its slots and
+    // its rate windows (which outlive the process), and stores projections there with
+    // sink.kind = "sqlite".
+    let db = match (config.backend.kind, config.backend.dsn.as_deref()) {
+        (Some(BackendKind::Sqlite), Some(dsn)) => {
             let db = Database::open(dsn, config.backend.busy_timeout).await?;
             tracing::info!(file = %db.file().display(), "slots and rate windows are kept in the SQLite file");
+            Some(db)
+        }
+        _ => None,
+    };
+    // Embedded runs need no Redis: projections go to --output, to PostgreSQL or the SQLite file
+    // when sink.kind says so, or nowhere.
+    let sink: Arc<dyn ProjectionSink> = match (&options.output, config.sink.kind, &db) {
+        (Some(path), _, _) => projector_job::build::sink(config, Some(path)).await?,
+        (None, SinkKind::Postgres, _) => projector_job::build::sink(config, None).await?,
+        (None, SinkKind::Sqlite, Some(db)) => Arc::new(SqliteSink::new(db.clone(), config.sink.ttl)),
+        (None, _, _) => Arc::new(DiscardSink),
+    };
+    let (limiter, rate) = match &db {
+        Some(db) => {
             let mut settings = SqliteSlotSettings::new(config.slots.limit, config.slots.lease_ttl);
             if let Some(steering) = projector_job::build::service_steering(config) {
                 settings = settings.following_service(steering);
             }
             let limiter: Arc<dyn SlotLimiter> = Arc::new(SqliteSlotLimiter::new(db.clone(), settings));
-            (limiter, projector_job::build::rate_gate(config, RateStore::File(&db)))
+            (limiter, projector_job::build::rate_gate(config, RateStore::File(db)))
         }
-        _ => {
+        None => {
             let limiter: Arc<dyn SlotLimiter> = Arc::new(match projector_job::build::service_steering(config) {
                 Some(steering) => MemorySlotLimiter::following_service(config.slots.limit, steering),
                 None => MemorySlotLimiter::new(config.slots.limit),

@@ -105,7 +105,11 @@ fn a_rate_budget_of_hours_survives_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     // 5 per 2 hours: the budget a refusal would wait for comes back after the run's deadline
     // (an hour, the schedule's period), so the refusal is the org's outcome, not a reschedule.
-    let env = env(&dir.path().join("fleet.db"), &fake, &[("PROJECTOR_RATE_RATES", "5/2h"), ("PROJECTOR_RATE_MAX_DELAY", "0s")]);
+    let env = env(
+        &dir.path().join("fleet.db"),
+        &fake,
+        &[("PROJECTOR_RATE_RATES", "5/2h"), ("PROJECTOR_RATE_MAX_DELAY", "0s"), ("PROJECTOR_SINK_KIND", "sqlite")],
+    );
     let first = dir.path().join("first.json");
     let out = embedded(&env, 3, &first).wait_with_output(Duration::from_secs(60));
     assert_eq!(summary_of(&out, &first)["completed"], 3);
@@ -116,6 +120,20 @@ fn a_rate_budget_of_hours_survives_a_restart() {
     assert_eq!((s["completed"].as_u64(), s["skipped_rate_policy"].as_u64()), (Some(2), Some(1)), "{s}");
     let stats = fake.stats_now();
     assert_eq!(stats["requests"].as_u64(), Some(5), "the service saw 5 queries in the window: {stats}");
+    // sink.kind = "sqlite": the projections are in the same file, and the second run's writes,
+    // under later slot tokens (the first run took 1 to 3), replaced the first's.
+    let stored: Vec<(i64, i64)> = projector_tests::runtime().block_on(async {
+        let db = projector_sqlite::Database::open(&format!("sqlite://{}", dir.path().join("fleet.db").display()), Duration::from_secs(5))
+            .await
+            .expect("the file");
+        projector_sqlite::sqlx::query_as("SELECT org_id, max(fencing_token) FROM projector_projections GROUP BY org_id ORDER BY org_id")
+            .fetch_all(db.pool())
+            .await
+            .expect("rows")
+    });
+    assert_eq!(stored.iter().map(|(org, _)| *org).collect::<Vec<_>>(), vec![1, 2, 3], "{stored:?}");
+    // Whichever two orgs the budget admitted in the second run were written again under its leases.
+    assert_eq!(stored.iter().filter(|(_, token)| *token > 3).count(), 2, "{stored:?}");
 }
 
 #[test]

@@ -53,6 +53,19 @@ const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (referrer, window)
      ) WITHOUT ROWID;
      CREATE TABLE projector_rate_cooldowns (referrer TEXT PRIMARY KEY, until_us INTEGER NOT NULL);",
+    // 2: the projections (sink.kind = "sqlite"): one row per org and project, as the Redis sink
+    // keeps one hash field, fenced by the run's first hour and the slot's token.
+    "CREATE TABLE projector_projections (
+         org_id INTEGER NOT NULL,
+         project_id INTEGER NOT NULL,
+         run_id TEXT NOT NULL,
+         first_hour INTEGER NOT NULL,
+         hourly TEXT NOT NULL,
+         spike_threshold INTEGER NOT NULL,
+         fencing_token INTEGER NOT NULL,
+         written_ms INTEGER NOT NULL,
+         PRIMARY KEY (org_id, project_id)
+     ) WITHOUT ROWID;",
 ];
 
 /// The schema this build writes.
