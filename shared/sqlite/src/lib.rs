@@ -32,6 +32,10 @@ pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Database {
     pool: SqlitePool,
     file: PathBuf,
+    /// This process's writers take turns here before they take the file's write lock: a writer
+    /// that meets the lock held waits in SQLite's busy handler, which sleeps in steps of 1 to
+    /// 100 ms, far longer than a Projector transaction holds it. Other processes still meet it.
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A write transaction (`BEGIN IMMEDIATE`: it holds the file's write lock from its start, so
@@ -42,12 +46,15 @@ pub struct Write {
     pub now_ms: i64,
     file: PathBuf,
     doing: &'static str,
+    /// This process's turn to write, given back after the transaction ends (fields drop in
+    /// order: the transaction first).
+    _turn: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl Write {
     /// Commits; the changes are in the file (and its WAL) when this returns.
     pub async fn commit(self) -> Result<(), Error> {
-        let Write { tx, file, doing, .. } = self;
+        let Write { tx, file, doing, _turn, .. } = self;
         tx.commit().await.map_err(Error::sqlite(format!("committing {doing}"), file))
     }
 
@@ -72,7 +79,7 @@ impl Database {
             .connect_with(options)
             .await
             .map_err(Error::sqlite("opening the database", &file))?;
-        let db = Database { pool, file };
+        let db = Database { pool, file, writer: Default::default() };
         schema::migrate(&db).await?;
         Ok(db)
     }
@@ -90,6 +97,7 @@ impl Database {
     /// Begins a write transaction for `doing` and reads the file's clock in it.
     pub async fn write(&self, doing: &'static str) -> Result<Write, Error> {
         let err = || Error::sqlite(doing, self.file.clone());
+        let turn = self.writer.clone().lock_owned().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err())?;
         let now_ms: i64 = sqlx::query_scalar(
             "UPDATE projector_clock SET ms = max(ms, CAST(unixepoch('subsec') * 1000 AS INTEGER)) WHERE id = 1 RETURNING ms",
@@ -97,7 +105,7 @@ impl Database {
         .fetch_one(&mut *tx)
         .await
         .map_err(err())?;
-        Ok(Write { tx, now_ms, file: self.file.clone(), doing })
+        Ok(Write { tx, now_ms, file: self.file.clone(), doing, _turn: turn })
     }
 
     /// The file's clock for a read outside a write transaction: the machine's clock, never below

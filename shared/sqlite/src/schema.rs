@@ -141,7 +141,7 @@ mod tests {
             let dir = tempfile::tempdir().expect("tempdir");
             let options = crate::connect_options(&dsn(&dir)).expect("dsn");
             let pool = sqlx::sqlite::SqlitePoolOptions::new().connect_with(options).await.expect("pool");
-            let early = Database { pool, file: dir.path().join("fleet.db") };
+            let early = Database { pool, file: dir.path().join("fleet.db"), writer: Default::default() };
             migrate_to(&early, start).await.expect("the earlier schema");
             early.close().await;
             let db = Database::open(&dsn(&dir), DEFAULT_BUSY_TIMEOUT).await.expect("migrated");
