@@ -146,6 +146,10 @@ fn check_backend(config: &mut Config, source_of: &dyn Fn(&str) -> Source, proble
                     "must name a SQLite file the processes share: sqlite:///absolute/path.db or sqlite://relative.db (an in-memory database lives and dies with one process: use backend.kind = \"memory\" for that)".to_owned(),
                 );
             }
+            // One machine, one file: unless a sink is chosen, projections are kept there too.
+            if source_of("sink.kind") == Source::Default && config.sink.kind == SinkKind::Redis {
+                config.sink.kind = SinkKind::Sqlite;
+            }
         }
         (Some(BackendKind::Redis), Some(dsn)) => {
             if !["redis://", "rediss://", "unix://", "redis+unix://"].iter().any(|scheme| dsn.starts_with(scheme)) {

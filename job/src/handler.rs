@@ -41,16 +41,34 @@ impl Routing {
     }
 }
 
-/// The rollout flag, re-read from Redis at most every `refresh`.
+/// The rollout flag, re-read from where the fleet keeps it at most every `refresh`.
 pub struct RolloutFlag {
-    conn: RedisConn,
+    store: FlagStore,
     cached: RwLock<(Option<Instant>, Rollout)>,
     refresh: Duration,
 }
 
+/// Where the fleet keeps the rollout flag.
+enum FlagStore {
+    Redis(RedisConn),
+    Sqlite(projector_shared::run_sqlite::SqliteRuns),
+}
+
 impl RolloutFlag {
     pub fn new(conn: RedisConn, refresh: Duration) -> Self {
-        RolloutFlag { conn, cached: RwLock::new((None, Rollout::default())), refresh }
+        RolloutFlag { store: FlagStore::Redis(conn), cached: RwLock::new((None, Rollout::default())), refresh }
+    }
+
+    /// The flag in one machine's SQLite file.
+    pub fn on_file(runs: projector_shared::run_sqlite::SqliteRuns, refresh: Duration) -> Self {
+        RolloutFlag { store: FlagStore::Sqlite(runs), cached: RwLock::new((None, Rollout::default())), refresh }
+    }
+
+    async fn load(&self) -> Result<Rollout, projector_shared::Error> {
+        match &self.store {
+            FlagStore::Redis(conn) => Ok(Rollout::load(&mut conn.clone()).await?),
+            FlagStore::Sqlite(runs) => Ok(runs.rollout().await?),
+        }
     }
 
     async fn route(&self, job: &SpikeProjectionJob) -> Route {
@@ -66,7 +84,7 @@ impl RolloutFlag {
         if fresh(&cached) {
             return cached.1.route(job.org_id);
         }
-        match Rollout::load(&mut self.conn.clone()).await {
+        match self.load().await {
             Ok(r) => {
                 if cached.0.is_some() && r != cached.1 {
                     tracing::info!(rollout = ?r, "rollout flag changed; new jobs follow it");
@@ -94,6 +112,8 @@ pub enum Requeue {
     /// The embedded run's queue: the job is sent again once its backoff has passed. The run waits
     /// for every org's outcome, so a job on its way back keeps the run open.
     Memory(UnboundedSender<Task<serde_json::Value>>),
+    /// The queue in one machine's SQLite file, due after the backoff.
+    Sqlite(queue::sqlite::SqliteQueue),
 }
 
 /// A try that may pass later (a refusal, a transient failure, with `slots.on_timeout =
@@ -142,6 +162,11 @@ impl Rescheduler {
                     .await
                     .map(|_| ())
                     .map_err(|e| Error::Shared(projector_shared::Error::redis(format!("rescheduling org {}", job.org_id))(e)))
+            }
+            Requeue::Sqlite(queue) => {
+                let backoff = backoff.as_secs() + u64::from(backoff.subsec_nanos() > 0);
+                let run_at = chrono::Utc::now().timestamp().max(0) as u64 + backoff;
+                queue.push(&[(next, run_at)]).await.map(|_| ()).map_err(|e| Error::Shared(e.into()))
             }
             Requeue::Memory(queue) => {
                 let payload = next.to_payload();

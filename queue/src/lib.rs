@@ -1,4 +1,5 @@
-//! The job queue: everything that knows apalis-redis's keys, status strings and Lua — its
+//! The job queue: everything that knows apalis-redis's keys, status strings and Lua, and
+//! apalis-sqlite's table (`sqlite`) — its
 //! settings, building and pushing jobs (delayed, deduplicated per run), moving due jobs to the
 //! ready list in bounded steps, quarantining entries apalis cannot fetch, the vacuum of finished
 //! jobs and the queue depth. Used by the scheduler's fan-out and by the worker. It relies on
@@ -10,6 +11,7 @@ mod inflight;
 mod inspect;
 mod promote;
 mod push;
+pub mod sqlite;
 mod vacuum;
 
 pub use apalis_layout::{QUEUES_LIST, config, job_dedupe, job_queue, worker_metadata};

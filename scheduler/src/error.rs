@@ -13,10 +13,6 @@ pub enum Error {
     #[error(transparent)]
     Job(#[from] projector_job::Error),
 
-    /// The SQLite file of `backend.dsn` (the embedded run's slots and rate windows).
-    #[error(transparent)]
-    Sqlite(#[from] projector_sqlite::Error),
-
     #[error("cannot enqueue jobs of run {run_id}: {detail}")]
     Enqueue { run_id: String, detail: String },
 

@@ -13,6 +13,9 @@ pub enum Error {
     Runs(#[from] projector_runs::Error),
 
     #[error(transparent)]
+    Sqlite(#[from] projector_sqlite::Error),
+
+    #[error(transparent)]
     Domain(#[from] projector_core::Error),
 }
 
@@ -29,6 +32,7 @@ impl Error {
             Error::Redis(e) => e.is_retryable(),
             Error::Limits(e) => e.is_retryable(),
             Error::Runs(e) => e.is_retryable(),
+            Error::Sqlite(e) => e.is_retryable(),
             Error::Domain(_) => false,
         }
     }
@@ -65,6 +69,11 @@ macro_rules! from_shared_errors {
         }
         impl From<$crate::RunsError> for $target {
             fn from(e: $crate::RunsError) -> Self {
+                $variant(e.into())
+            }
+        }
+        impl From<$crate::SqliteError> for $target {
+            fn from(e: $crate::SqliteError) -> Self {
                 $variant(e.into())
             }
         }

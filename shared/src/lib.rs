@@ -11,6 +11,7 @@ mod error;
 pub use projector_core::{batch, ids, job, metrics, org, projection, service, synthetic, trail};
 pub use projector_limits::{adaptive, rate, slots};
 pub use projector_redis::{backoff, keys, lua, redis_conn};
+pub use projector_runs::sqlite as run_sqlite;
 pub use projector_runs::{events, heartbeat, ledger, pause, rollout, run_record};
 
 /// A run's outcomes and totals (`projector-core`) and where they are kept (the ledger).
@@ -26,3 +27,4 @@ pub use projector_limits::Error as LimitsError;
 pub use projector_redis::Error as RedisError;
 pub use projector_redis::RedisFailure;
 pub use projector_runs::Error as RunsError;
+pub use projector_sqlite::Error as SqliteError;

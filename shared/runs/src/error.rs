@@ -1,5 +1,6 @@
 //! The one error type of `projector-runs`: a record that cannot be read as the domain says
-//! (`projector_core::Error`), or a Redis failure (classed by `projector-redis`, its source kept).
+//! (`projector_core::Error`), a Redis failure (classed by `projector-redis`, its source kept), or a SQLite one (classed by
+//! `projector-sqlite`).
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -8,6 +9,9 @@ pub enum Error {
 
     #[error(transparent)]
     Redis(#[from] projector_redis::Error),
+
+    #[error(transparent)]
+    Sqlite(#[from] projector_sqlite::Error),
 
     #[error("{what} in Redis cannot be read ({detail}): written by another version, or edited by hand")]
     Corrupt { what: String, detail: String },
@@ -21,6 +25,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Redis(e) => e.is_retryable(),
+            Error::Sqlite(e) => e.is_retryable(),
             Error::Domain(_) | Error::Corrupt { .. } | Error::NotKept { .. } => false,
         }
     }

@@ -1,7 +1,8 @@
 //! `projector-runs`: the fleet's runs and members in Redis — run records, plans, trails and the
 //! `RunLedger` trait with its in-memory and Redis ledgers (`ledger`, `run_record`), worker
 //! heartbeats (`heartbeat`), the fleet-wide pause (`pause`), the rollout flag (`rollout`) and
-//! fleet events such as cancels (`events`).
+//! fleet events such as cancels (`events`); on one machine's SQLite file, the run records, the
+//! pause and the flag (`sqlite`).
 //!
 //! It must never know slots, rates, the queue or the query service.
 
@@ -13,5 +14,6 @@ pub mod ledger;
 pub mod pause;
 pub mod rollout;
 pub mod run_record;
+pub mod sqlite;
 
 pub use error::Error;

@@ -82,30 +82,46 @@ impl Rollout {
             .query_async(conn)
             .await
             .map_err(Error::redis(format!("reading the rollout flag {RATE_LIMIT_FLAG}")))?;
+        Ok(Rollout::from_fields(|name| fields.get(name).cloned()))
+    }
+
+    /// The flag from its stored fields (`enabled`, `percentage`, `allow`, `deny`), however
+    /// stored: a Redis hash, or a SQLite setting.
+    pub fn from_fields(field: impl Fn(&str) -> Option<String>) -> Self {
         let ids = |name: &str| -> BTreeSet<OrgId> {
-            fields.get(name).map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).map(OrgId).collect()).unwrap_or_default()
+            field(name).map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).map(OrgId).collect()).unwrap_or_default()
         };
-        Ok(Rollout {
-            enabled: fields.get("enabled").map(|v| v == "true" || v == "1"),
-            percentage: fields.get("percentage").and_then(|v| v.parse().ok()).map(|p: u8| p.min(100)),
+        Rollout {
+            enabled: field("enabled").map(|v| v == "true" || v == "1"),
+            percentage: field("percentage").and_then(|v| v.parse().ok()).map(|p: u8| p.min(100)),
             allow: ids("allow"),
             deny: ids("deny"),
-        })
+        }
+    }
+
+    /// The flag's fields as stored; unset ones are left out.
+    pub fn fields(&self) -> Vec<(&'static str, String)> {
+        let join = |set: &BTreeSet<OrgId>| set.iter().map(|o| o.0.to_string()).collect::<Vec<_>>().join(",");
+        let mut fields = Vec::new();
+        if let Some(e) = self.enabled {
+            fields.push(("enabled", e.to_string()));
+        }
+        if let Some(p) = self.percentage {
+            fields.push(("percentage", p.to_string()));
+        }
+        fields.push(("allow", join(&self.allow)));
+        fields.push(("deny", join(&self.deny)));
+        fields
     }
 
     /// Writes the whole flag. The key has no TTL: it is configuration, not state.
     pub async fn save(&self, conn: &mut impl ConnectionLike) -> Result<(), Error> {
-        let join = |set: &BTreeSet<OrgId>| set.iter().map(|o| o.0.to_string()).collect::<Vec<_>>().join(",");
         let key = keys::flag(RATE_LIMIT_FLAG);
         let mut pipe = redis::pipe();
         pipe.atomic().del(&key);
-        if let Some(e) = self.enabled {
-            pipe.hset(&key, "enabled", e.to_string());
+        for (field, value) in self.fields() {
+            pipe.hset(&key, field, value);
         }
-        if let Some(p) = self.percentage {
-            pipe.hset(&key, "percentage", p);
-        }
-        pipe.hset(&key, "allow", join(&self.allow)).hset(&key, "deny", join(&self.deny));
         pipe.query_async::<()>(conn).await.map_err(Error::redis(format!("writing the rollout flag {RATE_LIMIT_FLAG}")))
     }
 }

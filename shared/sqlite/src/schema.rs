@@ -66,6 +66,35 @@ const MIGRATIONS: &[&str] = &[
          written_ms INTEGER NOT NULL,
          PRIMARY KEY (org_id, project_id)
      ) WITHOUT ROWID;",
+    // 3: the runs of a fleet on this file: one row per run, one per planned org (its batch,
+    // projects, whether its job is in the queue, its outcome, attempt and trail), and the
+    // operators' settings (the pause, the rollout flag).
+    "CREATE TABLE projector_runs (
+         run_id TEXT PRIMARY KEY,
+         tick_ms INTEGER NOT NULL,
+         created_ms INTEGER NOT NULL,
+         orgs_total INTEGER NOT NULL,
+         accounted INTEGER NOT NULL DEFAULT 0,
+         deadline_ms INTEGER,
+         pacing TEXT,
+         fanned_out_ms INTEGER,
+         finished_ms INTEGER,
+         cancelled_ms INTEGER,
+         retried INTEGER NOT NULL DEFAULT 0
+     );
+     CREATE INDEX projector_runs_created ON projector_runs (created_ms);
+     CREATE TABLE projector_run_orgs (
+         run_id TEXT NOT NULL,
+         org_id INTEGER NOT NULL,
+         batch INTEGER NOT NULL,
+         projects TEXT NOT NULL,
+         enqueued INTEGER NOT NULL DEFAULT 0,
+         outcome TEXT,
+         attempt INTEGER NOT NULL DEFAULT 0,
+         trail TEXT NOT NULL DEFAULT '',
+         PRIMARY KEY (run_id, org_id)
+     ) WITHOUT ROWID;
+     CREATE TABLE projector_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL, set_ms INTEGER NOT NULL);",
 ];
 
 /// The schema this build writes.

@@ -1,0 +1,115 @@
+//! The job queue of a single-machine fleet: apalis-sqlite 1.0.0's `Jobs` table in the same file
+//! as Projector's own tables. Its migrations run here, on the shared pool but never through
+//! `SqliteStorage::setup`, which would also set `synchronous = OFF` on a pooled connection
+//! (docs/sqlite.md).
+
+use std::time::Duration;
+
+use apalis_sqlite::{Config, SqliteStorage};
+use projector_shared::SpikeProjectionJob;
+use projector_sqlite::{Database, sqlx};
+
+/// The queue's name in apalis-sqlite's `job_type` column.
+pub const SQLITE_QUEUE: &str = "projector:spike-projection";
+
+/// Tries at the apalis migrations: processes starting together race to apply them, and the
+/// loser's transaction fails on what the winner created; the next try finds them applied.
+const MIGRATION_TRIES: u32 = 20;
+
+/// apalis's default, as the Redis queue writes it.
+const MAX_ATTEMPTS: i64 = 25;
+
+/// The spike-projection queue in one SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteQueue {
+    db: Database,
+}
+
+/// apalis-sqlite's settings, as the Redis queue's (`apalis_layout::config`): one job per fetch,
+/// so a fetched job is never left waiting behind another in a worker's buffer, and a worker that
+/// misses three 2 s heartbeats (killed, stopped) has its jobs put back for the others.
+pub fn sqlite_config() -> Config {
+    Config::default().queue(SQLITE_QUEUE).batch_size(1).heartbeat_interval(Duration::from_secs(2)).missed_heartbeats(3)
+}
+
+impl SqliteQueue {
+    /// The queue in `db`'s file, its tables created or brought up to date.
+    pub async fn open(db: &Database) -> Result<SqliteQueue, projector_sqlite::Error> {
+        let migrator = SqliteStorage::<()>::migrations();
+        let mut pause = Duration::from_millis(20);
+        for tried in 1.. {
+            match migrator.run(db.pool()).await {
+                Ok(()) => break,
+                Err(e) if tried < MIGRATION_TRIES => {
+                    tracing::debug!(error = %e, tried, "apalis-sqlite migrations met another process's; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Err(e) => return Err(db.err("creating the job queue's tables (apalis-sqlite migrations)")(sqlx::Error::from(e))),
+            }
+        }
+        Ok(SqliteQueue { db: db.clone() })
+    }
+
+    /// The storage a worker's job loop fetches from.
+    pub fn storage(&self) -> SqliteStorage<serde_json::Value> {
+        SqliteStorage::new(self.db.pool()).with_config(sqlite_config())
+    }
+
+    /// Pushes `jobs`, each runnable from its unix second, in one transaction; a job whose run
+    /// and dedupe member are already in the queue is left out (apalis-sqlite's unique
+    /// idempotency key). Returns how many were new. The row is the one apalis-sqlite 1.0.0's own
+    /// push writes (`queries/task/sink.sql`), written here because its sink's future cannot be
+    /// held across a job's await points (it is not `Send`).
+    pub async fn push(&self, jobs: &[(SpikeProjectionJob, u64)]) -> Result<u64, projector_sqlite::Error> {
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let mut w = self.db.write("pushing jobs").await?;
+        let mut new = 0;
+        for (job, run_at) in jobs {
+            let pushed = sqlx::query(
+                "INSERT INTO Jobs (job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata, idempotency_key)
+                 VALUES (?1, ?2, ?3, 'Pending', 0, ?4, ?5, 0, '{}', ?6) ON CONFLICT (job_type, idempotency_key) DO NOTHING",
+            )
+            .bind(job.encode())
+            .bind(ulid::Ulid::generate().to_string())
+            .bind(SQLITE_QUEUE)
+            .bind(MAX_ATTEMPTS)
+            .bind(i64::try_from(*run_at).unwrap_or(i64::MAX))
+            .bind(job.idempotency_key())
+            .execute(&mut *w.tx)
+            .await
+            .map_err(w.err())?;
+            new += pushed.rows_affected();
+        }
+        w.commit().await?;
+        Ok(new)
+    }
+
+    /// Jobs waiting (due or not) and jobs taken by a worker and not acknowledged.
+    pub async fn depth(&self) -> Result<(u64, u64), projector_sqlite::Error> {
+        let (waiting, running): (i64, i64) = sqlx::query_as(
+            "SELECT coalesce(sum(status = 'Pending'), 0), coalesce(sum(status IN ('Queued', 'Running')), 0) FROM Jobs WHERE job_type = ?1",
+        )
+        .bind(SQLITE_QUEUE)
+        .fetch_one(self.db.pool())
+        .await
+        .map_err(self.db.err("reading the queue's depth"))?;
+        Ok((u64::try_from(waiting).unwrap_or(0), u64::try_from(running).unwrap_or(0)))
+    }
+
+    /// Deletes jobs that ended more than `older_than` ago: their outcome is in the run record.
+    pub async fn vacuum(&self, older_than: Duration) -> Result<u64, projector_sqlite::Error> {
+        let deleted = sqlx::query(
+            "DELETE FROM Jobs WHERE job_type = ?1 AND (status IN ('Done', 'Killed') OR (status = 'Failed' AND attempts >= max_attempts))
+               AND done_at IS NOT NULL AND done_at < CAST(unixepoch() AS INTEGER) - ?2",
+        )
+        .bind(SQLITE_QUEUE)
+        .bind(i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX))
+        .execute(self.db.pool())
+        .await
+        .map_err(self.db.err("deleting finished jobs"))?;
+        Ok(deleted.rows_affected())
+    }
+}

@@ -1,0 +1,599 @@
+//! The run records of a single-machine fleet on one SQLite file (`backend.kind = "sqlite"`): the
+//! same rules as the Redis record (`lua/run_record.lua`, `lua/run_admit.lua`), each decision
+//! taken in one write transaction on the file's clock. One row per run, one per planned org.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use projector_core::batch::Pacing;
+use projector_core::ids::{OrgId, ProjectId, RunId};
+use projector_core::run::{Admission, Outcome, Recorded, RunSummary};
+use projector_core::trail::{self, Attempt};
+use projector_sqlite::{Database, Write, sqlx};
+
+use crate::error::Error;
+use crate::ledger::RunLedger;
+use crate::pause::Pause;
+use crate::rollout::{RATE_LIMIT_FLAG, Rollout};
+use crate::run_record::{OrgIds, OrgRecord, RunOverview};
+
+/// Orgs written per statement when a plan is stored (SQLite binds at most 32,766 values).
+const ORGS_PER_INSERT: usize = 500;
+
+/// One planned org: its batch (release order) and its projects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedOrg {
+    pub org: OrgId,
+    pub batch: u32,
+    pub projects: Vec<ProjectId>,
+}
+
+/// What a fan-out (or its resumption) still has to put in the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToEnqueue {
+    pub tick: DateTime<Utc>,
+    pub deadline: Option<DateTime<Utc>>,
+    pub pacing: Option<Pacing>,
+    /// Planned orgs with no job in the queue yet and no outcome, by batch.
+    pub orgs: Vec<PlannedOrg>,
+}
+
+/// Run records on the file every process of this machine shares.
+#[derive(Debug, Clone)]
+pub struct SqliteRuns {
+    db: Database,
+    /// `runs.retention`: a run's rows are deleted this long after it was created.
+    retention: Duration,
+}
+
+impl SqliteRuns {
+    pub fn new(db: Database, retention: Duration) -> Self {
+        SqliteRuns { db, retention }
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Creates the run with its whole plan in one transaction, so a run is never seen half
+    /// planned; `false` when the run already exists (a replayed tick), which is left as it is.
+    pub async fn create(
+        &self,
+        run_id: &RunId,
+        tick: DateTime<Utc>,
+        deadline: DateTime<Utc>,
+        pacing: Option<&Pacing>,
+        plan: &[PlannedOrg],
+    ) -> Result<bool, Error> {
+        let mut w = self.db.write("creating a run").await?;
+        let exists: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM projector_runs WHERE run_id = ?1").bind(&run_id.0).fetch_optional(&mut *w.tx).await.map_err(w.err())?;
+        if exists.is_some() {
+            return Ok(false);
+        }
+        let pacing = pacing.map(|p| format!("{} {} {}", p.size, p.delay.as_millis(), p.configured.as_millis()));
+        sqlx::query(
+            "INSERT INTO projector_runs (run_id, tick_ms, created_ms, orgs_total, deadline_ms, pacing) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(&run_id.0)
+        .bind(tick.timestamp_millis())
+        .bind(w.now_ms)
+        .bind(i64::try_from(plan.len()).unwrap_or(i64::MAX))
+        .bind(deadline.timestamp_millis())
+        .bind(pacing)
+        .execute(&mut *w.tx)
+        .await
+        .map_err(w.err())?;
+        for chunk in plan.chunks(ORGS_PER_INSERT) {
+            let values = vec!["(?, ?, ?, ?)"; chunk.len()].join(", ");
+            let sql = format!("INSERT INTO projector_run_orgs (run_id, org_id, batch, projects) VALUES {values}");
+            let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for org in chunk {
+                let projects = org.projects.iter().map(|p| p.0.to_string()).collect::<Vec<_>>().join(",");
+                insert = insert.bind(&run_id.0).bind(org_i64(org.org)).bind(i64::from(org.batch)).bind(projects);
+            }
+            insert.execute(&mut *w.tx).await.map_err(w.err())?;
+        }
+        w.commit().await?;
+        Ok(true)
+    }
+
+    /// The run's planned orgs that have neither a job in the queue nor an outcome; `None` when
+    /// there is no such run.
+    pub async fn to_enqueue(&self, run_id: &RunId) -> Result<Option<ToEnqueue>, Error> {
+        let err = || self.db.err(format!("reading the plan of run {run_id}"));
+        let run: Option<(i64, Option<i64>, Option<String>, i64)> =
+            sqlx::query_as("SELECT tick_ms, deadline_ms, pacing, orgs_total FROM projector_runs WHERE run_id = ?1")
+                .bind(&run_id.0)
+                .fetch_optional(self.db.pool())
+                .await
+                .map_err(err())?;
+        let Some((tick_ms, deadline_ms, pacing, orgs_total)) = run else { return Ok(None) };
+        let rows: Vec<(i64, i64, String)> = sqlx::query_as(
+            "SELECT org_id, batch, projects FROM projector_run_orgs WHERE run_id = ?1 AND enqueued = 0 AND outcome IS NULL ORDER BY batch, org_id",
+        )
+        .bind(&run_id.0)
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(err())?;
+        let orgs = rows
+            .into_iter()
+            .map(|(org, batch, projects)| PlannedOrg {
+                org: OrgId(u64::try_from(org).unwrap_or(0)),
+                batch: u32::try_from(batch).unwrap_or(0),
+                projects: projects.split(',').filter_map(|p| p.parse().ok()).map(ProjectId).collect(),
+            })
+            .collect();
+        Ok(Some(ToEnqueue {
+            tick: at(tick_ms).unwrap_or_default(),
+            deadline: deadline_ms.and_then(at),
+            pacing: pacing.as_deref().and_then(|p| pacing_of(p, orgs_total)),
+            orgs,
+        }))
+    }
+
+    /// Notes that the jobs of `orgs` are in the queue: a resumed fan-out leaves them out.
+    pub async fn mark_enqueued(&self, run_id: &RunId, orgs: &[OrgId]) -> Result<(), Error> {
+        let mut w = self.db.write("noting jobs enqueued").await?;
+        for org in orgs {
+            sqlx::query("UPDATE projector_run_orgs SET enqueued = 1 WHERE run_id = ?1 AND org_id = ?2")
+                .bind(&run_id.0)
+                .bind(org_i64(*org))
+                .execute(&mut *w.tx)
+                .await
+                .map_err(w.err())?;
+        }
+        Ok(w.commit().await?)
+    }
+
+    /// Notes that every job of the run is in the queue (the run leaves `fanning out`).
+    pub async fn mark_fanned_out(&self, run_id: &RunId) -> Result<(), Error> {
+        let mut w = self.db.write("marking a run fanned out").await?;
+        sqlx::query("UPDATE projector_runs SET fanned_out_ms = coalesce(fanned_out_ms, ?2) WHERE run_id = ?1")
+            .bind(&run_id.0)
+            .bind(w.now_ms)
+            .execute(&mut *w.tx)
+            .await
+            .map_err(w.err())?;
+        Ok(w.commit().await?)
+    }
+
+    /// Whether attempt `attempt` of (run, org) may run, as `lua/run_admit.lua` decides.
+    pub async fn admit(&self, run_id: &RunId, org: OrgId, attempt: u32) -> Result<Admission, Error> {
+        let row: Option<(Option<String>, i64)> =
+            sqlx::query_as("SELECT outcome, attempt FROM projector_run_orgs WHERE run_id = ?1 AND org_id = ?2")
+                .bind(&run_id.0)
+                .bind(org_i64(org))
+                .fetch_optional(self.db.pool())
+                .await
+                .map_err(self.db.err(format!("checking org {org} of run {run_id}")))?;
+        let Some((outcome, current)) = row else {
+            return Ok(if self.exists(run_id).await? { Admission::NotPlanned } else { Admission::UnknownRun });
+        };
+        Ok(match outcome.as_deref().and_then(Outcome::parse) {
+            _ if i64::from(attempt) < current => Admission::Superseded,
+            Some(outcome) => Admission::Accounted(outcome),
+            None => Admission::Open,
+        })
+    }
+
+    async fn exists(&self, run_id: &RunId) -> Result<bool, Error> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM projector_runs WHERE run_id = ?1")
+            .bind(&run_id.0)
+            .fetch_optional(self.db.pool())
+            .await
+            .map_err(self.db.err(format!("reading run {run_id}")))?;
+        Ok(found.is_some())
+    }
+
+    /// Records one org's outcome with its trail line, by the rules of `lua/run_record.lua`: the
+    /// first outcome of an attempt wins, except that a query's outcome replaces `cancelled` or
+    /// `deadline` set while it ran; the record of the run's last org finishes the run.
+    pub async fn record(&self, run_id: &RunId, org: OrgId, attempt: &Attempt) -> Result<Recorded, Error> {
+        let mut w = self.db.write("recording an outcome").await?;
+        let recorded = record_in(&mut w, run_id, org, attempt).await?;
+        w.commit().await?;
+        Ok(recorded)
+    }
+
+    /// The run's totals, and with [`OrgIds::List`] the ids of the orgs that did not complete.
+    pub async fn summary(&self, run_id: &RunId, ids: OrgIds) -> Result<Option<RunSummary>, Error> {
+        let Some(overview) = self.overview(run_id).await? else { return Ok(None) };
+        let mut summary = RunSummary { run_id: run_id.0.clone(), orgs_total: overview.orgs_total, ..RunSummary::default() };
+        match ids {
+            OrgIds::Leave => {
+                for (outcome, n) in &overview.counts {
+                    summary.set_count(*outcome, *n);
+                }
+            }
+            OrgIds::List => {
+                let rows: Vec<(i64, String)> =
+                    sqlx::query_as("SELECT org_id, outcome FROM projector_run_orgs WHERE run_id = ?1 AND outcome IS NOT NULL")
+                        .bind(&run_id.0)
+                        .fetch_all(self.db.pool())
+                        .await
+                        .map_err(self.db.err(format!("reading the orgs of run {run_id}")))?;
+                for (org, outcome) in rows {
+                    if let Some(outcome) = Outcome::parse(&outcome) {
+                        summary.add(OrgId(u64::try_from(org).unwrap_or(0)), outcome);
+                    }
+                }
+                summary.sort_ids();
+            }
+        }
+        if let (Some(end), Some(start)) = (overview.finished, overview.started()) {
+            summary.duration_ms = u64::try_from((end - start).num_milliseconds()).unwrap_or(0);
+        }
+        Ok(Some(summary))
+    }
+
+    /// Whether the run has finished (every org accounted), `None` when there is no such run.
+    pub async fn finished(&self, run_id: &RunId) -> Result<Option<bool>, Error> {
+        Ok(self.overview(run_id).await?.map(|o| o.finished.is_some()))
+    }
+
+    /// Ends every open org of the run with `outcome` and the trail line `line` (a cancel, a
+    /// stop, the deadline); returns how many orgs this ended. Orgs that ended keep their outcome.
+    pub async fn end_open_orgs(&self, run_id: &RunId, outcome: Outcome, line: &Attempt) -> Result<u64, Error> {
+        let mut w = self.db.write("ending a run's open orgs").await?;
+        let open: Vec<i64> = sqlx::query_scalar("SELECT org_id FROM projector_run_orgs WHERE run_id = ?1 AND outcome IS NULL")
+            .bind(&run_id.0)
+            .fetch_all(&mut *w.tx)
+            .await
+            .map_err(w.err())?;
+        if outcome == Outcome::Cancelled {
+            sqlx::query("UPDATE projector_runs SET cancelled_ms = coalesce(cancelled_ms, ?2) WHERE run_id = ?1")
+                .bind(&run_id.0)
+                .bind(w.now_ms)
+                .execute(&mut *w.tx)
+                .await
+                .map_err(w.err())?;
+        }
+        let mut ended = 0;
+        for org in open {
+            let line = Attempt { attempt: current_attempt(&mut w, run_id, org).await?, ..line.clone() };
+            if matches!(record_in(&mut w, run_id, OrgId(u64::try_from(org).unwrap_or(0)), &line).await?, Recorded::Recorded | Recorded::FinishedTheRun)
+            {
+                ended += 1;
+            }
+        }
+        w.commit().await?;
+        Ok(ended)
+    }
+
+    /// Ends every open org of every run past its deadline as `deadline`; returns the runs it
+    /// ended orgs of, with how many.
+    pub async fn end_overdue(&self) -> Result<Vec<(RunId, u64)>, Error> {
+        let now = self.db.now_ms().await?;
+        let overdue: Vec<String> = sqlx::query_scalar(
+            "SELECT run_id FROM projector_runs WHERE finished_ms IS NULL AND deadline_ms IS NOT NULL AND deadline_ms <= ?1",
+        )
+        .bind(now)
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(self.db.err("looking for runs past their deadline"))?;
+        let why = trail::Why::new("deadline", "the run's deadline passed before this org was queried (runs.deadline)");
+        let line = Attempt { why: Some(why), steps: vec![trail::Step::Deadline], ..Attempt::bare(Outcome::Deadline) };
+        let mut ended = Vec::new();
+        for run_id in overdue {
+            let run_id = RunId(run_id);
+            let n = self.end_open_orgs(&run_id, Outcome::Deadline, &line).await?;
+            ended.push((run_id, n));
+        }
+        Ok(ended)
+    }
+
+    /// Deletes the runs created more than `runs.retention` ago, and their orgs; returns how many.
+    pub async fn purge_expired(&self) -> Result<u64, Error> {
+        let mut w = self.db.write("deleting expired runs").await?;
+        let before = w.now_ms - i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
+        sqlx::query("DELETE FROM projector_run_orgs WHERE run_id IN (SELECT run_id FROM projector_runs WHERE created_ms < ?1)")
+            .bind(before)
+            .execute(&mut *w.tx)
+            .await
+            .map_err(w.err())?;
+        let runs = sqlx::query("DELETE FROM projector_runs WHERE created_ms < ?1").bind(before).execute(&mut *w.tx).await.map_err(w.err())?;
+        w.commit().await?;
+        Ok(runs.rows_affected())
+    }
+
+    /// The most recent runs (by tick), newest first, at most `limit`.
+    pub async fn recent(&self, limit: usize) -> Result<Vec<RunOverview>, Error> {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT run_id FROM projector_runs ORDER BY tick_ms DESC, created_ms DESC LIMIT ?1")
+            .bind(i64::try_from(limit.max(1)).unwrap_or(i64::MAX))
+            .fetch_all(self.db.pool())
+            .await
+            .map_err(self.db.err("listing runs"))?;
+        let mut runs = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(run) = self.overview(&RunId(id)).await? {
+                runs.push(run);
+            }
+        }
+        Ok(runs)
+    }
+
+    /// Every run not finished and not cancelled, newest first.
+    pub async fn open_runs(&self) -> Result<Vec<RunOverview>, Error> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT run_id FROM projector_runs WHERE finished_ms IS NULL AND cancelled_ms IS NULL ORDER BY tick_ms DESC",
+        )
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(self.db.err("listing open runs"))?;
+        let mut runs = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(run) = self.overview(&RunId(id)).await? {
+                runs.push(run);
+            }
+        }
+        Ok(runs)
+    }
+
+    /// One run's overview; `None` if there is no such run.
+    pub async fn overview(&self, run_id: &RunId) -> Result<Option<RunOverview>, Error> {
+        let err = || self.db.err(format!("reading run {run_id}"));
+        type Row = (i64, i64, i64, Option<i64>, Option<String>, Option<i64>, Option<i64>, Option<i64>, i64);
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT tick_ms, created_ms, orgs_total, deadline_ms, pacing, fanned_out_ms, finished_ms, cancelled_ms, retried
+             FROM projector_runs WHERE run_id = ?1",
+        )
+        .bind(&run_id.0)
+        .fetch_optional(self.db.pool())
+        .await
+        .map_err(err())?;
+        let Some((tick, created, total, deadline, pacing, fanned_out, finished, cancelled, retried)) = row else { return Ok(None) };
+        let counted: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT outcome, count(*) FROM projector_run_orgs WHERE run_id = ?1 AND outcome IS NOT NULL GROUP BY outcome",
+        )
+        .bind(&run_id.0)
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(err())?;
+        let count = |o: Outcome| counted.iter().find(|(name, _)| name == o.as_str()).map_or(0, |(_, n)| u64::try_from(*n).unwrap_or(0));
+        let orgs_total = u64::try_from(total).unwrap_or(0);
+        Ok(Some(RunOverview {
+            run_id: run_id.0.clone(),
+            tick: at(tick),
+            orgs_total,
+            counts: Outcome::ALL.iter().map(|o| (*o, count(*o))).collect(),
+            fanned_out: fanned_out.and_then(at),
+            finished: finished.and_then(at),
+            cancelled: cancelled.and_then(at),
+            retried: u64::try_from(retried).unwrap_or(0),
+            skipped: None,
+            deadline: deadline.and_then(at),
+            created: at(created),
+            pacing: pacing.as_deref().and_then(|p| pacing_of(p, total)),
+        }))
+    }
+
+    /// Every org of the run's plan with its outcome, open attempt and trail, sorted by org.
+    pub async fn orgs(&self, run_id: &RunId) -> Result<Vec<OrgRecord>, Error> {
+        let rows: Vec<(i64, Option<String>, i64, String)> =
+            sqlx::query_as("SELECT org_id, outcome, attempt, trail FROM projector_run_orgs WHERE run_id = ?1 ORDER BY org_id")
+                .bind(&run_id.0)
+                .fetch_all(self.db.pool())
+                .await
+                .map_err(self.db.err(format!("reading the orgs of run {run_id}")))?;
+        Ok(rows.into_iter().map(org_record).collect())
+    }
+
+    /// One org of a run; `None` if the run does not exist or did not plan it.
+    pub async fn org(&self, run_id: &RunId, org: OrgId) -> Result<Option<OrgRecord>, Error> {
+        let row: Option<(i64, Option<String>, i64, String)> =
+            sqlx::query_as("SELECT org_id, outcome, attempt, trail FROM projector_run_orgs WHERE run_id = ?1 AND org_id = ?2")
+                .bind(&run_id.0)
+                .bind(org_i64(org))
+                .fetch_optional(self.db.pool())
+                .await
+                .map_err(self.db.err(format!("reading org {org} of run {run_id}")))?;
+        Ok(row.map(org_record))
+    }
+
+    /// Waits until the run finishes, at most `wait`; `true` when it did. Other processes finish
+    /// it, so this polls the row (every 100 ms: a summary that late is not noticed).
+    pub async fn wait_finished(&self, run_id: &RunId, wait: Duration) -> Result<bool, Error> {
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            if self.finished(run_id).await? != Some(false) {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= until {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(100).min(until - tokio::time::Instant::now())).await;
+        }
+    }
+
+    /// An operator's setting (the pause, the rollout flag): its value and when it was set.
+    pub async fn setting(&self, name: &str) -> Result<Option<(String, i64)>, Error> {
+        Ok(sqlx::query_as("SELECT value, set_ms FROM projector_settings WHERE name = ?1")
+            .bind(name)
+            .fetch_optional(self.db.pool())
+            .await
+            .map_err(self.db.err(format!("reading the setting {name}")))?)
+    }
+
+    /// Sets (`Some`) or clears (`None`) an operator's setting; returns whether one was there.
+    /// `keep_since` keeps the time of a setting already there (a pause's start).
+    pub async fn set_setting(&self, name: &str, value: Option<&str>, keep_since: bool) -> Result<bool, Error> {
+        let mut w = self.db.write("writing an operator's setting").await?;
+        let had: Option<i64> =
+            sqlx::query_scalar("SELECT set_ms FROM projector_settings WHERE name = ?1").bind(name).fetch_optional(&mut *w.tx).await.map_err(w.err())?;
+        match value {
+            Some(value) => {
+                let since = if keep_since { had.unwrap_or(w.now_ms) } else { w.now_ms };
+                sqlx::query("INSERT OR REPLACE INTO projector_settings (name, value, set_ms) VALUES (?1, ?2, ?3)")
+                    .bind(name)
+                    .bind(value)
+                    .bind(since)
+                    .execute(&mut *w.tx)
+                    .await
+                    .map_err(w.err())?;
+            }
+            None => {
+                sqlx::query("DELETE FROM projector_settings WHERE name = ?1").bind(name).execute(&mut *w.tx).await.map_err(w.err())?;
+            }
+        }
+        w.commit().await?;
+        Ok(had.is_some())
+    }
+}
+
+/// The settings' names: the pause and the rollout flag, as the Redis keys name them.
+const PAUSE: &str = "paused";
+
+impl SqliteRuns {
+    /// Pauses the fleet (or changes the reason of the pause in force, keeping its start).
+    pub async fn pause(&self, reason: &str) -> Result<Pause, Error> {
+        self.set_setting(PAUSE, Some(reason), true).await?;
+        self.paused().await?.ok_or_else(|| Error::NotKept { doing: "pausing the fleet".to_owned() })
+    }
+
+    /// Ends the pause; `false` when there was none.
+    pub async fn resume(&self) -> Result<bool, Error> {
+        self.set_setting(PAUSE, None, false).await
+    }
+
+    /// The pause in force, if any.
+    pub async fn paused(&self) -> Result<Option<Pause>, Error> {
+        Ok(self.setting(PAUSE).await?.map(|(reason, since)| Pause { reason, since_ms: u64::try_from(since).unwrap_or(0) }))
+    }
+
+    /// The rollout flag; unset is the default (everyone limited).
+    pub async fn rollout(&self) -> Result<Rollout, Error> {
+        let Some((text, _)) = self.setting(RATE_LIMIT_FLAG).await? else { return Ok(Rollout::default()) };
+        let fields: std::collections::HashMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
+        Ok(Rollout::from_fields(|name| fields.get(name).map(|v| (*v).to_owned())))
+    }
+
+    /// Writes the whole rollout flag.
+    pub async fn save_rollout(&self, rollout: &Rollout) -> Result<(), Error> {
+        let text = rollout.fields().into_iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("\n");
+        self.set_setting(RATE_LIMIT_FLAG, Some(&text), false).await.map(|_| ())
+    }
+}
+
+/// One org's record decided inside `w`, as `lua/run_record.lua` decides it.
+async fn record_in(w: &mut Write, run_id: &RunId, org: OrgId, attempt: &Attempt) -> Result<Recorded, Error> {
+    let run: Option<(i64, i64, Option<i64>)> =
+        sqlx::query_as("SELECT orgs_total, accounted, finished_ms FROM projector_runs WHERE run_id = ?1")
+            .bind(&run_id.0)
+            .fetch_optional(&mut *w.tx)
+            .await
+            .map_err(w.err())?;
+    let Some((orgs_total, accounted, finished_ms)) = run else { return Ok(Recorded::UnknownRun) };
+    let row: Option<(Option<String>, i64, String)> =
+        sqlx::query_as("SELECT outcome, attempt, trail FROM projector_run_orgs WHERE run_id = ?1 AND org_id = ?2")
+            .bind(&run_id.0)
+            .bind(org_i64(org))
+            .fetch_optional(&mut *w.tx)
+            .await
+            .map_err(w.err())?;
+    let Some((ended, current, trail_text)) = row else { return Ok(Recorded::NotPlanned) };
+    if i64::from(attempt.attempt) < current {
+        return Ok(Recorded::AlreadyAccounted);
+    }
+    let counts = match ended.as_deref().and_then(Outcome::parse) {
+        None => 1,
+        // A query's outcome replaces the cancel or the deadline that came while it ran, so the
+        // record says what reached the query service; the org was already counted.
+        Some(Outcome::Cancelled | Outcome::Deadline) if !attempt.outcome.not_queried() => 0,
+        Some(_) => return Ok(Recorded::AlreadyAccounted),
+    };
+    let trail_text = append_trail(&trail_text, w.now_ms, &attempt.to_line());
+    sqlx::query("UPDATE projector_run_orgs SET outcome = ?3, trail = ?4 WHERE run_id = ?1 AND org_id = ?2")
+        .bind(&run_id.0)
+        .bind(org_i64(org))
+        .bind(attempt.outcome.as_str())
+        .bind(trail_text)
+        .execute(&mut *w.tx)
+        .await
+        .map_err(w.err())?;
+    let accounted = accounted + counts;
+    let finishes = finished_ms.is_none() && accounted >= orgs_total;
+    sqlx::query("UPDATE projector_runs SET accounted = ?2, finished_ms = CASE WHEN ?3 THEN ?4 ELSE finished_ms END WHERE run_id = ?1")
+        .bind(&run_id.0)
+        .bind(accounted)
+        .bind(finishes)
+        .bind(w.now_ms)
+        .execute(&mut *w.tx)
+        .await
+        .map_err(w.err())?;
+    Ok(if finishes { Recorded::FinishedTheRun } else { Recorded::Recorded })
+}
+
+async fn current_attempt(w: &mut Write, run_id: &RunId, org: i64) -> Result<u32, Error> {
+    let n: Option<i64> = sqlx::query_scalar("SELECT attempt FROM projector_run_orgs WHERE run_id = ?1 AND org_id = ?2")
+        .bind(&run_id.0)
+        .bind(org)
+        .fetch_optional(&mut *w.tx)
+        .await
+        .map_err(w.err())?;
+    Ok(n.and_then(|n| u32::try_from(n).ok()).unwrap_or(0))
+}
+
+/// The trail with one more line (`<ms> <JSON>`, as the Redis record keeps it), keeping the last
+/// [`trail::KEPT_ATTEMPTS`].
+fn append_trail(trail_text: &str, at_ms: i64, line: &str) -> String {
+    let mut lines: Vec<&str> = trail_text.lines().collect();
+    let new = format!("{at_ms} {line}");
+    lines.push(&new);
+    let skip = lines.len().saturating_sub(trail::KEPT_ATTEMPTS);
+    lines[skip..].join("\n")
+}
+
+fn org_record((org, outcome, attempt, trail_text): (i64, Option<String>, i64, String)) -> OrgRecord {
+    OrgRecord {
+        org: OrgId(u64::try_from(org).unwrap_or(0)),
+        outcome: outcome.as_deref().and_then(Outcome::parse),
+        attempt: u32::try_from(attempt).unwrap_or(0),
+        trail: trail::parse(&trail_text),
+        compacted_at_ms: None,
+    }
+}
+
+/// Org ids are stored as SQLite integers (i64); ids past i64::MAX do not occur (Sentry's are
+/// 64-bit signed in its own database).
+fn org_i64(org: OrgId) -> i64 {
+    i64::try_from(org.0).unwrap_or(i64::MAX)
+}
+
+fn at(ms: i64) -> Option<DateTime<Utc>> {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+}
+
+/// The pacing stored as "size delay_ms configured_ms".
+fn pacing_of(stored: &str, orgs_total: i64) -> Option<Pacing> {
+    let mut parts = stored.split(' ').map(|p| p.parse::<u64>().ok());
+    let (size, delay, configured) = (parts.next()??, parts.next()??, parts.next()??);
+    let size = usize::try_from(size).ok().filter(|s| *s > 0)?;
+    Some(Pacing {
+        size,
+        batches: usize::try_from(orgs_total).unwrap_or(0).div_ceil(size),
+        delay: Duration::from_millis(delay),
+        configured: Duration::from_millis(configured),
+        budget: None,
+    })
+}
+
+impl RunLedger for SqliteRuns {
+    fn outcome_of<'a>(&'a self, run_id: &'a RunId, org: OrgId, attempt: u32) -> BoxFuture<'a, Result<Admission, Error>> {
+        Box::pin(self.admit(run_id, org, attempt))
+    }
+
+    fn record<'a>(&'a self, run_id: &'a RunId, org: OrgId, attempt: &'a Attempt) -> BoxFuture<'a, Result<Recorded, Error>> {
+        Box::pin(SqliteRuns::record(self, run_id, org, attempt))
+    }
+
+    fn summary<'a>(&'a self, run_id: &'a RunId) -> BoxFuture<'a, Result<Option<RunSummary>, Error>> {
+        Box::pin(SqliteRuns::summary(self, run_id, OrgIds::Leave))
+    }
+
+    fn stop<'a>(&'a self, run_id: &'a RunId, why: &'a trail::Why) -> BoxFuture<'a, Result<u64, Error>> {
+        let line = Attempt { why: Some(why.clone()), steps: vec![trail::Step::Stopped], ..Attempt::bare(Outcome::Failed) };
+        Box::pin(async move { self.end_open_orgs(run_id, Outcome::Failed, &line).await })
+    }
+}
