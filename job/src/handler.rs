@@ -27,8 +27,9 @@ use crate::pipeline::{Ended, Pipeline};
 pub enum Routing {
     /// Every org takes a slot first (the embedded run, which has no flag store).
     AllLimited,
-    /// The rollout flag in Redis decides per org; unset or unreadable means limited.
-    Flag(RolloutFlag),
+    /// The rollout flag (in Redis or the SQLite file) decides per org; unset or unreadable means
+    /// limited.
+    Flag(Box<RolloutFlag>),
 }
 
 impl Routing {

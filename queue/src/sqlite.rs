@@ -99,6 +99,17 @@ impl SqliteQueue {
         Ok((u64::try_from(waiting).unwrap_or(0), u64::try_from(running).unwrap_or(0)))
     }
 
+    /// How many workers' job loops sent apalis-sqlite a heartbeat in the last 10 s.
+    pub async fn workers_alive(&self) -> Result<u64, projector_sqlite::Error> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM Workers WHERE worker_type = ?1 AND last_seen >= CAST(unixepoch() AS INTEGER) - 10")
+                .bind(SQLITE_QUEUE)
+                .fetch_one(self.db.pool())
+                .await
+                .map_err(self.db.err("counting the workers alive"))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// Deletes jobs that ended more than `older_than` ago: their outcome is in the run record.
     pub async fn vacuum(&self, older_than: Duration) -> Result<u64, projector_sqlite::Error> {
         let deleted = sqlx::query(

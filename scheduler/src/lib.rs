@@ -6,6 +6,7 @@ pub mod embedded;
 pub mod error;
 pub mod fanout;
 pub mod health;
+pub mod on_file;
 pub mod orgs;
 pub mod progress;
 pub mod report;

@@ -111,6 +111,11 @@ struct RunOnceArgs {
     jobs: JobArgs,
 }
 
+/// Whether this fleet lives in one machine's SQLite file.
+fn on_file(config: &projector_config::Config) -> bool {
+    config.backend.kind == Some(projector_config::BackendKind::Sqlite)
+}
+
 fn main() -> ExitCode {
     let cli: Cli = projector_process::telemetry::parse_args();
     telemetry::init(cli.log.log_format);
@@ -137,6 +142,10 @@ fn main() -> ExitCode {
 async fn run(command: Command, config: projector_config::Config) -> anyhow::Result<ExitCode> {
     let shutdown = projector_process::shutdown::on_signal();
     let args = match command {
+        Command::Serve { .. } if on_file(&config) => {
+            projector_scheduler::on_file::serve(&config, shutdown).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Serve { .. } => {
             serve(&config, shutdown).await?;
             return Ok(ExitCode::SUCCESS);
@@ -179,7 +188,12 @@ async fn run(command: Command, config: projector_config::Config) -> anyhow::Resu
         }
         (None, None) => Which::New,
     };
-    match run_once(&config, mode, which, shutdown.clone()).await? {
+    let result = if on_file(&config) {
+        projector_scheduler::on_file::run_once(&config, mode, which, shutdown.clone()).await?
+    } else {
+        run_once(&config, mode, which, shutdown.clone()).await?
+    };
+    match result {
         RunOnceResult::DryRun(plan) => {
             telemetry::print(&plan);
             Ok(ExitCode::SUCCESS)
@@ -222,8 +236,13 @@ async fn finished(
 ) -> anyhow::Result<ExitCode> {
     // A run followed until Ctrl-C says so in its summary, as the embedded run's does.
     let summary = &projector_shared::run::RunSummary { interrupted: end == WaitEnd::Interrupted, ..summary.clone() };
-    let (limit, source) = limit_in_force(config).await;
-    let legacy = legacy_orgs(config, &projector_shared::RunId(summary.run_id.clone())).await;
+    let run_id = projector_shared::RunId(summary.run_id.clone());
+    let (limit, source, legacy) = if on_file(config) {
+        projector_scheduler::on_file::bound(config, &run_id).await
+    } else {
+        let (limit, source) = limit_in_force(config).await;
+        (limit, source, legacy_orgs(config, &run_id).await)
+    };
     let bound = Bound { limit, source: source.to_owned(), caveat: max_duration_caveat(&config.query), legacy };
     finish(summary, &bound, args.summary_json.as_deref())?;
     match end {
@@ -249,6 +268,10 @@ async fn finished(
         }
         WaitEnd::TimedOut => {
             let workers = match workers_alive {
+                Some(0) if on_file(config) => {
+                    "; no worker is alive (no heartbeat in the SQLite file within 10s): start projector-worker with the same backend.dsn"
+                        .to_owned()
+                }
                 Some(0) => {
                     "; no worker is alive (no heartbeat in Redis within 15s): start projector-worker against the same redis.url".to_owned()
                 }

@@ -72,16 +72,25 @@ fn main() -> ExitCode {
 
 async fn run(config: projector_config::Config) -> anyhow::Result<()> {
     let shutdown = projector_process::shutdown::on_signal();
-    let (_, health_conn) = projector_shared::redis_conn::connection_manager(&config.redis, std::time::Duration::from_secs(1))?;
-    projector_shared::redis_conn::check_at_start(&health_conn, "the worker").await?;
-    let readiness = projector_worker::metrics_http::Readiness::new(health_conn);
+    let on_file = config.backend.kind == Some(projector_config::BackendKind::Sqlite);
+    let readiness = if on_file {
+        projector_worker::metrics_http::Readiness::on_file()
+    } else {
+        let (_, health_conn) = projector_shared::redis_conn::connection_manager(&config.redis, std::time::Duration::from_secs(1))?;
+        projector_shared::redis_conn::check_at_start(&health_conn, "the worker").await?;
+        projector_worker::metrics_http::Readiness::new(health_conn)
+    };
     let services = projector_worker::services::Services::new(shutdown.clone());
     let (_, server, upkeep) =
         projector_worker::metrics_http::serve(config.worker.metrics_addr, readiness.clone(), shutdown.clone()).await?;
     services.spawn("metrics_server", server);
     metrics::gauge!(projector_shared::metrics::QUERY_REFERRER_LIMIT).set(f64::from(config.query.referrer_limit));
     services.spawn_every(std::sync::Arc::new(upkeep), projector_worker::metrics_http::METRICS_UPKEEP_EVERY);
-    let result = projector_worker::serve::run(config, readiness, &services, shutdown.clone()).await;
+    let result = if on_file {
+        projector_worker::on_file::run(config, readiness, &services, shutdown.clone()).await
+    } else {
+        projector_worker::serve::run(config, readiness, &services, shutdown.clone()).await
+    };
     shutdown.cancel();
     // No service outlives the process's run.
     services.wait().await;

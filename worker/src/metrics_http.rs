@@ -24,7 +24,8 @@ pub struct Readiness {
     job_loop_running: Arc<AtomicBool>,
     /// Job-loop failures in a row; a loop that keeps failing is not ready even while it runs.
     failures: Arc<AtomicU32>,
-    conn: RedisConn,
+    /// Redis, pinged by each check; `None` on the SQLite file, which the job loop itself reads.
+    conn: Option<RedisConn>,
 }
 
 /// Consecutive job-loop failures after which `/readyz` says not ready until a loop survives.
@@ -32,7 +33,12 @@ const FAILING_AFTER: u32 = 3;
 
 impl Readiness {
     pub fn new(conn: RedisConn) -> Self {
-        Readiness { job_loop_running: Arc::new(AtomicBool::new(false)), failures: Arc::new(AtomicU32::new(0)), conn }
+        Readiness { job_loop_running: Arc::new(AtomicBool::new(false)), failures: Arc::new(AtomicU32::new(0)), conn: Some(conn) }
+    }
+
+    /// Readiness of a worker on the SQLite file: its job loop, which fails when the file does.
+    pub fn on_file() -> Self {
+        Readiness { job_loop_running: Arc::new(AtomicBool::new(false)), failures: Arc::new(AtomicU32::new(0)), conn: None }
     }
 
     /// Counts a job-loop failure; returns how many in a row.
@@ -54,7 +60,8 @@ impl Readiness {
         self.job_loop_running.store(running, Ordering::SeqCst);
     }
 
-    /// `Ok` when the job loop runs and Redis answers a PING within a second; otherwise why not.
+    /// `Ok` when the job loop runs and Redis (if it is the backend) answers a PING within a second;
+    /// otherwise why not.
     pub async fn check(&self) -> Result<(), String> {
         if !self.job_loop_running.load(Ordering::SeqCst) {
             return Err("job loop not running (starting, restarting after an error, or draining)".to_owned());
@@ -63,7 +70,10 @@ impl Readiness {
         if failures >= FAILING_AFTER {
             return Err(format!("job loop keeps failing ({failures} failures in a row; see the worker's log)"));
         }
-        projector_shared::redis_conn::check(&self.conn, Duration::from_secs(1)).await.map_err(|e| e.to_string())
+        match &self.conn {
+            Some(conn) => projector_shared::redis_conn::check(conn, Duration::from_secs(1)).await.map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
     }
 }
 

@@ -44,7 +44,7 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
         JobHandler::new(
             pipeline,
             Arc::new(RunRecords::for_config(conn.clone(), &config.runs)),
-            Routing::Flag(RolloutFlag::new(conn.clone(), config.worker.rollout_refresh)),
+            Routing::Flag(Box::new(RolloutFlag::new(conn.clone(), config.worker.rollout_refresh))),
             Some(Rescheduler::from_config(&config, &conn)),
         )
         .rescheduling_skips(projector_job::handler::reschedules_skips(&config))

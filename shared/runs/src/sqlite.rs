@@ -67,8 +67,11 @@ impl SqliteRuns {
         plan: &[PlannedOrg],
     ) -> Result<bool, Error> {
         let mut w = self.db.write("creating a run").await?;
-        let exists: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM projector_runs WHERE run_id = ?1").bind(&run_id.0).fetch_optional(&mut *w.tx).await.map_err(w.err())?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM projector_runs WHERE run_id = ?1")
+            .bind(&run_id.0)
+            .fetch_optional(&mut *w.tx)
+            .await
+            .map_err(w.err())?;
         if exists.is_some() {
             return Ok(false);
         }
@@ -253,8 +256,10 @@ impl SqliteRuns {
         let mut ended = 0;
         for org in open {
             let line = Attempt { attempt: current_attempt(&mut w, run_id, org).await?, ..line.clone() };
-            if matches!(record_in(&mut w, run_id, OrgId(u64::try_from(org).unwrap_or(0)), &line).await?, Recorded::Recorded | Recorded::FinishedTheRun)
-            {
+            if matches!(
+                record_in(&mut w, run_id, OrgId(u64::try_from(org).unwrap_or(0)), &line).await?,
+                Recorded::Recorded | Recorded::FinishedTheRun
+            ) {
                 ended += 1;
             }
         }
@@ -293,7 +298,8 @@ impl SqliteRuns {
             .execute(&mut *w.tx)
             .await
             .map_err(w.err())?;
-        let runs = sqlx::query("DELETE FROM projector_runs WHERE created_ms < ?1").bind(before).execute(&mut *w.tx).await.map_err(w.err())?;
+        let runs =
+            sqlx::query("DELETE FROM projector_runs WHERE created_ms < ?1").bind(before).execute(&mut *w.tx).await.map_err(w.err())?;
         w.commit().await?;
         Ok(runs.rows_affected())
     }
@@ -344,13 +350,12 @@ impl SqliteRuns {
         .await
         .map_err(err())?;
         let Some((tick, created, total, deadline, pacing, fanned_out, finished, cancelled, retried)) = row else { return Ok(None) };
-        let counted: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT outcome, count(*) FROM projector_run_orgs WHERE run_id = ?1 AND outcome IS NOT NULL GROUP BY outcome",
-        )
-        .bind(&run_id.0)
-        .fetch_all(self.db.pool())
-        .await
-        .map_err(err())?;
+        let counted: Vec<(String, i64)> =
+            sqlx::query_as("SELECT outcome, count(*) FROM projector_run_orgs WHERE run_id = ?1 AND outcome IS NOT NULL GROUP BY outcome")
+                .bind(&run_id.0)
+                .fetch_all(self.db.pool())
+                .await
+                .map_err(err())?;
         let count = |o: Outcome| counted.iter().find(|(name, _)| name == o.as_str()).map_or(0, |(_, n)| u64::try_from(*n).unwrap_or(0));
         let orgs_total = u64::try_from(total).unwrap_or(0);
         Ok(Some(RunOverview {
@@ -420,8 +425,11 @@ impl SqliteRuns {
     /// `keep_since` keeps the time of a setting already there (a pause's start).
     pub async fn set_setting(&self, name: &str, value: Option<&str>, keep_since: bool) -> Result<bool, Error> {
         let mut w = self.db.write("writing an operator's setting").await?;
-        let had: Option<i64> =
-            sqlx::query_scalar("SELECT set_ms FROM projector_settings WHERE name = ?1").bind(name).fetch_optional(&mut *w.tx).await.map_err(w.err())?;
+        let had: Option<i64> = sqlx::query_scalar("SELECT set_ms FROM projector_settings WHERE name = ?1")
+            .bind(name)
+            .fetch_optional(&mut *w.tx)
+            .await
+            .map_err(w.err())?;
         match value {
             Some(value) => {
                 let since = if keep_since { had.unwrap_or(w.now_ms) } else { w.now_ms };

@@ -117,6 +117,16 @@ impl SqliteSlotLimiter {
         SqliteSlotLimiter { inner }
     }
 
+    /// Waits at most `within` for this limiter's background work (renewals, releases, abandoned
+    /// waits) to end; false if some is still running. Call once nothing holds a slot.
+    pub async fn wait_for_background(&self, within: Duration) -> bool {
+        let background = &self.inner.background;
+        background.close();
+        let ended = tokio::time::timeout(within, background.wait()).await.is_ok();
+        background.reopen();
+        ended
+    }
+
     async fn acquire_inner(&self, id: &str, request: &SlotRequest, max_wait: Duration) -> Result<Acquire, Error> {
         let inner = &self.inner;
         let started = Instant::now();
