@@ -9,6 +9,8 @@ use projector_shared::run::Outcome;
 use projector_shared::run_record::RunRecords;
 use projector_shared::{OrgId, RunId, SpikeProjectionJob};
 
+use crate::records::Records;
+
 /// The outcomes `runs retry` picks when none are named: every one that did not complete, but
 /// not `cancelled` (an operator stopped those on purpose; name it to retry them).
 pub const RETRY_BY_DEFAULT: [Outcome; 6] = [
@@ -34,8 +36,44 @@ pub struct Retried {
 /// each (dedupe member `<org>:a<n>`), runnable now. Orgs reopened by an earlier retry
 /// that still have no outcome are pushed again too: their member makes that a no-op unless the
 /// earlier push was lost, so repeating a retry that failed half-way finishes it.
-pub async fn retry(conn: &RedisConn, config: &Config, run_id: &RunId, outcomes: &[Outcome]) -> anyhow::Result<Retried> {
-    let records = RunRecords::for_config(conn.clone(), &config.runs);
+pub async fn retry(records: &Records, config: &Config, run_id: &RunId, outcomes: &[Outcome]) -> anyhow::Result<Retried> {
+    let (reopened, enqueued) = match records {
+        Records::Redis(records, conn) => retry_in_redis(records, conn, config, run_id, outcomes).await?,
+        Records::File(runs, queue) => {
+            let Some((tick, plan)) = runs.plan_projects(run_id).await? else { return Err(crate::views::no_record(config, run_id)) };
+            let reopened = runs.reopen(run_id, outcomes).await.with_context(|| format!("reopening orgs of run {run_id}"))?;
+            let open: Vec<(OrgId, u32)> =
+                runs.orgs(run_id).await?.into_iter().filter(|o| o.outcome.is_none() && o.attempt > 0).map(|o| (o.org, o.attempt)).collect();
+            let projects: std::collections::HashMap<OrgId, Vec<projector_shared::ProjectId>> =
+                plan.into_iter().map(|p| (p.org, p.projects)).collect();
+            let now = Utc::now().timestamp().max(0) as u64;
+            let jobs: Vec<_> = open
+                .iter()
+                .map(|(org, attempt)| {
+                    let planned =
+                        SpikeProjectionJob::planned(run_id.clone(), *org, 0, tick, projects.get(org).cloned().unwrap_or_default());
+                    (SpikeProjectionJob { attempt: *attempt, ..planned }, now)
+                })
+                .collect();
+            let enqueued = queue.push(&jobs).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "the orgs are reopened but enqueuing their jobs failed: {e}; run `projectorctl runs retry {run_id}` again to push the rest"
+                )
+            })?;
+            (reopened, enqueued)
+        }
+    };
+    tracing::warn!(run_id = %run_id, reopened = reopened.len(), enqueued, outcomes = ?outcomes.iter().map(|o| o.as_str()).collect::<Vec<_>>(), "run retried by an operator");
+    Ok(Retried { run_id: run_id.0.clone(), reopened: reopened.into_iter().map(|(o, n)| (o.0, n)).collect(), enqueued })
+}
+
+async fn retry_in_redis(
+    records: &RunRecords,
+    conn: &RedisConn,
+    config: &Config,
+    run_id: &RunId,
+    outcomes: &[Outcome],
+) -> anyhow::Result<(Vec<(OrgId, u32)>, u64)> {
     let Some(plan) = records.plan(run_id).await? else { return Err(crate::views::no_record(config, run_id)) };
     let reopened = records.reopen(run_id, outcomes).await.with_context(|| format!("reopening orgs of run {run_id}"))?;
     let open: Vec<(OrgId, u32)> =
@@ -58,8 +96,7 @@ pub async fn retry(conn: &RedisConn, config: &Config, run_id: &RunId, outcomes: 
             )
         })?;
     }
-    tracing::warn!(run_id = %run_id, reopened = reopened.len(), enqueued, outcomes = ?outcomes.iter().map(|o| o.as_str()).collect::<Vec<_>>(), "run retried by an operator");
-    Ok(Retried { run_id: run_id.0.clone(), reopened: reopened.into_iter().map(|(o, n)| (o.0, n)).collect(), enqueued })
+    Ok((reopened, enqueued))
 }
 
 /// What `runs cancel` did.
@@ -73,27 +110,29 @@ pub struct Cancelled {
 
 /// Cancels a run: its open orgs end as `cancelled` first (so a job fetched meanwhile is refused
 /// before it queries), then its waiting jobs are removed from the queue.
-pub async fn cancel(conn: &RedisConn, config: &Config, run_id: &RunId) -> anyhow::Result<Cancelled> {
-    let records = RunRecords::for_config(conn.clone(), &config.runs);
-    crate::views::run_record(config, &records, run_id).await?;
+pub async fn cancel(records: &Records, config: &Config, run_id: &RunId) -> anyhow::Result<Cancelled> {
+    crate::views::run_record(config, records, run_id).await?;
     let orgs_cancelled = records.cancel(run_id).await?;
-    let jobs_removed = projector_queue::remove_run_jobs(conn, run_id)
-        .await
+    let removed = match records {
+        Records::Redis(_, conn) => projector_queue::remove_run_jobs(conn, run_id).await.map_err(anyhow::Error::from),
+        Records::File(_, queue) => queue.remove_run_jobs(run_id).await.map_err(anyhow::Error::from),
+    };
+    let jobs_removed = removed
         .with_context(|| format!("the run's orgs are cancelled, but removing its jobs from the queue failed (workers drop them unrun); run `projectorctl runs cancel {run_id}` again"))?;
     tracing::warn!(run_id = %run_id, orgs_cancelled, jobs_removed, "run cancelled by an operator");
     Ok(Cancelled { orgs_cancelled, jobs_removed })
 }
 
 /// Pauses the fleet (`projectorctl pause`, or the page): workers take no new job within a second.
-pub async fn pause(conn: &RedisConn, reason: &str) -> anyhow::Result<projector_shared::pause::Pause> {
-    let pause = projector_shared::pause::pause(conn, reason).await?;
+pub async fn pause(records: &Records, reason: &str) -> anyhow::Result<projector_shared::pause::Pause> {
+    let pause = records.pause(reason).await?;
     tracing::warn!(reason = %pause.reason, "fleet paused");
     Ok(pause)
 }
 
 /// Ends a pause; `false` when there was none.
-pub async fn resume(conn: &RedisConn) -> anyhow::Result<bool> {
-    let was = projector_shared::pause::resume(conn).await?;
+pub async fn resume(records: &Records) -> anyhow::Result<bool> {
+    let was = records.resume().await?;
     tracing::info!(was_paused = was, "fleet resumed");
     Ok(was)
 }

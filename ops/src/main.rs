@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 mod actions;
 mod commands;
+mod file_status;
+mod records;
 mod views;
 mod web;
 

@@ -11,6 +11,8 @@ use projector_shared::redis_conn::Endpoint;
 use projector_shared::rollout::Rollout;
 use projector_shared::run::Outcome;
 use projector_shared::run_record::{OrgRecord, RunOverview, RunRecords, RunState};
+
+use crate::records::Records;
 use projector_shared::slots::SlotHistory;
 use projector_shared::trail::Step;
 use projector_shared::{OrgId, RunId};
@@ -102,7 +104,7 @@ fn eta_s(run: &RunOverview, now: DateTime<Utc>) -> Option<f64> {
     run.eta_s(now)
 }
 
-fn run_json(run: &RunOverview, now: DateTime<Utc>) -> Value {
+pub(crate) fn run_json(run: &RunOverview, now: DateTime<Utc>) -> Value {
     json!({
         "run_id": run.run_id, "tick": run.tick.map(|t| t.to_rfc3339()), "started": run.started().map(|t| t.to_rfc3339()),
         "orgs_total": run.orgs_total,
@@ -123,12 +125,12 @@ fn run_json(run: &RunOverview, now: DateTime<Utc>) -> Value {
 
 /// `projectorctl runs list`.
 pub async fn runs_list(config: &Config, limit: usize) -> anyhow::Result<View> {
-    let records = RunRecords::for_config(connection(config)?, &config.runs);
+    let records = Records::open(config).await?;
     let runs = records.recent(limit).await?;
     let now = Utc::now();
     let value = json!({"runs": runs.iter().map(|r| run_json(r, now)).collect::<Vec<_>>()});
     if runs.is_empty() {
-        let text = format!("no runs recorded in {} (records are kept runs.retention)\n", Endpoint::from(&config.redis).redacted());
+        let text = format!("no runs recorded in {} (records are kept runs.retention)\n", records.place(config));
         return Ok(View::new(value, text));
     }
     let mut out = format!("{:<36} {:<20} {:>8} {:>10} {:>9} {:>8}  state\n", "run", "tick", "orgs", "completed", "other", "seconds");
@@ -163,15 +165,19 @@ impl std::error::Error for NotFound {}
 
 /// The error for a run with no record, saying where to look.
 pub(crate) fn no_record(config: &Config, run_id: &RunId) -> anyhow::Error {
-    NotFound(format!(
-        "no record of run {run_id} in {} (per-org records are kept runs.retention, summaries runs.summary_retention; `projectorctl runs list` shows the recent ones)",
+    let place = if crate::records::on_file(config) {
+        config.backend.dsn.clone().unwrap_or_default()
+    } else {
         Endpoint::from(&config.redis).redacted()
+    };
+    NotFound(format!(
+        "no record of run {run_id} in {place} (per-org records are kept runs.retention, summaries runs.summary_retention; `projectorctl runs list` shows the recent ones)"
     ))
     .into()
 }
 
 /// The run's record, or an error saying where to look.
-pub(crate) async fn run_record(config: &Config, records: &RunRecords, run_id: &RunId) -> anyhow::Result<RunOverview> {
+pub(crate) async fn run_record(config: &Config, records: &Records, run_id: &RunId) -> anyhow::Result<RunOverview> {
     records.overview(run_id).await?.ok_or_else(|| no_record(config, run_id))
 }
 
@@ -233,7 +239,7 @@ struct RunDetail {
     orgs_expired: bool,
 }
 
-async fn run_detail(config: &Config, records: &RunRecords, run_id: &RunId, listed: Listed) -> anyhow::Result<RunDetail> {
+async fn run_detail(config: &Config, records: &Records, run_id: &RunId, listed: Listed) -> anyhow::Result<RunDetail> {
     let run = run_record(config, records, run_id).await?;
     let orgs = records.orgs(run_id).await?;
     let orgs_expired = orgs.is_empty() && run.orgs_total > 0;
@@ -270,7 +276,7 @@ pub enum Listed {
 }
 
 pub async fn runs_show(config: &Config, run_id: &str, listed: Listed) -> anyhow::Result<View> {
-    let records = RunRecords::for_config(connection(config)?, &config.runs);
+    let records = Records::open(config).await?;
     let run_id = RunId(run_id.to_owned());
     let detail = run_detail(config, &records, &run_id, listed).await?;
     let now = Utc::now();
@@ -352,7 +358,7 @@ async fn slot_state_of(config: &Config, org: u64) -> anyhow::Result<SlotStateOf>
 
 /// `projectorctl explain <run> <org>`: everything recorded about one org in one run, in order.
 pub async fn explain(config: &Config, run_id: &str, org: u64) -> anyhow::Result<View> {
-    let records = RunRecords::for_config(connection(config)?, &config.runs);
+    let records = Records::open(config).await?;
     let run_id = RunId(run_id.to_owned());
     let run = run_record(config, &records, &run_id).await?;
     let Some(record) = records.org(&run_id, OrgId(org)).await? else {
@@ -361,6 +367,8 @@ pub async fn explain(config: &Config, run_id: &str, org: u64) -> anyhow::Result<
     // An org still under way: where it is now, from the slots (who holds one for it, or waits).
     let now_at = match record.outcome {
         Some(_) => None,
+        // The file's slot leases name no org to a reader yet: the trail says what is known.
+        None if crate::records::on_file(config) => None,
         None => Some(slot_state_of(config, org).await?),
     };
     let value = json!({
@@ -533,7 +541,7 @@ fn service_line(service: Option<(projector_shared::service::ServiceQuota, u64)>,
 }
 
 /// `status`'s line about the latest run: its state, progress, ETA and deadline.
-fn latest_run_line(latest: Option<&RunOverview>, now: chrono::DateTime<Utc>, workers_alive: usize) -> String {
+pub(crate) fn latest_run_line(latest: Option<&RunOverview>, now: chrono::DateTime<Utc>, workers_alive: usize) -> String {
     let Some(r) = latest else {
         return "none recorded".to_owned();
     };
@@ -555,7 +563,7 @@ fn latest_run_line(latest: Option<&RunOverview>, now: chrono::DateTime<Utc>, wor
 }
 
 /// `status`'s line about the rollout flag.
-fn rollout_line(rollout: &Rollout) -> String {
+pub(crate) fn rollout_line(rollout: &Rollout) -> String {
     match (rollout.enabled, rollout.percentage) {
         (Some(false), _) => "off: every org takes the legacy path unless allowed".to_owned(),
         (_, Some(p)) => format!("{p}% of orgs on the limited path"),
@@ -593,6 +601,9 @@ fn history_line(history: &SlotHistory) -> String {
 
 /// `projectorctl status`: everything an operator looks at first, read in one pass.
 pub async fn status(config: &Config) -> anyhow::Result<View> {
+    if crate::records::on_file(config) {
+        return crate::file_status::status(config).await;
+    }
     let redis = Endpoint::from(&config.redis).redacted();
     let conn = connection(config)?;
     // One PING first, classed: a wrong password reads as one, not as the slot limiter's "no

@@ -3,6 +3,7 @@
 //! under `/api/` (the objects `--json` prints); and, only with `--allow-actions` and the token
 //! `ops.action_token`, pause, resume, retry and cancel, each logged.
 
+use crate::records::Records;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -17,7 +18,7 @@ use projector_shared::RunId;
 use projector_shared::run::Outcome;
 use serde_json::Value;
 
-use crate::{actions, connection, views};
+use crate::{actions, views};
 
 /// Seconds between refreshes of a page (by its script; without JavaScript the page stays as served).
 const REFRESH_SECONDS: u32 = 2;
@@ -515,7 +516,7 @@ async fn pause(State(site): Shared, headers: HeaderMap, body: axum::body::Bytes)
     let form = ActionForm::parse(&body);
     let reason = if form.reason.is_empty() { "paused from the status page".to_owned() } else { form.reason.clone() };
     act(&site, &headers, &form, "pause", "/".into(), async {
-        let p = actions::pause(&connection(&site.config)?, &reason).await?;
+        let p = actions::pause(&Records::open(&site.config).await?, &reason).await?;
         Ok(format!("paused: {}", p.reason))
     })
     .await
@@ -524,7 +525,7 @@ async fn pause(State(site): Shared, headers: HeaderMap, body: axum::body::Bytes)
 async fn resume(State(site): Shared, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let form = ActionForm::parse(&body);
     act(&site, &headers, &form, "resume", "/".into(), async {
-        let was = actions::resume(&connection(&site.config)?).await?;
+        let was = actions::resume(&Records::open(&site.config).await?).await?;
         Ok(format!("resumed (was paused: {was})"))
     })
     .await
@@ -535,7 +536,7 @@ async fn retry(State(site): Shared, Path(run): Path<String>, headers: HeaderMap,
     act(&site, &headers, &form, "retry", format!("/runs/{run}"), async {
         let outcomes =
             if form.outcomes.trim().is_empty() { actions::RETRY_BY_DEFAULT.to_vec() } else { actions::parse_outcomes(&form.outcomes)? };
-        let done = actions::retry(&connection(&site.config)?, &site.config, &RunId(run.clone()), &outcomes).await?;
+        let done = actions::retry(&Records::open(&site.config).await?, &site.config, &RunId(run.clone()), &outcomes).await?;
         Ok(format!("run {run}: {} orgs reopened, {} jobs enqueued", done.reopened.len(), done.enqueued))
     })
     .await
@@ -544,7 +545,7 @@ async fn retry(State(site): Shared, Path(run): Path<String>, headers: HeaderMap,
 async fn cancel(State(site): Shared, Path(run): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let form = ActionForm::parse(&body);
     act(&site, &headers, &form, "cancel", format!("/runs/{run}"), async {
-        let done = actions::cancel(&connection(&site.config)?, &site.config, &RunId(run.clone())).await?;
+        let done = actions::cancel(&Records::open(&site.config).await?, &site.config, &RunId(run.clone())).await?;
         Ok(format!("run {run}: {} orgs cancelled, {} jobs removed", done.orgs_cancelled, done.jobs_removed))
     })
     .await

@@ -99,6 +99,20 @@ impl SqliteQueue {
         Ok((u64::try_from(waiting).unwrap_or(0), u64::try_from(running).unwrap_or(0)))
     }
 
+    /// Removes the run's jobs that no worker has taken yet (a cancel); returns how many.
+    pub async fn remove_run_jobs(&self, run_id: &projector_shared::RunId) -> Result<u64, projector_sqlite::Error> {
+        let removed = sqlx::query(
+            "DELETE FROM Jobs WHERE job_type = ?1 AND status IN ('Pending', 'Failed') AND lock_by IS NULL
+               AND substr(idempotency_key, 1, length(?2) + 1) = ?2 || ':'",
+        )
+        .bind(SQLITE_QUEUE)
+        .bind(&run_id.0)
+        .execute(self.db.pool())
+        .await
+        .map_err(self.db.err(format!("removing the jobs of run {run_id}")))?;
+        Ok(removed.rows_affected())
+    }
+
     /// How many workers' job loops sent apalis-sqlite a heartbeat in the last 10 s.
     pub async fn workers_alive(&self) -> Result<u64, projector_sqlite::Error> {
         let n: i64 =

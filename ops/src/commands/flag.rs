@@ -7,7 +7,8 @@ use projector_config::Config;
 use projector_shared::OrgId;
 use projector_shared::rollout::{RATE_LIMIT_FLAG, Rollout};
 
-use super::{confirm, connection};
+use super::confirm;
+use crate::records::Records;
 use crate::views::View;
 
 #[derive(Debug, Subcommand)]
@@ -46,8 +47,8 @@ pub enum FlagAction {
 }
 
 pub async fn run(config: &Config, action: FlagAction) -> anyhow::Result<View> {
-    let mut conn = connection(config)?;
-    let mut rollout = Rollout::load(&mut conn).await?;
+    let records = Records::open(config).await?;
+    let mut rollout = records.rollout().await?;
     let sample = match action {
         FlagAction::Show { sample, .. } => sample,
         FlagAction::Set { enabled, percentage, allow, deny, yes } => {
@@ -61,12 +62,12 @@ pub async fn run(config: &Config, action: FlagAction) -> anyhow::Result<View> {
                 rollout.deny = ids.into_iter().map(OrgId).collect();
             }
             confirm_fewer_limited(&before, &rollout, yes)?;
-            rollout.save(&mut conn).await?;
+            records.save_rollout(&rollout).await?;
             1000
         }
         FlagAction::Clear { .. } => {
             rollout = Rollout::default();
-            let _: () = redis::cmd("DEL").arg(projector_shared::keys::flag(RATE_LIMIT_FLAG)).query_async(&mut conn).await?;
+            records.clear_rollout().await?;
             1000
         }
     };

@@ -130,7 +130,9 @@ pub async fn run(command: Command, config: Config, json: bool) -> anyhow::Result
     // Every command but `db` reads Redis: a wrong password or a full memory is named as such
     // here, once, rather than as whatever the first call happens to time out on. The status page
     // starts anyway: it is what on-call opens while Redis is down, and each view names the error.
-    if !matches!(command, Command::Db { .. } | Command::Serve { .. }) {
+    if crate::records::on_file(&config) {
+        refuse_on_file(&command)?;
+    } else if !matches!(command, Command::Db { .. } | Command::Serve { .. }) {
         projector_shared::redis_conn::check(&connection(&config)?, std::time::Duration::from_secs(3))
             .await
             .with_context(|| format!("reaching Redis at {}", Endpoint::from(&config.redis).redacted()))?;
@@ -153,6 +155,24 @@ pub async fn run(command: Command, config: Config, json: bool) -> anyhow::Result
         Command::Db { action } => db::run(&config, action).await?,
     };
     Ok(views::render(&view, json))
+}
+
+/// The commands that read what only Redis keeps (its slot inspection and history, rate and
+/// adaptive state, dead jobs, worker heartbeats, the page built on them) are refused on the
+/// SQLite file with what to use instead; the rest work on both.
+fn refuse_on_file(command: &Command) -> anyhow::Result<()> {
+    let name = match command {
+        Command::Slots { .. } => "slots",
+        Command::Rate { .. } => "rate",
+        Command::Adaptive { .. } => "adaptive",
+        Command::Jobs { .. } => "jobs",
+        Command::Workers { .. } => "workers",
+        Command::Serve { .. } => "serve",
+        _ => return Ok(()),
+    };
+    anyhow::bail!(
+        "`projectorctl {name}` reads state only the Redis backend keeps; with backend.kind = \"sqlite\" use `projectorctl status`, `runs`, `explain`, `pause`, `resume` and `flag` (ARCHITECTURE.md, \"Backends\", lists what each backend has)"
+    )
 }
 
 /// The fleet's slot limiter, as configured.

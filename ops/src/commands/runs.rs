@@ -1,11 +1,11 @@
 //! `projectorctl runs`: recent runs, one run in detail, and a run's failed orgs run again or
 //! the run cancelled.
 
+use crate::records::Records;
 use clap::Subcommand;
 use projector_config::Config;
 use projector_shared::RunId;
 
-use super::connection;
 use crate::views::View;
 use crate::{actions, views};
 
@@ -67,7 +67,7 @@ pub async fn run(config: &Config, action: RunsAction) -> anyhow::Result<View> {
                 Some(list) => actions::parse_outcomes(&list)?,
                 None => actions::RETRY_BY_DEFAULT.to_vec(),
             };
-            let done = actions::retry(&connection(config)?, config, &RunId(run_id), &outcomes).await?;
+            let done = actions::retry(&Records::open(config).await?, config, &RunId(run_id), &outcomes).await?;
             let text = format!(
                 "run {}: {} org(s) reopened for a follow-up attempt, {} job(s) enqueued; follow it with `projectorctl runs show {}`\n",
                 done.run_id,
@@ -82,7 +82,7 @@ pub async fn run(config: &Config, action: RunsAction) -> anyhow::Result<View> {
                 &format!("cancelling run {run_id} ends every org without an outcome as cancelled: they get no projection this run"),
                 yes,
             )?;
-            let done = actions::cancel(&connection(config)?, config, &RunId(run_id.clone())).await?;
+            let done = actions::cancel(&Records::open(config).await?, config, &RunId(run_id.clone())).await?;
             let text = format!(
                 "run {run_id} cancelled: {} org(s) end as cancelled, {} job(s) removed from the queue; jobs already running finish\n",
                 done.orgs_cancelled, done.jobs_removed

@@ -120,14 +120,7 @@ impl SqliteRuns {
         .fetch_all(self.db.pool())
         .await
         .map_err(err())?;
-        let orgs = rows
-            .into_iter()
-            .map(|(org, batch, projects)| PlannedOrg {
-                org: OrgId(u64::try_from(org).unwrap_or(0)),
-                batch: u32::try_from(batch).unwrap_or(0),
-                projects: projects.split(',').filter_map(|p| p.parse().ok()).map(ProjectId).collect(),
-            })
-            .collect();
+        let orgs = rows.into_iter().map(planned_org).collect();
         Ok(Some(ToEnqueue {
             tick: at(tick_ms).unwrap_or_default(),
             deadline: deadline_ms.and_then(at),
@@ -234,6 +227,57 @@ impl SqliteRuns {
     /// Whether the run has finished (every org accounted), `None` when there is no such run.
     pub async fn finished(&self, run_id: &RunId) -> Result<Option<bool>, Error> {
         Ok(self.overview(run_id).await?.map(|o| o.finished.is_some()))
+    }
+
+    /// Reopens the run's orgs whose outcome is in `outcomes` for a follow-up attempt (`runs
+    /// retry`), as `lua/run_retry.lua` does; returns each with its new attempt number. The run
+    /// is open again until they end.
+    pub async fn reopen(&self, run_id: &RunId, outcomes: &[Outcome]) -> Result<Vec<(OrgId, u32)>, Error> {
+        let mut w = self.db.write("reopening orgs for a retry").await?;
+        let rows: Vec<(i64, Option<String>, i64)> =
+            sqlx::query_as("SELECT org_id, outcome, attempt FROM projector_run_orgs WHERE run_id = ?1 AND outcome IS NOT NULL")
+                .bind(&run_id.0)
+                .fetch_all(&mut *w.tx)
+                .await
+                .map_err(w.err())?;
+        let mut reopened = Vec::new();
+        for (org, outcome, attempt) in rows {
+            if !outcome.as_deref().and_then(Outcome::parse).is_some_and(|o| outcomes.contains(&o)) {
+                continue;
+            }
+            sqlx::query("UPDATE projector_run_orgs SET outcome = NULL, attempt = ?3, enqueued = 1 WHERE run_id = ?1 AND org_id = ?2")
+                .bind(&run_id.0)
+                .bind(org)
+                .bind(attempt + 1)
+                .execute(&mut *w.tx)
+                .await
+                .map_err(w.err())?;
+            reopened.push((OrgId(u64::try_from(org).unwrap_or(0)), u32::try_from(attempt + 1).unwrap_or(u32::MAX)));
+        }
+        let n = i64::try_from(reopened.len()).unwrap_or(i64::MAX);
+        sqlx::query(
+            "UPDATE projector_runs SET accounted = accounted - ?2, retried = retried + ?2,
+                 finished_ms = CASE WHEN ?2 > 0 THEN NULL ELSE finished_ms END WHERE run_id = ?1",
+        )
+        .bind(&run_id.0)
+        .bind(n)
+        .execute(&mut *w.tx)
+        .await
+        .map_err(w.err())?;
+        w.commit().await?;
+        Ok(reopened)
+    }
+
+    /// The projects of each planned org, and the run's tick: what a follow-up attempt's job needs.
+    pub async fn plan_projects(&self, run_id: &RunId) -> Result<Option<(DateTime<Utc>, Vec<PlannedOrg>)>, Error> {
+        let Some(overview) = self.overview(run_id).await? else { return Ok(None) };
+        let rows: Vec<(i64, i64, String)> = sqlx::query_as("SELECT org_id, batch, projects FROM projector_run_orgs WHERE run_id = ?1")
+            .bind(&run_id.0)
+            .fetch_all(self.db.pool())
+            .await
+            .map_err(self.db.err(format!("reading the plan of run {run_id}")))?;
+        let orgs = rows.into_iter().map(planned_org).collect();
+        Ok(Some((overview.tick.unwrap_or_default(), orgs)))
     }
 
     /// Ends every open org of the run with `outcome` and the trail line `line` (a cancel, a
@@ -551,6 +595,14 @@ fn append_trail(trail_text: &str, at_ms: i64, line: &str) -> String {
     lines.push(&new);
     let skip = lines.len().saturating_sub(trail::KEPT_ATTEMPTS);
     lines[skip..].join("\n")
+}
+
+fn planned_org((org, batch, projects): (i64, i64, String)) -> PlannedOrg {
+    PlannedOrg {
+        org: OrgId(u64::try_from(org).unwrap_or(0)),
+        batch: u32::try_from(batch).unwrap_or(0),
+        projects: projects.split(',').filter_map(|p| p.parse().ok()).map(ProjectId).collect(),
+    }
 }
 
 fn org_record((org, outcome, attempt, trail_text): (i64, Option<String>, i64, String)) -> OrgRecord {

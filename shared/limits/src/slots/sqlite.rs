@@ -117,6 +117,30 @@ impl SqliteSlotLimiter {
         SqliteSlotLimiter { inner }
     }
 
+    /// Slots held now (leases not expired), waiters in line, and the limit in force (the stored
+    /// limit, capped by the service's numbers while they hold; `None` before the first request).
+    pub async fn occupancy(&self) -> Result<(u64, u64, Option<u32>), Error> {
+        let db = &self.inner.db;
+        let now = db.now_ms().await?;
+        let err = || db.err("reading the slots");
+        let name = &self.inner.settings.name;
+        let in_use: i64 = sqlx::query_scalar("SELECT count(*) FROM projector_slot_leases WHERE name = ?1 AND expires_ms > ?2")
+            .bind(name)
+            .bind(now)
+            .fetch_one(db.pool())
+            .await
+            .map_err(err())?;
+        let waiters: i64 = sqlx::query_scalar("SELECT count(*) FROM projector_slot_waiters WHERE name = ?1")
+            .bind(name)
+            .fetch_one(db.pool())
+            .await
+            .map_err(err())?;
+        let limit: Option<(Option<i64>, i64, i64)> =
+            sqlx::query_as(LIMIT_IN_FORCE).bind(name).bind(now).fetch_optional(db.pool()).await.map_err(err())?;
+        let limit = limit.and_then(|(l, _, _)| l).and_then(|l| u32::try_from(l).ok());
+        Ok((u64::try_from(in_use).unwrap_or(0), u64::try_from(waiters).unwrap_or(0), limit))
+    }
+
     /// Waits at most `within` for this limiter's background work (renewals, releases, abandoned
     /// waits) to end; false if some is still running. Call once nothing holds a slot.
     pub async fn wait_for_background(&self, within: Duration) -> bool {
