@@ -356,7 +356,7 @@ keys! {
     "query.referrer_limit" => query.referrer_limit: Int(1, 100_000), default Some("100"),
         "the query service's own limit of concurrent queries for query.referrer; projectorctl refuses a slot limit above it";
     "sink.kind" => sink.kind: Choice(SINK_CHOICES), default Some("redis"),
-        "where projections go: \"redis\" (a hash per org at redis.url), \"postgres\" (table spike_projections at sink.postgres_url), \"sqlite\" (table projector_projections in backend.dsn's file; with backend.kind = \"sqlite\"), \"jsonl\" (file at sink.path) or \"discard\"";
+        "where projections go: \"redis\" (a hash per org at redis.url), \"postgres\" (table spike_projections at sink.postgres_url), \"sqlite\" (table projector_projections in backend.dsn's file; with backend.kind = \"sqlite\", where it is also the default), \"jsonl\" (file at sink.path) or \"discard\"";
     "sink.path" => sink.path: Opt(FilePath), default None,
         "JSON-lines file of projections, for sink.kind = \"jsonl\"";
     "sink.ttl" => sink.ttl: Dur(SECS(60), SECS(90 * 24 * 3600)), default Some("48h"),

@@ -652,6 +652,14 @@ mod tests {
         assert_eq!(c.backend.kind, Some(BackendKind::Sqlite));
         assert_eq!(c.backend.dsn.as_deref(), Some("sqlite:///var/lib/projector/fleet.db"));
         assert_eq!(c.backend.busy_timeout, std::time::Duration::from_secs(5));
+        // One machine, one file: projections go there too unless a sink is chosen.
+        assert_eq!(c.sink.kind, SinkKind::Sqlite);
+        let env = Env::from_pairs([
+            ("PROJECTOR_BACKEND_KIND", "sqlite"),
+            ("PROJECTOR_BACKEND_DSN", "sqlite:///var/lib/projector/fleet.db"),
+            ("PROJECTOR_SINK_KIND", "redis"),
+        ]);
+        assert_eq!(load(None, &env, &[]).expect("a chosen sink").sink.kind, SinkKind::Redis);
         // A Redis DSN takes redis.url's place.
         let env = Env::from_pairs([("PROJECTOR_BACKEND_KIND", "redis"), ("PROJECTOR_BACKEND_DSN", "redis://:secret@cache:6379/2")]);
         assert_eq!(load(None, &env, &[]).expect("redis").redis.url, "redis://:secret@cache:6379/2");

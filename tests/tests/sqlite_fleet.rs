@@ -264,3 +264,58 @@ fn operators_pause_flag_and_read_the_file_and_redis_only_commands_say_what_to_us
         assert!(err.contains("only the Redis backend keeps") && err.contains("projectorctl status"), "{args:?}: {err}");
     }
 }
+
+/// A small tmpfs mounted for one test, unmounted when dropped: a disk that can be filled.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("mount");
+        assert!(out.status.success(), "this test mounts a small tmpfs (run as root, as CI does): {}", text(&out.stderr));
+        SmallDisk { dir }
+    }
+
+    /// Writes a file until the disk is full.
+    fn fill(&self) -> PathBuf {
+        let filler = self.dir.path().join("filler");
+        let mut file = std::fs::File::create(&filler).expect("filler");
+        let block = vec![0u8; 64 * 1024];
+        while std::io::Write::write_all(&mut file, &block).is_ok() {}
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_mid_run_leaves_the_orgs_to_be_tried_again_and_none_is_lost() {
+    let disk = SmallDisk::mount("32m");
+    let mut fleet = Fleet::new("100ms");
+    let dsn = format!("sqlite://{}", disk.dir.path().join("fleet.db").display());
+    fleet.env.retain(|(k, _)| k != "PROJECTOR_BACKEND_DSN");
+    fleet.env.push(("PROJECTOR_BACKEND_DSN".to_owned(), dsn));
+    let worker = fleet.worker();
+    let out = fleet.scheduler(&["--orgs", "80"]).wait_with_output(Duration::from_secs(60));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run_id = run_id_of(&out);
+    wait_until(Duration::from_secs(30), "some orgs are recorded", || fleet.run(&run_id)["accounted"].as_u64().unwrap_or(0) >= 5);
+    let filler = disk.fill();
+    // Whichever write meets the full disk first (an outcome, a slot, the queue's fetch or
+    // heartbeat, whose failure ends the job loop with the jobs in it), the org is tried again.
+    worker.wait_for_line(&["disk is full"], Duration::from_secs(60));
+    std::fs::remove_file(filler).expect("free the disk");
+    let run = fleet.wait_accounted(&run_id, Duration::from_secs(120), &[&worker]);
+    assert_every_org_completed(&run, 80);
+    fleet.assert_limit_held();
+}

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("slot backend unavailable: {detail} (check that Redis is reachable; jobs are counted as slot_unavailable meanwhile)")]
+    #[error(
+        "slot backend unavailable: {detail} (check that Redis, or the SQLite file, is reachable and writable; jobs are counted as slot_unavailable and tried again meanwhile)"
+    )]
     SlotBackendUnavailable { detail: String },
 
     #[error("slot wait gave up after {waited:?} because the limiter was closed")]

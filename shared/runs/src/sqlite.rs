@@ -657,3 +657,101 @@ impl RunLedger for SqliteRuns {
         Box::pin(async move { self.end_open_orgs(run_id, Outcome::Failed, &line).await })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use projector_core::trail::Why;
+
+    async fn runs(dir: &tempfile::TempDir, retention: Duration) -> SqliteRuns {
+        let dsn = format!("sqlite://{}", dir.path().join("fleet.db").display());
+        SqliteRuns::new(Database::open(&dsn, Duration::from_secs(5)).await.expect("file"), retention)
+    }
+
+    fn plan(n: u64) -> Vec<PlannedOrg> {
+        (1..=n).map(|o| PlannedOrg { org: OrgId(o), batch: 0, projects: vec![ProjectId(o * 10)] }).collect()
+    }
+
+    async fn create(runs: &SqliteRuns, id: &str, orgs: u64) -> RunId {
+        let run = RunId(id.to_owned());
+        let now = Utc::now();
+        assert!(runs.create(&run, now, now + chrono::TimeDelta::hours(1), None, &plan(orgs)).await.expect("create"));
+        run
+    }
+
+    #[tokio::test]
+    async fn the_first_outcome_wins_strangers_are_refused_and_the_last_org_finishes_the_run_once() {
+        let dir = tempfile::tempdir().expect("dir");
+        let runs = runs(&dir, Duration::from_secs(3600)).await;
+        let run = create(&runs, "run-a", 2).await;
+        let now = Utc::now();
+        assert!(!runs.create(&run, now, now, None, &plan(5)).await.expect("again"), "a replayed tick keeps the run as it is");
+        assert_eq!(runs.admit(&run, OrgId(1), 0).await.expect("admit"), Admission::Open);
+        assert_eq!(runs.admit(&run, OrgId(9), 0).await.expect("admit"), Admission::NotPlanned);
+        assert_eq!(runs.admit(&RunId("nope".into()), OrgId(1), 0).await.expect("admit"), Admission::UnknownRun);
+        let done = Attempt::bare(Outcome::Completed);
+        assert_eq!(runs.record(&run, OrgId(1), &done).await.expect("record"), Recorded::Recorded);
+        assert_eq!(runs.record(&run, OrgId(1), &Attempt::bare(Outcome::Failed)).await.expect("dup"), Recorded::AlreadyAccounted);
+        assert_eq!(runs.admit(&run, OrgId(1), 0).await.expect("admit"), Admission::Accounted(Outcome::Completed));
+        assert_eq!(runs.record(&run, OrgId(9), &done).await.expect("stranger"), Recorded::NotPlanned);
+        assert_eq!(runs.record(&RunId("nope".into()), OrgId(1), &done).await.expect("no run"), Recorded::UnknownRun);
+        assert_eq!(runs.record(&run, OrgId(2), &Attempt::bare(Outcome::SkippedNoSlot)).await.expect("last"), Recorded::FinishedTheRun);
+        let summary = runs.summary(&run, OrgIds::List).await.expect("summary").expect("run");
+        assert_eq!((summary.count(Outcome::Completed), summary.count(Outcome::SkippedNoSlot)), (1, 1));
+        assert_eq!(summary.skipped_org_ids, vec![OrgId(2)]);
+        assert_eq!(runs.overview(&run).await.expect("overview").expect("run").state(), crate::run_record::RunState::Done);
+        // The trail keeps each attempt, as the Redis record's lines read.
+        let org = runs.org(&run, OrgId(1)).await.expect("org").expect("planned");
+        assert_eq!(org.trail.len(), 1);
+        assert_eq!(org.trail[0].attempt.outcome, Outcome::Completed);
+    }
+
+    #[tokio::test]
+    async fn a_query_that_ran_past_the_deadline_replaces_it_and_a_retry_supersedes_the_attempt_before() {
+        let dir = tempfile::tempdir().expect("dir");
+        let runs = runs(&dir, Duration::from_secs(3600)).await;
+        let run = create(&runs, "run-b", 3).await;
+        let line = Attempt { why: Some(Why::new("deadline", "passed")), ..Attempt::bare(Outcome::Deadline) };
+        assert_eq!(runs.end_open_orgs(&run, Outcome::Deadline, &line).await.expect("end"), 3);
+        assert!(runs.overview(&run).await.expect("overview").expect("run").finished.is_some(), "every org ended: the run finished");
+        // A query already running records what it reached, and the run is not counted twice.
+        assert_eq!(runs.record(&run, OrgId(1), &Attempt::bare(Outcome::Completed)).await.expect("late"), Recorded::Recorded);
+        assert_eq!(runs.record(&run, OrgId(2), &Attempt::bare(Outcome::SkippedNoSlot)).await.expect("late"), Recorded::AlreadyAccounted);
+        let overview = runs.overview(&run).await.expect("overview").expect("run");
+        assert_eq!(overview.accounted(), 3);
+        assert_eq!(overview.counts.iter().find(|(o, _)| *o == Outcome::Completed).map(|(_, n)| *n), Some(1));
+        // runs retry: the deadline orgs get attempt 1; attempt 0 of them is stale from then on.
+        let reopened = runs.reopen(&run, &[Outcome::Deadline]).await.expect("reopen");
+        assert_eq!(reopened, vec![(OrgId(2), 1), (OrgId(3), 1)]);
+        assert!(runs.overview(&run).await.expect("overview").expect("run").finished.is_none(), "open again");
+        assert_eq!(runs.admit(&run, OrgId(2), 0).await.expect("admit"), Admission::Superseded);
+        assert_eq!(runs.record(&run, OrgId(2), &Attempt::bare(Outcome::Completed)).await.expect("stale"), Recorded::AlreadyAccounted);
+        let retry = Attempt { attempt: 1, ..Attempt::bare(Outcome::Completed) };
+        assert_eq!(runs.record(&run, OrgId(2), &retry).await.expect("retry"), Recorded::Recorded);
+        assert_eq!(runs.record(&run, OrgId(3), &retry).await.expect("retry"), Recorded::FinishedTheRun);
+        assert_eq!(runs.org(&run, OrgId(2)).await.expect("org").expect("planned").trail.len(), 2, "both attempts kept");
+    }
+
+    #[tokio::test]
+    async fn runs_past_retention_are_deleted_with_their_orgs_and_the_pause_and_flag_round_trip() {
+        let dir = tempfile::tempdir().expect("dir");
+        let runs = runs(&dir, Duration::from_millis(1)).await;
+        let run = create(&runs, "run-c", 4).await;
+        let before = runs.database().now_ms().await.expect("now");
+        while runs.database().now_ms().await.expect("now") <= before + 1 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(runs.purge_expired().await.expect("purge"), 1);
+        assert!(runs.overview(&run).await.expect("overview").is_none());
+        assert!(runs.orgs(&run).await.expect("orgs").is_empty(), "its orgs went with it");
+        assert!(runs.paused().await.expect("paused").is_none());
+        let first = runs.pause("deploy").await.expect("pause");
+        let again = runs.pause("still deploying").await.expect("pause");
+        assert_eq!((again.reason.as_str(), again.since_ms), ("still deploying", first.since_ms), "a pause keeps its start");
+        assert!(runs.resume().await.expect("resume"));
+        assert!(!runs.resume().await.expect("resume"));
+        let flag = Rollout { enabled: Some(false), percentage: Some(30), allow: [OrgId(1)].into(), deny: [OrgId(2), OrgId(3)].into() };
+        runs.save_rollout(&flag).await.expect("save");
+        assert_eq!(runs.rollout().await.expect("load"), flag);
+    }
+}

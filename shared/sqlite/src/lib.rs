@@ -68,6 +68,23 @@ impl Database {
     /// Opens (creating if missing) the file `dsn` names, `sqlite:///absolute/path.db` or
     /// `sqlite://relative.db` as sqlx reads it, and brings its schema up to date.
     pub async fn open(dsn: &str, busy_timeout: Duration) -> Result<Database, Error> {
+        // Processes that open a new file together meet locks SQLite does not wait for (the
+        // switch to WAL, the first migration): such a refusal is tried again, within the same
+        // `busy_timeout` a held lock is waited for.
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match Database::open_once(dsn, busy_timeout).await {
+                Err(e) if e.failure() == Some(SqliteFailure::Locked) && started.elapsed() + pause < busy_timeout => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                opened => return opened,
+            }
+        }
+    }
+
+    async fn open_once(dsn: &str, busy_timeout: Duration) -> Result<Database, Error> {
         let options = connect_options(dsn)?.busy_timeout(busy_timeout);
         let file = options.get_filename().to_path_buf();
         refuse_network_file_system(&file)?;

@@ -576,7 +576,13 @@ impl SlotLimiter for SqliteSlotLimiter {
     fn acquire(&self, request: SlotRequest, max_wait: Duration) -> BoxFuture<'_, Result<Acquire, Error>> {
         Box::pin(async move {
             let id = uuid::Uuid::new_v4().simple().to_string();
-            self.acquire_inner(&id, &request, max_wait).await
+            // A file that may heal (locked past busy_timeout, a full disk, an I/O error) is the
+            // slot backend unavailable, as an unreachable Redis is: counted slot_unavailable and
+            // tried again, never granted.
+            self.acquire_inner(&id, &request, max_wait).await.map_err(|e| match e {
+                Error::Sqlite(e) if e.is_retryable() => Error::SlotBackendUnavailable { detail: e.to_string() },
+                other => other,
+            })
         })
     }
 
