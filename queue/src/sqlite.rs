@@ -29,7 +29,16 @@ pub struct SqliteQueue {
 /// so a fetched job is never left waiting behind another in a worker's buffer, and a worker that
 /// misses three 2 s heartbeats (killed, stopped) has its jobs put back for the others.
 pub fn sqlite_config() -> Config {
-    Config::default().queue(SQLITE_QUEUE).batch_size(1).heartbeat_interval(Duration::from_secs(2)).missed_heartbeats(3)
+    Config::default()
+        .queue(SQLITE_QUEUE)
+        .batch_size(1)
+        .heartbeat_interval(Duration::from_secs(2))
+        .missed_heartbeats(3)
+        // Locking only moves a fetched job from `Queued` to `Running`, one more write transaction
+        // per job on a file every process writes: the fetch already names the worker
+        // (`lock_by`), and a dead worker's jobs come back from either status
+        // (`queries/backend/reenqueue_orphaned.sql`).
+        .lock_tasks(false)
 }
 
 impl SqliteQueue {

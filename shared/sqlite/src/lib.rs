@@ -31,6 +31,11 @@ pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct Database {
     pool: SqlitePool,
+    /// Connections for Projector's own write transactions, with no busy handler: a `BEGIN
+    /// IMMEDIATE` that meets another process's lock is tried again here at once, then every
+    /// millisecond, instead of in SQLite's handler, whose sleeps grow to 100 ms (docs/sqlite.md).
+    writes: SqlitePool,
+    busy_timeout: Duration,
     file: PathBuf,
     /// This process's writers take turns here before they take the file's write lock: a writer
     /// that meets the lock held waits in SQLite's busy handler, which sleeps in steps of 1 to
@@ -96,7 +101,14 @@ impl Database {
             .connect_with(options)
             .await
             .map_err(Error::sqlite("opening the database", &file))?;
-        let db = Database { pool, file, writer: Default::default() };
+        let writes = SqlitePoolOptions::new()
+            .max_connections(4)
+            .min_connections(1)
+            .acquire_timeout(busy_timeout + Duration::from_secs(1))
+            .connect_with(connect_options(dsn)?.busy_timeout(Duration::ZERO))
+            .await
+            .map_err(Error::sqlite("opening the database", &file))?;
+        let db = Database { pool, writes, busy_timeout, file, writer: Default::default() };
         schema::migrate(&db).await?;
         Ok(db)
     }
@@ -115,7 +127,7 @@ impl Database {
     pub async fn write(&self, doing: &'static str) -> Result<Write, Error> {
         let err = || Error::sqlite(doing, self.file.clone());
         let turn = self.writer.clone().lock_owned().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err())?;
+        let mut tx = self.begin_immediate().await.map_err(err())?;
         let now_ms: i64 = sqlx::query_scalar(
             "UPDATE projector_clock SET ms = max(ms, CAST(unixepoch('subsec') * 1000 AS INTEGER)) WHERE id = 1 RETURNING ms",
         )
@@ -123,6 +135,25 @@ impl Database {
         .await
         .map_err(err())?;
         Ok(Write { tx, now_ms, file: self.file.clone(), doing, _turn: turn })
+    }
+
+    /// `BEGIN IMMEDIATE` on a connection without a busy handler, tried again while another
+    /// process holds the lock: at once for the first 2 ms (a Projector transaction holds it for
+    /// well under a millisecond), then every millisecond, until `backend.busy_timeout`.
+    async fn begin_immediate(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        let started = std::time::Instant::now();
+        loop {
+            match self.writes.begin_with("BEGIN IMMEDIATE").await {
+                Err(e) if SqliteFailure::of(&e) == SqliteFailure::Locked && started.elapsed() < self.busy_timeout => {
+                    if started.elapsed() < Duration::from_millis(2) {
+                        tokio::task::yield_now().await;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+                begun => return begun,
+            }
+        }
     }
 
     /// The file's clock for a read outside a write transaction: the machine's clock, never below
@@ -141,6 +172,7 @@ impl Database {
 
     /// Closes every connection (checkpointing the WAL when this is the last process).
     pub async fn close(&self) {
+        self.writes.close().await;
         self.pool.close().await;
     }
 }

@@ -169,8 +169,15 @@ mod tests {
         for start in 0..SCHEMA_VERSION {
             let dir = tempfile::tempdir().expect("tempdir");
             let options = crate::connect_options(&dsn(&dir)).expect("dsn");
-            let pool = sqlx::sqlite::SqlitePoolOptions::new().connect_with(options).await.expect("pool");
-            let early = Database { pool, file: dir.path().join("fleet.db"), writer: Default::default() };
+            let pool = sqlx::sqlite::SqlitePoolOptions::new().connect_with(options.clone()).await.expect("pool");
+            let writes = sqlx::sqlite::SqlitePoolOptions::new().connect_with(options).await.expect("pool");
+            let early = Database {
+                pool,
+                writes,
+                busy_timeout: DEFAULT_BUSY_TIMEOUT,
+                file: dir.path().join("fleet.db"),
+                writer: Default::default(),
+            };
             migrate_to(&early, start).await.expect("the earlier schema");
             early.close().await;
             let db = Database::open(&dsn(&dir), DEFAULT_BUSY_TIMEOUT).await.expect("migrated");
