@@ -133,14 +133,19 @@ impl SqliteQueue {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    /// Deletes jobs that ended more than `older_than` ago: their outcome is in the run record.
-    pub async fn vacuum(&self, older_than: Duration) -> Result<u64, projector_sqlite::Error> {
+    /// Deletes jobs that ended: done ones after `done_after` (their outcome is in the run
+    /// record), and those apalis gave up on (every attempt failed) after `dead_after`, for an
+    /// operator to look at. Returns how many.
+    pub async fn vacuum(&self, done_after: Duration, dead_after: Duration) -> Result<u64, projector_sqlite::Error> {
+        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
         let deleted = sqlx::query(
-            "DELETE FROM Jobs WHERE job_type = ?1 AND (status IN ('Done', 'Killed') OR (status = 'Failed' AND attempts >= max_attempts))
-               AND done_at IS NOT NULL AND done_at < CAST(unixepoch() AS INTEGER) - ?2",
+            "DELETE FROM Jobs WHERE job_type = ?1 AND done_at IS NOT NULL AND (
+                 (status IN ('Done', 'Killed') AND done_at < CAST(unixepoch() AS INTEGER) - ?2)
+              OR (status = 'Failed' AND attempts >= max_attempts AND done_at < CAST(unixepoch() AS INTEGER) - ?3))",
         )
         .bind(SQLITE_QUEUE)
-        .bind(i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX))
+        .bind(secs(done_after))
+        .bind(secs(dead_after))
         .execute(self.db.pool())
         .await
         .map_err(self.db.err("deleting finished jobs"))?;

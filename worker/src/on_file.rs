@@ -73,7 +73,13 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
     services.spawn_every(Arc::new(PauseWatch { runs: runs.clone(), paused: pause_tx }), PAUSE_CHECK);
     services.spawn_every(Arc::new(DeadlineSweep { runs: runs.clone() }), DEADLINE_CHECK);
     services.spawn_every(
-        Arc::new(Retention { runs: runs.clone(), queue: queue.clone(), retention: config.runs.retention, last: Default::default() }),
+        Arc::new(Retention {
+            runs: runs.clone(),
+            queue: queue.clone(),
+            retention: config.runs.retention,
+            completed_detail: config.runs.completed_detail,
+            last: Default::default(),
+        }),
         DEADLINE_CHECK,
     );
     let job_loop = JobLoop { name: name.clone(), queue, handler, readiness: readiness.clone(), config: &config, paused };
@@ -237,11 +243,13 @@ impl Periodic for DeadlineSweep {
     }
 }
 
-/// Deletes runs older than `runs.retention` and the queue's finished jobs, at most once a minute.
+/// Deletes runs older than `runs.retention` and the queue's finished jobs, and compacts the
+/// completed orgs of runs finished `runs.completed_detail` ago, at most once a minute.
 struct Retention {
     runs: SqliteRuns,
     queue: SqliteQueue,
     retention: Duration,
+    completed_detail: Duration,
     last: std::sync::Mutex<Option<Instant>>,
 }
 
@@ -259,14 +267,23 @@ impl Periodic for Retention {
                 }
                 *last = Some(Instant::now());
             }
+            // One run per round: a large run's compaction is many short transactions.
+            match self.runs.compact_due(self.completed_detail).await {
+                Ok(Some((run_id, orgs))) => {
+                    tracing::info!(run_id = %run_id, orgs, "compacted the completed orgs of a finished run (runs.completed_detail passed)")
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot compact a finished run; retried next round"),
+            }
             match self.runs.purge_expired().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(runs = n, "deleted runs older than runs.retention"),
                 Err(e) => tracing::warn!(error = %e, "cannot delete expired runs; retried next round"),
             }
-            // A finished job's outcome is in its run's record; the job row is only kept for a
-            // look at the queue, as long as the run.
-            if let Err(e) = self.queue.vacuum(self.retention).await {
+            // A finished job's outcome is in its run's record: its row goes after a minute (a
+            // resumed fan-out reads the run's plan, not the queue). Jobs apalis gave up on stay
+            // for an operator, as long as the run.
+            if let Err(e) = self.queue.vacuum(RETENTION_CHECK, self.retention).await {
                 tracing::warn!(error = %e, "cannot delete finished jobs; retried next round");
             }
         })

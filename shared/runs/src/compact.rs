@@ -66,7 +66,7 @@ fn get_varint(bytes: &[u8], pos: &mut usize) -> Option<u64> {
 }
 
 /// One block: `(org, 1 + seconds after the run began, or 0)` pairs in ascending org order.
-fn pack(block: &[(u64, u64)]) -> Vec<u8> {
+pub(crate) fn pack(block: &[(u64, u64)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(block.len() * 4);
     let mut last = 0;
     for (org, at) in block {
@@ -78,7 +78,7 @@ fn pack(block: &[(u64, u64)]) -> Vec<u8> {
 }
 
 /// The pairs of one block; a damaged block yields what could be read of it.
-fn unpack(bytes: &[u8]) -> Vec<(u64, u64)> {
+pub(crate) fn unpack(bytes: &[u8]) -> Vec<(u64, u64)> {
     let (mut pos, mut last, mut out) = (0, 0u64, Vec::new());
     while pos < bytes.len() {
         let (Some(delta), Some(at)) = (get_varint(bytes, &mut pos), get_varint(bytes, &mut pos)) else { break };
@@ -101,7 +101,7 @@ impl RunRecords {
         Ok(created.or(tick))
     }
 
-    fn at_ms(began: i64, at: u64) -> Option<i64> {
+    pub(crate) fn at_ms(began: i64, at: u64) -> Option<i64> {
         (at > 0).then(|| began + i64::try_from(at - 1).unwrap_or(0) * 1_000)
     }
 

@@ -15,5 +15,6 @@ pub mod pause;
 pub mod rollout;
 pub mod run_record;
 pub mod sqlite;
+pub mod sqlite_compact;
 
 pub use error::Error;

@@ -215,6 +215,9 @@ impl SqliteRuns {
                         summary.add(OrgId(u64::try_from(org).unwrap_or(0)), outcome);
                     }
                 }
+                // Completed orgs compacted after runs.completed_detail left the per-org rows.
+                let compacted = self.compacted_count(run_id).await?;
+                summary.set_count(Outcome::Completed, summary.count(Outcome::Completed) + compacted);
                 summary.sort_ids();
             }
         }
@@ -337,11 +340,15 @@ impl SqliteRuns {
     pub async fn purge_expired(&self) -> Result<u64, Error> {
         let mut w = self.db.write("deleting expired runs").await?;
         let before = w.now_ms - i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
-        sqlx::query("DELETE FROM projector_run_orgs WHERE run_id IN (SELECT run_id FROM projector_runs WHERE created_ms < ?1)")
+        for table in ["projector_run_orgs", "projector_run_completed"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE run_id IN (SELECT run_id FROM projector_runs WHERE created_ms < ?1)"
+            )))
             .bind(before)
             .execute(&mut *w.tx)
             .await
             .map_err(w.err())?;
+        }
         let runs =
             sqlx::query("DELETE FROM projector_runs WHERE created_ms < ?1").bind(before).execute(&mut *w.tx).await.map_err(w.err())?;
         w.commit().await?;
@@ -400,7 +407,11 @@ impl SqliteRuns {
                 .fetch_all(self.db.pool())
                 .await
                 .map_err(err())?;
-        let count = |o: Outcome| counted.iter().find(|(name, _)| name == o.as_str()).map_or(0, |(_, n)| u64::try_from(*n).unwrap_or(0));
+        let compacted = self.compacted_count(run_id).await?;
+        let count = |o: Outcome| {
+            let rows = counted.iter().find(|(name, _)| name == o.as_str()).map_or(0, |(_, n)| u64::try_from(*n).unwrap_or(0));
+            rows + if o == Outcome::Completed { compacted } else { 0 }
+        };
         let orgs_total = u64::try_from(total).unwrap_or(0);
         Ok(Some(RunOverview {
             run_id: run_id.0.clone(),
@@ -426,7 +437,10 @@ impl SqliteRuns {
                 .fetch_all(self.db.pool())
                 .await
                 .map_err(self.db.err(format!("reading the orgs of run {run_id}")))?;
-        Ok(rows.into_iter().map(org_record).collect())
+        let mut orgs: Vec<OrgRecord> = rows.into_iter().map(org_record).collect();
+        orgs.extend(self.compacted_orgs(run_id).await?.into_iter().map(compacted_record));
+        orgs.sort_by_key(|o| o.org);
+        Ok(orgs)
     }
 
     /// One org of a run; `None` if the run does not exist or did not plan it.
@@ -438,7 +452,10 @@ impl SqliteRuns {
                 .fetch_optional(self.db.pool())
                 .await
                 .map_err(self.db.err(format!("reading org {org} of run {run_id}")))?;
-        Ok(row.map(org_record))
+        match row {
+            Some(row) => Ok(Some(org_record(row))),
+            None => Ok(self.compacted_orgs(run_id).await?.into_iter().find(|c| c.org == org).map(compacted_record)),
+        }
     }
 
     /// Waits until the run finishes, at most `wait`; `true` when it did. Other processes finish
@@ -605,6 +622,11 @@ fn planned_org((org, batch, projects): (i64, i64, String)) -> PlannedOrg {
     }
 }
 
+/// A compacted org as the record answers for it: completed, and when.
+fn compacted_record(c: crate::compact::CompactedOrg) -> OrgRecord {
+    OrgRecord { org: c.org, outcome: Some(Outcome::Completed), attempt: 0, trail: Vec::new(), compacted_at_ms: Some(c.at_ms) }
+}
+
 fn org_record((org, outcome, attempt, trail_text): (i64, Option<String>, i64, String)) -> OrgRecord {
     OrgRecord {
         org: OrgId(u64::try_from(org).unwrap_or(0)),
@@ -753,5 +775,33 @@ mod tests {
         let flag = Rollout { enabled: Some(false), percentage: Some(30), allow: [OrgId(1)].into(), deny: [OrgId(2), OrgId(3)].into() };
         runs.save_rollout(&flag).await.expect("save");
         assert_eq!(runs.rollout().await.expect("load"), flag);
+    }
+
+    #[tokio::test]
+    async fn a_finished_runs_completed_orgs_are_compacted_and_still_answer_completed_and_when() {
+        let dir = tempfile::tempdir().expect("dir");
+        let runs = runs(&dir, Duration::from_secs(3600)).await;
+        let run = create(&runs, "run-d", 3).await;
+        assert_eq!(runs.compact_due(Duration::ZERO).await.expect("compact"), None, "an open run is not compacted");
+        runs.record(&run, OrgId(1), &Attempt::bare(Outcome::Completed)).await.expect("record");
+        runs.record(&run, OrgId(3), &Attempt::bare(Outcome::Completed)).await.expect("record");
+        runs.record(&run, OrgId(2), &Attempt::bare(Outcome::Failed)).await.expect("record");
+        let recorded_at = runs.org(&run, OrgId(3)).await.expect("org").expect("planned").trail[0].at_ms;
+        assert_eq!(runs.compact_due(Duration::ZERO).await.expect("compact"), Some((run.clone(), 2)));
+        assert_eq!(runs.compact_due(Duration::ZERO).await.expect("compact"), None, "once");
+        let rows: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM projector_run_orgs").fetch_one(runs.database().pool()).await.expect("rows");
+        assert_eq!(rows, 1, "only the org that did not complete keeps its row");
+        let overview = runs.overview(&run).await.expect("overview").expect("run");
+        assert_eq!(overview.counts.iter().find(|(o, _)| *o == Outcome::Completed).map(|(_, n)| *n), Some(2));
+        assert_eq!(overview.state(), crate::run_record::RunState::Done);
+        let org = runs.org(&run, OrgId(3)).await.expect("org").expect("answers");
+        assert_eq!(org.outcome, Some(Outcome::Completed));
+        let at = org.compacted_at_ms.flatten().expect("when it was recorded");
+        assert!((at - recorded_at).abs() < 1_000, "to the second: {at} vs {recorded_at}");
+        assert_eq!(runs.orgs(&run).await.expect("orgs").iter().map(|o| o.org.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+        let summary = runs.summary(&run, OrgIds::List).await.expect("summary").expect("run");
+        assert_eq!((summary.count(Outcome::Completed), summary.failed_org_ids.clone()), (2, vec![OrgId(2)]));
+        assert_eq!(runs.org(&run, OrgId(2)).await.expect("org").expect("kept").trail.len(), 1, "the failed org keeps its trail");
     }
 }

@@ -95,6 +95,9 @@ const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (run_id, org_id)
      ) WITHOUT ROWID;
      CREATE TABLE projector_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL, set_ms INTEGER NOT NULL);",
+    // 4: a finished run's completed orgs, compacted after runs.completed_detail: one packed list
+    // per run of (org, when its outcome was recorded), a few bytes each.
+    "CREATE TABLE projector_run_completed (run_id TEXT PRIMARY KEY, orgs BLOB NOT NULL, count INTEGER NOT NULL);",
 ];
 
 /// The schema this build writes.
