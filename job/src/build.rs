@@ -98,11 +98,11 @@ pub async fn sink(config: &Config, output: Option<&Path>) -> Result<Arc<dyn Proj
             Arc::new(PostgresSink::open(url, config.sink.postgres_pool, config.sink.ttl, config.sink.migrate).await?)
         }
         // Config refuses sink.kind = "sqlite" without the SQLite backend, whose file it needs:
-        // the embedded run builds it on the file it opened (`SqliteSink`).
+        // the process that opened the file (a worker on it, the embedded run) builds `SqliteSink`.
         (SinkKind::Sqlite, _) => {
             return Err(Error::Sink {
                 target: "sink.kind".to_owned(),
-                detail: "\"sqlite\" stores projections in the SQLite backend's file, which only the embedded run opens".to_owned(),
+                detail: "\"sqlite\" stores projections in the SQLite backend's file, which this process has not opened".to_owned(),
             });
         }
         (SinkKind::JsonLines, None) | (SinkKind::Discard, _) => Arc::new(DiscardSink),

@@ -167,7 +167,20 @@ impl Rescheduler {
             Requeue::Sqlite(queue) => {
                 let backoff = backoff.as_secs() + u64::from(backoff.subsec_nanos() > 0);
                 let run_at = chrono::Utc::now().timestamp().max(0) as u64 + backoff;
-                queue.push(&[(next, run_at)]).await.map(|_| ()).map_err(|e| Error::Shared(e.into()))
+                // A file that may heal (a full disk, a long lock) is waited for until the run's
+                // deadline: the next write there, the record of this try as an outcome, would
+                // otherwise land as soon as it heals, and a try that may pass is not an outcome.
+                let mut pause = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+                loop {
+                    match queue.push(&[(next.clone(), run_at)]).await {
+                        Ok(_) => return Ok(()),
+                        Err(e) if e.is_retryable() && job.deadline.is_some_and(|d| chrono::Utc::now() < d) => {
+                            tracing::warn!(error = %e, "cannot put the job back in the SQLite queue yet; trying again");
+                            tokio::time::sleep(pause.next_pause()).await;
+                        }
+                        Err(e) => return Err(Error::Shared(e.into())),
+                    }
+                }
             }
             Requeue::Memory(queue) => {
                 let payload = next.to_payload();

@@ -184,6 +184,12 @@ async fn wait_for_run(
 pub async fn serve(config: &Config, shutdown: CancellationToken) -> Result<(), Error> {
     let fleet = Fleet::open(config).await?;
     tracing::info!(cron = %config.schedule.cron.source(), file = %fleet.runs.database().file().display(), "scheduler serving on the SQLite file");
+    if config.schedule.overlap != projector_config::Overlap::Skip {
+        tracing::warn!(
+            overlap = ?config.schedule.overlap,
+            "schedule.overlap other than \"skip\" is Redis-only: on the SQLite file a tick is skipped while an earlier run is open"
+        );
+    }
     for tick in config.schedule.cron.upcoming(Utc) {
         let wait = (tick - Utc::now()).to_std().unwrap_or_default();
         tokio::select! {

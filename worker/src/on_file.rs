@@ -69,6 +69,11 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
         query_url = config.query.url.as_deref().unwrap_or("-"), concurrency = config.worker.concurrency,
         slots_limit = config.slots.limit, "worker started on the SQLite file"
     );
+    if config.adaptive.enabled {
+        tracing::warn!(
+            "adaptive.enabled is Redis-only: on the SQLite file the limit follows slots.limit and the service's own numbers (slots.follow_service), not the adaptive multiplier"
+        );
+    }
     let (pause_tx, paused) = tokio::sync::watch::channel(false);
     services.spawn_every(Arc::new(PauseWatch { runs: runs.clone(), paused: pause_tx }), PAUSE_CHECK);
     services.spawn_every(Arc::new(DeadlineSweep { runs: runs.clone() }), DEADLINE_CHECK);

@@ -14,9 +14,7 @@ use projector_sqlite::{Database, Write, sqlx};
 
 use crate::error::Error;
 use crate::ledger::RunLedger;
-use crate::pause::Pause;
-use crate::rollout::{RATE_LIMIT_FLAG, Rollout};
-use crate::run_record::{OrgIds, OrgRecord, RunOverview};
+use crate::run_record::OrgIds;
 
 /// Orgs written per statement when a plan is stored (SQLite binds at most 32,766 values).
 const ORGS_PER_INSERT: usize = 500;
@@ -42,7 +40,7 @@ pub struct ToEnqueue {
 /// Run records on the file every process of this machine shares.
 #[derive(Debug, Clone)]
 pub struct SqliteRuns {
-    db: Database,
+    pub(crate) db: Database,
     /// `runs.retention`: a run's rows are deleted this long after it was created.
     retention: Duration,
 }
@@ -193,45 +191,6 @@ impl SqliteRuns {
         Ok(recorded)
     }
 
-    /// The run's totals, and with [`OrgIds::List`] the ids of the orgs that did not complete.
-    pub async fn summary(&self, run_id: &RunId, ids: OrgIds) -> Result<Option<RunSummary>, Error> {
-        let Some(overview) = self.overview(run_id).await? else { return Ok(None) };
-        let mut summary = RunSummary { run_id: run_id.0.clone(), orgs_total: overview.orgs_total, ..RunSummary::default() };
-        match ids {
-            OrgIds::Leave => {
-                for (outcome, n) in &overview.counts {
-                    summary.set_count(*outcome, *n);
-                }
-            }
-            OrgIds::List => {
-                let rows: Vec<(i64, String)> =
-                    sqlx::query_as("SELECT org_id, outcome FROM projector_run_orgs WHERE run_id = ?1 AND outcome IS NOT NULL")
-                        .bind(&run_id.0)
-                        .fetch_all(self.db.pool())
-                        .await
-                        .map_err(self.db.err(format!("reading the orgs of run {run_id}")))?;
-                for (org, outcome) in rows {
-                    if let Some(outcome) = Outcome::parse(&outcome) {
-                        summary.add(OrgId(u64::try_from(org).unwrap_or(0)), outcome);
-                    }
-                }
-                // Completed orgs compacted after runs.completed_detail left the per-org rows.
-                let compacted = self.compacted_count(run_id).await?;
-                summary.set_count(Outcome::Completed, summary.count(Outcome::Completed) + compacted);
-                summary.sort_ids();
-            }
-        }
-        if let (Some(end), Some(start)) = (overview.finished, overview.started()) {
-            summary.duration_ms = u64::try_from((end - start).num_milliseconds()).unwrap_or(0);
-        }
-        Ok(Some(summary))
-    }
-
-    /// Whether the run has finished (every org accounted), `None` when there is no such run.
-    pub async fn finished(&self, run_id: &RunId) -> Result<Option<bool>, Error> {
-        Ok(self.overview(run_id).await?.map(|o| o.finished.is_some()))
-    }
-
     /// Reopens the run's orgs whose outcome is in `outcomes` for a follow-up attempt (`runs
     /// retry`), as `lua/run_retry.lua` does; returns each with its new attempt number. The run
     /// is open again until they end.
@@ -354,195 +313,6 @@ impl SqliteRuns {
         w.commit().await?;
         Ok(runs.rows_affected())
     }
-
-    /// The most recent runs (by tick), newest first, at most `limit`.
-    pub async fn recent(&self, limit: usize) -> Result<Vec<RunOverview>, Error> {
-        let ids: Vec<String> = sqlx::query_scalar("SELECT run_id FROM projector_runs ORDER BY tick_ms DESC, created_ms DESC LIMIT ?1")
-            .bind(i64::try_from(limit.max(1)).unwrap_or(i64::MAX))
-            .fetch_all(self.db.pool())
-            .await
-            .map_err(self.db.err("listing runs"))?;
-        let mut runs = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(run) = self.overview(&RunId(id)).await? {
-                runs.push(run);
-            }
-        }
-        Ok(runs)
-    }
-
-    /// Every run not finished and not cancelled, newest first.
-    pub async fn open_runs(&self) -> Result<Vec<RunOverview>, Error> {
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT run_id FROM projector_runs WHERE finished_ms IS NULL AND cancelled_ms IS NULL ORDER BY tick_ms DESC",
-        )
-        .fetch_all(self.db.pool())
-        .await
-        .map_err(self.db.err("listing open runs"))?;
-        let mut runs = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(run) = self.overview(&RunId(id)).await? {
-                runs.push(run);
-            }
-        }
-        Ok(runs)
-    }
-
-    /// One run's overview; `None` if there is no such run.
-    pub async fn overview(&self, run_id: &RunId) -> Result<Option<RunOverview>, Error> {
-        let err = || self.db.err(format!("reading run {run_id}"));
-        type Row = (i64, i64, i64, Option<i64>, Option<String>, Option<i64>, Option<i64>, Option<i64>, i64);
-        let row: Option<Row> = sqlx::query_as(
-            "SELECT tick_ms, created_ms, orgs_total, deadline_ms, pacing, fanned_out_ms, finished_ms, cancelled_ms, retried
-             FROM projector_runs WHERE run_id = ?1",
-        )
-        .bind(&run_id.0)
-        .fetch_optional(self.db.pool())
-        .await
-        .map_err(err())?;
-        let Some((tick, created, total, deadline, pacing, fanned_out, finished, cancelled, retried)) = row else { return Ok(None) };
-        let counted: Vec<(String, i64)> =
-            sqlx::query_as("SELECT outcome, count(*) FROM projector_run_orgs WHERE run_id = ?1 AND outcome IS NOT NULL GROUP BY outcome")
-                .bind(&run_id.0)
-                .fetch_all(self.db.pool())
-                .await
-                .map_err(err())?;
-        let compacted = self.compacted_count(run_id).await?;
-        let count = |o: Outcome| {
-            let rows = counted.iter().find(|(name, _)| name == o.as_str()).map_or(0, |(_, n)| u64::try_from(*n).unwrap_or(0));
-            rows + if o == Outcome::Completed { compacted } else { 0 }
-        };
-        let orgs_total = u64::try_from(total).unwrap_or(0);
-        Ok(Some(RunOverview {
-            run_id: run_id.0.clone(),
-            tick: at(tick),
-            orgs_total,
-            counts: Outcome::ALL.iter().map(|o| (*o, count(*o))).collect(),
-            fanned_out: fanned_out.and_then(at),
-            finished: finished.and_then(at),
-            cancelled: cancelled.and_then(at),
-            retried: u64::try_from(retried).unwrap_or(0),
-            skipped: None,
-            deadline: deadline.and_then(at),
-            created: at(created),
-            pacing: pacing.as_deref().and_then(|p| pacing_of(p, total)),
-        }))
-    }
-
-    /// Every org of the run's plan with its outcome, open attempt and trail, sorted by org.
-    pub async fn orgs(&self, run_id: &RunId) -> Result<Vec<OrgRecord>, Error> {
-        let rows: Vec<(i64, Option<String>, i64, String)> =
-            sqlx::query_as("SELECT org_id, outcome, attempt, trail FROM projector_run_orgs WHERE run_id = ?1 ORDER BY org_id")
-                .bind(&run_id.0)
-                .fetch_all(self.db.pool())
-                .await
-                .map_err(self.db.err(format!("reading the orgs of run {run_id}")))?;
-        let mut orgs: Vec<OrgRecord> = rows.into_iter().map(org_record).collect();
-        orgs.extend(self.compacted_orgs(run_id).await?.into_iter().map(compacted_record));
-        orgs.sort_by_key(|o| o.org);
-        Ok(orgs)
-    }
-
-    /// One org of a run; `None` if the run does not exist or did not plan it.
-    pub async fn org(&self, run_id: &RunId, org: OrgId) -> Result<Option<OrgRecord>, Error> {
-        let row: Option<(i64, Option<String>, i64, String)> =
-            sqlx::query_as("SELECT org_id, outcome, attempt, trail FROM projector_run_orgs WHERE run_id = ?1 AND org_id = ?2")
-                .bind(&run_id.0)
-                .bind(org_i64(org))
-                .fetch_optional(self.db.pool())
-                .await
-                .map_err(self.db.err(format!("reading org {org} of run {run_id}")))?;
-        match row {
-            Some(row) => Ok(Some(org_record(row))),
-            None => Ok(self.compacted_orgs(run_id).await?.into_iter().find(|c| c.org == org).map(compacted_record)),
-        }
-    }
-
-    /// Waits until the run finishes, at most `wait`; `true` when it did. Other processes finish
-    /// it, so this polls the row (every 100 ms: a summary that late is not noticed).
-    pub async fn wait_finished(&self, run_id: &RunId, wait: Duration) -> Result<bool, Error> {
-        let until = tokio::time::Instant::now() + wait;
-        loop {
-            if self.finished(run_id).await? != Some(false) {
-                return Ok(true);
-            }
-            if tokio::time::Instant::now() >= until {
-                return Ok(false);
-            }
-            tokio::time::sleep(Duration::from_millis(100).min(until - tokio::time::Instant::now())).await;
-        }
-    }
-
-    /// An operator's setting (the pause, the rollout flag): its value and when it was set.
-    pub async fn setting(&self, name: &str) -> Result<Option<(String, i64)>, Error> {
-        Ok(sqlx::query_as("SELECT value, set_ms FROM projector_settings WHERE name = ?1")
-            .bind(name)
-            .fetch_optional(self.db.pool())
-            .await
-            .map_err(self.db.err(format!("reading the setting {name}")))?)
-    }
-
-    /// Sets (`Some`) or clears (`None`) an operator's setting; returns whether one was there.
-    /// `keep_since` keeps the time of a setting already there (a pause's start).
-    pub async fn set_setting(&self, name: &str, value: Option<&str>, keep_since: bool) -> Result<bool, Error> {
-        let mut w = self.db.write("writing an operator's setting").await?;
-        let had: Option<i64> = sqlx::query_scalar("SELECT set_ms FROM projector_settings WHERE name = ?1")
-            .bind(name)
-            .fetch_optional(&mut *w.tx)
-            .await
-            .map_err(w.err())?;
-        match value {
-            Some(value) => {
-                let since = if keep_since { had.unwrap_or(w.now_ms) } else { w.now_ms };
-                sqlx::query("INSERT OR REPLACE INTO projector_settings (name, value, set_ms) VALUES (?1, ?2, ?3)")
-                    .bind(name)
-                    .bind(value)
-                    .bind(since)
-                    .execute(&mut *w.tx)
-                    .await
-                    .map_err(w.err())?;
-            }
-            None => {
-                sqlx::query("DELETE FROM projector_settings WHERE name = ?1").bind(name).execute(&mut *w.tx).await.map_err(w.err())?;
-            }
-        }
-        w.commit().await?;
-        Ok(had.is_some())
-    }
-}
-
-/// The settings' names: the pause and the rollout flag, as the Redis keys name them.
-const PAUSE: &str = "paused";
-
-impl SqliteRuns {
-    /// Pauses the fleet (or changes the reason of the pause in force, keeping its start).
-    pub async fn pause(&self, reason: &str) -> Result<Pause, Error> {
-        self.set_setting(PAUSE, Some(reason), true).await?;
-        self.paused().await?.ok_or_else(|| Error::NotKept { doing: "pausing the fleet".to_owned() })
-    }
-
-    /// Ends the pause; `false` when there was none.
-    pub async fn resume(&self) -> Result<bool, Error> {
-        self.set_setting(PAUSE, None, false).await
-    }
-
-    /// The pause in force, if any.
-    pub async fn paused(&self) -> Result<Option<Pause>, Error> {
-        Ok(self.setting(PAUSE).await?.map(|(reason, since)| Pause { reason, since_ms: u64::try_from(since).unwrap_or(0) }))
-    }
-
-    /// The rollout flag; unset is the default (everyone limited).
-    pub async fn rollout(&self) -> Result<Rollout, Error> {
-        let Some((text, _)) = self.setting(RATE_LIMIT_FLAG).await? else { return Ok(Rollout::default()) };
-        let fields: std::collections::HashMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
-        Ok(Rollout::from_fields(|name| fields.get(name).map(|v| (*v).to_owned())))
-    }
-
-    /// Writes the whole rollout flag.
-    pub async fn save_rollout(&self, rollout: &Rollout) -> Result<(), Error> {
-        let text = rollout.fields().into_iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("\n");
-        self.set_setting(RATE_LIMIT_FLAG, Some(&text), false).await.map(|_| ())
-    }
 }
 
 /// One org's record decided inside `w`, as `lua/run_record.lua` decides it.
@@ -622,33 +392,18 @@ fn planned_org((org, batch, projects): (i64, i64, String)) -> PlannedOrg {
     }
 }
 
-/// A compacted org as the record answers for it: completed, and when.
-fn compacted_record(c: crate::compact::CompactedOrg) -> OrgRecord {
-    OrgRecord { org: c.org, outcome: Some(Outcome::Completed), attempt: 0, trail: Vec::new(), compacted_at_ms: Some(c.at_ms) }
-}
-
-fn org_record((org, outcome, attempt, trail_text): (i64, Option<String>, i64, String)) -> OrgRecord {
-    OrgRecord {
-        org: OrgId(u64::try_from(org).unwrap_or(0)),
-        outcome: outcome.as_deref().and_then(Outcome::parse),
-        attempt: u32::try_from(attempt).unwrap_or(0),
-        trail: trail::parse(&trail_text),
-        compacted_at_ms: None,
-    }
-}
-
 /// Org ids are stored as SQLite integers (i64); ids past i64::MAX do not occur (Sentry's are
 /// 64-bit signed in its own database).
-fn org_i64(org: OrgId) -> i64 {
+pub(crate) fn org_i64(org: OrgId) -> i64 {
     i64::try_from(org.0).unwrap_or(i64::MAX)
 }
 
-fn at(ms: i64) -> Option<DateTime<Utc>> {
+pub(crate) fn at(ms: i64) -> Option<DateTime<Utc>> {
     DateTime::<Utc>::from_timestamp_millis(ms)
 }
 
 /// The pacing stored as "size delay_ms configured_ms".
-fn pacing_of(stored: &str, orgs_total: i64) -> Option<Pacing> {
+pub(crate) fn pacing_of(stored: &str, orgs_total: i64) -> Option<Pacing> {
     let mut parts = stored.split(' ').map(|p| p.parse::<u64>().ok());
     let (size, delay, configured) = (parts.next()??, parts.next()??, parts.next()??);
     let size = usize::try_from(size).ok().filter(|s| *s > 0)?;
@@ -683,6 +438,7 @@ impl RunLedger for SqliteRuns {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rollout::Rollout;
     use projector_core::trail::Why;
 
     async fn runs(dir: &tempfile::TempDir, retention: Duration) -> SqliteRuns {
