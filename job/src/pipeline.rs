@@ -407,7 +407,8 @@ impl Pipeline {
     /// Reads the org's window page by page (projects in groups whose every hour fits a page, a
     /// group paged on only if a page comes back full) and folds each page into projections as it
     /// comes. Abandons the read if the permit's lease is lost; before each query after the first,
-    /// the lease is stretched to cover it (its start + query.max_duration).
+    /// and before the first when the first lease may not outlive it, the lease is stretched to
+    /// cover it (its start + query.max_duration).
     async fn query(
         &self,
         job: &SpikeProjectionJob,
@@ -431,7 +432,12 @@ impl Pipeline {
             for group in plan.groups() {
                 let mut page = plan.first_page(group);
                 loop {
-                    if let (Some(p), true) = (permit, pages > 0) {
+                    // A later page, or a first one sent so long after the grant (the holder
+                    // paused) that the first lease may not outlive it: the lease is stretched to
+                    // cover the query first, and a lease that lapsed meanwhile sends nothing.
+                    if let Some(p) = permit
+                        && (pages > 0 || !p.covers(self.settings.query_max_duration))
+                    {
                         p.cover(self.settings.query_max_duration).await.map_err(Error::from)?;
                     }
                     let one = Instant::now();

@@ -108,6 +108,20 @@ impl SqliteQueue {
         Ok((u64::try_from(waiting).unwrap_or(0), u64::try_from(running).unwrap_or(0)))
     }
 
+    /// Marks the job loop `loop_name` alive now, as apalis-sqlite's own heartbeat does
+    /// (`queries/backend/keep_alive.sql`). apalis beats only when the loop asks for its next job;
+    /// a worker whose every job waits for a slot longer than three beats would be judged dead
+    /// and its jobs run again by the others. The worker beats here every second besides.
+    pub async fn keep_alive(&self, loop_name: &str) -> Result<(), projector_sqlite::Error> {
+        sqlx::query("UPDATE Workers SET last_seen = CAST(unixepoch() AS INTEGER) WHERE id = ?1 AND worker_type = ?2")
+            .bind(loop_name)
+            .bind(SQLITE_QUEUE)
+            .execute(self.db.pool())
+            .await
+            .map_err(self.db.err("writing the worker's heartbeat"))?;
+        Ok(())
+    }
+
     /// Removes the run's jobs that no worker has taken yet (a cancel); returns how many.
     pub async fn remove_run_jobs(&self, run_id: &projector_shared::RunId) -> Result<u64, projector_sqlite::Error> {
         let removed = sqlx::query(

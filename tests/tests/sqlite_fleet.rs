@@ -139,7 +139,7 @@ fn three_workers_on_one_file_hold_the_limit_through_a_kill_9_and_account_for_eve
 }
 
 #[test]
-fn a_worker_stopped_past_its_lease_and_heartbeat_leaves_its_jobs_to_the_others_and_the_limit_holds() {
+fn a_worker_stopped_past_its_lease_and_heartbeat_leaves_its_jobs_to_the_others_or_holds_the_lock_and_the_limit_holds() {
     let fleet = Fleet::new("200ms");
     let workers: Vec<Proc> = (0..3).map(|_| fleet.worker()).collect();
     let out = fleet.scheduler(&["--orgs", "150"]).wait_with_output(Duration::from_secs(60));
@@ -148,11 +148,21 @@ fn a_worker_stopped_past_its_lease_and_heartbeat_leaves_its_jobs_to_the_others_a
     wait_until(Duration::from_secs(30), "queries reach the service", || fleet.fake.stats_now()["in_flight"].as_u64().unwrap_or(0) >= 3);
     workers[0].signal("STOP");
     // Stopped past its leases (1 s), its queries' bound (2 s) and its heartbeat (three missed
-    // 2 s beats): the file counts two workers alive, and its jobs went back to the queue.
-    wait_until(Duration::from_secs(60), "the stopped worker is no longer counted alive", || {
-        let out = fleet.ctl(&["--json", "status"]);
-        serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|s| s["workers"]["alive"] == 2)
-    });
+    // 2 s beats): the file counts two workers alive, and its jobs went back to the queue. Unless
+    // the stop caught it inside a write transaction: then it holds the file's write lock, as
+    // SQLite has it, and every writer waits (the limit cannot be passed, nothing is recorded)
+    // until it goes on; `projectorctl` says the file is locked. Either is a right answer here.
+    let status = std::cell::RefCell::new(String::new());
+    projector_tests::wait_until_or(
+        Duration::from_secs(60),
+        || {
+            let out = fleet.ctl(&["--json", "status"]);
+            *status.borrow_mut() = format!("{}{}", text(&out.stdout), text(&out.stderr));
+            let alive = serde_json::from_slice::<Value>(&out.stdout).ok().map(|s| s["workers"]["alive"].clone());
+            alive == Some(Value::from(2)) || (!out.status.success() && status.borrow().contains("stayed locked"))
+        },
+        || format!("neither taken over nor locked: {}\n{}", status.borrow(), workers[1].log().tail(30)),
+    );
     workers[0].signal("CONT");
     let run = fleet.wait_accounted(&run_id, Duration::from_secs(120), &[&workers[0], &workers[1], &workers[2]]);
     assert_every_org_completed(&run, 150);

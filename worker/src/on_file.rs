@@ -32,6 +32,8 @@ use crate::services::{Periodic, Services};
 const PAUSE_CHECK: Duration = Duration::from_millis(250);
 const DEADLINE_CHECK: Duration = Duration::from_secs(1);
 const RETENTION_CHECK: Duration = Duration::from_secs(60);
+/// How often the job loop is marked alive besides apalis's own beat (2 s, three missed = dead).
+const KEEP_ALIVE: Duration = Duration::from_secs(1);
 /// How long, after the drain, slot releases may delay the exit.
 const SLOT_TASKS_GRACE: Duration = Duration::from_secs(5);
 
@@ -87,7 +89,9 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
         }),
         DEADLINE_CHECK,
     );
-    let job_loop = JobLoop { name: name.clone(), queue, handler, readiness: readiness.clone(), config: &config, paused };
+    let (current_loop, loop_name) = tokio::sync::watch::channel(String::new());
+    services.spawn_every(Arc::new(KeepAlive { queue: queue.clone(), loop_name }), KEEP_ALIVE);
+    let job_loop = JobLoop { name: name.clone(), queue, handler, readiness: readiness.clone(), config: &config, paused, current_loop };
     let result = job_loop.run(&shutdown).await;
     readiness.set_job_loop_running(false);
     if !slots.wait_for_background(SLOT_TASKS_GRACE).await {
@@ -109,6 +113,8 @@ struct JobLoop<'a> {
     readiness: Readiness,
     config: &'a Config,
     paused: tokio::sync::watch::Receiver<bool>,
+    /// The apalis name of the job loop running now, for the keep-alive service.
+    current_loop: tokio::sync::watch::Sender<String>,
 }
 
 impl JobLoop<'_> {
@@ -169,6 +175,7 @@ impl JobLoop<'_> {
             .data(self.handler.clone())
             .concurrency(self.config.worker.concurrency)
             .build(run_job);
+        self.current_loop.send_replace(loop_name.to_owned());
         self.readiness.set_job_loop_running(true);
         let signal = stop.clone();
         let run = worker.run_until(async move {
@@ -197,6 +204,31 @@ impl JobLoop<'_> {
                 Ok(())
             }
         }
+    }
+}
+
+/// Marks the running job loop alive every second, whatever its jobs wait for
+/// (`SqliteQueue::keep_alive` says why).
+struct KeepAlive {
+    queue: SqliteQueue,
+    loop_name: tokio::sync::watch::Receiver<String>,
+}
+
+impl Periodic for KeepAlive {
+    fn name(&self) -> &'static str {
+        "keep_alive"
+    }
+
+    fn run_once(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let name = self.loop_name.borrow().clone();
+            if name.is_empty() {
+                return;
+            }
+            if let Err(e) = self.queue.keep_alive(&name).await {
+                tracing::debug!(error = %e, "cannot mark the job loop alive; apalis's own beat may still");
+            }
+        })
     }
 }
 

@@ -137,6 +137,12 @@ pub trait ReleaseSlot: Send + Sync + 'static {
 
 /// A held slot. Dropping it gives the slot back; `release().await` does the same and reports errors.
 ///
+/// How late after the grant a first query may go without stretching its lease first. A first
+/// lease runs `query.max_duration` (plus `rate.max_delay`) from the grant, and the query starts
+/// milliseconds after it: always asking the store first would cost every org a round trip. A
+/// holder paused longer than this between its grant and its query (SIGSTOP, a long GC) asks.
+pub const SEND_SLACK: Duration = Duration::from_millis(500);
+
 /// **The one rule for giving a slot back**, kept here so that no path can bypass it: a slot under
 /// which a query was sent ([`SlotPermit::query_sent`]) and not answered goes back no sooner than
 /// that query must have ended at the service (its start + `query.max_duration`), whatever ends
@@ -151,6 +157,10 @@ pub struct SlotPermit {
     /// The query sent last under this slot, while its answer has not come; `None` when no query
     /// is in flight.
     unanswered: std::sync::Mutex<Option<Sent>>,
+    /// Until when the first lease surely holds, on this process's monotonic clock: counted from
+    /// before the call that made it, so a holder paused (SIGSTOP, a GC) anywhere after that call
+    /// sees the lease as possibly lapsed. `None`: the permit does not lapse (in memory).
+    surely_until: Option<Instant>,
 }
 
 /// A query sent and not answered: when, and the bounds that tell when the service has ended it.
@@ -216,7 +226,21 @@ impl SlotPermit {
     /// Builds a permit; `lost` is cancelled by the limiter if the lease is lost while held.
     pub fn new(lease_id: String, fencing_token: u64, lost: CancellationToken, release: Box<dyn ReleaseSlot>) -> Self {
         held_by_process_changed(1);
-        SlotPermit { lease_id, fencing_token, lost, release: Some(release), unanswered: std::sync::Mutex::new(None) }
+        SlotPermit { lease_id, fencing_token, lost, release: Some(release), unanswered: std::sync::Mutex::new(None), surely_until: None }
+    }
+
+    /// The permit of a lease made by a call begun at `asked` for `first_lease`: it surely holds
+    /// until `asked + first_lease`, and a query that could outlive that is covered first.
+    pub fn leased(mut self, asked: Instant, first_lease: Duration) -> Self {
+        self.surely_until = Some(asked + first_lease);
+        self
+    }
+
+    /// Whether the first lease surely covers a query sent now: it lasts until the query must
+    /// have ended at the service (`query_max_duration` from now), give or take [`SEND_SLACK`];
+    /// if not, [`SlotPermit::cover`] it before sending.
+    pub fn covers(&self, query_max_duration: Duration) -> bool {
+        self.surely_until.is_none_or(|until| Instant::now() + query_max_duration <= until + SEND_SLACK)
     }
 
     pub fn lease_id(&self) -> &str {
@@ -407,6 +431,22 @@ mod tests {
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_first_query_sent_long_after_the_grant_is_not_covered_by_the_first_lease() {
+        let limiter = MemorySlotLimiter::new(1);
+        let in_memory = granted(&limiter).await;
+        after(Duration::from_secs(3600)).await;
+        assert!(in_memory.covers(QUERY_BOUND), "a memory permit does not lapse");
+        drop(in_memory);
+        let asked = Instant::now();
+        let leased = granted(&limiter).await.leased(asked, QUERY_BOUND);
+        assert!(leased.covers(QUERY_BOUND), "sent at once, the first lease covers it");
+        after(SEND_SLACK).await;
+        assert!(leased.covers(QUERY_BOUND), "within the slack");
+        after(Duration::from_millis(1)).await;
+        assert!(!leased.covers(QUERY_BOUND), "paused past the slack: the lease must be stretched before the query");
     }
 
     #[tokio::test(start_paused = true)]

@@ -177,6 +177,7 @@ impl RedisSlotLimiter {
             // once it is overdue and reclaimed a second after it would have re-checked, so no slot
             // is handed to a process that is gone (`hand_off` in lua/lib/slots.lua).
             let wait_ms = if remaining.is_zero() { 0 } else { ms(nap) + ENTRY_GRACE_MS };
+            let asked = Instant::now();
             let reply: Acquired = inner
                 .call(
                     ACQUIRE
@@ -193,16 +194,17 @@ impl RedisSlotLimiter {
             record_reclaimed(reply.reclaimed);
             inner.limit_seen.store(reply.limit, Ordering::SeqCst);
             if let Some(token) = reply.granted {
-                return Ok(self.granted(id, token, first_lease, started));
+                return Ok(self.granted(id, token, first_lease, started, asked));
             }
             if remaining.is_zero() {
                 return self.give_up(id, first_lease, started).await;
             }
             if let Some(token) = self.wait_for_handoff(&id, nap).await? {
                 // The lease was made for us, reserved briefly; a renewal makes it a full lease.
+                let asked = Instant::now();
                 let renewed: u8 = inner.call(RENEW.on(&inner.keys).arg(&id).arg(ms(first_lease))).await?;
                 if renewed == 1 {
-                    return Ok(self.granted(id, token, first_lease, started));
+                    return Ok(self.granted(id, token, first_lease, started, asked));
                 }
             }
         }
@@ -238,16 +240,18 @@ impl RedisSlotLimiter {
     /// Leaves the queue at the deadline; a slot handed over in the same instant is taken, not lost.
     async fn give_up(&self, id: String, first_lease: Duration, started: Instant) -> Result<Acquire, Error> {
         let inner = &self.inner;
+        let asked = Instant::now();
         let left: Cancelled = inner.call(CANCEL.on(&inner.keys).arg(&id).arg(ms(first_lease)).arg(inner.keys.wake_prefix())).await?;
         if let Some(token) = left.granted {
-            return Ok(self.granted(id, token, first_lease, started));
+            return Ok(self.granted(id, token, first_lease, started, asked));
         }
         let waited = started.elapsed();
         record_timed_out(waited);
         Ok(Acquire::TimedOut(TimedOut { waited, in_use: left.in_use, limit: left.limit, queue_position: left.waiters_left + 1 }))
     }
 
-    fn granted(&self, id: String, token: u64, first_lease: Duration, started: Instant) -> Acquire {
+    /// A lease made by a call begun at `asked`.
+    fn granted(&self, id: String, token: u64, first_lease: Duration, started: Instant, asked: Instant) -> Acquire {
         record_granted(started.elapsed());
         let lost = CancellationToken::new();
         let stop = CancellationToken::new();
@@ -270,7 +274,7 @@ impl RedisSlotLimiter {
             renew,
         ));
         let release = RedisRelease { inner: self.inner.clone(), id: id.clone(), held_until, stop };
-        Acquire::Granted(SlotPermit::new(id, token, lost, Box::new(release)))
+        Acquire::Granted(SlotPermit::new(id, token, lost, Box::new(release)).leased(asked, first_lease))
     }
 }
 

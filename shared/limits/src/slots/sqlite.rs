@@ -162,11 +162,12 @@ impl SqliteSlotLimiter {
         let heartbeat = inner.settings.waiter_grace / 4;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
+            let asked = Instant::now();
             let turn = inner.turn(id, request, first_lease, remaining).await?;
             // Granted or given up, the same transaction took the waiter out of the line.
             in_line.answered = !matches!(turn, Turn::Waiting);
             match turn {
-                Turn::Granted(token) => return Ok(self.granted(id.to_owned(), token, first_lease, started)),
+                Turn::Granted(token) => return Ok(self.granted(id.to_owned(), token, first_lease, started, asked)),
                 Turn::GaveUp { in_use, limit, position } => {
                     let waited = started.elapsed();
                     record_timed_out(waited);
@@ -179,7 +180,8 @@ impl SqliteSlotLimiter {
         }
     }
 
-    fn granted(&self, id: String, token: u64, first_lease: Duration, started: Instant) -> Acquire {
+    /// A lease made by the transaction begun at `asked`.
+    fn granted(&self, id: String, token: u64, first_lease: Duration, started: Instant, asked: Instant) -> Acquire {
         record_granted(started.elapsed());
         let lost = CancellationToken::new();
         let stop = CancellationToken::new();
@@ -192,7 +194,7 @@ impl SqliteSlotLimiter {
         let lease_ttl = self.inner.settings.lease_ttl;
         self.inner.background.spawn(renew_while_held(id.clone(), lease_ttl / 3, lease_ttl, held_until, lost.clone(), stop.clone(), renew));
         let release = SqliteRelease { inner: self.inner.clone(), id: id.clone(), held_until, stop };
-        Acquire::Granted(SlotPermit::new(id, token, lost, Box::new(release)))
+        Acquire::Granted(SlotPermit::new(id, token, lost, Box::new(release)).leased(asked, first_lease))
     }
 }
 
