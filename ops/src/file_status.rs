@@ -1,6 +1,6 @@
 //! `projectorctl status` for a fleet on one machine's SQLite file: the limit, the slots held and
 //! waited for, the queue, the workers alive, the latest run, the pause and the rollout flag, in
-//! the same JSON fields as on Redis where the file keeps the same thing.
+//! the same JSON fields as on Redis where the file keeps the same thing; and the workers alive.
 
 use std::fmt::Write as _;
 
@@ -19,8 +19,9 @@ pub async fn status(config: &Config) -> anyhow::Result<View> {
     let file = runs.database().file().display().to_string();
     let limiter = SqliteSlotLimiter::new(runs.database().clone(), SqliteSlotSettings::new(config.slots.limit, config.slots.lease_ttl));
     let (in_use, waiters, stored) = limiter.occupancy().await?;
-    let in_force = stored.unwrap_or(config.slots.limit).min(config.slots.limit);
-    let (waiting, running) = queue.depth().await?;
+    // A limit an operator stored wins over slots.limit, as on Redis; the service's cap is in it.
+    let in_force = stored.unwrap_or(config.slots.limit);
+    let depth = queue.depth().await?;
     let alive = SqliteQueue::workers_alive(queue).await?;
     let latest = match records.open_runs().await?.pop() {
         Some(open) => Some(open),
@@ -31,9 +32,9 @@ pub async fn status(config: &Config) -> anyhow::Result<View> {
     let now = Utc::now();
     let value = json!({
         "backend": {"kind": "sqlite", "file": file},
-        "limit": {"in_force": in_force, "configured": config.slots.limit},
+        "limit": {"in_force": in_force, "source": "config", "stored": stored, "configured": config.slots.limit},
         "slots": {"in_use": in_use, "waiters": waiters},
-        "queue": {"waiting": waiting, "in_flight": running},
+        "queue": {"ready": depth.ready, "scheduled": depth.scheduled, "in_flight": depth.in_flight, "dead": depth.dead},
         "workers": {"alive": alive},
         "run": latest.as_ref().map(|r| views::run_json(r, now)),
         "paused": pause.as_ref().map(|p| json!({"reason": p.reason, "since_ms": p.since_ms})),
@@ -47,11 +48,33 @@ pub async fn status(config: &Config) -> anyhow::Result<View> {
     if let Some(p) = &pause {
         let _ = writeln!(out, "PAUSED       {} (workers take no jobs; `projectorctl resume` ends it)", p.reason);
     }
-    let _ = writeln!(out, "limit        {in_force} in force (slots.limit {}; the service's numbers only lower it)", config.slots.limit);
+    let source = if stored.is_some_and(|s| s != config.slots.limit) { "stored in the file, or the service's cap" } else { "slots.limit" };
+    let _ = writeln!(out, "limit        {in_force} in force ({source}; slots.limit {})", config.slots.limit);
     let _ = writeln!(out, "slots        {in_use} in use, {waiters} waiting");
-    let _ = writeln!(out, "queue        {waiting} waiting (due or scheduled), {running} taken by a worker");
+    let _ = writeln!(
+        out,
+        "queue        {} ready, {} scheduled, {} in flight, {} dead",
+        depth.ready, depth.scheduled, depth.in_flight, depth.dead
+    );
     let _ = writeln!(out, "workers      {alive} alive (a heartbeat in the file within 10 s)");
     let _ = writeln!(out, "latest run   {}", views::latest_run_line(latest.as_ref(), now, usize::try_from(alive).unwrap_or(0)));
     let _ = writeln!(out, "rollout      {}", views::rollout_line(&rollout));
+    Ok(View::new(value, out))
+}
+
+/// `projectorctl workers` on the file: the job loops that beat in the last 10 s (apalis-sqlite's
+/// `Workers` table keeps a name and a time; host, pid and jobs in flight are Redis-only).
+pub async fn workers(config: &Config) -> anyhow::Result<View> {
+    let records = Records::open(config).await?;
+    let Records::File(_, queue) = &records else { anyhow::bail!("backend.kind is not \"sqlite\"") };
+    let list = queue.workers().await?;
+    let value = json!({
+        "alive": list.len(),
+        "workers": list.iter().map(|(name, ago)| json!({"name": name, "beat_ms_ago": ago * 1000, "registered": false})).collect::<Vec<_>>(),
+    });
+    let mut out = format!("{} worker(s) alive (beat within 10 s)\n", list.len());
+    for (name, ago) in &list {
+        let _ = writeln!(out, "  {name}  beat {ago} s ago");
+    }
     Ok(View::new(value, out))
 }

@@ -66,6 +66,9 @@ fn worker_json(w: &WorkerEntry) -> Value {
 
 /// `projectorctl workers`.
 pub async fn workers(config: &Config) -> anyhow::Result<View> {
+    if crate::records::on_file(config) {
+        return crate::file_status::workers(config).await;
+    }
     let conn = connection(config)?;
     let list =
         heartbeat::workers(&conn).await.with_context(|| format!("reading workers from {}", Endpoint::from(&config.redis).redacted()))?;

@@ -19,6 +19,15 @@ const MIGRATION_TRIES: u32 = 20;
 /// apalis's default, as the Redis queue writes it.
 const MAX_ATTEMPTS: i64 = 25;
 
+/// The queue's depth by state ([`SqliteQueue::depth`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqliteDepth {
+    pub ready: u64,
+    pub scheduled: u64,
+    pub in_flight: u64,
+    pub dead: u64,
+}
+
 /// The spike-projection queue in one SQLite file.
 #[derive(Debug, Clone)]
 pub struct SqliteQueue {
@@ -96,16 +105,23 @@ impl SqliteQueue {
         Ok(new)
     }
 
-    /// Jobs waiting (due or not) and jobs taken by a worker and not acknowledged.
-    pub async fn depth(&self) -> Result<(u64, u64), projector_sqlite::Error> {
-        let (waiting, running): (i64, i64) = sqlx::query_as(
-            "SELECT coalesce(sum(status = 'Pending'), 0), coalesce(sum(status IN ('Queued', 'Running')), 0) FROM Jobs WHERE job_type = ?1",
+    /// The queue as the Redis one is shown: jobs due (`ready`), not due yet (`scheduled`), taken
+    /// by a worker and not acknowledged (`in_flight`), and given up on after every attempt
+    /// failed (`dead`).
+    pub async fn depth(&self) -> Result<SqliteDepth, projector_sqlite::Error> {
+        let (ready, scheduled, in_flight, dead): (i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT coalesce(sum(status IN ('Pending', 'Failed') AND attempts < max_attempts AND run_at <= CAST(unixepoch() AS INTEGER)), 0),
+                    coalesce(sum(status = 'Pending' AND run_at > CAST(unixepoch() AS INTEGER)), 0),
+                    coalesce(sum(status IN ('Queued', 'Running')), 0),
+                    coalesce(sum(status = 'Failed' AND attempts >= max_attempts), 0)
+             FROM Jobs WHERE job_type = ?1",
         )
         .bind(SQLITE_QUEUE)
         .fetch_one(self.db.pool())
         .await
         .map_err(self.db.err("reading the queue's depth"))?;
-        Ok((u64::try_from(waiting).unwrap_or(0), u64::try_from(running).unwrap_or(0)))
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok(SqliteDepth { ready: n(ready), scheduled: n(scheduled), in_flight: n(in_flight), dead: n(dead) })
     }
 
     /// Marks the job loop `loop_name` alive now, as apalis-sqlite's own heartbeat does
@@ -136,15 +152,30 @@ impl SqliteQueue {
         Ok(removed.rows_affected())
     }
 
-    /// How many workers' job loops sent apalis-sqlite a heartbeat in the last 10 s.
+    /// The workers whose job loop beat in the last 10 s: their name and how many seconds ago
+    /// (whole seconds, as apalis-sqlite keeps `last_seen`). A worker names each job loop
+    /// `<worker>-<n>` and starts a new one after a pause or a failure: the loops of one worker
+    /// count once.
+    pub async fn workers(&self) -> Result<Vec<(String, u64)>, projector_sqlite::Error> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT id, CAST(unixepoch() AS INTEGER) - last_seen FROM Workers WHERE worker_type = ?1 AND last_seen >= CAST(unixepoch() AS INTEGER) - 10",
+        )
+        .bind(SQLITE_QUEUE)
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(self.db.err("listing the workers alive"))?;
+        let mut workers = std::collections::BTreeMap::<String, u64>::new();
+        for (loop_name, ago) in rows {
+            let worker = loop_name.rsplit_once('-').map_or(loop_name.as_str(), |(w, _)| w).to_owned();
+            let ago = u64::try_from(ago).unwrap_or(0);
+            workers.entry(worker).and_modify(|a| *a = (*a).min(ago)).or_insert(ago);
+        }
+        Ok(workers.into_iter().collect())
+    }
+
+    /// How many workers beat in the last 10 s ([`SqliteQueue::workers`]).
     pub async fn workers_alive(&self) -> Result<u64, projector_sqlite::Error> {
-        let n: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM Workers WHERE worker_type = ?1 AND last_seen >= CAST(unixepoch() AS INTEGER) - 10")
-                .bind(SQLITE_QUEUE)
-                .fetch_one(self.db.pool())
-                .await
-                .map_err(self.db.err("counting the workers alive"))?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        Ok(self.workers().await?.len() as u64)
     }
 
     /// Deletes jobs that ended: done ones after `done_after` (their outcome is in the run

@@ -267,7 +267,26 @@ fn operators_pause_flag_and_read_the_file_and_redis_only_commands_say_what_to_us
     assert_every_org_completed(&run, 10);
     let explain = text(&fleet.ctl(&["explain", &run_id, "3"]).stdout);
     assert!(explain.contains("legacy path"), "org 3 took the legacy path: {explain}");
-    for args in [&["slots", "inspect"][..], &["workers"][..]] {
+    let workers: Value = serde_json::from_slice(&fleet.ctl(&["--json", "workers"]).stdout).expect("workers JSON");
+    assert_eq!(workers["alive"], 1, "{workers}");
+    // The status page reads the same file.
+    let addr = format!("127.0.0.1:{}", projector_tests::free_port());
+    let mut page = command(workspace_bin("projectorctl"));
+    page.args(["serve", "--addr", &addr]).envs(fleet.env.iter().cloned());
+    let page = Proc::spawn(page);
+    page.wait_for_line(&["serving"], Duration::from_secs(30));
+    let status: Value = serde_json::from_str(&projector_tests::http_get(&format!("http://{addr}/api/status"))).expect("status JSON");
+    assert_eq!(status["backend"]["kind"], "sqlite", "{status}");
+    assert_eq!(status["run"]["run_id"], run_id.as_str(), "{status}");
+    assert!(projector_tests::http_get(&format!("http://{addr}/runs/{run_id}")).contains(&run_id));
+    // The slots of the file: a limit set for every process, and handed back to configuration.
+    assert!(fleet.ctl(&["slots", "set-limit", "2"]).status.success());
+    let slots: Value = serde_json::from_slice(&fleet.ctl(&["--json", "slots", "inspect"]).stdout).expect("slots JSON");
+    assert_eq!((slots["limit"].as_u64(), slots["holders"].as_u64()), (Some(2), Some(0)), "{slots}");
+    let status: Value = serde_json::from_slice(&fleet.ctl(&["--json", "status"]).stdout).expect("status JSON");
+    assert_eq!(status["limit"]["in_force"], 2, "{status}");
+    assert!(text(&fleet.ctl(&["slots", "reset-limit"]).stdout).contains("stored limit removed"));
+    for args in [&["rate", "show"][..], &["jobs", "dead"][..]] {
         let out = fleet.ctl(args);
         assert!(!out.status.success(), "{args:?} on the file");
         let err = text(&out.stderr);

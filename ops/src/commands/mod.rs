@@ -157,21 +157,17 @@ pub async fn run(command: Command, config: Config, json: bool) -> anyhow::Result
     Ok(views::render(&view, json))
 }
 
-/// The commands that read what only Redis keeps (its slot inspection and history, rate and
-/// adaptive state, dead jobs, worker heartbeats, the page built on them) are refused on the
-/// SQLite file with what to use instead; the rest work on both.
+/// The commands that read what only Redis keeps (rate and adaptive state, dead jobs) are refused on the SQLite file with what to use instead; the rest
+/// work on both.
 fn refuse_on_file(command: &Command) -> anyhow::Result<()> {
     let name = match command {
-        Command::Slots { .. } => "slots",
         Command::Rate { .. } => "rate",
         Command::Adaptive { .. } => "adaptive",
         Command::Jobs { .. } => "jobs",
-        Command::Workers { .. } => "workers",
-        Command::Serve { .. } => "serve",
         _ => return Ok(()),
     };
     anyhow::bail!(
-        "`projectorctl {name}` reads state only the Redis backend keeps; with backend.kind = \"sqlite\" use `projectorctl status`, `runs`, `explain`, `pause`, `resume` and `flag` (ARCHITECTURE.md, \"Backends\", lists what each backend has)"
+        "`projectorctl {name}` reads state only the Redis backend keeps; with backend.kind = \"sqlite\" use `projectorctl status`, `runs`, `explain`, `pause`, `resume`, `flag`, `slots`, `workers` and `serve` (ARCHITECTURE.md, \"Backends\", lists what each backend has)"
     )
 }
 

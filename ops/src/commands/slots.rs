@@ -54,9 +54,73 @@ pub enum SlotAction {
     },
 }
 
+/// The slots as `backend.kind` keeps them: in Redis, or in one machine's SQLite file.
+enum Slots {
+    Redis(projector_shared::slots::RedisSlotLimiter),
+    File(projector_shared::slots::SqliteSlotLimiter),
+}
+
+impl Slots {
+    async fn open(config: &Config) -> anyhow::Result<Slots> {
+        if !crate::records::on_file(config) {
+            return Ok(Slots::Redis(slot_limiter(config)?));
+        }
+        let dsn = config.backend.dsn.clone().unwrap_or_default();
+        let db = projector_sqlite::Database::open(&dsn, config.backend.busy_timeout).await?;
+        let settings = projector_shared::slots::SqliteSlotSettings::new(config.slots.limit, config.slots.lease_ttl);
+        Ok(Slots::File(projector_shared::slots::SqliteSlotLimiter::new(db, settings)))
+    }
+
+    /// Where the slots are, for messages.
+    fn place(&self, config: &Config) -> String {
+        match self {
+            Slots::Redis(_) => Endpoint::from(&config.redis).redacted(),
+            Slots::File(_) => config.backend.dsn.clone().unwrap_or_default(),
+        }
+    }
+
+    /// What stores the limit, for messages: "Redis" or "the SQLite file".
+    fn store(&self) -> &'static str {
+        match self {
+            Slots::Redis(_) => "Redis",
+            Slots::File(_) => "the SQLite file",
+        }
+    }
+
+    async fn inspect(&self) -> anyhow::Result<projector_shared::slots::SlotState> {
+        Ok(match self {
+            Slots::Redis(l) => l.inspect().await?,
+            Slots::File(l) => l.inspect().await?,
+        })
+    }
+
+    async fn set_limit(&self, limit: u32) -> anyhow::Result<()> {
+        match self {
+            Slots::Redis(l) => l.set_limit(limit).await?,
+            Slots::File(l) => l.set_limit(limit).await?,
+        }
+        Ok(())
+    }
+
+    async fn clear_limit(&self) -> anyhow::Result<bool> {
+        Ok(match self {
+            Slots::Redis(l) => l.clear_limit().await?,
+            Slots::File(l) => l.clear_limit().await?,
+        })
+    }
+
+    async fn reset(&self) -> anyhow::Result<u64> {
+        Ok(match self {
+            Slots::Redis(l) => l.reset().await?,
+            Slots::File(l) => l.reset().await?,
+        })
+    }
+}
+
 pub async fn run(config: &Config, action: SlotAction) -> anyhow::Result<View> {
-    let limiter = slot_limiter(config)?;
-    let redis = Endpoint::from(&config.redis).redacted();
+    let limiter = Slots::open(config).await?;
+    let place = limiter.place(config);
+    let store = limiter.store();
     match action {
         SlotAction::Inspect { all, .. } => inspect(config, &limiter, all).await,
         SlotAction::SetLimit { limit, from_config, force, .. } => {
@@ -71,16 +135,16 @@ pub async fn run(config: &Config, action: SlotAction) -> anyhow::Result<View> {
                 );
                 tracing::warn!(limit, referrer_limit = ceiling, "slot limit set above the query service's per-referrer limit (--force)");
             }
-            limiter.set_limit(limit).await.with_context(|| format!("setting the limit in {redis}"))?;
+            limiter.set_limit(limit).await.with_context(|| format!("setting the limit in {place}"))?;
             Ok(View::new(
                 serde_json::json!({"limit": limit}),
                 format!(
-                    "limit set to {limit} for every worker (stored in Redis; `projectorctl slots reset-limit` hands it back to config)\n"
+                    "limit set to {limit} for every worker (stored in {store}; `projectorctl slots reset-limit` hands it back to config)\n"
                 ),
             ))
         }
         SlotAction::ResetLimit { .. } => {
-            let removed = limiter.clear_limit().await.with_context(|| format!("resetting the limit in {redis}"))?;
+            let removed = limiter.clear_limit().await.with_context(|| format!("resetting the limit in {place}"))?;
             Ok(View::new(
                 serde_json::json!({"removed": removed}),
                 format!(
@@ -90,24 +154,24 @@ pub async fn run(config: &Config, action: SlotAction) -> anyhow::Result<View> {
             ))
         }
         SlotAction::Reset { yes } => {
-            let held = limiter.inspect().await.with_context(|| format!("reading slots from {redis}"))?;
+            let held = limiter.inspect().await.with_context(|| format!("reading slots from {place}"))?;
             let effect = format!(
                 "dropping {} lease(s) and {} waiter(s): their queries may still be running, so the fleet can exceed the limit until they end",
                 held.holders.len(),
                 held.waiters.len()
             );
             super::confirm(&effect, yes)?;
-            let dropped = limiter.reset().await.with_context(|| format!("resetting slots in {redis}"))?;
+            let dropped = limiter.reset().await.with_context(|| format!("resetting slots in {place}"))?;
             Ok(View::new(serde_json::json!({"leases_dropped": dropped}), format!("dropped {dropped} leases and every waiter\n")))
         }
     }
 }
 
 /// `slots inspect`: the limit, holders and waiters (each listed with `--all`).
-async fn inspect(config: &Config, limiter: &projector_shared::slots::RedisSlotLimiter, all: bool) -> anyhow::Result<View> {
-    let redis = Endpoint::from(&config.redis).redacted();
+async fn inspect(config: &Config, limiter: &Slots, all: bool) -> anyhow::Result<View> {
+    let (place, store) = (limiter.place(config), limiter.store());
     let mut out = String::new();
-    let state = limiter.inspect().await.with_context(|| format!("reading slots from {redis}"))?;
+    let state = limiter.inspect().await.with_context(|| format!("reading slots from {place}"))?;
     let oldest = state.holders.iter().map(|h| h.age).max();
     let mut value = serde_json::json!({
         "limit": state.limit, "configured": config.slots.limit, "holders": state.holders.len(),
@@ -128,12 +192,12 @@ async fn inspect(config: &Config, limiter: &projector_shared::slots::RedisSlotLi
     }
     match state.limit {
         Some(limit) => {
-            let _ = writeln!(out, "limit: {limit} (stored in Redis; it wins over every worker's slots.limit until `slots reset-limit`)");
+            let _ = writeln!(out, "limit: {limit} (stored in {store}; it wins over every worker's slots.limit until `slots reset-limit`)");
         }
         None => {
             let _ = writeln!(
                 out,
-                "limit: none stored in Redis yet; the first slot request stores its worker's slots.limit (here: {})",
+                "limit: none stored in {store} yet; the first slot request stores its worker's slots.limit (here: {})",
                 config.slots.limit
             );
         }

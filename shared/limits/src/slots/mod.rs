@@ -6,6 +6,7 @@ mod memory;
 mod redis;
 mod scripts;
 mod sqlite;
+mod sqlite_admin;
 
 use std::time::Duration;
 

@@ -141,6 +141,16 @@ impl SqliteSlotLimiter {
         Ok((u64::try_from(in_use).unwrap_or(0), u64::try_from(waiters).unwrap_or(0), limit))
     }
 
+    /// The file this limiter lives in.
+    pub(crate) fn database(&self) -> &Database {
+        &self.inner.db
+    }
+
+    /// The limiter's name in the file (`default` unless settings name another).
+    pub(crate) fn name(&self) -> &str {
+        &self.inner.settings.name
+    }
+
     /// Waits at most `within` for this limiter's background work (renewals, releases, abandoned
     /// waits) to end; false if some is still running. Call once nothing holds a slot.
     pub async fn wait_for_background(&self, within: Duration) -> bool {
@@ -205,12 +215,16 @@ impl Inner {
 
     /// The limiter's row exists from the first transaction that needs it, with `slots.limit`.
     async fn ensure_row(&self, w: &mut Write) -> Result<(), Error> {
-        sqlx::query("INSERT OR IGNORE INTO projector_slot_limiters (name, stored_limit) VALUES (?1, ?2)")
-            .bind(&self.settings.name)
-            .bind(i64::from(self.settings.initial_limit))
-            .execute(&mut *w.tx)
-            .await
-            .map_err(w.err())?;
+        // A limit an operator cleared (`slots reset-limit`) takes this process's slots.limit.
+        sqlx::query(
+            "INSERT INTO projector_slot_limiters (name, stored_limit) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET stored_limit = coalesce(stored_limit, excluded.stored_limit)",
+        )
+        .bind(&self.settings.name)
+        .bind(i64::from(self.settings.initial_limit))
+        .execute(&mut *w.tx)
+        .await
+        .map_err(w.err())?;
         Ok(())
     }
 
@@ -339,9 +353,11 @@ impl Inner {
         let name = &self.settings.name;
         let now = self.db.now_ms().await?;
         let err = || self.db.err("reading the slot line");
-        let row: Option<(i64, i64, i64)> =
+        let row: Option<(Option<i64>, i64, i64)> =
             sqlx::query_as(LIMIT_IN_FORCE).bind(name).bind(now).fetch_optional(self.db.pool()).await.map_err(err())?;
         let Some((limit, paused_until, _)) = row else { return Ok(HashSet::new()) };
+        // A limit an operator cleared: the next turn stores this process's slots.limit.
+        let limit = limit.unwrap_or(i64::from(self.settings.initial_limit));
         if paused_until > now {
             return Ok(HashSet::new());
         }
