@@ -48,8 +48,12 @@ pub async fn status(config: &Config) -> anyhow::Result<View> {
     if let Some(p) = &pause {
         let _ = writeln!(out, "PAUSED       {} (workers take no jobs; `projectorctl resume` ends it)", p.reason);
     }
-    let source = if stored.is_some_and(|s| s != config.slots.limit) { "stored in the file, or the service's cap" } else { "slots.limit" };
-    let _ = writeln!(out, "limit        {in_force} in force ({source}; slots.limit {})", config.slots.limit);
+    let source = if stored.is_some_and(|s| s != config.slots.limit) {
+        format!("stored in the file, or the service's cap; slots.limit {}", config.slots.limit)
+    } else {
+        "slots.limit".to_owned()
+    };
+    let _ = writeln!(out, "limit        {in_force} in force ({source})");
     let _ = writeln!(out, "slots        {in_use} in use, {waiters} waiting");
     let _ = writeln!(
         out,

@@ -17,12 +17,18 @@ use projector_worker::metrics_http::ReadyCheck;
 #[derive(Clone)]
 pub struct SchedulerReadiness {
     tick_loop_running: Arc<AtomicBool>,
-    conn: RedisConn,
+    /// Redis, pinged by each check; `None` on the SQLite file.
+    conn: Option<RedisConn>,
 }
 
 impl SchedulerReadiness {
     pub fn new(conn: RedisConn) -> Self {
-        SchedulerReadiness { tick_loop_running: Arc::new(AtomicBool::new(false)), conn }
+        SchedulerReadiness { tick_loop_running: Arc::new(AtomicBool::new(false)), conn: Some(conn) }
+    }
+
+    /// Readiness of a scheduler on one machine's SQLite file: its tick loop.
+    pub fn on_file() -> Self {
+        SchedulerReadiness { tick_loop_running: Arc::new(AtomicBool::new(false)), conn: None }
     }
 
     /// The tick loop says whether it runs.
@@ -37,7 +43,10 @@ impl ReadyCheck for SchedulerReadiness {
             if !self.tick_loop_running.load(Ordering::SeqCst) {
                 return Err("tick loop not running (starting or stopping)".to_owned());
             }
-            projector_shared::redis_conn::check(&self.conn, Duration::from_secs(1)).await.map_err(|e| e.to_string())
+            match &self.conn {
+                Some(conn) => projector_shared::redis_conn::check(conn, Duration::from_secs(1)).await.map_err(|e| e.to_string()),
+                None => Ok(()),
+            }
         })
     }
 }

@@ -183,6 +183,29 @@ async fn wait_for_run(
 /// file fan a tick out once: the run of a tick is created once, and its jobs are deduplicated.
 pub async fn serve(config: &Config, shutdown: CancellationToken) -> Result<(), Error> {
     let fleet = Fleet::open(config).await?;
+    // `/metrics` and `/readyz` as on Redis: the tick counters and the tick loop's readiness (the
+    // run gauges read from the Redis record are Redis-only).
+    let readiness = crate::health::SchedulerReadiness::on_file();
+    let services = projector_worker::services::Services::new(shutdown.clone());
+    let (_, server, upkeep) = projector_worker::metrics_http::serve_endpoints(
+        config.schedule.metrics_addr,
+        readiness.clone(),
+        crate::health::register_series,
+        shutdown.clone(),
+    )
+    .await?;
+    services.spawn("metrics_server", server);
+    services.spawn_every(std::sync::Arc::new(upkeep), projector_worker::metrics_http::METRICS_UPKEEP_EVERY);
+    readiness.set_tick_loop_running(true);
+    let result = tick_loop(config, &fleet, &shutdown).await;
+    readiness.set_tick_loop_running(false);
+    shutdown.cancel();
+    services.wait().await;
+    result
+}
+
+/// The ticks of `schedule.cron`, each fanned out once however many `serve` share the file.
+async fn tick_loop(config: &Config, fleet: &Fleet, shutdown: &CancellationToken) -> Result<(), Error> {
     tracing::info!(cron = %config.schedule.cron.source(), file = %fleet.runs.database().file().display(), "scheduler serving on the SQLite file");
     if config.schedule.overlap != projector_config::Overlap::Skip {
         tracing::warn!(
@@ -215,8 +238,8 @@ pub async fn serve(config: &Config, shutdown: CancellationToken) -> Result<(), E
             Err(e) => tracing::warn!(run_id = %run_id, error = %e, "cannot read the open runs; fanning out"),
         }
         let fanned = async {
-            plan_and_store(config, &fleet, run_id.clone(), tick, RunOnceMode::Enqueue).await?;
-            enqueue_the_rest(&fleet, &run_id).await
+            plan_and_store(config, fleet, run_id.clone(), tick, RunOnceMode::Enqueue).await?;
+            enqueue_the_rest(fleet, &run_id).await
         };
         // A slow fan-out must still end on SIGTERM.
         let fanned = async {
@@ -226,6 +249,11 @@ pub async fn serve(config: &Config, shutdown: CancellationToken) -> Result<(), E
             }
         };
         match fanned.await {
+            // Another `serve` on the file fanned this tick out: nothing was new here.
+            Ok((0, _)) => {
+                metrics::counter!(m::SCHEDULER_TICKS_TOTAL, "outcome" => "other_replica").increment(1);
+                tracing::info!(run_id = %run_id, "tick fanned out by another scheduler on the file");
+            }
             Ok((new, duplicates)) => {
                 metrics::counter!(m::SCHEDULER_TICKS_TOTAL, "outcome" => "fanned_out").increment(1);
                 tracing::info!(run_id = %run_id, new, duplicates, "tick fanned out");

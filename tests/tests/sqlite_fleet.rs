@@ -348,3 +348,60 @@ fn a_full_disk_mid_run_leaves_the_orgs_to_be_tried_again_and_none_is_lost() {
     assert_every_org_completed(&run, 80);
     fleet.assert_limit_held();
 }
+
+#[test]
+fn two_schedulers_serving_one_file_fan_each_tick_out_once_and_serve_their_metrics() {
+    let mut fleet = Fleet::new("10ms");
+    fleet.env.push(("PROJECTOR_SCHEDULE_CRON".to_owned(), "*/2 * * * * *".to_owned()));
+    fleet.env.push(("PROJECTOR_ORGS_COUNT".to_owned(), "20".to_owned()));
+    let worker = fleet.worker();
+    let addrs: Vec<String> = (0..2).map(|_| format!("127.0.0.1:{}", projector_tests::free_port())).collect();
+    let schedulers: Vec<Proc> = addrs
+        .iter()
+        .map(|addr| {
+            let mut cmd = command(workspace_bin("projector-scheduler"));
+            cmd.arg("serve").envs(fleet.env.iter().cloned()).env("PROJECTOR_SCHEDULE_METRICS_ADDR", addr);
+            Proc::spawn(cmd)
+        })
+        .collect();
+    for s in &schedulers {
+        s.wait_for_line(&["scheduler serving on the SQLite file"], Duration::from_secs(30));
+    }
+    let runs = std::cell::RefCell::new(Value::Null);
+    projector_tests::wait_until_or(
+        Duration::from_secs(60),
+        || {
+            *runs.borrow_mut() = serde_json::from_slice(&fleet.ctl(&["--json", "runs", "list"]).stdout).unwrap_or(Value::Null);
+            runs.borrow()["runs"].as_array().is_some_and(|r| r.len() >= 2 && r.iter().skip(1).all(|run| run["state"] == "done"))
+        },
+        || format!("two ticks not fanned out and done: {}\n{}", runs.borrow(), worker.log().tail(20)),
+    );
+    // Each tick's run was fanned out once, by one of the two: one job per org, whoever pushed.
+    let db = fleet.file();
+    let jobs: Vec<(String, i64)> = projector_tests::runtime().block_on(async {
+        let db = projector_sqlite::Database::open(&format!("sqlite://{}", db.display()), Duration::from_secs(5)).await.expect("file");
+        projector_sqlite::sqlx::query_as(
+            "SELECT run_id, count(*) FROM projector_run_orgs WHERE enqueued = 1 GROUP BY run_id ORDER BY run_id",
+        )
+        .fetch_all(db.pool())
+        .await
+        .expect("rows")
+    });
+    assert!(jobs.iter().all(|(_, n)| *n == 20), "every org of every tick enqueued once: {jobs:?}");
+    for run in runs.borrow()["runs"].as_array().expect("runs").iter().skip(1) {
+        assert_eq!(run["outcomes"]["completed"], 20, "{run}");
+    }
+    for addr in &addrs {
+        assert!(projector_tests::http_get(&format!("http://{addr}/metrics")).contains("projector_scheduler_ticks_total"));
+    }
+    // The two schedulers' counts of one tick outcome, summed.
+    let ticks = |outcome: &str| -> f64 {
+        let series = format!("projector_scheduler_ticks_total{{outcome=\"{outcome}\"}}");
+        addrs
+            .iter()
+            .filter_map(|addr| projector_tests::sample(&projector_tests::http_get(&format!("http://{addr}/metrics")), &series))
+            .sum()
+    };
+    let (fanned, elsewhere) = (ticks("fanned_out"), ticks("other_replica"));
+    assert!(fanned >= 2.0 && elsewhere >= 1.0, "each tick fanned out by one, left by the other: {fanned} and {elsewhere}");
+}
