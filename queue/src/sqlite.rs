@@ -197,3 +197,55 @@ impl SqliteQueue {
         Ok(deleted.rows_affected())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use projector_shared::{OrgId, RunId};
+
+    async fn queue(dir: &tempfile::TempDir) -> SqliteQueue {
+        let dsn = format!("sqlite://{}", dir.path().join("fleet.db").display());
+        let db = Database::open(&dsn, Duration::from_secs(5)).await.expect("file");
+        SqliteQueue::open(&db).await.expect("queue")
+    }
+
+    fn job(org: u64) -> SpikeProjectionJob {
+        SpikeProjectionJob::planned(RunId("run-q".to_owned()), OrgId(org), 0, chrono::Utc::now(), Vec::new())
+    }
+
+    async fn set(q: &SqliteQueue, org: u64, status: &str, attempts: i64, done_ago_s: i64) {
+        sqlx::query("UPDATE Jobs SET status = ?2, attempts = ?3, done_at = CAST(unixepoch() AS INTEGER) - ?4 WHERE idempotency_key = ?1")
+            .bind(job(org).idempotency_key())
+            .bind(status)
+            .bind(attempts)
+            .bind(done_ago_s)
+            .execute(q.db.pool())
+            .await
+            .expect("update");
+    }
+
+    #[tokio::test]
+    async fn a_job_is_pushed_once_and_the_vacuum_keeps_what_may_still_run() {
+        let dir = tempfile::tempdir().expect("dir");
+        let q = queue(&dir).await;
+        let now = chrono::Utc::now().timestamp() as u64;
+        let jobs: Vec<_> = (1..=4).map(|org| (job(org), now)).collect();
+        assert_eq!(q.push(&jobs).await.expect("push"), 4);
+        assert_eq!(q.push(&jobs).await.expect("again"), 0, "the same jobs again are duplicates");
+        assert_eq!(q.depth().await.expect("depth").ready, 4);
+        set(&q, 1, "Done", 1, 120).await;
+        set(&q, 2, "Done", 1, 10).await;
+        // Failed with attempts left: apalis fetches it again. Failed for good: kept for an operator.
+        set(&q, 3, "Failed", 1, 120).await;
+        set(&q, 4, "Failed", 25, 120).await;
+        assert_eq!(
+            q.vacuum(Duration::from_secs(60), Duration::from_secs(3600)).await.expect("vacuum"),
+            1,
+            "only the job done a minute ago"
+        );
+        let depth = q.depth().await.expect("depth");
+        assert_eq!((depth.ready, depth.dead), (1, 1), "{depth:?}");
+        assert_eq!(q.vacuum(Duration::from_secs(60), Duration::from_secs(60)).await.expect("vacuum"), 1, "the dead one past its time");
+        assert_eq!(q.remove_run_jobs(&RunId("run-q".to_owned())).await.expect("remove"), 1, "the retry waiting in the queue");
+    }
+}
