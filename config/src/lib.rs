@@ -557,6 +557,11 @@ impl Config {
         }
     }
 
+    /// Whether this fleet lives in one machine's SQLite file (`backend.kind = "sqlite"`).
+    pub fn on_file(&self) -> bool {
+        self.backend.kind == Some(BackendKind::Sqlite)
+    }
+
     /// For a fleet's process (`process`: the scheduler's fan-out, a worker, projectorctl): Redis, or
     /// the SQLite file of one machine.
     pub fn backend_for_fleet(&self, process: &str) -> Result<(), ConfigError> {

@@ -3,7 +3,7 @@
 //! seam, so they read the same on both.
 
 use anyhow::Context;
-use projector_config::{BackendKind, Config};
+use projector_config::Config;
 use projector_shared::pause::Pause;
 use projector_shared::rollout::Rollout;
 use projector_shared::run::Outcome;
@@ -22,7 +22,7 @@ pub enum Records {
 
 impl Records {
     pub async fn open(config: &Config) -> anyhow::Result<Records> {
-        if on_file(config) {
+        if config.on_file() {
             let dsn = config.backend.dsn.clone().unwrap_or_default();
             let db = projector_sqlite::Database::open(&dsn, config.backend.busy_timeout).await?;
             let queue = projector_queue::sqlite::SqliteQueue::open(&db).await?;
@@ -158,9 +158,4 @@ impl Records {
         }
         Ok(())
     }
-}
-
-/// Whether the fleet lives in one machine's SQLite file.
-pub fn on_file(config: &Config) -> bool {
-    config.backend.kind == Some(BackendKind::Sqlite)
 }

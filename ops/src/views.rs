@@ -66,7 +66,7 @@ fn worker_json(w: &WorkerEntry) -> Value {
 
 /// `projectorctl workers`.
 pub async fn workers(config: &Config) -> anyhow::Result<View> {
-    if crate::records::on_file(config) {
+    if config.on_file() {
         return crate::file_status::workers(config).await;
     }
     let conn = connection(config)?;
@@ -168,11 +168,7 @@ impl std::error::Error for NotFound {}
 
 /// The error for a run with no record, saying where to look.
 pub(crate) fn no_record(config: &Config, run_id: &RunId) -> anyhow::Error {
-    let place = if crate::records::on_file(config) {
-        config.backend.dsn.clone().unwrap_or_default()
-    } else {
-        Endpoint::from(&config.redis).redacted()
-    };
+    let place = if config.on_file() { config.backend.dsn.clone().unwrap_or_default() } else { Endpoint::from(&config.redis).redacted() };
     NotFound(format!(
         "no record of run {run_id} in {place} (per-org records are kept runs.retention, summaries runs.summary_retention; `projectorctl runs list` shows the recent ones)"
     ))
@@ -371,7 +367,7 @@ pub async fn explain(config: &Config, run_id: &str, org: u64) -> anyhow::Result<
     let now_at = match record.outcome {
         Some(_) => None,
         // The file's slot leases name no org to a reader yet: the trail says what is known.
-        None if crate::records::on_file(config) => None,
+        None if config.on_file() => None,
         None => Some(slot_state_of(config, org).await?),
     };
     let value = json!({
@@ -604,7 +600,7 @@ fn history_line(history: &SlotHistory) -> String {
 
 /// `projectorctl status`: everything an operator looks at first, read in one pass.
 pub async fn status(config: &Config) -> anyhow::Result<View> {
-    if crate::records::on_file(config) {
+    if config.on_file() {
         return crate::file_status::status(config).await;
     }
     let redis = Endpoint::from(&config.redis).redacted();

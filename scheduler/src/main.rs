@@ -111,11 +111,6 @@ struct RunOnceArgs {
     jobs: JobArgs,
 }
 
-/// Whether this fleet lives in one machine's SQLite file.
-fn on_file(config: &projector_config::Config) -> bool {
-    config.backend.kind == Some(projector_config::BackendKind::Sqlite)
-}
-
 fn main() -> ExitCode {
     let cli: Cli = projector_process::telemetry::parse_args();
     telemetry::init(cli.log.log_format);
@@ -142,7 +137,7 @@ fn main() -> ExitCode {
 async fn run(command: Command, config: projector_config::Config) -> anyhow::Result<ExitCode> {
     let shutdown = projector_process::shutdown::on_signal();
     let args = match command {
-        Command::Serve { .. } if on_file(&config) => {
+        Command::Serve { .. } if config.on_file() => {
             projector_scheduler::on_file::serve(&config, shutdown).await?;
             return Ok(ExitCode::SUCCESS);
         }
@@ -188,7 +183,7 @@ async fn run(command: Command, config: projector_config::Config) -> anyhow::Resu
         }
         (None, None) => Which::New,
     };
-    let result = if on_file(&config) {
+    let result = if config.on_file() {
         projector_scheduler::on_file::run_once(&config, mode, which, shutdown.clone()).await?
     } else {
         run_once(&config, mode, which, shutdown.clone()).await?
@@ -237,7 +232,7 @@ async fn finished(
     // A run followed until Ctrl-C says so in its summary, as the embedded run's does.
     let summary = &projector_shared::run::RunSummary { interrupted: end == WaitEnd::Interrupted, ..summary.clone() };
     let run_id = projector_shared::RunId(summary.run_id.clone());
-    let (limit, source, legacy) = if on_file(config) {
+    let (limit, source, legacy) = if config.on_file() {
         projector_scheduler::on_file::bound(config, &run_id).await
     } else {
         let (limit, source) = limit_in_force(config).await;
@@ -268,7 +263,7 @@ async fn finished(
         }
         WaitEnd::TimedOut => {
             let workers = match workers_alive {
-                Some(0) if on_file(config) => {
+                Some(0) if config.on_file() => {
                     "; no worker is alive (no heartbeat in the SQLite file within 10s): start projector-worker with the same backend.dsn"
                         .to_owned()
                 }

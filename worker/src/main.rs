@@ -72,7 +72,7 @@ fn main() -> ExitCode {
 
 async fn run(config: projector_config::Config) -> anyhow::Result<()> {
     let shutdown = projector_process::shutdown::on_signal();
-    let on_file = config.backend.kind == Some(projector_config::BackendKind::Sqlite);
+    let on_file = config.on_file();
     let readiness = if on_file {
         projector_worker::metrics_http::Readiness::on_file()
     } else {

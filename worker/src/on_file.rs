@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 use crate::metrics_http::Readiness;
-use crate::services::{Periodic, Services};
+use crate::services::{PauseSource, PauseWatch, Periodic, Services};
 
 /// How often a worker reads the pause, looks for runs past their deadline and deletes what
 /// `runs.retention` has passed (the last at most once a minute).
@@ -77,7 +77,7 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
         );
     }
     let (pause_tx, paused) = tokio::sync::watch::channel(false);
-    services.spawn_every(Arc::new(PauseWatch { runs: runs.clone(), paused: pause_tx }), PAUSE_CHECK);
+    services.spawn_every(Arc::new(PauseWatch { source: PauseSource::File(runs.clone()), paused: pause_tx }), PAUSE_CHECK);
     services.spawn_every(Arc::new(DeadlineSweep { runs: runs.clone() }), DEADLINE_CHECK);
     services.spawn_every(
         Arc::new(Retention {
@@ -85,9 +85,8 @@ pub async fn run(config: Config, readiness: Readiness, services: &Services, shut
             queue: queue.clone(),
             retention: config.runs.retention,
             completed_detail: config.runs.completed_detail,
-            last: Default::default(),
         }),
-        DEADLINE_CHECK,
+        RETENTION_CHECK,
     );
     let (current_loop, loop_name) = tokio::sync::watch::channel(String::new());
     services.spawn_every(Arc::new(KeepAlive { queue: queue.clone(), loop_name }), KEEP_ALIVE);
@@ -232,29 +231,6 @@ impl Periodic for KeepAlive {
     }
 }
 
-/// Follows the fleet's pause in the file.
-struct PauseWatch {
-    runs: SqliteRuns,
-    paused: tokio::sync::watch::Sender<bool>,
-}
-
-impl Periodic for PauseWatch {
-    fn name(&self) -> &'static str {
-        "pause_watch"
-    }
-
-    fn run_once(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            match self.runs.paused().await {
-                Ok(pause) => {
-                    self.paused.send_if_modified(|p| std::mem::replace(p, pause.is_some()) != pause.is_some());
-                }
-                Err(e) => tracing::debug!(error = %e, "cannot read the fleet pause; keeping the last state"),
-            }
-        })
-    }
-}
-
 /// Ends the open orgs of runs past their deadline (first outcome wins: every worker may).
 struct DeadlineSweep {
     runs: SqliteRuns,
@@ -281,13 +257,12 @@ impl Periodic for DeadlineSweep {
 }
 
 /// Deletes runs older than `runs.retention` and the queue's finished jobs, and compacts the
-/// completed orgs of runs finished `runs.completed_detail` ago, at most once a minute.
+/// completed orgs of runs finished `runs.completed_detail` ago; run once a minute.
 struct Retention {
     runs: SqliteRuns,
     queue: SqliteQueue,
     retention: Duration,
     completed_detail: Duration,
-    last: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Periodic for Retention {
@@ -297,13 +272,6 @@ impl Periodic for Retention {
 
     fn run_once(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            {
-                let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                if last.is_some_and(|at| at.elapsed() < RETENTION_CHECK) {
-                    return;
-                }
-                *last = Some(Instant::now());
-            }
             // One run per round: a large run's compaction is many short transactions.
             match self.runs.compact_due(self.completed_detail).await {
                 Ok(Some((run_id, orgs))) => {

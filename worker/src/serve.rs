@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::metrics_http::Readiness;
 use crate::services::Services;
 use crate::services::{
-    AdaptiveReporter, DeadlineSweep, DuePromoter, Heartbeat, PauseWatch, QueueGauges, RatePolicyRefresh, Vacuum, vacuum_every,
+    AdaptiveReporter, DeadlineSweep, DuePromoter, Heartbeat, PauseSource, PauseWatch, QueueGauges, RatePolicyRefresh, Vacuum, vacuum_every,
 };
 use crate::supervisor::Supervisor;
 use projector_job::handler::{JobHandler, Rescheduler, RolloutFlag, Routing};
@@ -153,7 +153,7 @@ fn spawn_services(
         DEADLINE_CHECK,
     );
     // Operators expect a pause to hold within a second.
-    services.spawn_every(Arc::new(PauseWatch { conn: fleet.conn.clone(), paused: fleet.pause_tx }), PAUSE_CHECK);
+    services.spawn_every(Arc::new(PauseWatch { source: PauseSource::Redis(fleet.conn.clone()), paused: fleet.pause_tx }), PAUSE_CHECK);
     if let Some(gate) = rate {
         let refresh = RatePolicyRefresh {
             conn: fleet.conn.clone(),

@@ -130,7 +130,7 @@ pub async fn run(command: Command, config: Config, json: bool) -> anyhow::Result
     // Every command but `db` reads Redis: a wrong password or a full memory is named as such
     // here, once, rather than as whatever the first call happens to time out on. The status page
     // starts anyway: it is what on-call opens while Redis is down, and each view names the error.
-    if crate::records::on_file(&config) {
+    if config.on_file() {
         refuse_on_file(&command)?;
     } else if !matches!(command, Command::Db { .. } | Command::Serve { .. }) {
         projector_shared::redis_conn::check(&connection(&config)?, std::time::Duration::from_secs(3))

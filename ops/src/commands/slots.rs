@@ -62,7 +62,7 @@ enum Slots {
 
 impl Slots {
     async fn open(config: &Config) -> anyhow::Result<Slots> {
-        if !crate::records::on_file(config) {
+        if !config.on_file() {
             return Ok(Slots::Redis(slot_limiter(config)?));
         }
         let dsn = config.backend.dsn.clone().unwrap_or_default();

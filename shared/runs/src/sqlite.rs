@@ -246,7 +246,7 @@ impl SqliteRuns {
     /// stop, the deadline); returns how many orgs this ended. Orgs that ended keep their outcome.
     pub async fn end_open_orgs(&self, run_id: &RunId, outcome: Outcome, line: &Attempt) -> Result<u64, Error> {
         let mut w = self.db.write("ending a run's open orgs").await?;
-        let open: Vec<i64> = sqlx::query_scalar("SELECT org_id FROM projector_run_orgs WHERE run_id = ?1 AND outcome IS NULL")
+        let open: Vec<(i64, i64)> = sqlx::query_as("SELECT org_id, attempt FROM projector_run_orgs WHERE run_id = ?1 AND outcome IS NULL")
             .bind(&run_id.0)
             .fetch_all(&mut *w.tx)
             .await
@@ -260,8 +260,8 @@ impl SqliteRuns {
                 .map_err(w.err())?;
         }
         let mut ended = 0;
-        for org in open {
-            let line = Attempt { attempt: current_attempt(&mut w, run_id, org).await?, ..line.clone() };
+        for (org, attempt) in open {
+            let line = Attempt { attempt: u32::try_from(attempt).unwrap_or(0), ..line.clone() };
             if matches!(
                 record_in(&mut w, run_id, OrgId(u64::try_from(org).unwrap_or(0)), &line).await?,
                 Recorded::Recorded | Recorded::FinishedTheRun
@@ -362,16 +362,6 @@ async fn record_in(w: &mut Write, run_id: &RunId, org: OrgId, attempt: &Attempt)
         .await
         .map_err(w.err())?;
     Ok(if finishes { Recorded::FinishedTheRun } else { Recorded::Recorded })
-}
-
-async fn current_attempt(w: &mut Write, run_id: &RunId, org: i64) -> Result<u32, Error> {
-    let n: Option<i64> = sqlx::query_scalar("SELECT attempt FROM projector_run_orgs WHERE run_id = ?1 AND org_id = ?2")
-        .bind(&run_id.0)
-        .bind(org)
-        .fetch_optional(&mut *w.tx)
-        .await
-        .map_err(w.err())?;
-    Ok(n.and_then(|n| u32::try_from(n).ok()).unwrap_or(0))
 }
 
 /// The trail with one more line (`<ms> <JSON>`, as the Redis record keeps it), keeping the last

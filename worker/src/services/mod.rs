@@ -27,7 +27,7 @@ pub use adaptive_reporter::AdaptiveReporter;
 pub use deadline_sweep::DeadlineSweep;
 pub use due_promoter::DuePromoter;
 pub use heartbeat::Heartbeat;
-pub use pause_watch::PauseWatch;
+pub use pause_watch::{PauseSource, PauseWatch};
 pub use queue_gauges::QueueGauges;
 pub use rate_policy_refresh::RatePolicyRefresh;
 pub use vacuum::{VACUUM_EVERY_INTERVALS, Vacuum, vacuum_every};
